@@ -1,0 +1,237 @@
+"""Deterministic tiny models for tests, demos and benchmarks, built with the ``onnx`` helper API.
+
+Nothing is downloaded: every model is generated from a seed, so the same call gives the same bytes on every
+machine. ``make_probe`` runs a model once in ONNX Runtime and returns the golden probe target (KServe v2 JSON
+tensors) that the health check compares a freshly loaded version against. ``to_openvino_ir`` converts an ONNX
+model to OpenVINO IR (``.xml`` + ``.bin``) for the OpenVINO variant of the same model.
+
+Typical use::
+
+    v1 = matmul_model(seed=1)                 # 16 -> 4 MatMul + bias, input "input", output "output"
+    v2 = matmul_model(seed=1, bias=1.0)       # same weights, outputs shifted by 1: a visible new version
+    bad = matmul_model(seed=1, nan=True)      # loads fine, every output is NaN: fails the health check
+    probe = make_probe(v1)                    # {"inputs": [...], "outputs": [...]}
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+# Kept low so older runtimes on devices load the generated models too.
+OPSET = 17
+IR_VERSION = 8
+
+# numpy dtype -> KServe v2 datatype (the subset ONNX tensors map to).
+_NP_TO_V2: dict[np.dtype[Any], str] = {
+    np.dtype(np.bool_): "BOOL",
+    np.dtype(np.uint8): "UINT8",
+    np.dtype(np.uint16): "UINT16",
+    np.dtype(np.uint32): "UINT32",
+    np.dtype(np.uint64): "UINT64",
+    np.dtype(np.int8): "INT8",
+    np.dtype(np.int16): "INT16",
+    np.dtype(np.int32): "INT32",
+    np.dtype(np.int64): "INT64",
+    np.dtype(np.float16): "FP16",
+    np.dtype(np.float32): "FP32",
+    np.dtype(np.float64): "FP64",
+    np.dtype(np.object_): "BYTES",
+}
+_V2_TO_ONNX: dict[str, int] = {
+    "BOOL": TensorProto.BOOL,
+    "UINT8": TensorProto.UINT8,
+    "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32,
+    "UINT64": TensorProto.UINT64,
+    "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16,
+    "INT32": TensorProto.INT32,
+    "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16,
+    "FP32": TensorProto.FLOAT,
+    "FP64": TensorProto.DOUBLE,
+    "BYTES": TensorProto.STRING,
+}
+
+
+def _finish(graph: onnx.GraphProto, producer: str) -> bytes:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name=producer)
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def matmul_model(
+    in_dim: int = 16, out_dim: int = 4, *, seed: int = 0, bias: float = 0.0, nan: bool = False
+) -> bytes:
+    """``output = input @ W + b`` with ``input`` FP32 ``[-1, in_dim]`` and ``output`` FP32 ``[-1, out_dim]``.
+
+    ``W`` is drawn from ``seed``; ``b`` is ``bias`` everywhere, so two versions differing only in ``bias`` give
+    outputs differing by exactly ``bias``. ``nan=True`` makes ``b`` NaN: the model loads and runs but every
+    output is NaN (a health check with ``requireFinite`` rejects it).
+    """
+    if in_dim < 1 or out_dim < 1:
+        raise ValueError("in_dim and out_dim must be positive")
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((in_dim, out_dim)).astype(np.float32) / np.float32(np.sqrt(in_dim))
+    b = np.full((out_dim,), np.nan if nan else bias, dtype=np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["input", "W"], ["xw"]),
+            helper.make_node("Add", ["xw", "B"], ["output"]),
+        ],
+        "matmul",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [-1, in_dim])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [-1, out_dim])],
+        initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
+    )
+    return _finish(graph, "modelfleet.modelgen.matmul")
+
+
+def small_cnn(*, seed: int = 0) -> bytes:
+    """A small image classifier (~4.3 MB): ``image`` FP32 ``[-1, 3, 32, 32]`` -> ``logits`` FP32 ``[-1, 10]``.
+
+    Conv(3→16)+ReLU+MaxPool, Conv(16→32)+ReLU+MaxPool, Flatten, Gemm(2048→512)+ReLU, Gemm(512→10).
+    """
+    rng = np.random.default_rng(seed)
+
+    def he(shape: tuple[int, ...], fan_in: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+
+    inits = [
+        numpy_helper.from_array(he((16, 3, 3, 3), 27), "c1w"),
+        numpy_helper.from_array(np.zeros(16, np.float32), "c1b"),
+        numpy_helper.from_array(he((32, 16, 3, 3), 144), "c2w"),
+        numpy_helper.from_array(np.zeros(32, np.float32), "c2b"),
+        numpy_helper.from_array(he((2048, 512), 2048), "f1w"),
+        numpy_helper.from_array(np.zeros(512, np.float32), "f1b"),
+        numpy_helper.from_array(he((512, 10), 512), "f2w"),
+        numpy_helper.from_array(np.zeros(10, np.float32), "f2b"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["image", "c1w", "c1b"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p1", "c2w", "c2b"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("MaxPool", ["r2"], ["p2"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Flatten", ["p2"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "f1w", "f1b"], ["g1"]),
+        helper.make_node("Relu", ["g1"], ["r3"]),
+        helper.make_node("Gemm", ["r3", "f2w", "f2b"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "small_cnn",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [-1, 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [-1, 10])],
+        initializer=inits,
+    )
+    return _finish(graph, "modelfleet.modelgen.small_cnn")
+
+
+def identity_model(datatype: str, shape: list[int] | None = None) -> bytes:
+    """``output = Identity(input)`` for one KServe v2 ``datatype`` (any of the 13): exercises every codec path."""
+    if datatype not in _V2_TO_ONNX:
+        raise ValueError(f"unknown datatype {datatype!r}")
+    dims = shape if shape is not None else [-1, -1]
+    elem = _V2_TO_ONNX[datatype]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["output"])],
+        f"identity_{datatype.lower()}",
+        [helper.make_tensor_value_info("input", elem, dims)],
+        [helper.make_tensor_value_info("output", elem, dims)],
+    )
+    return _finish(graph, "modelfleet.modelgen.identity")
+
+
+def two_input_model() -> bytes:
+    """``sum = a + b`` and ``mask = a > b`` from two FP32 ``[-1, 4]`` inputs ``a`` and ``b``.
+
+    Outputs ``sum`` FP32 ``[-1, 4]`` and ``mask`` BOOL ``[-1, 4]`` (``a > b``): several inputs and outputs of
+    different datatypes in one model.
+    """
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["a", "b"], ["sum"]),
+            helper.make_node("Greater", ["a", "b"], ["mask"]),
+        ],
+        "two_input",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [-1, 4]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [-1, 4]),
+        ],
+        [
+            helper.make_tensor_value_info("sum", TensorProto.FLOAT, [-1, 4]),
+            helper.make_tensor_value_info("mask", TensorProto.BOOL, [-1, 4]),
+        ],
+    )
+    return _finish(graph, "modelfleet.modelgen.two_input")
+
+
+def to_openvino_ir(onnx_bytes: bytes, out_dir: Path, name: str) -> tuple[Path, Path]:
+    """Convert an ONNX model to OpenVINO IR ``out_dir/name.xml`` + ``out_dir/name.bin`` (FP32 weights kept)."""
+    import openvino as ov
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="modelgen-") as tmp:
+        src = Path(tmp) / "model.onnx"
+        src.write_bytes(onnx_bytes)
+        model = ov.convert_model(str(src))
+    xml, bin_ = out_dir / f"{name}.xml", out_dir / f"{name}.bin"
+    ov.save_model(model, str(xml), compress_to_fp16=False)
+    return xml, bin_
+
+
+def _probe_input(vi: onnx.ValueInfoProto, rng: np.random.Generator, batch: int) -> np.ndarray:
+    t = vi.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else batch for d in t.shape.dim]
+    if t.elem_type == TensorProto.STRING:
+        # ONNX Runtime takes and returns string tensors as str objects.
+        return np.array([f"s{i}" for i in range(int(np.prod(dims)))], dtype=object).reshape(dims)
+    dtype = helper.tensor_dtype_to_np_dtype(t.elem_type)
+    if dtype == np.bool_:
+        return rng.integers(0, 2, dims).astype(np.bool_)
+    if np.issubdtype(dtype, np.integer):
+        return rng.integers(0, 100, dims).astype(dtype)
+    return rng.standard_normal(dims).astype(dtype)
+
+
+def _v2_json_tensor(name: str, arr: np.ndarray) -> dict[str, Any]:
+    datatype = _NP_TO_V2[arr.dtype]
+    flat = arr.reshape(-1)
+    if datatype == "BYTES":
+        data: list[Any] = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in flat]
+    else:
+        data = flat.tolist()
+    return {"name": name, "datatype": datatype, "shape": list(arr.shape), "data": data}
+
+
+def make_probe(onnx_bytes: bytes, *, seed: int = 0, batch: int = 2) -> dict[str, Any]:
+    """Golden probe target for an ONNX model: random inputs from ``seed`` and the outputs ONNX Runtime gives.
+
+    Variable dimensions become ``batch``. The result is the JSON probe format of ``Model.spec.versions[].probe``:
+    ``{"inputs": [{"name","datatype","shape","data"}], "outputs": [...]}`` with flat ``data``.
+    """
+    import onnxruntime as ort
+
+    model = onnx.load_from_string(onnx_bytes)
+    init_names = {i.name for i in model.graph.initializer}
+    rng = np.random.default_rng(seed)
+    feeds = {vi.name: _probe_input(vi, rng, batch) for vi in model.graph.input if vi.name not in init_names}
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    outs = sess.run(names, feeds)
+    return {
+        "inputs": [_v2_json_tensor(n, a) for n, a in feeds.items()],
+        "outputs": [_v2_json_tensor(n, np.asarray(a)) for n, a in zip(names, outs, strict=True)],
+    }
