@@ -32,19 +32,7 @@ the kind's schema in `schemas/`.
 
 
 def _resolve(node: dict[str, Any], local: dict[str, Any]) -> dict[str, Any]:
-    seen = 0
-    while "$ref" in node and seen < 10:
-        ref = node["$ref"]
-        file, _, pointer = ref.partition("#")
-        doc = load_schema(file) if file else local
-        target: Any = doc
-        for part in [p for p in pointer.split("/") if p]:
-            target = target[part]
-        merged = dict(target)
-        merged.update({k: v for k, v in node.items() if k != "$ref"})
-        node, local = merged, doc
-        seen += 1
-    return node
+    return _resolve_with_doc(node, local)[0]
 
 
 def _type_of(node: dict[str, Any], local: dict[str, Any]) -> str:

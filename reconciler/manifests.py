@@ -124,6 +124,7 @@ def _schema_diagnostics(m: Manifest) -> list[Diagnostic]:
                 hint = f"did you mean {close!r}?" if close else f"allowed fields: {', '.join(sorted(allowed))}"
         elif err.validator == "required":
             hint = "add the missing field"
+            key = True
         elif err.validator in ("enum", "const"):
             hint = f"allowed: {', '.join(map(repr, err.validator_value if err.validator == 'enum' else [err.validator_value]))}"
         elif err.validator == "pattern":

@@ -1,0 +1,22 @@
+"""Shared pytest setup: deterministic git identity for every test that commits, and the venv's bin on PATH."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _git_identity() -> None:
+    os.environ.setdefault("GIT_AUTHOR_NAME", "modelfleet tests")
+    os.environ.setdefault("GIT_AUTHOR_EMAIL", "tests@modelfleet.invalid")
+    os.environ.setdefault("GIT_COMMITTER_NAME", "modelfleet tests")
+    os.environ.setdefault("GIT_COMMITTER_EMAIL", "tests@modelfleet.invalid")
+    bindir = str(Path(sys.executable).parent)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
