@@ -214,6 +214,7 @@ class Agent:
         self._lock_fd: int | None = None
         self._converged_commit: str | None = None
         self._bad_commit: tuple[str, str, str, str] | None = None
+        self._pending_bundle: Any = None
         self._outcomes: dict[str, EndpointOutcome] = {}
         self._issues: list[Any] = []
         self._last_progress = time.monotonic()
@@ -248,6 +249,7 @@ class Agent:
             self.conditions = C.ConditionSet.from_list(self.journal.conditions, self.clock)
         self.facts = self.c.detect_facts()
         self.c.start_runtime()
+        log.info("serving", extra=fields(url=self.c.url))
         restored = self._restore_last_good()
         self.conditions.set(C.RECONCILING, True, "Starting", "serving last good models; reconciling")
         status = f"serving {restored} endpoint(s) from the local store"
@@ -327,11 +329,15 @@ class Agent:
                 self.notifier.watchdog()
 
     def _on_bundle(self, path: Path) -> None:
+        """A git bundle landed (air-gapped update): its verified head drives the next pass."""
         try:
-            self.c.import_bundle(path, self.journal.attempted_commit)
-            log.info("bundle imported", extra=fields(path=str(path)))
+            res = self.c.import_bundle(path, self.journal.attempted_commit)
         except Exception as exc:  # a bad bundle is reported, never fatal
             log.warning("bundle rejected", extra=fields(path=str(path), error=str(exc)))
+            return
+        log.info("bundle imported", extra=fields(path=str(path), commit=getattr(res, "commit", None) or "-",
+                                                 reason=getattr(res, "reason", "")))
+        self._pending_bundle = res
         self.request_reconcile()
 
     # -- one pass ---------------------------------------------------------------------------------------------
@@ -384,8 +390,9 @@ class Agent:
 
     def _step_source(self, p: _Pass) -> None:
         last = self.journal.attempted_commit
+        bundle, self._pending_bundle = self._pending_bundle, None
         try:
-            poll = self.c.poll(last)
+            poll = bundle if bundle is not None else self.c.poll(last)
         except Exception as exc:
             M_POLLS.labels("error").inc()
             raise StepFailed(C.SOURCE_AVAILABLE, "SourceUnavailable", str(exc)) from None
@@ -740,6 +747,10 @@ class Components:
             c._decryption_key = load_key_file(config.decryption_key)
         return c
 
+    @property
+    def url(self) -> str:
+        return str(self.server.url) if self.server is not None else ""
+
     # -- facts and runtime ------------------------------------------------------------------------------------
 
     def detect_facts(self) -> dict[str, Any]:
@@ -804,7 +815,7 @@ class Components:
     def serving_endpoints(self) -> set[str]:
         if self.registry is None:
             return set()
-        return {getattr(e, "name", e) for e in self.registry.endpoints()}
+        return {name for name, st in self.registry.endpoints().items() if st.version is not None}
 
     def remove_endpoint(self, name: str) -> None:
         self.registry.remove(name)
@@ -843,18 +854,16 @@ class Components:
             self.tuf = TufClient(
                 cfg.tuf_metadata_dir, metadata_url, targets_url, cfg.trusted_root, self.store,
                 staging_dir=cfg.staging_dir, max_concurrent=cfg.max_concurrent_downloads, timeout=cfg.tuf_timeout,
+                decryption_key=self._decryption_key,
             )
             self._tuf_urls = (metadata_url, targets_url)
         self.tuf.refresh()
 
     def tuf_fetch(self, paths: list[str]) -> tuple[dict[str, Any], int]:
         """Targets verified into the store, and how many bytes were actually downloaded."""
+        before = self.tuf.bytes_downloaded
         fetched = self.tuf.fetch(paths)
-        downloaded = 0
-        for t in fetched.values():
-            if getattr(t, "downloaded", None) is True or getattr(t, "cached", None) is False:
-                downloaded += int(t.length)
-        return fetched, downloaded
+        return fetched, self.tuf.bytes_downloaded - before
 
     def gc(self, keep: set[str]) -> None:
         if self.store is not None:
@@ -900,8 +909,9 @@ def _endpoint_spec(rec: EndpointRecord, blobs: list[bytes], probe: dict[str, Any
 
     s = rec.spec
     return EndpointSpec(
-        name=rec.name, model=rec.model, version=rec.version, runtime=rec.runtime, blobs=blobs,
-        inputs=s.get("inputs") or [], outputs=s.get("outputs") or [], health=s.get("health") or {},
-        probe=probe, strategy=s.get("strategy", "availability"), threads=s.get("threads") or cfg.threads,
-        device=s.get("device"), providers=s.get("providers"), digest=rec.digest,
+        name=rec.name, version=rec.version, runtime=rec.runtime, variant=rec.variant, blobs=blobs,
+        digest=rec.digest, inputs=s.get("inputs") or [], outputs=s.get("outputs") or [],
+        health=s.get("health") or {}, probe=probe, strategy=s.get("strategy") or "availability",
+        threads=s.get("threads") or cfg.threads, device=s.get("device"), providers=s.get("providers"),
+        keep_previous=bool(s.get("keep_previous", True)),
     )
