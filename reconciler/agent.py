@@ -459,6 +459,9 @@ class Agent:
             from .units import parse_duration
 
             self.poll_interval = parse_duration(defaults["pollInterval"])
+        self.c.configure_status(
+            self.config.status_branch_prefix or (fleet.fleet_spec.get("status") or {}).get("branchPrefix") or "status/",
+            self.config.heartbeat_interval or _duration_or(defaults.get("heartbeatInterval"), 300.0))
         self._issues = list(p.desired.issues)
         for issue in p.desired.issues:
             p.outcomes[issue.endpoint] = EndpointOutcome(issue.endpoint, "Failed", f"{issue.reason}: {issue.message}")
@@ -724,6 +727,7 @@ class Components:
         self.status_writer: Any = None
         self.bundle_watcher: Any = None
         self._decryption_key: bytes | None = None
+        self._status_settings = (config.status_branch_prefix or "status/", config.heartbeat_interval or 300.0)
 
     @classmethod
     def real(cls, config: AgentConfig) -> Components:
@@ -776,14 +780,7 @@ class Components:
 
             self.metrics_server = start_http_server(cfg.metrics_port, addr=cfg.metrics_host)
         if cfg.status_enabled:
-            from .statuswriter import StatusWriter
-
-            self.status_writer = StatusWriter(
-                cfg.status_url or cfg.source_url, cfg.device_id, cfg.status_work_dir,
-                branch_prefix=cfg.status_branch_prefix or "status/",
-                heartbeat_interval=cfg.heartbeat_interval or 300.0,
-                signing_key=cfg.status_signing_key, timeout=cfg.source_timeout,
-            )
+            self.status_writer = self._new_status_writer()
 
     def load_endpoint(self, rec: EndpointRecord, config: AgentConfig, boot: bool) -> tuple[bool, str, str]:
         """Verify the record's blobs in the store and load it on its endpoint (health-checked swap)."""
@@ -871,6 +868,29 @@ class Components:
 
     # -- status -----------------------------------------------------------------------------------------------
 
+    def configure_status(self, branch_prefix: str, heartbeat_interval: float) -> None:
+        """Follow the Fleet's status branch prefix and heartbeat (unless the agent config pins them)."""
+        self._status_settings = (branch_prefix, heartbeat_interval)
+        w = self.status_writer
+        if w is None:
+            return
+        w.heartbeat_interval = heartbeat_interval
+        if w.branch != f"{branch_prefix}{self.config.device_id}":
+            with contextlib.suppress(Exception):
+                w.close()
+            self.status_writer = self._new_status_writer()
+
+    def _new_status_writer(self) -> Any:
+        from .statuswriter import StatusWriter
+
+        cfg = self.config
+        prefix, heartbeat = self._status_settings
+        return StatusWriter(
+            cfg.status_url or cfg.source_url, cfg.device_id, cfg.status_work_dir, branch_prefix=prefix,
+            heartbeat_interval=heartbeat, signing_key=cfg.status_signing_key, timeout=cfg.source_timeout,
+            agent_version=__version__,
+        )
+
     def submit_status(self, doc: dict[str, Any]) -> bool:
         if self.status_writer is None:
             return False
@@ -897,6 +917,15 @@ class StepFailedError(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def _duration_or(text: str | None, default: float) -> float:
+    from .units import parse_duration
+
+    try:
+        return parse_duration(text) if text else default
+    except ValueError:
+        return default
 
 
 def _registry_kwargs(cfg: AgentConfig) -> dict[str, Any]:
