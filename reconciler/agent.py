@@ -770,11 +770,15 @@ class Components:
         self.registry = ModelRegistry(**_registry_kwargs(cfg))
         token = cfg.auth_token_file.read_text().strip() if cfg.auth_token_file else None
         self.server = InferenceServer(
-            self.registry, host=cfg.serving_host, port=cfg.serving_port, unix_socket=cfg.unix_socket,
+            self.registry, host=cfg.serving_host, port=None if cfg.unix_socket else cfg.serving_port,
+            unix_socket=cfg.unix_socket,
             auth_token=token, tls_cert=str(cfg.tls_cert) if cfg.tls_cert else None,
             tls_key=str(cfg.tls_key) if cfg.tls_key else None, max_body_bytes=cfg.max_body_bytes,
         )
-        self.server.start()
+        try:
+            self.server.start()
+        except OSError as exc:
+            raise UserError(f"cannot listen on {self.server.url}: {exc.strerror or exc}") from None
         if cfg.metrics_enabled and cfg.metrics_port is not None:
             from prometheus_client import start_http_server
 
