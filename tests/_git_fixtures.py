@@ -208,3 +208,31 @@ class SilentServer:
 
 def copy_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst)
+
+
+def make_status(device: str, *, applied: str | None = None, ready: bool = True, version: str = "1.0.0",
+                heartbeat: str = "2026-11-24T10:00:00Z", deployment: str = "cams", model: str = "detector",
+                endpoint: str = "detect", attempts: int = 1, message: str = "") -> dict:
+    """A valid DeviceStatus document."""
+    return {
+        "apiVersion": "modelfleet/v1",
+        "kind": "DeviceStatus",
+        "metadata": {"name": device},
+        "status": {
+            "agentVersion": "0.1.0",
+            "appliedCommit": applied,
+            "attemptedCommit": applied,
+            "heartbeat": heartbeat,
+            "conditions": [
+                {"type": "Ready", "status": "True" if ready else "False",
+                 "reason": "Succeeded" if ready else "HealthCheckFailed", "message": message,
+                 "lastTransitionTime": "2026-11-24T09:00:00Z"},
+            ],
+            "endpoints": [{"name": endpoint, "deployment": deployment, "model": model, "version": version,
+                           "variant": "cpu-fp32", "runtime": "onnxruntime", "digest": "ab" * 32,
+                           "state": "Serving" if ready else "Failed"}],
+            "facts": {"hw.arch": "x86_64", "hw.memoryMB": 4096},
+            "attempts": [{"time": "2026-11-24T09:59:00Z", "commit": applied, "result": "Succeeded", "message": message[:1024]}
+                         for _ in range(attempts)],
+        },
+    }
