@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import socket
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,6 +33,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet
         return
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.lock:
+            self.server.connections.discard(self.connection)
+        super().finish()
 
     def _resolve(self) -> Path | None:
         rel = posixpath.normpath(unquote(urlsplit(self.path).path)).lstrip("/")
@@ -95,7 +106,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.server.bytes_sent += sent
             if count < length:
                 self.close_connection = True
-                self.connection.shutdown(2)
+                self.connection.shutdown(socket.SHUT_RDWR)
 
 
 class _Server(ThreadingHTTPServer):
@@ -109,6 +120,7 @@ class _Server(ThreadingHTTPServer):
         self.requests: list[tuple[str, str | None]] = []
         self.bytes_sent = 0
         self.truncate_after: int | None = None
+        self.connections: set[socket.socket] = set()
 
 
 class StaticServer:
@@ -153,6 +165,14 @@ class StaticServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+        # Keep-alive connections would otherwise go on being served by their handler threads.
+        with self._server.lock:
+            conns = list(self._server.connections)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         if self._thread is not None:
             self._thread.join(timeout=5)
 
