@@ -165,7 +165,9 @@ class RangeFetcher(FetcherInterface):
     def _open(self, url: str, headers: dict[str, str] | None = None) -> urllib3.BaseHTTPResponse:
         try:
             resp = self._http.request(
-                "GET", url, headers=headers, preload_content=False, timeout=urllib3.Timeout(self.timeout), redirect=True
+                "GET", url, headers=headers, preload_content=False, timeout=urllib3.Timeout(self.timeout), redirect=True,
+                # A short body is detected by the caller (and resumed); keep the bytes that did arrive.
+                enforce_content_length=False,
             )
         except urllib3.exceptions.MaxRetryError as exc:
             if isinstance(exc.reason, urllib3.exceptions.TimeoutError):
