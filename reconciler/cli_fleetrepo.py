@@ -95,9 +95,9 @@ def _read_facts(path: str | None) -> dict:
     facts = docs[0].data if docs else {}
     if not isinstance(facts, dict):
         raise UserError(f"{path}:1:1: facts must be a mapping such as `hw.arch: x86_64`")
-    from .schemas import load_schema
-
     import jsonschema
+
+    from .schemas import load_schema
 
     schema = load_schema("common.schema.json")["$defs"]["facts"]
     err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(facts))

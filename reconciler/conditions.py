@@ -8,8 +8,9 @@ status file only changes when something actually happened.
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 # Well-known condition types.
 READY = "Ready"

@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from _cli import run_cli
 
 CORPUS = Path(__file__).parent / "corpus"

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from _cli import run_cli
 
 CORPUS = Path(__file__).parent / "corpus"
