@@ -76,7 +76,8 @@ def once_cmd(config_path: Path, as_json: bool) -> None:
         click.echo(f"commit {res.commit or '-'}: {state}" + (f" ({res.failed_step}: {res.message})"
                                                             if res.failed_step else ""))
     if not res.converged:
-        raise click.exceptions.Exit(1)
+        # UserError, not click's Exit: the CLI runs click with standalone_mode=False, which swallows Exit codes.
+        raise UserError("device not converged" + (f": step {res.failed_step} failed" if res.failed_step else ""))
 
 
 def _table(endpoints: list[dict[str, Any]]) -> str:

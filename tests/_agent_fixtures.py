@@ -47,15 +47,38 @@ class World:
         tufrepo.init_repo(self.tuf_dir, self.keys)
         self.http = StaticServer(self.tuf_dir)
         self.versions: dict[str, dict[str, Any]] = {}
+        self._http_up = False
+        self._http_stopped = False
 
     def start(self) -> World:
-        self.http.start()
-        if self.daemon is not None:
-            self.daemon.start()
+        self.start_tuf()
+        self.start_git()
         return self
 
     def stop(self) -> None:
-        self.http.stop()
+        self.stop_tuf()
+        self.stop_git()
+
+    def start_tuf(self) -> None:
+        """(Re)start the TUF HTTP server on the same port (a StaticServer cannot be restarted)."""
+        if self._http_up:
+            return
+        if self._http_stopped:
+            port = int(self.http.url.rsplit(":", 1)[1])
+            self.http = StaticServer(self.tuf_dir, port=port)
+        self.http.start()
+        self._http_up = True
+
+    def stop_tuf(self) -> None:
+        if self._http_up:
+            self.http.stop()
+            self._http_up, self._http_stopped = False, True
+
+    def start_git(self) -> None:
+        if self.daemon is not None and self.daemon.proc is None:
+            self.daemon.start()
+
+    def stop_git(self) -> None:
         if self.daemon is not None:
             self.daemon.stop()
 
