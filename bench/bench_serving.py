@@ -1,0 +1,291 @@
+"""Serving benchmark: /infer latency and throughput vs. in-process, HTTP stack candidates, swaps under load, RSS.
+
+Load generator: a lean asyncio (uvloop) raw-socket HTTP/1.1 keep-alive client in a separate process, so it
+does not share the server's GIL. Prints ONE JSON line. Run: ``.venv/bin/python bench/bench_serving.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reconciler.modelgen import make_probe, matmul_model, small_cnn
+from reconciler.registry import EndpointSpec, ModelRegistry
+from reconciler.serving import InferenceServer, Response, V2App, _Deferred
+
+TINY = matmul_model(seed=1)
+CNN = small_cnn(seed=1)
+
+
+def _request(port: int, model: str, probe: dict[str, Any], binary: bool) -> bytes:
+    if binary:
+        t = probe["inputs"][0]
+        raw = np.array(t["data"], np.float32).tobytes()
+        hdr = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": t["name"],
+                        "datatype": "FP32",
+                        "shape": t["shape"],
+                        "parameters": {"binary_data_size": len(raw)},
+                    }
+                ],
+                "parameters": {"binary_data_output": True},
+            }
+        ).encode()
+        body, extra = hdr + raw, b"Inference-Header-Content-Length: %d\r\n" % len(hdr)
+    else:
+        body, extra = json.dumps({"inputs": probe["inputs"]}).encode(), b""
+    return (
+        b"POST /v2/models/%s/infer HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n%s"
+        b"Content-Length: %d\r\n\r\n" % (model.encode(), port, extra, len(body))
+    ) + body
+
+
+async def _client(port: int, req: bytes, conc: int, duration: float, out: list) -> None:
+    end = time.perf_counter() + duration
+
+    async def one() -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            w.write(req)
+            head = await r.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            i = head.lower().index(b"content-length:")
+            n = int(head[i + 15 : head.index(b"\r\n", i)])
+            await r.readexactly(n)
+            out.append((t0, time.perf_counter() - t0, status))
+        w.close()
+
+    await asyncio.gather(*(one() for _ in range(conc)))
+
+
+def _client_proc(port: int, req: bytes, conc: int, duration: float, conn: Any) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    out: list = []
+    asyncio.run(_client(port, req, conc, duration, out))
+    conn.send(out)
+
+
+def load(port: int, req: bytes, conc: int, duration: float) -> list[tuple[float, float, int]]:
+    a, b = mp.Pipe()
+    p = mp.get_context("fork").Process(target=_client_proc, args=(port, req, conc, duration, b))
+    p.start()
+    out = a.recv()
+    p.join()
+    return out
+
+
+def stats(samples: list[tuple[float, float, int]], duration: float) -> dict[str, float]:
+    lat = sorted(s[1] for s in samples)
+    return {
+        "p50_us": round(lat[len(lat) // 2] * 1e6, 1),
+        "p99_us": round(lat[int(len(lat) * 0.99)] * 1e6, 1),
+        "rps": round(len(lat) / duration),
+        "errors": sum(1 for s in samples if s[2] != 200),
+    }
+
+
+def inprocess_p50_us(backend_infer: Any, feeds: dict, n: int = 3000) -> float:
+    lat = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        backend_infer(feeds)
+        lat.append(time.perf_counter() - t0)
+    return round(statistics.median(lat) * 1e6, 1)
+
+
+# --- alternative stacks over the same V2App, for the stack comparison -----------------------------------
+
+
+def _resolve(resp: Response | _Deferred) -> Response:
+    return resp.fn() if isinstance(resp, _Deferred) else resp
+
+
+def start_uvicorn(app: V2App) -> tuple[Any, int]:
+    import socket
+
+    import uvicorn
+
+    async def asgi(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            msg = await receive()
+            body += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        r = _resolve(app.handle(scope["method"], scope["path"], headers, body))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": r.status,
+                "headers": [
+                    (b"content-type", r.content_type),
+                    (b"content-length", b"%d" % len(r.body)),
+                    *r.headers,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": r.body})
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    cfg = uvicorn.Config(
+        asgi, http="httptools", loop="uvloop", log_level="error", access_log=False, lifespan="off"
+    )
+    server = uvicorn.Server(cfg)
+    th = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    th.start()
+    while not server.started:
+        time.sleep(0.01)
+    return server, sock.getsockname()[1]
+
+
+def start_stdlib(app: V2App) -> tuple[Any, int]:
+    class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            r = _resolve(app.handle("POST", self.path, headers, body))
+            self.send_response(r.status)
+            self.send_header("content-type", r.content_type.decode())
+            self.send_header("content-length", str(len(r.body)))
+            for k, v in r.headers:
+                self.send_header(k.decode(), v.decode())
+            self.end_headers()
+            self.wfile.write(r.body)
+
+        def log_message(self, *a: Any) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, srv.server_address[1]
+
+
+def swap_under_load(reg: ModelRegistry, srv: InferenceServer, probe: dict, fail: bool) -> dict[str, float]:
+    req = _request(srv.port, "tiny", probe, True)
+    steady = stats(load(srv.port, req, 16, 2.0), 2.0)
+    results: list = []
+    th = threading.Thread(target=lambda: results.extend(load(srv.port, req, 16, 4.0)))
+    th.start()
+    time.sleep(0.5)
+    t_first = time.perf_counter()
+    rolled = 0
+    for i in range(20):
+        if fail:
+            r = reg.apply(EndpointSpec("tiny", f"bad{i}", blobs=[matmul_model(seed=1, nan=True)]))
+            rolled += not r.ok
+        else:
+            assert reg.apply(
+                EndpointSpec("tiny", f"s{i}", blobs=[matmul_model(seed=1, bias=float(i % 3))])
+            ).ok
+        time.sleep(0.1)
+    t_last = time.perf_counter()
+    th.join()
+    during = [s for s in results if t_first <= s[0] <= t_last]
+    d = stats(during, t_last - t_first)
+    return {
+        "steady_p99_us": steady["p99_us"],
+        "swap_p99_us": d["p99_us"],
+        "p99_ratio": round(d["p99_us"] / steady["p99_us"], 2),
+        "failed_requests": sum(s[2] != 200 for s in results),
+        "requests": len(results),
+        **({"rejected_versions": rolled} if fail else {}),
+    }
+
+
+def server_rss_mb() -> float:
+    with tempfile.TemporaryDirectory() as d:
+        f = Path(d) / "tiny.onnx"
+        f.write_bytes(TINY)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "reconciler.cli", "serve", str(f), "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            p.stdout.readline()  # type: ignore[union-attr]
+            time.sleep(0.5)
+            with open(f"/proc/{p.pid}/status") as fh:
+                kb = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+        finally:
+            p.terminate()
+            p.wait(10)
+    return round(kb / 1024, 1)
+
+
+def main() -> None:
+    reg = ModelRegistry()
+    tiny_probe, cnn_probe = make_probe(TINY, batch=1), make_probe(CNN, batch=1)
+    assert reg.apply(EndpointSpec("tiny", "1", blobs=[TINY], probe=tiny_probe)).ok
+    assert reg.apply(EndpointSpec("cnn", "1", blobs=[CNN], probe=cnn_probe)).ok
+    srv = InferenceServer(reg)
+    srv.start()
+    out: dict[str, Any] = {"load_generator": "asyncio+uvloop raw-socket client, separate process"}
+    for name, probe in (("tiny", tiny_probe), ("cnn", cnn_probe)):
+        with reg.get(name) as m:
+            x = np.array(probe["inputs"][0]["data"], np.float32).reshape(probe["inputs"][0]["shape"])
+            base = inprocess_p50_us(m.infer, {probe["inputs"][0]["name"]: x}, 3000 if name == "tiny" else 300)
+        res: dict[str, Any] = {"inprocess_p50_us": base}
+        for enc in ("json", "binary"):
+            req = _request(srv.port, name, probe, enc == "binary")
+            for conc in (1, 16):
+                s = stats(load(srv.port, req, conc, 2.0), 2.0)
+                if conc == 1:
+                    s["p50_overhead_us"] = round(s["p50_us"] - base, 1)
+                res[f"{enc}_c{conc}"] = s
+        out[name] = res
+    # HTTP stack candidates on the same app and tiny model (binary, c=1 and c=16).
+    stacks: dict[str, Any] = {}
+    req_for = lambda port: _request(port, "tiny", tiny_probe, True)  # noqa: E731
+    stacks["asyncio_httptools_uvloop"] = {"c1": out["tiny"]["binary_c1"], "c16": out["tiny"]["binary_c16"]}
+    uv, uport = start_uvicorn(srv.app)
+    stacks["uvicorn_raw_asgi"] = {
+        "c1": stats(load(uport, req_for(uport), 1, 2.0), 2.0),
+        "c16": stats(load(uport, req_for(uport), 16, 2.0), 2.0),
+    }
+    uv.should_exit = True
+    sd, sport = start_stdlib(srv.app)
+    stacks["stdlib_threading"] = {
+        "c1": stats(load(sport, req_for(sport), 1, 2.0), 2.0),
+        "c16": stats(load(sport, req_for(sport), 16, 2.0), 2.0),
+    }
+    sd.shutdown()
+    out["stacks"] = stacks
+    out["swap_under_load"] = swap_under_load(reg, srv, tiny_probe, fail=False)
+    out["swap_health_failure"] = swap_under_load(reg, srv, tiny_probe, fail=True)
+    srv.stop()
+    reg.close()
+    out["server_rss_mb_tiny"] = server_rss_mb()
+    out["cpus"] = os.cpu_count()
+    print(json.dumps(out, separators=(",", ":")))
+
+
+if __name__ == "__main__":
+    main()
