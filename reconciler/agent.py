@@ -86,9 +86,11 @@ M_ROLLBACKS = Counter("modelfleet_agent_rollbacks_total", "Failed switches rolle
 
 def next_delay(interval: float, errors: int, rand: float, jitter: float = JITTER,
                max_backoff: float = MAX_ERROR_BACKOFF) -> float:
-    """Seconds until the next pass: the interval after success, doubling per consecutive error (bounded by
-    ``max(interval, max_backoff)``), times a jitter factor in ``[1 - jitter, 1 + jitter]`` (``rand`` in [0, 1))."""
-    base = interval if errors <= 0 else min(max(interval, max_backoff), interval * 2 ** min(errors, 20))
+    """Seconds until the next pass: the interval after success, doubling per consecutive error up to 10× the
+    interval and at most ``max_backoff`` (but never below the interval), times a jitter factor in
+    ``[1 - jitter, 1 + jitter]`` (``rand`` in [0, 1))."""
+    cap = max(interval, min(max_backoff, interval * 10))
+    base = interval if errors <= 0 else min(cap, interval * 2 ** min(errors, 20))
     return max(0.0, base * (1.0 + jitter * (2.0 * rand - 1.0)))
 
 
@@ -308,11 +310,8 @@ class Agent:
             while not self._stop.is_set():
                 self._wake.clear()
                 result = self.reconcile_once()
-                delay = next_delay(self.poll_interval, self.errors, self._rand.random())
-                next_hint = getattr(result, "_next_poll_delay", None)
-                if self.errors and next_hint:
-                    delay = max(delay, float(next_hint))
-                self._wake.wait(delay)
+                del result
+                self._wake.wait(next_delay(self.poll_interval, self.errors, self._rand.random()))
         finally:
             log.info("stopping")
             self.close()
@@ -375,8 +374,6 @@ class Agent:
             M_LAST_SUCCESS.set(time.time())
         result = PassResult(p.commit, converged, failed[0] if failed else None, failed[1] if failed else "",
                             p.changed, duration, endpoints)
-        if p.poll is not None:
-            result._next_poll_delay = getattr(p.poll, "next_poll_delay", None)  # type: ignore[attr-defined]
         if not p.skip_rest or failed:
             self._record_attempt(p, failed, duration)
         self._report(p, endpoints)

@@ -214,7 +214,7 @@ def wait_for(pred: Any, timeout: float = 20.0, interval: float = 0.05, what: str
 
 
 class AgentProcess:
-    """``modelfleet agent run`` as a real child process; ``url`` read from the status the agent logs."""
+    """``modelfleet agent run`` as a real child process; ``url()`` waits for boot (last good models loaded)."""
 
     def __init__(self, config: Path, log_path: Path) -> None:
         self.config = config
@@ -236,9 +236,12 @@ class AgentProcess:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"agent exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
+            url = None
             for line in self.log_path.read_text(errors="replace").splitlines():
                 if '"msg":"serving"' in line:
-                    return json.loads(line)["url"]
+                    url = json.loads(line)["url"]
+                if '"msg":"booted"' in line and url:
+                    return url  # last good models restored
             return None
 
         return wait_for(find, timeout, what="agent serving")

@@ -89,7 +89,7 @@ def test_failed_health_check_is_remembered_not_retried(world: World, agent: Agen
 
 
 def test_invalid_manifest_keeps_last_good(world: World, agent: Agent) -> None:
-    good = world.commit_fleet("1.0.0", message="same") if False else world.upstream.head()
+    good = world.upstream.head()
     assert agent.reconcile_once().converged
     files = world.fleet_files("1.0.0")
     files["deployments/det-all.yaml"] = files["deployments/det-all.yaml"].replace("serveAs: detector", "serveAs: Bad_Name")
@@ -202,7 +202,8 @@ def test_next_delay_backoff_and_jitter() -> None:
     assert next_delay(10, 0, 0.5) == 10
     assert 9 <= next_delay(10, 0, 0.0) <= 11 and 9 <= next_delay(10, 0, 0.999) <= 11
     assert next_delay(10, 1, 0.5) == 20 and next_delay(10, 3, 0.5) == 80
-    assert next_delay(10, 50, 0.5) == 300  # bounded
+    assert next_delay(10, 50, 0.5) == 100  # bounded: 10x the interval…
+    assert next_delay(60, 50, 0.5) == 300  # …and 5 min
     assert next_delay(600, 5, 0.5) == 600  # never shorter than the interval
 
 

@@ -1,0 +1,147 @@
+"""Fault tests with real processes and real servers on 127.0.0.1: kill -9 during updates, Git/TUF outages,
+SIGHUP wake-ups. Every restart must serve a verified model (old or new, never nothing) and converge."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from reconciler import conditions as C
+from reconciler.agent import Agent
+from reconciler.agentconfig import load_agent_config
+from reconciler.journal import Journal
+from tests._agent_fixtures import (
+    ENDPOINT,
+    REPO_ROOT,
+    AgentProcess,
+    World,
+    condition,
+    read_status,
+    wait_for,
+    which_version,
+)
+
+KILL_TRIALS = 20
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    w = World(tmp_path / "world").start()
+    for i in range(4):
+        w.publish(f"1.{i}.0", bias=float(i))
+    w.commit_fleet("1.0.0")
+    yield w
+    w.stop()
+
+
+def kill9_trials(world: World, work: Path, trials: int, seed: int, max_delay: float = 1.2) -> dict[str, int]:
+    """Restart/update/kill -9 ``trials`` times; assert every boot serves the journal's verified version.
+
+    Shared with bench/soak_kill9.py. Returns counts of what the restarts served.
+    """
+    cfg = world.agent_config(work, poll="100ms")
+    state = work / "state"
+    rng = random.Random(seed)
+    versions = sorted(world.versions)
+    served: dict[str, int] = {}
+    target = "1.0.0"
+    for trial in range(trials):
+        before = Journal.load(state) if (state / "journal.json").exists() else Journal()
+        st = before.endpoints.get(ENDPOINT)
+        allowed = {r.version for r in ((st.active, st.previous) if st else ()) if r is not None}
+        proc = AgentProcess(cfg, work / f"agent-{trial}.log").start()
+        try:
+            url = proc.url(timeout=60)
+            got = which_version(url, world)
+            if allowed:
+                # Served before any network access, from the local store: a complete verified version.
+                assert got in allowed, f"trial {trial}: served {got!r}, journal had {allowed}"
+            served[got or "none"] = served.get(got or "none", 0) + 1
+            target = versions[(versions.index(target) + 1 + rng.randrange(len(versions) - 1)) % len(versions)]
+            world.commit_fleet(target, message=f"trial {trial}: deploy {target}")
+            time.sleep(rng.uniform(0.0, max_delay))  # mid-poll, mid-download, mid-swap, mid-journal write…
+        finally:
+            proc.kill9()
+    # Final restart: converges to the last commit and reports Ready.
+    proc = AgentProcess(cfg, work / "agent-final.log").start()
+    try:
+        url = proc.url(timeout=60)
+        wait_for(lambda: which_version(url, world) == target, 30, what=f"convergence to {target}")
+        wait_for(lambda: (condition(read_status(work), C.READY) or {}).get("status") == "True", 30, what="Ready")
+        assert proc.stop() == 0
+    finally:
+        proc.kill9()
+    leftovers = [p for p in (state / "store" / "sha256").rglob("*") if p.is_file() and not p.name[0].isalnum()]
+    assert leftovers == [], leftovers
+    return served
+
+
+def test_kill9_at_random_points_during_updates(world: World, tmp_path: Path) -> None:
+    served = kill9_trials(world, tmp_path / "dev", KILL_TRIALS, seed=20261124)
+    assert sum(served.values()) == KILL_TRIALS
+    assert len(served) >= 2  # the kills really landed before and after swaps
+
+
+def test_sighup_and_reconcile_command_wake_the_agent(world: World, tmp_path: Path) -> None:
+    cfg = world.agent_config(tmp_path / "dev", poll="1h")
+    proc = AgentProcess(cfg, tmp_path / "agent.log").start()
+    try:
+        url = proc.url(timeout=60)
+        wait_for(lambda: which_version(url, world) == "1.0.0", 30, what="first convergence")
+        world.commit_fleet("1.1.0")
+        t0 = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "reconciler.cli", "agent", "reconcile", "--config", str(cfg)],
+                           capture_output=True, text=True, timeout=30, cwd=REPO_ROOT)
+        assert r.returncode == 0 and "reconcile requested" in r.stdout
+        wait_for(lambda: which_version(url, world) == "1.1.0", 20, what="switch after SIGHUP")
+        assert time.monotonic() - t0 < 20  # far below the 1 h poll interval
+        assert proc.stop() == 0
+        assert not (tmp_path / "dev" / "state" / "agent.pid").exists()
+    finally:
+        proc.kill9()
+
+
+def test_outages_keep_last_good_and_recover_without_restart(world: World, tmp_path: Path) -> None:
+    a = Agent(load_agent_config(world.agent_config(tmp_path / "dev", poll="100ms")))
+    t = threading.Thread(target=a.run, kwargs={"install_signals": False}, daemon=True)
+    t.start()
+
+    def status(ctype: str) -> str | None:
+        c = a.conditions.get(ctype)
+        return c.status if c else None
+
+    try:
+        wait_for(lambda: a.last_result is not None and a.last_result.converged, 30, what="convergence")
+        url = a.c.url
+        # Git down.
+        world.stop_git()
+        wait_for(lambda: status(C.SOURCE_AVAILABLE) == "False", 20, what="SourceAvailable=False")
+        assert a.conditions.get(C.SOURCE_AVAILABLE).reason in ("GitUnavailable", "GitTimeout")
+        assert status(C.READY) == "False" and which_version(url, world) == "1.0.0"
+        # Git back, TUF down, a new version committed.
+        world.stop_tuf()
+        world.start_git()
+        world.commit_fleet("1.1.0")
+        wait_for(lambda: status(C.ARTIFACTS_READY) == "False", 20, what="ArtifactsReady=False")
+        assert a.conditions.get(C.ARTIFACTS_READY).reason == "RepositoryUnavailable"
+        assert which_version(url, world) == "1.0.0"
+        # Both down for a while.
+        world.stop_git()
+        time.sleep(1.0)
+        assert which_version(url, world) == "1.0.0" and t.is_alive()
+        # Both back: converges without a restart.
+        world.start_git()
+        world.start_tuf()
+        wait_for(lambda: which_version(url, world) == "1.1.0", 30, what="recovery")
+        wait_for(lambda: status(C.READY) == "True", 10, what="Ready")
+    finally:
+        a.stop()
+        t.join(20)
+    assert not t.is_alive()
