@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import queue
 import re
 import shutil
 import threading
@@ -396,45 +397,47 @@ class TufClient:
         if have > info.length:
             staged.unlink()
             have = 0
-        hashers = {alg: hashlib.new(alg) for alg in info.hashes if alg in hashlib.algorithms_available}
+        hasher = _HashPipe([alg for alg in info.hashes if alg in hashlib.algorithms_available])
         start, chunks = self.fetcher.fetch_from(url, have) if have < info.length else (have, iter(()))
-        with open(staged, "r+b" if staged.exists() else "w+b") as fh:
-            # Re-hash the bytes kept from an interrupted transfer, then append the rest.
-            fh.truncate(start)
-            fh.seek(0)
-            while start and (block := fh.read(_CHUNK)):
-                for h in hashers.values():
-                    h.update(block)
-            fh.seek(start)
-            done = start
-            for chunk in chunks:
-                done += len(chunk)
-                if done > info.length:
-                    fh.close()
-                    staged.unlink(missing_ok=True)
-                    raise LengthExceeded(
-                        f"target {path}: server sent more than the signed length of {info.length} bytes"
-                    )
-                fh.write(chunk)
-                for h in hashers.values():
-                    h.update(chunk)
-                with self._lock:
-                    self.bytes_downloaded += len(chunk)
-                BYTES_DOWNLOADED.inc(len(chunk))
-                if self.progress is not None:
-                    self.progress(path, done, info.length)
-            fh.flush()
-            if done < info.length:
-                raise RepositoryUnavailable(
-                    f"target {path}: transfer ended after {done} of {info.length} bytes; will resume"
-                )
-            bad = [alg for alg, h in hashers.items() if h.hexdigest() != info.hashes[alg]]
-            if not hashers:
+        try:
+            with open(staged, "r+b" if staged.exists() else "w+b") as fh:
+                # Re-hash the bytes kept from an interrupted transfer, then append the rest.
+                fh.truncate(start)
                 fh.seek(0)
-                try:
-                    info.verify_length_and_hashes(fh)
-                except tufexc.LengthOrHashMismatchError:
-                    bad = ["all"]
+                while start and (block := fh.read(_CHUNK)):
+                    hasher.update(block)
+                fh.seek(start)
+                done = start
+                for chunk in chunks:
+                    done += len(chunk)
+                    if done > info.length:
+                        fh.close()
+                        staged.unlink(missing_ok=True)
+                        raise LengthExceeded(
+                            f"target {path}: server sent more than the signed length of {info.length} bytes"
+                        )
+                    fh.write(chunk)
+                    hasher.update(chunk)
+                    with self._lock:
+                        self.bytes_downloaded += len(chunk)
+                    BYTES_DOWNLOADED.inc(len(chunk))
+                    if self.progress is not None:
+                        self.progress(path, done, info.length)
+                fh.flush()
+                if done < info.length:
+                    raise RepositoryUnavailable(
+                        f"target {path}: transfer ended after {done} of {info.length} bytes; will resume"
+                    )
+                digests = hasher.hexdigests()
+                bad = [alg for alg, d in digests.items() if d != info.hashes[alg]]
+                if not digests:
+                    fh.seek(0)
+                    try:
+                        info.verify_length_and_hashes(fh)
+                    except tufexc.LengthOrHashMismatchError:
+                        bad = ["all"]
+        finally:
+            hasher.close()
         if bad:
             staged.unlink(missing_ok=True)
             raise TargetHashMismatch(
@@ -468,6 +471,33 @@ class TufClient:
             FAILURES.labels("DecryptionFailed").inc()
             raise DecryptionFailed(f"target {t.path}: decrypted model does not match its signed plaintext hash")
         return plain
+
+
+class _HashPipe:
+    """Hash chunks on a worker thread (hashlib releases the GIL) so hashing overlaps network and disk I/O."""
+
+    def __init__(self, algorithms: list[str]) -> None:
+        self._hashers = {alg: hashlib.new(alg) for alg in algorithms}
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        self._thread = threading.Thread(target=self._run, name="tuf-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            for h in self._hashers.values():
+                h.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self._queue.put(chunk)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def hexdigests(self) -> dict[str, str]:
+        self.close()
+        return {alg: h.hexdigest() for alg, h in self._hashers.items()}
 
 
 def _sha256_of(info: TargetFile, path: str) -> str:

@@ -4,7 +4,6 @@ leaves the previously installed model in the store."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 from securesystemslib.signer import CryptoSigner
