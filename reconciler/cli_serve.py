@@ -124,13 +124,13 @@ def serve(
     except Exception as exc:  # bad TLS material and the like
         registry.close()
         raise UserError(f"cannot start the server: {exc}") from None
+    stop = threading.Event()
+    # This is the CLI process, not the embedded server: here handling SIGTERM is ours to do.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     for spec in specs:
         click.echo(f"serving {spec.name} ({spec.runtime}) at {server.url}/v2/models/{spec.name}")
     if unix_socket is not None:
         click.echo(f"also on unix socket {unix_socket}")
-    stop = threading.Event()
-    # This is the CLI process, not the embedded server: here handling SIGTERM is ours to do.
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         while not stop.wait(3600):
             pass
