@@ -161,7 +161,9 @@ class StaticServer:
             self._server.bytes_sent = 0
 
     def start(self) -> StaticServer:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="httpserve", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="httpserve", daemon=True
+        )
         self._thread.start()
         return self
 
