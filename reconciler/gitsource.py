@@ -17,6 +17,7 @@ Nothing is ever checked out: :meth:`GitSource.read_files` reads blobs from the c
 from __future__ import annotations
 
 import random
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -141,7 +142,7 @@ class GitSource:
         self.requests = 0
         self.failures = 0
         self.last_contact: float | None = None  # clock() of the last poll that reached the server
-        self._verdicts: dict[tuple[str, str | None], _Verdict] = {}
+        self._verdicts: dict[tuple[str, str | None, tuple[object, ...]], _Verdict] = {}
         self._lock = threading.RLock()
         self._repo: gitpython.Repo | None = None
 
@@ -153,8 +154,6 @@ class GitSource:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.cache_dir / "repo.git.tmp"
         if tmp.exists():
-            import shutil
-
             shutil.rmtree(tmp)
         run_git(["init", "--bare", "--quiet", str(tmp)], timeout=self.timeout)
         hooks = tmp / "hooks"
@@ -185,6 +184,17 @@ class GitSource:
 
     def _is_shallow_boundary(self) -> bool:
         return (self.git_dir / "shallow").is_file()
+
+    def _anchor_stamp(self) -> tuple[object, ...]:
+        """Changes when a provisioned trust anchor changes, so a cached verdict is not reused after rotation."""
+        out: list[object] = []
+        for p in (self.allowed_signers, self.gpg_keyring):
+            try:
+                st = p.stat() if p is not None else None
+                out.append((st.st_mtime_ns, st.st_size) if st else None)
+            except OSError:
+                out.append("missing")
+        return tuple(out)
 
     # -- network ------------------------------------------------------------------------------------
 
@@ -294,7 +304,7 @@ class GitSource:
                 return self._failure(reason, str(exc), last_applied)
             if head is None:
                 return self._failure(BRANCH_NOT_FOUND, f"branch {self.branch!r} not found at {self.url}", last_applied)
-            key = (head, last_applied)
+            key = (head, last_applied, self._anchor_stamp())
             cached = self._verdicts.get(key)
             if cached is not None:
                 return self._result(head, cached, last_applied, fetched=False)

@@ -301,3 +301,15 @@ def test_bundle_import_with_same_verification(upstream: Upstream, tmp_path: Path
     junk.write_bytes(b"not a bundle at all")
     r = src.import_bundle(junk, new)
     assert r.commit == new and r.reason == "BundleInvalid" and cond(r, SOURCE_VERIFIED).status == "False"
+
+
+def test_rotated_allowed_signers_take_effect_without_new_push(upstream: Upstream, tmp_path: Path, keys,
+                                                              allowed) -> None:
+    base = upstream.commit({"f.yaml": "a: 1\n"}, ssh_key=keys["alice"])
+    src = GitSource(upstream.file_url, tmp_path / "cache", verify_mode="head", allowed_signers=allowed)
+    assert src.poll(None).commit == base
+    tip = upstream.commit({"f.yaml": "a: 2\n"}, ssh_key=keys["mallory"])
+    assert src.poll(base).reason == "VerificationFailed"
+    write_allowed_signers(allowed, keys["alice"], keys["mallory"])  # operator provisions the new key
+    r = src.poll(base)
+    assert (r.commit, r.signer) == (tip, "mallory@example.com")
