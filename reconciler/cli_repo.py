@@ -160,7 +160,8 @@ def rotate_cmd(repo_dir: Path, role: str, root_keys: Path, keys: tuple[Path, ...
 
 @repo.command("verify")
 @click.argument("repo_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--within", default="7d", show_default=True, help="Fail when metadata expires within this time.")
+@click.option("--within", default="6h", show_default=True,
+              help="Fail when any metadata expires within this time (timestamp expires after 1d by default).")
 def verify_cmd(repo_dir: Path, within: str) -> None:
     """Check signatures, versions, target files and expiries (exit 1 on any problem; for CI)."""
     problems = tufrepo.verify_repo(repo_dir, within=_duration(within))
