@@ -128,13 +128,18 @@ def main() -> None:
         text = "\n".join(f"    {key}: {http.url}/{path}" if line.strip().startswith(f"{key}:") else line
                          for line in text.splitlines()) + "\n"
     fy.write_text(text.replace("pollInterval: 30s", "pollInterval: 1s"))
+    # The example gateway deployment uses the `resource` strategy (unload first: a short gap). The demo shows the
+    # zero-downtime `availability` switch instead.
+    dep_yaml = fleet / "deployments" / "vibration-anomaly.yaml"
+    dep_yaml.write_text(dep_yaml.read_text().replace("strategy: resource", "strategy: availability"))
     git(WORK, "init", "--quiet", "--bare", "--initial-branch=main", str(bare))
     git(WORK, "init", "--quiet", "--initial-branch=main", str(fleet))
     git(fleet, "add", "-A")
     git(fleet, "commit", "--quiet", "-m", "fleet from fleet-repo-example")
     git(fleet, "push", "--quiet", bare.as_uri(), "HEAD:refs/heads/main")
     first = git(fleet, "rev-parse", "HEAD")
-    say(f"fleet repository {bare.as_uri()} at {first[:12]} (deployment vibration-anomaly → 2.1.0)")
+    say(f"fleet repository {bare.as_uri()} at {first[:12]} (deployment vibration-anomaly → 2.1.0, "
+        "update strategy availability)")
 
     # 3. The agent.
     dev = WORK / "device"
@@ -202,6 +207,7 @@ def _run_agent_part(agent: subprocess.Popen[bytes], log_path: Path, fleet: Path,
     dep_yaml = fleet / "deployments" / "vibration-anomaly.yaml"
     dep_yaml.write_text(dep_yaml.read_text().replace('version: "2.1.0"', 'version: "2.2.0"'))
     stats = {"ok": 0, "failed": 0}
+    errors: list[str] = []
     seen: list[str] = []
     stop = threading.Event()
 
@@ -212,8 +218,10 @@ def _run_agent_part(agent: subprocess.Popen[bytes], log_path: Path, fleet: Path,
                 stats["ok"] += 1
                 if not seen or seen[-1] != v:
                     seen.append(v)
-            except (urllib.error.URLError, OSError, ValueError, KeyError):
+            except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
                 stats["failed"] += 1
+                detail = exc.read().decode(errors="replace")[:200] if isinstance(exc, urllib.error.HTTPError) else ""
+                errors.append(f"{type(exc).__name__}: {exc} {detail}")
 
     t = threading.Thread(target=client, daemon=True)
     t.start()
@@ -230,7 +238,7 @@ def _run_agent_part(agent: subprocess.Popen[bytes], log_path: Path, fleet: Path,
     t.join()
     say(f"client: {stats['ok']} requests answered, {stats['failed']} failed, versions seen: {' → '.join(seen)}")
     if stats["failed"]:
-        raise SystemExit("demo failed: requests failed during the swap")
+        raise SystemExit("demo failed: requests failed during the swap:\n  " + "\n  ".join(errors[:5]))
 
     # 5. The status branch.
     branch = f"status/{DEVICE}"
