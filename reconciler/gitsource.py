@@ -97,6 +97,8 @@ def parse_ls_remote(output: str, ref: str) -> str | None:
 class GitSource:
     """Polls one branch of one repository; see the module docstring."""
 
+    max_packs = 40  # consolidate the cache's packs beyond this many
+
     def __init__(
         self,
         url: str,
@@ -231,6 +233,11 @@ class GitSource:
         received = sum(size for name, size in after.items() if name not in before)
         self.bytes_fetched += received
         _BYTES.inc(received)
+        # Fetched packs are kept as received (fetch.unpackLimit=1, for the byte count); consolidate them
+        # in the foreground once there are many, rather than letting git pick a moment in the background.
+        if len(after) > self.max_packs:
+            run_git(["-c", "gc.auto=6700", "-c", f"gc.autoPackLimit={self.max_packs}", "-c", "gc.autoDetach=false",
+                     "gc", "--auto", "--quiet"], git_dir=self.git_dir, timeout=max(self.timeout, 300), check=False)
 
     # -- verification -------------------------------------------------------------------------------
 

@@ -313,3 +313,18 @@ def test_rotated_allowed_signers_take_effect_without_new_push(upstream: Upstream
     write_allowed_signers(allowed, keys["alice"], keys["mallory"])  # operator provisions the new key
     r = src.poll(base)
     assert (r.commit, r.signer) == (tip, "mallory@example.com")
+
+
+def test_many_fetches_keep_the_cache_compact(upstream: Upstream, tmp_path: Path) -> None:
+    applied = upstream.commit({"f.yaml": "a: 0\n"})
+    src = GitSource(upstream.file_url, tmp_path / "cache")
+    src.max_packs = 4
+    src.poll(None)
+    for i in range(1, 9):
+        upstream.commit({"f.yaml": f"a: {i}\n"})
+        r = src.poll(applied)
+        assert r.changed and r.fetched
+        applied = r.commit
+    packs = list((tmp_path / "cache" / "repo.git" / "objects" / "pack").glob("*.pack"))
+    assert len(packs) <= 5
+    assert src.fetches == 9 and src.read_files(applied) == {"f.yaml": b"a: 8\n"}
