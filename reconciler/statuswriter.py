@@ -134,7 +134,12 @@ class StatusWriter:
 
         Raises ``ValueError`` if the document is not a valid DeviceStatus (a caller bug, caught early).
         """
-        doc = trim_status(status)
+        doc = status
+        attempts = (status.get("status") or {}).get("attempts")
+        if isinstance(attempts, list) and len(attempts) > 5:  # keep the newest 5 (newest first, per the schema)
+            doc = copy.deepcopy(status)
+            doc["status"]["attempts"] = attempts[:5]
+        doc = trim_status(doc)
         errors = sorted(validator("DeviceStatus").iter_errors(doc), key=lambda e: list(e.path))
         if errors:
             e = errors[0]

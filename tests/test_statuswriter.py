@@ -62,9 +62,10 @@ def test_commits_only_on_change_or_heartbeat(upstream: Upstream, tmp_path: Path)
         clock.t += 300
         w.submit(make_status("cam-01", applied="a" * 40, heartbeat="2026-11-24T10:05:10Z"))
         assert w.flush(15) and remote_commits(upstream.bare, "cam-01") == 2
-        w.submit(make_status("cam-01", applied="b" * 40, heartbeat="2026-11-24T10:05:11Z"))
+        w.submit(make_status("cam-01", applied="b" * 40, heartbeat="2026-11-24T10:05:11Z", attempts=8))
         assert w.flush(15) and remote_commits(upstream.bare, "cam-01") == 3
         assert remote_status(upstream.bare, "cam-01")["status"]["appliedCommit"] == "b" * 40
+        assert len(remote_status(upstream.bare, "cam-01")["status"]["attempts"]) == 5
         assert git(upstream.bare, "rev-parse", "refs/heads/main") == upstream.head()  # operators' branch untouched
     finally:
         w.close()
