@@ -28,6 +28,8 @@ import logging
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -249,7 +251,6 @@ class Agent:
             self.journal = Journal()
         if self.journal.conditions:
             self.conditions = C.ConditionSet.from_list(self.journal.conditions, self.clock)
-        self.facts = self.c.detect_facts()
         self.c.start_runtime()
         log.info("serving", extra=fields(url=self.c.url))
         restored = self._restore_last_good()
@@ -257,6 +258,8 @@ class Agent:
         status = f"serving {restored} endpoint(s) from the local store"
         log.info("booted", extra=fields(endpoints=restored, commit=self.journal.applied_commit or "-"))
         self.notifier.ready(status)
+        self.facts = self.c.detect_facts()  # local only; after READY so serving never waits for it
+        _release_free_memory()
 
     def _restore_last_good(self) -> int:
         n = 0
@@ -297,12 +300,12 @@ class Agent:
 
     def run(self, install_signals: bool = True) -> None:
         """Boot, then reconcile until stopped."""
-        self.boot()
-        atomic_write_text(self.config.pid_file, f"{os.getpid()}\n")
-        if install_signals:
+        if install_signals:  # before boot: a SIGTERM while models load still stops cleanly
             signal.signal(signal.SIGHUP, lambda *_: self.request_reconcile())
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
             signal.signal(signal.SIGINT, lambda *_: self.stop())
+        self.boot()
+        atomic_write_text(self.config.pid_file, f"{os.getpid()}\n")
         self.c.watch_bundles(self._on_bundle)
         pinger = threading.Thread(target=self._watchdog_loop, name="watchdog", daemon=True)
         pinger.start()
@@ -381,6 +384,8 @@ class Agent:
         M_PASS_SECONDS.observe(duration)
         self.notifier.status(summarize(endpoints, failed[0] if failed else None))
         self.last_result = result
+        if not p.skip_rest:
+            _release_free_memory()
         return result
 
     # -- steps ------------------------------------------------------------------------------------------------
@@ -696,6 +701,24 @@ class Agent:
                     M_ENDPOINT.remove(*labels)
 
 
+def _release_free_memory() -> None:
+    """Hand freed heap pages back to the OS after a pass (glibc keeps them otherwise): the agent's RSS stays
+    near its live size on small devices. A no-op where ``malloc_trim`` does not exist."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM: Any = None
+
+
 def _label_sets(metric: Gauge) -> Iterator[tuple[str, ...]]:
     for sample_metric in metric.collect():
         for s in sample_metric.samples:
@@ -755,9 +778,31 @@ class Components:
     # -- facts and runtime ------------------------------------------------------------------------------------
 
     def detect_facts(self) -> dict[str, Any]:
-        from .hwfacts import detect_facts
+        """Hardware facts, detected in a short-lived child process.
 
-        return dict(detect_facts())
+        Listing OpenVINO devices loads its plugins (~40 MB that would stay in the agent for its lifetime); a
+        child process keeps the agent lean. The last facts are cached in the state dir, so an offline boot
+        does not wait for detection.
+        """
+        cache = self.config.state_dir / "facts.json"
+        code = "import json; from reconciler.hwfacts import detect_facts; print(json.dumps(detect_facts()))"
+        env = dict(os.environ)
+        pkg_root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        try:
+            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+            facts = json.loads(r.stdout) if r.returncode == 0 else None
+        except (OSError, subprocess.TimeoutExpired, ValueError):
+            facts = None
+        if isinstance(facts, dict):
+            with contextlib.suppress(OSError):
+                atomic_write_text(cache, json.dumps(facts, sort_keys=True) + "\n")
+            return facts
+        log.warning("hardware fact detection failed; using the cached facts")
+        try:
+            return dict(json.loads(cache.read_text()))
+        except (OSError, ValueError):
+            return {}
 
     def start_runtime(self) -> None:
         from .registry import ModelRegistry

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -24,8 +25,10 @@ from typing import Any
 import numpy as np
 import yaml
 
+from reconciler import conditions as C
 from reconciler import modelgen, tufrepo
 from reconciler.httpserve import StaticServer
+from reconciler.journal import Journal
 from tests._git_fixtures import GitDaemon, Upstream
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -142,7 +145,11 @@ class World:
         }
 
     def commit_fleet(self, version: str, message: str | None = None, **kw: Any) -> str:
-        return self.upstream.commit(self.fleet_files(version, **kw), message or f"deploy {version}")
+        files = self.fleet_files(version, **kw)
+        for rel, content in list(files.items()):
+            if content is None and not (self.upstream.work / rel).exists():
+                del files[rel]  # deleting what was never committed
+        return self.upstream.commit(files, message or f"deploy {version}")
 
     def commit_raw(self, files: dict[str, str | bytes | None], message: str) -> str:
         return self.upstream.commit(files, message)
@@ -287,3 +294,46 @@ def condition(doc: dict[str, Any] | None, ctype: str) -> dict[str, Any] | None:
         if c["type"] == ctype:
             return c
     return None
+
+
+def kill9_trials(world: World, work: Path, trials: int, seed: int, max_delay: float = 1.2) -> dict[str, int]:
+    """Restart/update/kill -9 ``trials`` times; assert every boot serves the journal's verified version.
+
+    Shared with bench/soak_kill9.py. Returns counts of what the restarts served.
+    """
+    cfg = world.agent_config(work, poll="100ms")
+    state = work / "state"
+    rng = random.Random(seed)
+    versions = sorted(world.versions)
+    served: dict[str, int] = {}
+    target = "1.0.0"
+    for trial in range(trials):
+        before = Journal.load(state) if (state / "journal.json").exists() else Journal()
+        st = before.endpoints.get(ENDPOINT)
+        allowed = {r.version for r in ((st.active, st.previous) if st else ()) if r is not None}
+        proc = AgentProcess(cfg, work / f"agent-{trial}.log").start()
+        try:
+            url = proc.url(timeout=60)
+            got = which_version(url, world)
+            if allowed:
+                # Served before any network access, from the local store: a complete verified version.
+                assert got in allowed, f"trial {trial}: served {got!r}, journal had {allowed}"
+            served[got or "none"] = served.get(got or "none", 0) + 1
+            target = versions[(versions.index(target) + 1 + rng.randrange(len(versions) - 1)) % len(versions)]
+            world.commit_fleet(target, message=f"trial {trial}: deploy {target}")
+            time.sleep(rng.uniform(0.0, max_delay))  # mid-poll, mid-download, mid-swap, mid-journal write…
+        finally:
+            proc.kill9()
+    # Final restart: converges to the last commit and reports Ready (in a status it writes itself).
+    (state / "status.json").unlink(missing_ok=True)
+    proc = AgentProcess(cfg, work / "agent-final.log").start()
+    try:
+        url = proc.url(timeout=60)
+        wait_for(lambda: which_version(url, world) == target, 30, what=f"convergence to {target}")
+        wait_for(lambda: (condition(read_status(work), C.READY) or {}).get("status") == "True", 30, what="Ready")
+        assert proc.stop() == 0
+    finally:
+        proc.kill9()
+    leftovers = [p for p in (state / "store" / "sha256").rglob("*") if p.is_file() and not p.name[0].isalnum()]
+    assert leftovers == [], leftovers
+    return served

@@ -3,7 +3,6 @@ SIGHUP wake-ups. Every restart must serve a verified model (old or new, never no
 
 from __future__ import annotations
 
-import random
 import subprocess
 import sys
 import threading
@@ -16,17 +15,7 @@ import pytest
 from reconciler import conditions as C
 from reconciler.agent import Agent
 from reconciler.agentconfig import load_agent_config
-from reconciler.journal import Journal
-from tests._agent_fixtures import (
-    ENDPOINT,
-    REPO_ROOT,
-    AgentProcess,
-    World,
-    condition,
-    read_status,
-    wait_for,
-    which_version,
-)
+from tests._agent_fixtures import REPO_ROOT, AgentProcess, World, kill9_trials, wait_for, which_version
 
 KILL_TRIALS = 20
 
@@ -39,48 +28,6 @@ def world(tmp_path: Path) -> Iterator[World]:
     w.commit_fleet("1.0.0")
     yield w
     w.stop()
-
-
-def kill9_trials(world: World, work: Path, trials: int, seed: int, max_delay: float = 1.2) -> dict[str, int]:
-    """Restart/update/kill -9 ``trials`` times; assert every boot serves the journal's verified version.
-
-    Shared with bench/soak_kill9.py. Returns counts of what the restarts served.
-    """
-    cfg = world.agent_config(work, poll="100ms")
-    state = work / "state"
-    rng = random.Random(seed)
-    versions = sorted(world.versions)
-    served: dict[str, int] = {}
-    target = "1.0.0"
-    for trial in range(trials):
-        before = Journal.load(state) if (state / "journal.json").exists() else Journal()
-        st = before.endpoints.get(ENDPOINT)
-        allowed = {r.version for r in ((st.active, st.previous) if st else ()) if r is not None}
-        proc = AgentProcess(cfg, work / f"agent-{trial}.log").start()
-        try:
-            url = proc.url(timeout=60)
-            got = which_version(url, world)
-            if allowed:
-                # Served before any network access, from the local store: a complete verified version.
-                assert got in allowed, f"trial {trial}: served {got!r}, journal had {allowed}"
-            served[got or "none"] = served.get(got or "none", 0) + 1
-            target = versions[(versions.index(target) + 1 + rng.randrange(len(versions) - 1)) % len(versions)]
-            world.commit_fleet(target, message=f"trial {trial}: deploy {target}")
-            time.sleep(rng.uniform(0.0, max_delay))  # mid-poll, mid-download, mid-swap, mid-journal write…
-        finally:
-            proc.kill9()
-    # Final restart: converges to the last commit and reports Ready.
-    proc = AgentProcess(cfg, work / "agent-final.log").start()
-    try:
-        url = proc.url(timeout=60)
-        wait_for(lambda: which_version(url, world) == target, 30, what=f"convergence to {target}")
-        wait_for(lambda: (condition(read_status(work), C.READY) or {}).get("status") == "True", 30, what="Ready")
-        assert proc.stop() == 0
-    finally:
-        proc.kill9()
-    leftovers = [p for p in (state / "store" / "sha256").rglob("*") if p.is_file() and not p.name[0].isalnum()]
-    assert leftovers == [], leftovers
-    return served
 
 
 def test_kill9_at_random_points_during_updates(world: World, tmp_path: Path) -> None:
