@@ -223,15 +223,17 @@ def wait_for(pred: Any, timeout: float = 20.0, interval: float = 0.05, what: str
 class AgentProcess:
     """``modelfleet agent run`` as a real child process; ``url()`` waits for boot (last good models loaded)."""
 
-    def __init__(self, config: Path, log_path: Path) -> None:
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.config = config
         self.log_path = log_path
+        self.extra_env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> AgentProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO_ROOT)
         env.pop("NOTIFY_SOCKET", None)
+        env.update(self.extra_env)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "reconciler.cli", "agent", "run", "--config",
                                       str(self.config)], stdout=self._log, stderr=subprocess.STDOUT, env=env,

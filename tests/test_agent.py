@@ -240,3 +240,20 @@ def test_cli_once_status_and_reconcile(world: World, tmp_path: Path) -> None:
     world.commit_fleet("9.0.0")
     r = run("once")
     assert r.returncode == 1 and "NOT converged" in r.stdout and "Traceback" not in r.stderr
+
+
+def test_metrics_on_the_inference_server(world: World, agent: Agent) -> None:
+    import urllib.request
+
+    assert agent.reconcile_once().converged
+    agent.reconcile_once()
+    text = urllib.request.urlopen(f"{agent.c.url}/metrics", timeout=5).read().decode()
+    for name in ("modelfleet_agent_passes_total", "modelfleet_agent_step_runs_total",
+                 "modelfleet_agent_pass_duration_seconds_bucket", "modelfleet_agent_last_success_timestamp_seconds",
+                 "modelfleet_agent_applied_commit_info", "modelfleet_agent_downloaded_bytes_total",
+                 "modelfleet_agent_polls_total", "modelfleet_agent_status_pushes_total"):
+        assert name in text, name
+    assert f'modelfleet_agent_applied_commit_info{{commit="{agent.journal.applied_commit}"}} 1.0' in text
+    assert ('modelfleet_agent_endpoint_version_info{endpoint="detector",model="det",runtime="onnxruntime",'
+            'variant="cpu",version="1.0.0"} 1.0') in text
+    assert 'modelfleet_agent_polls_total{result="unchanged"}' in text

@@ -3,6 +3,8 @@ SIGHUP wake-ups. Every restart must serve a verified model (old or new, never no
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import subprocess
 import sys
 import threading
@@ -92,3 +94,31 @@ def test_outages_keep_last_good_and_recover_without_restart(world: World, tmp_pa
         a.stop()
         t.join(20)
     assert not t.is_alive()
+
+
+def test_systemd_notify_ready_status_and_watchdog(world: World, tmp_path: Path) -> None:
+    sock_path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(30)
+    proc = AgentProcess(world.agent_config(tmp_path / "dev"), tmp_path / "agent.log",
+                        env={"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "1000000"}).start()
+    try:
+        msgs: list[str] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not ({"READY=1", "WATCHDOG=1"} <= set(msgs)
+                                                    and any("endpoints serving" in m for m in msgs)):
+            msgs.extend(sock.recv(4096).decode().split("\n"))
+        assert "READY=1" in msgs and "WATCHDOG=1" in msgs
+        # READY comes once the last good models serve, before any pass; the loop then reports its state.
+        assert msgs.index("READY=1") < next(i for i, m in enumerate(msgs) if "endpoints serving" in m)
+        assert proc.stop() == 0
+        rest = []
+        sock.settimeout(0.5)
+        with contextlib.suppress(TimeoutError):
+            while True:
+                rest.extend(sock.recv(4096).decode().split("\n"))
+        assert "STOPPING=1" in rest
+    finally:
+        proc.kill9()
+        sock.close()
