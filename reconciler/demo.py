@@ -134,12 +134,21 @@ def main() -> None:
     dep_yaml.write_text(dep_yaml.read_text().replace("strategy: resource", "strategy: availability"))
     git(WORK, "init", "--quiet", "--bare", "--initial-branch=main", str(bare))
     git(WORK, "init", "--quiet", "--initial-branch=main", str(fleet))
+    # The operator signs every commit with an SSH key; the device trusts only that key (allowed signers).
+    signer_key = WORK / "operator_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ops@example.com", "-f", str(signer_key)],
+                   check=True, capture_output=True)
+    allowed = WORK / "device-allowed-signers"
+    public_key = signer_key.with_suffix(".pub").read_text().strip()
+    allowed.write_text(f'ops@example.com namespaces="git" {public_key}\n')
+    for key, value in (("gpg.format", "ssh"), ("user.signingkey", str(signer_key)), ("commit.gpgsign", "true")):
+        git(fleet, "config", key, value)
     git(fleet, "add", "-A")
     git(fleet, "commit", "--quiet", "-m", "fleet from fleet-repo-example")
     git(fleet, "push", "--quiet", bare.as_uri(), "HEAD:refs/heads/main")
     first = git(fleet, "rev-parse", "HEAD")
-    say(f"fleet repository {bare.as_uri()} at {first[:12]} (deployment vibration-anomaly → 2.1.0, "
-        "update strategy availability)")
+    say(f"fleet repository {bare.as_uri()} at {first[:12]}, SSH-signed (deployment vibration-anomaly → 2.1.0, "
+        "update strategy availability); the device verifies every commit against its allowed signers")
 
     # 3. The agent.
     dev = WORK / "device"
@@ -147,7 +156,8 @@ def main() -> None:
     (dev / "agent.yaml").write_text(json.dumps({
         "apiVersion": "modelfleet/v1", "kind": "AgentConfig",
         "spec": {"deviceId": DEVICE, "stateDir": str(dev / "state"), "pollInterval": "1s",
-                 "source": {"url": bare.as_uri(), "timeout": "10s"},
+                 "source": {"url": bare.as_uri(), "timeout": "10s",
+                            "verify": {"mode": "all", "allowedSigners": str(allowed)}},
                  "status": {"enabled": True, "heartbeatInterval": "1h"},
                  "tuf": {"trustedRoot": str(tuf / "metadata" / "1.root.json"), "timeout": "10s"},
                  "serving": {"host": "127.0.0.1", "port": 0}, "log": {"format": "json"}},
