@@ -29,13 +29,17 @@ class Backend(abc.ABC):
     #: Platform string for model metadata (``onnxruntime_onnx``, ``openvino_ir``).
     platform: str = ""
 
-    @property
-    @abc.abstractmethod
-    def inputs(self) -> list[TensorMeta]: ...
+    # Set by each implementation once the model is loaded.
+    _inputs: list[TensorMeta]
+    _outputs: list[TensorMeta]
 
     @property
-    @abc.abstractmethod
-    def outputs(self) -> list[TensorMeta]: ...
+    def inputs(self) -> list[TensorMeta]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorMeta]:
+        return self._outputs
 
     @abc.abstractmethod
     def infer(

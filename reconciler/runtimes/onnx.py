@@ -93,14 +93,6 @@ class OnnxBackend(Backend):
         self._output_names = [m.name for m in self._outputs]
         self._run = self._sess.run
 
-    @property
-    def inputs(self) -> list[TensorMeta]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorMeta]:
-        return self._outputs
-
     def infer(
         self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:

@@ -128,14 +128,6 @@ class OpenVINOBackend(Backend):
         self._pool: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._pool.put(self._compiled.create_infer_request())
 
-    @property
-    def inputs(self) -> list[TensorMeta]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorMeta]:
-        return self._outputs
-
     def infer(
         self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
