@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from .conditions import isoformat, parse_time
-from .gitverify import GitError, run_git
+from .gitverify import GitError, init_bare, run_git
 from .units import format_duration
 
 try:  # the C loader is ~10x faster on 5,000 files; both are safe loaders
@@ -243,10 +243,7 @@ class StatusRepo:
 
     def _ensure(self) -> None:
         if not (self.git_dir / "HEAD").is_file():
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            run_git(["init", "--bare", "--quiet", str(self.git_dir)], timeout=self.timeout)
-            for hook in (self.git_dir / "hooks").glob("*"):
-                hook.unlink()
+            init_bare(self.git_dir, timeout=self.timeout)
 
     def fetch(self) -> str | None:
         """One shallow fetch of every status branch, then the desired-state branch; returns its head."""

@@ -28,7 +28,7 @@ import git as gitpython
 from prometheus_client import Counter
 
 from .conditions import SOURCE_AVAILABLE, SOURCE_VERIFIED, Condition, isoformat, utcnow
-from .gitverify import VERIFIED, GitError, Verifier, VerifyResult, run_git
+from .gitverify import VERIFIED, GitError, Verifier, VerifyResult, init_bare, run_git
 
 # Reasons specific to the source (signature reasons come from gitverify).
 HISTORY_REWRITE = "HistoryRewrite"
@@ -157,11 +157,7 @@ class GitSource:
         tmp = self.cache_dir / "repo.git.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
-        run_git(["init", "--bare", "--quiet", str(tmp)], timeout=self.timeout)
-        hooks = tmp / "hooks"
-        if hooks.is_dir():
-            for sample in hooks.iterdir():
-                sample.unlink()
+        init_bare(tmp, timeout=self.timeout)
         for key, value in (("core.hooksPath", "/dev/null"), ("fetch.unpackLimit", "1"), ("gc.auto", "0"),
                            ("maintenance.auto", "false"), ("transfer.fsckObjects", "true")):
             run_git(["config", key, value], git_dir=tmp, timeout=self.timeout)

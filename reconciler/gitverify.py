@@ -124,6 +124,16 @@ class VerifyResult:
     commit: str | None = None
 
 
+def init_bare(git_dir: Path, *, timeout: float | None = 30.0) -> None:
+    """Create an empty bare repository at ``git_dir`` with git's sample hooks removed (none may ever run)."""
+    git_dir.parent.mkdir(parents=True, exist_ok=True)
+    run_git(["init", "--bare", "--quiet", str(git_dir)], timeout=timeout)
+    hooks = git_dir / "hooks"
+    if hooks.is_dir():
+        for sample in hooks.iterdir():
+            sample.unlink()
+
+
 def signature_format(raw_commit: bytes) -> str:
     """The signature format of a raw commit object (``git cat-file commit``), ``none`` if unsigned."""
     header = raw_commit.split(b"\n\n", 1)[0]

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from .gitverify import GitError, run_git
+from .gitverify import GitError, init_bare, run_git
 from .schemas import validator
 
 log = logging.getLogger(__name__)
@@ -182,10 +182,7 @@ class StatusWriter:
 
     def _ensure_repo(self) -> None:
         if not (self.git_dir / "HEAD").is_file():
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-            run_git(["init", "--bare", "--quiet", str(self.git_dir)], timeout=self.timeout)
-            for hook in (self.git_dir / "hooks").glob("*"):
-                hook.unlink()
+            init_bare(self.git_dir, timeout=self.timeout)
         tip = self._git("rev-parse", "--verify", "--quiet", self.ref, check=False).stdout.decode().strip()
         pushed = self._git("rev-parse", "--verify", "--quiet", f"refs/pushed/{self.branch}",
                            check=False).stdout.decode().strip()
