@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# Tests run in parallel (pytest-xdist); the short --basetemp keeps gpg's socket paths under the 108-byte limit.
+JOBS   ?= 2
 STAMP  := $(VENV)/.installed
 
 .PHONY: test demo bench lint docs venv clean
@@ -15,16 +17,17 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(JOBS) --basetemp=$$(mktemp -d /tmp/mft.XXXXXX) tests
 
 demo: $(STAMP)
-	$(BIN)/python -m reconciler.demo
+	$(BIN)/python -m reconciler.devkit.demo
 
 bench: $(STAMP)
 	@for b in bench/bench_*.py; do echo "== $$b" >&2; $(BIN)/python $$b || exit 1; done
 
 lint: $(STAMP)
 	$(BIN)/ruff check reconciler tests bench
+	$(BIN)/lint-imports
 
 docs: $(STAMP)
 	$(BIN)/modelfleet docs generate --output docs/manifests.md

@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reconciler.fleetstatus import StatusRepo  # noqa: E402
-from reconciler.gitsource import GitSource  # noqa: E402
-from reconciler.statuswriter import dump_status  # noqa: E402
+from reconciler.gitops.fleetstatus import StatusRepo  # noqa: E402
+from reconciler.gitops.source import GitSource  # noqa: E402
+from reconciler.gitops.statuswriter import dump_status  # noqa: E402
 from tests._git_fixtures import GitDaemon, Upstream, env, git, make_status  # noqa: E402
 
 IDLE_POLLS = 40

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from reconciler.modelgen import make_probe, matmul_model, small_cnn
-from reconciler.registry import EndpointSpec, ModelRegistry
-from reconciler.serving import InferenceServer, Response, V2App, _Deferred
+from reconciler.devkit.modelgen import make_probe, matmul_model, small_cnn
+from reconciler.serving.registry import EndpointSpec, ModelRegistry
+from reconciler.serving.server import InferenceServer, Response, V2App, _Deferred
 
 TINY = matmul_model(seed=1)
 CNN = small_cnn(seed=1)

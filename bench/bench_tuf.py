@@ -24,10 +24,10 @@ import urllib3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reconciler import tufrepo  # noqa: E402
-from reconciler.httpserve import StaticServer  # noqa: E402
-from reconciler.store import ModelStore  # noqa: E402
-from reconciler.tufclient import TufClient  # noqa: E402
+from reconciler.distribution import tufrepo  # noqa: E402
+from reconciler.distribution.httpserve import StaticServer  # noqa: E402
+from reconciler.distribution.store import ModelStore  # noqa: E402
+from reconciler.distribution.tufclient import TufClient  # noqa: E402
 
 SIZE = 200 * 1024 * 1024
 

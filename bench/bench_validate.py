@@ -18,7 +18,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from reconciler.manifests import load_dir, read_dir  # noqa: E402
+from reconciler.fleet.manifests import load_dir, read_dir  # noqa: E402
 
 
 def generate(root: Path, devices: int = 10_000, deployments: int = 200, models: int = 50) -> None:

@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from reconciler import conditions as C
-from reconciler import modelgen, tufrepo
-from reconciler.httpserve import StaticServer
-from reconciler.journal import Journal
+from reconciler.agent.journal import Journal
+from reconciler.core import conditions as C
+from reconciler.devkit import modelgen
+from reconciler.distribution import tufrepo
+from reconciler.distribution.httpserve import StaticServer
 from tests._git_fixtures import GitDaemon, Upstream
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

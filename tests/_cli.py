@@ -6,7 +6,7 @@ import contextlib
 import io
 from dataclasses import dataclass
 
-from reconciler.cli import main
+from reconciler.cli.main import main
 
 
 @dataclass

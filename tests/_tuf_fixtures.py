@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from reconciler import tufrepo
-from reconciler.httpserve import StaticServer
-from reconciler.store import ModelStore
-from reconciler.tufclient import TufClient
+from reconciler.distribution import tufrepo
+from reconciler.distribution.httpserve import StaticServer
+from reconciler.distribution.store import ModelStore
+from reconciler.distribution.tufclient import TufClient
 
 
 @dataclass

@@ -1,0 +1,249 @@
+"""The device agent's configuration file (``/etc/modelfleet/agent.yaml``, kind ``AgentConfig``).
+
+Workflow: :func:`load_agent_config` reads the YAML, validates it against ``schemas/agentconfig.schema.json``
+and returns an :class:`AgentConfig` with every default filled in and every relative path resolved against the
+config file's directory. Any problem is a :class:`~reconciler.core.errors.UserError` naming ``file:line`` of the
+offending value, so ``modelfleet agent run`` prints one clear line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reconciler.core.errors import UserError
+from reconciler.core.units import parse_duration
+from reconciler.fleet.schemas import validator
+
+DEFAULT_STATE_DIR = "/var/lib/modelfleet"
+DEFAULT_POLL_INTERVAL = 30.0
+DEFAULT_SOURCE_TIMEOUT = 30.0
+DEFAULT_TUF_TIMEOUT = 30.0
+DEFAULT_PORT = 8080
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The resolved agent settings (see the schema for each field's meaning)."""
+
+    device_id: str
+    source_url: str
+    trusted_root: Path
+    path: Path | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    state_dir: Path = Path(DEFAULT_STATE_DIR)
+    poll_interval: float | None = None
+    source_branch: str = "main"
+    source_path: str | None = None
+    source_timeout: float = DEFAULT_SOURCE_TIMEOUT
+    verify_mode: str = "none"
+    allowed_signers: Path | None = None
+    gpg_keyring: Path | None = None
+    allow_history_rewrite: bool = False
+    bundle_dir: Path | None = None
+    status_enabled: bool = True
+    status_url: str | None = None
+    status_branch_prefix: str | None = None
+    heartbeat_interval: float | None = None
+    status_signing_key: Path | None = None
+    tuf_metadata_url: str | None = None
+    tuf_targets_url: str | None = None
+    decryption_key: Path | None = None
+    max_concurrent_downloads: int = 2
+    tuf_timeout: float = DEFAULT_TUF_TIMEOUT
+    serving_host: str = "127.0.0.1"
+    serving_port: int = DEFAULT_PORT
+    unix_socket: str | None = None
+    auth_token_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    openvino_cache_dir: Path | None = None
+    threads: int | None = None
+    metrics_enabled: bool = True
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    log_format: str = "text"
+    log_level: str = "info"
+
+    # Layout of the state directory.
+    @property
+    def journal_dir(self) -> Path:
+        return self.state_dir
+
+    @property
+    def store_dir(self) -> Path:
+        return self.state_dir / "store"
+
+    @property
+    def git_cache_dir(self) -> Path:
+        return self.state_dir / "git"
+
+    @property
+    def tuf_metadata_dir(self) -> Path:
+        return self.state_dir / "tuf"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.state_dir / "staging"
+
+    @property
+    def status_work_dir(self) -> Path:
+        return self.state_dir / "status"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state_dir / "agent.pid"
+
+    @property
+    def status_file(self) -> Path:
+        return self.state_dir / "status.json"
+
+    @property
+    def ov_cache_dir(self) -> Path:
+        return self.openvino_cache_dir or self.state_dir / "ov-cache"
+
+
+def _line_of(node: yaml.Node | None, path: list[str | int]) -> int | None:
+    """1-based line of the YAML node at the JSON ``path`` (or of its deepest existing ancestor)."""
+    if node is None:
+        return None
+    cur = node
+    for key in path:
+        nxt: yaml.Node | None = None
+        if isinstance(cur, yaml.MappingNode):
+            for k, v in cur.value:
+                if isinstance(k, yaml.ScalarNode) and k.value == key:
+                    nxt = v
+                    break
+        elif isinstance(cur, yaml.SequenceNode) and isinstance(key, int) and key < len(cur.value):
+            nxt = cur.value[key]
+        if nxt is None:
+            break
+        cur = nxt
+    return cur.start_mark.line + 1
+
+
+def _where(path: Path | None, root: yaml.Node | None, jpath: list[str | int]) -> str:
+    name = str(path) if path else "<agent config>"
+    line = _line_of(root, jpath)
+    return f"{name}:{line}" if line else name
+
+
+def parse_agent_config(text: str, path: Path | None = None) -> AgentConfig:
+    """Parse and validate config text; ``path`` names the file in errors and anchors relative paths."""
+    label = str(path) if path else "<agent config>"
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{label}:{mark.line + 1}" if mark is not None else label
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise UserError(f"{where}: invalid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{label}: expected an AgentConfig mapping (apiVersion, kind, spec)")
+    errors = sorted(validator("AgentConfig").iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = []
+        for err in errors[:10]:
+            jpath = list(err.absolute_path)
+            dotted = ".".join(str(p) for p in jpath) or "(document)"
+            lines.append(f"{_where(path, root, jpath)}: {dotted}: {err.message}")
+        raise UserError("invalid agent config:\n  " + "\n  ".join(lines))
+
+    base = path.parent if path else Path.cwd()
+    spec: dict[str, Any] = data["spec"]
+
+    def p(value: str | None) -> Path | None:
+        if value is None:
+            return None
+        q = Path(os.path.expanduser(value))
+        return q if q.is_absolute() else (base / q)
+
+    def dur(section: list[str], value: str | None, default: float | None) -> float | None:
+        if value is None:
+            return default
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise UserError(f"{_where(path, root, ['spec', *section])}: {exc}") from None
+
+    src = spec["source"]
+    verify = src.get("verify") or {}
+    status = spec.get("status") or {}
+    tuf = spec["tuf"]
+    serving = spec.get("serving") or {}
+    runtime = spec.get("runtime") or {}
+    metrics = spec.get("metrics") or {}
+    log = spec.get("log") or {}
+
+    mode = verify.get("mode", "none")
+    if mode in ("head", "all") and not (verify.get("allowedSigners") or verify.get("gpgKeyring")):
+        raise UserError(
+            f"{_where(path, root, ['spec', 'source', 'verify', 'mode'])}: verify mode {mode!r} needs "
+            "allowedSigners (SSH) or gpgKeyring (GPG)"
+        )
+    if bool(serving.get("tlsCert")) != bool(serving.get("tlsKey")):
+        raise UserError(f"{_where(path, root, ['spec', 'serving'])}: tlsCert and tlsKey go together")
+
+    trusted_root = p(tuf["trustedRoot"])
+    assert trusted_root is not None
+    return AgentConfig(
+        path=path,
+        device_id=spec["deviceId"],
+        labels=dict(spec.get("labels") or {}),
+        state_dir=p(spec.get("stateDir")) or Path(DEFAULT_STATE_DIR),
+        poll_interval=dur(["pollInterval"], spec.get("pollInterval"), None),
+        source_url=src["url"],
+        source_branch=src.get("branch", "main"),
+        source_path=src.get("path"),
+        source_timeout=dur(["source", "timeout"], src.get("timeout"), DEFAULT_SOURCE_TIMEOUT) or 1.0,
+        verify_mode=mode,
+        allowed_signers=p(verify.get("allowedSigners")),
+        gpg_keyring=p(verify.get("gpgKeyring")),
+        allow_history_rewrite=bool(src.get("allowHistoryRewrite", False)),
+        bundle_dir=p(src.get("bundleDir")),
+        status_enabled=bool(status.get("enabled", True)),
+        status_url=status.get("url"),
+        status_branch_prefix=status.get("branchPrefix"),
+        heartbeat_interval=dur(["status", "heartbeatInterval"], status.get("heartbeatInterval"), None),
+        status_signing_key=p(status.get("signingKey")),
+        trusted_root=trusted_root,
+        tuf_metadata_url=tuf.get("metadataUrl"),
+        tuf_targets_url=tuf.get("targetsUrl"),
+        decryption_key=p(tuf.get("decryptionKey")),
+        max_concurrent_downloads=int(tuf.get("maxConcurrentDownloads", 2)),
+        tuf_timeout=dur(["tuf", "timeout"], tuf.get("timeout"), DEFAULT_TUF_TIMEOUT) or 1.0,
+        serving_host=serving.get("host", "127.0.0.1"),
+        serving_port=int(serving.get("port", DEFAULT_PORT)),
+        unix_socket=serving.get("unixSocket"),
+        auth_token_file=p(serving.get("authTokenFile")),
+        tls_cert=p(serving.get("tlsCert")),
+        tls_key=p(serving.get("tlsKey")),
+        max_body_bytes=int(serving.get("maxBodyBytes", DEFAULT_MAX_BODY)),
+        openvino_cache_dir=p(runtime.get("openvinoCacheDir")),
+        threads=runtime.get("threads"),
+        metrics_enabled=bool(metrics.get("enabled", True)),
+        metrics_host=metrics.get("host", "127.0.0.1"),
+        metrics_port=metrics.get("port"),
+        log_format=log.get("format", "text"),
+        log_level=log.get("level", "info"),
+    )
+
+
+def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
+    """Read, validate and resolve the agent config at ``path``."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{p}: agent config not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{p}: cannot read agent config: {exc}") from None
+    return parse_agent_config(text, p.resolve())

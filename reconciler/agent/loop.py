@@ -1,0 +1,633 @@
+"""The device agent: serve the last good models, then reconcile the fleet's desired state, forever.
+
+Workflow (``Agent.run``):
+
+1. **Boot, offline first.** Take the state-dir lock, load the journal, start the inference server and load every
+   endpoint's last good version from the local store (blobs re-hashed before load; a corrupt one is quarantined
+   and the previous version used) — all before any network access. Then ``READY=1`` to systemd.
+2. **Reconcile passes**, each a fixed sequence of named steps that record a condition instead of throwing:
+   ``source`` (poll + verify the Git commit) → ``manifests`` (load, validate) → ``desired`` (this device's
+   endpoints) → ``artifacts`` (TUF download into the store) → ``apply`` (health-checked swap, rollback,
+   failure memory, maintenance windows, pruning) → ``report`` (journal, local status, status branch, metrics).
+   A failed step skips the steps after it (``report`` always runs), so the device keeps its last good state.
+3. **Scheduling.** The poll interval (agent config, else Fleet defaults, else 30 s) with ±10 % jitter;
+   exponential backoff on errors; an immediate pass on SIGHUP (``modelfleet agent reconcile``) or when a git
+   bundle lands. SIGTERM/SIGINT stop cleanly.
+
+The journal is saved atomically after every change, so ``kill -9`` at any point restarts into a complete,
+verified model (the old or the new one) and converges again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import json
+import logging
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler import __version__
+from reconciler.agent.config import DEFAULT_POLL_INTERVAL, AgentConfig
+from reconciler.agent.journal import (
+    EndpointRecord,
+    Journal,
+    JournalError,
+    TargetRecord,
+    blocking_failure,
+    clear_failures,
+    prune_failures,
+    record_failure,
+)
+from reconciler.agent.metrics import (
+    M_APPLIED,
+    M_BYTES,
+    M_ENDPOINT,
+    M_LAST_SUCCESS,
+    M_PASS_SECONDS,
+    M_PASSES,
+    M_POLLS,
+    M_ROLLBACKS,
+    M_STATUS,
+    M_STEPS,
+    label_sets,
+)
+from reconciler.agent.schedule import merged_labels, next_delay, summarize, window_open
+from reconciler.agent.wiring import Components, release_free_memory
+from reconciler.core import conditions as C
+from reconciler.core.errors import UserError
+from reconciler.core.fsutil import atomic_write_text
+from reconciler.core.logs import fields
+
+log = logging.getLogger("reconciler.agent")
+
+STEPS = ("source", "manifests", "desired", "artifacts", "apply", "report")
+
+# --- pass bookkeeping ---------------------------------------------------------------------------------------
+
+
+class StepFailed(Exception):
+    """Raised inside a step: the step's condition goes False with this reason and message."""
+
+    def __init__(self, condition: str, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.condition = condition
+        self.reason = reason
+        self.message = message
+
+
+@dataclass
+class EndpointOutcome:
+    name: str
+    state: str
+    message: str = ""
+    desired_version: str | None = None
+
+
+@dataclass
+class PassResult:
+    commit: str | None
+    converged: bool
+    failed_step: str | None
+    message: str
+    changed: bool
+    duration: float
+    endpoints: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Pass:
+    force: bool
+    commit: str | None = None
+    poll: Any = None
+    files: dict[str, bytes] | None = None
+    load: Any = None
+    desired: Any = None
+    fetched: dict[str, dict[str, Any]] = field(default_factory=dict)  # endpoint → {path: StoredTarget}
+    outcomes: dict[str, EndpointOutcome] = field(default_factory=dict)
+    changed: bool = False
+    skip_rest: bool = False
+
+
+# --- the agent ----------------------------------------------------------------------------------------------
+
+
+class Agent:
+    """One device's agent. ``components`` overrides the real source/TUF/runtime parts (see ``Components``)."""
+
+    def __init__(self, config: AgentConfig, components: Components | None = None,
+                 clock: Callable[[], _dt.datetime] = C.utcnow) -> None:
+        from reconciler.agent.sdnotify import Notifier
+
+        self.config = config
+        self.clock = clock
+        self.c = components or Components.real(config)
+        self.notifier = Notifier()
+        self.conditions = C.ConditionSet(clock=clock)
+        self.journal = Journal()
+        self.facts: dict[str, Any] = {}
+        self.poll_interval = config.poll_interval or DEFAULT_POLL_INTERVAL
+        self.errors = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock_fd: int | None = None
+        self._converged_commit: str | None = None
+        self._bad_commit: tuple[str, str, str, str] | None = None
+        self._pending_bundle: Any = None
+        self._outcomes: dict[str, EndpointOutcome] = {}
+        self._issues: list[Any] = []
+        self._last_progress = time.monotonic()
+        self._rand = random.Random()
+        self.last_result: PassResult | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+
+    def boot(self) -> None:
+        """Lock the state dir, load the journal and serve the last good models; no network access."""
+        sd = self.config.state_dir
+        try:
+            sd.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create state dir {sd}: {exc}") from None
+        self._lock_fd = os.open(sd / "agent.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise UserError(f"another agent is running on state dir {sd}") from None
+        try:
+            self.journal = Journal.load(sd)
+        except JournalError as exc:
+            # Cannot happen through our atomic writes; keep the file for inspection and start empty.
+            bad = Journal.path_in(sd).with_suffix(".corrupt")
+            os.replace(Journal.path_in(sd), bad)
+            log.error("journal unreadable, moved aside", extra=fields(path=str(bad), error=str(exc)))
+            self.journal = Journal()
+        if self.journal.conditions:
+            self.conditions = C.ConditionSet.from_list(self.journal.conditions, self.clock)
+        self.c.start_runtime()
+        log.info("serving", extra=fields(url=self.c.url))
+        restored = self._restore_last_good()
+        self.conditions.set(C.RECONCILING, True, "Starting", "serving last good models; reconciling")
+        status = f"serving {restored} endpoint(s) from the local store"
+        log.info("booted", extra=fields(endpoints=restored, commit=self.journal.applied_commit or "-"))
+        self.notifier.ready(status)
+        self.facts = self.c.detect_facts()  # local only; after READY so serving never waits for it
+        release_free_memory()
+
+    def _restore_last_good(self) -> int:
+        n = 0
+        for name, st in sorted(self.journal.endpoints.items()):
+            for rec, which in ((st.active, "active"), (st.previous, "previous")):
+                if rec is None:
+                    continue
+                ok, reason, message = self.c.load_endpoint(rec, self.config, boot=True)
+                if ok:
+                    if which == "previous":
+                        st.active, st.previous = st.previous, None
+                        self.journal.save(self.config.state_dir)
+                    log.info("restored", extra=fields(endpoint=name, version=rec.version, which=which))
+                    self._set_endpoint_metric(rec)
+                    n += 1
+                    break
+                log.warning("cannot restore", extra=fields(endpoint=name, version=rec.version, reason=reason,
+                                                           message=message))
+        return n
+
+    def close(self) -> None:
+        self.notifier.stopping()
+        with contextlib.suppress(Exception):
+            self.c.close()
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                self.config.pid_file.unlink()
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def request_reconcile(self) -> None:
+        """Wake the loop for an immediate pass (thread and signal safe)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def run(self, install_signals: bool = True) -> None:
+        """Boot, then reconcile until stopped."""
+        if install_signals:  # before boot: a SIGTERM while models load still stops cleanly
+            signal.signal(signal.SIGHUP, lambda *_: self.request_reconcile())
+            signal.signal(signal.SIGTERM, lambda *_: self.stop())
+            signal.signal(signal.SIGINT, lambda *_: self.stop())
+        self.boot()
+        atomic_write_text(self.config.pid_file, f"{os.getpid()}\n")
+        self.c.watch_bundles(self._on_bundle)
+        pinger = threading.Thread(target=self._watchdog_loop, name="watchdog", daemon=True)
+        pinger.start()
+        try:
+            while not self._stop.is_set():
+                self._wake.clear()
+                result = self.reconcile_once()
+                del result
+                self._wake.wait(next_delay(self.poll_interval, self.errors, self._rand.random()))
+        finally:
+            log.info("stopping")
+            self.close()
+
+    def _watchdog_loop(self) -> None:
+        interval = self.notifier.watchdog_interval()
+        if interval is None:
+            return
+        # The loop is alive if it made progress recently; a pass stuck past this limit stops the pings and
+        # systemd restarts us. Long downloads make progress at every target.
+        stall_limit = max(600.0, 4 * (self.config.tuf_timeout + self.config.source_timeout))
+        while not self._stop.wait(interval):
+            if time.monotonic() - self._last_progress < stall_limit:
+                self.notifier.watchdog()
+
+    def _on_bundle(self, path: Path) -> None:
+        """A git bundle landed (air-gapped update): its verified head drives the next pass."""
+        try:
+            res = self.c.import_bundle(path, self.journal.attempted_commit)
+        except Exception as exc:  # a bad bundle is reported, never fatal
+            log.warning("bundle rejected", extra=fields(path=str(path), error=str(exc)))
+            return
+        log.info("bundle imported", extra=fields(path=str(path), commit=getattr(res, "commit", None) or "-",
+                                                 reason=getattr(res, "reason", "")))
+        self._pending_bundle = res
+        self.request_reconcile()
+
+    # -- one pass ---------------------------------------------------------------------------------------------
+
+    def reconcile_once(self, force: bool = False) -> PassResult:
+        t0 = time.monotonic()
+        p = _Pass(force=force)
+        failed: tuple[str, str] | None = None
+        for step in STEPS:
+            self._last_progress = time.monotonic()
+            if step != "report" and (failed is not None or p.skip_rest):
+                continue
+            try:
+                getattr(self, f"_step_{step}")(p)
+                M_STEPS.labels(step, "ok").inc()
+            except StepFailed as exc:
+                M_STEPS.labels(step, "failed").inc()
+                self.conditions.set(exc.condition, False, exc.reason, exc.message, p.commit)
+                failed = (step, f"{exc.reason}: {exc.message}")
+                log.warning("step failed", extra=fields(step=step, reason=exc.reason, message=exc.message))
+            except Exception as exc:
+                M_STEPS.labels(step, "failed").inc()
+                log.exception("step crashed", extra=fields(step=step))
+                cond = {"source": C.SOURCE_AVAILABLE, "manifests": C.MANIFESTS_VALID,
+                        "artifacts": C.ARTIFACTS_READY}.get(step, C.APPLIED)
+                self.conditions.set(cond, False, "InternalError", f"{type(exc).__name__}: {exc}", p.commit)
+                failed = (step, f"InternalError: {exc}")
+        duration = time.monotonic() - t0
+        endpoints = self._status_endpoints(p)
+        converged = failed is None and self._is_converged(endpoints)
+        self.errors = 0 if failed is None else self.errors + 1
+        self._finish_conditions(p, failed, converged)
+        if converged:
+            self._converged_commit = p.commit
+            M_LAST_SUCCESS.set(time.time())
+        result = PassResult(p.commit, converged, failed[0] if failed else None, failed[1] if failed else "",
+                            p.changed, duration, endpoints)
+        if not p.skip_rest or failed:
+            self._record_attempt(p, failed, duration)
+        self._report(p, endpoints)
+        M_PASSES.labels("converged" if converged else ("failed" if failed else "pending")).inc()
+        M_PASS_SECONDS.observe(duration)
+        self.notifier.status(summarize(endpoints, failed[0] if failed else None))
+        self.last_result = result
+        if not p.skip_rest:
+            release_free_memory()
+        return result
+
+    # -- steps ------------------------------------------------------------------------------------------------
+
+    def _step_source(self, p: _Pass) -> None:
+        last = self.journal.attempted_commit
+        bundle, self._pending_bundle = self._pending_bundle, None
+        try:
+            poll = bundle if bundle is not None else self.c.poll(last)
+        except Exception as exc:
+            M_POLLS.labels("error").inc()
+            raise StepFailed(C.SOURCE_AVAILABLE, "SourceUnavailable", str(exc)) from None
+        p.poll = poll
+        conds = {}
+        for cond in getattr(poll, "conditions", None) or []:
+            d = cond.to_dict() if hasattr(cond, "to_dict") else dict(cond)
+            conds[d["type"]] = d
+            self.conditions.set(d["type"], d["status"], d.get("reason", ""), d.get("message", ""),
+                                d.get("observedCommit") or poll.commit)
+        # A refused or unreachable head leaves the device on the last commit it accepted (poll.commit is then
+        # that commit): the step fails and nothing after it runs.
+        for ctype in (C.SOURCE_AVAILABLE, C.SOURCE_VERIFIED):
+            d = conds.get(ctype)
+            if d is not None and d["status"] == "False":
+                M_POLLS.labels("failed").inc()
+                raise StepFailed(ctype, d.get("reason") or "SourceFailed", d.get("message") or poll.message)
+        if poll.commit is None:
+            M_POLLS.labels("failed").inc()
+            raise StepFailed(C.SOURCE_AVAILABLE, getattr(poll, "reason", "") or "NoCommit",
+                             getattr(poll, "message", "") or "no commit available from the fleet repository")
+        M_POLLS.labels("changed" if poll.changed else "unchanged").inc()
+        p.commit = poll.commit
+        p.changed = poll.commit != last
+        if self._bad_commit is not None and self._bad_commit[0] == p.commit and not p.force:
+            _, cond, reason, message = self._bad_commit
+            raise StepFailed(cond, reason, message)  # the same invalid commit: no need to read it again
+        if not p.changed and not p.force and self._converged_commit == poll.commit and not self._due_retry():
+            p.skip_rest = True  # idle: nothing new, nothing pending
+
+    def _due_retry(self) -> bool:
+        """Something pending may progress now (a failure's backoff ran out, a window opened)."""
+        return any(o.state in ("Failed", "Waiting", "Pending", "Downloading") for o in self._outcomes.values())
+
+    def _step_manifests(self, p: _Pass) -> None:
+        from reconciler.fleet.manifests import load_files
+
+        assert p.commit is not None
+        try:
+            p.files = self.c.read_files(p.commit)
+        except Exception as exc:
+            raise StepFailed(C.MANIFESTS_VALID, "ReadFailed", f"cannot read commit {p.commit[:12]}: {exc}") from None
+        p.load = load_files(p.files)
+        if not p.load.ok:
+            errs = p.load.errors
+            msg = "; ".join(f"{d.file}:{d.line}: {d.message}" for d in errs[:3])
+            if len(errs) > 3:
+                msg += f" (and {len(errs) - 3} more)"
+            self._bad_commit = (p.commit, C.MANIFESTS_VALID, "ValidationFailed", msg)
+            raise StepFailed(C.MANIFESTS_VALID, "ValidationFailed", msg)
+        self._bad_commit = None
+        self.conditions.set(C.MANIFESTS_VALID, True, "Valid", f"{p.load.files} manifest file(s) valid", p.commit)
+
+    def _step_desired(self, p: _Pass) -> None:
+        from reconciler.fleet.desired import DeviceIdentity, desired_state
+
+        fleet = p.load.fleet
+        dev = fleet.devices.get(self.config.device_id)
+        labels = merged_labels(dev.labels if dev is not None else {}, self.config.labels)
+        p.desired = desired_state(fleet, DeviceIdentity(self.config.device_id, labels), self.facts)
+        self._labels = labels
+        defaults = fleet.fleet_spec.get("defaults") or {}
+        if self.config.poll_interval is None and defaults.get("pollInterval"):
+            from reconciler.core.units import parse_duration
+
+            self.poll_interval = parse_duration(defaults["pollInterval"])
+        self.c.configure_status(
+            self.config.status_branch_prefix or (fleet.fleet_spec.get("status") or {}).get("branchPrefix") or "status/",
+            self.config.heartbeat_interval or _duration_or(defaults.get("heartbeatInterval"), 300.0))
+        self._issues = list(p.desired.issues)
+        for issue in p.desired.issues:
+            p.outcomes[issue.endpoint] = EndpointOutcome(issue.endpoint, "Failed", f"{issue.reason}: {issue.message}")
+
+    def _step_artifacts(self, p: _Pass) -> None:
+        fleet_tuf = p.load.fleet.fleet_spec.get("tuf") or {}
+        try:
+            self.c.tuf_refresh(self.config.tuf_metadata_url or fleet_tuf.get("metadataUrl", ""),
+                               self.config.tuf_targets_url or fleet_tuf.get("targetsUrl", ""))
+        except Exception as exc:
+            raise StepFailed(C.ARTIFACTS_READY, getattr(exc, "reason", "") or "TufRefreshFailed", str(exc)) from None
+        problems = []
+        for name, ep in sorted(p.desired.endpoints.items()):
+            if ep.suspend:
+                continue
+            paths = list(ep.targets) + ([ep.probe_target] if ep.probe_target else [])
+            try:
+                fetched, downloaded = self.c.tuf_fetch(paths)
+            except Exception as exc:
+                reason = getattr(exc, "reason", "") or "DownloadFailed"
+                p.outcomes[name] = EndpointOutcome(name, "Failed", f"{reason}: {exc}", ep.version)
+                problems.append(f"{name}: {reason}: {exc}")
+                continue
+            M_BYTES.inc(downloaded)
+            p.fetched[name] = fetched
+            self._last_progress = time.monotonic()
+        if problems:
+            self.conditions.set(C.ARTIFACTS_READY, False, "DownloadFailed", "; ".join(problems), p.commit)
+        else:
+            self.conditions.set(C.ARTIFACTS_READY, True, "Downloaded", "all targets verified in the store", p.commit)
+
+    def _record_for(self, p: _Pass, ep: Any) -> EndpointRecord:
+        fetched = p.fetched[ep.name]
+
+        def rec(path: str) -> TargetRecord:
+            t = fetched[path]
+            return TargetRecord(path, t.digest, int(t.length), bool(getattr(t, "encrypted", False)))
+
+        return EndpointRecord(
+            name=ep.name, deployment=ep.deployment, model=ep.model, version=ep.version, variant=ep.variant,
+            runtime=ep.runtime, targets=[rec(x) for x in ep.targets], commit=p.commit,
+            probe=rec(ep.probe_target) if ep.probe_target else None,
+            spec={k: v for k, v in ep.to_dict().items() if k not in ("targets", "reason")},
+        )
+
+    def _step_apply(self, p: _Pass) -> None:
+        now = self.clock()
+        desired = p.desired
+        held = desired.held_endpoints()
+        dirty = False
+        failed_any = False
+        for name, ep in sorted(desired.endpoints.items()):
+            st = self.journal.endpoints.get(name)
+            active = st.active if st else None
+            if ep.suspend:
+                p.outcomes[name] = EndpointOutcome(name, "Suspended", "deployment suspended: no change", ep.version)
+                continue
+            if name not in p.fetched:
+                continue  # artifacts failed: outcome already recorded, last good stays
+            rec = self._record_for(p, ep)
+            if active is not None and active.digest == rec.digest and self._same_targets(active, rec):
+                if active.commit != p.commit or active.spec != rec.spec:
+                    active.commit, active.spec = p.commit, rec.spec
+                    dirty = True
+                p.outcomes[name] = EndpointOutcome(name, "Serving", "", ep.version)
+                continue
+            blocker = blocking_failure(self.journal.failures, p.commit, name, rec.digest, now)
+            if blocker is not None:
+                p.outcomes[name] = EndpointOutcome(
+                    name, "Failed", f"version {ep.version} failed ({blocker.reason}); held back until "
+                    f"{blocker.retry_after} or a new desired state", ep.version)
+                failed_any = True
+                continue
+            if not window_open(ep.maintenance_window, now):
+                p.outcomes[name] = EndpointOutcome(
+                    name, "Waiting", f"version {ep.version} downloaded; waiting for the maintenance window",
+                    ep.version)
+                continue
+            self._last_progress = time.monotonic()
+            ok, reason, message = self.c.load_endpoint(rec, self.config, boot=False)
+            if ok:
+                self.journal.record_active(rec)
+                self.journal.failures = clear_failures(self.journal.failures, name)
+                self.journal.save(self.config.state_dir)  # the swap is durable before we report it
+                self._set_endpoint_metric(rec)
+                log.info("applied", extra=fields(endpoint=name, version=ep.version, variant=ep.variant,
+                                                 commit=(p.commit or "")[:12]))
+                p.outcomes[name] = EndpointOutcome(name, "Serving", "", ep.version)
+            else:
+                M_ROLLBACKS.labels(name).inc()
+                if reason != "StoreCorruption":  # a corrupt blob is fetched again, not held back
+                    self.journal.failures = record_failure(self.journal.failures, p.commit, name, rec.digest,
+                                                           ep.version, f"{reason}: {message}", now)
+                dirty = True
+                failed_any = True
+                log.warning("apply failed, kept last good", extra=fields(endpoint=name, version=ep.version,
+                                                                        reason=reason, message=message))
+                p.outcomes[name] = EndpointOutcome(name, "Failed", f"{reason}: {message}"[:1024], ep.version)
+        # Pruning: only endpoints that the (fully validated) desired state no longer mentions at all.
+        for name in sorted(set(self.journal.endpoints) | set(self.c.serving_endpoints())):
+            if name in desired.endpoints or name in held:
+                continue
+            self.c.remove_endpoint(name)
+            self.journal.endpoints.pop(name, None)
+            self._clear_endpoint_metric(name)
+            dirty = True
+            log.info("pruned", extra=fields(endpoint=name))
+            p.outcomes[name] = EndpointOutcome(name, "Removed", "no deployment gives this endpoint any more")
+        desired_digests = {n: self._record_for(p, e).digest for n, e in desired.endpoints.items() if n in p.fetched}
+        kept = prune_failures(self.journal.failures, desired_digests)
+        if kept != self.journal.failures:
+            self.journal.failures, dirty = kept, True
+        self.journal.attempted_commit = p.commit
+        if all(o.state in ("Serving", "Suspended", "Removed") for o in p.outcomes.values()) and not held:
+            if self.journal.applied_commit != p.commit:
+                self.journal.applied_commit = p.commit
+                M_APPLIED.clear()
+                M_APPLIED.labels(p.commit or "").set(1)
+        self.journal.save(self.config.state_dir)
+        del dirty
+        self.c.gc(self.journal.referenced_digests() | self._fetched_digests(p))
+        if failed_any:
+            msgs = [f"{o.name}: {o.message}" for o in p.outcomes.values() if o.state == "Failed"]
+            raise StepFailed(C.APPLIED, "ApplyFailed", "; ".join(msgs)[:2048])
+        self.conditions.set(C.APPLIED, True, "Applied", f"desired state of {(p.commit or '')[:12]} applied", p.commit)
+
+    @staticmethod
+    def _same_targets(a: EndpointRecord, b: EndpointRecord) -> bool:
+        return [t.digest for t in a.targets] == [t.digest for t in b.targets] and (
+            (a.probe.digest if a.probe else None) == (b.probe.digest if b.probe else None))
+
+    @staticmethod
+    def _fetched_digests(p: _Pass) -> set[str]:
+        return {t.digest for f in p.fetched.values() for t in f.values()}
+
+    def _step_report(self, p: _Pass) -> None:
+        """Runs in ``reconcile_once`` after the conditions are final (see ``_report``)."""
+
+    # -- status -----------------------------------------------------------------------------------------------
+
+    def _status_endpoints(self, p: _Pass) -> list[dict[str, Any]]:
+        if not p.skip_rest:
+            # Outcomes of this pass; endpoints it did not reach keep their last outcome.
+            merged = dict(self._outcomes)
+            merged.update(p.outcomes)
+            self._outcomes = {k: v for k, v in merged.items() if v.state != "Removed" or k in p.outcomes}
+        out = []
+        names = set(self.journal.endpoints) | set(self._outcomes)
+        for name in sorted(names):
+            st = self.journal.endpoints.get(name)
+            active = st.active if st else None
+            prev = st.previous if st else None
+            o = self._outcomes.get(name)
+            state = o.state if o else ("Serving" if active else "Pending")
+            e: dict[str, Any] = {"name": name, "state": state}
+            if active is not None:
+                e.update(deployment=active.deployment, model=active.model, version=active.version,
+                         variant=active.variant, runtime=active.runtime, digest=active.digest)
+            else:
+                e.update(version=None, variant=None, runtime=None, digest=None)
+            e["desiredVersion"] = o.desired_version if o else (active.version if active else None)
+            e["previousVersion"] = prev.version if prev else None
+            if o and o.message:
+                e["message"] = o.message[:1024]
+            out.append(e)
+        return out
+
+    @staticmethod
+    def _is_converged(endpoints: list[dict[str, Any]]) -> bool:
+        return all(e["state"] in ("Serving", "Suspended", "Removed") for e in endpoints)
+
+    def _finish_conditions(self, p: _Pass, failed: tuple[str, str] | None, converged: bool) -> None:
+        if converged:
+            self.conditions.set(C.READY, True, "Converged", f"serving the desired state of {(p.commit or '')[:12]}",
+                                p.commit)
+            self.conditions.set(C.RECONCILING, False, "Idle", "", p.commit)
+            self.conditions.set(C.STALLED, False, "Progressing", "", p.commit)
+        else:
+            why = failed[1] if failed else "endpoints not at their desired version"
+            self.conditions.set(C.READY, False, "NotConverged", why[:2048], p.commit)
+            self.conditions.set(C.RECONCILING, True, "RetryScheduled", "", p.commit)
+            stalled = failed is not None and self.errors >= 3
+            self.conditions.set(C.STALLED, stalled, "RepeatedFailures" if stalled else "Progressing",
+                                f"{self.errors} consecutive failed passes" if stalled else "", p.commit)
+        self.journal.conditions = self.conditions.to_list()
+
+    def _record_attempt(self, p: _Pass, failed: tuple[str, str] | None, duration: float) -> None:
+        result = "Failed" if failed else ("Succeeded" if p.changed or p.force else "NoChange")
+        att: dict[str, Any] = {"time": C.isoformat(self.clock()), "commit": p.commit, "result": result,
+                               "durationMs": round(duration * 1000, 1)}
+        if failed:
+            att["step"], att["message"] = failed[0], failed[1][:1024]
+        self.journal.add_attempt(att)
+
+    def status_document(self, endpoints: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """This device's DeviceStatus (schemas/devicestatus.schema.json)."""
+        if endpoints is None:
+            endpoints = self.last_result.endpoints if self.last_result else []
+        status: dict[str, Any] = {
+            "agentVersion": __version__,
+            "appliedCommit": self.journal.applied_commit,
+            "attemptedCommit": self.journal.attempted_commit,
+            "heartbeat": C.isoformat(self.clock()),
+            "conditions": self.conditions.to_list(),
+            "endpoints": endpoints,
+            "facts": self.facts,
+            "labels": getattr(self, "_labels", dict(self.config.labels)),
+            "failures": [f.to_status() for f in self.journal.failures],
+            "attempts": self.journal.attempts[:5],
+        }
+        return {"apiVersion": "modelfleet/v1", "kind": "DeviceStatus",
+                "metadata": {"name": self.config.device_id}, "status": status}
+
+    def _report(self, p: _Pass, endpoints: list[dict[str, Any]]) -> None:
+        doc = self.status_document(endpoints)
+        if not p.skip_rest:
+            self.journal.save(self.config.state_dir)
+        try:
+            atomic_write_text(self.config.status_file, json.dumps(doc, indent=1) + "\n")
+        except OSError as exc:
+            log.warning("cannot write local status", extra=fields(error=str(exc)))
+        if self.c.submit_status(doc):
+            M_STATUS.inc()
+
+    # -- metrics ----------------------------------------------------------------------------------------------
+
+    def _set_endpoint_metric(self, rec: EndpointRecord) -> None:
+        self._clear_endpoint_metric(rec.name)
+        M_ENDPOINT.labels(rec.name, rec.model, rec.version, rec.variant, rec.runtime).set(1)
+
+    def _clear_endpoint_metric(self, name: str) -> None:
+        for labels in list(label_sets(M_ENDPOINT)):
+            if labels[0] == name:
+                with contextlib.suppress(KeyError):
+                    M_ENDPOINT.remove(*labels)
+
+
+def _duration_or(text: str | None, default: float) -> float:
+    from reconciler.core.units import parse_duration
+
+    try:
+        return parse_duration(text) if text else default
+    except ValueError:
+        return default

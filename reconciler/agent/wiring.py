@@ -1,0 +1,303 @@
+"""The agent's I/O edges, wired from an :class:`~reconciler.agent.config.AgentConfig`.
+
+:class:`Components` builds the project's real parts (Git source, TUF client and content-addressed store,
+runtime registry and inference server, status writer, bundle watcher) and exposes the few small methods the
+reconcile loop (:mod:`reconciler.agent.loop`) calls. Tests hand the loop a fake ``Components`` to drive it
+without a network; nothing here decides what the device should run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from reconciler import __version__
+from reconciler.agent.config import DEFAULT_POLL_INTERVAL, AgentConfig
+from reconciler.agent.journal import EndpointRecord, TargetRecord
+from reconciler.core.errors import UserError
+from reconciler.core.fsutil import atomic_write_text
+
+log = logging.getLogger("reconciler.agent")
+
+
+# --- the I/O edges ------------------------------------------------------------------------------------------
+
+
+class Components:
+    """The agent's I/O edges: Git source, TUF client + store, runtime registry + server, status writer.
+
+    :meth:`real` wires the project's real parts from an :class:`AgentConfig`; the Agent only calls the small
+    methods below, which keeps its logic independent of how each part is built.
+    """
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.source: Any = None
+        self.store: Any = None
+        self.tuf: Any = None
+        self._tuf_urls: tuple[str, str] | None = None
+        self.registry: Any = None
+        self.server: Any = None
+        self.metrics_server: Any = None
+        self.status_writer: Any = None
+        self.bundle_watcher: Any = None
+        self._decryption_key: bytes | None = None
+        self._status_settings = (config.status_branch_prefix or "status/", config.heartbeat_interval or 300.0)
+
+    @classmethod
+    def real(cls, config: AgentConfig) -> Components:
+        from reconciler.distribution.store import ModelStore
+        from reconciler.gitops.source import GitSource
+
+        c = cls(config)
+        for d in (config.state_dir, config.store_dir, config.git_cache_dir, config.tuf_metadata_dir,
+                  config.staging_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        c.store = ModelStore(config.store_dir)
+        c.source = GitSource(
+            config.source_url, config.git_cache_dir, branch=config.source_branch, subpath=config.source_path,
+            verify_mode=config.verify_mode, allowed_signers=config.allowed_signers, gpg_keyring=config.gpg_keyring,
+            allow_history_rewrite=config.allow_history_rewrite, timeout=config.source_timeout,
+            poll_interval=config.poll_interval or DEFAULT_POLL_INTERVAL,
+        )
+        if config.decryption_key is not None:
+            from reconciler.distribution.modelcrypto import load_key_file
+
+            c._decryption_key = load_key_file(config.decryption_key)
+        return c
+
+    @property
+    def url(self) -> str:
+        return str(self.server.url) if self.server is not None else ""
+
+    # -- facts and runtime ------------------------------------------------------------------------------------
+
+    def detect_facts(self) -> dict[str, Any]:
+        """Hardware facts, detected in a short-lived child process.
+
+        Listing OpenVINO devices loads its plugins (~40 MB that would stay in the agent for its lifetime); a
+        child process keeps the agent lean. The last facts are cached in the state dir, so an offline boot
+        does not wait for detection.
+        """
+        cache = self.config.state_dir / "facts.json"
+        code = "import json; from reconciler.serving.hwfacts import detect_facts; print(json.dumps(detect_facts()))"
+        env = dict(os.environ)
+        pkg_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        try:
+            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+            facts = json.loads(r.stdout) if r.returncode == 0 else None
+        except (OSError, subprocess.TimeoutExpired, ValueError):
+            facts = None
+        if isinstance(facts, dict):
+            with contextlib.suppress(OSError):
+                atomic_write_text(cache, json.dumps(facts, sort_keys=True) + "\n")
+            return facts
+        log.warning("hardware fact detection failed; using the cached facts")
+        try:
+            return dict(json.loads(cache.read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def start_runtime(self) -> None:
+        from reconciler.serving.registry import ModelRegistry
+        from reconciler.serving.server import InferenceServer
+
+        cfg = self.config
+        self.registry = ModelRegistry(**_registry_kwargs(cfg))
+        token = cfg.auth_token_file.read_text().strip() if cfg.auth_token_file else None
+        self.server = InferenceServer(
+            self.registry, host=cfg.serving_host, port=None if cfg.unix_socket else cfg.serving_port,
+            unix_socket=cfg.unix_socket,
+            auth_token=token, tls_cert=str(cfg.tls_cert) if cfg.tls_cert else None,
+            tls_key=str(cfg.tls_key) if cfg.tls_key else None, max_body_bytes=cfg.max_body_bytes,
+        )
+        try:
+            self.server.start()
+        except OSError as exc:
+            raise UserError(f"cannot listen on {self.server.url}: {exc.strerror or exc}") from None
+        if cfg.metrics_enabled and cfg.metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            self.metrics_server = start_http_server(cfg.metrics_port, addr=cfg.metrics_host)
+        if cfg.status_enabled:
+            self.status_writer = self._new_status_writer()
+
+    def load_endpoint(self, rec: EndpointRecord, config: AgentConfig, boot: bool) -> tuple[bool, str, str]:
+        """Verify the record's blobs in the store and load it on its endpoint (health-checked swap)."""
+        from reconciler.distribution.store import StoreCorruption
+
+        try:
+            blobs = [self._blob(t) for t in rec.targets]
+            probe = json.loads(self._blob(rec.probe)) if rec.probe is not None else None
+        except StoreCorruption as exc:
+            return False, "StoreCorruption", f"{exc} (quarantined; fetched again on the next pass)"
+        except FileNotFoundError as exc:
+            return False, "MissingFromStore", str(exc)
+        except (ValueError, OSError) as exc:
+            return False, "ArtifactUnreadable", str(exc)
+        spec = _endpoint_spec(rec, blobs, probe, config)
+        result = self.registry.apply(spec)
+        return bool(result.ok), str(getattr(result, "reason", "") or ""), str(getattr(result, "message", "") or "")
+
+    def _blob(self, t: TargetRecord) -> bytes:
+        data = self.store.read_verified(t.digest)
+        if t.encrypted:
+            from reconciler.distribution.modelcrypto import decrypt
+
+            if self._decryption_key is None:
+                raise ValueError(f"{t.path} is encrypted and no tuf.decryptionKey is configured")
+            data = decrypt(data, self._decryption_key)
+        return data
+
+    def serving_endpoints(self) -> set[str]:
+        if self.registry is None:
+            return set()
+        return {name for name, st in self.registry.endpoints().items() if st.version is not None}
+
+    def remove_endpoint(self, name: str) -> None:
+        self.registry.remove(name)
+
+    # -- source -----------------------------------------------------------------------------------------------
+
+    def poll(self, last: str | None) -> Any:
+        return self.source.poll(last)
+
+    def read_files(self, commit: str) -> dict[str, bytes]:
+        return self.source.read_files(commit)
+
+    def import_bundle(self, path: Path, last: str | None) -> Any:
+        return self.source.import_bundle(path, last)
+
+    def watch_bundles(self, on_bundle: Callable[[Path], None]) -> None:
+        if self.config.bundle_dir is None:
+            return
+        from reconciler.gitops.bundles import BundleWatcher
+
+        self.config.bundle_dir.mkdir(parents=True, exist_ok=True)
+        self.bundle_watcher = BundleWatcher(self.config.bundle_dir, on_bundle)
+        start = getattr(self.bundle_watcher, "start", None)
+        if start is not None:
+            start()
+
+    # -- artifacts --------------------------------------------------------------------------------------------
+
+    def tuf_refresh(self, metadata_url: str, targets_url: str) -> None:
+        from reconciler.distribution.tufclient import TufClient
+
+        cfg = self.config
+        if not metadata_url or not targets_url:
+            raise StepFailedError("TufNotConfigured", "no TUF metadata/targets URL in the Fleet or agent config")
+        if self.tuf is None or self._tuf_urls != (metadata_url, targets_url):
+            self.tuf = TufClient(
+                cfg.tuf_metadata_dir, metadata_url, targets_url, cfg.trusted_root, self.store,
+                staging_dir=cfg.staging_dir, max_concurrent=cfg.max_concurrent_downloads, timeout=cfg.tuf_timeout,
+                decryption_key=self._decryption_key,
+            )
+            self._tuf_urls = (metadata_url, targets_url)
+        self.tuf.refresh()
+
+    def tuf_fetch(self, paths: list[str]) -> tuple[dict[str, Any], int]:
+        """Targets verified into the store, and how many bytes were actually downloaded."""
+        before = self.tuf.bytes_downloaded
+        fetched = self.tuf.fetch(paths)
+        return fetched, self.tuf.bytes_downloaded - before
+
+    def gc(self, keep: set[str]) -> None:
+        if self.store is not None:
+            self.store.gc(keep)
+
+    # -- status -----------------------------------------------------------------------------------------------
+
+    def configure_status(self, branch_prefix: str, heartbeat_interval: float) -> None:
+        """Follow the Fleet's status branch prefix and heartbeat (unless the agent config pins them)."""
+        self._status_settings = (branch_prefix, heartbeat_interval)
+        w = self.status_writer
+        if w is None:
+            return
+        w.heartbeat_interval = heartbeat_interval
+        if w.branch != f"{branch_prefix}{self.config.device_id}":
+            with contextlib.suppress(Exception):
+                w.close()
+            self.status_writer = self._new_status_writer()
+
+    def _new_status_writer(self) -> Any:
+        from reconciler.gitops.statuswriter import StatusWriter
+
+        cfg = self.config
+        prefix, heartbeat = self._status_settings
+        return StatusWriter(
+            cfg.status_url or cfg.source_url, cfg.device_id, cfg.status_work_dir, branch_prefix=prefix,
+            heartbeat_interval=heartbeat, signing_key=cfg.status_signing_key, timeout=cfg.source_timeout,
+            agent_version=__version__,
+        )
+
+    def submit_status(self, doc: dict[str, Any]) -> bool:
+        if self.status_writer is None:
+            return False
+        self.status_writer.submit(doc)
+        return True
+
+    def close(self) -> None:
+        for part, how in ((self.bundle_watcher, "stop"), (self.status_writer, "close"), (self.server, "stop"),
+                          (self.source, "close")):
+            fn = getattr(part, how, None) if part is not None else None
+            if fn is not None:
+                with contextlib.suppress(Exception):
+                    if part is self.status_writer:
+                        part.flush(5.0)
+                    fn()
+        if self.metrics_server is not None:
+            with contextlib.suppress(Exception):
+                self.metrics_server[0].shutdown()
+
+
+class StepFailedError(Exception):
+    """An edge's failure with a CamelCase ``reason`` (like TufClientError)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _registry_kwargs(cfg: AgentConfig) -> dict[str, Any]:
+    return {"cache_dir": cfg.ov_cache_dir}
+
+
+def _endpoint_spec(rec: EndpointRecord, blobs: list[bytes], probe: dict[str, Any] | None,
+                   cfg: AgentConfig) -> Any:
+    from reconciler.serving.registry import EndpointSpec
+
+    s = rec.spec
+    return EndpointSpec(
+        name=rec.name, version=rec.version, runtime=rec.runtime, variant=rec.variant, blobs=blobs,
+        digest=rec.digest, inputs=s.get("inputs") or [], outputs=s.get("outputs") or [],
+        health=s.get("health") or {}, probe=probe, strategy=s.get("strategy") or "availability",
+        threads=s.get("threads") or cfg.threads, device=s.get("device"), providers=s.get("providers"),
+        keep_previous=bool(s.get("keep_previous", True)),
+    )
+
+
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS after a pass (glibc keeps them otherwise): the agent's RSS stays
+    near its live size on small devices. A no-op where ``malloc_trim`` does not exist."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM: Any = None

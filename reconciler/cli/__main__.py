@@ -1,0 +1,5 @@
+"""``python -m reconciler.cli`` runs the ``modelfleet`` command line."""
+
+from reconciler.cli.main import main
+
+main()

@@ -1,0 +1,153 @@
+"""``modelfleet agent run|once|status|reconcile`` — the device agent's command line.
+
+``run`` is the daemon (systemd ``Type=notify``); ``once`` runs a single pass and exits non-zero when the device is
+not converged; ``status`` prints the local status the agent wrote (``<stateDir>/status.json``); ``reconcile``
+sends SIGHUP to the running agent (pid file in the state dir) for an immediate pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import click
+
+from reconciler.agent.config import AgentConfig, load_agent_config
+from reconciler.core.errors import UserError
+
+DEFAULT_CONFIG = "/etc/modelfleet/agent.yaml"
+
+config_option = click.option(
+    "--config", "-c", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+    default=lambda: os.environ.get("MODELFLEET_AGENT_CONFIG", DEFAULT_CONFIG), show_default=DEFAULT_CONFIG,
+    help="Agent config file (env MODELFLEET_AGENT_CONFIG).",
+)
+
+
+@click.group()
+def agent() -> None:
+    """The device agent: serve the last good models and reconcile the fleet's desired state."""
+
+
+def _setup(config_path: Path, log_format: str | None = None) -> AgentConfig:
+    from reconciler.core.logs import setup_logging
+
+    cfg = load_agent_config(config_path)
+    setup_logging(log_format or cfg.log_format, cfg.log_level)
+    return cfg
+
+
+@agent.command("run")
+@config_option
+@click.option("--log-format", type=click.Choice(["text", "json"]), help="Override the config's log format.")
+def run_cmd(config_path: Path, log_format: str | None) -> None:
+    """Run the agent until SIGTERM (systemd Type=notify)."""
+    from reconciler.agent.loop import Agent
+
+    cfg = _setup(config_path, log_format)
+    Agent(cfg).run()
+
+
+@agent.command("once")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print the pass result as JSON.")
+def once_cmd(config_path: Path, as_json: bool) -> None:
+    """Run one reconcile pass; exit 1 if the device is not converged."""
+    from reconciler.agent.loop import Agent
+
+    cfg = _setup(config_path)
+    a = Agent(cfg)
+    try:
+        a.boot()
+        res = a.reconcile_once(force=True)
+        if a.c.status_writer is not None:
+            a.c.status_writer.flush(cfg.source_timeout)
+    finally:
+        a.close()
+    if as_json:
+        click.echo(json.dumps({"commit": res.commit, "converged": res.converged, "failedStep": res.failed_step,
+                               "message": res.message, "endpoints": res.endpoints}, indent=1))
+    else:
+        click.echo(_table(res.endpoints))
+        state = "converged" if res.converged else "NOT converged"
+        click.echo(f"commit {res.commit or '-'}: {state}" + (f" ({res.failed_step}: {res.message})"
+                                                            if res.failed_step else ""))
+    if not res.converged:
+        # UserError, not click's Exit: the CLI runs click with standalone_mode=False, which swallows Exit codes.
+        raise UserError("device not converged" + (f": step {res.failed_step} failed" if res.failed_step else ""))
+
+
+def _table(endpoints: list[dict[str, Any]]) -> str:
+    rows = [("ENDPOINT", "STATE", "VERSION", "DESIRED", "PREVIOUS", "RUNTIME", "MESSAGE")]
+    for e in endpoints:
+        rows.append((e["name"], e["state"], e.get("version") or "-", e.get("desiredVersion") or "-",
+                     e.get("previousVersion") or "-", e.get("runtime") or "-", (e.get("message") or "")[:80]))
+    if len(rows) == 1:
+        return "(no endpoints)"
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows).rstrip()
+
+
+def _running_pid(cfg: AgentConfig) -> int | None:
+    try:
+        pid = int(cfg.pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+@agent.command("status")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print the DeviceStatus document as JSON.")
+def status_cmd(config_path: Path, as_json: bool) -> None:
+    """Print the device's local status."""
+    cfg = load_agent_config(config_path)
+    try:
+        doc = json.loads(cfg.status_file.read_text())
+    except FileNotFoundError:
+        raise UserError(f"no status yet in {cfg.state_dir} (has the agent run?)") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {cfg.status_file}: {exc}") from None
+    if as_json:
+        click.echo(json.dumps(doc, indent=1))
+        return
+    st = doc.get("status", {})
+    pid = _running_pid(cfg)
+    click.echo(f"device      {doc.get('metadata', {}).get('name', '?')}  "
+               f"(agent {'running, pid ' + str(pid) if pid else 'not running'})")
+    click.echo(f"applied     {st.get('appliedCommit') or '-'}")
+    click.echo(f"attempted   {st.get('attemptedCommit') or '-'}")
+    click.echo(f"heartbeat   {st.get('heartbeat', '-')}")
+    click.echo("")
+    click.echo(_table(st.get("endpoints") or []))
+    click.echo("")
+    for c in st.get("conditions") or []:
+        msg = c.get("message", "")
+        click.echo(f"{c['type']:<16}{c['status']:<8}{c.get('reason', ''):<24}{msg[:100]}")
+    for f in st.get("failures") or []:
+        click.echo(f"held back   {f.get('endpoint')} {f.get('version')} ({f.get('reason', '')[:60]}) "
+                   f"until {f.get('retryAfter')}")
+
+
+@agent.command("reconcile")
+@config_option
+def reconcile_cmd(config_path: Path) -> None:
+    """Ask the running agent for an immediate pass (SIGHUP)."""
+    cfg = load_agent_config(config_path)
+    pid = _running_pid(cfg)
+    if pid is None:
+        raise UserError(f"no agent running on state dir {cfg.state_dir}")
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except PermissionError:
+        raise UserError(f"not allowed to signal the agent (pid {pid}); run as its user or root") from None
+    click.echo(f"reconcile requested (pid {pid})")

@@ -1,0 +1,108 @@
+"""``modelfleet fleet``: the fleet's state as the devices reported it on their ``status/<device-id>`` branches.
+
+``fleet status`` fetches every status branch once (shallow) and prints a table/JSON/Markdown report with
+Ready, applied commit vs the branch head, endpoint versions and heartbeat age (STALE past ``--stale-after``).
+``fleet history DEVICE`` lists one device's status commits over time.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import click
+
+from reconciler.core.errors import UserError
+from reconciler.core.units import parse_duration
+from reconciler.gitops.fleetstatus import StatusRepo, render, render_history
+from reconciler.gitops.verify import GitError
+
+FORMATS = click.Choice(["table", "json", "markdown"])
+
+
+def _default_repo() -> str:
+    """The current clone's ``origin`` (where devices push), else the current repository itself."""
+    def git(*args: str) -> str | None:
+        p = subprocess.run(["git", *args], capture_output=True, text=True)
+        return p.stdout.strip() if p.returncode == 0 and p.stdout.strip() else None
+
+    url = git("remote", "get-url", "origin")
+    if url:
+        return url
+    top = git("rev-parse", "--absolute-git-dir")
+    if top:
+        return top
+    raise UserError("not in a Git repository: give the fleet repository with --repo URL|PATH")
+
+
+def _repo(repo: str | None, cache_dir: Path | None, branch: str, prefix: str, timeout: str) -> StatusRepo:
+    url = repo or _default_repo()
+    if "://" not in url and ":" not in url.split("/")[0] and not Path(url).exists():
+        raise UserError(f"repository {url!r} not found (give a URL git understands or an existing path)")
+    if "://" not in url and Path(url).exists():
+        url = str(Path(url).resolve())
+    try:
+        secs = parse_duration(timeout)
+    except ValueError as exc:
+        raise UserError(f"--timeout: {exc}") from None
+    return StatusRepo(url, cache_dir, branch=branch, prefix=prefix, timeout=secs)
+
+
+_repo_options = [
+    click.option("--repo", metavar="URL|PATH", help="Fleet repository (default: origin of the current clone)."),
+    click.option("--branch", default="main", show_default=True, help="Desired-state branch."),
+    click.option("--prefix", default="status/", show_default=True, help="Status branch prefix."),
+    click.option("--cache-dir", type=click.Path(path_type=Path), help="Local cache (default ~/.cache/modelfleet)."),
+    click.option("--timeout", default="120s", show_default=True, help="Timeout of one Git operation."),
+    click.option("--format", "fmt", type=FORMATS, default="table", show_default=True),
+]
+
+
+def repo_options(f):  # type: ignore[no-untyped-def]
+    for opt in reversed(_repo_options):
+        f = opt(f)
+    return f
+
+
+@click.group()
+def fleet() -> None:
+    """Fleet-wide status from the devices' status branches."""
+
+
+@fleet.command("status")
+@repo_options
+@click.option("--stale-after", default="15m", show_default=True, metavar="DURATION",
+              help="Mark devices whose last heartbeat is older than this as STALE.")
+def status_cmd(repo: str | None, branch: str, prefix: str, cache_dir: Path | None, timeout: str, fmt: str,
+               stale_after: str) -> None:
+    """One table: device, applied commit vs branch head, endpoints, Ready, heartbeat age."""
+    try:
+        stale = parse_duration(stale_after)
+    except ValueError as exc:
+        raise UserError(f"--stale-after: {exc}") from None
+    sr = _repo(repo, cache_dir, branch, prefix, timeout)
+    try:
+        report = sr.report(stale_after=stale)
+    except GitError as exc:
+        raise UserError(f"cannot read status branches from {sr.url}: {exc}") from None
+    if not report.rows and fmt == "table":
+        click.echo(f"no {prefix}* branches in {sr.url} yet")
+        return
+    click.echo(render(report, fmt))
+
+
+@fleet.command("history")
+@click.argument("device")
+@repo_options
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100000))
+def history_cmd(device: str, repo: str | None, branch: str, prefix: str, cache_dir: Path | None, timeout: str,
+                fmt: str, limit: int) -> None:
+    """DEVICE's status commits over time (what ran when), newest first."""
+    sr = _repo(repo, cache_dir, branch, prefix, timeout)
+    try:
+        entries = sr.history(device, limit)
+    except KeyError:
+        raise UserError(f"no status branch {prefix}{device} in {sr.url}") from None
+    except GitError as exc:
+        raise UserError(f"cannot read {prefix}{device} from {sr.url}: {exc}") from None
+    click.echo(render_history(device, entries, fmt))

@@ -1,0 +1,190 @@
+"""Operator commands on a fleet repository: ``validate``, ``render``, ``plan`` and ``docs``.
+
+They read a directory or a Git revision, never execute anything from it, and report problems as
+``file:line:column`` diagnostics. Exit codes: validate 0 valid / 1 invalid / 2 usage; plan with
+``--detailed-exitcode`` 0 no change / 2 changes / 1 error (Terraform's convention).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import yaml
+
+from reconciler.core.errors import UserError
+from reconciler.fleet.desired import DeviceIdentity, desired_state
+from reconciler.fleet.manifests import LoadResult, load_dir, load_git
+from reconciler.fleet.yamlsafe import YamlError, load_documents
+
+
+def _tuf_targets(tuf_repo: str | None) -> set[str] | None:
+    if not tuf_repo:
+        return None
+    from reconciler.distribution.tufrepo import list_target_paths
+
+    try:
+        return list_target_paths(Path(tuf_repo))
+    except Exception as exc:  # the publisher module reports its own clear errors
+        raise UserError(f"cannot read TUF repository {tuf_repo}: {exc}") from None
+
+
+def _load(path: str, rev: str | None = None, tuf_repo: str | None = None) -> LoadResult:
+    p = Path(path)
+    if rev is None and not p.exists():
+        raise UserError(f"{path}: no such directory", exit_code=2)
+    if rev is None and not p.is_dir():
+        raise UserError(f"{path}: not a directory (give the fleet repository's root)", exit_code=2)
+    targets = _tuf_targets(tuf_repo)
+    return load_git(p, rev, tuf_targets=targets) if rev else load_dir(p, tuf_targets=targets)
+
+
+@click.command("validate")
+@click.argument("path", default=".", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True)
+@click.option("--rev", default=None, help="Validate this Git revision (read from the commit tree) instead of the files.")
+@click.option("--tuf-repo", default=None, type=click.Path(), help="Local TUF repository: also check every variant's targets are signed.")
+@click.option("--strict", is_flag=True, help="Treat warnings as errors.")
+def validate_cmd(path: str, fmt: str, rev: str | None, tuf_repo: str | None, strict: bool) -> None:
+    """Validate a fleet repository: YAML, JSON Schemas, references, rollouts, selectors, conflicts."""
+    result = _load(path, rev, tuf_repo)
+    base = Path(path)
+    diags = result.diagnostics
+    failed = bool(result.errors) or (strict and bool(result.warnings))
+
+    def shown(file: str) -> str:
+        return str(base / file) if rev is None else file
+
+    if fmt == "json":
+        click.echo(json.dumps({"valid": not failed, "files": result.files,
+                               "diagnostics": [dict(d.to_dict(), file=shown(d.file)) for d in diags]}, indent=2))
+    elif fmt == "github":
+        for d in diags:
+            click.echo(type(d)(**dict(d.__dict__, file=shown(d.file))).format_github())
+    else:
+        for d in diags:
+            click.echo(type(d)(**dict(d.__dict__, file=shown(d.file))).format_text(), err=d.is_error)
+        fl = result.fleet
+        summary = (f"{result.files} files: {len(fl.models)} models, {len(fl.deployments)} deployments, "
+                   f"{len(fl.devices)} devices; {len(result.errors)} errors, {len(result.warnings)} warnings")
+        click.echo(("invalid: " if failed else "valid: ") + summary, err=failed)
+    sys.exit(1 if failed else 0)
+
+
+def _parse_labels(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise click.BadParameter(f"{p!r} is not key=value", param_hint="--labels")
+        k, v = p.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _read_facts(path: str | None) -> dict:
+    if not path:
+        return {}
+    try:
+        docs = load_documents(Path(path).read_bytes(), path)
+    except OSError as exc:
+        raise UserError(f"{path}: {exc.strerror}") from None
+    except YamlError as exc:
+        raise UserError(f"{path}:{exc.line}:{exc.column}: {exc.message}") from None
+    facts = docs[0].data if docs else {}
+    if not isinstance(facts, dict):
+        raise UserError(f"{path}:1:1: facts must be a mapping such as `hw.arch: x86_64`")
+    import jsonschema
+
+    from reconciler.fleet.schemas import load_schema
+
+    schema = load_schema("common.schema.json")["$defs"]["facts"]
+    err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(facts))
+    if err is not None:
+        line, col = docs[0].position(tuple(err.absolute_path))
+        raise UserError(f"{path}:{line}:{col}: {err.message}")
+    return facts
+
+
+def _require_valid(result: LoadResult, what: str) -> None:
+    if result.errors:
+        for d in result.errors[:20]:
+            click.echo(d.format_text(), err=True)
+        raise UserError(f"{what} is invalid ({len(result.errors)} errors); fix it first (`modelfleet validate`)")
+
+
+@click.command("render")
+@click.option("--device", "device_id", required=True, help="Device id.")
+@click.option("--labels", "labels", multiple=True, help="Extra label key=value (repeatable); overrides inventory labels.")
+@click.option("--facts", "facts_file", type=click.Path(dir_okay=False), help="YAML/JSON file of hardware facts (hw.arch, …).")
+@click.option("--rev", default=None, help="Render this Git revision instead of the files.")
+@click.argument("path", default=".", type=click.Path(file_okay=False))
+def render_cmd(device_id: str, labels: tuple[str, ...], facts_file: str | None, rev: str | None, path: str) -> None:
+    """Print one device's desired state as YAML."""
+    result = _load(path, rev)
+    _require_valid(result, path)
+    inv = result.fleet.devices.get(device_id)
+    all_labels = dict(inv.labels) if inv else {}
+    all_labels.update(_parse_labels(labels))
+    facts = dict((inv.spec.get("facts") or {}) if inv else {})
+    facts.update(_read_facts(facts_file))
+    state = desired_state(result.fleet, DeviceIdentity(device_id, all_labels), facts)
+    doc = state.to_dict()
+    doc["inventory"] = inv is not None
+    click.echo(yaml.safe_dump(doc, sort_keys=False, default_flow_style=False), nl=False)
+
+
+@click.command("plan")
+@click.option("--repo", "repo", default=".", type=click.Path(file_okay=False), show_default=True, help="Git repository.")
+@click.option("--base", required=True, help="Base revision (e.g. origin/main).")
+@click.option("--head", default="HEAD", show_default=True, help="Head revision (the PR).")
+@click.option("--path", "subpath", default=None, help="Sub-directory of the fleet inside the repository.")
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True)
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 0 no change, 2 changes, 1 error.")
+def plan_cmd(repo: str, base: str, head: str, subpath: str | None, fmt: str, detailed_exitcode: bool) -> None:
+    """Show, per device, what changes between two revisions of the fleet repository."""
+    from reconciler.fleet.plan import make_plan, render_json, render_markdown, render_text
+
+    try:
+        import git
+
+        git.Repo(repo, search_parent_directories=True)
+    except Exception:
+        raise UserError(f"{repo}: not a Git repository") from None
+    base_r = load_git(repo, base, subpath)
+    _require_valid(base_r, f"base revision {base}")
+    head_r = load_git(repo, head, subpath)
+    _require_valid(head_r, f"head revision {head}")
+    plan = make_plan(base_r.fleet, head_r.fleet)
+    render = {"text": render_text, "markdown": render_markdown, "json": render_json}[fmt]
+    click.echo(render(plan), nl=False)
+    if detailed_exitcode:
+        sys.exit(2 if plan.changes else 0)
+
+
+@click.group("docs")
+def docs_cmd() -> None:
+    """Documentation helpers."""
+
+
+@docs_cmd.command("generate")
+@click.option("--output", "-o", default="-", help="File to write (default stdout).")
+@click.option("--check", is_flag=True, help="Exit 1 if OUTPUT is not up to date.")
+def docs_generate(output: str, check: bool) -> None:
+    """Generate the manifest reference (docs/manifests.md) from the JSON Schemas."""
+    from reconciler.core.fsutil import atomic_write_text
+    from reconciler.fleet.docgen import generate
+
+    text = generate()
+    if check:
+        current = Path(output).read_text(encoding="utf-8") if Path(output).exists() else ""
+        if current != text:
+            raise UserError(f"{output} is out of date; run `make docs`")
+        click.echo(f"{output} is up to date")
+        return
+    if output == "-":
+        click.echo(text, nl=False)
+    else:
+        atomic_write_text(output, text)
+        click.echo(f"wrote {output}")

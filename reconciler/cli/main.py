@@ -1,0 +1,80 @@
+"""The ``modelfleet`` command line.
+
+Each command family lives in the module that owns it and is registered here:
+``validate``/``render``/``plan``/``docs`` (cli.fleetrepo), ``repo``/``tuf-client`` (cli.repo),
+``fleet`` (cli.fleet), ``serve`` (cli.serve), ``agent`` (cli.agent).
+
+User errors (:class:`reconciler.core.errors.UserError`) are printed as ``error: …`` and exit non-zero; never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from reconciler import __version__
+from reconciler.core.errors import UserError
+
+# (module, attribute) of each sub-command, imported lazily so `modelfleet validate` does not pay for
+# onnxruntime/openvino imports.
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "validate": ("reconciler.cli.fleetrepo", "validate_cmd"),
+    "render": ("reconciler.cli.fleetrepo", "render_cmd"),
+    "plan": ("reconciler.cli.fleetrepo", "plan_cmd"),
+    "docs": ("reconciler.cli.fleetrepo", "docs_cmd"),
+    "repo": ("reconciler.cli.repo", "repo"),
+    "tuf-client": ("reconciler.cli.repo", "tuf_client"),
+    "fleet": ("reconciler.cli.fleet", "fleet"),
+    "serve": ("reconciler.cli.serve", "serve"),
+    "agent": ("reconciler.cli.agent", "agent"),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        spec = _COMMANDS.get(cmd_name)
+        if spec is None:
+            return None
+        try:
+            module = importlib.import_module(spec[0])
+        except ModuleNotFoundError as exc:
+            if exc.name == spec[0]:
+                return None
+            raise
+        return getattr(module, spec[1], None)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="modelfleet")
+def cli() -> None:
+    """modelfleet — GitOps for AI models on edge devices."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="modelfleet", standalone_mode=False)
+    except UserError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,7 @@
+"""Small things every part may use, and that import nothing else of the project.
+
+``errors`` (:class:`UserError`, the one exception a command turns into ``error: …`` and a non-zero exit),
+``diagnostics`` (a problem at ``file:line:col`` with a hint), ``conditions`` (Flux-style ``Ready``/``Stalled``
+conditions with reasons and timestamps), ``units`` (durations, sizes, version ranges), ``fsutil`` (temp + fsync
++ rename writes) and ``logs`` (text/JSON log setup). Nothing here does network or runtime work.
+"""

@@ -1,0 +1,515 @@
+"""Device side of model distribution: a TUF client that downloads verified targets into the model store.
+
+Each sync cycle calls :meth:`TufClient.refresh`, which builds a new ``tuf.ngclient.Updater`` bootstrapped from
+the device's provisioned ``root.json`` (root rotations already trusted are replayed from the metadata dir) and
+runs the TUF client workflow (root → timestamp → snapshot → targets). :meth:`TufClient.fetch` then resolves
+each target path through TUF (delegations included) and, for targets not yet in the content-addressed
+:class:`~reconciler.distribution.store.ModelStore`, streams the file into a staging file named after its digest — resuming
+an interrupted transfer with an HTTP Range request — while hashing it; only a file whose length and hashes
+match the signed metadata is fsynced and renamed into the store. :meth:`TufClient.load_bytes` rehashes the
+blob and, for encrypted models, decrypts it in memory.
+
+Every failure is a :class:`TufClientError` with a CamelCase ``reason`` the agent reports in its conditions.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import queue
+import re
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import urllib3
+from prometheus_client import Counter, Gauge
+from tuf.api import exceptions as tufexc
+from tuf.api.metadata import TargetFile
+from tuf.ngclient import Updater, UpdaterConfig
+from tuf.ngclient.fetcher import FetcherInterface
+
+from reconciler.distribution import modelcrypto
+from reconciler.distribution.store import ModelStore, StoreCorruption
+
+BYTES_DOWNLOADED = Counter("modelfleet_tuf_bytes_downloaded", "Target bytes downloaded by the TUF client")
+DOWNLOADS = Counter("modelfleet_tuf_downloads", "Targets downloaded and verified into the model store")
+FAILURES = Counter("modelfleet_tuf_failures", "TUF client failures by reason", ["reason"])
+IN_PROGRESS = Gauge("modelfleet_tuf_downloads_in_progress", "Target downloads in progress")
+
+_CHUNK = 1 << 20
+#: Free space kept on the store's filesystem beyond the download itself.
+DISK_RESERVE = 16 << 20
+
+Progress = Callable[[str, int, int], None]  # (target path, bytes done, total bytes)
+Clock = Callable[[], datetime]
+
+
+# ------------------------------------------------------------------------------------------------- errors
+
+
+class TufClientError(Exception):
+    """A failed refresh or download; ``reason`` is a short CamelCase code, ``str()`` a clear message."""
+
+    reason = "TufError"
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class MetadataExpired(TufClientError):
+    reason = "MetadataExpired"
+
+
+class BadSignature(TufClientError):
+    reason = "BadSignature"
+
+
+class RollbackAttack(TufClientError):
+    reason = "RollbackAttack"
+
+
+class MetadataMismatch(TufClientError):
+    reason = "MetadataMismatch"
+
+
+class BadMetadata(TufClientError):
+    reason = "BadMetadata"
+
+
+class TargetNotFound(TufClientError):
+    reason = "TargetNotFound"
+
+
+class TargetHashMismatch(TufClientError):
+    reason = "TargetHashMismatch"
+
+
+class LengthExceeded(TufClientError):
+    reason = "LengthExceeded"
+
+
+class InsufficientDiskSpace(TufClientError):
+    reason = "InsufficientDiskSpace"
+
+
+class DecryptionFailed(TufClientError):
+    reason = "DecryptionFailed"
+
+
+class RepositoryUnavailable(TufClientError):
+    reason = "RepositoryUnavailable"
+
+
+class StoreCorrupted(TufClientError):
+    reason = "StoreCorrupted"
+
+
+_EXPECTED_GOT = re.compile(r"(\d+)\D+?(\d+)")
+
+
+def translate(exc: BaseException, what: str) -> TufClientError:
+    """Map a python-tuf / network exception to a :class:`TufClientError` (pure function)."""
+    if isinstance(exc, TufClientError):
+        return exc
+    msg = f"{what}: {exc}" if str(exc) else f"{what}: {type(exc).__name__}"
+    if isinstance(exc, tufexc.ExpiredMetadataError):
+        return MetadataExpired(f"{what}: metadata expired ({exc}); a freeze attack or a repository not refreshed")
+    if isinstance(exc, tufexc.UnsignedMetadataError):
+        return BadSignature(f"{what}: metadata not signed by a trusted key threshold ({exc})")
+    if isinstance(exc, tufexc.BadVersionNumberError):
+        text = str(exc)
+        m = _EXPECTED_GOT.search(text)
+        # ".json version" only appears in the snapshot's own rollback check (a listed role went backwards).
+        if "must be >=" in text or "Expected root" in text or ".json version" in text:
+            return RollbackAttack(f"{what}: older metadata than already trusted ({exc})")
+        if m and "Expected" in text and int(m.group(2)) < int(m.group(1)):
+            return RollbackAttack(f"{what}: served metadata older than the snapshot lists ({exc})")
+        return MetadataMismatch(f"{what}: metadata versions do not match the snapshot ({exc})")
+    if isinstance(exc, tufexc.LengthOrHashMismatchError):
+        return MetadataMismatch(f"{what}: metadata does not match the hashes in the snapshot/timestamp ({exc})")
+    if isinstance(exc, tufexc.DownloadLengthMismatchError):
+        return LengthExceeded(f"{what}: server sent more data than the signed length ({exc})")
+    if isinstance(exc, tufexc.DownloadHTTPError):
+        return RepositoryUnavailable(f"{what}: HTTP {exc.status_code} from the repository")
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return InsufficientDiskSpace(f"{what}: disk full while writing ({exc.strerror})")
+    if isinstance(exc, OSError) and not isinstance(exc, ConnectionError):
+        return TufClientError(f"{what}: local I/O error ({exc})", "LocalIOError")
+    if isinstance(exc, (tufexc.DownloadError, urllib3.exceptions.HTTPError, ConnectionError)):
+        cause = exc.__cause__ or exc
+        return RepositoryUnavailable(f"{what}: repository unreachable ({type(cause).__name__}: {cause})")
+    if isinstance(exc, tufexc.RepositoryError):
+        return BadMetadata(f"{what}: invalid metadata ({exc})")
+    return TufClientError(msg)
+
+
+# ------------------------------------------------------------------------------------------------- fetcher
+
+
+class RangeFetcher(FetcherInterface):
+    """urllib3 fetcher for metadata (via ngclient) and targets, with ``Range`` requests for resumes."""
+
+    def __init__(self, timeout: float = 30, pool_size: int = 4) -> None:
+        self.timeout = timeout
+        self._http = urllib3.PoolManager(
+            maxsize=pool_size, headers={"User-Agent": "modelfleet-tuf"}, retries=urllib3.Retry(0, read=False)
+        )
+
+    def _open(self, url: str, headers: dict[str, str] | None = None) -> urllib3.BaseHTTPResponse:
+        try:
+            resp = self._http.request(
+                "GET", url, headers=headers, preload_content=False, timeout=urllib3.Timeout(self.timeout), redirect=True,
+                # A short body is detected by the caller (and resumed); keep the bytes that did arrive.
+                enforce_content_length=False,
+            )
+        except urllib3.exceptions.MaxRetryError as exc:
+            if isinstance(exc.reason, urllib3.exceptions.TimeoutError):
+                raise tufexc.SlowRetrievalError(f"timeout fetching {url}") from exc
+            raise tufexc.DownloadError(f"cannot fetch {url}: {exc.reason}") from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise tufexc.DownloadError(f"cannot fetch {url}: {exc}") from exc
+        if resp.status >= 400 and resp.status != 416:
+            resp.drain_conn()
+            resp.release_conn()
+            raise tufexc.DownloadHTTPError(f"HTTP {resp.status} for {url}", resp.status)
+        return resp
+
+    def _chunks(self, resp: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+        try:
+            yield from resp.stream(_CHUNK)
+        except urllib3.exceptions.TimeoutError as exc:
+            raise tufexc.SlowRetrievalError("timeout while receiving data") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise tufexc.DownloadError(f"connection lost: {exc}") from exc
+        finally:
+            resp.release_conn()
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        return self._chunks(self._open(url))
+
+    def fetch_from(self, url: str, offset: int) -> tuple[int, Iterator[bytes]]:
+        """GET ``url`` from byte ``offset``; returns (offset the body starts at, chunks)."""
+        if offset <= 0:
+            return 0, self._chunks(self._open(url))
+        resp = self._open(url, {"Range": f"bytes={offset}-"})
+        if resp.status == 206:
+            m = re.match(r"bytes (\d+)-", resp.headers.get("Content-Range", ""))
+            return (int(m.group(1)) if m else offset), self._chunks(resp)
+        if resp.status == 416:  # staged bytes already cover the file (or more): start over
+            resp.release_conn()
+            return 0, self._chunks(self._open(url))
+        return 0, self._chunks(resp)
+
+
+# ---------------------------------------------------------------------------------------------- the client
+
+
+@dataclass(frozen=True)
+class StoredTarget:
+    """A verified target in the model store."""
+
+    path: str
+    digest: str
+    length: int
+    custom: dict[str, Any] = field(default_factory=dict)
+    encrypted: bool = False
+    store_path: Path = Path()
+    downloaded: bool = False  # True when this fetch() transferred it (False: already in the store)
+
+
+def target_url_path(path: str, digest: str, consistent: bool) -> str:
+    if not consistent:
+        return path
+    dirname, sep, base = path.rpartition("/")
+    return f"{dirname}{sep}{digest}.{base}"
+
+
+class TufClient:
+    """Refresh TUF metadata and fetch verified targets into ``store``; see the module docstring."""
+
+    def __init__(
+        self,
+        metadata_dir: Path,
+        metadata_url: str,
+        targets_url: str,
+        trusted_root: Path,
+        store: ModelStore,
+        *,
+        staging_dir: Path | None = None,
+        max_concurrent: int = 2,
+        timeout: float = 30,
+        decryption_key: bytes | None = None,
+        clock: Clock | None = None,
+        progress: Progress | None = None,
+        disk_usage: Callable[[Path], Any] = shutil.disk_usage,
+        fetcher: RangeFetcher | None = None,
+    ) -> None:
+        self.metadata_dir = Path(metadata_dir)
+        self.metadata_url = metadata_url.rstrip("/") + "/"
+        self.targets_url = targets_url.rstrip("/") + "/"
+        self.trusted_root = Path(trusted_root)
+        self.store = store
+        self.staging_dir = Path(staging_dir) if staging_dir else store.root / "staging"
+        self.max_concurrent = max(1, max_concurrent)
+        self.decryption_key = decryption_key
+        self.clock = clock
+        self.progress = progress
+        self._disk_usage = disk_usage
+        self.fetcher = fetcher or RangeFetcher(timeout=timeout, pool_size=self.max_concurrent + 2)
+        self.bytes_downloaded = 0
+        self._lock = threading.Lock()
+        self._updater: Updater | None = None
+
+    # -- metadata
+
+    def _new_updater(self) -> Updater:
+        self.metadata_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            bootstrap = self.trusted_root.read_bytes()
+        except OSError as exc:
+            raise BadMetadata(f"cannot read trusted root {self.trusted_root}: {exc.strerror}") from exc
+        try:
+            updater = Updater(
+                str(self.metadata_dir),
+                self.metadata_url,
+                target_base_url=self.targets_url,
+                fetcher=self.fetcher,
+                config=UpdaterConfig(app_user_agent="modelfleet"),
+                bootstrap=bootstrap,
+            )
+        except Exception as exc:
+            raise translate(exc, "trusted root") from exc
+        if self.clock is not None:
+            # ngclient checks expiry against the time its trusted set was created; an injected clock (tests,
+            # devices with a trusted time source) replaces it before any metadata is loaded.
+            updater._trusted_set.reference_time = self.clock().astimezone(timezone.utc)
+        return updater
+
+    def refresh(self) -> None:
+        """Run the TUF metadata update workflow with a fresh Updater."""
+        self._updater = None
+        updater = self._new_updater()
+        try:
+            updater.refresh()
+        except Exception as exc:
+            err = translate(exc, "metadata refresh")
+            FAILURES.labels(err.reason).inc()
+            raise err from exc
+        self._updater = updater
+
+    def target_info(self, path: str) -> TargetFile:
+        if self._updater is None:
+            self.refresh()
+        assert self._updater is not None
+        try:
+            info = self._updater.get_targetinfo(path)
+        except Exception as exc:
+            err = translate(exc, f"target {path}")
+            FAILURES.labels(err.reason).inc()
+            raise err from exc
+        if info is None:
+            FAILURES.labels("TargetNotFound").inc()
+            raise TargetNotFound(f"target {path!r} is not signed by any trusted role for that path")
+        return info
+
+    @property
+    def consistent_snapshot(self) -> bool:
+        return bool(self._updater and self._updater._trusted_set.root.consistent_snapshot)
+
+    # -- targets
+
+    def fetch(self, paths: list[str]) -> dict[str, StoredTarget]:
+        """Resolve ``paths`` through TUF and download what the store lacks (bounded concurrency).
+
+        Raises the first failure (in ``paths`` order) after all started downloads finished; verified
+        targets already moved into the store stay there.
+        """
+        infos = [(p, self.target_info(p)) for p in paths]
+        result: dict[str, StoredTarget] = {}
+        missing: dict[str, tuple[str, TargetFile]] = {}
+        for p, info in infos:
+            digest = _sha256_of(info, p)
+            if not self.store.has(digest) and digest not in missing:
+                missing[digest] = (p, info)
+        self._preflight([info for _, info in missing.values()])
+        errors: dict[str, BaseException] = {}
+        if missing:
+            with ThreadPoolExecutor(max_workers=min(self.max_concurrent, len(missing))) as pool:
+                futs = {d: pool.submit(self._download, p, info, d) for d, (p, info) in missing.items()}
+                for d, fut in futs.items():
+                    exc = fut.exception()
+                    if exc is not None:
+                        errors[d] = exc
+        for p, info in infos:
+            digest = _sha256_of(info, p)
+            if digest in errors:
+                raise errors[digest]
+            custom = dict(info.custom)
+            result[p] = StoredTarget(
+                p, digest, info.length, custom, bool(custom.get("encrypted")), self.store.path_for(digest),
+                downloaded=digest in missing,
+            )
+        return result
+
+    def _preflight(self, infos: list[TargetFile]) -> None:
+        if not infos:
+            return
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        need = 0
+        for info in infos:
+            staged = self.staging_dir / f"{_sha256_of(info, info.path)}.part"
+            have = staged.stat().st_size if staged.exists() else 0
+            need += max(0, info.length - min(have, info.length))
+        free = self._disk_usage(self.staging_dir).free
+        if need + DISK_RESERVE > free:
+            FAILURES.labels("InsufficientDiskSpace").inc()
+            raise InsufficientDiskSpace(
+                f"not enough disk space for {len(infos)} model file(s): need {_mib(need + DISK_RESERVE)} "
+                f"(incl. {_mib(DISK_RESERVE)} reserve), {_mib(free)} free on {self.staging_dir}"
+            )
+
+    def _download(self, path: str, info: TargetFile, digest: str) -> None:
+        IN_PROGRESS.inc()
+        try:
+            self._download_inner(path, info, digest)
+            DOWNLOADS.inc()
+        except BaseException as exc:
+            err = translate(exc, f"target {path}")
+            FAILURES.labels(err.reason).inc()
+            if err is exc:
+                raise
+            raise err from exc
+        finally:
+            IN_PROGRESS.dec()
+
+    def _download_inner(self, path: str, info: TargetFile, digest: str) -> None:
+        staged = self.staging_dir / f"{digest}.part"
+        url = self.targets_url + target_url_path(path, digest, self.consistent_snapshot)
+        have = staged.stat().st_size if staged.exists() else 0
+        if have > info.length:
+            staged.unlink()
+            have = 0
+        hasher = _HashPipe([alg for alg in info.hashes if alg in hashlib.algorithms_available])
+        start, chunks = self.fetcher.fetch_from(url, have) if have < info.length else (have, iter(()))
+        try:
+            with open(staged, "r+b" if staged.exists() else "w+b") as fh:
+                # Re-hash the bytes kept from an interrupted transfer, then append the rest.
+                fh.truncate(start)
+                fh.seek(0)
+                while start and (block := fh.read(_CHUNK)):
+                    hasher.update(block)
+                fh.seek(start)
+                done = start
+                for chunk in chunks:
+                    done += len(chunk)
+                    if done > info.length:
+                        fh.close()
+                        staged.unlink(missing_ok=True)
+                        raise LengthExceeded(
+                            f"target {path}: server sent more than the signed length of {info.length} bytes"
+                        )
+                    fh.write(chunk)
+                    hasher.update(chunk)
+                    with self._lock:
+                        self.bytes_downloaded += len(chunk)
+                    BYTES_DOWNLOADED.inc(len(chunk))
+                    if self.progress is not None:
+                        self.progress(path, done, info.length)
+                fh.flush()
+                if done < info.length:
+                    raise RepositoryUnavailable(
+                        f"target {path}: transfer ended after {done} of {info.length} bytes; will resume"
+                    )
+                digests = hasher.hexdigests()
+                bad = [alg for alg, d in digests.items() if d != info.hashes[alg]]
+                if not digests:
+                    fh.seek(0)
+                    try:
+                        info.verify_length_and_hashes(fh)
+                    except tufexc.LengthOrHashMismatchError:
+                        bad = ["all"]
+        finally:
+            hasher.close()
+        if bad:
+            staged.unlink(missing_ok=True)
+            raise TargetHashMismatch(
+                f"target {path}: downloaded file does not match its signed {', '.join(bad)} hash (tampered?)"
+            )
+        self.store.add_file(staged, digest)
+
+    # -- loading
+
+    def load_bytes(self, t: StoredTarget) -> bytes:
+        """The target's plaintext: digest checked, decrypted in memory when encrypted."""
+        try:
+            data = self.store.read_verified(t.digest)
+        except StoreCorruption as exc:
+            FAILURES.labels("StoreCorrupted").inc()
+            raise StoreCorrupted(f"target {t.path}: {exc}; it will be downloaded again") from exc
+        except FileNotFoundError as exc:
+            raise TargetNotFound(f"target {t.path} is not in the model store") from exc
+        if not t.encrypted:
+            return data
+        if self.decryption_key is None:
+            FAILURES.labels("DecryptionFailed").inc()
+            raise DecryptionFailed(f"target {t.path} is encrypted but this device has no decryption key")
+        try:
+            plain = modelcrypto.decrypt(data, self.decryption_key)
+        except modelcrypto.DecryptionError as exc:
+            FAILURES.labels("DecryptionFailed").inc()
+            raise DecryptionFailed(f"target {t.path}: {exc}") from exc
+        want = t.custom.get("plaintext_sha256")
+        if want and hashlib.sha256(plain).hexdigest() != want:
+            FAILURES.labels("DecryptionFailed").inc()
+            raise DecryptionFailed(f"target {t.path}: decrypted model does not match its signed plaintext hash")
+        return plain
+
+
+class _HashPipe:
+    """Hash chunks on a worker thread (hashlib releases the GIL) so hashing overlaps network and disk I/O."""
+
+    def __init__(self, algorithms: list[str]) -> None:
+        self._hashers = {alg: hashlib.new(alg) for alg in algorithms}
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        self._thread = threading.Thread(target=self._run, name="tuf-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            for h in self._hashers.values():
+                h.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self._queue.put(chunk)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def hexdigests(self) -> dict[str, str]:
+        self.close()
+        return {alg: h.hexdigest() for alg, h in self._hashers.items()}
+
+
+def _sha256_of(info: TargetFile, path: str) -> str:
+    digest = info.hashes.get("sha256")
+    if not digest:
+        raise BadMetadata(f"target {path}: metadata has no sha256 hash; the store is sha256-addressed")
+    return digest.lower()
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+
+

@@ -1,0 +1,82 @@
+"""The in-memory fleet repository: schema-valid manifests indexed by kind and name, and a load's result.
+
+Plain data with no I/O and no checks, so both the loader (:mod:`reconciler.fleet.manifests`) and the semantic
+checks (:mod:`reconciler.fleet.validation`) can use it without importing each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.core.diagnostics import ERROR, WARNING, Diagnostic
+from reconciler.fleet.yamlsafe import Document
+
+
+@dataclass
+class Manifest:
+    """One schema-valid document: its data plus where it came from."""
+
+    kind: str
+    name: str
+    data: dict[str, Any]
+    file: str
+    doc: Document
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return self.data.get("spec") or {}
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return self.data.get("metadata", {}).get("labels") or {}
+
+    def pos(self, *path: Any, key: bool = False) -> tuple[int, int]:
+        return self.doc.position(tuple(path), key=key)
+
+    def diag(self, message: str, *path: Any, severity: str = ERROR, hint: str | None = None,
+             code: str = "invalid", key: bool = False) -> Diagnostic:
+        line, col = self.pos(*path, key=key)
+        return Diagnostic(self.file, line, col, message, severity, self.kind, self.name, hint, code)
+
+
+@dataclass
+class FleetRepo:
+    """The schema-valid content of a fleet repository, indexed by kind and name."""
+
+    fleet: Manifest | None = None
+    models: dict[str, Manifest] = field(default_factory=dict)
+    deployments: dict[str, Manifest] = field(default_factory=dict)
+    devices: dict[str, Manifest] = field(default_factory=dict)
+
+    @property
+    def fleet_spec(self) -> dict[str, Any]:
+        return self.fleet.spec if self.fleet else {}
+
+    def model_version(self, model: str, version: str) -> dict[str, Any] | None:
+        m = self.models.get(model)
+        if m is None:
+            return None
+        for v in m.spec.get("versions", []):
+            if v.get("version") == version:
+                return v
+        return None
+
+
+@dataclass
+class LoadResult:
+    fleet: FleetRepo
+    diagnostics: list[Diagnostic]
+    files: int = 0
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity == ERROR]
+
+    @property
+    def warnings(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity == WARNING]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors

@@ -1,0 +1,298 @@
+"""Status write-back: the device's ``DeviceStatus`` as ``status.yaml`` on its own ``status/<device-id>`` branch.
+
+Workflow: :meth:`StatusWriter.submit` validates and trims the document and parks it as *the newest* status
+(never blocks). A background thread commits it with plumbing (``hash-object``/``mktree``/``commit-tree``, no
+worktree, optionally SSH-signed) when the content changed — ignoring ``status.heartbeat`` — or the heartbeat
+interval passed, then pushes with retry, jittered exponential backoff. While the server is down new statuses
+replace the unpushed commit (its parent stays the last pushed one), so on recovery exactly the newest is
+pushed. A rejected (non-fast-forward) push means the device lost its local state: the writer fetches the
+branch and commits on top. Each device owns its branch, so devices never conflict with each other.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reconciler.fleet.schemas import validator
+from reconciler.gitops.verify import GitError, init_bare, run_git
+
+log = logging.getLogger(__name__)
+
+MAX_STATUS_BYTES = 64 * 1024
+STATUS_FILE = "status.yaml"
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    # Shared sub-objects must be written out in full: readers use safe, alias-limited loaders.
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def dump_status(doc: dict[str, Any]) -> bytes:
+    return yaml.dump(doc, Dumper=_NoAliasDumper, sort_keys=False, allow_unicode=True, width=120).encode("utf-8")
+
+
+def content_key(doc: dict[str, Any]) -> str:
+    """Canonical form of a status without its heartbeat: equal keys mean "nothing to report"."""
+    d = copy.deepcopy(doc)
+    d.get("status", {}).pop("heartbeat", None)
+    return json.dumps(d, sort_keys=True, separators=(",", ":"))
+
+
+def _cut(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def trim_status(doc: dict[str, Any], limit: int = MAX_STATUS_BYTES) -> dict[str, Any]:
+    """Shrink a status until its YAML fits in ``limit`` bytes: messages first, then old attempts and failures.
+
+    Raises ``ValueError`` if even the trimmed document is too big.
+    """
+    if len(dump_status(doc)) <= limit:
+        return doc
+    d = copy.deepcopy(doc)
+    st = d.setdefault("status", {})
+    steps: list[Callable[[], None]] = []
+
+    def shorten_messages(n: int) -> Callable[[], None]:
+        def run() -> None:
+            for key in ("conditions", "endpoints", "attempts"):
+                for item in st.get(key) or []:
+                    if isinstance(item.get("message"), str):
+                        item["message"] = _cut(item["message"], n)
+            for f in st.get("failures") or []:
+                if isinstance(f.get("reason"), str):
+                    f["reason"] = _cut(f["reason"], n)
+        return run
+
+    def keep(key: str, n: int) -> Callable[[], None]:
+        def run() -> None:
+            if isinstance(st.get(key), list):
+                st[key] = st[key][:n]
+        return run
+
+    steps += [shorten_messages(256), keep("attempts", 2), keep("failures", 20), shorten_messages(64),
+              keep("attempts", 1), keep("failures", 0)]
+    for step in steps:
+        step()
+        if len(dump_status(d)) <= limit:
+            return d
+    raise ValueError(f"status document is {len(dump_status(d))} bytes even after trimming (limit {limit})")
+
+
+class StatusWriter:
+    """Background committer/pusher of one device's status branch; see the module docstring."""
+
+    def __init__(self, url: str, device_id: str, work_dir: Path, *, branch_prefix: str = "status/",
+                 heartbeat_interval: float = 300, signing_key: Path | None = None, timeout: float = 30,
+                 retry_base: float = 1.0, retry_max: float = 300.0, clock: Callable[[], float] = time.monotonic,
+                 agent_version: str | None = None) -> None:
+        self.url = url
+        self.device_id = device_id
+        self.work_dir = Path(work_dir)
+        self.branch = f"{branch_prefix}{device_id}"
+        self.ref = f"refs/heads/{self.branch}"
+        self.heartbeat_interval = heartbeat_interval
+        self.signing_key = Path(signing_key) if signing_key else None
+        self.timeout = timeout
+        self.retry_base = retry_base
+        self.retry_max = retry_max
+        self.clock = clock
+        self.git_dir = self.work_dir / "status.git"
+        self.pushes = 0
+        self.commits = 0
+        self.push_failures = 0
+        self.queued = 0  # statuses submitted but not pushed yet (superseded ones included)
+        self.last_push_ok: bool | None = None
+        self.last_error: str | None = None
+        self._pending: dict[str, Any] | None = None
+        self._pushed: str | None = None  # the commit the server has, as far as we know
+        self._tip: str | None = None  # our newest commit (== _pushed when in sync)
+        self._tip_key: str | None = None
+        self._tip_time: float | None = None
+        self._cv = threading.Condition()
+        self._closed = False
+        self._busy = False
+        self._ensure_repo()
+        self._thread = threading.Thread(target=self._run, name=f"status-writer-{device_id}", daemon=True)
+        self._thread.start()
+
+    # -- public ------------------------------------------------------------------------------------------
+
+    def submit(self, status: dict[str, Any]) -> None:
+        """Queue ``status`` (a full DeviceStatus) as the newest one; returns at once.
+
+        Raises ``ValueError`` if the document is not a valid DeviceStatus (a caller bug, caught early).
+        """
+        doc = status
+        attempts = (status.get("status") or {}).get("attempts")
+        if isinstance(attempts, list) and len(attempts) > 5:  # keep the newest 5 (newest first, per the schema)
+            doc = copy.deepcopy(status)
+            doc["status"]["attempts"] = attempts[:5]
+        doc = trim_status(doc)
+        errors = sorted(validator("DeviceStatus").iter_errors(doc), key=lambda e: list(e.path))
+        if errors:
+            e = errors[0]
+            where = "/".join(str(p) for p in e.path) or "(root)"
+            raise ValueError(f"invalid DeviceStatus at {where}: {e.message}")
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("StatusWriter is closed")
+            self._pending = doc
+            self.queued += 1
+            self._cv.notify_all()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until everything submitted is committed and pushed; False if that did not happen in time."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            self._cv.notify_all()
+            while self._pending is not None or self._busy or self._tip != self._pushed:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._closed:
+                    return False
+                self._cv.wait(min(left, 0.1))
+            return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Try to push what is queued for up to ``timeout`` seconds, then stop the thread."""
+        self.flush(timeout)
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self._thread.join(timeout + self.timeout)
+
+    # -- git plumbing -------------------------------------------------------------------------------------
+
+    def _git(self, *args: str, input: bytes | None = None, check: bool = True, network: bool = False):
+        env = {"GIT_AUTHOR_NAME": self.device_id, "GIT_AUTHOR_EMAIL": f"{self.device_id}@devices.modelfleet",
+               "GIT_COMMITTER_NAME": self.device_id, "GIT_COMMITTER_EMAIL": f"{self.device_id}@devices.modelfleet"}
+        return run_git(list(args), git_dir=self.git_dir, input=input, check=check, env=env,
+                       timeout=self.timeout if network else max(self.timeout, 30))
+
+    def _ensure_repo(self) -> None:
+        if not (self.git_dir / "HEAD").is_file():
+            init_bare(self.git_dir, timeout=self.timeout)
+        tip = self._git("rev-parse", "--verify", "--quiet", self.ref, check=False).stdout.decode().strip()
+        pushed = self._git("rev-parse", "--verify", "--quiet", f"refs/pushed/{self.branch}",
+                           check=False).stdout.decode().strip()
+        self._tip, self._pushed = tip or None, pushed or None
+        if self._tip:
+            blob = self._git("cat-file", "blob", f"{self._tip}:{STATUS_FILE}", check=False)
+            if blob.returncode == 0:
+                try:
+                    self._tip_key = content_key(yaml.safe_load(blob.stdout))
+                except yaml.YAMLError:
+                    self._tip_key = None
+
+    def _commit(self, doc: dict[str, Any], parent: str | None) -> str:
+        blob = self._git("hash-object", "-w", "--stdin", input=dump_status(doc)).stdout.decode().strip()
+        tree = self._git("mktree", input=f"100644 blob {blob}\t{STATUS_FILE}\n".encode()).stdout.decode().strip()
+        st = doc.get("status", {})
+        ready = next((c.get("status") for c in st.get("conditions", []) if c.get("type") == "Ready"), "Unknown")
+        applied = (st.get("appliedCommit") or "none")[:12]
+        msg = f"status: {self.device_id} Ready={ready} applied={applied}\n\nheartbeat {st.get('heartbeat')}\n"
+        args = ["commit-tree", "-m", msg]
+        if parent:
+            args += ["-p", parent]
+        if self.signing_key is not None:
+            args = ["-c", "gpg.format=ssh", "-c", f"user.signingkey={self.signing_key}", *args, "-S"]
+        args.append(tree)
+        sha = self._git(*args).stdout.decode().strip()
+        self._git("update-ref", self.ref, sha)
+        self.commits += 1
+        return sha
+
+    def _push(self, sha: str) -> None:
+        proc = self._git("push", "--quiet", "--porcelain", "--", self.url, f"{sha}:{self.ref}", check=False,
+                         network=True)
+        if proc.returncode == 0:
+            self._git("update-ref", f"refs/pushed/{self.branch}", sha)
+            return
+        text = (proc.stdout + proc.stderr).decode(errors="replace")
+        if "[rejected]" in text or "non-fast-forward" in text or "fetch first" in text:
+            raise _Rejected(text.strip())
+        raise GitError(f"push to {self.url} failed: {text.strip()[-500:]}")
+
+    # -- background thread --------------------------------------------------------------------------------
+
+    def _due(self, doc: dict[str, Any]) -> bool:
+        if self._tip is None or self._tip_key != content_key(doc):
+            return True
+        return self._tip_time is None or self.clock() - self._tip_time >= self.heartbeat_interval
+
+    def _run(self) -> None:
+        failures = 0
+        while True:
+            with self._cv:
+                while not self._closed and self._pending is None and self._tip == self._pushed:
+                    self._cv.wait()
+                if self._closed:
+                    return
+                doc, self._pending = self._pending, None
+                self._busy = True
+            try:
+                if doc is not None and self._due(doc):
+                    # Replace an unpushed commit instead of stacking offline history: parent = last pushed.
+                    self._tip = self._commit(doc, self._pushed)
+                    self._tip_key, self._tip_time = content_key(doc), self.clock()
+                elif doc is not None and self._tip == self._pushed:
+                    with self._cv:
+                        self.queued = 0
+                if self._tip is not None and self._tip != self._pushed:
+                    self._push_tip()
+                    failures = 0
+                    with self._cv:
+                        self.queued = 0 if self._pending is None else 1
+                        self.last_push_ok, self.last_error = True, None
+            except Exception as exc:  # noqa: BLE001 - keep the thread alive whatever happens; retried below
+                failures += 1
+                self.push_failures += 1
+                with self._cv:
+                    self.last_push_ok, self.last_error = False, str(exc)
+                log.warning("status push for %s failed (attempt %d): %s", self.device_id, failures, exc)
+                delay = min(self.retry_max, self.retry_base * 2 ** min(failures - 1, 20)) * (0.5 + random.random() / 2)
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+                    # Keep the backoff even when newer statuses arrive (they replace the unpushed commit on
+                    # the next round); only close() cuts it short.
+                    deadline = time.monotonic() + delay
+                    while not self._closed and (left := deadline - time.monotonic()) > 0:
+                        self._cv.wait(left)
+                continue
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+
+    def _push_tip(self) -> None:
+        assert self._tip is not None
+        try:
+            self._push(self._tip)
+        except _Rejected:
+            # The server has history we do not (local state lost, or branch edited): rebase onto it.
+            self._git("fetch", "--quiet", "--no-tags", "--depth=1", "--", self.url,
+                      f"+{self.ref}:refs/remote-status/{self.branch}", network=True)
+            remote = self._git("rev-parse", f"refs/remote-status/{self.branch}").stdout.decode().strip()
+            doc = yaml.safe_load(self._git("cat-file", "blob", f"{self._tip}:{STATUS_FILE}").stdout)
+            self._tip = self._commit(doc, remote)
+            self._push(self._tip)
+        self._pushed = self._tip
+        self.pushes += 1
+        if self.pushes % 200 == 0:  # each status adds loose objects; let git pack them now and then
+            self._git("-c", "gc.auto=1000", "-c", "gc.autoDetach=false", "gc", "--auto", "--quiet", check=False)
+
+
+class _Rejected(Exception):
+    pass

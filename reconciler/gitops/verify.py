@@ -1,0 +1,281 @@
+"""Commit signature verification against trust anchors provisioned on the device (like Flux's ``verify``).
+
+Workflow: :class:`Verifier` asks git for the signature status of a list of commits in ONE ``git log`` call
+(``%G?``/``%GS``/``%GK``), with ``gpg.ssh.allowedSignersFile`` pointing at the provisioned allowed-signers file
+and ``GNUPGHOME`` at a private home holding only the provisioned GPG keyring. :func:`judge` (pure) turns each
+answer into a verdict; the first refused commit decides the :class:`VerifyResult`, which names the signer seen.
+
+Also home of :func:`run_git`, the one place that starts git: no system/global config surprises for hooks,
+a hard timeout that kills the whole process group, and never an interactive prompt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.core.fsutil import atomic_write_text
+
+# Reasons (Condition.reason) shared with gitsource.
+VERIFIED = "Verified"
+UNSIGNED = "UnsignedCommit"
+VERIFICATION_FAILED = "VerificationFailed"
+
+# Options given to every git invocation: hooks can never run (fetch runs reference-transaction hooks),
+# no credential prompts, no automatic gc racing our own measurements.
+SAFE_GIT_OPTIONS: tuple[str, ...] = (
+    "-c", "core.hooksPath=/dev/null",
+    "-c", "core.fsmonitor=false",
+    "-c", "credential.interactive=false",
+    "-c", "protocol.ext.allow=never",
+    "-c", "maintenance.auto=false",
+    "-c", "gc.auto=0",
+)
+
+
+class GitError(Exception):
+    """A git command failed; ``timed_out`` tells a timeout from an error exit."""
+
+    def __init__(self, message: str, *, timed_out: bool = False, returncode: int | None = None) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+        self.returncode = returncode
+
+
+def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_ASKPASS": "",
+            "SSH_ASKPASS": "",
+            "LC_ALL": "C",
+            # BatchMode: never prompt for an ssh passphrase or host key confirmation on a headless device.
+            "GIT_SSH_COMMAND": env.get("GIT_SSH_COMMAND", "ssh -o BatchMode=yes"),
+        }
+    )
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run_git(
+    args: Sequence[str],
+    *,
+    git_dir: Path | None = None,
+    cwd: Path | None = None,
+    timeout: float | None = 30.0,
+    input: bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``git <args>``; raise :class:`GitError` on timeout (process group killed) or, if ``check``, failure."""
+    cmd = ["git", *SAFE_GIT_OPTIONS]
+    if git_dir is not None:
+        cmd.append(f"--git-dir={git_dir}")
+    cmd.extend(args)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=git_env(env),
+        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # so a timeout can kill git *and* its ssh/upload-pack children
+    )
+    try:
+        out, err = proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.communicate()
+        raise GitError(f"git {args[0]} timed out after {timeout:g}s", timed_out=True) from None
+    if check and proc.returncode != 0:
+        msg = err.decode("utf-8", "replace").strip() or out.decode("utf-8", "replace").strip()
+        raise GitError(f"git {args[0]} failed: {msg[-1500:]}", returncode=proc.returncode)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+@dataclass(frozen=True)
+class CommitSignature:
+    """What git saw on one commit."""
+
+    commit: str
+    format: str  # "ssh" | "gpg" | "x509" | "none"
+    status: str  # git's %G? letter: G good, U good/unknown validity, B bad, X/Y expired, R revoked, E cannot check, N none
+    signer: str | None  # principal (ssh) or user id (gpg) when known
+    key: str | None  # key fingerprint (ssh SHA256:…) or gpg key id
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    reason: str
+    message: str
+    signer: str | None = None
+    commit: str | None = None
+
+
+def init_bare(git_dir: Path, *, timeout: float | None = 30.0) -> None:
+    """Create an empty bare repository at ``git_dir`` with git's sample hooks removed (none may ever run)."""
+    git_dir.parent.mkdir(parents=True, exist_ok=True)
+    run_git(["init", "--bare", "--quiet", str(git_dir)], timeout=timeout)
+    hooks = git_dir / "hooks"
+    if hooks.is_dir():
+        for sample in hooks.iterdir():
+            sample.unlink()
+
+
+def signature_format(raw_commit: bytes) -> str:
+    """The signature format of a raw commit object (``git cat-file commit``), ``none`` if unsigned."""
+    header = raw_commit.split(b"\n\n", 1)[0]
+    for line in header.split(b"\n"):
+        if line.startswith(b"gpgsig ") or line.startswith(b"gpgsig-sha256 "):
+            if b"BEGIN SSH SIGNATURE" in line:
+                return "ssh"
+            if b"BEGIN SIGNED MESSAGE" in line:
+                return "x509"
+            return "gpg"
+    return "none"
+
+
+def judge(sig: CommitSignature, *, ssh_trusted: bool, gpg_trusted: bool) -> VerifyResult:
+    """Pure verdict on one commit's signature given which trust anchors are provisioned."""
+    short = sig.commit[:12]
+    seen = sig.signer or sig.key
+    if sig.format == "none":
+        return VerifyResult(False, UNSIGNED, f"commit {short} is not signed", None, sig.commit)
+    if sig.format == "ssh":
+        if not ssh_trusted:
+            return VerifyResult(False, VERIFICATION_FAILED,
+                                f"commit {short} has an SSH signature (key {sig.key}) but no allowed-signers file is provisioned",
+                                seen, sig.commit)
+        # git reports an SSH key that is not in the allowed-signers file as "U" with no principal.
+        if sig.status == "G" and sig.signer:
+            return VerifyResult(True, VERIFIED, f"commit {short} signed by {sig.signer} ({sig.key})", sig.signer, sig.commit)
+        if sig.status in ("U", "E"):
+            return VerifyResult(False, VERIFICATION_FAILED,
+                                f"commit {short} is signed by key {sig.key}, which is not an allowed signer", seen, sig.commit)
+    elif sig.format == "gpg":
+        if not gpg_trusted:
+            return VerifyResult(False, VERIFICATION_FAILED,
+                                f"commit {short} has a GPG signature (key {sig.key}) but no GPG keyring is provisioned",
+                                seen, sig.commit)
+        # The private GNUPGHOME holds only the provisioned keyring, so a good signature by any key in it is
+        # trusted even though gpg itself reports the owner trust as unknown ("U").
+        if sig.status in ("G", "U"):
+            return VerifyResult(True, VERIFIED, f"commit {short} signed by {sig.signer} ({sig.key})", seen, sig.commit)
+        if sig.status == "E":
+            return VerifyResult(False, VERIFICATION_FAILED,
+                                f"commit {short} is signed by GPG key {sig.key}, which is not in the provisioned keyring",
+                                seen, sig.commit)
+    else:
+        return VerifyResult(False, VERIFICATION_FAILED, f"commit {short} has an unsupported {sig.format} signature",
+                            seen, sig.commit)
+    words = {"B": "a bad signature", "X": "an expired signature", "Y": "a signature by an expired key",
+             "R": "a signature by a revoked key"}
+    what = words.get(sig.status, f"a signature git could not verify (status {sig.status})")
+    return VerifyResult(False, VERIFICATION_FAILED, f"commit {short} has {what} (key {sig.key})", seen, sig.commit)
+
+
+class Verifier:
+    """Checks commits of a local repository against the provisioned allowed-signers file and/or GPG keyring."""
+
+    def __init__(self, git_dir: Path, *, allowed_signers: Path | None = None, gpg_keyring: Path | None = None,
+                 state_dir: Path | None = None, timeout: float = 60.0) -> None:
+        if allowed_signers is None and gpg_keyring is None:
+            raise ValueError("signature verification needs an allowed-signers file or a GPG keyring")
+        self.git_dir = git_dir
+        self.allowed_signers = allowed_signers
+        self.gpg_keyring = gpg_keyring
+        self.state_dir = state_dir or git_dir.parent
+        self.timeout = timeout
+
+    def _gnupg_home(self) -> Path:
+        """A private GNUPGHOME holding only the provisioned keyring (re-imported when the keyring changes)."""
+        assert self.gpg_keyring is not None
+        if self.gpg_keyring.is_dir():
+            return self.gpg_keyring
+        try:
+            data = self.gpg_keyring.read_bytes()
+        except OSError as exc:
+            raise GitError(f"cannot read GPG keyring {self.gpg_keyring}: {exc.strerror}") from None
+        home = self.state_dir / f"gnupg-{hashlib.sha256(data).hexdigest()[:12]}"
+        if (home / ".imported").is_file():
+            return home
+        tmp = home.with_name(home.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(mode=0o700, parents=True)
+        proc = subprocess.run(
+            ["gpg", "--batch", "--quiet", "--no-autostart", "--homedir", str(tmp), "--import", str(self.gpg_keyring)],
+            capture_output=True, timeout=self.timeout,
+        )
+        if proc.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise GitError(f"cannot import GPG keyring {self.gpg_keyring}: {proc.stderr.decode(errors='replace').strip()}")
+        atomic_write_text(tmp / ".imported", str(self.gpg_keyring) + "\n")
+        shutil.rmtree(home, ignore_errors=True)
+        os.replace(tmp, home)
+        for old in self.state_dir.glob("gnupg-*"):
+            if old != home:
+                shutil.rmtree(old, ignore_errors=True)
+        return home
+
+    def signatures(self, commits: Sequence[str]) -> list[CommitSignature]:
+        """Signature status of ``commits`` (in order), from one ``cat-file`` and one ``log`` call."""
+        if not commits:
+            return []
+        batch = run_git(["cat-file", "--batch"], git_dir=self.git_dir, timeout=self.timeout,
+                        input=("\n".join(commits) + "\n").encode())
+        formats: dict[str, str] = {}
+        buf, pos = batch.stdout, 0
+        for c in commits:
+            nl = buf.index(b"\n", pos)
+            header = buf[pos:nl].split()
+            if len(header) < 3 or header[1] != b"commit":
+                raise GitError(f"{c} is not a commit in the local repository")
+            size = int(header[2])
+            formats[c] = signature_format(buf[nl + 1:nl + 1 + size])
+            pos = nl + 1 + size + 1
+        config: list[str] = ["-c", "gpg.program=gpg", "-c", "gpg.ssh.program=ssh-keygen"]
+        env: dict[str, str] = {}
+        if self.allowed_signers is not None:
+            config += ["-c", f"gpg.ssh.allowedSignersFile={self.allowed_signers}"]
+        if self.gpg_keyring is not None and any(f == "gpg" for f in formats.values()):
+            env["GNUPGHOME"] = str(self._gnupg_home())
+        elif self.gpg_keyring is None:
+            # Never fall back to the user's own keyring.
+            env["GNUPGHOME"] = str(self.state_dir / "gnupg-empty")
+        sep = "\x1f"
+        out = run_git([*config, "log", "--no-walk=unsorted", f"--format=%H{sep}%G?{sep}%GS{sep}%GK{sep}%GF", *commits],
+                      git_dir=self.git_dir, timeout=self.timeout, env=env).stdout.decode("utf-8", "replace")
+        seen: dict[str, CommitSignature] = {}
+        for line in out.splitlines():
+            parts = line.split(sep)
+            if len(parts) != 5:
+                continue
+            sha, status, signer, key, fpr = parts
+            seen[sha] = CommitSignature(sha, formats.get(sha, "none"), status or "N", signer or None,
+                                        fpr or key or None)
+        return [seen.get(c) or CommitSignature(c, formats[c], "N", None, None) for c in commits]
+
+    def verify(self, commits: Sequence[str]) -> VerifyResult:
+        """All ``commits`` must be signed by a trusted signer; the first one that is not decides the result."""
+        results = [judge(s, ssh_trusted=self.allowed_signers is not None, gpg_trusted=self.gpg_keyring is not None)
+                   for s in self.signatures(commits)]
+        for r in results:
+            if not r.ok:
+                return r
+        if not results:
+            return VerifyResult(True, VERIFIED, "no commits to verify")
+        head = results[0]
+        extra = f" and {len(results) - 1} more commit(s)" if len(results) > 1 else ""
+        return VerifyResult(True, VERIFIED, head.message + extra, head.signer, head.commit)

@@ -1,0 +1,103 @@
+"""Agent config loading: defaults, relative paths, and file:line errors through the CLI."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reconciler.agent.config import load_agent_config, parse_agent_config
+from reconciler.agent.sdnotify import Notifier, watchdog_interval
+from reconciler.core.errors import UserError
+from reconciler.core.logs import fields, setup_logging
+
+MINIMAL = """\
+apiVersion: modelfleet/v1
+kind: AgentConfig
+spec:
+  deviceId: dev-1
+  stateDir: state
+  source:
+    url: file:///srv/fleet.git
+  tuf:
+    trustedRoot: keys/root.json
+"""
+
+
+def test_defaults_and_relative_paths(tmp_path: Path) -> None:
+    f = tmp_path / "agent.yaml"
+    f.write_text(MINIMAL)
+    c = load_agent_config(f)
+    assert c.device_id == "dev-1"
+    assert c.state_dir == tmp_path.resolve() / "state"
+    assert c.trusted_root == tmp_path.resolve() / "keys/root.json"
+    assert (c.source_branch, c.verify_mode, c.serving_port, c.log_format) == ("main", "none", 8080, "text")
+    assert c.poll_interval is None and c.max_concurrent_downloads == 2 and c.tuf_timeout == 30.0
+
+
+def test_schema_error_names_file_and_line(tmp_path: Path) -> None:
+    f = tmp_path / "agent.yaml"
+    f.write_text(MINIMAL + "  pollInterval: soon\n")
+    with pytest.raises(UserError) as ei:
+        load_agent_config(f)
+    assert f"{f.resolve()}:10: spec.pollInterval" in str(ei.value)
+
+
+def test_verify_needs_a_trust_anchor() -> None:
+    text = MINIMAL.replace("    url: file:///srv/fleet.git\n", "    url: x\n    verify:\n      mode: head\n")
+    with pytest.raises(UserError, match=r":9: verify mode 'head' needs allowedSigners"):
+        parse_agent_config(text, Path("/etc/modelfleet/agent.yaml"))
+
+
+def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"agent.yaml:2: invalid YAML"):
+        parse_agent_config("a: b\n  c: [\n", Path("agent.yaml"))
+    with pytest.raises(UserError, match="agent config not found"):
+        load_agent_config(tmp_path / "nope.yaml")
+
+
+def test_cli_prints_error_without_traceback(tmp_path: Path) -> None:
+    f = tmp_path / "agent.yaml"
+    f.write_text(MINIMAL.replace("dev-1", "Dev_1"))
+    r = subprocess.run(
+        [sys.executable, "-m", "reconciler.cli", "agent", "once", "--config", str(f)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode != 0
+    assert "spec.deviceId" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sdnotify_sends_datagrams(tmp_path: Path) -> None:
+    path = str(tmp_path / "notify.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(path)
+    srv.settimeout(2)
+    try:
+        n = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "4000000"})
+        assert n.ready("serving 1 endpoint")
+        assert srv.recv(1024) == b"READY=1\nSTATUS=serving 1 endpoint"
+        assert n.watchdog() and srv.recv(1024) == b"WATCHDOG=1"
+        assert n.watchdog_interval() == 2.0
+    finally:
+        srv.close()
+    assert not Notifier({}).ready()
+    assert watchdog_interval({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"}, pid=2) is None
+
+
+def test_json_and_text_logs(capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+    import json
+
+    buf = io.StringIO()
+    setup_logging("json", "info", buf)
+    logging.getLogger("reconciler.agent").info("applied", extra=fields(endpoint="det", version="1.1.0"))
+    rec = json.loads(buf.getvalue().strip().splitlines()[-1])
+    assert (rec["msg"], rec["endpoint"], rec["level"]) == ("applied", "det", "info")
+    buf2 = io.StringIO()
+    setup_logging("text", "info", buf2)
+    logging.getLogger("reconciler.agent").info("poll", extra=fields(commit="abc", message="two words"))
+    assert buf2.getvalue().strip() == 'INFO reconciler.agent: poll commit=abc message="two words"'

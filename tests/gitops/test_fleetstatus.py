@@ -1,0 +1,125 @@
+"""Fleet status: pure report logic, plus `modelfleet fleet status/history` over a real 20-device test fleet."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reconciler.gitops.fleetstatus import build_report, parse_status, render
+from reconciler.gitops.statuswriter import StatusWriter, dump_status
+from tests._git_fixtures import GitDaemon, Upstream, env, git, make_status
+
+NOW = dt.datetime(2026, 11, 24, 10, 30, tzinfo=dt.timezone.utc)
+
+
+def modelfleet(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "reconciler.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env(XDG_CACHE_HOME=str(cwd or Path.cwd()) + "/.cache"), timeout=120)
+
+
+def test_report_rows_summary_and_formats() -> None:
+    statuses = {
+        "cam-1": ("c1", dump_status(make_status("cam-1", applied="h" * 40, heartbeat="2026-11-24T10:29:00Z"))),
+        "cam-2": ("c2", dump_status(make_status("cam-2", applied="o" * 40, version="0.9.0", ready=False,
+                                                heartbeat="2026-11-24T09:00:00Z"))),
+        "cam-3": ("c3", b"!!python/object/apply:os.system ['true']\n"),
+    }
+    rep = build_report("main", "h" * 40, statuses, {"h" * 40: 0, "o" * 40: 3}, now=NOW, stale_after=900)
+    rows = {r.device: r for r in rep.rows}
+    assert rows["cam-1"].behind == 0 and not rows["cam-1"].stale and rows["cam-1"].ready == "True"
+    assert rows["cam-2"].behind == 3 and rows["cam-2"].stale and rows["cam-2"].age_seconds == 5400
+    assert rows["cam-3"].error and rows["cam-3"].stale
+    assert rep.versions == {"cams": {"detector@0.9.0": 1, "detector@1.0.0": 1}}
+    assert rep.totals == {"devices": 3, "ready": 1, "notReady": 2, "stale": 2, "behind": 1, "unreadable": 1}
+    table = render(rep, "table")
+    assert "behind 3" in table and "1h30m STALE" in table and "up to date" in table
+    assert "False (HealthCheckFailed)" in table and "unreadable" in table
+    md = render(rep, "markdown")
+    assert md.count("\n| cam-") == 3 and "| cams | detector@1.0.0 | 1 |" in md
+    j = json.loads(render(rep, "json"))
+    assert j["totals"]["stale"] == 2 and j["devices"][0]["device"] == "cam-1"
+
+
+def test_parse_status_rejects_hostile_yaml() -> None:
+    with pytest.raises(ValueError):
+        parse_status(b"a: !!python/name:os.system\n")
+    with pytest.raises(ValueError):
+        parse_status(b"x" * 300_000)
+    with pytest.raises(ValueError, match="DeviceStatus"):
+        parse_status(b"- 1\n- 2\n")
+
+
+@pytest.fixture(scope="module")
+def fleet20(tmp_path_factory) -> tuple[Upstream, list[str]]:
+    """A fleet repo with 3 commits on main and 20 devices that pushed their status through git daemon."""
+    root = tmp_path_factory.mktemp("fleet20")
+    up = Upstream(root)
+    commits = [up.commit({"fleet.yaml": f"rev: {i}\n"}) for i in range(3)]
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    with GitDaemon(up.bare.parent) as d:
+        writers = []
+        for i in range(20):
+            dev = f"cam-{i:02d}"
+            applied = commits[2] if i < 15 else commits[0]
+            hb = now - dt.timedelta(hours=2 if i == 19 else 0, seconds=i)
+            w = StatusWriter(d.url("fleet.git"), dev, root / "devices" / dev)
+            w.submit(make_status(dev, applied=applied, version="1.1.0" if i < 15 else "1.0.0", ready=i != 17,
+                                 heartbeat=hb.isoformat().replace("+00:00", "Z"),
+                                 deployment="doors" if i % 2 else "lobby"))
+            writers.append(w)
+        assert all(w.flush(30) for w in writers)
+        w = writers[3]
+        w.submit(make_status("cam-03", applied=commits[2], version="1.2.0", deployment="doors",
+                             heartbeat=now.isoformat().replace("+00:00", "Z")))
+        assert w.flush(30)
+        for w in writers:
+            w.close(timeout=1)
+    return up, commits
+
+
+def test_fleet_status_cli_on_twenty_devices(fleet20, tmp_path: Path) -> None:
+    up, commits = fleet20
+    p = modelfleet("fleet", "status", "--repo", up.file_url, "--stale-after", "1h", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    print(p.stdout)  # shown with -s: the closing note's sample output
+    lines = {ln.split()[0]: ln for ln in p.stdout.splitlines() if ln.startswith("cam-")}
+    assert len(lines) == 20
+    assert "up to date" in lines["cam-00"] and "behind 2" in lines["cam-15"]
+    assert "STALE" in lines["cam-19"] and "STALE" not in lines["cam-00"]
+    assert "False" in lines["cam-17"] and "detector@1.2.0" in lines["cam-03"]
+    assert "20 devices: 19 ready, 1 not ready, 1 stale, 5 behind main" in p.stdout
+    j = json.loads(modelfleet("fleet", "status", "--repo", str(up.bare), "--format", "json", cwd=tmp_path).stdout)
+    assert j["head"] == commits[2] and len(j["devices"]) == 20
+    assert j["versions"]["doors"]["detector@1.2.0"] == 1
+    md = modelfleet("fleet", "status", "--repo", up.file_url, "--format", "markdown", cwd=tmp_path)
+    assert md.returncode == 0 and md.stdout.count("| cam-") == 20
+
+
+def test_fleet_history_and_errors(fleet20, tmp_path: Path) -> None:
+    up, commits = fleet20
+    p = modelfleet("fleet", "history", "cam-03", "--repo", up.file_url, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    rows = p.stdout.splitlines()[1:]
+    assert len(rows) == 2 and "detector@1.2.0" in rows[0] and "detector@1.1.0" in rows[1]
+    j = json.loads(modelfleet("fleet", "history", "cam-03", "--repo", up.file_url, "--format", "json",
+                              cwd=tmp_path).stdout)
+    assert [e["endpoints"][0]["version"] for e in j["history"]] == ["1.2.0", "1.1.0"]
+    missing = modelfleet("fleet", "history", "nope", "--repo", up.file_url, cwd=tmp_path)
+    assert missing.returncode != 0 and "error: no status branch status/nope" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    bad = modelfleet("fleet", "status", "--repo", str(tmp_path / "absent"), cwd=tmp_path)
+    assert bad.returncode != 0 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
+    down = modelfleet("fleet", "status", "--repo", "git://127.0.0.1:9/fleet.git", cwd=tmp_path)
+    assert down.returncode != 0 and "error: cannot read status branches" in down.stderr
+    stale = modelfleet("fleet", "status", "--repo", up.file_url, "--stale-after", "soon", cwd=tmp_path)
+    assert stale.returncode != 0 and "--stale-after" in stale.stderr
+    # Inside a clone, the default repository is its origin.
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "--quiet", up.file_url, str(clone))
+    inside = modelfleet("fleet", "status", cwd=clone)
+    assert inside.returncode == 0 and inside.stdout.count("\ncam-") == 20
