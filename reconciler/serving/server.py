@@ -323,6 +323,8 @@ class V2App:
                     resp = Response(200, out, OCTET_CT, ((b"inference-header-content-length", b"%d" % hlen),))
         except CodecError as exc:
             resp = _error(400, str(exc))
+            if model.observer is not None:
+                model.observer.observe_rejection()
         finally:
             lease.release()
             inflight.dec()
