@@ -270,6 +270,9 @@ class Journal:
                 if rec is None:
                     continue
                 out.update(t.digest for t in rec.targets)
+                baseline = rec.spec.get("driftBaselineTarget")  # the drift baseline is reloaded offline too
+                if isinstance(baseline, dict) and baseline.get("digest"):
+                    out.add(str(baseline["digest"]))
                 if rec.probe is not None:
                     out.add(rec.probe.digest)
         return out

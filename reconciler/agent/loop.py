@@ -292,6 +292,8 @@ class Agent:
                 failed = (step, f"InternalError: {exc}")
         duration = time.monotonic() - t0
         endpoints = self._status_endpoints(p)
+        for ctype, status, reason, message in self.c.monitoring(self.journal.endpoints, endpoints):  # drift, Degraded
+            self.conditions.set(ctype, status, reason, message, p.commit)
         converged = failed is None and self._is_converged(endpoints)
         self.errors = 0 if failed is None else self.errors + 1
         self._finish_conditions(p, failed, converged)
@@ -402,7 +404,7 @@ class Agent:
         for name, ep in sorted(p.desired.endpoints.items()):
             if ep.suspend:
                 continue
-            paths = list(ep.targets) + ([ep.probe_target] if ep.probe_target else [])
+            paths = list(ep.targets) + [t for t in (ep.probe_target, ep.drift_target) if t]
             try:
                 fetched, downloaded = self.c.tuf_fetch(paths)
             except Exception as exc:
@@ -429,7 +431,8 @@ class Agent:
             name=ep.name, deployment=ep.deployment, model=ep.model, version=ep.version, variant=ep.variant,
             runtime=ep.runtime, targets=[rec(x) for x in ep.targets], commit=p.commit,
             probe=rec(ep.probe_target) if ep.probe_target else None,
-            spec={k: v for k, v in ep.to_dict().items() if k not in ("targets", "reason")},
+            spec={k: v for k, v in ep.to_dict().items() if k not in ("targets", "reason")}
+            | ({"driftBaselineTarget": rec(ep.drift_target).__dict__} if ep.drift_target else {}),
         )
 
     def _step_apply(self, p: _Pass) -> None:

@@ -48,6 +48,7 @@ class Components:
         self.metrics_server: Any = None
         self.status_writer: Any = None
         self.bundle_watcher: Any = None
+        self.drift: Any = None
         self._decryption_key: bytes | None = None
         self._status_settings = (config.status_branch_prefix or "status/", config.heartbeat_interval or 300.0)
 
@@ -111,7 +112,10 @@ class Components:
         from reconciler.serving.server import InferenceServer
 
         cfg = self.config
-        self.registry = ModelRegistry(**_registry_kwargs(cfg))
+        from reconciler.drift.monitor import DriftSupervisor
+
+        self.drift = DriftSupervisor()
+        self.registry = ModelRegistry(**_registry_kwargs(cfg), observer_factory=self.drift.observer_for)
         token = cfg.auth_token_file.read_text().strip() if cfg.auth_token_file else None
         self.server = InferenceServer(
             self.registry, host=cfg.serving_host, port=None if cfg.unix_socket else cfg.serving_port,
@@ -164,6 +168,16 @@ class Components:
 
     def remove_endpoint(self, name: str) -> None:
         self.registry.remove(name)
+
+    def monitoring(self, records: dict[str, Any], endpoints: list[dict[str, Any]]) -> list[tuple[str, bool, str, str]]:
+        """Drift and operational sections for the status endpoints, and the device's ``DriftDetected`` and
+        ``Degraded`` conditions (none when no endpoint is monitored); see :mod:`reconciler.drift`."""
+        if self.drift is None or self.registry is None:
+            return []
+        self.drift.retire((m.name, m.version) for m in self.registry.models())
+        specs = {name: st.active.spec for name, st in records.items() if st.active is not None}
+        conds = self.drift.sync(endpoints, specs, lambda t: self._blob(TargetRecord.from_dict(dict(t))))
+        return conds if any("operational" in e for e in endpoints) else []
 
     # -- source -----------------------------------------------------------------------------------------------
 
@@ -247,7 +261,7 @@ class Components:
 
     def close(self) -> None:
         for part, how in ((self.bundle_watcher, "stop"), (self.status_writer, "close"), (self.server, "stop"),
-                          (self.source, "close")):
+                          (self.source, "close"), (self.drift, "close")):
             fn = getattr(part, how, None) if part is not None else None
             if fn is not None:
                 with contextlib.suppress(Exception):

@@ -21,6 +21,8 @@ SOURCE_VERIFIED = "SourceVerified"
 MANIFESTS_VALID = "ManifestsValid"
 ARTIFACTS_READY = "ArtifactsReady"
 APPLIED = "Applied"
+DRIFT_DETECTED = "DriftDetected"  # an endpoint's inputs/outputs moved away from its drift baseline (reconciler.drift)
+DEGRADED = "Degraded"  # an endpoint's error rate, NaN outputs or latency are out of bounds
 
 
 def utcnow() -> _dt.datetime:

@@ -172,20 +172,17 @@ def run_model(model_files: Sequence[Path], runtime: str, arrays: Mapping[str, np
 
 
 def layouts_for(tensors: Mapping[str, np.ndarray], inputs: Sequence[Any], outputs: Sequence[Any],
-                only: Mapping[str, str | None] | None = None) -> list[TensorLayout]:
-    """Layouts of the monitored inputs (``only``: name → forced layout or None; default all) and every output."""
-    names = [m.name for m in inputs]
-    if only:
-        unknown = sorted(set(only) - set(names) - {m.name for m in outputs})
+                selected: Sequence[str] | None = None, forced: Mapping[str, str] | None = None) -> list[TensorLayout]:
+    """Layouts of the ``selected`` inputs (default: all) and of every output; ``forced`` overrides guesses."""
+    in_names, out_names = [m.name for m in inputs], [m.name for m in outputs]
+    forced = dict(forced or {})
+    for what, names, known in (("--inputs", selected or [], in_names), ("--layout", forced, in_names + out_names)):
+        unknown = sorted(set(names) - set(known))
         if unknown:
-            raise BaselineError(f"--inputs: the model has no tensor {', '.join(map(repr, unknown))} "
-                                f"(inputs: {', '.join(names)})")
-    out = []
-    for m in inputs:
-        if only is None or m.name in only:
-            out.append(guess_layout(m.name, "input", tensors[m.name], (only or {}).get(m.name)))
-    for m in outputs:
-        out.append(guess_layout(m.name, "output", tensors[m.name], (only or {}).get(m.name)))
+            raise BaselineError(f"{what}: the model has no tensor {', '.join(map(repr, unknown))} "
+                                f"(inputs: {', '.join(in_names)}; outputs: {', '.join(out_names)})")
+    out = [guess_layout(n, "input", tensors[n], forced.get(n)) for n in in_names if selected is None or n in selected]
+    out += [guess_layout(n, "output", tensors[n], forced.get(n)) for n in out_names]
     return out
 
 
