@@ -2,7 +2,7 @@
 
 ``fleet status`` fetches every status branch once (shallow) and prints a table/JSON/Markdown report with
 Ready, applied commit vs the branch head, endpoint versions and heartbeat age (STALE past ``--stale-after``).
-``fleet history DEVICE`` lists one device's status commits over time.
+``fleet history DEVICE`` lists one device's status commits over time; ``fleet drift`` (cli.drift) plots drift.
 """
 
 from __future__ import annotations
@@ -106,3 +106,10 @@ def history_cmd(device: str, repo: str | None, branch: str, prefix: str, cache_d
     except GitError as exc:
         raise UserError(f"cannot read {prefix}{device} from {sr.url}: {exc}") from None
     click.echo(render_history(device, entries, fmt))
+
+
+def _register_drift() -> None:
+    from reconciler.cli import drift  # noqa: F401 - registers `fleet drift` on the group
+
+
+_register_drift()

@@ -80,13 +80,9 @@ def build_baseline(layouts: Sequence[TensorLayout], tensors: Mapping[str, np.nda
     false_alarms = {}
     for method in stats.METHODS:
         warn, alert = limits[method]
-        false_alarms[method] = {
-            "warn": warn, "alert": alert,
-            "warnRate": stats.false_alarm_rate(ref_bins, ref_props, method, window, warn,
-                                               trials=FALSE_ALARM_TRIALS, seed=seed),
-            "alertRate": stats.false_alarm_rate(ref_bins, ref_props, method, window, alert,
-                                                trials=FALSE_ALARM_TRIALS, seed=seed),
-        }
+        warn_rate, alert_rate = stats.false_alarm_rates(ref_bins, ref_props, method, window, [warn, alert],
+                                                        trials=FALSE_ALARM_TRIALS, seed=seed)
+        false_alarms[method] = {"warn": warn, "alert": alert, "warnRate": warn_rate, "alertRate": alert_rate}
     return {
         "kind": "DriftBaseline", "formatVersion": FORMAT_VERSION, "model": dict(model or {}),
         "sample": {"rows": int(rows)}, "bins": bins,
@@ -243,3 +239,24 @@ class Baseline:
         except (KeyError, TypeError, ValueError) as exc:
             raise BaselineError(f"{source}: malformed: {exc}") from None
         return cls(hashlib.sha256(data).hexdigest(), layouts, tuple(feats), dict(doc.get("falseAlarm") or {}))
+
+
+def load_baselines(paths: Sequence[Path]) -> dict[str, Baseline]:
+    """Baseline files (or directories searched for them, e.g. a TUF targets folder) by sha256 digest; files
+    that are not baselines are skipped, a baseline that does not load is an error naming the file."""
+    out: dict[str, Baseline] = {}
+    for root in paths:
+        if not root.exists():
+            raise BaselineError(f"{root}: no such file or directory")
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*.json") if p.is_file())
+        for f in files:
+            if f.stat().st_size > MAX_BASELINE_BYTES:
+                continue
+            data = f.read_bytes()
+            if b'"DriftBaseline"' not in data[:256]:
+                if f == root:
+                    raise BaselineError(f"{f}: not a DriftBaseline document")
+                continue
+            b = Baseline.from_bytes(data, str(f))
+            out[b.digest] = b
+    return out

@@ -258,19 +258,23 @@ def verdict(feature_scores: Mapping[str, float], samples: float, *, warn: float,
 def false_alarm_rate(reference_bins: Sequence[np.ndarray], reference_props: Sequence[np.ndarray], method: str,
                      window: int, threshold: float, *, trials: int = 200, seed: int = 0) -> float:
     """Share of windows of ``window`` observations, resampled (with replacement) from the reference itself,
-    whose worst-feature score reaches ``threshold``: how often an unshifted stream would alarm.
+    whose worst-feature score reaches ``threshold``: how often an unshifted stream would alarm."""
+    return false_alarm_rates(reference_bins, reference_props, method, window, [threshold], trials=trials, seed=seed)[0]
+
+
+def false_alarm_rates(reference_bins: Sequence[np.ndarray], reference_props: Sequence[np.ndarray], method: str,
+                      window: int, thresholds: Sequence[float], *, trials: int = 200, seed: int = 0) -> list[float]:
+    """:func:`false_alarm_rate` for several thresholds from the same resampled windows.
 
     ``reference_bins[f]`` holds the reference sample's bin index per observation for feature ``f``; rows are
     resampled together so that correlated features stay correlated. Seeded: the same on every machine.
     """
     rng = np.random.default_rng(seed)
     n = len(reference_bins[0])
-    hits = 0
-    for _ in range(trials):
+    worst = np.zeros(trials)
+    for t in range(trials):
         rows = rng.integers(0, n, size=window)
-        worst = 0.0
         for idx, ref in zip(reference_bins, reference_props, strict=True):
             counts = np.bincount(idx[rows], minlength=len(ref)).astype(np.float64)
-            worst = max(worst, score(method, counts, ref))
-        hits += worst >= threshold
-    return hits / trials
+            worst[t] = max(worst[t], score(method, counts, ref))
+    return [float(np.mean(worst >= th)) for th in thresholds]
