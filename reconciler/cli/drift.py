@@ -13,13 +13,13 @@ from pathlib import Path
 
 import click
 
-from reconciler.cli.fleet import _repo, fleet
+from reconciler.cli.fleet import _repo
 from reconciler.core.errors import UserError
 from reconciler.core.units import parse_duration
 from reconciler.gitops.verify import GitError
 
 
-@fleet.command("drift")
+@click.command("drift")
 @click.option("--repo", metavar="URL|PATH", help="Fleet repository (default: origin of the current clone).")
 @click.option("--branch", default="main", show_default=True, help="Desired-state branch.")
 @click.option("--prefix", default="status/", show_default=True, help="Status branch prefix.")

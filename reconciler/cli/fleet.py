@@ -7,6 +7,7 @@ Ready, applied commit vs the branch head, endpoint versions and heartbeat age (S
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 from pathlib import Path
 
@@ -64,7 +65,19 @@ def repo_options(f):  # type: ignore[no-untyped-def]
     return f
 
 
-@click.group()
+class _FleetGroup(click.Group):
+    """``fleet drift`` lives in cli.drift (it pulls numpy and the drift package); loaded only when used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), "drift"])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "drift":
+            return importlib.import_module("reconciler.cli.drift").drift_cmd  # type: ignore[no-any-return]
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_FleetGroup)
 def fleet() -> None:
     """Fleet-wide status from the devices' status branches."""
 
@@ -107,9 +120,3 @@ def history_cmd(device: str, repo: str | None, branch: str, prefix: str, cache_d
         raise UserError(f"cannot read {prefix}{device} from {sr.url}: {exc}") from None
     click.echo(render_history(device, entries, fmt))
 
-
-def _register_drift() -> None:
-    from reconciler.cli import drift  # noqa: F401 - registers `fleet drift` on the group
-
-
-_register_drift()
