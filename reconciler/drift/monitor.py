@@ -126,41 +126,42 @@ class EndpointMonitor:
             self._queue.clear()
             self._queue_bytes = 0
         with self._work:
-            for _, outputs, _ in items:
-                if any(a.dtype.kind in "fc" and not np.isfinite(a).all() for a in outputs.values()):
-                    self.nan_outputs += 1
-                    self._series.nan_outputs.inc()
-            self.monitored += len(items)
             if items:
+                self.monitored += len(items)
                 self._series.monitored.inc(len(items))
-            if items and self._window is not None and self.baseline is not None:
-                self._add(items, now)
-                self._dirty = True
+                for batch, rows in _batches(items):
+                    self._count_nan(batch, rows)
+                    if self._window is not None and self.baseline is not None:
+                        self._add(batch, now)
+                        self._dirty = True
             if self._dirty and now - self._computed_at >= RECOMPUTE_EVERY:
                 self._compute(now)
         return len(items)
 
-    def _add(self, items: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]], now: float) -> None:
+    def _count_nan(self, batch: dict[str, np.ndarray], rows: np.ndarray) -> None:
+        """Requests (not rows) with a non-finite output value; ``rows`` are the requests' first rows."""
+        bad: np.ndarray | None = None
+        for name, a in batch.items():
+            if name.startswith("out:") and a.dtype.kind in "fc" and a.ndim:
+                rowbad = ~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)
+                bad = rowbad if bad is None else bad | rowbad
+        if bad is not None and bad.any():
+            n = int((np.add.reduceat(bad, rows) > 0).sum())
+            self.nan_outputs += n
+            self._series.nan_outputs.inc(n)
+
+    def _add(self, batch: dict[str, np.ndarray], now: float) -> None:
         assert self.baseline is not None and self._window is not None
-        groups: dict[tuple[bool, ...], list[list[np.ndarray | None]]] = {}
-        for feeds, outputs, _ in items:
-            got = extract_all(self.baseline.layouts, {**feeds, **outputs})
-            if got is None:
-                continue
-            _, feats = got
-            groups.setdefault(tuple(f is None for f in feats), []).append(feats)
-        for rows in groups.values():
-            binned: list[np.ndarray | None] = []
-            for i, feat in enumerate(self.baseline.features):
-                if rows[0][i] is None:
-                    binned.append(None)
-                    continue
-                values = np.concatenate([np.atleast_1d(r[i]) for r in rows])  # type: ignore[arg-type]
-                binned.append(feat.bins(values))
-            if isinstance(self._window, stats.DecayWindow):
-                self._window.add(binned, now)
-            else:
-                self._window.add(binned)
+        tensors = {k.split(":", 1)[1]: v for k, v in batch.items()}
+        got = extract_all(self.baseline.layouts, tensors)
+        if got is None:
+            return
+        _, feats = got
+        binned = [None if v is None else f.bins(v) for f, v in zip(self.baseline.features, feats, strict=True)]
+        if isinstance(self._window, stats.DecayWindow):
+            self._window.add(binned, now)
+        else:
+            self._window.add(binned)
 
     def _compute(self, now: float) -> None:
         assert self._work.locked()
@@ -219,6 +220,26 @@ class EndpointMonitor:
 
     def close(self) -> None:
         self._series.remove()
+
+
+def _batches(items: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]]
+             ) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """Requests concatenated into as few batches as possible (same tensors, same trailing shapes): the numpy
+    work then runs once per batch instead of once per request. Returns (tensors keyed ``in:``/``out:`` + name,
+    index of each request's first row)."""
+    groups: dict[tuple[tuple[str, tuple[int, ...], str], ...], list[dict[str, np.ndarray]]] = {}
+    for feeds, outputs, _ in items:
+        t = {**{f"in:{k}": np.asarray(v) for k, v in feeds.items()}, **{f"out:{k}": np.asarray(v) for k, v in outputs.items()}}
+        if any(a.ndim == 0 for a in t.values()) or len({a.shape[0] for a in t.values()}) > 1:
+            continue  # no common batch dimension: cannot be split into observations
+        key = tuple(sorted((k, a.shape[1:], a.dtype.str) for k, a in t.items()))
+        groups.setdefault(key, []).append(t)
+    out = []
+    for reqs in groups.values():
+        sizes = [next(iter(r.values())).shape[0] for r in reqs]
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        out.append(({k: np.concatenate([r[k] for r in reqs]) for k in reqs[0]}, starts))
+    return out
 
 
 class DriftSupervisor:

@@ -15,7 +15,7 @@ ACTIONS = ("alert", "rollback", "pin")
 DEFAULT_WINDOW = 1000
 DEFAULT_MIN_SAMPLES = 200
 DEFAULT_REPORT_INTERVAL = 300.0
-DEFAULT_QUEUE = 256
+DEFAULT_QUEUE = 1024
 DEFAULT_TOP_K = 5
 # Degraded: a share of errors above this (with at least MIN_REQUESTS requests in the window).
 DEFAULT_MAX_ERROR_RATE = 0.05
