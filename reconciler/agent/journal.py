@@ -296,3 +296,18 @@ class Journal:
 
     def save(self, state_dir: str | os.PathLike[str]) -> None:
         atomic_write_text(self.path_in(state_dir), json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
+
+
+def record_rollback(journal: Journal, endpoint: str, commit: str | None, reason: str, now: _dt.datetime
+                    ) -> EndpointRecord | None:
+    """The runtime switched ``endpoint`` back to its previous version (e.g. ``drift.action: rollback``):
+    swap active/previous in the journal and hold the abandoned version back in the failure memory, so the next
+    pass does not apply it again before its backoff ends or the desired state changes. Returns the abandoned
+    record (None when there was nothing to roll back to)."""
+    st = journal.endpoints.get(endpoint)
+    if st is None or st.active is None or st.previous is None:
+        return None
+    bad = st.active
+    st.active, st.previous = st.previous, bad
+    journal.failures = record_failure(journal.failures, commit, endpoint, bad.digest, bad.version, reason, now)
+    return bad

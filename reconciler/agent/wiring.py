@@ -23,6 +23,7 @@ from reconciler.agent.config import DEFAULT_POLL_INTERVAL, AgentConfig
 from reconciler.agent.journal import EndpointRecord, TargetRecord
 from reconciler.core.errors import UserError
 from reconciler.core.fsutil import atomic_write_text
+from reconciler.core.logs import fields
 
 log = logging.getLogger("reconciler.agent")
 
@@ -178,6 +179,19 @@ class Components:
         specs = {name: st.active.spec for name, st in records.items() if st.active is not None}
         conds = self.drift.sync(endpoints, specs, lambda t: self._blob(TargetRecord.from_dict(dict(t))))
         return conds if any("operational" in e for e in endpoints) else []
+
+    def drift_rollbacks(self, endpoints: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        """Endpoints switched back to their previous version because their drift is ``Alert`` and the
+        deployment's ``drift.action`` is ``rollback``: (endpoint, reason) for the journal."""
+        from reconciler.drift.settings import rollback_reason
+
+        out = []
+        for e in endpoints:
+            why = rollback_reason(e)
+            if why is not None and self.registry is not None and self.registry.rollback(e["name"]):
+                log.warning("drift rollback", extra=fields(endpoint=e["name"], version=e.get("version"), reason=why))
+                out.append((e["name"], why))
+        return out
 
     # -- source -----------------------------------------------------------------------------------------------
 

@@ -91,3 +91,7 @@ def baseline_cmd(model: Path, data: Path, inputs: tuple[str, ...], layouts: tupl
     click.echo(f"estimated false-alarm rate per window of {fa['window']} (from {fa['trials']} resampled windows):")
     for method, r in fa["methods"].items():
         click.echo(f"  {method:<4} warn {r['warn']:<5g} {r['warnRate']:6.1%}   alert {r['alert']:<5g} {r['alertRate']:6.1%}")
+    noisy = [m for m, r in fa["methods"].items() if r["warnRate"] > 0.01]
+    if noisy:
+        click.echo(f"warning: at a window of {fa['window']}, {', '.join(noisy)} would warn on more than 1 % of "
+                   "unshifted windows: use a larger drift.window or higher thresholds", err=True)

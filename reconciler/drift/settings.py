@@ -116,3 +116,14 @@ def device_conditions(endpoints: Sequence[Mapping[str, Any]]) -> list[tuple[str,
     deg = (("Degraded", True, "OperationalSignals", "; ".join(degraded)) if degraded
            else ("Degraded", False, "Healthy", ""))
     return [drift, deg]
+
+
+def rollback_reason(endpoint: Mapping[str, Any]) -> str | None:
+    """Why this status endpoint must go back to its previous version (``drift.action: rollback`` and an
+    ``Alert`` verdict, with a previous version to go to); None when it must not."""
+    d = endpoint.get("drift") or {}
+    if d.get("level") != "Alert" or d.get("action") != "rollback" or not endpoint.get("previousVersion"):
+        return None
+    worst = ", ".join(f"{w['feature']}={w['score']:.3g}" for w in (d.get("worst") or [])[:3])
+    return (f"DriftAlert: {d.get('method')} {d.get('score'):.3g} >= {d.get('alert')} (worst {worst}); rolled back to "
+            f"{endpoint['previousVersion']}")

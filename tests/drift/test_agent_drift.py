@@ -21,7 +21,7 @@ from reconciler.core import conditions as C
 from reconciler.distribution import tufrepo
 from reconciler.drift.settings import decode_counts
 from reconciler.fleet.schemas import validator
-from tests._agent_fixtures import ENDPOINT, IN_DIM, MODEL, World
+from tests._agent_fixtures import ENDPOINT, IN_DIM, MODEL, World, which_version
 from tests._cli import run_cli
 
 DRIFT = {"window": 300, "minSamples": 150, "method": "psi"}
@@ -145,3 +145,25 @@ def test_rejections_and_unusable_baseline_are_reported(world: World, agent: Agen
     ep = endpoint_status(agent)
     assert ep["version"] == "1.1.0"
     assert ep["drift"]["level"] == "Unavailable" and "not a DriftBaseline" in ep["drift"]["message"]
+
+
+def test_rollback_action_returns_to_the_previous_version_and_holds_the_drifting_one(
+        world: World, agent: Agent, tmp_path: Path) -> None:
+    assert agent.reconcile_once().converged  # 1.0.0 serves first: it becomes the previous version
+    world.publish("1.1.0", bias=1.0)
+    publish_baseline(world, "1.1.0", tmp_path)
+    commit_with_baseline(world, "1.1.0", DRIFT | {"action": "rollback"})
+    assert agent.reconcile_once().converged
+    assert endpoint_status(agent)["version"] == "1.1.0"
+    shifted = np.random.default_rng(5).normal(size=(300, IN_DIM))
+    shifted[:, 1] -= 2.0
+    send(agent.c.url, shifted)
+    endpoint_status(agent)  # this pass sees the Alert and rolls back
+    ep = endpoint_status(agent)
+    assert (ep["version"], ep["previousVersion"], ep["state"]) == ("1.0.0", "1.1.0", "Failed")
+    assert "held back" in ep["message"] or ep["message"].startswith("DriftAlert"), ep["message"]
+    assert which_version(agent.c.url, world) == "1.0.0"
+    failures = agent.status_document()["status"]["failures"]
+    assert failures and failures[0]["version"] == "1.1.0" and failures[0]["reason"].startswith("DriftAlert")
+    r = agent.reconcile_once()
+    assert not r.converged and which_version(agent.c.url, world) == "1.0.0"  # held back, not re-applied
