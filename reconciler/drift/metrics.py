@@ -25,6 +25,8 @@ DROPPED = Counter("modelfleet_drift_dropped_requests_total", "Requests not monit
                   "queue was full.", ["endpoint", "version"])
 NAN_OUTPUTS = Counter("modelfleet_inference_nan_outputs_total", "Monitored requests with NaN or infinite outputs.",
                       ["endpoint", "version"])
+ACCURACY = Gauge("modelfleet_model_accuracy", "Share of correct predictions among the last labelled rows "
+                 "(POST /v2/models/{name}/feedback).", ["endpoint", "version"])
 
 
 class Series:
@@ -35,6 +37,7 @@ class Series:
         self.dropped = DROPPED.labels(endpoint, version)
         self.monitored = MONITORED.labels(endpoint, version)
         self.nan_outputs = NAN_OUTPUTS.labels(endpoint, version)
+        self.accuracy = ACCURACY.labels(endpoint, version)
         self._method: str | None = None
         self._features: set[str] = set()
 
@@ -60,7 +63,7 @@ class Series:
     def remove(self) -> None:
         e, v = self.labels
         for metric, extra in ((SCORE, (self._method,)), (LEVEL, ()), (SAMPLES, ()), (MONITORED, ()),
-                              (DROPPED, ()), (NAN_OUTPUTS, ())):
+                              (DROPPED, ()), (NAN_OUTPUTS, ()), (ACCURACY, ())):
             if extra == (None,):
                 continue
             with contextlib.suppress(KeyError):

@@ -24,12 +24,15 @@ from reconciler.drift import metrics as M
 from reconciler.drift import stats
 from reconciler.drift.baseline import Baseline, BaselineError
 from reconciler.drift.features import extract_all
+from reconciler.drift.feedback import FeedbackError, FeedbackJoin, parse_feedback
 from reconciler.drift.settings import DriftSettings, degraded_reasons, device_conditions, encode_counts
 
 LATENCY_SLOTS = 1024
 MAX_QUEUE_BYTES = 16 * 1024 * 1024
 MAX_STATUS_FEATURES = 64
 RECOMPUTE_EVERY = 1.0
+#: A queued request: inputs, outputs, their bytes, the request's id (for the feedback join).
+_Item = tuple[dict[str, np.ndarray], dict[str, np.ndarray], int, str | None]
 _LEVEL_VALUE = {"Insufficient": -1, "OK": 0, "Warning": 1, "Alert": 2}
 
 
@@ -52,7 +55,8 @@ class EndpointMonitor:
         self._window: stats.CountWindow | stats.DecayWindow | None = None
         self._lat = np.zeros(LATENCY_SLOTS)
         self._lat_n = 0
-        self._queue: deque[tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]] = deque()
+        self._queue: deque[_Item] = deque()
+        self._join = FeedbackJoin()
         self._queue_bytes = 0
         self._ops = threading.Lock()
         self._work = threading.Lock()
@@ -67,7 +71,8 @@ class EndpointMonitor:
 
     # -- request path (cheap) ------------------------------------------------------------------------------
 
-    def observe(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray], seconds: float) -> None:
+    def observe(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray], seconds: float,
+                request_id: str | None = None) -> None:
         with self._ops:
             self.requests += 1
             self._lat[self._lat_n % LATENCY_SLOTS] = seconds
@@ -82,7 +87,7 @@ class EndpointMonitor:
                 self._series.dropped.inc()
                 return
             self._queue_bytes += size
-            self._queue.append((feeds, outputs, size))
+            self._queue.append((feeds, outputs, size, request_id))
 
     def observe_error(self, seconds: float) -> None:
         with self._ops:
@@ -129,6 +134,7 @@ class EndpointMonitor:
             if items:
                 self.monitored += len(items)
                 self._series.monitored.inc(len(items))
+                self._remember_ids(items, now)
                 for batch, rows in _batches(items):
                     self._count_nan(batch, rows)
                     if self._window is not None and self.baseline is not None:
@@ -137,6 +143,31 @@ class EndpointMonitor:
             if self._dirty and now - self._computed_at >= RECOMPUTE_EVERY:
                 self._compute(now)
         return len(items)
+
+    def _remember_ids(self, items: list[_Item], now: float) -> None:
+        """Predicted classes of requests with an id, for the feedback join (classifier outputs only)."""
+        name = next((t.name for t in self.baseline.layouts if t.layout == "classes"), None) if self.baseline else None
+        for _, outputs, _, rid in items:
+            if rid is None:
+                continue
+            out = outputs.get(name) if name else next(
+                (a for a in outputs.values() if a.ndim == 2 and a.shape[1] >= 2 and a.dtype.kind == "f"), None)
+            if out is not None:
+                self._join.remember(rid, np.argmax(out.reshape(out.shape[0], -1), axis=1), now)
+
+    def feedback(self, body: bytes, now: float | None = None) -> tuple[int, dict[str, Any]]:
+        """``POST …/feedback``: join ground-truth labels to remembered predictions; (HTTP status, answer)."""
+        now = time.monotonic() if now is None else now
+        try:
+            items = parse_feedback(body)
+        except FeedbackError as exc:
+            return 400, {"error": str(exc)}
+        self.process(now)  # requests still queued for the monitor are remembered first
+        with self._work:
+            answer = self._join.feedback(items, now)
+        if answer["accuracy"] is not None:
+            self._series.accuracy.set(answer["accuracy"])
+        return 200, answer
 
     def _count_nan(self, batch: dict[str, np.ndarray], rows: np.ndarray) -> None:
         """Requests (not rows) with a non-finite output value; ``rows`` are the requests' first rows."""
@@ -200,6 +231,9 @@ class EndpointMonitor:
         if lat.size:
             p50, p95, p99 = np.percentile(lat, [50, 95, 99]) * 1000.0
             ops["latencyMs"] = {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "p99": round(float(p99), 3)}
+        if self._join.joined or self._join.unknown:
+            with self._work:
+                ops["feedback"] = {**self._join.snapshot(), "joined": self._join.joined, "unknown": self._join.unknown}
         ops["degraded"] = degraded_reasons(ops, self.settings)
         return ops
 
@@ -222,13 +256,12 @@ class EndpointMonitor:
         self._series.remove()
 
 
-def _batches(items: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]]
-             ) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
+def _batches(items: list[_Item]) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
     """Requests concatenated into as few batches as possible (same tensors, same trailing shapes): the numpy
     work then runs once per batch instead of once per request. Returns (tensors keyed ``in:``/``out:`` + name,
     index of each request's first row)."""
     groups: dict[tuple[tuple[str, tuple[int, ...], str], ...], list[dict[str, np.ndarray]]] = {}
-    for feeds, outputs, _ in items:
+    for feeds, outputs, _, _ in items:
         t = {**{f"in:{k}": np.asarray(v) for k, v in feeds.items()}, **{f"out:{k}": np.asarray(v) for k, v in outputs.items()}}
         if any(a.ndim == 0 for a in t.values()) or len({a.shape[0] for a in t.values()}) > 1:
             continue  # no common batch dimension: cannot be split into observations

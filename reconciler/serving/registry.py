@@ -107,11 +107,21 @@ class EndpointState:
 class Observer(Protocol):
     """What the registry hands each request's tensors to (set per version by ``observer_factory``)."""
 
-    def observe(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray], seconds: float) -> None: ...
+    def observe(
+        self,
+        feeds: dict[str, np.ndarray],
+        outputs: dict[str, np.ndarray],
+        seconds: float,
+        request_id: str | None = None,
+    ) -> None: ...
 
     def observe_error(self, seconds: float) -> None: ...
 
     def observe_rejection(self) -> None: ...
+
+    def feedback(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        """Ground truth for earlier requests (``POST /v2/models/{name}/feedback``): (HTTP status, answer)."""
+        ...
 
 
 class LoadedModel:
@@ -153,7 +163,10 @@ class LoadedModel:
         return self._inflight
 
     def infer(
-        self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None = None
+        self,
+        feeds: dict[str, np.ndarray],
+        output_names: Sequence[str] | None = None,
+        request_id: str | None = None,
     ) -> dict[str, np.ndarray]:
         obs = self.observer
         if obs is None:
@@ -164,7 +177,7 @@ class LoadedModel:
         except Exception:
             obs.observe_error(time.perf_counter() - t0)
             raise
-        obs.observe(feeds, out, time.perf_counter() - t0)
+        obs.observe(feeds, out, time.perf_counter() - t0, request_id)
         return out
 
     def drain_and_close(self, timeout: float = 60.0) -> None:

@@ -136,3 +136,73 @@ def test_device_conditions_summarise_the_endpoints() -> None:
     assert drift == ("DriftDetected", True, "DriftWarning", "b@2: psi 0.13 (warning; worst x[1]=0.13)")
     assert degraded == ("Degraded", True, "OperationalSignals", "b@2: p99 latency 80.00 ms > 50 ms")
     assert device_conditions([])[0][2] == "InsufficientData"
+
+
+def test_feedback_joins_labels_by_request_id_within_a_bounded_window() -> None:
+    from reconciler.drift.feedback import FeedbackJoin
+
+    m = EndpointMonitor("e", "1")
+    m.configure(DriftSettings(window=200, min_samples=10), baseline())
+    rng = np.random.default_rng(6)
+    preds = {}
+    for i in range(4):
+        feeds, outs = request(rng, rows=2)
+        preds[f"r{i}"] = np.argmax(outs["y"], axis=1).tolist()
+        m.observe(feeds, outs, 0.001, request_id=f"r{i}")
+    body = {"feedback": [{"id": "r0", "labels": preds["r0"]}, {"id": "r1", "labels": [1 - preds["r1"][0], 9]},
+                         {"id": "nope", "label": 1}, {"id": "r2", "label": 0}]}
+    status, answer = m.feedback(json.dumps(body).encode(), now=10.0)
+    assert status == 200
+    assert (answer["joined"], answer["unknown"], answer["mismatched"]) == (2, 1, 1)
+    assert answer["labelled"] == 4 and answer["accuracy"] in (0.5, 0.75)  # r1's second label is wrong on purpose
+    assert m.feedback(json.dumps({"feedback": [{"id": "r0", "label": 1}]}).encode(), now=11.0)[1]["unknown"] == 1
+    assert m.operational()["feedback"]["joined"] == 2
+    for bad, msg in ((b"{", "not JSON"), (b'{"feedback": []}', "expected"), (b'{"feedback": [{"id": "x"}]}', "label")):
+        status, answer = m.feedback(bad, now=12.0)
+        assert status == 400 and msg in answer["error"]
+    j = FeedbackJoin(join_window=60.0, max_pending=2)
+    for i in range(3):
+        j.remember(f"q{i}", np.array([1]), now=float(i))
+    assert j.evicted == 1 and j.feedback([("q0", [1])], now=5.0)["unknown"] == 1  # pushed out by the bound
+    assert j.feedback([("q1", [1])], now=100.0)["unknown"] == 1  # older than the join window
+
+
+def test_feedback_endpoint_on_the_real_server_gives_online_accuracy() -> None:
+    import http.client
+
+    from reconciler.serving.server import InferenceServer
+
+    sup = DriftSupervisor()
+    reg = ModelRegistry(observer_factory=sup.observer_for)
+    model = matmul_model(seed=1)
+    assert reg.apply(EndpointSpec(name="clf", version="1", blobs=[model], probe=make_probe(model))).ok
+    srv = InferenceServer(reg)
+    srv.start()
+
+    def post(path: str, doc: dict) -> tuple[int, dict]:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+        conn.request("POST", path, body=json.dumps(doc).encode())
+        r = conn.getresponse()
+        out = r.status, json.loads(r.read())
+        conn.close()
+        return out
+
+    try:
+        rng = np.random.default_rng(8)
+        truth = []
+        for i in range(10):
+            x = rng.normal(size=(1, 16)).astype(np.float32)
+            status, out = post("/v2/models/clf/infer", {"id": f"req-{i}", "inputs": [
+                {"name": "input", "datatype": "FP32", "shape": [1, 16], "data": x.ravel().tolist()}]})
+            assert status == 200 and out["id"] == f"req-{i}"
+            predicted = int(np.argmax(out["outputs"][0]["data"]))
+            truth.append({"id": f"req-{i}", "label": predicted if i < 8 else (predicted + 1) % 4})
+        status, answer = post("/v2/models/clf/feedback", {"feedback": truth})
+        assert status == 200 and answer["joined"] == 10 and answer["accuracy"] == 0.8
+        status, answer = post("/v2/models/clf/feedback", {"feedback": "nope"})
+        assert status == 400 and "expected" in answer["error"]
+        assert post("/v2/models/other/feedback", {"feedback": truth})[0] == 404
+    finally:
+        srv.stop()
+        reg.close()
+        sup.close()
