@@ -206,3 +206,18 @@ def test_feedback_endpoint_on_the_real_server_gives_online_accuracy() -> None:
         srv.stop()
         reg.close()
         sup.close()
+
+
+def test_an_oversized_status_sheds_drift_bins_last_and_keeps_the_verdict() -> None:
+    from reconciler.gitops.statuswriter import dump_status, trim_status
+    from tests._git_fixtures import make_status
+
+    doc = make_status("cam-1")
+    ep = doc["status"]["endpoints"][0]
+    ep["drift"] = {"level": "Alert", "score": 0.4, "worst": [{"feature": "f0", "score": 0.4}],
+                   "bins": {f"f{i}": " ".join(["123456"] * 60) for i in range(64)}}
+    doc["status"]["endpoints"] = [dict(ep, name=f"e{i}") for i in range(3)]
+    assert len(dump_status(doc)) > 64 * 1024
+    small = trim_status(doc)
+    assert len(dump_status(small)) <= 64 * 1024
+    assert all("bins" not in e["drift"] and e["drift"]["level"] == "Alert" for e in small["status"]["endpoints"])
