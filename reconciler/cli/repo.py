@@ -221,7 +221,13 @@ def _client(opts: dict, progress: bool = False):  # type: ignore[no-untyped-def]
 
 
 def _fail(exc: Exception) -> UserError:
-    return UserError(f"{getattr(exc, 'reason', type(exc).__name__)}: {exc}")
+    """One line for any failure: the client's reason code, or ``unexpected error`` for anything else."""
+    from reconciler.distribution.tufclient import TufClientError
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, TufClientError):
+        return UserError(f"{exc.reason}: {text}")
+    return UserError(f"unexpected error: {type(exc).__name__}: {text}")
 
 
 @tuf_client.command("init")
@@ -242,11 +248,11 @@ def tuf_init(opts: dict, trusted_root: Path) -> None:
 @click.pass_obj
 def tuf_refresh(opts: dict) -> None:
     """Update top-level metadata."""
-    from reconciler.distribution.tufclient import TufClientError
-
     try:
         _client(opts).refresh()
-    except TufClientError as exc:
+    except UserError:
+        raise
+    except Exception as exc:  # the conformance protocol: one line and exit 1, never a traceback
         raise _fail(exc) from None
 
 
@@ -254,8 +260,6 @@ def tuf_refresh(opts: dict) -> None:
 @click.pass_obj
 def tuf_download(opts: dict) -> None:
     """Download --target-name targets (in order, stop at the first failure) into --target-dir."""
-    from reconciler.distribution.tufclient import TufClientError
-
     names: tuple[str, ...] = opts["target_names"]  # type: ignore[assignment]
     tdir: Path | None = opts["target_dir"]  # type: ignore[assignment]
     if not names or tdir is None or not opts.get("target_base_url"):
@@ -272,7 +276,9 @@ def tuf_download(opts: dict) -> None:
                 shutil.copyfile(stored.store_path, tmp)
                 tmp.chmod(0o644)
                 tmp.replace(dst)
-    except TufClientError as exc:
+    except UserError:
+        raise
+    except Exception as exc:  # the conformance protocol: one line and exit 1, never a traceback
         raise _fail(exc) from None
 
 
