@@ -224,7 +224,7 @@ def wait_for(pred: Any, timeout: float = 20.0, interval: float = 0.05, what: str
 class AgentProcess:
     """``modelfleet agent run`` as a real child process; ``url()`` waits for boot (last good models loaded)."""
 
-    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str | None] | None = None) -> None:
         self.config = config
         self.log_path = log_path
         self.extra_env = env or {}
@@ -234,7 +234,11 @@ class AgentProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO_ROOT)
         env.pop("NOTIFY_SOCKET", None)
-        env.update(self.extra_env)
+        for key, value in self.extra_env.items():  # None: remove the variable
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "reconciler.cli", "agent", "run", "--config",
                                       str(self.config)], stdout=self._log, stderr=subprocess.STDOUT, env=env,

@@ -12,6 +12,8 @@ import os
 import platform
 from typing import Any
 
+from reconciler.serving.runtimes.telemetry import import_onnxruntime, import_openvino
+
 # Flags worth reporting for variant choice; /proc/cpuinfo lists ~100 more.
 INTERESTING_FLAGS = (
     "sse4_1",
@@ -85,7 +87,7 @@ def _memory_mb() -> int:
 
 def _onnxruntime() -> tuple[str | None, list[str]]:
     try:
-        import onnxruntime as ort
+        ort = import_onnxruntime()
     except ImportError:
         return None, []
     return ort.__version__, [p for p in ort.get_available_providers() if p != "AzureExecutionProvider"]
@@ -93,7 +95,7 @@ def _onnxruntime() -> tuple[str | None, list[str]]:
 
 def _openvino() -> tuple[str | None, list[str]]:
     try:
-        import openvino as ov
+        ov = import_openvino()
 
         from reconciler.serving.runtimes.openvino import available_devices
     except ImportError:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from reconciler.serving.runtimes.base import Backend, RuntimeLoadError
+from reconciler.serving.runtimes.telemetry import import_onnxruntime
 from reconciler.serving.v2codec import CodecError, TensorMeta
 
 _ORT_TO_V2 = {
@@ -68,7 +69,7 @@ class OnnxBackend(Backend):
         threads: int | None = None,
         providers: Sequence[str] | None = None,
     ) -> None:
-        import onnxruntime as ort
+        ort = import_onnxruntime()
 
         src: str | bytes
         items = list(files if files is not None else blobs or [])

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from reconciler.serving.runtimes.base import Backend, RuntimeLoadError
+from reconciler.serving.runtimes.telemetry import import_openvino
 from reconciler.serving.v2codec import TensorMeta
 
 _OV_TO_V2 = {
@@ -40,7 +41,7 @@ _VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
 @functools.cache
 def core() -> Any:
     """The process-wide OpenVINO Core (creating one costs a plugin scan)."""
-    import openvino as ov
+    ov = import_openvino()
 
     return ov.Core()
 
