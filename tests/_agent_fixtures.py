@@ -113,7 +113,8 @@ class World:
         return probe
 
     def fleet_files(self, version: str, *, versions: list[str] | None = None, poll: str = "1s",
-                    deployment: dict[str, Any] | None = None, present: bool = True) -> dict[str, str | None]:
+                    deployment: dict[str, Any] | None = None, present: bool = True,
+                    variant: dict[str, Any] | None = None) -> dict[str, str | None]:
         versions = versions or sorted(self.versions)
         fleet = {
             "apiVersion": "modelfleet/v1", "kind": "Fleet", "metadata": {"name": "test-fleet"},
@@ -128,7 +129,7 @@ class World:
                 "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, OUT_DIM]}],
                 "versions": [
                     {"version": v, "variants": [{"name": "cpu", "runtime": "onnxruntime",
-                                                 "targets": [f"{MODEL}/{v}/model.onnx"]}],
+                                                 "targets": [f"{MODEL}/{v}/model.onnx"], **(variant or {})}],
                      "probe": {"target": f"{MODEL}/{v}/probe.json"}}
                     for v in versions
                 ],

@@ -14,7 +14,8 @@ from typing import Any
 
 from reconciler.serving.runtimes.telemetry import import_onnxruntime, import_openvino
 
-# Flags worth reporting for variant choice; /proc/cpuinfo lists ~100 more.
+# Flags worth reporting for variant choice (incl. what reduced precision needs: bf16/fp16/int8 instructions);
+# /proc/cpuinfo lists ~100 more. docs/serving.md lists them for `requires.cpuFlags`.
 INTERESTING_FLAGS = (
     "sse4_1",
     "sse4_2",
@@ -27,10 +28,12 @@ INTERESTING_FLAGS = (
     "avx512vl",
     "avx512_vnni",
     "avx512_bf16",
+    "avx512_fp16",
     "avx_vnni",
     "amx_tile",
     "amx_int8",
     "amx_bf16",
+    "amx_fp16",
     "neon",
     "asimd",
     "asimddp",
