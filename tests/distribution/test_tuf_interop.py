@@ -249,3 +249,12 @@ def test_mix_and_match_fails(served: Served) -> None:
         client.fetch(["m.onnx"])
     assert err.value.reason in ("RollbackAttack", "MetadataMismatch")
     assert client.store.digests() == set()
+
+
+def test_publisher_listing_reads_a_foreign_repository(served: Served) -> None:
+    from reconciler.distribution import tufrepo
+
+    served.repo.add_target("plain.bin", b"no custom", hash_algorithms=["sha512"])
+    served.repo.publish()
+    (row,) = tufrepo.list_targets(served.repo.dir)
+    assert (row.path, row.length, row.custom) == ("plain.bin", 9, {})
