@@ -258,3 +258,12 @@ def test_publisher_listing_reads_a_foreign_repository(served: Served) -> None:
     served.repo.publish()
     (row,) = tufrepo.list_targets(served.repo.dir)
     assert (row.path, row.length, row.custom) == ("plain.bin", 9, {})
+
+
+def test_tuf_client_init_unexpected_error_is_one_line(tmp_path: Path) -> None:
+    root, blocker = tmp_path / "root.json", tmp_path / "file"
+    root.write_text("{}")
+    blocker.write_text("not a directory")
+    r = run_cli("tuf-client", "--metadata-dir", str(blocker / "md"), "init", str(root))
+    assert r.code == 1 and "Traceback" not in r.text
+    assert r.err.count("\n") == 1 and r.err.startswith("error: unexpected error: "), r.err
