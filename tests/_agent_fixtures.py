@@ -30,6 +30,7 @@ from reconciler.core import conditions as C
 from reconciler.devkit import modelgen
 from reconciler.distribution import tufrepo
 from reconciler.distribution.httpserve import StaticServer
+from reconciler.serving.runtimes.telemetry import import_onnxruntime
 from tests._git_fixtures import GitDaemon, Upstream
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -181,8 +182,7 @@ class World:
 
 def expected_output(bias: float) -> np.ndarray:
     """What the ``bias`` build of the test model answers for :data:`PROBE_INPUT`."""
-    import onnxruntime as ort
-
+    ort = import_onnxruntime()
     sess = ort.InferenceSession(modelgen.matmul_model(IN_DIM, OUT_DIM, seed=1, bias=bias),
                                 providers=["CPUExecutionProvider"])
     return sess.run(None, {"input": PROBE_INPUT})[0]

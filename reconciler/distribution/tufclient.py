@@ -6,7 +6,12 @@ runs the TUF client workflow (root → timestamp → snapshot → targets). :met
 each target path through TUF (delegations included) and, for targets not yet in the content-addressed
 :class:`~reconciler.distribution.store.ModelStore`, streams the file into a staging file named after its digest — resuming
 an interrupted transfer with an HTTP Range request — while hashing it; only a file whose length and hashes
-match the signed metadata is fsynced and renamed into the store. :meth:`TufClient.load_bytes` rehashes the
+match the signed metadata is fsynced and renamed into the store.
+
+Any spec-conformant repository works, not only ones ``modelfleet repo`` writes: ``custom`` is optional, every
+declared hash is checked with its own algorithm (sha256, sha512, several at once), and because the store is
+addressed by sha256, a target that lists none gets its sha256 computed during the download and recorded as a
+store alias, so it is not fetched again while it stays valid. :meth:`TufClient.load_bytes` rehashes the
 blob and, for encrypted models, decrypts it in memory.
 
 Every failure is a :class:`TufClientError` with a CamelCase ``reason`` the agent reports in its conditions.
