@@ -12,6 +12,7 @@ from reconciler.agent.config import load_agent_config
 from reconciler.agent.loop import Agent
 from reconciler.fleet.schemas import validator
 from tests._agent_fixtures import ENDPOINT, World, which_version
+from tests._cli import run_cli
 
 
 @pytest.fixture
@@ -31,12 +32,17 @@ def _status_endpoint(agent: Agent) -> dict:  # type: ignore[type-arg]
 
 def test_declared_precision_reaches_runtime_status_and_metrics(world: World, tmp_path: Path) -> None:
     world.commit_fleet("1.0.0", variant={"precision": "bf16"})
-    agent = Agent(load_agent_config(world.agent_config(tmp_path / "dev")))
+    cfg = world.agent_config(tmp_path / "dev")
+    agent = Agent(load_agent_config(cfg))
     agent.boot()
     try:
         assert agent.reconcile_once().converged
         assert which_version(agent.c.url, world) == "1.0.0"
         assert _status_endpoint(agent)["precision"] == "bf16"
+        table = run_cli("agent", "status", "--config", str(cfg)).out.splitlines()
+        header = next(line for line in table if line.startswith("ENDPOINT"))
+        row = next(line for line in table if line.startswith(ENDPOINT))
+        assert header.split()[6] == "PRECISION" and row.split()[6] == "bf16", table
         assert agent.c.registry.endpoints()[ENDPOINT].precision == "bf16"
         text = urllib.request.urlopen(f"{agent.c.url}/metrics", timeout=5).read().decode()
         assert 'modelfleet_agent_endpoint_version_info{endpoint="detector",model="det",precision="bf16"' in text
