@@ -298,8 +298,8 @@ class Journal:
         atomic_write_text(self.path_in(state_dir), json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
 
 
-def record_rollback(journal: Journal, endpoint: str, commit: str | None, reason: str, now: _dt.datetime
-                    ) -> EndpointRecord | None:
+def record_rollback(journal: Journal, endpoint: str, commit: str | None, reason: str, now: _dt.datetime,
+                    state_dir: Path | None = None) -> EndpointRecord | None:
     """The runtime switched ``endpoint`` back to its previous version (e.g. ``drift.action: rollback``):
     swap active/previous in the journal and hold the abandoned version back in the failure memory, so the next
     pass does not apply it again before its backoff ends or the desired state changes. Returns the abandoned
@@ -310,4 +310,6 @@ def record_rollback(journal: Journal, endpoint: str, commit: str | None, reason:
     bad = st.active
     st.active, st.previous = st.previous, bad
     journal.failures = record_failure(journal.failures, commit, endpoint, bad.digest, bad.version, reason, now)
+    if state_dir is not None:
+        journal.save(state_dir)  # the runtime already switched: make it durable before it is reported
     return bad

@@ -293,13 +293,11 @@ class Agent:
                 failed = (step, f"InternalError: {exc}")
         duration = time.monotonic() - t0
         endpoints = self._status_endpoints(p)
-        for ctype, status, reason, message in self.c.monitoring(self.journal.endpoints, endpoints):  # drift, Degraded
-            self.conditions.set(ctype, status, reason, message, p.commit)
+        for ctype, *cond in self.c.monitoring(self.journal.endpoints, endpoints):  # DriftDetected, Degraded
+            self.conditions.set(ctype, *cond, p.commit)
         for name, why in self.c.drift_rollbacks(endpoints):  # drift.action: rollback on an Alert (reconciler.drift)
-            bad = record_rollback(self.journal, name, p.commit, why, self.clock())
-            if bad is not None:
+            if bad := record_rollback(self.journal, name, p.commit, why, self.clock(), self.config.state_dir):
                 self._outcomes[name] = EndpointOutcome(name, "Failed", why[:1024], bad.version)
-                self.journal.save(self.config.state_dir)
         converged = failed is None and self._is_converged(endpoints)
         self.errors = 0 if failed is None else self.errors + 1
         self._finish_conditions(p, failed, converged)
