@@ -257,22 +257,36 @@ class EndpointMonitor:
 
 
 def _batches(items: list[_Item]) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
-    """Requests concatenated into as few batches as possible (same tensors, same trailing shapes): the numpy
-    work then runs once per batch instead of once per request. Returns (tensors keyed ``in:``/``out:`` + name,
-    index of each request's first row)."""
-    groups: dict[tuple[tuple[str, tuple[int, ...], str], ...], list[dict[str, np.ndarray]]] = {}
-    for feeds, outputs, _, _ in items:
-        t = {**{f"in:{k}": np.asarray(v) for k, v in feeds.items()}, **{f"out:{k}": np.asarray(v) for k, v in outputs.items()}}
-        if any(a.ndim == 0 for a in t.values()) or len({a.shape[0] for a in t.values()}) > 1:
-            continue  # no common batch dimension: cannot be split into observations
-        key = tuple(sorted((k, a.shape[1:], a.dtype.str) for k, a in t.items()))
-        groups.setdefault(key, []).append(t)
+    """Requests concatenated into as few batches as possible (same tensors, trailing shapes and dtypes): the
+    numpy work then runs once per batch instead of once per request. Returns (tensors keyed ``in:``/``out:`` +
+    name, index of each request's first row). Requests without one common batch dimension are left out."""
+    groups: dict[tuple[Any, ...], list[_Item]] = {}
+    for it in items:
+        key = (tuple((k, a.shape[1:], a.dtype) for k, a in it[0].items()),
+               tuple((k, a.shape[1:], a.dtype) for k, a in it[1].items()))
+        groups.setdefault(key, []).append(it)
     out = []
     for reqs in groups.values():
-        sizes = [next(iter(r.values())).shape[0] for r in reqs]
+        reqs = [r for r in reqs if _rows(r) is not None]
+        if not reqs:
+            continue
+        sizes = np.array([_rows(r) for r in reqs], dtype=np.int64)
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-        out.append(({k: np.concatenate([r[k] for r in reqs]) for k in reqs[0]}, starts))
+        batch = {f"in:{k}": np.concatenate([r[0][k] for r in reqs]) for k in reqs[0][0]}
+        batch.update({f"out:{k}": np.concatenate([r[1][k] for r in reqs]) for k in reqs[0][1]})
+        out.append((batch, starts))
     return out
+
+
+def _rows(item: _Item) -> int | None:
+    """The request's batch size, None when its tensors do not share a leading dimension."""
+    n = None
+    for side in (item[0], item[1]):
+        for a in side.values():
+            if a.ndim == 0 or (n is not None and a.shape[0] != n):
+                return None
+            n = a.shape[0]
+    return n
 
 
 class DriftSupervisor:
