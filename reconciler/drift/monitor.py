@@ -267,10 +267,11 @@ def _batches(items: list[_Item]) -> list[tuple[dict[str, np.ndarray], np.ndarray
         groups.setdefault(key, []).append(it)
     out = []
     for reqs in groups.values():
-        reqs = [r for r in reqs if _rows(r) is not None]
+        rows = [_rows(r) for r in reqs]
+        reqs = [r for r, n in zip(reqs, rows, strict=True) if n is not None]
         if not reqs:
             continue
-        sizes = np.array([_rows(r) for r in reqs], dtype=np.int64)
+        sizes = np.array([n for n in rows if n is not None], dtype=np.int64)
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         batch = {f"in:{k}": np.concatenate([r[0][k] for r in reqs]) for k in reqs[0][0]}
         batch.update({f"out:{k}": np.concatenate([r[1][k] for r in reqs]) for k in reqs[0][1]})
