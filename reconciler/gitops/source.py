@@ -27,18 +27,18 @@ from pathlib import Path
 import git as gitpython
 from prometheus_client import Counter
 
+from reconciler.core import reasons as R
 from reconciler.core.conditions import SOURCE_AVAILABLE, SOURCE_VERIFIED, Condition, isoformat, utcnow
 from reconciler.gitops.verify import VERIFIED, GitError, Verifier, VerifyResult, init_bare, run_git
 
-# Reasons specific to the source (signature reasons come from gitverify).
-HISTORY_REWRITE = "HistoryRewrite"
-GIT_UNAVAILABLE = "GitUnavailable"
-GIT_TIMEOUT = "GitTimeout"
-BRANCH_NOT_FOUND = "BranchNotFound"
-BUNDLE_INVALID = "BundleInvalid"
-SUCCEEDED = "Succeeded"
-UP_TO_DATE = "UpToDate"
-NOT_VERIFIED = "VerificationDisabled"
+# Reasons specific to the source (signature reasons come from gitverify); the vocabulary is core.reasons.
+HISTORY_REWRITE = R.HISTORY_REWRITE
+GIT_UNAVAILABLE = R.GIT_UNAVAILABLE
+GIT_TIMEOUT = R.GIT_TIMEOUT
+BRANCH_NOT_FOUND = R.BRANCH_NOT_FOUND
+BUNDLE_INVALID = R.BUNDLE_INVALID
+SUCCEEDED = R.SUCCEEDED
+NOT_VERIFIED = R.VERIFICATION_DISABLED
 
 MAX_FILE_BYTES = 16 * 1024 * 1024
 
@@ -353,7 +353,7 @@ class GitSource:
                 conds = self._conditions((True, BUNDLE_INVALID, msg), ("False", BUNDLE_INVALID, msg), last_applied)
                 return PollResult(last_applied, False, False, conds, BUNDLE_INVALID, msg, None, self.poll_interval)
             res = self._result(head, verdict, last_applied, fetched=True)
-            res.conditions[0] = Condition(SOURCE_AVAILABLE, "True", "BundleImported", f"bundle {path.name}",
+            res.conditions[0] = Condition(SOURCE_AVAILABLE, "True", R.BUNDLE_IMPORTED, f"bundle {path.name}",
                                           res.conditions[0].last_transition_time, head)
             return res
 

@@ -111,7 +111,7 @@ def test_missing_tuf_target_is_refused(world: World, agent: Agent) -> None:
     r = agent.reconcile_once()
     assert not r.converged
     c = cond(agent, C.ARTIFACTS_READY)
-    assert c.status == "False" and "TargetNotFound" in c.message
+    assert c.status == "False" and c.reason == "TargetNotFound" and "TargetNotFound" in c.message
     assert r.endpoints[0]["state"] == "Failed" and which_version(agent.c.url, world) == "1.0.0"
 
 
