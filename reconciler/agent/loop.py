@@ -337,7 +337,12 @@ class Agent:
             self._bad_commit = (p.commit, C.MANIFESTS_VALID, R.VALIDATION_FAILED, msg)
             raise StepFailed(C.MANIFESTS_VALID, R.VALIDATION_FAILED, msg)
         self._bad_commit = None
-        self.conditions.set(C.MANIFESTS_VALID, True, "Valid", f"{p.load.files} manifest file(s) valid", p.commit)
+        warns = p.load.warnings
+        for d in warns[:20]:
+            log.warning("manifest warning", extra=fields(file=d.file, line=d.line, message=d.message))
+        note = "; ".join(f"{d.file}:{d.line}: warning: {d.message}" for d in warns[:3])
+        self.conditions.set(C.MANIFESTS_VALID, True, "Valid", f"{p.load.files} manifest file(s) valid"
+                            + (f"; {len(warns)} warning(s): {note}" if warns else ""), p.commit)
 
     def _step_desired(self, p: PassState) -> None:
         from reconciler.fleet.desired import DeviceIdentity, desired_state

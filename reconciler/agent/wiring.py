@@ -170,7 +170,8 @@ class Components:
     def poll(self, last: str | None) -> Any:
         return self.source.poll(last)
 
-    def read_files(self, commit: str) -> dict[str, bytes]:
+    def read_files(self, commit: str) -> dict[str, Any]:
+        """The commit's files (bytes, or a ``NonRegular`` for a symlink/submodule the loader reports)."""
         return self.source.read_files(commit)
 
     def import_bundle(self, path: Path, last: str | None) -> Any:

@@ -29,6 +29,7 @@ from prometheus_client import Counter
 
 from reconciler.core import reasons as R
 from reconciler.core.conditions import SOURCE_AVAILABLE, SOURCE_VERIFIED, Condition, isoformat, utcnow
+from reconciler.fleet.repository import NonRegular
 from reconciler.gitops.verify import VERIFIED, GitError, Verifier, VerifyResult, init_bare, run_git
 
 # Reasons specific to the source (signature reasons come from gitverify); the vocabulary is core.reasons.
@@ -364,11 +365,12 @@ class GitSource:
             self._repo = gitpython.Repo(self.git_dir, odbt=gitpython.GitCmdObjectDB)
         return self._repo
 
-    def read_files(self, commit: str) -> dict[str, bytes]:
-        """Every regular file under ``subpath`` at ``commit``, keyed by path relative to ``subpath``.
+    def read_files(self, commit: str) -> dict[str, bytes | NonRegular]:
+        """Every file under ``subpath`` at ``commit``, keyed by path relative to ``subpath``.
 
-        Read from the object database (no checkout, nothing executable is ever written). Symlinks and
-        submodules are skipped; a file larger than 16 MiB raises ``ValueError``.
+        Read from the object database (no checkout, nothing executable is ever written). A symlink or a
+        submodule is returned as a :class:`~reconciler.fleet.repository.NonRegular` (never followed), so the
+        loader reports it instead of it vanishing; a file larger than 16 MiB raises ``ValueError``.
         """
         with self._lock:
             repo = self._gp_repo()
@@ -378,10 +380,20 @@ class GitSource:
                     tree = tree / self.subpath
             except (ValueError, KeyError, gitpython.BadName) as exc:
                 raise KeyError(f"{self.subpath or '/'} not found at commit {commit[:12]}: {exc}") from None
-            files: dict[str, bytes] = {}
+            files: dict[str, bytes | NonRegular] = {}
             prefix = len(tree.path) + 1 if tree.path else 0
             for item in tree.traverse():
-                if not isinstance(item, gitpython.Blob) or item.mode & 0o170000 != 0o100000:
+                if isinstance(item, gitpython.Submodule):
+                    files[item.path[prefix:]] = NonRegular("submodule", item.hexsha)
+                    continue
+                if not isinstance(item, gitpython.Blob):
+                    continue
+                if item.mode & 0o170000 == 0o120000:
+                    files[item.path[prefix:]] = NonRegular("symlink", item.data_stream.read(4096).decode(
+                        "utf-8", "replace"))
+                    continue
+                if item.mode & 0o170000 != 0o100000:
+                    files[item.path[prefix:]] = NonRegular("special file")
                     continue
                 if item.size > MAX_FILE_BYTES:
                     raise ValueError(f"{item.path} at {commit[:12]} is {item.size} bytes (limit {MAX_FILE_BYTES})")
