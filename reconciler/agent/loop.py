@@ -8,8 +8,12 @@ Workflow (``Agent.run``):
 2. **Reconcile passes**, each a fixed sequence of named steps that record a condition instead of throwing:
    ``source`` (poll + verify the Git commit) → ``manifests`` (load, validate) → ``desired`` (this device's
    endpoints) → ``artifacts`` (TUF download into the store) → ``apply`` (health-checked swap, rollback,
-   failure memory, maintenance windows, pruning) → ``report`` (journal, local status, status branch, metrics).
-   A failed step skips the steps after it (``report`` always runs), so the device keeps its last good state.
+   maintenance windows, pruning) → ``report`` (journal, local status, status branch, metrics). A failed step
+   skips the steps after it (``report`` always runs), so the device keeps its last good state; a step that
+   failed for some endpoints only (``StepFailed(partial=True)``) lets the others go on.
+   A target that fails verification and a version that fails its health check go into the failure memory
+   (:mod:`reconciler.agent.journal`): not downloaded or loaded again before a new desired state or the backoff;
+   while only such failures are pending, passes are idle and the status does not change.
 3. **Scheduling.** The poll interval (agent config, else Fleet defaults, else 30 s) with ±10 % jitter;
    exponential backoff on errors; an immediate pass on SIGHUP (``modelfleet agent reconcile``) or when a git
    bundle lands. SIGTERM/SIGINT stop cleanly.
@@ -569,7 +573,8 @@ class Agent:
             self.conditions.set(C.RECONCILING, True, "RetryScheduled", "", p.commit)
             stalled = failed is not None and self.errors >= 3
             self.conditions.set(C.STALLED, stalled, "RepeatedFailures" if stalled else "Progressing",
-                                f"{self.errors} consecutive failed passes" if stalled else "", p.commit)
+                                # no count in the message: it would change the status on every retry
+                                "3 or more consecutive failed passes" if stalled else "", p.commit)
         self.journal.conditions = self.conditions.to_list()
 
     def _record_attempt(self, p: PassState, failed: tuple[str, str] | None, duration: float) -> None:

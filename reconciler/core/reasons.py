@@ -127,7 +127,7 @@ REASONS: tuple[Reason, ...] = (
     Reason(BAD_METADATA, "ArtifactsReady=False", "TUF metadata unreadable or the trusted root missing",
            "Check `tuf.trustedRoot` and the repository."),
     Reason(TARGET_NOT_FOUND, "ArtifactsReady=False", "a target is not signed in TUF for that path",
-           "Publish it (`modelfleet repo add`); the device retries as soon as the metadata lists it."),
+           "Publish it (`modelfleet repo add`); every pass looks again (no download until it is signed)."),
     Reason(TARGET_HASH_MISMATCH, "ArtifactsReady=False", "a downloaded target does not match its signed hashes "
            "(tampered or corrupt on the server); held back in `failures`",
            "Fix the file on the server; retried on a new commit or target, else after the backoff."),
@@ -181,7 +181,9 @@ BY_CODE: dict[str, Reason] = {r.code: r for r in REASONS}
 
 #: Artifact failures caused by what the server serves: retrying at once would download the same bad bytes,
 #: so they go into the failure memory (retried on a new commit or target, else after a bounded backoff).
-HELD_BACK_ARTIFACT_REASONS = frozenset({TARGET_HASH_MISMATCH, LENGTH_EXCEEDED, TARGET_NOT_FOUND})
+#: (``TargetNotFound`` is not among them: retrying it costs no download, and it must be picked up as soon as
+#: the target is published.)
+HELD_BACK_ARTIFACT_REASONS = frozenset({TARGET_HASH_MISMATCH, LENGTH_EXCEEDED})
 
 #: Reasons of the serving registry's load + health check, reported on ``Applied`` as ``HealthCheckFailed``.
 HEALTH_REASONS = frozenset({HEALTH_CHECK_FAILED, LOAD_FAILED, INTERFACE_MISMATCH, INVALID_SPEC, PROBE_INVALID,

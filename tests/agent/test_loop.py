@@ -142,6 +142,19 @@ def test_missing_tuf_target_is_refused(world: World, agent: Agent) -> None:
     c = cond(agent, C.ARTIFACTS_READY)
     assert c.status == "False" and c.reason == "TargetNotFound" and "TargetNotFound" in c.message
     assert r.endpoints[0]["state"] == "Failed" and which_version(agent.c.url, world) == "1.0.0"
+    # Looked up again on every pass (no download), without rewriting the status each time…
+    from reconciler.gitops.statuswriter import content_key
+
+    for _ in range(2):  # the third failed pass in a row sets Stalled=True: a real change, reported once
+        assert agent.reconcile_once().failed_step == "artifacts"
+    assert cond(agent, C.STALLED).status == "True"
+    before = content_key(agent.status_document())
+    for _ in range(3):
+        assert agent.reconcile_once().failed_step == "artifacts"
+    assert content_key(agent.status_document()) == before and agent.journal.failures == []
+    # …so publishing the target is picked up at once, without a new commit.
+    world.publish("3.0.0", bias=3.0)
+    assert agent.reconcile_once().converged and which_version(agent.c.url, world) == "3.0.0"
 
 
 def test_removed_deployment_is_pruned(world: World, agent: Agent) -> None:
