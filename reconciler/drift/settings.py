@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from reconciler.core import conditions as C
+from reconciler.core import reasons as R
 from reconciler.drift import stats
 
 ACTIONS = ("alert", "rollback", "pin")
@@ -108,13 +110,13 @@ def device_conditions(endpoints: Sequence[Mapping[str, Any]]) -> list[tuple[str,
         if reasons:
             degraded.append(f"{e['name']}@{e.get('version')}: {'; '.join(reasons)}")
     if drifting:
-        level = "Alert" if any(lv == "Alert" for lv, _ in drifting) else "Warning"
-        drift = ("DriftDetected", True, f"Drift{level}", "; ".join(m for _, m in drifting))
+        alert = any(lv == "Alert" for lv, _ in drifting)
+        drift = (C.DRIFT_DETECTED, True, R.DRIFT_ALERT if alert else R.DRIFT_WARNING, "; ".join(m for _, m in drifting))
     else:
-        drift = ("DriftDetected", False, "NoDrift" if judged else "InsufficientData",
+        drift = (C.DRIFT_DETECTED, False, R.NO_DRIFT if judged else R.INSUFFICIENT_DATA,
                  f"{judged} endpoint(s) within thresholds" if judged else "no endpoint has a verdict yet")
-    deg = (("Degraded", True, "OperationalSignals", "; ".join(degraded)) if degraded
-           else ("Degraded", False, "Healthy", ""))
+    deg = ((C.DEGRADED, True, R.OPERATIONAL_SIGNALS, "; ".join(degraded)) if degraded
+           else (C.DEGRADED, False, R.HEALTHY, ""))
     return [drift, deg]
 
 
@@ -125,5 +127,5 @@ def rollback_reason(endpoint: Mapping[str, Any]) -> str | None:
     if d.get("level") != "Alert" or d.get("action") != "rollback" or not endpoint.get("previousVersion"):
         return None
     worst = ", ".join(f"{w['feature']}={w['score']:.3g}" for w in (d.get("worst") or [])[:3])
-    return (f"DriftAlert: {d.get('method')} {d.get('score'):.3g} >= {d.get('alert')} (worst {worst}); rolled back to "
+    return (f"{R.DRIFT_ALERT}: {d.get('method')} {d.get('score'):.3g} >= {d.get('alert')} (worst {worst}); rolled back to "
             f"{endpoint['previousVersion']}")
