@@ -1,5 +1,6 @@
 """Drift monitoring cost: serving throughput of the tiny model at concurrency 16 with the monitor off, on
-(every request, ``sampleRate`` 1.0) and sampled (0.1), on the same server in the same run.
+(every request), sampled (``sampleRate`` 0.1) and with the defaults (every request up to ``maxPerSecond`` 200),
+on the same server in the same run.
 
 Rounds alternate off/on/sampled so machine noise hits all three alike; the medians are compared. The load
 generator is bench_serving's raw-socket client in a separate process. Prints ONE JSON line.
@@ -46,7 +47,8 @@ def _handler_cpu(reg: ModelRegistry, sup: DriftSupervisor, loaded: object, monit
             if mode == "off":
                 loaded.observer = None  # type: ignore[attr-defined]
             else:
-                monitor.configure(DriftSettings(sample_rate=1.0, queue=n), baseline)  # type: ignore[attr-defined]
+                every = DriftSettings(sample_rate=1.0, max_per_second=None, queue=n)
+                monitor.configure(every, baseline)  # type: ignore[attr-defined]
                 loaded.observer = monitor  # type: ignore[attr-defined]
             t0 = time.thread_time()
             for _ in range(n):
@@ -87,8 +89,9 @@ def main() -> None:
     modes = {
         "off": None,
         "off_again": None,  # A/A: how much two identical runs differ on this machine right now
-        "on": DriftSettings(sample_rate=1.0),
-        "sampled": DriftSettings(sample_rate=0.1),
+        "on": DriftSettings(sample_rate=1.0, max_per_second=None),  # every request
+        "sampled": DriftSettings(sample_rate=0.1, max_per_second=None),
+        "default": DriftSettings(),  # sampleRate 1.0, at most 200 monitored requests per second
     }
     handler = _handler_cpu(reg, sup, loaded, monitor, baseline, probe)
     srv = InferenceServer(reg)
@@ -132,6 +135,9 @@ def main() -> None:
         "cpu_us_per_request_sampled_0_1": round(cpu["sampled"], 1),
         "cpu_cost_on_pct": round(100 * (cpu["on"] / cpu["off"] - 1), 1),
         "cpu_cost_sampled_pct": round(100 * (cpu["sampled"] / cpu["off"] - 1), 1),
+        "rps_default": round(med["default"]), "cost_default_pct": round(100 * (1 - med["default"] / med["off"]), 1),
+        "cpu_us_per_request_default": round(cpu["default"], 1),
+        "cpu_cost_default_pct": round(100 * (cpu["default"] / cpu["off"] - 1), 1),
         "cpu_noise_off_vs_off_pct": round(100 * (cpu["off_again"] / cpu["off"] - 1), 1),
         **handler,
         "monitored": monitor.monitored - before[0], "dropped": monitor.dropped - before[1],

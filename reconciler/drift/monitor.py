@@ -61,6 +61,7 @@ class EndpointMonitor:
         self._ops = threading.Lock()
         self._work = threading.Lock()
         self._rand = random.Random(seed)
+        self._second, self._second_n = 0, 0  # the maxPerSecond budget of the current second
         self._dirty = False
         self._computed_at = -1e18
         self.latest: dict[str, Any] | None = None
@@ -81,6 +82,15 @@ class EndpointMonitor:
             if rate < 1.0 and self._rand.random() >= rate:
                 self.sampled_out += 1
                 return
+            limit = self.settings.max_per_second
+            if limit is not None:
+                second = int(time.monotonic())
+                if second != self._second:
+                    self._second, self._second_n = second, 0
+                if self._second_n >= limit:
+                    self.sampled_out += 1
+                    return
+                self._second_n += 1
             size = sum(a.nbytes for a in feeds.values()) + sum(a.nbytes for a in outputs.values())
             if len(self._queue) >= self.settings.queue or self._queue_bytes + size > MAX_QUEUE_BYTES:
                 self.dropped += 1
@@ -227,7 +237,7 @@ class EndpointMonitor:
             lat = self._lat[: min(self._lat_n, LATENCY_SLOTS)].copy()
             ops: dict[str, Any] = {"requests": self.requests, "errors": self.errors, "rejections": self.rejections,
                                    "nanOutputs": self.nan_outputs, "monitored": self.monitored,
-                                   "dropped": self.dropped}
+                                   "sampledOut": self.sampled_out, "dropped": self.dropped}
         if lat.size:
             p50, p95, p99 = np.percentile(lat, [50, 95, 99]) * 1000.0
             ops["latencyMs"] = {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "p99": round(float(p99), 3)}

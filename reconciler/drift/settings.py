@@ -18,6 +18,9 @@ DEFAULT_WINDOW = 1000
 DEFAULT_MIN_SAMPLES = 200
 DEFAULT_REPORT_INTERVAL = 300.0
 DEFAULT_QUEUE = 1024
+# Monitored requests per second at most (after sampleRate): a window of 1000 still fills in seconds on a busy
+# endpoint, and the monitor's cost stops growing with the request rate (docs/monitoring.md "Cost").
+DEFAULT_MAX_PER_SECOND = 200
 DEFAULT_TOP_K = 5
 # Degraded: a share of errors above this (with at least MIN_REQUESTS requests in the window).
 DEFAULT_MAX_ERROR_RATE = 0.05
@@ -34,6 +37,7 @@ class DriftSettings:
     alert: float = stats.DEFAULT_THRESHOLDS["psi"][1]
     min_samples: int = DEFAULT_MIN_SAMPLES
     sample_rate: float = 1.0
+    max_per_second: int | None = DEFAULT_MAX_PER_SECOND  # None: no limit
     action: str = "alert"
     latency_p99_ms: float | None = None
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE
@@ -61,6 +65,7 @@ class DriftSettings:
             alert=alert,
             min_samples=int(d.get("minSamples", min(DEFAULT_MIN_SAMPLES, window))),
             sample_rate=float(d.get("sampleRate", 1.0)),
+            max_per_second=int(d.get("maxPerSecond", DEFAULT_MAX_PER_SECOND)) or None,
             action=str(d.get("action", "alert")),
             latency_p99_ms=float(d["latencyP99Ms"]) if d.get("latencyP99Ms") is not None else None,
             max_error_rate=float(d.get("maxErrorRate", DEFAULT_MAX_ERROR_RATE)),
