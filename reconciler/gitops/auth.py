@@ -67,13 +67,16 @@ class GitAuth:
 
     url: str
     credentials: Credentials = field(default_factory=Credentials)
+    inline_authorization: str | None = None  # taken out of a URL's userinfo (operator commands only)
 
     @property
     def is_http(self) -> bool:
         return http_origin(self.url) is not None
 
     def authorization(self) -> str | None:
-        return self.credentials.authorization() if self.is_http else None
+        if not self.is_http:
+            return None
+        return self.inline_authorization or self.credentials.authorization()
 
     def env(self) -> dict[str, str]:
         """Environment for a git process talking to :attr:`url` (raises CredentialError for a bad file)."""
@@ -82,7 +85,7 @@ class GitAuth:
         config: list[tuple[str, str]] = []
         origin = http_origin(self.url)
         if origin is not None:
-            auth = creds.authorization()
+            auth = self.authorization()
             if auth is not None:
                 config += [("credential.helper", ""), (f"http.{origin}.extraHeader", f"Authorization: {auth}")]
             if creds.ca_file is not None:
