@@ -140,7 +140,7 @@ class GitHttp:
             fastcgi_param GIT_HTTP_EXPORT_ALL "";
             fastcgi_param GIT_PROTOCOL $http_git_protocol;
             fastcgi_param REMOTE_USER $remote_user;
-            fastcgi_param PATH_INFO $1;
+            fastcgi_param PATH_INFO $git_path;  # named: the map's regex resets $1
             fastcgi_param QUERY_STRING $args;
             fastcgi_param REQUEST_METHOD $request_method;
             fastcgi_param CONTENT_TYPE $content_type;
@@ -177,11 +177,11 @@ http {{
         listen 127.0.0.1:{self.https_port} ssl;
         ssl_certificate {self.pki.cert};
         ssl_certificate_key {self.pki.key};
-        location ~ ^/git(/.*)$ {{
+        location ~ ^/git(?<git_path>/.*)$ {{
             auth_basic $push_realm;
             {git_fcgi}
         }}
-        location ~ ^/private(/.*)$ {{
+        location ~ ^/private(?<git_path>/.*)$ {{
             auth_basic "fleet";
             {git_fcgi}
         }}

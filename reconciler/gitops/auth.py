@@ -3,8 +3,8 @@
 :class:`GitAuth` turns a :class:`~reconciler.core.credentials.Credentials` (paths only) into the environment of
 one git process, read fresh from the files each time (rotation needs no restart):
 
-- HTTP(S): ``http.<origin>.extraHeader = Authorization: …`` and ``http.<origin>.sslCAInfo`` through
-  ``GIT_CONFIG_COUNT``/``GIT_CONFIG_KEY_n``/``GIT_CONFIG_VALUE_n``. The header goes out with the first request
+- HTTP(S): ``http.<origin>.extraHeader = Authorization: …`` through
+  ``GIT_CONFIG_COUNT``/``GIT_CONFIG_KEY_n``/``GIT_CONFIG_VALUE_n``, the CA bundle as ``GIT_SSL_CAINFO``. The header goes out with the first request
   (no 401 round trip), is scoped to the repository's origin (a redirect elsewhere does not get it), and lives
   in the child's environment, which Linux shows only to the same user and root — ``ps`` never shows it.
   ``credential.helper`` is emptied so a helper of the service user cannot substitute other credentials.
@@ -89,7 +89,8 @@ class GitAuth:
             if auth is not None:
                 config += [("credential.helper", ""), (f"http.{origin}.extraHeader", f"Authorization: {auth}")]
             if creds.ca_file is not None:
-                config.append((f"http.{origin}.sslCAInfo", str(creds.ca_file)))
+                # The variable, not http.sslCAInfo: an inherited GIT_SSL_CAINFO would win over any config.
+                out["GIT_SSL_CAINFO"] = str(creds.ca_file)
         if creds.ssh_key_file is not None or creds.known_hosts_file is not None:
             cmd = ["ssh", "-o", "BatchMode=yes", "-o", "IdentityAgent=none"]
             if creds.ssh_key_file is not None:
