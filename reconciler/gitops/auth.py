@@ -40,6 +40,20 @@ _HOSTKEY_MARKERS = ("host key verification failed", "remote host identification 
                     "host key is known for", "no matching host key")
 
 
+HINTS = {
+    AUTHENTICATION_FAILED: "the server refused the credentials (check the credentials' username/passwordFile or "
+                           "sshKeyFile, and that the key or token has access)",
+    TLS_VERIFICATION_FAILED: "the server's TLS certificate is not trusted (set credentials.caFile to its CA)",
+    HOST_KEY_VERIFICATION_FAILED: "the server's SSH host key is not in credentials.knownHostsFile (or changed)",
+}
+
+
+def explain(reason: str, message: str) -> str:
+    """``message`` prefixed with what to do about ``reason`` (unchanged for other reasons)."""
+    hint = HINTS.get(reason)
+    return f"{hint}: {message}" if hint else message
+
+
 def classify(message: str) -> str | None:
     """The named reason for a git/HTTP failure message, or None when it is none of the three."""
     low = message.lower()

@@ -38,7 +38,7 @@ from reconciler.core.conditions import (
 )
 from reconciler.core.credentials import CredentialError, Credentials
 from reconciler.core.redact import redact, redact_url
-from reconciler.gitops.auth import GitAuth, classify
+from reconciler.gitops.auth import GitAuth, classify, explain
 from reconciler.gitops.lsrefs import LsRefsClient, LsRefsError, NotV2
 from reconciler.gitops.verify import VERIFIED, GitError, Verifier, VerifyResult, init_bare, run_git
 
@@ -442,7 +442,8 @@ def _named(exc: Exception) -> tuple[str, str]:
         return exc.reason, message
     if isinstance(exc, GitError) and exc.timed_out:
         return GIT_TIMEOUT, message
-    return classify(message) or GIT_UNAVAILABLE, message
+    reason = classify(message) or GIT_UNAVAILABLE
+    return reason, explain(reason, message)
 
 
 __all__ = ["GitSource", "PollResult", "backoff_delay", "parse_ls_remote", "VERIFIED"]

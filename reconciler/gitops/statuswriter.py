@@ -27,7 +27,7 @@ from reconciler.core.conditions import GIT_TIMEOUT_REASON, PUSH_REJECTED, STATUS
 from reconciler.core.credentials import CredentialError, Credentials
 from reconciler.core.redact import redact, redact_url
 from reconciler.fleet.schemas import validator
-from reconciler.gitops.auth import GitAuth, classify
+from reconciler.gitops.auth import GitAuth, classify, explain
 from reconciler.gitops.verify import GitError, init_bare, run_git
 
 log = logging.getLogger(__name__)
@@ -334,7 +334,8 @@ def reporting_condition(rep: dict[str, Any]) -> tuple[str, str, str] | None:
     if rep["pushed"]:
         return "True", STATUS_PUSHED, f"{rep['branch']} is up to date in the fleet repository"
     last = rep.get("lastPushTime") or "never"
-    return "False", rep.get("reason") or "GitUnavailable", f"{rep.get('lastError')} (last successful push: {last})"
+    reason = rep.get("reason") or "GitUnavailable"
+    return "False", reason, f"last successful push: {last}; {explain(reason, str(rep.get('lastError')))}"
 
 
 def reporting_block(rep: dict[str, Any]) -> dict[str, Any]:

@@ -261,7 +261,7 @@ def test_refused_status_push_is_visible(servers: Servers, tmp_path: Path) -> Non
             cond = wait_for(lambda: (c := condition(read_status(dev.dir), "StatusReported")) and c["status"] == "False"
                             and c, 30, what="StatusReported=False")
             assert cond["reason"] == "AuthenticationFailed", cond
-            assert "last successful push: never" in cond["message"]
+            assert cond["message"].startswith("last successful push: never; the server refused the credentials")
             assert condition(read_status(dev.dir), "Ready")["status"] == "True"  # serving is fine
             metrics = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
             dev.outputs.append(metrics)
@@ -270,6 +270,7 @@ def test_refused_status_push_is_visible(servers: Servers, tmp_path: Path) -> Non
             st = run_cli("agent", "status", "--config", str(dev.config))
             dev.outputs.append(st.text)
             assert "StatusReported  False" in st.out and "AuthenticationFailed" in st.out
+            assert "status push last landed never; " in st.out
             assert _server_status(w) is None
         finally:
             assert agent.stop() == 0
