@@ -200,7 +200,8 @@ def parse_agent_config(text: str, path: Path | None = None) -> AgentConfig:
     if bool(serving.get("tlsCert")) != bool(serving.get("tlsKey")):
         raise UserError(f"{_where(path, root, ['spec', 'serving'])}: tlsCert and tlsKey go together")
 
-    for section, url in ((["source", "url"], src["url"]), (["status", "url"], status.get("url"))):
+    for section, url in ((["source", "url"], src["url"]), (["status", "url"], status.get("url")),
+                         (["tuf", "metadataUrl"], tuf.get("metadataUrl")), (["tuf", "targetsUrl"], tuf.get("targetsUrl"))):
         if url and has_password(url):
             raise UserError(f"{_where(path, root, ['spec', *section])}: {'.'.join(section)} {redact_url(url)} "
                             "embeds a password or token, which would show in `ps`, logs and status; put it in a "
