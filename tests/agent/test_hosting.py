@@ -350,3 +350,43 @@ def test_credentials_in_urls_are_refused_or_kept_off_argv(servers: Servers, tmp_
     assert sampler.hits == []
     assert READ_PW not in bad.text and USERS["ops"] not in r.text + bad.text
     assert_no_secret(dev, sampler, servers)
+
+
+def test_secret_scan_catches_leaks(servers: Servers, tmp_path: Path) -> None:
+    """The scan itself can fail: a secret in argv, in a file or base64'd in a Basic header is found."""
+    import sys
+    import time
+
+    w = _world(servers, tmp_path, "fleet-scan")
+    dev = Device(w, tmp_path / "dev", tmp_path / "none")
+    dev.dir.mkdir()
+    with CmdlineSampler() as sampler:
+        subprocess.run([sys.executable, "-c", "import time; time.sleep(0.3)", READ_PW], check=True)
+        time.sleep(0.1)
+    assert any(READ_PW in h for h in sampler.hits)
+    sampler.hits.clear()
+    (dev.dir / "journal.json").write_text(base64.b64encode(f"device-read:{READ_PW}".encode()).decode())
+    with pytest.raises(AssertionError, match="journal.json"):
+        assert_no_secret(dev, sampler, servers)
+
+
+def test_idle_poll_is_one_authenticated_request_on_a_kept_alive_connection(servers: Servers, tmp_path: Path) -> None:
+    from reconciler.core.credentials import Credentials
+    from reconciler.gitops.source import GitSource
+
+    name = "fleet-idle"
+    w = _world(servers, tmp_path, name)
+    creds = Credentials("device-read", private_file(tmp_path / "secrets" / "read", READ_PW), ca_file=servers.pki.ca)
+    src = GitSource(servers.http.url(f"{name}.git", private=True, tls=True), tmp_path / "cache", credentials=creds)
+    head = src.poll(None).commit
+    assert head == w.upstream.head()
+    before = len(servers.http.requests())
+    for _ in range(10):
+        res = src.poll(head)
+        assert res.commit == head and not res.fetched
+    lines = [line.split() for line in servers.http.requests()[before:] if f"/{name}.git/" in line]
+    assert len(lines) == 10, lines  # no GET info/refs, no 401 challenge
+    assert {(m, uri, status, user) for m, uri, status, user, *_ in lines} == {
+        ("POST", f"/private/{name}.git/git-upload-pack", "200", "device-read")}
+    assert len({conn for *_, conn, _n in lines}) == 1  # one kept-alive connection
+    src.close()
