@@ -7,6 +7,7 @@ the server (all objects of the fleet repository)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -163,6 +164,18 @@ def _device(servers: Servers, w: World, tmp_path: Path, name: str, transport: st
     return Device(w, d, cfg)
 
 
+@contextlib.contextmanager
+def converged_agent(dev: Device) -> Iterator[str]:
+    """The agent running on ``dev``, serving 1.0.0; yields its URL and stops it cleanly (exit 0)."""
+    agent = AgentProcess(dev.config, dev.dir / "agent.log").start()
+    try:
+        url = agent.url()
+        wait_for(lambda: which_version(url, dev.world) == "1.0.0", 60, what="convergence")
+        yield url
+    finally:
+        assert agent.stop() == 0
+
+
 def _server_status(w: World) -> dict[str, Any] | None:
     import yaml
 
@@ -226,26 +239,20 @@ def test_wrong_source_credential_is_named_and_last_good_keeps_serving(servers: S
     name = "fleet-rotate"
     w = _world(servers, tmp_path, name)
     dev = _device(servers, w, tmp_path, name, "https")
-    with CmdlineSampler() as sampler:
-        agent = AgentProcess(dev.config, dev.dir / "agent.log").start()
-        try:
-            url = agent.url()
-            wait_for(lambda: which_version(url, w) == "1.0.0", 60, what="convergence")
-            private_file(dev.dir / "secrets" / "read", READ_PW + "-revoked")  # a wrong (rotated-away) password
-            w.publish("1.1.0", bias=1.0)
-            w.commit_fleet("1.1.0")
-            cond = wait_for(lambda: (c := condition(read_status(dev.dir), "SourceAvailable")) and c["status"] == "False"
-                            and c, 30, what="SourceAvailable=False")
-            assert cond["reason"] == "AuthenticationFailed", cond
-            assert "401" in cond["message"]
-            assert which_version(url, w) == "1.0.0"  # the last good version keeps serving
-            st = run_cli("agent", "status", "--config", str(dev.config))
-            dev.outputs.append(st.text)
-            assert "AuthenticationFailed" in st.out
-            private_file(dev.dir / "secrets" / "read", READ_PW)  # rotated back: recovers without a restart
-            wait_for(lambda: which_version(url, w) == "1.1.0", 60, what="recovery after rotation")
-        finally:
-            assert agent.stop() == 0
+    with CmdlineSampler() as sampler, converged_agent(dev) as url:
+        private_file(dev.dir / "secrets" / "read", READ_PW + "-revoked")  # a wrong (rotated-away) password
+        w.publish("1.1.0", bias=1.0)
+        w.commit_fleet("1.1.0")
+        cond = wait_for(lambda: (c := condition(read_status(dev.dir), "SourceAvailable")) and c["status"] == "False"
+                        and c, 30, what="SourceAvailable=False")
+        assert cond["reason"] == "AuthenticationFailed", cond
+        assert "401" in cond["message"]
+        assert which_version(url, w) == "1.0.0"  # the last good version keeps serving
+        st = run_cli("agent", "status", "--config", str(dev.config))
+        dev.outputs.append(st.text)
+        assert "AuthenticationFailed" in st.out
+        private_file(dev.dir / "secrets" / "read", READ_PW)  # rotated back: recovers without a restart
+        wait_for(lambda: which_version(url, w) == "1.1.0", 60, what="recovery after rotation")
     assert_no_secret(dev, sampler, servers)
 
 
@@ -253,27 +260,21 @@ def test_refused_status_push_is_visible(servers: Servers, tmp_path: Path) -> Non
     name = "fleet-refused"
     w = _world(servers, tmp_path, name)
     dev = _device(servers, w, tmp_path, name, "http", push_pw=PUSH_PW + "-wrong")
-    with CmdlineSampler() as sampler:
-        agent = AgentProcess(dev.config, dev.dir / "agent.log").start()
-        try:
-            url = agent.url()
-            wait_for(lambda: which_version(url, w) == "1.0.0", 60, what="convergence")
-            cond = wait_for(lambda: (c := condition(read_status(dev.dir), "StatusReported")) and c["status"] == "False"
-                            and c, 30, what="StatusReported=False")
-            assert cond["reason"] == "AuthenticationFailed", cond
-            assert cond["message"].startswith("last successful push: never; the server refused the credentials")
-            assert condition(read_status(dev.dir), "Ready")["status"] == "True"  # serving is fine
-            metrics = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
-            dev.outputs.append(metrics)
-            assert 'modelfleet_agent_status_push_failures_total{reason="AuthenticationFailed"}' in metrics
-            assert "modelfleet_agent_status_pushes_total 0.0" in metrics
-            st = run_cli("agent", "status", "--config", str(dev.config))
-            dev.outputs.append(st.text)
-            assert "StatusReported  False" in st.out and "AuthenticationFailed" in st.out
-            assert "status push last landed never; " in st.out
-            assert _server_status(w) is None
-        finally:
-            assert agent.stop() == 0
+    with CmdlineSampler() as sampler, converged_agent(dev) as url:
+        cond = wait_for(lambda: (c := condition(read_status(dev.dir), "StatusReported")) and c["status"] == "False"
+                        and c, 30, what="StatusReported=False")
+        assert cond["reason"] == "AuthenticationFailed", cond
+        assert cond["message"].startswith("last successful push: never; the server refused the credentials")
+        assert condition(read_status(dev.dir), "Ready")["status"] == "True"  # serving is fine
+        metrics = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
+        dev.outputs.append(metrics)
+        assert 'modelfleet_agent_status_push_failures_total{reason="AuthenticationFailed"}' in metrics
+        assert "modelfleet_agent_status_pushes_total 0.0" in metrics
+        st = run_cli("agent", "status", "--config", str(dev.config))
+        dev.outputs.append(st.text)
+        assert "StatusReported  False" in st.out and "AuthenticationFailed" in st.out
+        assert "status push last landed never; " in st.out
+        assert _server_status(w) is None
     dev.outputs.append((dev.dir / "agent.log").read_text())
     assert_no_secret(dev, sampler, servers)
 
@@ -355,15 +356,17 @@ def test_credentials_in_urls_are_refused_or_kept_off_argv(servers: Servers, tmp_
 def test_secret_scan_catches_leaks(servers: Servers, tmp_path: Path) -> None:
     """The scan itself can fail: a secret in argv, in a file or base64'd in a Basic header is found."""
     import sys
-    import time
 
     w = _world(servers, tmp_path, "fleet-scan")
     dev = Device(w, tmp_path / "dev", tmp_path / "none")
     dev.dir.mkdir()
     with CmdlineSampler() as sampler:
-        subprocess.run([sys.executable, "-c", "import time; time.sleep(0.3)", READ_PW], check=True)
-        time.sleep(0.1)
-    assert any(READ_PW in h for h in sampler.hits)
+        leaky = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", READ_PW])
+        try:
+            wait_for(lambda: any(READ_PW in h for h in sampler.hits), 20, what="the sampler to see the leak")
+        finally:
+            leaky.kill()
+            leaky.wait()
     sampler.hits.clear()
     (dev.dir / "journal.json").write_text(base64.b64encode(f"device-read:{READ_PW}".encode()).decode())
     with pytest.raises(AssertionError, match="journal.json"):
