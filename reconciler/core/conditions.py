@@ -23,15 +23,6 @@ ARTIFACTS_READY = "ArtifactsReady"
 APPLIED = "Applied"
 STATUS_REPORTED = "StatusReported"  # the device's status push landed (docs/hosting.md)
 
-# Reasons for reaching a Git host or TUF repository, shared by source, status push and TUF (docs/hosting.md).
-AUTHENTICATION_FAILED = "AuthenticationFailed"  # HTTP 401/403, SSH key refused
-TLS_VERIFICATION_FAILED = "TLSVerificationFailed"  # server certificate not trusted (caFile)
-HOST_KEY_VERIFICATION_FAILED = "HostKeyVerificationFailed"  # SSH host key not in knownHostsFile
-CREDENTIALS_UNREADABLE = "CredentialsUnreadable"  # a credential file missing or too open
-PUSH_REJECTED = "PushRejected"  # the server refused the status push (not an auth problem)
-STATUS_PUSHED = "Pushed"
-GIT_TIMEOUT_REASON = "GitTimeout"
-
 
 def utcnow() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)

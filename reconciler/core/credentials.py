@@ -16,7 +16,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.core.conditions import CREDENTIALS_UNREADABLE
+from reconciler.core.reasons import CREDENTIALS_UNREADABLE
 
 MAX_SECRET_BYTES = 64 * 1024
 
@@ -103,5 +103,3 @@ def read_secret(path: Path) -> str:
         raise CredentialError(f"credential file {path} must hold exactly one line")
     return value
 
-
-__all__ = ["CredentialError", "Credentials", "basic_authorization", "check_private_file", "read_secret"]

@@ -39,8 +39,8 @@ from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 
-from reconciler.core.conditions import AUTHENTICATION_FAILED, TLS_VERIFICATION_FAILED
 from reconciler.core.credentials import CredentialError, Credentials
+from reconciler.core.reasons import AUTHENTICATION_FAILED, TLS_VERIFICATION_FAILED
 from reconciler.core.redact import redact
 from reconciler.distribution import modelcrypto
 from reconciler.distribution.store import ModelStore, StoreCorruption

@@ -23,12 +23,12 @@ import shlex
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from reconciler.core.conditions import (
+from reconciler.core.credentials import Credentials, check_private_file
+from reconciler.core.reasons import (
     AUTHENTICATION_FAILED,
     HOST_KEY_VERIFICATION_FAILED,
     TLS_VERIFICATION_FAILED,
 )
-from reconciler.core.credentials import Credentials, check_private_file
 
 _AUTH_MARKERS = ("authentication failed", "http basic: access denied", "returned error: 401", "returned error: 403",
                  "could not read username", "could not read password", "permission denied (publickey",

@@ -21,7 +21,12 @@ from urllib.parse import urlsplit
 
 import urllib3
 
-from reconciler.core.conditions import AUTHENTICATION_FAILED, TLS_VERIFICATION_FAILED
+from reconciler.core.reasons import (
+    AUTHENTICATION_FAILED,
+    GIT_TIMEOUT,
+    GIT_UNAVAILABLE,
+    TLS_VERIFICATION_FAILED,
+)
 from reconciler.core.redact import redact_url
 
 MAX_RESPONSE_BYTES = 1 << 20  # one ref-prefix answer is tiny; a huge body is not an ls-refs answer
@@ -107,14 +112,14 @@ class LsRefsClient:
             raise LsRefsError(TLS_VERIFICATION_FAILED, f"TLS verification of {self.display_url} failed: "
                               f"{_ssl_reason(exc)}") from None
         except (urllib3.exceptions.TimeoutError, TimeoutError):
-            raise LsRefsError("GitTimeout", f"ls-refs at {self.display_url} timed out", timed_out=True) from None
+            raise LsRefsError(GIT_TIMEOUT, f"ls-refs at {self.display_url} timed out", timed_out=True) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise LsRefsError("GitUnavailable", f"cannot reach {self.display_url}: {type(exc).__name__}") from None
+            raise LsRefsError(GIT_UNAVAILABLE, f"cannot reach {self.display_url}: {type(exc).__name__}") from None
         try:
             body = resp.read(MAX_RESPONSE_BYTES + 1)
             status, ctype = resp.status, resp.headers.get("Content-Type", "")
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise LsRefsError("GitUnavailable", f"connection to {self.display_url} lost: {type(exc).__name__}") from None
+            raise LsRefsError(GIT_UNAVAILABLE, f"connection to {self.display_url} lost: {type(exc).__name__}") from None
         finally:
             resp.release_conn()
         if status in (401, 403):

@@ -23,8 +23,9 @@ from typing import Any
 
 import yaml
 
-from reconciler.core.conditions import GIT_TIMEOUT_REASON, PUSH_REJECTED, STATUS_PUSHED, isoformat, utcnow
+from reconciler.core.conditions import isoformat, utcnow
 from reconciler.core.credentials import CredentialError, Credentials
+from reconciler.core.reasons import GIT_TIMEOUT, GIT_UNAVAILABLE, PUSH_REJECTED, PUSHED
 from reconciler.core.redact import redact, redact_url
 from reconciler.fleet.schemas import validator
 from reconciler.gitops.auth import GitAuth, classify, explain
@@ -332,9 +333,9 @@ def reporting_condition(rep: dict[str, Any]) -> tuple[str, str, str] | None:
     if rep.get("pushed") is None:
         return None
     if rep["pushed"]:
-        return "True", STATUS_PUSHED, f"{rep['branch']} is up to date in the fleet repository"
+        return "True", PUSHED, f"{rep['branch']} is up to date in the fleet repository"
     last = rep.get("lastPushTime") or "never"
-    reason = rep.get("reason") or "GitUnavailable"
+    reason = rep.get("reason") or GIT_UNAVAILABLE
     return "False", reason, f"last successful push: {last}; {explain(reason, str(rep.get('lastError')))}"
 
 
@@ -355,10 +356,10 @@ def _reason(exc: Exception, message: str) -> str:
     if isinstance(exc, CredentialError):
         return exc.reason
     if isinstance(exc, GitError) and exc.timed_out:
-        return GIT_TIMEOUT_REASON
+        return GIT_TIMEOUT
     named = classify(message)
     if named:
         return named
     if isinstance(exc, _Rejected) or "[remote rejected]" in message or "pre-receive hook declined" in message:
         return PUSH_REJECTED
-    return "GitUnavailable"
+    return GIT_UNAVAILABLE
