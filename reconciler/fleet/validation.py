@@ -65,6 +65,10 @@ def _check_model(m: Manifest, tuf_targets: set[str] | None) -> list[Diagnostic]:
                     if t not in tuf_targets:
                         out.append(m.diag(f"target {t!r} is not signed in the TUF repository", *where, "targets", ti,
                                           hint="publish it with `modelfleet repo add`", code="tuf"))
+                probe = (var.get("probe") or {}).get("target")
+                if probe and probe not in tuf_targets:
+                    out.append(m.diag(f"probe target {probe!r} is not signed in the TUF repository", *where, "probe",
+                                      "target", hint="publish it with `modelfleet repo add`", code="tuf"))
         if tuf_targets is not None:
             for section in ("probe", "driftBaseline"):
                 t = (v.get(section) or {}).get("target")
