@@ -37,7 +37,7 @@ def new_model_text(name: str, task: str, inputs: Sequence[Mapping[str, Any]],
         "spec": {"task": task, "inputs": [dict(t) for t in inputs], "outputs": [dict(t) for t in outputs],
                  "versions": []},
     }
-    return "# yaml-language-server: $schema=../../schemas/model.schema.json\n" + _dump(_to_commented(doc), 2, 2)
+    return "# yaml-language-server: $schema=../../schemas/model.schema.json\n" + _dump(_to_commented(doc), 2, 4, 2)
 
 
 def add_version(text: str, version: Mapping[str, Any], filename: str) -> str:
@@ -50,8 +50,8 @@ def add_version(text: str, version: Mapping[str, Any], filename: str) -> str:
         raise UserError(f"{filename}:{exc.line}:{exc.column}: {exc.message}") from None
     if len(docs) != 1 or not isinstance(docs[0].data, dict) or docs[0].data.get("kind") != "Model":
         raise UserError(f"{filename}: expected exactly one document of kind Model")
-    mapping, offset = guess_indent(text)
-    data = _yaml(mapping, offset).load(text)
+    indents = guess_indent(text)
+    data = _yaml(*indents).load(text)
     spec = data.get("spec")
     if not isinstance(spec, dict):
         raise UserError(f"{filename}: the Model has no spec")
@@ -63,7 +63,7 @@ def add_version(text: str, version: Mapping[str, Any], filename: str) -> str:
     if any(isinstance(v, dict) and str(v.get("version")) == str(version["version"]) for v in versions):
         raise UserError(f"{filename}: version {version['version']} already exists; choose a new --version")
     versions.append(_to_commented(version))
-    return _dump(data, mapping, offset)
+    return _dump(data, *indents)
 
 
 def _to_commented(node: Any, key: str | None = None) -> Any:
@@ -86,41 +86,46 @@ def _to_commented(node: Any, key: str | None = None) -> Any:
     return node
 
 
-def guess_indent(text: str) -> tuple[int, int]:
-    """The file's mapping indent and the offset of ``-`` under its parent key (ruamel cannot keep them itself)."""
+def guess_indent(text: str) -> tuple[int, int, int]:
+    """The file's mapping indent, sequence indent and ``-`` offset (ruamel cannot keep them by itself)."""
     mapping: int | None = None
-    offset: int | None = None
+    seq: tuple[int, int] | None = None
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    for line, nxt in zip(lines, lines[1:]):
+    for line, nxt in zip(lines, lines[1:], strict=False):
         body = line.split(" #")[0].rstrip()
         if not body.endswith(":"):
             continue
-        key_col = len(line) - len(line.lstrip()) + (2 if line.lstrip().startswith("- ") else 0)
-        step = len(nxt) - len(nxt.lstrip()) - key_col
+        stripped = line.lstrip()
+        key_col = len(line) - len(stripped)
+        if stripped.startswith("-"):
+            key_col += len(stripped) - len(stripped[1:].lstrip())
+        nxt_body = nxt.lstrip()
+        step = len(nxt) - len(nxt_body) - key_col
         if step < 0:
             continue
-        if nxt.lstrip().startswith("- "):
-            offset = step if offset is None else offset
-        elif step > 0:
-            mapping = step if mapping is None else mapping
-        if mapping is not None and offset is not None:
+        if nxt_body.startswith("- ") and seq is None:
+            seq = (step + 1 + len(nxt_body[1:]) - len(nxt_body[1:].lstrip()), step)
+        elif not nxt_body.startswith("-") and step > 0 and mapping is None:
+            mapping = step
+        if mapping is not None and seq is not None:
             break
-    return mapping or 2, offset if offset is not None else 2
+    sequence, offset = seq if seq is not None else (4, 2)
+    return mapping or 2, sequence, offset
 
 
-def _yaml(mapping: int, offset: int) -> Any:
+def _yaml(mapping: int, sequence: int, offset: int) -> Any:
     from ruamel.yaml import YAML
 
     yaml = YAML()  # round-trip: comments, key order and quoting survive
     yaml.preserve_quotes = True
     yaml.width = 4096
-    yaml.indent(mapping=mapping, sequence=offset + 2, offset=offset)
+    yaml.indent(mapping=mapping, sequence=sequence, offset=offset)
     return yaml
 
 
-def _dump(data: Any, mapping: int, offset: int) -> str:
+def _dump(data: Any, mapping: int, sequence: int, offset: int) -> str:
     buf = io.StringIO()
-    _yaml(mapping, offset).dump(data, buf)
+    _yaml(mapping, sequence, offset).dump(data, buf)
     return buf.getvalue()
 
 

@@ -24,7 +24,14 @@ from reconciler.core.fsutil import atomic_write_text
 from reconciler.optimize import budget as budget_mod
 from reconciler.optimize import convert, measure
 from reconciler.optimize.manifest import schema_accepts
-from reconciler.optimize.plan import HardwareClass, PlannedKind, kind, manifest_variants, plan_kinds, superseded
+from reconciler.optimize.plan import (
+    HardwareClass,
+    PlannedKind,
+    kind,
+    manifest_variants,
+    plan_kinds,
+    superseded,
+)
 from reconciler.optimize.sample import Sample
 from reconciler.serving.health import HealthPolicy, run_health_check
 from reconciler.serving.runtimes import Backend

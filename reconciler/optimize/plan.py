@@ -6,7 +6,7 @@ ONNX Runtime int8, OpenVINO IR fp32/fp16/int8). Each kind lists the hardware it 
 schema's ``requires.cpuFlags`` means "all of these", so "VNNI-512 or AVX-VNNI or ARM dot product" takes three
 entries pointing at the same file).
 
-The fleet's hardware classes (:func:`hardware_classes`, from the Device inventory) decide which kinds are
+The fleet's hardware classes (:func:`~reconciler.fleet.hwclasses.hardware_classes`, from the inventory) decide which kinds are
 worth building (:func:`plan_kinds`); :func:`superseded` drops a kept kind that no device would ever pick
 because an earlier kept kind of the same runtime needs no more hardware; :func:`class_picks` tells which
 variant each class would run, with the device-side choice function itself.
@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.fleet.desired import DEFAULT_RUNTIMES, choose_variant, requires_met
+from reconciler.fleet.hwclasses import HardwareClass, hardware_classes
+
+__all__ = ["KINDS", "HardwareClass", "hardware_classes", "plan_kinds", "superseded", "class_picks"]
 
 # int8 matrix kernels pay off only with 8-bit dot-product instructions: VNNI (AVX-512 or AVX) on x86-64, the
 # Armv8.2 dot product (``asimddp``) on aarch64. Without them ONNX Runtime's u8s8 kernels can also saturate,
@@ -78,15 +81,6 @@ def kind(name: str) -> VariantKind:
     return _BY_NAME[name]
 
 
-@dataclass(frozen=True)
-class HardwareClass:
-    """A group of devices with the same facts (``hardwareClass`` in the inventory, or a built-in example)."""
-
-    name: str
-    facts: Mapping[str, Any]
-    devices: tuple[str, ...] = ()
-
-
 # Used when no fleet inventory is given: the classes the project's docs talk about.
 DEFAULT_CLASSES = (
     HardwareClass("x86-avx2", {"hw.arch": "x86_64", "hw.cpuFlags": ["avx", "avx2", "fma", "sse4_2"]}),
@@ -94,29 +88,6 @@ DEFAULT_CLASSES = (
     HardwareClass("arm64-dot", {"hw.arch": "aarch64", "hw.cpuFlags": ["asimd", "asimddp", "neon"]}),
     HardwareClass("arm64", {"hw.arch": "aarch64", "hw.cpuFlags": ["asimd", "neon"]}),
 )
-
-
-def hardware_classes(devices: Iterable[tuple[str, Mapping[str, Any]]]) -> list[HardwareClass]:
-    """Group inventory devices ``(name, spec)`` by ``hardwareClass`` and facts; devices without facts are skipped.
-
-    Two devices of one ``hardwareClass`` with different facts become two classes (``name``, ``name#2``), so a
-    mislabelled device still gets a variant it can run.
-    """
-    groups: dict[tuple[str, str], tuple[str, dict[str, Any], list[str]]] = {}
-    for device, spec in sorted(devices, key=lambda d: d[0]):
-        facts = dict(spec.get("facts") or {})
-        if not facts:
-            continue
-        label = str(spec.get("hardwareClass") or device)
-        key = (label, repr(sorted((k, sorted(v) if isinstance(v, list) else v) for k, v in facts.items())))
-        groups.setdefault(key, (label, facts, []))[2].append(device)
-    out: list[HardwareClass] = []
-    seen: dict[str, int] = {}
-    for label, facts, names in groups.values():
-        seen[label] = seen.get(label, 0) + 1
-        name = label if seen[label] == 1 else f"{label}#{seen[label]}"
-        out.append(HardwareClass(name, facts, tuple(names)))
-    return out
 
 
 def _has_runtime(facts: Mapping[str, Any], runtime: str) -> bool:

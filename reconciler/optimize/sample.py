@@ -100,7 +100,7 @@ def check_sample(arrays: Mapping[str, np.ndarray], inputs: Sequence[TensorMeta],
         want = np.dtype(V2_TO_NP[meta.datatype]) if meta.datatype in V2_TO_NP else None
         if want is None or arr.dtype != want:
             raise UserError(f"{where}: {name} is {arr.dtype}, the model takes {meta.datatype}")
-        if arr.ndim != len(meta.shape) or any(d >= 0 and d != a for d, a in zip(meta.shape[1:], arr.shape[1:])):
+        if arr.ndim != len(meta.shape) or any(d >= 0 and d != a for d, a in zip(meta.shape[1:], arr.shape[1:], strict=True)):
             raise UserError(f"{where}: {name} has shape {list(arr.shape)}, the model takes {meta.shape} "
                             "(samples along the first axis)")
         counts.add(arr.shape[0])
