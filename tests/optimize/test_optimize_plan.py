@@ -9,7 +9,14 @@ from reconciler.core.errors import UserError
 from reconciler.fleet.hwclasses import HardwareClass, hardware_classes
 from reconciler.optimize.budget import BudgetError, agreement, over_budget, parse_budget
 from reconciler.optimize.manifest import add_version, guess_indent
-from reconciler.optimize.plan import DEFAULT_CLASSES, KIND_NAMES, class_picks, manifest_variants, plan_kinds, superseded
+from reconciler.optimize.plan import (
+    DEFAULT_CLASSES,
+    KIND_NAMES,
+    class_picks,
+    manifest_variants,
+    plan_kinds,
+    superseded,
+)
 
 AVX2 = HardwareClass("nuc", {"hw.arch": "x86_64", "hw.cpuFlags": ["avx2"], "runtime.onnxruntime": "1.20"})
 VNNI = HardwareClass("xeon", {"hw.arch": "x86_64", "hw.cpuFlags": ["avx2", "avx512_vnni"],
