@@ -100,6 +100,7 @@ def optimize(model: Path, data: Path, out_dir: Path, variants: tuple[str, ...], 
              fleet_dir: Path | None, manifest: Path | None, version: str | None, prefix: str | None,
              tuf_repo: Path | None, keys: tuple[Path, ...]) -> None:
     """Quantize, convert and measure MODEL (fp32 ONNX) into variants for the fleet's hardware."""
+    from reconciler.fleet.desired import runtime_preferences
     from reconciler.optimize import pipeline, report
     from reconciler.optimize.budget import BudgetError, parse_budget
     from reconciler.optimize.manifest import fleet_root_of, write_version
@@ -139,9 +140,9 @@ def optimize(model: Path, data: Path, out_dir: Path, variants: tuple[str, ...], 
     target_dir = pipeline.target_prefix(prefix or f"{name}/{version or 'unversioned'}")
     if outcome.kept:
         sha = hashlib.sha256(model.read_bytes()).hexdigest()
-        outcome.version = pipeline.version_doc(outcome, version or "0.0.0", target_dir, sha)
-        prefs = (fleet_spec.get("defaults") or {}).get("runtimePreference") if fleet_spec else None
-        outcome.picks = class_picks(outcome.version, classes, *( [prefs] if prefs else []))
+        outcome.version = pipeline.version_doc(outcome, version or "0.0.0", target_dir, model, sha)
+        prefs = runtime_preferences({}, fleet_spec or {})
+        outcome.picks = class_picks(outcome.version, classes, prefs)
     if not outcome.kept:
         click.echo(report.RENDERERS[fmt](outcome), nl=False)
         raise UserError("no variant is within the accuracy budget; nothing was published or written to a manifest")

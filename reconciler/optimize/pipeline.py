@@ -226,7 +226,7 @@ def target_prefix(prefix: str) -> str:
     return p
 
 
-def version_doc(outcome: Outcome, version: str, prefix: str, source_sha256: str) -> dict[str, Any]:
+def version_doc(outcome: Outcome, version: str, prefix: str, source: Path, source_sha256: str) -> dict[str, Any]:
     """The manifest's new ``versions[]`` entry for the kept variants."""
     kept = [r.kind for r in outcome.kept]
     if not kept:
@@ -235,7 +235,7 @@ def version_doc(outcome: Outcome, version: str, prefix: str, source_sha256: str)
     probes = {r.kind: f"{prefix}/{r.probe.name}" for r in outcome.kept if r.probe is not None}
     doc: dict[str, Any] = {
         "version": version,
-        "description": f"Optimized by `modelfleet optimize` from {outcome.model}.onnx (sha256 {source_sha256[:12]}).",
+        "description": f"Optimized by `modelfleet optimize` from {source.name} (sha256 {source_sha256[:12]}).",
         "variants": manifest_variants(kept, targets, probes, with_precision=schema_accepts("precision")),
     }
     return doc
