@@ -80,7 +80,9 @@ def _manifest_info(manifest: Path | None, version: str | None) -> tuple[str | No
 @click.option("--variants", multiple=True, help="Kinds to build (comma list; default: what the fleet's hardware needs).")
 @click.option("--max-drop", multiple=True, metavar="METRIC=VALUE",
               help="Accuracy budget, e.g. top1=1%, accuracy=0.5%, mean_rel=2%, max_abs=0.05 (repeatable).")
-@click.option("--task", type=click.Choice(["auto", "classifier", "regression"]), default="auto", show_default=True)
+@click.option("--task", type=click.Choice(["auto", "classifier", "regression"]), default="auto", show_default=True,
+              help="How accuracy is judged: top-1 (classifier) or output error (regression). auto: classifier when "
+                   "the sample has labels or the manifest's task names a classification.")
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True)
 @click.option("--batch", type=click.IntRange(1, 4096), default=8, show_default=True, help="Batch size for throughput.")
 @click.option("--runs", type=click.IntRange(5, 100_000), default=50, show_default=True, help="Timed batch-1 runs.")
