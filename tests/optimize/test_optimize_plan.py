@@ -148,3 +148,22 @@ def test_manifest_edit_keeps_comments_quotes_and_indentation() -> None:
         add_version(COMMENTED, {"version": "1.0", "variants": []}, "m.yaml")
     with pytest.raises(UserError, match=r"m.yaml:2:\d+"):
         add_version("kind: Model\n  bad: [", {"version": "1", "variants": []}, "m.yaml")
+
+
+def test_validate_warns_when_the_file_has_another_precision_than_declared() -> None:
+    from reconciler.fleet.repository import FleetRepo, Manifest
+    from reconciler.fleet.validation import precision_checks
+    from reconciler.fleet.yamlsafe import load_documents
+
+    text = COMMENTED.replace("            runtime: onnxruntime\n",
+                             "            runtime: onnxruntime\n            precision: int8\n")
+    doc = load_documents(text, "models/m.yaml")[0]
+    fleet = FleetRepo(models={"m": Manifest("Model", "m", doc.data, "models/m.yaml", doc)})
+    target = "m/1.0/m.onnx"
+    assert precision_checks(fleet, {target: ("int8", "")}) == []
+    assert precision_checks(fleet, {}) == []  # file not available: not judged
+    [warn] = precision_checks(fleet, {target: ("fp32", "")})
+    assert (warn.severity, warn.line, warn.code) == ("warning", 20, "precision")
+    assert warn.message == "variant cpu declares precision int8, but m/1.0/m.onnx is fp32"
+    [note] = precision_checks(fleet, {target: (None, "the target is encrypted")})
+    assert note.message == "precision int8 of variant cpu not checked: m/1.0/m.onnx: the target is encrypted"
