@@ -217,12 +217,16 @@ def test_render_picks_fp32_where_the_cpu_lacks_int8_instructions(cnn_run: Run) -
     dep.write_text(DEPLOYMENT_YAML.replace('"1.0.0"', '"2.0.0"'))
     import yaml
 
-    picks = {}
+    picks, probes = {}, {}
     for device in DEVICES:
         res = run_cli("render", "--device", device, str(cnn_run.fleet))
         assert res.code == 0, res.text
-        picks[device] = yaml.safe_load(res.out)["endpoints"]["classifier"]["variant"]
+        endpoint = yaml.safe_load(res.out)["endpoints"]["classifier"]
+        picks[device], probes[device] = endpoint["variant"], endpoint["probe_target"]
     assert picks == {"nuc-1": "ort-fp32", "xeon-1": "ort-int8-static-x86-vnni", "pi-1": "ort-fp32"}
+    # Each device health-checks against the golden outputs of the very variant it runs.
+    assert probes["xeon-1"] == "classifier/2.0.0/ort-int8-static.probe.json"
+    assert probes["nuc-1"] == "classifier/2.0.0/ort-fp32.probe.json"
     res = run_cli("render", "--classes", str(cnn_run.fleet))
     assert res.code == 0, res.text
     classes = yaml.safe_load(res.out)["classes"]
