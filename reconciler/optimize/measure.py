@@ -2,7 +2,8 @@
 
 Every variant is loaded through the same runtime backends the device uses (:mod:`reconciler.serving.runtimes`),
 so "it loads and runs" is tested with the device's code. Latency is p50/p95 over ``runs`` single-sample
-requests after a warm-up; throughput is samples per second at the user's batch size; peak RSS at load is
+requests after a warm-up; throughput is samples per second at the user's batch size, over ``max(5, runs/4)``
+batches; peak RSS at load is
 measured in a fresh child process (``python -m reconciler.optimize.rssprobe``) so that one variant's
 allocations do not hide in another's high-water mark.
 """
@@ -79,7 +80,7 @@ def speed(backend: Backend, inputs: dict[str, np.ndarray], *, batch: int, runs: 
         samples.append((time.perf_counter() - t0) * 1000.0)
     many = batch_of(inputs, batch)
     backend.infer(many)
-    rounds = max(3, runs // max(1, batch // 4))
+    rounds = max(5, runs // 4)
     t0 = time.perf_counter()
     for _ in range(rounds):
         backend.infer(many)

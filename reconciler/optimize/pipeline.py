@@ -111,11 +111,17 @@ def run(model: Path, sample: Sample, out_dir: Path, classes: Sequence[HardwareCl
         log(f"measuring the fp32 reference {model.name}")
         ref_backend = measure.load("onnxruntime", [model], opts.threads)
         evaluation = sample.evaluation()
-        ref_out = measure.run_all(ref_backend, evaluation)
         reference = VariantResult("fp32-reference", "onnxruntime", "fp32", "reference", "the input model",
                                   [model], measure.size_bytes([model]))
-        _measure_speed(reference, ref_backend, evaluation, opts)
-        ref_backend.close()
+        try:
+            ref_out = measure.run_all(ref_backend, evaluation)
+            _measure_speed(reference, ref_backend, evaluation, opts)
+        except UserError:
+            raise
+        except Exception as exc:  # the sample fits the declared inputs but the model cannot run it
+            raise UserError(f"{model}: the fp32 model fails on the sample: {_one_line(exc)}") from None
+        finally:
+            ref_backend.close()
         results = [_build_and_measure(p, model, work, sample, ref_out, opts, log) for p in planned]
         decide(results, eff_budget)
         for r in results:
