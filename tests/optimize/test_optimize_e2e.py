@@ -267,3 +267,18 @@ def test_bad_input_is_one_error_line(tmp_path: Path) -> None:
         assert res.code != 0 and msg in res.err, (args, res.text)
         assert "Traceback" not in res.text and len(res.err.strip().splitlines()) <= 2, res.err
     assert not (tmp_path / "o").exists()
+
+
+def test_missing_extra_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    model = modelgen.tabular_mlp()
+    (tmp_path / "mlp.onnx").write_bytes(model)
+    np.savez(tmp_path / "mlp.npz", **modelgen.make_sample(model, 8))
+    monkeypatch.setitem(sys.modules, "nncf", None)  # how Python marks a module as not importable
+    res = run_cli("optimize", str(tmp_path / "mlp.onnx"), "--data", str(tmp_path / "mlp.npz"),
+                  "--out", str(tmp_path / "o"), "--variants", "ort-fp32,ov-int8")
+    assert res.code == 1
+    assert res.err.strip().splitlines()[-1] == ("error: building ov-int8 needs nncf: install the optional extra with "
+                               "`pip install 'modelfleet[optimize]'` (or leave those variants out with --variants)")
+    assert not (tmp_path / "o").exists()
