@@ -129,7 +129,7 @@ def optimize(model: Path, data: Path, out_dir: Path, variants: tuple[str, ...], 
         fleet_dir = fleet_root_of(manifest)
     classes, fleet_spec = _classes(fleet_dir, log)
 
-    ref = load("onnxruntime", [model], None)
+    ref = load("onnxruntime", [model], None, "fp32")
     inputs, outputs = list(ref.inputs), list(ref.outputs)
     ref.close()
     sample = load_sample(data, inputs, calibration=calibration)

@@ -44,9 +44,10 @@ class Memory:
     load_ms: float
 
 
-def load(runtime: str, files: Sequence[Path], threads: int | None) -> Backend:
+def load(runtime: str, files: Sequence[Path], threads: int | None, precision: str) -> Backend:
+    """Load like a device does: the declared ``precision`` decides how the runtime computes, not this CPU."""
     try:
-        return load_backend(runtime, files=list(files), threads=threads)
+        return load_backend(runtime, files=list(files), threads=threads, precision=precision)
     except RuntimeLoadError as exc:
         raise UserError(f"{runtime} cannot load {', '.join(str(f) for f in files)}: {exc}") from None
 
@@ -88,9 +89,9 @@ def speed(backend: Backend, inputs: dict[str, np.ndarray], *, batch: int, runs: 
     return Speed(percentile(samples, 50), percentile(samples, 95), batch * rounds / elapsed, batch, runs)
 
 
-def memory(runtime: str, files: Sequence[Path], threads: int | None) -> Memory:
+def memory(runtime: str, files: Sequence[Path], threads: int | None, precision: str) -> Memory:
     """Peak RSS of loading the model and running it once, in a child process (Linux ``/proc``)."""
-    args = {"runtime": runtime, "files": [str(f) for f in files], "threads": threads}
+    args = {"runtime": runtime, "files": [str(f) for f in files], "threads": threads, "precision": precision}
     try:
         proc = subprocess.run([sys.executable, "-m", "reconciler.optimize.rssprobe"], input=json.dumps(args),
                               capture_output=True, text=True, timeout=RSS_TIMEOUT_S, check=False)

@@ -109,7 +109,7 @@ def run(model: Path, sample: Sample, out_dir: Path, classes: Sequence[HardwareCl
     with tempfile.TemporaryDirectory(prefix=".optimize-", dir=out_dir) as tmp:
         work = Path(tmp)
         log(f"measuring the fp32 reference {model.name}")
-        ref_backend = measure.load("onnxruntime", [model], opts.threads)
+        ref_backend = measure.load("onnxruntime", [model], opts.threads, "fp32")
         evaluation = sample.evaluation()
         reference = VariantResult("fp32-reference", "onnxruntime", "fp32", "reference", "the input model",
                                   [model], measure.size_bytes([model]))
@@ -140,7 +140,7 @@ def prepare_out_dir(out_dir: Path) -> None:
 def _measure_speed(r: VariantResult, backend: Backend, evaluation: dict[str, np.ndarray], opts: Options) -> None:
     r.speed = measure.speed(backend, evaluation, batch=opts.batch, runs=opts.runs)
     if opts.measure_memory:
-        r.memory = measure.memory(r.runtime, r.files, opts.threads)
+        r.memory = measure.memory(r.runtime, r.files, opts.threads, r.precision)
 
 
 def _build_and_measure(p: PlannedKind, model: Path, work: Path, sample: Sample, ref_out: dict[str, np.ndarray],
@@ -158,7 +158,7 @@ def _build_and_measure(p: PlannedKind, model: Path, work: Path, sample: Sample, 
     r.size = measure.size_bytes(r.files)
     log(f"measuring {k.name}")
     try:
-        backend = measure.load(k.runtime, r.files, opts.threads)
+        backend = measure.load(k.runtime, r.files, opts.threads, k.precision)
         try:
             got = measure.run_all(backend, sample.evaluation())
             r.agreement = budget_mod.agreement(ref_out, got, task=opts.task, labels=sample.eval_labels())
@@ -191,9 +191,8 @@ def decide(results: Sequence[VariantResult], budget: Mapping[str, float]) -> Non
 
 
 def probe_policy(precision: str) -> HealthPolicy:
-    # The registry's defaults until per-precision tolerances exist; the self-check below compares a freshly
-    # loaded file with the outputs this machine just produced from it, so only the runtime's own noise counts.
-    return HealthPolicy()
+    """The policy a device applies to this variant when its deployment sets no tolerances of its own."""
+    return HealthPolicy.from_spec(None, precision)
 
 
 def write_kept(r: VariantResult, out_dir: Path, evaluation: dict[str, np.ndarray], opts: Options) -> None:
@@ -204,7 +203,7 @@ def write_kept(r: VariantResult, out_dir: Path, evaluation: dict[str, np.ndarray
         shutil.move(str(f), dst)
         moved.append(dst)
     r.files = moved
-    backend = measure.load(r.runtime, r.files, opts.threads)
+    backend = measure.load(r.runtime, r.files, opts.threads, r.precision)
     try:
         feeds = measure.batch_of(evaluation, PROBE_SAMPLES)
         outputs = backend.infer(feeds)

@@ -1,6 +1,6 @@
 """Child process of :func:`reconciler.optimize.measure.memory`: load one model, run it once, print the peak RSS.
 
-Reads ``{"runtime", "files", "threads"}`` as JSON on stdin and prints one JSON line
+Reads ``{"runtime", "files", "threads", "precision"}`` as JSON on stdin and prints one JSON line
 ``{"load_rss_mb", "load_ms"}``: the growth of the high-water mark (``VmHWM``) over the resident size just
 before the load, after the runtime itself was imported, so the figure is the model's, not the interpreter's.
 """
@@ -40,7 +40,8 @@ def main() -> None:
         pass
     before = _status_kb("VmRSS")
     t0 = time.perf_counter()
-    backend = load_backend(runtime, files=[Path(f) for f in args["files"]], threads=args.get("threads"))
+    backend = load_backend(runtime, files=[Path(f) for f in args["files"]], threads=args.get("threads"),
+                           precision=args.get("precision"))
     backend.infer(synthetic_feeds(backend.inputs))
     load_ms = (time.perf_counter() - t0) * 1000.0
     peak = _status_kb("VmHWM")

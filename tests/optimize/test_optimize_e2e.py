@@ -24,6 +24,7 @@ from reconciler.distribution.tufclient import TufClient
 from reconciler.optimize.inspect import file_precision
 from reconciler.optimize.plan import KIND_NAMES
 from reconciler.serving.health import HealthPolicy, run_health_check
+from reconciler.serving.precision import openvino_hint
 from reconciler.serving.runtimes import load_backend
 from tests._cli import run_cli
 
@@ -143,12 +144,12 @@ def test_every_variant_kind_is_built_measured_and_loads(cnn_run: Run) -> None:
         v = cnn_run.variant(k)
         files = [cnn_run.out / f for f in v["files"]]
         assert file_precision(files[0]) == v["precision"]
-        backend = load_backend(v["runtime"], files=files, threads=1)
+        backend = load_backend(v["runtime"], files=files, threads=1, precision=v["precision"])
         assert backend.infer({"image": cnn_run.data["image"][:2]})["logits"].shape == (2, 10)
         backend.close()
 
 
-def _independent_outputs(path: Path, images: np.ndarray) -> np.ndarray:
+def _independent_outputs(path: Path, images: np.ndarray, precision: str = "fp32") -> np.ndarray:
     if path.suffix == ".onnx":
         import onnxruntime as ort
 
@@ -156,7 +157,8 @@ def _independent_outputs(path: Path, images: np.ndarray) -> np.ndarray:
         return np.asarray(sess.run(None, {"image": images})[0])
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    # The inference precision a device uses for the declared precision (not this CPU's default).
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": openvino_hint(precision)})
     return np.asarray(compiled({"image": images})[0])
 
 
@@ -165,7 +167,7 @@ def test_agreement_matches_an_independent_computation(cnn_run: Run) -> None:
     ref = _independent_outputs(cnn_run.tmp / "cnn.onnx", images)
     for k in ("ort-int8-static", "ort-fp32", "ov-int8", "ov-fp16"):
         v = cnn_run.variant(k)
-        got = _independent_outputs(cnn_run.out / v["files"][0], images)
+        got = _independent_outputs(cnn_run.out / v["files"][0], images, v["precision"])
         a = v["agreement"]
         changed = float(np.mean(ref.argmax(1) != got.argmax(1)))
         assert abs(a["top1"] - changed) <= 1.5 / len(images), k
@@ -181,11 +183,31 @@ def test_manifest_validates_and_keeps_its_comments(cnn_run: Run) -> None:
     assert text.startswith(MODEL_YAML)  # every original byte, comments included, kept as it was
     added = text[len(MODEL_YAML):]
     assert added.startswith('    - version: "2.0.0"\n')
-    assert "        - name: ort-int8-static-x86-vnni\n" in added
+    assert ("        - name: ort-int8-static-x86-vnni\n"
+            "          runtime: onnxruntime\n"
+            "          precision: int8\n") in added
     assert "            cpuFlags: [avx512_vnni]\n" in added
     res = run_cli("validate", str(cnn_run.fleet), "--tuf-repo", str(cnn_run.repo), "--strict")
     assert res.code == 0, res.text
     assert "0 errors, 0 warnings" in res.text
+
+
+def test_validate_warns_when_a_file_lacks_the_declared_precision(cnn_run: Run, tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet"
+    shutil.copytree(cnn_run.fleet, fleet)
+    manifest = fleet / "models" / "classifier.yaml"
+    text = manifest.read_text()
+    lines = text.splitlines(keepends=True)
+    at = next(i for i, ln in enumerate(lines) if ln.strip() == "- name: ov-fp16") + 2
+    assert lines[at].strip() == "precision: fp16"
+    lines[at] = lines[at].replace("fp16", "fp32")
+    manifest.write_text("".join(lines))
+    res = run_cli("validate", str(fleet), "--tuf-repo", str(cnn_run.repo))
+    assert res.code == 0, res.text
+    assert (f"{manifest}:{at + 1}:22: warning: Model/classifier: variant ov-fp16 declares precision fp32, but "
+            "classifier/2.0.0/ov-fp16.xml is fp16") in res.text
+    assert "0 errors, 1 warnings" in res.text
+    assert run_cli("validate", str(fleet), "--tuf-repo", str(cnn_run.repo), "--strict").code == 1
 
 
 def test_published_targets_verify_through_the_device_tuf_client(cnn_run: Run) -> None:
@@ -202,9 +224,10 @@ def test_published_targets_verify_through_the_device_tuf_client(cnn_run: Run) ->
             stored = client.fetch([*var["targets"], var["probe"]["target"]])
             files = [stored[t].store_path for t in var["targets"]]
             probe = json.loads(stored[var["probe"]["target"]].store_path.read_bytes())
-            backend = load_backend(var["runtime"], files=files, threads=1)
+            backend = load_backend(var["runtime"], files=files, threads=1, precision=var["precision"])
             try:
-                result = run_health_check(backend, probe, HealthPolicy(), rss_before_mb=0.0)
+                policy = HealthPolicy.from_spec(None, var["precision"])
+                result = run_health_check(backend, probe, policy, rss_before_mb=0.0)
             finally:
                 backend.close()
             assert result.ok, (var["name"], result.message)
