@@ -68,7 +68,7 @@ def _load(path: str, rev: str | None = None, tuf_repo: str | None = None) -> Loa
         raise UserError(f"{path}: not a directory (give the fleet repository's root)", exit_code=2)
     targets = _tuf_targets(tuf_repo)
     result = load_git(p, rev, tuf_targets=targets) if rev else load_dir(p, tuf_targets=targets)
-    if tuf_repo and not result.errors:
+    if tuf_repo:
         from reconciler.fleet.validation import precision_checks
 
         result.diagnostics.extend(precision_checks(result.fleet, _target_precisions(tuf_repo, result)))

@@ -77,8 +77,8 @@ def render_table(o: Outcome) -> str:
 def render_markdown(o: Outcome) -> str:
     table = rows(o)
     lines = [f"### `modelfleet optimize` — {o.model}", "",
-             f"{o.task}; {o.samples - o.calibration} evaluation samples ({o.calibration} more calibrated the "
-             f"quantizers); accuracy budget {_budget(o)}. Speed measured on the publishing machine.", ""]
+             f"{o.task}; {o.samples - o.calibration} evaluation samples ({o.calibration} more kept for "
+             f"calibration); accuracy budget {_budget(o)}. Speed measured on the publishing machine.", ""]
     if table:
         cols = list(table[0])
         lines.append("| " + " | ".join(cols) + " |")
