@@ -27,8 +27,9 @@ def _split_variants(values: tuple[str, ...]) -> list[str] | None:
 
 
 def _classes(fleet_dir: Path | None, log):  # type: ignore[no-untyped-def]
+    from reconciler.fleet.hwclasses import hardware_classes
     from reconciler.fleet.manifests import load_dir
-    from reconciler.optimize.plan import DEFAULT_CLASSES, hardware_classes
+    from reconciler.optimize.plan import DEFAULT_CLASSES
 
     if fleet_dir is None:
         log("no fleet inventory given (--fleet): planning for the example hardware classes")

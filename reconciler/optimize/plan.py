@@ -19,9 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.fleet.desired import DEFAULT_RUNTIMES, choose_variant, requires_met
-from reconciler.fleet.hwclasses import HardwareClass, hardware_classes
-
-__all__ = ["KINDS", "HardwareClass", "hardware_classes", "plan_kinds", "superseded", "class_picks"]
+from reconciler.fleet.hwclasses import HardwareClass
 
 # int8 matrix kernels pay off only with 8-bit dot-product instructions: VNNI (AVX-512 or AVX) on x86-64, the
 # Armv8.2 dot product (``asimddp``) on aarch64. Without them ONNX Runtime's u8s8 kernels can also saturate,
