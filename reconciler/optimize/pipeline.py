@@ -183,11 +183,14 @@ def _build_and_measure(p: PlannedKind, model: Path, work: Path, sample: Sample, 
 def _time_again(r: VariantResult, evaluation: dict[str, np.ndarray], opts: Options) -> None:
     if r.speed is None:
         return
-    backend = measure.load(r.runtime, r.files, opts.threads, r.precision)
     try:
-        r.speed = measure.best(r.speed, measure.speed(backend, evaluation, batch=opts.batch, runs=opts.runs))
-    finally:
-        backend.close()
+        backend = measure.load(r.runtime, r.files, opts.threads, r.precision)
+        try:
+            r.speed = measure.best(r.speed, measure.speed(backend, evaluation, batch=opts.batch, runs=opts.runs))
+        finally:
+            backend.close()
+    except Exception:  # it loaded and ran a minute ago: the first pass's figures stand
+        return
 
 
 def _one_line(exc: BaseException) -> str:
