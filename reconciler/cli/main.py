@@ -3,7 +3,7 @@
 Each command family lives in the module that owns it and is registered here:
 ``validate``/``render``/``plan``/``docs`` (cli.fleetrepo), ``repo``/``tuf-client`` (cli.repo),
 ``fleet`` (cli.fleet, ``fleet drift`` in cli.drift), ``serve`` (cli.serve), ``agent`` (cli.agent),
-``baseline`` (cli.baseline).
+``optimize`` (cli.optimize), ``baseline`` (cli.baseline).
 
 User errors (:class:`reconciler.core.errors.UserError`) are printed as ``error: …`` and exit non-zero; never a
 traceback.
@@ -31,6 +31,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "fleet": ("reconciler.cli.fleet", "fleet"),
     "serve": ("reconciler.cli.serve", "serve"),
     "agent": ("reconciler.cli.agent", "agent"),
+    "optimize": ("reconciler.cli.optimize", "optimize"),
     "baseline": ("reconciler.cli.baseline", "baseline_cmd"),
 }
 
