@@ -20,9 +20,11 @@ from typing import Any
 
 from reconciler import __version__
 from reconciler.agent.config import DEFAULT_POLL_INTERVAL, AgentConfig
-from reconciler.agent.journal import EndpointRecord, TargetRecord
+from reconciler.agent.journal import EndpointRecord, TargetRecord, record_rollback
+from reconciler.agent.passes import EndpointOutcome
 from reconciler.core.errors import UserError
 from reconciler.core.fsutil import atomic_write_text
+from reconciler.core.logs import fields
 
 log = logging.getLogger("reconciler.agent")
 
@@ -48,6 +50,7 @@ class Components:
         self.metrics_server: Any = None
         self.status_writer: Any = None
         self.bundle_watcher: Any = None
+        self.drift: Any = None
         self._decryption_key: bytes | None = None
         self._status_settings = (config.status_branch_prefix or "status/", config.heartbeat_interval or 300.0)
 
@@ -111,7 +114,10 @@ class Components:
         from reconciler.serving.server import InferenceServer
 
         cfg = self.config
-        self.registry = ModelRegistry(**_registry_kwargs(cfg))
+        from reconciler.drift.monitor import DriftSupervisor
+
+        self.drift = DriftSupervisor()
+        self.registry = ModelRegistry(**_registry_kwargs(cfg), observer_factory=self.drift.observer_for)
         token = cfg.auth_token_file.read_text().strip() if cfg.auth_token_file else None
         self.server = InferenceServer(
             self.registry, host=cfg.serving_host, port=None if cfg.unix_socket else cfg.serving_port,
@@ -164,6 +170,29 @@ class Components:
 
     def remove_endpoint(self, name: str) -> None:
         self.registry.remove(name)
+
+    def monitoring(self, records: dict[str, Any], endpoints: list[dict[str, Any]]) -> list[tuple[str, bool, str, str]]:
+        """Drift and operational sections for the status endpoints, and the device's ``DriftDetected`` and
+        ``Degraded`` conditions (none when no endpoint is monitored); see :mod:`reconciler.drift`."""
+        if self.drift is None or self.registry is None:
+            return []
+        self.drift.retire((m.name, m.version) for m in self.registry.models())
+        specs = {name: st.active.spec for name, st in records.items() if st.active is not None}
+        conds = self.drift.sync(endpoints, specs, lambda t: self._blob(TargetRecord.from_dict(dict(t))))
+        return conds if any("operational" in e for e in endpoints) else []
+
+    def drift_rollbacks(self, endpoints: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        """Endpoints switched back to their previous version because their drift is ``Alert`` and the
+        deployment's ``drift.action`` is ``rollback``: (endpoint, reason) for the journal."""
+        from reconciler.drift.settings import rollback_reason
+
+        out = []
+        for e in endpoints:
+            why = rollback_reason(e)
+            if why is not None and self.registry is not None and self.registry.rollback(e["name"]):
+                log.warning("drift rollback", extra=fields(endpoint=e["name"], version=e.get("version"), reason=why))
+                out.append((e["name"], why))
+        return out
 
     # -- source -----------------------------------------------------------------------------------------------
 
@@ -271,7 +300,7 @@ class Components:
 
     def close(self) -> None:
         for part, how in ((self.bundle_watcher, "stop"), (self.status_writer, "close"), (self.server, "stop"),
-                          (self.source, "close")):
+                          (self.source, "close"), (self.drift, "close")):
             fn = getattr(part, how, None) if part is not None else None
             if fn is not None:
                 with contextlib.suppress(Exception):
@@ -338,3 +367,19 @@ def release_free_memory() -> None:
 
 
 _MALLOC_TRIM: Any = None
+
+
+# --- monitoring (reconciler.drift) ----------------------------------------------------------------------------
+
+
+def monitor_pass(agent: Any, commit: str | None, endpoints: list[dict[str, Any]]) -> None:
+    """The agent's monitoring step, once per pass after the status endpoints are known: they get their
+    ``drift``/``operational`` sections, the device its ``DriftDetected``/``Degraded`` conditions, and an endpoint
+    whose drift is ``Alert`` under ``drift.action: rollback`` goes back to its previous version, the drifting one
+    held back in the failure memory. ``agent`` is the :class:`~reconciler.agent.loop.Agent`."""
+    for ctype, *cond in agent.c.monitoring(agent.journal.endpoints, endpoints):
+        agent.conditions.set(ctype, *cond, commit)
+    for name, why in agent.c.drift_rollbacks(endpoints):
+        bad = record_rollback(agent.journal, name, commit, why, agent.clock(), agent.config.state_dir)
+        if bad is not None:
+            agent._outcomes[name] = EndpointOutcome(name, "Failed", why[:1024], bad.version)

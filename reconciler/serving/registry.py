@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from prometheus_client import Counter, Histogram
@@ -107,6 +107,26 @@ class EndpointState:
     precision: str | None = None
 
 
+class Observer(Protocol):
+    """What the registry hands each request's tensors to (set per version by ``observer_factory``)."""
+
+    def observe(
+        self,
+        feeds: dict[str, np.ndarray],
+        outputs: dict[str, np.ndarray],
+        seconds: float,
+        request_id: str | None = None,
+    ) -> None: ...
+
+    def observe_error(self, seconds: float) -> None: ...
+
+    def observe_rejection(self) -> None: ...
+
+    def feedback(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        """Ground truth for earlier requests (``POST /v2/models/{name}/feedback``): (HTTP status, answer)."""
+        ...
+
+
 class LoadedModel:
     """One loaded version: the backend, its tensor metadata, and the in-flight counter used for draining."""
 
@@ -120,6 +140,9 @@ class LoadedModel:
         self.outputs = backend.outputs
         self.output_names = [m.name for m in self.outputs]
         self.inline = health.p50_ms is not None and health.p50_ms < INLINE_BELOW_MS
+        # Monitoring hook (e.g. reconciler.drift): sees every request's tensors after inference; it must only
+        # count and enqueue, the work happens off the request path.
+        self.observer: Observer | None = None
         self._cond = threading.Condition(threading.Lock())
         self._inflight = 0
         self._draining = False
@@ -143,9 +166,22 @@ class LoadedModel:
         return self._inflight
 
     def infer(
-        self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None = None
+        self,
+        feeds: dict[str, np.ndarray],
+        output_names: Sequence[str] | None = None,
+        request_id: str | None = None,
     ) -> dict[str, np.ndarray]:
-        return self.backend.infer(feeds, output_names)
+        obs = self.observer
+        if obs is None:
+            return self.backend.infer(feeds, output_names)
+        t0 = time.perf_counter()
+        try:
+            out = self.backend.infer(feeds, output_names)
+        except Exception:
+            obs.observe_error(time.perf_counter() - t0)
+            raise
+        obs.observe(feeds, out, time.perf_counter() - t0, request_id)
+        return out
 
     def drain_and_close(self, timeout: float = 60.0) -> None:
         """Stop taking leases, wait for in-flight requests (up to ``timeout``), then free the session."""
@@ -229,8 +265,10 @@ def _interface_problem(spec: EndpointSpec, backend: Backend) -> str | None:
 class ModelRegistry:
     """The endpoints this process serves. ``cache_dir`` holds runtime caches (OpenVINO compiled blobs)."""
 
-    def __init__(self, cache_dir: Path | None = None) -> None:
+    def __init__(self, cache_dir: Path | None = None,
+                 observer_factory: Callable[[EndpointSpec], Observer | None] | None = None) -> None:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.observer_factory = observer_factory
         self._lock = threading.Lock()
         self._endpoints: dict[str, _Endpoint] = {}
         self._generation = 0
@@ -312,7 +350,10 @@ class ModelRegistry:
             return None, self._fail(spec, health.reason, health.message, t0)
         load_ms = (time.perf_counter() - t0) * 1000.0
         LOAD_SECONDS.labels(spec.name, spec.version).observe(load_ms / 1000.0)
-        return LoadedModel(spec, backend, load_ms, health), ApplyResult(True, "Ready", "", load_ms)
+        model = LoadedModel(spec, backend, load_ms, health)
+        if self.observer_factory is not None:
+            model.observer = self.observer_factory(spec)
+        return model, ApplyResult(True, "Ready", "", load_ms)
 
     def _fail(self, spec: EndpointSpec, reason: str, message: str, t0: float) -> ApplyResult:
         LOAD_FAILURES.labels(spec.name, reason).inc()

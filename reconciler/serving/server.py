@@ -242,6 +242,10 @@ class V2App:
             if method != "POST":
                 return _error(405, "use POST for infer")
             return self._infer(name, version, headers, body)
+        if action == "feedback":
+            if method != "POST":
+                return _error(405, "use POST for feedback")
+            return _Deferred(lambda: self._feedback(name, version, body))  # joins in the pool, not on the loop
         if method != "GET":
             return _error(405, "use GET")
         if action == "ready":
@@ -273,6 +277,18 @@ class V2App:
                     "outputs": [t.to_json() for t in m.outputs],
                 },
             )
+
+    def _feedback(self, name: str, version: str | None, body: bytes) -> Response:
+        """Ground-truth labels for earlier requests, joined by the version's monitor (reconciler.drift)."""
+        try:
+            lease = self.registry.get(name, version)
+        except (EndpointNotFound, VersionNotFound) as exc:
+            return self._not_found(exc, name, version)
+        with lease as m:
+            if m.observer is None:
+                return _error(409, f"model {name!r} is not monitored: no feedback join")
+            status, answer = m.observer.feedback(body)
+        return _json(status, answer)
 
     def _not_found(self, exc: Exception, name: str, version: str | None) -> Response:
         if isinstance(exc, VersionNotFound):
@@ -310,7 +326,7 @@ class V2App:
             feeds = validate_inputs(req, model.inputs)
             requested = select_outputs(req, model.output_names)
             try:
-                outputs = model.infer(feeds, [r.name for r in requested])
+                outputs = model.infer(feeds, [r.name for r in requested], req.id)
             except CodecError:
                 raise
             except Exception as exc:
@@ -323,6 +339,8 @@ class V2App:
                     resp = Response(200, out, OCTET_CT, ((b"inference-header-content-length", b"%d" % hlen),))
         except CodecError as exc:
             resp = _error(400, str(exc))
+            if model.observer is not None:
+                model.observer.observe_rejection()
         finally:
             lease.release()
             inflight.dec()
