@@ -9,7 +9,16 @@ import pytest
 
 from reconciler.fleet.desired import DeviceIdentity, desired_state
 from reconciler.rollout.evaluate import (
-    COMPLETE, FAILED, PAUSED, PROGRESSING, READY, Gates, evaluate, fleet_devices, step_key, step_landed,
+    COMPLETE,
+    FAILED,
+    PAUSED,
+    PROGRESSING,
+    READY,
+    Gates,
+    evaluate,
+    fleet_devices,
+    step_key,
+    step_landed,
 )
 from reconciler.rollout.render import render
 from tests.rollout._fleet import make_fleet, status
