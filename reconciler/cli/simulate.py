@@ -61,6 +61,7 @@ def simulate(n: int, repo: str, tuf_url: str | None, trusted_root: Path, poll_in
         poll_interval=_duration("--poll-interval", poll_interval),
         heartbeat_interval=_duration("--heartbeat-interval", heartbeat_interval) if heartbeat_interval else None,
         offline_share=offline_share, fail_share=fail_share, canaries=canaries, labels=label_map, workers=workers)
+    run_for, every = _duration("--duration", duration), _duration("--report-every", report_every)
     logging.getLogger("reconciler").setLevel(logging.ERROR)
     tmp = None
     if work_dir is None:
@@ -73,8 +74,7 @@ def simulate(n: int, repo: str, tuf_url: str | None, trusted_root: Path, poll_in
             raise UserError(str(exc)) from None
         try:
             sim.boot()
-            for line in sim.run(_duration("--duration", duration), report_every=_duration("--report-every",
-                                                                                          report_every)):
+            for line in sim.run(run_for, report_every=every):
                 if fmt == "json":
                     click.echo(json.dumps(line, sort_keys=True))
                 else:
