@@ -57,7 +57,7 @@ class RolloutRepo:
     def snapshot(self) -> Snapshot:
         head = self.status_repo.fetch()
         if head is None:
-            raise UserError(f"branch {self.branch!r} not found in {self.url}")
+            raise UserError(f"branch {self.branch!r} not found in the repository")
         load = load_files(read_git(self.git_dir, head, self.subpath))
         if not load.ok:
             first = load.errors[0]
