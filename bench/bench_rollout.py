@@ -121,7 +121,11 @@ def one_size(n: int, root: Path) -> dict:
         req0 = sim.counters.snapshot()
         world.http.reset_stats()
         act(rr, DEPLOYMENT, "promote", st, snap)
+        t_half = run_until(sim, lambda: serving(sim, "1.1.0") >= 0.5 * n, 30 * POLL)
         t_promote = run_until(sim, lambda: serving(sim, "1.1.0") >= 0.99 * n, 30 * POLL)
+        if t_promote is not None and t_half is not None:
+            t_promote += t_half
+        share_at_end = serving(sim, "1.1.0") / n
         req1 = sim.counters.snapshot()
         tuf_requests = len(world.http.requests)
         git_cpu1, cpu1 = tree_cpu(world.daemon.proc.pid), self_cpu()
@@ -138,7 +142,9 @@ def one_size(n: int, root: Path) -> dict:
         sim.close()
         return {
             "devices": n, "pollSeconds": POLL, "firstConvergenceSeconds": None if t_conv is None else round(t_conv, 1),
+            "promoteTo50Seconds": None if t_half is None else round(t_half, 1),
             "promoteTo99Seconds": None if t_promote is None else round(t_promote, 1),
+            "shareServingNewAtEnd": round(share_at_end, 3),
             "promoteTo99PollIntervals": None if t_promote is None else round(t_promote / POLL, 2),
             "promoteWindow": {"gitPolls": req1["gitPolls"] - req0["gitPolls"],
                               "gitFetches": req1["gitFetches"] - req0["gitFetches"],
