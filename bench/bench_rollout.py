@@ -190,6 +190,34 @@ def synthetic_status(n: int, root: Path) -> dict:
         world.stop()
 
 
+def per_request_costs(root: Path, polls: int = 200, pushes: int = 100) -> dict:
+    """Git server CPU (git daemon and its children) per idle poll (ls-remote) and per status push."""
+    world = fleet_servers(root / "world")
+    try:
+        world.publish("1.0.0")
+        world.commit_raw(world.fleet_files("1.0.0"), "deploy 1.0.0")
+        pid = world.daemon.proc.pid
+        c0, t0 = tree_cpu(pid), time.monotonic()
+        for _ in range(polls):
+            subprocess.run(["git", "ls-remote", world.git_url, "refs/heads/main"], capture_output=True, check=True)
+        poll_cpu, poll_wall = (tree_cpu(pid) - c0) / polls, (time.monotonic() - t0) / polls
+        from reconciler.gitops.statuswriter import StatusWriter
+
+        w = StatusWriter(world.git_url, "dev-1", root / "dev-1", heartbeat_interval=0)
+        c0 = tree_cpu(pid)
+        hb0 = dt.datetime.now(dt.timezone.utc)
+        for i in range(pushes):
+            hb = (hb0 + dt.timedelta(seconds=i)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            w.submit(make_status("dev-1", heartbeat=hb, applied="a" * 40))
+            w.flush(30)
+        push_cpu = (tree_cpu(pid) - c0) / pushes
+        w.close()
+        return {"gitServerCpuMsPerIdlePoll": round(poll_cpu * 1000, 2), "idlePollWallMs": round(poll_wall * 1000, 1),
+                "gitServerCpuMsPerStatusPush": round(push_cpu * 1000, 2), "statusPushes": w.pushes}
+    finally:
+        world.stop()
+
+
 def main() -> None:
     logging.getLogger("reconciler").setLevel(logging.ERROR)
     out: dict = {"bench": "rollout", "cores": os.cpu_count(), "loadavg": os.getloadavg()[0], "sizes": [],
@@ -199,6 +227,7 @@ def main() -> None:
             out["sizes"].append(one_size(n, Path(tmp) / f"n{n}"))
         for n in SYNTH:
             out["statusSynthetic"].append(synthetic_status(n, Path(tmp) / f"s{n}"))
+        out["perRequest"] = per_request_costs(Path(tmp) / "per-request")
     print(json.dumps(out))
 
 
