@@ -203,12 +203,12 @@ def _endpoint_entry(status: Mapping[str, Any], endpoint: str) -> Mapping[str, An
 
 
 def _drift_score(entry: Mapping[str, Any] | None) -> float | None:
-    """The drift score a device reports for the endpoint (issue G's field), if any."""
+    """The drift score a device reports for the endpoint (``drift.score``; ``driftScore`` also read), if any."""
     if entry is None:
         return None
-    value = entry.get("driftScore")
-    if value is None and isinstance(entry.get("drift"), Mapping):
-        value = entry["drift"].get("score")
+    value = entry["drift"].get("score") if isinstance(entry.get("drift"), Mapping) else None
+    if value is None:
+        value = entry.get("driftScore")
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 

@@ -160,9 +160,10 @@ def test_drift_gate_reads_the_status_field_when_configured() -> None:
     canaries = sorted(in_step(fleet, 0))
     sts = statuses_for(fleet, new=set(canaries))
     sts[canaries[0]] = status(canaries[0], "1.1.0", heartbeat=FRESH, drift=0.5)
+    sts[canaries[1]]["status"]["endpoints"][0]["drift"] = {"level": "Alert", "score": 0.7}  # issue G's field
     st = evaluate(fleet, "tiny", fleet_devices(fleet, sts), now=NOW, landed=LANDED)
     g = st.gate("maxDriftScore")
-    assert not g.passed and g.value == 0.5 and st.phase == PROGRESSING
+    assert not g.passed and g.value == 0.7 and st.phase == PROGRESSING
     plain = evaluate(make_fleet(10, step=0), "tiny", fleet_devices(fleet, sts), now=NOW, landed=LANDED)
     assert all(g.name != "maxDriftScore" for g in plain.gates)
 
