@@ -76,6 +76,11 @@ def status(repo: str, tmp_path: Path) -> dict[str, Any]:
     return RolloutRepo(repo, tmp_path / "status-cache").status(DEPLOYMENT)[1].to_dict()
 
 
+def reported(sim: Simulation, repo: str, tmp_path: Path, step: int, healthy: int) -> bool:
+    sim.flush_status(10)
+    return status(repo, tmp_path)["steps"][step]["healthy"] >= healthy
+
+
 def new_version_devices(work: Path, rev: str, version: str) -> set[str]:
     fleet = load_git(work, rev).fleet
     return {n for n, d in fleet.devices.items()
@@ -116,7 +121,9 @@ def test_rollout_of_fifty_devices_with_offline_share_then_bad_version_aborted(wo
             assert len(targets) == (CANARIES if step == 0 else len(targets))
             drv.wait(lambda t=targets: all(drv.serving()[d] == "1.1.0" for d in t & online),
                      f"step {step} devices on 1.1.0")
-            assert sim.flush_status(30)
+            # Serving comes before the pass reports: wait until the statuses in Git say so too.
+            drv.wait(lambda t=targets, s=step: reported(sim, repo, tmp_path, s, len(t & online)),
+                     f"step {step} reported healthy")
             st = status(repo, tmp_path)
             cur = st["steps"][step]
             assert st["phase"] == "Ready", st["message"]
