@@ -8,13 +8,13 @@ pull request (``--branch NAME``) or printed as a patch (``--patch``).
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import click
 
 from reconciler.cli.fleet import _default_repo
 from reconciler.core.errors import UserError
+from reconciler.core.redact import redact_url
 from reconciler.core.units import parse_duration
 from reconciler.gitops.verify import GitError
 from reconciler.rollout import edit
@@ -72,21 +72,16 @@ def _status(rr: RolloutRepo, deployment: str):  # type: ignore[no-untyped-def]
     try:
         return rr.status(deployment)
     except GitError as exc:
-        raise UserError(f"cannot read {shown_url(rr.url)}: {exc}") from None
-
-
-def shown_url(url: str) -> str:
-    """The URL without credentials (``https://user:token@host`` -> ``https://***@host``)."""
-    return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/@]+@", r"\1***@", url)
+        raise UserError(f"cannot read {redact_url(rr.url)}: {exc}") from None
 
 
 def _done(mode: str, result: str, what: str, rr: RolloutRepo, branch_name: str | None) -> None:
     if mode == "patch":
         click.echo(result, nl=False)
     elif mode == "branch":
-        click.echo(f"{what}: commit {result[:12]} pushed to new branch {branch_name} of {shown_url(rr.url)}")
+        click.echo(f"{what}: commit {result[:12]} pushed to new branch {branch_name} of {redact_url(rr.url)}")
     else:
-        click.echo(f"{what}: commit {result[:12]} pushed to {rr.branch} of {shown_url(rr.url)}")
+        click.echo(f"{what}: commit {result[:12]} pushed to {rr.branch} of {redact_url(rr.url)}")
 
 
 @click.group()
@@ -216,4 +211,4 @@ def watch_cmd(deployment: str, repo: str | None, base: str, subpath: str | None,
                 act_text = f"{tick.action} -> {tick.commit[:12]}" if tick.commit else (tick.action or "wait")
                 click.echo(f"[{tick.iteration}] step {tick.step} {tick.phase}: {act_text} ({tick.message})")
     except GitError as exc:
-        raise UserError(f"cannot read {shown_url(rr.url)}: {exc}") from None
+        raise UserError(f"cannot read {redact_url(rr.url)}: {exc}") from None
