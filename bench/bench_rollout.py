@@ -101,7 +101,7 @@ def commit_rollout(world, step: int) -> str:  # type: ignore[no-untyped-def]
 
 
 def one_size(n: int, root: Path) -> dict:
-    world = fleet_servers(root / "world")
+    world = fleet_servers(root / "world", git="daemon")
     try:
         world.publish("1.0.0")
         world.publish("1.1.0", bias=0.5)
@@ -162,7 +162,7 @@ def one_size(n: int, root: Path) -> dict:
 
 def synthetic_status(n: int, root: Path) -> dict:
     """Time rollout/fleet status on n status branches written in one ``git fast-import``."""
-    world = fleet_servers(root / "world")
+    world = fleet_servers(root / "world", git="daemon")
     try:
         world.publish("1.0.0")
         world.publish("1.1.0", bias=0.5)
@@ -192,7 +192,7 @@ def synthetic_status(n: int, root: Path) -> dict:
 
 def per_request_costs(root: Path, polls: int = 200, pushes: int = 100) -> dict:
     """Git server CPU (git daemon and its children) per idle poll (ls-remote) and per status push."""
-    world = fleet_servers(root / "world")
+    world = fleet_servers(root / "world", git="daemon")
     try:
         world.publish("1.0.0")
         world.commit_raw(world.fleet_files("1.0.0"), "deploy 1.0.0")

@@ -26,6 +26,7 @@ from typing import Any
 from reconciler.agent.config import AgentConfig
 from reconciler.agent.loop import Agent
 from reconciler.agent.schedule import next_delay
+from reconciler.core.credentials import Credentials
 from reconciler.simulate.components import Counters, SharedRuntime, SimComponents
 
 MAX_DEVICES = 20_000  # one process; each device holds a status thread and a few open files
@@ -48,6 +49,7 @@ class SimSettings:
     workers: int = 8
     seed: int = 1
     timeout: float = 30.0
+    credentials: Credentials | None = None  # for the Git server (status pushes), e.g. Basic auth
 
 
 @dataclass
@@ -95,7 +97,7 @@ class Simulation:
                 tuf_timeout=s.timeout, heartbeat_interval=s.heartbeat_interval, metrics_enabled=False,
                 tuf_metadata_url=f"{s.tuf_url.rstrip('/')}/metadata/" if s.tuf_url else None,
                 tuf_targets_url=f"{s.tuf_url.rstrip('/')}/targets/" if s.tuf_url else None,
-                max_concurrent_downloads=1,
+                max_concurrent_downloads=1, source_credentials=s.credentials or Credentials(),
             )
             comp = SimComponents.build(cfg, runtime, counters, facts=DEFAULT_FACTS, failing=dev_id in failing)
             devices.append(SimDevice(dev_id, Agent(cfg, comp), comp, dev_id in offline, dev_id in failing))

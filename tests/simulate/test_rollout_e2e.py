@@ -101,7 +101,8 @@ def world(tmp_path: Path):
 def test_rollout_of_fifty_devices_with_offline_share_then_bad_version_aborted(world, tmp_path: Path) -> None:
     logging.getLogger("reconciler").setLevel(logging.ERROR)
     sim = Simulation.create(SimSettings(devices=N, source_url=world.git_url, trusted_root=world.trusted_root,
-                                        poll_interval=1.0, canaries=CANARIES, offline_share=0.2, workers=6),
+                                        poll_interval=1.0, canaries=CANARIES, offline_share=0.2, workers=6,
+                                        credentials=world.device_credentials),
                             tmp_path / "devices")
     offline = {d.id for d in sim.devices if d.offline}
     online = {d.id for d in sim.devices} - offline
@@ -109,7 +110,7 @@ def test_rollout_of_fifty_devices_with_offline_share_then_bad_version_aborted(wo
     sim.boot()
     drv = Driver(sim)
     drv.thread.start()
-    repo = world.git_url
+    repo = world.operator_url
     work = world.upstream.work
     try:
         drv.wait(lambda: all(drv.serving()[d] == "1.0.0" for d in online), "1.0.0 everywhere online", 60)
@@ -172,6 +173,10 @@ def test_rollout_of_fifty_devices_with_offline_share_then_bad_version_aborted(wo
         git(work, "pull", "--quiet", "--ff-only", "origin", "main")
         assert new_version_devices(work, "HEAD", "1.1.0") == set(before)
         assert drv.last["sessions"] <= 3  # one shared runtime session per digest, not one per device
+        log = [line.split() for line in world.git_http.requests()]  # METHOD URI STATUS USER ...
+        assert any("git-receive-pack" in f[1] and f[2] == "200" and f[3] == "device" for f in log)  # status pushes
+        assert any("git-receive-pack" in f[1] and f[2] == "200" and f[3] == "ops" for f in log)  # promote/abort
+        assert sum("git-upload-pack" in f[1] for f in log) >= N  # device fetches went through nginx
     finally:
         drv.stop.set()
         drv.thread.join(60)

@@ -17,7 +17,7 @@ def modelfleet(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_simulate_prints_convergence_and_pushes_status(tmp_path: Path) -> None:
-    w = fleet_servers(tmp_path / "world")
+    w = fleet_servers(tmp_path / "world", git="daemon")
     try:
         w.publish("1.0.0")
         commit_version(w, "1.0.0")
