@@ -504,7 +504,13 @@ def _sha256_of(info: TargetFile, path: str) -> str:
     digest = info.hashes.get("sha256")
     if not digest:
         raise BadMetadata(f"target {path}: metadata has no sha256 hash; the store is sha256-addressed")
+    # The digest names files (staging, store): a signed value that is not 64 hex digits never reaches a path.
+    if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest):
+        raise BadMetadata(f"target {path}: signed sha256 {str(digest)[:80]!r} is not 64 hex digits")
     return digest.lower()
+
+
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 
 def _mib(n: int) -> str:

@@ -132,7 +132,7 @@ def _check_shape(name: str, shape: Any) -> tuple[int, ...]:
     nonzero = 1
     for d in shape:
         nonzero *= d or 1
-    if nonzero > 2**62:  # numpy cannot describe the array, even when a 0 makes it empty
+    if nonzero > 2**48:  # numpy cannot describe such an array, even when a 0 makes it empty
         raise CodecError(f"input {name!r}: 'shape' {shape} is too large")
     return tuple(shape)
 

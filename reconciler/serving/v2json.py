@@ -40,6 +40,10 @@ class JsonError(ValueError):
     """Malformed or over-limit JSON; the message is for the client (status 400)."""
 
 
+def _no_constant(name: str) -> Any:
+    raise JsonError(f"malformed JSON in request: {name} is not a JSON number (RFC 8259)")
+
+
 @dataclass(frozen=True, slots=True)
 class JsonLimits:
     max_bytes: int = 16 * 1024 * 1024
@@ -69,9 +73,11 @@ def loads_request(text: bytes, limits: JsonLimits) -> Any:
                 "(send large BYTES tensors with the binary extension)"
             )
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_constant=_no_constant)
     except RecursionError:
         raise JsonError("malformed JSON in request: nested too deeply") from None
+    except JsonError:
+        raise
     except (ValueError, UnicodeDecodeError) as exc:
         raise JsonError(f"malformed JSON in request: {exc}") from None
     if spans:
@@ -142,7 +148,9 @@ def span_to_array(name: str, datatype: str, dtype: np.dtype[Any], span: DataSpan
         if cut < 0:
             cut = end
         try:
-            items = json.loads(b"[" + text[pos:cut] + b"]")
+            items = json.loads(b"[" + text[pos:cut] + b"]", parse_constant=_no_constant)
+        except JsonError:
+            raise
         except ValueError as exc:
             raise JsonError(f"input {name!r}: malformed JSON in 'data': {exc}") from None
         parts.append(to_array(name, datatype, dtype, items))
