@@ -55,7 +55,7 @@ class ServerLimits:
                 raise ValueError(f"unknown server limit {name!r} (one of: {', '.join(OPTION_NAMES)})")
             try:
                 if field.endswith("_timeout"):
-                    seconds = parse_duration(value) if isinstance(value, str) else float(value)
+                    seconds = _seconds(value)
                     if seconds <= 0:
                         raise ValueError("must be positive")
                     changes[field] = seconds
@@ -73,6 +73,15 @@ class ServerLimits:
         if nofile_soft is None or nofile_soft <= 0:
             return self.max_connections
         return max(8, min(self.max_connections, nofile_soft - FD_RESERVE))
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return parse_duration(value)
+    return float(value)
 
 
 def _camel(field: str) -> str:

@@ -400,34 +400,39 @@ def encode_response(
     The JSON is strict RFC 8259 in both paths: a non-finite value in a JSON ``data`` array is written as
     ``null``; binary data keeps the IEEE 754 value. Either way the output's ``parameters.nonfinite_values``
     says how many there are (absent when there are none)."""
-    pieces: list[bytes] = []
+    parts: list[bytes] = []
     chunks: list[bytes] = []
     for r in requested:
         arr = outputs[r.name]
         datatype = datatype_of(arr)
         doc: dict[str, Any] = {"name": r.name, "datatype": datatype, "shape": list(arr.shape)}
         params: dict[str, int] = {}
-        data: bytes | None = None
+        data: list[bytes] | None = None
         if r.binary:
             raw = tensor_to_binary(arr, datatype)
             params["binary_data_size"] = len(raw)
             nonfinite = count_nonfinite(arr)
             chunks.append(raw)
         elif datatype == "BYTES":
-            data = _dumps(tensor_to_json_data(r.name, arr, datatype))
-            nonfinite = 0
+            data, nonfinite = [_dumps(tensor_to_json_data(r.name, arr, datatype))], 0
         else:
             data, nonfinite = dumps_data(arr)
         if nonfinite:
             params["nonfinite_values"] = nonfinite
         if params:
             doc["parameters"] = params
-        head = _dumps(doc)
-        pieces.append(head if data is None else head[:-1] + b',"data":' + data + b"}")
+        parts.append(b"," if parts else b',"outputs":[')
+        if data is None:
+            parts.append(_dumps(doc))
+        else:
+            parts += [_dumps(doc)[:-1], b',"data":', *data, b"}"]
     resp: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if req_id is not None:
         resp["id"] = req_id
-    header = _dumps(resp)[:-1] + b',"outputs":[' + b",".join(pieces) + b"]}"
+    head = _dumps(resp)[:-1]
+    if not parts:
+        parts.append(b',"outputs":[')
+    header = b"".join([head, *parts, b"]}"])
     if not chunks:
         return header, None
     return header + b"".join(chunks), len(header)

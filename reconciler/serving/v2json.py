@@ -26,11 +26,10 @@ import numpy as np
 MAX_CONTAINERS = 131_072  # arrays + objects in one JSON document (a nested [8,3,224,224] tensor has 5,409)
 SKELETON_MAX_BYTES = 1 << 20  # the JSON around the cut-out data arrays
 CUT_MIN_BYTES = 64 * 1024  # data arrays at least this long are cut out and parsed in slices
-SLICE_BYTES = 256 * 1024
-_OUT_SLICE = 65536  # output elements per json.dumps call
+SLICE_BYTES = 64 * 1024
+_OUT_SLICE = 16384  # output elements per json.dumps call
 
-_DATA_KEY = re.compile(rb'"data"\s*:\s*\[')
-_BRACKETS = re.compile(rb'[\[\]"]')
+_DATA_TAIL = re.compile(rb"\s*:\s*\[")
 _BAD_CLOSE = re.compile(rb"\]\s*[^\s,\]]")  # "]" not followed by "," or "]"
 _BAD_OPEN = re.compile(rb"[^\s,\[]\s*\[")  # "[" not preceded by "," or "["
 _MARK = b"\\u0000mf"
@@ -86,14 +85,20 @@ def loads_request(text: bytes, limits: JsonLimits) -> Any:
 
 
 def _cut_spans(text: bytes, spans: list[DataSpan], limits: JsonLimits) -> bytes:
+    # bytes.find, not a regex over the whole text: each call is short, and the GIL is free between them.
     out: list[bytes] = []
-    pos = 0
-    for m in _DATA_KEY.finditer(text):
-        start = m.end() - 1
-        if start < pos:
+    pos = search = 0
+    while (key := text.find(b'"data"', search)) >= 0:
+        m = _DATA_TAIL.match(text, key + 6)
+        search = key + 6
+        if m is None:
             continue
+        start = m.end() - 1
         end = _matching_bracket(text, start)
-        if end is None or end - start < CUT_MIN_BYTES:
+        if end is None:
+            continue
+        search = end + 1
+        if end - start < CUT_MIN_BYTES:
             continue
         inner = text[start + 1 : end]
         if b"[" in inner:
@@ -115,15 +120,23 @@ def _cut_spans(text: bytes, spans: list[DataSpan], limits: JsonLimits) -> bytes:
 
 def _matching_bracket(text: bytes, start: int) -> int | None:
     """Index of the "]" closing the array at ``start``; None if it holds strings (those are not cut)."""
-    depth = 0
-    for m in _BRACKETS.finditer(text, start):
-        c = m.group()
-        if c == b'"':
+    depth, pos = 1, start + 1
+    while True:
+        close = text.find(b"]", pos)
+        if close < 0:
             return None
-        depth += 1 if c == b"[" else -1
-        if depth == 0:
-            return m.start()
-    return None
+        opened = text.count(b"[", pos, close)
+        if text.find(b'"', pos, close) >= 0:
+            return None
+        if opened == 0:
+            depth -= 1
+            if depth == 0:
+                return close
+            pos = close + 1
+            continue
+        nxt = text.find(b"[", pos, close)
+        depth += 1
+        pos = nxt + 1
 
 
 def _put_back(doc: Any, spans: list[DataSpan]) -> None:
@@ -187,15 +200,18 @@ def to_array(name: str, datatype: str, dtype: np.dtype[Any], items: list[Any]) -
         raw = np.array(items, dtype=np.float64)
     except OverflowError:
         raise JsonError(f"input {name!r}: a number is out of range for {datatype}") from None
-    return raw.astype(dtype, copy=False)
+    with np.errstate(over="ignore"):  # beyond the datatype's range is ±inf, as IEEE 754 casts do
+        return raw.astype(dtype, copy=False)
 
 
-def dumps_data(arr: np.ndarray) -> tuple[bytes, int]:
-    """Flat JSON ``data`` of a numeric/BOOL tensor and its count of non-finite values (written as ``null``)."""
+def dumps_data(arr: np.ndarray) -> tuple[list[bytes], int]:
+    """Flat JSON ``data`` of a numeric/BOOL tensor as pieces to join, and its count of non-finite values.
+
+    Non-finite values are written as ``null``. Pieces of ``_OUT_SLICE`` elements keep each GIL hold short."""
     flat = arr.reshape(-1)
     nonfinite = count_nonfinite(flat)
-    pieces: list[str] = []
-    for i in range(0, max(flat.size, 1), _OUT_SLICE):
+    pieces: list[bytes] = [b"["]
+    for i in range(0, flat.size, _OUT_SLICE):
         chunk = flat[i : i + _OUT_SLICE]
         if nonfinite:
             obj = chunk.astype(object)
@@ -203,8 +219,10 @@ def dumps_data(arr: np.ndarray) -> tuple[bytes, int]:
             values = obj.tolist()
         else:
             values = chunk.tolist()
-        pieces.append(json.dumps(values, allow_nan=False, separators=(",", ":"))[1:-1])
-    return ("[" + ",".join(p for p in pieces if p) + "]").encode(), nonfinite
+        text = json.dumps(values, allow_nan=False, separators=(",", ":")).encode()
+        pieces.append(text[1:-1] if i == 0 else b"," + text[1:-1])
+    pieces.append(b"]")
+    return pieces, nonfinite
 
 
 def count_nonfinite(arr: np.ndarray) -> int:
