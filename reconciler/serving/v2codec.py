@@ -371,11 +371,11 @@ def _bytes_items(arr: np.ndarray) -> list[bytes]:
     return out
 
 
-def tensor_to_binary(arr: np.ndarray, datatype: str) -> bytes:
-    """Raw bytes of a tensor in the binary tensor data extension's layout."""
+def tensor_to_binary(arr: np.ndarray, datatype: str) -> bytes | memoryview:
+    """Raw bytes of a tensor in the binary tensor data extension's layout (a view when no copy is needed)."""
     if datatype == "BYTES":
         return b"".join(struct.pack("<I", len(b)) + b for b in _bytes_items(arr))
-    return np.ascontiguousarray(arr, dtype=V2_TO_NP[datatype]).tobytes()
+    return memoryview(np.ascontiguousarray(arr, dtype=V2_TO_NP[datatype])).cast("B")
 
 
 def tensor_to_json_data(name: str, arr: np.ndarray, datatype: str) -> list[Any]:
@@ -401,7 +401,7 @@ def encode_response(
     ``null``; binary data keeps the IEEE 754 value. Either way the output's ``parameters.nonfinite_values``
     says how many there are (absent when there are none)."""
     parts: list[bytes] = []
-    chunks: list[bytes] = []
+    chunks: list[bytes | memoryview] = []
     for r in requested:
         arr = outputs[r.name]
         datatype = datatype_of(arr)
@@ -435,7 +435,7 @@ def encode_response(
     header = b"".join([head, *parts, b"]}"])
     if not chunks:
         return header, None
-    return header + b"".join(chunks), len(header)
+    return b"".join([header, *chunks]), len(header)  # one copy of the tensor bytes
 
 
 def _dumps(doc: Any) -> bytes:
