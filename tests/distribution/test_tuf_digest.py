@@ -8,9 +8,9 @@ from tuf.api.metadata import TargetFile
 from reconciler.distribution.tufclient import BadMetadata, _sha256_of
 
 
-@pytest.mark.parametrize("digest", ["../../../etc/passwd", "ab" * 31, "g" * 64, "A" * 64 + "/x", ""])
+@pytest.mark.parametrize("digest", ["../../../etc/passwd", "ab" * 31, "g" * 64, "A" * 64 + "/x"])
 def test_a_signed_sha256_that_is_not_hex_is_bad_metadata(digest: str) -> None:
-    info = TargetFile(10, {"sha256": digest} if digest else {}, "m/model.onnx")
+    info = TargetFile(10, {"sha256": digest}, "m/model.onnx")
     with pytest.raises(BadMetadata) as err:
         _sha256_of(info, "m/model.onnx")
     assert err.value.reason == "BadMetadata" and "m/model.onnx" in str(err.value)
