@@ -66,7 +66,7 @@ class Deferred:
 def error_response(status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> Response:
     import json
 
-    return Response(status, json.dumps({"error": message}).encode(), JSON_CT, headers)
+    return Response(status, json.dumps({"error": message}, separators=(",", ":")).encode(), JSON_CT, headers)
 
 
 class Handler(Protocol):
