@@ -254,6 +254,10 @@ class HttpConnection(asyncio.Protocol):
             self._pause_reading()
             return
         self._feed(data)
+        if self.body_buf is not None and not self._stalled():
+            # A large upload reads once per loop turn, so other connections (health checks) get every turn.
+            self._pause_reading()
+            self._pump_soon()
 
     # --- parsing ------------------------------------------------------------------------------------------
     def _feed(self, data: bytes) -> None:
