@@ -7,7 +7,7 @@ text size), so one large JSON request would stall the server's event loop and mu
   nesting) before parsing, then cuts every large tensor ``"data"`` array out of the document, parses the small
   rest with ``json.loads``, and hands each cut array back as a :class:`DataSpan`;
 - :func:`span_to_array` parses a span in slices of ``SLICE_BYTES`` straight into a numpy array of the input's
-  datatype (the GIL is free between slices; the Python objects of one slice at a time are alive);
+  datatype (the GIL is handed over between slices; the Python objects of one slice at a time are alive);
 - :func:`to_array` is the element check both paths share: numbers for numeric datatypes (JSON ``true``/
   ``false`` are not numbers: 400), ``true``/``false`` for BOOL, integers in range for integer datatypes;
 - :func:`dumps_data` writes an output's ``data`` in slices too, as strict RFC 8259 JSON: non-finite values
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,10 +27,14 @@ import numpy as np
 MAX_CONTAINERS = 131_072  # arrays + objects in one JSON document (a nested [8,3,224,224] tensor has 5,409)
 SKELETON_MAX_BYTES = 1 << 20  # the JSON around the cut-out data arrays
 CUT_MIN_BYTES = 64 * 1024  # data arrays at least this long are cut out and parsed in slices
-SLICE_BYTES = 64 * 1024
-_OUT_SLICE = 16384  # output elements per json.dumps call
+SLICE_BYTES = 32 * 1024
+_OUT_SLICE = 8192  # output elements per json.dumps call
+#: Pause between slices: a CPU-bound thread hands the GIL over only every 5 ms when asked, and every step of
+#: the event loop's answer to a health check has to ask again; a short sleep hands it over at once.
+_HAND_OVER_S = 0.0002
 
 _DATA_TAIL = re.compile(rb"\s*:\s*\[")
+_NON_SPACE = re.compile(rb"\S")
 _BAD_CLOSE = re.compile(rb"\]\s*[^\s,\]]")  # "]" not followed by "," or "]"
 _BAD_OPEN = re.compile(rb"[^\s,\[]\s*\[")  # "[" not preceded by "," or "["
 _MARK = b"\\u0000mf"
@@ -105,7 +110,7 @@ def _cut_spans(text: bytes, spans: list[DataSpan], limits: JsonLimits) -> bytes:
             if _BAD_CLOSE.search(inner) or _BAD_OPEN.search(inner):
                 raise JsonError("malformed JSON in request: a nested 'data' array is not well-formed")
             inner = inner.translate(None, b"[]")
-        elements = inner.count(b",") + 1 if inner.strip() else 0
+        elements = inner.count(b",") + 1 if _NON_SPACE.search(inner) else 0
         if elements > limits.max_elements:
             raise JsonError(f"a tensor has more than {limits.max_elements} elements in JSON 'data'")
         out.append(text[pos:start])
@@ -157,6 +162,8 @@ def span_to_array(name: str, datatype: str, dtype: np.dtype[Any], span: DataSpan
     parts: list[np.ndarray] = []
     pos, end = 0, len(text)
     while pos < end:
+        if pos:
+            time.sleep(_HAND_OVER_S)
         cut = text.find(b",", pos + SLICE_BYTES)
         if cut < 0:
             cut = end
@@ -212,6 +219,8 @@ def dumps_data(arr: np.ndarray) -> tuple[list[bytes], int]:
     nonfinite = count_nonfinite(flat)
     pieces: list[bytes] = [b"["]
     for i in range(0, flat.size, _OUT_SLICE):
+        if i:
+            time.sleep(_HAND_OVER_S)
         chunk = flat[i : i + _OUT_SLICE]
         if nonfinite:
             obj = chunk.astype(object)
