@@ -23,7 +23,6 @@ import concurrent.futures
 import contextlib
 import errno
 import hmac
-import json
 import os
 import resource
 import socket
@@ -42,6 +41,7 @@ from reconciler.serving.http1 import ConnectionHub, Deferred, Response, error_re
 from reconciler.serving.limits import ServerLimits
 from reconciler.serving.registry import EndpointNotFound, LoadedModel, ModelRegistry, VersionNotFound
 from reconciler.serving.v2codec import (
+    ENCODER,
     CodecError,
     JsonLimits,
     decode_request,
@@ -102,7 +102,7 @@ RouteHandler = Callable[[Request], tuple[int, str, bytes]]
 
 
 def _json(status: int, doc: Any) -> Response:
-    return Response(status, json.dumps(doc, separators=(",", ":"), allow_nan=False).encode())
+    return Response(status, ENCODER.encode(doc).encode())
 
 
 def _error(status: int, message: str) -> Response:

@@ -9,7 +9,6 @@ input metadata (names, datatypes, shapes with ``-1`` wildcards, declared value r
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from reconciler.serving.v2json import (
+    ENCODER,
     DataSpan,
     JsonError,
     JsonLimits,
@@ -439,7 +439,7 @@ def encode_response(
 
 
 def _dumps(doc: Any) -> bytes:
-    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+    return ENCODER.encode(doc).encode()
 
 
 def json_tensor_to_array(doc: Mapping[str, Any]) -> tuple[str, str, np.ndarray]:

@@ -48,6 +48,16 @@ def _no_constant(name: str) -> Any:
     raise JsonError(f"malformed JSON in request: {name} is not a JSON number (RFC 8259)")
 
 
+# Built once: json.loads/json.dumps with any option build a new decoder/encoder on every call.
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+#: Strict RFC 8259 output, compact; shared by the codec and the server.
+ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def _loads(text: bytes | bytearray) -> Any:
+    return _DECODER.decode(text.decode("utf-8"))
+
+
 @dataclass(frozen=True, slots=True)
 class JsonLimits:
     max_bytes: int = 16 * 1024 * 1024
@@ -77,7 +87,7 @@ def loads_request(text: bytes, limits: JsonLimits) -> Any:
                 "(send large BYTES tensors with the binary extension)"
             )
     try:
-        doc = json.loads(text, parse_constant=_no_constant)
+        doc = _loads(text)
     except RecursionError:
         raise JsonError("malformed JSON in request: nested too deeply") from None
     except JsonError:
@@ -168,7 +178,7 @@ def span_to_array(name: str, datatype: str, dtype: np.dtype[Any], span: DataSpan
         if cut < 0:
             cut = end
         try:
-            items = json.loads(b"[" + text[pos:cut] + b"]", parse_constant=_no_constant)
+            items = _loads(b"[" + text[pos:cut] + b"]")
         except JsonError:
             raise
         except ValueError as exc:
@@ -228,7 +238,7 @@ def dumps_data(arr: np.ndarray) -> tuple[list[bytes], int]:
             values = obj.tolist()
         else:
             values = chunk.tolist()
-        text = json.dumps(values, allow_nan=False, separators=(",", ":")).encode()
+        text = ENCODER.encode(values).encode()
         pieces.append(text[1:-1] if i == 0 else b"," + text[1:-1])
     pieces.append(b"]")
     return pieces, nonfinite
