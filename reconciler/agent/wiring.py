@@ -65,7 +65,7 @@ class Components:
             config.source_url, config.git_cache_dir, branch=config.source_branch, subpath=config.source_path,
             verify_mode=config.verify_mode, allowed_signers=config.allowed_signers, gpg_keyring=config.gpg_keyring,
             allow_history_rewrite=config.allow_history_rewrite, timeout=config.source_timeout,
-            poll_interval=config.poll_interval or DEFAULT_POLL_INTERVAL,
+            poll_interval=config.poll_interval or DEFAULT_POLL_INTERVAL, credentials=config.source_credentials,
         )
         if config.decryption_key is not None:
             from reconciler.distribution.modelcrypto import load_key_file
@@ -170,7 +170,8 @@ class Components:
     def poll(self, last: str | None) -> Any:
         return self.source.poll(last)
 
-    def read_files(self, commit: str) -> dict[str, bytes]:
+    def read_files(self, commit: str) -> dict[str, Any]:
+        """The commit's files (bytes, or a ``NonRegular`` for a symlink/submodule the loader reports)."""
         return self.source.read_files(commit)
 
     def import_bundle(self, path: Path, last: str | None) -> Any:
@@ -199,10 +200,28 @@ class Components:
             self.tuf = TufClient(
                 cfg.tuf_metadata_dir, metadata_url, targets_url, cfg.trusted_root, self.store,
                 staging_dir=cfg.staging_dir, max_concurrent=cfg.max_concurrent_downloads, timeout=cfg.tuf_timeout,
-                decryption_key=self._decryption_key,
+                decryption_key=self._decryption_key, credentials=cfg.tuf_credentials,
             )
             self._tuf_urls = (metadata_url, targets_url)
         self.tuf.refresh()
+
+    def tuf_fingerprint(self, paths: list[str]) -> str:
+        """What the signed metadata currently says these targets are (length and hashes), as one digest.
+
+        The failure memory keys a failed download by it: a re-signed (changed) target gives a new fingerprint
+        and is tried at once; the same bad target is not downloaded again before its backoff. A path the
+        metadata does not list fingerprints as missing, so publishing it later changes the fingerprint.
+        """
+        import hashlib
+
+        described = []
+        for path in paths:
+            try:
+                info = self.tuf.target_info(path)
+                described.append([path, int(info.length), sorted((str(k), str(v)) for k, v in info.hashes.items())])
+            except Exception as exc:  # reported by tuf_fetch with its reason; here it only shapes the key
+                described.append([path, None, str(getattr(exc, "reason", "") or type(exc).__name__)])
+        return "targets:" + hashlib.sha256(json.dumps(described).encode()).hexdigest()
 
     def tuf_fetch(self, paths: list[str]) -> tuple[dict[str, Any], int]:
         """Targets verified into the store, and how many bytes were actually downloaded."""
@@ -236,8 +255,13 @@ class Components:
         return StatusWriter(
             cfg.status_url or cfg.source_url, cfg.device_id, cfg.status_work_dir, branch_prefix=prefix,
             heartbeat_interval=heartbeat, signing_key=cfg.status_signing_key, timeout=cfg.source_timeout,
-            agent_version=__version__,
+            agent_version=__version__, on_push=_count_push,
+            credentials=cfg.status_credentials if cfg.status_credentials is not None else cfg.source_credentials,
         )
+
+    def status_reporting(self) -> dict[str, Any] | None:
+        """The status writer's push state (for the ``StatusReported`` condition), None when status is off."""
+        return self.status_writer.reporting() if self.status_writer is not None else None
 
     def submit_status(self, doc: dict[str, Any]) -> bool:
         if self.status_writer is None:
@@ -257,6 +281,18 @@ class Components:
         if self.metrics_server is not None:
             with contextlib.suppress(Exception):
                 self.metrics_server[0].shutdown()
+
+
+def _count_push(landed: bool, reason: str) -> None:
+    import time
+
+    from reconciler.agent.metrics import M_STATUS, M_STATUS_FAILURES, M_STATUS_LAST_PUSH
+
+    if landed:
+        M_STATUS.inc()
+        M_STATUS_LAST_PUSH.set(time.time())
+    else:
+        M_STATUS_FAILURES.labels(reason).inc()
 
 
 class StepFailedError(Exception):
