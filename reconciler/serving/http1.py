@@ -555,4 +555,3 @@ class HttpConnection(asyncio.Protocol):
         self._write(error_response(408, message), False)
 
 
-__all__ = ["ConnectionHub", "Deferred", "Handler", "HttpConnection", "Response", "error_response"]

@@ -29,7 +29,6 @@ from reconciler.serving.v2json import (
     to_array,
 )
 
-__all__ = ["CodecError", "JsonLimits", "decode_request", "encode_response", "select_outputs", "validate_inputs"]
 
 # KServe v2 datatype -> numpy dtype (little-endian, as the binary extension requires).
 V2_TO_NP: dict[str, np.dtype[Any]] = {
