@@ -29,7 +29,6 @@ from reconciler.serving.v2json import (
     to_array,
 )
 
-
 # KServe v2 datatype -> numpy dtype (little-endian, as the binary extension requires).
 V2_TO_NP: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
