@@ -23,12 +23,15 @@ class ServerProcess:
     """``modelfleet serve model.onnx --name mm --port 0 --limit …`` with an optional open-file limit."""
 
     def __init__(
-        self, tmp_path: Path, *limits: str, nofile: int | None = None, env: dict[str, str] | None = None
+        self, tmp_path: Path, *limits: str, nofile: int | None = None, env: dict[str, str] | None = None,
+        threads: int | None = None,
     ) -> None:
         model = tmp_path / "mm.onnx"
         model.write_bytes(V1)
         args = [sys.executable, "-m", "reconciler.cli", "serve", str(model), "--name", "mm", "--port", "0"]
         args += [f"--limit={lim}" for lim in limits]
+        if threads is not None:
+            args += ["--threads", str(threads)]
 
         def preexec() -> None:
             if nofile is not None:
