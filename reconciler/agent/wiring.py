@@ -123,7 +123,7 @@ class Components:
             self.registry, host=cfg.serving_host, port=None if cfg.unix_socket else cfg.serving_port,
             unix_socket=cfg.unix_socket,
             auth_token=token, tls_cert=str(cfg.tls_cert) if cfg.tls_cert else None,
-            tls_key=str(cfg.tls_key) if cfg.tls_key else None, max_body_bytes=cfg.max_body_bytes,
+            tls_key=str(cfg.tls_key) if cfg.tls_key else None, limits=cfg.server_limits,
         )
         try:
             self.server.start()
