@@ -387,6 +387,7 @@ class Agent:
         self.c.configure_status(
             self.config.status_branch_prefix or (fleet.fleet_spec.get("status") or {}).get("branchPrefix") or "status/",
             self.config.heartbeat_interval or _duration_or(defaults.get("heartbeatInterval"), 300.0))
+        self.c.configure_capture(p.desired.endpoints)
         self._issues = list(p.desired.issues)
         for issue in p.desired.issues:
             p.outcomes[issue.endpoint] = EndpointOutcome(issue.endpoint, "Failed", f"{issue.reason}: {issue.message}")
@@ -597,6 +598,8 @@ class Agent:
             "failures": [f.to_status() for f in self.journal.failures],
             "attempts": self.journal.attempts[:5],
         }
+        if (capture := self.c.capture_status()) is not None:
+            status["capture"] = capture
         return {"apiVersion": "modelfleet/v1", "kind": "DeviceStatus",
                 "metadata": {"name": self.config.device_id}, "status": status}
 

@@ -48,6 +48,7 @@ class Components:
         self.metrics_server: Any = None
         self.status_writer: Any = None
         self.bundle_watcher: Any = None
+        self.capture: Any = None
         self._decryption_key: bytes | None = None
         self._status_settings = (config.status_branch_prefix or "status/", config.heartbeat_interval or 300.0)
 
@@ -111,7 +112,9 @@ class Components:
         from reconciler.serving.server import InferenceServer
 
         cfg = self.config
-        self.registry = ModelRegistry(**_registry_kwargs(cfg))
+        self.capture = _capture_service(cfg)
+        self.registry = ModelRegistry(**_registry_kwargs(cfg),
+                                      observer_factory=lambda spec: self.capture.observer_for(spec.name, spec.version))
         token = cfg.auth_token_file.read_text().strip() if cfg.auth_token_file else None
         self.server = InferenceServer(
             self.registry, host=cfg.serving_host, port=None if cfg.unix_socket else cfg.serving_port,
@@ -245,7 +248,31 @@ class Components:
         self.status_writer.submit(doc)
         return True
 
+    # -- data capture -----------------------------------------------------------------------------------------
+
+    def configure_capture(self, endpoints: dict[str, Any]) -> None:
+        """Follow the desired endpoints' ``capture`` policies (a bad one captures nothing and is reported)."""
+        if self.capture is None:
+            return
+        from reconciler.capture.policy import PolicyError, parse_policy
+
+        policies, problems = {}, {}
+        for name, ep in endpoints.items():
+            try:
+                policies[name] = parse_policy(ep.capture)
+            except PolicyError as exc:
+                problems[name] = str(exc)
+        self.capture.configure(policies, problems, {n: ep.model for n, ep in endpoints.items()})
+
+    def capture_status(self) -> dict[str, Any] | None:
+        """The status document's ``capture`` section, once some policy enabled capture on this device."""
+        c = self.capture
+        return c.status() if c is not None and (c.policies or c.spool.batches_dir.exists()) else None
+
     def close(self) -> None:
+        if self.capture is not None:
+            with contextlib.suppress(Exception):
+                self.capture.close()
         for part, how in ((self.bundle_watcher, "stop"), (self.status_writer, "close"), (self.server, "stop"),
                           (self.source, "close")):
             fn = getattr(part, how, None) if part is not None else None
@@ -265,6 +292,17 @@ class StepFailedError(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def _capture_service(cfg: AgentConfig) -> Any:
+    from reconciler.agent.schedule import window_open
+    from reconciler.capture.service import CaptureService
+    from reconciler.core.conditions import utcnow
+
+    token = cfg.capture_token_file.read_text().strip() if cfg.capture_token_file else None
+    return CaptureService(cfg.state_dir, cfg.device_id, upload_token=token,
+                          upload_ca_file=str(cfg.capture_ca_file) if cfg.capture_ca_file else None,
+                          window_open=lambda w: window_open(w, utcnow()))
 
 
 def _registry_kwargs(cfg: AgentConfig) -> dict[str, Any]:

@@ -94,12 +94,15 @@ class CaptureObserver:
     def observe_error(self, seconds: float) -> None:
         self.service.last_request = time.monotonic()
 
-    def observe_rejection(self, feeds: dict[str, np.ndarray] | None = None) -> None:
+    def observe_rejection(self) -> None:
+        self.service.last_request = time.monotonic()
+
+    def observe_rejected_inputs(self, inputs: dict[str, np.ndarray]) -> None:
+        """The decoded inputs of a request that failed validation (the ``rejected`` trigger)."""
         svc = self.service
-        svc.last_request = time.monotonic()
         policy = svc.policies.get(self.endpoint)
-        if policy is not None and feeds and capture_trigger(policy, 1.0, rejected=True):
-            svc.offer(self, "rejected", feeds, {})
+        if policy is not None and inputs and capture_trigger(policy, 1.0, rejected=True):
+            svc.offer(self, "rejected", inputs, {})
 
 
 class CaptureService:
@@ -119,6 +122,7 @@ class CaptureService:
         self.queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(queue_max)
         self.dropped: dict[str, int] = {}
         self.problems: dict[str, str] = {}
+        self.models: dict[str, str] = {}
         self._live_keys: set[str] | None = None
         self._upload_token = upload_token
         self._upload_ca = upload_ca_file
@@ -136,15 +140,21 @@ class CaptureService:
 
     # -- configuration --------------------------------------------------------------------------------------
 
-    def configure(self, policies: Mapping[str, CapturePolicy], problems: Mapping[str, str] | None = None) -> None:
+    def configure(self, policies: Mapping[str, CapturePolicy], problems: Mapping[str, str] | None = None,
+                  models: Mapping[str, str] | None = None) -> None:
         """The enabled policies per endpoint from a validated desired state (retires every other campaign)."""
         enabled = {k: v for k, v in policies.items() if v.enabled}
+        self.models = dict(models or {})
         if enabled:
             self.spool.ensure()
+            if not self._threads and not self._stop.is_set():
+                self.start()
         self.problems = dict(problems or {})
         self._dests = {k: self._destination(p) for k, p in enabled.items()}
         self.policies = enabled
         self._live_keys = {p.key_id for p in enabled.values()}
+        if not enabled and self.spool.batches_dir.exists():
+            self.enforce()  # capture turned off or campaign retired: its batches go now, not at the next start
         self._wake_upload.set()
 
     def _destination(self, p: CapturePolicy) -> Any:
@@ -157,8 +167,8 @@ class CaptureService:
         """Endpoints whose drift alert is on (the ``drift`` trigger captures them while it lasts)."""
         self.drifting = frozenset(endpoints)
 
-    def observer_for(self, endpoint: str, version: str, model: str = "") -> CaptureObserver:
-        return CaptureObserver(self, endpoint, version, model)
+    def observer_for(self, endpoint: str, version: str) -> CaptureObserver:
+        return CaptureObserver(self, endpoint, version, "")
 
     # -- request path ---------------------------------------------------------------------------------------
 
@@ -231,7 +241,7 @@ class CaptureService:
             self._seal(endpoint, ob, policy)
             ob = None
         if ob is None:
-            ob = self._open[endpoint] = _Open(model, version, sig, t)
+            ob = self._open[endpoint] = _Open(model or self.models.get(endpoint, ""), version, sig, t)
         rows = int(next(iter(inputs.values())).shape[0]) if inputs and next(iter(inputs.values())).ndim else 1
         ob.records.append((inputs, outs))
         ob.meta.append({"time": round(t, 3), "trigger": trigger, "rows": rows})

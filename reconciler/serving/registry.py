@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from prometheus_client import Counter, Histogram
@@ -104,6 +104,16 @@ class EndpointState:
     last_failure: dict[str, Any] | None = None
 
 
+class Observer(Protocol):
+    """What the registry hands each request's tensors to (set per version by ``observer_factory``)."""
+
+    def observe(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray], seconds: float) -> None: ...
+
+    def observe_error(self, seconds: float) -> None: ...
+
+    def observe_rejection(self) -> None: ...
+
+
 class LoadedModel:
     """One loaded version: the backend, its tensor metadata, and the in-flight counter used for draining."""
 
@@ -117,6 +127,9 @@ class LoadedModel:
         self.outputs = backend.outputs
         self.output_names = [m.name for m in self.outputs]
         self.inline = health.p50_ms is not None and health.p50_ms < INLINE_BELOW_MS
+        # Monitoring hook (e.g. reconciler.drift): sees every request's tensors after inference; it must only
+        # count and enqueue, the work happens off the request path.
+        self.observer: Observer | None = None
         self._cond = threading.Condition(threading.Lock())
         self._inflight = 0
         self._draining = False
@@ -142,7 +155,17 @@ class LoadedModel:
     def infer(
         self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
-        return self.backend.infer(feeds, output_names)
+        obs = self.observer
+        if obs is None:
+            return self.backend.infer(feeds, output_names)
+        t0 = time.perf_counter()
+        try:
+            out = self.backend.infer(feeds, output_names)
+        except Exception:
+            obs.observe_error(time.perf_counter() - t0)
+            raise
+        obs.observe(feeds, out, time.perf_counter() - t0)
+        return out
 
     def drain_and_close(self, timeout: float = 60.0) -> None:
         """Stop taking leases, wait for in-flight requests (up to ``timeout``), then free the session."""
@@ -226,8 +249,10 @@ def _interface_problem(spec: EndpointSpec, backend: Backend) -> str | None:
 class ModelRegistry:
     """The endpoints this process serves. ``cache_dir`` holds runtime caches (OpenVINO compiled blobs)."""
 
-    def __init__(self, cache_dir: Path | None = None) -> None:
+    def __init__(self, cache_dir: Path | None = None,
+                 observer_factory: Callable[[EndpointSpec], Observer | None] | None = None) -> None:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.observer_factory = observer_factory
         self._lock = threading.Lock()
         self._endpoints: dict[str, _Endpoint] = {}
         self._generation = 0
@@ -305,7 +330,10 @@ class ModelRegistry:
             return None, self._fail(spec, health.reason, health.message, t0)
         load_ms = (time.perf_counter() - t0) * 1000.0
         LOAD_SECONDS.labels(spec.name, spec.version).observe(load_ms / 1000.0)
-        return LoadedModel(spec, backend, load_ms, health), ApplyResult(True, "Ready", "", load_ms)
+        model = LoadedModel(spec, backend, load_ms, health)
+        if self.observer_factory is not None:
+            model.observer = self.observer_factory(spec)
+        return model, ApplyResult(True, "Ready", "", load_ms)
 
     def _fail(self, spec: EndpointSpec, reason: str, message: str, t0: float) -> ApplyResult:
         LOAD_FAILURES.labels(spec.name, reason).inc()
@@ -455,3 +483,42 @@ class ModelRegistry:
                 last_failure=dict(ep.last_failure) if ep.last_failure else None,
             )
         return out
+
+
+class Observers:
+    """Several observers behind one ``LoadedModel.observer`` (drift monitoring and data capture side by side).
+
+    ``observe_rejected_inputs(inputs)`` is an optional extension: members that define it also get the decoded
+    inputs of a request that failed validation (data capture keeps them as a trigger).
+    """
+
+    __slots__ = ("members", "_rejected")
+
+    def __init__(self, members: Sequence[Observer]) -> None:
+        self.members = tuple(members)
+        self._rejected = tuple(m.observe_rejected_inputs for m in self.members  # type: ignore[attr-defined]
+                               if hasattr(m, "observe_rejected_inputs"))
+
+    @classmethod
+    def of(cls, *members: Observer | None) -> Observer | None:
+        """None, the single observer, or a fan-out of the given ones."""
+        present = [m for m in members if m is not None]
+        if not present:
+            return None
+        return present[0] if len(present) == 1 else cls(present)
+
+    def observe(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray], seconds: float) -> None:
+        for m in self.members:
+            m.observe(feeds, outputs, seconds)
+
+    def observe_error(self, seconds: float) -> None:
+        for m in self.members:
+            m.observe_error(seconds)
+
+    def observe_rejection(self) -> None:
+        for m in self.members:
+            m.observe_rejection()
+
+    def observe_rejected_inputs(self, inputs: dict[str, np.ndarray]) -> None:
+        for fn in self._rejected:
+            fn(inputs)

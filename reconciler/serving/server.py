@@ -300,6 +300,7 @@ class V2App:
         requests, latency = self._metrics.for_version(model.name, model.version)
         inflight = self._metrics.inflight(model.name)
         inflight.inc()
+        req = None
         try:
             hl = headers.get("inference-header-content-length")
             try:
@@ -323,6 +324,11 @@ class V2App:
                     resp = Response(200, out, OCTET_CT, ((b"inference-header-content-length", b"%d" % hlen),))
         except CodecError as exc:
             resp = _error(400, str(exc))
+            if model.observer is not None:
+                model.observer.observe_rejection()
+                rejected_inputs = getattr(model.observer, "observe_rejected_inputs", None)
+                if rejected_inputs is not None and req is not None:  # decoded but failed validation
+                    rejected_inputs(req.inputs)
         finally:
             lease.release()
             inflight.dec()
