@@ -188,19 +188,25 @@ def minimise(policy: CapturePolicy, inputs: Mapping[str, np.ndarray],
     """
     keep_in = inputs if policy.keep_inputs is None else {k: v for k, v in inputs.items() if k in policy.keep_inputs}
     kept_inputs = dict(keep_in)
+    rules: dict[str, list[Redaction]] = {}
     for r in policy.redactions:
-        arr = kept_inputs.get(r.input)
+        rules.setdefault(r.input, []).append(r)
+    for name, rs in rules.items():  # column indices always name the request's columns
+        arr = kept_inputs.get(name)
         if arr is None:
             continue
-        if arr.ndim != 2 or (r.columns and max(r.columns) >= arr.shape[1]):
-            del kept_inputs[r.input]
+        cols = {c for r in rs for c in r.columns}
+        if arr.ndim != 2 or (cols and max(cols) >= arr.shape[1]):
+            del kept_inputs[name]
             continue
-        if r.action == "mask":
+        masked = sorted({c for r in rs if r.action == "mask" for c in r.columns})
+        dropped = sorted({c for r in rs if r.action != "mask" for c in r.columns})
+        if masked:
             arr = arr.copy()
-            arr[:, list(r.columns)] = 0
-        else:
-            arr = np.delete(arr, list(r.columns), axis=1)
-        kept_inputs[r.input] = arr
+            arr[:, masked] = 0
+        if dropped:
+            arr = np.delete(arr, dropped, axis=1)
+        kept_inputs[name] = arr
     if policy.keep_outputs is None:
         kept_outputs = dict(outputs)
     else:
