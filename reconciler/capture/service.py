@@ -13,8 +13,8 @@ off with jitter on failure.
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
 import random
 import threading
 import time
@@ -52,6 +52,7 @@ M_PENDING = Gauge("modelfleet_capture_pending_bytes", "Bytes of sealed batches w
 QUEUE_MAX = 1024
 MAX_OPEN_BATCH_BYTES = 4 * 1024 * 1024
 ENFORCE_EVERY = 5.0
+POLL = 0.2
 
 
 @dataclass
@@ -119,7 +120,10 @@ class CaptureService:
         self.drifting: frozenset[str] = frozenset()
         self.last_request = 0.0
         self.rand = random.Random().random
-        self.queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(queue_max)
+        # A deque, not a queue.Queue: append/popleft need no lock and wake nobody, so the request path never
+        # hands the GIL to the writer; the writer drains it every POLL seconds.
+        self.queue: collections.deque[tuple[Any, ...]] = collections.deque()
+        self.queue_max = queue_max
         self.dropped: dict[str, int] = {}
         self.problems: dict[str, str] = {}
         self.models: dict[str, str] = {}
@@ -133,6 +137,7 @@ class CaptureService:
         self._wake_upload = threading.Event()
         self._threads: list[threading.Thread] = []
         self._last_enforce = 0.0
+        self.cpu_seconds = 0.0  # CPU the capture threads used (bench/bench_capture.py reports it)
         self.counts = {"captured": 0, "sealed": 0, "uploaded": 0, "purged": 0}
         self.last_upload: float | None = None
         self.last_error: str | None = None
@@ -174,10 +179,10 @@ class CaptureService:
 
     def offer(self, obs: CaptureObserver, trigger: str, feeds: dict[str, np.ndarray],
               outputs: dict[str, np.ndarray]) -> None:
-        try:
-            self.queue.put_nowait((obs.endpoint, obs.version, obs.model, trigger, feeds, outputs, self.clock()))
-        except queue.Full:
+        if len(self.queue) >= self.queue_max:
             self.dropped[obs.endpoint] = self.dropped.get(obs.endpoint, 0) + 1
+            return
+        self.queue.append((obs.endpoint, obs.version, obs.model, trigger, feeds, outputs, self.clock()))
 
     # -- threads --------------------------------------------------------------------------------------------
 
@@ -192,8 +197,6 @@ class CaptureService:
         """Seal what is buffered (a clean stop loses nothing) and stop the threads."""
         self._stop.set()
         self._wake_upload.set()
-        with _suppress_full():
-            self.queue.put_nowait(None)
         for t in self._threads:
             t.join(timeout)
         self._threads = []
@@ -201,14 +204,11 @@ class CaptureService:
         self.flush(force=True)
 
     def _writer_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                item = self.queue.get(timeout=0.5)
-            except queue.Empty:
-                item = None
-            if item is not None:
-                self._safe(self._add, *item)
+        while not self._stop.wait(POLL):
+            t0 = time.thread_time()
+            self._safe(self.drain)
             self._safe(self.flush)
+            self.cpu_seconds += time.thread_time() - t0
 
     def _safe(self, fn: Callable[..., Any], *args: Any) -> None:
         try:
@@ -221,11 +221,10 @@ class CaptureService:
         """Process everything queued now (tests, shutdown)."""
         while True:
             try:
-                item = self.queue.get_nowait()
-            except queue.Empty:
+                item = self.queue.popleft()
+            except IndexError:
                 return
-            if item is not None:
-                self._add(*item)
+            self._add(*item)
 
     def _add(self, endpoint: str, version: str, model: str, trigger: str, feeds: dict[str, np.ndarray],
              outputs: dict[str, np.ndarray], t: float) -> None:
@@ -320,10 +319,12 @@ class CaptureService:
     def _upload_loop(self) -> None:
         while not self._stop.is_set():
             delay = 5.0
+            t0 = time.thread_time()
             try:
                 delay = self.upload_once()
             except Exception as exc:  # never let the thread die
                 self.last_error = f"{type(exc).__name__}: {exc}"
+            self.cpu_seconds += time.thread_time() - t0
             self._wake_upload.wait(delay)
             self._wake_upload.clear()
 
@@ -376,11 +377,3 @@ class CaptureService:
         if self.problems:
             doc["problems"] = dict(self.problems)
         return doc
-
-
-class _suppress_full:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, et: Any, *_: Any) -> bool:
-        return et is not None and issubclass(et, queue.Full)
