@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,11 +44,9 @@ class BatchError(ValueError):
 
 
 def new_batch_id(now: float) -> str:
-    """Sortable and unique: UTC time of sealing plus 64 random bits."""
-    import time as _time
-
-    stamp = _time.strftime("%Y%m%dT%H%M%SZ", _time.gmtime(now))
-    return f"cap-{stamp}-{secrets.token_hex(8)}"
+    """Sortable and unique: UTC time of sealing (milliseconds) plus 64 random bits."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+    return f"cap-{stamp}{int(now * 1000) % 1000:03d}Z-{secrets.token_hex(8)}"
 
 
 @dataclass(frozen=True)
