@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Any
 
 import numpy as np
 import pytest
@@ -111,3 +112,22 @@ def test_upload_gating_and_backoff() -> None:
     assert backoff_delay(0, 0.5) == 0
     assert 1.0 <= backoff_delay(1, 0.0) <= 2.0
     assert backoff_delay(30, 1.0) == 300.0
+
+
+def test_validate_refuses_capture_policies_naming_unknown_tensors(tmp_path: Any) -> None:
+    import yaml
+
+    from reconciler.fleet.manifests import load_files
+    from tests._agent_fixtures import REPO_ROOT
+
+    root = REPO_ROOT / "fleet-repo-example"
+    files = {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*.yaml")}
+    path = "deployments/vibration-anomaly.yaml"
+    dep = yaml.safe_load(files[path])
+    dep["spec"]["capture"].update(keep={"inputs": ["spectrum"]}, redact=[{"input": "featurs", "columns": [1]}],
+                                  destination={"url": "https://user:secret@capture.example.com/x"})
+    res = load_files({**files, path: yaml.safe_dump(dep).encode()})
+    msgs = [d.message for d in res.errors]
+    assert any("capture names input 'featurs'" in m for m in msgs), msgs
+    assert any("must not hold credentials" in m for m in msgs), msgs
+    assert all(d.file == path for d in res.errors if "capture" in d.message)
