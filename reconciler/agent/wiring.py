@@ -299,7 +299,10 @@ def _capture_service(cfg: AgentConfig) -> Any:
     from reconciler.capture.service import CaptureService
     from reconciler.core.conditions import utcnow
 
-    token = cfg.capture_token_file.read_text().strip() if cfg.capture_token_file else None
+    try:
+        token = cfg.capture_token_file.read_text().strip() if cfg.capture_token_file else None
+    except OSError as exc:
+        raise UserError(f"{cfg.capture_token_file}: cannot read the capture upload token: {exc.strerror or exc}") from None
     return CaptureService(cfg.state_dir, cfg.device_id, upload_token=token,
                           upload_ca_file=str(cfg.capture_ca_file) if cfg.capture_ca_file else None,
                           window_open=lambda w: window_open(w, utcnow()))

@@ -50,6 +50,7 @@ M_PURGED = Counter("modelfleet_capture_purged_batches_total", "Batches deleted u
 M_PENDING = Gauge("modelfleet_capture_pending_bytes", "Bytes of sealed batches waiting for upload.")
 
 QUEUE_MAX = 1024
+QUEUE_MAX_BYTES = 64 * 1024 * 1024  # references to request arrays waiting for the writer
 MAX_OPEN_BATCH_BYTES = 4 * 1024 * 1024
 ENFORCE_EVERY = 5.0
 POLL = 0.2
@@ -124,6 +125,7 @@ class CaptureService:
         # hands the GIL to the writer; the writer drains it every POLL seconds.
         self.queue: collections.deque[tuple[Any, ...]] = collections.deque()
         self.queue_max = queue_max
+        self.queued_bytes = 0
         self.dropped: dict[str, int] = {}
         self.problems: dict[str, str] = {}
         self.models: dict[str, str] = {}
@@ -179,10 +181,12 @@ class CaptureService:
 
     def offer(self, obs: CaptureObserver, trigger: str, feeds: dict[str, np.ndarray],
               outputs: dict[str, np.ndarray]) -> None:
-        if len(self.queue) >= self.queue_max:
+        size = sum(a.nbytes for a in feeds.values()) + sum(a.nbytes for a in outputs.values())
+        if len(self.queue) >= self.queue_max or self.queued_bytes + size > QUEUE_MAX_BYTES:
             self.dropped[obs.endpoint] = self.dropped.get(obs.endpoint, 0) + 1
             return
-        self.queue.append((obs.endpoint, obs.version, obs.model, trigger, feeds, outputs, self.clock()))
+        self.queued_bytes += size  # approximate under races; it only bounds memory
+        self.queue.append((obs.endpoint, obs.version, obs.model, trigger, feeds, outputs, self.clock(), size))
 
     # -- threads --------------------------------------------------------------------------------------------
 
@@ -224,7 +228,8 @@ class CaptureService:
                 item = self.queue.popleft()
             except IndexError:
                 return
-            self._add(*item)
+            self.queued_bytes = max(0, self.queued_bytes - item[-1])
+            self._add(*item[:-1])
 
     def _add(self, endpoint: str, version: str, model: str, trigger: str, feeds: dict[str, np.ndarray],
              outputs: dict[str, np.ndarray], t: float) -> None:
