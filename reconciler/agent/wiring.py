@@ -148,6 +148,8 @@ class Components:
             return False, "ArtifactUnreadable", str(exc)
         spec = _endpoint_spec(rec, blobs, probe, config)
         result = self.registry.apply(spec)
+        if boot and result.ok and self.capture is not None:  # offline boot: the journaled policy until a pass
+            self._restore_capture(rec)
         return bool(result.ok), str(getattr(result, "reason", "") or ""), str(getattr(result, "message", "") or "")
 
     def _blob(self, t: TargetRecord) -> bytes:
@@ -263,6 +265,16 @@ class Components:
             except PolicyError as exc:
                 problems[name] = str(exc)
         self.capture.configure(policies, problems, {n: ep.model for n, ep in endpoints.items()})
+
+    def _restore_capture(self, rec: EndpointRecord) -> None:
+        from reconciler.capture.policy import PolicyError, parse_policy
+
+        try:
+            policy = parse_policy(rec.spec.get("capture"))
+        except PolicyError:
+            return
+        if policy.enabled:
+            self.capture.restore(rec.name, policy, rec.model)
 
     def capture_status(self) -> dict[str, Any] | None:
         """The status document's ``capture`` section, once some policy enabled capture on this device."""

@@ -164,6 +164,17 @@ class CaptureService:
             self.enforce()  # capture turned off or campaign retired: its batches go now, not at the next start
         self._wake_upload.set()
 
+    def restore(self, endpoint: str, policy: CapturePolicy, model: str) -> None:
+        """One endpoint's last known policy at an offline boot; retires nothing (the desired state is unknown)."""
+        if self._live_keys is not None or not policy.enabled:
+            return
+        self.spool.ensure()
+        self.models[endpoint] = model
+        self._dests = {**self._dests, endpoint: self._destination(policy)}
+        self.policies = {**self.policies, endpoint: policy}
+        if not self._threads and not self._stop.is_set():
+            self.start()
+
     def _destination(self, p: CapturePolicy) -> Any:
         if p.destination_url:
             return HttpDestination(p.destination_url, self.device, max_bytes_per_second=p.max_bytes_per_second,

@@ -30,7 +30,7 @@ def world(tmp_path: Path) -> Iterator[World]:
 
 
 def _capture(campaign: Campaign, **over: Any) -> dict[str, Any]:
-    return {"capture": campaign.section(batch={"records": 3}, **over)}
+    return {"capture": campaign.section(**{"batch": {"records": 3}, **over})}
 
 
 def test_policy_from_git_captures_reports_and_is_erased_on_request(world: World, tmp_path: Path) -> None:
@@ -94,3 +94,24 @@ def test_plan_shows_a_capture_policy_change() -> None:
     changed = [line for line in text.splitlines() if line.strip().startswith("~ vibration")]
     assert changed, text
     assert "sample 0.01" in changed[0] and "sample 0.05" in changed[0]
+
+
+def test_offline_boot_captures_under_the_journaled_policy(world: World, tmp_path: Path) -> None:
+    campaign = Campaign()
+    world.commit_fleet("1.0.0", deployment=_capture(campaign, batch={"records": 2}))
+    cfg = load_agent_config(world.agent_config(tmp_path / "dev"))
+    first = Agent(cfg)
+    first.boot()
+    try:
+        assert first.reconcile_once().converged
+    finally:
+        first.close()
+    world.stop()  # no Git, no TUF: the device boots offline from its journal
+    again = Agent(cfg)
+    again.boot()
+    try:
+        for _ in range(2):
+            infer(again.c.url)
+        wait_until(lambda: again.c.capture.counts["sealed"] == 1, 20, "a batch sealed before any pass")
+    finally:
+        again.close()
