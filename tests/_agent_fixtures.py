@@ -30,6 +30,7 @@ from reconciler.core import conditions as C
 from reconciler.devkit import modelgen
 from reconciler.distribution import tufrepo
 from reconciler.distribution.httpserve import StaticServer
+from reconciler.serving.runtimes.telemetry import import_onnxruntime
 from tests._git_fixtures import GitDaemon, Upstream
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -113,7 +114,8 @@ class World:
         return probe
 
     def fleet_files(self, version: str, *, versions: list[str] | None = None, poll: str = "1s",
-                    deployment: dict[str, Any] | None = None, present: bool = True) -> dict[str, str | None]:
+                    deployment: dict[str, Any] | None = None, present: bool = True,
+                    variant: dict[str, Any] | None = None) -> dict[str, str | None]:
         versions = versions or sorted(self.versions)
         fleet = {
             "apiVersion": "modelfleet/v1", "kind": "Fleet", "metadata": {"name": "test-fleet"},
@@ -128,7 +130,7 @@ class World:
                 "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, OUT_DIM]}],
                 "versions": [
                     {"version": v, "variants": [{"name": "cpu", "runtime": "onnxruntime",
-                                                 "targets": [f"{MODEL}/{v}/model.onnx"]}],
+                                                 "targets": [f"{MODEL}/{v}/model.onnx"], **(variant or {})}],
                      "probe": {"target": f"{MODEL}/{v}/probe.json"}}
                     for v in versions
                 ],
@@ -180,8 +182,7 @@ class World:
 
 def expected_output(bias: float) -> np.ndarray:
     """What the ``bias`` build of the test model answers for :data:`PROBE_INPUT`."""
-    import onnxruntime as ort
-
+    ort = import_onnxruntime()
     sess = ort.InferenceSession(modelgen.matmul_model(IN_DIM, OUT_DIM, seed=1, bias=bias),
                                 providers=["CPUExecutionProvider"])
     return sess.run(None, {"input": PROBE_INPUT})[0]
@@ -224,7 +225,7 @@ def wait_for(pred: Any, timeout: float = 20.0, interval: float = 0.05, what: str
 class AgentProcess:
     """``modelfleet agent run`` as a real child process; ``url()`` waits for boot (last good models loaded)."""
 
-    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str | None] | None = None) -> None:
         self.config = config
         self.log_path = log_path
         self.extra_env = env or {}
@@ -234,7 +235,11 @@ class AgentProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO_ROOT)
         env.pop("NOTIFY_SOCKET", None)
-        env.update(self.extra_env)
+        for key, value in self.extra_env.items():  # None: remove the variable
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "reconciler.cli", "agent", "run", "--config",
                                       str(self.config)], stdout=self._log, stderr=subprocess.STDOUT, env=env,

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.serving.runtimes.telemetry import disable_runtime_telemetry
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# The suite itself must not leave the runtimes' telemetry ids in the developer's $HOME either. The tests that
+# prove the agent and `serve` opt out on their own start their processes without this (test_no_home_writes.py).
+disable_runtime_telemetry()
 
 
 @pytest.fixture(autouse=True, scope="session")

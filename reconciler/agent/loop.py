@@ -448,7 +448,7 @@ class Agent:
             if name not in p.fetched:
                 continue  # artifacts failed: outcome already recorded, last good stays
             rec = self._record_for(p, ep)
-            if active is not None and active.digest == rec.digest and self._same_targets(active, rec):
+            if active is not None and self._same_build(active, rec):
                 if active.commit != p.commit or active.spec != rec.spec:
                     active.commit, active.spec = p.commit, rec.spec
                     dirty = True
@@ -515,9 +515,11 @@ class Agent:
         self.conditions.set(C.APPLIED, True, "Applied", f"desired state of {(p.commit or '')[:12]} applied", p.commit)
 
     @staticmethod
-    def _same_targets(a: EndpointRecord, b: EndpointRecord) -> bool:
+    def _same_build(a: EndpointRecord, b: EndpointRecord) -> bool:
+        """Same files, runtime and precision: nothing to reload (a precision change recompiles)."""
         return [t.digest for t in a.targets] == [t.digest for t in b.targets] and (
-            (a.probe.digest if a.probe else None) == (b.probe.digest if b.probe else None))
+            (a.probe.digest if a.probe else None) == (b.probe.digest if b.probe else None)) and (
+            a.runtime == b.runtime and (a.spec.get("precision") or "fp32") == (b.spec.get("precision") or "fp32"))
 
     @staticmethod
     def _fetched_digests(p: _Pass) -> set[str]:
@@ -545,9 +547,10 @@ class Agent:
             e: dict[str, Any] = {"name": name, "state": state}
             if active is not None:
                 e.update(deployment=active.deployment, model=active.model, version=active.version,
-                         variant=active.variant, runtime=active.runtime, digest=active.digest)
+                         variant=active.variant, runtime=active.runtime, digest=active.digest,
+                         precision=active.spec.get("precision") or "fp32")
             else:
-                e.update(version=None, variant=None, runtime=None, digest=None)
+                e.update(version=None, variant=None, runtime=None, digest=None, precision=None)
             e["desiredVersion"] = o.desired_version if o else (active.version if active else None)
             e["previousVersion"] = prev.version if prev else None
             if o and o.message:
@@ -618,7 +621,8 @@ class Agent:
 
     def _set_endpoint_metric(self, rec: EndpointRecord) -> None:
         self._clear_endpoint_metric(rec.name)
-        M_ENDPOINT.labels(rec.name, rec.model, rec.version, rec.variant, rec.runtime).set(1)
+        M_ENDPOINT.labels(rec.name, rec.model, rec.version, rec.variant, rec.runtime,
+                          rec.spec.get("precision") or "fp32").set(1)
 
     def _clear_endpoint_metric(self, name: str) -> None:
         for labels in list(label_sets(M_ENDPOINT)):

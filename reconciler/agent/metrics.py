@@ -16,7 +16,7 @@ M_LAST_SUCCESS = Gauge("modelfleet_agent_last_success_timestamp_seconds", "Unix 
 M_APPLIED = Gauge("modelfleet_agent_applied_commit_info", "The applied fleet commit (value 1).", ["commit"])
 M_ENDPOINT = Gauge(
     "modelfleet_agent_endpoint_version_info", "Version serving on each endpoint (value 1).",
-    ["endpoint", "model", "version", "variant", "runtime"],
+    ["endpoint", "model", "version", "variant", "runtime", "precision"],
 )
 M_BYTES = Counter("modelfleet_agent_downloaded_bytes_total", "Bytes of model targets downloaded into the store.")
 M_POLLS = Counter("modelfleet_agent_polls_total", "Git source polls by result.", ["result"])
@@ -28,4 +28,4 @@ def label_sets(metric: Gauge) -> Iterator[tuple[str, ...]]:
     """The label tuples of every endpoint sample currently set on ``metric``."""
     for sample_metric in metric.collect():
         for s in sample_metric.samples:
-            yield tuple(s.labels[k] for k in ("endpoint", "model", "version", "variant", "runtime"))
+            yield tuple(s.labels[k] for k in ("endpoint", "model", "version", "variant", "runtime", "precision"))

@@ -331,6 +331,7 @@ def _endpoint_spec(rec: EndpointRecord, blobs: list[bytes], probe: dict[str, Any
     s = rec.spec
     return EndpointSpec(
         name=rec.name, version=rec.version, runtime=rec.runtime, variant=rec.variant, blobs=blobs,
+        precision=str(s.get("precision") or "fp32"),
         digest=rec.digest, inputs=s.get("inputs") or [], outputs=s.get("outputs") or [],
         health=s.get("health") or {}, probe=probe, strategy=s.get("strategy") or "availability",
         threads=s.get("threads") or cfg.threads, device=s.get("device"), providers=s.get("providers"),

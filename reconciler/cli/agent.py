@@ -81,10 +81,11 @@ def once_cmd(config_path: Path, as_json: bool) -> None:
 
 
 def _table(endpoints: list[dict[str, Any]]) -> str:
-    rows = [("ENDPOINT", "STATE", "VERSION", "DESIRED", "PREVIOUS", "RUNTIME", "MESSAGE")]
+    rows = [("ENDPOINT", "STATE", "VERSION", "DESIRED", "PREVIOUS", "RUNTIME", "PRECISION", "MESSAGE")]
     for e in endpoints:
         rows.append((e["name"], e["state"], e.get("version") or "-", e.get("desiredVersion") or "-",
-                     e.get("previousVersion") or "-", e.get("runtime") or "-", (e.get("message") or "")[:80]))
+                     e.get("previousVersion") or "-", e.get("runtime") or "-", e.get("precision") or "-",
+                     (e.get("message") or "")[:80]))
     if len(rows) == 1:
         return "(no endpoints)"
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]

@@ -8,10 +8,13 @@ then copied to ``TARGET_DIR/<url-quoted target path>``. Every failure exits 1 wi
 
 from __future__ import annotations
 
+import functools
 import shutil
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import click
@@ -221,12 +224,34 @@ def _client(opts: dict, progress: bool = False):  # type: ignore[no-untyped-def]
 
 
 def _fail(exc: Exception) -> UserError:
-    return UserError(f"{getattr(exc, 'reason', type(exc).__name__)}: {exc}")
+    """One line for any failure: the client's reason code, or ``unexpected error`` for anything else."""
+    from reconciler.distribution.tufclient import TufClientError
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, TufClientError):
+        return UserError(f"{exc.reason}: {text}")
+    return UserError(f"unexpected error: {type(exc).__name__}: {text}")
+
+
+def _one_line(command: Callable[..., None]) -> Callable[..., None]:
+    """The conformance protocol and our CLI rule: any failure is one line and exit 1, never a traceback."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except (UserError, click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            raise _fail(exc) from None
+
+    return run
 
 
 @tuf_client.command("init")
 @click.argument("trusted_root", type=click.Path(path_type=Path))
 @click.pass_obj
+@_one_line
 def tuf_init(opts: dict, trusted_root: Path) -> None:
     """Trust TRUSTED_ROOT (copied, no network)."""
     mdir: Path = opts["metadata_dir"]
@@ -240,40 +265,32 @@ def tuf_init(opts: dict, trusted_root: Path) -> None:
 
 @tuf_client.command("refresh")
 @click.pass_obj
+@_one_line
 def tuf_refresh(opts: dict) -> None:
     """Update top-level metadata."""
-    from reconciler.distribution.tufclient import TufClientError
-
-    try:
-        _client(opts).refresh()
-    except TufClientError as exc:
-        raise _fail(exc) from None
+    _client(opts).refresh()
 
 
 @tuf_client.command("download")
 @click.pass_obj
+@_one_line
 def tuf_download(opts: dict) -> None:
     """Download --target-name targets (in order, stop at the first failure) into --target-dir."""
-    from reconciler.distribution.tufclient import TufClientError
-
     names: tuple[str, ...] = opts["target_names"]  # type: ignore[assignment]
     tdir: Path | None = opts["target_dir"]  # type: ignore[assignment]
     if not names or tdir is None or not opts.get("target_base_url"):
         raise UserError("download needs --target-name, --target-base-url and --target-dir")
     client = _client(opts, progress=True)
-    try:
-        client.refresh()
-        for name in names:
-            stored = client.fetch([name])[name]
-            dst = tdir / quote(name, "")
-            tdir.mkdir(parents=True, exist_ok=True)
-            if not (dst.exists() and dst.stat().st_size == stored.length and _same(dst, stored.store_path)):
-                tmp = dst.with_name(f".{dst.name}.tmp")
-                shutil.copyfile(stored.store_path, tmp)
-                tmp.chmod(0o644)
-                tmp.replace(dst)
-    except TufClientError as exc:
-        raise _fail(exc) from None
+    client.refresh()
+    for name in names:
+        stored = client.fetch([name])[name]
+        dst = tdir / quote(name, "")
+        tdir.mkdir(parents=True, exist_ok=True)
+        if not (dst.exists() and dst.stat().st_size == stored.length and _same(dst, stored.store_path)):
+            tmp = dst.with_name(f".{dst.name}.tmp")
+            shutil.copyfile(stored.store_path, tmp)
+            tmp.chmod(0o644)
+            tmp.replace(dst)
 
 
 def _same(a: Path, b: Path) -> bool:

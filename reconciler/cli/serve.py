@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 def _spec_for(
-    path: Path, name: str, runtime: str | None, threads: int | None, device: str | None
+    path: Path, name: str, runtime: str | None, threads: int | None, device: str | None, precision: str = "fp32"
 ) -> EndpointSpec:
     from reconciler.serving.registry import EndpointSpec
 
@@ -40,7 +40,9 @@ def _spec_for(
         files, rt = [path], runtime or "onnxruntime"
     else:
         raise UserError(f"{path}: unknown model format (expected .onnx or OpenVINO .xml)")
-    return EndpointSpec(name=name, version="1", runtime=rt, files=files, threads=threads, device=device)
+    return EndpointSpec(
+        name=name, version="1", runtime=rt, files=files, threads=threads, device=device, precision=precision
+    )
 
 
 @click.command("serve")
@@ -54,6 +56,10 @@ def _spec_for(
 @click.option("--unix-socket", type=click.Path(path_type=Path), help="Also listen on this Unix socket.")
 @click.option("--threads", type=click.IntRange(1, 256), help="Intra-op threads per model session.")
 @click.option("--device", help="OpenVINO device (CPU, GPU, NPU, AUTO).")
+@click.option(
+    "--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default="fp32", show_default=True,
+    help="Numeric precision the model computes in (OpenVINO inference precision; see docs/serving.md).",
+)
 @click.option(
     "--auth-token-file",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -73,6 +79,7 @@ def serve(
     unix_socket: Path | None,
     threads: int | None,
     device: str | None,
+    precision: str,
     auth_token_file: Path | None,
     tls_cert: Path | None,
     tls_key: Path | None,
@@ -99,7 +106,7 @@ def serve(
         ep_name = name or path.stem
         if any(s.name == ep_name for s in specs):
             raise UserError(f"two model files would both be served as {ep_name!r}")
-        specs.append(_spec_for(path, ep_name, runtime, threads, device))
+        specs.append(_spec_for(path, ep_name, runtime, threads, device, precision))
     registry = ModelRegistry()
     for spec in specs:
         result = registry.apply(spec)

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from reconciler.serving.runtimes.telemetry import import_onnxruntime
+
 ROOT = Path(__file__).resolve().parents[2]
 WORK = Path(os.environ.get("MODELFLEET_DEMO_WORK") or ROOT / "demo-work")
 DEVICE = "gw-austin-01"
@@ -196,7 +198,7 @@ def _run_agent_part(agent: subprocess.Popen[bytes], log_path: Path, fleet: Path,
     url = wait(lambda: _agent_url(agent, log_path), 30, "the agent to listen")
     say(f"agent started (pid {agent.pid}) for device {DEVICE}, serving on {url}")
     wait(lambda: ready_at(first), 30, "convergence")
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     base = ort.InferenceSession(modelgen.matmul_model(16, 4, seed=7), providers=["CPUExecutionProvider"]).run(
         None, {"input": SAMPLE})[0].ravel()

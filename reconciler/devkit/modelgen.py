@@ -23,6 +23,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from reconciler.serving.runtimes.telemetry import import_onnxruntime, import_openvino
+
 # Kept low so older runtimes on devices load the generated models too.
 OPSET = 17
 IR_VERSION = 8
@@ -177,7 +179,7 @@ def two_input_model() -> bytes:
 
 def to_openvino_ir(onnx_bytes: bytes, out_dir: Path, name: str) -> tuple[Path, Path]:
     """Convert an ONNX model to OpenVINO IR ``out_dir/name.xml`` + ``out_dir/name.bin`` (FP32 weights kept)."""
-    import openvino as ov
+    ov = import_openvino()
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -220,7 +222,7 @@ def make_probe(onnx_bytes: bytes, *, seed: int = 0, batch: int = 2) -> dict[str,
     Variable dimensions become ``batch``. The result is the JSON probe format of ``Model.spec.versions[].probe``:
     ``{"inputs": [{"name","datatype","shape","data"}], "outputs": [...]}`` with flat ``data``.
     """
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     model = onnx.load_from_string(onnx_bytes)
     init_names = {i.name for i in model.graph.initializer}

@@ -5,6 +5,11 @@ fsyncs it, makes it read-only and renames it to the path of its digest (atomic: 
 or a whole one). Readers call :meth:`ModelStore.read_verified`, which rehashes before handing bytes to a
 runtime and quarantines a blob that no longer matches. :meth:`ModelStore.gc` removes blobs that no current or
 rollback model needs.
+
+TUF targets are not obliged to list a sha256 hash. For one that lists only others (e.g. sha512), the client
+computes sha256 while verifying the download and records ``<root>/alias/<algorithm>/<digest>`` → sha256, so
+the next pass finds the blob without downloading it again (:meth:`ModelStore.alias`); :meth:`gc` drops
+aliases whose blob is gone.
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ import re
 import shutil
 from pathlib import Path
 
-from reconciler.core.fsutil import fsync_dir
+from reconciler.core.fsutil import atomic_write_text, fsync_dir
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_ALIAS_ALG = re.compile(r"^[a-z0-9_-]{1,32}$")
+_ALIAS_HEX = re.compile(r"^[0-9a-f]{16,256}$")
 _CHUNK = 1 << 20
 
 
@@ -56,7 +63,25 @@ class ModelStore:
         self.root = Path(root)
         self.blobs = self.root / "sha256"
         self.quarantine_dir = self.root / "quarantine"
+        self.aliases = self.root / "alias"
         self.blobs.mkdir(parents=True, exist_ok=True)
+
+    def _alias_path(self, algorithm: str, value: str) -> Path:
+        if not _ALIAS_ALG.match(algorithm) or not _ALIAS_HEX.match(value):
+            raise ValueError(f"not a hash alias: {algorithm}:{value[:20]!r}")
+        return self.aliases / algorithm / value
+
+    def alias(self, algorithm: str, value: str) -> str | None:
+        """The sha256 of the blob verified earlier against ``algorithm:value``; None if unknown."""
+        try:
+            digest = self._alias_path(algorithm, value).read_text().strip()
+        except FileNotFoundError:
+            return None
+        return digest if _DIGEST.match(digest) else None
+
+    def set_alias(self, algorithm: str, value: str, digest: str) -> None:
+        """Record that ``algorithm:value`` names blob ``digest`` (written atomically)."""
+        atomic_write_text(self._alias_path(algorithm, value), check_digest(digest) + "\n")
 
     def path_for(self, digest: str) -> Path:
         check_digest(digest)
@@ -169,4 +194,12 @@ class ModelStore:
                 sub.rmdir()
         if removed:
             fsync_dir(self.blobs)
+        if self.aliases.is_dir():
+            for alias in self.aliases.glob("*/*"):
+                try:
+                    target = alias.read_text().strip()
+                except OSError:
+                    continue
+                if not _DIGEST.match(target) or not self.has(target):
+                    alias.unlink(missing_ok=True)
         return removed

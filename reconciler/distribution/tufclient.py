@@ -6,7 +6,12 @@ runs the TUF client workflow (root → timestamp → snapshot → targets). :met
 each target path through TUF (delegations included) and, for targets not yet in the content-addressed
 :class:`~reconciler.distribution.store.ModelStore`, streams the file into a staging file named after its digest — resuming
 an interrupted transfer with an HTTP Range request — while hashing it; only a file whose length and hashes
-match the signed metadata is fsynced and renamed into the store. :meth:`TufClient.load_bytes` rehashes the
+match the signed metadata is fsynced and renamed into the store.
+
+Any spec-conformant repository works, not only ones ``modelfleet repo`` writes: ``custom`` is optional, every
+declared hash is checked with its own algorithm (sha256, sha512, several at once), and because the store is
+addressed by sha256, a target that lists none gets its sha256 computed during the download and recorded as a
+store alias, so it is not fetched again while it stays valid. :meth:`TufClient.load_bytes` rehashes the
 blob and, for encrypted models, decrypts it in memory.
 
 Every failure is a :class:`TufClientError` with a CamelCase ``reason`` the agent reports in its conditions.
@@ -334,52 +339,65 @@ class TufClient:
         """
         infos = [(p, self.target_info(p)) for p in paths]
         result: dict[str, StoredTarget] = {}
-        missing: dict[str, tuple[str, TargetFile]] = {}
+        missing: dict[str, tuple[str, TargetFile]] = {}  # staging key → first path that needs it
+        keys: dict[str, str] = {}
         for p, info in infos:
-            digest = _sha256_of(info, p)
-            if not self.store.has(digest) and digest not in missing:
-                missing[digest] = (p, info)
-        self._preflight([info for _, info in missing.values()])
+            digest = self._known_digest(info, p)
+            keys[p] = key = digest or _staging_key(info, p)
+            if (digest is None or not self.store.has(digest)) and key not in missing:
+                missing[key] = (p, info)
+        self._preflight([(key, info) for key, (_, info) in missing.items()])
         errors: dict[str, BaseException] = {}
         if missing:
             with ThreadPoolExecutor(max_workers=min(self.max_concurrent, len(missing))) as pool:
-                futs = {d: pool.submit(self._download, p, info, d) for d, (p, info) in missing.items()}
-                for d, fut in futs.items():
+                futs = {k: pool.submit(self._download, p, info, k) for k, (p, info) in missing.items()}
+                for k, fut in futs.items():
                     exc = fut.exception()
                     if exc is not None:
-                        errors[d] = exc
+                        errors[k] = exc
         for p, info in infos:
-            digest = _sha256_of(info, p)
-            if digest in errors:
-                raise errors[digest]
-            custom = dict(info.custom)
+            key = keys[p]
+            if key in errors:
+                raise errors[key]
+            digest = self._known_digest(info, p)
+            if digest is None:  # pragma: no cover - a successful download always records the digest
+                raise StoreCorrupted(f"target {p}: downloaded but not found in the model store")
+            custom = custom_of(info)
             result[p] = StoredTarget(
                 p, digest, info.length, custom, bool(custom.get("encrypted")), self.store.path_for(digest),
-                downloaded=digest in missing,
+                downloaded=key in missing,
             )
         return result
 
-    def _preflight(self, infos: list[TargetFile]) -> None:
-        if not infos:
+    def _known_digest(self, info: TargetFile, path: str) -> str | None:
+        """The store digest (sha256) of ``info``: signed, or computed by an earlier verified download."""
+        declared = _declared_hashes(info, path)
+        if "sha256" in declared:
+            return declared["sha256"]
+        alg, value = _alias_hash(declared, path)
+        return self.store.alias(alg, value)
+
+    def _preflight(self, keyed: list[tuple[str, TargetFile]]) -> None:
+        if not keyed:
             return
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         need = 0
-        for info in infos:
-            staged = self.staging_dir / f"{_sha256_of(info, info.path)}.part"
+        for key, info in keyed:
+            staged = self.staging_dir / f"{key}.part"
             have = staged.stat().st_size if staged.exists() else 0
             need += max(0, info.length - min(have, info.length))
         free = self._disk_usage(self.staging_dir).free
         if need + DISK_RESERVE > free:
             FAILURES.labels("InsufficientDiskSpace").inc()
             raise InsufficientDiskSpace(
-                f"not enough disk space for {len(infos)} model file(s): need {_mib(need + DISK_RESERVE)} "
+                f"not enough disk space for {len(keyed)} model file(s): need {_mib(need + DISK_RESERVE)} "
                 f"(incl. {_mib(DISK_RESERVE)} reserve), {_mib(free)} free on {self.staging_dir}"
             )
 
-    def _download(self, path: str, info: TargetFile, digest: str) -> None:
+    def _download(self, path: str, info: TargetFile, key: str) -> None:
         IN_PROGRESS.inc()
         try:
-            self._download_inner(path, info, digest)
+            self._download_inner(path, info, key)
             DOWNLOADS.inc()
         except BaseException as exc:
             err = translate(exc, f"target {path}")
@@ -390,14 +408,17 @@ class TufClient:
         finally:
             IN_PROGRESS.dec()
 
-    def _download_inner(self, path: str, info: TargetFile, digest: str) -> None:
-        staged = self.staging_dir / f"{digest}.part"
-        url = self.targets_url + target_url_path(path, digest, self.consistent_snapshot)
+    def _download_inner(self, path: str, info: TargetFile, key: str) -> None:
+        declared = _declared_hashes(info, path)
+        staged = self.staging_dir / f"{key}.part"
+        url = self.targets_url + target_url_path(path, next(iter(info.hashes.values())), self.consistent_snapshot)
         have = staged.stat().st_size if staged.exists() else 0
         if have > info.length:
             staged.unlink()
             have = 0
-        hasher = _HashPipe([alg for alg in info.hashes if alg in hashlib.algorithms_available])
+        # Every declared hash is checked with its own algorithm; sha256 is always computed because the store
+        # is addressed by it, whether or not the repository lists it.
+        hasher = _HashPipe(sorted({"sha256", *(a for a in declared if a in hashlib.algorithms_available)}))
         start, chunks = self.fetcher.fetch_from(url, have) if have < info.length else (have, iter(()))
         try:
             with open(staged, "r+b" if staged.exists() else "w+b") as fh:
@@ -429,13 +450,15 @@ class TufClient:
                         f"target {path}: transfer ended after {done} of {info.length} bytes; will resume"
                     )
                 digests = hasher.hexdigests()
-                bad = [alg for alg, d in digests.items() if d != info.hashes[alg]]
-                if not digests:
+                bad = [alg for alg, value in declared.items() if alg in digests and digests[alg] != value]
+                unchecked = [alg for alg in declared if alg not in digests]
+                if unchecked:
+                    # Algorithms hashlib lacks: python-tuf's own verification (securesystemslib) decides.
                     fh.seek(0)
                     try:
                         info.verify_length_and_hashes(fh)
                     except tufexc.LengthOrHashMismatchError:
-                        bad = ["all"]
+                        bad += unchecked
         finally:
             hasher.close()
         if bad:
@@ -443,7 +466,10 @@ class TufClient:
             raise TargetHashMismatch(
                 f"target {path}: downloaded file does not match its signed {', '.join(bad)} hash (tampered?)"
             )
+        digest = digests["sha256"]
         self.store.add_file(staged, digest)
+        if "sha256" not in declared:
+            self.store.set_alias(*_alias_hash(declared, path), digest)
 
     # -- loading
 
@@ -500,11 +526,38 @@ class _HashPipe:
         return {alg: h.hexdigest() for alg, h in self._hashers.items()}
 
 
-def _sha256_of(info: TargetFile, path: str) -> str:
-    digest = info.hashes.get("sha256")
-    if not digest:
-        raise BadMetadata(f"target {path}: metadata has no sha256 hash; the store is sha256-addressed")
-    return digest.lower()
+def custom_of(info: TargetFile) -> dict[str, Any]:
+    """The target's ``custom`` object; ``{}`` when absent (it is optional in the TUF specification)."""
+    custom = info.custom
+    return dict(custom) if isinstance(custom, dict) else {}
+
+
+_HEX = re.compile(r"^[0-9a-f]{16,256}$")
+
+
+def _declared_hashes(info: TargetFile, path: str) -> dict[str, str]:
+    """The signed hashes, lowercased; a target must list at least one well-formed hex digest."""
+    declared: dict[str, str] = {}
+    for alg, value in info.hashes.items():
+        if not isinstance(value, str) or not _HEX.match(value.lower()) or not re.match(r"^[\w.-]{1,32}$", alg):
+            raise BadMetadata(f"target {path}: malformed {alg!r} hash in the signed metadata")
+        declared[alg] = value.lower()
+    if not declared:
+        raise BadMetadata(f"target {path}: signed metadata lists no hash")
+    return declared
+
+
+def _alias_hash(declared: dict[str, str], path: str) -> tuple[str, str]:
+    """The (algorithm, digest) that names a target without sha256 in the store's alias index."""
+    usable = sorted(alg for alg in declared if alg in hashlib.algorithms_available)
+    if not usable:
+        raise BadMetadata(f"target {path}: none of its hash algorithms ({', '.join(sorted(declared))}) is supported")
+    return usable[0], declared[usable[0]]
+
+
+def _staging_key(info: TargetFile, path: str) -> str:
+    alg, value = _alias_hash(_declared_hashes(info, path), path)
+    return f"{alg}-{value}"
 
 
 def _mib(n: int) -> str:

@@ -411,7 +411,8 @@ def list_targets(repo_dir: Path) -> list[TargetRow]:
     rows = []
     for name, md in [("targets", targets), *((n, repo.load(n)) for n in _delegated_role_names(targets))]:
         for path, tf in md.signed.targets.items():
-            rows.append(TargetRow(path, tf.length, tf.hashes.get("sha256", ""), name, dict(tf.custom)))
+            custom = tf.custom if isinstance(tf.custom, dict) else {}  # optional in the TUF specification
+            rows.append(TargetRow(path, tf.length, tf.hashes.get("sha256", ""), name, dict(custom)))
     return sorted(rows, key=lambda r: r.path)
 
 

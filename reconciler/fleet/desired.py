@@ -43,6 +43,7 @@ class DesiredEndpoint:
     variant: str
     runtime: str
     targets: list[str]
+    precision: str = "fp32"
     encrypted: bool = False
     probe_target: str | None = None
     drift_target: str | None = None
@@ -216,6 +217,7 @@ def _candidate(dep: Manifest, fleet: FleetRepo, device: DeviceIdentity, labels: 
         variant=variant["name"],
         runtime=variant["runtime"],
         targets=list(variant["targets"]),
+        precision=str(variant.get("precision") or "fp32"),
         encrypted=bool(variant.get("encrypted", False)),
         probe_target=(mv.get("probe") or {}).get("target"),
         drift_target=(mv.get("driftBaseline") or {}).get("target"),

@@ -12,7 +12,10 @@ import os
 import platform
 from typing import Any
 
-# Flags worth reporting for variant choice; /proc/cpuinfo lists ~100 more.
+from reconciler.serving.runtimes.telemetry import import_onnxruntime, import_openvino
+
+# Flags worth reporting for variant choice (incl. what reduced precision needs: bf16/fp16/int8 instructions);
+# /proc/cpuinfo lists ~100 more. docs/serving.md lists them for `requires.cpuFlags`.
 INTERESTING_FLAGS = (
     "sse4_1",
     "sse4_2",
@@ -25,10 +28,12 @@ INTERESTING_FLAGS = (
     "avx512vl",
     "avx512_vnni",
     "avx512_bf16",
+    "avx512_fp16",
     "avx_vnni",
     "amx_tile",
     "amx_int8",
     "amx_bf16",
+    "amx_fp16",
     "neon",
     "asimd",
     "asimddp",
@@ -85,7 +90,7 @@ def _memory_mb() -> int:
 
 def _onnxruntime() -> tuple[str | None, list[str]]:
     try:
-        import onnxruntime as ort
+        ort = import_onnxruntime()
     except ImportError:
         return None, []
     return ort.__version__, [p for p in ort.get_available_providers() if p != "AzureExecutionProvider"]
@@ -93,7 +98,7 @@ def _onnxruntime() -> tuple[str | None, list[str]]:
 
 def _openvino() -> tuple[str | None, list[str]]:
     try:
-        import openvino as ov
+        ov = import_openvino()
 
         from reconciler.serving.runtimes.openvino import available_devices
     except ImportError:

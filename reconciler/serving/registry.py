@@ -61,6 +61,7 @@ class EndpointSpec:
     version: str
     runtime: str = "onnxruntime"
     variant: str = ""
+    precision: str = "fp32"  # declared by the variant; sets the runtime's inference precision and tolerances
     files: list[Path] | None = None
     blobs: list[bytes] | None = None
     digest: str = ""
@@ -75,11 +76,12 @@ class EndpointSpec:
     keep_previous: bool = True
 
     def same_build(self, other: EndpointSpec) -> bool:
-        return (self.version, self.variant, self.digest, self.runtime) == (
+        return (self.version, self.variant, self.digest, self.runtime, self.precision) == (
             other.version,
             other.variant,
             other.digest,
             other.runtime,
+            other.precision,
         )
 
 
@@ -102,6 +104,7 @@ class EndpointState:
     previous_version: str | None
     ready: bool
     last_failure: dict[str, Any] | None = None
+    precision: str | None = None
 
 
 class Observer(Protocol):
@@ -301,9 +304,12 @@ class ModelRegistry:
             return ep
 
     def _load(self, spec: EndpointSpec) -> tuple[LoadedModel | None, ApplyResult]:
-        policy = HealthPolicy.from_spec(spec.health)
-        rss_before = rss_mb()
         t0 = time.perf_counter()
+        try:
+            policy = HealthPolicy.from_spec(spec.health, spec.precision)
+        except ValueError as exc:
+            return None, self._fail(spec, "LoadFailed", str(exc), t0)
+        rss_before = rss_mb()
         try:
             backend = load_backend(
                 spec.runtime,
@@ -312,6 +318,7 @@ class ModelRegistry:
                 threads=spec.threads,
                 device=spec.device,
                 providers=spec.providers,
+                precision=spec.precision,
                 cache_dir=self.cache_dir / "openvino"
                 if self.cache_dir and spec.runtime == "openvino"
                 else None,
@@ -481,6 +488,7 @@ class ModelRegistry:
                 previous_version=p.version if p else None,
                 ready=a is not None,
                 last_failure=dict(ep.last_failure) if ep.last_failure else None,
+                precision=a.spec.precision if a else None,
             )
         return out
 

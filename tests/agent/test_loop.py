@@ -255,6 +255,6 @@ def test_metrics_on_the_inference_server(world: World, agent: Agent) -> None:
                  "modelfleet_agent_polls_total", "modelfleet_agent_status_pushes_total"):
         assert name in text, name
     assert f'modelfleet_agent_applied_commit_info{{commit="{agent.journal.applied_commit}"}} 1.0' in text
-    assert ('modelfleet_agent_endpoint_version_info{endpoint="detector",model="det",runtime="onnxruntime",'
-            'variant="cpu",version="1.0.0"} 1.0') in text
+    assert ('modelfleet_agent_endpoint_version_info{endpoint="detector",model="det",precision="fp32",'
+            'runtime="onnxruntime",variant="cpu",version="1.0.0"} 1.0') in text
     assert 'modelfleet_agent_polls_total{result="unchanged"}' in text

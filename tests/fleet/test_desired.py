@@ -123,3 +123,11 @@ def test_outside_rollout_gets_from_version() -> None:
         s = desired_state(fleet, DeviceIdentity(f"cam-{i}", {"role": "camera", "ring": "stable"}), X86)
         versions.add(s.endpoints["classifier"].version)
     assert versions == {"1.2.0", "1.3.0"}
+
+
+def test_variant_precision_reaches_the_desired_endpoint() -> None:
+    fleet = load_dir(EXAMPLE).fleet
+    arm = {"hw.arch": "aarch64", "hw.cpuFlags": ["neon"], "hw.memoryMB": 2048, "runtime.onnxruntime": "1.20.1"}
+    mic = DeviceIdentity("mic-1", {"microphone": "true"})
+    assert desired_state(fleet, mic, arm).endpoints["kws"].precision == "int8"  # declared
+    assert desired_state(fleet, mic, X86).endpoints["kws"].precision == "fp32"  # default

@@ -26,16 +26,21 @@ def load_backend(
     device: str | None = None,
     providers: Sequence[str] | None = None,
     cache_dir: Path | None = None,
+    precision: str | None = None,
 ) -> Backend:
-    """Load a model with ``runtime``. Exactly one of ``files``/``blobs`` is given (ONNX: one; IR: xml, bin)."""
+    """Load a model with ``runtime``. Exactly one of ``files``/``blobs`` is given (ONNX: one; IR: xml, bin).
+
+    ``precision`` is the variant's declared numeric precision (:mod:`reconciler.serving.precision`)."""
     if (files is None) == (blobs is None):
         raise RuntimeLoadError("give the model as files or as blobs, not both or neither")
     if runtime == "onnxruntime":
         from reconciler.serving.runtimes.onnx import OnnxBackend
 
-        return OnnxBackend(files=files, blobs=blobs, threads=threads, providers=providers)
+        return OnnxBackend(files=files, blobs=blobs, threads=threads, providers=providers, precision=precision)
     if runtime == "openvino":
         from reconciler.serving.runtimes.openvino import OpenVINOBackend
 
-        return OpenVINOBackend(files=files, blobs=blobs, threads=threads, device=device, cache_dir=cache_dir)
+        return OpenVINOBackend(
+            files=files, blobs=blobs, threads=threads, device=device, cache_dir=cache_dir, precision=precision
+        )
     raise RuntimeLoadError(f"unknown runtime {runtime!r} (one of {', '.join(RUNTIMES)})")

@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from reconciler.serving.precision import onnxruntime_session_config
 from reconciler.serving.runtimes.base import Backend, RuntimeLoadError
+from reconciler.serving.runtimes.telemetry import import_onnxruntime
 from reconciler.serving.v2codec import CodecError, TensorMeta
 
 _ORT_TO_V2 = {
@@ -67,8 +69,9 @@ class OnnxBackend(Backend):
         blobs: Sequence[bytes] | None = None,
         threads: int | None = None,
         providers: Sequence[str] | None = None,
+        precision: str | None = None,
     ) -> None:
-        import onnxruntime as ort
+        ort = import_onnxruntime()
 
         src: str | bytes
         items = list(files if files is not None else blobs or [])
@@ -81,6 +84,11 @@ class OnnxBackend(Backend):
         opts.inter_op_num_threads = 1
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
+        try:
+            for key, value in onnxruntime_session_config(precision).items():
+                opts.add_session_config_entry(key, value)
+        except ValueError as exc:
+            raise RuntimeLoadError(str(exc)) from None
         self.providers = choose_providers(ort.get_available_providers(), providers)
         try:
             self._sess = ort.InferenceSession(src, sess_options=opts, providers=self.providers)

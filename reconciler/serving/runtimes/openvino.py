@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from reconciler.serving.precision import openvino_hint
 from reconciler.serving.runtimes.base import Backend, RuntimeLoadError
+from reconciler.serving.runtimes.telemetry import import_openvino
 from reconciler.serving.v2codec import TensorMeta
 
 _OV_TO_V2 = {
@@ -40,7 +42,7 @@ _VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
 @functools.cache
 def core() -> Any:
     """The process-wide OpenVINO Core (creating one costs a plugin scan)."""
-    import openvino as ov
+    ov = import_openvino()
 
     return ov.Core()
 
@@ -63,6 +65,28 @@ def choose_device(requested: str | None, available: Sequence[str]) -> str:
     raise RuntimeLoadError(
         f"OpenVINO device {requested!r} is not available (available: {', '.join(available)})"
     )
+
+
+def compile_config(precision: str | None, threads: int | None = None, cache_dir: Path | None = None) -> dict[str, Any]:
+    """``compile_model`` properties. Pure. The inference precision is always set from the declared precision:
+    left to the CPU plugin it is bf16 on CPUs with AVX-512 BF16/AMX, and an fp32 model's outputs drift."""
+    try:
+        hint = openvino_hint(precision)
+    except ValueError as exc:
+        raise RuntimeLoadError(str(exc)) from None
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    if cache_dir is not None:
+        config["CACHE_DIR"] = str(cache_dir)
+    return config
+
+
+def _compiled_precision(compiled: Any, requested: str) -> str:
+    try:
+        return str(compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
+    except Exception:  # virtual devices (AUTO, MULTI) may not expose it
+        return requested
 
 
 def _meta(ports: Sequence[Any]) -> list[TensorMeta]:
@@ -91,6 +115,7 @@ class OpenVINOBackend(Backend):
         threads: int | None = None,
         device: str | None = None,
         cache_dir: Path | None = None,
+        precision: str | None = None,
     ) -> None:
         c = core()
         items = list(files if files is not None else blobs or [])
@@ -99,12 +124,9 @@ class OpenVINOBackend(Backend):
                 f"an OpenVINO model is an .xml + .bin pair or one .onnx file, got {len(items)}"
             )
         self.device = choose_device(device, available_devices())
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
+        config = compile_config(precision, threads, cache_dir)
         if cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            config["CACHE_DIR"] = str(cache_dir)
         try:
             if files is not None:
                 model = c.read_model(str(items[0]), str(items[1]) if len(items) == 2 else None)
@@ -116,6 +138,8 @@ class OpenVINOBackend(Backend):
             raise
         except Exception as exc:
             raise RuntimeLoadError(f"OpenVINO cannot load the model: {exc}") from exc
+        #: The precision the plugin computes in: the hint, or ``f32`` on a CPU without bf16/f16 units.
+        self.inference_precision = _compiled_precision(self._compiled, config["INFERENCE_PRECISION_HINT"])
         self._inputs = _meta(self._compiled.inputs)
         self._outputs = _meta(self._compiled.outputs)
         if any(m.datatype == "BYTES" for m in self._inputs + self._outputs):
