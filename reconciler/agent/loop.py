@@ -8,8 +8,12 @@ Workflow (``Agent.run``):
 2. **Reconcile passes**, each a fixed sequence of named steps that record a condition instead of throwing:
    ``source`` (poll + verify the Git commit) → ``manifests`` (load, validate) → ``desired`` (this device's
    endpoints) → ``artifacts`` (TUF download into the store) → ``apply`` (health-checked swap, rollback,
-   failure memory, maintenance windows, pruning) → ``report`` (journal, local status, status branch, metrics).
-   A failed step skips the steps after it (``report`` always runs), so the device keeps its last good state.
+   maintenance windows, pruning) → ``report`` (journal, local status, status branch, metrics). A failed step
+   skips the steps after it (``report`` always runs), so the device keeps its last good state; a step that
+   failed for some endpoints only (``StepFailed(partial=True)``) lets the others go on.
+   A target that fails verification and a version that fails its health check go into the failure memory
+   (:mod:`reconciler.agent.journal`): not downloaded or loaded again before a new desired state or the backoff;
+   while only such failures are pending, passes are idle and the status does not change.
 3. **Scheduling.** The poll interval (agent config, else Fleet defaults, else 30 s) with ±10 % jitter;
    exponential backoff on errors; an immediate pass on SIGHUP (``modelfleet agent reconcile``) or when a git
    bundle lands. SIGTERM/SIGINT stop cleanly.
@@ -31,7 +35,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +63,18 @@ from reconciler.agent.metrics import (
     M_STEPS,
     label_sets,
 )
+from reconciler.agent.passes import (
+    EndpointOutcome,
+    PassResult,
+    PassState,
+    StepFailed,
+    applied_reason,
+    held_message,
+)
 from reconciler.agent.schedule import merged_labels, next_delay, summarize, window_open
 from reconciler.agent.wiring import Components, release_free_memory
 from reconciler.core import conditions as C
+from reconciler.core import reasons as R
 from reconciler.core.errors import UserError
 from reconciler.core.fsutil import atomic_write_text
 from reconciler.core.logs import fields
@@ -70,52 +82,6 @@ from reconciler.core.logs import fields
 log = logging.getLogger("reconciler.agent")
 
 STEPS = ("source", "manifests", "desired", "artifacts", "apply", "report")
-
-# --- pass bookkeeping ---------------------------------------------------------------------------------------
-
-
-class StepFailed(Exception):
-    """Raised inside a step: the step's condition goes False with this reason and message."""
-
-    def __init__(self, condition: str, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.condition = condition
-        self.reason = reason
-        self.message = message
-
-
-@dataclass
-class EndpointOutcome:
-    name: str
-    state: str
-    message: str = ""
-    desired_version: str | None = None
-
-
-@dataclass
-class PassResult:
-    commit: str | None
-    converged: bool
-    failed_step: str | None
-    message: str
-    changed: bool
-    duration: float
-    endpoints: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class _Pass:
-    force: bool
-    commit: str | None = None
-    poll: Any = None
-    files: dict[str, bytes] | None = None
-    load: Any = None
-    desired: Any = None
-    fetched: dict[str, dict[str, Any]] = field(default_factory=dict)  # endpoint → {path: StoredTarget}
-    outcomes: dict[str, EndpointOutcome] = field(default_factory=dict)
-    changed: bool = False
-    skip_rest: bool = False
-
 
 # --- the agent ----------------------------------------------------------------------------------------------
 
@@ -139,7 +105,7 @@ class Agent:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock_fd: int | None = None
-        self._converged_commit: str | None = None
+        self._settled_commit: str | None = None  # last commit whose pass left nothing to retry before a deadline
         self._bad_commit: tuple[str, str, str, str] | None = None
         self._pending_bundle: Any = None
         self._outcomes: dict[str, EndpointOutcome] = {}
@@ -269,11 +235,13 @@ class Agent:
 
     def reconcile_once(self, force: bool = False) -> PassResult:
         t0 = time.monotonic()
-        p = _Pass(force=force)
+        p = PassState(force=force)
         failed: tuple[str, str] | None = None
+        stop = False
+        all_held = True
         for step in STEPS:
             self._last_progress = time.monotonic()
-            if step != "report" and (failed is not None or p.skip_rest):
+            if step != "report" and (stop or p.skip_rest):
                 continue
             try:
                 getattr(self, f"_step_{step}")(p)
@@ -281,22 +249,24 @@ class Agent:
             except StepFailed as exc:
                 M_STEPS.labels(step, "failed").inc()
                 self.conditions.set(exc.condition, False, exc.reason, exc.message, p.commit)
-                failed = (step, f"{exc.reason}: {exc.message}")
+                failed = failed or (step, f"{exc.reason}: {exc.message}")
+                stop, all_held = stop or not exc.partial, all_held and exc.held
                 log.warning("step failed", extra=fields(step=step, reason=exc.reason, message=exc.message))
             except Exception as exc:
                 M_STEPS.labels(step, "failed").inc()
                 log.exception("step crashed", extra=fields(step=step))
                 cond = {"source": C.SOURCE_AVAILABLE, "manifests": C.MANIFESTS_VALID,
                         "artifacts": C.ARTIFACTS_READY}.get(step, C.APPLIED)
-                self.conditions.set(cond, False, "InternalError", f"{type(exc).__name__}: {exc}", p.commit)
-                failed = (step, f"InternalError: {exc}")
+                self.conditions.set(cond, False, R.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", p.commit)
+                failed, stop, all_held = failed or (step, f"{R.INTERNAL_ERROR}: {exc}"), True, False
         duration = time.monotonic() - t0
         endpoints = self._status_endpoints(p)
         converged = failed is None and self._is_converged(endpoints)
-        self.errors = 0 if failed is None else self.errors + 1
-        self._finish_conditions(p, failed, converged)
+        if not p.skip_rest:  # an idle pass changes nothing: errors, conditions and status stay as they were
+            self.errors = 0 if failed is None else self.errors + 1
+            self._finish_conditions(p, failed, converged)
+            self._settled_commit = p.commit if all_held else None
         if converged:
-            self._converged_commit = p.commit
             M_LAST_SUCCESS.set(time.time())
         result = PassResult(p.commit, converged, failed[0] if failed else None, failed[1] if failed else "",
                             p.changed, duration, endpoints)
@@ -313,14 +283,14 @@ class Agent:
 
     # -- steps ------------------------------------------------------------------------------------------------
 
-    def _step_source(self, p: _Pass) -> None:
+    def _step_source(self, p: PassState) -> None:
         last = self.journal.attempted_commit
         bundle, self._pending_bundle = self._pending_bundle, None
         try:
             poll = bundle if bundle is not None else self.c.poll(last)
         except Exception as exc:
             M_POLLS.labels("error").inc()
-            raise StepFailed(C.SOURCE_AVAILABLE, "SourceUnavailable", str(exc)) from None
+            raise StepFailed(C.SOURCE_AVAILABLE, R.SOURCE_UNAVAILABLE, str(exc)) from None
         p.poll = poll
         conds = {}
         for cond in getattr(poll, "conditions", None) or []:
@@ -334,10 +304,10 @@ class Agent:
             d = conds.get(ctype)
             if d is not None and d["status"] == "False":
                 M_POLLS.labels("failed").inc()
-                raise StepFailed(ctype, d.get("reason") or "SourceFailed", d.get("message") or poll.message)
+                raise StepFailed(ctype, d.get("reason") or R.SOURCE_UNAVAILABLE, d.get("message") or poll.message)
         if poll.commit is None:
             M_POLLS.labels("failed").inc()
-            raise StepFailed(C.SOURCE_AVAILABLE, getattr(poll, "reason", "") or "NoCommit",
+            raise StepFailed(C.SOURCE_AVAILABLE, getattr(poll, "reason", "") or R.SOURCE_UNAVAILABLE,
                              getattr(poll, "message", "") or "no commit available from the fleet repository")
         M_POLLS.labels("changed" if poll.changed else "unchanged").inc()
         p.commit = poll.commit
@@ -345,33 +315,40 @@ class Agent:
         if self._bad_commit is not None and self._bad_commit[0] == p.commit and not p.force:
             _, cond, reason, message = self._bad_commit
             raise StepFailed(cond, reason, message)  # the same invalid commit: no need to read it again
-        if not p.changed and not p.force and self._converged_commit == poll.commit and not self._due_retry():
-            p.skip_rest = True  # idle: nothing new, nothing pending
+        if not p.changed and not p.force and self._settled_commit == poll.commit and not self._due_retry():
+            p.skip_rest = True  # idle: nothing new, nothing pending, failures held back
 
     def _due_retry(self) -> bool:
         """Something pending may progress now (a failure's backoff ran out, a window opened)."""
-        return any(o.state in ("Failed", "Waiting", "Pending", "Downloading") for o in self._outcomes.values())
+        now = self.clock()
+        return any(o.state in ("Waiting", "Pending", "Downloading") or (o.state == "Failed" and (
+            o.held_until is None or now >= C.parse_time(o.held_until))) for o in self._outcomes.values())
 
-    def _step_manifests(self, p: _Pass) -> None:
+    def _step_manifests(self, p: PassState) -> None:
         from reconciler.fleet.manifests import load_files
 
         assert p.commit is not None
         try:
             p.files = self.c.read_files(p.commit)
         except Exception as exc:
-            raise StepFailed(C.MANIFESTS_VALID, "ReadFailed", f"cannot read commit {p.commit[:12]}: {exc}") from None
+            raise StepFailed(C.MANIFESTS_VALID, R.READ_FAILED, f"cannot read commit {p.commit[:12]}: {exc}") from None
         p.load = load_files(p.files)
         if not p.load.ok:
             errs = p.load.errors
             msg = "; ".join(f"{d.file}:{d.line}: {d.message}" for d in errs[:3])
             if len(errs) > 3:
                 msg += f" (and {len(errs) - 3} more)"
-            self._bad_commit = (p.commit, C.MANIFESTS_VALID, "ValidationFailed", msg)
-            raise StepFailed(C.MANIFESTS_VALID, "ValidationFailed", msg)
+            self._bad_commit = (p.commit, C.MANIFESTS_VALID, R.VALIDATION_FAILED, msg)
+            raise StepFailed(C.MANIFESTS_VALID, R.VALIDATION_FAILED, msg)
         self._bad_commit = None
-        self.conditions.set(C.MANIFESTS_VALID, True, "Valid", f"{p.load.files} manifest file(s) valid", p.commit)
+        warns = p.load.warnings
+        for d in warns[:20]:
+            log.warning("manifest warning", extra=fields(file=d.file, line=d.line, message=d.message))
+        note = "; ".join(f"{d.file}:{d.line}: warning: {d.message}" for d in warns[:3])
+        self.conditions.set(C.MANIFESTS_VALID, True, "Valid", f"{p.load.files} manifest file(s) valid"
+                            + (f"; {len(warns)} warning(s): {note}" if warns else ""), p.commit)
 
-    def _step_desired(self, p: _Pass) -> None:
+    def _step_desired(self, p: PassState) -> None:
         from reconciler.fleet.desired import DeviceIdentity, desired_state
 
         fleet = p.load.fleet
@@ -392,34 +369,50 @@ class Agent:
         for issue in p.desired.issues:
             p.outcomes[issue.endpoint] = EndpointOutcome(issue.endpoint, "Failed", f"{issue.reason}: {issue.message}")
 
-    def _step_artifacts(self, p: _Pass) -> None:
+    def _step_artifacts(self, p: PassState) -> None:
         fleet_tuf = p.load.fleet.fleet_spec.get("tuf") or {}
         try:
             self.c.tuf_refresh(self.config.tuf_metadata_url or fleet_tuf.get("metadataUrl", ""),
                                self.config.tuf_targets_url or fleet_tuf.get("targetsUrl", ""))
         except Exception as exc:
-            raise StepFailed(C.ARTIFACTS_READY, getattr(exc, "reason", "") or "TufRefreshFailed", str(exc)) from None
-        problems = []
+            raise StepFailed(C.ARTIFACTS_READY, getattr(exc, "reason", "") or R.TUF_ERROR, str(exc)) from None
+        now = self.clock()
         for name, ep in sorted(p.desired.endpoints.items()):
             if ep.suspend:
                 continue
             paths = list(ep.targets) + ([ep.probe_target] if ep.probe_target else [])
+            # What the signed metadata says these targets are: a changed target (or a commit) is retried at once.
+            key = p.artifact_keys[name] = self.c.tuf_fingerprint(paths)
+            blocker = blocking_failure(self.journal.failures, p.commit, name, key, now)
+            if blocker is not None:
+                p.artifact_failed[name] = R.reason_of(blocker.reason) or R.TUF_ERROR
+                p.outcomes[name] = EndpointOutcome(name, "Failed", held_message(ep.version, blocker.reason,
+                                                   blocker.retry_after), ep.version, blocker.retry_after)
+                continue
             try:
                 fetched, downloaded = self.c.tuf_fetch(paths)
             except Exception as exc:
-                reason = getattr(exc, "reason", "") or "DownloadFailed"
-                p.outcomes[name] = EndpointOutcome(name, "Failed", f"{reason}: {exc}", ep.version)
-                problems.append(f"{name}: {reason}: {exc}")
+                reason = getattr(exc, "reason", "") or R.TUF_ERROR
+                held = None
+                if reason in R.HELD_BACK_ARTIFACT_REASONS:  # the server serves bad bytes: do not fetch them again
+                    self.journal.failures = record_failure(self.journal.failures, p.commit, name, key, ep.version,
+                                                           f"{reason}: {exc}", now)
+                    held = self.journal.failures[0].retry_after
+                msg = held_message(ep.version, f"{reason}: {exc}", held) if held else f"{reason}: {exc}"
+                p.artifact_failed[name] = reason
+                p.outcomes[name] = EndpointOutcome(name, "Failed", msg[:1024], ep.version, held)
                 continue
             M_BYTES.inc(downloaded)
             p.fetched[name] = fetched
             self._last_progress = time.monotonic()
-        if problems:
-            self.conditions.set(C.ARTIFACTS_READY, False, "DownloadFailed", "; ".join(problems), p.commit)
-        else:
-            self.conditions.set(C.ARTIFACTS_READY, True, "Downloaded", "all targets verified in the store", p.commit)
+        if p.artifact_failed:
+            first = sorted(p.artifact_failed)[0]
+            msgs = [f"{n}: {p.outcomes[n].message}" for n in sorted(p.artifact_failed)]
+            raise StepFailed(C.ARTIFACTS_READY, p.artifact_failed[first], "; ".join(msgs)[:2048], partial=True,
+                             held=all(p.outcomes[n].held_until for n in p.artifact_failed))
+        self.conditions.set(C.ARTIFACTS_READY, True, "Downloaded", "all targets verified in the store", p.commit)
 
-    def _record_for(self, p: _Pass, ep: Any) -> EndpointRecord:
+    def _record_for(self, p: PassState, ep: Any) -> EndpointRecord:
         fetched = p.fetched[ep.name]
 
         def rec(path: str) -> TargetRecord:
@@ -433,12 +426,12 @@ class Agent:
             spec={k: v for k, v in ep.to_dict().items() if k not in ("targets", "reason")},
         )
 
-    def _step_apply(self, p: _Pass) -> None:
+    def _step_apply(self, p: PassState) -> None:
         now = self.clock()
         desired = p.desired
         held = desired.held_endpoints()
         dirty = False
-        failed_any = False
+        failures: dict[str, tuple[str, bool]] = {}  # endpoint → (Applied reason, held back)
         for name, ep in sorted(desired.endpoints.items()):
             st = self.journal.endpoints.get(name)
             active = st.active if st else None
@@ -456,10 +449,9 @@ class Agent:
                 continue
             blocker = blocking_failure(self.journal.failures, p.commit, name, rec.digest, now)
             if blocker is not None:
-                p.outcomes[name] = EndpointOutcome(
-                    name, "Failed", f"version {ep.version} failed ({blocker.reason}); held back until "
-                    f"{blocker.retry_after} or a new desired state", ep.version)
-                failed_any = True
+                p.outcomes[name] = EndpointOutcome(name, "Failed", held_message(
+                    ep.version, blocker.reason, blocker.retry_after), ep.version, blocker.retry_after)
+                failures[name] = (applied_reason(R.reason_of(blocker.reason)), True)
                 continue
             if not window_open(ep.maintenance_window, now):
                 p.outcomes[name] = EndpointOutcome(
@@ -478,14 +470,17 @@ class Agent:
                 p.outcomes[name] = EndpointOutcome(name, "Serving", "", ep.version)
             else:
                 M_ROLLBACKS.labels(name).inc()
-                if reason != "StoreCorruption":  # a corrupt blob is fetched again, not held back
+                held = None
+                if reason != R.STORE_CORRUPTION:  # a corrupt blob is fetched again, not held back
                     self.journal.failures = record_failure(self.journal.failures, p.commit, name, rec.digest,
                                                            ep.version, f"{reason}: {message}", now)
+                    held = self.journal.failures[0].retry_after
                 dirty = True
-                failed_any = True
+                failures[name] = (applied_reason(reason), held is not None)
                 log.warning("apply failed, kept last good", extra=fields(endpoint=name, version=ep.version,
                                                                         reason=reason, message=message))
-                p.outcomes[name] = EndpointOutcome(name, "Failed", f"{reason}: {message}"[:1024], ep.version)
+                msg = held_message(ep.version, f"{reason}: {message}", held) if held else f"{reason}: {message}"
+                p.outcomes[name] = EndpointOutcome(name, "Failed", msg[:1024], ep.version, held)
         # Pruning: only endpoints that the (fully validated) desired state no longer mentions at all.
         for name in sorted(set(self.journal.endpoints) | set(self.c.serving_endpoints())):
             if name in desired.endpoints or name in held:
@@ -496,7 +491,9 @@ class Agent:
             dirty = True
             log.info("pruned", extra=fields(endpoint=name))
             p.outcomes[name] = EndpointOutcome(name, "Removed", "no deployment gives this endpoint any more")
-        desired_digests = {n: self._record_for(p, e).digest for n, e in desired.endpoints.items() if n in p.fetched}
+        desired_digests = dict(p.artifact_keys)  # a failed download is remembered under its targets' fingerprint
+        desired_digests.update({n: self._record_for(p, e).digest for n, e in desired.endpoints.items()
+                                if n in p.fetched})
         kept = prune_failures(self.journal.failures, desired_digests)
         if kept != self.journal.failures:
             self.journal.failures, dirty = kept, True
@@ -509,9 +506,15 @@ class Agent:
         self.journal.save(self.config.state_dir)
         del dirty
         self.c.gc(self.journal.referenced_digests() | self._fetched_digests(p))
-        if failed_any:
-            msgs = [f"{o.name}: {o.message}" for o in p.outcomes.values() if o.state == "Failed"]
-            raise StepFailed(C.APPLIED, "ApplyFailed", "; ".join(msgs)[:2048])
+        if failures:
+            msgs = [f"{n}: {p.outcomes[n].message}" for n in sorted(failures)]
+            raise StepFailed(C.APPLIED, failures[sorted(failures)[0]][0], "; ".join(msgs)[:2048], partial=True,
+                             held=all(h for _, h in failures.values()))
+        if p.artifact_failed:  # reported by the artifacts step; Applied says it is not applied, and why
+            first = sorted(p.artifact_failed)[0]
+            self.conditions.set(C.APPLIED, False, p.artifact_failed[first],
+                                f"{', '.join(sorted(p.artifact_failed))}: not applied (artifacts not ready)", p.commit)
+            return
         self.conditions.set(C.APPLIED, True, "Applied", f"desired state of {(p.commit or '')[:12]} applied", p.commit)
 
     @staticmethod
@@ -522,15 +525,15 @@ class Agent:
             a.runtime == b.runtime and (a.spec.get("precision") or "fp32") == (b.spec.get("precision") or "fp32"))
 
     @staticmethod
-    def _fetched_digests(p: _Pass) -> set[str]:
+    def _fetched_digests(p: PassState) -> set[str]:
         return {t.digest for f in p.fetched.values() for t in f.values()}
 
-    def _step_report(self, p: _Pass) -> None:
+    def _step_report(self, p: PassState) -> None:
         """Runs in ``reconcile_once`` after the conditions are final (see ``_report``)."""
 
     # -- status -----------------------------------------------------------------------------------------------
 
-    def _status_endpoints(self, p: _Pass) -> list[dict[str, Any]]:
+    def _status_endpoints(self, p: PassState) -> list[dict[str, Any]]:
         if not p.skip_rest:
             # Outcomes of this pass; endpoints it did not reach keep their last outcome.
             merged = dict(self._outcomes)
@@ -562,7 +565,7 @@ class Agent:
     def _is_converged(endpoints: list[dict[str, Any]]) -> bool:
         return all(e["state"] in ("Serving", "Suspended", "Removed") for e in endpoints)
 
-    def _finish_conditions(self, p: _Pass, failed: tuple[str, str] | None, converged: bool) -> None:
+    def _finish_conditions(self, p: PassState, failed: tuple[str, str] | None, converged: bool) -> None:
         if converged:
             self.conditions.set(C.READY, True, "Converged", f"serving the desired state of {(p.commit or '')[:12]}",
                                 p.commit)
@@ -574,15 +577,19 @@ class Agent:
             self.conditions.set(C.RECONCILING, True, "RetryScheduled", "", p.commit)
             stalled = failed is not None and self.errors >= 3
             self.conditions.set(C.STALLED, stalled, "RepeatedFailures" if stalled else "Progressing",
-                                f"{self.errors} consecutive failed passes" if stalled else "", p.commit)
+                                # no count in the message: it would change the status on every retry
+                                "3 or more consecutive failed passes" if stalled else "", p.commit)
         self.journal.conditions = self.conditions.to_list()
 
-    def _record_attempt(self, p: _Pass, failed: tuple[str, str] | None, duration: float) -> None:
+    def _record_attempt(self, p: PassState, failed: tuple[str, str] | None, duration: float) -> None:
         result = "Failed" if failed else ("Succeeded" if p.changed or p.force else "NoChange")
         att: dict[str, Any] = {"time": C.isoformat(self.clock()), "commit": p.commit, "result": result,
                                "durationMs": round(duration * 1000, 1)}
         if failed:
             att["step"], att["message"] = failed[0], failed[1][:1024]
+        last = self.journal.attempts[0] if self.journal.attempts else {}
+        if result != "Succeeded" and all(last.get(k) == att.get(k) for k in ("commit", "result", "step", "message")):
+            return  # the same outcome again: recorded once, so a repeated failure does not rewrite the status
         self.journal.add_attempt(att)
 
     def status_document(self, endpoints: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -606,7 +613,7 @@ class Agent:
         return {"apiVersion": "modelfleet/v1", "kind": "DeviceStatus",
                 "metadata": {"name": self.config.device_id}, "status": status}
 
-    def _report(self, p: _Pass, endpoints: list[dict[str, Any]]) -> None:
+    def _report(self, p: PassState, endpoints: list[dict[str, Any]]) -> None:
         doc = self.status_document(endpoints)
         if not p.skip_rest:
             self.journal.save(self.config.state_dir)

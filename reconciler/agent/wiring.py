@@ -175,7 +175,8 @@ class Components:
     def poll(self, last: str | None) -> Any:
         return self.source.poll(last)
 
-    def read_files(self, commit: str) -> dict[str, bytes]:
+    def read_files(self, commit: str) -> dict[str, Any]:
+        """The commit's files (bytes, or a ``NonRegular`` for a symlink/submodule the loader reports)."""
         return self.source.read_files(commit)
 
     def import_bundle(self, path: Path, last: str | None) -> Any:
@@ -208,6 +209,24 @@ class Components:
             )
             self._tuf_urls = (metadata_url, targets_url)
         self.tuf.refresh()
+
+    def tuf_fingerprint(self, paths: list[str]) -> str:
+        """What the signed metadata currently says these targets are (length and hashes), as one digest.
+
+        The failure memory keys a failed download by it: a re-signed (changed) target gives a new fingerprint
+        and is tried at once; the same bad target is not downloaded again before its backoff. A path the
+        metadata does not list fingerprints as missing, so publishing it later changes the fingerprint.
+        """
+        import hashlib
+
+        described = []
+        for path in paths:
+            try:
+                info = self.tuf.target_info(path)
+                described.append([path, int(info.length), sorted((str(k), str(v)) for k, v in info.hashes.items())])
+            except Exception as exc:  # reported by tuf_fetch with its reason; here it only shapes the key
+                described.append([path, None, str(getattr(exc, "reason", "") or type(exc).__name__)])
+        return "targets:" + hashlib.sha256(json.dumps(described).encode()).hexdigest()
 
     def tuf_fetch(self, paths: list[str]) -> tuple[dict[str, Any], int]:
         """Targets verified into the store, and how many bytes were actually downloaded."""

@@ -188,3 +188,34 @@ def docs_generate(output: str, check: bool) -> None:
     else:
         atomic_write_text(output, text)
         click.echo(f"wrote {output}")
+
+
+@docs_cmd.command("reasons")
+@click.option("--output", "-o", default="-", help="Markdown page whose reasons table to rewrite (default: print it).")
+@click.option("--check", is_flag=True, help="Exit 1 if OUTPUT's table is not up to date.")
+def docs_reasons(output: str, check: bool) -> None:
+    """The table of reason codes (reconciler/core/reasons.py) for the operations runbook."""
+    from reconciler.core import reasons as R
+    from reconciler.core.fsutil import atomic_write_text
+
+    table = R.markdown_table()
+    if output == "-":
+        click.echo(table, nl=False)
+        return
+    try:
+        current = Path(output).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"{output}: {exc.strerror}") from None
+    if R.TABLE_BEGIN not in current or R.TABLE_END not in current:
+        raise UserError(f"{output}: no reasons table markers ({R.TABLE_BEGIN} … {R.TABLE_END})")
+    head, rest = current.split(R.TABLE_BEGIN, 1)
+    text = head + R.TABLE_BEGIN + "\n" + table + R.TABLE_END + rest.split(R.TABLE_END, 1)[1]
+    if check:
+        if text != current:
+            raise UserError(f"{output}: the reasons table is out of date; run `modelfleet docs reasons -o {output}`")
+        click.echo(f"{output} is up to date")
+    elif text != current:
+        atomic_write_text(output, text)
+        click.echo(f"wrote {output}")
+    else:
+        click.echo(f"{output} is up to date")

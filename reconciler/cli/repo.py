@@ -76,6 +76,8 @@ def init_cmd(repo_dir: Path, keys: Path, root_keys: Path | None, threshold: tupl
     for role, kids in ids.items():
         click.echo(f"{role:<10} {', '.join(k[:16] for k in kids)}")
     click.echo(f"root keys in {root_keys or tufrepo.default_root_keys_dir(keys)} — move them offline")
+    click.echo(f"trusted root: {Path(repo_dir) / 'metadata' / '1.root.json'} — provision it on devices as "
+               "tuf.trustedRoot")
 
 
 @repo.command("add")

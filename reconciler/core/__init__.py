@@ -2,6 +2,8 @@
 
 ``errors`` (:class:`UserError`, the one exception a command turns into ``error: …`` and a non-zero exit),
 ``diagnostics`` (a problem at ``file:line:col`` with a hint), ``conditions`` (Flux-style ``Ready``/``Stalled``
-conditions with reasons and timestamps), ``units`` (durations, sizes, version ranges), ``fsutil`` (temp + fsync
-+ rename writes) and ``logs`` (text/JSON log setup). Nothing here does network or runtime work.
+conditions with reasons and timestamps), ``reasons`` (every reason code a device reports, with its meaning and
+the operator's action: the one vocabulary the runbook table is generated from), ``units`` (durations, sizes,
+version ranges), ``fsutil`` (temp + fsync + rename writes) and ``logs`` (text/JSON log setup). Nothing here
+does network or runtime work.
 """

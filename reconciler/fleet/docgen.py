@@ -28,6 +28,18 @@ the kind's schema in `schemas/`.
 | Device | `devices/*.yaml` | `schemas/device.schema.json` |
 | AgentConfig | on the device, `/etc/modelfleet/agent.yaml` | `schemas/agentconfig.schema.json` |
 | DeviceStatus | `status.yaml` on branch `status/<device-id>` | `schemas/devicestatus.schema.json` |
+
+What is read, and what is reported instead of being skipped (`modelfleet validate`, `--rev` and the device
+alike; the device reports errors in `ManifestsValid` and keeps its last good state):
+
+| entry | verdict |
+|---|---|
+| `fleet.yaml`, `*.yaml`/`*.yml` below `models/`, `deployments/`, `devices/` | read; each document is checked |
+| a symlink, submodule (gitlink) or special file in those places | **error** naming it: never followed |
+| a manifest file with no YAML document (empty, comments only) | **error**: delete the file to remove its objects |
+| any other file there (`README.md`, `x.json`, hidden `.draft.yaml`) | warning: not read (`--strict` fails) |
+| a `*.yaml`/`*.yml` elsewhere starting with `apiVersion: modelfleet/…` | warning: not read, move it |
+| `.gitkeep`/`.keep`, and any other file elsewhere | not fleet input: no message |
 """
 
 

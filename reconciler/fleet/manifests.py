@@ -5,16 +5,28 @@ Sources: a directory (``load_dir``), a Git revision read from the commit tree wi
 source). Which files count: ``fleet.yaml`` and every ``*.yaml``/``*.yml`` below ``models/``, ``deployments/``
 and ``devices/``. Each document is checked against its kind's JSON Schema; then the semantic checks of
 :mod:`reconciler.fleet.validation` run. Nothing raises for bad input: problems come back as diagnostics.
+
+No input is dropped without a word (:func:`layout_diagnostics`):
+
+- a symlink, submodule or special file where a manifest could be is an **error** naming it (its target is
+  never read, and an operator must not believe it is in force);
+- an empty manifest file (no YAML document) is an **error**: a truncated file would otherwise silently remove
+  what it defined, and devices would prune it — delete the file to remove its objects;
+- any other file under the manifest folders (``README.md``, ``x.json``, ``.draft.yaml``) is a **warning**:
+  it is not read;
+- a YAML file outside the manifest folders that looks like a modelfleet manifest (``apiVersion:
+  modelfleet/…`` near its top) is a **warning**: it is not read. Other files outside are not fleet input.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+import stat
 from pathlib import Path
 
-from reconciler.core.diagnostics import ERROR, Diagnostic
-from reconciler.fleet.repository import FleetRepo, LoadResult, Manifest
+from reconciler.core.diagnostics import ERROR, WARNING, Diagnostic
+from reconciler.fleet.repository import FleetRepo, LoadResult, Manifest, NonRegular, RepoFiles
 from reconciler.fleet.schemas import validator
 from reconciler.fleet.validation import semantic_checks
 from reconciler.fleet.yamlsafe import MAX_FILE_BYTES, Document, YamlError, load_documents
@@ -22,8 +34,19 @@ from reconciler.fleet.yamlsafe import MAX_FILE_BYTES, Document, YamlError, load_
 MANIFEST_DIRS = ("models", "deployments", "devices")
 FLEET_FILE = "fleet.yaml"
 REPO_KINDS = ("Fleet", "Model", "Deployment", "Device")
-__all__ = ["FleetRepo", "LoadResult", "Manifest", "load_dir", "load_files", "load_git", "read_dir", "read_git"]
+__all__ = ["FleetRepo", "LoadResult", "Manifest", "NonRegular", "load_dir", "load_files", "load_git", "read_dir",
+           "read_git"]
 MAX_FILES = 50_000
+#: Bytes read of a file that is not a manifest: enough to tell whether it looks like one.
+PEEK_BYTES = 4096
+#: Placeholders that keep an empty folder in Git; not input.
+PLACEHOLDERS = (".gitkeep", ".keep")
+_LOOKS_LIKE_MANIFEST = re.compile(rb"""^["']?apiVersion["']?\s*:\s*["']?modelfleet/""", re.MULTILINE)
+
+
+def in_manifest_area(rel: str) -> bool:
+    """``fleet.yaml`` or anything below (or being) one of the manifest folders."""
+    return rel == FLEET_FILE or rel.split("/", 1)[0] in MANIFEST_DIRS
 
 
 def is_manifest_path(rel: str) -> bool:
@@ -77,21 +100,58 @@ def _closest(word: str, candidates: set[str]) -> str | None:
     return match[0] if match else None
 
 
-def load_files(files: Mapping[str, bytes], *, tuf_targets: set[str] | None = None) -> LoadResult:
-    """Load and validate a fleet repository given as ``{relative/path: content}``."""
+def layout_diagnostics(files: RepoFiles) -> list[Diagnostic]:
+    """Errors and warnings for entries that are not (readable) manifests; see the module docstring."""
+    out: list[Diagnostic] = []
+    for rel in sorted(files):
+        content = files[rel]
+        name = rel.rsplit("/", 1)[-1]
+        if not in_manifest_area(rel):
+            if (isinstance(content, bytes) and rel.endswith((".yaml", ".yml"))
+                    and _LOOKS_LIKE_MANIFEST.search(content[:PEEK_BYTES])):
+                out.append(Diagnostic(rel, 1, 1, "a modelfleet manifest outside fleet.yaml, models/, deployments/ "
+                                      "and devices/ is not read", WARNING, None, None,
+                                      "move it into the folder of its kind", "layout"))
+            continue
+        if isinstance(content, NonRegular):
+            out.append(Diagnostic(rel, 1, 1, f"{content.describe()} where a manifest belongs; it is not read",
+                                  ERROR, None, None, "commit the manifest itself as a regular file "
+                                  "(`git ls-files -s` shows mode 120000 for a symlink, 160000 for a submodule)",
+                                  "layout"))
+        elif rel in MANIFEST_DIRS:
+            out.append(Diagnostic(rel, 1, 1, f"{rel} is a file; it must be a folder of manifests", ERROR, None,
+                                  None, None, "layout"))
+        elif name in PLACEHOLDERS:
+            continue
+        elif not is_manifest_path(rel):
+            why = "hidden files are" if any(p.startswith(".") for p in rel.split("/")) else "only .yaml/.yml files are"
+            hint = "rename it to .yaml (JSON is valid YAML)" if rel.endswith(".json") else \
+                "keep other files outside models/, deployments/ and devices/"
+            out.append(Diagnostic(rel, 1, 1, f"not a manifest: {why} read; this file is ignored", WARNING, None,
+                                  None, hint, "layout"))
+    return out
+
+
+def load_files(files: RepoFiles, *, tuf_targets: set[str] | None = None) -> LoadResult:
+    """Load and validate a fleet repository given as ``{relative/path: content or NonRegular}``."""
     fleet = FleetRepo()
-    diags: list[Diagnostic] = []
+    diags: list[Diagnostic] = layout_diagnostics(files)
     manifests: list[Manifest] = []
-    names = sorted(p for p in files if is_manifest_path(p))
+    names = sorted(p for p, content in files.items() if is_manifest_path(p) and isinstance(content, bytes))
     if len(names) > MAX_FILES:
         diags.append(Diagnostic(".", 1, 1, f"{len(names)} manifest files; the limit is {MAX_FILES}"))
         names = names[:MAX_FILES]
     for rel in names:
+        content = files[rel]
+        assert isinstance(content, bytes)
         try:
-            docs = load_documents(files[rel], rel)
+            docs = load_documents(content, rel)
         except YamlError as exc:
             diags.append(Diagnostic(rel, exc.line, exc.column, exc.message, ERROR, None, None, exc.hint, "yaml"))
             continue
+        if not docs:
+            diags.append(Diagnostic(rel, 1, 1, "empty manifest file: no YAML document in it", ERROR, None, None,
+                                    "delete the file to remove what it defined", "empty"))
         for doc in docs:
             m = _to_manifest(rel, doc, diags)
             if m is not None:
@@ -145,22 +205,46 @@ def _to_manifest(rel: str, doc: Document, diags: list[Diagnostic]) -> Manifest |
     return Manifest(kind, str(name) if name is not None else "?", data, rel, doc)
 
 
-def read_dir(path: str | os.PathLike[str]) -> dict[str, bytes]:
-    """The manifest files below ``path`` as ``{relative: bytes}``. Oversized files are read only to the limit+1."""
+def read_dir(path: str | os.PathLike[str]) -> dict[str, bytes | NonRegular]:
+    """The fleet input below ``path`` as ``{relative: bytes | NonRegular}``; symlinks are reported, never followed.
+
+    Manifests are read to the size limit + 1; other files only to :data:`PEEK_BYTES` (to tell whether they look
+    like manifests). FIFOs and devices are never opened.
+    """
     root = Path(path)
-    out: dict[str, bytes] = {}
-    fleet_file = root / FLEET_FILE
-    candidates = [fleet_file] if fleet_file.is_file() else []
-    for d in MANIFEST_DIRS:
-        base = root / d
-        if base.is_dir():
-            candidates.extend(p for p in sorted(base.rglob("*")) if p.is_file() and not p.is_symlink())
-    for p in candidates:
+    out: dict[str, bytes | NonRegular] = {}
+
+    def add(p: Path) -> None:
         rel = p.relative_to(root).as_posix()
-        if not is_manifest_path(rel):
-            continue
-        with open(p, "rb") as fh:
-            out[rel] = fh.read(MAX_FILE_BYTES + 1)
+        try:
+            st = os.lstat(p)
+        except OSError:
+            return
+        if not stat.S_ISREG(st.st_mode):
+            if in_manifest_area(rel):
+                out[rel] = NonRegular("symlink", os.readlink(p)) if stat.S_ISLNK(st.st_mode) else \
+                    NonRegular("special file")
+        elif in_manifest_area(rel) or rel.endswith((".yaml", ".yml")):
+            with open(p, "rb") as fh:
+                out[rel] = fh.read(MAX_FILE_BYTES + 1 if is_manifest_path(rel) else PEEK_BYTES)
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        here = Path(dirpath)
+        inside = here != root and in_manifest_area(here.relative_to(root).as_posix())
+        dirnames[:] = sorted(d for d in dirnames if not (here == root and d.startswith(".")) or inside)
+        for d in list(dirnames):
+            if (here / d).is_symlink():
+                add(here / d)
+                dirnames.remove(d)
+            elif (here / d / ".git").exists() and in_manifest_area((here / d).relative_to(root).as_posix()):
+                # A submodule (or nested repository) checkout: Git keeps only a commit id here, so a device
+                # reading the commit sees no files; report it as the same error as in Git-revision mode.
+                out[(here / d).relative_to(root).as_posix()] = NonRegular("submodule")
+                dirnames.remove(d)
+        for f in sorted(filenames):
+            add(here / f)
+        if len(out) > MAX_FILES:
+            break
     return out
 
 
@@ -181,16 +265,31 @@ def read_git(repo_path: str | os.PathLike[str], rev: str, subpath: str | None = 
         raise UserError(f"unknown revision {rev!r} in {repo_path}: {exc}") from None
     if subpath:
         tree = tree / subpath.strip("/")
-    out: dict[str, bytes] = {}
+    return tree_files(tree)
+
+
+def tree_files(tree: object) -> dict[str, bytes | NonRegular]:
+    """The fleet input in a GitPython tree, like :func:`read_dir`: symlinks and submodules as :class:`NonRegular`."""
+    import git
+
+    assert isinstance(tree, git.Tree)
+    out: dict[str, bytes | NonRegular] = {}
     for item in tree.traverse():
-        if item.type != "blob":
-            continue
         rel = item.path[len(tree.path) + 1:] if tree.path else item.path
-        if not is_manifest_path(rel):
+        if item.type == "tree":
             continue
-        if item.mode == 0o120000:  # symlink
+        if item.type == "submodule":
+            if in_manifest_area(rel):
+                out[rel] = NonRegular("submodule", item.hexsha)
             continue
-        out[rel] = item.data_stream.read(MAX_FILE_BYTES + 1) if item.size > MAX_FILE_BYTES else item.data_stream.read()
+        if item.mode & 0o170000 == 0o120000:
+            if in_manifest_area(rel):
+                out[rel] = NonRegular("symlink", item.data_stream.read(4096).decode("utf-8", "replace"))
+        elif in_manifest_area(rel) or rel.endswith((".yaml", ".yml")):
+            limit = MAX_FILE_BYTES + 1 if is_manifest_path(rel) else PEEK_BYTES
+            out[rel] = item.data_stream.read(limit) if item.size > limit else item.data_stream.read()
+        if len(out) > MAX_FILES:
+            break
     return out
 
 

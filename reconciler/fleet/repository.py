@@ -6,6 +6,7 @@ checks (:mod:`reconciler.fleet.validation`) can use it without importing each ot
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,29 @@ class Manifest:
              code: str = "invalid", key: bool = False) -> Diagnostic:
         line, col = self.pos(*path, key=key)
         return Diagnostic(self.file, line, col, message, severity, self.kind, self.name, hint, code)
+
+
+@dataclass(frozen=True)
+class NonRegular:
+    """A repository entry that is not a regular file: a symlink, a submodule (gitlink) or a special file.
+
+    The readers report these instead of skipping them, so the loader can name them: an operator who commits a
+    symlink must not believe its target is in force.
+    """
+
+    kind: str  # "symlink", "submodule", "special file"
+    detail: str = ""  # the link target, the submodule commit
+
+    def describe(self) -> str:
+        if self.kind == "symlink":
+            return f"a symbolic link (to {self.detail!r})" if self.detail else "a symbolic link"
+        if self.kind == "submodule":
+            return f"a submodule (commit {self.detail[:12]})" if self.detail else "a submodule"
+        return f"a {self.kind}"
+
+
+#: What the readers return and the loader takes: repository path → bytes of a regular file, or the entry.
+RepoFiles = Mapping[str, bytes | NonRegular]
 
 
 @dataclass

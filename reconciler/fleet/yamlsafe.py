@@ -125,14 +125,17 @@ class _Builder:
         raise YamlError(f"unsupported YAML node {type(node).__name__}", node.start_mark.line + 1, 1)
 
 
-def _mark_error(exc: yaml.YAMLError) -> YamlError:
+def _mark_error(exc: yaml.YAMLError, text: str = "") -> YamlError:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
     problem = getattr(exc, "problem", None) or str(exc)
     context = getattr(exc, "context", None)
     msg = f"invalid YAML: {problem}" + (f" ({context})" if context else "")
     hint = None
-    if "\\t" in problem or "tab" in problem.lower():
+    # libyaml (CSafeLoader) does not name the character; look at the source line the error points at.
+    src = text.split("\n")[line - 1] if mark is not None and 0 < line <= text.count("\n") + 1 else ""
+    at_tab = "\t" in src[: len(src) - len(src.lstrip())] or src[col - 1:col] == "\t"
+    if at_tab or "\\t" in problem or "tab" in problem.lower():
         hint = "YAML does not allow tabs for indentation; use spaces"
     elif "mapping values are not allowed" in problem:
         hint = "check the indentation, or quote a value containing ': '"
@@ -170,7 +173,7 @@ def load_documents(data: bytes | str, filename: str = "<string>") -> list[Docume
                 continue
             docs.append(doc)
     except yaml.YAMLError as exc:
-        raise _mark_error(exc) from None
+        raise _mark_error(exc, text) from None
     except RecursionError:
         raise YamlError("YAML nesting too deep", 1, 1) from None
     finally:

@@ -27,18 +27,19 @@ from pathlib import Path
 import git as gitpython
 from prometheus_client import Counter
 
+from reconciler.core import reasons as R
 from reconciler.core.conditions import SOURCE_AVAILABLE, SOURCE_VERIFIED, Condition, isoformat, utcnow
+from reconciler.fleet.repository import NonRegular
 from reconciler.gitops.verify import VERIFIED, GitError, Verifier, VerifyResult, init_bare, run_git
 
-# Reasons specific to the source (signature reasons come from gitverify).
-HISTORY_REWRITE = "HistoryRewrite"
-GIT_UNAVAILABLE = "GitUnavailable"
-GIT_TIMEOUT = "GitTimeout"
-BRANCH_NOT_FOUND = "BranchNotFound"
-BUNDLE_INVALID = "BundleInvalid"
-SUCCEEDED = "Succeeded"
-UP_TO_DATE = "UpToDate"
-NOT_VERIFIED = "VerificationDisabled"
+# Reasons specific to the source (signature reasons come from gitverify); the vocabulary is core.reasons.
+HISTORY_REWRITE = R.HISTORY_REWRITE
+GIT_UNAVAILABLE = R.GIT_UNAVAILABLE
+GIT_TIMEOUT = R.GIT_TIMEOUT
+BRANCH_NOT_FOUND = R.BRANCH_NOT_FOUND
+BUNDLE_INVALID = R.BUNDLE_INVALID
+SUCCEEDED = R.SUCCEEDED
+NOT_VERIFIED = R.VERIFICATION_DISABLED
 
 MAX_FILE_BYTES = 16 * 1024 * 1024
 
@@ -353,7 +354,7 @@ class GitSource:
                 conds = self._conditions((True, BUNDLE_INVALID, msg), ("False", BUNDLE_INVALID, msg), last_applied)
                 return PollResult(last_applied, False, False, conds, BUNDLE_INVALID, msg, None, self.poll_interval)
             res = self._result(head, verdict, last_applied, fetched=True)
-            res.conditions[0] = Condition(SOURCE_AVAILABLE, "True", "BundleImported", f"bundle {path.name}",
+            res.conditions[0] = Condition(SOURCE_AVAILABLE, "True", R.BUNDLE_IMPORTED, f"bundle {path.name}",
                                           res.conditions[0].last_transition_time, head)
             return res
 
@@ -364,11 +365,12 @@ class GitSource:
             self._repo = gitpython.Repo(self.git_dir, odbt=gitpython.GitCmdObjectDB)
         return self._repo
 
-    def read_files(self, commit: str) -> dict[str, bytes]:
-        """Every regular file under ``subpath`` at ``commit``, keyed by path relative to ``subpath``.
+    def read_files(self, commit: str) -> dict[str, bytes | NonRegular]:
+        """Every file under ``subpath`` at ``commit``, keyed by path relative to ``subpath``.
 
-        Read from the object database (no checkout, nothing executable is ever written). Symlinks and
-        submodules are skipped; a file larger than 16 MiB raises ``ValueError``.
+        Read from the object database (no checkout, nothing executable is ever written). A symlink or a
+        submodule is returned as a :class:`~reconciler.fleet.repository.NonRegular` (never followed), so the
+        loader reports it instead of it vanishing; a file larger than 16 MiB raises ``ValueError``.
         """
         with self._lock:
             repo = self._gp_repo()
@@ -378,10 +380,20 @@ class GitSource:
                     tree = tree / self.subpath
             except (ValueError, KeyError, gitpython.BadName) as exc:
                 raise KeyError(f"{self.subpath or '/'} not found at commit {commit[:12]}: {exc}") from None
-            files: dict[str, bytes] = {}
+            files: dict[str, bytes | NonRegular] = {}
             prefix = len(tree.path) + 1 if tree.path else 0
             for item in tree.traverse():
-                if not isinstance(item, gitpython.Blob) or item.mode & 0o170000 != 0o100000:
+                if isinstance(item, gitpython.Submodule):
+                    files[item.path[prefix:]] = NonRegular("submodule", item.hexsha)
+                    continue
+                if not isinstance(item, gitpython.Blob):
+                    continue
+                if item.mode & 0o170000 == 0o120000:
+                    files[item.path[prefix:]] = NonRegular("symlink", item.data_stream.read(4096).decode(
+                        "utf-8", "replace"))
+                    continue
+                if item.mode & 0o170000 != 0o100000:
+                    files[item.path[prefix:]] = NonRegular("special file")
                     continue
                 if item.size > MAX_FILE_BYTES:
                     raise ValueError(f"{item.path} at {commit[:12]} is {item.size} bytes (limit {MAX_FILE_BYTES})")

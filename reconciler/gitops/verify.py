@@ -20,12 +20,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler.core import reasons as R
 from reconciler.core.fsutil import atomic_write_text
 
 # Reasons (Condition.reason) shared with gitsource.
-VERIFIED = "Verified"
-UNSIGNED = "UnsignedCommit"
-VERIFICATION_FAILED = "VerificationFailed"
+VERIFIED = R.VERIFIED
+UNSIGNED = R.UNSIGNED_COMMIT
+VERIFICATION_FAILED = R.VERIFICATION_FAILED
 
 # Options given to every git invocation: hooks can never run (fetch runs reference-transaction hooks),
 # no credential prompts, no automatic gc racing our own measurements.

@@ -104,6 +104,35 @@ def test_invalid_manifest_keeps_last_good(world: World, agent: Agent) -> None:
     assert agent.reconcile_once().converged and agent.journal.applied_commit == fixed
 
 
+def test_symlink_and_submodule_in_the_fleet_repo_are_errors_on_the_device(world: World, agent: Agent) -> None:
+    good = world.upstream.head()
+    assert agent.reconcile_once().converged
+    (world.upstream.work / "deployments" / "extra.yaml").symlink_to("/etc/passwd")
+    world.commit_raw({}, "a symlink where a manifest belongs")
+    r = agent.reconcile_once()
+    c = cond(agent, C.MANIFESTS_VALID)
+    assert r.failed_step == "manifests" and (c.status, c.reason) == ("False", "ValidationFailed")
+    assert "deployments/extra.yaml:1: a symbolic link (to '/etc/passwd')" in c.message
+    assert which_version(agent.c.url, world) == "1.0.0" and agent.journal.applied_commit == good
+    (world.upstream.work / "deployments" / "extra.yaml").unlink()
+    world.upstream.commit({}, "symlink removed", push=False)
+    git = ["git", "-C", str(world.upstream.work), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "update-index", "--add", "--cacheinfo", f"160000,{good},models/vendor"], check=True)
+    subprocess.run([*git, "commit", "--quiet", "-m", "a submodule"], check=True)
+    world.upstream.push()
+    r = agent.reconcile_once()
+    c = cond(agent, C.MANIFESTS_VALID)
+    assert r.failed_step == "manifests" and f"models/vendor:1: a submodule (commit {good[:12]})" in c.message
+    assert agent.status_document()["status"]["conditions"]  # reported in status, last good kept
+    assert which_version(agent.c.url, world) == "1.0.0" and agent.journal.applied_commit == good
+    # A README in models/ is a warning: applied, and named in the condition.
+    subprocess.run([*git, "rm", "--cached", "--quiet", "models/vendor"], check=True)
+    fixed = world.commit_raw({"models/README.md": "# models\n"}, "fix, with a README")
+    assert agent.reconcile_once().converged and agent.journal.applied_commit == fixed
+    c = cond(agent, C.MANIFESTS_VALID)
+    assert c.status == "True" and "models/README.md:1: warning: not a manifest" in c.message
+
+
 def test_missing_tuf_target_is_refused(world: World, agent: Agent) -> None:
     assert agent.reconcile_once().converged
     world.publish("3.0.0", bias=3.0, sign=False)
@@ -111,8 +140,21 @@ def test_missing_tuf_target_is_refused(world: World, agent: Agent) -> None:
     r = agent.reconcile_once()
     assert not r.converged
     c = cond(agent, C.ARTIFACTS_READY)
-    assert c.status == "False" and "TargetNotFound" in c.message
+    assert c.status == "False" and c.reason == "TargetNotFound" and "TargetNotFound" in c.message
     assert r.endpoints[0]["state"] == "Failed" and which_version(agent.c.url, world) == "1.0.0"
+    # Looked up again on every pass (no download), without rewriting the status each time…
+    from reconciler.gitops.statuswriter import content_key
+
+    for _ in range(2):  # the third failed pass in a row sets Stalled=True: a real change, reported once
+        assert agent.reconcile_once().failed_step == "artifacts"
+    assert cond(agent, C.STALLED).status == "True"
+    before = content_key(agent.status_document())
+    for _ in range(3):
+        assert agent.reconcile_once().failed_step == "artifacts"
+    assert content_key(agent.status_document()) == before and agent.journal.failures == []
+    # …so publishing the target is picked up at once, without a new commit.
+    world.publish("3.0.0", bias=3.0)
+    assert agent.reconcile_once().converged and which_version(agent.c.url, world) == "3.0.0"
 
 
 def test_removed_deployment_is_pruned(world: World, agent: Agent) -> None:

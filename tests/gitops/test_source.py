@@ -81,13 +81,15 @@ def test_first_poll_fetches_then_idle_polls_make_no_fetch(upstream: Upstream, tm
     src.close()
 
 
-def test_read_files_never_checks_out_and_skips_symlinks(upstream: Upstream, tmp_path: Path) -> None:
+def test_read_files_never_checks_out_and_reports_symlinks(upstream: Upstream, tmp_path: Path) -> None:
+    from reconciler.fleet.repository import NonRegular
+
     (upstream.work / "fleet").mkdir()
     (upstream.work / "fleet" / "link.yaml").symlink_to("/etc/passwd")
     c = upstream.commit({"fleet/a/b.yaml": "x: 1\n", "other.txt": "no"})
     src = GitSource(upstream.file_url, tmp_path / "cache", subpath="fleet")
     assert src.poll(None).commit == c
-    assert src.read_files(c) == {"a/b.yaml": b"x: 1\n"}
+    assert src.read_files(c) == {"a/b.yaml": b"x: 1\n", "link.yaml": NonRegular("symlink", "/etc/passwd")}
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["repo.git"]
     with pytest.raises(KeyError):
         GitSource(upstream.file_url, tmp_path / "cache", subpath="nope").read_files(c)

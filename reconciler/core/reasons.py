@@ -1,0 +1,206 @@
+"""The reason codes a device reports: one vocabulary for conditions, endpoint states and the failure memory.
+
+Operators alert on these codes, so they are an interface: every CamelCase reason the code can report is listed
+in :data:`REASONS` with where it appears, what it means and what to do. The runbook table in
+``docs/operations.md`` is generated from this list (``modelfleet docs reasons``), and a test fails when the
+docs or any reason literal in the code drift from it.
+
+Grouping: a condition's reason names the *kind* of failure (``Applied=False HealthCheckFailed``); the specific
+check (``NonFiniteOutput``, ``ProbeMismatch``, …) is in the endpoint's ``message`` and in ``failures[].reason``,
+so an alert on the condition does not need to know every check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# -- source (SourceAvailable / SourceVerified) ----------------------------------------------------------------
+GIT_UNAVAILABLE = "GitUnavailable"
+GIT_TIMEOUT = "GitTimeout"
+BRANCH_NOT_FOUND = "BranchNotFound"
+BUNDLE_INVALID = "BundleInvalid"
+SOURCE_UNAVAILABLE = "SourceUnavailable"
+UNSIGNED_COMMIT = "UnsignedCommit"
+VERIFICATION_FAILED = "VerificationFailed"
+HISTORY_REWRITE = "HistoryRewrite"
+SUCCEEDED = "Succeeded"
+BUNDLE_IMPORTED = "BundleImported"
+VERIFIED = "Verified"
+VERIFICATION_DISABLED = "VerificationDisabled"
+# -- manifests -----------------------------------------------------------------------------------------------
+READ_FAILED = "ReadFailed"
+VALIDATION_FAILED = "ValidationFailed"
+# -- desired state (endpoint state Failed) -------------------------------------------------------------------
+NO_MATCHING_VARIANT = "NoMatchingVariant"
+DEPLOYMENT_CONFLICT = "DeploymentConflict"
+UNKNOWN_MODEL_VERSION = "UnknownModelVersion"
+# -- artifacts (ArtifactsReady; TufClientError.reason) -------------------------------------------------------
+TUF_NOT_CONFIGURED = "TufNotConfigured"
+TUF_ERROR = "TufError"
+METADATA_EXPIRED = "MetadataExpired"
+BAD_SIGNATURE = "BadSignature"
+ROLLBACK_ATTACK = "RollbackAttack"
+METADATA_MISMATCH = "MetadataMismatch"
+BAD_METADATA = "BadMetadata"
+TARGET_NOT_FOUND = "TargetNotFound"
+TARGET_HASH_MISMATCH = "TargetHashMismatch"
+LENGTH_EXCEEDED = "LengthExceeded"
+INSUFFICIENT_DISK_SPACE = "InsufficientDiskSpace"
+DECRYPTION_FAILED = "DecryptionFailed"
+REPOSITORY_UNAVAILABLE = "RepositoryUnavailable"
+STORE_CORRUPTED = "StoreCorrupted"
+LOCAL_IO_ERROR = "LocalIOError"
+# -- apply (Applied; endpoint messages; failures[]) ----------------------------------------------------------
+HEALTH_CHECK_FAILED = "HealthCheckFailed"
+LOAD_FAILED = "LoadFailed"
+INTERFACE_MISMATCH = "InterfaceMismatch"
+INVALID_SPEC = "InvalidSpec"
+PROBE_INVALID = "ProbeInvalid"
+PROBE_MISMATCH = "ProbeMismatch"
+NON_FINITE_OUTPUT = "NonFiniteOutput"
+LATENCY_TOO_HIGH = "LatencyTooHigh"
+RSS_GROWTH_TOO_HIGH = "RssGrowthTooHigh"
+STORE_CORRUPTION = "StoreCorruption"
+MISSING_FROM_STORE = "MissingFromStore"
+ARTIFACT_UNREADABLE = "ArtifactUnreadable"
+# -- the pass as a whole (Ready / Stalled / Reconciling) -----------------------------------------------------
+REPEATED_FAILURES = "RepeatedFailures"
+NOT_CONVERGED = "NotConverged"
+RETRY_SCHEDULED = "RetryScheduled"
+INTERNAL_ERROR = "InternalError"
+CONVERGED = "Converged"
+
+
+@dataclass(frozen=True)
+class Reason:
+    code: str
+    where: str  # the condition (or status field) that carries it
+    meaning: str
+    action: str
+
+
+REASONS: tuple[Reason, ...] = (
+    Reason(GIT_UNAVAILABLE, "SourceAvailable=False", "Git server unreachable (the message has git's error)",
+           "The device keeps serving; check network/DNS/deploy key. Recovery is automatic."),
+    Reason(GIT_TIMEOUT, "SourceAvailable=False", "Git server did not answer within `source.timeout`",
+           "As `GitUnavailable`."),
+    Reason(BRANCH_NOT_FOUND, "SourceAvailable=False", "the branch does not exist on the server",
+           "Fix `source.branch`."),
+    Reason(BUNDLE_INVALID, "SourceAvailable, SourceVerified", "a git bundle dropped in `bundleDir` was refused",
+           "Build the bundle from the right branch, including the device's last applied commit."),
+    Reason(SUCCEEDED, "SourceAvailable=True", "the branch head was read", "—"),
+    Reason(BUNDLE_IMPORTED, "SourceAvailable=True", "the head came from a git bundle (air-gapped update)", "—"),
+    Reason(VERIFIED, "SourceVerified=True", "the head (or every new commit) is signed by an allowed signer", "—"),
+    Reason(VERIFICATION_DISABLED, "SourceVerified=True", "`source.verify.mode: none`: signatures not checked",
+           "Turn verification on for production fleets (docs/git.md)."),
+    Reason(SOURCE_UNAVAILABLE, "SourceAvailable=False", "the source could not be polled at all",
+           "Read the message; recovery is automatic."),
+    Reason(UNSIGNED_COMMIT, "SourceVerified=False", "the head commit carries no signature",
+           "Sign the commit (`git commit -S`)."),
+    Reason(VERIFICATION_FAILED, "SourceVerified=False",
+           "the head commit is not signed by an allowed signer (bad, expired or unknown key)",
+           "Re-sign the commit or update `allowed_signers`."),
+    Reason(HISTORY_REWRITE, "SourceVerified=False", "history rewritten (force push or repository rollback)",
+           "Restore history, or set `allowHistoryRewrite` deliberately."),
+    Reason(READ_FAILED, "ManifestsValid=False", "the commit's files could not be read (e.g. a file over 16 MiB)",
+           "Read the message; fix the repository."),
+    Reason(VALIDATION_FAILED, "ManifestsValid=False",
+           "the commit has invalid manifests, symlinks or other non-regular files (`file:line` in the message)",
+           "`modelfleet validate --rev <commit>` in the fleet repo, fix, push."),
+    Reason(NO_MATCHING_VARIANT, "endpoint `Failed`", "no variant of the version fits this device's facts",
+           "Fix the Model variants' `requires`; the endpoint is left as it is."),
+    Reason(DEPLOYMENT_CONFLICT, "endpoint `Failed`", "two deployments of equal priority give this endpoint",
+           "Set deployment priorities; the endpoint is left as it is."),
+    Reason(UNKNOWN_MODEL_VERSION, "endpoint `Failed`", "a deployment names a model version that does not exist",
+           "Fix the deployment (`modelfleet validate` catches it)."),
+    Reason(TUF_NOT_CONFIGURED, "ArtifactsReady=False", "no TUF metadata/targets URL in the Fleet or agent config",
+           "Set `spec.tuf` in `fleet.yaml` or `tuf.metadataUrl`/`targetsUrl` in the agent config."),
+    Reason(TUF_ERROR, "ArtifactsReady=False", "an unexpected TUF client failure", "Read the message."),
+    Reason(METADATA_EXPIRED, "ArtifactsReady=False", "TUF metadata expired (freeze attack or repository not "
+           "refreshed)", "Run `modelfleet repo refresh`; investigate if it was refreshed."),
+    Reason(BAD_SIGNATURE, "ArtifactsReady=False", "TUF metadata not signed by a threshold of trusted keys",
+           "Investigate tampering; re-sign with the right keys."),
+    Reason(ROLLBACK_ATTACK, "ArtifactsReady=False", "the server offers older TUF metadata than already trusted",
+           "Investigate: the server or a mirror was rolled back."),
+    Reason(METADATA_MISMATCH, "ArtifactsReady=False", "TUF metadata from different moments mixed",
+           "Investigate the mirror; republish."),
+    Reason(BAD_METADATA, "ArtifactsReady=False", "TUF metadata unreadable or the trusted root missing",
+           "Check `tuf.trustedRoot` and the repository."),
+    Reason(TARGET_NOT_FOUND, "ArtifactsReady=False", "a target is not signed in TUF for that path",
+           "Publish it (`modelfleet repo add`); every pass looks again (no download until it is signed)."),
+    Reason(TARGET_HASH_MISMATCH, "ArtifactsReady=False", "a downloaded target does not match its signed hashes "
+           "(tampered or corrupt on the server); held back in `failures`",
+           "Fix the file on the server; retried on a new commit or target, else after the backoff."),
+    Reason(LENGTH_EXCEEDED, "ArtifactsReady=False", "the server sent more bytes than the signed length; held "
+           "back in `failures`", "As `TargetHashMismatch`."),
+    Reason(INSUFFICIENT_DISK_SPACE, "ArtifactsReady=False", "not enough free space to stage the download",
+           "Free disk space; retried with backoff."),
+    Reason(DECRYPTION_FAILED, "ArtifactsReady, Applied", "an encrypted model cannot be decrypted on this device",
+           "Provision `tuf.decryptionKey`, or re-encrypt for the device's key."),
+    Reason(REPOSITORY_UNAVAILABLE, "ArtifactsReady=False", "TUF server unreachable or a transfer was cut",
+           "Device keeps serving; downloads resume, recovery is automatic."),
+    Reason(STORE_CORRUPTED, "ArtifactsReady=False", "a stored blob no longer matched its digest",
+           "Quarantined and fetched again automatically; check the disk if it repeats."),
+    Reason(LOCAL_IO_ERROR, "ArtifactsReady=False", "the store or staging directory cannot be written",
+           "Check the state dir's filesystem and permissions."),
+    Reason(HEALTH_CHECK_FAILED, "Applied=False", "a new version failed to load or failed its health check "
+           "(the check is in the endpoint message and `failures[].reason`); held back in `failures`",
+           "Fix the model; a new version or commit is tried at once."),
+    Reason(LOAD_FAILED, "endpoint message, `failures[]`", "the runtime could not load the model file",
+           "Check the variant's runtime and files."),
+    Reason(INTERFACE_MISMATCH, "endpoint message, `failures[]`", "the model's inputs/outputs differ from the Model",
+           "Fix the Model's `inputs`/`outputs` or the model."),
+    Reason(INVALID_SPEC, "endpoint message, `failures[]`", "the endpoint spec cannot be served as given",
+           "Read the message."),
+    Reason(PROBE_INVALID, "endpoint message, `failures[]`", "the probe file cannot be decoded",
+           "Regenerate the probe."),
+    Reason(PROBE_MISMATCH, "endpoint message, `failures[]`", "outputs differ from the probe's golden outputs",
+           "Fix the model or the probe; check the tolerances in the deployment's `health`."),
+    Reason(NON_FINITE_OUTPUT, "endpoint message, `failures[]`", "the model produced NaN/infinite outputs",
+           "Fix the model."),
+    Reason(LATENCY_TOO_HIGH, "endpoint message, `failures[]`", "inference slower than `health.maxLatency`",
+           "Pick a faster variant or raise the limit."),
+    Reason(RSS_GROWTH_TOO_HIGH, "endpoint message, `failures[]`", "loading grew memory more than allowed",
+           "Pick a smaller variant or raise the limit."),
+    Reason(STORE_CORRUPTION, "Applied=False", "a stored blob no longer matched its digest when loading",
+           "Quarantined and fetched again automatically; check the disk if it repeats."),
+    Reason(MISSING_FROM_STORE, "Applied=False", "a blob the journal names is missing from the store",
+           "Fetched again on the next pass."),
+    Reason(ARTIFACT_UNREADABLE, "Applied=False", "a stored model file cannot be read or decrypted",
+           "Read the message; check `tuf.decryptionKey`."),
+    Reason(REPEATED_FAILURES, "Stalled=True", "3+ consecutive failed passes", "Read the failing condition above."),
+    Reason(NOT_CONVERGED, "Ready=False", "the device does not serve the desired state yet (the message says why)",
+           "Read the failing condition or endpoint."),
+    Reason(RETRY_SCHEDULED, "Reconciling=True", "another pass is scheduled", "—"),
+    Reason(INTERNAL_ERROR, "any step's condition", "a bug: a step raised an unexpected exception (logged as "
+           "`step crashed` with a traceback)", "Report it with the log."),
+    Reason(CONVERGED, "Ready=True", "the device serves the desired state of `observedCommit`", "—"),
+)
+
+BY_CODE: dict[str, Reason] = {r.code: r for r in REASONS}
+
+#: Artifact failures caused by what the server serves: retrying at once would download the same bad bytes,
+#: so they go into the failure memory (retried on a new commit or target, else after a bounded backoff).
+#: (``TargetNotFound`` is not among them: retrying it costs no download, and it must be picked up as soon as
+#: the target is published.)
+HELD_BACK_ARTIFACT_REASONS = frozenset({TARGET_HASH_MISMATCH, LENGTH_EXCEEDED})
+
+#: Reasons of the serving registry's load + health check, reported on ``Applied`` as ``HealthCheckFailed``.
+HEALTH_REASONS = frozenset({HEALTH_CHECK_FAILED, LOAD_FAILED, INTERFACE_MISMATCH, INVALID_SPEC, PROBE_INVALID,
+                            PROBE_MISMATCH, NON_FINITE_OUTPUT, LATENCY_TOO_HIGH, RSS_GROWTH_TOO_HIGH})
+
+TABLE_BEGIN = "<!-- reasons:begin (generated by `modelfleet docs reasons`; do not edit) -->"
+TABLE_END = "<!-- reasons:end -->"
+
+
+def reason_of(text: str) -> str:
+    """The code at the start of a ``"Code: message"`` string (failure records keep both)."""
+    head = text.split(":", 1)[0].strip()
+    return head if head in BY_CODE else ""
+
+
+def markdown_table() -> str:
+    """The runbook table of ``docs/operations.md`` (between :data:`TABLE_BEGIN` and :data:`TABLE_END`)."""
+    rows = ["| Reason | Reported in | Meaning | Action |", "|---|---|---|---|"]
+    rows += [f"| `{r.code}` | {r.where} | {r.meaning} | {r.action} |" for r in REASONS]
+    return "\n".join(rows) + "\n"
