@@ -139,6 +139,7 @@ class CaptureService:
         self._wake_upload = threading.Event()
         self._threads: list[threading.Thread] = []
         self._last_enforce = 0.0
+        self._enforce_lock = threading.Lock()
         self.cpu_seconds = 0.0  # CPU the capture threads used (bench/bench_capture.py reports it)
         self.counts = {"captured": 0, "sealed": 0, "uploaded": 0, "purged": 0}
         self.last_upload: float | None = None
@@ -312,7 +313,10 @@ class CaptureService:
 
     def enforce(self, now: float | None = None) -> list[tuple[str, str]]:
         """Retention, quota (per endpoint, oldest first) and retired campaign keys; returns (id, reason)."""
-        now = self.clock() if now is None else now
+        with self._enforce_lock:  # the writer thread and the agent's pass may both enforce
+            return self._enforce(self.clock() if now is None else now)
+
+    def _enforce(self, now: float) -> list[tuple[str, str]]:
         self._last_enforce = now
         stored = self.spool.stored()
         doomed = []
