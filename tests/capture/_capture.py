@@ -8,15 +8,20 @@ to a temp file and renames it into place when complete, so an interrupted upload
 from __future__ import annotations
 
 import base64
+import binascii
 import getpass
 import grp
 import os
+import re
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from nacl.bindings import crypto_scalarmult_base
 
 from reconciler.capture.batch import generate_keypair
 from reconciler.capture.policy import CapturePolicy, parse_policy
@@ -135,3 +140,30 @@ def wait_until(pred: Any, timeout: float, what: str) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def _candidates(data: bytes, windows: bool) -> Iterator[bytes]:
+    """32-byte strings a file holds raw (every offset, for small files) or as a base64/hex token."""
+    if windows:
+        for i in range(max(0, len(data) - 31)):
+            yield data[i:i + 32]
+    for tok in re.findall(rb"[A-Za-z0-9+/=_-]{40,}", data):
+        for dec in (lambda t: base64.b64decode(t + b"=" * (-len(t) % 4), altchars=b"-_" if b"-" in t or b"_" in t else None),
+                    binascii.unhexlify):
+            try:
+                raw = dec(tok)
+            except (ValueError, binascii.Error):
+                continue
+            for i in range(max(0, len(raw) - 31)):
+                yield raw[i:i + 32]
+
+
+def assert_no_key_material(root: Path, campaign: Campaign, window_limit: int = 256 * 1024) -> None:
+    """Nothing under ``root`` can open the campaign's batches: the private key appears in no encoding, and no
+    32-byte string (every offset of files up to ``window_limit``) has the recipient's public key."""
+    for p in (q for q in root.rglob("*") if q.is_file()):
+        data = p.read_bytes()
+        assert campaign.private not in data, p
+        assert base64.b64encode(campaign.private) not in data and campaign.private.hex().encode() not in data, p
+        for cand in _candidates(data, len(data) <= window_limit):
+            assert crypto_scalarmult_base(cand) != campaign.public, p

@@ -18,7 +18,7 @@ from reconciler.fleet.plan import make_plan, render_text
 from reconciler.fleet.schemas import validator
 from tests._agent_fixtures import ENDPOINT, REPO_ROOT, World, infer
 from tests._cli import run_cli
-from tests.capture._capture import Campaign, wait_until
+from tests.capture._capture import Campaign, assert_no_key_material, wait_until
 
 
 @pytest.fixture
@@ -53,6 +53,7 @@ def test_policy_from_git_captures_reports_and_is_erased_on_request(world: World,
         meta = open_batch(batches[0].read_bytes(), campaign.private).meta
         assert (meta["device"], meta["endpoint"], meta["modelVersion"]) == ("dev-1", ENDPOINT, "1.0.0")
 
+        assert_no_key_material(agent.config.state_dir, campaign)  # git cache, store, journal, capture: nothing
         r = run_cli("data", "status", "-c", str(cfg_path))
         assert r.code == 0, r.text
         assert f"{ENDPOINT}: 2 batch(es), 6 record(s)" in r.out and "campaign test-campaign" in r.out
