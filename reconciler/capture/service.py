@@ -81,7 +81,9 @@ class CaptureObserver:
         self.version = version
         self.model = model
 
-    def observe(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray], seconds: float) -> None:
+    def observe(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray], seconds: float,
+                request_id: str | None = None) -> None:
+        # request_id is not kept: a client-chosen id can identify a person, and retraining does not need it
         svc = self.service
         svc.last_request = time.monotonic()
         policy = svc.policies.get(self.endpoint)
