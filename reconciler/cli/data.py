@@ -140,7 +140,10 @@ def purge_cmd(config_path: Path, endpoint: str | None, before: str | None) -> No
     """Delete captured batches now (erasure request); reports what was removed."""
     cfg, spool = _spool(config_path)
     chosen = _selected(spool, _parse_before(before), endpoint)
-    removed = set(spool.delete(chosen, "purged", "erasure-request"))
+    try:
+        removed = set(spool.delete(chosen, "purged", "erasure-request"))
+    except OSError as exc:
+        raise UserError(f"{spool.batches_dir}: cannot delete: {exc.strerror or exc}") from None
     for b in chosen:
         if b.id in removed:
             click.echo(f"purged {b.id} ({b.endpoint}, {_iso(b.created)}, {_size(b.size)})")
@@ -227,8 +230,11 @@ def open_cmd(key_path: Path, out_dir: Path, batches: tuple[Path, ...]) -> None:
         m = opened.meta
         buf = io.BytesIO()
         np.savez(buf, **opened.arrays)
-        atomic_write_bytes(out_dir / f"{m['id']}.npz", buf.getvalue(), mode=0o600)
-        atomic_write_text(out_dir / f"{m['id']}.json", json.dumps(m, indent=1, sort_keys=True) + "\n", mode=0o600)
+        try:
+            atomic_write_bytes(out_dir / f"{m['id']}.npz", buf.getvalue(), mode=0o600)
+            atomic_write_text(out_dir / f"{m['id']}.json", json.dumps(m, indent=1, sort_keys=True) + "\n", mode=0o600)
+        except OSError as exc:
+            raise UserError(f"{out_dir}: cannot write {m['id']}: {exc.strerror or exc}") from None
         click.echo(f"opened {m['id']}: {m['device']} {m['endpoint']} {m['model']} {m['modelVersion']}, "
                    f"{m['records']} record(s), {_iso(m['start'])} .. {_iso(m['end'])}")
     click.echo(f"{len(files) - failed} of {len(files)} batch(es) opened into {out_dir}")
