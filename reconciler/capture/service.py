@@ -115,8 +115,9 @@ class CaptureService:
     def __init__(self, state_dir: Path, device: str, *, clock: Callable[[], float] = time.time,
                  upload_token: str | None = None, upload_ca_file: str | None = None,
                  window_open: Callable[[Mapping[str, Any] | None], bool] | None = None,
-                 queue_max: int = QUEUE_MAX) -> None:
+                 queue_max: int = QUEUE_MAX, background: bool = True) -> None:
         self.spool = Spool(state_dir)
+        self._background = background  # False: the caller drives drain/flush/upload_once (tests, tools)
         self.device = device
         self.clock = clock
         self.policies: dict[str, CapturePolicy] = {}  # only enabled ones; read lock-free on the request path
@@ -157,7 +158,7 @@ class CaptureService:
         self.models = dict(models or {})
         if enabled:
             self.spool.ensure()
-            if not self._threads and not self._stop.is_set():
+            if self._background and not self._threads and not self._stop.is_set():
                 self.start()
         self.problems = dict(problems or {})
         self._dests = {k: self._destination(p) for k, p in enabled.items()}
@@ -175,7 +176,7 @@ class CaptureService:
         self.models[endpoint] = model
         self._dests = {**self._dests, endpoint: self._destination(policy)}
         self.policies = {**self.policies, endpoint: policy}
-        if not self._threads and not self._stop.is_set():
+        if self._background and not self._threads and not self._stop.is_set():
             self.start()
 
     def _destination(self, p: CapturePolicy) -> Any:
