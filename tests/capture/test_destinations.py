@@ -50,3 +50,19 @@ def test_pacing_holds_the_bandwidth_cap() -> None:
     for _ in range(10):
         pacer.sent_chunk(5_000)  # 50 kB "sent" instantly at a 10 kB/s cap
     assert 4.5 < max(slept) <= 5.0  # the last chunk waits until 5 s of budget have passed
+
+
+def test_retention_deletes_batches_once_their_first_record_is_older_than_the_ttl(tmp_path: Path) -> None:
+    now = [1_800_000_000.0]
+    svc = CaptureService(tmp_path / "state", "dev-1", clock=lambda: now[0], background=False)
+    svc.configure({"mm": parse_policy(Campaign().section(retention="1h", batch={"records": 2},
+                                                         destination={"directory": str(tmp_path / "m")}))})
+    _fill(svc, 4)
+    now[0] += 1800
+    _fill(svc, 2)
+    assert len(svc.spool.list()) == 3
+    now[0] += 1801  # the first two batches are 3601 s old, the third 1801 s
+    assert [why for _, why in svc.enforce()] == ["expired", "expired"]
+    (_, h), = svc.spool.list()
+    assert h["start"] == 1_800_001_800.0
+    assert [e["reason"] for e in svc.spool.audit.read() if e["event"] == "purged"] == ["expired", "expired"]
