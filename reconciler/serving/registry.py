@@ -515,9 +515,10 @@ class Observers:
             return None
         return present[0] if len(present) == 1 else cls(present)
 
-    def observe(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray], seconds: float) -> None:
+    def observe(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray], seconds: float,
+                request_id: str | None = None) -> None:
         for m in self.members:
-            m.observe(feeds, outputs, seconds)
+            m.observe(feeds, outputs, seconds, request_id)  # type: ignore[call-arg]
 
     def observe_error(self, seconds: float) -> None:
         for m in self.members:
