@@ -15,7 +15,9 @@ from typing import Any
 
 import yaml
 
+from reconciler.core.credentials import Credentials
 from reconciler.core.errors import UserError
+from reconciler.core.redact import has_password, redact_url
 from reconciler.core.units import parse_duration
 from reconciler.fleet.schemas import validator
 
@@ -72,6 +74,9 @@ class AgentConfig:
     capture_ca_file: Path | None = None
     log_format: str = "text"
     log_level: str = "info"
+    source_credentials: Credentials = field(default_factory=Credentials)
+    status_credentials: Credentials | None = None  # None: the source's
+    tuf_credentials: Credentials = field(default_factory=Credentials)
 
     # Layout of the state directory.
     @property
@@ -165,6 +170,9 @@ def parse_agent_config(text: str, path: Path | None = None) -> AgentConfig:
     def p(value: str | None) -> Path | None:
         if value is None:
             return None
+        if "${CREDENTIALS_DIRECTORY}" in value or "$CREDENTIALS_DIRECTORY" in value:
+            creds_dir = os.environ.get("CREDENTIALS_DIRECTORY", "/run/credentials/modelfleet-agent.service")
+            value = value.replace("${CREDENTIALS_DIRECTORY}", creds_dir).replace("$CREDENTIALS_DIRECTORY", creds_dir)
         q = Path(os.path.expanduser(value))
         return q if q.is_absolute() else (base / q)
 
@@ -194,6 +202,25 @@ def parse_agent_config(text: str, path: Path | None = None) -> AgentConfig:
         )
     if bool(serving.get("tlsCert")) != bool(serving.get("tlsKey")):
         raise UserError(f"{_where(path, root, ['spec', 'serving'])}: tlsCert and tlsKey go together")
+
+    for section, url in ((["source", "url"], src["url"]), (["status", "url"], status.get("url")),
+                         (["tuf", "metadataUrl"], tuf.get("metadataUrl")), (["tuf", "targetsUrl"], tuf.get("targetsUrl"))):
+        if url and has_password(url):
+            raise UserError(f"{_where(path, root, ['spec', *section])}: {'.'.join(section)} {redact_url(url)} "
+                            "embeds a password or token, which would show in `ps`, logs and status; put it in a "
+                            "file and set credentials.username + credentials.passwordFile (docs/hosting.md)")
+
+    def creds(section: list[str], d: dict[str, Any] | None) -> Credentials | None:
+        if d is None:
+            return None
+        if ("passwordFile" in d) != ("username" in d):
+            raise UserError(f"{_where(path, root, ['spec', *section])}: credentials.username and "
+                            "credentials.passwordFile go together (GitHub tokens: username x-access-token)")
+        if "passwordFile" in d and "bearerTokenFile" in d:
+            raise UserError(f"{_where(path, root, ['spec', *section])}: use either passwordFile or bearerTokenFile")
+        return Credentials(username=d.get("username"), password_file=p(d.get("passwordFile")),
+                           bearer_token_file=p(d.get("bearerTokenFile")), ssh_key_file=p(d.get("sshKeyFile")),
+                           known_hosts_file=p(d.get("knownHostsFile")), ca_file=p(d.get("caFile")))
 
     trusted_root = p(tuf["trustedRoot"])
     assert trusted_root is not None
@@ -239,6 +266,9 @@ def parse_agent_config(text: str, path: Path | None = None) -> AgentConfig:
         capture_ca_file=p(capture.get("caFile")),
         log_format=log.get("format", "text"),
         log_level=log.get("level", "info"),
+        source_credentials=creds(["source", "credentials"], src.get("credentials")) or Credentials(),
+        status_credentials=creds(["status", "credentials"], status.get("credentials")),
+        tuf_credentials=creds(["tuf", "credentials"], tuf.get("credentials")) or Credentials(),
     )
 
 

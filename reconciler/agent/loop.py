@@ -59,7 +59,6 @@ from reconciler.agent.metrics import (
     M_PASSES,
     M_POLLS,
     M_ROLLBACKS,
-    M_STATUS,
     M_STEPS,
     label_sets,
 )
@@ -78,6 +77,7 @@ from reconciler.core import reasons as R
 from reconciler.core.errors import UserError
 from reconciler.core.fsutil import atomic_write_text
 from reconciler.core.logs import fields
+from reconciler.gitops.statuswriter import reporting_block, reporting_condition
 
 log = logging.getLogger("reconciler.agent")
 
@@ -606,23 +606,25 @@ class Agent:
             "facts": self.facts,
             "labels": getattr(self, "_labels", dict(self.config.labels)),
             "failures": [f.to_status() for f in self.journal.failures],
-            "attempts": self.journal.attempts[:5],
+            "attempts": self.journal.attempts[:5], **self.c.capture_section(),
         }
-        if (capture := self.c.capture_status()) is not None:
-            status["capture"] = capture
         return {"apiVersion": "modelfleet/v1", "kind": "DeviceStatus",
                 "metadata": {"name": self.config.device_id}, "status": status}
 
     def _report(self, p: PassState, endpoints: list[dict[str, Any]]) -> None:
+        rep = getattr(self.c, "status_reporting", lambda: None)()
+        if rep is not None and (cond := reporting_condition(rep)) is not None:
+            self.conditions.set(C.STATUS_REPORTED, *cond)
         doc = self.status_document(endpoints)
+        if rep is not None:
+            doc["status"]["reporting"] = reporting_block(rep)
         if not p.skip_rest:
             self.journal.save(self.config.state_dir)
         try:
             atomic_write_text(self.config.status_file, json.dumps(doc, indent=1) + "\n")
         except OSError as exc:
             log.warning("cannot write local status", extra=fields(error=str(exc)))
-        if self.c.submit_status(doc):
-            M_STATUS.inc()
+        self.c.submit_status(doc)
 
     # -- metrics ----------------------------------------------------------------------------------------------
 

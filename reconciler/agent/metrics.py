@@ -20,7 +20,11 @@ M_ENDPOINT = Gauge(
 )
 M_BYTES = Counter("modelfleet_agent_downloaded_bytes_total", "Bytes of model targets downloaded into the store.")
 M_POLLS = Counter("modelfleet_agent_polls_total", "Git source polls by result.", ["result"])
-M_STATUS = Counter("modelfleet_agent_status_pushes_total", "Status documents handed to the status writer.")
+M_STATUS = Counter("modelfleet_agent_status_pushes_total", "Status pushes that landed on the fleet repository.")
+M_STATUS_FAILURES = Counter("modelfleet_agent_status_push_failures_total", "Failed status pushes by reason.",
+                            ["reason"])
+M_STATUS_LAST_PUSH = Gauge("modelfleet_agent_status_last_push_timestamp_seconds",
+                           "Unix time of the last status push that landed.")
 M_ROLLBACKS = Counter("modelfleet_agent_rollbacks_total", "Failed switches rolled back.", ["endpoint"])
 
 

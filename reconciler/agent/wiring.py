@@ -66,7 +66,7 @@ class Components:
             config.source_url, config.git_cache_dir, branch=config.source_branch, subpath=config.source_path,
             verify_mode=config.verify_mode, allowed_signers=config.allowed_signers, gpg_keyring=config.gpg_keyring,
             allow_history_rewrite=config.allow_history_rewrite, timeout=config.source_timeout,
-            poll_interval=config.poll_interval or DEFAULT_POLL_INTERVAL,
+            poll_interval=config.poll_interval or DEFAULT_POLL_INTERVAL, credentials=config.source_credentials,
         )
         if config.decryption_key is not None:
             from reconciler.distribution.modelcrypto import load_key_file
@@ -205,7 +205,7 @@ class Components:
             self.tuf = TufClient(
                 cfg.tuf_metadata_dir, metadata_url, targets_url, cfg.trusted_root, self.store,
                 staging_dir=cfg.staging_dir, max_concurrent=cfg.max_concurrent_downloads, timeout=cfg.tuf_timeout,
-                decryption_key=self._decryption_key,
+                decryption_key=self._decryption_key, credentials=cfg.tuf_credentials,
             )
             self._tuf_urls = (metadata_url, targets_url)
         self.tuf.refresh()
@@ -260,8 +260,13 @@ class Components:
         return StatusWriter(
             cfg.status_url or cfg.source_url, cfg.device_id, cfg.status_work_dir, branch_prefix=prefix,
             heartbeat_interval=heartbeat, signing_key=cfg.status_signing_key, timeout=cfg.source_timeout,
-            agent_version=__version__,
+            agent_version=__version__, on_push=_count_push,
+            credentials=cfg.status_credentials if cfg.status_credentials is not None else cfg.source_credentials,
         )
+
+    def status_reporting(self) -> dict[str, Any] | None:
+        """The status writer's push state (for the ``StatusReported`` condition), None when status is off."""
+        return self.status_writer.reporting() if self.status_writer is not None else None
 
     def submit_status(self, doc: dict[str, Any]) -> bool:
         if self.status_writer is None:
@@ -295,10 +300,10 @@ class Components:
         if policy.enabled:
             self.capture.restore(rec.name, policy, rec.model)
 
-    def capture_status(self) -> dict[str, Any] | None:
-        """The status document's ``capture`` section, once some policy enabled capture on this device."""
+    def capture_section(self) -> dict[str, Any]:
+        """``{"capture": …}`` for the status document once some policy enabled capture on this device, else {}."""
         c = self.capture
-        return c.status() if c is not None and (c.policies or c.spool.batches_dir.exists()) else None
+        return {"capture": c.status()} if c is not None and (c.policies or c.spool.batches_dir.exists()) else {}
 
     def close(self) -> None:
         if self.capture is not None:
@@ -315,6 +320,18 @@ class Components:
         if self.metrics_server is not None:
             with contextlib.suppress(Exception):
                 self.metrics_server[0].shutdown()
+
+
+def _count_push(landed: bool, reason: str) -> None:
+    import time
+
+    from reconciler.agent.metrics import M_STATUS, M_STATUS_FAILURES, M_STATUS_LAST_PUSH
+
+    if landed:
+        M_STATUS.inc()
+        M_STATUS_LAST_PUSH.set(time.time())
+    else:
+        M_STATUS_FAILURES.labels(reason).inc()
 
 
 class StepFailedError(Exception):

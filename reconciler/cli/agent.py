@@ -128,6 +128,11 @@ def status_cmd(config_path: Path, as_json: bool) -> None:
     click.echo(f"applied     {st.get('appliedCommit') or '-'}")
     click.echo(f"attempted   {st.get('attemptedCommit') or '-'}")
     click.echo(f"heartbeat   {st.get('heartbeat', '-')}")
+    rep = st.get("reporting")
+    if isinstance(rep, dict):
+        failed = rep.get("failedPushes") or 0
+        click.echo(f"status push last landed {rep.get('lastPushTime') or 'never'}"
+                   + (f"; {failed} failed push(es) since: {str(rep.get('lastError', ''))[:160]}" if failed else ""))
     click.echo("")
     click.echo(_table(st.get("endpoints") or []))
     click.echo("")

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import click
 
+from reconciler.core.credentials import CredentialError, Credentials, basic_authorization
 from reconciler.core.errors import UserError
+from reconciler.core.redact import redact_url, split_userinfo
 from reconciler.core.units import parse_duration
 from reconciler.gitops.fleetstatus import StatusRepo, render, render_history
 from reconciler.gitops.verify import GitError
@@ -35,8 +37,17 @@ def _default_repo() -> str:
     raise UserError("not in a Git repository: give the fleet repository with --repo URL|PATH")
 
 
-def _repo(repo: str | None, cache_dir: Path | None, branch: str, prefix: str, timeout: str) -> StatusRepo:
+def _repo(repo: str | None, cache_dir: Path | None, branch: str, prefix: str, timeout: str,
+          creds: Credentials | None = None) -> StatusRepo:
     url = repo or _default_repo()
+    inline = None
+    if url.startswith(("http://", "https://")):
+        clean, user, password = split_userinfo(url)
+        if password is not None:
+            # Taken out of the URL (and so out of every git command line); still, it sat in shell history.
+            click.echo(f"warning: {redact_url(url)} embeds a password or token; it is sent as a header, but "
+                       "prefer --username with --password-file", err=True)
+            url, inline = clean, basic_authorization(user or "", password)
     if "://" not in url and ":" not in url.split("/")[0] and not Path(url).exists():
         raise UserError(f"repository {url!r} not found (give a URL git understands or an existing path)")
     if "://" not in url and Path(url).exists():
@@ -45,7 +56,8 @@ def _repo(repo: str | None, cache_dir: Path | None, branch: str, prefix: str, ti
         secs = parse_duration(timeout)
     except ValueError as exc:
         raise UserError(f"--timeout: {exc}") from None
-    return StatusRepo(url, cache_dir, branch=branch, prefix=prefix, timeout=secs)
+    return StatusRepo(url, cache_dir, branch=branch, prefix=prefix, timeout=secs, credentials=creds,
+                      authorization=inline)
 
 
 _repo_options = [
@@ -55,7 +67,17 @@ _repo_options = [
     click.option("--cache-dir", type=click.Path(path_type=Path), help="Local cache (default ~/.cache/modelfleet)."),
     click.option("--timeout", default="120s", show_default=True, help="Timeout of one Git operation."),
     click.option("--format", "fmt", type=FORMATS, default="table", show_default=True),
+    click.option("--username", help="HTTP(S) user name (with --password-file)."),
+    click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path),
+                 help="File holding the HTTP(S) password or token (mode 600)."),
+    click.option("--ca-file", type=click.Path(dir_okay=False, path_type=Path), help="CA bundle for HTTPS."),
 ]
+
+
+def _creds(username: str | None, password_file: Path | None, ca_file: Path | None) -> Credentials:
+    if bool(username) != bool(password_file):
+        raise UserError("--username and --password-file go together")
+    return Credentials(username=username, password_file=password_file, ca_file=ca_file)
 
 
 def repo_options(f):  # type: ignore[no-untyped-def]
@@ -74,19 +96,22 @@ def fleet() -> None:
 @click.option("--stale-after", default="15m", show_default=True, metavar="DURATION",
               help="Mark devices whose last heartbeat is older than this as STALE.")
 def status_cmd(repo: str | None, branch: str, prefix: str, cache_dir: Path | None, timeout: str, fmt: str,
-               stale_after: str) -> None:
+               username: str | None, password_file: Path | None, ca_file: Path | None, stale_after: str) -> None:
     """One table: device, applied commit vs branch head, endpoints, Ready, heartbeat age."""
     try:
         stale = parse_duration(stale_after)
     except ValueError as exc:
         raise UserError(f"--stale-after: {exc}") from None
-    sr = _repo(repo, cache_dir, branch, prefix, timeout)
+    sr = _repo(repo, cache_dir, branch, prefix, timeout, _creds(username, password_file, ca_file))
     try:
         report = sr.report(stale_after=stale)
-    except GitError as exc:
-        raise UserError(f"cannot read status branches from {sr.url}: {exc}") from None
+    except (GitError, CredentialError) as exc:
+        raise UserError(f"cannot read status branches from {sr.display_url}: {exc}") from None
     if not report.rows and fmt == "table":
-        click.echo(f"no {prefix}* branches in {sr.url} yet")
+        click.echo(f"no device has reported yet (no {prefix}* branches in {sr.display_url})")
+        if report.never_reported:
+            click.echo(f"never reported ({len(report.never_reported)} in the inventory): "
+                       + ", ".join(report.never_reported[:50]))
         return
     click.echo(render(report, fmt))
 
@@ -96,13 +121,13 @@ def status_cmd(repo: str | None, branch: str, prefix: str, cache_dir: Path | Non
 @repo_options
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100000))
 def history_cmd(device: str, repo: str | None, branch: str, prefix: str, cache_dir: Path | None, timeout: str,
-                fmt: str, limit: int) -> None:
+                fmt: str, username: str | None, password_file: Path | None, ca_file: Path | None, limit: int) -> None:
     """DEVICE's status commits over time (what ran when), newest first."""
-    sr = _repo(repo, cache_dir, branch, prefix, timeout)
+    sr = _repo(repo, cache_dir, branch, prefix, timeout, _creds(username, password_file, ca_file))
     try:
         entries = sr.history(device, limit)
     except KeyError:
-        raise UserError(f"no status branch {prefix}{device} in {sr.url}") from None
-    except GitError as exc:
-        raise UserError(f"cannot read {prefix}{device} from {sr.url}: {exc}") from None
+        raise UserError(f"no status branch {prefix}{device} in {sr.display_url}") from None
+    except (GitError, CredentialError) as exc:
+        raise UserError(f"cannot read {prefix}{device} from {sr.display_url}: {exc}") from None
     click.echo(render_history(device, entries, fmt))

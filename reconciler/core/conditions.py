@@ -21,6 +21,7 @@ SOURCE_VERIFIED = "SourceVerified"
 MANIFESTS_VALID = "ManifestsValid"
 ARTIFACTS_READY = "ArtifactsReady"
 APPLIED = "Applied"
+STATUS_REPORTED = "StatusReported"  # the device's status push landed (docs/hosting.md)
 
 
 def utcnow() -> _dt.datetime:

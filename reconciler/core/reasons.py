@@ -27,6 +27,14 @@ SUCCEEDED = "Succeeded"
 BUNDLE_IMPORTED = "BundleImported"
 VERIFIED = "Verified"
 VERIFICATION_DISABLED = "VerificationDisabled"
+# -- reaching a Git host or TUF repository (SourceAvailable, StatusReported, ArtifactsReady; docs/hosting.md) --
+AUTHENTICATION_FAILED = "AuthenticationFailed"
+TLS_VERIFICATION_FAILED = "TLSVerificationFailed"
+HOST_KEY_VERIFICATION_FAILED = "HostKeyVerificationFailed"
+CREDENTIALS_UNREADABLE = "CredentialsUnreadable"
+# -- status reporting (StatusReported) -----------------------------------------------------------------------
+PUSHED = "Pushed"
+PUSH_REJECTED = "PushRejected"
 # -- manifests -----------------------------------------------------------------------------------------------
 READ_FAILED = "ReadFailed"
 VALIDATION_FAILED = "ValidationFailed"
@@ -102,6 +110,22 @@ REASONS: tuple[Reason, ...] = (
            "Re-sign the commit or update `allowed_signers`."),
     Reason(HISTORY_REWRITE, "SourceVerified=False", "history rewritten (force push or repository rollback)",
            "Restore history, or set `allowHistoryRewrite` deliberately."),
+    Reason(AUTHENTICATION_FAILED, "SourceAvailable, StatusReported or ArtifactsReady (False)",
+           "the Git host or TUF server refused the credentials (HTTP 401/403, SSH key refused)",
+           "Check `credentials` (username/passwordFile, token scope and expiry, deploy key access): docs/hosting.md. "
+           "The device keeps serving."),
+    Reason(TLS_VERIFICATION_FAILED, "SourceAvailable, StatusReported or ArtifactsReady (False)",
+           "the server's TLS certificate is not trusted or does not name the host",
+           "Set `credentials.caFile` to the private CA; check the certificate's subjectAltName and dates."),
+    Reason(HOST_KEY_VERIFICATION_FAILED, "SourceAvailable or StatusReported (False)",
+           "the SSH host key is not in `credentials.knownHostsFile`, or it changed",
+           "Add the host key after checking its fingerprint out of band; a changed key may be an attack."),
+    Reason(CREDENTIALS_UNREADABLE, "SourceAvailable, StatusReported or ArtifactsReady (False)",
+           "a credential file is missing, not a regular file, owned by someone else or group/world-readable",
+           "`chown` it to the agent's user and `chmod 600` it, or fix the path."),
+    Reason(PUSHED, "StatusReported=True", "the newest status landed on `status/<device-id>`", "—"),
+    Reason(PUSH_REJECTED, "StatusReported=False", "the server refused the status push for another reason than "
+           "credentials (a hook, a protected branch)", "Read the message; allow the device to push `status/<id>`."),
     Reason(READ_FAILED, "ManifestsValid=False", "the commit's files could not be read (e.g. a file over 16 MiB)",
            "Read the message; fix the repository."),
     Reason(VALIDATION_FAILED, "ManifestsValid=False",

@@ -39,6 +39,9 @@ from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 
+from reconciler.core.credentials import CredentialError, Credentials
+from reconciler.core.reasons import AUTHENTICATION_FAILED, TLS_VERIFICATION_FAILED
+from reconciler.core.redact import redact
 from reconciler.distribution import modelcrypto
 from reconciler.distribution.store import ModelStore, StoreCorruption
 
@@ -117,6 +120,14 @@ class StoreCorrupted(TufClientError):
     reason = "StoreCorrupted"
 
 
+class AuthenticationFailed(TufClientError):
+    reason = AUTHENTICATION_FAILED
+
+
+class TLSVerificationFailed(TufClientError):
+    reason = TLS_VERIFICATION_FAILED
+
+
 _EXPECTED_GOT = re.compile(r"(\d+)\D+?(\d+)")
 
 
@@ -124,7 +135,15 @@ def translate(exc: BaseException, what: str) -> TufClientError:
     """Map a python-tuf / network exception to a :class:`TufClientError` (pure function)."""
     if isinstance(exc, TufClientError):
         return exc
-    msg = f"{what}: {exc}" if str(exc) else f"{what}: {type(exc).__name__}"
+    msg = redact(f"{what}: {exc}" if str(exc) else f"{what}: {type(exc).__name__}")
+    if isinstance(exc, CredentialError):
+        return TufClientError(f"{what}: {exc}", exc.reason)
+    if isinstance(exc, tufexc.DownloadHTTPError) and exc.status_code in (401, 403):
+        return AuthenticationFailed(f"{what}: the repository refused the credentials (HTTP {exc.status_code}); "
+                                    "check tuf.credentials")
+    tls = _tls_cause(exc)
+    if tls is not None:
+        return TLSVerificationFailed(f"{what}: TLS verification failed ({tls}); check tuf.credentials.caFile")
     if isinstance(exc, tufexc.ExpiredMetadataError):
         return MetadataExpired(f"{what}: metadata expired ({exc}); a freeze attack or a repository not refreshed")
     if isinstance(exc, tufexc.UnsignedMetadataError):
@@ -150,10 +169,27 @@ def translate(exc: BaseException, what: str) -> TufClientError:
         return TufClientError(f"{what}: local I/O error ({exc})", "LocalIOError")
     if isinstance(exc, (tufexc.DownloadError, urllib3.exceptions.HTTPError, ConnectionError)):
         cause = exc.__cause__ or exc
-        return RepositoryUnavailable(f"{what}: repository unreachable ({type(cause).__name__}: {cause})")
+        return RepositoryUnavailable(redact(f"{what}: repository unreachable ({type(cause).__name__}: {cause})"))
     if isinstance(exc, tufexc.RepositoryError):
         return BadMetadata(f"{what}: invalid metadata ({exc})")
     return TufClientError(msg)
+
+
+def _tls_cause(exc: BaseException) -> str | None:
+    """The certificate problem somewhere in ``exc``'s chain, or None."""
+    import ssl
+
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, ssl.SSLCertVerificationError):
+            return cur.verify_message or "certificate verify failed"
+        if isinstance(cur, urllib3.exceptions.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(cur):
+            return "certificate verify failed"
+        nxt = getattr(cur, "reason", None)
+        cur = cur.__cause__ or (nxt if isinstance(nxt, BaseException) else None) or cur.__context__
+    return None
 
 
 # ------------------------------------------------------------------------------------------------- fetcher
@@ -162,13 +198,24 @@ def translate(exc: BaseException, what: str) -> TufClientError:
 class RangeFetcher(FetcherInterface):
     """urllib3 fetcher for metadata (via ngclient) and targets, with ``Range`` requests for resumes."""
 
-    def __init__(self, timeout: float = 30, pool_size: int = 4) -> None:
+    def __init__(self, timeout: float = 30, pool_size: int = 4, credentials: Credentials | None = None,
+                 auth_origins: tuple[str, ...] = ()) -> None:
         self.timeout = timeout
+        self.credentials = credentials or Credentials()
+        # The Authorization header goes to the configured repository origins only, never to a redirect target.
+        self.auth_origins = auth_origins
+        tls: dict[str, Any] = {}
+        if self.credentials.ca_file is not None:
+            tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": str(self.credentials.ca_file)}
         self._http = urllib3.PoolManager(
-            maxsize=pool_size, headers={"User-Agent": "modelfleet-tuf"}, retries=urllib3.Retry(0, read=False)
+            maxsize=pool_size, headers={"User-Agent": "modelfleet-tuf"}, retries=urllib3.Retry(0, read=False), **tls
         )
 
     def _open(self, url: str, headers: dict[str, str] | None = None) -> urllib3.BaseHTTPResponse:
+        if self.auth_origins and url.startswith(self.auth_origins):
+            auth = self.credentials.authorization()  # read now: a rotated token applies to the next request
+            if auth is not None:
+                headers = {**(headers or {}), "Authorization": auth}
         try:
             resp = self._http.request(
                 "GET", url, headers=headers, preload_content=False, timeout=urllib3.Timeout(self.timeout), redirect=True,
@@ -178,7 +225,7 @@ class RangeFetcher(FetcherInterface):
         except urllib3.exceptions.MaxRetryError as exc:
             if isinstance(exc.reason, urllib3.exceptions.TimeoutError):
                 raise tufexc.SlowRetrievalError(f"timeout fetching {url}") from exc
-            raise tufexc.DownloadError(f"cannot fetch {url}: {exc.reason}") from exc
+            raise tufexc.DownloadError(redact(f"cannot fetch {url}: {exc.reason}")) from exc
         except urllib3.exceptions.HTTPError as exc:
             raise tufexc.DownloadError(f"cannot fetch {url}: {exc}") from exc
         if resp.status >= 400 and resp.status != 416:
@@ -230,6 +277,14 @@ class StoredTarget:
     downloaded: bool = False  # True when this fetch() transferred it (False: already in the store)
 
 
+def _origin(url: str) -> str:
+    """``scheme://host[:port]/`` of ``url`` (prefix match for the Authorization header)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}/"
+
+
 def target_url_path(path: str, digest: str, consistent: bool) -> str:
     if not consistent:
         return path
@@ -252,6 +307,7 @@ class TufClient:
         max_concurrent: int = 2,
         timeout: float = 30,
         decryption_key: bytes | None = None,
+        credentials: Credentials | None = None,
         clock: Clock | None = None,
         progress: Progress | None = None,
         disk_usage: Callable[[Path], Any] = shutil.disk_usage,
@@ -268,7 +324,9 @@ class TufClient:
         self.clock = clock
         self.progress = progress
         self._disk_usage = disk_usage
-        self.fetcher = fetcher or RangeFetcher(timeout=timeout, pool_size=self.max_concurrent + 2)
+        self.fetcher = fetcher or RangeFetcher(timeout=timeout, pool_size=self.max_concurrent + 2,
+                                               credentials=credentials,
+                                               auth_origins=(_origin(self.metadata_url), _origin(self.targets_url)))
         self.bytes_downloaded = 0
         self._lock = threading.Lock()
         self._updater: Updater | None = None

@@ -16,6 +16,7 @@ Nothing is ever checked out: :meth:`GitSource.read_files` reads blobs from the c
 
 from __future__ import annotations
 
+import logging
 import random
 import shutil
 import threading
@@ -29,8 +30,14 @@ from prometheus_client import Counter
 
 from reconciler.core import reasons as R
 from reconciler.core.conditions import SOURCE_AVAILABLE, SOURCE_VERIFIED, Condition, isoformat, utcnow
+from reconciler.core.credentials import CredentialError, Credentials
+from reconciler.core.redact import redact, redact_url
 from reconciler.fleet.repository import NonRegular
+from reconciler.gitops.auth import GitAuth, classify, explain
+from reconciler.gitops.lsrefs import LsRefsClient, LsRefsError, NotV2
 from reconciler.gitops.verify import VERIFIED, GitError, Verifier, VerifyResult, init_bare, run_git
+
+log = logging.getLogger(__name__)
 
 # Reasons specific to the source (signature reasons come from gitverify); the vocabulary is core.reasons.
 HISTORY_REWRITE = R.HISTORY_REWRITE
@@ -116,12 +123,20 @@ class GitSource:
         poll_interval: float = 60.0,
         backoff_base: float = 5.0,
         max_backoff: float = 600.0,
+        credentials: Credentials | None = None,
     ) -> None:
         if verify_mode not in ("none", "head", "all"):
             raise ValueError(f"verify_mode must be none, head or all, not {verify_mode!r}")
         if verify_mode != "none" and allowed_signers is None and gpg_keyring is None:
             raise ValueError(f"verify mode {verify_mode!r} needs an allowed-signers file or a GPG keyring")
         self.url = url
+        self.display_url = redact_url(url)  # the only form of the URL that is ever printed, logged or stored
+        self.auth = GitAuth(url, credentials or Credentials())
+        self._lsrefs: LsRefsClient | None = None
+        if self.auth.is_http:
+            ca = self.auth.credentials.ca_file
+            self._lsrefs = LsRefsClient(url, authorization=self.auth.authorization, timeout=timeout,
+                                        ca_file=str(ca) if ca else None)
         self.cache_dir = Path(cache_dir)
         self.branch = branch
         self.subpath = subpath.strip("/") if subpath else None
@@ -200,7 +215,22 @@ class GitSource:
     def _ls_remote(self) -> str | None:
         self.requests += 1
         _REQUESTS.inc()
-        out = run_git(["ls-remote", "--", self.url, self.ref], timeout=self.timeout).stdout.decode()
+        if self._lsrefs is not None:
+            try:
+                return self._lsrefs.ls_ref(self.ref)
+            except LsRefsError as exc:
+                if exc.reason != R.AUTHENTICATION_FAILED or self.auth.credentials.authorization() is not None:
+                    raise
+                # No configured credential: the service user's git credential helper or ~/.netrc may have one.
+                self._lsrefs.close()
+                self._lsrefs = None
+            except NotV2 as exc:
+                log.info("%s does not answer Git protocol v2 ls-refs (%s); polling with git ls-remote",
+                         self.display_url, redact(str(exc)))
+                self._lsrefs.close()
+                self._lsrefs = None
+        out = run_git(["ls-remote", "--", self.url, self.ref], timeout=self.timeout,
+                      env=self.auth.env()).stdout.decode()
         return parse_ls_remote(out, self.ref)
 
     def _fetch(self, head: str, last_applied: str | None) -> None:
@@ -216,13 +246,15 @@ class GitSource:
         # commits. (Last applied commit unknown locally, e.g. cache wiped: the unshallow below finds it.)
         self.requests += 1
         _REQUESTS.inc()
-        run_git([*args, "--", self.url, refspec], git_dir=self.git_dir, timeout=self.timeout)
+        env = self.auth.env()
+        run_git([*args, "--", self.url, refspec], git_dir=self.git_dir, timeout=self.timeout, env=env)
         self.fetches += 1
         _FETCHES.inc()
         if last_applied and not self._has_commit(last_applied) and self._is_shallow_boundary():
             self.requests += 1
             _REQUESTS.inc()
-            run_git([*args, "--unshallow", "--", self.url, refspec], git_dir=self.git_dir, timeout=self.timeout)
+            run_git([*args, "--unshallow", "--", self.url, refspec], git_dir=self.git_dir, timeout=self.timeout,
+                    env=env)
         self._account_bytes(before)
 
     def _account_bytes(self, before: dict[str, int]) -> None:
@@ -303,11 +335,11 @@ class GitSource:
             _POLLS.inc()
             try:
                 head = self._ls_remote()
-            except GitError as exc:
-                reason = GIT_TIMEOUT if exc.timed_out else GIT_UNAVAILABLE
-                return self._failure(reason, str(exc), last_applied)
+            except (GitError, LsRefsError, CredentialError) as exc:
+                return self._failure(*_named(exc), last_applied)
             if head is None:
-                return self._failure(BRANCH_NOT_FOUND, f"branch {self.branch!r} not found at {self.url}", last_applied)
+                return self._failure(BRANCH_NOT_FOUND, f"branch {self.branch!r} not found at {self.display_url}",
+                                     last_applied)
             key = (head, last_applied, self._anchor_stamp())
             cached = self._verdicts.get(key)
             if cached is not None:
@@ -319,9 +351,8 @@ class GitSource:
                     self._fetch(head, last_applied)
                     fetched = True
                 verdict = self._check(head, last_applied)
-            except GitError as exc:
-                reason = GIT_TIMEOUT if exc.timed_out else GIT_UNAVAILABLE
-                return self._failure(reason, str(exc), last_applied)
+            except (GitError, CredentialError) as exc:
+                return self._failure(*_named(exc), last_applied)
             self._verdicts = {key: verdict}  # only the newest matters; bounded memory
             return self._result(head, verdict, last_applied, fetched)
 
@@ -402,9 +433,22 @@ class GitSource:
 
     def close(self) -> None:
         with self._lock:
+            if self._lsrefs is not None:
+                self._lsrefs.close()
             if self._repo is not None:
                 self._repo.close()
                 self._repo = None
+
+
+def _named(exc: Exception) -> tuple[str, str]:
+    """(reason, redacted message) of a failure to reach the repository."""
+    message = redact(str(exc))
+    if isinstance(exc, (LsRefsError, CredentialError)):
+        return exc.reason, message
+    if isinstance(exc, GitError) and exc.timed_out:
+        return GIT_TIMEOUT, message
+    reason = classify(message) or GIT_UNAVAILABLE
+    return reason, explain(reason, message)
 
 
 __all__ = ["GitSource", "PollResult", "backoff_delay", "parse_ls_remote", "VERIFIED"]

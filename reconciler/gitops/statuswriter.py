@@ -23,7 +23,12 @@ from typing import Any
 
 import yaml
 
+from reconciler.core.conditions import isoformat, utcnow
+from reconciler.core.credentials import CredentialError, Credentials
+from reconciler.core.reasons import GIT_TIMEOUT, GIT_UNAVAILABLE, PUSH_REJECTED, PUSHED
+from reconciler.core.redact import redact, redact_url
 from reconciler.fleet.schemas import validator
+from reconciler.gitops.auth import GitAuth, classify, explain
 from reconciler.gitops.verify import GitError, init_bare, run_git
 
 log = logging.getLogger(__name__)
@@ -46,6 +51,7 @@ def content_key(doc: dict[str, Any]) -> str:
     """Canonical form of a status without its heartbeat: equal keys mean "nothing to report"."""
     d = copy.deepcopy(doc)
     d.get("status", {}).pop("heartbeat", None)
+    (d.get("status", {}).get("reporting") or {}).pop("lastPushTime", None)  # a successful push is no news
     return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
 
@@ -96,8 +102,12 @@ class StatusWriter:
     def __init__(self, url: str, device_id: str, work_dir: Path, *, branch_prefix: str = "status/",
                  heartbeat_interval: float = 300, signing_key: Path | None = None, timeout: float = 30,
                  retry_base: float = 1.0, retry_max: float = 300.0, clock: Callable[[], float] = time.monotonic,
-                 agent_version: str | None = None) -> None:
+                 agent_version: str | None = None, credentials: Credentials | None = None,
+                 on_push: Callable[[bool, str], None] | None = None) -> None:
         self.url = url
+        self.display_url = redact_url(url)
+        self.auth = GitAuth(url, credentials or Credentials())
+        self.on_push = on_push  # (landed?, reason) after every push attempt: the agent's metrics
         self.device_id = device_id
         self.work_dir = Path(work_dir)
         self.branch = f"{branch_prefix}{device_id}"
@@ -115,6 +125,9 @@ class StatusWriter:
         self.queued = 0  # statuses submitted but not pushed yet (superseded ones included)
         self.last_push_ok: bool | None = None
         self.last_error: str | None = None
+        self.last_reason: str | None = None
+        self.last_push_time: str | None = None  # wall clock (RFC 3339) of the last push that landed
+        self.consecutive_failures = 0
         self._pending: dict[str, Any] | None = None
         self._pushed: str | None = None  # the commit the server has, as far as we know
         self._tip: str | None = None  # our newest commit (== _pushed when in sync)
@@ -172,10 +185,16 @@ class StatusWriter:
             self._cv.notify_all()
         self._thread.join(timeout + self.timeout)
 
+    def reporting(self) -> dict[str, Any]:
+        """Where status reporting stands: ``pushed`` (True/False/None = not tried yet), reason, times, error."""
+        with self._cv:
+            return {"pushed": self.last_push_ok, "reason": self.last_reason, "lastPushTime": self.last_push_time,
+                    "lastError": self.last_error, "failedPushes": self.consecutive_failures, "branch": self.branch}
+
     # -- git plumbing -------------------------------------------------------------------------------------
 
     def _git(self, *args: str, input: bytes | None = None, check: bool = True, network: bool = False):
-        env = {"GIT_AUTHOR_NAME": self.device_id, "GIT_AUTHOR_EMAIL": f"{self.device_id}@devices.modelfleet",
+        env = {**(self.auth.env() if network else {}),"GIT_AUTHOR_NAME": self.device_id, "GIT_AUTHOR_EMAIL": f"{self.device_id}@devices.modelfleet",
                "GIT_COMMITTER_NAME": self.device_id, "GIT_COMMITTER_EMAIL": f"{self.device_id}@devices.modelfleet"}
         return run_git(list(args), git_dir=self.git_dir, input=input, check=check, env=env,
                        timeout=self.timeout if network else max(self.timeout, 30))
@@ -219,10 +238,10 @@ class StatusWriter:
         if proc.returncode == 0:
             self._git("update-ref", f"refs/pushed/{self.branch}", sha)
             return
-        text = (proc.stdout + proc.stderr).decode(errors="replace")
+        text = redact((proc.stdout + proc.stderr).decode(errors="replace"))
         if "[rejected]" in text or "non-fast-forward" in text or "fetch first" in text:
             raise _Rejected(text.strip())
-        raise GitError(f"push to {self.url} failed: {text.strip()[-500:]}")
+        raise GitError(f"push to {self.display_url} failed: {text.strip()[-500:]}")
 
     # -- background thread --------------------------------------------------------------------------------
 
@@ -254,13 +273,20 @@ class StatusWriter:
                     failures = 0
                     with self._cv:
                         self.queued = 0 if self._pending is None else 1
-                        self.last_push_ok, self.last_error = True, None
+                        self.last_push_ok, self.last_reason = True, None
+                        self.last_push_time, self.consecutive_failures = isoformat(utcnow()), 0
+                    self._notify(True, "")
             except Exception as exc:  # noqa: BLE001 - keep the thread alive whatever happens; retried below
                 failures += 1
                 self.push_failures += 1
+                message = redact(str(exc), self.auth.credentials.secret_values())
+                reason = _reason(exc, message)
                 with self._cv:
-                    self.last_push_ok, self.last_error = False, str(exc)
-                log.warning("status push for %s failed (attempt %d): %s", self.device_id, failures, exc)
+                    self.last_push_ok, self.last_error, self.last_reason = False, message, reason
+                    self.consecutive_failures = failures
+                self._notify(False, reason)
+                log.warning("status push for %s failed (attempt %d, %s): %s", self.device_id, failures, reason,
+                            message)
                 delay = min(self.retry_max, self.retry_base * 2 ** min(failures - 1, 20)) * (0.5 + random.random() / 2)
                 with self._cv:
                     self._busy = False
@@ -275,6 +301,13 @@ class StatusWriter:
                 with self._cv:
                     self._busy = False
                     self._cv.notify_all()
+
+    def _notify(self, ok: bool, reason: str) -> None:
+        if self.on_push is not None:
+            try:
+                self.on_push(ok, reason)
+            except Exception:  # noqa: BLE001 - metrics must never stop the writer
+                log.exception("status push callback failed")
 
     def _push_tip(self) -> None:
         assert self._tip is not None
@@ -294,5 +327,39 @@ class StatusWriter:
             self._git("-c", "gc.auto=1000", "-c", "gc.autoDetach=false", "gc", "--auto", "--quiet", check=False)
 
 
+def reporting_condition(rep: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(status, reason, message) of the ``StatusReported`` condition from :meth:`StatusWriter.reporting` (pure);
+    None before the first push attempt. The True message is stable so it does not make a new status commit."""
+    if rep.get("pushed") is None:
+        return None
+    if rep["pushed"]:
+        return "True", PUSHED, f"{rep['branch']} is up to date in the fleet repository"
+    last = rep.get("lastPushTime") or "never"
+    reason = rep.get("reason") or GIT_UNAVAILABLE
+    return "False", reason, f"last successful push: {last}; {explain(reason, str(rep.get('lastError')))}"
+
+
+def reporting_block(rep: dict[str, Any]) -> dict[str, Any]:
+    """The ``status.reporting`` part of a DeviceStatus."""
+    out: dict[str, Any] = {"lastPushTime": rep.get("lastPushTime"), "failedPushes": rep.get("failedPushes", 0)}
+    if rep.get("lastError"):
+        out["lastError"] = str(rep["lastError"])[:1024]
+    return out
+
+
 class _Rejected(Exception):
     pass
+
+
+def _reason(exc: Exception, message: str) -> str:
+    """The named reason of a failed status push (docs/hosting.md)."""
+    if isinstance(exc, CredentialError):
+        return exc.reason
+    if isinstance(exc, GitError) and exc.timed_out:
+        return GIT_TIMEOUT
+    named = classify(message)
+    if named:
+        return named
+    if isinstance(exc, _Rejected) or "[remote rejected]" in message or "pre-receive hook declined" in message:
+        return PUSH_REJECTED
+    return GIT_UNAVAILABLE

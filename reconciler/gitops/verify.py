@@ -22,6 +22,7 @@ from pathlib import Path
 
 from reconciler.core import reasons as R
 from reconciler.core.fsutil import atomic_write_text
+from reconciler.core.redact import redact
 
 # Reasons (Condition.reason) shared with gitsource.
 VERIFIED = R.VERIFIED
@@ -57,8 +58,9 @@ def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
             "GIT_ASKPASS": "",
             "SSH_ASKPASS": "",
             "LC_ALL": "C",
-            # BatchMode: never prompt for an ssh passphrase or host key confirmation on a headless device.
-            "GIT_SSH_COMMAND": env.get("GIT_SSH_COMMAND", "ssh -o BatchMode=yes"),
+            # No GIT_SSH_COMMAND default: the service user's core.sshCommand and ~/.ssh/config apply. ssh cannot
+            # prompt anyway (new session without a terminal, stdin closed); configured SSH credentials set their
+            # own command with BatchMode (gitops.auth).
         }
     )
     if extra:
@@ -101,7 +103,8 @@ def run_git(
         raise GitError(f"git {args[0]} timed out after {timeout:g}s", timed_out=True) from None
     if check and proc.returncode != 0:
         msg = err.decode("utf-8", "replace").strip() or out.decode("utf-8", "replace").strip()
-        raise GitError(f"git {args[0]} failed: {msg[-1500:]}", returncode=proc.returncode)
+        # Redacted here, once, for every caller: git echoes URLs (with their userinfo) in its errors.
+        raise GitError(redact(f"git {args[0]} failed: {msg[-1500:]}"), returncode=proc.returncode)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 

@@ -101,3 +101,46 @@ def test_json_and_text_logs(capsys: pytest.CaptureFixture[str]) -> None:
     setup_logging("text", "info", buf2)
     logging.getLogger("reconciler.agent").info("poll", extra=fields(commit="abc", message="two words"))
     assert buf2.getvalue().strip() == 'INFO reconciler.agent: poll commit=abc message="two words"'
+
+
+CREDS = """\
+apiVersion: modelfleet/v1
+kind: AgentConfig
+spec:
+  deviceId: dev-1
+  source:
+    url: https://git.example.com/fleet.git
+    credentials: {username: dev-1, passwordFile: "${CREDENTIALS_DIRECTORY}/git-read", caFile: ca.pem}
+  status:
+    credentials: {username: dev-1, passwordFile: secrets/push}
+  tuf:
+    trustedRoot: root.json
+    credentials: {bearerTokenFile: secrets/tuf}
+"""
+
+
+def test_credentials_are_paths_resolved_per_endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", "/run/credentials/modelfleet-agent.service")
+    f = tmp_path / "agent.yaml"
+    f.write_text(CREDS)
+    c = load_agent_config(f)
+    base = tmp_path.resolve()
+    assert c.source_credentials.password_file == Path("/run/credentials/modelfleet-agent.service/git-read")
+    assert c.source_credentials.ca_file == base / "ca.pem" and c.source_credentials.username == "dev-1"
+    assert c.status_credentials is not None and c.status_credentials.password_file == base / "secrets/push"
+    assert c.tuf_credentials.bearer_token_file == base / "secrets/tuf"
+
+
+@pytest.mark.parametrize(("old", "new", "error"), [
+    ("url: https://git.example.com/fleet.git", "url: https://dev-1:hunter2@git.example.com/fleet.git",
+     "source.url https://dev-1:***@git.example.com/fleet.git embeds a password"),
+    ("credentials: {username: dev-1, passwordFile: secrets/push}", "credentials: {username: dev-1}",
+     "agent.yaml:9: credentials.username and credentials.passwordFile go together"),
+    ("bearerTokenFile: secrets/tuf", "bearerTokenFile: t, token: x", "Additional properties are not allowed"),
+])
+def test_bad_credentials_settings(tmp_path: Path, old: str, new: str, error: str) -> None:
+    f = tmp_path / "agent.yaml"
+    f.write_text(CREDS.replace(old, new))
+    with pytest.raises(UserError) as exc:
+        load_agent_config(f)
+    assert error in str(exc.value) and "hunter2" not in str(exc.value)

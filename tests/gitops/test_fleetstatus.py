@@ -35,7 +35,8 @@ def test_report_rows_summary_and_formats() -> None:
     assert rows["cam-2"].behind == 3 and rows["cam-2"].stale and rows["cam-2"].age_seconds == 5400
     assert rows["cam-3"].error and rows["cam-3"].stale
     assert rep.versions == {"cams": {"detector@0.9.0": 1, "detector@1.0.0": 1}}
-    assert rep.totals == {"devices": 3, "ready": 1, "notReady": 2, "stale": 2, "behind": 1, "unreadable": 1}
+    assert rep.totals == {"devices": 3, "ready": 1, "notReady": 2, "stale": 2, "behind": 1, "unreadable": 1,
+                          "neverReported": 0}
     table = render(rep, "table")
     assert "behind 3" in table and "1h30m STALE" in table and "up to date" in table
     assert "False (HealthCheckFailed)" in table and "unreadable" in table

@@ -1,0 +1,105 @@
+"""Credentials a device uses to reach its Git host and TUF repository, read from files only.
+
+A :class:`Credentials` holds *paths*, never secret values: a user name (not secret) with a password/token
+file, a bearer token file (TUF), an SSH private key with a pinned known-hosts file, and a CA bundle. Secret
+files are checked like ssh checks a private key (:func:`read_secret`): a regular file, owned by the agent's
+user or root, neither group- nor world-readable — so a key left 0644 is refused with a clear error instead of
+being used. systemd's ``LoadCredential=`` fits: ``$CREDENTIALS_DIRECTORY`` files are 0400 and owned by the
+service user. Values are read at the moment of use, so rotating a file takes effect on the next request.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.core.reasons import CREDENTIALS_UNREADABLE
+
+MAX_SECRET_BYTES = 64 * 1024
+
+
+class CredentialError(Exception):
+    """A credential file is missing, unreadable or too open; ``reason`` is :data:`CREDENTIALS_UNREADABLE`."""
+
+    reason = CREDENTIALS_UNREADABLE
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Where one endpoint's credentials are (see ``credentials`` in the AgentConfig schema)."""
+
+    username: str | None = None
+    password_file: Path | None = None
+    bearer_token_file: Path | None = None
+    ssh_key_file: Path | None = None
+    known_hosts_file: Path | None = None
+    ca_file: Path | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not any((self.username, self.password_file, self.bearer_token_file, self.ssh_key_file,
+                        self.known_hosts_file, self.ca_file))
+
+    def authorization(self) -> str | None:
+        """The ``Authorization`` header value (Basic or Bearer), read from the files now; None without one."""
+        if self.bearer_token_file is not None:
+            return "Bearer " + read_secret(self.bearer_token_file)
+        if self.password_file is not None:
+            return basic_authorization(self.username or "", read_secret(self.password_file))
+        return None
+
+    def secret_values(self) -> tuple[str, ...]:
+        """The secrets themselves (for scrubbing text that might echo them); unreadable files are skipped."""
+        out: list[str] = []
+        for p in (self.password_file, self.bearer_token_file):
+            if p is not None:
+                try:
+                    out.append(read_secret(p))
+                except CredentialError:
+                    pass
+        return tuple(out)
+
+
+def basic_authorization(username: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+
+
+def check_private_file(path: Path) -> os.stat_result:
+    """Refuse a secret file that is not a regular file, is owned by someone else, or is group/world-readable."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CredentialError(f"credential file {path} does not exist") from None
+    except OSError as exc:
+        raise CredentialError(f"cannot read credential file {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CredentialError(f"credential file {path} is not a regular file")
+    if st.st_uid not in (os.geteuid(), 0):
+        raise CredentialError(f"credential file {path} is owned by uid {st.st_uid}, not by the agent's user or root")
+    if st.st_mode & 0o077:
+        raise CredentialError(f"permissions {stat.S_IMODE(st.st_mode):04o} for credential file {path} are too open "
+                              f"(it must not be readable by group or others: chmod 600 {path})")
+    return st
+
+
+def read_secret(path: Path) -> str:
+    """The secret in ``path`` (surrounding whitespace stripped), after :func:`check_private_file`."""
+    check_private_file(path)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_SECRET_BYTES + 1)
+    except OSError as exc:
+        raise CredentialError(f"cannot read credential file {path}: {exc.strerror}") from None
+    if len(data) > MAX_SECRET_BYTES:
+        raise CredentialError(f"credential file {path} is larger than {MAX_SECRET_BYTES} bytes")
+    try:
+        value = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise CredentialError(f"credential file {path} is not UTF-8 text") from None
+    if not value or "\n" in value or "\r" in value:
+        raise CredentialError(f"credential file {path} must hold exactly one line")
+    return value
+

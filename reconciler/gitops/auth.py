@@ -1,0 +1,129 @@
+"""How git reaches a private fleet repository without a secret on any command line, and what its errors mean.
+
+:class:`GitAuth` turns a :class:`~reconciler.core.credentials.Credentials` (paths only) into the environment of
+one git process, read fresh from the files each time (rotation needs no restart):
+
+- HTTP(S): ``http.<origin>.extraHeader = Authorization: …`` through
+  ``GIT_CONFIG_COUNT``/``GIT_CONFIG_KEY_n``/``GIT_CONFIG_VALUE_n``, the CA bundle as ``GIT_SSL_CAINFO``. The header goes out with the first request
+  (no 401 round trip), is scoped to the repository's origin (a redirect elsewhere does not get it), and lives
+  in the child's environment, which Linux shows only to the same user and root — ``ps`` never shows it.
+  ``credential.helper`` is emptied so a helper of the service user cannot substitute other credentials.
+- SSH: ``GIT_SSH_COMMAND`` with the deploy key, ``IdentitiesOnly``, the pinned known-hosts file and
+  ``StrictHostKeyChecking=yes`` (paths only; ssh reads the key itself). Without an SSH setting nothing is
+  set, so the service user's ``core.sshCommand`` / ``~/.ssh/config`` apply unchanged.
+
+:func:`classify` names a failure from git's message (``AuthenticationFailed``, ``TLSVerificationFailed``,
+``HostKeyVerificationFailed``), shared by the source poll, the status push and ``fleet status``.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from reconciler.core.credentials import Credentials, check_private_file
+from reconciler.core.reasons import (
+    AUTHENTICATION_FAILED,
+    HOST_KEY_VERIFICATION_FAILED,
+    TLS_VERIFICATION_FAILED,
+)
+
+_AUTH_MARKERS = ("authentication failed", "http basic: access denied", "returned error: 401", "returned error: 403",
+                 "could not read username", "could not read password", "permission denied (publickey",
+                 "terminal prompts disabled", "http 401", "http 403")
+_TLS_MARKERS = ("ssl certificate problem", "server certificate verification failed", "certificate verify failed",
+                "ssl: certificate", "unable to get local issuer certificate", "self-signed certificate",
+                "self signed certificate")
+_HOSTKEY_MARKERS = ("host key verification failed", "remote host identification has changed",
+                    "host key is known for", "no matching host key")
+
+
+HINTS = {
+    AUTHENTICATION_FAILED: "the server refused the credentials (check the credentials' username/passwordFile or "
+                           "sshKeyFile, and that the key or token has access)",
+    TLS_VERIFICATION_FAILED: "the server's TLS certificate is not trusted (set credentials.caFile to its CA)",
+    HOST_KEY_VERIFICATION_FAILED: "the server's SSH host key is not in credentials.knownHostsFile (or changed)",
+}
+
+
+def explain(reason: str, message: str) -> str:
+    """``message`` prefixed with what to do about ``reason`` (unchanged for other reasons)."""
+    hint = HINTS.get(reason)
+    return f"{hint}: {message}" if hint else message
+
+
+def classify(message: str) -> str | None:
+    """The named reason for a git/HTTP failure message, or None when it is none of the three."""
+    low = message.lower()
+    if any(m in low for m in _HOSTKEY_MARKERS):
+        return HOST_KEY_VERIFICATION_FAILED
+    if any(m in low for m in _TLS_MARKERS):
+        return TLS_VERIFICATION_FAILED
+    if any(m in low for m in _AUTH_MARKERS):
+        return AUTHENTICATION_FAILED
+    return None
+
+
+def http_origin(url: str) -> str | None:
+    """``scheme://host[:port]/`` for an http(s) URL, else None."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return f"{parts.scheme}://{host}/"
+
+
+@dataclass
+class GitAuth:
+    """Credentials of one remote URL, as git environment (see the module docstring)."""
+
+    url: str
+    credentials: Credentials = field(default_factory=Credentials)
+    inline_authorization: str | None = None  # taken out of a URL's userinfo (operator commands only)
+
+    @property
+    def is_http(self) -> bool:
+        return http_origin(self.url) is not None
+
+    def authorization(self) -> str | None:
+        if not self.is_http:
+            return None
+        return self.inline_authorization or self.credentials.authorization()
+
+    def env(self) -> dict[str, str]:
+        """Environment for a git process talking to :attr:`url` (raises CredentialError for a bad file)."""
+        creds = self.credentials
+        out: dict[str, str] = {}
+        config: list[tuple[str, str]] = []
+        origin = http_origin(self.url)
+        if origin is not None:
+            auth = self.authorization()
+            if auth is not None:
+                config += [("credential.helper", ""), (f"http.{origin}.extraHeader", f"Authorization: {auth}")]
+            if creds.ca_file is not None:
+                # The variable, not http.sslCAInfo: an inherited GIT_SSL_CAINFO would win over any config.
+                out["GIT_SSL_CAINFO"] = str(creds.ca_file)
+        if creds.ssh_key_file is not None or creds.known_hosts_file is not None:
+            cmd = ["ssh", "-o", "BatchMode=yes", "-o", "IdentityAgent=none"]
+            if creds.ssh_key_file is not None:
+                check_private_file(creds.ssh_key_file)
+                cmd += ["-i", str(creds.ssh_key_file), "-o", "IdentitiesOnly=yes"]
+            if creds.known_hosts_file is not None:
+                cmd += ["-o", f"UserKnownHostsFile={creds.known_hosts_file}", "-o", "GlobalKnownHostsFile=/dev/null",
+                        "-o", "StrictHostKeyChecking=yes"]
+            out["GIT_SSH_COMMAND"] = " ".join(shlex.quote(c) for c in cmd)
+        if config:
+            base = _int(os.environ.get("GIT_CONFIG_COUNT"))
+            for i, (key, value) in enumerate(config, start=base):
+                out[f"GIT_CONFIG_KEY_{i}"], out[f"GIT_CONFIG_VALUE_{i}"] = key, value
+            out["GIT_CONFIG_COUNT"] = str(base + len(config))
+        return out
+
+
+def _int(text: str | None) -> int:
+    try:
+        return max(0, int(text or 0))
+    except ValueError:
+        return 0

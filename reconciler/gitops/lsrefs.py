@@ -1,0 +1,142 @@
+"""The idle poll over smart HTTP(S) in one request: Git protocol v2 ``ls-refs`` on a kept-alive connection.
+
+``git ls-remote`` over HTTP costs a process (plus ``git-remote-http``), two requests (``GET info/refs`` then
+``POST git-upload-pack``) and a 401 challenge when credentials come from a helper. Protocol v2 is stateless
+over HTTP, so a client that already knows the server speaks it can send ``command=ls-refs`` straight to
+``POST <repo>/git-upload-pack`` with ``Git-Protocol: version=2`` and the ``Authorization`` header up front:
+one request, no process, a TLS session kept alive by urllib3 (already the TUF client's HTTP stack; dulwich
+would add a dependency and still start with ``GET info/refs``). ``git`` keeps doing fetches and verification.
+
+A server that does not answer in protocol v2 (an old ``git http-backend`` behind a proxy that drops the
+``Git-Protocol`` header, a redirect) raises :class:`NotV2`; the caller then falls back to ``git ls-remote``
+for good. Authentication, TLS and network failures raise :class:`LsRefsError` with a named reason.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import urllib3
+
+from reconciler.core.reasons import (
+    AUTHENTICATION_FAILED,
+    GIT_TIMEOUT,
+    GIT_UNAVAILABLE,
+    TLS_VERIFICATION_FAILED,
+)
+from reconciler.core.redact import redact_url
+
+MAX_RESPONSE_BYTES = 1 << 20  # one ref-prefix answer is tiny; a huge body is not an ls-refs answer
+_OID = re.compile(rb"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")
+
+
+class NotV2(Exception):
+    """The server did not answer a protocol v2 ``ls-refs`` (fall back to ``git ls-remote``)."""
+
+
+class LsRefsError(Exception):
+    def __init__(self, reason: str, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.timed_out = timed_out
+
+
+def pkt(line: bytes) -> bytes:
+    return b"%04x" % (len(line) + 4) + line
+
+
+def ls_refs_request(prefix: str, agent: str = "modelfleet") -> bytes:
+    return pkt(b"command=ls-refs\n") + pkt(f"agent={agent}\n".encode()) + b"0001" + pkt(
+        f"ref-prefix {prefix}\n".encode()) + b"0000"
+
+
+def parse_ls_refs(body: bytes) -> dict[str, str]:
+    """ref name -> object id from an ``ls-refs`` response (pure); :class:`NotV2` if it is not one."""
+    refs: dict[str, str] = {}
+    pos = 0
+    while pos + 4 <= len(body):
+        try:
+            n = int(body[pos:pos + 4], 16)
+        except ValueError:
+            raise NotV2("response is not pkt-line encoded") from None
+        if n == 0:
+            return refs
+        if n < 4 or pos + n > len(body):
+            raise NotV2("truncated pkt-line")
+        line = body[pos + 4:pos + n].rstrip(b"\n")
+        pos += n
+        if line.startswith(b"ERR "):
+            raise NotV2(line[4:].decode(errors="replace")[:200])
+        oid, _, rest = line.partition(b" ")
+        if not _OID.match(oid) or not rest:
+            raise NotV2("not an ls-refs line")
+        refs[rest.split(b" ", 1)[0].decode(errors="replace")] = oid.decode()
+    raise NotV2("no flush packet at the end of the response")
+
+
+class LsRefsClient:
+    """One repository's ``ls-refs`` endpoint on a pooled keep-alive connection (thread-safe via urllib3)."""
+
+    def __init__(self, url: str, *, authorization: Callable[[], str | None], ca_file: str | None = None,
+                 timeout: float = 30.0) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("ls-refs over HTTP needs an http(s) URL")
+        self.display_url = redact_url(url)
+        self.path = parts.path.rstrip("/") + "/git-upload-pack"
+        self.authorization = authorization
+        kw: dict[str, object] = {"maxsize": 1, "retries": False, "timeout": urllib3.Timeout(timeout), "block": False}
+        if parts.scheme == "https":
+            kw.update(cert_reqs="CERT_REQUIRED", ca_certs=ca_file)
+            self.pool: urllib3.HTTPConnectionPool = urllib3.HTTPSConnectionPool(parts.hostname, parts.port, **kw)  # type: ignore[arg-type]
+        else:
+            self.pool = urllib3.HTTPConnectionPool(parts.hostname, parts.port, **kw)  # type: ignore[arg-type]
+        self.requests = 0
+
+    def ls_ref(self, ref: str) -> str | None:
+        """The object id of ``ref`` (exact name) on the server, or None when it does not exist."""
+        headers = {"Content-Type": "application/x-git-upload-pack-request",
+                   "Accept": "application/x-git-upload-pack-result", "Git-Protocol": "version=2",
+                   "User-Agent": "git/modelfleet"}
+        auth = self.authorization()
+        if auth:
+            headers["Authorization"] = auth
+        self.requests += 1
+        try:
+            resp = self.pool.urlopen("POST", self.path, body=ls_refs_request(ref), headers=headers, redirect=False,
+                                     preload_content=False, retries=False)
+        except urllib3.exceptions.SSLError as exc:
+            raise LsRefsError(TLS_VERIFICATION_FAILED, f"TLS verification of {self.display_url} failed: "
+                              f"{_ssl_reason(exc)}") from None
+        except (urllib3.exceptions.TimeoutError, TimeoutError):
+            raise LsRefsError(GIT_TIMEOUT, f"ls-refs at {self.display_url} timed out", timed_out=True) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise LsRefsError(GIT_UNAVAILABLE, f"cannot reach {self.display_url}: {type(exc).__name__}") from None
+        try:
+            body = resp.read(MAX_RESPONSE_BYTES + 1)
+            status, ctype = resp.status, resp.headers.get("Content-Type", "")
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise LsRefsError(GIT_UNAVAILABLE, f"connection to {self.display_url} lost: {type(exc).__name__}") from None
+        finally:
+            resp.release_conn()
+        if status in (401, 403):
+            raise LsRefsError(AUTHENTICATION_FAILED, f"{self.display_url} refused the credentials (HTTP {status})")
+        if status != 200 or ctype != "application/x-git-upload-pack-result" or len(body) > MAX_RESPONSE_BYTES:
+            raise NotV2(f"HTTP {status} {ctype}")
+        return parse_ls_refs(body).get(ref)
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    cur: BaseException | None = exc
+    while cur is not None:
+        if isinstance(cur, ssl.SSLCertVerificationError):
+            return cur.verify_message or str(cur)
+        cur = cur.__cause__ or cur.__context__ or (cur.reason if isinstance(cur, urllib3.exceptions.MaxRetryError)  # type: ignore[assignment]
+                                                   else None)
+    return type(exc).__name__

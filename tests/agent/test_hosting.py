@@ -1,0 +1,395 @@
+"""The agent against Git and TUF hosting as operators run it (tests/_servers.py): nginx + git http-backend
+(Basic auth on push, or on everything; HTTPS with a private CA), sshd with a deploy key and pinned known hosts,
+and the TUF repository behind nginx with a bearer token. Every scenario also runs the secret scan: no secret
+in any process's argv (sampled from /proc while it runs), logs, state files, command output, or anything on
+the server (all objects of the fleet repository)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import subprocess
+import threading
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests._agent_fixtures import AgentProcess, World, condition, read_status, wait_for, which_version
+from tests._cli import run_cli
+from tests._servers import GitHttp, Pki, SshServer, private_file
+
+PUSH_PW = "push-S3cret-7f1c9e"  # the device's write credential (status push)
+READ_PW = "read-S3cret-2b8d41"  # the device's read credential (source, on the private path)
+TUF_TOKEN = "tuf-T0ken-93aa0c"
+USERS = {"device-push": PUSH_PW, "device-read": READ_PW, "ops": PUSH_PW + "-ops"}
+
+
+def _variants(secret: str) -> list[bytes]:
+    """The forms a leaked secret could take: itself and inside a Basic header."""
+    out = [secret.encode()]
+    for user in USERS:
+        out.append(base64.b64encode(f"{user}:{secret}".encode()))
+    out.append(base64.b64encode(f"tuf:{secret}".encode()))
+    return out
+
+
+SECRETS = [v for s in (PUSH_PW, READ_PW, TUF_TOKEN, USERS["ops"]) for v in _variants(s)]
+
+
+@dataclass
+class Servers:
+    root: Path
+    pki: Pki
+    http: GitHttp
+    ssh: SshServer
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    root = tmp_path_factory.mktemp("hosting")
+    pki = Pki.make(root / "pki")
+    with GitHttp(root / "nginx", pki, users=USERS, tuf_token=TUF_TOKEN) as http, SshServer(root / "sshd") as ssh:
+        yield Servers(root, pki, http, ssh)
+
+
+class CmdlineSampler:
+    """Reads every process's command line from /proc every few ms while a scenario runs."""
+
+    def __init__(self) -> None:
+        self.hits: list[str] = []
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                        cmd = fh.read()
+                except OSError:
+                    continue
+                self.samples += 1
+                if any(s in cmd for s in SECRETS):
+                    self.hits.append(cmd.replace(b"\0", b" ").decode(errors="replace"))
+            self._stop.wait(0.005)
+
+    def __enter__(self) -> CmdlineSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class Device:
+    world: World
+    dir: Path
+    config: Path
+    outputs: list[str] = field(default_factory=list)
+
+    @property
+    def state(self) -> Path:
+        return self.dir / "state"
+
+
+def all_objects(git_dir: Path) -> bytes:
+    """Every object (decompressed) and ref of a repository."""
+    objs = subprocess.run(["git", "--git-dir", str(git_dir), "cat-file", "--batch-all-objects", "--batch"],
+                          capture_output=True, check=True).stdout
+    refs = subprocess.run(["git", "--git-dir", str(git_dir), "for-each-ref"], capture_output=True, check=True).stdout
+    cfg = (git_dir / "config").read_bytes()
+    return objs + refs + cfg
+
+
+def assert_no_secret(dev: Device, sampler: CmdlineSampler, servers: Servers) -> None:
+    assert sampler.samples > 100 and sampler.hits == [], sampler.hits[:3]
+    places: list[tuple[str, bytes]] = [(f"output {i}", o.encode()) for i, o in enumerate(dev.outputs)]
+    for p in dev.dir.rglob("*"):
+        if p.is_file() and not p.is_symlink() and "secrets" not in p.parts:
+            places.append((str(p), p.read_bytes()))
+    for repo in [dev.world.upstream.bare, *[p.parent for p in dev.state.rglob("HEAD") if (p.parent / "objects").is_dir()]]:
+        places.append((f"repository {repo}", all_objects(repo)))
+    for log in (servers.http.access_log, servers.http.root / "error.log"):
+        places.append((str(log), log.read_bytes() if log.exists() else b""))
+    leaks = [where for where, data in places for s in SECRETS if s in data]
+    assert leaks == [], leaks
+
+
+def _world(servers: Servers, tmp_path: Path, name: str) -> World:
+    w = World(tmp_path / "world", daemon=False)
+    w.publish("1.0.0", bias=0.0)
+    w.commit_fleet("1.0.0")
+    servers.http.publish_repo(f"{name}.git", w.upstream.bare)
+    return w
+
+
+def _device(servers: Servers, w: World, tmp_path: Path, name: str, transport: str, *,
+            push_pw: str = PUSH_PW) -> Device:
+    d = tmp_path / "device"
+    sec = d / "secrets"
+    tuf_base = servers.http.publish_tuf(name, w.tuf_dir)
+    tuf = {"metadataUrl": f"{tuf_base}/metadata/", "targetsUrl": f"{tuf_base}/targets/",
+           "credentials": {"bearerTokenFile": str(private_file(sec / "tuf-token", TUF_TOKEN)),
+                           "caFile": str(servers.pki.ca)}}
+    push = {"username": "device-push", "passwordFile": str(private_file(sec / "push", push_pw))}
+    if transport == "http":  # auth on push only: the source reads anonymously
+        source: dict[str, Any] = {"url": servers.http.url(f"{name}.git")}
+        status: dict[str, Any] = {"credentials": push}
+    elif transport == "https":  # auth on everything, private CA; a read credential and a write credential
+        source = {"url": servers.http.url(f"{name}.git", private=True, tls=True),
+                  "credentials": {"username": "device-read", "caFile": str(servers.pki.ca),
+                                  "passwordFile": str(private_file(sec / "read", READ_PW))}}
+        status = {"credentials": {**push, "caFile": str(servers.pki.ca)}}
+    else:  # ssh deploy key + pinned known hosts
+        key = sec / "deploy"
+        key.parent.mkdir(parents=True, exist_ok=True)
+        key.write_bytes(servers.ssh.deploy_key.read_bytes())
+        key.chmod(0o600)
+        source = {"url": servers.ssh.url(w.upstream.bare),
+                  "credentials": {"sshKeyFile": str(key), "knownHostsFile": str(servers.ssh.known_hosts)}}
+        status = {}
+    cfg = w.agent_config(d, poll="300ms", status=True,
+                         extra={"source": source, "status": status, "tuf": tuf})
+    return Device(w, d, cfg)
+
+
+@contextlib.contextmanager
+def converged_agent(dev: Device) -> Iterator[str]:
+    """The agent running on ``dev``, serving 1.0.0; yields its URL and stops it cleanly (exit 0)."""
+    agent = AgentProcess(dev.config, dev.dir / "agent.log").start()
+    try:
+        url = agent.url()
+        wait_for(lambda: which_version(url, dev.world) == "1.0.0", 60, what="convergence")
+        yield url
+    finally:
+        assert agent.stop() == 0
+
+
+def _server_status(w: World) -> dict[str, Any] | None:
+    import yaml
+
+    p = subprocess.run(["git", "--git-dir", str(w.upstream.bare), "show", "refs/heads/status/dev-1:status.yaml"],
+                       capture_output=True)
+    return yaml.safe_load(p.stdout) if p.returncode == 0 else None
+
+
+def _fleet_status(servers: Servers, dev: Device, transport: str, name: str, *args: str) -> Any:
+    w = dev.world
+    if transport == "ssh":
+        env = {"GIT_SSH_COMMAND": f"ssh -o BatchMode=yes -i {dev.dir / 'secrets' / 'deploy'} -o IdentitiesOnly=yes "
+                                  f"-o UserKnownHostsFile={servers.ssh.known_hosts} -o StrictHostKeyChecking=yes"}
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            r = run_cli("fleet", "status", "--repo", servers.ssh.url(w.upstream.bare), "--cache-dir",
+                        str(dev.dir / "ops-cache"), *args)
+        finally:
+            for k, v in old.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    else:
+        ops_pw = private_file(dev.dir / "secrets" / "ops-pw", USERS["ops"])
+        r = run_cli("fleet", "status", "--repo", servers.http.url(f"{name}.git", private=True, tls=True),
+                    "--username", "ops", "--password-file", str(ops_pw), "--ca-file", str(servers.pki.ca),
+                    "--cache-dir", str(dev.dir / "ops-cache"), *args)
+    dev.outputs.append(r.text)
+    return r
+
+
+@pytest.mark.parametrize("transport", ["http", "https", "ssh"])
+def test_converge_serve_report_on_each_transport(servers: Servers, tmp_path: Path, transport: str) -> None:
+    name = f"fleet-{transport}"
+    w = _world(servers, tmp_path, name)
+    dev = _device(servers, w, tmp_path, name, transport)
+    w.commit_raw({"devices/dev-9.yaml": "apiVersion: modelfleet/v1\nkind: Device\nmetadata:\n  name: dev-9\n"},
+                 "inventory: dev-9 (not installed yet)")
+    with CmdlineSampler() as sampler:
+        r = _fleet_status(servers, dev, transport, name)
+        assert r.code == 0, r.text
+        assert "no device has reported yet" in r.out and "dev-9" in r.out  # before any device reported
+        agent = AgentProcess(dev.config, dev.dir / "agent.log").start()
+        try:
+            url = agent.url()
+            wait_for(lambda: which_version(url, w) == "1.0.0", 60, what="convergence")
+            pushed = wait_for(lambda: condition(_server_status(w), "StatusReported"), 30, what="status pushed")
+            assert pushed["status"] == "True" and pushed["reason"] == "Pushed"
+            assert _server_status(w)["status"]["reporting"]["lastPushTime"]
+            r = _fleet_status(servers, dev, transport, name)
+            assert r.code == 0, r.text
+            assert "dev-1" in r.out and "det@1.0.0" in r.out and "never reported (1 in the inventory): dev-9" in r.out
+            st = run_cli("agent", "status", "--config", str(dev.config))
+            dev.outputs.append(st.text)
+            assert "StatusReported" in st.out and "Pushed" in st.out
+        finally:
+            assert agent.stop() == 0
+    assert_no_secret(dev, sampler, servers)
+
+
+def test_wrong_source_credential_is_named_and_last_good_keeps_serving(servers: Servers, tmp_path: Path) -> None:
+    name = "fleet-rotate"
+    w = _world(servers, tmp_path, name)
+    dev = _device(servers, w, tmp_path, name, "https")
+    with CmdlineSampler() as sampler, converged_agent(dev) as url:
+        private_file(dev.dir / "secrets" / "read", READ_PW + "-revoked")  # a wrong (rotated-away) password
+        w.publish("1.1.0", bias=1.0)
+        w.commit_fleet("1.1.0")
+        cond = wait_for(lambda: (c := condition(read_status(dev.dir), "SourceAvailable")) and c["status"] == "False"
+                        and c, 30, what="SourceAvailable=False")
+        assert cond["reason"] == "AuthenticationFailed", cond
+        assert "401" in cond["message"]
+        assert which_version(url, w) == "1.0.0"  # the last good version keeps serving
+        st = run_cli("agent", "status", "--config", str(dev.config))
+        dev.outputs.append(st.text)
+        assert "AuthenticationFailed" in st.out
+        private_file(dev.dir / "secrets" / "read", READ_PW)  # rotated back: recovers without a restart
+        wait_for(lambda: which_version(url, w) == "1.1.0", 60, what="recovery after rotation")
+    assert_no_secret(dev, sampler, servers)
+
+
+def test_refused_status_push_is_visible(servers: Servers, tmp_path: Path) -> None:
+    name = "fleet-refused"
+    w = _world(servers, tmp_path, name)
+    dev = _device(servers, w, tmp_path, name, "http", push_pw=PUSH_PW + "-wrong")
+    with CmdlineSampler() as sampler, converged_agent(dev) as url:
+        cond = wait_for(lambda: (c := condition(read_status(dev.dir), "StatusReported")) and c["status"] == "False"
+                        and c, 30, what="StatusReported=False")
+        assert cond["reason"] == "AuthenticationFailed", cond
+        assert cond["message"].startswith("last successful push: never; the server refused the credentials")
+        assert condition(read_status(dev.dir), "Ready")["status"] == "True"  # serving is fine
+        metrics = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
+        dev.outputs.append(metrics)
+        assert 'modelfleet_agent_status_push_failures_total{reason="AuthenticationFailed"}' in metrics
+        assert "modelfleet_agent_status_pushes_total 0.0" in metrics
+        st = run_cli("agent", "status", "--config", str(dev.config))
+        dev.outputs.append(st.text)
+        assert "StatusReported  False" in st.out and "AuthenticationFailed" in st.out
+        assert "status push last landed never; " in st.out
+        assert _server_status(w) is None
+    dev.outputs.append((dev.dir / "agent.log").read_text())
+    assert_no_secret(dev, sampler, servers)
+
+
+def test_tls_host_key_and_tuf_failures_are_named(servers: Servers, tmp_path: Path) -> None:
+    from reconciler.core.credentials import Credentials
+    from reconciler.distribution.store import ModelStore
+    from reconciler.distribution.tufclient import TufClient, TufClientError
+    from reconciler.gitops.source import GitSource
+
+    name = "fleet-named"
+    w = _world(servers, tmp_path, name)
+    sec = tmp_path / "secrets"
+    read = private_file(sec / "read", READ_PW)
+    cases = [
+        (servers.http.url(f"{name}.git", private=True, tls=True),
+         Credentials("device-read", read, ca_file=servers.pki.other_ca), "TLSVerificationFailed"),
+        (servers.http.url(f"{name}.git", private=True, tls=True),
+         Credentials("device-read", private_file(sec / "bad", "nope"), ca_file=servers.pki.ca), "AuthenticationFailed"),
+        (servers.ssh.url(w.upstream.bare),
+         Credentials(ssh_key_file=servers.ssh.deploy_key, known_hosts_file=servers.ssh.wrong_known_hosts),
+         "HostKeyVerificationFailed"),
+        (servers.ssh.url(w.upstream.bare),
+         Credentials(ssh_key_file=servers.ssh.other_key, known_hosts_file=servers.ssh.known_hosts),
+         "AuthenticationFailed"),
+    ]
+    for i, (url, creds, reason) in enumerate(cases):
+        res = GitSource(url, tmp_path / f"cache-{i}", credentials=creds, timeout=10).poll(None)
+        assert res.reason == reason, (url, res.message)
+        assert READ_PW not in res.message
+    open_read = sec / "open"
+    open_read.write_text(READ_PW)
+    open_read.chmod(0o644)
+    res = GitSource(cases[0][0], tmp_path / "cache-open", credentials=Credentials("device-read", open_read)).poll(None)
+    assert res.reason == "CredentialsUnreadable" and "too open" in res.message
+    tuf_base = servers.http.publish_tuf(name, w.tuf_dir)
+    token = private_file(sec / "tuf", TUF_TOKEN)
+    for creds, reason in ((Credentials(bearer_token_file=token, ca_file=servers.pki.other_ca), "TLSVerificationFailed"),
+                          (Credentials(bearer_token_file=private_file(sec / "t2", "bad"), ca_file=servers.pki.ca),
+                           "AuthenticationFailed"),
+                          (Credentials(username="tuf", password_file=token, ca_file=servers.pki.ca), None)):
+        client = TufClient(tmp_path / f"tuf-{reason}", f"{tuf_base}/metadata/", f"{tuf_base}/targets/",
+                           w.trusted_root, ModelStore(tmp_path / f"store-{reason}"), credentials=creds, timeout=10)
+        try:
+            client.refresh()
+            got = None
+        except TufClientError as exc:
+            got = exc.reason
+            assert TUF_TOKEN not in str(exc)
+        assert got == reason
+
+
+def test_credentials_in_urls_are_refused_or_kept_off_argv(servers: Servers, tmp_path: Path) -> None:
+    from reconciler.agent.config import parse_agent_config
+    from reconciler.core.errors import UserError
+
+    text = json.dumps({"apiVersion": "modelfleet/v1", "kind": "AgentConfig", "spec": {
+        "deviceId": "dev-1", "source": {"url": f"https://device-read:{READ_PW}@example.com/fleet.git"},
+        "tuf": {"trustedRoot": "root.json"}}})
+    with pytest.raises(UserError) as err:
+        parse_agent_config(text)
+    assert READ_PW not in str(err.value) and "passwordFile" in str(err.value)
+    name = "fleet-inline"
+    w = _world(servers, tmp_path, name)
+    dev = Device(w, tmp_path / "ops", tmp_path / "none")
+    url = servers.http.url(f"{name}.git", private=True).replace("://", f"://ops:{USERS['ops']}@")
+    with CmdlineSampler() as sampler:
+        r = run_cli("fleet", "status", "--repo", url, "--cache-dir", str(dev.dir / "cache"))
+        bad = run_cli("fleet", "status", "--repo", url.replace(USERS["ops"], READ_PW + "x"), "--cache-dir",
+                      str(dev.dir / "cache2"))
+    dev.outputs += [r.text, bad.text]
+    assert r.code == 0 and "no device has reported yet" in r.out and "warning:" in r.err, r.text
+    assert bad.code == 1 and "Traceback" not in bad.text
+    assert sampler.hits == []
+    assert READ_PW not in bad.text and USERS["ops"] not in r.text + bad.text
+    assert_no_secret(dev, sampler, servers)
+
+
+def test_secret_scan_catches_leaks(servers: Servers, tmp_path: Path) -> None:
+    """The scan itself can fail: a secret in argv, in a file or base64'd in a Basic header is found."""
+    import sys
+
+    w = _world(servers, tmp_path, "fleet-scan")
+    dev = Device(w, tmp_path / "dev", tmp_path / "none")
+    dev.dir.mkdir()
+    with CmdlineSampler() as sampler:
+        leaky = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", READ_PW])
+        try:
+            wait_for(lambda: any(READ_PW in h for h in sampler.hits), 20, what="the sampler to see the leak")
+        finally:
+            leaky.kill()
+            leaky.wait()
+    sampler.hits.clear()
+    (dev.dir / "journal.json").write_text(base64.b64encode(f"device-read:{READ_PW}".encode()).decode())
+    with pytest.raises(AssertionError, match="journal.json"):
+        assert_no_secret(dev, sampler, servers)
+
+
+def test_idle_poll_is_one_authenticated_request_on_a_kept_alive_connection(servers: Servers, tmp_path: Path) -> None:
+    from reconciler.core.credentials import Credentials
+    from reconciler.gitops.source import GitSource
+
+    name = "fleet-idle"
+    w = _world(servers, tmp_path, name)
+    creds = Credentials("device-read", private_file(tmp_path / "secrets" / "read", READ_PW), ca_file=servers.pki.ca)
+    src = GitSource(servers.http.url(f"{name}.git", private=True, tls=True), tmp_path / "cache", credentials=creds)
+    head = src.poll(None).commit
+    assert head == w.upstream.head()
+    before = len(servers.http.requests())
+    for _ in range(10):
+        res = src.poll(head)
+        assert res.commit == head and not res.fetched
+    lines = [line.split() for line in servers.http.requests()[before:] if f"/{name}.git/" in line]
+    assert len(lines) == 10, lines  # no GET info/refs, no 401 challenge
+    assert {(m, uri, status, user) for m, uri, status, user, *_ in lines} == {
+        ("POST", f"/private/{name}.git/git-upload-pack", "200", "device-read")}
+    assert len({conn for *_, conn, _n in lines}) == 1  # one kept-alive connection
+    src.close()

@@ -1,0 +1,59 @@
+"""Redaction of URLs and messages, and secret files checked like ssh checks a private key (pure + local files)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from reconciler.core.credentials import CredentialError, Credentials, basic_authorization, read_secret
+from reconciler.core.redact import has_password, redact, redact_url, split_userinfo
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("https://ops:s3cret@git.example.com/fleet.git", "https://ops:***@git.example.com/fleet.git"),
+    ("https://x-access-token:ghs_abc123@github.com/o/r.git", "https://x-access-token:***@github.com/o/r.git"),
+    ("https://git.example.com/fleet.git?private_token=abc123&x=1", "https://git.example.com/fleet.git?private_token=***&x=1"),
+    ("ssh://git@git.example.com:2222/fleet.git", "ssh://git@git.example.com:2222/fleet.git"),
+    ("git@github.com:o/r.git", "git@github.com:o/r.git"),
+    ("https://git.example.com/fleet.git", "https://git.example.com/fleet.git"),
+])
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    assert redact(f"fatal: unable to access '{url}': 401") == f"fatal: unable to access '{shown}': 401"
+
+
+def test_redact_text_masks_headers_and_known_secrets() -> None:
+    text = "Authorization: Basic b3BzOnB3MQ== then token hunter2-xyz at http://u:p@h/x"
+    out = redact(text, ("hunter2-xyz",))
+    assert "b3BzOnB3MQ" not in out and "hunter2-xyz" not in out and "u:***@h" in out
+
+
+def test_split_userinfo() -> None:
+    assert split_userinfo("https://ops:p%40ss@h:8443/r.git") == ("https://h:8443/r.git", "ops", "p@ss")
+    assert split_userinfo("https://h/r.git") == ("https://h/r.git", None, None)
+    assert has_password("https://ops:x@h/r") and not has_password("ssh://git@h/r")
+
+
+def _secret(path: Path, text: str, mode: int) -> Path:
+    path.write_text(text)
+    os.chmod(path, mode)
+    return path
+
+
+def test_secret_files_are_checked_like_ssh_keys(tmp_path: Path) -> None:
+    assert read_secret(_secret(tmp_path / "ok", "tok3n\n", 0o600)) == "tok3n"
+    with pytest.raises(CredentialError, match="0644 .* too open"):
+        read_secret(_secret(tmp_path / "open", "tok3n", 0o644))
+    with pytest.raises(CredentialError, match="does not exist"):
+        read_secret(tmp_path / "missing")
+    with pytest.raises(CredentialError, match="exactly one line"):
+        read_secret(_secret(tmp_path / "two", "a\nb\n", 0o600))
+    with pytest.raises(CredentialError, match="not a regular file"):
+        read_secret(tmp_path)
+    creds = Credentials(username="dev", password_file=tmp_path / "ok")
+    assert creds.authorization() == basic_authorization("dev", "tok3n") == "Basic ZGV2OnRvazNu"
+    assert Credentials(bearer_token_file=tmp_path / "ok").authorization() == "Bearer tok3n"
+    _secret(tmp_path / "ok", "rotated", 0o600)  # read at use: rotation needs no restart
+    assert creds.authorization() == basic_authorization("dev", "rotated")
