@@ -332,7 +332,8 @@ def kill9_trials(world: World, work: Path, trials: int, seed: int, max_delay: fl
             if trial % 4 == 3:
                 # Every fourth trial lets the swap finish before the kill, so the journal really moves on however
                 # slow the machine is (a loaded CI runner can take seconds for a first pass).
-                wait_for(lambda u=url, t=target: which_version(u, world) == t, 60, what=f"trial {trial}: switch to {target}")
+                wait_for(lambda u=url, t=target: which_version(u, world) == t, 60,
+                         what=f"trial {trial}: switch to {target}")
             time.sleep(rng.uniform(0.0, max_delay))  # mid-poll, mid-download, mid-swap, mid-journal write…
         finally:
             proc.kill9()

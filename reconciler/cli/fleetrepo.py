@@ -31,6 +31,35 @@ def _tuf_targets(tuf_repo: str | None) -> set[str] | None:
         raise UserError(f"cannot read TUF repository {tuf_repo}: {exc}") from None
 
 
+def _target_precisions(tuf_repo: str, result: LoadResult) -> dict[str, tuple[str | None, str]]:
+    """Precision read from each signed model file that a variant declaring ``precision`` names.
+
+    Only files in a local TUF repository are read (``validate --tuf-repo``); encrypted targets are reported as
+    unreadable rather than skipped without a word.
+    """
+    from reconciler.distribution.tufrepo import list_targets, target_url_path
+
+    wanted = {t for m in result.fleet.models.values() for v in m.spec.get("versions", [])
+              for var in v.get("variants", []) if var.get("precision") for t in var["targets"]
+              if t.endswith((".onnx", ".xml"))}
+    if not wanted:
+        return {}
+    from reconciler.optimize.inspect import file_precision
+
+    out: dict[str, tuple[str | None, str]] = {}
+    for row in list_targets(Path(tuf_repo)):
+        if row.path not in wanted:
+            continue
+        if (row.custom or {}).get("encrypted"):
+            out[row.path] = (None, "the target is encrypted")
+            continue
+        try:
+            out[row.path] = (file_precision(Path(tuf_repo) / "targets" / target_url_path(row.path, row.sha256)), "")
+        except UserError as exc:
+            out[row.path] = (None, str(exc))
+    return out
+
+
 def _load(path: str, rev: str | None = None, tuf_repo: str | None = None) -> LoadResult:
     p = Path(path)
     if rev is None and not p.exists():
@@ -38,7 +67,12 @@ def _load(path: str, rev: str | None = None, tuf_repo: str | None = None) -> Loa
     if rev is None and not p.is_dir():
         raise UserError(f"{path}: not a directory (give the fleet repository's root)", exit_code=2)
     targets = _tuf_targets(tuf_repo)
-    return load_git(p, rev, tuf_targets=targets) if rev else load_dir(p, tuf_targets=targets)
+    result = load_git(p, rev, tuf_targets=targets) if rev else load_dir(p, tuf_targets=targets)
+    if tuf_repo:
+        from reconciler.fleet.validation import precision_checks
+
+        result.diagnostics.extend(precision_checks(result.fleet, _target_precisions(tuf_repo, result)))
+    return result
 
 
 @click.command("validate")
@@ -115,15 +149,26 @@ def _require_valid(result: LoadResult, what: str) -> None:
 
 
 @click.command("render")
-@click.option("--device", "device_id", required=True, help="Device id.")
+@click.option("--device", "device_id", default=None, help="Device id.")
+@click.option("--classes", "by_class", is_flag=True,
+              help="Instead of one device: which variant each hardware class of the inventory runs, per endpoint.")
 @click.option("--labels", "labels", multiple=True, help="Extra label key=value (repeatable); overrides inventory labels.")
 @click.option("--facts", "facts_file", type=click.Path(dir_okay=False), help="YAML/JSON file of hardware facts (hw.arch, …).")
 @click.option("--rev", default=None, help="Render this Git revision instead of the files.")
 @click.argument("path", default=".", type=click.Path(file_okay=False))
-def render_cmd(device_id: str, labels: tuple[str, ...], facts_file: str | None, rev: str | None, path: str) -> None:
-    """Print one device's desired state as YAML."""
+def render_cmd(device_id: str | None, by_class: bool, labels: tuple[str, ...], facts_file: str | None,
+               rev: str | None, path: str) -> None:
+    """Print one device's desired state (or, with --classes, each hardware class's variants) as YAML."""
+    if by_class == bool(device_id):
+        raise UserError("give either --device ID or --classes", exit_code=2)
     result = _load(path, rev)
     _require_valid(result, path)
+    if by_class:
+        if labels or facts_file:
+            raise UserError("--labels and --facts describe one device; they do not go with --classes", exit_code=2)
+        click.echo(yaml.safe_dump(_render_classes(result), sort_keys=False, default_flow_style=False), nl=False)
+        return
+    assert device_id is not None
     inv = result.fleet.devices.get(device_id)
     all_labels = dict(inv.labels) if inv else {}
     all_labels.update(_parse_labels(labels))
@@ -133,6 +178,32 @@ def render_cmd(device_id: str, labels: tuple[str, ...], facts_file: str | None, 
     doc = state.to_dict()
     doc["inventory"] = inv is not None
     click.echo(yaml.safe_dump(doc, sort_keys=False, default_flow_style=False), nl=False)
+
+
+def _render_classes(result: LoadResult) -> dict:
+    """Per hardware class: its devices, facts and, per endpoint its devices serve, the variant they run."""
+    from reconciler.fleet.hwclasses import hardware_classes
+
+    fleet = result.fleet
+    out: dict = {}
+    for hc in hardware_classes((d.name, d.spec) for d in fleet.devices.values()):
+        endpoints: dict[str, set[str]] = {}
+        issues: list[str] = []
+        for name in hc.devices:
+            state = desired_state(fleet, DeviceIdentity(name, fleet.devices[name].labels), hc.facts)
+            for ep in state.endpoints.values():
+                endpoints.setdefault(ep.name, set()).add(f"{ep.model} {ep.version}: {ep.variant} ({ep.runtime})")
+            issues += [f"{name}/{i.endpoint}: {i.reason}: {i.message}" for i in state.issues]
+        # Devices of one class share facts, so they differ only by rollout membership (version) and labels.
+        doc: dict = {"devices": list(hc.devices), "facts": dict(hc.facts),
+                     "endpoints": {k: " | ".join(sorted(v)) for k, v in sorted(endpoints.items())}}
+        if issues:
+            doc["issues"] = issues
+        out[hc.name] = doc
+    without = sorted(d.name for d in fleet.devices.values() if not d.spec.get("facts"))
+    if without:
+        out["(no facts declared)"] = {"devices": without}
+    return {"classes": out}
 
 
 @click.command("plan")

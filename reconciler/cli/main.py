@@ -2,7 +2,7 @@
 
 Each command family lives in the module that owns it and is registered here:
 ``validate``/``render``/``plan``/``docs`` (cli.fleetrepo), ``repo``/``tuf-client`` (cli.repo),
-``fleet`` (cli.fleet), ``serve`` (cli.serve), ``agent`` (cli.agent), ``data`` (cli.data).
+``fleet`` (cli.fleet), ``serve`` (cli.serve), ``agent`` (cli.agent), ``optimize`` (cli.optimize), ``data`` (cli.data).
 
 User errors (:class:`reconciler.core.errors.UserError`) are printed as ``error: …`` and exit non-zero; never a
 traceback.
@@ -30,6 +30,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "fleet": ("reconciler.cli.fleet", "fleet"),
     "serve": ("reconciler.cli.serve", "serve"),
     "agent": ("reconciler.cli.agent", "agent"),
+    "optimize": ("reconciler.cli.optimize", "optimize"),
     "data": ("reconciler.cli.data", "data"),
 }
 

@@ -11,6 +11,8 @@ Typical use::
     v2 = matmul_model(seed=1, bias=1.0)       # same weights, outputs shifted by 1: a visible new version
     bad = matmul_model(seed=1, nan=True)      # loads fine, every output is NaN: fails the health check
     probe = make_probe(v1)                    # {"inputs": [...], "outputs": [...]}
+    cnn, mlp = small_cnn(), tabular_mlp()     # a classifier and a regressor for `modelfleet optimize`
+    data = make_sample(cnn, 256, labels=True) # {"image": [256,3,32,32], "labels": [256]}: its .npz layout
 """
 
 from __future__ import annotations
@@ -136,6 +138,105 @@ def small_cnn(*, seed: int = 0) -> bytes:
         initializer=inits,
     )
     return _finish(graph, "modelfleet.modelgen.small_cnn")
+
+
+def mid_cnn(*, seed: int = 0, width: int = 48) -> bytes:
+    """A mid-size image classifier (~3.5 MB at ``width=48``) whose time goes into convolutions, not one Gemm.
+
+    ``image`` FP32 ``[-1, 3, 64, 64]`` -> ``logits`` FP32 ``[-1, 10]``: four Conv+ReLU blocks (``width``,
+    ``2·width``, ``4·width``, ``8·width`` channels, a 2×2 MaxPool after each), GlobalAveragePool, Flatten,
+    Gemm(8·width→10). For benchmarks that want a convolution-bound model.
+    """
+    rng = np.random.default_rng(seed)
+    chans = [3, width, 2 * width, 4 * width, 8 * width]
+    inits, nodes = [], []
+    x = "image"
+    for i in range(4):
+        cin, cout = chans[i], chans[i + 1]
+        w = (rng.standard_normal((cout, cin, 3, 3)) * np.sqrt(2.0 / (cin * 9))).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"c{i}w"),
+                  numpy_helper.from_array((rng.standard_normal(cout) * 0.05).astype(np.float32), f"c{i}b")]
+        nodes += [
+            helper.make_node("Conv", [x, f"c{i}w", f"c{i}b"], [f"c{i}"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", [f"c{i}"], [f"r{i}"]),
+            helper.make_node("MaxPool", [f"r{i}"], [f"p{i}"], kernel_shape=[2, 2], strides=[2, 2]),
+        ]
+        x = f"p{i}"
+    fw = (rng.standard_normal((chans[-1], 10)) * np.sqrt(2.0 / chans[-1])).astype(np.float32)
+    inits += [numpy_helper.from_array(fw, "fw"), numpy_helper.from_array(np.zeros(10, np.float32), "fb")]
+    nodes += [
+        helper.make_node("GlobalAveragePool", [x], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "fw", "fb"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mid_cnn",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [-1, 3, 64, 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [-1, 10])],
+        initializer=inits,
+    )
+    return _finish(graph, "modelfleet.modelgen.mid_cnn")
+
+
+def tabular_mlp(in_features: int = 24, hidden: tuple[int, ...] = (128, 64), out_features: int = 3, *,
+                seed: int = 0) -> bytes:
+    """A tabular regressor: ``features`` FP32 ``[-1, in_features]`` -> ``scores`` FP32 ``[-1, out_features]``.
+
+    MatMul+Add+ReLU per hidden layer, then a linear MatMul+Add output (no activation): a model judged by its
+    absolute/relative output error rather than by a top-1 class.
+    """
+    rng = np.random.default_rng(seed)
+    dims = [in_features, *hidden, out_features]
+    inits, nodes = [], []
+    x = "features"
+    for i in range(len(dims) - 1):
+        w = (rng.standard_normal((dims[i], dims[i + 1])) * np.sqrt(2.0 / dims[i])).astype(np.float32)
+        b = (rng.standard_normal(dims[i + 1]) * 0.1).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        last = i == len(dims) - 2
+        out = "scores" if last else f"h{i}"
+        nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"]),
+                  helper.make_node("Add", [f"m{i}", f"b{i}"], [out if last else f"a{i}"])]
+        if not last:
+            nodes.append(helper.make_node("Relu", [f"a{i}"], [out]))
+        x = out
+    graph = helper.make_graph(
+        nodes,
+        "tabular_mlp",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [-1, in_features])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [-1, out_features])],
+        initializer=inits,
+    )
+    return _finish(graph, "modelfleet.modelgen.tabular_mlp")
+
+
+def make_sample(onnx_bytes: bytes, n: int, *, seed: int = 0, labels: bool = False,
+                label_noise: float = 0.1) -> dict[str, np.ndarray]:
+    """An ``n``-sample calibration/evaluation set in the ``.npz`` layout ``modelfleet optimize`` reads.
+
+    One array per model input, keyed by input name, batch first (standard normal values). ``labels=True``
+    adds ``labels`` INT64 ``[n]``: the fp32 model's top-1 class, with ``label_noise`` of them moved to another
+    class (from ``seed``) so that the reference accuracy is realistic rather than 100 %.
+    """
+    import onnxruntime as ort
+
+    model = onnx.load_from_string(onnx_bytes)
+    init_names = {i.name for i in model.graph.initializer}
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for vi in model.graph.input:
+        if vi.name not in init_names:
+            out[vi.name] = _probe_input(vi, rng, n)
+    if labels:
+        sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+        logits = np.asarray(sess.run(None, dict(out))[0])
+        classes = logits.shape[1]
+        y = logits.argmax(axis=1).astype(np.int64)
+        flip = rng.random(n) < label_noise
+        y[flip] = (y[flip] + rng.integers(1, classes, int(flip.sum()))) % classes
+        out["labels"] = y
+    return out
 
 
 def identity_model(datatype: str, shape: list[int] | None = None) -> bytes:

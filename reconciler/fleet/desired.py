@@ -219,7 +219,7 @@ def _candidate(dep: Manifest, fleet: FleetRepo, device: DeviceIdentity, labels: 
         targets=list(variant["targets"]),
         precision=str(variant.get("precision") or "fp32"),
         encrypted=bool(variant.get("encrypted", False)),
-        probe_target=(mv.get("probe") or {}).get("target"),
+        probe_target=(variant.get("probe") or mv.get("probe") or {}).get("target"),
         drift_target=(mv.get("driftBaseline") or {}).get("target"),
         inputs=[dict(t) for t in model_spec.get("inputs", [])],
         outputs=[dict(t) for t in model_spec.get("outputs", [])],

@@ -7,6 +7,7 @@ every variant's files are actually published.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from itertools import combinations
 from typing import Any
 from urllib.parse import urlsplit
@@ -66,6 +67,10 @@ def _check_model(m: Manifest, tuf_targets: set[str] | None) -> list[Diagnostic]:
                     if t not in tuf_targets:
                         out.append(m.diag(f"target {t!r} is not signed in the TUF repository", *where, "targets", ti,
                                           hint="publish it with `modelfleet repo add`", code="tuf"))
+                probe = (var.get("probe") or {}).get("target")
+                if probe and probe not in tuf_targets:
+                    out.append(m.diag(f"probe target {probe!r} is not signed in the TUF repository", *where, "probe",
+                                      "target", hint="publish it with `modelfleet repo add`", code="tuf"))
         if tuf_targets is not None:
             for section in ("probe", "driftBaseline"):
                 t = (v.get(section) or {}).get("target")
@@ -199,4 +204,32 @@ def _check_conflicts(fleet: FleetRepo) -> list[Diagnostic]:
                     f"conflicts with Deployment/{a.name} ({a.file}:{a.doc.line}): both serve endpoint {endpoint!r} "
                     f"with priority {int(b.spec.get('priority', 0))} and {why}", "spec", "serveAs",
                     hint="give one a higher priority or make the selectors disjoint", code="conflict"))
+    return out
+
+
+def precision_checks(fleet: FleetRepo, found: Mapping[str, tuple[str | None, str]]) -> list[Diagnostic]:
+    """Warnings for variants whose declared ``precision`` their model file does not have.
+
+    ``found`` maps a target path to the precision read from the file (or ``None`` and why it could not be
+    read); targets missing from ``found`` were not available to read and are not judged.
+    """
+    out = []
+    for m in fleet.models.values():
+        for vi, v in enumerate(m.spec.get("versions", [])):
+            for ri, var in enumerate(v.get("variants", [])):
+                declared = var.get("precision")
+                if not declared:
+                    continue
+                where = ("spec", "versions", vi, "variants", ri, "precision")
+                for t in var["targets"]:
+                    if t not in found:
+                        continue
+                    have, why = found[t]
+                    if have is None:
+                        out.append(m.diag(f"precision {declared} of variant {var['name']} not checked: {t}: {why}",
+                                          *where, severity=WARNING, code="precision"))
+                    elif have != declared:
+                        out.append(m.diag(f"variant {var['name']} declares precision {declared}, but {t} is {have}",
+                                          *where, severity=WARNING, code="precision",
+                                          hint=f"declare precision: {have}, or publish the {declared} file"))
     return out

@@ -20,6 +20,9 @@ NOT_REASONS = {
     "AgentConfig", "DeviceStatus", "FleetRepo", "LoadResult", "GitSource", "PollResult", "MatMul", "MaxPool",
     "NotIn", "DoesNotExist", "NonRegular", "AzureExecutionProvider", "RuntimeLoadError", "AlreadyActive", "NoChange",
     C.SOURCE_AVAILABLE, C.SOURCE_VERIFIED, C.MANIFESTS_VALID, C.ARTIFACTS_READY, C.STATUS_REPORTED,
+    # ONNX operators and OpenVINO layer types `optimize` generates or recognises, /proc/self/status fields
+    "GlobalAveragePool", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
+    "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "FakeQuantize", "VmRSS", "VmHWM",
 }
 
 

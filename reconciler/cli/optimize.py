@@ -1,0 +1,160 @@
+"""``modelfleet optimize``: one fp32 ONNX model in, hardware-specific variants out (see docs/optimize.md).
+
+Progress goes to stderr, the report (``--format table|markdown|json``) to stdout. Exit 0 when at least one
+variant was kept, 1 on any error (one ``error: …`` line).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import click
+
+from reconciler.core.errors import UserError
+
+
+def _split_variants(values: tuple[str, ...]) -> list[str] | None:
+    from reconciler.optimize.plan import KIND_NAMES
+
+    if not values:
+        return None
+    names = [v.strip() for item in values for v in item.split(",") if v.strip()]
+    unknown = [n for n in names if n not in KIND_NAMES]
+    if unknown:
+        raise UserError(f"--variants: unknown {', '.join(unknown)} (one of {', '.join(KIND_NAMES)})", exit_code=2)
+    return names
+
+
+def _classes(fleet_dir: Path | None, log):  # type: ignore[no-untyped-def]
+    from reconciler.fleet.hwclasses import hardware_classes
+    from reconciler.fleet.manifests import load_dir
+    from reconciler.optimize.plan import DEFAULT_CLASSES
+
+    if fleet_dir is None:
+        log("no fleet inventory given (--fleet): planning for the example hardware classes")
+        return list(DEFAULT_CLASSES), {}
+    if not fleet_dir.is_dir():
+        raise UserError(f"--fleet {fleet_dir}: no such directory")
+    result = load_dir(fleet_dir)
+    if result.errors:  # only the inventory matters here; the rest is `validate`'s business
+        first = result.errors[0]
+        log(f"{fleet_dir} has {len(result.errors)} error(s), e.g. {first.location()}: {first.message}")
+    classes = hardware_classes((d.name, d.spec) for d in result.fleet.devices.values())
+    if not classes:
+        log(f"{fleet_dir}: no device declares facts: planning for the example hardware classes")
+        return list(DEFAULT_CLASSES), result.fleet.fleet_spec
+    return classes, result.fleet.fleet_spec
+
+
+def _task(task: str, has_labels: bool, manifest_task: str | None) -> str:
+    if task != "auto":
+        return task
+    if has_labels or (manifest_task and "classif" in manifest_task):
+        return "classifier"
+    return "regression"
+
+
+def _manifest_info(manifest: Path | None, version: str | None) -> tuple[str | None, str | None]:
+    """(metadata.name, spec.task) of an existing manifest, after checking the new version can go in."""
+    if manifest is None or not manifest.exists():
+        return None, None
+    from reconciler.optimize.manifest import add_version
+
+    try:
+        text = manifest.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{manifest}: cannot read: {exc}") from None
+    add_version(text, {"version": version or "", "variants": []}, str(manifest))  # fails early: bad file, dup
+    import yaml
+
+    data = yaml.safe_load(text)
+    return str(data["metadata"]["name"]), str((data.get("spec") or {}).get("task") or "")
+
+
+@click.command("optimize")
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--data", "data", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help=".npz sample: one array per model input (by name), optional `labels`.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Empty or new directory for the kept variants and their probes.")
+@click.option("--variants", multiple=True, help="Kinds to build (comma list; default: what the fleet's hardware needs).")
+@click.option("--max-drop", multiple=True, metavar="METRIC=VALUE",
+              help="Accuracy budget, e.g. top1=1%, accuracy=0.5%, mean_rel=2%, max_abs=0.05 (repeatable).")
+@click.option("--task", type=click.Choice(["auto", "classifier", "regression"]), default="auto", show_default=True,
+              help="How accuracy is judged: top-1 (classifier) or output error (regression). auto: classifier when "
+                   "the sample has labels or the manifest's task names a classification.")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True)
+@click.option("--batch", type=click.IntRange(1, 4096), default=8, show_default=True, help="Batch size for throughput.")
+@click.option("--runs", type=click.IntRange(5, 100_000), default=50, show_default=True, help="Timed batch-1 runs.")
+@click.option("--threads", type=click.IntRange(0, 1024), default=1, show_default=True,
+              help="Intra-op threads while measuring (0 = the runtime's default).")
+@click.option("--calibration", type=click.IntRange(1), default=None,
+              help="Samples used to calibrate (default: half the sample, at most 300); the rest evaluate.")
+@click.option("--fleet", "fleet_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Fleet repository whose Device inventory gives the hardware classes (default: the manifest's).")
+@click.option("--manifest", type=click.Path(path_type=Path, dir_okay=False), help="Model manifest to add the version to.")
+@click.option("--version", "version", default=None, help="The new model version (with --manifest/--publish).")
+@click.option("--prefix", default=None, help="TUF target directory (default: <model>/<version>).")
+@click.option("--publish", "tuf_repo", type=click.Path(path_type=Path, file_okay=False), help="TUF repository to sign into.")
+@click.option("--keys", multiple=True, type=click.Path(path_type=Path, file_okay=False), help="Signing key directory (repeatable).")
+def optimize(model: Path, data: Path, out_dir: Path, variants: tuple[str, ...], max_drop: tuple[str, ...],
+             task: str, fmt: str, batch: int, runs: int, threads: int, calibration: int | None,
+             fleet_dir: Path | None, manifest: Path | None, version: str | None, prefix: str | None,
+             tuf_repo: Path | None, keys: tuple[Path, ...]) -> None:
+    """Quantize, convert and measure MODEL (fp32 ONNX) into variants for the fleet's hardware."""
+    from reconciler.fleet.desired import runtime_preferences
+    from reconciler.optimize import pipeline, report
+    from reconciler.optimize.budget import BudgetError, parse_budget
+    from reconciler.optimize.manifest import fleet_root_of, write_version
+    from reconciler.optimize.measure import load
+    from reconciler.optimize.plan import class_picks
+    from reconciler.optimize.sample import load_sample
+
+    def log(msg: str) -> None:
+        click.echo(f"optimize: {msg}", err=True)
+
+    if (manifest or tuf_repo) and not version:
+        raise UserError("--version is required with --manifest and --publish", exit_code=2)
+    if tuf_repo and not keys:
+        raise UserError("--publish needs --keys DIR (the targets signing keys)", exit_code=2)
+    if not model.is_file():
+        raise UserError(f"{model}: no such file")
+    try:
+        budget = parse_budget(max_drop)
+    except BudgetError as exc:
+        raise UserError(f"--max-drop {exc}", exit_code=2) from None
+    requested = _split_variants(variants)
+    manifest_name, manifest_task = _manifest_info(manifest, version)
+    if fleet_dir is None and manifest is not None:
+        fleet_dir = fleet_root_of(manifest)
+    classes, fleet_spec = _classes(fleet_dir, log)
+
+    ref = load("onnxruntime", [model], None, "fp32")
+    inputs, outputs = list(ref.inputs), list(ref.outputs)
+    ref.close()
+    sample = load_sample(data, inputs, calibration=calibration)
+    the_task = _task(task, sample.labels is not None, manifest_task)
+    opts = pipeline.Options(batch=batch, runs=runs, threads=threads or None, task=the_task, budget=budget,
+                            requested=requested)
+    outcome = pipeline.run(model, sample, out_dir, classes, opts, log)
+    name = manifest_name or (manifest.stem if manifest else model.stem)
+    outcome.model = name
+    target_dir = pipeline.target_prefix(prefix or f"{name}/{version or 'unversioned'}")
+    if outcome.kept:
+        sha = hashlib.sha256(model.read_bytes()).hexdigest()
+        outcome.version = pipeline.version_doc(outcome, version or "0.0.0", target_dir, model, sha)
+        prefs = runtime_preferences({}, fleet_spec or {})
+        outcome.picks = class_picks(outcome.version, classes, prefs)
+    if not outcome.kept:
+        click.echo(report.RENDERERS[fmt](outcome), nl=False)
+        raise UserError("no variant is within the accuracy budget; nothing was published or written to a manifest")
+    if tuf_repo:
+        paths = pipeline.publish(outcome, tuf_repo, list(keys), target_dir, version)
+        log(f"signed {len(paths)} targets into {tuf_repo} under {target_dir}/")
+    if manifest:
+        write_version(manifest, outcome.version or {}, model_name=name,
+                      task="image-classification" if the_task == "classifier" else "regression",
+                      inputs=pipeline.interface(inputs), outputs=pipeline.interface(outputs))
+        log(f"added version {version} with {len(outcome.version['variants'])} variants to {manifest}")
+    click.echo(report.RENDERERS[fmt](outcome), nl=False)
