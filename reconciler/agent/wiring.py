@@ -300,10 +300,16 @@ class Components:
         if policy.enabled:
             self.capture.restore(rec.name, policy, rec.model)
 
-    def capture_section(self) -> dict[str, Any]:
-        """``{"capture": …}`` for the status document once some policy enabled capture on this device, else {}."""
+    def capture_section(self, endpoints: list[dict[str, Any]]) -> dict[str, Any]:
+        """``{"capture": …}`` for the status document once some policy enabled capture on this device, else {}.
+        The endpoints' drift alerts (from drift monitoring) switch the ``drift`` capture trigger on and off."""
+        from reconciler.capture.policy import drifting_endpoints
+
         c = self.capture
-        return {"capture": c.status()} if c is not None and (c.policies or c.spool.batches_dir.exists()) else {}
+        if c is None:
+            return {}
+        c.set_drifting(drifting_endpoints(endpoints))
+        return {"capture": c.status()} if c.policies or c.spool.batches_dir.exists() else {}
 
     def close(self) -> None:
         if self.capture is not None:

@@ -176,6 +176,12 @@ def capture_trigger(policy: CapturePolicy, u: float, *, confidence: float | None
     return None
 
 
+def drifting_endpoints(status_endpoints: Iterable[Mapping[str, Any]]) -> set[str]:
+    """Endpoints whose drift alert is on, read from the status document's endpoints (``drift.level: Alert``,
+    written by drift monitoring): the ``drift`` trigger captures them while it lasts."""
+    return {e["name"] for e in status_endpoints if (e.get("drift") or {}).get("level") == "Alert"}
+
+
 # --- minimisation (off the request path) ---------------------------------------------------------------------
 
 

@@ -182,3 +182,17 @@ def test_open_rejects_tampered_and_truncated_batches_and_opens_the_rest(make_dev
         first = z["input"][:, 0].tolist()
         assert first in ([0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0])
     assert sorted(p.name for p in out.iterdir()) == [f"{gid}.json", f"{gid}.npz"]
+
+
+def test_drift_trigger_captures_while_the_alert_is_on(make_device: Any) -> None:
+    dev = make_device(sampleRate=0.0, triggers={"drift": True})
+    assert dev.infer(_row(0)) == 200
+    dev.capture.set_drifting({"mm"})
+    for i in range(1, 4):
+        assert dev.infer(_row(i)) == 200
+    dev.capture.set_drifting(set())
+    assert dev.infer(_row(9)) == 200
+    dev.capture.close()
+    (batch,) = dev.opened()
+    assert batch.arrays["input"][:, 0].tolist() == [1.0, 2.0, 3.0]
+    assert batch.meta["triggers"] == {"drift": 3}

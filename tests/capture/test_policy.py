@@ -14,6 +14,7 @@ from reconciler.capture.policy import (
     StoredBatch,
     backoff_delay,
     capture_trigger,
+    drifting_endpoints,
     min_confidence,
     minimise,
     parse_policy,
@@ -131,3 +132,8 @@ def test_validate_refuses_capture_policies_naming_unknown_tensors(tmp_path: Any)
     assert any("capture names input 'featurs'" in m for m in msgs), msgs
     assert any("must not hold credentials" in m for m in msgs), msgs
     assert all(d.file == path for d in res.errors if "capture" in d.message)
+
+
+def test_drift_alerts_in_the_status_switch_the_drift_trigger() -> None:
+    eps = [{"name": "a", "drift": {"level": "Alert"}}, {"name": "b", "drift": {"level": "Warning"}}, {"name": "c"}]
+    assert drifting_endpoints(eps) == {"a"}
