@@ -67,18 +67,43 @@ class CmdlineSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    @staticmethod
+    def _ppid(pid: str) -> int | None:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            return None
+        return int(stat[stat.rindex(b")") + 2:].split()[1])
+
+    def _ours(self, ppid: int | None) -> bool:
+        """Whether a process with parent ``ppid`` descends from this test's process. Other tests run in parallel
+        (xdist) with the same secrets; their processes are not this scenario's leak. A chain that breaks (a parent
+        already gone) counts as ours: better a false alarm than a missed leak."""
+        me = os.getpid()
+        for _ in range(64):
+            if ppid is None:
+                return True
+            if ppid == me:
+                return True
+            if ppid <= 1:
+                return False
+            ppid = self._ppid(str(ppid))
+        return True
+
     def _run(self) -> None:
         while not self._stop.is_set():
             for pid in os.listdir("/proc"):
                 if not pid.isdigit():
                     continue
+                ppid = self._ppid(pid)
                 try:
                     with open(f"/proc/{pid}/cmdline", "rb") as fh:
                         cmd = fh.read()
                 except OSError:
                     continue
                 self.samples += 1
-                if any(s in cmd for s in SECRETS):
+                if any(s in cmd for s in SECRETS) and self._ours(ppid):
                     self.hits.append(cmd.replace(b"\0", b" ").decode(errors="replace"))
             self._stop.wait(0.005)
 
