@@ -2,6 +2,9 @@
 
 Load generator: a lean asyncio (uvloop) raw-socket HTTP/1.1 keep-alive client in a separate process, so it
 does not share the server's GIL. Prints ONE JSON line. Run: ``.venv/bin/python bench/bench_serving.py``.
+
+``limits_cost`` compares the server with its default limits and timeouts against the same server with
+``ServerLimits.unlimited()`` in the same run (alternating rounds, medians); ``--limits-only`` runs just that.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from reconciler.devkit.modelgen import make_probe, matmul_model, small_cnn
+from reconciler.serving.limits import ServerLimits
 from reconciler.serving.registry import EndpointSpec, ModelRegistry
 from reconciler.serving.server import InferenceServer, Response, V2App, _Deferred
 
@@ -240,7 +244,58 @@ def server_rss_mb() -> float:
     return round(kb / 1024, 1)
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process (the servers; the load generator is another process): robust to a busy host."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def limits_cost(reg: ModelRegistry, probe: dict, rounds: int = 5, seconds: float = 2.0) -> dict[str, Any]:
+    """Default limits vs no limits on the same registry: p50 and throughput ratios (limited / unlimited)."""
+    servers = {"limited": InferenceServer(reg), "unlimited": InferenceServer(reg, limits=ServerLimits.unlimited())}
+    for srv in servers.values():
+        srv.start()
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {k: {"json_c1": [], "binary_c1": [], "binary_c16": []}
+                                                          for k in servers}
+    try:
+        for _ in range(rounds):
+            for name, srv in servers.items():
+                for case in ("json_c1", "binary_c1", "binary_c16"):
+                    enc, conc = case.split("_c")
+                    req = _request(srv.port, "tiny", probe, enc == "binary")
+                    cpu0 = _cpu_seconds()
+                    samples = load(srv.port, req, int(conc), seconds)
+                    s = stats(samples, seconds)
+                    s["cpu_us_per_req"] = (_cpu_seconds() - cpu0) / max(1, len(samples)) * 1e6
+                    runs[name][case].append(s)
+    finally:
+        for srv in servers.values():
+            srv.stop()
+    out: dict[str, Any] = {"rounds": rounds, "seconds_per_run": seconds}
+    for case in ("json_c1", "binary_c1", "binary_c16"):
+        med = {
+            name: {k: statistics.median(r[k] for r in runs[name][case]) for k in ("p50_us", "rps", "cpu_us_per_req")}
+            for name in servers
+        }
+        out[case] = {
+            **{f"{name}_{k}": v for name, m in med.items() for k, v in m.items()},
+            "p50_ratio": round(med["limited"]["p50_us"] / med["unlimited"]["p50_us"], 3),
+            "rps_ratio": round(med["limited"]["rps"] / med["unlimited"]["rps"], 3),
+            "cpu_ratio": round(med["limited"]["cpu_us_per_req"] / med["unlimited"]["cpu_us_per_req"], 3),
+        }
+    return out
+
+
 def main() -> None:
+    if "--limits-only" in sys.argv:
+        reg = ModelRegistry()
+        probe = make_probe(TINY, batch=1)
+        assert reg.apply(EndpointSpec("tiny", "1", blobs=[TINY], probe=probe)).ok
+        print(json.dumps({"limits_cost": limits_cost(reg, probe), "cpus": os.cpu_count()}, separators=(",", ":")))
+        reg.close()
+        return
     reg = ModelRegistry()
     tiny_probe, cnn_probe = make_probe(TINY, batch=1), make_probe(CNN, batch=1)
     assert reg.apply(EndpointSpec("tiny", "1", blobs=[TINY], probe=tiny_probe)).ok
@@ -281,6 +336,7 @@ def main() -> None:
     out["swap_under_load"] = swap_under_load(reg, srv, tiny_probe, fail=False)
     out["swap_health_failure"] = swap_under_load(reg, srv, tiny_probe, fail=True)
     srv.stop()
+    out["limits_cost"] = limits_cost(reg, tiny_probe)
     reg.close()
     out["server_rss_mb_tiny"] = server_rss_mb()
     out["cpus"] = os.cpu_count()

@@ -109,10 +109,22 @@ def privacy(tmp: Path) -> Iterator[Sandbox]:
     yield Sandbox(box, {"/media/usb": str(tmp / "usb")}, env={"MODELFLEET_AGENT_CONFIG": str(config)})
 
 
+@contextmanager
+def monitoring(tmp: Path) -> Iterator[Sandbox]:
+    """The tiny model and a reference sample under the names docs/monitoring.md uses."""
+    import numpy as np
+
+    (tmp / "mm.onnx").write_bytes(modelgen.matmul_model(16, 4, seed=1))
+    rng = np.random.default_rng(0)
+    np.savez(tmp / "s.npz", input=rng.normal(size=(2000, 16)).astype(np.float32), labels=rng.integers(0, 4, 2000))
+    yield Sandbox(tmp)
+
+
 PAGES: dict[str, Callable[[Path], AbstractContextManager[Sandbox]]] = {
     "README.md": readme,
     "docs/operations.md": operations,
     "docs/privacy.md": privacy,
+    "docs/monitoring.md": monitoring,
 }
 
 

@@ -20,6 +20,7 @@ from reconciler.core.errors import UserError
 from reconciler.core.redact import has_password, redact_url
 from reconciler.core.units import parse_duration
 from reconciler.fleet.schemas import validator
+from reconciler.serving.limits import ServerLimits
 
 DEFAULT_STATE_DIR = "/var/lib/modelfleet"
 DEFAULT_POLL_INTERVAL = 30.0
@@ -65,6 +66,7 @@ class AgentConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY
+    server_limits: ServerLimits = field(default_factory=ServerLimits)
     openvino_cache_dir: Path | None = None
     threads: int | None = None
     metrics_enabled: bool = True
@@ -203,6 +205,13 @@ def parse_agent_config(text: str, path: Path | None = None) -> AgentConfig:
     if bool(serving.get("tlsCert")) != bool(serving.get("tlsKey")):
         raise UserError(f"{_where(path, root, ['spec', 'serving'])}: tlsCert and tlsKey go together")
 
+    try:
+        server_limits = ServerLimits().with_options(
+            {"maxBodyBytes": int(serving.get("maxBodyBytes", DEFAULT_MAX_BODY)), **(serving.get("limits") or {})}
+        )
+    except ValueError as exc:
+        raise UserError(f"{_where(path, root, ['spec', 'serving', 'limits'])}: {exc}") from None
+
     for section, url in ((["source", "url"], src["url"]), (["status", "url"], status.get("url")),
                          (["tuf", "metadataUrl"], tuf.get("metadataUrl")), (["tuf", "targetsUrl"], tuf.get("targetsUrl"))):
         if url and has_password(url):
@@ -257,6 +266,7 @@ def parse_agent_config(text: str, path: Path | None = None) -> AgentConfig:
         tls_cert=p(serving.get("tlsCert")),
         tls_key=p(serving.get("tlsKey")),
         max_body_bytes=int(serving.get("maxBodyBytes", DEFAULT_MAX_BODY)),
+        server_limits=server_limits,
         openvino_cache_dir=p(runtime.get("openvinoCacheDir")),
         threads=runtime.get("threads"),
         metrics_enabled=bool(metrics.get("enabled", True)),

@@ -270,6 +270,9 @@ class Journal:
                 if rec is None:
                     continue
                 out.update(t.digest for t in rec.targets)
+                baseline = rec.spec.get("driftBaselineTarget")  # the drift baseline is reloaded offline too
+                if isinstance(baseline, dict) and baseline.get("digest"):
+                    out.add(str(baseline["digest"]))
                 if rec.probe is not None:
                     out.add(rec.probe.digest)
         return out
@@ -293,3 +296,20 @@ class Journal:
 
     def save(self, state_dir: str | os.PathLike[str]) -> None:
         atomic_write_text(self.path_in(state_dir), json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
+
+
+def record_rollback(journal: Journal, endpoint: str, commit: str | None, reason: str, now: _dt.datetime,
+                    state_dir: Path | None = None) -> EndpointRecord | None:
+    """The runtime switched ``endpoint`` back to its previous version (e.g. ``drift.action: rollback``):
+    swap active/previous in the journal and hold the abandoned version back in the failure memory, so the next
+    pass does not apply it again before its backoff ends or the desired state changes. Returns the abandoned
+    record (None when there was nothing to roll back to)."""
+    st = journal.endpoints.get(endpoint)
+    if st is None or st.active is None or st.previous is None:
+        return None
+    bad = st.active
+    st.active, st.previous = st.previous, bad
+    journal.failures = record_failure(journal.failures, commit, endpoint, bad.digest, bad.version, reason, now)
+    if state_dir is not None:
+        journal.save(state_dir)  # the runtime already switched: make it durable before it is reported
+    return bad

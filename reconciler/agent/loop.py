@@ -71,7 +71,7 @@ from reconciler.agent.passes import (
     held_message,
 )
 from reconciler.agent.schedule import merged_labels, next_delay, summarize, window_open
-from reconciler.agent.wiring import Components, release_free_memory
+from reconciler.agent.wiring import Components, monitor_pass, release_free_memory
 from reconciler.core import conditions as C
 from reconciler.core import reasons as R
 from reconciler.core.errors import UserError
@@ -261,6 +261,7 @@ class Agent:
                 failed, stop, all_held = failed or (step, f"{R.INTERNAL_ERROR}: {exc}"), True, False
         duration = time.monotonic() - t0
         endpoints = self._status_endpoints(p)
+        monitor_pass(self, p.commit, endpoints)  # drift + operational signals, DriftDetected/Degraded, drift rollback
         converged = failed is None and self._is_converged(endpoints)
         if not p.skip_rest:  # an idle pass changes nothing: errors, conditions and status stay as they were
             self.errors = 0 if failed is None else self.errors + 1
@@ -364,7 +365,6 @@ class Agent:
         self.c.configure_status(
             self.config.status_branch_prefix or (fleet.fleet_spec.get("status") or {}).get("branchPrefix") or "status/",
             self.config.heartbeat_interval or _duration_or(defaults.get("heartbeatInterval"), 300.0))
-        self.c.configure_capture(p.desired.endpoints)
         self._issues = list(p.desired.issues)
         for issue in p.desired.issues:
             p.outcomes[issue.endpoint] = EndpointOutcome(issue.endpoint, "Failed", f"{issue.reason}: {issue.message}")
@@ -380,7 +380,7 @@ class Agent:
         for name, ep in sorted(p.desired.endpoints.items()):
             if ep.suspend:
                 continue
-            paths = list(ep.targets) + ([ep.probe_target] if ep.probe_target else [])
+            paths = list(ep.targets) + [t for t in (ep.probe_target, ep.drift_target) if t]
             # What the signed metadata says these targets are: a changed target (or a commit) is retried at once.
             key = p.artifact_keys[name] = self.c.tuf_fingerprint(paths)
             blocker = blocking_failure(self.journal.failures, p.commit, name, key, now)
@@ -423,7 +423,8 @@ class Agent:
             name=ep.name, deployment=ep.deployment, model=ep.model, version=ep.version, variant=ep.variant,
             runtime=ep.runtime, targets=[rec(x) for x in ep.targets], commit=p.commit,
             probe=rec(ep.probe_target) if ep.probe_target else None,
-            spec={k: v for k, v in ep.to_dict().items() if k not in ("targets", "reason")},
+            spec={k: v for k, v in ep.to_dict().items() if k not in ("targets", "reason")}
+            | ({"driftBaselineTarget": rec(ep.drift_target).__dict__} if ep.drift_target else {}),
         )
 
     def _step_apply(self, p: PassState) -> None:

@@ -20,9 +20,11 @@ from typing import Any
 
 from reconciler import __version__
 from reconciler.agent.config import DEFAULT_POLL_INTERVAL, AgentConfig
-from reconciler.agent.journal import EndpointRecord, TargetRecord
+from reconciler.agent.journal import EndpointRecord, TargetRecord, record_rollback
+from reconciler.agent.passes import EndpointOutcome
 from reconciler.core.errors import UserError
 from reconciler.core.fsutil import atomic_write_text
+from reconciler.core.logs import fields
 
 log = logging.getLogger("reconciler.agent")
 
@@ -48,6 +50,7 @@ class Components:
         self.metrics_server: Any = None
         self.status_writer: Any = None
         self.bundle_watcher: Any = None
+        self.drift: Any = None
         self.capture: Any = None
         self._decryption_key: bytes | None = None
         self._status_settings = (config.status_branch_prefix or "status/", config.heartbeat_interval or 300.0)
@@ -112,15 +115,19 @@ class Components:
         from reconciler.serving.server import InferenceServer
 
         cfg = self.config
+        from reconciler.drift.monitor import DriftSupervisor
+        from reconciler.serving.registry import Observers
+
+        self.drift = DriftSupervisor()
         self.capture = _capture_service(cfg)
-        self.registry = ModelRegistry(**_registry_kwargs(cfg),
-                                      observer_factory=lambda spec: self.capture.observer_for(spec.name, spec.version))
+        self.registry = ModelRegistry(**_registry_kwargs(cfg), observer_factory=lambda spec: Observers.of(
+            self.drift.observer_for(spec), self.capture.observer_for(spec.name, spec.version)))
         token = cfg.auth_token_file.read_text().strip() if cfg.auth_token_file else None
         self.server = InferenceServer(
             self.registry, host=cfg.serving_host, port=None if cfg.unix_socket else cfg.serving_port,
             unix_socket=cfg.unix_socket,
             auth_token=token, tls_cert=str(cfg.tls_cert) if cfg.tls_cert else None,
-            tls_key=str(cfg.tls_key) if cfg.tls_key else None, max_body_bytes=cfg.max_body_bytes,
+            tls_key=str(cfg.tls_key) if cfg.tls_key else None, limits=cfg.server_limits,
         )
         try:
             self.server.start()
@@ -169,6 +176,29 @@ class Components:
 
     def remove_endpoint(self, name: str) -> None:
         self.registry.remove(name)
+
+    def monitoring(self, records: dict[str, Any], endpoints: list[dict[str, Any]]) -> list[tuple[str, bool, str, str]]:
+        """Drift and operational sections for the status endpoints, and the device's ``DriftDetected`` and
+        ``Degraded`` conditions (none when no endpoint is monitored); see :mod:`reconciler.drift`."""
+        if self.drift is None or self.registry is None:
+            return []
+        self.drift.retire((m.name, m.version) for m in self.registry.models())
+        specs = {name: st.active.spec for name, st in records.items() if st.active is not None}
+        conds = self.drift.sync(endpoints, specs, lambda t: self._blob(TargetRecord.from_dict(dict(t))))
+        return conds if any("operational" in e for e in endpoints) else []
+
+    def drift_rollbacks(self, endpoints: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        """Endpoints switched back to their previous version because their drift is ``Alert`` and the
+        deployment's ``drift.action`` is ``rollback``: (endpoint, reason) for the journal."""
+        from reconciler.drift.settings import rollback_reason
+
+        out = []
+        for e in endpoints:
+            why = rollback_reason(e)
+            if why is not None and self.registry is not None and self.registry.rollback(e["name"]):
+                log.warning("drift rollback", extra=fields(endpoint=e["name"], version=e.get("version"), reason=why))
+                out.append((e["name"], why))
+        return out
 
     # -- source -----------------------------------------------------------------------------------------------
 
@@ -276,19 +306,21 @@ class Components:
 
     # -- data capture -----------------------------------------------------------------------------------------
 
-    def configure_capture(self, endpoints: dict[str, Any]) -> None:
-        """Follow the desired endpoints' ``capture`` policies (a bad one captures nothing and is reported)."""
+    def configure_capture(self, records: dict[str, Any]) -> None:
+        """Follow the ``capture`` policy of each endpoint's active version in the journal (updated by apply, also
+        for a policy-only change); a policy that cannot be enforced captures nothing and is reported."""
         if self.capture is None:
             return
         from reconciler.capture.policy import PolicyError, parse_policy
 
+        active = {name: st.active for name, st in records.items() if st.active is not None}
         policies, problems = {}, {}
-        for name, ep in endpoints.items():
+        for name, rec in active.items():
             try:
-                policies[name] = parse_policy(ep.capture)
+                policies[name] = parse_policy(rec.spec.get("capture"))
             except PolicyError as exc:
                 problems[name] = str(exc)
-        self.capture.configure(policies, problems, {n: ep.model for n, ep in endpoints.items()})
+        self.capture.configure(policies, problems, {n: rec.model for n, rec in active.items()})
 
     def _restore_capture(self, rec: EndpointRecord) -> None:
         from reconciler.capture.policy import PolicyError, parse_policy
@@ -316,7 +348,7 @@ class Components:
             with contextlib.suppress(Exception):
                 self.capture.close()
         for part, how in ((self.bundle_watcher, "stop"), (self.status_writer, "close"), (self.server, "stop"),
-                          (self.source, "close")):
+                          (self.source, "close"), (self.drift, "close")):
             fn = getattr(part, how, None) if part is not None else None
             if fn is not None:
                 with contextlib.suppress(Exception):
@@ -397,3 +429,21 @@ def release_free_memory() -> None:
 
 
 _MALLOC_TRIM: Any = None
+
+
+# --- monitoring (reconciler.drift) ----------------------------------------------------------------------------
+
+
+def monitor_pass(agent: Any, commit: str | None, endpoints: list[dict[str, Any]]) -> None:
+    """The agent's monitoring step, once per pass after the status endpoints are known: they get their
+    ``drift``/``operational`` sections, the device its ``DriftDetected``/``Degraded`` conditions, and an endpoint
+    whose drift is ``Alert`` under ``drift.action: rollback`` goes back to its previous version, the drifting one
+    held back in the failure memory; data capture follows the active versions' policies (and drift alerts).
+    ``agent`` is the :class:`~reconciler.agent.loop.Agent`."""
+    agent.c.configure_capture(agent.journal.endpoints)
+    for ctype, *cond in agent.c.monitoring(agent.journal.endpoints, endpoints):
+        agent.conditions.set(ctype, *cond, commit)
+    for name, why in agent.c.drift_rollbacks(endpoints):
+        bad = record_rollback(agent.journal, name, commit, why, agent.clock(), agent.config.state_dir)
+        if bad is not None:
+            agent._outcomes[name] = EndpointOutcome(name, "Failed", why[:1024], bad.version)

@@ -2,11 +2,12 @@
 
 ``fleet status`` fetches every status branch once (shallow) and prints a table/JSON/Markdown report with
 Ready, applied commit vs the branch head, endpoint versions and heartbeat age (STALE past ``--stale-after``).
-``fleet history DEVICE`` lists one device's status commits over time.
+``fleet history DEVICE`` lists one device's status commits over time; ``fleet drift`` (cli.drift) plots drift.
 """
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 from pathlib import Path
 
@@ -86,7 +87,19 @@ def repo_options(f):  # type: ignore[no-untyped-def]
     return f
 
 
-@click.group()
+class _FleetGroup(click.Group):
+    """``fleet drift`` lives in cli.drift (it pulls numpy and the drift package); loaded only when used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), "drift"])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "drift":
+            return importlib.import_module("reconciler.cli.drift").drift_cmd  # type: ignore[no-any-return]
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_FleetGroup)
 def fleet() -> None:
     """Fleet-wide status from the devices' status branches."""
 
@@ -131,3 +144,4 @@ def history_cmd(device: str, repo: str | None, branch: str, prefix: str, cache_d
     except (GitError, CredentialError) as exc:
         raise UserError(f"cannot read {prefix}{device} from {sr.display_url}: {exc}") from None
     click.echo(render_history(device, entries, fmt))
+

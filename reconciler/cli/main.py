@@ -2,7 +2,9 @@
 
 Each command family lives in the module that owns it and is registered here:
 ``validate``/``render``/``plan``/``docs`` (cli.fleetrepo), ``repo``/``tuf-client`` (cli.repo),
-``fleet`` (cli.fleet), ``serve`` (cli.serve), ``agent`` (cli.agent), ``optimize`` (cli.optimize), ``data`` (cli.data).
+``fleet`` (cli.fleet, ``fleet drift`` in cli.drift), ``serve`` (cli.serve), ``agent`` (cli.agent),
+``optimize`` (cli.optimize), ``baseline`` (cli.baseline), ``rollout`` (cli.rollout), ``simulate`` (cli.simulate),
+``data`` (cli.data).
 
 User errors (:class:`reconciler.core.errors.UserError`) are printed as ``error: …`` and exit non-zero; never a
 traceback.
@@ -31,6 +33,9 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("reconciler.cli.serve", "serve"),
     "agent": ("reconciler.cli.agent", "agent"),
     "optimize": ("reconciler.cli.optimize", "optimize"),
+    "baseline": ("reconciler.cli.baseline", "baseline_cmd"),
+    "rollout": ("reconciler.cli.rollout", "rollout"),
+    "simulate": ("reconciler.cli.simulate", "simulate"),
     "data": ("reconciler.cli.data", "data"),
 }
 

@@ -18,6 +18,7 @@ import click
 from reconciler.core.errors import UserError
 
 if TYPE_CHECKING:
+    from reconciler.serving.limits import ServerLimits
     from reconciler.serving.registry import EndpointSpec
 
 
@@ -45,6 +46,23 @@ def _spec_for(
     )
 
 
+def _limits(options: tuple[str, ...], max_body_mb: float | None) -> ServerLimits:
+    from reconciler.serving.limits import ServerLimits
+
+    pairs: dict[str, str] = {}
+    for opt in options:
+        key, sep, value = opt.partition("=")
+        if not sep:
+            raise UserError(f"--limit {opt!r}: expected NAME=VALUE, e.g. headerTimeout=5s")
+        pairs[key.strip()] = value.strip()
+    if max_body_mb is not None:
+        pairs["maxBodyBytes"] = str(int(max_body_mb * 1024 * 1024))
+    try:
+        return ServerLimits().with_options(pairs)
+    except ValueError as exc:
+        raise UserError(f"--limit: {exc}") from None
+
+
 @click.command("serve")
 @click.argument("model_files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--name", help="Endpoint name (only with one model file; default: the file's stem).")
@@ -68,7 +86,14 @@ def _spec_for(
 @click.option("--tls-cert", type=click.Path(path_type=Path, dir_okay=False), help="TLS certificate (PEM).")
 @click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False), help="TLS private key (PEM).")
 @click.option(
-    "--max-body-mb", default=64.0, show_default=True, type=click.FloatRange(0.001), help="Request size limit."
+    "--max-body-mb", type=click.FloatRange(0.001), help="Request size limit in MiB (default 64; JSON: 16)."
+)
+@click.option(
+    "--limit",
+    "limit_options",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Change a server limit or timeout, e.g. maxConnections=200, headerTimeout=5s (names: docs/security.md).",
 )
 def serve(
     model_files: tuple[Path, ...],
@@ -83,12 +108,14 @@ def serve(
     auth_token_file: Path | None,
     tls_cert: Path | None,
     tls_key: Path | None,
-    max_body_mb: float,
+    max_body_mb: float | None,
+    limit_options: tuple[str, ...],
 ) -> None:
     """Serve local MODEL_FILE(s) over the Open Inference Protocol (KServe v2 REST)."""
     from reconciler.serving.registry import ModelRegistry
     from reconciler.serving.server import InferenceServer
 
+    limits = _limits(limit_options, max_body_mb)
     if name and len(model_files) > 1:
         raise UserError("--name works with one model file; with several, endpoints are named after the files")
     if (tls_cert is None) != (tls_key is None):
@@ -122,7 +149,7 @@ def serve(
             auth_token=token,
             tls_cert=tls_cert,
             tls_key=tls_key,
-            max_body_bytes=int(max_body_mb * 1024 * 1024),
+            limits=limits,
         )
         server.start()
     except OSError as exc:

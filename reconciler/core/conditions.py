@@ -22,6 +22,8 @@ MANIFESTS_VALID = "ManifestsValid"
 ARTIFACTS_READY = "ArtifactsReady"
 APPLIED = "Applied"
 STATUS_REPORTED = "StatusReported"  # the device's status push landed (docs/hosting.md)
+DRIFT_DETECTED = "DriftDetected"  # an endpoint's inputs/outputs moved away from its drift baseline (reconciler.drift)
+DEGRADED = "Degraded"  # an endpoint's error rate, NaN outputs or latency are out of bounds
 
 
 def utcnow() -> _dt.datetime:

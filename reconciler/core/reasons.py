@@ -77,6 +77,13 @@ NOT_CONVERGED = "NotConverged"
 RETRY_SCHEDULED = "RetryScheduled"
 INTERNAL_ERROR = "InternalError"
 CONVERGED = "Converged"
+# -- monitoring (DriftDetected / Degraded; reconciler.drift) ------------------------------------------------
+DRIFT_WARNING = "DriftWarning"
+DRIFT_ALERT = "DriftAlert"
+NO_DRIFT = "NoDrift"
+INSUFFICIENT_DATA = "InsufficientData"
+OPERATIONAL_SIGNALS = "OperationalSignals"
+HEALTHY = "Healthy"
 
 
 @dataclass(frozen=True)
@@ -199,6 +206,16 @@ REASONS: tuple[Reason, ...] = (
     Reason(INTERNAL_ERROR, "any step's condition", "a bug: a step raised an unexpected exception (logged as "
            "`step crashed` with a traceback)", "Report it with the log."),
     Reason(CONVERGED, "Ready=True", "the device serves the desired state of `observedCommit`", "—"),
+    Reason(DRIFT_WARNING, "DriftDetected=True", "an endpoint's worst feature drifted past `drift.warn` (message: "
+           "endpoint, score, worst features)", "See docs/monitoring.md \"When it fires\"; `modelfleet fleet drift`."),
+    Reason(DRIFT_ALERT, "DriftDetected=True, `failures[]`", "drift past `drift.alert`; with `drift.action: "
+           "rollback` the version was rolled back and is held back", "Find the feature and the devices; retrain "
+           "or adjust the thresholds (docs/monitoring.md)."),
+    Reason(NO_DRIFT, "DriftDetected=False", "every monitored endpoint is within its warn threshold", "—"),
+    Reason(INSUFFICIENT_DATA, "DriftDetected=False", "fewer observations than `drift.minSamples` so far", "—"),
+    Reason(OPERATIONAL_SIGNALS, "Degraded=True", "error rate, NaN/inf outputs or p99 latency out of bounds "
+           "(message per endpoint)", "Read the endpoint's `operational` section and the server metrics."),
+    Reason(HEALTHY, "Degraded=False", "operational signals within bounds", "—"),
 )
 
 BY_CODE: dict[str, Reason] = {r.code: r for r in REASONS}

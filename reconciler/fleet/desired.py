@@ -117,11 +117,11 @@ def in_rollout(rollout: Mapping[str, Any], deployment: str, version: str, device
     steps = rollout.get("steps") or []
     first = rollout_step_of(rollout, deployment, version, device_id, labels)
     if first is not None and first <= current:
-        return True, f"in rollout step {first} ({_step_label(steps[first])}); current step {current}"
-    return False, f"not yet in rollout (current step {current}: {_step_label(steps[min(current, len(steps) - 1)])})"
+        return True, f"in rollout step {first} ({step_label(steps[first])}); current step {current}"
+    return False, f"not yet in rollout (current step {current}: {step_label(steps[min(current, len(steps) - 1)])})"
 
 
-def _step_label(step: Mapping[str, Any]) -> str:
+def step_label(step: Mapping[str, Any]) -> str:
     if "percent" in step:
         return step.get("name") or f"{step['percent']:g}%"
     from reconciler.fleet.selectors import describe

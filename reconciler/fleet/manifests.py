@@ -29,7 +29,7 @@ from reconciler.core.diagnostics import ERROR, WARNING, Diagnostic
 from reconciler.fleet.repository import FleetRepo, LoadResult, Manifest, NonRegular, RepoFiles
 from reconciler.fleet.schemas import validator
 from reconciler.fleet.validation import semantic_checks
-from reconciler.fleet.yamlsafe import MAX_FILE_BYTES, Document, YamlError, load_documents
+from reconciler.fleet.yamlsafe import MAX_FILE_BYTES, Document, YamlError, load_budget, load_documents
 
 MANIFEST_DIRS = ("models", "deployments", "devices")
 FLEET_FILE = "fleet.yaml"
@@ -141,11 +141,18 @@ def load_files(files: RepoFiles, *, tuf_targets: set[str] | None = None) -> Load
     if len(names) > MAX_FILES:
         diags.append(Diagnostic(".", 1, 1, f"{len(names)} manifest files; the limit is {MAX_FILES}"))
         names = names[:MAX_FILES]
-    for rel in names:
+    budget = load_budget()
+    for i, rel in enumerate(names):
+        if budget.exhausted:
+            diags.append(Diagnostic(rel, 1, 1, f"not loaded: the repository load's YAML node budget ({budget.limit}) "
+                                    f"is spent; {len(names) - i} files left", ERROR, None, None,
+                                    "aliases (&anchor / *ref) that multiply content are not allowed to expand this far",
+                                    "yaml"))
+            break
         content = files[rel]
         assert isinstance(content, bytes)
         try:
-            docs = load_documents(content, rel)
+            docs = load_documents(content, rel, budget)
         except YamlError as exc:
             diags.append(Diagnostic(rel, exc.line, exc.column, exc.message, ERROR, None, None, exc.hint, "yaml"))
             continue

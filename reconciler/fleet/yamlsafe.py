@@ -2,8 +2,12 @@
 
 Manifests come from a Git repository anyone with push access can write to, so loading is defensive:
 only the core schema (no language-specific tags, no ``<<`` merges), duplicate keys rejected, file size,
-document count and node count (which defeats alias "billion laughs" bombs) bounded. Every value's position
-is recorded so validation errors can say ``file:line:column``.
+document count and nesting depth bounded. Aliases (``*ref``) stay allowed (operators use anchors to share
+labels and settings) but every node they expand to is counted: one :class:`NodeBudget` per file
+(``MAX_NODES``, across all its documents) and, when the caller passes one, one per repository load
+(``MAX_NODES_PER_LOAD``), which defeats alias "billion laughs" bombs spread over documents or files. Every
+value's position is recorded so validation errors can say ``file:line:column`` — except inside an alias
+expansion, whose values take the position of the anchor (one entry, not one per expanded node).
 
 ``load_documents(text, filename)`` returns a list of :class:`Document` (data + positions) or raises
 :class:`YamlError` carrying the position of the problem.
@@ -19,7 +23,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 MAX_FILE_BYTES = 1 << 20  # 1 MiB
 MAX_DOCUMENTS = 1000
-MAX_NODES = 200_000  # per file, after alias expansion
+MAX_NODES = 200_000  # per file (all its documents), after alias expansion
+MAX_NODES_PER_LOAD = 2_000_000  # per repository load (all its files), after alias expansion
 MAX_DEPTH = 64
 
 Path_ = tuple[Any, ...]
@@ -69,24 +74,47 @@ class Document:
             p = p[:-1]
 
 
-class _Builder:
-    def __init__(self, doc: Document) -> None:
-        self.doc = doc
-        self.count = 0
-        self._scalar = yaml.SafeLoader("")  # only used for its scalar constructors
+class NodeBudget:
+    """YAML nodes (after alias expansion) still allowed for a file or a repository load."""
 
-    def build(self, node: Node, path: Path_, depth: int = 0) -> Any:
-        self.count += 1
-        if self.count > MAX_NODES:
+    def __init__(self, limit: int, scope: str) -> None:
+        self.limit = limit
+        self.left = limit
+        self.scope = scope  # "file" or "repository load", for the message
+
+    @property
+    def exhausted(self) -> bool:
+        return self.left <= 0
+
+    def spend(self, node: Node) -> None:
+        self.left -= 1
+        if self.left < 0:
             raise YamlError(
-                f"document expands to more than {MAX_NODES} nodes",
+                f"the {self.scope} expands to more than {self.limit} YAML nodes",
                 node.start_mark.line + 1,
                 node.start_mark.column + 1,
                 "aliases (&anchor / *ref) that multiply content are not allowed to expand this far",
             )
+
+
+class _Builder:
+    def __init__(self, doc: Document, budgets: tuple[NodeBudget, ...]) -> None:
+        self.doc = doc
+        self.budgets = budgets
+        self._built: set[int] = set()  # ids of nodes built once: meeting one again means an alias
+        self._scalar = yaml.SafeLoader("")  # only used for its scalar constructors
+
+    def build(self, node: Node, path: Path_, depth: int = 0, record: bool = True) -> Any:
+        for budget in self.budgets:
+            budget.spend(node)
         if depth > MAX_DEPTH:
             raise YamlError(f"nesting deeper than {MAX_DEPTH} levels", node.start_mark.line + 1, node.start_mark.column + 1)
-        self.doc.positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+        if record:
+            self.doc.positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+            if id(node) in self._built:
+                record = False  # an alias: its expansion records no positions of its own
+            else:
+                self._built.add(id(node))
         if node.tag not in _ALLOWED_TAGS:
             raise YamlError(
                 f"YAML tag {node.tag!r} is not allowed",
@@ -99,7 +127,7 @@ class _Builder:
                 return node.value
             return self._scalar.construct_object(node, deep=True)
         if isinstance(node, SequenceNode):
-            return [self.build(child, path + (i,), depth + 1) for i, child in enumerate(node.value)]
+            return [self.build(child, path + (i,), depth + 1, record) for i, child in enumerate(node.value)]
         if isinstance(node, MappingNode):
             out: dict[str, Any] = {}
             for knode, vnode in node.value:
@@ -108,7 +136,7 @@ class _Builder:
                     raise YamlError("merge keys (<<) are not supported", kline, kcol, "write the keys out")
                 if not isinstance(knode, ScalarNode):
                     raise YamlError("mapping keys must be plain scalars", kline, kcol)
-                key = self.build(knode, path + ("<key>",), depth + 1)
+                key = self.build(knode, path + ("<key>",), depth + 1, record)
                 if not isinstance(key, str):
                     key = str(key) if not isinstance(key, bool) and key is not None else knode.value
                 if key in out:
@@ -119,8 +147,9 @@ class _Builder:
                         kcol,
                         "remove one of the two entries",
                     )
-                self.doc.key_positions[path + (key,)] = (kline, kcol)
-                out[key] = self.build(vnode, path + (key,), depth + 1)
+                if record:
+                    self.doc.key_positions[path + (key,)] = (kline, kcol)
+                out[key] = self.build(vnode, path + (key,), depth + 1, record)
             return out
         raise YamlError(f"unsupported YAML node {type(node).__name__}", node.start_mark.line + 1, 1)
 
@@ -144,8 +173,12 @@ def _mark_error(exc: yaml.YAMLError, text: str = "") -> YamlError:
     return YamlError(msg, line, col, hint)
 
 
-def load_documents(data: bytes | str, filename: str = "<string>") -> list[Document]:
-    """Parse every document in ``data``. Empty documents are skipped."""
+def load_documents(
+    data: bytes | str, filename: str = "<string>", load_budget: NodeBudget | None = None
+) -> list[Document]:
+    """Parse every document in ``data``. Empty documents are skipped.
+
+    ``load_budget`` is shared by all files of one repository load (see :func:`load_budget`)."""
     if isinstance(data, bytes):
         if len(data) > MAX_FILE_BYTES:
             raise YamlError(f"file is {len(data)} bytes; manifests are limited to {MAX_FILE_BYTES} bytes", 1, 1,
@@ -159,6 +192,7 @@ def load_documents(data: bytes | str, filename: str = "<string>") -> list[Docume
         if len(text.encode("utf-8")) > MAX_FILE_BYTES:
             raise YamlError(f"file exceeds {MAX_FILE_BYTES} bytes", 1, 1, "split it into several files")
     docs: list[Document] = []
+    budgets = (NodeBudget(MAX_NODES, "file"),) + ((load_budget,) if load_budget is not None else ())
     loader = _Loader(text)
     try:
         while loader.check_node():
@@ -168,7 +202,7 @@ def load_documents(data: bytes | str, filename: str = "<string>") -> list[Docume
             if node is None:
                 continue
             doc = Document(data=None, line=node.start_mark.line + 1)
-            doc.data = _Builder(doc).build(node, ())
+            doc.data = _Builder(doc, budgets).build(node, ())
             if doc.data is None:
                 continue
             docs.append(doc)
@@ -179,3 +213,8 @@ def load_documents(data: bytes | str, filename: str = "<string>") -> list[Docume
     finally:
         loader.dispose()
     return docs
+
+
+def load_budget() -> NodeBudget:
+    """A fresh node budget for one repository load (pass it to every :func:`load_documents` of the load)."""
+    return NodeBudget(MAX_NODES_PER_LOAD, "repository load")

@@ -341,8 +341,9 @@ class StatusRepo:
         return build_report(self.branch, head, statuses, self.behind(applied, head), now=now,
                             stale_after=stale_after, inventory=self.inventory(head))
 
-    def history(self, device: str, limit: int = 50) -> list[dict[str, Any]]:
-        """The device's status commits, newest first: when, which commit it ran, Ready, endpoint versions."""
+    def history_docs(self, device: str, limit: int = 50) -> list[tuple[str, str, dict[str, Any] | str]]:
+        """(status commit, commit time, parsed DeviceStatus or why it is unreadable) of the device's newest
+        ``limit`` status commits, newest first. ``KeyError`` if the device has no status branch."""
         self._ensure()
         ref = f"refs/fleet/history/{device}"
         try:
@@ -357,15 +358,24 @@ class StatusRepo:
                       timeout=self.timeout).stdout.decode().split("\n")
         commits = [line.split(" ", 1) for line in log if line]
         blobs = read_blobs(self.git_dir, [f"{sha}:status.yaml" for sha, _ in commits], self.timeout)
-        out: list[dict[str, Any]] = []
+        out: list[tuple[str, str, dict[str, Any] | str]] = []
         for (sha, when), blob in zip(commits, blobs, strict=True):
-            entry: dict[str, Any] = {"statusCommit": sha, "committed": when}
             try:
-                st = parse_status(blob or b"")["status"]
+                out.append((sha, when, parse_status(blob or b"")))
             except ValueError as exc:
-                entry["error"] = str(exc)
+                out.append((sha, when, str(exc)))
+        return out
+
+    def history(self, device: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The device's status commits, newest first: when, which commit it ran, Ready, endpoint versions."""
+        out: list[dict[str, Any]] = []
+        for sha, when, doc in self.history_docs(device, limit):
+            entry: dict[str, Any] = {"statusCommit": sha, "committed": when}
+            if isinstance(doc, str):
+                entry["error"] = doc
                 out.append(entry)
                 continue
+            st = doc["status"]
             ready = next((c for c in st.get("conditions") or [] if isinstance(c, dict) and c.get("type") == "Ready"), {})
             entry.update({
                 "heartbeat": st.get("heartbeat"), "appliedCommit": st.get("appliedCommit"),

@@ -60,7 +60,8 @@ def _cut(text: str, n: int) -> str:
 
 
 def trim_status(doc: dict[str, Any], limit: int = MAX_STATUS_BYTES) -> dict[str, Any]:
-    """Shrink a status until its YAML fits in ``limit`` bytes: messages first, then old attempts and failures.
+    """Shrink a status until its YAML fits in ``limit`` bytes: messages first, then old attempts and failures,
+    last the endpoints' drift bin counts.
 
     Raises ``ValueError`` if even the trimmed document is too big.
     """
@@ -87,8 +88,13 @@ def trim_status(doc: dict[str, Any], limit: int = MAX_STATUS_BYTES) -> dict[str,
                 st[key] = st[key][:n]
         return run
 
+    def drop_drift_bins() -> None:  # the verdict and worst features stay; only the mergeable counts go
+        for e in st.get("endpoints") or []:
+            if isinstance(e.get("drift"), dict):
+                e["drift"].pop("bins", None)
+
     steps += [shorten_messages(256), keep("attempts", 2), keep("failures", 20), shorten_messages(64),
-              keep("attempts", 1), keep("failures", 0)]
+              keep("attempts", 1), keep("failures", 0), drop_drift_bins]
     for step in steps:
         step()
         if len(dump_status(d)) <= limit:

@@ -110,11 +110,21 @@ class EndpointState:
 class Observer(Protocol):
     """What the registry hands each request's tensors to (set per version by ``observer_factory``)."""
 
-    def observe(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray], seconds: float) -> None: ...
+    def observe(
+        self,
+        feeds: dict[str, np.ndarray],
+        outputs: dict[str, np.ndarray],
+        seconds: float,
+        request_id: str | None = None,
+    ) -> None: ...
 
     def observe_error(self, seconds: float) -> None: ...
 
     def observe_rejection(self) -> None: ...
+
+    def feedback(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        """Ground truth for earlier requests (``POST /v2/models/{name}/feedback``): (HTTP status, answer)."""
+        ...
 
 
 class LoadedModel:
@@ -156,7 +166,10 @@ class LoadedModel:
         return self._inflight
 
     def infer(
-        self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None = None
+        self,
+        feeds: dict[str, np.ndarray],
+        output_names: Sequence[str] | None = None,
+        request_id: str | None = None,
     ) -> dict[str, np.ndarray]:
         obs = self.observer
         if obs is None:
@@ -167,7 +180,7 @@ class LoadedModel:
         except Exception:
             obs.observe_error(time.perf_counter() - t0)
             raise
-        obs.observe(feeds, out, time.perf_counter() - t0)
+        obs.observe(feeds, out, time.perf_counter() - t0, request_id)
         return out
 
     def drain_and_close(self, timeout: float = 60.0) -> None:
@@ -518,7 +531,7 @@ class Observers:
     def observe(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray], seconds: float,
                 request_id: str | None = None) -> None:
         for m in self.members:
-            m.observe(feeds, outputs, seconds, request_id)  # type: ignore[call-arg]
+            m.observe(feeds, outputs, seconds, request_id)
 
     def observe_error(self, seconds: float) -> None:
         for m in self.members:
@@ -531,3 +544,11 @@ class Observers:
     def observe_rejected_inputs(self, inputs: dict[str, np.ndarray]) -> None:
         for fn in self._rejected:
             fn(inputs)
+
+    def feedback(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        """Ground truth goes to the first member that joins it (drift monitoring)."""
+        for m in self.members:
+            fn = getattr(m, "feedback", None)
+            if fn is not None:
+                return fn(body)  # type: ignore[no-any-return]
+        return 409, {"error": "this model version is not monitored: no feedback join"}

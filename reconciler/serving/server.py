@@ -3,9 +3,13 @@
 HTTP stack: a plain asyncio ``Protocol`` with the ``httptools`` parser on a ``uvloop`` event loop (stdlib
 asyncio when uvloop is absent), in one background thread. Measured against uvicorn+httptools running a raw ASGI
 app and the stdlib ``ThreadingHTTPServer`` (see ``bench/bench_serving.py``), it has the lowest per-request
-overhead: no ASGI scope/message dicts and no per-request coroutine for the tiny-model path. Models whose warm-up
-p50 is under ``registry.INLINE_BELOW_MS`` run inline on the event loop (a thread hop would cost more than the
-inference); slower models run in a small thread pool so the loop keeps accepting and parsing.
+overhead: no ASGI scope/message dicts and no per-request coroutine for the tiny-model path. Requests of up to
+``INLINE_BODY_MAX`` bytes to models whose warm-up p50 is under ``registry.INLINE_BELOW_MS`` run inline on the
+event loop (a thread hop would cost more than the inference); everything else (slower models, and large
+requests whatever the model's speed) is decoded, run and encoded in a small thread pool so the loop keeps
+accepting, parsing and answering health checks. Connections, flow control, limits and timeouts are
+:mod:`~reconciler.serving.http1`'s job (limits: :class:`~reconciler.serving.limits.ServerLimits`); this module
+holds the routes (:class:`V2App`) and the listening sockets (:class:`InferenceServer`).
 
 Routes: ``/v2/health/{live,ready}``, ``/v2``, ``/v2/models/{name}[/versions/{v}][/ready|/infer]``,
 ``POST /v2/repository/index``, ``/metrics`` (the default prometheus_client registry) and ``extra_routes``.
@@ -16,26 +20,30 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import errno
 import hmac
-import json
 import os
+import resource
+import socket
 import ssl
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-import httptools
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
 from reconciler import __version__
+from reconciler.serving.http1 import ConnectionHub, Deferred, Response, error_response
+from reconciler.serving.limits import ServerLimits
 from reconciler.serving.registry import EndpointNotFound, LoadedModel, ModelRegistry, VersionNotFound
 from reconciler.serving.v2codec import (
+    ENCODER,
     CodecError,
+    JsonLimits,
     decode_request,
     encode_response,
     select_outputs,
@@ -72,10 +80,10 @@ LATENCY = Histogram(
 )
 INFLIGHT = Gauge("modelfleet_inference_inflight", "Inference requests being processed.", ["model"])
 
-JSON_CT = b"application/json"
 OCTET_CT = b"application/octet-stream"
-_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: Bodies up to this size may be decoded inline on the event loop (for a fast model); larger ones never are.
+INLINE_BODY_MAX = 64 * 1024
+_Deferred = Deferred  # the name bench/ and older callers import
 
 
 @dataclass(slots=True)
@@ -89,33 +97,16 @@ class Request:
     body: bytes
 
 
-@dataclass(slots=True)
-class Response:
-    status: int
-    body: bytes
-    content_type: bytes = JSON_CT
-    headers: tuple[tuple[bytes, bytes], ...] = ()
-
-
 #: An ``extra_routes`` handler returns (status, content type, body).
 RouteHandler = Callable[[Request], tuple[int, str, bytes]]
 
 
 def _json(status: int, doc: Any) -> Response:
-    return Response(status, json.dumps(doc, separators=(",", ":")).encode())
+    return Response(status, ENCODER.encode(doc).encode())
 
 
 def _error(status: int, message: str) -> Response:
-    return _json(status, {"error": message})
-
-
-class _Deferred:
-    """Work to run in the thread pool; produces a :class:`Response`."""
-
-    __slots__ = ("fn",)
-
-    def __init__(self, fn: Callable[[], Response]) -> None:
-        self.fn = fn
+    return error_response(status, message)
 
 
 class _Metrics:
@@ -148,11 +139,25 @@ class V2App:
         *,
         auth_token: str | None = None,
         extra_routes: Mapping[tuple[str, str], RouteHandler] | None = None,
+        limits: ServerLimits | None = None,
     ) -> None:
         self.registry = registry
         self._token = f"Bearer {auth_token}".encode() if auth_token else None
         self.extra_routes = dict(extra_routes or {})
         self._metrics = _Metrics()
+        self.limits = limits or ServerLimits()
+        self._json_limits = JsonLimits(self.limits.max_json_bytes, self.limits.max_json_elements)
+
+    def body_limit(self, method: str, target: str, headers: dict[str, str]) -> tuple[int, str]:
+        """JSON ``/infer`` bodies have the smaller JSON limit: they cost far more memory per byte to decode."""
+        lim = self.limits
+        if (
+            lim.max_json_bytes < lim.max_body_bytes
+            and "inference-header-content-length" not in headers
+            and target.endswith("/infer")
+        ):
+            return lim.max_json_bytes, " for JSON tensors (send large tensors with the binary extension)"
+        return lim.max_body_bytes, ""
 
     def handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Response | _Deferred:
         path, _, query = target.partition("?")
@@ -242,6 +247,10 @@ class V2App:
             if method != "POST":
                 return _error(405, "use POST for infer")
             return self._infer(name, version, headers, body)
+        if action == "feedback":
+            if method != "POST":
+                return _error(405, "use POST for feedback")
+            return _Deferred(lambda: self._feedback(name, version, body))  # joins in the pool, not on the loop
         if method != "GET":
             return _error(405, "use GET")
         if action == "ready":
@@ -274,6 +283,18 @@ class V2App:
                 },
             )
 
+    def _feedback(self, name: str, version: str | None, body: bytes) -> Response:
+        """Ground-truth labels for earlier requests, joined by the version's monitor (reconciler.drift)."""
+        try:
+            lease = self.registry.get(name, version)
+        except (EndpointNotFound, VersionNotFound) as exc:
+            return self._not_found(exc, name, version)
+        with lease as m:
+            if m.observer is None:
+                return _error(409, f"model {name!r} is not monitored: no feedback join")
+            status, answer = m.observer.feedback(body)
+        return _json(status, answer)
+
     def _not_found(self, exc: Exception, name: str, version: str | None) -> Response:
         if isinstance(exc, VersionNotFound):
             return _error(404, f"model {name!r} has no loaded version {version!r}")
@@ -290,7 +311,7 @@ class V2App:
         except (EndpointNotFound, VersionNotFound) as exc:
             return self._not_found(exc, name, version)
         model = lease.model
-        if model.inline:
+        if model.inline and len(body) <= INLINE_BODY_MAX:
             return self._run(lease.model, lease, headers, body, t0)
         return _Deferred(lambda: self._run(model, lease, headers, body, t0))
 
@@ -307,11 +328,11 @@ class V2App:
                 header_len = int(hl) if hl is not None else None
             except ValueError:
                 raise CodecError(f"Inference-Header-Content-Length is not an integer: {hl!r}") from None
-            req = decode_request(body, header_len)
+            req = decode_request(body, header_len, self._json_limits)
             feeds = validate_inputs(req, model.inputs)
             requested = select_outputs(req, model.output_names)
             try:
-                outputs = model.infer(feeds, [r.name for r in requested])
+                outputs = model.infer(feeds, [r.name for r in requested], req.id)
             except CodecError:
                 raise
             except Exception as exc:
@@ -339,143 +360,6 @@ class V2App:
         return resp
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
-class _HttpProtocol(asyncio.Protocol):
-    """HTTP/1.1 with keep-alive; pipelined requests are answered in order."""
-
-    def __init__(self, server: InferenceServer) -> None:
-        self.server = server
-        self.app = server.app
-        self.max_body = server.max_body_bytes
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
-        self.url = b""
-        self.headers: dict[str, str] = {}
-        self.body: list[bytes] = []
-        self.size = 0
-        self.busy = False
-        self.pending: deque[tuple[str, str, dict[str, str], bytes, bool]] = deque()
-        self.too_large = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.server._connections.add(self)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.server._connections.discard(self)
-        self.transport = None
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._send_and_close(_error(400, "protocol upgrade not supported"))
-        except httptools.HttpParserError as exc:
-            if self.too_large:
-                self._send_and_close(
-                    _error(413, f"request body larger than the limit of {self.max_body} bytes")
-                )
-            else:
-                self._send_and_close(_error(400, f"malformed HTTP request: {exc}"))
-
-    def on_message_begin(self) -> None:
-        self.url = b""
-        self.headers = {}
-        self.body = []
-        self.size = 0
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
-
-    def on_headers_complete(self) -> None:
-        cl = self.headers.get("content-length")
-        if cl is not None and cl.isdigit() and int(cl) > self.max_body:
-            self.too_large = True
-            raise _BodyTooLarge()
-        if self.headers.get("expect", "").lower() == "100-continue" and self.transport is not None:
-            self.transport.write(_CONTINUE)
-
-    def on_body(self, body: bytes) -> None:
-        self.size += len(body)
-        if self.size > self.max_body:
-            self.too_large = True
-            raise _BodyTooLarge()
-        self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
-        item = (
-            self.parser.get_method().decode("ascii"),
-            self.url.decode("latin-1"),
-            self.headers,
-            body,
-            self.parser.should_keep_alive(),
-        )
-        if self.busy:
-            self.pending.append(item)
-        else:
-            self._dispatch(item)
-
-    def _dispatch(self, item: tuple[str, str, dict[str, str], bytes, bool]) -> None:
-        method, url, headers, body, keep_alive = item
-        try:
-            result = self.app.handle(method, url, headers, body)
-        except Exception as exc:  # a bug must cost one request, never the connection or the server
-            result = _error(500, f"internal error: {exc}")
-        if isinstance(result, Response):
-            self._write(result, keep_alive)
-            return
-        self.busy = True
-        loop = self.server._loop
-        assert loop is not None
-        fut = loop.run_in_executor(self.server._pool, _run_deferred, result)
-        fut.add_done_callback(lambda f: self._deferred_done(f, keep_alive))
-
-    def _deferred_done(self, fut: asyncio.Future[Response], keep_alive: bool) -> None:
-        self.busy = False
-        try:
-            resp = fut.result()
-        except BaseException as exc:  # noqa: BLE001 - cancelled at shutdown or a bug: answer, don't hang
-            resp = _error(500, f"internal error: {exc!r}")
-        self._write(resp, keep_alive)
-        while self.pending and not self.busy and self.transport is not None:
-            self._dispatch(self.pending.popleft())
-
-    def _write(self, resp: Response, keep_alive: bool) -> None:
-        t = self.transport
-        if t is None or t.is_closing():
-            return
-        head = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n" % (
-            resp.status,
-            _REASONS.get(resp.status, b"Unknown"),
-            resp.content_type,
-            len(resp.body),
-        )
-        for k, v in resp.headers:
-            head += k + b": " + v + b"\r\n"
-        if not keep_alive:
-            head += b"connection: close\r\n"
-        if len(resp.body) < 65536:
-            t.write(head + b"\r\n" + resp.body)
-        else:
-            t.writelines((head, b"\r\n", resp.body))
-        if not keep_alive:
-            t.close()
-
-    def _send_and_close(self, resp: Response) -> None:
-        self._write(resp, False)
-
-
-def _run_deferred(d: _Deferred) -> Response:
-    return d.fn()
-
-
 class InferenceServer:
     """The KServe v2 server in a background thread. ``start()`` returns once it listens."""
 
@@ -489,18 +373,23 @@ class InferenceServer:
         auth_token: str | None = None,
         tls_cert: str | os.PathLike[str] | None = None,
         tls_key: str | os.PathLike[str] | None = None,
-        max_body_bytes: int = 64 * 1024 * 1024,
+        max_body_bytes: int | None = None,
         extra_routes: Mapping[tuple[str, str], RouteHandler] | None = None,
         workers: int | None = None,
+        limits: ServerLimits | None = None,
     ) -> None:
         if port is None and unix_socket is None:
             raise ValueError("give a TCP port, a unix socket, or both")
+        limits = limits or ServerLimits()
+        if max_body_bytes is not None:
+            limits = limits.with_options({"maxBodyBytes": int(max_body_bytes)})
+        self.limits = limits
         self.registry = registry
         self.host = host
         self.port: int | None = port
         self.unix_socket = Path(unix_socket) if unix_socket is not None else None
-        self.max_body_bytes = int(max_body_bytes)
-        self.app = V2App(registry, auth_token=auth_token, extra_routes=extra_routes)
+        self.max_body_bytes = limits.max_body_bytes
+        self.app = V2App(registry, auth_token=auth_token, extra_routes=extra_routes, limits=limits)
         self._ssl: ssl.SSLContext | None = None
         if tls_cert is not None:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -508,9 +397,10 @@ class InferenceServer:
             self._ssl = ctx
         self._workers = workers or min(4, (os.cpu_count() or 2))
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._hub: ConnectionHub | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._servers: list[asyncio.base_events.Server] = []
-        self._connections: set[_HttpProtocol] = set()
+        self._sockets: list[socket.socket] = []
+        self._accepting: list[asyncio.Task[None]] = []
         self._thread: threading.Thread | None = None
 
     @property
@@ -521,6 +411,12 @@ class InferenceServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{scheme}://{host}:{self.port}"
 
+    @property
+    def connection_cap(self) -> int:
+        """Connections served at once: ``max_connections``, kept below the process's open-file limit."""
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return self.limits.connection_cap(None if soft == resource.RLIM_INFINITY else soft)
+
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError("server already started")
@@ -529,6 +425,7 @@ class InferenceServer:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             self._workers, thread_name_prefix="modelfleet-infer"
         )
+        self._hub = ConnectionHub(self.app, self.limits, self._pool, self.connection_cap)
         self._thread = threading.Thread(
             target=self._run, args=(started, failure), name="modelfleet-serving", daemon=True
         )
@@ -557,6 +454,8 @@ class InferenceServer:
         except BaseException as exc:
             failure.append(exc)
             started.set()
+            for s in self._sockets:
+                s.close()
             loop.close()
             return
         started.set()
@@ -567,17 +466,60 @@ class InferenceServer:
 
     async def _listen(self) -> None:
         loop = asyncio.get_running_loop()
-        factory = lambda: _HttpProtocol(self)  # noqa: E731
+        assert self._hub is not None
+        self._hub.start(loop)
         if self.port is not None:
-            srv = await loop.create_server(factory, self.host, self.port, ssl=self._ssl, backlog=1024)
-            self._servers.append(srv)
-            self.port = srv.sockets[0].getsockname()[1]
+            family, _, _, _, addr = socket.getaddrinfo(
+                self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            self._sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(addr)
+            self.port = sock.getsockname()[1]
         if self.unix_socket is not None:
             if self.unix_socket.is_socket():
                 self.unix_socket.unlink()
-            srv = await loop.create_unix_server(factory, str(self.unix_socket), ssl=self._ssl, backlog=1024)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._sockets.append(sock)
+            sock.bind(str(self.unix_socket))
             os.chmod(self.unix_socket, 0o660)
-            self._servers.append(srv)
+        for sock in self._sockets:
+            sock.listen(1024)
+            sock.setblocking(False)
+            self._accepting.append(loop.create_task(self._accept(sock)))
+
+    async def _accept(self, listener: socket.socket) -> None:
+        """Accept while below the connection cap; at the cap, make room (or wait) before accepting more."""
+        loop = asyncio.get_running_loop()
+        hub = self._hub
+        assert hub is not None
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(listener)
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    await asyncio.sleep(0.1)  # out of descriptors despite the cap: let closes catch up
+                    continue
+                if listener.fileno() < 0:
+                    return
+                raise
+            await hub.wait_for_slot()
+            hub.opened()
+            loop.create_task(self._serve(conn))
+
+    async def _serve(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        hub = self._hub
+        assert hub is not None
+        proto = hub.new_connection()
+        handshake = {"ssl_handshake_timeout": self.limits.header_timeout or None} if self._ssl else {}
+        try:
+            await loop.connect_accepted_socket(lambda: proto, conn, ssl=self._ssl, **handshake)
+        except Exception:  # failed or timed-out TLS handshake, or the client left: nothing to answer
+            conn.close()
+            if not proto.counted and proto.transport is None:
+                hub.closed()
 
     def stop(self) -> None:
         """Stop listening, close connections, and join the thread. The registry stays as it is."""
@@ -586,11 +528,13 @@ class InferenceServer:
             return
 
         def shutdown() -> None:
-            for s in self._servers:
-                s.close()
-            for c in list(self._connections):
-                if c.transport is not None:
-                    c.transport.close()
+            for task in self._accepting:
+                task.cancel()
+            for s in self._sockets:
+                with contextlib.suppress(OSError):
+                    s.close()
+            if self._hub is not None:
+                self._hub.stop()
             loop.call_later(0.05, loop.stop)
 
         loop.call_soon_threadsafe(shutdown)
@@ -601,7 +545,8 @@ class InferenceServer:
             self.unix_socket.unlink()
         self._thread = None
         self._loop = None
-        self._servers = []
+        self._sockets = []
+        self._accepting = []
 
     def __enter__(self) -> InferenceServer:
         self.start()

@@ -9,7 +9,6 @@ input metadata (names, datatypes, shapes with ``-1`` wildcards, declared value r
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from collections.abc import Iterable, Mapping, Sequence
@@ -17,6 +16,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from reconciler.serving.v2json import (
+    ENCODER,
+    DataSpan,
+    JsonError,
+    JsonLimits,
+    count_nonfinite,
+    dumps_data,
+    loads_request,
+    span_to_array,
+    to_array,
+)
 
 # KServe v2 datatype -> numpy dtype (little-endian, as the binary extension requires).
 V2_TO_NP: dict[str, np.dtype[Any]] = {
@@ -39,7 +50,6 @@ NP_TO_V2[np.dtype(np.str_)] = "BYTES"
 NP_TO_V2[np.dtype(np.bytes_)] = "BYTES"
 DATATYPES = frozenset(V2_TO_NP)
 
-_INT_TYPES = frozenset({"UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"})
 _FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
 
 
@@ -106,9 +116,22 @@ def _num_elements(shape: Sequence[int]) -> int:
     return n
 
 
+MAX_DIM = 2**31 - 1  # largest accepted dimension value
+MAX_NDIM = 32
+
+
 def _check_shape(name: str, shape: Any) -> tuple[int, ...]:
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise CodecError(f"input {name!r}: 'shape' must be a list of non-negative integers, got {shape!r}")
+    if not isinstance(shape, list) or not all(type(d) is int and 0 <= d <= MAX_DIM for d in shape):
+        raise CodecError(
+            f"input {name!r}: 'shape' must be a list of non-negative integers up to {MAX_DIM}, got {str(shape)[:200]}"
+        )
+    if len(shape) > MAX_NDIM:
+        raise CodecError(f"input {name!r}: 'shape' has more than {MAX_NDIM} dimensions")
+    nonzero = 1
+    for d in shape:
+        nonzero *= d or 1
+    if nonzero > 2**48:  # numpy cannot describe such an array, even when a 0 makes it empty
+        raise CodecError(f"input {name!r}: 'shape' {shape} is too large")
     return tuple(shape)
 
 
@@ -126,10 +149,24 @@ def _flatten(data: Any) -> list[Any]:
     return out
 
 
-def _json_array(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
+def _json_array(
+    name: str, datatype: str, shape: tuple[int, ...], data: Any, limits: JsonLimits | None = None
+) -> np.ndarray:
+    n = _num_elements(shape)
+    max_elements = (limits or JsonLimits()).max_elements
+    if n > max_elements:
+        raise CodecError(f"input {name!r}: shape {list(shape)} has more than {max_elements} elements for JSON")
+    if isinstance(data, DataSpan):
+        if data.elements != n:
+            raise CodecError(f"input {name!r}: shape {list(shape)} needs {n} elements, 'data' has {data.elements}")
+        if datatype == "BYTES":
+            raise CodecError(f"input {name!r}: BYTES data in JSON must be strings")
+        try:
+            return span_to_array(name, datatype, V2_TO_NP[datatype], data).reshape(shape)
+        except JsonError as exc:
+            raise CodecError(str(exc)) from None
     if not isinstance(data, list):
         raise CodecError(f"input {name!r}: 'data' must be a JSON array")
-    n = _num_elements(shape)
     flat = data if not data or not isinstance(data[0], list) else _flatten(data)
     if len(flat) != n:
         raise CodecError(f"input {name!r}: shape {list(shape)} needs {n} elements, 'data' has {len(flat)}")
@@ -139,33 +176,21 @@ def _json_array(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> 
         arr = np.empty(n, dtype=object)
         arr[:] = [v.encode("utf-8") for v in flat]
         return arr.reshape(shape)
-    if datatype == "BOOL":
-        if not all(type(v) is bool for v in flat):
-            raise CodecError(f"input {name!r}: BOOL data must be true/false")
-        return np.array(flat, dtype=np.bool_).reshape(shape)
-    dtype = V2_TO_NP[datatype]
+    if any(isinstance(v, list) for v in flat):
+        raise CodecError(f"input {name!r}: 'data' is not a list of numbers")
     try:
-        raw = np.array(flat)
-    except (ValueError, TypeError) as exc:
-        raise CodecError(f"input {name!r}: 'data' is not a list of numbers ({exc})") from None
-    if n == 0:
-        return np.zeros(shape, dtype=dtype)
-    kind = raw.dtype.kind
-    if datatype in _INT_TYPES:
-        if kind not in "iu":
-            raise CodecError(f"input {name!r}: {datatype} data must be integers")
-        info = np.iinfo(dtype)
-        lo, hi = int(raw.min()), int(raw.max())
-        if lo < info.min or hi > info.max:
-            raise CodecError(f"input {name!r}: value out of range for {datatype}")
-    elif kind not in "iuf":
-        raise CodecError(f"input {name!r}: {datatype} data must be numbers")
-    return raw.astype(dtype, copy=False).reshape(shape)
+        return to_array(name, datatype, V2_TO_NP[datatype], flat).reshape(shape)
+    except JsonError as exc:
+        raise CodecError(str(exc)) from None
 
 
-def _binary_array(name: str, datatype: str, shape: tuple[int, ...], raw: memoryview) -> np.ndarray:
+def _binary_array(
+    name: str, datatype: str, shape: tuple[int, ...], raw: memoryview, limits: JsonLimits
+) -> np.ndarray:
     n = _num_elements(shape)
     if datatype == "BYTES":
+        if n > limits.max_elements:  # each element becomes a Python object
+            raise CodecError(f"input {name!r}: more than {limits.max_elements} BYTES elements")
         items: list[bytes] = []
         pos, end = 0, len(raw)
         while pos < end:
@@ -194,8 +219,21 @@ def _binary_array(name: str, datatype: str, shape: tuple[int, ...], raw: memoryv
     return arr
 
 
-def decode_request(body: bytes, header_length: int | None = None) -> InferRequest:
-    """Parse an ``/infer`` body. ``header_length`` is the ``Inference-Header-Content-Length`` header, if any."""
+def decode_request(
+    body: bytes, header_length: int | None = None, limits: JsonLimits | None = None
+) -> InferRequest:
+    """Parse an ``/infer`` body. ``header_length`` is the ``Inference-Header-Content-Length`` header, if any.
+
+    Every problem, including absurd shapes and JSON nested too deeply, is a :class:`CodecError` (400)."""
+    try:
+        return _decode_request(body, header_length, limits or JsonLimits())
+    except (ValueError, MemoryError, OverflowError, RecursionError) as exc:
+        if isinstance(exc, CodecError):
+            raise
+        raise CodecError(f"invalid request: {exc}") from None
+
+
+def _decode_request(body: bytes, header_length: int | None, limits: JsonLimits) -> InferRequest:
     if header_length is None:
         header_bytes, binary = body, memoryview(b"")
     else:
@@ -206,9 +244,9 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
         mv = memoryview(body)
         header_bytes, binary = bytes(mv[:header_length]), mv[header_length:]
     try:
-        doc = json.loads(header_bytes)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CodecError(f"malformed JSON in request: {exc}") from None
+        doc = loads_request(header_bytes, limits)
+    except JsonError as exc:
+        raise CodecError(str(exc)) from None
     if not isinstance(doc, dict):
         raise CodecError("request must be a JSON object")
     req_id = doc.get("id")
@@ -249,12 +287,12 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
                     f"input {name!r}: truncated binary data (needs {size} bytes at offset {offset}, "
                     f"{len(binary) - offset} left)"
                 )
-            arr = _binary_array(name, datatype, shape, binary[offset : offset + size])
+            arr = _binary_array(name, datatype, shape, binary[offset : offset + size], limits)
             offset += size
         else:
             if "data" not in t:
                 raise CodecError(f"input {name!r}: needs 'data' or parameters.binary_data_size")
-            arr = _json_array(name, datatype, shape, t["data"])
+            arr = _json_array(name, datatype, shape, t["data"], limits)
         inputs[name] = arr
         datatypes[name] = datatype
     if offset != len(binary):
@@ -331,11 +369,11 @@ def _bytes_items(arr: np.ndarray) -> list[bytes]:
     return out
 
 
-def tensor_to_binary(arr: np.ndarray, datatype: str) -> bytes:
-    """Raw bytes of a tensor in the binary tensor data extension's layout."""
+def tensor_to_binary(arr: np.ndarray, datatype: str) -> bytes | memoryview:
+    """Raw bytes of a tensor in the binary tensor data extension's layout (a view when no copy is needed)."""
     if datatype == "BYTES":
         return b"".join(struct.pack("<I", len(b)) + b for b in _bytes_items(arr))
-    return np.ascontiguousarray(arr, dtype=V2_TO_NP[datatype]).tobytes()
+    return memoryview(np.ascontiguousarray(arr, dtype=V2_TO_NP[datatype])).cast("B")
 
 
 def tensor_to_json_data(name: str, arr: np.ndarray, datatype: str) -> list[Any]:
@@ -355,28 +393,51 @@ def encode_response(
     outputs: Mapping[str, np.ndarray],
     requested: Sequence[RequestedOutput],
 ) -> tuple[bytes, int | None]:
-    """Response body and, if any output is binary, the ``Inference-Header-Content-Length`` value."""
-    out_docs: list[dict[str, Any]] = []
-    chunks: list[bytes] = []
+    """Response body and, if any output is binary, the ``Inference-Header-Content-Length`` value.
+
+    The JSON is strict RFC 8259 in both paths: a non-finite value in a JSON ``data`` array is written as
+    ``null``; binary data keeps the IEEE 754 value. Either way the output's ``parameters.nonfinite_values``
+    says how many there are (absent when there are none)."""
+    parts: list[bytes] = []
+    chunks: list[bytes | memoryview] = []
     for r in requested:
         arr = outputs[r.name]
         datatype = datatype_of(arr)
         doc: dict[str, Any] = {"name": r.name, "datatype": datatype, "shape": list(arr.shape)}
+        params: dict[str, int] = {}
+        data: list[bytes] | None = None
         if r.binary:
             raw = tensor_to_binary(arr, datatype)
-            doc["parameters"] = {"binary_data_size": len(raw)}
+            params["binary_data_size"] = len(raw)
+            nonfinite = count_nonfinite(arr)
             chunks.append(raw)
+        elif datatype == "BYTES":
+            data, nonfinite = [_dumps(tensor_to_json_data(r.name, arr, datatype))], 0
         else:
-            doc["data"] = tensor_to_json_data(r.name, arr, datatype)
-        out_docs.append(doc)
+            data, nonfinite = dumps_data(arr)
+        if nonfinite:
+            params["nonfinite_values"] = nonfinite
+        if params:
+            doc["parameters"] = params
+        parts.append(b"," if parts else b',"outputs":[')
+        if data is None:
+            parts.append(_dumps(doc))
+        else:
+            parts += [_dumps(doc)[:-1], b',"data":', *data, b"}"]
     resp: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if req_id is not None:
         resp["id"] = req_id
-    resp["outputs"] = out_docs
-    header = json.dumps(resp, separators=(",", ":")).encode()
+    head = _dumps(resp)[:-1]
+    if not parts:
+        parts.append(b',"outputs":[')
+    header = b"".join([head, *parts, b"]}"])
     if not chunks:
         return header, None
-    return header + b"".join(chunks), len(header)
+    return b"".join([header, *chunks]), len(header)  # one copy of the tensor bytes
+
+
+def _dumps(doc: Any) -> bytes:
+    return ENCODER.encode(doc).encode()
 
 
 def json_tensor_to_array(doc: Mapping[str, Any]) -> tuple[str, str, np.ndarray]:

@@ -17,9 +17,10 @@ CAMEL = re.compile(r"^[A-Z][a-z0-9]+(?:[A-Z][a-z0-9]*)+$")
 # CamelCase strings in the code that are not reasons: kinds, condition types, class and ONNX op names, selector
 # operators, execution providers. Anything else CamelCase is a reason and must be in core/reasons.py.
 NOT_REASONS = {
-    "AgentConfig", "DeviceStatus", "FleetRepo", "LoadResult", "GitSource", "PollResult", "MatMul", "MaxPool",
+    "AgentConfig", "DeviceStatus", "RolloutStatus", "FleetRepo", "LoadResult", "GitSource", "PollResult", "MatMul", "MaxPool",
     "NotIn", "DoesNotExist", "NonRegular", "AzureExecutionProvider", "RuntimeLoadError", "AlreadyActive", "NoChange",
-    C.SOURCE_AVAILABLE, C.SOURCE_VERIFIED, C.MANIFESTS_VALID, C.ARTIFACTS_READY, C.STATUS_REPORTED,
+    C.SOURCE_AVAILABLE, C.SOURCE_VERIFIED, C.MANIFESTS_VALID, C.ARTIFACTS_READY, C.STATUS_REPORTED, C.DRIFT_DETECTED,
+    "DriftBaseline",
     # ONNX operators and OpenVINO layer types `optimize` generates or recognises, /proc/self/status fields
     "GlobalAveragePool", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
     "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "FakeQuantize", "VmRSS", "VmHWM",

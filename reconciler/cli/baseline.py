@@ -1,0 +1,97 @@
+"""``modelfleet baseline MODEL --data SAMPLE.npz --out baseline.json``: the drift baseline of a model version.
+
+Runs the model (``.onnx`` on ONNX Runtime, ``.xml`` + ``.bin`` on OpenVINO) on the reference sample (arrays
+keyed by model input name, an optional ``labels`` array is ground truth and not monitored) and writes the
+per-feature reference bins, summary statistics and the estimated false-alarm rates (see docs/monitoring.md).
+Publish the file with ``modelfleet repo add`` next to the model and name it in the version's
+``driftBaseline.target``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import click
+
+from reconciler.core.errors import UserError
+from reconciler.core.fsutil import atomic_write_text
+
+
+def _model_files(path: Path, runtime: str | None) -> tuple[list[Path], str]:
+    if not path.is_file():
+        raise UserError(f"{path}: no such model file")
+    if path.suffix.lower() == ".xml":
+        weights = path.with_suffix(".bin")
+        if not weights.is_file():
+            raise UserError(f"{path}: OpenVINO IR needs its weights file {weights.name} beside it")
+        return [path, weights], "openvino"
+    if path.suffix.lower() == ".onnx":
+        return [path], runtime or "onnxruntime"
+    raise UserError(f"{path}: unknown model format (expected .onnx or OpenVINO .xml)")
+
+
+def _selection(inputs: tuple[str, ...], layouts: tuple[str, ...]) -> tuple[list[str] | None, dict[str, str]]:
+    names = [n.strip() for arg in inputs for n in arg.split(",") if n.strip()] or None
+    forced: dict[str, str] = {}
+    for item in layouts:
+        name, sep, layout = item.partition("=")
+        if not sep or not name or not layout:
+            raise UserError(f"--layout {item!r}: expected NAME=LAYOUT")
+        forced[name] = layout
+    return names, forced
+
+
+@click.command("baseline")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--data", "data", required=True, type=click.Path(path_type=Path),
+              help="Reference sample (.npz): one array per model input, optional 'labels'.")
+@click.option("--inputs", multiple=True, metavar="NAME[,NAME…]", help="Monitor only these inputs (default: all).")
+@click.option("--layout", "layouts", multiple=True, metavar="NAME=LAYOUT",
+              help="Override the guessed layout of a tensor (tabular, channels, signal, classes, labels, scores).")
+@click.option("--bins", default=10, show_default=True, type=click.IntRange(2, 64), help="Bins per numeric feature.")
+@click.option("--window", default=1000, show_default=True, type=click.IntRange(10, 10_000_000),
+              help="Window size the false-alarm rate is estimated for (the deployment's drift.window).")
+@click.option("--runtime", type=click.Choice(["onnxruntime", "openvino"]), help="Runtime for .onnx files.")
+@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Baseline file to write.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def baseline_cmd(model: Path, data: Path, inputs: tuple[str, ...], layouts: tuple[str, ...], bins: int, window: int,
+                 runtime: str | None, out: Path, fmt: str) -> None:
+    """Write the drift baseline of MODEL computed on a reference sample."""
+    from reconciler.drift.baseline import BaselineError, build_baseline, layouts_for, load_sample, run_model
+
+    files, rt = _model_files(model, runtime)
+    names, forced = _selection(inputs, layouts)
+    try:
+        arrays, _labels = load_sample(data)
+        tensors, in_meta, out_meta = run_model(files, rt, arrays, str(data))
+        lays = layouts_for(tensors, in_meta, out_meta, names, forced)
+        doc = build_baseline(lays, tensors, bins=bins, window=window,
+                             model={"file": model.name, "sha256": hashlib.sha256(files[0].read_bytes()).hexdigest(),
+                                    "runtime": rt})
+    except BaselineError as exc:
+        raise UserError(str(exc)) from None
+    except ValueError as exc:  # a layout that does not fit the tensor
+        raise UserError(f"{data}: {exc}") from None
+    text = json.dumps(doc, indent=1) + "\n"
+    try:
+        atomic_write_text(out, text)
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    fa = doc["falseAlarm"]
+    if fmt == "json":
+        click.echo(json.dumps({"out": str(out), "sha256": digest, "rows": doc["sample"]["rows"],
+                               "features": [f["name"] for f in doc["features"]], "falseAlarm": fa}, indent=2))
+        return
+    click.echo(f"wrote {out} ({len(doc['features'])} features from {doc['sample']['rows']} rows, sha256 {digest[:12]})")
+    for t in doc["tensors"]:
+        click.echo(f"  {t['role']:<6} {t['name']}: {t['layout']}")
+    click.echo(f"estimated false-alarm rate per window of {fa['window']} (from {fa['trials']} resampled windows):")
+    for method, r in fa["methods"].items():
+        click.echo(f"  {method:<4} warn {r['warn']:<5g} {r['warnRate']:6.1%}   alert {r['alert']:<5g} {r['alertRate']:6.1%}")
+    noisy = [m for m, r in fa["methods"].items() if r["warnRate"] > 0.01]
+    if noisy:
+        click.echo(f"warning: at a window of {fa['window']}, {', '.join(noisy)} would warn on more than 1 % of "
+                   "unshifted windows: use a larger drift.window or higher thresholds", err=True)

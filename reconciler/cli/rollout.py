@@ -1,0 +1,214 @@
+"""``modelfleet rollout``: status, promote, abort, pause, resume and watch a deployment's progressive rollout.
+
+Everything is read from Git (the desired-state branch, its history, the devices' ``status/*`` branches) and
+every change is one commit: pushed to the branch (``--commit``, the default), pushed to a new branch for a
+pull request (``--branch NAME``) or printed as a patch (``--patch``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from reconciler.cli.fleet import _default_repo
+from reconciler.core.errors import UserError
+from reconciler.core.redact import redact_url
+from reconciler.core.units import parse_duration
+from reconciler.gitops.verify import GitError
+from reconciler.rollout import edit
+from reconciler.rollout.evaluate import COMPLETE, FAILED, PAUSED, READY
+from reconciler.rollout.gitrepo import RolloutRepo
+from reconciler.rollout.render import render
+from reconciler.rollout.watch import act, gates_summary, watch
+
+_read_options = [
+    click.argument("deployment"),
+    click.option("--repo", metavar="URL|PATH", help="Fleet repository (default: origin of the current clone)."),
+    click.option("--base", "base", default="main", show_default=True, help="Desired-state branch."),
+    click.option("--path", "subpath", default=None, help="Sub-directory of the fleet inside the repository."),
+    click.option("--prefix", default="status/", show_default=True, help="Status branch prefix."),
+    click.option("--cache-dir", type=click.Path(path_type=Path), help="Local cache (default ~/.cache/modelfleet)."),
+    click.option("--timeout", default="120s", show_default=True, help="Timeout of one Git operation."),
+]
+
+
+def read_options(f):  # type: ignore[no-untyped-def]
+    for opt in reversed(_read_options):
+        f = opt(f)
+    return f
+
+
+def write_options(f):  # type: ignore[no-untyped-def]
+    f = click.option("--branch", "branch_name", metavar="NAME",
+                     help="Push the commit to a new branch NAME (for a pull request) instead.")(f)
+    f = click.option("--patch", "as_patch", is_flag=True, help="Print the commit as a patch; push nothing.")(f)
+    f = click.option("--commit", "as_commit", is_flag=True, help="Push one commit to the branch (default).")(f)
+    return f
+
+
+def _repo(repo: str | None, base: str, subpath: str | None, prefix: str, cache_dir: Path | None,
+          timeout: str) -> RolloutRepo:
+    url = repo or _default_repo()
+    if "://" not in url and Path(url).exists():
+        url = str(Path(url).resolve())
+    elif "://" not in url and ":" not in url.split("/")[0]:
+        raise UserError(f"repository {url!r} not found (give a URL git understands or an existing path)")
+    try:
+        secs = parse_duration(timeout)
+    except ValueError as exc:
+        raise UserError(f"--timeout: {exc}") from None
+    return RolloutRepo(url, cache_dir, branch=base, prefix=prefix, subpath=subpath, timeout=secs)
+
+
+def _mode(as_commit: bool, as_patch: bool, branch_name: str | None) -> str:
+    if sum([as_commit, as_patch, branch_name is not None]) > 1:
+        raise UserError("choose one of --commit, --patch and --branch NAME")
+    return "patch" if as_patch else "branch" if branch_name else "commit"
+
+
+def _status(rr: RolloutRepo, deployment: str):  # type: ignore[no-untyped-def]
+    try:
+        return rr.status(deployment)
+    except GitError as exc:
+        raise UserError(f"cannot read {redact_url(rr.url)}: {exc}") from None
+
+
+def _done(mode: str, result: str, what: str, rr: RolloutRepo, branch_name: str | None) -> None:
+    if mode == "patch":
+        click.echo(result, nl=False)
+    elif mode == "branch":
+        click.echo(f"{what}: commit {result[:12]} pushed to new branch {branch_name} of {redact_url(rr.url)}")
+    else:
+        click.echo(f"{what}: commit {result[:12]} pushed to {rr.branch} of {redact_url(rr.url)}")
+
+
+@click.group()
+def rollout() -> None:
+    """Progressive rollouts gated by the devices' own status in Git."""
+
+
+@rollout.command("status")
+@read_options
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True)
+def status_cmd(deployment: str, repo: str | None, base: str, subpath: str | None, prefix: str,
+               cache_dir: Path | None, timeout: str, fmt: str) -> None:
+    """Per step: targeted, updated, healthy, failed, unknown devices; each gate; the phase."""
+    rr = _repo(repo, base, subpath, prefix, cache_dir, timeout)
+    _, st = _status(rr, deployment)
+    click.echo(render(st, fmt))
+
+
+@rollout.command("promote")
+@read_options
+@write_options
+@click.option("--force", "force_reason", metavar="REASON",
+              help="Promote even though the gates do not pass; REASON goes into the commit message.")
+def promote_cmd(deployment: str, repo: str | None, base: str, subpath: str | None, prefix: str,
+                cache_dir: Path | None, timeout: str, as_commit: bool, as_patch: bool, branch_name: str | None,
+                force_reason: str | None) -> None:
+    """Advance the rollout one step (or complete it) when its gates pass."""
+    mode = _mode(as_commit, as_patch, branch_name)
+    rr = _repo(repo, base, subpath, prefix, cache_dir, timeout)
+    snap, st = _status(rr, deployment)
+    if st.phase == COMPLETE:
+        raise UserError(f"deployment {deployment} is not in a rollout (it runs {st.version})")
+    if force_reason is not None and not force_reason.strip():
+        raise UserError("--force needs a reason")
+    if st.phase != READY and force_reason is None:
+        if st.phase == FAILED:
+            raise UserError(f"refusing to promote {deployment}: {st.message}; `modelfleet rollout abort "
+                            f"{deployment}` sends every device back to {st.from_version}", exit_code=3)
+        if st.phase == PAUSED:
+            raise UserError(f"refusing to promote {deployment}: the rollout is paused (resume it first)", exit_code=3)
+        raise UserError(f"refusing to promote {deployment}: gates do not pass at step {st.step} "
+                        f"({st.current.name}): {st.message.removeprefix('waiting for ')}", exit_code=3)
+    extra = f"Forced by the operator: {force_reason.strip()}" if force_reason else ""
+    result = act(rr, deployment, "promote", st, snap, mode=mode, branch_name=branch_name, extra=extra)
+    what = (f"completed rollout of {deployment} {st.version}" if st.last_step
+            else f"promoted {deployment} {st.version} to step {st.step + 1} ({st.steps[st.step + 1].name})")
+    _done(mode, result, what + (" (forced)" if force_reason else ""), rr, branch_name)
+
+
+@rollout.command("abort")
+@read_options
+@write_options
+@click.option("--reason", default="", help="Why, for the commit message.")
+def abort_cmd(deployment: str, repo: str | None, base: str, subpath: str | None, prefix: str,
+              cache_dir: Path | None, timeout: str, as_commit: bool, as_patch: bool, branch_name: str | None,
+              reason: str) -> None:
+    """Send every device back to rollout.from in one commit."""
+    mode = _mode(as_commit, as_patch, branch_name)
+    rr = _repo(repo, base, subpath, prefix, cache_dir, timeout)
+    snap, st = _status(rr, deployment)
+    if st.phase == COMPLETE:
+        raise UserError(f"deployment {deployment} is not in a rollout (it runs {st.version})")
+    if st.from_version is None:
+        raise UserError(f"deployment {deployment} has no rollout.from to go back to: suspend or delete it instead")
+    result = act(rr, deployment, "abort", st, snap, mode=mode, branch_name=branch_name,
+                 extra=f"Reason: {reason}" if reason else "")
+    _done(mode, result, f"aborted {deployment} {st.version}: every device back to {st.from_version}", rr, branch_name)
+
+
+def _pause_resume(paused: bool, deployment: str, repo: str | None, base: str, subpath: str | None, prefix: str,
+                  cache_dir: Path | None, timeout: str, as_commit: bool, as_patch: bool,
+                  branch_name: str | None) -> None:
+    mode = _mode(as_commit, as_patch, branch_name)
+    rr = _repo(repo, base, subpath, prefix, cache_dir, timeout)
+    snap, st = _status(rr, deployment)
+    if st.phase == COMPLETE:
+        raise UserError(f"deployment {deployment} is not in a rollout (it runs {st.version})")
+
+    def fn(text: str) -> edit.Edit:
+        try:
+            return edit.set_paused(text, deployment, paused)
+        except edit.EditError as exc:
+            raise UserError(str(exc)) from None
+
+    result = rr.write(snap, deployment, fn, mode=mode, message_body=gates_summary(st), branch_name=branch_name)
+    _done(mode, result, f"{'paused' if paused else 'resumed'} rollout of {deployment} at step {st.step}", rr,
+          branch_name)
+
+
+@rollout.command("pause")
+@read_options
+@write_options
+def pause_cmd(**kw: object) -> None:
+    """Mark the rollout paused: promoters leave it alone (devices are not affected)."""
+    _pause_resume(True, **kw)  # type: ignore[arg-type]
+
+
+@rollout.command("resume")
+@read_options
+@write_options
+def resume_cmd(**kw: object) -> None:
+    """Clear a pause."""
+    _pause_resume(False, **kw)  # type: ignore[arg-type]
+
+
+@rollout.command("watch")
+@read_options
+@click.option("--interval", default="60s", show_default=True, help="Time between evaluations.")
+@click.option("--max-iterations", type=click.IntRange(1, 10_000_000), default=None,
+              help="Stop after this many evaluations (default: until complete or aborted).")
+@click.option("--once", is_flag=True, help="Evaluate once (and act), then exit: for a CI job.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def watch_cmd(deployment: str, repo: str | None, base: str, subpath: str | None, prefix: str,
+              cache_dir: Path | None, timeout: str, interval: str, max_iterations: int | None, once: bool,
+              fmt: str) -> None:
+    """Promote when the gates pass, abort when the step failed; stateless, so any number may run."""
+    try:
+        secs = parse_duration(interval)
+    except ValueError as exc:
+        raise UserError(f"--interval: {exc}") from None
+    rr = _repo(repo, base, subpath, prefix, cache_dir, timeout)
+    try:
+        for tick in watch(rr, deployment, interval=secs, max_iterations=1 if once else max_iterations):
+            if fmt == "json":
+                click.echo(json.dumps(tick.__dict__, sort_keys=True))
+            else:
+                act_text = f"{tick.action} -> {tick.commit[:12]}" if tick.commit else (tick.action or "wait")
+                click.echo(f"[{tick.iteration}] step {tick.step} {tick.phase}: {act_text} ({tick.message})")
+    except GitError as exc:
+        raise UserError(f"cannot read {redact_url(rr.url)}: {exc}") from None

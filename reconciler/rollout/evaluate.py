@@ -1,0 +1,378 @@
+"""The pure core of a rollout: which devices each step targets, what they report, the gates, the phase.
+
+    evaluate(fleet, deployment, devices, step_landed=..., head=..., now=...) -> RolloutStatus
+
+No I/O and no clock: the caller passes the loaded fleet, every device it knows (inventory devices and devices
+that only have a status branch, with their latest parsed ``DeviceStatus``), when the current step's commit
+landed (from Git history, see :func:`step_landed`) and ``now``.
+
+A targeted device is, for the deployment's endpoint and the rollout's ``version``:
+
+- **failed** — its failure memory holds the version, or the endpoint is ``Failed`` while asking for it
+  (a failure is a fact however old the report);
+- **unknown** — no status, an unreadable one, or a heartbeat older than ``unknownAfterHeartbeats`` ×
+  the fleet's heartbeat interval; unknown devices are left out of every percentage (so they never block a
+  step by themselves) and never count as healthy;
+- **healthy** — serving the version (state ``Serving``); **updated** — reporting the version in any state;
+- **pending** — reporting, but not on the version yet.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.core.conditions import parse_time
+from reconciler.core.units import parse_duration
+from reconciler.fleet.desired import rollout_step_of, step_label
+from reconciler.fleet.repository import FleetRepo
+from reconciler.fleet.selectors import device_labels, matches
+
+DEFAULT_HEARTBEAT = 300.0  # the fleet schema's default heartbeatInterval (5m)
+
+PROGRESSING, READY, FAILED, PAUSED, COMPLETE = "Progressing", "Ready", "Failed", "Paused", "Complete"
+DEVICE_STATES = ("healthy", "updated", "failed", "pending", "unknown")
+
+
+@dataclass(frozen=True)
+class Gates:
+    """The gates of a rollout with their documented defaults (schemas/deployment.schema.json)."""
+
+    min_reporting: int = 1
+    min_healthy_percent: float = 95.0
+    max_failed_percent: float = 5.0
+    min_soak: float = 0.0  # seconds
+    max_drift_score: float | None = None
+    unknown_after_heartbeats: float = 3.0
+
+    @classmethod
+    def from_spec(cls, gates: Mapping[str, Any] | None) -> Gates:
+        g = gates or {}
+        healthy = g.get("minHealthyPercent", g.get("minReadyPercent", cls.min_healthy_percent))
+        return cls(
+            min_reporting=int(g.get("minReporting", cls.min_reporting)),
+            min_healthy_percent=float(healthy),
+            max_failed_percent=float(g.get("maxFailedPercent", cls.max_failed_percent)),
+            min_soak=parse_duration(g["minSoak"]) if g.get("minSoak") else 0.0,
+            max_drift_score=float(g["maxDriftScore"]) if g.get("maxDriftScore") is not None else None,
+            unknown_after_heartbeats=float(g.get("unknownAfterHeartbeats", cls.unknown_after_heartbeats)),
+        )
+
+
+@dataclass(frozen=True)
+class Device:
+    """One device as the operator side knows it: labels/facts and its latest status (None: never reported)."""
+
+    id: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    facts: Mapping[str, Any] = field(default_factory=dict)
+    status: Mapping[str, Any] | None = None
+    error: str | None = None  # the status branch exists but could not be read
+
+
+@dataclass
+class DeviceVerdict:
+    device: str
+    step: int  # first step that includes the device
+    state: str  # one of DEVICE_STATES
+    version: str | None  # what it reports serving on the endpoint
+    heartbeat: str | None
+    age_seconds: float | None
+    reason: str = ""
+
+
+@dataclass
+class StepStats:
+    index: int
+    name: str
+    targeted: int = 0  # devices in steps 0..index (cumulative)
+    new: int = 0  # devices this step adds
+    updated: int = 0
+    healthy: int = 0
+    failed: int = 0
+    pending: int = 0
+    unknown: int = 0
+
+
+@dataclass
+class GateResult:
+    name: str
+    value: float | None
+    threshold: float | None
+    passed: bool
+    message: str
+
+
+@dataclass
+class RolloutStatus:
+    deployment: str
+    model: str
+    endpoint: str
+    version: str
+    from_version: str | None
+    step: int
+    steps: list[StepStats]
+    gates: list[GateResult]
+    phase: str
+    message: str
+    paused: bool
+    in_rollout: bool
+    head: str | None
+    step_commit: str | None
+    step_landed: str | None
+    seconds_in_step: float | None
+    generated: str
+    unknown_after_seconds: float
+    devices: list[DeviceVerdict]  # the current step's targets
+
+    @property
+    def current(self) -> StepStats:
+        return self.steps[self.step]
+
+    @property
+    def last_step(self) -> bool:
+        return self.step >= len(self.steps) - 1
+
+    def gate(self, name: str) -> GateResult:
+        return next(g for g in self.gates if g.name == name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stable JSON form (docs/rollouts.md documents every field)."""
+        def stats(s: StepStats) -> dict[str, Any]:
+            return {"index": s.index, "name": s.name, "targeted": s.targeted, "new": s.new, "updated": s.updated,
+                    "healthy": s.healthy, "failed": s.failed, "pending": s.pending, "unknown": s.unknown}
+
+        return {
+            "apiVersion": "modelfleet/v1", "kind": "RolloutStatus",
+            "deployment": self.deployment, "model": self.model, "endpoint": self.endpoint,
+            "version": self.version, "from": self.from_version, "inRollout": self.in_rollout,
+            "step": self.step, "lastStep": self.last_step, "paused": self.paused,
+            "phase": self.phase, "message": self.message,
+            "head": self.head, "stepCommit": self.step_commit, "stepLanded": self.step_landed,
+            "secondsInStep": None if self.seconds_in_step is None else round(self.seconds_in_step, 1),
+            "generated": self.generated, "unknownAfterSeconds": self.unknown_after_seconds,
+            "steps": [stats(s) for s in self.steps],
+            "gates": [{"name": g.name, "value": None if g.value is None else round(g.value, 2),
+                       "threshold": g.threshold, "passed": g.passed, "message": g.message} for g in self.gates],
+            "devices": [{"device": d.device, "step": d.step, "state": d.state, "version": d.version,
+                         "heartbeat": d.heartbeat,
+                         "ageSeconds": None if d.age_seconds is None else round(d.age_seconds, 1),
+                         "reason": d.reason} for d in self.devices],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+# -- Git history: when did the current step land? -------------------------------------------------------------
+
+def step_key(spec: Mapping[str, Any] | None) -> str | None:
+    """What identifies "the current step" of a deployment spec; pausing or retuning gates does not change it."""
+    if not spec:
+        return None
+    rollout = spec.get("rollout") or {}
+    return json.dumps([spec.get("version"), rollout.get("from"), rollout.get("steps"), rollout.get("step", 0),
+                       bool(rollout)], sort_keys=True, default=str)
+
+
+def step_landed(history: Sequence[tuple[str, _dt.datetime, str | None]], current: str | None
+                ) -> tuple[str, _dt.datetime] | None:
+    """The commit (and its time) that put the current step in place.
+
+    ``history`` lists the commits that touched the deployment, newest first, each with :func:`step_key` of the
+    deployment at that commit; the landing commit is the oldest of the newest unbroken run equal to ``current``.
+    """
+    landed: tuple[str, _dt.datetime] | None = None
+    for commit, when, key in history:
+        if key != current:
+            break
+        landed = (commit, when)
+    return landed
+
+
+# -- classification ----------------------------------------------------------------------------------------
+
+def _endpoint_entry(status: Mapping[str, Any], endpoint: str) -> Mapping[str, Any] | None:
+    for e in status.get("endpoints") or []:
+        if isinstance(e, Mapping) and e.get("name") == endpoint:
+            return e
+    return None
+
+
+def _drift_score(entry: Mapping[str, Any] | None) -> float | None:
+    """The drift score a device reports for the endpoint (``drift.score``; ``driftScore`` also read), if any."""
+    if entry is None:
+        return None
+    value = entry["drift"].get("score") if isinstance(entry.get("drift"), Mapping) else None
+    if value is None:
+        value = entry.get("driftScore")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def classify(dev: Device, *, endpoint: str, version: str, now: _dt.datetime, unknown_after: float
+             ) -> tuple[str, str | None, str | None, float | None, str]:
+    """(state, reported version, heartbeat, age, reason) of one targeted device."""
+    if dev.status is None:
+        return "unknown", None, None, None, dev.error or "no status reported"
+    st = dev.status.get("status") or {}
+    hb = st.get("heartbeat") if isinstance(st.get("heartbeat"), str) else None
+    age: float | None = None
+    if hb is not None:
+        try:
+            age = max(0.0, (now - parse_time(hb)).total_seconds())
+        except ValueError:
+            age = None
+    entry = _endpoint_entry(st, endpoint)
+    reported = None if entry is None or entry.get("version") is None else str(entry.get("version"))
+    for f in st.get("failures") or []:
+        if isinstance(f, Mapping) and f.get("endpoint") == endpoint and str(f.get("version")) == version:
+            return "failed", reported, hb, age, str(f.get("reason") or "failed its health check")[:200]
+    if entry is not None and entry.get("state") == "Failed" and str(entry.get("desiredVersion")) == version:
+        return "failed", reported, hb, age, str(entry.get("message") or "endpoint Failed")[:200]
+    if age is None or age > unknown_after:
+        why = "heartbeat unreadable" if age is None else f"last heartbeat {int(age)}s ago"
+        return "unknown", reported, hb, age, why
+    if reported == version:
+        if entry is not None and entry.get("state") == "Serving":
+            return "healthy", reported, hb, age, ""
+        return "updated", reported, hb, age, f"endpoint {entry.get('state') if entry else '?'}"
+    state = entry.get("state") if entry else "absent"
+    return "pending", reported, hb, age, f"endpoint {state} at {reported or '-'}"
+
+
+# -- gates and phase ---------------------------------------------------------------------------------------
+
+def _pct(n: int, d: int) -> float | None:
+    return None if d == 0 else 100.0 * n / d
+
+
+def check_gates(cur: StepStats, gates: Gates, *, seconds_in_step: float | None,
+                drift_scores: Sequence[float]) -> list[GateResult]:
+    known = cur.targeted - cur.unknown
+    empty = cur.targeted == 0
+    out: list[GateResult] = []
+    need = min(gates.min_reporting, known if known > 0 else cur.targeted)
+    out.append(GateResult("minReporting", float(cur.updated), float(need), empty or cur.updated >= need,
+                          "no device targeted" if empty else
+                          f"{cur.updated} of {known} reporting devices report the new version (need {need})"))
+    healthy = _pct(cur.healthy, known)
+    out.append(GateResult("minHealthyPercent", healthy, gates.min_healthy_percent,
+                          empty or (healthy is not None and healthy >= gates.min_healthy_percent),
+                          f"{cur.healthy} healthy of {known} reporting ({cur.unknown} unknown left out)"))
+    failed = _pct(cur.failed, known)
+    out.append(GateResult("maxFailedPercent", failed, gates.max_failed_percent,
+                          failed is None or failed <= gates.max_failed_percent,
+                          f"{cur.failed} failed of {known} reporting"))
+    if seconds_in_step is None:
+        out.append(GateResult("minSoak", None, gates.min_soak, gates.min_soak == 0,
+                              "the step's commit was not found in the history"))
+    else:
+        out.append(GateResult("minSoak", seconds_in_step, gates.min_soak, seconds_in_step >= gates.min_soak,
+                              f"{int(seconds_in_step)}s since the step's commit (need {int(gates.min_soak)}s)"))
+    if gates.max_drift_score is not None:
+        worst = max(drift_scores) if drift_scores else None
+        out.append(GateResult("maxDriftScore", worst, gates.max_drift_score,
+                              worst is None or worst <= gates.max_drift_score,
+                              "no device reports a drift score" if worst is None else
+                              f"highest drift score of {len(drift_scores)} reporting devices"))
+    return out
+
+
+def decide_phase(in_rollout: bool, paused: bool, gates: list[GateResult]) -> tuple[str, str]:
+    if not in_rollout:
+        return COMPLETE, "no rollout in progress: every selected device runs the version"
+    failing = [g for g in gates if not g.passed]
+    if any(g.name == "maxFailedPercent" for g in failing):
+        g = next(g for g in failing if g.name == "maxFailedPercent")
+        return FAILED, f"step failed: {g.value:.1f}% failed > maxFailedPercent {g.threshold:g}% ({g.message})"
+    if paused:
+        return PAUSED, "paused: `modelfleet rollout resume` to continue"
+    if failing:
+        return PROGRESSING, "waiting for " + "; ".join(f"{g.name} ({g.message})" for g in failing)
+    return READY, "all gates pass: ready to promote"
+
+
+# -- the whole evaluation ----------------------------------------------------------------------------------
+
+def fleet_devices(fleet: FleetRepo, statuses: Mapping[str, Mapping[str, Any] | str]) -> list[Device]:
+    """Inventory devices plus devices that only have a status branch.
+
+    ``statuses`` maps device id to its parsed status document, or to an error message when unreadable. Labels
+    are the inventory's overlaid with what the device reports (its local labels), as the device computes them.
+    """
+    out = []
+    for dev_id in sorted(set(fleet.devices) | set(statuses)):
+        inv = fleet.devices.get(dev_id)
+        labels = dict(inv.labels) if inv is not None else {}
+        facts = dict((inv.spec.get("facts") or {}) if inv is not None else {})
+        raw = statuses.get(dev_id)
+        doc = raw if isinstance(raw, Mapping) else None
+        if doc is not None:
+            st = doc.get("status") or {}
+            labels.update({str(k): str(v) for k, v in (st.get("labels") or {}).items()})
+            facts.update(st.get("facts") or {})
+        out.append(Device(dev_id, labels, facts, doc, raw if isinstance(raw, str) else None))
+    return out
+
+
+def heartbeat_interval(fleet: FleetRepo) -> float:
+    text = (fleet.fleet_spec.get("defaults") or {}).get("heartbeatInterval")
+    try:
+        return parse_duration(text) if text else DEFAULT_HEARTBEAT
+    except ValueError:
+        return DEFAULT_HEARTBEAT
+
+
+def evaluate(fleet: FleetRepo, deployment: str, devices: Sequence[Device], *, now: _dt.datetime,
+             landed: tuple[str, _dt.datetime] | None = None, head: str | None = None) -> RolloutStatus:
+    """The rollout status of ``deployment``; ``KeyError`` if the fleet has no such deployment."""
+    dep = fleet.deployments[deployment]
+    spec = dep.spec
+    version = str(spec["version"])
+    rollout = spec.get("rollout") or {}
+    in_rollout = bool(rollout)
+    steps = rollout.get("steps") or [{"percent": 100, "name": "all"}]
+    current = min(int(rollout.get("step", 0)), len(steps) - 1) if in_rollout else 0
+    gates = Gates.from_spec(rollout.get("gates"))
+    unknown_after = gates.unknown_after_heartbeats * heartbeat_interval(fleet)
+    endpoint = spec["serveAs"]
+    stats = [StepStats(i, step_label(s)) for i, s in enumerate(steps)]
+    verdicts: list[DeviceVerdict] = []
+    drift: list[float] = []
+    for dev in devices:
+        labels = device_labels(dev.labels, dev.facts)
+        if not matches(spec.get("selector"), labels):
+            continue
+        first = rollout_step_of(rollout, deployment, version, dev.id, labels) if in_rollout else 0
+        if first is None:
+            continue
+        state, reported, hb, age, reason = classify(dev, endpoint=endpoint, version=version, now=now,
+                                                    unknown_after=unknown_after)
+        stats[first].new += 1
+        for s in stats[first:]:
+            s.targeted += 1
+            setattr(s, state, getattr(s, state) + 1)
+            if state == "healthy":
+                s.updated += 1
+        if first <= current:
+            verdicts.append(DeviceVerdict(dev.id, first, state, reported, hb, age, reason))
+            if state in ("healthy", "updated") and dev.status is not None:
+                score = _drift_score(_endpoint_entry(dev.status.get("status") or {}, endpoint))
+                if score is not None:
+                    drift.append(score)
+    seconds = None if landed is None else max(0.0, (now - landed[1]).total_seconds())
+    results = check_gates(stats[current], gates, seconds_in_step=seconds, drift_scores=drift)
+    paused = bool(rollout.get("paused", False))
+    phase, message = decide_phase(in_rollout, paused, results)
+    return RolloutStatus(
+        deployment=deployment, model=str(spec["model"]), endpoint=endpoint, version=version,
+        from_version=None if rollout.get("from") is None else str(rollout["from"]), step=current, steps=stats,
+        gates=results, phase=phase, message=message, paused=paused, in_rollout=in_rollout, head=head,
+        step_commit=landed[0] if landed else None,
+        step_landed=landed[1].astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if landed else None,
+        seconds_in_step=seconds, generated=now.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        unknown_after_seconds=unknown_after, devices=sorted(verdicts, key=lambda v: (v.step, v.device)),
+    )

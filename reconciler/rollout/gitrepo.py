@@ -1,0 +1,160 @@
+"""The I/O edge of rollouts: read the fleet, the status branches and the history from Git; write one commit.
+
+:class:`RolloutRepo` reads through :class:`reconciler.gitops.fleetstatus.StatusRepo` (one shallow fetch of
+every ``status/*`` branch plus the desired-state branch into a local cache), then loads the manifests from
+the head's tree and the deployment file's first-parent history (when the current step landed).
+
+:meth:`RolloutRepo.write` applies an edit in a fresh clone and either pushes it to the branch (``commit``),
+pushes it to a new branch for a pull request (``branch``) or returns it as a patch (``patch``). The commit is
+made by the operator's ``git`` with their configuration, so it is signed when they configured signing
+(``commit.gpgsign``), and it is refused when the branch moved since the gates were evaluated (the push is a
+compare-and-swap: two promoters can never both advance a step).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reconciler.core.errors import UserError
+from reconciler.fleet.manifests import load_files, read_git
+from reconciler.fleet.repository import FleetRepo
+from reconciler.gitops.fleetstatus import StatusRepo, parse_status, read_blobs
+from reconciler.gitops.verify import GitError, run_git
+from reconciler.rollout.edit import Edit, EditError
+from reconciler.rollout.evaluate import RolloutStatus, evaluate, fleet_devices, step_key, step_landed
+
+HISTORY_LIMIT = 500  # commits of the deployment file searched for the step's landing commit
+
+
+@dataclass
+class Snapshot:
+    """What one fetch saw: the fleet at ``head`` and every device's latest status."""
+
+    head: str
+    fleet: FleetRepo
+    statuses: dict[str, dict[str, Any] | str]
+
+
+class RolloutRepo:
+    def __init__(self, url: str, cache_dir: Path | None = None, *, branch: str = "main", prefix: str = "status/",
+                 subpath: str | None = None, timeout: float = 120) -> None:
+        self.status_repo = StatusRepo(url, cache_dir, branch=branch, prefix=prefix, timeout=timeout)
+        self.url, self.branch, self.timeout = url, branch, timeout
+        self.subpath = subpath.strip("/") if subpath else None
+
+    @property
+    def git_dir(self) -> Path:
+        return self.status_repo.git_dir
+
+    def snapshot(self) -> Snapshot:
+        head = self.status_repo.fetch()
+        if head is None:
+            raise UserError(f"branch {self.branch!r} not found in the repository")
+        load = load_files(read_git(self.git_dir, head, self.subpath))
+        if not load.ok:
+            first = load.errors[0]
+            raise UserError(f"the fleet at {head[:12]} does not validate: {first.file}:{first.line}: {first.message}")
+        statuses: dict[str, dict[str, Any] | str] = {}
+        for device, (_, data) in self.status_repo.statuses().items():
+            try:
+                statuses[device] = parse_status(data)
+            except ValueError as exc:
+                statuses[device] = f"unreadable status: {exc}"
+        return Snapshot(head, load.fleet, statuses)
+
+    def _git_path(self, rel: str) -> str:
+        return f"{self.subpath}/{rel}" if self.subpath else rel
+
+    def landed(self, snap: Snapshot, deployment: str) -> tuple[str, _dt.datetime] | None:
+        """The first-parent commit that put the deployment's current step in place, and its commit time."""
+        dep = snap.fleet.deployments[deployment]
+        path = self._git_path(dep.file)
+        log = run_git(["log", "--first-parent", f"-n{HISTORY_LIMIT}", "--format=%H %cI", snap.head, "--", path],
+                      git_dir=self.git_dir, timeout=self.timeout).stdout.decode().split("\n")
+        commits = [line.split(" ", 1) for line in log if line]
+        blobs = read_blobs(self.git_dir, [f"{sha}:{path}" for sha, _ in commits], self.timeout)
+        history = [(sha, _dt.datetime.fromisoformat(when), _key_in(blob, deployment))
+                   for (sha, when), blob in zip(commits, blobs, strict=True)]
+        return step_landed(history, step_key(dep.spec))
+
+    def status(self, deployment: str, *, now: _dt.datetime | None = None,
+               snap: Snapshot | None = None) -> tuple[Snapshot, RolloutStatus]:
+        snap = snap or self.snapshot()
+        if deployment not in snap.fleet.deployments:
+            known = ", ".join(sorted(snap.fleet.deployments)) or "none"
+            raise UserError(f"no deployment {deployment!r} at {snap.head[:12]} (deployments: {known})")
+        now = now or _dt.datetime.now(_dt.timezone.utc)
+        devices = fleet_devices(snap.fleet, snap.statuses)
+        return snap, evaluate(snap.fleet, deployment, devices, now=now, landed=self.landed(snap, deployment),
+                              head=snap.head)
+
+    # -- writing -----------------------------------------------------------------------------------------
+
+    def write(self, snap: Snapshot, deployment: str, make_edit: Callable[[str], Edit], *, mode: str,
+              message_body: str = "", branch_name: str | None = None) -> str:
+        """Apply ``make_edit`` to the deployment file at ``snap.head``; returns the commit sha or the patch."""
+        rel = self._git_path(snap.fleet.deployments[deployment].file)
+        work = Path(tempfile.mkdtemp(prefix="modelfleet-rollout-"))
+        try:
+            _op_git(["clone", "--quiet", "--no-tags", "--single-branch", "--branch", self.branch, "--", self.url,
+                     str(work / "repo")], cwd=work, timeout=self.timeout)
+            repo = work / "repo"
+            head = _op_git(["rev-parse", "HEAD"], cwd=repo).strip()
+            if head != snap.head:
+                raise UserError(f"{self.branch} moved to {head[:12]} since the rollout was evaluated at "
+                                f"{snap.head[:12]}: run the command again")
+            file = repo / rel
+            try:
+                edit = make_edit(file.read_text(encoding="utf-8"))
+            except EditError as exc:
+                raise UserError(f"{rel}: {exc}") from None
+            file.write_text(edit.text, encoding="utf-8")
+            _op_git(["add", "--", rel], cwd=repo)
+            message = edit.summary + ("\n\n" + message_body.strip() + "\n" if message_body.strip() else "\n")
+            _op_git(["commit", "--quiet", "-F", "-"], cwd=repo, input=message)
+            sha = _op_git(["rev-parse", "HEAD"], cwd=repo).strip()
+            if mode == "patch":
+                return _op_git(["format-patch", "-1", "--stdout", "HEAD"], cwd=repo)
+            target = self.branch if mode == "commit" else branch_name
+            _op_git(["push", "--quiet", "--porcelain", "--", "origin", f"HEAD:refs/heads/{target}"], cwd=repo,
+                    timeout=self.timeout, what=f"push to {target}")
+            return sha
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _key_in(blob: bytes | None, deployment: str) -> str | None:
+    if blob is None:
+        return None
+    try:
+        for doc in yaml.safe_load_all(blob):
+            if (isinstance(doc, dict) and doc.get("kind") == "Deployment"
+                    and (doc.get("metadata") or {}).get("name") == deployment):
+                return step_key(doc.get("spec"))
+    except yaml.YAMLError:
+        return None
+    return None
+
+
+def _op_git(args: list[str], *, cwd: Path, timeout: float = 60, input: str | None = None,
+            what: str | None = None) -> str:
+    """``git`` as the operator runs it (their identity and signing configuration), never prompting."""
+    try:
+        proc = run_git(args, cwd=cwd, timeout=timeout, input=None if input is None else input.encode(), check=False)
+    except GitError as exc:
+        raise UserError(f"git {what or args[0]}: {exc}") from None
+    if proc.returncode != 0:
+        text = (proc.stdout + proc.stderr).decode(errors="replace").strip()
+        if "rejected" in text or "non-fast-forward" in text or "fetch first" in text:
+            raise UserError(f"git {what or args[0]} was rejected (the branch moved or exists): {text[-300:]}")
+        raise UserError(f"git {what or args[0]} failed: {text[-500:]}")
+    return proc.stdout.decode(errors="replace")
+

@@ -1,0 +1,88 @@
+"""``rollout status`` output: a terminal table, stable JSON (:meth:`RolloutStatus.to_dict`) or Markdown."""
+
+from __future__ import annotations
+
+from reconciler.core.units import format_duration
+from reconciler.rollout.evaluate import RolloutStatus
+
+MAX_LISTED = 20  # devices named per state in table/markdown output; JSON lists them all
+
+
+def _num(v: float | None, gate: str) -> str:
+    if v is None:
+        return "-"
+    if gate == "minSoak":
+        return format_duration(v) if v >= 1 else "0s"
+    if gate in ("minHealthyPercent", "maxFailedPercent"):
+        return f"{v:.1f}%"
+    return f"{v:g}"
+
+
+def _headline(s: RolloutStatus) -> list[str]:
+    frm = f"{s.from_version} -> " if s.from_version else ""
+    if s.in_rollout:
+        where = f"step {s.step} of {len(s.steps) - 1} ({s.current.name})"
+    else:
+        where = "not in rollout"
+    lines = [f"Rollout {s.deployment}: {s.model} {frm}{s.version}, {where}, at {(s.head or 'unknown')[:12]}",
+             f"Phase: {s.phase} — {s.message}"]
+    if s.in_rollout:
+        since = "unknown" if s.seconds_in_step is None else format_duration(s.seconds_in_step) if s.seconds_in_step >= 1 else "0s"
+        lines.append(f"Step commit: {(s.step_commit or 'not found')[:12]} at {s.step_landed or '-'} ({since} in step)")
+    return lines
+
+
+STEP_HEADERS = ["STEP", "NAME", "TARGETED", "NEW", "UPDATED", "HEALTHY", "FAILED", "PENDING", "UNKNOWN"]
+GATE_HEADERS = ["GATE", "VALUE", "THRESHOLD", "VERDICT", "DETAIL"]
+
+
+def _step_rows(s: RolloutStatus) -> list[list[str]]:
+    return [[("> " if st.index == s.step and s.in_rollout else "  ") + str(st.index), st.name, str(st.targeted),
+             str(st.new), str(st.updated), str(st.healthy), str(st.failed), str(st.pending), str(st.unknown)]
+            for st in s.steps]
+
+
+def _gate_rows(s: RolloutStatus) -> list[list[str]]:
+    return [[g.name, _num(g.value, g.name), _num(g.threshold, g.name), "pass" if g.passed else "FAIL", g.message]
+            for g in s.gates]
+
+
+def _device_lines(s: RolloutStatus) -> list[str]:
+    out = []
+    for state in ("failed", "unknown", "pending", "updated"):
+        devs = [d for d in s.devices if d.state == state]
+        if not devs:
+            continue
+        shown = ", ".join(f"{d.device} ({d.reason})" if d.reason else d.device for d in devs[:MAX_LISTED])
+        more = f", … {len(devs) - MAX_LISTED} more" if len(devs) > MAX_LISTED else ""
+        out.append(f"{state.capitalize()} ({len(devs)}): {shown}{more}")
+    return out
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [headers, *rows]]
+
+
+def render(s: RolloutStatus, fmt: str = "table") -> str:
+    if fmt == "json":
+        return s.to_json()
+    if fmt == "markdown":
+        out = [f"**{_headline(s)[0]}**", "", f"**Phase: {s.phase}** — {s.message}", ""]
+        if s.in_rollout:
+            out += [_headline(s)[2], ""]
+        out += ["| " + " | ".join(STEP_HEADERS) + " |", "|" + "---|" * len(STEP_HEADERS)]
+        out += ["| " + " | ".join(c.strip().replace("> ", "▶ ") for c in r) + " |" for r in _step_rows(s)]
+        out += ["", "| " + " | ".join(GATE_HEADERS) + " |", "|" + "---|" * len(GATE_HEADERS)]
+        out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in _gate_rows(s)]
+        devices = _device_lines(s)
+        if devices:
+            out += [""] + [f"- {line}" for line in devices]
+        return "\n".join(out)
+    if fmt != "table":
+        raise ValueError(f"unknown format {fmt!r}")
+    out = _headline(s) + [""] + _table(STEP_HEADERS, _step_rows(s)) + [""] + _table(GATE_HEADERS, _gate_rows(s))
+    devices = _device_lines(s)
+    if devices:
+        out += [""] + devices
+    return "\n".join(out)

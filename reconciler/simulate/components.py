@@ -1,0 +1,146 @@
+"""The simulated device's wiring: real Git source, TUF client, store and status writer; a shared runtime.
+
+:class:`SimComponents` is :class:`reconciler.agent.wiring.Components` with three differences:
+
+- the runtime is a :class:`SharedRuntime`: one real :class:`~reconciler.serving.registry.ModelRegistry` for the
+  whole simulated fleet, holding one health-checked session per model digest — the first device that loads a
+  digest pays the real load and health check, the others reuse its verdict (one ONNX Runtime session, not N);
+- no inference server and no fact detection subprocess (facts are given);
+- faults: an offline device makes no request at all (the scheduler does not run it); a *failing* device fails
+  the health check of every version it updates to (its first install succeeds), as a bad driver would.
+
+Every request the device makes is counted in a shared :class:`Counters`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from reconciler.agent.config import AgentConfig
+from reconciler.agent.journal import EndpointRecord
+from reconciler.agent.wiring import Components, _endpoint_spec
+
+
+class Counters:
+    """Client-side request counts of the whole simulated fleet (thread safe)."""
+
+    FIELDS = ("gitPolls", "gitFetches", "tufRefreshes", "tufDownloads", "healthChecks")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.values = dict.fromkeys(self.FIELDS, 0)
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self.values[name] += n
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.values)
+
+
+class SharedRuntime:
+    """One real registry for the whole simulated fleet: an endpoint per model digest, loaded and checked once."""
+
+    def __init__(self, counters: Counters) -> None:
+        from reconciler.serving.registry import ModelRegistry
+
+        self.registry = ModelRegistry()
+        self.counters = counters
+        self._verdicts: dict[str, tuple[bool, str, str]] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def load(self, spec: Any) -> tuple[bool, str, str]:
+        key = spec.digest or f"{spec.name}@{spec.version}"
+        with self._lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._verdicts:
+                self.counters.add("healthChecks")
+                shared = dataclasses.replace(spec, name=f"m-{key[:16]}", keep_previous=False)
+                result = self.registry.apply(shared)
+                self._verdicts[key] = (bool(result.ok), str(result.reason or ""), str(result.message or ""))
+            return self._verdicts[key]
+
+    def sessions(self) -> int:
+        return sum(1 for st in self.registry.endpoints().values() if st.version is not None)
+
+    def close(self) -> None:
+        for name in list(self.registry.endpoints()):
+            self.registry.remove(name)
+
+
+class SimComponents(Components):
+    def __init__(self, config: AgentConfig, runtime: SharedRuntime, counters: Counters, *,
+                 facts: Mapping[str, Any], failing: bool = False) -> None:
+        super().__init__(config)
+        self.runtime = runtime
+        self.counters = counters
+        self.facts = dict(facts)
+        self.failing = failing
+        self.loaded: dict[str, str] = {}  # endpoint -> version this device serves
+
+    @classmethod
+    def build(cls, config: AgentConfig, runtime: SharedRuntime, counters: Counters, *,
+              facts: Mapping[str, Any], failing: bool = False) -> SimComponents:
+        real = Components.real(config)
+        c = cls(config, runtime, counters, facts=facts, failing=failing)
+        c.store, c.source, c._decryption_key = real.store, real.source, real._decryption_key
+        return c
+
+    def detect_facts(self) -> dict[str, Any]:
+        return dict(self.facts)
+
+    def start_runtime(self) -> None:
+        if self.config.status_enabled:
+            self.status_writer = self._new_status_writer()
+
+    def load_endpoint(self, rec: EndpointRecord, config: AgentConfig, boot: bool) -> tuple[bool, str, str]:
+        if self.failing and not boot and self.loaded.get(rec.name) not in (None, rec.version):
+            return False, "HealthCheckFailed", "injected fault: this simulated device fails every update"
+        try:
+            blobs = [self._blob(t) for t in rec.targets]
+            import json
+
+            probe = json.loads(self._blob(rec.probe)) if rec.probe is not None else None
+        except (OSError, ValueError) as exc:
+            return False, "ArtifactUnreadable", str(exc)
+        ok, reason, message = self.runtime.load(_endpoint_spec(rec, blobs, probe, config))
+        if ok:
+            self.loaded[rec.name] = rec.version
+        return ok, reason, message
+
+    def serving_endpoints(self) -> set[str]:
+        return set(self.loaded)
+
+    def remove_endpoint(self, name: str) -> None:
+        self.loaded.pop(name, None)
+
+    def poll(self, last: str | None) -> Any:
+        result = super().poll(last)
+        self.counters.add("gitPolls")
+        if getattr(result, "fetched", False):
+            self.counters.add("gitFetches")
+        return result
+
+    def tuf_refresh(self, metadata_url: str, targets_url: str) -> None:
+        self.counters.add("tufRefreshes")
+        super().tuf_refresh(metadata_url, targets_url)
+
+    def tuf_fetch(self, paths: list[str]) -> tuple[dict[str, Any], int]:
+        fetched, downloaded = super().tuf_fetch(paths)
+        if downloaded:
+            self.counters.add("tufDownloads", len(paths))
+        return fetched, downloaded
+
+    def watch_bundles(self, on_bundle: Any) -> None:
+        return None
+
+    def status_counts(self) -> tuple[int, int]:
+        """(status commits made, pushed) by this device's writer."""
+        w = self.status_writer
+        return (w.commits, w.pushes) if w is not None else (0, 0)

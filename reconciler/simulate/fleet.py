@@ -1,0 +1,205 @@
+"""N real agents in one process, scheduled on a small thread pool; convergence reported over time.
+
+    sim = Simulation.create(SimSettings(devices=100, source_url=..., trusted_root=...), work_dir)
+    sim.boot()
+    for line in sim.run(duration=60): print(json.dumps(line))
+    sim.close()
+
+Each device runs :meth:`reconciler.agent.loop.Agent.reconcile_once` whenever its jittered poll interval is due
+(the agent's own :func:`~reconciler.agent.schedule.next_delay`, so errors back off as on a real device).
+Offline devices are skipped entirely until :meth:`Simulation.set_offline` brings them back.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.agent.config import AgentConfig
+from reconciler.agent.loop import Agent
+from reconciler.agent.schedule import next_delay
+from reconciler.core.credentials import Credentials
+from reconciler.simulate.components import Counters, SharedRuntime, SimComponents
+
+MAX_DEVICES = 20_000  # one process; each device holds a status thread and a few open files
+DEFAULT_FACTS = {"hw.arch": "x86_64", "hw.memoryMB": 4096, "runtime.onnxruntime": "1.20.1"}
+
+
+@dataclass
+class SimSettings:
+    devices: int
+    source_url: str
+    trusted_root: Path
+    tuf_url: str | None = None  # base URL: <url>/metadata/ and <url>/targets/ (default: the Fleet's)
+    poll_interval: float = 10.0
+    heartbeat_interval: float | None = None
+    offline_share: float = 0.0
+    fail_share: float = 0.0
+    canaries: int = 0  # the first K devices get ring=canary, the others ring=stable
+    labels: dict[str, str] = field(default_factory=dict)
+    prefix: str = "sim"
+    workers: int = 8
+    seed: int = 1
+    timeout: float = 30.0
+    credentials: Credentials | None = None  # for the Git server (status pushes), e.g. Basic auth
+
+
+@dataclass
+class SimDevice:
+    id: str
+    agent: Agent
+    components: SimComponents
+    offline: bool = False
+    failing: bool = False
+    running: bool = False
+
+
+class Simulation:
+    def __init__(self, settings: SimSettings, devices: list[SimDevice], runtime: SharedRuntime,
+                 counters: Counters) -> None:
+        self.settings = settings
+        self.devices = devices
+        self.runtime = runtime
+        self.counters = counters
+        self._rand = random.Random(settings.seed)
+        self._lock = threading.Lock()
+        self._started = time.monotonic()
+
+    @classmethod
+    def create(cls, s: SimSettings, work_dir: Path) -> Simulation:
+        if not 1 <= s.devices <= MAX_DEVICES:
+            raise ValueError(f"--devices must be between 1 and {MAX_DEVICES}")
+        for name, share in (("offline", s.offline_share), ("fail", s.fail_share)):
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"--{name}-share must be between 0 and 1")
+        counters = Counters()
+        runtime = SharedRuntime(counters)
+        rand = random.Random(s.seed)
+        ids = [f"{s.prefix}-{i:05d}" for i in range(s.devices)]
+        # Canaries stay online: a rehearsal needs its first ring (a share of N, taken from the others).
+        pool = ids[s.canaries:] or ids
+        offline = set(rand.sample(pool, min(len(pool), round(s.offline_share * len(ids)))))
+        failing = set(rand.sample(ids, round(s.fail_share * len(ids))))
+        devices = []
+        for i, dev_id in enumerate(ids):
+            labels = {**s.labels, "ring": "canary" if i < s.canaries else "stable"}
+            cfg = AgentConfig(
+                device_id=dev_id, source_url=s.source_url, trusted_root=s.trusted_root, labels=labels,
+                state_dir=work_dir / dev_id, poll_interval=s.poll_interval, source_timeout=s.timeout,
+                tuf_timeout=s.timeout, heartbeat_interval=s.heartbeat_interval, metrics_enabled=False,
+                tuf_metadata_url=f"{s.tuf_url.rstrip('/')}/metadata/" if s.tuf_url else None,
+                tuf_targets_url=f"{s.tuf_url.rstrip('/')}/targets/" if s.tuf_url else None,
+                max_concurrent_downloads=1, source_credentials=s.credentials or Credentials(),
+            )
+            comp = SimComponents.build(cfg, runtime, counters, facts=DEFAULT_FACTS, failing=dev_id in failing)
+            devices.append(SimDevice(dev_id, Agent(cfg, comp), comp, dev_id in offline, dev_id in failing))
+        return cls(s, devices, runtime, counters)
+
+    def boot(self) -> None:
+        with ThreadPoolExecutor(self.settings.workers) as pool:
+            list(pool.map(lambda d: d.agent.boot(), self.devices))
+        self._started = time.monotonic()
+
+    def set_offline(self, ids: set[str] | None, offline: bool) -> None:
+        """Take devices off the network (no requests at all) or bring them back (None: every device)."""
+        with self._lock:
+            for d in self.devices:
+                if ids is None or d.id in ids:
+                    d.offline = offline
+
+    # -- observation -------------------------------------------------------------------------------------
+
+    def versions(self, endpoint: str | None = None) -> dict[str, int]:
+        """Devices per served version (``-`` for nothing yet)."""
+        out: Counter[str] = Counter()
+        for d in self.devices:
+            eps = d.agent.journal.endpoints
+            names = [endpoint] if endpoint else sorted(eps)
+            served = [eps[n].active.version for n in names if n in eps and eps[n].active is not None]
+            out[served[0] if served else "-"] += 1
+        return dict(sorted(out.items()))
+
+    def report(self) -> dict[str, Any]:
+        made = pushed = 0
+        for d in self.devices:
+            c, p = d.components.status_counts()
+            made, pushed = made + c, pushed + p
+        return {"t": round(time.monotonic() - self._started, 2), "devices": len(self.devices),
+                "offline": sum(d.offline for d in self.devices), "versions": self.versions(),
+                "requests": self.counters.snapshot(), "statusCommits": made, "statusPushes": pushed,
+                "sessions": self.runtime.sessions()}
+
+    # -- running -----------------------------------------------------------------------------------------
+
+    def _pass(self, d: SimDevice) -> float:
+        try:
+            d.agent.reconcile_once()
+        finally:
+            d.running = False
+        return next_delay(self.settings.poll_interval, d.agent.errors, self._rand.random())
+
+    def run(self, duration: float, *, report_every: float = 1.0, stop: threading.Event | None = None
+            ) -> Iterator[dict[str, Any]]:
+        """Run every online device's loop for ``duration`` seconds, yielding :meth:`report` every ``report_every``.
+
+        The first pass of each device is spread over one poll interval, as devices booted at random times.
+        """
+        stop = stop or threading.Event()
+        now = time.monotonic()
+        due = [(now + self._rand.random() * self.settings.poll_interval, i) for i in range(len(self.devices))]
+        heapq.heapify(due)
+        end = now + duration
+        next_report = now
+        pending: list[Any] = []
+        with ThreadPoolExecutor(self.settings.workers, thread_name_prefix="sim") as pool:
+            while not stop.is_set():
+                now = time.monotonic()
+                if now >= next_report:
+                    yield self.report()
+                    next_report = now + report_every
+                if now >= end:
+                    break
+                while due and due[0][0] <= now:
+                    _, i = heapq.heappop(due)
+                    d = self.devices[i]
+                    if d.offline:
+                        heapq.heappush(due, (now + self.settings.poll_interval, i))
+                        continue
+                    d.running = True
+                    fut = pool.submit(self._pass, d)
+                    pending.append((fut, i))
+                still = []
+                for fut, i in pending:
+                    if fut.done():
+                        delay = fut.result() if fut.exception() is None else self.settings.poll_interval
+                        heapq.heappush(due, (time.monotonic() + delay, i))
+                    else:
+                        still.append((fut, i))
+                pending = still
+                wake = min([next_report, end] + ([due[0][0]] if due else []))
+                stop.wait(max(0.0, min(0.05, wake - time.monotonic())))
+            for fut, _ in pending:
+                fut.result()
+        yield self.report()
+
+    def flush_status(self, timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        ok = True
+        for d in self.devices:
+            w = d.components.status_writer
+            if w is not None and not d.offline:
+                ok = w.flush(max(0.1, deadline - time.monotonic())) and ok
+        return ok
+
+    def close(self) -> None:
+        with ThreadPoolExecutor(self.settings.workers) as pool:
+            list(pool.map(lambda d: d.agent.close(), self.devices))
+        self.runtime.close()

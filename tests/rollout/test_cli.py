@@ -1,0 +1,172 @@
+"""``modelfleet rollout`` against a real Git repository: status, promote (gates, --force, --patch, --branch),
+pause/resume, abort, signed commits, and ``plan`` on a promote commit."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from reconciler.fleet.desired import DeviceIdentity, desired_state
+from reconciler.fleet.manifests import load_files
+from reconciler.gitops.statuswriter import dump_status
+from tests._git_fixtures import Upstream, env, git, make_ssh_key
+from tests.rollout._fleet import FLEET, MODEL, deployment_yaml, status
+
+N = 30
+
+
+def modelfleet(*args: str, cwd: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "reconciler.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env(XDG_CACHE_HOME=str(cwd / ".cache"), **extra), timeout=120)
+
+
+def fleet_files(step: int) -> dict[str, str]:
+    files = {"fleet.yaml": FLEET.decode(), "models/tiny.yaml": MODEL.decode(),
+             "deployments/tiny.yaml": "# the tiny model, staged\n" + deployment_yaml(step)}
+    for i in range(N):
+        files[f"devices/dev-{i:03d}.yaml"] = (f"apiVersion: modelfleet/v1\nkind: Device\nmetadata:\n  name: dev-{i:03d}\n"
+                                              f"  labels: {{site: a, ring: {'canary' if i < 3 else 'stable'}}}\n")
+    return files
+
+
+def targets(up: Upstream) -> set[str]:
+    files = {}
+    for rel in git(up.work, "ls-files").split("\n"):
+        files[rel] = (up.work / rel).read_bytes()
+    fleet = load_files(files).fleet
+    return {n for n, d in fleet.devices.items()
+            if desired_state(fleet, DeviceIdentity(n, d.labels)).endpoints["tiny"].version == "1.1.0"}
+
+
+def push_statuses(up: Upstream, docs: dict[str, dict]) -> None:
+    """Every device's status commit on its own status/<id> branch, in one push (as the agents would leave them)."""
+    refspecs = []
+    for dev, doc in docs.items():
+        blob = git(up.work, "hash-object", "-w", "--stdin", input=dump_status(doc))
+        tree = git(up.work, "mktree", input=f"100644 blob {blob}\tstatus.yaml\n".encode())
+        sha = git(up.work, "commit-tree", "-m", f"status: {dev}", tree)
+        refspecs.append(f"+{sha}:refs/heads/status/{dev}")
+    git(up.work, "push", "--quiet", "origin", *refspecs)
+
+
+def report(up: Upstream, new: set[str], failed: set[str] = frozenset()) -> None:
+    hb = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    docs = {}
+    for i in range(N):
+        dev = f"dev-{i:03d}"
+        if dev in failed:
+            docs[dev] = status(dev, "1.0.0", heartbeat=hb, desired="1.1.0", failed_version="1.1.0")
+        else:
+            docs[dev] = status(dev, "1.1.0" if dev in new else "1.0.0", heartbeat=hb)
+    push_statuses(up, docs)
+
+
+def pull(up: Upstream) -> None:
+    git(up.work, "fetch", "--quiet", "origin", "main")
+    git(up.work, "reset", "--quiet", "--hard", "origin/main")
+
+
+def test_promote_gates_patch_branch_force_pause_abort(tmp_path: Path) -> None:
+    up = Upstream(tmp_path / "up")
+    up.commit(fleet_files(0), "fleet with tiny 1.1.0 at the canary step")
+    repo = str(up.bare)
+    canaries = targets(up)
+    assert len(canaries) == 3
+    report(up, new=canaries)
+
+    p = modelfleet("rollout", "status", "tiny", "--repo", repo, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "Phase: Ready" in p.stdout and "tiny 1.0.0 -> 1.1.0, step 0 of 3 (canary)" in p.stdout
+    doc = json.loads(modelfleet("rollout", "status", "tiny", "--repo", repo, "--format", "json", cwd=tmp_path).stdout)
+    assert doc["phase"] == "Ready" and doc["steps"][0]["healthy"] == 3 and doc["stepCommit"] == up.head()
+
+    before = up.head()
+    p = modelfleet("rollout", "promote", "tiny", "--repo", repo, "--patch", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "-    step: 0\n+    step: 1\n" in p.stdout and "Subject: [PATCH] rollout tiny: promote 1.1.0 to step 1" in p.stdout
+    assert up.head() == before
+
+    p = modelfleet("rollout", "promote", "tiny", "--repo", repo, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "promoted tiny 1.1.0 to step 1 (10%)" in p.stdout
+    shown = git(up.bare, "show", "--format=%B", "main")
+    assert "minHealthyPercent: 100 (threshold 95) pass" in shown
+    assert git(up.bare, "diff", "--numstat", f"{before}", "main") == "1\t1\tdeployments/tiny.yaml"
+
+    # plan on the promote commit: exactly the devices the 10 % step adds
+    pull(up)
+    step1 = targets(up)
+    p = modelfleet("plan", "--repo", str(up.work), "--base", before, "--head", "HEAD", "--format", "json",
+                   cwd=tmp_path)
+    plan = json.loads(p.stdout)
+    assert {c["device"] for c in plan["changes"] if not c["device"].startswith("class:")} == step1 - canaries
+    assert all(c["old"].startswith("tiny 1.0.0") and c["new"].startswith("tiny 1.1.0")
+               for c in plan["changes"] if not c["device"].startswith("class:"))
+
+    # the new step's devices have not updated yet: refused, with the numbers
+    p = modelfleet("rollout", "promote", "tiny", "--repo", repo, cwd=tmp_path)
+    assert p.returncode == 3 and p.stderr.startswith("error: refusing to promote tiny: gates do not pass at step 1")
+    assert "Traceback" not in p.stderr
+
+    # pause blocks even a healthy step; resume clears it
+    report(up, new=step1)
+    assert modelfleet("rollout", "pause", "tiny", "--repo", repo, cwd=tmp_path).returncode == 0
+    p = modelfleet("rollout", "promote", "tiny", "--repo", repo, cwd=tmp_path)
+    assert p.returncode == 3 and "paused" in p.stderr
+    assert "Phase: Paused" in modelfleet("rollout", "status", "tiny", "--repo", repo, cwd=tmp_path).stdout
+    assert modelfleet("rollout", "resume", "tiny", "--repo", repo, cwd=tmp_path).returncode == 0
+
+    # --force with a reason, signed with the operator's SSH key from their git configuration
+    key = make_ssh_key(tmp_path / "keys", "ops@example.com")
+    gitconfig = tmp_path / "gitconfig"
+    gitconfig.write_text(f"[commit]\n\tgpgsign = true\n[gpg]\n\tformat = ssh\n[user]\n\tsigningkey = {key.path}\n")
+    p = modelfleet("rollout", "promote", "tiny", "--repo", repo, "--force", "hotfix window", cwd=tmp_path,
+                   GIT_CONFIG_GLOBAL=str(gitconfig))
+    assert p.returncode == 0, p.stderr
+    raw = git(up.bare, "cat-file", "commit", "main")
+    assert "gpgsig -----BEGIN SSH SIGNATURE-----" in raw and "Forced by the operator: hotfix window" in raw
+
+    # a failed device in the 50 % step: Failed, promote refused, abort to a PR branch, then to main
+    pull(up)
+    step2 = targets(up)
+    bad = sorted(step2 - step1)[:3]
+    report(up, new=step2 - set(bad), failed=set(bad))
+    st = json.loads(modelfleet("rollout", "status", "tiny", "--repo", repo, "--format", "json", cwd=tmp_path).stdout)
+    assert st["phase"] == "Failed" and st["step"] == 2 and st["steps"][2]["failed"] == 3
+    p = modelfleet("rollout", "promote", "tiny", "--repo", repo, cwd=tmp_path)
+    assert p.returncode == 3 and "maxFailedPercent" in p.stderr and "rollout abort tiny" in p.stderr
+    head = up.head()
+    p = modelfleet("rollout", "abort", "tiny", "--repo", repo, "--branch", "abort-tiny", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert up.head() == head and git(up.bare, "rev-parse", "abort-tiny^") == head
+    p = modelfleet("rollout", "abort", "tiny", "--repo", repo, "--reason", "probe mismatch", cwd=tmp_path)
+    assert p.returncode == 0 and "every device back to 1.0.0" in p.stdout
+    dep = yaml.safe_load(git(up.bare, "show", "main:deployments/tiny.yaml"))
+    assert dep["spec"]["version"] == "1.0.0" and "rollout" not in dep["spec"]
+    assert git(up.bare, "show", "main:deployments/tiny.yaml").startswith("# the tiny model, staged\n")
+    st = json.loads(modelfleet("rollout", "status", "tiny", "--repo", repo, "--format", "json", cwd=tmp_path).stdout)
+    assert st["phase"] == "Complete"
+    p = modelfleet("rollout", "abort", "tiny", "--repo", repo, cwd=tmp_path)
+    assert p.returncode == 1 and p.stderr == "error: deployment tiny is not in a rollout (it runs 1.0.0)\n"
+
+
+def test_watch_promotes_to_completion_and_reports_errors(tmp_path: Path) -> None:
+    up = Upstream(tmp_path / "up")
+    up.commit(fleet_files(2), "tiny at 50 %")
+    report(up, new={f"dev-{i:03d}" for i in range(N)})
+    p = modelfleet("rollout", "watch", "tiny", "--repo", str(up.bare), "--interval", "0s", "--max-iterations", "5",
+                   "--format", "json", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    ticks = [json.loads(line) for line in p.stdout.splitlines()]
+    assert [(t["step"], t["action"]) for t in ticks] == [(2, "promote"), (3, "promote"), (0, None)]
+    assert ticks[-1]["phase"] == "Complete"
+    assert "rollout:" not in git(up.bare, "show", "main:deployments/tiny.yaml")
+    p = modelfleet("rollout", "status", "nope", "--repo", str(up.bare), cwd=tmp_path)
+    assert p.returncode == 1 and p.stderr.startswith("error: no deployment 'nope'")
+    p = modelfleet("rollout", "status", "tiny", "--repo", str(tmp_path / "missing"), cwd=tmp_path)
+    assert p.returncode == 1 and "not found" in p.stderr
