@@ -69,6 +69,47 @@ def operations(tmp: Path) -> Iterator[Sandbox]:
 
 
 @contextmanager
+def privacy(tmp: Path) -> Iterator[Sandbox]:
+    """A fleet repository whose last commit changes a capture policy, and a device (agent config + state dir)
+    holding three sealed batches of the page's campaign, whose private key is in the sandbox."""
+    import base64
+
+    import numpy as np
+    import yaml
+
+    from reconciler.capture.policy import parse_policy
+    from reconciler.capture.service import CaptureService
+    from tests.capture._capture import Campaign
+
+    box = tmp / "sandbox"
+    shutil.copytree(REPO_ROOT / "fleet-repo-example", box)  # the sandbox is the fleet repository's checkout
+    _git(box, "init", "--quiet", "--initial-branch=main")
+    _git(box, "add", "-A")
+    _git(box, "commit", "--quiet", "-m", "base")
+    _git(box, "update-ref", "refs/remotes/origin/main", "HEAD")
+    dep = box / "deployments" / "vibration-anomaly.yaml"
+    dep.write_text(dep.read_text().replace("sampleRate: 0.01", "sampleRate: 0.05"))
+    _git(box, "commit", "--quiet", "-am", "capture 5 % instead of 1 %")
+    campaign = Campaign()
+    (box / "vibration-2026q4.key").write_text(base64.b64encode(campaign.private).decode() + "\n")
+    section = yaml.safe_load(dep.read_text())["spec"]["capture"]
+    section.update(recipient=campaign.recipient, sampleRate=1.0, batch={"records": 50})
+    svc = CaptureService(tmp / "state", "gw-berlin-01", background=False)
+    svc.configure({"vibration": parse_policy(section)}, models={"vibration": "vibration-anomaly"})
+    obs = svc.observer_for("vibration", "2.1.0")
+    for row in np.random.default_rng(0).standard_normal((120, 1, 16)).astype(np.float32):
+        obs.observe({"input": row}, {}, 0.0)
+    svc.drain()
+    svc.flush(force=True)
+    config = tmp / "etc" / "agent.yaml"
+    config.parent.mkdir()
+    config.write_text(yaml.safe_dump({"apiVersion": "modelfleet/v1", "kind": "AgentConfig", "spec": {
+        "deviceId": "gw-berlin-01", "stateDir": str(tmp / "state"), "source": {"url": "https://git.example.com/f.git"},
+        "tuf": {"trustedRoot": str(tmp / "etc" / "root.json")}}}))
+    yield Sandbox(box, {"/media/usb": str(tmp / "usb")}, env={"MODELFLEET_AGENT_CONFIG": str(config)})
+
+
+@contextmanager
 def monitoring(tmp: Path) -> Iterator[Sandbox]:
     """The tiny model and a reference sample under the names docs/monitoring.md uses."""
     import numpy as np
@@ -82,6 +123,7 @@ def monitoring(tmp: Path) -> Iterator[Sandbox]:
 PAGES: dict[str, Callable[[Path], AbstractContextManager[Sandbox]]] = {
     "README.md": readme,
     "docs/operations.md": operations,
+    "docs/privacy.md": privacy,
     "docs/monitoring.md": monitoring,
 }
 

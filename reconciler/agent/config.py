@@ -72,6 +72,8 @@ class AgentConfig:
     metrics_enabled: bool = True
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
+    capture_token_file: Path | None = None
+    capture_ca_file: Path | None = None
     log_format: str = "text"
     log_level: str = "info"
     source_credentials: Credentials = field(default_factory=Credentials)
@@ -192,6 +194,7 @@ def parse_agent_config(text: str, path: Path | None = None) -> AgentConfig:
     runtime = spec.get("runtime") or {}
     metrics = spec.get("metrics") or {}
     log = spec.get("log") or {}
+    capture = spec.get("capture") or {}
 
     mode = verify.get("mode", "none")
     if mode in ("head", "all") and not (verify.get("allowedSigners") or verify.get("gpgKeyring")):
@@ -269,6 +272,8 @@ def parse_agent_config(text: str, path: Path | None = None) -> AgentConfig:
         metrics_enabled=bool(metrics.get("enabled", True)),
         metrics_host=metrics.get("host", "127.0.0.1"),
         metrics_port=metrics.get("port"),
+        capture_token_file=p(capture.get("uploadTokenFile")),
+        capture_ca_file=p(capture.get("caFile")),
         log_format=log.get("format", "text"),
         log_level=log.get("level", "info"),
         source_credentials=creds(["source", "credentials"], src.get("credentials")) or Credentials(),

@@ -116,7 +116,7 @@ class StatusMixin:
             "facts": self.facts,
             "labels": getattr(self, "_labels", dict(self.config.labels)),
             "failures": [f.to_status() for f in self.journal.failures],
-            "attempts": self.journal.attempts[:5],
+            "attempts": self.journal.attempts[:5], **self.c.capture_section(endpoints),
         }
         return {"apiVersion": "modelfleet/v1", "kind": "DeviceStatus",
                 "metadata": {"name": self.config.device_id}, "status": status}

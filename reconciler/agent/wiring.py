@@ -51,6 +51,7 @@ class Components:
         self.status_writer: Any = None
         self.bundle_watcher: Any = None
         self.drift: Any = None
+        self.capture: Any = None
         self._decryption_key: bytes | None = None
         self._status_settings = (config.status_branch_prefix or "status/", config.heartbeat_interval or 300.0)
 
@@ -115,9 +116,12 @@ class Components:
 
         cfg = self.config
         from reconciler.drift.monitor import DriftSupervisor
+        from reconciler.serving.registry import Observers
 
         self.drift = DriftSupervisor()
-        self.registry = ModelRegistry(**_registry_kwargs(cfg), observer_factory=self.drift.observer_for)
+        self.capture = _capture_service(cfg)
+        self.registry = ModelRegistry(**_registry_kwargs(cfg), observer_factory=lambda spec: Observers.of(
+            self.drift.observer_for(spec), self.capture.observer_for(spec.name, spec.version)))
         token = cfg.auth_token_file.read_text().strip() if cfg.auth_token_file else None
         self.server = InferenceServer(
             self.registry, host=cfg.serving_host, port=None if cfg.unix_socket else cfg.serving_port,
@@ -151,6 +155,8 @@ class Components:
             return False, "ArtifactUnreadable", str(exc)
         spec = _endpoint_spec(rec, blobs, probe, config)
         result = self.registry.apply(spec)
+        if boot and result.ok and self.capture is not None:  # offline boot: the journaled policy until a pass
+            self._restore_capture(rec)
         return bool(result.ok), str(getattr(result, "reason", "") or ""), str(getattr(result, "message", "") or "")
 
     def _blob(self, t: TargetRecord) -> bytes:
@@ -298,7 +304,49 @@ class Components:
         self.status_writer.submit(doc)
         return True
 
+    # -- data capture -----------------------------------------------------------------------------------------
+
+    def configure_capture(self, records: dict[str, Any]) -> None:
+        """Follow the ``capture`` policy of each endpoint's active version in the journal (updated by apply, also
+        for a policy-only change); a policy that cannot be enforced captures nothing and is reported."""
+        if self.capture is None:
+            return
+        from reconciler.capture.policy import PolicyError, parse_policy
+
+        active = {name: st.active for name, st in records.items() if st.active is not None}
+        policies, problems = {}, {}
+        for name, rec in active.items():
+            try:
+                policies[name] = parse_policy(rec.spec.get("capture"))
+            except PolicyError as exc:
+                problems[name] = str(exc)
+        self.capture.configure(policies, problems, {n: rec.model for n, rec in active.items()})
+
+    def _restore_capture(self, rec: EndpointRecord) -> None:
+        from reconciler.capture.policy import PolicyError, parse_policy
+
+        try:
+            policy = parse_policy(rec.spec.get("capture"))
+        except PolicyError:
+            return
+        if policy.enabled:
+            self.capture.restore(rec.name, policy, rec.model)
+
+    def capture_section(self, endpoints: list[dict[str, Any]]) -> dict[str, Any]:
+        """``{"capture": …}`` for the status document once some policy enabled capture on this device, else {}.
+        The endpoints' drift alerts (from drift monitoring) switch the ``drift`` capture trigger on and off."""
+        from reconciler.capture.policy import drifting_endpoints
+
+        c = self.capture
+        if c is None:
+            return {}
+        c.set_drifting(drifting_endpoints(endpoints))
+        return {"capture": c.status()} if c.policies or c.spool.batches_dir.exists() else {}
+
     def close(self) -> None:
+        if self.capture is not None:
+            with contextlib.suppress(Exception):
+                self.capture.close()
         for part, how in ((self.bundle_watcher, "stop"), (self.status_writer, "close"), (self.server, "stop"),
                           (self.source, "close"), (self.drift, "close")):
             fn = getattr(part, how, None) if part is not None else None
@@ -330,6 +378,20 @@ class StepFailedError(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def _capture_service(cfg: AgentConfig) -> Any:
+    from reconciler.agent.schedule import window_open
+    from reconciler.capture.service import CaptureService
+    from reconciler.core.conditions import utcnow
+
+    try:
+        token = cfg.capture_token_file.read_text().strip() if cfg.capture_token_file else None
+    except OSError as exc:
+        raise UserError(f"{cfg.capture_token_file}: cannot read the capture upload token: {exc.strerror or exc}") from None
+    return CaptureService(cfg.state_dir, cfg.device_id, upload_token=token,
+                          upload_ca_file=str(cfg.capture_ca_file) if cfg.capture_ca_file else None,
+                          window_open=lambda w: window_open(w, utcnow()))
 
 
 def _registry_kwargs(cfg: AgentConfig) -> dict[str, Any]:
@@ -376,7 +438,9 @@ def monitor_pass(agent: Any, commit: str | None, endpoints: list[dict[str, Any]]
     """The agent's monitoring step, once per pass after the status endpoints are known: they get their
     ``drift``/``operational`` sections, the device its ``DriftDetected``/``Degraded`` conditions, and an endpoint
     whose drift is ``Alert`` under ``drift.action: rollback`` goes back to its previous version, the drifting one
-    held back in the failure memory. ``agent`` is the :class:`~reconciler.agent.loop.Agent`."""
+    held back in the failure memory; data capture follows the active versions' policies (and drift alerts).
+    ``agent`` is the :class:`~reconciler.agent.loop.Agent`."""
+    agent.c.configure_capture(agent.journal.endpoints)
     for ctype, *cond in agent.c.monitoring(agent.journal.endpoints, endpoints):
         agent.conditions.set(ctype, *cond, commit)
     for name, why in agent.c.drift_rollbacks(endpoints):

@@ -3,7 +3,8 @@
 Each command family lives in the module that owns it and is registered here:
 ``validate``/``render``/``plan``/``docs`` (cli.fleetrepo), ``repo``/``tuf-client`` (cli.repo),
 ``fleet`` (cli.fleet, ``fleet drift`` in cli.drift), ``serve`` (cli.serve), ``agent`` (cli.agent),
-``optimize`` (cli.optimize), ``baseline`` (cli.baseline), ``rollout`` (cli.rollout), ``simulate`` (cli.simulate).
+``optimize`` (cli.optimize), ``baseline`` (cli.baseline), ``rollout`` (cli.rollout), ``simulate`` (cli.simulate),
+``data`` (cli.data).
 
 User errors (:class:`reconciler.core.errors.UserError`) are printed as ``error: …`` and exit non-zero; never a
 traceback.
@@ -35,6 +36,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "baseline": ("reconciler.cli.baseline", "baseline_cmd"),
     "rollout": ("reconciler.cli.rollout", "rollout"),
     "simulate": ("reconciler.cli.simulate", "simulate"),
+    "data": ("reconciler.cli.data", "data"),
 }
 
 

@@ -9,6 +9,7 @@ Markdown (a PR comment) and JSON live here too.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -55,7 +56,21 @@ class Plan:
 def _describe(ep: DesiredEndpoint | None) -> str | None:
     if ep is None:
         return None
-    return f"{ep.model} {ep.version} ({ep.variant}/{ep.runtime})" + (" [suspended]" if ep.suspend else "")
+    return (f"{ep.model} {ep.version} ({ep.variant}/{ep.runtime})" + (" [suspended]" if ep.suspend else "")
+            + _capture_summary(ep.capture))
+
+
+def _capture_summary(cap: dict[str, Any]) -> str:
+    """A data-capture policy in one line, so that a pull request changing what devices capture shows in
+    ``plan``; the digest covers every field (a redaction or key change is visible even when the summary is not)."""
+    if not cap.get("enabled"):
+        return ""
+    triggers = ",".join(sorted(cap.get("triggers") or {})) or "none"
+    dest = cap.get("destination") or {}
+    digest = hashlib.sha256(json.dumps(cap, sort_keys=True).encode()).hexdigest()[:8]
+    return (f" [capture {cap.get('campaign', '?')}: sample {cap.get('sampleRate', 0)}, triggers {triggers}, "
+            f"{len(cap.get('redact') or [])} redaction(s), {cap.get('retention', '?')}, "
+            f"{cap.get('maxBytes', '?')} B -> {dest.get('url') or dest.get('directory') or '?'}; policy {digest}]")
 
 
 def diff_states(device: str, old: DesiredState, new: DesiredState) -> list[Change]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from itertools import combinations
 from typing import Any
+from urllib.parse import urlsplit
 
 from reconciler.core.diagnostics import WARNING, Diagnostic
 from reconciler.fleet.repository import FleetRepo, Manifest
@@ -128,11 +129,52 @@ def _check_deployment(dep: Manifest, fleet: FleetRepo) -> list[Diagnostic]:
         if int(rollout.get("step", 0)) >= len(steps):
             out.append(dep.diag(f"rollout.step {rollout.get('step')} is past the last step (there are {len(steps)})",
                                 "spec", "rollout", "step", hint=f"use 0..{len(steps) - 1}", code="rollout"))
+    if model is not None and (spec.get("capture") or {}).get("enabled"):
+        out.extend(_check_capture(dep, model))
     if fleet.devices and not spec.get("suspend"):
         selector = spec.get("selector")
         if not any(matches(selector, device_labels(d.labels, d.spec.get("facts"))) for d in fleet.devices.values()):
             out.append(dep.diag(f"selector {describe(selector)} matches no inventory device", "spec", "selector",
                                 severity=WARNING, code="selector"))
+    return out
+
+
+def _check_capture(dep: Manifest, model: Manifest) -> list[Diagnostic]:
+    """Every tensor a capture policy names must exist: a misspelt redaction would otherwise redact nothing."""
+    cap = dep.spec["capture"]
+    tensors = {k: {t["name"]: t for t in model.spec.get(k, [])} for k in ("inputs", "outputs")}
+    out = []
+
+    def known(kind: str, name: str, *path: Any) -> bool:
+        if name in tensors[kind]:
+            return True
+        out.append(dep.diag(f"capture names {kind[:-1]} {name!r}, which model {model.name} does not have",
+                            "spec", "capture", *path, hint=f"{kind}: {', '.join(tensors[kind]) or 'none'}",
+                            code="reference"))
+        return False
+
+    for kind in ("inputs", "outputs"):
+        for i, name in enumerate((cap.get("keep") or {}).get(kind, [])):
+            known(kind, name, "keep", kind, i)
+    low = (cap.get("triggers") or {}).get("lowConfidence")
+    if low:
+        known("outputs", low["output"], "triggers", "lowConfidence", "output")
+    for i, r in enumerate(cap.get("redact") or []):
+        if not known("inputs", r["input"], "redact", i, "input"):
+            continue
+        shape = tensors["inputs"][r["input"]].get("shape") or []
+        if shape and (len(shape) != 2 or (shape[1] != -1 and max(r["columns"]) >= shape[1])):
+            out.append(dep.diag(f"redaction of {r['input']!r} needs a [rows, columns] input with columns "
+                                f"{sorted(r['columns'])} (declared shape {shape}); the input would be dropped whole",
+                                "spec", "capture", "redact", i, "columns", code="capture"))
+    dest = cap.get("destination") or {}
+    if dest.get("url") and dest.get("directory"):
+        out.append(dep.diag("capture.destination takes a url or a directory, not both", "spec", "capture",
+                            "destination", code="capture"))
+    if "@" in urlsplit(str(dest.get("url", ""))).netloc:
+        out.append(dep.diag("capture.destination.url must not hold credentials (they would be in Git)", "spec",
+                            "capture", "destination", "url", hint="put the device's token in its agent config "
+                            "(spec.capture.uploadTokenFile)", code="secret"))
     return out
 
 

@@ -321,6 +321,7 @@ class V2App:
         requests, latency = self._metrics.for_version(model.name, model.version)
         inflight = self._metrics.inflight(model.name)
         inflight.inc()
+        req = None
         try:
             hl = headers.get("inference-header-content-length")
             try:
@@ -346,6 +347,9 @@ class V2App:
             resp = _error(400, str(exc))
             if model.observer is not None:
                 model.observer.observe_rejection()
+                rejected_inputs = getattr(model.observer, "observe_rejected_inputs", None)
+                if rejected_inputs is not None and req is not None:  # decoded but failed validation
+                    rejected_inputs(req.inputs)
         finally:
             lease.release()
             inflight.dec()

@@ -1,0 +1,165 @@
+"""The capture spool on the device: sealed batch files, their purge, and the audit log.
+
+``<state>/capture/batches/<id>.mfcap`` are batches not yet acknowledged by the destination (written with temp +
+fsync + rename, mode 0600); ``<state>/capture/audit.log`` is an append-only JSON-lines record of what was
+captured, sealed, uploaded, exported, dropped and purged — ids and counts, never content. The audit log is
+bounded (rotated once at :data:`AUDIT_MAX_BYTES`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from reconciler.capture.batch import SUFFIX, BatchError, read_header_file
+from reconciler.capture.policy import StoredBatch
+from reconciler.core.fsutil import atomic_write_bytes, fsync_dir
+
+AUDIT_MAX_BYTES = 1024 * 1024
+
+
+def capture_dir(state_dir: Path) -> Path:
+    return Path(state_dir) / "capture"
+
+
+class AuditLog:
+    """JSON lines: ``{"time", "event", ...ids and counts}``; callers never pass content."""
+
+    ALLOWED = {"batch", "endpoint", "modelVersion", "records", "rows", "bytes", "reason", "trigger", "count",
+               "destination", "keyId", "campaign", "dropped", "error"}
+
+    def __init__(self, path: Path, max_bytes: int = AUDIT_MAX_BYTES) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+
+    def write(self, event: str, now: float | None = None, **fields: Any) -> None:
+        unknown = set(fields) - self.ALLOWED
+        if unknown:  # the audit log must never become a side channel for content
+            raise ValueError(f"audit fields not allowed: {sorted(unknown)}")
+        doc = {"time": round(now if now is not None else time.time(), 3), "event": event, **fields}
+        line = (json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n").encode()
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                if self.path.stat().st_size + len(line) > self.max_bytes:
+                    os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            except FileNotFoundError:
+                pass
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def read(self) -> list[dict[str, Any]]:
+        out = []
+        for p in (self.path.with_name(self.path.name + ".1"), self.path):
+            try:
+                text = p.read_text()
+            except FileNotFoundError:
+                continue
+            for line in text.splitlines():
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue  # a torn last line after power loss
+        return out
+
+
+class Spool:
+    """The batch directory. Thread-safe enough for one agent plus a ``modelfleet data`` command: every change
+    is a rename or an unlink, and a batch that vanished meanwhile is simply skipped."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.root = capture_dir(state_dir)
+        self.batches_dir = self.root / "batches"
+        self.audit = AuditLog(self.root / "audit.log")
+        self._headers: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def ensure(self) -> None:
+        self.batches_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def path_of(self, batch_id: str) -> Path:
+        return self.batches_dir / f"{batch_id}{SUFFIX}"
+
+    def write(self, header: dict[str, Any], data: bytes) -> Path:
+        self.ensure()
+        path = self.path_of(header["id"])
+        atomic_write_bytes(path, data, mode=0o600)
+        return path
+
+    def header(self, path: Path) -> dict[str, Any] | None:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        hit = self._headers.get(path.name)
+        if hit is not None and hit[0] == st.st_mtime:
+            return hit[1]
+        try:
+            h = read_header_file(path)
+        except (BatchError, OSError):
+            return None
+        h = dict(h, size=st.st_size)
+        self._headers[path.name] = (st.st_mtime, h)
+        return h
+
+    def list(self) -> list[tuple[Path, dict[str, Any]]]:
+        """Complete batches, oldest first (temp files of an interrupted write are not batches)."""
+        try:
+            names = sorted(p for p in self.batches_dir.iterdir() if p.name.endswith(SUFFIX) and not p.name.startswith("."))
+        except FileNotFoundError:
+            return []
+        out = []
+        for p in names:
+            h = self.header(p)
+            if h is not None:
+                out.append((p, h))
+        live = {p.name for p, _ in out}
+        self._headers = {k: v for k, v in self._headers.items() if k in live}
+        out.sort(key=lambda x: (x[1].get("start", 0), x[1]["id"]))
+        return out
+
+    def stored(self) -> list[StoredBatch]:
+        return [stored_batch(h) for _, h in self.list()]
+
+    def clean_temp(self) -> int:
+        """Remove temp files left by a crash during a write (they were never batches)."""
+        n = 0
+        try:
+            for p in self.batches_dir.iterdir():
+                if p.name.startswith(".") and p.name.endswith(".tmp"):
+                    p.unlink(missing_ok=True)
+                    n += 1
+        except FileNotFoundError:
+            pass
+        return n
+
+    def delete(self, batches: Iterable[StoredBatch], event: str, reason: str, now: float | None = None) -> list[str]:
+        removed = []
+        for b in batches:
+            path = self.path_of(b.id)
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(b.id)
+            self.audit.write(event, now, batch=b.id, endpoint=b.endpoint, bytes=b.size, reason=reason)
+        if removed:
+            fsync_dir(self.batches_dir)
+        return removed
+
+    def total_bytes(self) -> int:
+        return sum(h["size"] for _, h in self.list())
+
+
+def stored_batch(h: dict[str, Any]) -> StoredBatch:
+    return StoredBatch(id=h["id"], created=float(h.get("start", 0.0)), size=int(h.get("size", 0)),
+                       endpoint=str(h.get("endpoint", "")), key_id=str(h.get("keyId", "")))

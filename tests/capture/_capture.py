@@ -1,0 +1,169 @@
+"""Helpers for the capture tests: a campaign key pair, policies, and nginx with WebDAV PUT on 127.0.0.1.
+
+:class:`WebDav` runs Debian's nginx (``--with-http_dav_module``) as the current user with config, temp dirs
+and logs in a temp dir, on a free port; ``stop()`` kills only the process started here. nginx writes a PUT body
+to a temp file and renames it into place when complete, so an interrupted upload leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import getpass
+import grp
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from nacl.bindings import crypto_scalarmult_base
+
+from reconciler.capture.batch import generate_keypair
+from reconciler.capture.policy import CapturePolicy, parse_policy
+from tests._git_fixtures import free_port, wait_port
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+class Campaign:
+    """A data owner's key pair; the private key stays in the test (the 'training side')."""
+
+    def __init__(self) -> None:
+        self.private, self.public = generate_keypair()
+
+    @property
+    def recipient(self) -> str:
+        return base64.b64encode(self.public).decode()
+
+    def section(self, **over: Any) -> dict[str, Any]:
+        sec: dict[str, Any] = {
+            "enabled": True, "purpose": "retraining test", "campaign": "test-campaign",
+            "recipient": self.recipient, "sampleRate": 1.0, "maxBytes": 10 * 1024 * 1024, "retention": "7d",
+            "destination": {"url": "http://127.0.0.1:9/closed"},  # nothing listens: batches stay
+        }
+        sec.update(over)
+        return sec
+
+    def policy(self, **over: Any) -> CapturePolicy:
+        return parse_policy(self.section(**over))
+
+
+class WebDav:
+    """nginx serving ``/capture/`` with WebDAV PUT/MKCOL into ``root/data``."""
+
+    def __init__(self, root: Path, port: int | None = None) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/capture"
+
+    def _config(self) -> Path:
+        r = self.root
+        for d in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi", "data/capture", "logs"):
+            (r / d).mkdir(parents=True, exist_ok=True)
+        user = f"user {getpass.getuser()} {grp.getgrgid(os.getegid()).gr_name};" if os.geteuid() == 0 else ""
+        conf = r / "nginx.conf"
+        conf.write_text(f"""
+daemon off;
+{user}
+worker_processes 1;
+pid {r}/nginx.pid;
+error_log {r}/logs/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log {r}/logs/access.log;
+    client_body_temp_path {r}/tmp/body;
+    proxy_temp_path {r}/tmp/proxy;
+    fastcgi_temp_path {r}/tmp/fastcgi;
+    uwsgi_temp_path {r}/tmp/uwsgi;
+    scgi_temp_path {r}/tmp/scgi;
+    server {{
+        listen 127.0.0.1:{self.port};
+        root {self.data};
+        location /capture/ {{
+            dav_methods PUT MKCOL;
+            create_full_put_path on;
+            dav_access user:rw;
+            client_max_body_size 0;
+        }}
+    }}
+}}
+""")
+        return conf
+
+    def start(self) -> WebDav:
+        conf = self._config()
+        self.proc = subprocess.Popen([NGINX, "-e", str(self.root / "logs" / "error.log"), "-p", str(self.root),
+                                      "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        wait_port(self.port, 15)
+        return self
+
+    def stop(self) -> None:
+        p = self.proc
+        if p is None or p.poll() is not None:
+            return
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(5)
+        self.proc = None
+
+    def stored(self, device: str) -> dict[str, bytes]:
+        d = self.data / "capture" / device
+        if not d.is_dir():
+            return {}
+        return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
+
+    def __enter__(self) -> WebDav:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wait_until(pred: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _candidates(data: bytes, windows: bool) -> Iterator[bytes]:
+    """32-byte strings a file holds raw (every offset, for small files) or as a base64/hex token."""
+    if windows:
+        for i in range(max(0, len(data) - 31)):
+            yield data[i:i + 32]
+    for tok in re.findall(rb"[A-Za-z0-9+/=_-]{40,}", data):
+        for dec in (lambda t: base64.b64decode(t + b"=" * (-len(t) % 4), altchars=b"-_" if b"-" in t or b"_" in t else None),
+                    binascii.unhexlify):
+            try:
+                raw = dec(tok)
+            except (ValueError, binascii.Error):
+                continue
+            for i in range(max(0, len(raw) - 31)):
+                yield raw[i:i + 32]
+
+
+def assert_no_key_material(root: Path, campaign: Campaign, window_limit: int = 256 * 1024) -> None:
+    """Nothing under ``root`` can open the campaign's batches: the private key appears in no encoding, and no
+    32-byte string (every offset of files up to ``window_limit``) has the recipient's public key."""
+    for p in (q for q in root.rglob("*") if q.is_file()):
+        data = p.read_bytes()
+        assert campaign.private not in data, p
+        assert base64.b64encode(campaign.private) not in data and campaign.private.hex().encode() not in data, p
+        for cand in _candidates(data, len(data) <= window_limit):
+            assert crypto_scalarmult_base(cand) != campaign.public, p
