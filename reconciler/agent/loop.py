@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import fcntl
-import json
 import logging
 import os
 import random
@@ -38,7 +37,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from reconciler import __version__
 from reconciler.agent.config import DEFAULT_POLL_INTERVAL, AgentConfig
 from reconciler.agent.journal import (
     EndpointRecord,
@@ -53,14 +51,12 @@ from reconciler.agent.journal import (
 from reconciler.agent.metrics import (
     M_APPLIED,
     M_BYTES,
-    M_ENDPOINT,
     M_LAST_SUCCESS,
     M_PASS_SECONDS,
     M_PASSES,
     M_POLLS,
     M_ROLLBACKS,
     M_STEPS,
-    label_sets,
 )
 from reconciler.agent.passes import (
     EndpointOutcome,
@@ -71,13 +67,14 @@ from reconciler.agent.passes import (
     held_message,
 )
 from reconciler.agent.schedule import merged_labels, next_delay, summarize, window_open
+from reconciler.agent.status import StatusMixin
 from reconciler.agent.wiring import Components, monitor_pass, release_free_memory
 from reconciler.core import conditions as C
 from reconciler.core import reasons as R
 from reconciler.core.errors import UserError
 from reconciler.core.fsutil import atomic_write_text
 from reconciler.core.logs import fields
-from reconciler.gitops.statuswriter import reporting_block, reporting_condition
+from reconciler.drift.settings import pin_reason
 
 log = logging.getLogger("reconciler.agent")
 
@@ -86,7 +83,7 @@ STEPS = ("source", "manifests", "desired", "artifacts", "apply", "report")
 # --- the agent ----------------------------------------------------------------------------------------------
 
 
-class Agent:
+class Agent(StatusMixin):
     """One device's agent. ``components`` overrides the real source/TUF/runtime parts (see ``Components``)."""
 
     def __init__(self, config: AgentConfig, components: Components | None = None,
@@ -433,6 +430,8 @@ class Agent:
         held = desired.held_endpoints()
         dirty = False
         failures: dict[str, tuple[str, bool]] = {}  # endpoint → (Applied reason, held back)
+        # the serving versions' drift verdicts, from the last pass's status (drift.action: pin)
+        last_seen = {e["name"]: e for e in (self.last_result.endpoints if self.last_result else [])}
         for name, ep in sorted(desired.endpoints.items()):
             st = self.journal.endpoints.get(name)
             active = st.active if st else None
@@ -453,6 +452,10 @@ class Agent:
                 p.outcomes[name] = EndpointOutcome(name, "Failed", held_message(
                     ep.version, blocker.reason, blocker.retry_after), ep.version, blocker.retry_after)
                 failures[name] = (applied_reason(R.reason_of(blocker.reason)), True)
+                continue
+            pinned = pin_reason(last_seen.get(name) if active is not None else None, ep.drift.get("action"))
+            if pinned is not None and last_seen[name].get("version") == active.version:
+                p.outcomes[name] = EndpointOutcome(name, "Waiting", pinned[:1024], ep.version)
                 continue
             if not window_open(ep.maintenance_window, now):
                 p.outcomes[name] = EndpointOutcome(
@@ -531,114 +534,6 @@ class Agent:
 
     def _step_report(self, p: PassState) -> None:
         """Runs in ``reconcile_once`` after the conditions are final (see ``_report``)."""
-
-    # -- status -----------------------------------------------------------------------------------------------
-
-    def _status_endpoints(self, p: PassState) -> list[dict[str, Any]]:
-        if not p.skip_rest:
-            # Outcomes of this pass; endpoints it did not reach keep their last outcome.
-            merged = dict(self._outcomes)
-            merged.update(p.outcomes)
-            self._outcomes = {k: v for k, v in merged.items() if v.state != "Removed" or k in p.outcomes}
-        out = []
-        names = set(self.journal.endpoints) | set(self._outcomes)
-        for name in sorted(names):
-            st = self.journal.endpoints.get(name)
-            active = st.active if st else None
-            prev = st.previous if st else None
-            o = self._outcomes.get(name)
-            state = o.state if o else ("Serving" if active else "Pending")
-            e: dict[str, Any] = {"name": name, "state": state}
-            if active is not None:
-                e.update(deployment=active.deployment, model=active.model, version=active.version,
-                         variant=active.variant, runtime=active.runtime, digest=active.digest,
-                         precision=active.spec.get("precision") or "fp32")
-            else:
-                e.update(version=None, variant=None, runtime=None, digest=None, precision=None)
-            e["desiredVersion"] = o.desired_version if o else (active.version if active else None)
-            e["previousVersion"] = prev.version if prev else None
-            if o and o.message:
-                e["message"] = o.message[:1024]
-            out.append(e)
-        return out
-
-    @staticmethod
-    def _is_converged(endpoints: list[dict[str, Any]]) -> bool:
-        return all(e["state"] in ("Serving", "Suspended", "Removed") for e in endpoints)
-
-    def _finish_conditions(self, p: PassState, failed: tuple[str, str] | None, converged: bool) -> None:
-        if converged:
-            self.conditions.set(C.READY, True, "Converged", f"serving the desired state of {(p.commit or '')[:12]}",
-                                p.commit)
-            self.conditions.set(C.RECONCILING, False, "Idle", "", p.commit)
-            self.conditions.set(C.STALLED, False, "Progressing", "", p.commit)
-        else:
-            why = failed[1] if failed else "endpoints not at their desired version"
-            self.conditions.set(C.READY, False, "NotConverged", why[:2048], p.commit)
-            self.conditions.set(C.RECONCILING, True, "RetryScheduled", "", p.commit)
-            stalled = failed is not None and self.errors >= 3
-            self.conditions.set(C.STALLED, stalled, "RepeatedFailures" if stalled else "Progressing",
-                                # no count in the message: it would change the status on every retry
-                                "3 or more consecutive failed passes" if stalled else "", p.commit)
-        self.journal.conditions = self.conditions.to_list()
-
-    def _record_attempt(self, p: PassState, failed: tuple[str, str] | None, duration: float) -> None:
-        result = "Failed" if failed else ("Succeeded" if p.changed or p.force else "NoChange")
-        att: dict[str, Any] = {"time": C.isoformat(self.clock()), "commit": p.commit, "result": result,
-                               "durationMs": round(duration * 1000, 1)}
-        if failed:
-            att["step"], att["message"] = failed[0], failed[1][:1024]
-        last = self.journal.attempts[0] if self.journal.attempts else {}
-        if result != "Succeeded" and all(last.get(k) == att.get(k) for k in ("commit", "result", "step", "message")):
-            return  # the same outcome again: recorded once, so a repeated failure does not rewrite the status
-        self.journal.add_attempt(att)
-
-    def status_document(self, endpoints: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        """This device's DeviceStatus (schemas/devicestatus.schema.json)."""
-        if endpoints is None:
-            endpoints = self.last_result.endpoints if self.last_result else []
-        status: dict[str, Any] = {
-            "agentVersion": __version__,
-            "appliedCommit": self.journal.applied_commit,
-            "attemptedCommit": self.journal.attempted_commit,
-            "heartbeat": C.isoformat(self.clock()),
-            "conditions": self.conditions.to_list(),
-            "endpoints": endpoints,
-            "facts": self.facts,
-            "labels": getattr(self, "_labels", dict(self.config.labels)),
-            "failures": [f.to_status() for f in self.journal.failures],
-            "attempts": self.journal.attempts[:5], **self.c.capture_section(endpoints),
-        }
-        return {"apiVersion": "modelfleet/v1", "kind": "DeviceStatus",
-                "metadata": {"name": self.config.device_id}, "status": status}
-
-    def _report(self, p: PassState, endpoints: list[dict[str, Any]]) -> None:
-        rep = getattr(self.c, "status_reporting", lambda: None)()
-        if rep is not None and (cond := reporting_condition(rep)) is not None:
-            self.conditions.set(C.STATUS_REPORTED, *cond)
-        doc = self.status_document(endpoints)
-        if rep is not None:
-            doc["status"]["reporting"] = reporting_block(rep)
-        if not p.skip_rest:
-            self.journal.save(self.config.state_dir)
-        try:
-            atomic_write_text(self.config.status_file, json.dumps(doc, indent=1) + "\n")
-        except OSError as exc:
-            log.warning("cannot write local status", extra=fields(error=str(exc)))
-        self.c.submit_status(doc)
-
-    # -- metrics ----------------------------------------------------------------------------------------------
-
-    def _set_endpoint_metric(self, rec: EndpointRecord) -> None:
-        self._clear_endpoint_metric(rec.name)
-        M_ENDPOINT.labels(rec.name, rec.model, rec.version, rec.variant, rec.runtime,
-                          rec.spec.get("precision") or "fp32").set(1)
-
-    def _clear_endpoint_metric(self, name: str) -> None:
-        for labels in list(label_sets(M_ENDPOINT)):
-            if labels[0] == name:
-                with contextlib.suppress(KeyError):
-                    M_ENDPOINT.remove(*labels)
 
 
 def _duration_or(text: str | None, default: float) -> float:

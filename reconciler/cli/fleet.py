@@ -38,17 +38,22 @@ def _default_repo() -> str:
     raise UserError("not in a Git repository: give the fleet repository with --repo URL|PATH")
 
 
-def _repo(repo: str | None, cache_dir: Path | None, branch: str, prefix: str, timeout: str,
-          creds: Credentials | None = None) -> StatusRepo:
-    url = repo or _default_repo()
-    inline = None
+def remote_url(url: str) -> tuple[str, str | None]:
+    """``url`` without a password or token in its userinfo (warning once on stderr) and the Basic authorization
+    made from it (None when there was none); shared by every operator command that talks to the fleet repo."""
     if url.startswith(("http://", "https://")):
         clean, user, password = split_userinfo(url)
         if password is not None:
             # Taken out of the URL (and so out of every git command line); still, it sat in shell history.
             click.echo(f"warning: {redact_url(url)} embeds a password or token; it is sent as a header, but "
                        "prefer --username with --password-file", err=True)
-            url, inline = clean, basic_authorization(user or "", password)
+            return clean, basic_authorization(user or "", password)
+    return url, None
+
+
+def _repo(repo: str | None, cache_dir: Path | None, branch: str, prefix: str, timeout: str,
+          creds: Credentials | None = None) -> StatusRepo:
+    url, inline = remote_url(repo or _default_repo())
     if "://" not in url and ":" not in url.split("/")[0] and not Path(url).exists():
         raise UserError(f"repository {url!r} not found (give a URL git understands or an existing path)")
     if "://" not in url and Path(url).exists():
@@ -68,6 +73,9 @@ _repo_options = [
     click.option("--cache-dir", type=click.Path(path_type=Path), help="Local cache (default ~/.cache/modelfleet)."),
     click.option("--timeout", default="120s", show_default=True, help="Timeout of one Git operation."),
     click.option("--format", "fmt", type=FORMATS, default="table", show_default=True),
+]
+
+_credential_options = [
     click.option("--username", help="HTTP(S) user name (with --password-file)."),
     click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path),
                  help="File holding the HTTP(S) password or token (mode 600)."),
@@ -81,7 +89,15 @@ def _creds(username: str | None, password_file: Path | None, ca_file: Path | Non
     return Credentials(username=username, password_file=password_file, ca_file=ca_file)
 
 
+def credential_options(f):  # type: ignore[no-untyped-def]
+    """``--username``, ``--password-file`` and ``--ca-file`` (build the Credentials with :func:`_creds`)."""
+    for opt in reversed(_credential_options):
+        f = opt(f)
+    return f
+
+
 def repo_options(f):  # type: ignore[no-untyped-def]
+    f = credential_options(f)
     for opt in reversed(_repo_options):
         f = opt(f)
     return f

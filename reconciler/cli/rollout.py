@@ -12,7 +12,8 @@ from pathlib import Path
 
 import click
 
-from reconciler.cli.fleet import _default_repo
+from reconciler.cli.fleet import _creds, _default_repo, credential_options, remote_url
+from reconciler.core.credentials import CredentialError
 from reconciler.core.errors import UserError
 from reconciler.core.redact import redact_url
 from reconciler.core.units import parse_duration
@@ -35,6 +36,7 @@ _read_options = [
 
 
 def read_options(f):  # type: ignore[no-untyped-def]
+    f = credential_options(f)
     for opt in reversed(_read_options):
         f = opt(f)
     return f
@@ -49,8 +51,9 @@ def write_options(f):  # type: ignore[no-untyped-def]
 
 
 def _repo(repo: str | None, base: str, subpath: str | None, prefix: str, cache_dir: Path | None,
-          timeout: str) -> RolloutRepo:
-    url = repo or _default_repo()
+          timeout: str, username: str | None, password_file: Path | None, ca_file: Path | None) -> RolloutRepo:
+    creds = _creds(username, password_file, ca_file)
+    url, inline = remote_url(repo or _default_repo())
     if "://" not in url and Path(url).exists():
         url = str(Path(url).resolve())
     elif "://" not in url and ":" not in url.split("/")[0]:
@@ -59,7 +62,8 @@ def _repo(repo: str | None, base: str, subpath: str | None, prefix: str, cache_d
         secs = parse_duration(timeout)
     except ValueError as exc:
         raise UserError(f"--timeout: {exc}") from None
-    return RolloutRepo(url, cache_dir, branch=base, prefix=prefix, subpath=subpath, timeout=secs)
+    return RolloutRepo(url, cache_dir, branch=base, prefix=prefix, subpath=subpath, timeout=secs, credentials=creds,
+                       authorization=inline)
 
 
 def _mode(as_commit: bool, as_patch: bool, branch_name: str | None) -> str:
@@ -71,7 +75,7 @@ def _mode(as_commit: bool, as_patch: bool, branch_name: str | None) -> str:
 def _status(rr: RolloutRepo, deployment: str):  # type: ignore[no-untyped-def]
     try:
         return rr.status(deployment)
-    except GitError as exc:
+    except (GitError, CredentialError) as exc:
         raise UserError(f"cannot read {redact_url(rr.url)}: {exc}") from None
 
 
@@ -93,9 +97,10 @@ def rollout() -> None:
 @read_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True)
 def status_cmd(deployment: str, repo: str | None, base: str, subpath: str | None, prefix: str,
-               cache_dir: Path | None, timeout: str, fmt: str) -> None:
+               cache_dir: Path | None, timeout: str, username: str | None,
+               password_file: Path | None, ca_file: Path | None, fmt: str) -> None:
     """Per step: targeted, updated, healthy, failed, unknown devices; each gate; the phase."""
-    rr = _repo(repo, base, subpath, prefix, cache_dir, timeout)
+    rr = _repo(repo, base, subpath, prefix, cache_dir, timeout, username, password_file, ca_file)
     _, st = _status(rr, deployment)
     click.echo(render(st, fmt))
 
@@ -106,11 +111,12 @@ def status_cmd(deployment: str, repo: str | None, base: str, subpath: str | None
 @click.option("--force", "force_reason", metavar="REASON",
               help="Promote even though the gates do not pass; REASON goes into the commit message.")
 def promote_cmd(deployment: str, repo: str | None, base: str, subpath: str | None, prefix: str,
-                cache_dir: Path | None, timeout: str, as_commit: bool, as_patch: bool, branch_name: str | None,
+                cache_dir: Path | None, timeout: str, username: str | None,
+                password_file: Path | None, ca_file: Path | None, as_commit: bool, as_patch: bool, branch_name: str | None,
                 force_reason: str | None) -> None:
     """Advance the rollout one step (or complete it) when its gates pass."""
     mode = _mode(as_commit, as_patch, branch_name)
-    rr = _repo(repo, base, subpath, prefix, cache_dir, timeout)
+    rr = _repo(repo, base, subpath, prefix, cache_dir, timeout, username, password_file, ca_file)
     snap, st = _status(rr, deployment)
     if st.phase == COMPLETE:
         raise UserError(f"deployment {deployment} is not in a rollout (it runs {st.version})")
@@ -136,11 +142,12 @@ def promote_cmd(deployment: str, repo: str | None, base: str, subpath: str | Non
 @write_options
 @click.option("--reason", default="", help="Why, for the commit message.")
 def abort_cmd(deployment: str, repo: str | None, base: str, subpath: str | None, prefix: str,
-              cache_dir: Path | None, timeout: str, as_commit: bool, as_patch: bool, branch_name: str | None,
+              cache_dir: Path | None, timeout: str, username: str | None,
+              password_file: Path | None, ca_file: Path | None, as_commit: bool, as_patch: bool, branch_name: str | None,
               reason: str) -> None:
     """Send every device back to rollout.from in one commit."""
     mode = _mode(as_commit, as_patch, branch_name)
-    rr = _repo(repo, base, subpath, prefix, cache_dir, timeout)
+    rr = _repo(repo, base, subpath, prefix, cache_dir, timeout, username, password_file, ca_file)
     snap, st = _status(rr, deployment)
     if st.phase == COMPLETE:
         raise UserError(f"deployment {deployment} is not in a rollout (it runs {st.version})")
@@ -152,10 +159,11 @@ def abort_cmd(deployment: str, repo: str | None, base: str, subpath: str | None,
 
 
 def _pause_resume(paused: bool, deployment: str, repo: str | None, base: str, subpath: str | None, prefix: str,
-                  cache_dir: Path | None, timeout: str, as_commit: bool, as_patch: bool,
+                  cache_dir: Path | None, timeout: str, username: str | None,
+                  password_file: Path | None, ca_file: Path | None, as_commit: bool, as_patch: bool,
                   branch_name: str | None) -> None:
     mode = _mode(as_commit, as_patch, branch_name)
-    rr = _repo(repo, base, subpath, prefix, cache_dir, timeout)
+    rr = _repo(repo, base, subpath, prefix, cache_dir, timeout, username, password_file, ca_file)
     snap, st = _status(rr, deployment)
     if st.phase == COMPLETE:
         raise UserError(f"deployment {deployment} is not in a rollout (it runs {st.version})")
@@ -195,14 +203,15 @@ def resume_cmd(**kw: object) -> None:
 @click.option("--once", is_flag=True, help="Evaluate once (and act), then exit: for a CI job.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def watch_cmd(deployment: str, repo: str | None, base: str, subpath: str | None, prefix: str,
-              cache_dir: Path | None, timeout: str, interval: str, max_iterations: int | None, once: bool,
+              cache_dir: Path | None, timeout: str, username: str | None,
+              password_file: Path | None, ca_file: Path | None, interval: str, max_iterations: int | None, once: bool,
               fmt: str) -> None:
     """Promote when the gates pass, abort when the step failed; stateless, so any number may run."""
     try:
         secs = parse_duration(interval)
     except ValueError as exc:
         raise UserError(f"--interval: {exc}") from None
-    rr = _repo(repo, base, subpath, prefix, cache_dir, timeout)
+    rr = _repo(repo, base, subpath, prefix, cache_dir, timeout, username, password_file, ca_file)
     try:
         for tick in watch(rr, deployment, interval=secs, max_iterations=1 if once else max_iterations):
             if fmt == "json":
@@ -210,5 +219,5 @@ def watch_cmd(deployment: str, repo: str | None, base: str, subpath: str | None,
             else:
                 act_text = f"{tick.action} -> {tick.commit[:12]}" if tick.commit else (tick.action or "wait")
                 click.echo(f"[{tick.iteration}] step {tick.step} {tick.phase}: {act_text} ({tick.message})")
-    except GitError as exc:
+    except (GitError, CredentialError) as exc:
         raise UserError(f"cannot read {redact_url(rr.url)}: {exc}") from None

@@ -80,6 +80,7 @@ CONVERGED = "Converged"
 # -- monitoring (DriftDetected / Degraded; reconciler.drift) ------------------------------------------------
 DRIFT_WARNING = "DriftWarning"
 DRIFT_ALERT = "DriftAlert"
+DRIFT_PINNED = "DriftPinned"
 NO_DRIFT = "NoDrift"
 INSUFFICIENT_DATA = "InsufficientData"
 OPERATIONAL_SIGNALS = "OperationalSignals"
@@ -211,6 +212,9 @@ REASONS: tuple[Reason, ...] = (
     Reason(DRIFT_ALERT, "DriftDetected=True, `failures[]`", "drift past `drift.alert`; with `drift.action: "
            "rollback` the version was rolled back and is held back", "Find the feature and the devices; retrain "
            "or adjust the thresholds (docs/monitoring.md)."),
+    Reason(DRIFT_PINNED, "endpoint `Waiting` (message)", "the serving version's drift is `Alert` under `drift.action: "
+           "pin`: the device keeps it and holds the new desired version back", "Investigate the drift; the hold ends "
+           "when the verdict clears or `drift.action` is changed in Git (docs/monitoring.md)."),
     Reason(NO_DRIFT, "DriftDetected=False", "every monitored endpoint is within its warn threshold", "—"),
     Reason(INSUFFICIENT_DATA, "DriftDetected=False", "fewer observations than `drift.minSamples` so far", "—"),
     Reason(OPERATIONAL_SIGNALS, "Degraded=True", "error rate, NaN/inf outputs or p99 latency out of bounds "

@@ -134,3 +134,18 @@ def rollback_reason(endpoint: Mapping[str, Any]) -> str | None:
     worst = ", ".join(f"{w['feature']}={w['score']:.3g}" for w in (d.get("worst") or [])[:3])
     return (f"{R.DRIFT_ALERT}: {d.get('method')} {d.get('score'):.3g} >= {d.get('alert')} (worst {worst}); rolled back to "
             f"{endpoint['previousVersion']}")
+
+
+def pin_reason(serving: Mapping[str, Any] | None, desired_action: str | None) -> str | None:
+    """Why a switch of this endpoint away from its serving version must be held (``drift.action: pin``): the
+    serving version's last verdict (``serving``: its status endpoint from the previous pass) is ``Alert`` and
+    the desired state still says ``pin``. None when the switch may go ahead: no verdict for the serving version
+    yet, the verdict cleared, or the action in Git is no longer ``pin``."""
+    if serving is None or desired_action != "pin":
+        return None
+    d = serving.get("drift") or {}
+    if d.get("level") != "Alert":
+        return None
+    worst = ", ".join(f"{w['feature']}={w['score']:.3g}" for w in (d.get("worst") or [])[:3])
+    return (f"{R.DRIFT_PINNED}: {serving.get('version')} is pinned, {d.get('method')} {d.get('score'):.3g} >= "
+            f"{d.get('alert')} (worst {worst}); held until the drift clears or drift.action changes")

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from reconciler.core.credentials import CredentialError, Credentials
 from reconciler.core.errors import UserError
 from reconciler.fleet.manifests import load_files, read_git
 from reconciler.fleet.repository import FleetRepo
@@ -45,8 +46,10 @@ class Snapshot:
 
 class RolloutRepo:
     def __init__(self, url: str, cache_dir: Path | None = None, *, branch: str = "main", prefix: str = "status/",
-                 subpath: str | None = None, timeout: float = 120) -> None:
-        self.status_repo = StatusRepo(url, cache_dir, branch=branch, prefix=prefix, timeout=timeout)
+                 subpath: str | None = None, timeout: float = 120, credentials: Credentials | None = None,
+                 authorization: str | None = None) -> None:
+        self.status_repo = StatusRepo(url, cache_dir, branch=branch, prefix=prefix, timeout=timeout,
+                                      credentials=credentials, authorization=authorization)
         self.url, self.branch, self.timeout = url, branch, timeout
         self.subpath = subpath.strip("/") if subpath else None
 
@@ -104,8 +107,12 @@ class RolloutRepo:
         rel = self._git_path(snap.fleet.deployments[deployment].file)
         work = Path(tempfile.mkdtemp(prefix="modelfleet-rollout-"))
         try:
+            env = self.status_repo.auth.env()  # credentials as environment: never in argv or .git/config
+        except CredentialError as exc:
+            raise UserError(str(exc)) from None
+        try:
             _op_git(["clone", "--quiet", "--no-tags", "--single-branch", "--branch", self.branch, "--", self.url,
-                     str(work / "repo")], cwd=work, timeout=self.timeout)
+                     str(work / "repo")], cwd=work, timeout=self.timeout, env=env)
             repo = work / "repo"
             head = _op_git(["rev-parse", "HEAD"], cwd=repo).strip()
             if head != snap.head:
@@ -125,7 +132,7 @@ class RolloutRepo:
                 return _op_git(["format-patch", "-1", "--stdout", "HEAD"], cwd=repo)
             target = self.branch if mode == "commit" else branch_name
             _op_git(["push", "--quiet", "--porcelain", "--", "origin", f"HEAD:refs/heads/{target}"], cwd=repo,
-                    timeout=self.timeout, what=f"push to {target}")
+                    timeout=self.timeout, what=f"push to {target}", env=env)
             return sha
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -145,10 +152,11 @@ def _key_in(blob: bytes | None, deployment: str) -> str | None:
 
 
 def _op_git(args: list[str], *, cwd: Path, timeout: float = 60, input: str | None = None,
-            what: str | None = None) -> str:
+            what: str | None = None, env: dict[str, str] | None = None) -> str:
     """``git`` as the operator runs it (their identity and signing configuration), never prompting."""
     try:
-        proc = run_git(args, cwd=cwd, timeout=timeout, input=None if input is None else input.encode(), check=False)
+        proc = run_git(args, cwd=cwd, timeout=timeout, input=None if input is None else input.encode(), check=False,
+                       env=env)
     except GitError as exc:
         raise UserError(f"git {what or args[0]}: {exc}") from None
     if proc.returncode != 0:

@@ -418,3 +418,54 @@ def test_idle_poll_is_one_authenticated_request_on_a_kept_alive_connection(serve
         ("POST", f"/private/{name}.git/git-upload-pack", "200", "device-read")}
     assert len({conn for *_, conn, _n in lines}) == 1  # one kept-alive connection
     src.close()
+
+
+def test_rollout_commands_authenticate_like_fleet_status(servers: Servers, tmp_path: Path) -> None:
+    """`modelfleet rollout` reads and pushes through the same credential options as `fleet status`: a private
+    HTTPS repository (auth on everything, private CA); a password in the URL is taken out with a warning."""
+    from tests._git_fixtures import Upstream
+    from tests.rollout._fleet import FLEET, MODEL, deployment_yaml
+
+    up = Upstream(tmp_path / "up")
+    devices = {f"devices/dev-{i}.yaml": f"apiVersion: modelfleet/v1\nkind: Device\nmetadata:\n  name: dev-{i}\n"
+                                        f"  labels: {{site: a, ring: {'canary' if i == 0 else 'stable'}}}\n"
+               for i in range(3)}
+    up.commit({"fleet.yaml": FLEET, "models/tiny.yaml": MODEL, "deployments/tiny.yaml": deployment_yaml(0),
+               **devices}, "tiny: rollout at the canary step")
+    servers.http.publish_repo("fleet-rollout.git", up.bare)
+    url = servers.http.url("fleet-rollout.git", private=True, tls=True)
+    ops_pw = private_file(tmp_path / "secrets" / "ops-pw", USERS["ops"])
+    creds = ["--repo", url, "--username", "ops", "--password-file", str(ops_pw), "--ca-file", str(servers.pki.ca),
+             "--cache-dir", str(tmp_path / "ops-cache")]
+    outputs: list[str] = []
+    with CmdlineSampler() as sampler:
+        r = run_cli("rollout", "status", "tiny", *creds, "--format", "json")
+        outputs.append(r.text)
+        assert r.code == 0, r.text
+        st = json.loads(r.out)
+        assert st["version"] == "1.1.0" and st["step"] == 0, st
+        r = run_cli("rollout", "pause", "tiny", *creds)  # clone and push with the same credentials
+        outputs.append(r.text)
+        assert r.code == 0 and "paused rollout of tiny at step 0" in r.out, r.text
+        shown = subprocess.run(["git", "--git-dir", str(up.bare), "show", "main:deployments/tiny.yaml"],
+                               capture_output=True, text=True, check=True).stdout
+        assert "paused: true" in shown
+        anonymous = run_cli("rollout", "status", "tiny", "--repo", url, "--ca-file", str(servers.pki.ca),
+                            "--cache-dir", str(tmp_path / "anon-cache"))
+        outputs.append(anonymous.text)
+        assert anonymous.code != 0 and anonymous.err.startswith("error: cannot read ") and "Traceback" not in anonymous.text
+        inline = url.replace("https://", f"https://ops:{USERS['ops']}@")
+        r = run_cli("rollout", "resume", "tiny", "--repo", inline, "--ca-file", str(servers.pki.ca),
+                    "--cache-dir", str(tmp_path / "inline-cache"))
+        outputs.append(r.text)
+        assert r.code == 0, r.text
+        assert "embeds a password or token" in r.err and "resumed rollout of tiny" in r.out
+        half = run_cli("rollout", "status", "tiny", "--repo", url, "--username", "ops")
+        outputs.append(half.text)
+        assert half.code != 0 and "--username and --password-file go together" in half.err
+    assert sampler.samples > 100 and sampler.hits == [], sampler.hits[:3]
+    places = [(f"output {i}", o.encode()) for i, o in enumerate(outputs)]
+    places += [(str(p), p.read_bytes()) for p in tmp_path.rglob("*")
+               if p.is_file() and not p.is_symlink() and "secrets" not in p.parts and "ops-pw" not in p.name]
+    places.append(("repository", all_objects(up.bare)))
+    assert [where for where, data in places for s in SECRETS if s in data] == []

@@ -19,7 +19,7 @@ from reconciler.agent.config import load_agent_config
 from reconciler.agent.loop import Agent
 from reconciler.core import conditions as C
 from reconciler.distribution import tufrepo
-from reconciler.drift.settings import decode_counts
+from reconciler.drift.settings import decode_counts, pin_reason
 from reconciler.fleet.schemas import validator
 from tests._agent_fixtures import ENDPOINT, IN_DIM, MODEL, World, which_version
 from tests._cli import run_cli
@@ -167,3 +167,40 @@ def test_rollback_action_returns_to_the_previous_version_and_holds_the_drifting_
     assert failures and failures[0]["version"] == "1.1.0" and failures[0]["reason"].startswith("DriftAlert")
     r = agent.reconcile_once()
     assert not r.converged and which_version(agent.c.url, world) == "1.0.0"  # held back, not re-applied
+
+
+def test_pin_action_holds_a_new_version_until_the_drift_clears(world: World, agent: Agent, tmp_path: Path) -> None:
+    commit_with_baseline(world, "1.0.0", DRIFT | {"action": "pin"})
+    assert agent.reconcile_once().converged
+    rng = np.random.default_rng(7)
+    shifted = rng.normal(size=(300, IN_DIM))
+    shifted[:, 2] += 2.0
+    send(agent.c.url, shifted)
+    assert endpoint_status(agent)["drift"]["level"] == "Alert"
+    world.publish("1.1.0", bias=1.0)
+    publish_baseline(world, "1.1.0", tmp_path)
+    commit_with_baseline(world, "1.1.0", DRIFT | {"action": "pin"})
+    for _ in range(2):  # held on every pass while the verdict stays Alert
+        r = agent.reconcile_once()
+        (ep,) = r.endpoints
+        assert not r.converged and which_version(agent.c.url, world) == "1.0.0"
+        assert (ep["version"], ep["desiredVersion"], ep["state"]) == ("1.0.0", "1.1.0", "Waiting")
+        assert ep["message"].startswith("DriftPinned: 1.0.0 is pinned") and "input[2]" in ep["message"], ep
+    assert not agent.status_document()["status"]["failures"]  # held, not failed: nothing in the failure memory
+    send(agent.c.url, rng.normal(size=(300, IN_DIM)))  # the window refills with in-distribution data
+    assert endpoint_status(agent)["drift"]["level"] == "OK"
+    assert agent.reconcile_once().converged and which_version(agent.c.url, world) == "1.1.0"
+
+
+def test_pin_reason_decides_from_the_verdict_and_the_action_in_git() -> None:
+    alert = {"name": ENDPOINT, "version": "1.0.0", "drift": {
+        "level": "Alert", "method": "psi", "score": 0.9, "alert": 0.25, "action": "pin",
+        "worst": [{"feature": "input[2]", "score": 0.9}]}}
+    why = pin_reason(alert, "pin")
+    assert why is not None and why.startswith("DriftPinned: 1.0.0 is pinned, psi 0.9 >= 0.25 (worst input[2]=0.9)")
+    assert pin_reason(alert, "alert") is None and pin_reason(alert, "rollback") is None  # action changed in Git
+    assert pin_reason(alert, None) is None
+    for level in ("OK", "Warning", "Insufficient", "Unavailable"):  # the verdict cleared (or there is none)
+        assert pin_reason({**alert, "drift": {**alert["drift"], "level": level}}, "pin") is None
+    assert pin_reason({"name": ENDPOINT, "version": "1.0.0"}, "pin") is None
+    assert pin_reason(None, "pin") is None
