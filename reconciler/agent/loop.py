@@ -69,8 +69,7 @@ from reconciler.agent.passes import (
 from reconciler.agent.schedule import merged_labels, next_delay, summarize, window_open
 from reconciler.agent.status import StatusMixin
 from reconciler.agent.wiring import Components, monitor_pass, release_free_memory
-from reconciler.core import conditions as C
-from reconciler.core import reasons as R
+from reconciler.core import conditions as C, reasons as R
 from reconciler.core.errors import UserError
 from reconciler.core.fsutil import atomic_write_text
 from reconciler.core.logs import fields

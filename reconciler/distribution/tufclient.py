@@ -51,10 +51,8 @@ from reconciler.distribution.tuferrors import (
     StoreCorrupted,
     TargetHashMismatch,
     TargetNotFound,
-    translate,
-)
-from reconciler.distribution.tuferrors import (
     TufClientError as TufClientError,  # re-exported: callers catch it from here
+    translate,
 )
 
 BYTES_DOWNLOADED = Counter("modelfleet_tuf_bytes_downloaded", "Target bytes downloaded by the TUF client")

@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from securesystemslib.signer import CryptoSigner, Signer
+from securesystemslib.signer import Signer
 from tuf.api.exceptions import LengthOrHashMismatchError, UnsignedMetadataError
 from tuf.api.metadata import (
     DelegatedRole,
@@ -50,6 +49,14 @@ from reconciler.core.errors import UserError
 from reconciler.core.fsutil import atomic_write_bytes, atomic_write_text, fsync_dir
 from reconciler.distribution import modelcrypto
 
+# default_root_keys_dir and find_signer are part of the publisher API (docs/publishing.md): re-exported here.
+from reconciler.distribution.tufkeys import (
+    default_root_keys_dir as default_root_keys_dir,
+    find_signer as find_signer,
+    generate_key,
+    retire_key_file,
+)
+
 TOP_LEVEL = ("root", "targets", "snapshot", "timestamp")
 DEFAULT_EXPIRY: dict[str, timedelta] = {
     "root": timedelta(days=365),
@@ -64,44 +71,6 @@ _SERIALIZER = JSONSerializer(compact=False)
 
 def _now(now: datetime | None) -> datetime:
     return (now or datetime.now(timezone.utc)).replace(microsecond=0)
-
-
-def default_root_keys_dir(keys_dir: Path) -> Path:
-    return keys_dir.parent / f"{keys_dir.name}-root"
-
-
-# --------------------------------------------------------------------------------------------------- keys
-
-
-def generate_key(keys_dir: Path, role: str) -> CryptoSigner:
-    """A new ed25519 key for ``role``, written to ``keys_dir/<role>-<keyid>.pem`` (0600)."""
-    signer = CryptoSigner.generate_ed25519()
-    keys_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(keys_dir, 0o700)
-    atomic_write_bytes(keys_dir / f"{role}-{signer.public_key.keyid}.pem", signer.private_bytes, mode=0o600)
-    return signer
-
-
-def find_signer(key_dirs: Sequence[Path], keyid: str) -> Signer | None:
-    for d in key_dirs:
-        for path in sorted(Path(d).glob(f"*-{keyid}.pem")):
-            try:
-                priv = load_pem_private_key(path.read_bytes(), password=None)
-            except (OSError, ValueError) as exc:
-                raise UserError(f"cannot load key file {path}: {exc}") from exc
-            signer = CryptoSigner(priv)  # type: ignore[arg-type]
-            if signer.public_key.keyid != keyid:
-                raise UserError(f"key file {path} does not hold key {keyid[:12]}…")
-            return signer
-    return None
-
-
-def _retire_key_file(key_dirs: Sequence[Path], keyid: str) -> None:
-    for d in key_dirs:
-        for path in Path(d).glob(f"*-{keyid}.pem"):
-            retired = path.parent / "retired"
-            retired.mkdir(mode=0o700, exist_ok=True)
-            os.replace(path, retired / path.name)
 
 
 # ---------------------------------------------------------------------------------------------- repository
@@ -501,7 +470,7 @@ def rotate_key(
     repo.write(root, "root", signers)
     repo.root = root
     for kid in old_ids:
-        _retire_key_file([*key_dirs, *root_keys_dirs], kid)
+        retire_key_file([*key_dirs, *root_keys_dirs], kid)
     if role == "targets":
         repo.resign_targets_role(repo.load("targets"), "targets")
     if role != "root":

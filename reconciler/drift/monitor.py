@@ -20,8 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from reconciler.drift import metrics as M
-from reconciler.drift import stats
+from reconciler.drift import metrics as M, stats
 from reconciler.drift.baseline import Baseline, BaselineError
 from reconciler.drift.features import extract_all
 from reconciler.drift.feedback import FeedbackError, FeedbackJoin, parse_feedback

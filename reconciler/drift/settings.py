@@ -9,8 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.core import conditions as C
-from reconciler.core import reasons as R
+from reconciler.core import conditions as C, reasons as R
 from reconciler.drift import stats
 
 ACTIONS = ("alert", "rollback", "pin")

@@ -21,8 +21,7 @@ import numpy as np
 
 from reconciler.core.errors import UserError
 from reconciler.core.fsutil import atomic_write_text
-from reconciler.optimize import budget as budget_mod
-from reconciler.optimize import convert, measure
+from reconciler.optimize import budget as budget_mod, convert, measure
 from reconciler.optimize.manifest import schema_accepts
 from reconciler.optimize.plan import (
     HardwareClass,

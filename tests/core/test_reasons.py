@@ -7,8 +7,7 @@ import ast
 import re
 from pathlib import Path
 
-from reconciler.core import conditions as C
-from reconciler.core import reasons as R
+from reconciler.core import conditions as C, reasons as R
 from reconciler.distribution import tufclient
 from tests._cli import run_cli
 

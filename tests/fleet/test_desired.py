@@ -5,8 +5,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from reconciler.fleet.desired import DeviceIdentity, bucket, choose_variant, desired_state, in_rollout
 from reconciler.fleet.manifests import load_dir, load_files, read_dir
