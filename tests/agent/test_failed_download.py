@@ -9,24 +9,12 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from reconciler.core import reasons as R
 from tests._agent_fixtures import AgentProcess, World, condition, read_status, wait_for, which_version
 
 POLL = 0.25
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path / "world").start()
-    w.publish("1.0.0", bias=0.0)
-    w.commit_fleet("1.0.0")
-    yield w
-    w.stop()
 
 
 def tamper(world: World, version: str) -> str:

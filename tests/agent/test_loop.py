@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import urllib.error
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,23 +19,6 @@ from reconciler.core import conditions as C
 from reconciler.fleet.schemas import validator
 from tests._agent_fixtures import ENDPOINT, REPO_ROOT, World, infer, which_version
 from tests._git_fixtures import make_ssh_key, write_allowed_signers
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path / "world").start()
-    w.publish("1.0.0", bias=0.0)
-    w.commit_fleet("1.0.0")
-    yield w
-    w.stop()
-
-
-@pytest.fixture
-def agent(world: World, tmp_path: Path) -> Iterator[Agent]:
-    a = Agent(load_agent_config(world.agent_config(tmp_path / "dev")))
-    a.boot()
-    yield a
-    a.close()
 
 
 def cond(a: Agent, ctype: str) -> C.Condition:
