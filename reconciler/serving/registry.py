@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 from prometheus_client import Counter, Histogram
 
+from reconciler.serving.batching import Batcher, BatchingPolicy, batching_problem
 from reconciler.serving.health import HealthPolicy, HealthResult, rss_mb, run_health_check
 from reconciler.serving.runtimes import Backend, RuntimeLoadError, load_backend
 from reconciler.serving.v2codec import TensorMeta
@@ -74,6 +75,8 @@ class EndpointSpec:
     device: str | None = None
     providers: list[str] | None = None
     keep_previous: bool = True
+    #: Adaptive batching (``{maxBatchSize, maxQueueDelayMs, maxQueueSize?}``, :mod:`~.batching`); None: off.
+    batching: dict[str, Any] | None = None
 
     def same_build(self, other: EndpointSpec) -> bool:
         return (self.version, self.variant, self.digest, self.runtime, self.precision) == (
@@ -140,6 +143,10 @@ class LoadedModel:
         self.outputs = backend.outputs
         self.output_names = [m.name for m in self.outputs]
         self.inline = health.p50_ms is not None and health.p50_ms < INLINE_BELOW_MS
+        #: Set when the deployment asks for adaptive batching: requests go through its queue.
+        self.batcher: Batcher | None = None
+        #: The server's pre-bound metric children for this version (set by the server on first use).
+        self.serving_metrics: Any = None
         # Monitoring hook (e.g. reconciler.drift): sees every request's tensors after inference; it must only
         # count and enqueue, the work happens off the request path.
         self.observer: Observer | None = None
@@ -191,7 +198,15 @@ class LoadedModel:
             if self._closed:
                 return
             self._closed = True
+        self.set_batching(None)
         self.backend.close()
+
+    def set_batching(self, policy: BatchingPolicy | None) -> None:
+        """Start (or replace, or with None stop) this version's batch queue; queued requests still run."""
+        old = self.batcher
+        self.batcher = Batcher(self.name, policy, self.backend.infer) if policy is not None else None
+        if old is not None:
+            old.close()
 
     def reopen(self) -> None:
         """Allow leases again (a kept previous version becoming active after a rollback)."""
@@ -260,6 +275,16 @@ def _interface_problem(spec: EndpointSpec, backend: Backend) -> str | None:
             if shape and len(shape) != len(m.shape):
                 return f"{kind} {d['name']!r} has rank {len(m.shape)} in the model, declared {len(shape)}"
     return None
+
+
+def _batching_policy(spec: EndpointSpec, backend: Backend) -> BatchingPolicy | None:
+    """The endpoint's batching policy; ``ValueError`` when it is malformed or the model cannot be batched."""
+    policy = BatchingPolicy.from_spec(spec.batching)
+    if policy is not None:
+        problem = batching_problem(_merge_meta(spec.inputs, backend.inputs), backend.outputs)
+        if problem:
+            raise ValueError(f"batching requested, but {problem}")
+    return policy
 
 
 class ModelRegistry:
@@ -344,6 +369,11 @@ class ModelRegistry:
         if problem:
             backend.close()
             return None, self._fail(spec, "InterfaceMismatch", problem, t0)
+        try:
+            batching = _batching_policy(spec, backend)
+        except ValueError as exc:
+            backend.close()
+            return None, self._fail(spec, "InvalidSpec", str(exc), t0)
         health = run_health_check(backend, spec.probe, policy, rss_before_mb=rss_before)
         if not health.ok:
             backend.close()
@@ -351,6 +381,7 @@ class ModelRegistry:
         load_ms = (time.perf_counter() - t0) * 1000.0
         LOAD_SECONDS.labels(spec.name, spec.version).observe(load_ms / 1000.0)
         model = LoadedModel(spec, backend, load_ms, health)
+        model.set_batching(batching)
         if self.observer_factory is not None:
             model.observer = self.observer_factory(spec)
         return model, ApplyResult(True, "Ready", "", load_ms)
@@ -394,8 +425,14 @@ class ModelRegistry:
         ep = self._endpoint(spec.name)
         with ep.apply_lock:
             if ep.active is not None and ep.active.spec.same_build(spec):
-                ep.active.spec = spec
-                return ApplyResult(True, "AlreadyActive", "", ep.active.load_ms)
+                active = ep.active
+                if (active.spec.batching or None) != (spec.batching or None):
+                    try:
+                        active.set_batching(_batching_policy(spec, active.backend))
+                    except ValueError as exc:
+                        return self._fail(spec, "InvalidSpec", str(exc), time.perf_counter())
+                active.spec = spec
+                return ApplyResult(True, "AlreadyActive", "", active.load_ms)
             if ep.previous is not None and ep.previous.spec.same_build(spec):
                 # The wanted version is still loaded and passed its check when it was loaded: switch back.
                 prev = ep.previous
