@@ -9,11 +9,14 @@ parameters) join it, in arrival order, while the rows (first dimensions) add up 
 the batch runs when it is full or when its oldest request has waited ``maxQueueDelayMs``. The inputs are
 concatenated along axis 0, run once, and every output is split back by rows, so each request gets exactly the
 rows it would have got alone (checked bit-for-bit for fp32 ONNX Runtime in ``tests/serving/test_batching.py``).
+When the batch as a whole fails (one request's data makes the runtime fail, or the model does not really batch
+along its first dimension), its requests are run again one at a time: each gets the answer or the error it
+would have got alone, and ``modelfleet_batch_fallbacks_total`` counts it.
 
 Limits: at most ``maxQueueSize`` requests wait (the next one is answered 503 at once, :class:`QueueFull`); a
 request with more rows than ``maxBatchSize`` runs alone. A model whose inputs and outputs do not all have a
 variable first dimension cannot be batched: :func:`batching_problem` says why, and the registry refuses to load
-it with batching requested. A failed batch fails each of its requests with the runtime's error.
+it with batching requested.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 
 from reconciler.serving.v2codec import TensorMeta
 
@@ -35,6 +38,11 @@ BATCH_SIZE = Histogram(
     "Requests run together in one batch (adaptive batching).",
     ["model"],
     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128),
+)
+FALLBACKS = Counter(
+    "modelfleet_batch_fallbacks_total",
+    "Batches that failed as a whole and were run again one request at a time.",
+    ["model"],
 )
 QUEUE_DELAY = Histogram(
     "modelfleet_batch_queue_delay_seconds",
@@ -160,6 +168,7 @@ class Batcher:
         self._closed = False
         self._batch_size = BATCH_SIZE.labels(name)
         self._queue_delay = QUEUE_DELAY.labels(name)
+        self._fallbacks = FALLBACKS.labels(name)
         self._thread = threading.Thread(target=self._work, name=f"modelfleet-batch-{name}", daemon=True)
         self._thread.start()
 
@@ -212,24 +221,27 @@ class Batcher:
         for item in batch:
             self._queue_delay.observe(started - item.enqueued)
         self._batch_size.observe(len(batch))
-        first = batch[0]
-        try:
-            if len(batch) == 1:
-                outputs = self._run(first.feeds, first.output_names)
-                parts = [outputs]
-            else:
+        if len(batch) > 1:
+            first = batch[0]
+            try:
                 feeds = {n: np.concatenate([b.feeds[n] for b in batch]) for n in first.feeds}
-                outputs = self._run(feeds, first.output_names)
-                parts = split_outputs(outputs, [b.rows for b in batch])
-        except Exception as exc:  # the runtime's failure, or outputs that cannot be split: every member fails
-            run_s = self._clock() - started
-            what = f"inference failed (batch of {len(batch)} requests)" if len(batch) > 1 else "inference failed"
-            for item in batch:
-                self._finish(item, None, f"{what}: {exc}", started - item.enqueued, run_s)
-            return
-        run_s = self._clock() - started
-        for item, out in zip(batch, parts, strict=True):
-            self._finish(item, out, None, started - item.enqueued, run_s)
+                parts = split_outputs(self._run(feeds, first.output_names), [b.rows for b in batch])
+            except Exception:  # noqa: BLE001 - one member's data, or a model that does not batch: see below
+                self._fallbacks.inc()
+            else:
+                run_s = self._clock() - started
+                for item, out in zip(batch, parts, strict=True):
+                    self._finish(item, out, None, started - item.enqueued, run_s)
+                return
+        # Alone: a single request, or the members of a failed batch, so that each gets exactly the answer (or
+        # the error) it would have got alone — one bad request never fails its neighbours.
+        for item in batch:
+            t0 = self._clock()
+            try:
+                out, error = self._run(item.feeds, item.output_names), None
+            except Exception as exc:  # noqa: BLE001 - the runtime's message goes to the client
+                out, error = None, f"inference failed: {exc}"
+            self._finish(item, out, error, started - item.enqueued, self._clock() - t0)
 
     @staticmethod
     def _finish(item: BatchItem, outputs: dict[str, np.ndarray] | None, error: str | None,
