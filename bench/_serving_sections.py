@@ -114,7 +114,7 @@ def inprocess_p50_us(infer: Callable[[dict[str, np.ndarray]], Any], feeds: dict[
 # --- overhead: this tree vs the baseline tree, tiny model ----------------------------------------------------
 
 
-def overhead(cache: Path, rev: str, rounds: int = 3, seconds: float = 2.0) -> dict[str, Any]:
+def overhead(cache: Path, rev: str, rounds: int = 4, seconds: float = 2.0) -> dict[str, Any]:
     trees = {"baseline": baseline_tree(rev, cache), "current": REPO}
     model = cache / "tiny.onnx"
     model.write_bytes(TINY)
@@ -128,8 +128,8 @@ def overhead(cache: Path, rev: str, rounds: int = 3, seconds: float = 2.0) -> di
         inproc = inprocess_p50_us(m.backend.infer, {"input": x}, 3000)
     reg.close()
     try:
-        for _ in range(rounds):
-            for name, p in procs.items():
+        for i in range(rounds):  # ABBA: neither tree always runs first
+            for name, p in (list(procs.items()) if i % 2 == 0 else list(procs.items())[::-1]):
                 for case in cases:
                     enc, conc = case.split("_c")
                     req = _request(p.port, "tiny", TINY_PROBE, enc == "binary")

@@ -45,6 +45,10 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 FEED_SLICE = 512
 _IDLE, _HEAD, _BODY = 0, 1, 2
 _PREALLOCATE = 1 << 20
+#: Status line and content type per (status, content type), built once: the head of a response is these bytes,
+#: its length and its extra headers. Bounded: extra routes may answer with any content type.
+_HEADS: dict[tuple[int, bytes], bytes] = {}
+_HEADS_MAX = 256
 
 
 @dataclass(slots=True)
@@ -491,12 +495,14 @@ class HttpConnection(asyncio.Protocol):
         t = self.transport
         if t is None or t.is_closing():
             return
-        head = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n" % (
-            resp.status,
-            _REASONS.get(resp.status, b"Unknown"),
-            resp.content_type,
-            len(resp.body),
-        )
+        key = (resp.status, resp.content_type)
+        start = _HEADS.get(key)
+        if start is None:
+            start = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: " % (
+                resp.status, _REASONS.get(resp.status, b"Unknown"), resp.content_type)
+            if len(_HEADS) < _HEADS_MAX:
+                _HEADS[key] = start
+        head = start + b"%d\r\n" % len(resp.body)
         for k, v in resp.headers:
             head += k + b": " + v + b"\r\n"
         if not keep_alive:

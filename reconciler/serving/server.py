@@ -317,7 +317,7 @@ class V2App:
                 return path.submit(model, lease, headers, body, t0)
             return _Deferred(lambda: path.submit(model, lease, headers, body, t0))
         if model.inline and len(body) <= INLINE_BODY_MAX:
-            return path.run(model, lease, headers, body, t0)
+            return path.run(model, lease, headers, body, t0, inline=True)
         return _Deferred(lambda: path.run(model, lease, headers, body, t0))
 
     def _run(self, model: LoadedModel, lease: Any, headers: dict[str, str], body: bytes, t0: float) -> Response:
