@@ -152,7 +152,8 @@ def start(name: str, model_file: Path, workdir: Path, threads: int = 1) -> tuple
     workdir.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     log = workdir / f"{name}.log"
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    # MLflow starts ``uvicorn``/``gunicorn`` by name: the venv's bin first on PATH.
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PATH": f"{py.parent}:{os.environ.get('PATH', '')}"}
     env.pop("PYTHONPATH", None)
     if name == "mlflow":
         model_dir = workdir / "mlflow-model"

@@ -173,9 +173,10 @@ def _inproc_rate(infer: Callable[[dict[str, np.ndarray]], Any], x: np.ndarray, s
     return n * x.shape[0] / dt
 
 
-def cnn(cache: Path, rounds: int = 2, seconds: float = 3.0) -> dict[str, Any]:
+def cnn(cache: Path, rounds: int = 3, seconds: float = 3.0) -> dict[str, Any]:
+    # One request at a time against the runtime's own sequential loop: the ratio is what the HTTP layer costs.
     out: dict[str, Any] = {"model": "modelgen.camera_cnn (1x3x224x224 FP32, 2.6 MB)", "threads": os.cpu_count(),
-                           "server_concurrency": 2}
+                           "server_concurrency": 1, "encoding": "binary", "rounds": rounds}
     rng = np.random.default_rng(0)
     for runtime, spec in _cnn_backends(cache).items():
         reg = ModelRegistry(cache_dir=cache / "regcache")
@@ -195,7 +196,7 @@ def cnn(cache: Path, rounds: int = 2, seconds: float = 3.0) -> dict[str, Any]:
                     infer = m.backend.infer
                     for _ in range(rounds):
                         inproc.append(_inproc_rate(infer, x, seconds))
-                        s = stats(load(srv.port, req, 2, seconds), seconds)
+                        s = stats(load(srv.port, req, 1, seconds), seconds)
                         served.append(s["rps"] * batch)
                 res[f"b{batch}"] = {"inprocess_img_s": med(inproc), "server_img_s": med(served),
                                     "server_vs_inprocess": ratio(med(served), med(inproc))}
@@ -223,24 +224,27 @@ def batching(cache: Path, rounds: int = 3, seconds: float = 4.0, max_batch: int 
     with reg.get("plain") as m:
         m.backend.infer({"image": x8})
         one_batch_us = inprocess_p50_us(m.backend.infer, {"image": x8}, 9)
+        one_image_us = inprocess_p50_us(m.backend.infer, {"image": x1}, 20)
     srv = InferenceServer(reg)
     srv.start()
-    runs: dict[str, list[dict[str, float]]] = {"plain": [], "batched": []}
+    runs: dict[str, list[dict[str, float]]] = {"plain": [], "batched": [], "batched_c1": []}
     try:
         for _ in range(rounds):
             for name in runs:
-                runs[name].append(stats(load(srv.port, binary_request(srv.port, name, "image", x1), 16, seconds),
-                                        seconds))
+                endpoint, conc = ("batched", 1) if name == "batched_c1" else (name, 16)
+                req = binary_request(srv.port, endpoint, "image", x1)
+                runs[name].append(stats(load(srv.port, req, conc, seconds), seconds))
     finally:
         srv.stop()
         reg.close()
     m = {k: {f: med([r[f] for r in v]) for f in ("p50_us", "p99_us", "rps", "errors")} for k, v in runs.items()}
-    bound_us = delay_ms * 1000 + one_batch_us
     return {"policy": policy, "concurrency": 16, "rounds": rounds, "unbatched": m["plain"], "batched": m["batched"],
             "rps_ratio": ratio(m["batched"]["rps"], m["plain"]["rps"]),
-            "one_batch_inference_us": one_batch_us,
-            "p99_bound_us": round(bound_us, 1),
-            "batched_p99_over_bound": ratio(m["batched"]["p99_us"], bound_us)}
+            "p99_ratio": ratio(m["batched"]["p99_us"], m["plain"]["p99_us"]),
+            "one_batch_inference_us": one_batch_us, "one_image_inference_us": one_image_us,
+            # alone, a request waits the whole delay for company, then runs by itself: that is the bound
+            "batched_c1": m["batched_c1"], "c1_p99_bound_us": round(delay_ms * 1000 + one_image_us, 1),
+            "c1_p99_over_bound": ratio(m["batched_c1"]["p99_us"], delay_ms * 1000 + one_image_us)}
 
 
 # --- peers: MLflow models serve and MLServer -------------------------------------------------------------------
