@@ -69,7 +69,7 @@ from reconciler.agent.passes import (
     applied_reason,
     held_message,
 )
-from reconciler.agent.schedule import merged_labels, next_delay, summarize, window_open
+from reconciler.agent.schedule import longest_delay, merged_labels, next_delay, summarize, window_open
 from reconciler.agent.status import StatusMixin
 from reconciler.agent.wiring import Components, monitor_pass, release_free_memory
 from reconciler.core import conditions as C, reasons as R
@@ -276,7 +276,7 @@ class Agent(StatusMixin):
         self._report(p, endpoints)
         M_PASSES.labels("converged" if converged else ("failed" if failed else "pending")).inc()
         M_PASS_SECONDS.observe(duration)
-        record_pass(converged, time.time(), next_delay(self.poll_interval, self.errors + 20, 1.0))
+        record_pass(converged, time.time(), longest_delay(self.poll_interval))
         self.notifier.status(summarize(endpoints, failed[0] if failed else None))
         self.last_result = result
         if not p.skip_rest:

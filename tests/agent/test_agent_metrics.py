@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler import __version__
 from reconciler.agent.loop import Agent
+from reconciler.agent.schedule import longest_delay, next_delay
 from tests._agent_fixtures import ENDPOINT, World
 
 
@@ -54,3 +55,11 @@ def test_converged_heartbeat_identity_and_rollbacks(world: World, agent: Agent) 
     m = scrape(agent)
     assert value(m, "modelfleet_agent_rollbacks_total", endpoint=ENDPOINT) is None
     assert value(m, "modelfleet_agent_converged") == 1.0
+
+
+def test_longest_delay_bounds_every_wait_between_passes() -> None:
+    for interval in (0.2, 10.0, 30.0, 3600.0):
+        waits = [next_delay(interval, errors, rand) for errors in range(30) for rand in (0.0, 0.5, 0.999999)]
+        assert max(waits) <= longest_delay(interval) <= max(waits) * 1.0001, interval
+    assert longest_delay(30.0) == 330.0  # 10x, capped at 300 s, +10 %
+    assert abs(longest_delay(3600.0) - 3960.0) < 1e-6  # never below the interval
