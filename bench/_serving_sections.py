@@ -8,6 +8,7 @@ report medians and ratios, so a busy shared machine slows both sides alike.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import re
 import shutil
@@ -138,7 +139,8 @@ def overhead(cache: Path, rev: str, rounds: int = 4, seconds: float = 2.0) -> di
     finally:
         for p in procs.values():
             p.stop()
-    out: dict[str, Any] = {"baseline_rev": rev, "rounds": rounds, "inprocess_p50_us": inproc, "rss_mb": rss}
+    out: dict[str, Any] = {"baseline_rev": rev, "rounds": rounds, "inprocess_p50_us": inproc, "rss_mb": rss,
+                           "app_handle": app_cost(trees)}
     for case in cases:
         m = {k: {f: med([r[f] for r in runs[k][case]]) for f in ("p50_us", "p99_us", "rps", "cpu_us_per_req")}
              for k in procs}
@@ -149,6 +151,57 @@ def overhead(cache: Path, rev: str, rounds: int = 4, seconds: float = 2.0) -> di
         if case.endswith("_c1"):
             out[case]["current_p50_overhead_us"] = round(m["current"]["p50_us"] - inproc, 1)
             out[case]["baseline_p50_overhead_us"] = round(m["baseline"]["p50_us"] - inproc, 1)
+    return out
+
+
+_APP_LOOP = r"""
+import json, sys, time
+import numpy as np
+from reconciler.devkit.modelgen import make_probe, matmul_model
+from reconciler.serving.registry import EndpointSpec, ModelRegistry
+from reconciler.serving.server import V2App
+m = matmul_model(seed=1)
+probe = make_probe(m, batch=1)
+reg = ModelRegistry()
+assert reg.apply(EndpointSpec("tiny", "1", blobs=[m], probe=probe)).ok
+app = V2App(reg)
+t = probe["inputs"][0]
+raw = np.array(t["data"], np.float32).tobytes()
+hdr = json.dumps({"inputs": [{"name": t["name"], "datatype": "FP32", "shape": t["shape"],
+                              "parameters": {"binary_data_size": len(raw)}}],
+                  "parameters": {"binary_data_output": True}}).encode()
+cases = {"binary": ({"inference-header-content-length": str(len(hdr))}, hdr + raw),
+         "json": ({}, json.dumps({"inputs": probe["inputs"]}).encode())}
+out = {}
+for k, (h, b) in cases.items():
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.process_time()
+        for _ in range(2000):
+            r = app.handle("POST", "/v2/models/tiny/infer", h, b)
+        best = min(best, (time.process_time() - t0) / 2000 * 1e6)
+    assert r.status == 200, r.body
+    out[k] = best
+print(json.dumps(out))
+"""
+
+
+def app_cost(trees: dict[str, Path], rounds: int = 4) -> dict[str, Any]:
+    """CPU µs per ``V2App.handle`` of a tiny /infer (decode, run, encode, metrics; no sockets), per tree.
+    The best of 5 loops of 2,000 in each process, processes of the two trees alternating."""
+    runs: dict[str, dict[str, list[float]]] = {k: {"binary": [], "json": []} for k in trees}
+    for i in range(rounds):
+        for name, src in (list(trees.items()) if i % 2 == 0 else list(trees.items())[::-1]):
+            r = subprocess.run([sys.executable, "-c", _APP_LOOP], capture_output=True, text=True, timeout=600,
+                               env={**os.environ, "PYTHONPATH": str(src)})
+            if r.returncode != 0:
+                return {"error": f"{name}: {r.stderr.strip()[-300:]}"}
+            for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items():
+                runs[name][k].append(v)
+    out: dict[str, Any] = {}
+    for k in ("binary", "json"):
+        b, c = med(runs["baseline"][k]), med(runs["current"][k])
+        out[k] = {"baseline_cpu_us": b, "current_cpu_us": c, "ratio": ratio(c, b)}
     return out
 
 
