@@ -46,13 +46,7 @@ from reconciler.serving.server import InferenceServer, Response, V2App, _Deferre
 TINY = matmul_model(seed=1)
 
 
-def inprocess_p50_us(backend_infer: Any, feeds: dict, n: int = 3000) -> float:
-    lat = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        backend_infer(feeds)
-        lat.append(time.perf_counter() - t0)
-    return round(statistics.median(lat) * 1e6, 1)
+inprocess_p50_us = sections.inprocess_p50_us
 
 
 # --- alternative stacks over the same V2App, for the stack comparison -----------------------------------

@@ -147,60 +147,41 @@ def mid_cnn(*, seed: int = 0, width: int = 48) -> bytes:
     ``2·width``, ``4·width``, ``8·width`` channels, a 2×2 MaxPool after each), GlobalAveragePool, Flatten,
     Gemm(8·width→10). For benchmarks that want a convolution-bound model.
     """
-    rng = np.random.default_rng(seed)
-    chans = [3, width, 2 * width, 4 * width, 8 * width]
-    inits, nodes = [], []
-    x = "image"
-    for i in range(4):
-        cin, cout = chans[i], chans[i + 1]
-        w = (rng.standard_normal((cout, cin, 3, 3)) * np.sqrt(2.0 / (cin * 9))).astype(np.float32)
-        inits += [numpy_helper.from_array(w, f"c{i}w"),
-                  numpy_helper.from_array((rng.standard_normal(cout) * 0.05).astype(np.float32), f"c{i}b")]
-        nodes += [
-            helper.make_node("Conv", [x, f"c{i}w", f"c{i}b"], [f"c{i}"], pads=[1, 1, 1, 1]),
-            helper.make_node("Relu", [f"c{i}"], [f"r{i}"]),
-            helper.make_node("MaxPool", [f"r{i}"], [f"p{i}"], kernel_shape=[2, 2], strides=[2, 2]),
-        ]
-        x = f"p{i}"
-    fw = (rng.standard_normal((chans[-1], 10)) * np.sqrt(2.0 / chans[-1])).astype(np.float32)
-    inits += [numpy_helper.from_array(fw, "fw"), numpy_helper.from_array(np.zeros(10, np.float32), "fb")]
-    nodes += [
-        helper.make_node("GlobalAveragePool", [x], ["gap"]),
-        helper.make_node("Flatten", ["gap"], ["flat"], axis=1),
-        helper.make_node("Gemm", ["flat", "fw", "fb"], ["logits"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "mid_cnn",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [-1, 3, 64, 64])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [-1, 10])],
-        initializer=inits,
-    )
-    return _finish(graph, "modelfleet.modelgen.mid_cnn")
+    return _conv_classifier("mid_cnn", seed, [3, width, 2 * width, 4 * width, 8 * width], 64, 10, pool=True)
 
 
 def camera_cnn(*, seed: int = 0, width: int = 16, classes: int = 1000) -> bytes:
-    """A camera-sized image classifier (~2.7 MB at ``width=16``): ``image`` FP32 ``[-1, 3, 224, 224]`` ->
+    """A camera-sized image classifier (~2.6 MB at ``width=16``): ``image`` FP32 ``[-1, 3, 224, 224]`` ->
     ``logits`` FP32 ``[-1, classes]``.
 
     A stride-2 Conv stem (``width`` channels, 112×112) and four stride-2 Conv+ReLU stages doubling the channels
     (to ``16·width`` at 7×7), GlobalAveragePool, Gemm to ``classes``: ~60 M multiply-adds per image at
     ``width=16``, a 602 KB input like a real camera pipeline's, and a dynamic batch dimension.
     """
-    rng = np.random.default_rng(seed)
     chans = [3, width, 2 * width, 4 * width, 8 * width, 16 * width]
+    return _conv_classifier("camera_cnn", seed, chans, 224, classes, pool=False)
+
+
+def _conv_classifier(name: str, seed: int, chans: list[int], size: int, classes: int, *, pool: bool) -> bytes:
+    """3×3 Conv+ReLU stages over ``chans`` (each halving the resolution: a 2×2 MaxPool after it when ``pool``,
+    else stride 2), GlobalAveragePool, Flatten, Gemm to ``classes``; ``image`` ``[-1, 3, size, size]``."""
+    rng = np.random.default_rng(seed)
     inits, nodes = [], []
     x = "image"
-    for i in range(5):
+    for i in range(len(chans) - 1):
         cin, cout = chans[i], chans[i + 1]
         w = (rng.standard_normal((cout, cin, 3, 3)) * np.sqrt(2.0 / (cin * 9))).astype(np.float32)
         inits += [numpy_helper.from_array(w, f"c{i}w"),
                   numpy_helper.from_array((rng.standard_normal(cout) * 0.05).astype(np.float32), f"c{i}b")]
+        stride = {} if pool else {"strides": [2, 2]}
         nodes += [
-            helper.make_node("Conv", [x, f"c{i}w", f"c{i}b"], [f"c{i}"], pads=[1, 1, 1, 1], strides=[2, 2]),
+            helper.make_node("Conv", [x, f"c{i}w", f"c{i}b"], [f"c{i}"], pads=[1, 1, 1, 1], **stride),
             helper.make_node("Relu", [f"c{i}"], [f"r{i}"]),
         ]
         x = f"r{i}"
+        if pool:
+            nodes.append(helper.make_node("MaxPool", [x], [f"p{i}"], kernel_shape=[2, 2], strides=[2, 2]))
+            x = f"p{i}"
     fw = (rng.standard_normal((chans[-1], classes)) * np.sqrt(2.0 / chans[-1])).astype(np.float32)
     inits += [numpy_helper.from_array(fw, "fw"), numpy_helper.from_array(np.zeros(classes, np.float32), "fb")]
     nodes += [
@@ -210,12 +191,12 @@ def camera_cnn(*, seed: int = 0, width: int = 16, classes: int = 1000) -> bytes:
     ]
     graph = helper.make_graph(
         nodes,
-        "camera_cnn",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [-1, 3, 224, 224])],
+        name,
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [-1, 3, size, size])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [-1, classes])],
         initializer=inits,
     )
-    return _finish(graph, "modelfleet.modelgen.camera_cnn")
+    return _finish(graph, f"modelfleet.modelgen.{name}")
 
 
 def lookup_model(rows: int = 10, width: int = 2) -> bytes:
