@@ -42,7 +42,7 @@ _CLK = os.sysconf("SC_CLK_TCK")
 
 
 def med(values: list[float]) -> float:
-    return round(statistics.median(values), 1)
+    return round(statistics.median(values), 3)
 
 
 def ratio(a: float, b: float) -> float | None:
@@ -101,6 +101,14 @@ def _run_case(port: int, req: bytes, conc: int, seconds: float, cpu: Callable[[]
     if cpu:
         s["cpu_us_per_req"] = round((cpu() - c0) / max(1, len(samples)) * 1e6, 1)
     return s
+
+
+def cpu_s() -> float:
+    """CPU time of this process, every thread (runtime pools included; the load generator is another process)."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def inprocess_p50_us(infer: Callable[[dict[str, np.ndarray]], Any], feeds: dict[str, np.ndarray], n: int) -> float:
@@ -244,15 +252,22 @@ def cnn(cache: Path, rounds: int = 3, seconds: float = 3.0) -> dict[str, Any]:
             for batch in (1, 8):
                 x = rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)
                 req = binary_request(srv.port, "cam", "image", x)
-                inproc, served = [], []
+                inproc, served, inproc_cpu, served_cpu = [], [], [], []
                 with reg.get("cam") as m:
                     infer = m.backend.infer
                     for _ in range(rounds):
-                        inproc.append(_inproc_rate(infer, x, seconds))
-                        s = stats(load(srv.port, req, 1, seconds), seconds)
-                        served.append(s["rps"] * batch)
+                        c0 = cpu_s()
+                        rate = _inproc_rate(infer, x, seconds)
+                        inproc.append(rate)
+                        inproc_cpu.append((cpu_s() - c0) / (rate * seconds) * 1e3)
+                        c0 = cpu_s()
+                        samples = load(srv.port, req, 1, seconds)
+                        served.append(stats(samples, seconds)["rps"] * batch)
+                        served_cpu.append((cpu_s() - c0) / max(1, len(samples) * batch) * 1e3)
                 res[f"b{batch}"] = {"inprocess_img_s": med(inproc), "server_img_s": med(served),
-                                    "server_vs_inprocess": ratio(med(served), med(inproc))}
+                                    "server_vs_inprocess": ratio(med(served), med(inproc)),
+                                    "inprocess_cpu_ms_per_img": med(inproc_cpu), "server_cpu_ms_per_img": med(served_cpu),
+                                    "cpu_ratio": ratio(med(served_cpu), med(inproc_cpu))}
         finally:
             srv.stop()
             reg.close()
@@ -286,13 +301,18 @@ def batching(cache: Path, rounds: int = 3, seconds: float = 4.0, max_batch: int 
             for name in runs:
                 endpoint, conc = ("batched", 1) if name == "batched_c1" else (name, 16)
                 req = binary_request(srv.port, endpoint, "image", x1)
-                runs[name].append(stats(load(srv.port, req, conc, seconds), seconds))
+                c0 = cpu_s()
+                samples = load(srv.port, req, conc, seconds)
+                runs[name].append({**stats(samples, seconds),
+                                   "cpu_ms_per_req": (cpu_s() - c0) / max(1, len(samples)) * 1e3})
     finally:
         srv.stop()
         reg.close()
-    m = {k: {f: med([r[f] for r in v]) for f in ("p50_us", "p99_us", "rps", "errors")} for k, v in runs.items()}
+    m = {k: {f: med([r[f] for r in v]) for f in ("p50_us", "p99_us", "rps", "errors", "cpu_ms_per_req")}
+         for k, v in runs.items()}
     return {"policy": policy, "concurrency": 16, "rounds": rounds, "unbatched": m["plain"], "batched": m["batched"],
             "rps_ratio": ratio(m["batched"]["rps"], m["plain"]["rps"]),
+            "cpu_ratio": ratio(m["batched"]["cpu_ms_per_req"], m["plain"]["cpu_ms_per_req"]),
             "p99_ratio": ratio(m["batched"]["p99_us"], m["plain"]["p99_us"]),
             "one_batch_inference_us": one_batch_us, "one_image_inference_us": one_image_us,
             # alone, a request waits the whole delay for company, then runs by itself: that is the bound
