@@ -142,7 +142,7 @@ REASONS: tuple[Reason, ...] = (
            "`modelfleet validate --rev <commit>` in the fleet repo, fix, push."),
     Reason(NO_MATCHING_VARIANT, "endpoint `Failed`", "no variant of the version fits this device's facts",
            "Fix the Model variants' `requires`; the endpoint is left as it is."),
-    Reason(RUNTIME_NOT_INSTALLED, "endpoint `Failed`, `failures[]`", "the version's variants need a runtime this "
+    Reason(RUNTIME_NOT_INSTALLED, "endpoint `Failed` (`Applied=False` if found only at load)", "the version's variants need a runtime this "
            "install lacks (the message names the extra, e.g. `pip install 'modelfleet[openvino]'`)",
            "Install the extra on the device (docs/install.md) or add a variant for an installed runtime; the "
            "endpoint is left as it is."),

@@ -22,6 +22,7 @@ from reconciler.devkit import modelgen
 from tests._agent_fixtures import ENDPOINT, IN_DIM, MODEL, OUT_DIM, World, read_status
 from tests.packaging.conftest import REPO_ROOT, Dist, clean_env
 
+INSTALL_DOC = REPO_ROOT / "docs" / "install.md"
 MISSING_OPENVINO = "OpenVINO runtime requested{by} but not installed: pip install 'modelfleet[openvino]'"
 
 
@@ -90,6 +91,7 @@ def test_serve_without_the_openvino_extra_names_it_in_one_line(dist: Dist, tmp_p
     r = run(dist, ["serve", xml.name, "--port", "0"], cwd=tmp_path)
     assert r.returncode == 1
     assert r.stderr == f"error: {xml.name}: {MISSING_OPENVINO.format(by='')}\n"
+    assert r.stderr in INSTALL_DOC.read_text()  # docs/install.md shows this very line
 
 
 def _two_deployments(world: World) -> None:
@@ -132,3 +134,4 @@ def test_agent_once_from_the_wheel_reports_a_missing_extra_as_a_condition(dist: 
     failed = endpoints[f"{ENDPOINT}-ov"]
     assert failed["state"] == "Failed"
     assert failed["message"] == "RuntimeNotInstalled: " + MISSING_OPENVINO.format(by=" by deployment det-ov")
+    assert f"    {failed['message']}\n" in INSTALL_DOC.read_text()
