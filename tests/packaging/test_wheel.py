@@ -135,3 +135,25 @@ def test_agent_once_from_the_wheel_reports_a_missing_extra_as_a_condition(dist: 
     assert failed["state"] == "Failed"
     assert failed["message"] == "RuntimeNotInstalled: " + MISSING_OPENVINO.format(by=" by deployment det-ov")
     assert f"    {failed['message']}\n" in INSTALL_DOC.read_text()
+
+
+def test_optimize_and_plots_without_their_extras_name_them(dist: Dist, tmp_path: Path) -> None:
+    import numpy as np
+
+    model = modelgen.tabular_mlp()
+    (tmp_path / "mlp.onnx").write_bytes(model)
+    np.savez(tmp_path / "mlp.npz", **modelgen.make_sample(model, 8))
+    r = run(dist, ["optimize", "mlp.onnx", "--data", "mlp.npz", "--out", "o", "--variants", "ort-fp32,ov-fp32"],
+            cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.splitlines()[-1] == ("error: building ov-fp32 needs openvino: install the optional extra with "
+                                         "`pip install 'modelfleet[optimize]'` (or leave those variants out with "
+                                         "--variants)")
+    assert not (tmp_path / "o").exists()
+
+    repo = shutil.copytree(REPO_ROOT / "fleet-repo-example", tmp_path / "fleet")
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "fleet"]):
+        subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+    r = run(dist, ["fleet", "drift", "--png", "drift.png"], cwd=repo)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.splitlines()[-1] == "error: plots need matplotlib: pip install 'modelfleet[plots]'"
