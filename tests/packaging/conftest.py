@@ -56,16 +56,14 @@ def _run(cmd: list[str], cwd: Path) -> None:
         raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
 
 
-def _build(out: Path) -> Dist:
+def _build(out: Path) -> None:
     dist_dir = out / "dist"
     _run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist_dir), str(REPO_ROOT)], cwd=out)
     wheel = next(dist_dir.glob("modelfleet-*.whl"))
-    sdist = next(dist_dir.glob("modelfleet-*.tar.gz"))
     venv = out / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=out)
     _run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
           "--disable-pip-version-check", str(wheel)], cwd=out)
-    return Dist(wheel=wheel, sdist=sdist, venv=venv)
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,10 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,3 +108,25 @@ def test_the_healthcheck_command_passes_on_a_ready_server_and_fails_without_one(
     assert check(f"http://127.0.0.1:{port}/v2/models/absent/ready") != 0  # a 404 is unhealthy
     ready_server.stop()
     assert check(f"http://127.0.0.1:{port}/v2/health/ready") != 0
+
+
+def test_the_build_stage_copies_all_a_wheel_needs(tmp_path: Path) -> None:
+    """What the build stage COPYs (and the .dockerignore lets through) builds a complete wheel on its own."""
+    instrs = instructions(DOCKERFILE)
+    build_stage = instrs[:max(i for i, (word, _) in enumerate(instrs) if word == "FROM")]
+    sources = [src for word, args in build_stage if word == "COPY" for src in args.split()[:-1]]
+    ignore = (DOCKERFILE.parent / "Dockerfile.dockerignore").read_text().splitlines()
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    assert "*" in ignore and set(sources) == allowed
+    context = tmp_path / "context"
+    for src in sources:
+        if (REPO_ROOT / src).is_dir():
+            shutil.copytree(REPO_ROOT / src, context / src, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            context.mkdir(exist_ok=True)
+            shutil.copy(REPO_ROOT / src, context / src)
+    r = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path / "dist"),
+                        str(context)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    names = zipfile.ZipFile(next((tmp_path / "dist").glob("*.whl"))).namelist()
+    assert "reconciler/fleet/_schemas/agentconfig.schema.json" in names and "reconciler/cli/main.py" in names
