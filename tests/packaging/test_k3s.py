@@ -9,6 +9,7 @@ arrive as files, the image's user).
 from __future__ import annotations
 
 import http.client
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -167,5 +168,18 @@ def test_probes_hit_the_servers_health_routes_on_the_configured_ports(server: In
         conn.request("GET", path)
         assert conn.getresponse().status == 200, path
         conn.close()
-    annotations = resource("DaemonSet")["spec"]["template"]["metadata"]["annotations"]
-    assert int(annotations["prometheus.io/port"]) == config.metrics_port
+
+
+def test_prometheus_k3s_job_keeps_the_agent_pods_serving_port() -> None:
+    """deploy/prometheus/k3s-scrape-job.yml's keep rules select these pods, and the port it keeps serves /metrics."""
+    (job,) = yaml.safe_load((REPO_ROOT / "deploy/prometheus/k3s-scrape-job.yml").read_text())["scrape_configs"]
+    template = resource("DaemonSet")["spec"]["template"]
+    meta = {f"__meta_kubernetes_pod_label_{k.replace('.', '_').replace('/', '_').replace('-', '_')}": v
+            for k, v in template["metadata"]["labels"].items()}
+    kept_ports = []
+    for port in agent_container()["ports"]:
+        labels = {**meta, "__meta_kubernetes_pod_container_port_name": port["name"]}
+        keeps = [r for r in job["relabel_configs"] if r.get("action") == "keep"]
+        if all(re.fullmatch(r["regex"], ";".join(labels.get(s, "") for s in r["source_labels"])) for r in keeps):
+            kept_ports.append(port["containerPort"])
+    assert kept_ports == [agent_config().serving_port]  # /metrics is always on the inference server too
