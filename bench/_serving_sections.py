@@ -178,15 +178,21 @@ raw = np.array(t["data"], np.float32).tobytes()
 hdr = json.dumps({"inputs": [{"name": t["name"], "datatype": "FP32", "shape": t["shape"],
                               "parameters": {"binary_data_size": len(raw)}}],
                   "parameters": {"binary_data_output": True}}).encode()
+wide = matmul_model(in_dim=256, out_dim=1000, seed=1)
+assert reg.apply(EndpointSpec("wide", "1", blobs=[wide], probe=make_probe(wide, batch=1))).ok
+x = np.random.default_rng(0).standard_normal(256).astype(np.float32).tolist()
 cases = {"binary": ({"inference-header-content-length": str(len(hdr))}, hdr + raw),
-         "json": ({}, json.dumps({"inputs": probe["inputs"]}).encode())}
+         "json": ({}, json.dumps({"inputs": probe["inputs"]}).encode()),
+         "json_256_to_1000": ({}, json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 256],
+                                                          "data": x}]}).encode())}
 out = {}
 for k, (h, b) in cases.items():
+    target = "/v2/models/wide/infer" if k == "json_256_to_1000" else "/v2/models/tiny/infer"
     best = float("inf")
     for _ in range(5):
         t0 = time.process_time()
         for _ in range(2000):
-            r = app.handle("POST", "/v2/models/tiny/infer", h, b)
+            r = app.handle("POST", target, h, b)
         best = min(best, (time.process_time() - t0) / 2000 * 1e6)
     assert r.status == 200, r.body
     out[k] = best
@@ -195,9 +201,11 @@ print(json.dumps(out))
 
 
 def app_cost(trees: dict[str, Path], rounds: int = 4) -> dict[str, Any]:
-    """CPU µs per ``V2App.handle`` of a tiny /infer (decode, run, encode, metrics; no sockets), per tree.
+    """CPU µs per ``V2App.handle`` of an /infer (decode, run, encode, metrics; no sockets), per tree: the tiny
+    model in binary and JSON, and a 256→1000 MatMul in JSON (tensor data the size of a classifier's logits).
     The best of 5 loops of 2,000 in each process, processes of the two trees alternating."""
-    runs: dict[str, dict[str, list[float]]] = {k: {"binary": [], "json": []} for k in trees}
+    kinds = ("binary", "json", "json_256_to_1000")
+    runs: dict[str, dict[str, list[float]]] = {k: {c: [] for c in kinds} for k in trees}
     for i in range(rounds):
         for name, src in (list(trees.items()) if i % 2 == 0 else list(trees.items())[::-1]):
             r = subprocess.run([sys.executable, "-c", _APP_LOOP], capture_output=True, text=True, timeout=600,
@@ -207,7 +215,7 @@ def app_cost(trees: dict[str, Path], rounds: int = 4) -> dict[str, Any]:
             for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items():
                 runs[name][k].append(v)
     out: dict[str, Any] = {}
-    for k in ("binary", "json"):
+    for k in kinds:
         b, c = med(runs["baseline"][k]), med(runs["current"][k])
         out[k] = {"baseline_cpu_us": b, "current_cpu_us": c, "ratio": ratio(c, b)}
     return out
