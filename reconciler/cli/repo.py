@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import shutil
-import sys
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -19,6 +18,8 @@ from urllib.parse import quote
 
 import click
 
+from reconciler.cli.console import Progress
+from reconciler.cli.options import emit, format_option
 from reconciler.core.errors import UserError
 from reconciler.core.fsutil import atomic_write_bytes
 from reconciler.core.units import format_duration, parse_duration
@@ -98,8 +99,10 @@ def add_cmd(repo_dir: Path, files: tuple[Path, ...], prefix: str, model: str | N
             key = modelcrypto.load_key_file(encrypt_key)
         except modelcrypto.KeyFileError as exc:
             raise UserError(str(exc)) from None
-    rows = tufrepo.add_targets(repo_dir, keys, list(files), prefix, model=model, version=version,
-                               encrypt_key=key, role=role)
+    total = sum(f.stat().st_size for f in files if f.is_file())
+    with Progress(f"signing {len(files)} file(s)", total, "B") as bar:
+        rows = tufrepo.add_targets(repo_dir, keys, list(files), prefix, model=model, version=version,
+                                   encrypt_key=key, role=role, progress=bar.advance)
     for r in rows:
         click.echo(f"added {r.path} ({r.length} bytes, sha256 {r.sha256[:16]}…, role {r.role})")
 
@@ -116,9 +119,14 @@ def remove_cmd(repo_dir: Path, paths: tuple[str, ...], keys: tuple[Path, ...]) -
 
 @repo.command("list")
 @click.argument("repo_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
-def list_cmd(repo_dir: Path) -> None:
+@format_option("table")
+def list_cmd(repo_dir: Path, fmt: str) -> None:
     """Table of signed targets."""
     rows = tufrepo.list_targets(repo_dir)
+    if fmt in ("json", "yaml"):
+        emit({"targets": [{"path": r.path, "length": r.length, "sha256": r.sha256, "role": r.role,
+                           "custom": r.custom} for r in rows]}, fmt)
+        return
     table = [("PATH", "SIZE", "SHA256", "ROLE", "MODEL", "VERSION", "ENC")]
     for r in rows:
         table.append((r.path, str(r.length), r.sha256[:12], r.role, str(r.custom.get("model", "")),
@@ -213,11 +221,13 @@ def _client(opts: dict, progress: bool = False):  # type: ignore[no-untyped-def]
     if not (mdir / "root.json").exists():
         raise UserError(f"no trusted root in {mdir}; run `init` first")
     cb = None
-    if progress and sys.stderr.isatty():
+    if progress:
+        bar = Progress("downloading", None, "B")
+
         def cb(path: str, done: int, total: int) -> None:
-            pct = 100 * done // max(total, 1)
-            bar = "#" * (pct // 4)
-            click.echo(f"\r{path[-40:]:<40} [{bar:<25}] {pct:3d}%", err=True, nl=done >= total)
+            bar.update(done, path, total)
+            if done >= total:
+                bar.close()
 
     return TufClient(
         mdir, opts["metadata_url"], opts.get("target_base_url") or opts["metadata_url"], mdir / "root.json",
