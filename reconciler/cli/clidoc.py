@@ -53,7 +53,8 @@ def walk(cmd: click.Command, ctx: click.Context) -> Iterator[tuple[click.Command
 def root_context() -> tuple[click.Command, click.Context]:
     from reconciler.cli.main import cli
 
-    return cli, click.Context(cli, info_name="modelfleet", terminal_width=WIDTH, max_content_width=WIDTH)
+    settings = dict(cli.context_settings, terminal_width=WIDTH, max_content_width=WIDTH)
+    return cli, click.Context(cli, info_name="modelfleet", **settings)
 
 
 def generate() -> str:

@@ -199,7 +199,7 @@ def genkey_cmd(key_file: Path) -> None:
 
 
 @click.group("tuf-client")
-@click.option("--metadata-dir", type=click.Path(path_type=Path), required=True)
+@click.option("--metadata-dir", type=click.Path(path_type=Path), help="Trusted metadata directory (required).")
 @click.option("--metadata-url")
 @click.option("--target-name", "target_names", multiple=True)
 @click.option("--target-base-url")
@@ -211,11 +211,19 @@ def tuf_client(ctx: click.Context, **opts: object) -> None:
     ctx.obj = opts
 
 
+def _metadata_dir(opts: dict) -> Path:
+    """``--metadata-dir``, checked by each sub-command (not click's required=True, so that `tuf-client download
+    --help` works without it)."""
+    if opts.get("metadata_dir") is None:
+        raise click.UsageError("Missing option '--metadata-dir'.")
+    return opts["metadata_dir"]  # type: ignore[no-any-return]
+
+
 def _client(opts: dict, progress: bool = False):  # type: ignore[no-untyped-def]
     from reconciler.distribution.store import ModelStore
     from reconciler.distribution.tufclient import TufClient
 
-    mdir: Path = opts["metadata_dir"]
+    mdir = _metadata_dir(opts)
     if not opts.get("metadata_url"):
         raise UserError("--metadata-url is required")
     if not (mdir / "root.json").exists():
@@ -266,7 +274,7 @@ def _one_line(command: Callable[..., None]) -> Callable[..., None]:
 @_one_line
 def tuf_init(opts: dict, trusted_root: Path) -> None:
     """Trust TRUSTED_ROOT (copied, no network)."""
-    mdir: Path = opts["metadata_dir"]
+    mdir = _metadata_dir(opts)
     try:
         data = trusted_root.read_bytes()
     except OSError as exc:

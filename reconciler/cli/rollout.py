@@ -124,7 +124,7 @@ def _paint_phase(text: str) -> str:
     """The phase word coloured on a terminal: an operator scans for Failed and Paused."""
     colours = {FAILED: "red", PAUSED: "yellow", READY: "green", COMPLETE: "green"}
     for phase, colour in colours.items():
-        text = text.replace(f"phase {phase}", f"phase {paint(phase, colour, bold=True)}")
+        text = text.replace(f"Phase: {phase}", f"Phase: {paint(phase, colour, bold=True)}")
     return text
 
 
