@@ -1,0 +1,52 @@
+"""``--format json`` and ``--format yaml`` print the same document; human formats stay as they were."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from tests._cli import run_cli
+
+ROOT = Path(__file__).resolve().parents[2]
+FLEET = str(ROOT / "fleet-repo-example")
+
+
+def both(*args: str) -> tuple[object, object]:
+    j, y = run_cli(*args, "--format", "json"), run_cli(*args, "--format", "yaml")
+    assert j.code == y.code and j.err == y.err == "", j.err + y.err
+    return json.loads(j.out), yaml.safe_load(y.out)
+
+
+def test_validate_render_and_explain() -> None:
+    j, y = both("validate", "--repo", FLEET)
+    assert j == y and j["valid"] is True and j["diagnostics"] == []
+    j, y = both("render", "--repo", FLEET, "--device", "cam-berlin-03")
+    assert j == y and j["device"] == "cam-berlin-03"
+    assert yaml.safe_load(run_cli("render", "--repo", FLEET, "--device", "cam-berlin-03").out) == j
+
+
+def test_plan_yaml_and_the_detailed_exit_code(tmp_path: Path) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=tmp_path,
+                       check=True, capture_output=True)
+
+    repo = tmp_path
+    subprocess.run(["cp", "-r", f"{FLEET}/.", str(repo)], check=True)
+    git("init", "--quiet", "--initial-branch=main")
+    git("add", "-A")
+    git("commit", "--quiet", "-m", "base")
+    unchanged = run_cli("plan", "--repo", str(repo), "--base", "HEAD", "--format", "yaml", "--detailed-exitcode")
+    assert unchanged.code == 0, unchanged.err
+    removed = sorted((repo / "deployments").glob("*.yaml"))[0]
+    removed.unlink()
+    git("add", "-A")
+    git("commit", "--quiet", "-m", f"remove {removed.name}")
+    j = run_cli("plan", "--repo", str(repo), "--base", "HEAD~1", "--format", "json", "--detailed-exitcode")
+    y = run_cli("plan", "--repo", str(repo), "--base", "HEAD~1", "--format", "yaml", "--detailed-exitcode")
+    assert j.code == y.code == 2  # changes
+    assert json.loads(j.out) == yaml.safe_load(y.out)
+    table = run_cli("plan", "--repo", str(repo), "--base", "HEAD~1")
+    assert table.code == 0 and "remove" in table.out.lower()

@@ -1,0 +1,100 @@
+"""Colour only on a terminal and never with NO_COLOR; progress bars only on a terminal, on stderr, never in the
+output a script reads. Each case runs the real command with its streams on a pseudo-terminal or on pipes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests._fleet_world import commit_version, fleet_servers
+from tests.cli._pty import ROOT, modelfleet
+
+ESC = "\x1b["
+
+
+@pytest.fixture
+def broken_fleet(tmp_path: Path) -> Path:
+    fleet = tmp_path / "fleet"
+    shutil.copytree(ROOT / "fleet-repo-example", fleet)
+    dep = next((fleet / "deployments").glob("*.yaml"))
+    dep.write_text(dep.read_text() + "  bogusField: 1\n")
+    return fleet
+
+
+def test_colour_on_a_terminal_only(broken_fleet: Path, tmp_path: Path) -> None:
+    on_tty = modelfleet("validate", "--repo", str(broken_fleet), cwd=tmp_path, tty_out=True, tty_err=True)
+    assert on_tty.code == 1
+    assert f"{ESC}31m" in on_tty.err and "error:" in on_tty.err  # red level word on the terminal
+    piped = modelfleet("validate", "--repo", str(broken_fleet), cwd=tmp_path, tty_out=False, tty_err=False)
+    assert piped.code == 1 and "error:" in piped.err and ESC not in piped.err + piped.out
+    # stdout a pipe, stderr a terminal: the summary on stderr is coloured, nothing on stdout is
+    mixed = modelfleet("validate", "--repo", str(ROOT / "fleet-repo-example"), cwd=tmp_path, tty_out=False,
+                       tty_err=True)
+    assert mixed.code == 0 and mixed.out.startswith("valid:") and ESC not in mixed.out
+    ok_tty = modelfleet("validate", "--repo", str(ROOT / "fleet-repo-example"), cwd=tmp_path, tty_out=True,
+                        tty_err=True)
+    assert f"{ESC}32m" in ok_tty.out  # green "valid:"
+
+
+@pytest.mark.parametrize("no_color", ["1", "yes"])
+def test_never_with_no_color(no_color: str, broken_fleet: Path, tmp_path: Path) -> None:
+    r = modelfleet("validate", "--repo", str(broken_fleet), cwd=tmp_path, tty_out=True, tty_err=True,
+                   NO_COLOR=no_color)
+    assert r.code == 1 and "error:" in r.err and ESC not in r.err
+    r = modelfleet("validate", "--repo", str(tmp_path / "missing"), cwd=tmp_path, tty_out=True, tty_err=True,
+                   NO_COLOR=no_color)
+    assert r.code == 2 and "error: " in r.err and ESC not in r.err
+
+
+def test_an_error_line_is_red_on_a_terminal(tmp_path: Path) -> None:
+    r = modelfleet("validate", "--repo", str(tmp_path / "missing"), cwd=tmp_path, tty_out=True, tty_err=True)
+    assert r.code == 2 and f"{ESC}31m" in r.err and "no such directory" in r.err
+
+
+def _tuf_repo(tmp_path: Path) -> tuple[Path, Path, Path]:
+    tuf, keys = tmp_path / "tuf", tmp_path / "keys"
+    init = modelfleet("repo", "init", str(tuf), "--keys", str(keys), cwd=tmp_path, tty_out=False, tty_err=False)
+    assert init.code == 0, init.err
+    model = tmp_path / "big.onnx"
+    model.write_bytes(b"\0" * (24 << 20))
+    return tuf, keys, model
+
+
+def test_repo_add_progress_on_a_terminal_only(tmp_path: Path) -> None:
+    tuf, keys, model = _tuf_repo(tmp_path)
+    r = modelfleet("repo", "add", str(tuf), str(model), "--path", "m/1", "--keys", str(keys), cwd=tmp_path,
+                   tty_out=False, tty_err=True)
+    assert r.code == 0, r.err
+    assert "signing 1 file(s)" in r.err and "100%" in r.err and "24.0 MiB/24.0 MiB" in r.err
+    assert r.err.endswith("\r\x1b[K")  # the bar erased itself
+    assert r.out.startswith("added m/1/big.onnx (25165824 bytes") and "\r" not in r.out and ESC not in r.out
+    piped = modelfleet("repo", "add", str(tuf), str(model), "--path", "m/2", "--keys", str(keys), cwd=tmp_path,
+                       tty_out=False, tty_err=False)
+    assert piped.code == 0 and piped.err == "" and piped.out.startswith("added m/2/big.onnx")
+    listed = modelfleet("repo", "list", str(tuf), "--format", "json", cwd=tmp_path, tty_out=True, tty_err=True)
+    doc = json.loads(listed.out)  # JSON on a terminal: no colour, no progress
+    assert sorted(t["path"] for t in doc["targets"]) == ["m/1/big.onnx", "m/2/big.onnx"]
+
+
+def test_simulate_progress_goes_to_the_terminal_not_into_the_json(tmp_path: Path) -> None:
+    w = fleet_servers(tmp_path / "world", git="daemon")
+    try:
+        w.publish("1.0.0")
+        commit_version(w, "1.0.0")
+        r = modelfleet("simulate", "--devices", "3", "--repo", w.git_url, "--tuf", w.http.url, "--trusted-root",
+                       str(w.trusted_root), "--poll-interval", "1s", "--duration", "4s", "--report-every", "1s",
+                       cwd=tmp_path, tty_out=False, tty_err=True)
+        assert r.code == 0, r.err[-2000:]
+        lines = [json.loads(line) for line in r.out.splitlines()]  # every stdout line is one JSON document
+        assert len(lines) >= 3 and lines[-1]["versions"] == {"1.0.0": 3}
+        assert "simulating 3 devices" in r.err and "[" in r.err and "Traceback" not in r.err
+        piped = modelfleet("simulate", "--devices", "2", "--repo", w.git_url, "--tuf", w.http.url, "--trusted-root",
+                           str(w.trusted_root), "--duration", "2s", "--format", "yaml", cwd=tmp_path,
+                           tty_out=False, tty_err=False)
+        assert piped.code == 0 and "simulating" not in piped.err
+        assert piped.out.startswith("---\n") and "versions:" in piped.out
+    finally:
+        w.stop()
