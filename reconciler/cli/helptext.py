@@ -143,9 +143,13 @@ def epilog(path: str, is_group: bool) -> str:
 
 
 def attach(cmd: click.Command, path: str) -> click.Command:
-    """Set the epilog of ``cmd`` and of the sub-commands its group already holds (lazy ones attach on load)."""
+    """Set the epilog (and ``-h``) of ``cmd`` and of the sub-commands its group already holds (lazy ones attach
+    on load)."""
     if not getattr(cmd, "_modelfleet_epilog", False):
         cmd.epilog = epilog(path, isinstance(cmd, click.Group))
+        # `-h` everywhere, also in a context made without the root as parent (click caches a command's help
+        # option the first time it is built, so this keeps --help output the same whoever asks first).
+        cmd.context_settings.setdefault("help_option_names", ["-h", "--help"])
         cmd._modelfleet_epilog = True  # type: ignore[attr-defined]
     if isinstance(cmd, click.Group):
         for name, sub in cmd.commands.items():

@@ -66,7 +66,7 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="modelfleet")
 def cli() -> None:
-    """modelfleet — GitOps for AI models on edge devices.
+    """GitOps for AI models on edge devices: the operator, publisher and device commands.
 
     The fleet repository is --repo PATH|URL everywhere (default: $MODELFLEET_REPO, else the current directory).
     Machine-readable output: --format json|yaml. Exit codes: 0 success, 1 failure, 2 usage error. Reference:
