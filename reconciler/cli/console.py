@@ -56,14 +56,17 @@ def level_color(text: str) -> str:
 class Progress:
     """A one-line progress bar on stderr, drawn only when stderr is a terminal (a no-op otherwise).
 
-    ``total`` is in ``unit`` (``B`` shows sizes in MiB) or None for a step counter without a known end.
+    ``total`` is in ``unit`` (``B`` shows sizes in MiB) or None for a counter without a known end. A long label
+    loses its end, or its start with ``trim_left`` (paths).
     Redraws at most every 0.1 s; :meth:`close` erases the line.
     """
 
     _active: Progress | None = None
 
-    def __init__(self, label: str, total: float | None, unit: str = "", stream: TextIO | None = None) -> None:
+    def __init__(self, label: str, total: float | None, unit: str = "", stream: TextIO | None = None, *,
+                 trim_left: bool = False) -> None:
         self.stream = stream if stream is not None else sys.stderr
+        self.trim_left = trim_left  # a path: its end (the file name) is what tells files apart
         self.enabled = _isatty(self.stream)
         self.label, self.total, self.unit = label, total, unit
         self.done = 0.0
@@ -107,7 +110,9 @@ class Progress:
 
     def _line(self, now: float) -> str:
         elapsed = f"{now - self._start:.0f}s"
-        label = self.label if len(self.label) <= 40 else "…" + self.label[-39:]
+        label = self.label
+        if len(label) > 40:
+            label = "…" + label[-39:] if self.trim_left else label[:39] + "…"
         if not self.total:
             return f"{label}  {self._amount(self.done)}  {elapsed}"
         frac = min(max(self.done / self.total, 0.0), 1.0)

@@ -34,10 +34,10 @@ def _classes(fleet_dir: Path | None, log):  # type: ignore[no-untyped-def]
     from reconciler.optimize.plan import DEFAULT_CLASSES
 
     if fleet_dir is None:
-        log("no fleet inventory given (--fleet): planning for the example hardware classes")
+        log("no fleet inventory given (--repo): planning for the example hardware classes")
         return list(DEFAULT_CLASSES), {}
     if not fleet_dir.is_dir():
-        raise UserError(f"--fleet {fleet_dir}: no such directory")
+        raise UserError(f"--repo {fleet_dir}: no such directory")
     result = load_dir(fleet_dir)
     if result.errors:  # only the inventory matters here; the rest is `validate`'s business
         first = result.errors[0]
@@ -141,7 +141,7 @@ def optimize(model: Path, data: Path, out_dir: Path, variants: tuple[str, ...], 
     def log(msg: str) -> None:
         progress.close()
         click.echo(f"optimize: {msg}", err=True)
-        progress.advance(1, f"optimize step {int(progress.done) + 1}: {msg}")
+        progress.advance(1, f"optimize: {msg}")
 
     if (manifest or tuf_repo) and not version:
         raise UserError("--version is required with --manifest and --publish", exit_code=2)

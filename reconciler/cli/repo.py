@@ -230,7 +230,7 @@ def _client(opts: dict, progress: bool = False):  # type: ignore[no-untyped-def]
         raise UserError(f"no trusted root in {mdir}; run `init` first")
     cb = None
     if progress:
-        bar = Progress("downloading", None, "B")
+        bar = Progress("downloading", None, "B", trim_left=True)
 
         def cb(path: str, done: int, total: int) -> None:
             bar.update(done, path, total)

@@ -98,3 +98,48 @@ def test_simulate_progress_goes_to_the_terminal_not_into_the_json(tmp_path: Path
         assert piped.out.startswith("---\n") and "versions:" in piped.out
     finally:
         w.stop()
+
+
+def test_tuf_download_progress_on_a_terminal(tmp_path: Path) -> None:
+    from reconciler.distribution.httpserve import StaticServer
+
+    tuf, keys, model = _tuf_repo(tmp_path)
+    added = modelfleet("repo", "add", str(tuf), str(model), "--path", "m/1", "--keys", str(keys), cwd=tmp_path,
+                       tty_out=False, tty_err=False)
+    assert added.code == 0, added.err
+    md = tmp_path / "md"
+    init = modelfleet("tuf-client", "--metadata-dir", str(md), "init", str(tuf / "metadata" / "1.root.json"),
+                      cwd=tmp_path, tty_out=False, tty_err=False)
+    assert init.code == 0, init.err
+    server = StaticServer(tuf).start()
+    try:
+        common = ["tuf-client", "--metadata-dir", str(md), "--metadata-url", f"{server.url}/metadata",
+                  "--target-base-url", f"{server.url}/targets", "--target-name", "m/1/big.onnx"]
+        r = modelfleet(*common, "--target-dir", str(tmp_path / "t1"), "download", cwd=tmp_path, tty_out=False,
+                       tty_err=True)
+        assert r.code == 0, r.err
+        assert "m/1/big.onnx" in r.err and "24.0 MiB/24.0 MiB" in r.err and "100%" in r.err
+        piped = modelfleet(*common, "--target-dir", str(tmp_path / "t2"), "download", cwd=tmp_path, tty_out=False,
+                           tty_err=False)
+        assert piped.code == 0 and piped.err == "" and piped.out == ""
+        assert (tmp_path / "t2" / "m%2F1%2Fbig.onnx").stat().st_size == 24 << 20
+    finally:
+        server.stop()
+
+
+def test_optimize_progress_counts_its_steps_on_a_terminal(tmp_path: Path) -> None:
+    import numpy as np
+
+    from reconciler.devkit import modelgen
+
+    model = modelgen.tabular_mlp(seed=2)
+    (tmp_path / "mlp.onnx").write_bytes(model)
+    np.savez(tmp_path / "mlp.npz", **modelgen.make_sample(model, 64, seed=1))
+    r = modelfleet("optimize", str(tmp_path / "mlp.onnx"), "--data", str(tmp_path / "mlp.npz"), "--out",
+                   str(tmp_path / "out"), "--variants", "ort-fp32,ort-int8-dynamic", "--runs", "5", "--batch", "2",
+                   "--format", "json", cwd=tmp_path, tty_out=False, tty_err=True)
+    assert r.code == 0, r.err[-2000:]
+    assert json.loads(r.out)["model"] == "mlp"  # the report a script reads: untouched by the bar
+    assert "optimize: measuring ort-int8-dynamic" in r.err  # the log lines stay
+    # the bar counts the steps: the reference, a build and a measure per variant, the second timing
+    assert "optimize: measuring ort-int8-dynamic     [" in r.err and " 50%  3/6 " in r.err and "100%  6/6" in r.err
