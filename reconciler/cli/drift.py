@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from reconciler.cli.fleet import _repo
-from reconciler.cli.options import emit_json_text, format_option, repo_option
+from reconciler.cli.options import deprecated_alias, emit_json_text, format_option, repo_option
 from reconciler.core.errors import UserError
 from reconciler.core.units import parse_duration
 from reconciler.gitops.verify import GitError
@@ -22,7 +22,7 @@ from reconciler.gitops.verify import GitError
 
 @click.command("drift")
 @repo_option(remote=True)
-@click.option("--branch", default="main", show_default=True, help="Desired-state branch.")
+@click.option("--base", "branch", default="main", show_default=True, help="Desired-state branch.")
 @click.option("--prefix", default="status/", show_default=True, help="Status branch prefix.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Local cache (default ~/.cache/modelfleet).")
 @click.option("--timeout", default="120s", show_default=True, help="Timeout of one Git operation.")
@@ -36,6 +36,7 @@ from reconciler.gitops.verify import GitError
 @format_option("table")
 @click.option("--html", "html_out", type=click.Path(path_type=Path, dir_okay=False), help="Write an HTML report.")
 @click.option("--png", "png_out", type=click.Path(path_type=Path, dir_okay=False), help="Write the plots as PNG.")
+@deprecated_alias("--branch", "branch", "--base", metavar="BRANCH")
 def drift_cmd(repo: str | None, branch: str, prefix: str, cache_dir: Path | None, timeout: str,
               deployment: str | None, since: str | None, limit: int, site_label: str, baselines: tuple[Path, ...],
               fmt: str, html_out: Path | None, png_out: Path | None) -> None:

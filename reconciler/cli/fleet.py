@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from reconciler.cli.options import emit_json_text, format_option, repo_option
+from reconciler.cli.options import deprecated_alias, emit_json_text, format_option, repo_option
 from reconciler.core.credentials import CredentialError, Credentials, basic_authorization
 from reconciler.core.errors import UserError
 from reconciler.core.redact import redact_url, split_userinfo
@@ -67,7 +67,7 @@ def _repo(repo: str | None, cache_dir: Path | None, branch: str, prefix: str, ti
 
 _repo_options = [
     repo_option(remote=True),
-    click.option("--branch", default="main", show_default=True, help="Desired-state branch."),
+    click.option("--base", "branch", default="main", show_default=True, help="Desired-state branch."),
     click.option("--prefix", default="status/", show_default=True, help="Status branch prefix."),
     click.option("--cache-dir", type=click.Path(path_type=Path), help="Local cache (default ~/.cache/modelfleet)."),
     click.option("--timeout", default="120s", show_default=True, help="Timeout of one Git operation."),
@@ -96,6 +96,7 @@ def credential_options(f):  # type: ignore[no-untyped-def]
 
 
 def repo_options(f):  # type: ignore[no-untyped-def]
+    f = deprecated_alias("--branch", "branch", "--base", metavar="BRANCH")(f)
     f = credential_options(f)
     for opt in reversed(_repo_options):
         f = opt(f)

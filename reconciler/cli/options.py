@@ -22,17 +22,20 @@ import yaml
 from reconciler.core.errors import UserError
 
 REPO_ENV = "MODELFLEET_REPO"
-REPO_HELP = ("Fleet repository: a checkout path or a Git URL [default: $MODELFLEET_REPO, else the current "
-             "directory{remote}].")
+REPO_HELP = "Fleet repository: {what} [default: $MODELFLEET_REPO, else the current directory{remote}]."
 
 F = Callable[..., Any]
 
 
 def repo_option(*, remote: bool, required: bool = False) -> Callable[[F], F]:
-    """``--repo PATH|URL`` (value None when not given and ``$MODELFLEET_REPO`` is unset)."""
-    extra = "; its origin when it is a clone" if remote else ""
-    return click.option("--repo", "repo", metavar="PATH|URL", required=required, envvar=REPO_ENV,
-                        help=REPO_HELP.format(remote=extra))
+    """``--repo PATH|URL`` (``--repo PATH`` where only a checkout will do); None when not given and
+    ``$MODELFLEET_REPO`` is unset."""
+    if remote:
+        return click.option("--repo", "repo", metavar="PATH|URL", required=required, envvar=REPO_ENV,
+                            help=REPO_HELP.format(what="a Git URL or a clone's path",
+                                                  remote="; its origin when it is a clone"))
+    return click.option("--repo", "repo", metavar="PATH", required=required, envvar=REPO_ENV,
+                        help=REPO_HELP.format(what="the checkout's path", remote=""))
 
 
 def local_repo(repo: str | None) -> str:

@@ -39,7 +39,7 @@ def _source_url(repo: str | None) -> str:
 @click.option("--tuf", "tuf_url", metavar="URL", help="TUF repository base URL (default: the Fleet's tuf URLs).")
 @click.option("--trusted-root", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="The TUF root metadata every device is provisioned with.")
-@click.option("--poll-interval", default="10s", show_default=True)
+@click.option("--poll-interval", default="10s", show_default=True, help="How often each device polls the repository.")
 @click.option("--heartbeat-interval", default=None, help="Override the Fleet's heartbeat interval.")
 @click.option("--offline-share", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Share of devices that never reach the network.")
@@ -48,8 +48,8 @@ def _source_url(repo: str | None) -> str:
 @click.option("--canaries", type=click.IntRange(0), default=0, show_default=True,
               help="The first K devices carry ring=canary (the others ring=stable).")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="A label every device carries.")
-@click.option("--duration", default="60s", show_default=True)
-@click.option("--report-every", default="1s", show_default=True)
+@click.option("--duration", default="60s", show_default=True, help="How long the simulation runs.")
+@click.option("--report-every", default="1s", show_default=True, help="Time between two report lines.")
 @click.option("--workers", type=click.IntRange(1, 256), default=8, show_default=True,
               help="Threads running reconcile passes.")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),

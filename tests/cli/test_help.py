@@ -115,3 +115,22 @@ def test_the_fleet_repository_comes_from_the_environment(tmp_path: Path, monkeyp
     monkeypatch.setenv("MODELFLEET_REPO", str(tmp_path / "missing"))
     r = run_cli("validate")
     assert r.code == 2 and r.err.strip() == f"error: {tmp_path / 'missing'}: no such directory"
+
+
+def test_the_desired_state_branch_is_base_everywhere(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    repo = tmp_path / "fleet"
+    shutil.copytree(ROOT / "fleet-repo-example", repo)
+    for args in (["init", "--quiet", "--initial-branch=main"], ["add", "-A"], ["commit", "--quiet", "-m", "fleet"]):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=repo, check=True)
+    base = run_cli("fleet", "status", "--repo", str(repo), "--base", "main", "--format", "json")
+    old = run_cli("fleet", "status", "--repo", str(repo), "--branch", "main", "--format", "json")
+    assert base.code == old.code == 0, base.err + old.err
+    assert json.loads(old.out)["devices"] == json.loads(base.out)["devices"]
+    assert old.err.strip() == "warning: --branch is deprecated; use --base" and base.err == ""
+    for path in ("fleet status", "fleet history", "fleet drift", "rollout status", "rollout watch"):
+        cmd = dict((p, c) for p, c, _ in TREE)[path]
+        base_opt = next(p for p in cmd.params if "--base" in p.opts)
+        assert base_opt.help == "Desired-state branch.", path
