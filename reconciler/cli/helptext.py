@@ -63,14 +63,17 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
                ("which variant each hardware class runs", "modelfleet render --classes --format json")],
     "repo": [("what is signed", "modelfleet repo list tuf/")],
     "repo add": [("sign a model version", "modelfleet repo add tuf/ build/model.onnx --path vision/classifier/1.2.0 "
-                                          "--keys keys/")],
+                                          "--keys keys/"),
+                 ("check the keys and paths first", "modelfleet repo add tuf/ build/model.onnx --path "
+                                                    "vision/classifier/1.2.0 --keys keys/ --dry-run")],
     "repo delegate": [("let a team sign under vision/", "modelfleet repo delegate tuf/ vision --prefix vision/ "
                                                         "--team-keys vision-keys/ --keys keys/")],
     "repo gen-key": [("a model encryption key", "modelfleet repo gen-key model.key")],
     "repo init": [("a new repository", "modelfleet repo init tuf/ --keys keys/")],
     "repo list": [("the signed targets", "modelfleet repo list tuf/"),
                   ("for a script", "modelfleet repo list tuf/ --format json")],
-    "repo refresh": [("from cron, before the timestamp expires", "modelfleet repo refresh tuf/ --keys keys/")],
+    "repo refresh": [("from cron, before the timestamp expires", "modelfleet repo refresh tuf/ --keys keys/"),
+                     ("would the keys sign?", "modelfleet repo refresh tuf/ --keys keys/ --dry-run")],
     "repo remove": [("unsign a version", "modelfleet repo remove tuf/ vision/classifier/1.0.0/model.onnx --keys keys/")],
     "repo rotate-key": [("replace the timestamp key", "modelfleet repo rotate-key tuf/ timestamp --root-keys keys-root/ "
                                                       "--keys keys/")],

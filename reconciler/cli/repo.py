@@ -8,9 +8,11 @@ then copied to ``TARGET_DIR/<url-quoted target path>``. Every failure exits 1 wi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import shutil
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from urllib.parse import quote
 import click
 
 from reconciler.cli.console import Progress
-from reconciler.cli.options import emit, format_option
+from reconciler.cli.options import dry_run_option, emit, format_option
 from reconciler.core.errors import UserError
 from reconciler.core.fsutil import atomic_write_bytes
 from reconciler.core.units import format_duration, parse_duration
@@ -51,6 +53,31 @@ def _keys_option(f):  # type: ignore[no-untyped-def]
         "--keys", "keys", multiple=True, type=click.Path(path_type=Path), required=True,
         help="Directory holding signing keys (repeatable: e.g. a team key dir and the online key dir).",
     )(f)
+
+
+_dry_run = dry_run_option("Sign in a scratch copy of the metadata and show what would change; write nothing.")
+
+
+@contextlib.contextmanager
+def _scratch(repo_dir: Path, dry_run: bool) -> Iterator[Path]:
+    """``repo_dir`` itself, or for a dry run a throw-away copy of its metadata (and settings): the operation runs
+    for real there (keys, delegations and thresholds all checked) and the metadata it would write is listed."""
+    if not dry_run:
+        yield repo_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="modelfleet-dry-run-") as tmp:
+        work = Path(tmp) / "repo"
+        meta = repo_dir / "metadata"
+        if not (meta / "root.json").is_file():
+            raise UserError(f"{repo_dir} is not a TUF repository (no metadata/root.json); run `modelfleet repo init`")
+        shutil.copytree(meta, work / "metadata")
+        if (repo_dir / tufrepo.CONFIG_NAME).is_file():
+            shutil.copy2(repo_dir / tufrepo.CONFIG_NAME, work / tufrepo.CONFIG_NAME)
+        yield work
+        changed = sorted(p.name for p in (work / "metadata").iterdir()
+                         if not (meta / p.name).is_file() or (meta / p.name).read_bytes() != p.read_bytes())
+        click.echo(f"dry run: would write metadata/{{{','.join(changed)}}} in {repo_dir}; nothing was written",
+                   err=True)
 
 
 @click.group("repo")
@@ -90,8 +117,9 @@ def init_cmd(repo_dir: Path, keys: Path, root_keys: Path | None, threshold: tupl
 @click.option("--encrypt-key", type=click.Path(path_type=Path), help="AES-256 key file: publish encrypted.")
 @click.option("--role", help="Sign into this role (default: the role whose delegated paths match).")
 @_keys_option
+@_dry_run
 def add_cmd(repo_dir: Path, files: tuple[Path, ...], prefix: str, model: str | None, version: str | None,
-            encrypt_key: Path | None, role: str | None, keys: tuple[Path, ...]) -> None:
+            encrypt_key: Path | None, role: str | None, keys: tuple[Path, ...], dry_run: bool) -> None:
     """Add model files as signed targets."""
     key = None
     if encrypt_key is not None:
@@ -100,21 +128,24 @@ def add_cmd(repo_dir: Path, files: tuple[Path, ...], prefix: str, model: str | N
         except modelcrypto.KeyFileError as exc:
             raise UserError(str(exc)) from None
     total = sum(f.stat().st_size for f in files if f.is_file())
-    with Progress(f"signing {len(files)} file(s)", total, "B") as bar:
-        rows = tufrepo.add_targets(repo_dir, keys, list(files), prefix, model=model, version=version,
+    with _scratch(repo_dir, dry_run) as work, Progress(f"signing {len(files)} file(s)", total, "B") as bar:
+        rows = tufrepo.add_targets(work, keys, list(files), prefix, model=model, version=version,
                                    encrypt_key=key, role=role, progress=bar.advance)
     for r in rows:
-        click.echo(f"added {r.path} ({r.length} bytes, sha256 {r.sha256[:16]}…, role {r.role})")
+        click.echo(f"{'would add' if dry_run else 'added'} {r.path} ({r.length} bytes, sha256 {r.sha256[:16]}…, "
+                   f"role {r.role})")
 
 
 @repo.command("remove")
 @click.argument("repo_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.argument("paths", nargs=-1, required=True)
 @_keys_option
-def remove_cmd(repo_dir: Path, paths: tuple[str, ...], keys: tuple[Path, ...]) -> None:
+@_dry_run
+def remove_cmd(repo_dir: Path, paths: tuple[str, ...], keys: tuple[Path, ...], dry_run: bool) -> None:
     """Remove targets (unsign them)."""
-    tufrepo.remove_targets(repo_dir, keys, list(paths))
-    click.echo(f"removed {len(paths)} target(s)")
+    with _scratch(repo_dir, dry_run) as work:
+        tufrepo.remove_targets(work, keys, list(paths))
+    click.echo(f"{'would remove' if dry_run else 'removed'} {len(paths)} target(s)")
 
 
 @repo.command("list")
@@ -139,10 +170,12 @@ def list_cmd(repo_dir: Path, fmt: str) -> None:
 @repo.command("refresh")
 @click.argument("repo_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @_keys_option
-def refresh_cmd(repo_dir: Path, keys: tuple[Path, ...]) -> None:
+@_dry_run
+def refresh_cmd(repo_dir: Path, keys: tuple[Path, ...], dry_run: bool) -> None:
     """Re-sign snapshot and timestamp with fresh expiries (run from cron)."""
-    snap, ts = tufrepo.refresh(repo_dir, keys)
-    click.echo(f"snapshot v{snap}, timestamp v{ts}")
+    with _scratch(repo_dir, dry_run) as work:
+        snap, ts = tufrepo.refresh(work, keys)
+    click.echo(f"{'would sign ' if dry_run else ''}snapshot v{snap}, timestamp v{ts}")
 
 
 @repo.command("delegate")

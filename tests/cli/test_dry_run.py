@@ -71,3 +71,31 @@ def test_dry_run_still_refuses_what_the_real_run_refuses(tmp_path: Path) -> None
     p = modelfleet("rollout", "promote", "tiny", "--repo", str(up.bare), "--dry-run", cwd=tmp_path)
     assert p.returncode == 3 and p.stderr.startswith("error: refusing to promote tiny") and p.stdout == ""
     assert snapshot(up.bare) == before
+
+
+def tree_digest(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_tuf_repository_writes_dry_run_in_a_scratch_copy(tmp_path: Path) -> None:
+    tuf, keys = tmp_path / "tuf", tmp_path / "keys"
+    assert modelfleet("repo", "init", str(tuf), "--keys", str(keys), cwd=tmp_path).returncode == 0
+    (tmp_path / "m.onnx").write_bytes(b"model")
+    assert modelfleet("repo", "add", str(tuf), "m.onnx", "--path", "m/1", "--keys", str(keys),
+                      cwd=tmp_path).returncode == 0
+    before, keys_before = tree_digest(tuf), tree_digest(keys)
+    for args, out in [
+        (["add", str(tuf), "m.onnx", "--path", "m/2", "--keys", str(keys)], "would add m/2/m.onnx (5 bytes"),
+        (["remove", str(tuf), "m/1/m.onnx", "--keys", str(keys)], "would remove 1 target(s)"),
+        (["refresh", str(tuf), "--keys", str(keys)], "would sign snapshot v3, timestamp v3"),
+    ]:
+        p = modelfleet("repo", *args, "--dry-run", cwd=tmp_path)
+        assert p.returncode == 0 and p.stdout.startswith(out), p.stderr
+        assert p.stderr.startswith("dry run: would write metadata/{") and "timestamp.json" in p.stderr
+        assert tree_digest(tuf) == before and tree_digest(keys) == keys_before
+    # what the real run would refuse, the dry run refuses too
+    p = modelfleet("repo", "remove", str(tuf), "m/9/none.onnx", "--keys", str(keys), "--dry-run", cwd=tmp_path)
+    assert p.returncode == 1 and p.stderr == "error: target 'm/9/none.onnx' is not in the repository\n"
+    p = modelfleet("repo", "add", str(tuf), "m.onnx", "--path", "m/2", "--keys", str(tmp_path / "nokeys"),
+                   "--dry-run", cwd=tmp_path)
+    assert p.returncode == 1 and p.stderr.startswith("error: ") and tree_digest(tuf) == before

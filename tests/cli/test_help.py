@@ -20,8 +20,9 @@ TREE = commands()
 MACHINE_READ = {"validate", "plan", "render", "explain", "fleet status", "fleet history", "fleet drift",
                 "rollout status", "rollout watch", "agent status", "agent once", "data status", "repo list",
                 "baseline", "optimize", "simulate"}
-# Commands that write a commit to the fleet repository (and data purge, which deletes).
-WRITERS = {"rollout promote", "rollout abort", "rollout pause", "rollout resume", "rollout watch", "data purge"}
+# Commands that write a commit to the fleet repository, sign TUF metadata, or delete captured data.
+WRITERS = {"rollout promote", "rollout abort", "rollout pause", "rollout resume", "rollout watch", "data purge",
+           "repo add", "repo remove", "repo refresh"}
 # Commands that name the fleet repository.
 FLEET_REPO = {"validate", "render", "plan", "fleet status", "fleet history", "fleet drift", "rollout status",
               "rollout promote", "rollout abort", "rollout pause", "rollout resume", "rollout watch", "simulate",
