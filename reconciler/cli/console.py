@@ -32,7 +32,7 @@ def color_enabled(err: bool = False) -> bool:
 
 def paint(text: str, fg: str, *, err: bool = False, bold: bool = False) -> str:
     """``text`` in colour ``fg`` when the stream it goes to may carry colour, else unchanged."""
-    return click.style(text, fg=fg, bold=bold) if color_enabled(err) else text
+    return click.style(text, fg=fg, bold=bold or None) if color_enabled(err) else text
 
 
 def echo(text: str, *, err: bool = False, nl: bool = True) -> None:

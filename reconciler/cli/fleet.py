@@ -8,11 +8,13 @@ Ready, applied commit vs the branch head, endpoint versions and heartbeat age (S
 from __future__ import annotations
 
 import importlib
+import re
 import subprocess
 from pathlib import Path
 
 import click
 
+from reconciler.cli.console import color_enabled, echo, paint
 from reconciler.cli.options import deprecated_alias, emit_json_text, format_option, repo_option
 from reconciler.core.credentials import CredentialError, Credentials, basic_authorization
 from reconciler.core.errors import UserError
@@ -146,8 +148,18 @@ def status_cmd(repo: str | None, branch: str, prefix: str, cache_dir: Path | Non
         return
     if fmt == "yaml":
         emit_json_text(render(report, "json"), fmt)
+    elif fmt == "table":
+        echo(_paint_words(render(report, fmt)))
     else:
         click.echo(render(report, fmt))
+
+
+def _paint_words(table: str) -> str:
+    """True green, False and STALE red, on a terminal only; escapes take no width, so the columns stay aligned."""
+    if not color_enabled():
+        return table
+    colours = {"True": "green", "False": "red", "STALE": "red"}
+    return re.sub(r"\b(True|False|STALE)\b", lambda m: paint(m.group(1), colours[m.group(1)]), table)
 
 
 @fleet.command("history")

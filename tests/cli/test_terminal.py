@@ -4,6 +4,7 @@ output a script reads. Each case runs the real command with its streams on a pse
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -143,3 +144,23 @@ def test_optimize_progress_counts_its_steps_on_a_terminal(tmp_path: Path) -> Non
     assert "optimize: measuring ort-int8-dynamic" in r.err  # the log lines stay
     # the bar counts the steps: the reference, a build and a measure per variant, the second timing
     assert "optimize: measuring ort-int8-dynamic     [" in r.err and " 50%  3/6 " in r.err and "100%  6/6" in r.err
+
+
+def test_fleet_status_colours_ready_on_a_terminal(tmp_path: Path) -> None:
+    from tests._git_fixtures import Upstream
+    from tests.rollout.test_cli import fleet_files, report, targets
+
+    up = Upstream(tmp_path / "up")
+    up.commit(fleet_files(0), "fleet")
+    report(up, new=targets(up))
+    args = ("fleet", "status", "--repo", str(up.bare))
+    cache = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    r = modelfleet(*args, cwd=tmp_path, tty_out=True, tty_err=True, **cache)
+    assert r.code == 0, r.err
+    assert f"{ESC}32mTrue{ESC}0m" in r.out and "dev-000" in r.out
+    plain = modelfleet(*args, cwd=tmp_path, tty_out=True, tty_err=True, NO_COLOR="1", **cache)
+    assert plain.code == 0 and ESC not in plain.out and " True " in plain.out
+    def ages_out(text: str) -> str:  # heartbeat ages move between the two runs
+        return re.sub(r"\b\d+[smhd]\b", "N", text)
+
+    assert ages_out(plain.out) == ages_out(r.out.replace(f"{ESC}32m", "").replace(f"{ESC}0m", ""))  # same columns
