@@ -21,8 +21,9 @@ HEADER = """# Command reference
 Conventions every command follows:
 
 - **The fleet repository** is named with `--repo PATH|URL` everywhere. The default is `$MODELFLEET_REPO`, else
-  the current directory: `validate`, `render` and `plan` read the checkout; `fleet`, `rollout` and `simulate`
-  read and write the clone's `origin` (where the devices push their `status/<device-id>` branches).
+  the current directory: `validate`, `render` and `plan` read the checkout (a URL is cloned for the command);
+  `fleet`, `rollout` and `simulate` read and write the clone's `origin` (where the devices push their
+  `status/<device-id>` branches).
 - **Machine-readable output**: `--format json` or `--format yaml` wherever a script reads the output. Both hold
   the same document; neither ever carries colour or progress.
 - **Exit codes**: `0` success, `1` failure (one `error: …` line on stderr, never a traceback), `2` usage error,

@@ -14,7 +14,7 @@ import click
 import yaml
 
 from reconciler.cli.console import echo, paint
-from reconciler.cli.options import emit, emit_json_text, format_option, local_repo, repo_option
+from reconciler.cli.options import emit, emit_json_text, fleet_revisions, format_option, repo_option
 from reconciler.core.errors import UserError
 from reconciler.fleet.desired import DeviceIdentity, desired_state
 from reconciler.fleet.manifests import LoadResult, load_dir, load_git
@@ -76,11 +76,11 @@ def _load(path: str, rev: str | None = None, tuf_repo: str | None = None) -> Loa
     return result
 
 
-def _repo_path(path: str | None, repo: str | None) -> str:
+def _repo_arg(path: str | None, repo: str | None) -> str | None:
     """The positional PATH (kept: ``modelfleet validate fleet/``) or ``--repo``; both at once is a usage error."""
     if path is not None and repo is not None and path != repo:
         raise UserError(f"give the fleet repository once: PATH {path} or --repo {repo}", exit_code=2)
-    return local_repo(path if path is not None else repo)
+    return path if path is not None else repo
 
 
 @click.command("validate")
@@ -95,10 +95,13 @@ def validate_cmd(path: str | None, repo: str | None, fmt: str, rev: str | None, 
                  strict: bool) -> None:
     """Validate a fleet repository: YAML, JSON Schemas, references, rollouts, selectors, conflicts.
 
-    PATH is the same as --repo PATH.
+    PATH is the same as --repo PATH. With --repo URL, the branch the URL's HEAD names is validated (or --rev).
     """
-    path = _repo_path(path, repo)
-    result = _load(path, rev, tuf_repo)
+    with fleet_revisions(_repo_arg(path, repo)) as (where, cloned):
+        if cloned:
+            rev = rev or "HEAD"
+        result = _load(where, rev, tuf_repo)
+    path = where if not cloned else ""
     base = Path(path)
     diags = result.diagnostics
     failed = bool(result.errors) or (strict and bool(result.warnings))
@@ -192,8 +195,10 @@ def render_cmd(device_id: str | None, by_class: bool, labels: tuple[str, ...], f
     """
     if by_class == bool(device_id):
         raise UserError("give either --device ID or --classes", exit_code=2)
-    path = _repo_path(path, repo)
-    result = _load(path, rev)
+    source = _repo_arg(path, repo)
+    with fleet_revisions(source) as (where, cloned):
+        result = _load(where, rev or ("HEAD" if cloned else None))
+    path = str(source) if cloned else where
     _require_valid(result, path)
     if by_class:
         if labels or facts_file:
@@ -258,17 +263,17 @@ def plan_cmd(repo: str | None, base: str, head: str, subpath: str | None, fmt: s
     """Show, per device, what changes between two revisions of the fleet repository."""
     from reconciler.fleet.plan import make_plan, render_json, render_markdown, render_text
 
-    repo = local_repo(repo)
-    try:
-        import git
+    with fleet_revisions(repo) as (where, _):
+        try:
+            import git
 
-        git.Repo(repo, search_parent_directories=True)
-    except Exception:
-        raise UserError(f"{repo}: not a Git repository") from None
-    base_r = load_git(repo, base, subpath)
-    _require_valid(base_r, f"base revision {base}")
-    head_r = load_git(repo, head, subpath)
-    _require_valid(head_r, f"head revision {head}")
+            git.Repo(where, search_parent_directories=True)
+        except Exception:
+            raise UserError(f"{where}: not a Git repository") from None
+        base_r = load_git(where, base, subpath)
+        _require_valid(base_r, f"base revision {base}")
+        head_r = load_git(where, head, subpath)
+        _require_valid(head_r, f"head revision {head}")
     plan = make_plan(base_r.fleet, head_r.fleet)
     if fmt in ("json", "yaml"):
         emit_json_text(render_json(plan), fmt)

@@ -1,8 +1,9 @@
 """The options every command family shares, spelled one way: ``--repo``, ``--format``, ``--dry-run``.
 
 - ``--repo PATH|URL`` names the fleet repository everywhere, with one default: ``$MODELFLEET_REPO``, else the
-  current directory. Commands that read files (validate, render, plan) use the checkout; commands that read the
-  devices' status branches or push a commit (fleet, rollout, simulate) use the current clone's ``origin``.
+  current directory. Commands that read files (validate, render, plan) use the checkout, or clone a URL for the
+  command's duration; commands that read the devices' status branches or push a commit (fleet, rollout,
+  simulate) use the current clone's ``origin``.
 - ``--format table|json|yaml`` wherever output is read by machines. YAML is the JSON document re-serialised, so the
   two never differ in content; both are stable (documented keys, no colour, no progress).
 - An old spelling stays accepted as a hidden alias that prints one ``warning: … is deprecated`` line on stderr.
@@ -10,10 +11,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
-from collections.abc import Callable
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -28,23 +32,46 @@ F = Callable[..., Any]
 
 
 def repo_option(*, remote: bool, required: bool = False) -> Callable[[F], F]:
-    """``--repo PATH|URL`` (``--repo PATH`` where only a checkout will do); None when not given and
-    ``$MODELFLEET_REPO`` is unset."""
+    """``--repo PATH|URL``; None when not given and ``$MODELFLEET_REPO`` is unset. ``remote``: the command reads
+    status branches or pushes (a clone's origin by default); else it reads a checkout (a URL is cloned)."""
     if remote:
         return click.option("--repo", "repo", metavar="PATH|URL", required=required, envvar=REPO_ENV,
                             help=REPO_HELP.format(what="a Git URL or a clone's path",
                                                   remote="; its origin when it is a clone"))
-    return click.option("--repo", "repo", metavar="PATH", required=required, envvar=REPO_ENV,
-                        help=REPO_HELP.format(what="the checkout's path", remote=""))
+    return click.option("--repo", "repo", metavar="PATH|URL", required=required, envvar=REPO_ENV,
+                        help=REPO_HELP.format(what="a checkout's path, or a Git URL (cloned for the command)",
+                                              remote=""))
 
 
-def local_repo(repo: str | None) -> str:
-    """The fleet checkout a file-reading command works on; a URL is a usage error with the way out."""
-    path = repo or "."
-    if "://" in path or (":" in path.split("/")[0] and not os.path.exists(path)):
-        raise UserError(f"--repo {path}: this command reads a checkout; clone the repository and give its path",
-                        exit_code=2)
-    return path
+def is_url(repo: str) -> bool:
+    """A URL git understands (``https://…``, ``ssh://…``, scp-style ``host:path``) rather than a local path."""
+    return "://" in repo or (":" in repo.split("/")[0] and not os.path.exists(repo))
+
+
+@contextlib.contextmanager
+def fleet_revisions(repo: str | None, timeout: float = 300) -> Iterator[tuple[str, bool]]:
+    """(where to read Git revisions, whether it is a fresh clone of a URL): ``--repo URL`` is cloned bare into a
+    temporary directory for the command's duration (its branches are then ``main``, not ``origin/main``)."""
+    where = repo or "."
+    if not is_url(where):
+        yield where, False
+        return
+    from reconciler.core.redact import redact_url, split_userinfo
+
+    if where.startswith(("http://", "https://")) and split_userinfo(where)[2] is not None:
+        raise UserError(f"--repo {redact_url(where)}: a password in the URL would show in `ps`; clone with your "
+                        "credential helper and give the clone's path", exit_code=2)
+    with tempfile.TemporaryDirectory(prefix="modelfleet-clone-") as tmp:
+        env = dict(os.environ, GIT_TERMINAL_PROMPT="0")  # never wait for a password on a terminal
+        try:
+            p = subprocess.run(["git", "clone", "--quiet", "--bare", "--no-tags", "--", where, tmp + "/repo.git"],
+                               capture_output=True, text=True, env=env, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise UserError(f"cannot clone {redact_url(where)}: no answer within {timeout:g}s") from None
+        if p.returncode != 0:
+            why = " ".join(p.stderr.split()) or f"git exited {p.returncode}"
+            raise UserError(f"cannot clone {redact_url(where)}: {why}")
+        yield tmp + "/repo.git", True
 
 
 def warn_deprecated(old: str, new: str) -> None:

@@ -50,3 +50,23 @@ def test_plan_yaml_and_the_detailed_exit_code(tmp_path: Path) -> None:
     assert json.loads(j.out) == yaml.safe_load(y.out)
     table = run_cli("plan", "--repo", str(repo), "--base", "HEAD~1")
     assert table.code == 0 and "remove" in table.out.lower()
+
+
+def test_a_url_is_cloned_for_validate_render_and_plan(tmp_path: Path) -> None:
+    work, bare = tmp_path / "work", tmp_path / "fleet.git"
+    subprocess.run(["cp", "-r", FLEET, str(work)], check=True)
+    for args in (["init", "--quiet", "--initial-branch=main"], ["add", "-A"], ["commit", "--quiet", "-m", "base"]):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=work, check=True)
+    subprocess.run(["git", "clone", "--quiet", "--bare", str(work), str(bare)], check=True)
+    url = bare.as_uri()
+    r = run_cli("validate", "--repo", url, "--format", "json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out) == json.loads(run_cli("validate", "--repo", FLEET, "--format", "json").out)
+    r = run_cli("render", "--repo", url, "--device", "cam-berlin-03", "--format", "json")
+    assert r.code == 0 and json.loads(r.out)["device"] == "cam-berlin-03", r.err
+    r = run_cli("plan", "--repo", url, "--base", "main", "--detailed-exitcode")
+    assert r.code == 0 and r.out.startswith("No changes."), r.err
+    r = run_cli("validate", "--repo", (tmp_path / "nothing.git").as_uri())
+    assert r.code == 1 and r.err.startswith(f"error: cannot clone {(tmp_path / 'nothing.git').as_uri()}: ")
+    r = run_cli("plan", "--repo", "https://user:s3cret@git.example.com/fleet.git", "--base", "main")
+    assert r.code == 2 and "s3cret" not in r.err and "a password in the URL" in r.err
