@@ -70,3 +70,32 @@ def test_a_url_is_cloned_for_validate_render_and_plan(tmp_path: Path) -> None:
     assert r.code == 1 and r.err.startswith(f"error: cannot clone {(tmp_path / 'nothing.git').as_uri()}: ")
     r = run_cli("plan", "--repo", "https://user:s3cret@git.example.com/fleet.git", "--base", "main")
     assert r.code == 2 and "s3cret" not in r.err and "a password in the URL" in r.err
+
+
+def test_rollout_status_and_watch_in_yaml(tmp_path: Path) -> None:
+    from tests._git_fixtures import Upstream
+    from tests.cli.test_dry_run import modelfleet
+    from tests.rollout.test_cli import fleet_files, report, targets
+
+    up = Upstream(tmp_path / "up")
+    up.commit(fleet_files(0), "fleet")
+    report(up, new=targets(up))
+    repo = str(up.bare)
+    j = modelfleet("rollout", "status", "tiny", "--repo", repo, "--format", "json", cwd=tmp_path)
+    y = modelfleet("rollout", "status", "tiny", "--repo", repo, "--format", "yaml", cwd=tmp_path)
+    assert j.returncode == y.returncode == 0, j.stderr + y.stderr
+    doc_j, doc_y = json.loads(j.stdout), yaml.safe_load(y.stdout)
+
+    # two reads a few seconds apart: times and ages differ, the document does not
+    assert set(doc_j) == set(doc_y) and doc_j["phase"] == doc_y["phase"] == "Ready"
+    assert doc_j["steps"] == doc_y["steps"] and [d["device"] for d in doc_j["devices"]] == [
+        d["device"] for d in doc_y["devices"]]
+    w = modelfleet("rollout", "watch", "tiny", "--repo", repo, "--once", "--format", "yaml", cwd=tmp_path)
+    assert w.returncode == 0, w.stderr
+    ticks = list(yaml.safe_load_all(w.stdout))
+    assert len(ticks) == 1 and ticks[0]["action"] == "promote"
+    assert ticks[0]["commit"] == subprocess.run(["git", "rev-parse", "main"], cwd=up.bare, capture_output=True,
+                                                text=True, check=True).stdout.strip()
+    h = modelfleet("fleet", "history", "dev-000", "--repo", repo, "--format", "yaml", cwd=tmp_path)
+    hj = modelfleet("fleet", "history", "dev-000", "--repo", repo, "--format", "json", cwd=tmp_path)
+    assert h.returncode == 0 and yaml.safe_load(h.stdout) == json.loads(hj.stdout)
