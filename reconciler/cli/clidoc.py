@@ -26,8 +26,8 @@ Conventions every command follows:
   `status/<device-id>` branches).
 - **Machine-readable output**: `--format json` or `--format yaml` wherever a script reads the output. Both hold
   the same document; neither ever carries colour or progress.
-- **Exit codes**: `0` success, `1` failure (one `error: …` line on stderr, never a traceback), `2` usage error,
-  `130` interrupted. `plan --detailed-exitcode` exits `2` when something changes (Terraform's convention);
+- **Exit codes**: `0` success, `1` failure (one `error: …` line on stderr, never a traceback: even a bug is one
+  line, and `MODELFLEET_DEBUG=1` shows its traceback), `2` usage error, `130` interrupted. `plan --detailed-exitcode` exits `2` when something changes (Terraform's convention);
   `rollout promote` exits `3` when it refuses. Each command lists its own below.
 - **Writes**: every command that writes a commit takes `--dry-run`: it shows the commit and writes nothing.
 - **Terminal**: colour only when the stream is a terminal and `NO_COLOR` is not set; progress bars for long work

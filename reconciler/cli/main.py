@@ -14,6 +14,7 @@ traceback.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -102,6 +103,12 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:  # a file or directory the command was pointed at: the user can fix it
         where = f"{exc.filename}: " if exc.filename else ""
         _error(f"{where}{exc.strerror or exc}")
+        sys.exit(1)
+    except Exception as exc:  # a bug: still one line for the operator, the traceback on request
+        if os.environ.get("MODELFLEET_DEBUG"):
+            raise
+        text = " ".join(str(exc).split())[:500]
+        _error(f"unexpected {type(exc).__name__}: {text} (a bug; MODELFLEET_DEBUG=1 shows where)")
         sys.exit(1)
 
 
