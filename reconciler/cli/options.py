@@ -35,12 +35,18 @@ def repo_option(*, remote: bool, required: bool = False) -> Callable[[F], F]:
     """``--repo PATH|URL``; None when not given and ``$MODELFLEET_REPO`` is unset. ``remote``: the command reads
     status branches or pushes (a clone's origin by default); else it reads a checkout (a URL is cloned)."""
     if remote:
-        return click.option("--repo", "repo", metavar="PATH|URL", required=required, envvar=REPO_ENV,
-                            help=REPO_HELP.format(what="a Git URL or a clone's path",
-                                                  remote="; its origin when it is a clone"))
+        what, extra = "a Git URL or a clone's path", "; its origin when it is a clone"
+    else:
+        what, extra = "a checkout's path, or a Git URL (cloned for the command)", ""
     return click.option("--repo", "repo", metavar="PATH|URL", required=required, envvar=REPO_ENV,
-                        help=REPO_HELP.format(what="a checkout's path, or a Git URL (cloned for the command)",
-                                              remote=""))
+                        shell_complete=_complete_dirs, help=REPO_HELP.format(what=what, remote=extra))
+
+
+def _complete_dirs(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Let the shell complete directory names (a URL is typed, not completed)."""
+    from click.shell_completion import CompletionItem
+
+    return [CompletionItem(incomplete, type="dir")]
 
 
 def is_url(repo: str) -> bool:

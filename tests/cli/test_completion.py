@@ -52,6 +52,11 @@ def test_bash_completes_commands_options_and_choices(tmp_path: Path, shell_env: 
     assert set(complete(script, shell_env, "modelfleet", "validate", "--format", "")) == {
         "table", "github", "json", "yaml"}
     assert complete(script, shell_env, "modelfleet", "fleet", "dr") == ["drift"]  # a lazily loaded command
+    # --repo: the answer tells bash to complete directory names itself (`compopt -o dirnames`)
+    words = f"modelfleet validate --repo {tmp_path}/flee"
+    p = subprocess.run(["modelfleet"], env=dict(shell_env, _MODELFLEET_COMPLETE="bash_complete", COMP_WORDS=words,
+                                                COMP_CWORD="3"), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.splitlines() == [f"dir,{tmp_path}/flee"], p.stderr
 
 
 @pytest.mark.parametrize("shell", ["zsh", "fish"])
