@@ -208,9 +208,15 @@ def rotate_cmd(repo_dir: Path, role: str, root_keys: Path, keys: tuple[Path, ...
 @click.argument("repo_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--within", default="6h", show_default=True,
               help="Fail when any metadata expires within this time (timestamp expires after 1d by default).")
-def verify_cmd(repo_dir: Path, within: str) -> None:
+@format_option("table", help="table: problems on stderr; json/yaml: {ok, problems} on stdout for a CI job.")
+def verify_cmd(repo_dir: Path, within: str, fmt: str) -> None:
     """Check signatures, versions, target files and expiries (exit 1 on any problem; for CI)."""
     problems = tufrepo.verify_repo(repo_dir, within=_duration(within))
+    if fmt in ("json", "yaml"):
+        emit({"ok": not problems, "within": within, "problems": list(problems)}, fmt)
+        if problems:
+            raise UserError(f"{len(problems)} problem(s) in {repo_dir}")
+        return
     if problems:
         for p in problems:
             click.echo(f"problem: {p}", err=True)

@@ -3,11 +3,13 @@ repository (every ref, every object reachable from them) is exactly as before.""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests._git_fixtures import Upstream, env, git
 from tests.rollout.test_cli import fleet_files, report, targets
@@ -93,6 +95,12 @@ def test_tuf_repository_writes_dry_run_in_a_scratch_copy(tmp_path: Path) -> None
         assert p.returncode == 0 and p.stdout.startswith(out), p.stderr
         assert p.stderr.startswith("dry run: would write metadata/{") and "timestamp.json" in p.stderr
         assert tree_digest(tuf) == before and tree_digest(keys) == keys_before
+    verified = modelfleet("repo", "verify", str(tuf), "--format", "json", cwd=tmp_path)
+    assert verified.returncode == 0 and json.loads(verified.stdout) == {"ok": True, "within": "6h", "problems": []}
+    late = modelfleet("repo", "verify", str(tuf), "--within", "400d", "--format", "yaml", cwd=tmp_path)
+    doc = yaml.safe_load(late.stdout)  # every role expires within 400 days: each is a problem, and exit 1
+    assert late.returncode == 1 and doc["ok"] is False and len(doc["problems"]) >= 4
+    assert late.stderr.startswith("error: ") and "problem(s)" in late.stderr
     # what the real run would refuse, the dry run refuses too
     p = modelfleet("repo", "remove", str(tuf), "m/9/none.onnx", "--keys", str(keys), "--dry-run", cwd=tmp_path)
     assert p.returncode == 1 and p.stderr == "error: target 'm/9/none.onnx' is not in the repository\n"

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TREE = commands()
 # Commands whose output is a report a script reads: each takes --format with json and yaml.
 MACHINE_READ = {"validate", "plan", "render", "explain", "fleet status", "fleet history", "fleet drift",
-                "rollout status", "rollout watch", "agent status", "agent once", "data status", "repo list",
+                "rollout status", "rollout watch", "agent status", "agent once", "data status", "repo list", "repo verify",
                 "baseline", "optimize", "simulate"}
 # Commands that write a commit to the fleet repository, sign TUF metadata, or delete captured data.
 WRITERS = {"rollout promote", "rollout abort", "rollout pause", "rollout resume", "rollout watch", "data purge",
