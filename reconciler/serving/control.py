@@ -83,6 +83,7 @@ class WorkerSettings:
     limits: ServerLimits
     cache_dir: Path | None
     generation: int
+    sample_queue_max: int = SAMPLE_QUEUE_MAX
     #: (spec, observed) of each endpoint's active version, then of its kept previous version (rollbacks stay
     #: instant after a restart).
     desired: list[tuple[Any, bool]] = field(default_factory=list)

@@ -52,8 +52,9 @@ RPC_TIMEOUT = 30.0
 class Uplink:
     """Worker → control plane: batches of request samples (one-way) and small questions (``rpc``)."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, queue_max: int = SAMPLE_QUEUE_MAX) -> None:
         self._conn = conn
+        self._queue_max = queue_max
         self._lock = threading.Lock()
         self._queue: collections.deque[tuple[tuple[Any, ...], int]] = collections.deque()
         self._queued_bytes = 0
@@ -61,7 +62,7 @@ class Uplink:
         threading.Thread(target=self._send_loop, name="modelfleet-uplink", daemon=True).start()
 
     def offer(self, event: tuple[Any, ...], nbytes: int, model: str) -> None:
-        if len(self._queue) >= SAMPLE_QUEUE_MAX or self._queued_bytes + nbytes > SAMPLE_QUEUE_MAX_BYTES:
+        if len(self._queue) >= self._queue_max or self._queued_bytes + nbytes > SAMPLE_QUEUE_MAX_BYTES:
             SAMPLES_DROPPED.labels(model).inc()
             return
         self._queued_bytes += nbytes  # approximate under races: it only bounds memory
@@ -222,8 +223,9 @@ def _serve_commands(ctl: Connection, state: WorkerState, observed: set[tuple[str
 
 def main(ctl_fd: int, up_fd: int, unix_fd: int | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="worker %(process)d: %(message)s")
-    ctl, uplink = Connection(ctl_fd), Uplink(Connection(up_fd))
+    ctl = Connection(ctl_fd)
     settings: WorkerSettings = ctl.recv()
+    uplink = Uplink(Connection(up_fd), settings.sample_queue_max)
     observed = {(s.name, s.version) for s, watch in settings.desired + settings.previous if watch}
     registry = ModelRegistry(settings.cache_dir, observer_factory=lambda spec: Forwarder(
         spec.name, spec.version, uplink) if (spec.name, spec.version) in observed else None)

@@ -39,7 +39,7 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from reconciler.serving.control import Board, WorkerSettings, proc_memory_mb
+from reconciler.serving.control import SAMPLE_QUEUE_MAX, Board, WorkerSettings, proc_memory_mb
 from reconciler.serving.limits import ServerLimits
 from reconciler.serving.registry import (
     LOAD_FAILURES,
@@ -100,6 +100,8 @@ class _Worker:
     def reply(self, timeout: float) -> tuple[str, Any]:
         try:
             if not self.ctl.poll(timeout):
+                # A hung worker is out of step with its channel: it is replaced (the reaper restarts it).
+                self.proc.kill()
                 raise WorkerGone(f"worker {self.index} (pid {self.pid}) did not answer within {timeout:.0f}s")
             return self.ctl.recv()  # type: ignore[no-any-return]
         except (EOFError, OSError) as exc:
@@ -132,7 +134,8 @@ class WorkerPool:
                  unix_socket: str | os.PathLike[str] | None = None, auth_token: str | None = None,
                  tls_cert: str | None = None, tls_key: str | None = None, limits: ServerLimits | None = None,
                  cache_dir: Path | None = None,
-                 observer_factory: Callable[[EndpointSpec], Observer | None] | None = None) -> None:
+                 observer_factory: Callable[[EndpointSpec], Observer | None] | None = None,
+                 load_timeout: float = LOAD_TIMEOUT, sample_queue_max: int = SAMPLE_QUEUE_MAX) -> None:
         if workers < 1:
             raise ValueError("a worker pool needs at least one worker")
         if port is None and unix_socket is None:
@@ -144,6 +147,8 @@ class WorkerPool:
         self.limits = limits or ServerLimits()
         self.cache_dir = cache_dir
         self.observer_factory = observer_factory
+        self.load_timeout = load_timeout
+        self.sample_queue_max = sample_queue_max
         self._lock = threading.RLock()  # one control operation (switch, restart) at a time
         self._eps: dict[str, _Endpoint] = {}
         self._observers: dict[tuple[str, str], Observer] = {}
@@ -218,13 +223,13 @@ class WorkerPool:
             index=index, board=self._board.path, host=self.host, port=self.port,
             unix_socket=str(self.unix_socket) if self.unix_socket else None, auth_token=self._auth_token,
             tls_cert=self._tls[0], tls_key=self._tls[1], limits=self.limits, cache_dir=self.cache_dir,
-            generation=self._generation,
+            generation=self._generation, sample_queue_max=self.sample_queue_max,
             desired=[(ep.active, self._watched(ep.active)) for ep in self._eps.values() if ep.active],
             previous=[(ep.previous, self._watched(ep.previous)) for ep in self._eps.values() if ep.previous],
         )
         try:
             w.send(settings)
-            kind, answer = w.reply(LOAD_TIMEOUT)
+            kind, answer = w.reply(self.load_timeout)
         except WorkerGone as exc:
             proc.kill()
             proc.wait()
@@ -424,7 +429,7 @@ class WorkerPool:
         result = ApplyResult(True, "Ready")
         for w in sent:
             try:
-                kind, answer = w.reply(LOAD_TIMEOUT)
+                kind, answer = w.reply(self.load_timeout)
             except WorkerGone as exc:
                 kind, answer = "fail", ApplyResult(False, "WorkerUnavailable", str(exc))
             if kind != "ok":
@@ -444,14 +449,14 @@ class WorkerPool:
         done: list[_Worker] = []
         for w in [w for w in self._workers if w is not None]:
             try:
-                _, result = w.call(("apply_now", spec, self._watched(spec)), LOAD_TIMEOUT)
+                _, result = w.call(("apply_now", spec, self._watched(spec)), self.load_timeout)
             except WorkerGone as exc:
                 result = ApplyResult(False, "WorkerUnavailable", str(exc))
             if not result.ok:
                 for back in done:
                     if ep.active is not None:
                         with contextlib.suppress(WorkerGone):
-                            back.call(("apply_now", ep.active, self._watched(ep.active)), LOAD_TIMEOUT)
+                            back.call(("apply_now", ep.active, self._watched(ep.active)), self.load_timeout)
                 if ep.active is not None:
                     ROLLBACKS.labels(spec.name).inc()
                 return ApplyResult(False, result.reason, result.message, result.load_ms,
