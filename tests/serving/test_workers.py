@@ -300,3 +300,26 @@ def test_stop_ends_every_worker(pool: WorkerPool) -> None:
 def _zombie(pid: int) -> bool:
     with open(f"/proc/{pid}/stat") as fh:
         return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_serve_workers_on_the_command_line(tmp_path: Any) -> None:
+    """`modelfleet serve --workers 2`: both workers answer on one port; SIGTERM stops every process."""
+    import subprocess
+    import sys
+
+    from tests._hostile import ServerProcess
+
+    with ServerProcess(tmp_path, workers=2) as srv:
+        assert len(srv.pids) == 2 and srv.proc.pid not in srv.pids
+        assert version_of(srv.port) == "1"
+        assert get(srv.port, "GET", "/v2/health/ready") == (200, b'{"ready":true}')
+        assert metric(srv.port, "modelfleet_serving_workers") == 2
+        pids = srv.pids
+    for pid in pids:
+        wait_for(lambda pid=pid: not os.path.exists(f"/proc/{pid}") or _zombie(pid), 10)
+    bad = tmp_path / "nan.onnx"
+    bad.write_bytes(NAN)
+    r = subprocess.run([sys.executable, "-m", "reconciler.cli", "serve", str(bad), "--port", "0", "--workers", "2"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(f"error: {bad}: NonFiniteOutput:"), r.stderr
