@@ -541,7 +541,28 @@ class WorkerPool:
     def pids(self) -> list[int]:
         return [w.pid for w in self._workers if w is not None]
 
+    def condition(self, now: float) -> tuple[bool, str, str]:
+        """The agent's ``WorkersServing`` condition (status, reason, message) at ``now``."""
+        return workers_condition(self.report(), now)
+
     def report(self) -> dict[str, Any]:
         """For status and conditions: workers configured and serving, restarts so far, the last one."""
         serving = sum(1 for w in self._workers if w is not None)
         return {"workers": self.size, "serving": serving, "restarts": self.restarts, "lastRestart": self.last_restart}
+
+
+#: A restart keeps ``WorkersServing`` false this long (seconds), so a pass or a status push sees it.
+RESTART_MEMORY = 600.0
+
+
+def workers_condition(report: dict[str, Any], now: float) -> tuple[bool, str, str]:
+    """``WorkersServing`` from :meth:`WorkerPool.report` (pure: the clock is passed in)."""
+    down = report["workers"] - report["serving"]
+    if down:
+        return False, "WorkerDown", f"{down} of {report['workers']} serving workers down, restarting"
+    last = report["lastRestart"]
+    if last is not None and now - last["time"] < RESTART_MEMORY:
+        return False, "WorkerRestarted", (
+            f"worker {last['worker']} (pid {last['pid']}) exited with {last['exitCode']} "
+            f"{now - last['time']:.0f}s ago and was restarted; {report['restarts']} restart(s) since start")
+    return True, "WorkersUp", f"{report['serving']} workers serving"

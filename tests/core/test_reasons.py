@@ -19,6 +19,7 @@ NOT_REASONS = {
     "AgentConfig", "DeviceStatus", "RolloutStatus", "FleetRepo", "LoadResult", "GitSource", "PollResult", "MatMul", "MaxPool",
     "NotIn", "DoesNotExist", "NonRegular", "AzureExecutionProvider", "RuntimeLoadError", "AlreadyActive", "NoChange",
     C.SOURCE_AVAILABLE, C.SOURCE_VERIFIED, C.MANIFESTS_VALID, C.ARTIFACTS_READY, C.STATUS_REPORTED, C.DRIFT_DETECTED,
+    C.WORKERS_SERVING,
     "DriftBaseline",
     # ONNX operators and OpenVINO layer types `optimize` generates or recognises, /proc/self/status fields
     "GlobalAveragePool", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
