@@ -59,6 +59,7 @@ class Uplink:
         self._queue: collections.deque[tuple[tuple[Any, ...], int]] = collections.deque()
         self._queued_bytes = 0
         self._stop = threading.Event()
+        self._rpc_id = 0
         threading.Thread(target=self._send_loop, name="modelfleet-uplink", daemon=True).start()
 
     def offer(self, event: tuple[Any, ...], nbytes: int, model: str) -> None:
@@ -84,10 +85,15 @@ class Uplink:
 
     def rpc(self, what: str, arg: Any = None) -> Any:
         with self._lock:
-            self._conn.send(("rpc", what, arg))
-            if not self._conn.poll(RPC_TIMEOUT):
-                raise TimeoutError(f"the control plane did not answer {what!r}")
-            return self._conn.recv()
+            self._rpc_id += 1
+            self._conn.send(("rpc", self._rpc_id, what, arg))
+            end = time.monotonic() + RPC_TIMEOUT
+            while self._conn.poll(max(0.0, end - time.monotonic())):
+                rpc_id, answer = self._conn.recv()
+                if rpc_id == self._rpc_id:
+                    return answer
+                # the late answer to a question that timed out: skip it
+            raise TimeoutError(f"the control plane did not answer {what!r} within {RPC_TIMEOUT:.0f}s")
 
     def close(self) -> None:
         self._stop.set()

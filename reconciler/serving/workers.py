@@ -61,6 +61,7 @@ WORKER_FAMILIES = frozenset({
     "modelfleet_inference_requests", "modelfleet_inference_failures", "modelfleet_inference_latency_seconds",
     "modelfleet_inference_inflight", "modelfleet_model_load_seconds", "modelfleet_serving_samples_dropped",
 })
+RESTART_BACKOFF_MAX = 300.0
 LOAD_TIMEOUT = 600.0  # a large OpenVINO model compiles for minutes on a small device
 SMALL_TIMEOUT = 30.0
 
@@ -160,6 +161,7 @@ class WorkerPool:
         self._unix: socket.socket | None = None
         self._stopping = threading.Event()
         self.restarts = 0
+        self._backoff = 0.0  # seconds a dead worker waits before its restart (grows while they keep dying)
         self.last_restart: dict[str, Any] | None = None
         self.metrics_registry = CollectorRegistry(auto_describe=False)
 
@@ -248,40 +250,57 @@ class WorkerPool:
 
     def _reap(self, w: _Worker) -> None:
         """Wait for the worker to exit; unless the pool is stopping, restart it (with the current desired set
-        loaded before it listens)."""
-        w.proc.wait()
-        if self._stopping.is_set():
+        loaded before it listens). Switches go on meanwhile with the other workers."""
+        code = w.proc.wait()
+        board = self._board
+        if self._stopping.is_set() or board is None:
             return
-        assert self._board is not None
-        self._board.ready = False  # at once, before waiting for a switch in progress to finish
+        board.ready = False  # at once, before waiting for a switch in progress to finish
         with self._lock:
-            if not self._stopping.is_set() and w in self._workers:
-                self._replace(self._workers.index(w), w)
+            if self._stopping.is_set() or w not in self._workers:
+                return
+            i = self._workers.index(w)
+            self._workers[i] = None
+            self._retire(w, code)
+            now = time.time()
+            # A worker that keeps dying waits longer each time (1 s … 5 min): each restart also leaves its
+            # counters' file in the metrics directory, so a crash loop must not restart as fast as it can.
+            quick = self.last_restart is not None and now - self.last_restart["time"] < RESTART_BACKOFF_MAX
+            self._backoff = min(RESTART_BACKOFF_MAX, max(1.0, self._backoff * 2)) if quick else 0.0
+            self.restarts += 1
+            WORKER_RESTARTS.inc()
+            self.last_restart = {"worker": i, "pid": w.pid, "exitCode": code, "time": now}
+            log.warning("serving worker %d (pid %s) exited with %s; restarting it", i, w.pid, code)
+            backoff = self._backoff
+        if backoff:
+            self._stopping.wait(backoff)
+        while not self._stopping.is_set():
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                try:
+                    self._workers[i] = self._spawn(i)
+                except RuntimeError as exc:
+                    log.error("%s; retrying", exc)
+                else:
+                    self._board_ready()
+                    return
+            self._stopping.wait(1.0)
 
-    def _replace(self, i: int, dead: _Worker) -> None:
-        assert self._board is not None and self._dir is not None
-        code = dead.proc.poll()
-        self._board.ready = False
-        self._workers[i] = None
+    def _retire(self, dead: _Worker, code: int) -> None:
+        assert self._dir is not None
         WORKERS_SERVING.set(sum(1 for w in self._workers if w is not None))
         with contextlib.suppress(OSError):
             mark_process_dead(dead.pid, str(self._dir / "metrics"))
         for conn in (dead.ctl, dead.up):
             with contextlib.suppress(OSError):
                 conn.close()
-        self.restarts += 1
-        WORKER_RESTARTS.inc()
-        self.last_restart = {"worker": i, "pid": dead.pid, "exitCode": code, "time": time.time()}
-        log.warning("serving worker %d (pid %s) exited with %s; restarting it", i, dead.pid, code)
-        while not self._stopping.is_set():
-            try:
-                self._workers[i] = self._spawn(i)
-                break
-            except RuntimeError as exc:
-                log.error("%s; retrying", exc)
-                self._stopping.wait(1.0)
-        self._board.ready = all(w is not None for w in self._workers)
-        WORKERS_SERVING.set(sum(1 for w in self._workers if w is not None))
+
+    def _board_ready(self) -> None:
+        serving = sum(1 for w in self._workers if w is not None)
+        WORKERS_SERVING.set(serving)
+        if self._board is not None:
+            self._board.ready = serving == self.size
 
     def stop(self) -> None:
         self._stopping.set()
@@ -339,12 +358,13 @@ class WorkerPool:
                 for event in msg[1]:
                     self._deliver(event)
             elif msg[0] == "rpc":
+                _, rpc_id, what, arg = msg
                 try:
-                    answer = self._answer(msg[1], msg[2])
+                    answer = self._answer(what, arg)
                 except Exception as exc:  # an observer's bug must not take the worker's question down
-                    answer = (500, {"error": f"{msg[1]} failed: {exc}"})
+                    answer = (500, {"error": f"{what} failed: {exc}"})
                 with contextlib.suppress(OSError):
-                    w.up.send(answer)
+                    w.up.send((rpc_id, answer))
 
     def _deliver(self, event: tuple[Any, ...]) -> None:
         kind, name, version, *rest = event
@@ -416,8 +436,8 @@ class WorkerPool:
     def _two_phase(self, prepare: tuple[Any, ...]) -> ApplyResult:
         gen = prepare[1]
         workers = [w for w in self._workers if w is not None]
-        if len(workers) < self.size:
-            return ApplyResult(False, "WorkerUnavailable", "a serving worker is restarting; try again")
+        if not workers:
+            return ApplyResult(False, "WorkerUnavailable", "every serving worker is restarting; try again")
         failure: ApplyResult | None = None
         sent = []
         for w in workers:  # all workers load at once

@@ -43,7 +43,7 @@ def agent(world: World, tmp_path: Path) -> Iterator[Agent]:
     a.close()
 
 
-def wait_for(cond: object, limit: float = 30.0) -> None:
+def wait_for(cond: object, limit: float = 60.0) -> None:
     end = time.monotonic() + limit
     while not cond():  # type: ignore[operator]
         assert time.monotonic() < end, "condition not reached"

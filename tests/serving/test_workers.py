@@ -8,6 +8,7 @@ reach the control plane's observers through a bounded, counted queue.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -56,7 +57,7 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
-def wait_for(cond: Any, limit: float = 30.0) -> None:
+def wait_for(cond: Any, limit: float = 60.0) -> None:
     end = time.monotonic() + limit
     while not cond():
         assert time.monotonic() < end, "condition not reached"
@@ -160,7 +161,8 @@ def test_a_worker_that_cannot_prepare_aborts_the_switch_everywhere(pool: WorkerP
     try:
         result = pool.apply(spec("2", V2))
     finally:
-        os.kill(hung, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):  # killed and reaped as hung already
+            os.kill(hung, signal.SIGCONT)
     assert not result.ok and result.reason == "WorkerUnavailable", result
     assert pool.endpoints()["mm"].version == "1"
     # Worker 0 had v2 loaded and staged: it was aborted, not switched; the hung worker is replaced.
@@ -323,3 +325,32 @@ def test_serve_workers_on_the_command_line(tmp_path: Any) -> None:
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith(f"error: {bad}: NonFiniteOutput:"), r.stderr
+
+
+def test_unix_socket_and_bearer_token_in_every_worker(tmp_path: Any) -> None:
+    import socket
+
+    path = tmp_path / "serve.sock"
+
+    def over_unix(method: str, target: str, token: str | None = None) -> tuple[int, bytes]:
+        class Conn(http.client.HTTPConnection):
+            def connect(self) -> None:
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.sock.connect(str(path))
+
+        conn = Conn("localhost", timeout=10)
+        conn.request(method, target, body=BODY if method == "POST" else None,
+                     headers={"Authorization": f"Bearer {token}"} if token else {})
+        r = conn.getresponse()
+        out = r.status, r.read()
+        conn.close()
+        return out
+
+    with WorkerPool(2, port=None, unix_socket=path, auth_token="s3cret") as p:
+        assert p.url == f"unix:{path}" and p.apply(spec()).ok
+        answers = [over_unix("POST", INFER, "s3cret") for _ in range(10)]
+        assert all(status == 200 and json.loads(body)["model_version"] == "1" for status, body in answers)
+        assert over_unix("POST", INFER)[0] == 401 and over_unix("GET", "/metrics")[0] == 401
+        assert over_unix("GET", "/metrics", "s3cret")[0] == 200
+        assert over_unix("GET", "/v2/health/ready")[0] == 200  # health needs no token
+    assert not path.exists()
