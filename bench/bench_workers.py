@@ -6,6 +6,10 @@ workers=N (medians), so a noisy neighbour hits both. Measured: throughput at con
 concurrency 1, VmRSS/VmHWM of every serving process, and the failed requests of 20 two-phase switches under
 load (a WorkerPool in this process; wrk counts every non-200 and socket error). Prints ONE JSON line.
 
+``server_cores_busy_c16`` is the CPU time the serving processes used per second of the c=16 run, and
+``host_loadavg_1m`` the host's load before and after: on a busy host more processes also get a larger share
+of the CPUs, so read the throughput ratio together with them.
+
 Run: ``PYTHONPATH=. .venv/bin/python bench/bench_workers.py [--workers 2] [--rounds 3] [--seconds 5]``.
 """
 
@@ -76,6 +80,15 @@ class Served:
         if workers > 1:
             self.pids += [int(p) for p in re.findall(r"\d+", self.proc.stdout.readline().split("pids", 1)[1])]
 
+    def cpu_seconds(self) -> float:
+        """CPU time of every serving process (the control plane and the workers) so far."""
+        total = 0
+        for pid in self.pids:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
     def memory(self) -> list[dict[str, float]]:
         return [proc_memory_mb(pid) for pid in self.pids]
 
@@ -118,14 +131,17 @@ def main() -> None:
     model = tmp / "tiny.onnx"
     model.write_bytes(TINY)
     script = _lua(tmp)
-    runs: dict[int, dict[str, list[float]]] = {n: {"c16": [], "c1": []} for n in (1, args.workers)}
+    runs: dict[int, dict[str, list[float]]] = {n: {"c16": [], "c1": [], "cpu": []} for n in (1, args.workers)}
+    load_before = os.getloadavg()[0]
     memory: dict[int, list[dict[str, float]]] = {}
     for _ in range(args.rounds):
         for n in (1, args.workers):
             srv = Served(model, n, args.threads)
             try:
                 wrk(srv.port, script, 16, 1.0)  # warm
+                cpu0 = srv.cpu_seconds()
                 c16 = wrk(srv.port, script, 16, args.seconds)
+                runs[n]["cpu"].append((srv.cpu_seconds() - cpu0) / max(1, round(args.seconds)))
                 c1 = wrk(srv.port, script, 1, args.seconds / 2)
                 assert c16["failed"] == 0 and c1["failed"] == 0, (c16, c1)
                 runs[n]["c16"].append(c16["rps"])
@@ -142,9 +158,12 @@ def main() -> None:
         "load": "wrk -t1 on the same machine",
         "threads_per_session": args.threads,
         "rounds": args.rounds,
+        "host_loadavg_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         "single_loop": {"rps_c16": round(med[1]["c16"]), "p50_us_c1": med[1]["c1"],
+                        "server_cores_busy_c16": round(med[1]["cpu"], 2),
                         "rss_mb": [m.get("vmrss") for m in memory[1]], "hwm_mb": [m.get("vmhwm") for m in memory[1]]},
         f"workers_{w}": {"rps_c16": round(med[w]["c16"]), "p50_us_c1": med[w]["c1"],
+                         "server_cores_busy_c16": round(med[w]["cpu"], 2),
                          "rss_mb_per_worker": [m.get("vmrss") for m in memory[w][1:] or memory[w]],
                          "hwm_mb_per_worker": [m.get("vmhwm") for m in memory[w][1:] or memory[w]],
                          "control_plane_rss_mb": memory[w][0].get("vmrss") if w > 1 else None},

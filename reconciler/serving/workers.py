@@ -21,6 +21,7 @@ until it is back. ``/metrics`` is one view: the pool's own registry plus the wor
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -226,8 +227,8 @@ class WorkerPool:
             unix_socket=str(self.unix_socket) if self.unix_socket else None, auth_token=self._auth_token,
             tls_cert=self._tls[0], tls_key=self._tls[1], limits=self.limits, cache_dir=self.cache_dir,
             generation=self._generation, sample_queue_max=self.sample_queue_max,
-            desired=[(ep.active, self._watched(ep.active)) for ep in self._eps.values() if ep.active],
-            previous=[(ep.previous, self._watched(ep.previous)) for ep in self._eps.values() if ep.previous],
+            desired=[self._job(ep.active) for ep in self._eps.values() if ep.active],
+            previous=[self._job(ep.previous) for ep in self._eps.values() if ep.previous],
         )
         try:
             w.send(settings)
@@ -245,8 +246,12 @@ class WorkerPool:
         threading.Thread(target=self._reap, args=(w,), name=f"modelfleet-reap-{index}", daemon=True).start()
         return w
 
-    def _watched(self, spec: EndpointSpec) -> bool:
-        return (spec.name, spec.version) in self._observers
+    def _job(self, spec: EndpointSpec) -> tuple[EndpointSpec, bool]:
+        """What a worker loads: the spec (without a thread count: the cores shared out between the workers, as
+        each session would otherwise start one thread per core) and whether its samples go to an observer."""
+        if spec.threads is None:
+            spec = dataclasses.replace(spec, threads=max(1, (os.cpu_count() or 1) // self.size))
+        return spec, (spec.name, spec.version) in self._observers
 
     def _reap(self, w: _Worker) -> None:
         """Wait for the worker to exit; unless the pool is stopping, restart it (with the current desired set
@@ -420,7 +425,7 @@ class WorkerPool:
             if spec.strategy == "resource":
                 result = self._rolling(ep, spec)
             else:
-                result = self._two_phase(("prepare", self._generation + 1, "apply", spec, self._watched(spec)))
+                result = self._two_phase(("prepare", self._generation + 1, "apply", *self._job(spec)))
             if not result.ok:
                 self._failed(ep, spec, result)
                 return result
@@ -469,14 +474,14 @@ class WorkerPool:
         done: list[_Worker] = []
         for w in [w for w in self._workers if w is not None]:
             try:
-                _, result = w.call(("apply_now", spec, self._watched(spec)), self.load_timeout)
+                _, result = w.call(("apply_now", *self._job(spec)), self.load_timeout)
             except WorkerGone as exc:
                 result = ApplyResult(False, "WorkerUnavailable", str(exc))
             if not result.ok:
                 for back in done:
                     if ep.active is not None:
                         with contextlib.suppress(WorkerGone):
-                            back.call(("apply_now", ep.active, self._watched(ep.active)), self.load_timeout)
+                            back.call(("apply_now", *self._job(ep.active)), self.load_timeout)
                 if ep.active is not None:
                     ROLLBACKS.labels(spec.name).inc()
                 return ApplyResult(False, result.reason, result.message, result.load_ms,
@@ -512,7 +517,7 @@ class WorkerPool:
             if ep is None or ep.previous is None or ep.active is None:
                 return False
             prev, cur = ep.previous, ep.active
-            result = self._two_phase(("prepare", self._generation + 1, "apply", prev, self._watched(prev)))
+            result = self._two_phase(("prepare", self._generation + 1, "apply", *self._job(prev)))
             if not result.ok:
                 return False
             self._flip()
