@@ -168,6 +168,8 @@ def main() -> None:
                          "hwm_mb_per_worker": [m.get("vmhwm") for m in memory[w][1:] or memory[w]],
                          "control_plane_rss_mb": memory[w][0].get("vmrss") if w > 1 else None},
         "throughput_ratio_c16": round(med[w]["c16"] / med[1]["c16"], 2),
+        # requests per CPU-second of the serving processes: what the pool costs per request (1.0: nothing)
+        "per_core_ratio_c16": round((med[w]["c16"] / med[w]["cpu"]) / (med[1]["c16"] / med[1]["cpu"]), 2),
         "p50_ratio_c1": round(med[w]["c1"] / med[1]["c1"], 2),
         "swap_under_load": swap_under_load(script, w, args.threads),
     }

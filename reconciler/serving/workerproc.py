@@ -24,6 +24,7 @@ import collections
 import concurrent.futures
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -229,6 +230,10 @@ def _serve_commands(ctl: Connection, state: WorkerState, observed: set[tuple[str
 
 def main(ctl_fd: int, up_fd: int, unix_fd: int | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="worker %(process)d: %(message)s")
+    # The control plane owns our lifetime: Ctrl-C on the terminal or systemd's SIGTERM to the whole group reach
+    # it too, and it stops us in order (``stop``); when it is gone, the control channel closes and we end.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     ctl = Connection(ctl_fd)
     settings: WorkerSettings = ctl.recv()
     uplink = Uplink(Connection(up_fd), settings.sample_queue_max)
