@@ -24,6 +24,7 @@ import pytest
 
 from reconciler.devkit.modelgen import matmul_model
 from reconciler.serving.workers import WorkerPool
+from tests._prometheus import promtool
 from tests._serving_fixtures import NAN, PROBE_V1, V1, V2, spec
 
 INFER = "/v2/models/mm/infer"
@@ -219,6 +220,8 @@ def test_metrics_sum_the_workers_without_double_counting(pool: WorkerPool) -> No
     assert text.count("# TYPE modelfleet_inference_requests_total counter") == 1
     assert re.search(r'^modelfleet_serving_worker_rss_bytes\{worker="1"\} [1-9]', text, re.M)
     assert re.search(r"^modelfleet_serving_workers 2\.0$", text, re.M)
+    check = promtool("check", "metrics", stdin=text)  # one valid exposition: no family twice, HELP/TYPE right
+    assert check.returncode == 0 and "error" not in check.stdout + check.stderr, check.stdout + check.stderr
 
 
 class Recorder:
