@@ -279,6 +279,7 @@ class WorkerPool:
             backoff = self._backoff
         if backoff:
             self._stopping.wait(backoff)
+        retry = 1.0
         while not self._stopping.is_set():
             with self._lock:
                 if self._stopping.is_set():
@@ -290,7 +291,8 @@ class WorkerPool:
                 else:
                     self._board_ready()
                     return
-            self._stopping.wait(1.0)
+            self._stopping.wait(retry)
+            retry = min(RESTART_BACKOFF_MAX, retry * 2)
 
     def _retire(self, dead: _Worker, code: int) -> None:
         assert self._dir is not None

@@ -19,7 +19,7 @@ from reconciler.serving.workers import WorkerPool
 from tests._hostile import ServerProcess, one_at_a_time, open_fds, read_all, send_in_background, timed_get
 from tests._serving_fixtures import PROBE_V1, spec
 
-CONNECTIONS = 12  # all on one worker: 2 * 2**-12
+CONNECTIONS = 16  # all on one worker: 2 * 2**-16
 
 
 def rss_mb(pid: int) -> float:
@@ -39,19 +39,19 @@ def limited() -> Iterator[WorkerPool]:
 def test_header_body_and_idle_timeouts_in_every_worker(limited: WorkerPool) -> None:
     port = limited.port or 0
     t0 = time.monotonic()
-    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(CONNECTIONS)]
-    for s in socks[:4]:
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(24)]  # 8 of each: most likely on both
+    for s in socks[:8]:
         s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost")
-    for s in socks[4:8]:
+    for s in socks[8:16]:
         s.sendall(b"POST /v2/models/mm/infer HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")
-    for s in socks[8:]:
+    for s in socks[16:]:
         s.sendall(b"GET /v2/health/live HTTP/1.1\r\n\r\n")
     answers = [read_all(s, 5) for s in socks]
     for s in socks:
         s.close()
-    assert all(a.startswith(b"HTTP/1.1 408") and b"header not complete" in a for a in answers[:4]), answers[:4]
-    assert all(a.startswith(b"HTTP/1.1 408") and b"body made no progress" in a for a in answers[4:8])
-    assert all(a.startswith(b"HTTP/1.1 200") and a.count(b"HTTP/1.1") == 1 for a in answers[8:])
+    assert all(a.startswith(b"HTTP/1.1 408") and b"header not complete" in a for a in answers[:8]), answers[:8]
+    assert all(a.startswith(b"HTTP/1.1 408") and b"body made no progress" in a for a in answers[8:16])
+    assert all(a.startswith(b"HTTP/1.1 200") and a.count(b"HTTP/1.1") == 1 for a in answers[16:])
     assert time.monotonic() - t0 < 6
 
 
