@@ -176,6 +176,10 @@ def test_a_worker_that_cannot_prepare_aborts_the_switch_everywhere(pool: WorkerP
 def test_a_dead_worker_restarts_on_the_current_version_and_is_reported(pool: WorkerPool) -> None:
     port = pool.port or 0
     assert pool.apply(spec("2", V2)).ok
+    for _ in range(20):
+        version_of(port)
+    served = metric(port, "modelfleet_inference_requests_total", '{model="mm",version="2"}')
+    assert served == 20
     dead = pool.pids()[0]
     restarts = metric(port, "modelfleet_serving_worker_restarts_total")  # the pool's process counts them all
     seen_not_ready = threading.Event()
@@ -198,6 +202,8 @@ def test_a_dead_worker_restarts_on_the_current_version_and_is_reported(pool: Wor
     assert seen_not_ready.is_set(), "ready stayed true while a worker was down"
     wait_for(lambda: pool.report()["restarts"] == 1 and pool.ready())
     assert dead not in pool.pids() and len(pool.pids()) == 2
+    # no lost series: the dead worker's counts stay in the sum
+    assert metric(port, "modelfleet_inference_requests_total", '{model="mm",version="2"}') == served
     assert pool.report()["lastRestart"]["exitCode"] == -signal.SIGKILL
     assert {version_of(port) for _ in range(16)} == {"2"}  # never the stale v1
     assert metric(port, "modelfleet_serving_worker_restarts_total") == restarts + 1
