@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -49,6 +50,7 @@ def _lua(path: Path) -> Path:
 
 
 def wrk(port: int, script: Path, conc: int, seconds: float) -> dict[str, float]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
         ["wrk", "-t1", f"-c{conc}", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(script),
          f"http://127.0.0.1:{port}/v2/models/tiny/infer"],
@@ -61,7 +63,10 @@ def wrk(port: int, script: Path, conc: int, seconds: float) -> dict[str, float]:
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     failed = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)
-    return {"rps": rps, "p50_us": p50, "requests": total, "failed": failed}
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, reaped by subprocess.run
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return {"rps": rps, "p50_us": p50, "requests": total, "failed": failed,
+            "wrk_cores": cpu / max(1, round(seconds))}
 
 
 class Served:
@@ -118,6 +123,15 @@ def swap_under_load(script: Path, workers: int, threads: int, swaps: int = 20) -
                 "switch_ms_p50": round(statistics.median(switch_ms), 1), "generation": pool.generation}
 
 
+def _ceiling(single: dict[str, float], pool: dict[str, float], cores: int) -> float:
+    """Throughput ratio on an idle host: the single loop is bound by its one core (or what wrk leaves), the
+    pool by all cores shared with wrk, both at the CPU per request measured in this run."""
+    s_srv, s_wrk = single["cpu"] / single["c16"], single["wrk"] / single["c16"]
+    p_srv, p_wrk = pool["cpu"] / pool["c16"], pool["wrk"] / pool["c16"]
+    single_rps = min(1 / s_srv, cores / (s_srv + s_wrk))
+    return round(cores / (p_srv + p_wrk) / single_rps, 2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workers", type=int, default=2)
@@ -131,7 +145,7 @@ def main() -> None:
     model = tmp / "tiny.onnx"
     model.write_bytes(TINY)
     script = _lua(tmp)
-    runs: dict[int, dict[str, list[float]]] = {n: {"c16": [], "c1": [], "cpu": []} for n in (1, args.workers)}
+    runs: dict[int, dict[str, list[float]]] = {n: {"c16": [], "c1": [], "cpu": [], "wrk": []} for n in (1, args.workers)}
     load_before = os.getloadavg()[0]
     memory: dict[int, list[dict[str, float]]] = {}
     for _ in range(args.rounds):
@@ -145,6 +159,7 @@ def main() -> None:
                 c1 = wrk(srv.port, script, 1, args.seconds / 2)
                 assert c16["failed"] == 0 and c1["failed"] == 0, (c16, c1)
                 runs[n]["c16"].append(c16["rps"])
+                runs[n]["wrk"].append(c16["wrk_cores"])
                 runs[n]["c1"].append(c1["p50_us"])
                 memory[n] = srv.memory()
             finally:
@@ -161,9 +176,11 @@ def main() -> None:
         "host_loadavg_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         "single_loop": {"rps_c16": round(med[1]["c16"]), "p50_us_c1": med[1]["c1"],
                         "server_cores_busy_c16": round(med[1]["cpu"], 2),
+                        "wrk_cores_busy_c16": round(med[1]["wrk"], 2),
                         "rss_mb": [m.get("vmrss") for m in memory[1]], "hwm_mb": [m.get("vmhwm") for m in memory[1]]},
         f"workers_{w}": {"rps_c16": round(med[w]["c16"]), "p50_us_c1": med[w]["c1"],
                          "server_cores_busy_c16": round(med[w]["cpu"], 2),
+                         "wrk_cores_busy_c16": round(med[w]["wrk"], 2),
                          "rss_mb_per_worker": [m.get("vmrss") for m in memory[w][1:] or memory[w]],
                          "hwm_mb_per_worker": [m.get("vmhwm") for m in memory[w][1:] or memory[w]],
                          "control_plane_rss_mb": memory[w][0].get("vmrss") if w > 1 else None},
@@ -171,6 +188,9 @@ def main() -> None:
         # requests per CPU-second of the serving processes: what the pool costs per request (1.0: nothing)
         "per_core_ratio_c16": round((med[w]["c16"] / med[w]["cpu"]) / (med[1]["c16"] / med[1]["cpu"]), 2),
         "p50_ratio_c1": round(med[w]["c1"] / med[1]["c1"], 2),
+        # what an otherwise idle machine would allow: the single loop at one full core vs all cores shared
+        # between the workers and wrk, at the per-request CPU costs measured above
+        "idle_host_ceiling_ratio_c16": _ceiling(med[1], med[w], os.cpu_count() or 1),
         "swap_under_load": swap_under_load(script, w, args.threads),
     }
     shutil.rmtree(tmp, ignore_errors=True)
