@@ -22,7 +22,7 @@ from reconciler.core import conditions as C
 from reconciler.fleet.schemas import validator
 from reconciler.serving.workers import WorkerPool
 from tests._agent_fixtures import ENDPOINT, IN_DIM, World, infer, which_version
-from tests.drift.test_agent_drift import DRIFT, commit_with_baseline, publish_baseline, send
+from tests._drift_fixtures import DRIFT, commit_with_baseline, publish_baseline, send
 
 
 @pytest.fixture
