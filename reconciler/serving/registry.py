@@ -18,13 +18,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from prometheus_client import Counter, Histogram
 
 from reconciler.serving.batching import Batcher, BatchingPolicy, batching_problem
 from reconciler.serving.health import HealthPolicy, HealthResult, rss_mb, run_health_check
+from reconciler.serving.observers import Observer, Observers  # noqa: F401  (Observers: the agent imports it here)
 from reconciler.serving.runtimes import Backend, RuntimeLoadError, load_backend
 from reconciler.serving.v2codec import TensorMeta
 
@@ -108,26 +109,6 @@ class EndpointState:
     ready: bool
     last_failure: dict[str, Any] | None = None
     precision: str | None = None
-
-
-class Observer(Protocol):
-    """What the registry hands each request's tensors to (set per version by ``observer_factory``)."""
-
-    def observe(
-        self,
-        feeds: dict[str, np.ndarray],
-        outputs: dict[str, np.ndarray],
-        seconds: float,
-        request_id: str | None = None,
-    ) -> None: ...
-
-    def observe_error(self, seconds: float) -> None: ...
-
-    def observe_rejection(self) -> None: ...
-
-    def feedback(self, body: bytes) -> tuple[int, dict[str, Any]]:
-        """Ground truth for earlier requests (``POST /v2/models/{name}/feedback``): (HTTP status, answer)."""
-        ...
 
 
 class LoadedModel:
@@ -386,6 +367,17 @@ class ModelRegistry:
             model.observer = self.observer_factory(spec)
         return model, ApplyResult(True, "Ready", "", load_ms)
 
+    def _rebatch(self, model: LoadedModel, spec: EndpointSpec) -> ApplyResult | None:
+        """Apply ``spec``'s batching to an already loaded build of it; the refusal when it cannot be batched."""
+        if (model.spec.batching or None) == (spec.batching or None):
+            return None
+        try:
+            model.set_batching(_batching_policy(spec, model.backend))
+        except ValueError as exc:
+            return self._fail(spec, "InvalidSpec", str(exc), time.perf_counter())
+        model.spec.batching = spec.batching
+        return None
+
     def _fail(self, spec: EndpointSpec, reason: str, message: str, t0: float) -> ApplyResult:
         LOAD_FAILURES.labels(spec.name, reason).inc()
         ep = self._endpoint(spec.name)
@@ -426,16 +418,17 @@ class ModelRegistry:
         with ep.apply_lock:
             if ep.active is not None and ep.active.spec.same_build(spec):
                 active = ep.active
-                if (active.spec.batching or None) != (spec.batching or None):
-                    try:
-                        active.set_batching(_batching_policy(spec, active.backend))
-                    except ValueError as exc:
-                        return self._fail(spec, "InvalidSpec", str(exc), time.perf_counter())
+                refused = self._rebatch(active, spec)
+                if refused is not None:
+                    return refused
                 active.spec = spec
                 return ApplyResult(True, "AlreadyActive", "", active.load_ms)
             if ep.previous is not None and ep.previous.spec.same_build(spec):
                 # The wanted version is still loaded and passed its check when it was loaded: switch back.
                 prev = ep.previous
+                refused = self._rebatch(prev, spec)
+                if refused is not None:
+                    return refused
                 prev.reopen()
                 self._switch(ep, prev, spec.keep_previous)
                 ep.last_failure = None
@@ -493,6 +486,11 @@ class ModelRegistry:
         kept previous version when it is the same build; None with ``AlreadyActive`` when nothing changes)."""
         ep = self._endpoint(spec.name)
         with ep.apply_lock:
+            for kept in (ep.active, ep.previous):
+                if kept is not None and kept.spec.same_build(spec):
+                    refused = self._rebatch(kept, spec)
+                    if refused is not None:
+                        return None, refused
             if ep.active is not None and ep.active.spec.same_build(spec):
                 ep.active.spec = spec
                 return None, ApplyResult(True, "AlreadyActive", "", ep.active.load_ms)
@@ -578,51 +576,3 @@ class ModelRegistry:
                 precision=a.spec.precision if a else None,
             )
         return out
-
-
-class Observers:
-    """Several observers behind one ``LoadedModel.observer`` (drift monitoring and data capture side by side).
-
-    ``observe_rejected_inputs(inputs)`` is an optional extension: members that define it also get the decoded
-    inputs of a request that failed validation (data capture keeps them as a trigger).
-    """
-
-    __slots__ = ("members", "_rejected")
-
-    def __init__(self, members: Sequence[Observer]) -> None:
-        self.members = tuple(members)
-        self._rejected = tuple(m.observe_rejected_inputs for m in self.members  # type: ignore[attr-defined]
-                               if hasattr(m, "observe_rejected_inputs"))
-
-    @classmethod
-    def of(cls, *members: Observer | None) -> Observer | None:
-        """None, the single observer, or a fan-out of the given ones."""
-        present = [m for m in members if m is not None]
-        if not present:
-            return None
-        return present[0] if len(present) == 1 else cls(present)
-
-    def observe(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray], seconds: float,
-                request_id: str | None = None) -> None:
-        for m in self.members:
-            m.observe(feeds, outputs, seconds, request_id)
-
-    def observe_error(self, seconds: float) -> None:
-        for m in self.members:
-            m.observe_error(seconds)
-
-    def observe_rejection(self) -> None:
-        for m in self.members:
-            m.observe_rejection()
-
-    def observe_rejected_inputs(self, inputs: dict[str, np.ndarray]) -> None:
-        for fn in self._rejected:
-            fn(inputs)
-
-    def feedback(self, body: bytes) -> tuple[int, dict[str, Any]]:
-        """Ground truth goes to the first member that joins it (drift monitoring)."""
-        for m in self.members:
-            fn = getattr(m, "feedback", None)
-            if fn is not None:
-                return fn(body)  # type: ignore[no-any-return]
-        return 409, {"error": "this model version is not monitored: no feedback join"}

@@ -268,3 +268,29 @@ def test_binary_tensors_are_decoded_without_copying_the_request_body() -> None:
     got = req.inputs["x"]
     np.testing.assert_array_equal(got, arr)
     assert np.shares_memory(got, np.frombuffer(buf, np.uint8))
+
+
+def test_batching_reaches_every_worker_and_a_bad_change_keeps_them_serving() -> None:
+    from reconciler.serving.workers import WorkerPool
+
+    blob = matmul_model(seed=1)
+    pool = WorkerPool(2, port=0, load_timeout=20.0)
+    pool.start()
+    try:
+        assert pool.apply(EndpointSpec("mm", "1", blobs=[blob])).ok
+        r = pool.apply(EndpointSpec("mm", "1", blobs=[blob], batching={"maxBatchSize": 4, "maxQueueDelayMs": 1}))
+        assert r.ok and r.reason == "AlreadyActive"
+        x = np.arange(16, dtype=np.float32).reshape(1, 16)
+        answers = concurrently(8, lambda i: post(pool.port, "mm", *binary_request("input", x)))
+        assert {a[0] for a in answers} == {200}
+        assert len({binary_output(h, b).tobytes() for _, h, b in answers}) == 1
+        metrics = http.client.HTTPConnection("127.0.0.1", pool.port, timeout=10)
+        metrics.request("GET", "/metrics")
+        text = metrics.getresponse().read().decode()
+        # every request went through a batch queue, counted in the workers and summed by the pool
+        assert 'modelfleet_batch_size_sum{model="mm"} 8.0' in text
+        bad = pool.apply(EndpointSpec("mm", "1", blobs=[blob], batching={"maxBatchSize": 0, "maxQueueDelayMs": 1}))
+        assert not bad.ok and bad.reason == "InvalidSpec" and "maxBatchSize" in bad.message
+        assert post(pool.port, "mm", *binary_request("input", x))[0] == 200
+    finally:
+        pool.stop()
