@@ -122,6 +122,8 @@ def modelfleet_lines(page: Path) -> list[tuple[int, list[str]]]:
                 continue
             if any(w.startswith("[") for w in words):
                 continue  # a usage synopsis (`[--opt VALUE]`), not a command
+            cut = next((i for i, w in enumerate(words) if re.match(r"^(\d*[<>]|&$)", w)), len(words))
+            words = words[:cut]  # redirections and a trailing `&` are the shell's, not the command's
             if words and words[0] == "modelfleet":
                 out.append((n, words[1:]))
     return out

@@ -195,5 +195,7 @@ def test_an_unmarked_block_and_a_drifted_command_fail(tmp_path: Path) -> None:
         sandbox.run(drifted)
     assert _parse(["repo", "init", "tuf/"]) is not None and _parse(["repo", "init", "tuf/", "--keys", "k"]) is None
     assert _parse(["validate", "--no-such-flag"]) is not None and _parse(["nope"]) == "no command 'nope'"
+    page.write_text("```sh\nmodelfleet validate . > out.txt 2>&1 &\n```\n")
+    assert modelfleet_lines(page) == [(2, ["validate", "."])]  # the shell's redirections are not options
     assert output_matches(["device  x  (pid 1)", "Ready  True"], ["device  y  (pid 2)", "Ready  True  Converged"]) is None
     assert output_matches(["applied  abc"], ["device  y"]) is not None
