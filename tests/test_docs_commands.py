@@ -33,7 +33,7 @@ def _git(cwd: Path, *args: str) -> None:
 @contextmanager
 def readme(tmp: Path) -> Iterator[Sandbox]:
     """A fresh clone of modelfleet, as far as the tour needs: fleet-repo-example in a Git repository whose
-    ``origin/main`` is one commit behind HEAD, and a model file to sign."""
+    ``origin/main`` is one commit behind HEAD (no device has pushed a status branch), and a model file to sign."""
     shutil.copytree(REPO_ROOT / "fleet-repo-example", tmp / "fleet-repo-example")
     _git(tmp, "init", "--quiet", "--initial-branch=main")
     _git(tmp, "add", "-A")
@@ -44,7 +44,7 @@ def readme(tmp: Path) -> Iterator[Sandbox]:
     _git(tmp, "add", "-A")
     _git(tmp, "commit", "--quiet", "-m", "a pull request: one more camera")
     (tmp / "model.onnx").write_bytes(modelgen.matmul_model(16, 4, seed=1))
-    yield Sandbox(tmp)
+    yield Sandbox(tmp, env={"XDG_CACHE_HOME": str(tmp / ".cache")})  # `fleet status` caches there, not in ~
 
 
 @contextmanager
