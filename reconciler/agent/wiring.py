@@ -443,7 +443,10 @@ def monitor_pass(agent: Any, commit: str | None, endpoints: list[dict[str, Any]]
     agent.c.configure_capture(agent.journal.endpoints)
     for ctype, *cond in agent.c.monitoring(agent.journal.endpoints, endpoints):
         agent.conditions.set(ctype, *cond, commit)
+    from reconciler.agent.metrics import M_ROLLBACKS
+
     for name, why in agent.c.drift_rollbacks(endpoints):
+        M_ROLLBACKS.labels(name).inc()
         bad = record_rollback(agent.journal, name, commit, why, agent.clock(), agent.config.state_dir)
         if bad is not None:
             agent._outcomes[name] = EndpointOutcome(name, "Failed", why[:1024], bad.version)
