@@ -126,6 +126,7 @@ def monitoring(tmp: Path) -> Iterator[Sandbox]:
 PAGES: dict[str, Callable[[Path], AbstractContextManager[Sandbox]]] = {
     "README.md": readme,
     "docs/operations.md": operations,
+    "docs/install.md": operations,
     "docs/privacy.md": privacy,
     "docs/monitoring.md": monitoring,
 }

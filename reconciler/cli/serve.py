@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import click
 
 from reconciler.core.errors import UserError
+from reconciler.core.extras import missing_runtime, runtime_installed
 
 if TYPE_CHECKING:
     from reconciler.serving.limits import ServerLimits
@@ -41,6 +42,8 @@ def _spec_for(
         files, rt = [path], runtime or "onnxruntime"
     else:
         raise UserError(f"{path}: unknown model format (expected .onnx or OpenVINO .xml)")
+    if not runtime_installed(rt):
+        raise UserError(f"{path}: {missing_runtime(rt)}")
     return EndpointSpec(
         name=name, version="1", runtime=rt, files=files, threads=threads, device=device, precision=precision
     )

@@ -40,6 +40,7 @@ READ_FAILED = "ReadFailed"
 VALIDATION_FAILED = "ValidationFailed"
 # -- desired state (endpoint state Failed) -------------------------------------------------------------------
 NO_MATCHING_VARIANT = "NoMatchingVariant"
+RUNTIME_NOT_INSTALLED = "RuntimeNotInstalled"
 DEPLOYMENT_CONFLICT = "DeploymentConflict"
 UNKNOWN_MODEL_VERSION = "UnknownModelVersion"
 # -- artifacts (ArtifactsReady; TufClientError.reason) -------------------------------------------------------
@@ -141,6 +142,10 @@ REASONS: tuple[Reason, ...] = (
            "`modelfleet validate --rev <commit>` in the fleet repo, fix, push."),
     Reason(NO_MATCHING_VARIANT, "endpoint `Failed`", "no variant of the version fits this device's facts",
            "Fix the Model variants' `requires`; the endpoint is left as it is."),
+    Reason(RUNTIME_NOT_INSTALLED, "endpoint `Failed` (`Applied=False` if found only at load)", "the version's variants need a runtime this "
+           "install lacks (the message names the extra, e.g. `pip install 'modelfleet[openvino]'`)",
+           "Install the extra on the device (docs/install.md) or add a variant for an installed runtime; the "
+           "endpoint is left as it is."),
     Reason(DEPLOYMENT_CONFLICT, "endpoint `Failed`", "two deployments of equal priority give this endpoint",
            "Set deployment priorities; the endpoint is left as it is."),
     Reason(UNKNOWN_MODEL_VERSION, "endpoint `Failed`", "a deployment names a model version that does not exist",

@@ -336,8 +336,8 @@ class ModelRegistry:
                 if self.cache_dir and spec.runtime == "openvino"
                 else None,
             )
-        except RuntimeLoadError as exc:
-            return None, self._fail(spec, "LoadFailed", str(exc), t0)
+        except RuntimeLoadError as exc:  # RuntimeNotInstalled names the missing extra
+            return None, self._fail(spec, exc.reason, str(exc), t0)
         except OSError as exc:
             return None, self._fail(spec, "LoadFailed", f"cannot read model files: {exc}", t0)
         problem = _interface_problem(spec, backend)
