@@ -71,6 +71,7 @@ class AgentConfig:
     tls_key: Path | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY
     server_limits: ServerLimits = field(default_factory=ServerLimits)
+    serving_workers: int = 1
     openvino_cache_dir: Path | None = None
     threads: int | None = None
     metrics_enabled: bool = True
@@ -291,6 +292,7 @@ def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str
         tls_key=p(serving.get("tlsKey")),
         max_body_bytes=int(serving.get("maxBodyBytes", DEFAULT_MAX_BODY)),
         server_limits=server_limits,
+        serving_workers=int(serving.get("workers", 1)),
         openvino_cache_dir=p(runtime.get("openvinoCacheDir")),
         threads=runtime.get("threads"),
         metrics_enabled=bool(metrics.get("enabled", True)),

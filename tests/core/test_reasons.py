@@ -20,6 +20,7 @@ NOT_REASONS = {
     "NotIn", "DoesNotExist", "NonRegular", "AzureExecutionProvider", "RuntimeLoadError", "AlreadyActive", "NoChange",
     "OpenVINO",  # the runtime's display name in reconciler.core.extras
     C.SOURCE_AVAILABLE, C.SOURCE_VERIFIED, C.MANIFESTS_VALID, C.ARTIFACTS_READY, C.STATUS_REPORTED, C.DRIFT_DETECTED,
+    C.WORKERS_SERVING,
     "DriftBaseline",
     # ONNX operators and OpenVINO layer types `optimize` generates or recognises, /proc/self/status fields
     "GlobalAveragePool", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
