@@ -280,6 +280,16 @@ def _end_group(pgid: int, grace: float = 10.0) -> bool:
     return True
 
 
+def _log_tails(root: Path, lines: int = 8) -> str:
+    """The last lines of every ``*.log`` the page's processes wrote (servers, agents): why a wait never ended."""
+    out = []
+    for log in sorted(root.rglob("*.log")):
+        if log.name != ".doc-session.log":
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"\n--- {log.relative_to(root)}:\n" + "\n".join(tail))
+    return "".join(out)
+
+
 def run_session(sandbox: Sandbox, page_blocks: list[Block], deadline: float, settle: float = 20.0) -> Session:
     """Run ``page_blocks`` as one bash script (see the module docstring); raises AssertionError with the log
     when a command fails, the deadline passes, an ``output`` block differs from the real output, or processes
@@ -307,8 +317,8 @@ def run_session(sandbox: Sandbox, page_blocks: list[Block], deadline: float, set
             proc.wait()
     session = Session(log=log_path.read_text(errors="replace"))
     page = page_blocks[0].page.name if page_blocks else "page"
-    assert rc is not None, f"{page}: not done after {deadline:.0f} s:\n{session.log[-4000:]}"
-    assert rc == 0, f"{page}: the script failed (exit {rc}):\n{session.log[-4000:]}"
+    assert rc is not None, f"{page}: not done after {deadline:.0f} s:\n{session.log[-3000:]}{_log_tails(sandbox.root)}"
+    assert rc == 0, f"{page}: the script failed (exit {rc}):\n{session.log[-3000:]}{_log_tails(sandbox.root)}"
     assert "Traceback" not in session.log, f"{page}: traceback:\n{session.log[-4000:]}"
     assert not left_running, f"{page}: processes the page started were still running after it ended"
     for n, (block, cmd, documented) in enumerate(commands):

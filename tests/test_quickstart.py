@@ -21,16 +21,17 @@ import pytest
 
 from reconciler.serving.runtimes.telemetry import import_onnxruntime
 from tests._docblocks import REPO_ROOT, SHELL_LANGS, Block, Sandbox, blocks, run_session
-from tests._git_fixtures import free_port
 
 PAGE = REPO_ROOT / "docs" / "quickstart.md"
 DEADLINE_S = 240.0  # the page's own waits are unbounded loops; this bounds them (pytest's timeout is 300 s)
 
 
 def _free_ports_in_a_row(n: int) -> int:
-    """A port p with p .. p+n-1 all free on 127.0.0.1 right now (the page gives device N port p+N-1)."""
+    """A port p with p .. p+n-1 all free on 127.0.0.1 right now, below the kernel's ephemeral range, where the
+    port-0 servers of concurrently running tests cannot take one before the page binds it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for _ in range(200):
-        base = random.randint(20000, 60000 - n)
+        base = random.randint(10000, max(10001, low - n - 1))
         socks: list[socket.socket] = []
         try:
             for p in range(base, base + n):
@@ -49,10 +50,9 @@ def _free_ports_in_a_row(n: int) -> int:
 def _reader(tmp: Path) -> Sandbox:
     """A reader's terminal after step 1: the venv activated (its python and modelfleet first on PATH), a home
     of its own (``fleet status`` caches under ``~/.cache``), git configured with a name, the ports chosen."""
-    git_port, tuf_port = free_port(), free_port()
-    device_port = _free_ports_in_a_row(3)
+    base = _free_ports_in_a_row(5)  # the Git server, the model server, three devices
     sandbox = Sandbox(tmp, env={
-        "GIT_PORT": str(git_port), "TUF_PORT": str(tuf_port), "DEVICE_PORT": str(device_port),
+        "GIT_PORT": str(base), "TUF_PORT": str(base + 1), "DEVICE_PORT": str(base + 2),
         "HOME": str(tmp / "home"), "XDG_CACHE_HOME": str(tmp / "home" / ".cache"),
         "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1",
         "GIT_AUTHOR_NAME": "Quick Start", "GIT_AUTHOR_EMAIL": "ops@example.com",
@@ -105,6 +105,8 @@ def test_the_session_runner_catches_what_a_reader_would_hit(tmp_path: Path) -> N
     cases = {
         "unset": ("<!-- doc-test: run -->\n```bash\necho \"$nope\"\n```\n", "failed"),
         "failing": ("<!-- doc-test: run -->\n```bash\nfalse | cat\necho never\n```\n", "failed"),
+        "logged": ("<!-- doc-test: run -->\n```bash\necho the-reason > agent.log\nfalse\n```\n",
+                   "agent.log:\nthe-reason"),  # the page's own logs are shown with the failure
         "differs": ("<!-- doc-test: output -->\n```console\n$ echo one\ntwo\n```\n", "no counterpart"),
         "left running": ("<!-- doc-test: run -->\n```bash\nsleep 300 > /dev/null 2>&1 &\n```\n", "still running"),
     }
