@@ -1,17 +1,28 @@
-"""Serving benchmark: /infer latency and throughput vs. in-process, HTTP stack candidates, swaps under load, RSS.
+"""Serving benchmark: /infer latency and throughput vs. in-process, batching, peers, swaps under load, RSS.
 
 Load generator: a lean asyncio (uvloop) raw-socket HTTP/1.1 keep-alive client in a separate process, so it
-does not share the server's GIL. Prints ONE JSON line. Run: ``.venv/bin/python bench/bench_serving.py``.
+does not share the server's GIL. Prints ONE JSON line. Run: ``.venv/bin/python bench/bench_serving.py``;
+``--only overhead,cnn,batching,peers,profile,stacks,swaps,limits,rss`` runs some sections.
 
-``limits_cost`` compares the server with its default limits and timeouts against the same server with
-``ServerLimits.unlimited()`` in the same run (alternating rounds, medians); ``--limits-only`` runs just that.
+Every comparison is made in the same run, in alternating rounds, reporting medians and ratios (the machine is
+shared: absolute numbers are context only, with the load average):
+
+- ``overhead``: the tiny model on this tree's server vs the server of ``--baseline-rev`` (default: main before
+  issue 17's per-request work), both as ``modelfleet serve`` processes: p50, req/s and the server's CPU time
+  per request; the p50 overhead over the runtime in-process at concurrency 1.
+- ``cnn``: a camera-sized CNN (``modelgen.camera_cnn``, 1×3×224×224) at batch 1 and 8 on ONNX Runtime and
+  OpenVINO: images/s through the server vs the runtime's own in-process loop with the same threads.
+- ``batching``: the same CNN at concurrency 16, one image per request, with adaptive batching vs without;
+  p99 against the configured delay plus one batch-8 inference.
+- ``peers``: MLflow ``models serve`` and MLServer (minimal ONNX Runtime runtime), installed in their own venvs
+  under ``$MODELFLEET_BENCH_CACHE`` by ``bench/_peers.py``; a failed install is reported in the JSON line.
+- ``profile``: py-spy samples of the baseline and current servers under load, summed by function.
+- ``limits``: default limits and timeouts vs ``ServerLimits.unlimited()`` (``--limits-only`` runs just that).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import multiprocessing as mp
 import os
 import statistics
 import subprocess
@@ -23,100 +34,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _serving_sections as sections  # noqa: E402
+from _loadgen import _request, load, stats  # noqa: E402,F401  (bench_workers imports them from here)
 
-from reconciler.devkit.modelgen import make_probe, matmul_model, small_cnn
+from reconciler.devkit.modelgen import make_probe, matmul_model
 from reconciler.serving.limits import ServerLimits
 from reconciler.serving.registry import EndpointSpec, ModelRegistry
 from reconciler.serving.server import InferenceServer, Response, V2App, _Deferred
 
 TINY = matmul_model(seed=1)
-CNN = small_cnn(seed=1)
 
 
-def _request(port: int, model: str, probe: dict[str, Any], binary: bool) -> bytes:
-    if binary:
-        t = probe["inputs"][0]
-        raw = np.array(t["data"], np.float32).tobytes()
-        hdr = json.dumps(
-            {
-                "inputs": [
-                    {
-                        "name": t["name"],
-                        "datatype": "FP32",
-                        "shape": t["shape"],
-                        "parameters": {"binary_data_size": len(raw)},
-                    }
-                ],
-                "parameters": {"binary_data_output": True},
-            }
-        ).encode()
-        body, extra = hdr + raw, b"Inference-Header-Content-Length: %d\r\n" % len(hdr)
-    else:
-        body, extra = json.dumps({"inputs": probe["inputs"]}).encode(), b""
-    return (
-        b"POST /v2/models/%s/infer HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n%s"
-        b"Content-Length: %d\r\n\r\n" % (model.encode(), port, extra, len(body))
-    ) + body
-
-
-async def _client(port: int, req: bytes, conc: int, duration: float, out: list) -> None:
-    end = time.perf_counter() + duration
-
-    async def one() -> None:
-        r, w = await asyncio.open_connection("127.0.0.1", port)
-        while time.perf_counter() < end:
-            t0 = time.perf_counter()
-            w.write(req)
-            head = await r.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            i = head.lower().index(b"content-length:")
-            n = int(head[i + 15 : head.index(b"\r\n", i)])
-            await r.readexactly(n)
-            out.append((t0, time.perf_counter() - t0, status))
-        w.close()
-
-    await asyncio.gather(*(one() for _ in range(conc)))
-
-
-def _client_proc(port: int, req: bytes, conc: int, duration: float, conn: Any) -> None:
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    out: list = []
-    asyncio.run(_client(port, req, conc, duration, out))
-    conn.send(out)
-
-
-def load(port: int, req: bytes, conc: int, duration: float) -> list[tuple[float, float, int]]:
-    a, b = mp.Pipe()
-    p = mp.get_context("fork").Process(target=_client_proc, args=(port, req, conc, duration, b))
-    p.start()
-    out = a.recv()
-    p.join()
-    return out
-
-
-def stats(samples: list[tuple[float, float, int]], duration: float) -> dict[str, float]:
-    lat = sorted(s[1] for s in samples)
-    return {
-        "p50_us": round(lat[len(lat) // 2] * 1e6, 1),
-        "p99_us": round(lat[int(len(lat) * 0.99)] * 1e6, 1),
-        "rps": round(len(lat) / duration),
-        "errors": sum(1 for s in samples if s[2] != 200),
-    }
-
-
-def inprocess_p50_us(backend_infer: Any, feeds: dict, n: int = 3000) -> float:
-    lat = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        backend_infer(feeds)
-        lat.append(time.perf_counter() - t0)
-    return round(statistics.median(lat) * 1e6, 1)
+inprocess_p50_us = sections.inprocess_p50_us
 
 
 # --- alternative stacks over the same V2App, for the stack comparison -----------------------------------
@@ -288,6 +218,18 @@ def limits_cost(reg: ModelRegistry, probe: dict, rounds: int = 5, seconds: float
     return out
 
 
+SECTIONS = ("overhead", "cnn", "batching", "peers", "profile", "stacks", "swaps", "limits", "rss")
+
+
+def _option(name: str, default: str) -> str:
+    for i, arg in enumerate(sys.argv):
+        if arg == name and i + 1 < len(sys.argv):
+            return sys.argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return default
+
+
 def main() -> None:
     if "--limits-only" in sys.argv:
         reg = ModelRegistry()
@@ -296,51 +238,60 @@ def main() -> None:
         print(json.dumps({"limits_cost": limits_cost(reg, probe), "cpus": os.cpu_count()}, separators=(",", ":")))
         reg.close()
         return
-    reg = ModelRegistry()
-    tiny_probe, cnn_probe = make_probe(TINY, batch=1), make_probe(CNN, batch=1)
-    assert reg.apply(EndpointSpec("tiny", "1", blobs=[TINY], probe=tiny_probe)).ok
-    assert reg.apply(EndpointSpec("cnn", "1", blobs=[CNN], probe=cnn_probe)).ok
-    srv = InferenceServer(reg)
-    srv.start()
-    out: dict[str, Any] = {"load_generator": "asyncio+uvloop raw-socket client, separate process"}
-    for name, probe in (("tiny", tiny_probe), ("cnn", cnn_probe)):
-        with reg.get(name) as m:
-            x = np.array(probe["inputs"][0]["data"], np.float32).reshape(probe["inputs"][0]["shape"])
-            base = inprocess_p50_us(m.infer, {probe["inputs"][0]["name"]: x}, 3000 if name == "tiny" else 300)
-        res: dict[str, Any] = {"inprocess_p50_us": base}
-        for enc in ("json", "binary"):
-            req = _request(srv.port, name, probe, enc == "binary")
-            for conc in (1, 16):
-                s = stats(load(srv.port, req, conc, 2.0), 2.0)
-                if conc == 1:
-                    s["p50_overhead_us"] = round(s["p50_us"] - base, 1)
-                res[f"{enc}_c{conc}"] = s
-        out[name] = res
-    # HTTP stack candidates on the same app and tiny model (binary, c=1 and c=16).
-    stacks: dict[str, Any] = {}
+    only = set(_option("--only", ",".join(SECTIONS)).split(","))
+    rev = _option("--baseline-rev", sections.BASELINE_REV)
+    cache = sections._peers.CACHE.parent / "bench-serving"
+    cache.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Any] = {"load_generator": "asyncio+uvloop raw-socket client, separate process",
+                           "cpus": os.cpu_count(), "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
+    for name, run in (("overhead", lambda: sections.overhead(cache, rev)), ("cnn", lambda: sections.cnn(cache)),
+                      ("batching", lambda: sections.batching(cache)), ("peers", lambda: sections.peers(cache)),
+                      ("profile", lambda: sections.profile(cache, rev))):
+        if name in only:
+            try:
+                out[name] = run()
+            except Exception as exc:  # one section failing must not lose the others' numbers
+                out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    if only & {"stacks", "swaps", "limits"}:
+        reg = ModelRegistry()
+        tiny_probe = make_probe(TINY, batch=1)
+        assert reg.apply(EndpointSpec("tiny", "1", blobs=[TINY], probe=tiny_probe)).ok
+        srv = InferenceServer(reg)
+        srv.start()
+        if "stacks" in only:
+            out["stacks"] = stacks(srv, tiny_probe)
+        if "swaps" in only:
+            out["swap_under_load"] = swap_under_load(reg, srv, tiny_probe, fail=False)
+            out["swap_health_failure"] = swap_under_load(reg, srv, tiny_probe, fail=True)
+        srv.stop()
+        if "limits" in only:
+            out["limits_cost"] = limits_cost(reg, tiny_probe)
+        reg.close()
+    if "rss" in only:
+        out["server_rss_mb_tiny"] = server_rss_mb()
+    out["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps(out, separators=(",", ":")))
+
+
+def stacks(srv: InferenceServer, tiny_probe: dict[str, Any]) -> dict[str, Any]:
+    """HTTP stack candidates on the same app and tiny model (binary, c=1 and c=16)."""
     req_for = lambda port: _request(port, "tiny", tiny_probe, True)  # noqa: E731
-    stacks["asyncio_httptools_uvloop"] = {"c1": out["tiny"]["binary_c1"], "c16": out["tiny"]["binary_c16"]}
+    out: dict[str, Any] = {"asyncio_httptools_uvloop": {
+        "c1": stats(load(srv.port, req_for(srv.port), 1, 2.0), 2.0),
+        "c16": stats(load(srv.port, req_for(srv.port), 16, 2.0), 2.0)}}
     uv, uport = start_uvicorn(srv.app)
-    stacks["uvicorn_raw_asgi"] = {
+    out["uvicorn_raw_asgi"] = {
         "c1": stats(load(uport, req_for(uport), 1, 2.0), 2.0),
         "c16": stats(load(uport, req_for(uport), 16, 2.0), 2.0),
     }
     uv.should_exit = True
     sd, sport = start_stdlib(srv.app)
-    stacks["stdlib_threading"] = {
+    out["stdlib_threading"] = {
         "c1": stats(load(sport, req_for(sport), 1, 2.0), 2.0),
         "c16": stats(load(sport, req_for(sport), 16, 2.0), 2.0),
     }
     sd.shutdown()
-    out["stacks"] = stacks
-    out["swap_under_load"] = swap_under_load(reg, srv, tiny_probe, fail=False)
-    out["swap_health_failure"] = swap_under_load(reg, srv, tiny_probe, fail=True)
-    srv.stop()
-    out["limits_cost"] = limits_cost(reg, tiny_probe)
-    reg.close()
-    out["server_rss_mb_tiny"] = server_rss_mb()
-    out["cpus"] = os.cpu_count()
-    print(json.dumps(out, separators=(",", ":")))
+    return out
 
 
 if __name__ == "__main__":

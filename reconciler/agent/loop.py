@@ -527,10 +527,12 @@ class Agent(StatusMixin):
 
     @staticmethod
     def _same_build(a: EndpointRecord, b: EndpointRecord) -> bool:
-        """Same files, runtime and precision: nothing to reload (a precision change recompiles)."""
+        """Same files, runtime, precision and batching: nothing to apply (a precision change recompiles; a
+        batching change is applied to the loaded version by the registry, which checks it against the model)."""
         return [t.digest for t in a.targets] == [t.digest for t in b.targets] and (
             (a.probe.digest if a.probe else None) == (b.probe.digest if b.probe else None)) and (
-            a.runtime == b.runtime and (a.spec.get("precision") or "fp32") == (b.spec.get("precision") or "fp32"))
+            a.runtime == b.runtime and (a.spec.get("precision") or "fp32") == (b.spec.get("precision") or "fp32")
+            and (a.spec.get("batching") or None) == (b.spec.get("batching") or None))
 
     @staticmethod
     def _fetched_digests(p: PassState) -> set[str]:

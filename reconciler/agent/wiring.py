@@ -436,7 +436,7 @@ def _endpoint_spec(rec: EndpointRecord, blobs: list[bytes], probe: dict[str, Any
         digest=rec.digest, inputs=s.get("inputs") or [], outputs=s.get("outputs") or [],
         health=s.get("health") or {}, probe=probe, strategy=s.get("strategy") or "availability",
         threads=s.get("threads") or cfg.threads, device=s.get("device"), providers=s.get("providers"),
-        keep_previous=bool(s.get("keep_previous", True)),
+        keep_previous=bool(s.get("keep_previous", True)), batching=s.get("batching"),
     )
 
 

@@ -147,23 +147,43 @@ def mid_cnn(*, seed: int = 0, width: int = 48) -> bytes:
     ``2·width``, ``4·width``, ``8·width`` channels, a 2×2 MaxPool after each), GlobalAveragePool, Flatten,
     Gemm(8·width→10). For benchmarks that want a convolution-bound model.
     """
+    return _conv_classifier("mid_cnn", seed, [3, width, 2 * width, 4 * width, 8 * width], 64, 10, pool=True)
+
+
+def camera_cnn(*, seed: int = 0, width: int = 16, classes: int = 1000) -> bytes:
+    """A camera-sized image classifier (~2.6 MB at ``width=16``): ``image`` FP32 ``[-1, 3, 224, 224]`` ->
+    ``logits`` FP32 ``[-1, classes]``.
+
+    A stride-2 Conv stem (``width`` channels, 112×112) and four stride-2 Conv+ReLU stages doubling the channels
+    (to ``16·width`` at 7×7), GlobalAveragePool, Gemm to ``classes``: ~60 M multiply-adds per image at
+    ``width=16``, a 602 KB input like a real camera pipeline's, and a dynamic batch dimension.
+    """
+    chans = [3, width, 2 * width, 4 * width, 8 * width, 16 * width]
+    return _conv_classifier("camera_cnn", seed, chans, 224, classes, pool=False)
+
+
+def _conv_classifier(name: str, seed: int, chans: list[int], size: int, classes: int, *, pool: bool) -> bytes:
+    """3×3 Conv+ReLU stages over ``chans`` (each halving the resolution: a 2×2 MaxPool after it when ``pool``,
+    else stride 2), GlobalAveragePool, Flatten, Gemm to ``classes``; ``image`` ``[-1, 3, size, size]``."""
     rng = np.random.default_rng(seed)
-    chans = [3, width, 2 * width, 4 * width, 8 * width]
     inits, nodes = [], []
     x = "image"
-    for i in range(4):
+    for i in range(len(chans) - 1):
         cin, cout = chans[i], chans[i + 1]
         w = (rng.standard_normal((cout, cin, 3, 3)) * np.sqrt(2.0 / (cin * 9))).astype(np.float32)
         inits += [numpy_helper.from_array(w, f"c{i}w"),
                   numpy_helper.from_array((rng.standard_normal(cout) * 0.05).astype(np.float32), f"c{i}b")]
+        stride = {} if pool else {"strides": [2, 2]}
         nodes += [
-            helper.make_node("Conv", [x, f"c{i}w", f"c{i}b"], [f"c{i}"], pads=[1, 1, 1, 1]),
+            helper.make_node("Conv", [x, f"c{i}w", f"c{i}b"], [f"c{i}"], pads=[1, 1, 1, 1], **stride),
             helper.make_node("Relu", [f"c{i}"], [f"r{i}"]),
-            helper.make_node("MaxPool", [f"r{i}"], [f"p{i}"], kernel_shape=[2, 2], strides=[2, 2]),
         ]
-        x = f"p{i}"
-    fw = (rng.standard_normal((chans[-1], 10)) * np.sqrt(2.0 / chans[-1])).astype(np.float32)
-    inits += [numpy_helper.from_array(fw, "fw"), numpy_helper.from_array(np.zeros(10, np.float32), "fb")]
+        x = f"r{i}"
+        if pool:
+            nodes.append(helper.make_node("MaxPool", [x], [f"p{i}"], kernel_shape=[2, 2], strides=[2, 2]))
+            x = f"p{i}"
+    fw = (rng.standard_normal((chans[-1], classes)) * np.sqrt(2.0 / chans[-1])).astype(np.float32)
+    inits += [numpy_helper.from_array(fw, "fw"), numpy_helper.from_array(np.zeros(classes, np.float32), "fb")]
     nodes += [
         helper.make_node("GlobalAveragePool", [x], ["gap"]),
         helper.make_node("Flatten", ["gap"], ["flat"], axis=1),
@@ -171,12 +191,27 @@ def mid_cnn(*, seed: int = 0, width: int = 48) -> bytes:
     ]
     graph = helper.make_graph(
         nodes,
-        "mid_cnn",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [-1, 3, 64, 64])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [-1, 10])],
+        name,
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [-1, 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [-1, classes])],
         initializer=inits,
     )
-    return _finish(graph, "modelfleet.modelgen.mid_cnn")
+    return _finish(graph, f"modelfleet.modelgen.{name}")
+
+
+def lookup_model(rows: int = 10, width: int = 2) -> bytes:
+    """``output = table[index]``: INT64 ``index`` ``[-1]`` picks rows of a fixed FP32 ``[rows, width]`` table
+    (row ``i`` holds ``i`` everywhere) -> ``output`` FP32 ``[-1, width]``. An index outside ``0..rows-1`` makes
+    the runtime fail for that request: a failure caused by the data, not by the model or the server."""
+    table = np.repeat(np.arange(rows, dtype=np.float32)[:, None], width, axis=1)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "index"], ["output"], axis=0)],
+        "lookup",
+        [helper.make_tensor_value_info("index", TensorProto.INT64, [-1])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [-1, width])],
+        initializer=[numpy_helper.from_array(table, "table")],
+    )
+    return _finish(graph, "modelfleet.modelgen.lookup")
 
 
 def tabular_mlp(in_features: int = 24, hidden: tuple[int, ...] = (128, 64), out_features: int = 3, *,

@@ -61,6 +61,7 @@ class DesiredEndpoint:
     threads: int | None = None
     device: str | None = None
     providers: list[str] | None = None
+    batching: dict[str, Any] | None = None
     priority: int = 0
     reason: str = ""
 
@@ -251,6 +252,7 @@ def _candidate(dep: Manifest, fleet: FleetRepo, device: DeviceIdentity, labels: 
         threads=runtime_cfg.get("threads"),
         device=runtime_cfg.get("device"),
         providers=runtime_cfg.get("providers"),
+        batching=dict(runtime_cfg["batching"]) if runtime_cfg.get("batching") else None,
         priority=int(spec.get("priority", 0)),
         reason=f"{reason}; variant {variant['name']}",
     )

@@ -131,12 +131,30 @@ def _check_deployment(dep: Manifest, fleet: FleetRepo) -> list[Diagnostic]:
                                 "spec", "rollout", "step", hint=f"use 0..{len(steps) - 1}", code="rollout"))
     if model is not None and (spec.get("capture") or {}).get("enabled"):
         out.extend(_check_capture(dep, model))
+    if model is not None and (spec.get("runtime") or {}).get("batching"):
+        out.extend(_check_batching(dep, model))
     if fleet.devices and not spec.get("suspend"):
         selector = spec.get("selector")
         if not any(matches(selector, device_labels(d.labels, d.spec.get("facts"))) for d in fleet.devices.values()):
             out.append(dep.diag(f"selector {describe(selector)} matches no inventory device", "spec", "selector",
                                 severity=WARNING, code="selector"))
     return out
+
+
+def _check_batching(dep: Manifest, model: Manifest) -> list[Diagnostic]:
+    """Batching concatenates requests along the first dimension: the Model must declare it variable (-1).
+    Undeclared shapes are checked when the device loads the model."""
+    for kind in ("inputs", "outputs"):
+        for t in model.spec.get(kind, []):
+            shape = t.get("shape") or []
+            why = ("is BYTES: string tensors are not batched" if t.get("datatype") == "BYTES"
+                   else f"has shape {shape}" if shape and shape[0] != -1 else "")
+            if why:
+                return [dep.diag(f"batching needs a variable first (batch) dimension in every input and output; "
+                                 f"{kind[:-1]} {t['name']!r} of model {model.name} {why}",
+                                 "spec", "runtime", "batching", hint="drop runtime.batching, or give the model a "
+                                 "dynamic batch dimension (-1)", code="batching")]
+    return []
 
 
 def _check_capture(dep: Manifest, model: Manifest) -> list[Diagnostic]:

@@ -4,7 +4,8 @@ One :class:`HttpConnection` (an asyncio ``Protocol`` over the ``httptools`` pars
 :class:`ConnectionHub` per server holds what the connections share: the set of open connections and their cap,
 the bytes-in-flight budget, and the timer that enforces the timeouts. What the connection does with a parsed
 request is the :class:`Handler`'s business (``server.V2App``): it answers with a :class:`Response` at once, or
-with :class:`Deferred` work that runs in the server's thread pool.
+with :class:`Deferred` work that runs in the server's thread pool, or with a ``concurrent.futures.Future`` another
+thread completes (adaptive batching).
 
 Flow control, in the order a hostile client meets it:
 
@@ -44,6 +45,10 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 FEED_SLICE = 512
 _IDLE, _HEAD, _BODY = 0, 1, 2
 _PREALLOCATE = 1 << 20
+#: Status line and content type per (status, content type), built once: the head of a response is these bytes,
+#: its length and its extra headers. Bounded: extra routes may answer with any content type.
+_HEADS: dict[tuple[int, bytes], bytes] = {}
+_HEADS_MAX = 256
 
 
 @dataclass(slots=True)
@@ -55,11 +60,12 @@ class Response:
 
 
 class Deferred:
-    """Work to run in the thread pool; produces a :class:`Response`."""
+    """Work to run in the thread pool; produces a :class:`Response`, or a ``Future`` of one (a request queued
+    for an adaptive batch: the connection answers when the batch is done)."""
 
     __slots__ = ("fn",)
 
-    def __init__(self, fn: Callable[[], Response]) -> None:
+    def __init__(self, fn: Callable[[], Response | concurrent.futures.Future[Response]]) -> None:
         self.fn = fn
 
 
@@ -70,7 +76,9 @@ def error_response(status: int, message: str, headers: tuple[tuple[bytes, bytes]
 
 
 class Handler(Protocol):
-    def handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Response | Deferred: ...
+    def handle(
+        self, method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> Response | Deferred | concurrent.futures.Future[Response]: ...
 
     def body_limit(self, method: str, target: str, headers: dict[str, str]) -> tuple[int, str]:
         """The largest body this request may have, and how to name that limit in the 413 message."""
@@ -432,16 +440,23 @@ class HttpConnection(asyncio.Protocol):
         self.busy = True
         loop = self.hub.loop
         assert loop is not None
-        fut = loop.run_in_executor(self.hub.pool, result.fn)
+        if isinstance(result, concurrent.futures.Future):  # answered later from another thread (a batch)
+            fut = asyncio.wrap_future(result, loop=loop)
+        else:
+            fut = loop.run_in_executor(self.hub.pool, result.fn)
         fut.add_done_callback(lambda f: self._deferred_done(f, req))
 
     def _deferred_done(self, fut: asyncio.Future[Response], req: _Req) -> None:
-        self.busy = False
-        self.hub.release(req.reserved)
         try:
             resp = fut.result()
         except BaseException as exc:  # noqa: BLE001 - cancelled at shutdown or a bug: answer, don't hang
             resp = error_response(500, f"internal error: {exc!r}")
+        if isinstance(resp, concurrent.futures.Future):  # pool work that queued the request for a batch
+            assert self.hub.loop is not None
+            asyncio.wrap_future(resp, loop=self.hub.loop).add_done_callback(lambda f: self._deferred_done(f, req))
+            return
+        self.busy = False
+        self.hub.release(req.reserved)
         self._write(resp, req.keep_alive)
         self._pump()
 
@@ -480,12 +495,14 @@ class HttpConnection(asyncio.Protocol):
         t = self.transport
         if t is None or t.is_closing():
             return
-        head = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n" % (
-            resp.status,
-            _REASONS.get(resp.status, b"Unknown"),
-            resp.content_type,
-            len(resp.body),
-        )
+        key = (resp.status, resp.content_type)
+        start = _HEADS.get(key)
+        if start is None:
+            start = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: " % (
+                resp.status, _REASONS.get(resp.status, b"Unknown"), resp.content_type)
+            if len(_HEADS) < _HEADS_MAX:
+                _HEADS[key] = start
+        head = start + b"%d\r\n" % len(resp.body)
         for k, v in resp.headers:
             head += k + b": " + v + b"\r\n"
         if not keep_alive:

@@ -18,12 +18,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from prometheus_client import Counter, Histogram
 
+from reconciler.serving.batching import Batcher, BatchingPolicy, batching_problem
 from reconciler.serving.health import HealthPolicy, HealthResult, rss_mb, run_health_check
+from reconciler.serving.observers import Observer, Observers  # noqa: F401  (Observers: the agent imports it here)
 from reconciler.serving.runtimes import Backend, RuntimeLoadError, load_backend
 from reconciler.serving.v2codec import TensorMeta
 
@@ -74,6 +76,8 @@ class EndpointSpec:
     device: str | None = None
     providers: list[str] | None = None
     keep_previous: bool = True
+    #: Adaptive batching (``{maxBatchSize, maxQueueDelayMs, maxQueueSize?}``, :mod:`~.batching`); None: off.
+    batching: dict[str, Any] | None = None
 
     def same_build(self, other: EndpointSpec) -> bool:
         return (self.version, self.variant, self.digest, self.runtime, self.precision) == (
@@ -107,26 +111,6 @@ class EndpointState:
     precision: str | None = None
 
 
-class Observer(Protocol):
-    """What the registry hands each request's tensors to (set per version by ``observer_factory``)."""
-
-    def observe(
-        self,
-        feeds: dict[str, np.ndarray],
-        outputs: dict[str, np.ndarray],
-        seconds: float,
-        request_id: str | None = None,
-    ) -> None: ...
-
-    def observe_error(self, seconds: float) -> None: ...
-
-    def observe_rejection(self) -> None: ...
-
-    def feedback(self, body: bytes) -> tuple[int, dict[str, Any]]:
-        """Ground truth for earlier requests (``POST /v2/models/{name}/feedback``): (HTTP status, answer)."""
-        ...
-
-
 class LoadedModel:
     """One loaded version: the backend, its tensor metadata, and the in-flight counter used for draining."""
 
@@ -140,6 +124,10 @@ class LoadedModel:
         self.outputs = backend.outputs
         self.output_names = [m.name for m in self.outputs]
         self.inline = health.p50_ms is not None and health.p50_ms < INLINE_BELOW_MS
+        #: Set when the deployment asks for adaptive batching: requests go through its queue.
+        self.batcher: Batcher | None = None
+        #: The server's pre-bound metric children for this version (set by the server on first use).
+        self.serving_metrics: Any = None
         # Monitoring hook (e.g. reconciler.drift): sees every request's tensors after inference; it must only
         # count and enqueue, the work happens off the request path.
         self.observer: Observer | None = None
@@ -191,7 +179,15 @@ class LoadedModel:
             if self._closed:
                 return
             self._closed = True
+        self.set_batching(None)
         self.backend.close()
+
+    def set_batching(self, policy: BatchingPolicy | None) -> None:
+        """Start (or replace, or with None stop) this version's batch queue; queued requests still run."""
+        old = self.batcher
+        self.batcher = Batcher(self.name, policy, self.backend.infer) if policy is not None else None
+        if old is not None:
+            old.close()
 
     def reopen(self) -> None:
         """Allow leases again (a kept previous version becoming active after a rollback)."""
@@ -260,6 +256,16 @@ def _interface_problem(spec: EndpointSpec, backend: Backend) -> str | None:
             if shape and len(shape) != len(m.shape):
                 return f"{kind} {d['name']!r} has rank {len(m.shape)} in the model, declared {len(shape)}"
     return None
+
+
+def _batching_policy(spec: EndpointSpec, backend: Backend) -> BatchingPolicy | None:
+    """The endpoint's batching policy; ``ValueError`` when it is malformed or the model cannot be batched."""
+    policy = BatchingPolicy.from_spec(spec.batching)
+    if policy is not None:
+        problem = batching_problem(_merge_meta(spec.inputs, backend.inputs), backend.outputs)
+        if problem:
+            raise ValueError(f"batching requested, but {problem}")
+    return policy
 
 
 class ModelRegistry:
@@ -344,6 +350,11 @@ class ModelRegistry:
         if problem:
             backend.close()
             return None, self._fail(spec, "InterfaceMismatch", problem, t0)
+        try:
+            batching = _batching_policy(spec, backend)
+        except ValueError as exc:
+            backend.close()
+            return None, self._fail(spec, "InvalidSpec", str(exc), t0)
         health = run_health_check(backend, spec.probe, policy, rss_before_mb=rss_before)
         if not health.ok:
             backend.close()
@@ -351,9 +362,21 @@ class ModelRegistry:
         load_ms = (time.perf_counter() - t0) * 1000.0
         LOAD_SECONDS.labels(spec.name, spec.version).observe(load_ms / 1000.0)
         model = LoadedModel(spec, backend, load_ms, health)
+        model.set_batching(batching)
         if self.observer_factory is not None:
             model.observer = self.observer_factory(spec)
         return model, ApplyResult(True, "Ready", "", load_ms)
+
+    def _rebatch(self, model: LoadedModel, spec: EndpointSpec) -> ApplyResult | None:
+        """Apply ``spec``'s batching to an already loaded build of it; the refusal when it cannot be batched."""
+        if (model.spec.batching or None) == (spec.batching or None):
+            return None
+        try:
+            model.set_batching(_batching_policy(spec, model.backend))
+        except ValueError as exc:
+            return self._fail(spec, "InvalidSpec", str(exc), time.perf_counter())
+        model.spec.batching = spec.batching
+        return None
 
     def _fail(self, spec: EndpointSpec, reason: str, message: str, t0: float) -> ApplyResult:
         LOAD_FAILURES.labels(spec.name, reason).inc()
@@ -394,11 +417,18 @@ class ModelRegistry:
         ep = self._endpoint(spec.name)
         with ep.apply_lock:
             if ep.active is not None and ep.active.spec.same_build(spec):
-                ep.active.spec = spec
-                return ApplyResult(True, "AlreadyActive", "", ep.active.load_ms)
+                active = ep.active
+                refused = self._rebatch(active, spec)
+                if refused is not None:
+                    return refused
+                active.spec = spec
+                return ApplyResult(True, "AlreadyActive", "", active.load_ms)
             if ep.previous is not None and ep.previous.spec.same_build(spec):
                 # The wanted version is still loaded and passed its check when it was loaded: switch back.
                 prev = ep.previous
+                refused = self._rebatch(prev, spec)
+                if refused is not None:
+                    return refused
                 prev.reopen()
                 self._switch(ep, prev, spec.keep_previous)
                 ep.last_failure = None
@@ -456,6 +486,11 @@ class ModelRegistry:
         kept previous version when it is the same build; None with ``AlreadyActive`` when nothing changes)."""
         ep = self._endpoint(spec.name)
         with ep.apply_lock:
+            for kept in (ep.active, ep.previous):
+                if kept is not None and kept.spec.same_build(spec):
+                    refused = self._rebatch(kept, spec)
+                    if refused is not None:
+                        return None, refused
             if ep.active is not None and ep.active.spec.same_build(spec):
                 ep.active.spec = spec
                 return None, ApplyResult(True, "AlreadyActive", "", ep.active.load_ms)
@@ -541,51 +576,3 @@ class ModelRegistry:
                 precision=a.spec.precision if a else None,
             )
         return out
-
-
-class Observers:
-    """Several observers behind one ``LoadedModel.observer`` (drift monitoring and data capture side by side).
-
-    ``observe_rejected_inputs(inputs)`` is an optional extension: members that define it also get the decoded
-    inputs of a request that failed validation (data capture keeps them as a trigger).
-    """
-
-    __slots__ = ("members", "_rejected")
-
-    def __init__(self, members: Sequence[Observer]) -> None:
-        self.members = tuple(members)
-        self._rejected = tuple(m.observe_rejected_inputs for m in self.members  # type: ignore[attr-defined]
-                               if hasattr(m, "observe_rejected_inputs"))
-
-    @classmethod
-    def of(cls, *members: Observer | None) -> Observer | None:
-        """None, the single observer, or a fan-out of the given ones."""
-        present = [m for m in members if m is not None]
-        if not present:
-            return None
-        return present[0] if len(present) == 1 else cls(present)
-
-    def observe(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray], seconds: float,
-                request_id: str | None = None) -> None:
-        for m in self.members:
-            m.observe(feeds, outputs, seconds, request_id)
-
-    def observe_error(self, seconds: float) -> None:
-        for m in self.members:
-            m.observe_error(seconds)
-
-    def observe_rejection(self) -> None:
-        for m in self.members:
-            m.observe_rejection()
-
-    def observe_rejected_inputs(self, inputs: dict[str, np.ndarray]) -> None:
-        for fn in self._rejected:
-            fn(inputs)
-
-    def feedback(self, body: bytes) -> tuple[int, dict[str, Any]]:
-        """Ground truth goes to the first member that joins it (drift monitoring)."""
-        for m in self.members:
-            fn = getattr(m, "feedback", None)
-            if fn is not None:
-                return fn(body)  # type: ignore[no-any-return]
-        return 409, {"error": "this model version is not monitored: no feedback join"}

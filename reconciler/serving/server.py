@@ -30,6 +30,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,17 +39,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, His
 
 from reconciler import __version__
 from reconciler.serving.http1 import ConnectionHub, Deferred, Response, error_response
+from reconciler.serving.inferpath import InferPath
 from reconciler.serving.limits import ServerLimits
 from reconciler.serving.registry import EndpointNotFound, LoadedModel, ModelRegistry, VersionNotFound
 from reconciler.serving.v2codec import (
-    ENCODER,
-    CodecError,
     JsonLimits,
-    decode_request,
-    encode_response,
-    select_outputs,
-    validate_inputs,
 )
+from reconciler.serving.v2json import dumps
 
 REQUESTS = Counter("modelfleet_inference_requests_total", "Inference requests.", ["model", "version"])
 FAILURES = Counter(
@@ -82,7 +79,6 @@ INFLIGHT = Gauge(
     "modelfleet_inference_inflight", "Inference requests being processed.", ["model"], multiprocess_mode="livesum"
 )
 
-OCTET_CT = b"application/octet-stream"
 #: Bodies up to this size may be decoded inline on the event loop (for a fast model); larger ones never are.
 INLINE_BODY_MAX = 64 * 1024
 _Deferred = Deferred  # the name bench/ and older callers import
@@ -104,32 +100,37 @@ RouteHandler = Callable[[Request], tuple[int, str, bytes]]
 
 
 def _json(status: int, doc: Any) -> Response:
-    return Response(status, ENCODER.encode(doc).encode())
+    return Response(status, dumps(doc))
 
 
 def _error(status: int, message: str) -> Response:
     return error_response(status, message)
 
 
-class _Metrics:
-    """Labelled metric children cached per (model, version): ``labels()`` is too slow for every request."""
+class _Bound:
+    """One model version's metric children, bound once (``labels()`` costs a lock and a dict per request)."""
 
-    def __init__(self) -> None:
-        self._cache: dict[tuple[str, str], tuple[Any, Any]] = {}
-        self._inflight: dict[str, Any] = {}
+    __slots__ = ("name", "version", "requests", "latency", "inflight", "_failures")
 
-    def for_version(self, model: str, version: str) -> tuple[Any, Any]:
-        key = (model, version)
-        hit = self._cache.get(key)
-        if hit is None:
-            hit = self._cache[key] = (REQUESTS.labels(model, version), LATENCY.labels(model, version))
-        return hit
+    def __init__(self, model: str, version: str) -> None:
+        self.name, self.version = model, version
+        self.requests = REQUESTS.labels(model, version)
+        self.latency = LATENCY.labels(model, version)
+        self.inflight = INFLIGHT.labels(model)
+        self._failures: dict[int, Any] = {}
 
-    def inflight(self, model: str) -> Any:
-        g = self._inflight.get(model)
-        if g is None:
-            g = self._inflight[model] = INFLIGHT.labels(model)
-        return g
+    def failed(self, status: int) -> None:
+        child = self._failures.get(status)
+        if child is None:
+            child = self._failures[status] = FAILURES.labels(self.name, self.version, str(status))
+        child.inc()
+
+
+def _bound(model: LoadedModel) -> _Bound:
+    b = model.serving_metrics
+    if b is None:
+        b = model.serving_metrics = _Bound(model.name, model.version)
+    return b  # type: ignore[no-any-return]
 
 
 class V2App:
@@ -146,9 +147,9 @@ class V2App:
         self.registry = registry
         self._token = f"Bearer {auth_token}".encode() if auth_token else None
         self.extra_routes = dict(extra_routes or {})
-        self._metrics = _Metrics()
         self.limits = limits or ServerLimits()
         self._json_limits = JsonLimits(self.limits.max_json_bytes, self.limits.max_json_elements)
+        self._path = InferPath(self._json_limits, _bound)
 
     def body_limit(self, method: str, target: str, headers: dict[str, str]) -> tuple[int, str]:
         """JSON ``/infer`` bodies have the smaller JSON limit: they cost far more memory per byte to decode."""
@@ -313,60 +314,23 @@ class V2App:
 
     def _infer(
         self, name: str, version: str | None, headers: dict[str, str], body: bytes
-    ) -> Response | _Deferred:
+    ) -> Response | _Deferred | Future[Response]:
         t0 = time.perf_counter()
         try:
             lease = self.registry.get(name, version)
         except (EndpointNotFound, VersionNotFound) as exc:
             return self._not_found(exc, name, version)
-        model = lease.model
+        model, path = lease.model, self._path
+        if model.batcher is not None:
+            if len(body) <= INLINE_BODY_MAX:  # decoding a small body costs less than the thread hop
+                return path.submit(model, lease, headers, body, t0)
+            return _Deferred(lambda: path.submit(model, lease, headers, body, t0))
         if model.inline and len(body) <= INLINE_BODY_MAX:
-            return self._run(lease.model, lease, headers, body, t0)
-        return _Deferred(lambda: self._run(model, lease, headers, body, t0))
+            return path.run(model, lease, headers, body, t0, inline=True)
+        return _Deferred(lambda: path.run(model, lease, headers, body, t0))
 
-    def _run(
-        self, model: LoadedModel, lease: Any, headers: dict[str, str], body: bytes, t0: float
-    ) -> Response:
-        requests, latency = self._metrics.for_version(model.name, model.version)
-        inflight = self._metrics.inflight(model.name)
-        inflight.inc()
-        req = None
-        try:
-            hl = headers.get("inference-header-content-length")
-            try:
-                header_len = int(hl) if hl is not None else None
-            except ValueError:
-                raise CodecError(f"Inference-Header-Content-Length is not an integer: {hl!r}") from None
-            req = decode_request(body, header_len, self._json_limits)
-            feeds = validate_inputs(req, model.inputs)
-            requested = select_outputs(req, model.output_names)
-            try:
-                outputs = model.infer(feeds, [r.name for r in requested], req.id)
-            except CodecError:
-                raise
-            except Exception as exc:
-                resp = _error(500, f"inference failed: {exc}")
-            else:
-                out, hlen = encode_response(model.name, model.version, req.id, outputs, requested)
-                if hlen is None:
-                    resp = Response(200, out)
-                else:
-                    resp = Response(200, out, OCTET_CT, ((b"inference-header-content-length", b"%d" % hlen),))
-        except CodecError as exc:
-            resp = _error(400, str(exc))
-            if model.observer is not None:
-                model.observer.observe_rejection()
-                rejected_inputs = getattr(model.observer, "observe_rejected_inputs", None)
-                if rejected_inputs is not None and req is not None:  # decoded but failed validation
-                    rejected_inputs(req.inputs)
-        finally:
-            lease.release()
-            inflight.dec()
-        requests.inc()
-        latency.observe(time.perf_counter() - t0)
-        if resp.status != 200:
-            FAILURES.labels(model.name, model.version, str(resp.status)).inc()
-        return resp
+    def _run(self, model: LoadedModel, lease: Any, headers: dict[str, str], body: bytes, t0: float) -> Response:
+        return self._path.run(model, lease, headers, body, t0)  # the name bench/ and older callers use
 
 
 class InferenceServer:

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 
 from reconciler.serving.v2json import (
-    ENCODER,
     DataSpan,
     JsonError,
     JsonLimits,
     count_nonfinite,
+    dumps,
     dumps_data,
     loads_request,
     span_to_array,
@@ -436,8 +436,7 @@ def encode_response(
     return b"".join([header, *chunks]), len(header)  # one copy of the tensor bytes
 
 
-def _dumps(doc: Any) -> bytes:
-    return ENCODER.encode(doc).encode()
+_dumps = dumps
 
 
 def json_tensor_to_array(doc: Mapping[str, Any]) -> tuple[str, str, np.ndarray]:

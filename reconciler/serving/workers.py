@@ -61,6 +61,7 @@ WORKER_RSS = Gauge("modelfleet_serving_worker_rss_bytes", "Resident memory of ea
 WORKER_FAMILIES = frozenset({
     "modelfleet_inference_requests", "modelfleet_inference_failures", "modelfleet_inference_latency_seconds",
     "modelfleet_inference_inflight", "modelfleet_model_load_seconds", "modelfleet_serving_samples_dropped",
+    "modelfleet_batch_size", "modelfleet_batch_queue_delay_seconds", "modelfleet_batch_fallbacks",
 })
 RESTART_BACKOFF_MAX = 300.0
 LOAD_TIMEOUT = 600.0  # a large OpenVINO model compiles for minutes on a small device
@@ -418,6 +419,11 @@ class WorkerPool:
         with self._lock:
             ep = self._eps.setdefault(spec.name, _Endpoint(spec.name))
             if ep.active is not None and ep.active.same_build(spec):
+                if (ep.active.batching or None) != (spec.batching or None):  # each worker's registry applies it
+                    result = self._rolling(ep, spec)
+                    if not result.ok:
+                        self._failed(ep, spec, result)
+                        return result
                 ep.active = spec
                 return ApplyResult(True, "AlreadyActive")
             if not (ep.previous is not None and ep.previous.same_build(spec)) and self.observer_factory:

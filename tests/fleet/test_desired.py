@@ -132,6 +132,16 @@ def test_variant_precision_reaches_the_desired_endpoint() -> None:
     assert desired_state(fleet, mic, X86).endpoints["kws"].precision == "fp32"  # default
 
 
+def test_batching_reaches_the_desired_endpoint_only_when_asked_for() -> None:
+    fleet = load_dir(EXAMPLE).fleet
+    cam = DeviceIdentity("cam-1", {"role": "camera", "ring": "stable"})
+    assert desired_state(fleet, cam, X86).endpoints["classifier"].batching is None
+    fleet = copy.deepcopy(fleet)
+    dep = next(d for d in fleet.deployments.values() if d.spec["serveAs"] == "classifier")
+    dep.spec.setdefault("runtime", {})["batching"] = {"maxBatchSize": 8, "maxQueueDelayMs": 2}
+    assert desired_state(fleet, cam, X86).endpoints["classifier"].batching == {"maxBatchSize": 8, "maxQueueDelayMs": 2}
+
+
 def test_a_version_with_only_variants_for_a_missing_runtime_names_the_extra() -> None:
     fleet = copy.deepcopy(load_dir(EXAMPLE).fleet)
     classifier = desired_state(fleet, DeviceIdentity("cam-berlin-01", {"site": "berlin", "ring": "canary",

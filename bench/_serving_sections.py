@@ -1,0 +1,418 @@
+"""Sections of ``bench_serving.py`` for issue 17: per-request overhead against a baseline tree, a camera-sized CNN
+against the runtime in-process, adaptive batching, the peer servers, and where the server's time goes (py-spy).
+
+Each section returns a dict for the JSON line; comparisons alternate between candidates round by round and
+report medians and ratios, so a busy shared machine slows both sides alike.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import _peers
+import numpy as np
+from _loadgen import _request, binary_request, load, stats
+
+from reconciler.devkit.modelgen import camera_cnn, make_probe, matmul_model, to_openvino_ir
+from reconciler.serving.registry import EndpointSpec, ModelRegistry
+from reconciler.serving.server import InferenceServer
+
+REPO = Path(__file__).resolve().parents[1]
+#: main before issue 17 (orjson, metric children bound per version, batching): the "before" of ``overhead``.
+BASELINE_REV = "c3daff1"
+TINY = matmul_model(seed=1)
+TINY_PROBE = make_probe(TINY, batch=1)
+_CLK = os.sysconf("SC_CLK_TCK")
+
+
+def med(values: list[float]) -> float:
+    return round(statistics.median(values), 3)
+
+
+def ratio(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b else None
+
+
+def baseline_tree(rev: str, cache: Path) -> Path:
+    """``git archive REV reconciler`` unpacked under ``cache`` (reused)."""
+    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", rev], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    dest = cache / f"tree-{sha[:12]}"
+    if not (dest / "reconciler").is_dir():
+        data = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", sha, "reconciler"], check=True,
+                              capture_output=True).stdout
+        tmp = Path(tempfile.mkdtemp(dir=cache))
+        with tarfile.open(fileobj=BytesIO(data)) as tar:
+            tar.extractall(tmp, filter="data")
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+    return dest
+
+
+class ServeProc:
+    """``modelfleet serve`` of the tree at ``src`` in its own process; its CPU time is read from /proc."""
+
+    def __init__(self, src: Path, model_file: Path, name: str = "tiny", extra: tuple[str, ...] = ()) -> None:
+        env = {**os.environ, "PYTHONPATH": str(src)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "reconciler.cli", "serve", str(model_file), "--name", name, "--port", "0", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        line = self.proc.stdout.readline().decode()  # type: ignore[union-attr]
+        m = re.search(r":(\d+)/v2/", line)
+        if m is None:
+            self.stop()
+            raise RuntimeError(f"modelfleet serve from {src} did not start: {line!r}")
+        self.port = int(m.group(1))
+
+    def cpu_s(self) -> float:
+        with open(f"/proc/{self.proc.pid}/stat") as fh:
+            fields = fh.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / _CLK
+
+    def rss_mb(self) -> float:
+        return _peers.Peer("", self.proc, 0, "", Path()).rss_mb()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def _run_case(port: int, req: bytes, conc: int, seconds: float, cpu: Callable[[], float] | None) -> dict[str, float]:
+    c0 = cpu() if cpu else 0.0
+    samples = load(port, req, conc, seconds)
+    s = stats(samples, seconds)
+    if cpu:
+        s["cpu_us_per_req"] = round((cpu() - c0) / max(1, len(samples)) * 1e6, 1)
+    return s
+
+
+def cpu_s() -> float:
+    """CPU time of this process, every thread (runtime pools included; the load generator is another process)."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def inprocess_p50_us(infer: Callable[[dict[str, np.ndarray]], Any], feeds: dict[str, np.ndarray], n: int) -> float:
+    lat = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        infer(feeds)
+        lat.append(time.perf_counter() - t0)
+    return round(statistics.median(lat) * 1e6, 1)
+
+
+# --- overhead: this tree vs the baseline tree, tiny model ----------------------------------------------------
+
+
+def overhead(cache: Path, rev: str, rounds: int = 4, seconds: float = 2.0) -> dict[str, Any]:
+    trees = {"baseline": baseline_tree(rev, cache), "current": REPO}
+    model = cache / "tiny.onnx"
+    model.write_bytes(TINY)
+    procs = {k: ServeProc(src, model) for k, src in trees.items()}
+    cases = ("json_c1", "binary_c1", "json_c16", "binary_c16")
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {k: {c: [] for c in cases} for k in procs}
+    reg = ModelRegistry()
+    assert reg.apply(EndpointSpec("tiny", "1", blobs=[TINY], probe=TINY_PROBE)).ok
+    with reg.get("tiny") as m:
+        x = np.array(TINY_PROBE["inputs"][0]["data"], np.float32).reshape(TINY_PROBE["inputs"][0]["shape"])
+        inproc = inprocess_p50_us(m.backend.infer, {"input": x}, 3000)
+    reg.close()
+    try:
+        for i in range(rounds):  # ABBA: neither tree always runs first
+            for name, p in (list(procs.items()) if i % 2 == 0 else list(procs.items())[::-1]):
+                for case in cases:
+                    enc, conc = case.split("_c")
+                    req = _request(p.port, "tiny", TINY_PROBE, enc == "binary")
+                    runs[name][case].append(_run_case(p.port, req, int(conc), seconds, p.cpu_s))
+        rss = {k: p.rss_mb() for k, p in procs.items()}
+    finally:
+        for p in procs.values():
+            p.stop()
+    out: dict[str, Any] = {"baseline_rev": rev, "rounds": rounds, "inprocess_p50_us": inproc, "rss_mb": rss,
+                           "app_handle": app_cost(trees)}
+    for case in cases:
+        m = {k: {f: med([r[f] for r in runs[k][case]]) for f in ("p50_us", "p99_us", "rps", "cpu_us_per_req")}
+             for k in procs}
+        out[case] = {**{f"{k}_{f}": v for k, vals in m.items() for f, v in vals.items()},
+                     "rps_ratio": ratio(m["current"]["rps"], m["baseline"]["rps"]),
+                     "p50_ratio": ratio(m["current"]["p50_us"], m["baseline"]["p50_us"]),
+                     "cpu_ratio": ratio(m["current"]["cpu_us_per_req"], m["baseline"]["cpu_us_per_req"])}
+        if case.endswith("_c1"):
+            out[case]["current_p50_overhead_us"] = round(m["current"]["p50_us"] - inproc, 1)
+            out[case]["baseline_p50_overhead_us"] = round(m["baseline"]["p50_us"] - inproc, 1)
+    return out
+
+
+_APP_LOOP = r"""
+import json, sys, time
+import numpy as np
+from reconciler.devkit.modelgen import make_probe, matmul_model
+from reconciler.serving.registry import EndpointSpec, ModelRegistry
+from reconciler.serving.server import V2App
+m = matmul_model(seed=1)
+probe = make_probe(m, batch=1)
+reg = ModelRegistry()
+assert reg.apply(EndpointSpec("tiny", "1", blobs=[m], probe=probe)).ok
+app = V2App(reg)
+t = probe["inputs"][0]
+raw = np.array(t["data"], np.float32).tobytes()
+hdr = json.dumps({"inputs": [{"name": t["name"], "datatype": "FP32", "shape": t["shape"],
+                              "parameters": {"binary_data_size": len(raw)}}],
+                  "parameters": {"binary_data_output": True}}).encode()
+wide = matmul_model(in_dim=256, out_dim=1000, seed=1)
+assert reg.apply(EndpointSpec("wide", "1", blobs=[wide], probe=make_probe(wide, batch=1))).ok
+x = np.random.default_rng(0).standard_normal(256).astype(np.float32).tolist()
+cases = {"binary": ({"inference-header-content-length": str(len(hdr))}, hdr + raw),
+         "json": ({}, json.dumps({"inputs": probe["inputs"]}).encode()),
+         "json_256_to_1000": ({}, json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 256],
+                                                          "data": x}]}).encode())}
+out = {}
+for k, (h, b) in cases.items():
+    target = "/v2/models/wide/infer" if k == "json_256_to_1000" else "/v2/models/tiny/infer"
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.process_time()
+        for _ in range(2000):
+            r = app.handle("POST", target, h, b)
+        best = min(best, (time.process_time() - t0) / 2000 * 1e6)
+    assert r.status == 200, r.body
+    out[k] = best
+print(json.dumps(out))
+"""
+
+
+def app_cost(trees: dict[str, Path], rounds: int = 4) -> dict[str, Any]:
+    """CPU µs per ``V2App.handle`` of an /infer (decode, run, encode, metrics; no sockets), per tree: the tiny
+    model in binary and JSON, and a 256→1000 MatMul in JSON (tensor data the size of a classifier's logits).
+    The best of 5 loops of 2,000 in each process, processes of the two trees alternating."""
+    kinds = ("binary", "json", "json_256_to_1000")
+    runs: dict[str, dict[str, list[float]]] = {k: {c: [] for c in kinds} for k in trees}
+    for i in range(rounds):
+        for name, src in (list(trees.items()) if i % 2 == 0 else list(trees.items())[::-1]):
+            r = subprocess.run([sys.executable, "-c", _APP_LOOP], capture_output=True, text=True, timeout=600,
+                               env={**os.environ, "PYTHONPATH": str(src)})
+            if r.returncode != 0:
+                return {"error": f"{name}: {r.stderr.strip()[-300:]}"}
+            for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items():
+                runs[name][k].append(v)
+    out: dict[str, Any] = {}
+    for k in kinds:
+        b, c = med(runs["baseline"][k]), med(runs["current"][k])
+        out[k] = {"baseline_cpu_us": b, "current_cpu_us": c, "ratio": ratio(c, b)}
+    return out
+
+
+# --- cnn: server vs the runtime in-process, same threads ----------------------------------------------------
+
+
+def _cnn_backends(cache: Path) -> dict[str, EndpointSpec]:
+    onnx = camera_cnn(seed=1)
+    xml, bin_ = to_openvino_ir(onnx, cache / "camera-ir", "camera")
+    threads = os.cpu_count() or 2
+    return {
+        "onnxruntime": EndpointSpec("cam", "1", blobs=[onnx], threads=threads),
+        "openvino": EndpointSpec("cam", "1", runtime="openvino", files=[xml, bin_], threads=threads),
+    }
+
+
+def _inproc_rate(infer: Callable[[dict[str, np.ndarray]], Any], x: np.ndarray, seconds: float) -> float:
+    n, t0 = 0, time.perf_counter()
+    while (dt := time.perf_counter() - t0) < seconds or n < 2:
+        infer({"image": x})
+        n += 1
+    return n * x.shape[0] / dt
+
+
+def cnn(cache: Path, rounds: int = 3, seconds: float = 3.0) -> dict[str, Any]:
+    # One request at a time against the runtime's own sequential loop: the ratio is what the HTTP layer costs.
+    out: dict[str, Any] = {"model": "modelgen.camera_cnn (1x3x224x224 FP32, 2.6 MB)", "threads": os.cpu_count(),
+                           "server_concurrency": 1, "encoding": "binary", "rounds": rounds}
+    rng = np.random.default_rng(0)
+    for runtime, spec in _cnn_backends(cache).items():
+        reg = ModelRegistry(cache_dir=cache / "regcache")
+        r = reg.apply(spec)
+        if not r.ok:
+            out[runtime] = {"error": r.message}
+            continue
+        srv = InferenceServer(reg)
+        srv.start()
+        res: dict[str, Any] = {}
+        try:
+            for batch in (1, 8):
+                x = rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)
+                req = binary_request(srv.port, "cam", "image", x)
+                inproc, served, inproc_cpu, served_cpu = [], [], [], []
+                with reg.get("cam") as m:
+                    infer = m.backend.infer
+                    for _ in range(rounds):
+                        c0 = cpu_s()
+                        rate = _inproc_rate(infer, x, seconds)
+                        inproc.append(rate)
+                        inproc_cpu.append((cpu_s() - c0) / (rate * seconds) * 1e3)
+                        c0 = cpu_s()
+                        samples = load(srv.port, req, 1, seconds)
+                        served.append(stats(samples, seconds)["rps"] * batch)
+                        served_cpu.append((cpu_s() - c0) / max(1, len(samples) * batch) * 1e3)
+                res[f"b{batch}"] = {"inprocess_img_s": med(inproc), "server_img_s": med(served),
+                                    "server_vs_inprocess": ratio(med(served), med(inproc)),
+                                    "inprocess_cpu_ms_per_img": med(inproc_cpu), "server_cpu_ms_per_img": med(served_cpu),
+                                    "cpu_ratio": ratio(med(served_cpu), med(inproc_cpu))}
+        finally:
+            srv.stop()
+            reg.close()
+        out[runtime] = res
+    return out
+
+
+# --- batching: c=16, one image per request, batched vs unbatched ---------------------------------------------
+
+
+def batching(cache: Path, rounds: int = 3, seconds: float = 4.0, max_batch: int = 8,
+             delay_ms: float = 10.0) -> dict[str, Any]:
+    onnx = camera_cnn(seed=1)
+    threads = os.cpu_count() or 2
+    reg = ModelRegistry()
+    assert reg.apply(EndpointSpec("plain", "1", blobs=[onnx], threads=threads)).ok
+    policy = {"maxBatchSize": max_batch, "maxQueueDelayMs": delay_ms}
+    assert reg.apply(EndpointSpec("batched", "1", blobs=[onnx], threads=threads, batching=policy)).ok
+    rng = np.random.default_rng(0)
+    x1 = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
+    x8 = rng.standard_normal((max_batch, 3, 224, 224)).astype(np.float32)
+    with reg.get("plain") as m:
+        m.backend.infer({"image": x8})
+        one_batch_us = inprocess_p50_us(m.backend.infer, {"image": x8}, 9)
+        one_image_us = inprocess_p50_us(m.backend.infer, {"image": x1}, 20)
+    srv = InferenceServer(reg)
+    srv.start()
+    runs: dict[str, list[dict[str, float]]] = {"plain": [], "batched": [], "batched_c1": []}
+    try:
+        for _ in range(rounds):
+            for name in runs:
+                endpoint, conc = ("batched", 1) if name == "batched_c1" else (name, 16)
+                req = binary_request(srv.port, endpoint, "image", x1)
+                c0 = cpu_s()
+                samples = load(srv.port, req, conc, seconds)
+                runs[name].append({**stats(samples, seconds),
+                                   "cpu_ms_per_req": (cpu_s() - c0) / max(1, len(samples)) * 1e3})
+    finally:
+        srv.stop()
+        reg.close()
+    m = {k: {f: med([r[f] for r in v]) for f in ("p50_us", "p99_us", "rps", "errors", "cpu_ms_per_req")}
+         for k, v in runs.items()}
+    return {"policy": policy, "concurrency": 16, "rounds": rounds, "unbatched": m["plain"], "batched": m["batched"],
+            "rps_ratio": ratio(m["batched"]["rps"], m["plain"]["rps"]),
+            "cpu_ratio": ratio(m["batched"]["cpu_ms_per_req"], m["plain"]["cpu_ms_per_req"]),
+            "p99_ratio": ratio(m["batched"]["p99_us"], m["plain"]["p99_us"]),
+            "one_batch_inference_us": one_batch_us, "one_image_inference_us": one_image_us,
+            # alone, a request waits the whole delay for company, then runs by itself: that is the bound
+            "batched_c1": m["batched_c1"], "c1_p99_bound_us": round(delay_ms * 1000 + one_image_us, 1),
+            "c1_p99_over_bound": ratio(m["batched_c1"]["p99_us"], delay_ms * 1000 + one_image_us)}
+
+
+# --- peers: MLflow models serve and MLServer -------------------------------------------------------------------
+
+
+def peers(cache: Path, rounds: int = 2, seconds: float = 2.0) -> dict[str, Any]:
+    model = cache / "tiny.onnx"
+    model.write_bytes(TINY)
+    ours = ServeProc(REPO, model)
+    started: dict[str, Any] = {}
+    out: dict[str, Any] = {"model": "tiny MatMul, JSON tensors", "rounds": rounds}
+    for name in ("mlflow", "mlserver"):
+        peer, why = _peers.start(name, model, cache / "peer-run" / name, threads=1)
+        if peer is None:
+            out[name] = {"error": why}
+        else:
+            started[name] = peer
+    try:
+        reqs: dict[str, tuple[int, bytes, Callable[[], float] | None]] = {
+            "modelfleet": (ours.port, _request(ours.port, "tiny", TINY_PROBE, False), ours.cpu_s)}
+        for name, peer in started.items():
+            reqs[name] = (peer.port, peer.request(TINY_PROBE["inputs"]), None)
+        runs: dict[str, dict[str, list[dict[str, float]]]] = {k: {"c1": [], "c16": []} for k in reqs}
+        for _ in range(rounds):
+            for name, (port, req, _cpu) in reqs.items():
+                for conc in (1, 16):
+                    runs[name][f"c{conc}"].append(stats(load(port, req, conc, seconds), seconds))
+        rss = {"modelfleet": ours.rss_mb(), **{k: p.rss_mb() for k, p in started.items()}}
+    finally:
+        ours.stop()
+        for p in started.values():
+            p.stop()
+    ref = {c: {f: med([r[f] for r in runs["modelfleet"][c]]) for f in ("p50_us", "rps", "errors")}
+           for c in ("c1", "c16")}
+    out["modelfleet"] = {**ref, "rss_mb": rss["modelfleet"]}
+    for name in started:
+        mine = {c: {f: med([r[f] for r in runs[name][c]]) for f in ("p50_us", "rps", "errors")} for c in ("c1", "c16")}
+        out[name] = {**mine, "rss_mb": rss[name],
+                     "modelfleet_rps_ratio_c16": ratio(ref["c16"]["rps"], mine["c16"]["rps"]),
+                     "modelfleet_p50_ratio_c1": ratio(ref["c1"]["p50_us"], mine["c1"]["p50_us"])}
+    return out
+
+
+# --- profile: where the server's time goes ---------------------------------------------------------------------
+
+
+@contextmanager
+def _loaded(port: int, req: bytes, seconds: float) -> Iterator[None]:
+    th = threading.Thread(target=load, args=(port, req, 16, seconds))
+    th.start()
+    try:
+        yield
+    finally:
+        th.join()
+
+
+def _summarise(raw: Path, top: int = 10) -> dict[str, Any]:
+    self_time: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        total += n
+        self_time[stack.split(";")[-1].split(" (")[0] or "?"] += n
+    return {"samples": total, "self_pct": {k: round(100 * v / max(1, total), 1) for k, v in self_time.most_common(top)}}
+
+
+def profile(cache: Path, rev: str, seconds: float = 6.0) -> dict[str, Any]:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).is_file():
+        return {"error": "py-spy is not installed (pip install py-spy)"}
+    model = cache / "tiny.onnx"
+    model.write_bytes(TINY)
+    out: dict[str, Any] = {"note": "self time by function; HttpConnection._write is the socket send, "
+                                   "InferenceServer._run the event loop waiting in epoll"}
+    for name, src in (("baseline", baseline_tree(rev, cache)), ("current", REPO)):
+        p = ServeProc(src, model)
+        try:
+            for enc in ("binary", "json"):
+                raw = cache / f"profile-{name}-{enc}.txt"
+                with _loaded(p.port, _request(p.port, "tiny", TINY_PROBE, enc == "binary"), seconds + 2):
+                    time.sleep(1)
+                    r = subprocess.run([spy, "record", "-d", str(int(seconds)), "-r", "250", "--format", "raw",
+                                        "-o", str(raw), "--pid", str(p.proc.pid), "--nonblocking"],
+                                       capture_output=True, text=True)
+                out[f"{name}_{enc}_c16"] = (_summarise(raw) if r.returncode == 0 and raw.is_file()
+                                            else {"error": r.stderr.strip()[-200:]})
+        finally:
+            p.stop()
+    return out
