@@ -23,7 +23,7 @@ def test_watcher_hands_over_complete_bundles_once(tmp_path: Path) -> None:
         seen.append((p.name, p.read_bytes()))
         got.set()
 
-    w = BundleWatcher(inbox, on_bundle, settle=0.2)
+    w = BundleWatcher(inbox, on_bundle, settle=1.0)  # pieces come every 0.05 s; a loaded runner stretches that
     w.start()
     try:
         deadline = time.monotonic() + 10
@@ -43,7 +43,7 @@ def test_watcher_hands_over_complete_bundles_once(tmp_path: Path) -> None:
         deadline = time.monotonic() + 10
         while len(seen) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(0.5)
+        time.sleep(1.5)
         assert sorted(seen) == sorted([("old.bundle", b"present before start"), ("new.bundle", b"x" * 5000),
                                        ("moved.bundle", b"renamed into place")])
     finally:
