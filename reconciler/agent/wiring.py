@@ -53,6 +53,7 @@ class Components:
         self.drift: Any = None
         self.capture: Any = None
         self._decryption_key: bytes | None = None
+        self._manifests: tuple[str, Any] | None = None  # (commit, its LoadResult)
         self._status_settings = (config.status_branch_prefix or "status/", config.heartbeat_interval or 300.0)
 
     @classmethod
@@ -208,6 +209,20 @@ class Components:
     def read_files(self, commit: str) -> dict[str, Any]:
         """The commit's files (bytes, or a ``NonRegular`` for a symlink/submodule the loader reports)."""
         return self.source.read_files(commit)
+
+    def load_manifests(self, commit: str) -> Any:
+        """The commit's manifests, loaded and validated (a ``LoadResult``), read again only for a new commit.
+
+        Loading is a pure function of the commit's content, so a heartbeat or retry pass on the same commit
+        reuses the last result instead of reading and validating every file again.
+        """
+        from reconciler.fleet.manifests import load_files
+
+        if self._manifests is not None and self._manifests[0] == commit:
+            return self._manifests[1]
+        loaded = load_files(self.read_files(commit))
+        self._manifests = (commit, loaded)
+        return loaded
 
     def import_bundle(self, path: Path, last: str | None) -> Any:
         return self.source.import_bundle(path, last)
