@@ -29,6 +29,20 @@ from reconciler.core.logs import fields
 log = logging.getLogger("reconciler.agent")
 
 
+def git_source(config: AgentConfig, cache_dir: Path | None = None, verdicts: dict[Any, Any] | None = None) -> Any:
+    """The device's Git source (cache in ``cache_dir``, default the state dir's; see ``GitSource`` for
+    ``verdicts``)."""
+    from reconciler.gitops.source import GitSource
+
+    return GitSource(
+        config.source_url, cache_dir or config.git_cache_dir, branch=config.source_branch,
+        subpath=config.source_path, verify_mode=config.verify_mode, allowed_signers=config.allowed_signers,
+        gpg_keyring=config.gpg_keyring, allow_history_rewrite=config.allow_history_rewrite,
+        timeout=config.source_timeout, poll_interval=config.poll_interval or DEFAULT_POLL_INTERVAL,
+        credentials=config.source_credentials, verdicts=verdicts,
+    )
+
+
 # --- the I/O edges ------------------------------------------------------------------------------------------
 
 
@@ -59,19 +73,13 @@ class Components:
     @classmethod
     def real(cls, config: AgentConfig) -> Components:
         from reconciler.distribution.store import ModelStore
-        from reconciler.gitops.source import GitSource
 
         c = cls(config)
         for d in (config.state_dir, config.store_dir, config.git_cache_dir, config.tuf_metadata_dir,
                   config.staging_dir):
             d.mkdir(parents=True, exist_ok=True)
         c.store = ModelStore(config.store_dir)
-        c.source = GitSource(
-            config.source_url, config.git_cache_dir, branch=config.source_branch, subpath=config.source_path,
-            verify_mode=config.verify_mode, allowed_signers=config.allowed_signers, gpg_keyring=config.gpg_keyring,
-            allow_history_rewrite=config.allow_history_rewrite, timeout=config.source_timeout,
-            poll_interval=config.poll_interval or DEFAULT_POLL_INTERVAL, credentials=config.source_credentials,
-        )
+        c.source = git_source(config)
         if config.decryption_key is not None:
             from reconciler.distribution.modelcrypto import load_key_file
 

@@ -20,8 +20,8 @@ import logging
 import random
 import shutil
 import threading
-import weakref
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
