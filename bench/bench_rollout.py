@@ -22,6 +22,9 @@ lands, then ``rollout promote`` takes it to 100 %:
 branches written with ``git fast-import``. ``perRequest``: server CPU per idle poll (``ls-refs`` over smart HTTP;
 ``git ls-remote`` over smart HTTP and over ``git daemon`` for comparison) and per status push.
 
+The devices run in ``BENCH_PROCESSES`` (default 2) simulator processes of ``BENCH_WORKERS`` threads each
+(``bench/_sim_shards.py``).
+
 Run: .venv/bin/python bench/bench_rollout.py   (about 10 minutes on 2 cores)
 """
 
@@ -31,7 +34,7 @@ import datetime as dt
 import json
 import logging
 import os
-import resource
+import re
 import subprocess
 import sys
 import tempfile
@@ -41,24 +44,27 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _sim_shards import ShardedFleet  # noqa: E402  (bench/, next to this file)
+
 from reconciler.core.credentials import Credentials  # noqa: E402
 from reconciler.gitops.fleetstatus import StatusRepo  # noqa: E402
 from reconciler.gitops.lsrefs import LsRefsClient  # noqa: E402
 from reconciler.gitops.statuswriter import StatusWriter, dump_status  # noqa: E402
 from reconciler.rollout.gitrepo import RolloutRepo  # noqa: E402
 from reconciler.rollout.watch import act  # noqa: E402
-from reconciler.simulate.fleet import SimSettings, Simulation  # noqa: E402
+from reconciler.simulate.fleet import SimSettings  # noqa: E402
 from tests._agent_fixtures import ENDPOINT  # noqa: E402
-from tests._fleet_world import DEPLOYMENT, fleet_servers  # noqa: E402
+from tests._fleet_world import DEPLOYMENT, HttpWorld, fleet_servers  # noqa: E402
 from tests._git_fixtures import git, make_status  # noqa: E402
-from tests._servers import GitHttp, private_file  # noqa: E402
+from tests._servers import GIT_HTTP_BACKEND, GitHttp, private_file  # noqa: E402
 
 POLL = float(os.environ.get("BENCH_POLL", "10"))
 SIZES = [int(x) for x in os.environ.get("BENCH_DEVICES", "100,1000").split(",") if x]
 IDLE = [int(x) for x in os.environ.get("BENCH_IDLE", "5000").split(",") if x]
 SYNTH = [int(x) for x in os.environ.get("BENCH_STATUS_SYNTH", "100,1000,5000").split(",") if x]
 IDLE_SECONDS = float(os.environ.get("BENCH_IDLE_SECONDS", str(3 * POLL)))
-WORKERS = int(os.environ.get("BENCH_WORKERS", "16"))
+WORKERS = int(os.environ.get("BENCH_WORKERS", "16"))  # threads per simulator process
+PROCESSES = int(os.environ.get("BENCH_PROCESSES", "2"))  # simulator processes (the GIL: one core each)
 WORK_DIR = os.environ.get("BENCH_WORK_DIR", "/dev/shm" if os.path.isdir("/dev/shm") else None)
 TICKS = os.sysconf("SC_CLK_TCK")
 TUF_TOKEN = "bench-tuf-token"
@@ -83,23 +89,40 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
-def self_cpu() -> float:
-    r, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime + c.ru_utime + c.ru_stime
+def accounted_backend(root: Path) -> tuple[Path, Path]:
+    """A wrapper around ``git http-backend`` that appends its CPU (and its git children's) to a log.
+
+    fcgiwrap ignores SIGCHLD, so the CGI processes it starts are reaped by the kernel and their CPU shows up
+    in no parent's accounting; the wrapper's shell waits for the backend and writes ``times``.
+    """
+    log = root / "backend-cpu.log"
+    script = root / "git-http-backend-accounted"
+    root.mkdir(parents=True, exist_ok=True)
+    script.write_text(f"#!/bin/sh\n{GIT_HTTP_BACKEND}\nrc=$?\ntimes >> {log}\nexit $rc\n")
+    script.chmod(0o755)
+    return script, log
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+def backend_cpu(log: Path) -> float:
+    """CPU seconds of every finished backend request so far (the children line of each ``times``)."""
+    try:
+        lines = log.read_text().splitlines()
+    except FileNotFoundError:
+        return 0.0
+    total = 0.0
+    for line in lines[1::2]:
+        for m, sec in re.findall(r"(\d+)m([\d.]+)s", line):
+            total += int(m) * 60 + float(sec)
+    return total
 
 
 class Servers:
     """The fleet world on smart HTTP, plus a second nginx serving its TUF repository."""
 
     def __init__(self, root: Path) -> None:
-        self.world: Any = fleet_servers(root / "world", git="http")
+        self.world: Any = HttpWorld(root / "world")
+        self.world.git_http.backend, self.backend_log = accounted_backend(root / "accounting")
+        self.world.start()
         self.tuf = GitHttp(root / "tuf-nginx", self.world.git_http.pki, users={}, tuf_token=TUF_TOKEN).start()
         self.tuf.publish_tuf("fleet", self.world.tuf_dir)
         self.tuf_url = f"http://127.0.0.1:{self.tuf.http_port}/tuf/fleet"
@@ -111,7 +134,8 @@ class Servers:
                            credentials=self.world.device_credentials, poll_interval=POLL, workers=WORKERS, **kw)
 
     def git_cpu(self) -> float:
-        return sum(tree_cpu(p) for p in self.world.git_http.pids())
+        """nginx + fcgiwrap + every git http-backend request and its git processes."""
+        return sum(tree_cpu(p) for p in self.world.git_http.pids()) + backend_cpu(self.backend_log)
 
     def tuf_cpu(self) -> float:
         return sum(tree_cpu(p) for p in self.tuf.pids())
@@ -121,41 +145,30 @@ class Servers:
         self.world.stop()
 
 
-def serving(sim: Simulation, version: str) -> int:
-    n = 0
-    for d in sim.devices:
-        st = d.agent.journal.endpoints.get(ENDPOINT)
-        n += st is not None and st.active is not None and st.active.version == version
-    return n
-
-
-def run_until(sim: Simulation, pred, timeout: float) -> float | None:  # type: ignore[no-untyped-def]
-    """Run the fleet until ``pred()``; the seconds it took, or None on timeout."""
-    t0 = time.monotonic()
-    for _ in sim.run(timeout, report_every=0.2):
-        if pred():
-            return time.monotonic() - t0
-    return None
-
-
-def idle_window(sim: Simulation, srv: Servers, seconds: float) -> dict[str, Any]:
-    """Every device on the idle path (nothing changed): polls/s and CPU per poll, client and Git server."""
-    n = len(sim.devices)
-    c0, g0, p0, t0 = self_cpu(), srv.git_cpu(), sim.counters.snapshot()["gitPolls"], time.monotonic()
-    for _ in sim.run(seconds, report_every=seconds):
-        pass
-    polls, wall = sim.counters.snapshot()["gitPolls"] - p0, time.monotonic() - t0
-    return {"devices": n, "seconds": round(wall, 1), "polls": polls, "pollsPerSecond": round(polls / wall, 1),
-            "pollsPerSecondAsked": round(n / POLL, 1),
-            "simulatorCpuMsPerPoll": round((self_cpu() - c0) * 1000 / max(1, polls), 2),
+def idle_window(fleet: ShardedFleet, srv: Servers, seconds: float) -> dict[str, Any]:
+    """Every device on the idle path (nothing changed): polls/s and CPU per poll, simulator and Git server."""
+    polls0, c0, g0, t0 = fleet.poll()["requests"]["gitPolls"], sim_cpu(fleet), srv.git_cpu(), time.monotonic()
+    time.sleep(seconds)
+    polls, wall = fleet.poll()["requests"]["gitPolls"] - polls0, time.monotonic() - t0
+    return {"devices": fleet.devices, "seconds": round(wall, 1), "polls": polls,
+            "pollsPerSecond": round(polls / wall, 1), "pollsPerSecondAsked": round(fleet.devices / POLL, 1),
+            "simulatorCpuMsPerPoll": round((sim_cpu(fleet) - c0) * 1000 / max(1, polls), 2),
             "gitServerCpuMsPerPoll": round((srv.git_cpu() - g0) * 1000 / max(1, polls), 2),
             "loadavg": round(os.getloadavg()[0], 1)}
+
+
+def sim_cpu(fleet: ShardedFleet) -> float:
+    return sum(tree_cpu(pid) for pid in fleet.pids)
 
 
 def commit_rollout(world: Any, step: int) -> str:
     dep = {"rollout": {"from": "1.0.0", "steps": [{"percent": 1}, {"percent": 100}], "step": step,
                        "gates": {"minHealthyPercent": 90}}}
     return world.commit_raw(world.fleet_files("1.1.0", poll=f"{POLL:g}s", deployment=dep), "roll out 1.1.0 to 1 %")
+
+
+def pushed_all(r: dict[str, Any]) -> bool:
+    return bool(r["statusPushes"] >= r["statusCommits"])
 
 
 def one_size(n: int, root: Path) -> dict[str, Any]:
@@ -165,33 +178,32 @@ def one_size(n: int, root: Path) -> dict[str, Any]:
         world.publish("1.0.0")
         world.publish("1.1.0", bias=0.5)
         world.commit_raw(world.fleet_files("1.0.0", poll=f"{POLL:g}s"), "deploy 1.0.0")
-        rss0 = rss_mb()
-        sim = Simulation.create(srv.settings(n), root / "devices")
-        sim.boot()
-        t_conv = run_until(sim, lambda: serving(sim, "1.0.0") == n, 60 * POLL)
-        rss_per_device = (rss_mb() - rss0) / n
-        sim.flush_status(120)
-        idle = idle_window(sim, srv, IDLE_SECONDS)
+        fleet = ShardedFleet(srv.settings(n), root / "devices", PROCESSES)
+        t_conv = fleet.wait(lambda r: r["versions"].get("1.0.0", 0) == n, 60 * POLL)
+        rss_per_device = (fleet.poll()["rssMB"] - fleet.rss0) / n
+        fleet.wait(pushed_all, 120)
+        idle = idle_window(fleet, srv, IDLE_SECONDS)
         commit_rollout(world, 0)
-        run_until(sim, lambda: serving(sim, "1.1.0") >= max(1, n // 200), 10 * POLL)
-        sim.flush_status(60)
+        fleet.wait(lambda r: r["versions"].get("1.1.0", 0) >= max(1, n // 200), 10 * POLL)
+        fleet.wait(pushed_all, 120)
+        time.sleep(1)  # the canaries' reporting pass
+        fleet.wait(pushed_all, 120)
         rr = RolloutRepo(world.operator_url, root / "rollout-cache")
         snap, st = rr.status(DEPLOYMENT)
-        git_cpu0, tuf_cpu0, cpu0 = srv.git_cpu(), srv.tuf_cpu(), self_cpu()
-        git_req0, tuf_req0, req0 = len(world.git_http.requests()), len(srv.tuf.requests()), sim.counters.snapshot()
+        git_cpu0, tuf_cpu0, cpu0 = srv.git_cpu(), srv.tuf_cpu(), sim_cpu(fleet)
+        git_req0, tuf_req0, req0 = len(world.git_http.requests()), len(srv.tuf.requests()), fleet.poll()["requests"]
         load0 = os.getloadavg()[0]
         act(rr, DEPLOYMENT, "promote", st, snap)
-        t_half = run_until(sim, lambda: serving(sim, "1.1.0") >= 0.5 * n, 30 * POLL)
-        t_rest = run_until(sim, lambda: serving(sim, "1.1.0") >= 0.99 * n, 30 * POLL)
+        t_half = fleet.wait(lambda r: r["versions"].get("1.1.0", 0) >= 0.5 * n, 30 * POLL)
+        t_rest = fleet.wait(lambda r: r["versions"].get("1.1.0", 0) >= 0.99 * n, 30 * POLL)
         t_promote = None if t_half is None or t_rest is None else t_half + t_rest
-        share_at_end = serving(sim, "1.1.0") / n
-        req1 = sim.counters.snapshot()
+        end = fleet.poll()
         git_log = world.git_http.requests()[git_req0:]
         tuf_requests = len(srv.tuf.requests()) - tuf_req0
-        git_cpu1, tuf_cpu1, cpu1 = srv.git_cpu(), srv.tuf_cpu(), self_cpu()
+        git_cpu1, tuf_cpu1, cpu1 = srv.git_cpu(), srv.tuf_cpu(), sim_cpu(fleet)
         load1 = os.getloadavg()[0]
-        sim.flush_status(180)
-        pushed = sum(d.components.status_counts()[1] for d in sim.devices)
+        fleet.wait(pushed_all, 180)
+        final_counts = fleet.poll()
         received = int(git(world.upstream.bare, "rev-list", "--count", "--glob=refs/heads/status/*"))
         t0 = time.monotonic()
         _, final = rr.status(DEPLOYMENT)
@@ -199,29 +211,29 @@ def one_size(n: int, root: Path) -> dict[str, Any]:
         t0 = time.monotonic()
         StatusRepo(world.git_url, root / "fleet-cache").report(stale_after=3600)
         t_fleet_status = time.monotonic() - t0
-        sessions = sim.runtime.sessions()
-        sim.close()
+        fleet.close()
+        req1 = end["requests"]
         updates = max(1, req1["tufRefreshes"] - req0["tufRefreshes"])
         return {
-            "devices": n, "pollSeconds": POLL, "workers": WORKERS,
+            "devices": n, "pollSeconds": POLL, "processes": len(fleet.pids), "workersPerProcess": WORKERS,
             "firstConvergenceSeconds": None if t_conv is None else round(t_conv, 1),
             "idle": idle,
             "promoteTo50Seconds": None if t_half is None else round(t_half, 1),
             "promoteTo99Seconds": None if t_promote is None else round(t_promote, 1),
             "promoteTo99PollIntervals": None if t_promote is None else round(t_promote / POLL, 2),
-            "shareServingNewAtEnd": round(share_at_end, 3),
+            "shareServingNewAtEnd": round(end["versions"].get("1.1.0", 0) / n, 3),
             "loadavgDuringPromote": [round(load0, 1), round(load1, 1)],
             "promoteWindow": {
                 "gitPolls": req1["gitPolls"] - req0["gitPolls"], "gitFetches": req1["gitFetches"] - req0["gitFetches"],
                 "gitServerRequests": len(git_log),
-                "gitServerPushes": sum("git-receive-pack" in line and line.startswith("POST") for line in git_log),
+                "gitServerPushes": sum(line.startswith("POST") and "git-receive-pack" in line for line in git_log),
                 "tufServerRequests": tuf_requests, "deviceUpdates": updates,
                 "simulatorCpuSeconds": round(cpu1 - cpu0, 1), "gitServerCpuSeconds": round(git_cpu1 - git_cpu0, 1),
                 "tufServerCpuSeconds": round(tuf_cpu1 - tuf_cpu0, 2),
                 "simulatorCpuMsPerUpdate": round((cpu1 - cpu0) * 1000 / updates, 1),
                 "gitServerCpuMsPerUpdate": round((git_cpu1 - git_cpu0) * 1000 / updates, 1)},
-            "statusCommitsPushed": pushed, "statusCommitsReceived": received,
-            "rssPerDeviceMB": round(rss_per_device, 2), "sharedSessions": sessions,
+            "statusCommitsPushed": final_counts["statusPushes"], "statusCommitsReceived": received,
+            "rssPerDeviceMB": round(rss_per_device, 2), "sharedSessions": final_counts["sessions"],
             "rolloutPhaseAfter": final.phase,
             "rolloutStatusSeconds": round(t_rollout_status, 2), "fleetStatusSeconds": round(t_fleet_status, 2),
         }
@@ -236,12 +248,11 @@ def idle_only(n: int, root: Path) -> dict[str, Any]:
         srv.world.publish("1.0.0")
         srv.world.commit_raw(srv.world.fleet_files("1.0.0", poll=f"{POLL:g}s"), "deploy 1.0.0")
         t0 = time.monotonic()
-        sim = Simulation.create(srv.settings(n, status=False), root / "devices")
-        sim.boot()
+        fleet = ShardedFleet(srv.settings(n, status=False), root / "devices", PROCESSES)
         t_boot = time.monotonic() - t0
-        t_conv = run_until(sim, lambda: serving(sim, "1.0.0") == n, 60 * POLL)
-        out = idle_window(sim, srv, IDLE_SECONDS)
-        sim.close()
+        t_conv = fleet.wait(lambda r: r["versions"].get("1.0.0", 0) == n, 60 * POLL)
+        out = idle_window(fleet, srv, IDLE_SECONDS)
+        fleet.close()
         return {**out, "createAndBootSeconds": round(t_boot, 1),
                 "firstConvergenceSeconds": None if t_conv is None else round(t_conv, 1)}
     finally:

@@ -125,6 +125,7 @@ class GitHttp:
         self.access_log = root / "access.log"
         self.http_port = free_port()
         self.https_port = free_port()
+        self.backend = GIT_HTTP_BACKEND  # the CGI program (a benchmark may wrap it to account its CPU)
         self._nginx: subprocess.Popen[bytes] | None = None
         self._fcgi: subprocess.Popen[bytes] | None = None
 
@@ -135,7 +136,7 @@ class GitHttp:
             client_max_body_size 0;
             fastcgi_pass unix:{r}/fcgiwrap.sock;
             fastcgi_read_timeout 60s;
-            fastcgi_param SCRIPT_FILENAME {GIT_HTTP_BACKEND};
+            fastcgi_param SCRIPT_FILENAME {self.backend};
             fastcgi_param GIT_PROJECT_ROOT {self.git_root};
             fastcgi_param GIT_HTTP_EXPORT_ALL "";
             fastcgi_param GIT_PROTOCOL $http_git_protocol;
