@@ -1,9 +1,11 @@
 """Status write-back: the device's ``DeviceStatus`` as ``status.yaml`` on its own ``status/<device-id>`` branch.
 
 Workflow: :meth:`StatusWriter.submit` validates and trims the document and parks it as *the newest* status
-(never blocks). A background thread commits it with plumbing (``hash-object``/``mktree``/``commit-tree``, no
-worktree, optionally SSH-signed) when the content changed — ignoring ``status.heartbeat`` — or the heartbeat
-interval passed, then pushes with retry, jittered exponential backoff. While the server is down new statuses
+(never blocks; a document whose content was validated before is not validated again). A background thread
+commits it — blob, tree and commit written as loose objects in-process, no worktree; ``git commit-tree -S``
+when SSH-signed — when the content changed — ignoring ``status.heartbeat`` — or the heartbeat interval passed,
+then pushes with retry, jittered exponential backoff: over smart HTTP(S) in-process
+(:mod:`~reconciler.gitops.smartpush`, two requests on a kept-alive connection), otherwise with ``git push``. While the server is down new statuses
 replace the unpushed commit (its parent stays the last pushed one), so on recovery exactly the newest is
 pushed. A rejected (non-fast-forward) push means the device lost its local state: the writer fetches the
 branch and commits on top. Each device owns its branch, so devices never conflict with each other.
