@@ -336,12 +336,11 @@ def main() -> None:
                            "servers": "git: nginx + fcgiwrap + git http-backend; tuf: nginx", "sizes": [],
                            "idleOnly": [], "statusSynthetic": []}
     with tempfile.TemporaryDirectory(prefix="bench-rollout-", dir=WORK_DIR) as tmp:
-        for n in SIZES:
-            out["sizes"].append(one_size(n, Path(tmp) / f"n{n}"))
-        for n in IDLE:
-            out["idleOnly"].append(idle_only(n, Path(tmp) / f"idle{n}"))
-        for n in SYNTH:
-            out["statusSynthetic"].append(synthetic_status(n, Path(tmp) / f"s{n}"))
+        for key, sizes, run in (("sizes", SIZES, one_size), ("idleOnly", IDLE, idle_only),
+                                ("statusSynthetic", SYNTH, synthetic_status)):
+            for n in sizes:
+                out[key].append(run(n, Path(tmp) / f"{key}{n}"))
+                print(json.dumps({key: out[key][-1]}), file=sys.stderr, flush=True)  # progress of a long run
         out["perRequest"] = per_request_costs(Path(tmp) / "per-request")
     out["loadavgAtEnd"] = os.getloadavg()[0]
     print(json.dumps(out))
