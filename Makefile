@@ -31,6 +31,7 @@ lint: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/modelfleet docs generate --output docs/manifests.md
+	$(BIN)/modelfleet docs cli --output docs/cli.md
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -116,7 +116,23 @@ def modelfleet_lines(page: Path) -> list[tuple[int, list[str]]]:
             if any(w.startswith("[") for w in words):
                 continue  # a usage synopsis (`[--opt VALUE]`), not a command
             if words and words[0] == "modelfleet":
-                out.append((n, words[1:]))
+                out.append((n, _without_redirections(words[1:])))
+    return out
+
+
+def _without_redirections(words: list[str]) -> list[str]:
+    """``cmd --opt x 2>&1 > out.txt`` → ``cmd --opt x``: shell redirections are not the command's arguments."""
+    out: list[str] = []
+    skip_next = False
+    for w in words:
+        if skip_next:
+            skip_next = False
+            continue
+        m = re.match(r"^\d*(>>?|<)(&\d+)?(.*)$", w)
+        if m:
+            skip_next = not m.group(2) and not m.group(3)  # `> file`: the target is the next word
+            continue
+        out.append(w)
     return out
 
 

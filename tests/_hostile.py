@@ -24,7 +24,7 @@ class ServerProcess:
 
     def __init__(
         self, tmp_path: Path, *limits: str, nofile: int | None = None, env: dict[str, str] | None = None,
-        threads: int | None = None,
+        threads: int | None = None, workers: int = 1,
     ) -> None:
         model = tmp_path / "mm.onnx"
         model.write_bytes(V1)
@@ -32,6 +32,8 @@ class ServerProcess:
         args += [f"--limit={lim}" for lim in limits]
         if threads is not None:
             args += ["--threads", str(threads)]
+        if workers > 1:
+            args += ["--workers", str(workers)]
 
         def preexec() -> None:
             if nofile is not None:
@@ -47,6 +49,9 @@ class ServerProcess:
             self.proc.kill()
             raise AssertionError(f"server did not start: {line!r} {self.proc.stderr.read()}")  # type: ignore[union-attr]
         self.port = int(m.group(1))
+        self.pids = [self.proc.pid]  # the serving processes: the worker processes with --workers
+        if workers > 1:
+            self.pids = [int(p) for p in re.findall(r"\d+", self.proc.stdout.readline().partition("pids")[2])]  # type: ignore[union-attr]
 
     def status_kb(self, field: str) -> int:
         with open(f"/proc/{self.proc.pid}/status") as fh:

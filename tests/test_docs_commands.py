@@ -111,8 +111,11 @@ def privacy(tmp: Path) -> Iterator[Sandbox]:
 
 @contextmanager
 def monitoring(tmp: Path) -> Iterator[Sandbox]:
-    """The tiny model and a reference sample under the names docs/monitoring.md uses."""
+    """The tiny model and a reference sample under the names docs/monitoring.md uses, and deploy/ (the promtool
+    checks)."""
     import numpy as np
+
+    shutil.copytree(REPO_ROOT / "deploy", tmp / "deploy")
 
     (tmp / "mm.onnx").write_bytes(modelgen.matmul_model(16, 4, seed=1))
     rng = np.random.default_rng(0)
@@ -123,6 +126,7 @@ def monitoring(tmp: Path) -> Iterator[Sandbox]:
 PAGES: dict[str, Callable[[Path], AbstractContextManager[Sandbox]]] = {
     "README.md": readme,
     "docs/operations.md": operations,
+    "docs/install.md": operations,
     "docs/privacy.md": privacy,
     "docs/monitoring.md": monitoring,
 }

@@ -9,6 +9,8 @@ offending value, so ``modelfleet agent run`` prints one clear line instead of a 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,8 @@ from reconciler.fleet.schemas import validator
 from reconciler.serving.limits import ServerLimits
 
 DEFAULT_STATE_DIR = "/var/lib/modelfleet"
+# common.schema.json's `name`, for a device id that comes from the environment instead of the file.
+_DEVICE_ID = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
 DEFAULT_POLL_INTERVAL = 30.0
 DEFAULT_SOURCE_TIMEOUT = 30.0
 DEFAULT_TUF_TIMEOUT = 30.0
@@ -67,6 +71,7 @@ class AgentConfig:
     tls_key: Path | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY
     server_limits: ServerLimits = field(default_factory=ServerLimits)
+    serving_workers: int = 1
     openvino_cache_dir: Path | None = None
     threads: int | None = None
     metrics_enabled: bool = True
@@ -144,8 +149,28 @@ def _where(path: Path | None, root: yaml.Node | None, jpath: list[str | int]) ->
     return f"{name}:{line}" if line else name
 
 
-def parse_agent_config(text: str, path: Path | None = None) -> AgentConfig:
-    """Parse and validate config text; ``path`` names the file in errors and anchors relative paths."""
+def _device_id(spec: Mapping[str, Any], environ: Mapping[str, str], where: Callable[[list[str | int]], str]) -> str:
+    """``spec.deviceId``, or the value of the environment variable ``spec.deviceIdEnv`` names."""
+    if ("deviceId" in spec) == ("deviceIdEnv" in spec):
+        raise UserError(f"{where(['spec'])}: give exactly one of spec.deviceId and spec.deviceIdEnv")
+    if "deviceId" in spec:
+        return str(spec["deviceId"])
+    var = spec["deviceIdEnv"]
+    value = environ.get(var, "")
+    if not value:
+        raise UserError(f"{where(['spec', 'deviceIdEnv'])}: spec.deviceIdEnv: environment variable {var} is not "
+                        "set (on Kubernetes: from spec.nodeName through the downward API)")
+    if not _DEVICE_ID.fullmatch(value):
+        raise UserError(f"{where(['spec', 'deviceIdEnv'])}: {var}={value!r} is not a valid device id (lower-case "
+                        "letters, digits, '-' and '.', at most 63 characters)")
+    return value
+
+
+def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """Parse and validate config text; ``path`` names the file in errors and anchors relative paths.
+
+    ``environ`` (default: the process environment) supplies ``spec.deviceIdEnv`` and ``$CREDENTIALS_DIRECTORY``."""
+    env = os.environ if environ is None else environ
     label = str(path) if path else "<agent config>"
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -173,7 +198,7 @@ def parse_agent_config(text: str, path: Path | None = None) -> AgentConfig:
         if value is None:
             return None
         if "${CREDENTIALS_DIRECTORY}" in value or "$CREDENTIALS_DIRECTORY" in value:
-            creds_dir = os.environ.get("CREDENTIALS_DIRECTORY", "/run/credentials/modelfleet-agent.service")
+            creds_dir = env.get("CREDENTIALS_DIRECTORY", "/run/credentials/modelfleet-agent.service")
             value = value.replace("${CREDENTIALS_DIRECTORY}", creds_dir).replace("$CREDENTIALS_DIRECTORY", creds_dir)
         q = Path(os.path.expanduser(value))
         return q if q.is_absolute() else (base / q)
@@ -235,7 +260,7 @@ def parse_agent_config(text: str, path: Path | None = None) -> AgentConfig:
     assert trusted_root is not None
     return AgentConfig(
         path=path,
-        device_id=spec["deviceId"],
+        device_id=_device_id(spec, env, lambda jpath: _where(path, root, jpath)),
         labels=dict(spec.get("labels") or {}),
         state_dir=p(spec.get("stateDir")) or Path(DEFAULT_STATE_DIR),
         poll_interval=dur(["pollInterval"], spec.get("pollInterval"), None),
@@ -267,6 +292,7 @@ def parse_agent_config(text: str, path: Path | None = None) -> AgentConfig:
         tls_key=p(serving.get("tlsKey")),
         max_body_bytes=int(serving.get("maxBodyBytes", DEFAULT_MAX_BODY)),
         server_limits=server_limits,
+        serving_workers=int(serving.get("workers", 1)),
         openvino_cache_dir=p(runtime.get("openvinoCacheDir")),
         threads=runtime.get("threads"),
         metrics_enabled=bool(metrics.get("enabled", True)),

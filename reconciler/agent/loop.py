@@ -37,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from reconciler import __version__
 from reconciler.agent.config import DEFAULT_POLL_INTERVAL, AgentConfig
 from reconciler.agent.journal import (
     EndpointRecord,
@@ -57,6 +58,8 @@ from reconciler.agent.metrics import (
     M_POLLS,
     M_ROLLBACKS,
     M_STEPS,
+    record_identity,
+    record_pass,
 )
 from reconciler.agent.passes import (
     EndpointOutcome,
@@ -66,7 +69,7 @@ from reconciler.agent.passes import (
     applied_reason,
     held_message,
 )
-from reconciler.agent.schedule import merged_labels, next_delay, summarize, window_open
+from reconciler.agent.schedule import longest_delay, merged_labels, next_delay, summarize, window_open
 from reconciler.agent.status import StatusMixin
 from reconciler.agent.wiring import Components, monitor_pass, release_free_memory
 from reconciler.core import conditions as C, reasons as R
@@ -136,6 +139,7 @@ class Agent(StatusMixin):
             self.journal = Journal()
         if self.journal.conditions:
             self.conditions = C.ConditionSet.from_list(self.journal.conditions, self.clock)
+        record_identity(self.config.device_id, __version__)
         self.c.start_runtime()
         log.info("serving", extra=fields(url=self.c.url))
         restored = self._restore_last_good()
@@ -272,6 +276,7 @@ class Agent(StatusMixin):
         self._report(p, endpoints)
         M_PASSES.labels("converged" if converged else ("failed" if failed else "pending")).inc()
         M_PASS_SECONDS.observe(duration)
+        record_pass(converged, time.time(), longest_delay(self.poll_interval))
         self.notifier.status(summarize(endpoints, failed[0] if failed else None))
         self.last_result = result
         if not p.skip_rest:
@@ -487,7 +492,7 @@ class Agent(StatusMixin):
                 continue
             self.c.remove_endpoint(name)
             self.journal.endpoints.pop(name, None)
-            self._clear_endpoint_metric(name)
+            self._clear_endpoint_metric(name, pruned=True)
             dirty = True
             log.info("pruned", extra=fields(endpoint=name))
             p.outcomes[name] = EndpointOutcome(name, "Removed", "no deployment gives this endpoint any more")

@@ -1,4 +1,8 @@
-"""The agent's Prometheus metrics (default registry: also exposed by the inference server's ``/metrics``)."""
+"""The agent's Prometheus metrics (default registry: also exposed by the inference server's ``/metrics``).
+
+The alert rules and dashboards in ``deploy/`` are written against these names (docs/monitoring.md); the suite
+scrapes them with a real Prometheus server (tests/monitoring).
+"""
 
 from __future__ import annotations
 
@@ -25,7 +29,35 @@ M_STATUS_FAILURES = Counter("modelfleet_agent_status_push_failures_total", "Fail
                             ["reason"])
 M_STATUS_LAST_PUSH = Gauge("modelfleet_agent_status_last_push_timestamp_seconds",
                            "Unix time of the last status push that landed.")
-M_ROLLBACKS = Counter("modelfleet_agent_rollbacks_total", "Failed switches rolled back.", ["endpoint"])
+M_ROLLBACKS = Counter("modelfleet_agent_rollbacks_total",
+                      "Rollbacks: a new version failed to load or its health check (last good kept), or drifted "
+                      "under drift.action rollback.", ["endpoint"])
+M_CONVERGED = Gauge("modelfleet_agent_converged",
+                    "1 when the last reconcile pass found the desired state applied and serving, else 0.")
+M_HEARTBEAT = Gauge("modelfleet_agent_heartbeat_timestamp_seconds",
+                    "Unix time the reconcile loop last finished a pass (idle passes too).")
+M_HEARTBEAT_MAX_GAP = Gauge("modelfleet_agent_heartbeat_max_interval_seconds",
+                            "Longest wait between two passes: the poll interval backed off to its cap, with jitter.")
+M_INFO = Gauge("modelfleet_agent_info", "The agent's device id and modelfleet version (value 1).",
+               ["device_id", "version"])
+
+
+def record_pass(converged: bool, finished_at: float, max_interval: float) -> None:
+    """A pass ended at ``finished_at`` (Unix time): the heartbeat and convergence series."""
+    M_CONVERGED.set(1 if converged else 0)
+    M_HEARTBEAT.set(finished_at)
+    M_HEARTBEAT_MAX_GAP.set(max_interval)
+
+
+def record_identity(device_id: str, version: str) -> None:
+    """The device this process runs as (one series: a previous identity in the same process is removed)."""
+    M_INFO.clear()
+    M_INFO.labels(device_id, version).set(1)
+
+
+def track_endpoint(endpoint: str) -> None:
+    """Create the endpoint's rollback series at 0, so the first rollback is an increase Prometheus can see."""
+    M_ROLLBACKS.labels(endpoint)
 
 
 def label_sets(metric: Gauge) -> Iterator[tuple[str, ...]]:

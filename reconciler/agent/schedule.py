@@ -25,6 +25,11 @@ def next_delay(interval: float, errors: int, rand: float, jitter: float = JITTER
     return max(0.0, base * (1.0 + jitter * (2.0 * rand - 1.0)))
 
 
+def longest_delay(interval: float, jitter: float = JITTER, max_backoff: float = MAX_ERROR_BACKOFF) -> float:
+    """The most :func:`next_delay` ever waits for ``interval``: fully backed off, at the top of the jitter."""
+    return max(interval, min(max_backoff, interval * 10)) * (1.0 + jitter)
+
+
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from reconciler import __version__
 from reconciler.agent.config import AgentConfig
 from reconciler.agent.journal import EndpointRecord, Journal
-from reconciler.agent.metrics import M_ENDPOINT, label_sets
+from reconciler.agent.metrics import M_ENDPOINT, M_ROLLBACKS, label_sets, track_endpoint
 from reconciler.agent.passes import EndpointOutcome, PassResult, PassState
 from reconciler.core import conditions as C
 from reconciler.core.fsutil import atomic_write_text
@@ -141,10 +141,14 @@ class StatusMixin:
 
     def _set_endpoint_metric(self, rec: EndpointRecord) -> None:
         self._clear_endpoint_metric(rec.name)
+        track_endpoint(rec.name)
         M_ENDPOINT.labels(rec.name, rec.model, rec.version, rec.variant, rec.runtime,
                           rec.spec.get("precision") or "fp32").set(1)
 
-    def _clear_endpoint_metric(self, name: str) -> None:
+    def _clear_endpoint_metric(self, name: str, *, pruned: bool = False) -> None:
+        if pruned:
+            with contextlib.suppress(KeyError):
+                M_ROLLBACKS.remove(name)
         for labels in list(label_sets(M_ENDPOINT)):
             if labels[0] == name:
                 with contextlib.suppress(KeyError):

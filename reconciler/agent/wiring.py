@@ -22,6 +22,7 @@ from reconciler import __version__
 from reconciler.agent.config import DEFAULT_POLL_INTERVAL, AgentConfig
 from reconciler.agent.journal import EndpointRecord, TargetRecord, record_rollback
 from reconciler.agent.passes import EndpointOutcome
+from reconciler.core import conditions as C
 from reconciler.core.errors import UserError
 from reconciler.core.fsutil import atomic_write_text
 from reconciler.core.logs import fields
@@ -129,23 +130,42 @@ class Components:
 
         self.drift = DriftSupervisor()
         self.capture = _capture_service(cfg)
-        self.registry = ModelRegistry(**_registry_kwargs(cfg), observer_factory=lambda spec: Observers.of(
-            self.drift.observer_for(spec), self.capture.observer_for(spec.name, spec.version)))
+
+        def observers(spec: Any) -> Any:
+            return Observers.of(self.drift.observer_for(spec), self.capture.observer_for(spec.name, spec.version))
+
         token = cfg.auth_token_file.read_text().strip() if cfg.auth_token_file else None
-        self.server = InferenceServer(
-            self.registry, host=cfg.serving_host, port=None if cfg.unix_socket else cfg.serving_port,
-            unix_socket=cfg.unix_socket,
-            auth_token=token, tls_cert=str(cfg.tls_cert) if cfg.tls_cert else None,
-            tls_key=str(cfg.tls_key) if cfg.tls_key else None, limits=cfg.server_limits,
-        )
+        port = None if cfg.unix_socket else cfg.serving_port
+        metrics_registry = None
+        if cfg.serving_workers > 1:
+            from reconciler.serving.workers import WorkerPool
+
+            # The agent stays the control plane: the pool has the registry's methods, the workers serve.
+            self.registry = self.server = WorkerPool(
+                cfg.serving_workers, host=cfg.serving_host, port=port, unix_socket=cfg.unix_socket,
+                auth_token=token, tls_cert=str(cfg.tls_cert) if cfg.tls_cert else None,
+                tls_key=str(cfg.tls_key) if cfg.tls_key else None, limits=cfg.server_limits,
+                observer_factory=observers, **_registry_kwargs(cfg),
+            )
+            metrics_registry = self.server.metrics_registry
+        else:
+            self.registry = ModelRegistry(**_registry_kwargs(cfg), observer_factory=observers)
+            self.server = InferenceServer(
+                self.registry, host=cfg.serving_host, port=port, unix_socket=cfg.unix_socket,
+                auth_token=token, tls_cert=str(cfg.tls_cert) if cfg.tls_cert else None,
+                tls_key=str(cfg.tls_key) if cfg.tls_key else None, limits=cfg.server_limits,
+            )
         try:
             self.server.start()
         except OSError as exc:
             raise UserError(f"cannot listen on {self.server.url}: {exc.strerror or exc}") from None
+        except RuntimeError as exc:  # a worker process that did not start
+            raise UserError(f"cannot start the serving workers: {exc}") from None
         if cfg.metrics_enabled and cfg.metrics_port is not None:
-            from prometheus_client import start_http_server
+            from prometheus_client import REGISTRY, start_http_server
 
-            self.metrics_server = start_http_server(cfg.metrics_port, addr=cfg.metrics_host)
+            self.metrics_server = start_http_server(cfg.metrics_port, addr=cfg.metrics_host,
+                                                    registry=metrics_registry or REGISTRY)
         if cfg.status_enabled:
             self.status_writer = self._new_status_writer()
 
@@ -195,6 +215,13 @@ class Components:
         specs = {name: st.active.spec for name, st in records.items() if st.active is not None}
         conds = self.drift.sync(endpoints, specs, lambda t: self._blob(TargetRecord.from_dict(dict(t))))
         return conds if any("operational" in e for e in endpoints) else []
+
+    def workers_condition(self) -> tuple[bool, str, str] | None:
+        """``WorkersServing`` with ``serving.workers`` > 1 (None with one event loop in the agent)."""
+        import time
+
+        fn = getattr(self.server, "condition", None)
+        return fn(time.time()) if fn is not None else None
 
     def drift_rollbacks(self, endpoints: list[dict[str, Any]]) -> list[tuple[str, str]]:
         """Endpoints switched back to their previous version because their drift is ``Alert`` and the
@@ -464,9 +491,15 @@ def monitor_pass(agent: Any, commit: str | None, endpoints: list[dict[str, Any]]
     held back in the failure memory; data capture follows the active versions' policies (and drift alerts).
     ``agent`` is the :class:`~reconciler.agent.loop.Agent`."""
     agent.c.configure_capture(agent.journal.endpoints)
+    workers = agent.c.workers_condition()
+    if workers is not None:
+        agent.conditions.set(C.WORKERS_SERVING, *workers, commit)
     for ctype, *cond in agent.c.monitoring(agent.journal.endpoints, endpoints):
         agent.conditions.set(ctype, *cond, commit)
+    from reconciler.agent.metrics import M_ROLLBACKS
+
     for name, why in agent.c.drift_rollbacks(endpoints):
+        M_ROLLBACKS.labels(name).inc()
         bad = record_rollback(agent.journal, name, commit, why, agent.clock(), agent.config.state_dir)
         if bad is not None:
             agent._outcomes[name] = EndpointOutcome(name, "Failed", why[:1024], bad.version)

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from reconciler.agent.config import AgentConfig, load_agent_config
+from reconciler.cli.options import deprecated_alias, emit_json_text, format_option
 from reconciler.core.errors import UserError
 
 DEFAULT_CONFIG = "/etc/modelfleet/agent.yaml"
@@ -53,8 +54,9 @@ def run_cmd(config_path: Path, log_format: str | None) -> None:
 
 @agent.command("once")
 @config_option
-@click.option("--json", "as_json", is_flag=True, help="Print the pass result as JSON.")
-def once_cmd(config_path: Path, as_json: bool) -> None:
+@format_option("table")
+@deprecated_alias("--json", "fmt", "--format json", value="json")
+def once_cmd(config_path: Path, fmt: str) -> None:
     """Run one reconcile pass; exit 1 if the device is not converged."""
     from reconciler.agent.loop import Agent
 
@@ -67,9 +69,9 @@ def once_cmd(config_path: Path, as_json: bool) -> None:
             a.c.status_writer.flush(cfg.source_timeout)
     finally:
         a.close()
-    if as_json:
-        click.echo(json.dumps({"commit": res.commit, "converged": res.converged, "failedStep": res.failed_step,
-                               "message": res.message, "endpoints": res.endpoints}, indent=1))
+    if fmt in ("json", "yaml"):
+        emit_json_text(json.dumps({"commit": res.commit, "converged": res.converged, "failedStep": res.failed_step,
+                                   "message": res.message, "endpoints": res.endpoints}, indent=1), fmt)
     else:
         click.echo(_table(res.endpoints))
         state = "converged" if res.converged else "NOT converged"
@@ -108,8 +110,9 @@ def _running_pid(cfg: AgentConfig) -> int | None:
 
 @agent.command("status")
 @config_option
-@click.option("--json", "as_json", is_flag=True, help="Print the DeviceStatus document as JSON.")
-def status_cmd(config_path: Path, as_json: bool) -> None:
+@format_option("table", help="table for people; json/yaml: the DeviceStatus document.")
+@deprecated_alias("--json", "fmt", "--format json", value="json")
+def status_cmd(config_path: Path, fmt: str) -> None:
     """Print the device's local status."""
     cfg = load_agent_config(config_path)
     try:
@@ -118,8 +121,8 @@ def status_cmd(config_path: Path, as_json: bool) -> None:
         raise UserError(f"no status yet in {cfg.state_dir} (has the agent run?)") from None
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read {cfg.status_file}: {exc}") from None
-    if as_json:
-        click.echo(json.dumps(doc, indent=1))
+    if fmt in ("json", "yaml"):
+        emit_json_text(json.dumps(doc, indent=1), fmt)
         return
     st = doc.get("status", {})
     pid = _running_pid(cfg)

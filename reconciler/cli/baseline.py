@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from reconciler.cli.options import emit, format_option
 from reconciler.core.errors import UserError
 from reconciler.core.fsutil import atomic_write_text
 
@@ -55,7 +56,7 @@ def _selection(inputs: tuple[str, ...], layouts: tuple[str, ...]) -> tuple[list[
               help="Window size the false-alarm rate is estimated for (the deployment's drift.window).")
 @click.option("--runtime", type=click.Choice(["onnxruntime", "openvino"]), help="Runtime for .onnx files.")
 @click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Baseline file to write.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@format_option("table", aliases={"text": "table"}, help="table: a summary for people; json/yaml for scripts.")
 def baseline_cmd(model: Path, data: Path, inputs: tuple[str, ...], layouts: tuple[str, ...], bins: int, window: int,
                  runtime: str | None, out: Path, fmt: str) -> None:
     """Write the drift baseline of MODEL computed on a reference sample."""
@@ -81,9 +82,9 @@ def baseline_cmd(model: Path, data: Path, inputs: tuple[str, ...], layouts: tupl
         raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
     digest = hashlib.sha256(text.encode()).hexdigest()
     fa = doc["falseAlarm"]
-    if fmt == "json":
-        click.echo(json.dumps({"out": str(out), "sha256": digest, "rows": doc["sample"]["rows"],
-                               "features": [f["name"] for f in doc["features"]], "falseAlarm": fa}, indent=2))
+    if fmt in ("json", "yaml"):
+        emit({"out": str(out), "sha256": digest, "rows": doc["sample"]["rows"],
+              "features": [f["name"] for f in doc["features"]], "falseAlarm": fa}, fmt)
         return
     click.echo(f"wrote {out} ({len(doc['features'])} features from {doc['sample']['rows']} rows, sha256 {digest[:12]})")
     for t in doc["tensors"]:

@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from reconciler.cli.agent import config_option
+from reconciler.cli.options import deprecated_alias, dry_run_option, emit, format_option
 from reconciler.core.errors import UserError
 
 
@@ -66,8 +67,9 @@ def _selected(spool: Any, before: float | None, endpoint: str | None) -> list[An
 
 @data.command("status")
 @config_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def status_cmd(config_path: Path, as_json: bool) -> None:
+@format_option("table")
+@deprecated_alias("--json", "fmt", "--format json", value="json")
+def status_cmd(config_path: Path, fmt: str) -> None:
     """Sealed batches waiting on this device, per endpoint, and the audit log's totals."""
     cfg, spool = _spool(config_path)
     per: dict[str, dict[str, Any]] = {}
@@ -90,8 +92,8 @@ def status_cmd(config_path: Path, as_json: bool) -> None:
            "audit": {"batchesSealed": totals.get("sealed", 0), "recordsSealed": totals.get("records", 0),
                      "batchesUploaded": totals.get("uploaded", 0), "batchesPurged": totals.get("purged", 0),
                      "batchesExported": totals.get("exported", 0), "uploadFailures": totals.get("upload-failed", 0)}}
-    if as_json:
-        click.echo(json.dumps(doc, indent=2))
+    if fmt in ("json", "yaml"):
+        emit(doc, fmt)
         return
     if not per:
         click.echo(f"no captured data waiting in {spool.root}")
@@ -136,10 +138,17 @@ def export_cmd(config_path: Path, out_dir: Path, endpoint: str | None, before: s
 @config_option
 @click.option("--endpoint", help="Only this endpoint's batches.")
 @click.option("--before", help="Only batches whose first record is before this date/time (UTC).")
-def purge_cmd(config_path: Path, endpoint: str | None, before: str | None) -> None:
+@dry_run_option("List the batches that would be purged; delete nothing.")
+def purge_cmd(config_path: Path, endpoint: str | None, before: str | None, dry_run: bool) -> None:
     """Delete captured batches now (erasure request); reports what was removed."""
     cfg, spool = _spool(config_path)
     chosen = _selected(spool, _parse_before(before), endpoint)
+    if dry_run:
+        for b in chosen:
+            click.echo(f"would purge {b.id} ({b.endpoint}, {_iso(b.created)}, {_size(b.size)})")
+        click.echo(f"dry run: {len(chosen)} batch(es), {_size(sum(b.size for b in chosen))} would be purged; "
+                   "nothing was deleted")
+        return
     try:
         removed = set(spool.delete(chosen, "purged", "erasure-request"))
     except OSError as exc:

@@ -14,14 +14,15 @@ from pathlib import Path
 import click
 
 from reconciler.cli.fleet import _repo
+from reconciler.cli.options import deprecated_alias, emit_json_text, format_option, repo_option
 from reconciler.core.errors import UserError
 from reconciler.core.units import parse_duration
 from reconciler.gitops.verify import GitError
 
 
 @click.command("drift")
-@click.option("--repo", metavar="URL|PATH", help="Fleet repository (default: origin of the current clone).")
-@click.option("--branch", default="main", show_default=True, help="Desired-state branch.")
+@repo_option(remote=True)
+@click.option("--base", "branch", default="main", show_default=True, help="Desired-state branch.")
 @click.option("--prefix", default="status/", show_default=True, help="Status branch prefix.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Local cache (default ~/.cache/modelfleet).")
 @click.option("--timeout", default="120s", show_default=True, help="Timeout of one Git operation.")
@@ -32,9 +33,10 @@ from reconciler.gitops.verify import GitError
 @click.option("--site-label", default="site", show_default=True, help="Device label that names its site.")
 @click.option("--baselines", "baselines", multiple=True, type=click.Path(path_type=Path),
               help="Baseline files or folders (e.g. the TUF targets dir) to score merged counts against.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@format_option("table")
 @click.option("--html", "html_out", type=click.Path(path_type=Path, dir_okay=False), help="Write an HTML report.")
 @click.option("--png", "png_out", type=click.Path(path_type=Path, dir_okay=False), help="Write the plots as PNG.")
+@deprecated_alias("--branch", "branch", "--base", metavar="BRANCH")
 def drift_cmd(repo: str | None, branch: str, prefix: str, cache_dir: Path | None, timeout: str,
               deployment: str | None, since: str | None, limit: int, site_label: str, baselines: tuple[Path, ...],
               fmt: str, html_out: Path | None, png_out: Path | None) -> None:
@@ -64,8 +66,8 @@ def drift_cmd(repo: str | None, branch: str, prefix: str, cache_dir: Path | None
         raise UserError(f"cannot read status branches from {sr.url}: {exc}") from None
     rows = aggregate(points, known)
     table = render(rows, points, "table")
-    if fmt == "json":
-        click.echo(render(rows, points, "json"))
+    if fmt in ("json", "yaml"):
+        emit_json_text(render(rows, points, "json"), fmt)
     elif rows:
         click.echo(table)
     else:

@@ -8,19 +8,20 @@ Ready, applied commit vs the branch head, endpoint versions and heartbeat age (S
 from __future__ import annotations
 
 import importlib
+import re
 import subprocess
 from pathlib import Path
 
 import click
 
+from reconciler.cli.console import color_enabled, echo, paint
+from reconciler.cli.options import deprecated_alias, emit_json_text, format_option, repo_option
 from reconciler.core.credentials import CredentialError, Credentials, basic_authorization
 from reconciler.core.errors import UserError
 from reconciler.core.redact import redact_url, split_userinfo
 from reconciler.core.units import parse_duration
 from reconciler.gitops.fleetstatus import StatusRepo, render, render_history
 from reconciler.gitops.verify import GitError
-
-FORMATS = click.Choice(["table", "json", "markdown"])
 
 
 def _default_repo() -> str:
@@ -67,12 +68,12 @@ def _repo(repo: str | None, cache_dir: Path | None, branch: str, prefix: str, ti
 
 
 _repo_options = [
-    click.option("--repo", metavar="URL|PATH", help="Fleet repository (default: origin of the current clone)."),
-    click.option("--branch", default="main", show_default=True, help="Desired-state branch."),
+    repo_option(remote=True),
+    click.option("--base", "branch", default="main", show_default=True, help="Desired-state branch."),
     click.option("--prefix", default="status/", show_default=True, help="Status branch prefix."),
     click.option("--cache-dir", type=click.Path(path_type=Path), help="Local cache (default ~/.cache/modelfleet)."),
     click.option("--timeout", default="120s", show_default=True, help="Timeout of one Git operation."),
-    click.option("--format", "fmt", type=FORMATS, default="table", show_default=True),
+    format_option("table", "markdown"),
 ]
 
 _credential_options = [
@@ -97,6 +98,7 @@ def credential_options(f):  # type: ignore[no-untyped-def]
 
 
 def repo_options(f):  # type: ignore[no-untyped-def]
+    f = deprecated_alias("--branch", "branch", "--base", metavar="BRANCH")(f)
     f = credential_options(f)
     for opt in reversed(_repo_options):
         f = opt(f)
@@ -111,7 +113,9 @@ class _FleetGroup(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name == "drift":
-            return importlib.import_module("reconciler.cli.drift").drift_cmd  # type: ignore[no-any-return]
+            from reconciler.cli import helptext
+
+            return helptext.attach(importlib.import_module("reconciler.cli.drift").drift_cmd, "fleet drift")
         return super().get_command(ctx, cmd_name)
 
 
@@ -142,7 +146,20 @@ def status_cmd(repo: str | None, branch: str, prefix: str, cache_dir: Path | Non
             click.echo(f"never reported ({len(report.never_reported)} in the inventory): "
                        + ", ".join(report.never_reported[:50]))
         return
-    click.echo(render(report, fmt))
+    if fmt == "yaml":
+        emit_json_text(render(report, "json"), fmt)
+    elif fmt == "table":
+        echo(_paint_words(render(report, fmt)))
+    else:
+        click.echo(render(report, fmt))
+
+
+def _paint_words(table: str) -> str:
+    """True green, False and STALE red, on a terminal only; escapes take no width, so the columns stay aligned."""
+    if not color_enabled():
+        return table
+    colours = {"True": "green", "False": "red", "STALE": "red"}
+    return re.sub(r"\b(True|False|STALE)\b", lambda m: paint(m.group(1), colours[m.group(1)]), table)
 
 
 @fleet.command("history")
@@ -159,5 +176,8 @@ def history_cmd(device: str, repo: str | None, branch: str, prefix: str, cache_d
         raise UserError(f"no status branch {prefix}{device} in {sr.display_url}") from None
     except (GitError, CredentialError) as exc:
         raise UserError(f"cannot read {prefix}{device} from {sr.display_url}: {exc}") from None
-    click.echo(render_history(device, entries, fmt))
+    if fmt == "yaml":
+        emit_json_text(render_history(device, entries, "json"), fmt)
+    else:
+        click.echo(render_history(device, entries, fmt))
 

@@ -7,13 +7,14 @@ They read a directory or a Git revision, never execute anything from it, and rep
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import click
 import yaml
 
+from reconciler.cli.console import echo, paint
+from reconciler.cli.options import emit, emit_json_text, fleet_revisions, format_option, repo_option
 from reconciler.core.errors import UserError
 from reconciler.fleet.desired import DeviceIdentity, desired_state
 from reconciler.fleet.manifests import LoadResult, load_dir, load_git
@@ -75,15 +76,32 @@ def _load(path: str, rev: str | None = None, tuf_repo: str | None = None) -> Loa
     return result
 
 
+def _repo_arg(path: str | None, repo: str | None) -> str | None:
+    """The positional PATH (kept: ``modelfleet validate fleet/``) or ``--repo``; both at once is a usage error."""
+    if path is not None and repo is not None and path != repo:
+        raise UserError(f"give the fleet repository once: PATH {path} or --repo {repo}", exit_code=2)
+    return path if path is not None else repo
+
+
 @click.command("validate")
-@click.argument("path", default=".", type=click.Path(file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True)
+@click.argument("path", required=False, type=click.Path(file_okay=False))
+@repo_option(remote=False)
+@format_option("table", "github", aliases={"text": "table"},
+               help="table: file:line:col diagnostics; github: workflow annotations; json/yaml for scripts.")
 @click.option("--rev", default=None, help="Validate this Git revision (read from the commit tree) instead of the files.")
 @click.option("--tuf-repo", default=None, type=click.Path(), help="Local TUF repository: also check every variant's targets are signed.")
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
-def validate_cmd(path: str, fmt: str, rev: str | None, tuf_repo: str | None, strict: bool) -> None:
-    """Validate a fleet repository: YAML, JSON Schemas, references, rollouts, selectors, conflicts."""
-    result = _load(path, rev, tuf_repo)
+def validate_cmd(path: str | None, repo: str | None, fmt: str, rev: str | None, tuf_repo: str | None,
+                 strict: bool) -> None:
+    """Validate a fleet repository: YAML, JSON Schemas, references, rollouts, selectors, conflicts.
+
+    PATH is the same as --repo PATH. With --repo URL, the branch the URL's HEAD names is validated (or --rev).
+    """
+    with fleet_revisions(_repo_arg(path, repo)) as (where, cloned):
+        if cloned:
+            rev = rev or "HEAD"
+        result = _load(where, rev, tuf_repo)
+    path = where if not cloned else ""
     base = Path(path)
     diags = result.diagnostics
     failed = bool(result.errors) or (strict and bool(result.warnings))
@@ -91,20 +109,31 @@ def validate_cmd(path: str, fmt: str, rev: str | None, tuf_repo: str | None, str
     def shown(file: str) -> str:
         return str(base / file) if rev is None else file
 
-    if fmt == "json":
-        click.echo(json.dumps({"valid": not failed, "files": result.files,
-                               "diagnostics": [dict(d.to_dict(), file=shown(d.file)) for d in diags]}, indent=2))
+    if fmt in ("json", "yaml"):
+        emit({"valid": not failed, "files": result.files,
+              "diagnostics": [dict(d.to_dict(), file=shown(d.file)) for d in diags]}, fmt)
     elif fmt == "github":
         for d in diags:
             click.echo(type(d)(**dict(d.__dict__, file=shown(d.file))).format_github())
     else:
         for d in diags:
-            click.echo(type(d)(**dict(d.__dict__, file=shown(d.file))).format_text(), err=d.is_error)
+            line = type(d)(**dict(d.__dict__, file=shown(d.file))).format_text()
+            echo(_paint_diagnostic(line, d.is_error), err=d.is_error)
         fl = result.fleet
         summary = (f"{result.files} files: {len(fl.models)} models, {len(fl.deployments)} deployments, "
                    f"{len(fl.devices)} devices; {len(result.errors)} errors, {len(result.warnings)} warnings")
-        click.echo(("invalid: " if failed else "valid: ") + summary, err=failed)
+        verdict = paint("invalid:", "red", err=True, bold=True) if failed else paint("valid:", "green", bold=True)
+        echo(verdict + " " + summary, err=failed)
     sys.exit(1 if failed else 0)
+
+
+def _paint_diagnostic(line: str, is_error: bool) -> str:
+    """``file:line:col: error: …`` with the level word coloured (on a terminal only)."""
+    for word, colour in (("error:", "red"), ("warning:", "yellow")):
+        at = line.find(" " + word)
+        if at >= 0:
+            return line[:at + 1] + paint(word, colour, err=is_error, bold=True) + line[at + 1 + len(word):]
+    return line
 
 
 def _parse_labels(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -155,18 +184,26 @@ def _require_valid(result: LoadResult, what: str) -> None:
 @click.option("--labels", "labels", multiple=True, help="Extra label key=value (repeatable); overrides inventory labels.")
 @click.option("--facts", "facts_file", type=click.Path(dir_okay=False), help="YAML/JSON file of hardware facts (hw.arch, …).")
 @click.option("--rev", default=None, help="Render this Git revision instead of the files.")
-@click.argument("path", default=".", type=click.Path(file_okay=False))
+@click.argument("path", required=False, type=click.Path(file_okay=False))
+@repo_option(remote=False)
+@format_option("yaml", default="yaml", help="yaml (the default) or json.")
 def render_cmd(device_id: str | None, by_class: bool, labels: tuple[str, ...], facts_file: str | None,
-               rev: str | None, path: str) -> None:
-    """Print one device's desired state (or, with --classes, each hardware class's variants) as YAML."""
+               rev: str | None, path: str | None, repo: str | None, fmt: str) -> None:
+    """Print one device's desired state (or, with --classes, each hardware class's variants) as YAML.
+
+    PATH is the same as --repo PATH.
+    """
     if by_class == bool(device_id):
         raise UserError("give either --device ID or --classes", exit_code=2)
-    result = _load(path, rev)
+    source = _repo_arg(path, repo)
+    with fleet_revisions(source) as (where, cloned):
+        result = _load(where, rev or ("HEAD" if cloned else None))
+    path = str(source) if cloned else where
     _require_valid(result, path)
     if by_class:
         if labels or facts_file:
             raise UserError("--labels and --facts describe one device; they do not go with --classes", exit_code=2)
-        click.echo(yaml.safe_dump(_render_classes(result), sort_keys=False, default_flow_style=False), nl=False)
+        _dump(_render_classes(result), fmt)
         return
     assert device_id is not None
     inv = result.fleet.devices.get(device_id)
@@ -177,7 +214,14 @@ def render_cmd(device_id: str | None, by_class: bool, labels: tuple[str, ...], f
     state = desired_state(result.fleet, DeviceIdentity(device_id, all_labels), facts)
     doc = state.to_dict()
     doc["inventory"] = inv is not None
-    click.echo(yaml.safe_dump(doc, sort_keys=False, default_flow_style=False), nl=False)
+    _dump(doc, fmt)
+
+
+def _dump(doc: dict, fmt: str) -> None:
+    if fmt == "json":
+        emit(doc, fmt)
+    else:
+        click.echo(yaml.safe_dump(doc, sort_keys=False, default_flow_style=False), nl=False)
 
 
 def _render_classes(result: LoadResult) -> dict:
@@ -207,29 +251,34 @@ def _render_classes(result: LoadResult) -> dict:
 
 
 @click.command("plan")
-@click.option("--repo", "repo", default=".", type=click.Path(file_okay=False), show_default=True, help="Git repository.")
+@repo_option(remote=False)
 @click.option("--base", required=True, help="Base revision (e.g. origin/main).")
 @click.option("--head", default="HEAD", show_default=True, help="Head revision (the PR).")
 @click.option("--path", "subpath", default=None, help="Sub-directory of the fleet inside the repository.")
-@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True)
-@click.option("--detailed-exitcode", is_flag=True, help="Exit 0 no change, 2 changes, 1 error.")
-def plan_cmd(repo: str, base: str, head: str, subpath: str | None, fmt: str, detailed_exitcode: bool) -> None:
+@format_option("table", "markdown", aliases={"text": "table"},
+               help="table: per device; markdown: for a pull-request comment; json/yaml for scripts.")
+@click.option("--detailed-exitcode", is_flag=True,
+              help="Exit 0 when nothing changes, 2 when something changes, 1 on an error (Terraform's convention).")
+def plan_cmd(repo: str | None, base: str, head: str, subpath: str | None, fmt: str, detailed_exitcode: bool) -> None:
     """Show, per device, what changes between two revisions of the fleet repository."""
     from reconciler.fleet.plan import make_plan, render_json, render_markdown, render_text
 
-    try:
-        import git
+    with fleet_revisions(repo) as (where, _):
+        try:
+            import git
 
-        git.Repo(repo, search_parent_directories=True)
-    except Exception:
-        raise UserError(f"{repo}: not a Git repository") from None
-    base_r = load_git(repo, base, subpath)
-    _require_valid(base_r, f"base revision {base}")
-    head_r = load_git(repo, head, subpath)
-    _require_valid(head_r, f"head revision {head}")
+            git.Repo(where, search_parent_directories=True)
+        except Exception:
+            raise UserError(f"{where}: not a Git repository") from None
+        base_r = load_git(where, base, subpath)
+        _require_valid(base_r, f"base revision {base}")
+        head_r = load_git(where, head, subpath)
+        _require_valid(head_r, f"head revision {head}")
     plan = make_plan(base_r.fleet, head_r.fleet)
-    render = {"text": render_text, "markdown": render_markdown, "json": render_json}[fmt]
-    click.echo(render(plan), nl=False)
+    if fmt in ("json", "yaml"):
+        emit_json_text(render_json(plan), fmt)
+    else:
+        click.echo({"table": render_text, "markdown": render_markdown}[fmt](plan), nl=False)
     if detailed_exitcode:
         sys.exit(2 if plan.changes else 0)
 
@@ -244,20 +293,39 @@ def docs_cmd() -> None:
 @click.option("--check", is_flag=True, help="Exit 1 if OUTPUT is not up to date.")
 def docs_generate(output: str, check: bool) -> None:
     """Generate the manifest reference (docs/manifests.md) from the JSON Schemas."""
-    from reconciler.core.fsutil import atomic_write_text
     from reconciler.fleet.docgen import generate
 
-    text = generate()
+    _write_generated(generate(), output, check, "make docs")
+
+
+@docs_cmd.command("cli")
+@click.option("--output", "-o", default="-", help="File to write (default stdout).")
+@click.option("--check", is_flag=True, help="Exit 1 if OUTPUT is not up to date.")
+def docs_cli(output: str, check: bool) -> None:
+    """Generate the command reference (docs/cli.md) from the command tree."""
+    from reconciler.cli.clidoc import generate
+
+    _write_generated(generate(), output, check, f"modelfleet docs cli --output {output}")
+
+
+def _write_generated(text: str, output: str, check: bool, how: str) -> None:
+    from reconciler.core.fsutil import atomic_write_text
+
     if check:
-        current = Path(output).read_text(encoding="utf-8") if Path(output).exists() else ""
+        try:
+            current = Path(output).read_text(encoding="utf-8") if Path(output).exists() else ""
+        except OSError as exc:
+            raise UserError(f"{output}: {exc.strerror}") from None
         if current != text:
-            raise UserError(f"{output} is out of date; run `make docs`")
+            raise UserError(f"{output} is out of date; run `{how}`")
         click.echo(f"{output} is up to date")
-        return
-    if output == "-":
+    elif output == "-":
         click.echo(text, nl=False)
     else:
-        atomic_write_text(output, text)
+        try:
+            atomic_write_text(output, text)
+        except OSError as exc:
+            raise UserError(f"cannot write {output}: {exc.strerror or exc}") from None
         click.echo(f"wrote {output}")
 
 

@@ -4,7 +4,8 @@ Each command family lives in the module that owns it and is registered here:
 ``validate``/``render``/``plan``/``docs`` (cli.fleetrepo), ``repo``/``tuf-client`` (cli.repo),
 ``fleet`` (cli.fleet, ``fleet drift`` in cli.drift), ``serve`` (cli.serve), ``agent`` (cli.agent),
 ``optimize`` (cli.optimize), ``baseline`` (cli.baseline), ``rollout`` (cli.rollout), ``simulate`` (cli.simulate),
-``data`` (cli.data).
+``data`` (cli.data), ``explain`` (cli.explain), ``completion`` (cli.completion). Shared options live in
+cli.options, terminal output (colour, progress) in cli.console, examples and exit codes in cli.helptext.
 
 User errors (:class:`reconciler.core.errors.UserError`) are printed as ``error: …`` and exit non-zero; never a
 traceback.
@@ -13,11 +14,14 @@ traceback.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
 
 from reconciler import __version__
+from reconciler.cli import helptext
+from reconciler.cli.console import color_enabled, paint
 from reconciler.core.errors import UserError
 
 # (module, attribute) of each sub-command, imported lazily so `modelfleet validate` does not pay for
@@ -37,6 +41,8 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "rollout": ("reconciler.cli.rollout", "rollout"),
     "simulate": ("reconciler.cli.simulate", "simulate"),
     "data": ("reconciler.cli.data", "data"),
+    "explain": ("reconciler.cli.explain", "explain_cmd"),
+    "completion": ("reconciler.cli.completion", "completion_cmd"),
 }
 
 
@@ -54,20 +60,33 @@ class LazyGroup(click.Group):
             if exc.name == spec[0]:
                 return None
             raise
-        return getattr(module, spec[1], None)
+        cmd = getattr(module, spec[1], None)
+        return None if cmd is None else helptext.attach(cmd, cmd_name)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="modelfleet")
 def cli() -> None:
-    """modelfleet — GitOps for AI models on edge devices."""
+    """GitOps for AI models on edge devices: the operator, publisher and device commands.
+
+    The fleet repository is --repo PATH|URL everywhere (default: $MODELFLEET_REPO, else the current directory).
+    Machine-readable output: --format json|yaml. Exit codes: 0 success, 1 failure, 2 usage error. Reference:
+    docs/cli.md.
+    """
+
+
+helptext.attach(cli, "")
+
+
+def _error(message: str) -> None:
+    click.echo(paint("error:", "red", err=True, bold=True) + " " + message, err=True, color=color_enabled(err=True))
 
 
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="modelfleet", standalone_mode=False)
     except UserError as exc:
-        click.echo(f"error: {exc}", err=True)
+        _error(str(exc))
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
@@ -80,6 +99,16 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except BrokenPipeError:
+        sys.exit(1)
+    except OSError as exc:  # a file or directory the command was pointed at: the user can fix it
+        where = f"{exc.filename}: " if exc.filename else ""
+        _error(f"{where}{exc.strerror or exc}")
+        sys.exit(1)
+    except Exception as exc:  # a bug: still one line for the operator, the traceback on request
+        if os.environ.get("MODELFLEET_DEBUG"):
+            raise
+        text = " ".join(str(exc).split())[:500]
+        _error(f"unexpected {type(exc).__name__}: {text} (a bug; MODELFLEET_DEBUG=1 shows where)")
         sys.exit(1)
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from reconciler.cli.console import Progress
+from reconciler.cli.options import REPO_ENV, deprecated_alias, emit_json_text, format_option
 from reconciler.core.errors import UserError
 
 
@@ -32,10 +34,10 @@ def _classes(fleet_dir: Path | None, log):  # type: ignore[no-untyped-def]
     from reconciler.optimize.plan import DEFAULT_CLASSES
 
     if fleet_dir is None:
-        log("no fleet inventory given (--fleet): planning for the example hardware classes")
+        log("no fleet inventory given (--repo): planning for the example hardware classes")
         return list(DEFAULT_CLASSES), {}
     if not fleet_dir.is_dir():
-        raise UserError(f"--fleet {fleet_dir}: no such directory")
+        raise UserError(f"--repo {fleet_dir}: no such directory")
     result = load_dir(fleet_dir)
     if result.errors:  # only the inventory matters here; the rest is `validate`'s business
         first = result.errors[0]
@@ -72,6 +74,26 @@ def _manifest_info(manifest: Path | None, version: str | None) -> tuple[str | No
     return str(data["metadata"]["name"]), str((data.get("spec") or {}).get("task") or "")
 
 
+def _steps(classes, requested: list[str] | None) -> int:  # type: ignore[no-untyped-def]
+    """Log lines the pipeline writes: the reference, a build and a measure per planned variant, the second timing."""
+    from reconciler.optimize.plan import plan_kinds
+
+    try:
+        planned = plan_kinds(classes, requested)
+    except Exception:  # the pipeline reports a bad plan itself; the bar then has no end
+        return 0
+    return 2 + 2 * sum(1 for p in planned if p.build)
+
+
+def _report(outcome, fmt: str) -> None:  # type: ignore[no-untyped-def]
+    from reconciler.optimize import report
+
+    if fmt == "yaml":
+        emit_json_text(report.RENDERERS["json"](outcome), fmt)
+    else:
+        click.echo(report.RENDERERS[fmt](outcome), nl=False)
+
+
 @click.command("optimize")
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--data", "data", required=True, type=click.Path(path_type=Path, dir_okay=False),
@@ -84,35 +106,42 @@ def _manifest_info(manifest: Path | None, version: str | None) -> tuple[str | No
 @click.option("--task", type=click.Choice(["auto", "classifier", "regression"]), default="auto", show_default=True,
               help="How accuracy is judged: top-1 (classifier) or output error (regression). auto: classifier when "
                    "the sample has labels or the manifest's task names a classification.")
-@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True)
+@format_option("table", "markdown")
 @click.option("--batch", type=click.IntRange(1, 4096), default=8, show_default=True, help="Batch size for throughput.")
 @click.option("--runs", type=click.IntRange(5, 100_000), default=50, show_default=True, help="Timed batch-1 runs.")
 @click.option("--threads", type=click.IntRange(0, 1024), default=1, show_default=True,
               help="Intra-op threads while measuring (0 = the runtime's default).")
 @click.option("--calibration", type=click.IntRange(1), default=None,
               help="Samples used to calibrate (default: half the sample, at most 300); the rest evaluate.")
-@click.option("--fleet", "fleet_dir", type=click.Path(path_type=Path, file_okay=False),
-              help="Fleet repository whose Device inventory gives the hardware classes (default: the manifest's).")
+@click.option("--repo", "fleet_dir", type=click.Path(path_type=Path, file_okay=False), envvar=REPO_ENV,
+              metavar="PATH",
+              help="Fleet repository whose Device inventory gives the hardware classes [default: $MODELFLEET_REPO, "
+                   "else the one the --manifest is in, else example classes].")
 @click.option("--manifest", type=click.Path(path_type=Path, dir_okay=False), help="Model manifest to add the version to.")
 @click.option("--version", "version", default=None, help="The new model version (with --manifest/--publish).")
 @click.option("--prefix", default=None, help="TUF target directory (default: <model>/<version>).")
 @click.option("--publish", "tuf_repo", type=click.Path(path_type=Path, file_okay=False), help="TUF repository to sign into.")
 @click.option("--keys", multiple=True, type=click.Path(path_type=Path, file_okay=False), help="Signing key directory (repeatable).")
+@deprecated_alias("--fleet", "fleet_dir", "--repo", metavar="PATH", type=click.Path(path_type=Path, file_okay=False))
 def optimize(model: Path, data: Path, out_dir: Path, variants: tuple[str, ...], max_drop: tuple[str, ...],
              task: str, fmt: str, batch: int, runs: int, threads: int, calibration: int | None,
              fleet_dir: Path | None, manifest: Path | None, version: str | None, prefix: str | None,
              tuf_repo: Path | None, keys: tuple[Path, ...]) -> None:
     """Quantize, convert and measure MODEL (fp32 ONNX) into variants for the fleet's hardware."""
     from reconciler.fleet.desired import runtime_preferences
-    from reconciler.optimize import pipeline, report
+    from reconciler.optimize import pipeline
     from reconciler.optimize.budget import BudgetError, parse_budget
     from reconciler.optimize.manifest import fleet_root_of, write_version
     from reconciler.optimize.measure import load
     from reconciler.optimize.plan import class_picks
     from reconciler.optimize.sample import load_sample
 
+    progress = Progress("optimize", None)
+
     def log(msg: str) -> None:
+        progress.close()
         click.echo(f"optimize: {msg}", err=True)
+        progress.advance(1, f"optimize: {msg}")
 
     if (manifest or tuf_repo) and not version:
         raise UserError("--version is required with --manifest and --publish", exit_code=2)
@@ -129,6 +158,7 @@ def optimize(model: Path, data: Path, out_dir: Path, variants: tuple[str, ...], 
     if fleet_dir is None and manifest is not None:
         fleet_dir = fleet_root_of(manifest)
     classes, fleet_spec = _classes(fleet_dir, log)
+    progress.update(0, total=_steps(classes, requested))
 
     ref = load("onnxruntime", [model], None, "fp32")
     inputs, outputs = list(ref.inputs), list(ref.outputs)
@@ -137,7 +167,10 @@ def optimize(model: Path, data: Path, out_dir: Path, variants: tuple[str, ...], 
     the_task = _task(task, sample.labels is not None, manifest_task)
     opts = pipeline.Options(batch=batch, runs=runs, threads=threads or None, task=the_task, budget=budget,
                             requested=requested)
-    outcome = pipeline.run(model, sample, out_dir, classes, opts, log)
+    try:
+        outcome = pipeline.run(model, sample, out_dir, classes, opts, log)
+    finally:
+        progress.close()
     name = manifest_name or (manifest.stem if manifest else model.stem)
     outcome.model = name
     target_dir = pipeline.target_prefix(prefix or f"{name}/{version or 'unversioned'}")
@@ -147,7 +180,7 @@ def optimize(model: Path, data: Path, out_dir: Path, variants: tuple[str, ...], 
         prefs = runtime_preferences({}, fleet_spec or {})
         outcome.picks = class_picks(outcome.version, classes, prefs)
     if not outcome.kept:
-        click.echo(report.RENDERERS[fmt](outcome), nl=False)
+        _report(outcome, fmt)
         raise UserError("no variant is within the accuracy budget; nothing was published or written to a manifest")
     if tuf_repo:
         paths = pipeline.publish(outcome, tuf_repo, list(keys), target_dir, version)
@@ -157,4 +190,5 @@ def optimize(model: Path, data: Path, out_dir: Path, variants: tuple[str, ...], 
                       task="image-classification" if the_task == "classifier" else "regression",
                       inputs=pipeline.interface(inputs), outputs=pipeline.interface(outputs))
         log(f"added version {version} with {len(outcome.version['variants'])} variants to {manifest}")
-    click.echo(report.RENDERERS[fmt](outcome), nl=False)
+    progress.close()
+    _report(outcome, fmt)

@@ -8,10 +8,11 @@ then copied to ``TARGET_DIR/<url-quoted target path>``. Every failure exits 1 wi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import shutil
-import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from urllib.parse import quote
 
 import click
 
+from reconciler.cli.console import Progress
+from reconciler.cli.options import dry_run_option, emit, format_option
 from reconciler.core.errors import UserError
 from reconciler.core.fsutil import atomic_write_bytes
 from reconciler.core.units import format_duration, parse_duration
@@ -50,6 +53,31 @@ def _keys_option(f):  # type: ignore[no-untyped-def]
         "--keys", "keys", multiple=True, type=click.Path(path_type=Path), required=True,
         help="Directory holding signing keys (repeatable: e.g. a team key dir and the online key dir).",
     )(f)
+
+
+_dry_run = dry_run_option("Sign in a scratch copy of the metadata and show what would change; write nothing.")
+
+
+@contextlib.contextmanager
+def _scratch(repo_dir: Path, dry_run: bool) -> Iterator[Path]:
+    """``repo_dir`` itself, or for a dry run a throw-away copy of its metadata (and settings): the operation runs
+    for real there (keys, delegations and thresholds all checked) and the metadata it would write is listed."""
+    if not dry_run:
+        yield repo_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="modelfleet-dry-run-") as tmp:
+        work = Path(tmp) / "repo"
+        meta = repo_dir / "metadata"
+        if not (meta / "root.json").is_file():
+            raise UserError(f"{repo_dir} is not a TUF repository (no metadata/root.json); run `modelfleet repo init`")
+        shutil.copytree(meta, work / "metadata")
+        if (repo_dir / tufrepo.CONFIG_NAME).is_file():
+            shutil.copy2(repo_dir / tufrepo.CONFIG_NAME, work / tufrepo.CONFIG_NAME)
+        yield work
+        changed = sorted(p.name for p in (work / "metadata").iterdir()
+                         if not (meta / p.name).is_file() or (meta / p.name).read_bytes() != p.read_bytes())
+        click.echo(f"dry run: would write metadata/{{{','.join(changed)}}} in {repo_dir}; nothing was written",
+                   err=True)
 
 
 @click.group("repo")
@@ -89,8 +117,9 @@ def init_cmd(repo_dir: Path, keys: Path, root_keys: Path | None, threshold: tupl
 @click.option("--encrypt-key", type=click.Path(path_type=Path), help="AES-256 key file: publish encrypted.")
 @click.option("--role", help="Sign into this role (default: the role whose delegated paths match).")
 @_keys_option
+@_dry_run
 def add_cmd(repo_dir: Path, files: tuple[Path, ...], prefix: str, model: str | None, version: str | None,
-            encrypt_key: Path | None, role: str | None, keys: tuple[Path, ...]) -> None:
+            encrypt_key: Path | None, role: str | None, keys: tuple[Path, ...], dry_run: bool) -> None:
     """Add model files as signed targets."""
     key = None
     if encrypt_key is not None:
@@ -98,27 +127,37 @@ def add_cmd(repo_dir: Path, files: tuple[Path, ...], prefix: str, model: str | N
             key = modelcrypto.load_key_file(encrypt_key)
         except modelcrypto.KeyFileError as exc:
             raise UserError(str(exc)) from None
-    rows = tufrepo.add_targets(repo_dir, keys, list(files), prefix, model=model, version=version,
-                               encrypt_key=key, role=role)
+    total = sum(f.stat().st_size for f in files if f.is_file())
+    with _scratch(repo_dir, dry_run) as work, Progress(f"signing {len(files)} file(s)", total, "B") as bar:
+        rows = tufrepo.add_targets(work, keys, list(files), prefix, model=model, version=version,
+                                   encrypt_key=key, role=role, progress=bar.advance)
     for r in rows:
-        click.echo(f"added {r.path} ({r.length} bytes, sha256 {r.sha256[:16]}…, role {r.role})")
+        click.echo(f"{'would add' if dry_run else 'added'} {r.path} ({r.length} bytes, sha256 {r.sha256[:16]}…, "
+                   f"role {r.role})")
 
 
 @repo.command("remove")
 @click.argument("repo_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.argument("paths", nargs=-1, required=True)
 @_keys_option
-def remove_cmd(repo_dir: Path, paths: tuple[str, ...], keys: tuple[Path, ...]) -> None:
+@_dry_run
+def remove_cmd(repo_dir: Path, paths: tuple[str, ...], keys: tuple[Path, ...], dry_run: bool) -> None:
     """Remove targets (unsign them)."""
-    tufrepo.remove_targets(repo_dir, keys, list(paths))
-    click.echo(f"removed {len(paths)} target(s)")
+    with _scratch(repo_dir, dry_run) as work:
+        tufrepo.remove_targets(work, keys, list(paths))
+    click.echo(f"{'would remove' if dry_run else 'removed'} {len(paths)} target(s)")
 
 
 @repo.command("list")
 @click.argument("repo_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
-def list_cmd(repo_dir: Path) -> None:
+@format_option("table")
+def list_cmd(repo_dir: Path, fmt: str) -> None:
     """Table of signed targets."""
     rows = tufrepo.list_targets(repo_dir)
+    if fmt in ("json", "yaml"):
+        emit({"targets": [{"path": r.path, "length": r.length, "sha256": r.sha256, "role": r.role,
+                           "custom": r.custom} for r in rows]}, fmt)
+        return
     table = [("PATH", "SIZE", "SHA256", "ROLE", "MODEL", "VERSION", "ENC")]
     for r in rows:
         table.append((r.path, str(r.length), r.sha256[:12], r.role, str(r.custom.get("model", "")),
@@ -131,10 +170,12 @@ def list_cmd(repo_dir: Path) -> None:
 @repo.command("refresh")
 @click.argument("repo_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @_keys_option
-def refresh_cmd(repo_dir: Path, keys: tuple[Path, ...]) -> None:
+@_dry_run
+def refresh_cmd(repo_dir: Path, keys: tuple[Path, ...], dry_run: bool) -> None:
     """Re-sign snapshot and timestamp with fresh expiries (run from cron)."""
-    snap, ts = tufrepo.refresh(repo_dir, keys)
-    click.echo(f"snapshot v{snap}, timestamp v{ts}")
+    with _scratch(repo_dir, dry_run) as work:
+        snap, ts = tufrepo.refresh(work, keys)
+    click.echo(f"{'would sign ' if dry_run else ''}snapshot v{snap}, timestamp v{ts}")
 
 
 @repo.command("delegate")
@@ -167,9 +208,15 @@ def rotate_cmd(repo_dir: Path, role: str, root_keys: Path, keys: tuple[Path, ...
 @click.argument("repo_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--within", default="6h", show_default=True,
               help="Fail when any metadata expires within this time (timestamp expires after 1d by default).")
-def verify_cmd(repo_dir: Path, within: str) -> None:
+@format_option("table", help="table: problems on stderr; json/yaml: {ok, problems} on stdout for a CI job.")
+def verify_cmd(repo_dir: Path, within: str, fmt: str) -> None:
     """Check signatures, versions, target files and expiries (exit 1 on any problem; for CI)."""
     problems = tufrepo.verify_repo(repo_dir, within=_duration(within))
+    if fmt in ("json", "yaml"):
+        emit({"ok": not problems, "within": within, "problems": list(problems)}, fmt)
+        if problems:
+            raise UserError(f"{len(problems)} problem(s) in {repo_dir}")
+        return
     if problems:
         for p in problems:
             click.echo(f"problem: {p}", err=True)
@@ -191,7 +238,7 @@ def genkey_cmd(key_file: Path) -> None:
 
 
 @click.group("tuf-client")
-@click.option("--metadata-dir", type=click.Path(path_type=Path), required=True)
+@click.option("--metadata-dir", type=click.Path(path_type=Path), help="Trusted metadata directory (required).")
 @click.option("--metadata-url")
 @click.option("--target-name", "target_names", multiple=True)
 @click.option("--target-base-url")
@@ -203,21 +250,31 @@ def tuf_client(ctx: click.Context, **opts: object) -> None:
     ctx.obj = opts
 
 
+def _metadata_dir(opts: dict) -> Path:
+    """``--metadata-dir``, checked by each sub-command (not click's required=True, so that `tuf-client download
+    --help` works without it)."""
+    if opts.get("metadata_dir") is None:
+        raise click.UsageError("Missing option '--metadata-dir'.")
+    return opts["metadata_dir"]  # type: ignore[no-any-return]
+
+
 def _client(opts: dict, progress: bool = False):  # type: ignore[no-untyped-def]
     from reconciler.distribution.store import ModelStore
     from reconciler.distribution.tufclient import TufClient
 
-    mdir: Path = opts["metadata_dir"]
+    mdir = _metadata_dir(opts)
     if not opts.get("metadata_url"):
         raise UserError("--metadata-url is required")
     if not (mdir / "root.json").exists():
         raise UserError(f"no trusted root in {mdir}; run `init` first")
     cb = None
-    if progress and sys.stderr.isatty():
+    if progress:
+        bar = Progress("downloading", None, "B", trim_left=True)
+
         def cb(path: str, done: int, total: int) -> None:
-            pct = 100 * done // max(total, 1)
-            bar = "#" * (pct // 4)
-            click.echo(f"\r{path[-40:]:<40} [{bar:<25}] {pct:3d}%", err=True, nl=done >= total)
+            bar.update(done, path, total)
+            if done >= total:
+                bar.close()
 
     return TufClient(
         mdir, opts["metadata_url"], opts.get("target_base_url") or opts["metadata_url"], mdir / "root.json",
@@ -256,7 +313,7 @@ def _one_line(command: Callable[..., None]) -> Callable[..., None]:
 @_one_line
 def tuf_init(opts: dict, trusted_root: Path) -> None:
     """Trust TRUSTED_ROOT (copied, no network)."""
-    mdir: Path = opts["metadata_dir"]
+    mdir = _metadata_dir(opts)
     try:
         data = trusted_root.read_bytes()
     except OSError as exc:

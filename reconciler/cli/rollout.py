@@ -12,7 +12,9 @@ from pathlib import Path
 
 import click
 
+from reconciler.cli.console import paint
 from reconciler.cli.fleet import _creds, _default_repo, credential_options, remote_url
+from reconciler.cli.options import as_yaml, dry_run_option, emit_json_text, format_option, repo_option
 from reconciler.core.credentials import CredentialError
 from reconciler.core.errors import UserError
 from reconciler.core.redact import redact_url
@@ -26,7 +28,7 @@ from reconciler.rollout.watch import act, gates_summary, watch
 
 _read_options = [
     click.argument("deployment"),
-    click.option("--repo", metavar="URL|PATH", help="Fleet repository (default: origin of the current clone)."),
+    repo_option(remote=True),
     click.option("--base", "base", default="main", show_default=True, help="Desired-state branch."),
     click.option("--path", "subpath", default=None, help="Sub-directory of the fleet inside the repository."),
     click.option("--prefix", default="status/", show_default=True, help="Status branch prefix."),
@@ -47,6 +49,7 @@ def write_options(f):  # type: ignore[no-untyped-def]
                      help="Push the commit to a new branch NAME (for a pull request) instead.")(f)
     f = click.option("--patch", "as_patch", is_flag=True, help="Print the commit as a patch; push nothing.")(f)
     f = click.option("--commit", "as_commit", is_flag=True, help="Push one commit to the branch (default).")(f)
+    f = dry_run_option()(f)
     return f
 
 
@@ -66,10 +69,11 @@ def _repo(repo: str | None, base: str, subpath: str | None, prefix: str, cache_d
                        authorization=inline)
 
 
-def _mode(as_commit: bool, as_patch: bool, branch_name: str | None) -> str:
+def _mode(as_commit: bool, as_patch: bool, branch_name: str | None, dry_run: bool = False) -> str:
     if sum([as_commit, as_patch, branch_name is not None]) > 1:
-        raise UserError("choose one of --commit, --patch and --branch NAME")
-    return "patch" if as_patch else "branch" if branch_name else "commit"
+        raise UserError("choose one of --commit, --patch and --branch NAME", exit_code=2)
+    # A dry run builds the same commit in a throw-away clone and prints it: nothing is pushed anywhere.
+    return "patch" if as_patch or dry_run else "branch" if branch_name else "commit"
 
 
 def _status(rr: RolloutRepo, deployment: str):  # type: ignore[no-untyped-def]
@@ -79,8 +83,14 @@ def _status(rr: RolloutRepo, deployment: str):  # type: ignore[no-untyped-def]
         raise UserError(f"cannot read {redact_url(rr.url)}: {exc}") from None
 
 
-def _done(mode: str, result: str, what: str, rr: RolloutRepo, branch_name: str | None) -> None:
-    if mode == "patch":
+def _done(mode: str, result: str, what: str, rr: RolloutRepo, branch_name: str | None, dry_run: bool = False,
+          as_patch: bool = False) -> None:
+    if dry_run:
+        target = f"new branch {branch_name}" if branch_name else "a patch" if as_patch else rr.branch
+        click.echo(f"dry run: would commit ({what}) to {target} of {redact_url(rr.url)}; nothing was written",
+                   err=True)
+        click.echo(result, nl=False)
+    elif mode == "patch":
         click.echo(result, nl=False)
     elif mode == "branch":
         click.echo(f"{what}: commit {result[:12]} pushed to new branch {branch_name} of {redact_url(rr.url)}")
@@ -95,14 +105,27 @@ def rollout() -> None:
 
 @rollout.command("status")
 @read_options
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True)
+@format_option("table", "markdown")
 def status_cmd(deployment: str, repo: str | None, base: str, subpath: str | None, prefix: str,
                cache_dir: Path | None, timeout: str, username: str | None,
                password_file: Path | None, ca_file: Path | None, fmt: str) -> None:
     """Per step: targeted, updated, healthy, failed, unknown devices; each gate; the phase."""
     rr = _repo(repo, base, subpath, prefix, cache_dir, timeout, username, password_file, ca_file)
     _, st = _status(rr, deployment)
-    click.echo(render(st, fmt))
+    if fmt == "yaml":
+        emit_json_text(render(st, "json"), fmt)
+    elif fmt == "table":
+        click.echo(_paint_phase(render(st, fmt)))
+    else:
+        click.echo(render(st, fmt))
+
+
+def _paint_phase(text: str) -> str:
+    """The phase word coloured on a terminal: an operator scans for Failed and Paused."""
+    colours = {FAILED: "red", PAUSED: "yellow", READY: "green", COMPLETE: "green"}
+    for phase, colour in colours.items():
+        text = text.replace(f"Phase: {phase}", f"Phase: {paint(phase, colour, bold=True)}")
+    return text
 
 
 @rollout.command("promote")
@@ -113,9 +136,9 @@ def status_cmd(deployment: str, repo: str | None, base: str, subpath: str | None
 def promote_cmd(deployment: str, repo: str | None, base: str, subpath: str | None, prefix: str,
                 cache_dir: Path | None, timeout: str, username: str | None,
                 password_file: Path | None, ca_file: Path | None, as_commit: bool, as_patch: bool, branch_name: str | None,
-                force_reason: str | None) -> None:
+                dry_run: bool, force_reason: str | None) -> None:
     """Advance the rollout one step (or complete it) when its gates pass."""
-    mode = _mode(as_commit, as_patch, branch_name)
+    mode = _mode(as_commit, as_patch, branch_name, dry_run)
     rr = _repo(repo, base, subpath, prefix, cache_dir, timeout, username, password_file, ca_file)
     snap, st = _status(rr, deployment)
     if st.phase == COMPLETE:
@@ -134,7 +157,7 @@ def promote_cmd(deployment: str, repo: str | None, base: str, subpath: str | Non
     result = act(rr, deployment, "promote", st, snap, mode=mode, branch_name=branch_name, extra=extra)
     what = (f"completed rollout of {deployment} {st.version}" if st.last_step
             else f"promoted {deployment} {st.version} to step {st.step + 1} ({st.steps[st.step + 1].name})")
-    _done(mode, result, what + (" (forced)" if force_reason else ""), rr, branch_name)
+    _done(mode, result, what + (" (forced)" if force_reason else ""), rr, branch_name, dry_run, as_patch)
 
 
 @rollout.command("abort")
@@ -144,9 +167,9 @@ def promote_cmd(deployment: str, repo: str | None, base: str, subpath: str | Non
 def abort_cmd(deployment: str, repo: str | None, base: str, subpath: str | None, prefix: str,
               cache_dir: Path | None, timeout: str, username: str | None,
               password_file: Path | None, ca_file: Path | None, as_commit: bool, as_patch: bool, branch_name: str | None,
-              reason: str) -> None:
+              dry_run: bool, reason: str) -> None:
     """Send every device back to rollout.from in one commit."""
-    mode = _mode(as_commit, as_patch, branch_name)
+    mode = _mode(as_commit, as_patch, branch_name, dry_run)
     rr = _repo(repo, base, subpath, prefix, cache_dir, timeout, username, password_file, ca_file)
     snap, st = _status(rr, deployment)
     if st.phase == COMPLETE:
@@ -155,14 +178,15 @@ def abort_cmd(deployment: str, repo: str | None, base: str, subpath: str | None,
         raise UserError(f"deployment {deployment} has no rollout.from to go back to: suspend or delete it instead")
     result = act(rr, deployment, "abort", st, snap, mode=mode, branch_name=branch_name,
                  extra=f"Reason: {reason}" if reason else "")
-    _done(mode, result, f"aborted {deployment} {st.version}: every device back to {st.from_version}", rr, branch_name)
+    _done(mode, result, f"aborted {deployment} {st.version}: every device back to {st.from_version}", rr, branch_name,
+          dry_run, as_patch)
 
 
 def _pause_resume(paused: bool, deployment: str, repo: str | None, base: str, subpath: str | None, prefix: str,
                   cache_dir: Path | None, timeout: str, username: str | None,
                   password_file: Path | None, ca_file: Path | None, as_commit: bool, as_patch: bool,
-                  branch_name: str | None) -> None:
-    mode = _mode(as_commit, as_patch, branch_name)
+                  branch_name: str | None, dry_run: bool) -> None:
+    mode = _mode(as_commit, as_patch, branch_name, dry_run)
     rr = _repo(repo, base, subpath, prefix, cache_dir, timeout, username, password_file, ca_file)
     snap, st = _status(rr, deployment)
     if st.phase == COMPLETE:
@@ -176,7 +200,7 @@ def _pause_resume(paused: bool, deployment: str, repo: str | None, base: str, su
 
     result = rr.write(snap, deployment, fn, mode=mode, message_body=gates_summary(st), branch_name=branch_name)
     _done(mode, result, f"{'paused' if paused else 'resumed'} rollout of {deployment} at step {st.step}", rr,
-          branch_name)
+          branch_name, dry_run, as_patch)
 
 
 @rollout.command("pause")
@@ -201,23 +225,48 @@ def resume_cmd(**kw: object) -> None:
 @click.option("--max-iterations", type=click.IntRange(1, 10_000_000), default=None,
               help="Stop after this many evaluations (default: until complete or aborted).")
 @click.option("--once", is_flag=True, help="Evaluate once (and act), then exit: for a CI job.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@format_option("table", aliases={"text": "table"}, help="table: one line per evaluation; json/yaml: one document each.")
+@dry_run_option("Evaluate once and show the commit it would write; write and push nothing.")
 def watch_cmd(deployment: str, repo: str | None, base: str, subpath: str | None, prefix: str,
               cache_dir: Path | None, timeout: str, username: str | None,
               password_file: Path | None, ca_file: Path | None, interval: str, max_iterations: int | None, once: bool,
-              fmt: str) -> None:
-    """Promote when the gates pass, abort when the step failed; stateless, so any number may run."""
+              fmt: str, dry_run: bool) -> None:
+    """Promote when the gates pass, abort when the step failed; stateless, so any number may run.
+
+    With --dry-run: evaluate once and print the commit it would write (implies --once).
+    """
     try:
         secs = parse_duration(interval)
     except ValueError as exc:
         raise UserError(f"--interval: {exc}") from None
     rr = _repo(repo, base, subpath, prefix, cache_dir, timeout, username, password_file, ca_file)
+    if dry_run:
+        _watch_dry_run(rr, deployment)
+        return
     try:
         for tick in watch(rr, deployment, interval=secs, max_iterations=1 if once else max_iterations):
-            if fmt == "json":
-                click.echo(json.dumps(tick.__dict__, sort_keys=True))
+            if fmt in ("json", "yaml"):
+                line = json.dumps(tick.__dict__, sort_keys=True)
+                click.echo(("---\n" + as_yaml(line)) if fmt == "yaml" else line, nl=fmt == "json")
             else:
                 act_text = f"{tick.action} -> {tick.commit[:12]}" if tick.commit else (tick.action or "wait")
                 click.echo(f"[{tick.iteration}] step {tick.step} {tick.phase}: {act_text} ({tick.message})")
     except (GitError, CredentialError) as exc:
         raise UserError(f"cannot read {redact_url(rr.url)}: {exc}") from None
+
+
+def _watch_dry_run(rr: RolloutRepo, deployment: str) -> None:
+    from reconciler.rollout.watch import next_action
+
+    snap, st = _status(rr, deployment)
+    action = None if st.phase == COMPLETE else next_action(st)
+    if action is None:
+        click.echo(f"dry run: step {st.step} {st.phase}: nothing to do ({st.message})", err=True)
+        return
+    try:
+        patch = act(rr, deployment, action, st, snap, mode="patch", extra="Written by `modelfleet rollout watch`.")
+    except (GitError, CredentialError) as exc:
+        raise UserError(f"cannot read {redact_url(rr.url)}: {exc}") from None
+    click.echo(f"dry run: step {st.step} {st.phase}: would {action} with this commit to {rr.branch} of "
+               f"{redact_url(rr.url)}; nothing was written", err=True)
+    click.echo(patch, nl=False)

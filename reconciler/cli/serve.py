@@ -11,11 +11,12 @@ import os
 import signal
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from reconciler.core.errors import UserError
+from reconciler.core.extras import missing_runtime, runtime_installed
 
 if TYPE_CHECKING:
     from reconciler.serving.limits import ServerLimits
@@ -41,6 +42,8 @@ def _spec_for(
         files, rt = [path], runtime or "onnxruntime"
     else:
         raise UserError(f"{path}: unknown model format (expected .onnx or OpenVINO .xml)")
+    if not runtime_installed(rt):
+        raise UserError(f"{path}: {missing_runtime(rt)}")
     return EndpointSpec(
         name=name, version="1", runtime=rt, files=files, threads=threads, device=device, precision=precision
     )
@@ -63,6 +66,32 @@ def _limits(options: tuple[str, ...], max_body_mb: float | None) -> ServerLimits
         raise UserError(f"--limit: {exc}") from None
 
 
+def _start_pool(
+    workers: int, specs: list[EndpointSpec], host: str, port: int, unix_socket: Path | None, token: str | None,
+    tls_cert: Path | None, tls_key: Path | None, limits: ServerLimits,
+) -> Any:
+    from reconciler.serving.workers import WorkerPool
+
+    pool = WorkerPool(
+        workers, host=host, port=port, unix_socket=unix_socket, auth_token=token,
+        tls_cert=str(tls_cert) if tls_cert else None, tls_key=str(tls_key) if tls_key else None, limits=limits,
+    )
+    try:
+        pool.start()
+    except OSError as exc:
+        pool.stop()
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    except RuntimeError as exc:
+        pool.stop()
+        raise UserError(f"cannot start the workers: {exc}") from None
+    for spec in specs:
+        result = pool.apply(spec)
+        if not result.ok:
+            pool.stop()
+            raise UserError(f"{spec.files[0] if spec.files else spec.name}: {result.reason}: {result.message}")
+    return pool
+
+
 @click.command("serve")
 @click.argument("model_files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--name", help="Endpoint name (only with one model file; default: the file's stem).")
@@ -73,6 +102,10 @@ def _limits(options: tuple[str, ...], max_body_mb: float | None) -> ServerLimits
 )
 @click.option("--unix-socket", type=click.Path(path_type=Path), help="Also listen on this Unix socket.")
 @click.option("--threads", type=click.IntRange(1, 256), help="Intra-op threads per model session.")
+@click.option(
+    "--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+    help="Worker processes sharing the port (SO_REUSEPORT), each with its own copy of the models (docs/serving.md).",
+)
 @click.option("--device", help="OpenVINO device (CPU, GPU, NPU, AUTO).")
 @click.option(
     "--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default="fp32", show_default=True,
@@ -103,6 +136,7 @@ def serve(
     port: int,
     unix_socket: Path | None,
     threads: int | None,
+    workers: int,
     device: str | None,
     precision: str,
     auth_token_file: Path | None,
@@ -134,35 +168,41 @@ def serve(
         if any(s.name == ep_name for s in specs):
             raise UserError(f"two model files would both be served as {ep_name!r}")
         specs.append(_spec_for(path, ep_name, runtime, threads, device, precision))
-    registry = ModelRegistry()
-    for spec in specs:
-        result = registry.apply(spec)
-        if not result.ok:
+    if workers > 1:
+        server: Any = _start_pool(workers, specs, host, port, unix_socket, token, tls_cert, tls_key, limits)
+        registry: Any = server
+    else:
+        registry = ModelRegistry()
+        for spec in specs:
+            result = registry.apply(spec)
+            if not result.ok:
+                registry.close()
+                raise UserError(f"{spec.files[0]}: {result.reason}: {result.message}")
+        try:
+            server = InferenceServer(
+                registry,
+                host=host,
+                port=port,
+                unix_socket=unix_socket,
+                auth_token=token,
+                tls_cert=tls_cert,
+                tls_key=tls_key,
+                limits=limits,
+            )
+            server.start()
+        except OSError as exc:
             registry.close()
-            raise UserError(f"{spec.files[0]}: {result.reason}: {result.message}")
-    try:
-        server = InferenceServer(
-            registry,
-            host=host,
-            port=port,
-            unix_socket=unix_socket,
-            auth_token=token,
-            tls_cert=tls_cert,
-            tls_key=tls_key,
-            limits=limits,
-        )
-        server.start()
-    except OSError as exc:
-        registry.close()
-        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    except Exception as exc:  # bad TLS material and the like
-        registry.close()
-        raise UserError(f"cannot start the server: {exc}") from None
+            raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        except Exception as exc:  # bad TLS material and the like
+            registry.close()
+            raise UserError(f"cannot start the server: {exc}") from None
     stop = threading.Event()
     # This is the CLI process, not the embedded server: here handling SIGTERM is ours to do.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     for spec in specs:
         click.echo(f"serving {spec.name} ({spec.runtime}) at {server.url}/v2/models/{spec.name}")
+    if workers > 1:
+        click.echo(f"{workers} workers (pids {', '.join(map(str, server.pids()))})")
     if unix_socket is not None:
         click.echo(f"also on unix socket {unix_socket}")
     try:

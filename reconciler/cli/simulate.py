@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from reconciler.cli.console import Progress
+from reconciler.cli.options import as_yaml, format_option, repo_option
 from reconciler.core.errors import UserError
 from reconciler.core.units import parse_duration
 
@@ -21,13 +23,23 @@ def _duration(name: str, text: str) -> float:
         raise UserError(f"{name}: {exc}") from None
 
 
+def _source_url(repo: str | None) -> str:
+    """``--repo`` as the devices see it: a URL as given, a path made absolute, default the current clone's origin."""
+    from reconciler.cli.fleet import _default_repo
+
+    url = repo or _default_repo()
+    if "://" not in url and Path(url).exists():
+        return str(Path(url).resolve())
+    return url
+
+
 @click.command("simulate")
 @click.option("--devices", "n", type=click.IntRange(1, 20_000), required=True, help="Simulated devices.")
-@click.option("--repo", required=True, metavar="URL", help="Fleet Git repository the devices poll and push to.")
+@repo_option(remote=True)
 @click.option("--tuf", "tuf_url", metavar="URL", help="TUF repository base URL (default: the Fleet's tuf URLs).")
 @click.option("--trusted-root", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="The TUF root metadata every device is provisioned with.")
-@click.option("--poll-interval", default="10s", show_default=True)
+@click.option("--poll-interval", default="10s", show_default=True, help="How often each device polls the repository.")
 @click.option("--heartbeat-interval", default=None, help="Override the Fleet's heartbeat interval.")
 @click.option("--offline-share", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Share of devices that never reach the network.")
@@ -36,18 +48,22 @@ def _duration(name: str, text: str) -> float:
 @click.option("--canaries", type=click.IntRange(0), default=0, show_default=True,
               help="The first K devices carry ring=canary (the others ring=stable).")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="A label every device carries.")
-@click.option("--duration", default="60s", show_default=True)
-@click.option("--report-every", default="1s", show_default=True)
+@click.option("--duration", default="60s", show_default=True, help="How long the simulation runs.")
+@click.option("--report-every", default="1s", show_default=True, help="Time between two report lines.")
 @click.option("--workers", type=click.IntRange(1, 256), default=8, show_default=True,
               help="Threads running reconcile passes.")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Devices' state directories (default: a temporary directory, removed at the end).")
-@click.option("--format", "fmt", type=click.Choice(["json", "text"]), default="json", show_default=True)
-def simulate(n: int, repo: str, tuf_url: str | None, trusted_root: Path, poll_interval: str,
+@format_option("json", "table", default="json", aliases={"text": "table"},
+               help="json: one line per report (JSON lines); yaml: one document per report; table: for people.")
+def simulate(n: int, repo: str | None, tuf_url: str | None, trusted_root: Path, poll_interval: str,
              heartbeat_interval: str | None, offline_share: float, fail_share: float, canaries: int,
              labels: tuple[str, ...], duration: str, report_every: str, workers: int, work_dir: Path | None,
              fmt: str) -> None:
-    """Run N device agents in one process; print convergence over time (JSON lines)."""
+    """Run N device agents in one process; print convergence over time (JSON lines).
+
+    The devices poll and push to --repo (a URL git understands, or a path).
+    """
     from reconciler.simulate.fleet import SimSettings, Simulation
 
     label_map = {}
@@ -57,7 +73,7 @@ def simulate(n: int, repo: str, tuf_url: str | None, trusted_root: Path, poll_in
             raise UserError(f"--label {item!r}: expected KEY=VALUE")
         label_map[key] = value
     settings = SimSettings(
-        devices=n, source_url=repo, trusted_root=trusted_root.resolve(), tuf_url=tuf_url,
+        devices=n, source_url=_source_url(repo), trusted_root=trusted_root.resolve(), tuf_url=tuf_url,
         poll_interval=_duration("--poll-interval", poll_interval),
         heartbeat_interval=_duration("--heartbeat-interval", heartbeat_interval) if heartbeat_interval else None,
         offline_share=offline_share, fail_share=fail_share, canaries=canaries, labels=label_map, workers=workers)
@@ -73,15 +89,20 @@ def simulate(n: int, repo: str, tuf_url: str | None, trusted_root: Path, poll_in
         except ValueError as exc:
             raise UserError(str(exc)) from None
         try:
+            progress = Progress("simulating", run_for, "s")
             sim.boot()
             for line in sim.run(run_for, report_every=every):
-                if fmt == "json":
-                    click.echo(json.dumps(line, sort_keys=True))
+                progress.close()
+                if fmt in ("json", "yaml"):
+                    text = json.dumps(line, sort_keys=True)
+                    click.echo(("---\n" + as_yaml(text)) if fmt == "yaml" else text, nl=fmt == "json")
                 else:
                     vs = ", ".join(f"{v}: {c}" for v, c in line["versions"].items())
                     click.echo(f"t={line['t']:>7.1f}s  {vs}  (git polls {line['requests']['gitPolls']}, "
                                f"tuf downloads {line['requests']['tufDownloads']}, status pushes "
                                f"{line['statusPushes']})")
+                progress.update(float(line["t"]), f"simulating {n} devices")
+            progress.close()
             sim.flush_status(10.0)
         finally:
             sim.close()

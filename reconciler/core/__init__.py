@@ -4,6 +4,7 @@
 ``diagnostics`` (a problem at ``file:line:col`` with a hint), ``conditions`` (Flux-style ``Ready``/``Stalled``
 conditions with reasons and timestamps), ``reasons`` (every reason code a device reports, with its meaning and
 the operator's action: the one vocabulary the runbook table is generated from), ``units`` (durations, sizes,
-version ranges), ``fsutil`` (temp + fsync + rename writes) and ``logs`` (text/JSON log setup). Nothing here
+version ranges), ``fsutil`` (temp + fsync + rename writes), ``logs`` (text/JSON log setup) and ``extras`` (which
+optional extra a runtime needs, and the one line that names it). Nothing here
 does network or runtime work.
 """

@@ -24,6 +24,7 @@ APPLIED = "Applied"
 STATUS_REPORTED = "StatusReported"  # the device's status push landed (docs/hosting.md)
 DRIFT_DETECTED = "DriftDetected"  # an endpoint's inputs/outputs moved away from its drift baseline (reconciler.drift)
 DEGRADED = "Degraded"  # an endpoint's error rate, NaN outputs or latency are out of bounds
+WORKERS_SERVING = "WorkersServing"  # with serving.workers > 1: every worker process serves (reconciler.serving.workers)
 
 
 def utcnow() -> _dt.datetime:

@@ -40,6 +40,7 @@ READ_FAILED = "ReadFailed"
 VALIDATION_FAILED = "ValidationFailed"
 # -- desired state (endpoint state Failed) -------------------------------------------------------------------
 NO_MATCHING_VARIANT = "NoMatchingVariant"
+RUNTIME_NOT_INSTALLED = "RuntimeNotInstalled"
 DEPLOYMENT_CONFLICT = "DeploymentConflict"
 UNKNOWN_MODEL_VERSION = "UnknownModelVersion"
 # -- artifacts (ArtifactsReady; TufClientError.reason) -------------------------------------------------------
@@ -85,6 +86,12 @@ NO_DRIFT = "NoDrift"
 INSUFFICIENT_DATA = "InsufficientData"
 OPERATIONAL_SIGNALS = "OperationalSignals"
 HEALTHY = "Healthy"
+# -- serving worker processes (WorkersServing, Applied; reconciler.serving.workers) ---------------------------
+WORKERS_UP = "WorkersUp"
+WORKER_RESTARTED = "WorkerRestarted"
+WORKER_DOWN = "WorkerDown"
+WORKER_UNAVAILABLE = "WorkerUnavailable"
+LISTEN_FAILED = "ListenFailed"
 
 
 @dataclass(frozen=True)
@@ -141,6 +148,10 @@ REASONS: tuple[Reason, ...] = (
            "`modelfleet validate --rev <commit>` in the fleet repo, fix, push."),
     Reason(NO_MATCHING_VARIANT, "endpoint `Failed`", "no variant of the version fits this device's facts",
            "Fix the Model variants' `requires`; the endpoint is left as it is."),
+    Reason(RUNTIME_NOT_INSTALLED, "endpoint `Failed` (`Applied=False` if found only at load)", "the version's variants need a runtime this "
+           "install lacks (the message names the extra, e.g. `pip install 'modelfleet[openvino]'`)",
+           "Install the extra on the device (docs/install.md) or add a variant for an installed runtime; the "
+           "endpoint is left as it is."),
     Reason(DEPLOYMENT_CONFLICT, "endpoint `Failed`", "two deployments of equal priority give this endpoint",
            "Set deployment priorities; the endpoint is left as it is."),
     Reason(UNKNOWN_MODEL_VERSION, "endpoint `Failed`", "a deployment names a model version that does not exist",
@@ -220,6 +231,17 @@ REASONS: tuple[Reason, ...] = (
     Reason(OPERATIONAL_SIGNALS, "Degraded=True", "error rate, NaN/inf outputs or p99 latency out of bounds "
            "(message per endpoint)", "Read the endpoint's `operational` section and the server metrics."),
     Reason(HEALTHY, "Degraded=False", "operational signals within bounds", "—"),
+    Reason(WORKERS_UP, "WorkersServing=True", "every serving worker process is up on the current versions", "—"),
+    Reason(WORKER_RESTARTED, "WorkersServing=False", "a serving worker process exited in the last 10 minutes and "
+           "was restarted on the current versions (message: worker, pid, exit code, restarts so far)",
+           "Read the agent's log (the worker's stderr) around that time; check memory (`VmHWM` per worker)."),
+    Reason(WORKER_DOWN, "WorkersServing=False", "a serving worker process is down and being restarted; "
+           "`/v2/health/ready` is false meanwhile", "Wait a moment; if it persists, read the agent's log."),
+    Reason(WORKER_UNAVAILABLE, "Applied=False", "a serving worker died or hung while preparing a switch: the switch "
+           "was aborted in every worker (the old version keeps serving)", "Retried on the next pass; see "
+           "`WorkerRestarted`."),
+    Reason(LISTEN_FAILED, "Applied=False (message)", "a restarted serving worker could not listen on the port",
+           "Read the message (address in use, TLS files)."),
 )
 
 BY_CODE: dict[str, Reason] = {r.code: r for r in REASONS}

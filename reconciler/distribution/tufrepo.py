@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -260,7 +260,7 @@ def target_url_path(path: str, sha256: str) -> str:
     return f"{dirname}{sep}{sha256}.{base}"
 
 
-def _copy_hashed(src: Path, dst_dir: Path) -> tuple[Path, str, int]:
+def _copy_hashed(src: Path, dst_dir: Path, progress: Callable[[int], None] | None = None) -> tuple[Path, str, int]:
     """Copy ``src`` into ``dst_dir`` (temp + fsync) while hashing; returns (temp path, sha256, length)."""
     dst_dir.mkdir(parents=True, exist_ok=True)
     h, n = hashlib.sha256(), 0
@@ -270,6 +270,8 @@ def _copy_hashed(src: Path, dst_dir: Path) -> tuple[Path, str, int]:
             h.update(chunk)
             out.write(chunk)
             n += len(chunk)
+            if progress is not None:
+                progress(len(chunk))
         out.flush()
         os.fsync(out.fileno())
     return Path(tmp), h.hexdigest(), n
@@ -287,8 +289,11 @@ def add_targets(
     role: str | None = None,
     custom: dict[str, Any] | None = None,
     now: datetime | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> list[TargetRow]:
-    """Sign ``files`` as targets ``<prefix>/<file name>``; re-signs the owning role, snapshot and timestamp."""
+    """Sign ``files`` as targets ``<prefix>/<file name>``; re-signs the owning role, snapshot and timestamp.
+
+    ``progress`` is called with each number of bytes read (the CLI's progress bar)."""
     repo = _Repo(repo_dir, key_dirs, now)
     prefix = prefix.strip("/")
     if not files:
@@ -330,8 +335,10 @@ def add_targets(
                     out.flush()
                     os.fsync(out.fileno())
                 tmp, digest, length = Path(tmp_s), hashlib.sha256(blob).hexdigest(), len(blob)
+                if progress is not None:
+                    progress(len(plain))
             else:
-                tmp, digest, length = _copy_hashed(f, repo.targets_dir)
+                tmp, digest, length = _copy_hashed(f, repo.targets_dir, progress)
             info.update(custom or {})
             final = repo.targets_dir / target_url_path(path, digest)
             staged.append((tmp, final))

@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from reconciler.core import reasons as R
+from reconciler.core.extras import missing_runtime
 from reconciler.core.units import version_satisfies
 from reconciler.fleet.repository import FleetRepo, Manifest
 from reconciler.fleet.selectors import device_labels, matches
@@ -170,7 +172,8 @@ def choose_variant(version: Mapping[str, Any], preferences: list[str], facts: Ma
     installed_known = any(k.startswith("runtime.") for k in facts)
     for runtime in preferences:
         if installed_known and f"runtime.{runtime}" not in facts:
-            why.append(f"{runtime}: not installed")
+            if any(v.get("runtime") == runtime for v in version.get("variants", [])):
+                why.append(f"{runtime}: {missing_runtime(runtime)}")
             continue
         for variant in version.get("variants", []):
             if variant.get("runtime") != runtime:
@@ -182,6 +185,16 @@ def choose_variant(version: Mapping[str, Any], preferences: list[str], facts: Ma
     if not why:
         why.append(f"no variant for runtimes {preferences}")
     return None, "; ".join(why)
+
+
+def runtimes_not_installed(version: Mapping[str, Any], preferences: list[str], facts: Mapping[str, Any]
+                           ) -> list[str]:
+    """The preferred runtimes this device lacks, when the version's only variants it prefers need them."""
+    if not any(k.startswith("runtime.") for k in facts):
+        return []
+    wanted = {v.get("runtime") for v in version.get("variants", [])} & set(preferences)
+    missing = sorted(rt for rt in wanted if f"runtime.{rt}" not in facts)
+    return missing if missing and len(missing) == len(wanted) else []
 
 
 def _candidate(dep: Manifest, fleet: FleetRepo, device: DeviceIdentity, labels: Mapping[str, str],
@@ -201,9 +214,14 @@ def _candidate(dep: Manifest, fleet: FleetRepo, device: DeviceIdentity, labels: 
     if mv is None:
         return Issue(spec["serveAs"], dep.name, "UnknownModelVersion",
                      f"model {spec['model']} has no version {version}")
-    variant, why_not = choose_variant(mv, runtime_preferences(spec, fleet.fleet_spec), facts)
+    preferences = runtime_preferences(spec, fleet.fleet_spec)
+    variant, why_not = choose_variant(mv, preferences, facts)
     if variant is None:
-        return Issue(spec["serveAs"], dep.name, "NoMatchingVariant",
+        missing = runtimes_not_installed(mv, preferences, facts)
+        if missing:
+            return Issue(spec["serveAs"], dep.name, R.RUNTIME_NOT_INSTALLED,
+                         "; ".join(missing_runtime(rt, f"deployment {dep.name}") for rt in missing))
+        return Issue(spec["serveAs"], dep.name, R.NO_MATCHING_VARIANT,
                      f"no variant of {spec['model']} {version} fits this device: {why_not}")
     model_spec = fleet.models[spec["model"]].spec
     update = spec.get("update") or {}

@@ -106,3 +106,13 @@ def generate() -> str:
         _fields(schema, schema, "", rows)
         parts.append(f"\n## {kind}\n\n{schema.get('description', '')}\n\n" + "\n".join(rows) + "\n")
     return "".join(parts)
+
+
+def resolve(node: dict[str, Any], local: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``node`` with its ``$ref`` followed, and the schema document the result lives in (for `modelfleet explain`)."""
+    return _resolve_with_doc(node, local)
+
+
+def type_name(node: dict[str, Any], local: dict[str, Any]) -> str:
+    """The field type as the reference shows it (``list of object``, ``a | b``), as plain text."""
+    return _type_of(node, local).replace("`", "").replace("\\|", "|")

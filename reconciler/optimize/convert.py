@@ -23,14 +23,14 @@ from reconciler.core.errors import UserError
 from reconciler.optimize.sample import Sample
 
 EXTRA = "modelfleet[optimize]"
-# Which importable modules each kind needs beyond onnxruntime/openvino (always installed).
+# Which importable modules each kind needs beyond onnxruntime (always installed; openvino is in the extra).
 _NEEDS: dict[str, tuple[str, ...]] = {
     "ort-int8-static": ("onnx", "sympy"),
     "ort-int8-dynamic": ("onnx", "sympy"),
     "ort-fp32": (),
-    "ov-int8": ("nncf",),
-    "ov-fp16": (),
-    "ov-fp32": (),
+    "ov-int8": ("openvino", "nncf"),
+    "ov-fp16": ("openvino",),
+    "ov-fp32": ("openvino",),
 }
 MAX_CALIBRATION_SAMPLES = 1000
 

@@ -8,5 +8,9 @@ health check (:mod:`~.health`: golden outputs, latency, memory) passes and rolls
 :mod:`~.http1` protocol that enforces the :class:`~.limits.ServerLimits` (flow control, sizes, timeouts). :mod:`~.hwfacts` detects what the device's hardware offers (CPU flags, memory,
 OpenVINO devices), the facts variant choice is made from.
 
+To use every core, a :class:`~.workers.WorkerPool` stands in for registry + server: N processes
+(:mod:`~.workerproc`, each a registry and server of its own) share the port, and the pool switches them all at
+once through one generation word in shared memory (:mod:`~.control`) after every worker prepared the new version.
+
 It imports only :mod:`reconciler.core`; the agent drives it, and ``modelfleet serve`` runs it on local files.
 """

@@ -336,8 +336,8 @@ class ModelRegistry:
                 if self.cache_dir and spec.runtime == "openvino"
                 else None,
             )
-        except RuntimeLoadError as exc:
-            return None, self._fail(spec, "LoadFailed", str(exc), t0)
+        except RuntimeLoadError as exc:  # RuntimeNotInstalled names the missing extra
+            return None, self._fail(spec, exc.reason, str(exc), t0)
         except OSError as exc:
             return None, self._fail(spec, "LoadFailed", f"cannot read model files: {exc}", t0)
         problem = _interface_problem(spec, backend)
@@ -448,6 +448,43 @@ class ModelRegistry:
         ep.last_failure = failure
         ROLLBACKS.labels(ep.name).inc()
         return ApplyResult(False, result.reason, result.message, result.load_ms, rolled_back=True)
+
+    # -- two-phase switches (a worker process of reconciler.serving.workers) ----------------------------------
+
+    def stage(self, spec: EndpointSpec) -> tuple[LoadedModel | None, ApplyResult]:
+        """Prepare ``spec`` without switching: the loaded and checked version to :meth:`activate` later (the
+        kept previous version when it is the same build; None with ``AlreadyActive`` when nothing changes)."""
+        ep = self._endpoint(spec.name)
+        with ep.apply_lock:
+            if ep.active is not None and ep.active.spec.same_build(spec):
+                ep.active.spec = spec
+                return None, ApplyResult(True, "AlreadyActive", "", ep.active.load_ms)
+            if ep.previous is not None and ep.previous.spec.same_build(spec):
+                return ep.previous, ApplyResult(True, "Ready", "switched to the loaded previous version", 0.0)
+            return self._load(spec)
+
+    def activate(self, name: str, model: LoadedModel | None, keep_previous: bool,
+                 retire: Callable[[LoadedModel], None]) -> None:
+        """Make a staged version active (None: remove the endpoint) without waiting: the versions to drain
+        and unload go to ``retire`` (a worker calls this on its event loop, which must not block)."""
+        with self._lock:
+            if model is None:
+                ep = self._endpoints.pop(name, None)
+                gone = [] if ep is None else [ep.active, ep.previous]
+            else:
+                ep = self._endpoints.setdefault(name, _Endpoint(name))
+                old, older = ep.active, ep.previous
+                if model is old:
+                    return
+                model.reopen()
+                ep.active, ep.previous = model, old if keep_previous else None
+                ep.previous_spec = old.spec if old is not None else ep.previous_spec
+                ep.last_failure = None
+                gone = [older if older is not model else None, None if keep_previous else old]
+            self._generation += 1
+        for m in gone:
+            if m is not None:
+                retire(m)
 
     def rollback(self, name: str) -> bool:
         """Switch the endpoint back to its previous version. Instant when it is still loaded; otherwise it is

@@ -78,7 +78,9 @@ LATENCY = Histogram(
         2.5,
     ),
 )
-INFLIGHT = Gauge("modelfleet_inference_inflight", "Inference requests being processed.", ["model"])
+INFLIGHT = Gauge(
+    "modelfleet_inference_inflight", "Inference requests being processed.", ["model"], multiprocess_mode="livesum"
+)
 
 OCTET_CT = b"application/octet-stream"
 #: Bodies up to this size may be decoded inline on the event loop (for a fast model); larger ones never are.
@@ -179,10 +181,18 @@ class V2App:
         if path == "/metrics":
             if method != "GET":
                 return _error(405, "use GET")
-            return Response(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST.encode())
+            return self.metrics_response()
         if any(p == path for _, p in self.extra_routes):
             return _error(405, f"method {method} not allowed on {path}")
         return _error(404, f"no route {path}")
+
+    def metrics_response(self) -> Response | _Deferred:
+        """``GET /metrics`` (a worker process overrides it: the control plane aggregates all workers)."""
+        return Response(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST.encode())
+
+    def all_ready(self) -> bool:
+        """``/v2/health/ready``: every endpoint has an active version (workers also ask the control plane)."""
+        return all(s.ready for s in self.registry.endpoints().values())
 
     @staticmethod
     def _extra(route: RouteHandler, req: Request) -> Response:
@@ -209,8 +219,7 @@ class V2App:
         if rest == ["health", "ready"]:
             if method != "GET":
                 return _error(405, "use GET")
-            states = self.registry.endpoints()
-            ready = all(s.ready for s in states.values())
+            ready = self.all_ready()
             return _json(200 if ready else 503, {"ready": ready})
         if rest == ["repository", "index"]:
             if method != "POST":
@@ -377,6 +386,9 @@ class InferenceServer:
         extra_routes: Mapping[tuple[str, str], RouteHandler] | None = None,
         workers: int | None = None,
         limits: ServerLimits | None = None,
+        app: V2App | None = None,
+        reuse_port: bool = False,
+        unix_listener: socket.socket | None = None,
     ) -> None:
         if port is None and unix_socket is None:
             raise ValueError("give a TCP port, a unix socket, or both")
@@ -389,7 +401,11 @@ class InferenceServer:
         self.port: int | None = port
         self.unix_socket = Path(unix_socket) if unix_socket is not None else None
         self.max_body_bytes = limits.max_body_bytes
-        self.app = V2App(registry, auth_token=auth_token, extra_routes=extra_routes, limits=limits)
+        # A worker process (reconciler.serving.workers) brings its own app, shares the TCP port with its siblings
+        # (SO_REUSEPORT: the kernel spreads connections) and accepts on the control plane's Unix socket.
+        self.app = app or V2App(registry, auth_token=auth_token, extra_routes=extra_routes, limits=limits)
+        self._reuse_port = reuse_port
+        self._unix_listener = unix_listener
         self._ssl: ssl.SSLContext | None = None
         if tls_cert is not None:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -475,9 +491,13 @@ class InferenceServer:
             sock = socket.socket(family, socket.SOCK_STREAM)
             self._sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self._reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(addr)
             self.port = sock.getsockname()[1]
-        if self.unix_socket is not None:
+        if self._unix_listener is not None:
+            self._sockets.append(self._unix_listener)
+        elif self.unix_socket is not None:
             if self.unix_socket.is_socket():
                 self.unix_socket.unlink()
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -541,7 +561,7 @@ class InferenceServer:
         thread.join(10)
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
-        if self.unix_socket is not None and self.unix_socket.is_socket():
+        if self.unix_socket is not None and self._unix_listener is None and self.unix_socket.is_socket():
             self.unix_socket.unlink()
         self._thread = None
         self._loop = None

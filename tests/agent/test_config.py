@@ -144,3 +144,17 @@ def test_bad_credentials_settings(tmp_path: Path, old: str, new: str, error: str
     with pytest.raises(UserError) as exc:
         load_agent_config(f)
     assert error in str(exc.value) and "hunter2" not in str(exc.value)
+
+
+def test_device_id_from_the_environment(tmp_path: Path) -> None:
+    shared = MINIMAL.replace("deviceId: dev-1", "deviceIdEnv: NODE_NAME")
+    assert parse_agent_config(shared, tmp_path / "a.yaml", environ={"NODE_NAME": "k3s-edge-7"}).device_id == "k3s-edge-7"
+    with pytest.raises(UserError, match=r"a.yaml:4: spec.deviceIdEnv: environment variable NODE_NAME is not set"):
+        parse_agent_config(shared, tmp_path / "a.yaml", environ={})
+    with pytest.raises(UserError, match=r"a.yaml:4: NODE_NAME='Edge_7' is not a valid device id"):
+        parse_agent_config(shared, tmp_path / "a.yaml", environ={"NODE_NAME": "Edge_7"})
+    both = MINIMAL.replace("deviceId: dev-1", "deviceId: dev-1\n  deviceIdEnv: NODE_NAME")
+    with pytest.raises(UserError, match="give exactly one of spec.deviceId and spec.deviceIdEnv"):
+        parse_agent_config(both, tmp_path / "a.yaml", environ={"NODE_NAME": "n1"})
+    with pytest.raises(UserError, match="give exactly one of spec.deviceId and spec.deviceIdEnv"):
+        parse_agent_config(MINIMAL.replace("  deviceId: dev-1\n", ""), tmp_path / "a.yaml", environ={})

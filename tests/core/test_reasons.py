@@ -18,7 +18,9 @@ CAMEL = re.compile(r"^[A-Z][a-z0-9]+(?:[A-Z][a-z0-9]*)+$")
 NOT_REASONS = {
     "AgentConfig", "DeviceStatus", "RolloutStatus", "FleetRepo", "LoadResult", "GitSource", "PollResult", "MatMul", "MaxPool",
     "NotIn", "DoesNotExist", "NonRegular", "AzureExecutionProvider", "RuntimeLoadError", "AlreadyActive", "NoChange",
+    "OpenVINO",  # the runtime's display name in reconciler.core.extras
     C.SOURCE_AVAILABLE, C.SOURCE_VERIFIED, C.MANIFESTS_VALID, C.ARTIFACTS_READY, C.STATUS_REPORTED, C.DRIFT_DETECTED,
+    C.WORKERS_SERVING,
     "DriftBaseline",
     # ONNX operators and OpenVINO layer types `optimize` generates or recognises, /proc/self/status fields
     "GlobalAveragePool", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",

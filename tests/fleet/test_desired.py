@@ -130,3 +130,35 @@ def test_variant_precision_reaches_the_desired_endpoint() -> None:
     mic = DeviceIdentity("mic-1", {"microphone": "true"})
     assert desired_state(fleet, mic, arm).endpoints["kws"].precision == "int8"  # declared
     assert desired_state(fleet, mic, X86).endpoints["kws"].precision == "fp32"  # default
+
+
+def test_a_version_with_only_variants_for_a_missing_runtime_names_the_extra() -> None:
+    fleet = copy.deepcopy(load_dir(EXAMPLE).fleet)
+    classifier = desired_state(fleet, DeviceIdentity("cam-berlin-01", {"site": "berlin", "ring": "canary",
+                                                                         "role": "camera"}), X86)
+    dep = classifier.endpoints["classifier"].deployment
+    no_openvino = {k: v for k, v in X86.items() if k != "runtime.openvino"}
+    fleet.deployments[dep].spec["runtime"] = {"preferences": ["openvino"]}
+    state = desired_state(fleet, DeviceIdentity("cam-berlin-01", {"site": "berlin", "ring": "canary",
+                                                                   "role": "camera"}), no_openvino)
+    issue = next(i for i in state.issues if i.endpoint == "classifier")
+    assert (issue.reason, issue.message) == (
+        "RuntimeNotInstalled",
+        f"OpenVINO runtime requested by deployment {dep} but not installed: pip install 'modelfleet[openvino]'")
+    # with ONNX Runtime allowed too, the device falls back to it: no issue at all
+    fleet.deployments[dep].spec["runtime"] = {"preferences": ["openvino", "onnxruntime"]}
+    state = desired_state(fleet, DeviceIdentity("cam-berlin-01", {"site": "berlin", "ring": "canary",
+                                                                   "role": "camera"}), no_openvino)
+    assert state.endpoints["classifier"].runtime == "onnxruntime" and not state.issues
+
+
+def test_a_variant_that_does_not_fit_is_not_blamed_on_a_missing_runtime() -> None:
+    version = {"variants": [{"name": "ov", "runtime": "openvino", "targets": ["a.xml", "a.bin"]},
+                            {"name": "arm", "runtime": "onnxruntime", "targets": ["a.onnx"],
+                             "requires": {"arch": ["aarch64"]}}]}
+    assert choose_variant(version, ["openvino", "onnxruntime"], X86)[0]["name"] == "ov"
+    no_openvino = {k: v for k, v in X86.items() if k != "runtime.openvino"}
+    none, why = choose_variant(version, ["openvino", "onnxruntime"], no_openvino)
+    assert none is None
+    assert why == ("openvino: OpenVINO runtime requested but not installed: pip install 'modelfleet[openvino]'; "
+                   "arm: arch x86_64 not in ['aarch64']")

@@ -226,7 +226,8 @@ def test_a_maximal_request_does_not_stall_health_or_balloon_memory(tmp_path: Pat
     if kind == "json":
         out = strict_json(payload)["outputs"][0]
         assert out["shape"] == [260_000, 4] and len(out["data"]) == 1_040_000
-    assert len(latencies) > 5 and max(latencies) < 0.5, max(latencies)
+    # The stall this guards against was 4.5 s; 1.5 s leaves room for a runner whose other suites hold both cores.
+    assert len(latencies) > 5 and max(latencies) < 1.5, max(latencies)
     assert peak - base < 400, (base, peak)
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from reconciler.serving.runtimes.base import Backend, RuntimeLoadError
+from reconciler.core.extras import missing_runtime, runtime_installed
+from reconciler.serving.runtimes.base import Backend, RuntimeLoadError, RuntimeNotInstalled
 
-__all__ = ["RUNTIMES", "Backend", "RuntimeLoadError", "load_backend"]
+__all__ = ["RUNTIMES", "Backend", "RuntimeLoadError", "RuntimeNotInstalled", "load_backend"]
 
 RUNTIMES = ("onnxruntime", "openvino")
 
@@ -30,9 +31,12 @@ def load_backend(
 ) -> Backend:
     """Load a model with ``runtime``. Exactly one of ``files``/``blobs`` is given (ONNX: one; IR: xml, bin).
 
-    ``precision`` is the variant's declared numeric precision (:mod:`reconciler.serving.precision`)."""
+    ``precision`` is the variant's declared numeric precision (:mod:`reconciler.serving.precision`). A runtime
+    whose optional extra is not installed raises :class:`RuntimeNotInstalled` naming the extra."""
     if (files is None) == (blobs is None):
         raise RuntimeLoadError("give the model as files or as blobs, not both or neither")
+    if runtime in RUNTIMES and not runtime_installed(runtime):
+        raise RuntimeNotInstalled(missing_runtime(runtime))
     if runtime == "onnxruntime":
         from reconciler.serving.runtimes.onnx import OnnxBackend
 

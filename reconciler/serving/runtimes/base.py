@@ -18,6 +18,14 @@ from reconciler.serving.v2codec import TensorMeta
 class RuntimeLoadError(Exception):
     """The model could not be loaded by the runtime (bad file, unavailable device, …)."""
 
+    reason = "LoadFailed"
+
+
+class RuntimeNotInstalled(RuntimeLoadError):
+    """The runtime's package is not installed (an optional extra, :mod:`reconciler.core.extras`)."""
+
+    reason = "RuntimeNotInstalled"
+
 
 class Backend(abc.ABC):
     """One loaded model in one runtime."""
