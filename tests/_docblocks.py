@@ -18,6 +18,11 @@ following the page. A page's test setup may map documented paths and URLs to san
 
 :func:`modelfleet_lines` finds every ``modelfleet …`` command in any page's code (fenced or indented) so a test
 can parse each against the real CLI (unknown command, unknown option or a missing required option fail).
+
+A page a reader follows in one terminal (docs/quickstart.md: later blocks use the variables, the working
+directory and the background servers of earlier ones) runs with :func:`run_session`: all its blocks as
+one ``bash`` script under ``set -euo pipefail``, exactly as written, in a process group of its own that is
+killed afterwards; each ``output`` command's stdout is kept and compared once the script is done.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -115,6 +122,8 @@ def modelfleet_lines(page: Path) -> list[tuple[int, list[str]]]:
                 continue
             if any(w.startswith("[") for w in words):
                 continue  # a usage synopsis (`[--opt VALUE]`), not a command
+            cut = next((i for i, w in enumerate(words) if re.match(r"^(\d*[<>]|&$)", w)), len(words))
+            words = words[:cut]  # redirections and a trailing `&` are the shell's, not the command's
             if words and words[0] == "modelfleet":
                 out.append((n, _without_redirections(words[1:])))
     return out
@@ -206,3 +215,115 @@ class Sandbox:
             assert block.arg, f"{block.where}: `doc-test: skip` needs a reason"
         else:
             raise AssertionError(f"{block.where}: a {block.lang} block without a `<!-- doc-test: … -->` marker")
+
+
+@dataclass
+class Session:
+    """What :func:`run_session` ran: each ``output`` command with its stdout, and the script's log."""
+
+    outputs: list[tuple[Block, str, str]] = field(default_factory=list)  # (block, command, stdout)
+    log: str = ""
+
+    def outputs_of(self, prefix: str) -> list[tuple[str, str]]:
+        """(command, stdout) of the commands starting with ``prefix``, in page order."""
+        return [(cmd, out) for _, cmd, out in self.outputs if cmd.startswith(prefix)]
+
+
+def _session_script(sandbox: Sandbox, page_blocks: list[Block],
+                    out_dir: Path) -> tuple[str, list[tuple[Block, str, list[str]]]]:
+    lines = ["set -euo pipefail", "trap 'echo \"doc-test: failed in $__doc_block (exit $?)\" >&2' ERR"]
+    commands: list[tuple[Block, str, list[str]]] = []  # (block, command, documented output)
+    for block in page_blocks:
+        text = sandbox.text(block)
+        lines.append(f"__doc_block={shlex.quote(block.where)}")
+        if block.action == "run":
+            lines.append(text)
+        elif block.action == "file":
+            dest = sandbox.text(Block(block.page, 0, "", block.arg, None)).strip()
+            lines += [f"mkdir -p \"$(dirname {shlex.quote(dest)})\"",
+                      f"cat > {shlex.quote(dest)} <<'__DOC_TEST_EOF__'\n{text}__DOC_TEST_EOF__"]
+        elif block.action == "output":
+            for line in text.splitlines():
+                if line.startswith("$ "):
+                    out = out_dir / f"{len(commands)}.out"
+                    lines.append(f"{{ {line[2:].strip()}\n}} | tee {shlex.quote(str(out))}")
+                    commands.append((block, line[2:].strip(), []))
+                elif commands and commands[-1][0] is block:
+                    commands[-1][2].append(line)
+        elif block.action == "skip":
+            assert block.arg, f"{block.where}: `doc-test: skip` needs a reason"
+        else:
+            raise AssertionError(f"{block.where}: a {block.lang} block without a `<!-- doc-test: … -->` marker")
+    return "\n".join(lines) + "\n", commands
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _end_group(pgid: int, grace: float = 10.0) -> bool:
+    """SIGTERM then SIGKILL what is left of the process group; True if anything was still running."""
+    if not _group_alive(pgid):
+        return False
+    os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _group_alive(pgid):
+        os.killpg(pgid, signal.SIGKILL)
+    return True
+
+
+def _log_tails(root: Path, lines: int = 8) -> str:
+    """The last lines of every ``*.log`` the page's processes wrote (servers, agents): why a wait never ended."""
+    out = []
+    for log in sorted(root.rglob("*.log")):
+        if log.name != ".doc-session.log":
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"\n--- {log.relative_to(root)}:\n" + "\n".join(tail))
+    return "".join(out)
+
+
+def run_session(sandbox: Sandbox, page_blocks: list[Block], deadline: float, settle: float = 20.0) -> Session:
+    """Run ``page_blocks`` as one bash script (see the module docstring); raises AssertionError with the log
+    when a command fails, the deadline passes, an ``output`` block differs from the real output, or processes
+    the page started are still running after it ended (its own stop step must stop them)."""
+    out_dir = sandbox.root / ".doc-out"
+    out_dir.mkdir(exist_ok=True)
+    script, commands = _session_script(sandbox, page_blocks, out_dir)
+    (sandbox.root / ".doc-session.sh").write_text(script)
+    log_path = sandbox.root / ".doc-session.log"
+    rc: int | None = None
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(["bash", "--noprofile", "--norc", str(sandbox.root / ".doc-session.sh")],
+                                cwd=sandbox.root, env=sandbox.env, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(deadline)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            if rc is not None:  # the page's own stop step ran: give what it stopped time to exit
+                settled_by = time.monotonic() + settle
+                while _group_alive(proc.pid) and time.monotonic() < settled_by:
+                    time.sleep(0.1)
+            left_running = _end_group(proc.pid)
+            proc.wait()
+    session = Session(log=log_path.read_text(errors="replace"))
+    page = page_blocks[0].page.name if page_blocks else "page"
+    assert rc is not None, f"{page}: not done after {deadline:.0f} s:\n{session.log[-3000:]}{_log_tails(sandbox.root)}"
+    assert rc == 0, f"{page}: the script failed (exit {rc}):\n{session.log[-3000:]}{_log_tails(sandbox.root)}"
+    assert "Traceback" not in session.log, f"{page}: traceback:\n{session.log[-4000:]}"
+    assert not left_running, f"{page}: processes the page started were still running after it ended"
+    for n, (block, cmd, documented) in enumerate(commands):
+        real = (out_dir / f"{n}.out").read_text()
+        why = output_matches(documented, real.splitlines())
+        assert why is None, f"{block.where}: `{cmd}`: {why}"
+        session.outputs.append((block, cmd, real))
+    return session

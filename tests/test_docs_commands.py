@@ -33,7 +33,7 @@ def _git(cwd: Path, *args: str) -> None:
 @contextmanager
 def readme(tmp: Path) -> Iterator[Sandbox]:
     """A fresh clone of modelfleet, as far as the tour needs: fleet-repo-example in a Git repository whose
-    ``origin/main`` is one commit behind HEAD, and a model file to sign."""
+    ``origin/main`` is one commit behind HEAD (no device has pushed a status branch), and a model file to sign."""
     shutil.copytree(REPO_ROOT / "fleet-repo-example", tmp / "fleet-repo-example")
     _git(tmp, "init", "--quiet", "--initial-branch=main")
     _git(tmp, "add", "-A")
@@ -44,7 +44,7 @@ def readme(tmp: Path) -> Iterator[Sandbox]:
     _git(tmp, "add", "-A")
     _git(tmp, "commit", "--quiet", "-m", "a pull request: one more camera")
     (tmp / "model.onnx").write_bytes(modelgen.matmul_model(16, 4, seed=1))
-    yield Sandbox(tmp)
+    yield Sandbox(tmp, env={"XDG_CACHE_HOME": str(tmp / ".cache")})  # `fleet status` caches there, not in ~
 
 
 @contextmanager
@@ -199,5 +199,7 @@ def test_an_unmarked_block_and_a_drifted_command_fail(tmp_path: Path) -> None:
         sandbox.run(drifted)
     assert _parse(["repo", "init", "tuf/"]) is not None and _parse(["repo", "init", "tuf/", "--keys", "k"]) is None
     assert _parse(["validate", "--no-such-flag"]) is not None and _parse(["nope"]) == "no command 'nope'"
+    page.write_text("```sh\nmodelfleet validate . > out.txt 2>&1 &\n```\n")
+    assert modelfleet_lines(page) == [(2, ["validate", "."])]  # the shell's redirections are not options
     assert output_matches(["device  x  (pid 1)", "Ready  True"], ["device  y  (pid 2)", "Ready  True  Converged"]) is None
     assert output_matches(["applied  abc"], ["device  y"]) is not None

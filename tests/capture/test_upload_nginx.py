@@ -53,7 +53,13 @@ def test_server_down_keeps_data_within_quota_and_sends_it_on_recovery(tmp_path: 
         svc._wake_upload.set()  # skip the rest of the back-off wait
         wait_until(lambda: not svc.spool.list(), 60, "upload after recovery")
         assert dav.stored("dev-1") == kept  # byte for byte, each once
-        uploaded = [e["batch"] for e in svc.spool.audit.read() if e["event"] == "uploaded"]
+
+        def uploaded_batches() -> list[str]:
+            return [e["batch"] for e in svc.spool.audit.read() if e["event"] == "uploaded"]
+
+        # The audit line of the last batch is appended just after its spool file goes.
+        wait_until(lambda: len(uploaded_batches()) >= len(kept), 10, "every upload audited")
+        uploaded = uploaded_batches()
         assert sorted(uploaded) == sorted(n.removesuffix(".mfcap") for n in kept)
     finally:
         svc.close()
