@@ -1,19 +1,31 @@
-"""Rollout at fleet scale, printed as ONE JSON line.
+"""Rollout at fleet scale against the real servers, printed as ONE JSON line.
 
-For each N (``BENCH_DEVICES``, default ``100,1000``): N simulated devices (the real agent loop, one process,
-poll interval ``BENCH_POLL`` = 10 s with ±10 % jitter) against ``git daemon`` and the TUF static server.
-The fleet converges on 1.0.0, a rollout of 1.1.0 to 1 % lands, then ``rollout promote`` takes it to 100 %:
+Servers as a self-hosted fleet runs them: Git smart HTTP (nginx + fcgiwrap + ``git http-backend``, the fixture
+:class:`tests._servers.GitHttp`; devices poll with the in-process protocol v2 ``ls-refs`` and push their status
+with Basic auth) and a second nginx serving the static TUF repository. The simulated devices run the real agent
+loop (:mod:`reconciler.simulate`), poll interval ``BENCH_POLL`` = 10 s with ±10 % jitter, their state on tmpfs
+(``BENCH_WORK_DIR``, default /dev/shm: N devices' fsyncs on one shared disk are not what is measured).
+
+For each N in ``BENCH_DEVICES`` (default ``100,1000``): the fleet converges on 1.0.0, idles for
+``BENCH_IDLE_SECONDS`` (the idle path: polls/s, simulator and Git server CPU per poll), a rollout of 1.1.0 to 1 %
+lands, then ``rollout promote`` takes it to 100 %:
 
 * ``promoteTo99Seconds``: promote commit -> 99 % of the devices serving 1.1.0, and its ratio to the poll
   interval (goal ≤ 2);
-* Git requests (ls-remote polls + fetches) and TUF requests (server side) during that window; CPU seconds of
-  the simulator (with its git children) and of the Git server (with its upload/receive-pack children);
+* requests the Git and TUF servers logged in that window; CPU seconds of the simulator (with its git
+  children), of the Git server (nginx + fcgiwrap + http-backend/upload-pack/receive-pack) and of the TUF nginx;
 * status commits pushed by the devices vs commits the server has on ``status/*`` (goal: none lost);
-* RSS per simulated device: (RSS after convergence − RSS before creating the devices) / N;
-* ``rollout status`` and ``fleet status`` time on the fleet's real status branches, and on ``BENCH_STATUS_SYNTH``
-  (default 1,000 and 5,000) synthetic status branches written with ``git fast-import``.
+* RSS per simulated device; ``rollout status`` / ``fleet status`` time on the fleet's real status branches.
 
-Run: .venv/bin/python bench/bench_rollout.py   (N=1,000 takes several minutes on 2 cores)
+``BENCH_IDLE`` (default ``5000``): N devices on the idle path only (status off; they converge first).
+``BENCH_STATUS_SYNTH`` (default ``100,1000,5000``): ``rollout status`` / ``fleet status`` on N synthetic status
+branches written with ``git fast-import``. ``perRequest``: server CPU per idle poll (``ls-refs`` over smart HTTP;
+``git ls-remote`` over smart HTTP and over ``git daemon`` for comparison) and per status push.
+
+The devices run in ``BENCH_PROCESSES`` (default 2) simulator processes of ``BENCH_WORKERS`` threads each
+(``bench/_sim_shards.py``).
+
+Run: .venv/bin/python bench/bench_rollout.py   (about 10 minutes on 2 cores)
 """
 
 from __future__ import annotations
@@ -22,37 +34,50 @@ import datetime as dt
 import json
 import logging
 import os
-import resource
+import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _sim_shards import ShardedFleet  # noqa: E402  (bench/, next to this file)
+
+from reconciler.core.credentials import Credentials  # noqa: E402
 from reconciler.gitops.fleetstatus import StatusRepo  # noqa: E402
-from reconciler.gitops.statuswriter import dump_status  # noqa: E402
+from reconciler.gitops.lsrefs import LsRefsClient  # noqa: E402
+from reconciler.gitops.statuswriter import StatusWriter, dump_status  # noqa: E402
 from reconciler.rollout.gitrepo import RolloutRepo  # noqa: E402
 from reconciler.rollout.watch import act  # noqa: E402
-from reconciler.simulate.fleet import SimSettings, Simulation  # noqa: E402
+from reconciler.simulate.fleet import SimSettings  # noqa: E402
 from tests._agent_fixtures import ENDPOINT  # noqa: E402
-from tests._fleet_world import DEPLOYMENT, fleet_servers  # noqa: E402
+from tests._fleet_world import DEPLOYMENT, HttpWorld, fleet_servers  # noqa: E402
 from tests._git_fixtures import git, make_status  # noqa: E402
+from tests._servers import GIT_HTTP_BACKEND, GitHttp, private_file  # noqa: E402
 
 POLL = float(os.environ.get("BENCH_POLL", "10"))
 SIZES = [int(x) for x in os.environ.get("BENCH_DEVICES", "100,1000").split(",") if x]
-SYNTH = [int(x) for x in os.environ.get("BENCH_STATUS_SYNTH", "1000,5000").split(",") if x]
+IDLE = [int(x) for x in os.environ.get("BENCH_IDLE", "5000").split(",") if x]
+SYNTH = [int(x) for x in os.environ.get("BENCH_STATUS_SYNTH", "100,1000,5000").split(",") if x]
+IDLE_SECONDS = float(os.environ.get("BENCH_IDLE_SECONDS", str(3 * POLL)))
+WORKERS = int(os.environ.get("BENCH_WORKERS", "16"))  # threads per simulator process
+PROCESSES = int(os.environ.get("BENCH_PROCESSES", "2"))  # simulator processes (the GIL: one core each)
+WORK_DIR = os.environ.get("BENCH_WORK_DIR", "/dev/shm" if os.path.isdir("/dev/shm") else None)
 TICKS = os.sysconf("SC_CLK_TCK")
+TUF_TOKEN = "bench-tuf-token"
 
 
 def proc_cpu(pid: int) -> float:
+    """utime + stime + the reaped children's (``git http-backend`` and its git processes exit before we look)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return sum(int(f) for f in fields[11:15]) / TICKS
 
 
 def tree_cpu(pid: int) -> float:
-    """CPU of ``pid`` and every live descendant (``git daemon`` runs git-daemon, which forks upload-packs)."""
+    """CPU of ``pid`` and every live descendant."""
     total = proc_cpu(pid)
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -64,73 +89,121 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
-def self_cpu() -> float:
-    r, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime + c.ru_utime + c.ru_stime
+def accounted_backend(root: Path) -> tuple[Path, Path]:
+    """A wrapper around ``git http-backend`` that appends its CPU (and its git children's) to a log.
+
+    fcgiwrap ignores SIGCHLD, so the CGI processes it starts are reaped by the kernel and their CPU shows up
+    in no parent's accounting; the wrapper's shell waits for the backend and writes ``times``.
+    """
+    log = root / "backend-cpu.log"
+    script = root / "git-http-backend-accounted"
+    root.mkdir(parents=True, exist_ok=True)
+    script.write_text(f"#!/bin/sh\n{GIT_HTTP_BACKEND}\nrc=$?\ntimes >> {log}\nexit $rc\n")
+    script.chmod(0o755)
+    return script, log
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+def backend_cpu(log: Path) -> float:
+    """CPU seconds of every finished backend request so far (the children line of each ``times``)."""
+    try:
+        lines = log.read_text().splitlines()
+    except FileNotFoundError:
+        return 0.0
+    total = 0.0
+    for line in lines[1::2]:
+        for m, sec in re.findall(r"(\d+)m([\d.]+)s", line):
+            total += int(m) * 60 + float(sec)
+    return total
 
 
-def serving(sim: Simulation, version: str) -> int:
-    n = 0
-    for d in sim.devices:
-        st = d.agent.journal.endpoints.get(ENDPOINT)
-        n += st is not None and st.active is not None and st.active.version == version
-    return n
+class Servers:
+    """The fleet world on smart HTTP, plus a second nginx serving its TUF repository."""
+
+    def __init__(self, root: Path) -> None:
+        self.world: Any = HttpWorld(root / "world")
+        self.world.git_http.backend, self.backend_log = accounted_backend(root / "accounting")
+        self.world.start()
+        self.tuf = GitHttp(root / "tuf-nginx", self.world.git_http.pki, users={}, tuf_token=TUF_TOKEN).start()
+        self.tuf.publish_tuf("fleet", self.world.tuf_dir)
+        self.tuf_url = f"http://127.0.0.1:{self.tuf.http_port}/tuf/fleet"
+        self.tuf_credentials = Credentials(username="tuf", password_file=private_file(root / "tuf.token", TUF_TOKEN))
+
+    def settings(self, n: int, **kw: Any) -> SimSettings:
+        return SimSettings(devices=n, source_url=self.world.git_url, trusted_root=self.world.trusted_root,
+                           tuf_url=self.tuf_url, tuf_credentials=self.tuf_credentials,
+                           credentials=self.world.device_credentials, poll_interval=POLL, workers=WORKERS, **kw)
+
+    def git_cpu(self) -> float:
+        """nginx + fcgiwrap + every git http-backend request and its git processes."""
+        return sum(tree_cpu(p) for p in self.world.git_http.pids()) + backend_cpu(self.backend_log)
+
+    def tuf_cpu(self) -> float:
+        return sum(tree_cpu(p) for p in self.tuf.pids())
+
+    def stop(self) -> None:
+        self.tuf.stop()
+        self.world.stop()
 
 
-def run_until(sim: Simulation, pred, timeout: float) -> float | None:  # type: ignore[no-untyped-def]
-    """Run the fleet until ``pred()``; the seconds it took, or None on timeout (the fleet keeps its schedule)."""
-    t0 = time.monotonic()
-    for _ in sim.run(timeout, report_every=0.2):
-        if pred():
-            return time.monotonic() - t0
-    return None
+def idle_window(fleet: ShardedFleet, srv: Servers, seconds: float) -> dict[str, Any]:
+    """Every device on the idle path (nothing changed): polls/s and CPU per poll, simulator and Git server."""
+    polls0, c0, g0, t0 = fleet.poll()["requests"]["gitPolls"], sim_cpu(fleet), srv.git_cpu(), time.monotonic()
+    time.sleep(seconds)
+    polls, wall = fleet.poll()["requests"]["gitPolls"] - polls0, time.monotonic() - t0
+    return {"devices": fleet.devices, "seconds": round(wall, 1), "polls": polls,
+            "pollsPerSecond": round(polls / wall, 1), "pollsPerSecondAsked": round(fleet.devices / POLL, 1),
+            "simulatorCpuMsPerPoll": round((sim_cpu(fleet) - c0) * 1000 / max(1, polls), 2),
+            "gitServerCpuMsPerPoll": round((srv.git_cpu() - g0) * 1000 / max(1, polls), 2),
+            "loadavg": round(os.getloadavg()[0], 1)}
 
 
-def commit_rollout(world, step: int) -> str:  # type: ignore[no-untyped-def]
+def sim_cpu(fleet: ShardedFleet) -> float:
+    return sum(tree_cpu(pid) for pid in fleet.pids)
+
+
+def commit_rollout(world: Any, step: int) -> str:
     dep = {"rollout": {"from": "1.0.0", "steps": [{"percent": 1}, {"percent": 100}], "step": step,
                        "gates": {"minHealthyPercent": 90}}}
-    files = world.fleet_files("1.1.0", poll=f"{POLL:g}s", deployment=dep)
-    return world.commit_raw(files, "roll out 1.1.0 to 1 %")
+    return world.commit_raw(world.fleet_files("1.1.0", poll=f"{POLL:g}s", deployment=dep), "roll out 1.1.0 to 1 %")
 
 
-def one_size(n: int, root: Path) -> dict:
-    world = fleet_servers(root / "world", git="daemon")
+def pushed_all(r: dict[str, Any]) -> bool:
+    return bool(r["statusPushes"] >= r["statusCommits"])
+
+
+def one_size(n: int, root: Path) -> dict[str, Any]:
+    srv = Servers(root)
+    world = srv.world
     try:
         world.publish("1.0.0")
         world.publish("1.1.0", bias=0.5)
         world.commit_raw(world.fleet_files("1.0.0", poll=f"{POLL:g}s"), "deploy 1.0.0")
-        rss0 = rss_mb()
-        sim = Simulation.create(SimSettings(devices=n, source_url=world.git_url, trusted_root=world.trusted_root,
-                                            poll_interval=POLL, workers=8), root / "devices")
-        sim.boot()
-        t_conv = run_until(sim, lambda: serving(sim, "1.0.0") == n, 60 * POLL)
-        rss_per_device = (rss_mb() - rss0) / n
+        fleet = ShardedFleet(srv.settings(n), root / "devices", PROCESSES)
+        t_conv = fleet.wait(lambda r: r["versions"].get("1.0.0", 0) == n, 60 * POLL)
+        rss_per_device = (fleet.poll()["rssMB"] - fleet.rss0) / n
+        fleet.wait(pushed_all, 120)
+        idle = idle_window(fleet, srv, IDLE_SECONDS)
         commit_rollout(world, 0)
-        run_until(sim, lambda: serving(sim, "1.1.0") >= max(1, n // 200), 10 * POLL)
-        sim.flush_status(60)
-        rr = RolloutRepo(world.git_url, root / "rollout-cache")
+        fleet.wait(lambda r: r["versions"].get("1.1.0", 0) >= max(1, n // 200), 10 * POLL)
+        fleet.wait(pushed_all, 120)
+        time.sleep(1)  # the canaries' reporting pass
+        fleet.wait(pushed_all, 120)
+        rr = RolloutRepo(world.operator_url, root / "rollout-cache")
         snap, st = rr.status(DEPLOYMENT)
-        git_cpu0, cpu0 = tree_cpu(world.daemon.proc.pid), self_cpu()
-        req0 = sim.counters.snapshot()
-        world.http.reset_stats()
+        git_cpu0, tuf_cpu0, cpu0 = srv.git_cpu(), srv.tuf_cpu(), sim_cpu(fleet)
+        git_req0, tuf_req0, req0 = len(world.git_http.requests()), len(srv.tuf.requests()), fleet.poll()["requests"]
+        load0 = os.getloadavg()[0]
         act(rr, DEPLOYMENT, "promote", st, snap)
-        t_half = run_until(sim, lambda: serving(sim, "1.1.0") >= 0.5 * n, 30 * POLL)
-        t_promote = run_until(sim, lambda: serving(sim, "1.1.0") >= 0.99 * n, 30 * POLL)
-        if t_promote is not None and t_half is not None:
-            t_promote += t_half
-        share_at_end = serving(sim, "1.1.0") / n
-        req1 = sim.counters.snapshot()
-        tuf_requests = len(world.http.requests)
-        git_cpu1, cpu1 = tree_cpu(world.daemon.proc.pid), self_cpu()
-        sim.flush_status(120)
-        pushed = sum(d.components.status_counts()[1] for d in sim.devices)
+        t_half = fleet.wait(lambda r: r["versions"].get("1.1.0", 0) >= 0.5 * n, 30 * POLL)
+        t_rest = fleet.wait(lambda r: r["versions"].get("1.1.0", 0) >= 0.99 * n, 30 * POLL)
+        t_promote = None if t_half is None or t_rest is None else t_half + t_rest
+        end = fleet.poll()
+        git_log = world.git_http.requests()[git_req0:]
+        tuf_requests = len(srv.tuf.requests()) - tuf_req0
+        git_cpu1, tuf_cpu1, cpu1 = srv.git_cpu(), srv.tuf_cpu(), sim_cpu(fleet)
+        load1 = os.getloadavg()[0]
+        fleet.wait(pushed_all, 180)
+        final_counts = fleet.poll()
         received = int(git(world.upstream.bare, "rev-list", "--count", "--glob=refs/heads/status/*"))
         t0 = time.monotonic()
         _, final = rr.status(DEPLOYMENT)
@@ -138,31 +211,57 @@ def one_size(n: int, root: Path) -> dict:
         t0 = time.monotonic()
         StatusRepo(world.git_url, root / "fleet-cache").report(stale_after=3600)
         t_fleet_status = time.monotonic() - t0
-        sessions = sim.runtime.sessions()
-        sim.close()
+        fleet.close()
+        req1 = end["requests"]
+        updates = max(1, req1["tufRefreshes"] - req0["tufRefreshes"])
         return {
-            "devices": n, "pollSeconds": POLL, "firstConvergenceSeconds": None if t_conv is None else round(t_conv, 1),
+            "devices": n, "pollSeconds": POLL, "processes": len(fleet.pids), "workersPerProcess": WORKERS,
+            "firstConvergenceSeconds": None if t_conv is None else round(t_conv, 1),
+            "idle": idle,
             "promoteTo50Seconds": None if t_half is None else round(t_half, 1),
             "promoteTo99Seconds": None if t_promote is None else round(t_promote, 1),
-            "shareServingNewAtEnd": round(share_at_end, 3),
             "promoteTo99PollIntervals": None if t_promote is None else round(t_promote / POLL, 2),
-            "promoteWindow": {"gitPolls": req1["gitPolls"] - req0["gitPolls"],
-                              "gitFetches": req1["gitFetches"] - req0["gitFetches"],
-                              "tufServerRequests": tuf_requests,
-                              "simulatorCpuSeconds": round(cpu1 - cpu0, 1),
-                              "gitServerCpuSeconds": round(git_cpu1 - git_cpu0, 1)},
-            "statusCommitsPushed": pushed, "statusCommitsReceived": received,
-            "rssPerDeviceMB": round(rss_per_device, 2), "sharedSessions": sessions,
+            "shareServingNewAtEnd": round(end["versions"].get("1.1.0", 0) / n, 3),
+            "loadavgDuringPromote": [round(load0, 1), round(load1, 1)],
+            "promoteWindow": {
+                "gitPolls": req1["gitPolls"] - req0["gitPolls"], "gitFetches": req1["gitFetches"] - req0["gitFetches"],
+                "gitServerRequests": len(git_log),
+                "gitServerPushes": sum(line.startswith("POST") and "git-receive-pack" in line for line in git_log),
+                "tufServerRequests": tuf_requests, "deviceUpdates": updates,
+                "simulatorCpuSeconds": round(cpu1 - cpu0, 1), "gitServerCpuSeconds": round(git_cpu1 - git_cpu0, 1),
+                "tufServerCpuSeconds": round(tuf_cpu1 - tuf_cpu0, 2),
+                "simulatorCpuMsPerUpdate": round((cpu1 - cpu0) * 1000 / updates, 1),
+                "gitServerCpuMsPerUpdate": round((git_cpu1 - git_cpu0) * 1000 / updates, 1)},
+            "statusCommitsPushed": final_counts["statusPushes"], "statusCommitsReceived": received,
+            "rssPerDeviceMB": round(rss_per_device, 2), "sharedSessions": final_counts["sessions"],
             "rolloutPhaseAfter": final.phase,
             "rolloutStatusSeconds": round(t_rollout_status, 2), "fleetStatusSeconds": round(t_fleet_status, 2),
         }
     finally:
-        world.stop()
+        srv.stop()
 
 
-def synthetic_status(n: int, root: Path) -> dict:
+def idle_only(n: int, root: Path) -> dict[str, Any]:
+    """N devices on the idle path (status off: at rest a device pushes only at its heartbeat)."""
+    srv = Servers(root)
+    try:
+        srv.world.publish("1.0.0")
+        srv.world.commit_raw(srv.world.fleet_files("1.0.0", poll=f"{POLL:g}s"), "deploy 1.0.0")
+        t0 = time.monotonic()
+        fleet = ShardedFleet(srv.settings(n, status=False), root / "devices", PROCESSES)
+        t_boot = time.monotonic() - t0
+        t_conv = fleet.wait(lambda r: r["versions"].get("1.0.0", 0) == n, 60 * POLL)
+        out = idle_window(fleet, srv, IDLE_SECONDS)
+        fleet.close()
+        return {**out, "createAndBootSeconds": round(t_boot, 1),
+                "firstConvergenceSeconds": None if t_conv is None else round(t_conv, 1)}
+    finally:
+        srv.stop()
+
+
+def synthetic_status(n: int, root: Path) -> dict[str, Any]:
     """Time rollout/fleet status on n status branches written in one ``git fast-import``."""
-    world = fleet_servers(root / "world", git="daemon")
+    world: Any = fleet_servers(root / "world", git="http")
     try:
         world.publish("1.0.0")
         world.publish("1.1.0", bias=0.5)
@@ -171,9 +270,8 @@ def synthetic_status(n: int, root: Path) -> dict:
         stream = []
         for i in range(n):
             dev = f"sim-{i:05d}"
-            doc = make_status(dev, heartbeat=hb, version="1.1.0", deployment=DEPLOYMENT, model="det",
-                              endpoint=ENDPOINT, applied="a" * 40)
-            data = dump_status(doc)
+            data = dump_status(make_status(dev, heartbeat=hb, version="1.1.0", deployment=DEPLOYMENT, model="det",
+                                           endpoint=ENDPOINT, applied="a" * 40))
             stream.append(f"commit refs/heads/status/{dev}\ncommitter {dev} <d@x> 1700000000 +0000\ndata 6\nstatus\n"
                           f"M 100644 inline status.yaml\ndata {len(data)}\n".encode() + data + b"\n")
         subprocess.run(["git", "fast-import", "--quiet"], cwd=world.upstream.bare, input=b"".join(stream), check=True)
@@ -185,49 +283,66 @@ def synthetic_status(n: int, root: Path) -> dict:
         t_fleet = time.monotonic() - t0
         assert st.current.healthy == n, st.message
         return {"devices": n, "rolloutStatusSeconds": round(t_rollout, 2), "fleetStatusSeconds": round(t_fleet, 2),
-                "rolloutVsFleetStatus": round(t_rollout / t_fleet, 2)}
+                "rolloutStatusMsPerDevice": round(t_rollout * 1000 / n, 2),
+                "fleetStatusMsPerDevice": round(t_fleet * 1000 / n, 2)}
     finally:
         world.stop()
 
 
-def per_request_costs(root: Path, polls: int = 200, pushes: int = 100) -> dict:
-    """Git server CPU (git daemon and its children) per idle poll (ls-remote) and per status push."""
-    world = fleet_servers(root / "world", git="daemon")
+def per_request_costs(root: Path, polls: int = 200, pushes: int = 100) -> dict[str, Any]:
+    """Git server CPU per idle poll and per status push, measured with nothing else talking to the server."""
+    srv = Servers(root / "http")
+    daemon: Any = fleet_servers(root / "daemon", git="daemon")
     try:
+        world = srv.world
         world.publish("1.0.0")
         world.commit_raw(world.fleet_files("1.0.0"), "deploy 1.0.0")
-        pid = world.daemon.proc.pid
-        c0, t0 = tree_cpu(pid), time.monotonic()
+        daemon.commit_raw(world.fleet_files("1.0.0"), "deploy 1.0.0")
+        out: dict[str, Any] = {}
+        client = LsRefsClient(world.git_url, authorization=lambda: None)
+        c0, t0 = srv.git_cpu(), time.monotonic()
         for _ in range(polls):
-            subprocess.run(["git", "ls-remote", world.git_url, "refs/heads/main"], capture_output=True, check=True)
-        poll_cpu, poll_wall = (tree_cpu(pid) - c0) / polls, (time.monotonic() - t0) / polls
-        from reconciler.gitops.statuswriter import StatusWriter
-
-        w = StatusWriter(world.git_url, "dev-1", root / "dev-1", heartbeat_interval=0)
-        c0 = tree_cpu(pid)
+            assert client.ls_ref("refs/heads/main")
+        out["lsRefsHttp"] = {"gitServerCpuMs": round((srv.git_cpu() - c0) * 1000 / polls, 2),
+                             "wallMs": round((time.monotonic() - t0) * 1000 / polls, 2)}
+        client.close()
+        for name, url, cpu in (("lsRemoteHttp", world.git_url, srv.git_cpu),
+                               ("lsRemoteDaemon", daemon.git_url, lambda: tree_cpu(daemon.daemon.proc.pid))):
+            c0, t0 = cpu(), time.monotonic()
+            for _ in range(polls // 2):
+                subprocess.run(["git", "ls-remote", url, "refs/heads/main"], capture_output=True, check=True)
+            out[name] = {"gitServerCpuMs": round((cpu() - c0) * 1000 / (polls // 2), 2),
+                         "wallMs": round((time.monotonic() - t0) * 1000 / (polls // 2), 2)}
+        w = StatusWriter(world.git_url, "dev-1", root / "dev-1", heartbeat_interval=0,
+                         credentials=world.device_credentials)
+        c0, t0 = srv.git_cpu(), time.monotonic()
         hb0 = dt.datetime.now(dt.timezone.utc)
         for i in range(pushes):
             hb = (hb0 + dt.timedelta(seconds=i)).strftime("%Y-%m-%dT%H:%M:%SZ")
             w.submit(make_status("dev-1", heartbeat=hb, applied="a" * 40))
             w.flush(30)
-        push_cpu = (tree_cpu(pid) - c0) / pushes
+        out["statusPushHttp"] = {"gitServerCpuMs": round((srv.git_cpu() - c0) * 1000 / pushes, 2),
+                                 "wallMs": round((time.monotonic() - t0) * 1000 / pushes, 1), "pushes": w.pushes}
         w.close()
-        return {"gitServerCpuMsPerIdlePoll": round(poll_cpu * 1000, 2), "idlePollWallMs": round(poll_wall * 1000, 1),
-                "gitServerCpuMsPerStatusPush": round(push_cpu * 1000, 2), "statusPushes": w.pushes}
+        return out
     finally:
-        world.stop()
+        srv.stop()
+        daemon.stop()
 
 
 def main() -> None:
     logging.getLogger("reconciler").setLevel(logging.ERROR)
-    out: dict = {"bench": "rollout", "cores": os.cpu_count(), "loadavg": os.getloadavg()[0], "sizes": [],
-                 "statusSynthetic": []}
-    with tempfile.TemporaryDirectory(prefix="bench-rollout-") as tmp:
-        for n in SIZES:
-            out["sizes"].append(one_size(n, Path(tmp) / f"n{n}"))
-        for n in SYNTH:
-            out["statusSynthetic"].append(synthetic_status(n, Path(tmp) / f"s{n}"))
+    out: dict[str, Any] = {"bench": "rollout", "cores": os.cpu_count(), "loadavgAtStart": os.getloadavg()[0],
+                           "servers": "git: nginx + fcgiwrap + git http-backend; tuf: nginx", "sizes": [],
+                           "idleOnly": [], "statusSynthetic": []}
+    with tempfile.TemporaryDirectory(prefix="bench-rollout-", dir=WORK_DIR) as tmp:
+        for key, sizes, run in (("sizes", SIZES, one_size), ("idleOnly", IDLE, idle_only),
+                                ("statusSynthetic", SYNTH, synthetic_status)):
+            for n in sizes:
+                out[key].append(run(n, Path(tmp) / f"{key}{n}"))
+                print(json.dumps({key: out[key][-1]}), file=sys.stderr, flush=True)  # progress of a long run
         out["perRequest"] = per_request_costs(Path(tmp) / "per-request")
+    out["loadavgAtEnd"] = os.getloadavg()[0]
     print(json.dumps(out))
 
 

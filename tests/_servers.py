@@ -125,6 +125,7 @@ class GitHttp:
         self.access_log = root / "access.log"
         self.http_port = free_port()
         self.https_port = free_port()
+        self.backend = GIT_HTTP_BACKEND  # the CGI program (a benchmark may wrap it to account its CPU)
         self._nginx: subprocess.Popen[bytes] | None = None
         self._fcgi: subprocess.Popen[bytes] | None = None
 
@@ -135,7 +136,7 @@ class GitHttp:
             client_max_body_size 0;
             fastcgi_pass unix:{r}/fcgiwrap.sock;
             fastcgi_read_timeout 60s;
-            fastcgi_param SCRIPT_FILENAME {GIT_HTTP_BACKEND};
+            fastcgi_param SCRIPT_FILENAME {self.backend};
             fastcgi_param GIT_PROJECT_ROOT {self.git_root};
             fastcgi_param GIT_HTTP_EXPORT_ALL "";
             fastcgi_param GIT_PROTOCOL $http_git_protocol;
@@ -157,7 +158,7 @@ daemon off;
 worker_processes 1;
 pid {r}/nginx.pid;
 error_log {r}/error.log warn;
-events {{ worker_connections 512; }}
+events {{ worker_connections 16384; }}  # a simulated fleet keeps one connection per device alive
 http {{
     log_format counted '$request_method $uri $status $remote_user $connection $connection_requests';
     access_log {self.access_log} counted;
@@ -248,6 +249,10 @@ http {{
     def url(self, name: str, *, private: bool = False, tls: bool = False) -> str:
         scheme, port = ("https", self.https_port) if tls else ("http", self.http_port)
         return f"{scheme}://127.0.0.1:{port}/{'private' if private else 'git'}/{name}"
+
+    def pids(self) -> list[int]:
+        """nginx's and fcgiwrap's process ids (their descendants do the work: benchmarks sum their CPU)."""
+        return [p.pid for p in (self._nginx, self._fcgi) if p is not None]
 
     def requests(self) -> list[str]:
         """Access log lines so far (``METHOD URI STATUS USER CONNECTION N``)."""

@@ -227,6 +227,7 @@ class Journal:
     failures: list[Failure] = field(default_factory=list)
     attempts: list[dict[str, Any]] = field(default_factory=list)
     conditions: list[dict[str, Any]] = field(default_factory=list)
+    _saved: dict[str, str] = field(default_factory=dict, repr=False, compare=False)  # path → text last written
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -295,7 +296,12 @@ class Journal:
             raise JournalError(f"{path}: unreadable journal: {exc}") from exc
 
     def save(self, state_dir: str | os.PathLike[str]) -> None:
-        atomic_write_text(self.path_in(state_dir), json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
+        path = self.path_in(state_dir)
+        text = json.dumps(self.to_dict(), sort_keys=True) + "\n"  # no indent: the C encoder, ~10x faster
+        if text == self._saved.get(str(path)) and path.exists():
+            return  # already durable: an unchanged journal is not rewritten (and fsynced) again
+        atomic_write_text(path, text)
+        self._saved = {str(path): text}
 
 
 def record_rollback(journal: Journal, endpoint: str, commit: str | None, reason: str, now: _dt.datetime,

@@ -327,14 +327,11 @@ class Agent(StatusMixin):
             o.held_until is None or now >= C.parse_time(o.held_until))) for o in self._outcomes.values())
 
     def _step_manifests(self, p: PassState) -> None:
-        from reconciler.fleet.manifests import load_files
-
         assert p.commit is not None
         try:
-            p.files = self.c.read_files(p.commit)
+            p.load = self.c.load_manifests(p.commit)
         except Exception as exc:
             raise StepFailed(C.MANIFESTS_VALID, R.READ_FAILED, f"cannot read commit {p.commit[:12]}: {exc}") from None
-        p.load = load_files(p.files)
         if not p.load.ok:
             errs = p.load.errors
             msg = "; ".join(f"{d.file}:{d.line}: {d.message}" for d in errs[:3])

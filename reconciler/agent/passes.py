@@ -53,7 +53,6 @@ class PassState:
     force: bool
     commit: str | None = None
     poll: Any = None
-    files: dict[str, Any] | None = None  # path → bytes or NonRegular
     load: Any = None
     desired: Any = None
     fetched: dict[str, dict[str, Any]] = field(default_factory=dict)  # endpoint → {path: StoredTarget}

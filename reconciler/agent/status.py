@@ -131,7 +131,8 @@ class StatusMixin:
         if not p.skip_rest:
             self.journal.save(self.config.state_dir)
         try:
-            atomic_write_text(self.config.status_file, json.dumps(doc, indent=1) + "\n")
+            # Rewritten on every pass from the journal: atomic, but not worth an fsync per pass.
+            atomic_write_text(self.config.status_file, json.dumps(doc, indent=1) + "\n", durable=False)
         except OSError as exc:
             log.warning("cannot write local status", extra=fields(error=str(exc)))
         self.c.submit_status(doc)

@@ -30,6 +30,20 @@ from reconciler.core.logs import fields
 log = logging.getLogger("reconciler.agent")
 
 
+def git_source(config: AgentConfig, cache_dir: Path | None = None, verdicts: dict[Any, Any] | None = None) -> Any:
+    """The device's Git source (cache in ``cache_dir``, default the state dir's; see ``GitSource`` for
+    ``verdicts``)."""
+    from reconciler.gitops.source import GitSource
+
+    return GitSource(
+        config.source_url, cache_dir or config.git_cache_dir, branch=config.source_branch,
+        subpath=config.source_path, verify_mode=config.verify_mode, allowed_signers=config.allowed_signers,
+        gpg_keyring=config.gpg_keyring, allow_history_rewrite=config.allow_history_rewrite,
+        timeout=config.source_timeout, poll_interval=config.poll_interval or DEFAULT_POLL_INTERVAL,
+        credentials=config.source_credentials, verdicts=verdicts,
+    )
+
+
 # --- the I/O edges ------------------------------------------------------------------------------------------
 
 
@@ -54,24 +68,19 @@ class Components:
         self.drift: Any = None
         self.capture: Any = None
         self._decryption_key: bytes | None = None
+        self._manifests: tuple[str, Any] | None = None  # (commit, its LoadResult)
         self._status_settings = (config.status_branch_prefix or "status/", config.heartbeat_interval or 300.0)
 
     @classmethod
     def real(cls, config: AgentConfig) -> Components:
         from reconciler.distribution.store import ModelStore
-        from reconciler.gitops.source import GitSource
 
         c = cls(config)
         for d in (config.state_dir, config.store_dir, config.git_cache_dir, config.tuf_metadata_dir,
                   config.staging_dir):
             d.mkdir(parents=True, exist_ok=True)
         c.store = ModelStore(config.store_dir)
-        c.source = GitSource(
-            config.source_url, config.git_cache_dir, branch=config.source_branch, subpath=config.source_path,
-            verify_mode=config.verify_mode, allowed_signers=config.allowed_signers, gpg_keyring=config.gpg_keyring,
-            allow_history_rewrite=config.allow_history_rewrite, timeout=config.source_timeout,
-            poll_interval=config.poll_interval or DEFAULT_POLL_INTERVAL, credentials=config.source_credentials,
-        )
+        c.source = git_source(config)
         if config.decryption_key is not None:
             from reconciler.distribution.modelcrypto import load_key_file
 
@@ -235,6 +244,20 @@ class Components:
     def read_files(self, commit: str) -> dict[str, Any]:
         """The commit's files (bytes, or a ``NonRegular`` for a symlink/submodule the loader reports)."""
         return self.source.read_files(commit)
+
+    def load_manifests(self, commit: str) -> Any:
+        """The commit's manifests, loaded and validated (a ``LoadResult``), read again only for a new commit.
+
+        Loading is a pure function of the commit's content, so a heartbeat or retry pass on the same commit
+        reuses the last result instead of reading and validating every file again.
+        """
+        from reconciler.fleet.manifests import load_files
+
+        if self._manifests is not None and self._manifests[0] == commit:
+            return self._manifests[1]
+        loaded = load_files(self.read_files(commit))
+        self._manifests = (commit, loaded)
+        return loaded
 
     def import_bundle(self, path: Path, last: str | None) -> Any:
         return self.source.import_bundle(path, last)

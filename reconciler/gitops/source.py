@@ -21,6 +21,7 @@ import random
 import shutil
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ SUCCEEDED = R.SUCCEEDED
 NOT_VERIFIED = R.VERIFICATION_DISABLED
 
 MAX_FILE_BYTES = 16 * 1024 * 1024
+MAX_SHARED_VERDICTS = 256
 
 _POLLS = Counter("modelfleet_git_polls_total", "Git source polls (one ls-remote each)")
 _REQUESTS = Counter("modelfleet_git_requests_total", "Network requests made to the Git server (ls-remote, fetch)")
@@ -124,6 +126,7 @@ class GitSource:
         backoff_base: float = 5.0,
         max_backoff: float = 600.0,
         credentials: Credentials | None = None,
+        verdicts: dict[tuple[str, str | None, tuple[object, ...]], _Verdict] | None = None,
     ) -> None:
         if verify_mode not in ("none", "head", "all"):
             raise ValueError(f"verify_mode must be none, head or all, not {verify_mode!r}")
@@ -160,8 +163,13 @@ class GitSource:
         self.requests = 0
         self.failures = 0
         self.last_contact: float | None = None  # clock() of the last poll that reached the server
-        self._verdicts: dict[tuple[str, str | None, tuple[object, ...]], _Verdict] = {}
+        # One device keeps only its newest verdict. Sources sharing a cache directory (the fleet simulator: one
+        # object store for N devices with the same settings) may share the verdicts too: a verdict is a pure
+        # function of (head, last applied, trust anchors) and of the objects, which are then the same.
+        self._shared_verdicts = verdicts is not None
+        self._verdicts: dict[tuple[str, str | None, tuple[object, ...]], _Verdict] = {} if verdicts is None else verdicts
         self._lock = threading.RLock()
+        self._repo_lock = _repo_lock(self.git_dir)
         self._repo: gitpython.Repo | None = None
 
     # -- local repository ---------------------------------------------------------------------------
@@ -344,16 +352,22 @@ class GitSource:
             cached = self._verdicts.get(key)
             if cached is not None:
                 return self._result(head, cached, last_applied, fetched=False)
-            fetched = False
-            try:
-                self._ensure_repo()
-                if not self._has_commit(head) or (last_applied and not self._has_commit(last_applied)):
-                    self._fetch(head, last_applied)
-                    fetched = True
-                verdict = self._check(head, last_applied)
-            except (GitError, CredentialError) as exc:
-                return self._failure(*_named(exc), last_applied)
-            self._verdicts = {key: verdict}  # only the newest matters; bounded memory
+            with self._repo_lock:  # one fetch per head for the sources sharing this repository
+                cached = self._verdicts.get(key)
+                if cached is not None:
+                    return self._result(head, cached, last_applied, fetched=False)
+                fetched = False
+                try:
+                    self._ensure_repo()
+                    if not self._has_commit(head) or (last_applied and not self._has_commit(last_applied)):
+                        self._fetch(head, last_applied)
+                        fetched = True
+                    verdict = self._check(head, last_applied)
+                except (GitError, CredentialError) as exc:
+                    return self._failure(*_named(exc), last_applied)
+                if not self._shared_verdicts or len(self._verdicts) >= MAX_SHARED_VERDICTS:
+                    self._verdicts.clear()  # only the newest matters; bounded memory
+                self._verdicts[key] = verdict
             return self._result(head, verdict, last_applied, fetched)
 
     def import_bundle(self, path: Path, last_applied: str | None) -> PollResult:
@@ -438,6 +452,20 @@ class GitSource:
             if self._repo is not None:
                 self._repo.close()
                 self._repo = None
+
+
+_REPO_LOCKS: weakref.WeakValueDictionary[str, threading.Lock] = weakref.WeakValueDictionary()  # live sources only
+_REPO_LOCKS_GUARD = threading.Lock()
+
+
+def _repo_lock(git_dir: Path) -> threading.Lock:
+    """The process-wide lock of one cache repository (sources sharing it fetch one at a time)."""
+    key = str(Path(git_dir).resolve())
+    with _REPO_LOCKS_GUARD:
+        lock = _REPO_LOCKS.get(key)
+        if lock is None:
+            lock = _REPO_LOCKS[key] = threading.Lock()
+        return lock
 
 
 def _named(exc: Exception) -> tuple[str, str]:

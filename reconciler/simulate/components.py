@@ -1,10 +1,15 @@
 """The simulated device's wiring: real Git source, TUF client, store and status writer; a shared runtime.
 
-:class:`SimComponents` is :class:`reconciler.agent.wiring.Components` with three differences:
+:class:`SimComponents` is :class:`reconciler.agent.wiring.Components` with these differences:
 
 - the runtime is a :class:`SharedRuntime`: one real :class:`~reconciler.serving.registry.ModelRegistry` for the
   whole simulated fleet, holding one health-checked session per model digest — the first device that loads a
   digest pays the real load and health check, the others reuse its verdict (one ONNX Runtime session, not N);
+- :class:`SharedWork` holds what N devices with the same settings would compute bit-identically from the same
+  input: one Git object store for the process (a commit another simulated device fetched is not fetched again;
+  each device still polls the server itself), the source verdict per (head, last applied) and the loaded,
+  validated manifests per commit. Everything a device decides (membership, desired state, TUF refresh and
+  verified download into its own store, apply, status) still runs per device;
 - no inference server and no fact detection subprocess (facts are given);
 - faults: an offline device makes no request at all (the scheduler does not run it); a *failing* device fails
   the health check of every version it updates to (its first install succeeds), as a bad driver would.
@@ -16,12 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from reconciler.agent.config import AgentConfig
 from reconciler.agent.journal import EndpointRecord
-from reconciler.agent.wiring import Components, _endpoint_spec
+from reconciler.agent.wiring import Components, _endpoint_spec, git_source
 
 
 class Counters:
@@ -74,6 +80,33 @@ class SharedRuntime:
             self.registry.remove(name)
 
 
+class SharedWork:
+    """Results N simulated devices of one process share (see the module docstring); bounded."""
+
+    MAX_COMMITS = 16
+
+    def __init__(self, work_dir: Path) -> None:
+        self.git_cache = work_dir / "_shared" / "git"
+        self.verdicts: dict[Any, Any] = {}  # GitSource bounds it
+        self._manifests: dict[str, Any] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def manifests(self, commit: str, load: Callable[[], Any]) -> Any:
+        """The LoadResult of ``commit``: loaded by the first device that needs it, then shared (never mutated)."""
+        with self._lock:
+            lock = self._locks.setdefault(commit, threading.Lock())
+        with lock:
+            if commit not in self._manifests:
+                loaded = load()
+                with self._lock:
+                    if len(self._manifests) >= self.MAX_COMMITS:
+                        self._manifests.clear()
+                        self._locks = {commit: lock}
+                    self._manifests[commit] = loaded
+            return self._manifests[commit]
+
+
 class SimComponents(Components):
     def __init__(self, config: AgentConfig, runtime: SharedRuntime, counters: Counters, *,
                  facts: Mapping[str, Any], failing: bool = False) -> None:
@@ -83,14 +116,24 @@ class SimComponents(Components):
         self.facts = dict(facts)
         self.failing = failing
         self.loaded: dict[str, str] = {}  # endpoint -> version this device serves
+        self.shared: SharedWork | None = None
 
     @classmethod
     def build(cls, config: AgentConfig, runtime: SharedRuntime, counters: Counters, *,
-              facts: Mapping[str, Any], failing: bool = False) -> SimComponents:
+              facts: Mapping[str, Any], failing: bool = False, shared: SharedWork | None = None) -> SimComponents:
         real = Components.real(config)
         c = cls(config, runtime, counters, facts=facts, failing=failing)
         c.store, c.source, c._decryption_key = real.store, real.source, real._decryption_key
+        c.shared = shared
+        if shared is not None:
+            real.source.close()
+            c.source = git_source(config, shared.git_cache, shared.verdicts)
         return c
+
+    def load_manifests(self, commit: str) -> Any:
+        if self.shared is None:
+            return super().load_manifests(commit)
+        return self.shared.manifests(commit, lambda: Components.load_manifests(self, commit))
 
     def detect_facts(self) -> dict[str, Any]:
         return dict(self.facts)

@@ -27,7 +27,7 @@ from reconciler.agent.config import AgentConfig
 from reconciler.agent.loop import Agent
 from reconciler.agent.schedule import next_delay
 from reconciler.core.credentials import Credentials
-from reconciler.simulate.components import Counters, SharedRuntime, SimComponents
+from reconciler.simulate.components import Counters, SharedRuntime, SharedWork, SimComponents
 
 MAX_DEVICES = 20_000  # one process; each device holds a status thread and a few open files
 DEFAULT_FACTS = {"hw.arch": "x86_64", "hw.memoryMB": 4096, "runtime.onnxruntime": "1.20.1"}
@@ -50,6 +50,9 @@ class SimSettings:
     seed: int = 1
     timeout: float = 30.0
     credentials: Credentials | None = None  # for the Git server (status pushes), e.g. Basic auth
+    tuf_credentials: Credentials | None = None  # for the TUF server
+    share_git: bool = True  # one Git object store, source verdicts and loaded manifests for the process
+    status: bool = True  # push status/<id> branches (off: an idle-path measurement without the first pushes)
 
 
 @dataclass
@@ -82,6 +85,7 @@ class Simulation:
                 raise ValueError(f"--{name}-share must be between 0 and 1")
         counters = Counters()
         runtime = SharedRuntime(counters)
+        shared = SharedWork(work_dir) if s.share_git else None
         rand = random.Random(s.seed)
         ids = [f"{s.prefix}-{i:05d}" for i in range(s.devices)]
         # Canaries stay online: a rehearsal needs its first ring (a share of N, taken from the others).
@@ -98,8 +102,10 @@ class Simulation:
                 tuf_metadata_url=f"{s.tuf_url.rstrip('/')}/metadata/" if s.tuf_url else None,
                 tuf_targets_url=f"{s.tuf_url.rstrip('/')}/targets/" if s.tuf_url else None,
                 max_concurrent_downloads=1, source_credentials=s.credentials or Credentials(),
+                tuf_credentials=s.tuf_credentials or Credentials(), status_enabled=s.status,
             )
-            comp = SimComponents.build(cfg, runtime, counters, facts=DEFAULT_FACTS, failing=dev_id in failing)
+            comp = SimComponents.build(cfg, runtime, counters, facts=DEFAULT_FACTS, failing=dev_id in failing,
+                                       shared=shared)
             devices.append(SimDevice(dev_id, Agent(cfg, comp), comp, dev_id in offline, dev_id in failing))
         return cls(s, devices, runtime, counters)
 

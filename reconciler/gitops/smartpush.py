@@ -1,0 +1,180 @@
+"""A status push over smart HTTP(S) without a process: ``git-receive-pack`` with a pack of the new objects.
+
+``git push`` over HTTP starts four processes (``git``, ``git-remote-http``, ``send-pack``, ``pack-objects``)
+for what a status commit is: one commit, one tree and one blob on top of a parent the server already has.
+A push in Git's smart HTTP protocol is two requests on one kept-alive connection:
+
+1. ``GET <repo>/info/refs?service=git-receive-pack``: the server's refs and capabilities (is our parent the
+   branch's tip there?);
+2. ``POST <repo>/git-receive-pack``: the ref update ``old new ref`` and a pack holding the new objects;
+   the ``report-status`` answer says whether the ref moved.
+
+:class:`SmartPush` does exactly that and nothing more. When the server's tip is not the parent we built on
+it raises :class:`PushRejected` (the caller fetches and rebases, as after a rejected ``git push``); anything
+it does not expect — no ``report-status``, a 401 without configured credentials, a network error, an answer
+that is not smart HTTP — raises :class:`PushUnsupported`, and the caller pushes with ``git push`` instead,
+which reports the problem with its usual named reasons.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+import zlib
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import urllib3
+
+from reconciler.core.redact import redact_url
+
+ZERO_ID = "0" * 40
+MAX_ADVERTISEMENT_BYTES = 64 << 20  # every ref of the repository, e.g. 100,000 status branches ≈ 7 MB
+MAX_REPORT_BYTES = 1 << 20
+_TYPES = {"commit": 1, "tree": 2, "blob": 3}
+_OID = re.compile(r"^[0-9a-f]{40}$")
+
+
+class PushRejected(Exception):
+    """The server's branch is not where we expected it (someone else moved it, or we lost our state)."""
+
+
+class PushUnsupported(Exception):
+    """Not pushed; push with ``git push`` instead (which names the problem, if there is one)."""
+
+
+def pkt(data: bytes) -> bytes:
+    return f"{len(data) + 4:04x}".encode() + data
+
+
+def pkt_lines(body: bytes) -> list[bytes | None]:
+    """The pkt-lines of ``body`` (None for a flush packet)."""
+    out: list[bytes | None] = []
+    i = 0
+    while i + 4 <= len(body):
+        try:
+            n = int(body[i:i + 4], 16)
+        except ValueError:
+            raise PushUnsupported("not a pkt-line stream") from None
+        if n == 0:
+            out.append(None)
+            i += 4
+            continue
+        if n < 4 or i + n > len(body):
+            raise PushUnsupported("truncated pkt-line")
+        out.append(body[i + 4:i + n])
+        i += n
+    return out
+
+
+def encode_pack(objects: list[tuple[str, bytes]]) -> bytes:
+    """A version 2 pack of whole (undeltified) objects: (type, body) pairs."""
+    parts = [b"PACK", struct.pack(">II", 2, len(objects))]
+    for kind, body in objects:
+        size = len(body)
+        byte = (_TYPES[kind] << 4) | (size & 0x0F)
+        size >>= 4
+        header = bytearray()
+        while size:
+            header.append(byte | 0x80)
+            byte, size = size & 0x7F, size >> 7
+        header.append(byte)
+        parts += [bytes(header), zlib.compress(body)]
+    data = b"".join(parts)
+    return data + hashlib.sha1(data).digest()  # noqa: S324 - the pack format's checksum
+
+
+def parse_advertisement(body: bytes) -> tuple[dict[str, str], set[str]]:
+    """(ref → object id, capabilities) of a ``git-receive-pack`` ref advertisement."""
+    lines = [x for x in pkt_lines(body) if x is not None]
+    if not lines or not lines[0].startswith(b"# service=git-receive-pack"):
+        raise PushUnsupported("not a git-receive-pack advertisement")
+    refs: dict[str, str] = {}
+    caps: set[str] = set()
+    for i, raw in enumerate(lines[1:]):
+        line = raw.rstrip(b"\n")
+        if i == 0 and b"\0" in line:
+            line, capabilities = line.split(b"\0", 1)
+            caps = set(capabilities.decode(errors="replace").split())
+        oid, _, name = line.decode(errors="replace").partition(" ")
+        if _OID.match(oid) and name != "capabilities^{}":
+            refs[name] = oid
+    return refs, caps
+
+
+def parse_report(body: bytes, ref: str) -> None:
+    """Raise unless a ``report-status`` answer says the pack was unpacked and ``ref`` updated."""
+    lines = [x.rstrip(b"\n").decode(errors="replace") for x in pkt_lines(body) if x is not None]
+    if not lines or lines[0] != "unpack ok":
+        raise PushUnsupported(f"server could not unpack: {lines[0] if lines else 'no report'}")
+    for line in lines[1:]:
+        if line == f"ok {ref}":
+            return
+        if line.startswith(f"ng {ref} "):
+            raise PushRejected(line[len(ref) + 4:])
+    raise PushUnsupported(f"no status for {ref} in the report")
+
+
+class SmartPush:
+    """Pushes of one repository over one kept-alive connection (one writer thread uses it)."""
+
+    def __init__(self, url: str, *, authorization: Callable[[], str | None], ca_file: str | None = None,
+                 timeout: float = 30.0) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("a smart HTTP push needs an http(s) URL")
+        self.display_url = redact_url(url)
+        self.path = parts.path.rstrip("/")
+        self.authorization = authorization
+        kw: dict[str, object] = {"maxsize": 1, "retries": False, "timeout": urllib3.Timeout(timeout), "block": False}
+        if parts.scheme == "https":
+            kw.update(cert_reqs="CERT_REQUIRED", ca_certs=ca_file)
+            self.pool: urllib3.HTTPConnectionPool = urllib3.HTTPSConnectionPool(parts.hostname, parts.port, **kw)  # type: ignore[arg-type]
+        else:
+            self.pool = urllib3.HTTPConnectionPool(parts.hostname, parts.port, **kw)  # type: ignore[arg-type]
+
+    def _request(self, method: str, path: str, body: bytes | None, headers: dict[str, str], limit: int,
+                 content_type: str) -> bytes:
+        auth = self.authorization()
+        if auth is None:
+            raise PushUnsupported("no configured credentials (a credential helper may have some)")
+        headers = {**headers, "Authorization": auth, "User-Agent": "git/modelfleet"}
+        try:
+            resp = self.pool.urlopen(method, path, body=body, headers=headers, redirect=False, preload_content=False,
+                                     retries=False)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise PushUnsupported(f"cannot reach {self.display_url}: {type(exc).__name__}") from None
+        try:
+            data = resp.read(limit + 1)
+            status, ctype = resp.status, resp.headers.get("Content-Type", "")
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise PushUnsupported(f"connection to {self.display_url} lost: {type(exc).__name__}") from None
+        finally:
+            resp.release_conn()
+        if status != 200 or ctype != content_type or len(data) > limit:
+            raise PushUnsupported(f"HTTP {status} {ctype}")
+        return data
+
+    def push(self, ref: str, expected: str | None, new: str, objects: list[tuple[str, bytes]]) -> None:
+        """Move ``ref`` from ``expected`` (None: absent) to ``new``; ``objects`` are every object ``new`` adds."""
+        adv = self._request("GET", f"{self.path}/info/refs?service=git-receive-pack", None, {},
+                            MAX_ADVERTISEMENT_BYTES, "application/x-git-receive-pack-advertisement")
+        refs, caps = parse_advertisement(adv)
+        if "report-status" not in caps:
+            raise PushUnsupported("the server does not report the push status")
+        old = refs.get(ref)
+        if old != expected:
+            if expected is not None and old is None:
+                raise PushUnsupported(f"{ref} is gone from the server (git push sends the whole history)")
+            raise PushRejected(f"{ref} is at {(old or 'nothing')[:12]} on the server, not {(expected or 'nothing')[:12]}")
+        command = f"{old or ZERO_ID} {new} {ref}\0report-status agent=modelfleet".encode()
+        body = pkt(command) + b"0000" + encode_pack(objects)
+        report = self._request("POST", f"{self.path}/git-receive-pack", body,
+                               {"Content-Type": "application/x-git-receive-pack-request",
+                                "Accept": "application/x-git-receive-pack-result"},
+                               MAX_REPORT_BYTES, "application/x-git-receive-pack-result")
+        parse_report(report, ref)
+
+    def close(self) -> None:
+        self.pool.close()

@@ -1,0 +1,103 @@
+"""Status pushes over smart HTTP without a ``git push`` process, against nginx + git http-backend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reconciler.core.credentials import Credentials
+from reconciler.gitops.smartpush import PushRejected, SmartPush, encode_pack
+from reconciler.gitops.statuswriter import StatusWriter
+from tests._git_fixtures import Upstream, git, make_status
+from tests._servers import GitHttp, Pki, private_file
+
+PASSWORD = "push-secret"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GitHttp, Upstream, Credentials]]:
+    root = tmp_path_factory.mktemp("smartpush")
+    up = Upstream(root / "up")
+    up.commit({"fleet.yaml": "x: 1\n"})
+    with GitHttp(root / "nginx", Pki.make(root / "pki"), users={"device": PASSWORD}, tuf_token="t") as http:
+        http.publish_repo("fleet.git", up.bare)
+        creds = Credentials(username="device", password_file=private_file(root / "pw", PASSWORD))
+        yield http, up, creds
+
+
+def remote_status(bare: Path, device: str) -> dict:
+    return yaml.safe_load(git(bare, "cat-file", "blob", f"refs/heads/status/{device}:status.yaml"))
+
+
+def push_requests(http: GitHttp, since: int) -> list[list[str]]:
+    return [line.split() for line in http.requests()[since:] if "/info/refs" in line or "receive-pack" in line]
+
+
+def test_status_pushes_land_on_one_kept_alive_connection(server, tmp_path: Path) -> None:
+    http, up, creds = server
+    before = len(http.requests())
+    w = StatusWriter(http.url("fleet.git"), "cam-10", tmp_path / "dev", credentials=creds, heartbeat_interval=0)
+    try:
+        for version in ("1.0.0", "1.1.0", "1.2.0"):
+            w.submit(make_status("cam-10", version=version))
+            assert w.flush(15)
+    finally:
+        w.close()
+    assert w.pushes == 3 and w.reporting()["pushed"] is True
+    assert remote_status(up.bare, "cam-10")["status"]["endpoints"][0]["version"] == "1.2.0"
+    assert git(up.bare, "rev-list", "--count", "refs/heads/status/cam-10") == "3"
+    git(up.bare, "fsck", "--strict", "--no-dangling")  # the packs we sent are valid
+    reqs = push_requests(http, before)
+    # GET info/refs + POST git-receive-pack per push, authenticated, all on one connection (no git process).
+    assert [(r[0], r[2], r[3]) for r in reqs] == [("GET", "200", "device"), ("POST", "200", "device")] * 3
+    assert len({r[4] for r in reqs}) == 1
+
+
+def test_lost_local_state_and_a_moved_branch_are_rebased(server, tmp_path: Path) -> None:
+    http, up, creds = server
+    url = http.url("fleet.git")
+    w = StatusWriter(url, "cam-11", tmp_path / "dev1", credentials=creds)
+    w.submit(make_status("cam-11", version="1.0.0"))
+    assert w.flush(15)
+    w.close()
+    fresh = StatusWriter(url, "cam-11", tmp_path / "dev2", credentials=creds)  # re-imaged device
+    try:
+        fresh.submit(make_status("cam-11", version="2.0.0"))
+        assert fresh.flush(15)
+        assert git(up.bare, "rev-list", "--count", "refs/heads/status/cam-11") == "2"
+        assert remote_status(up.bare, "cam-11")["status"]["endpoints"][0]["version"] == "2.0.0"
+    finally:
+        fresh.close()
+    client = SmartPush(url, authorization=creds.authorization)
+    try:
+        with pytest.raises(PushRejected, match="on the server"):
+            client.push("refs/heads/status/cam-11", "1" * 40, "2" * 40, [("blob", b"x")])
+    finally:
+        client.close()
+
+
+def test_without_credentials_falls_back_to_git_push_and_reports_why(server, tmp_path: Path) -> None:
+    http, up, _ = server
+    w = StatusWriter(http.url("fleet.git"), "cam-12", tmp_path / "dev", retry_base=30)
+    try:
+        w.submit(make_status("cam-12", version="1.0.0"))
+        assert not w.flush(3)
+        rep = w.reporting()
+        assert rep["pushed"] is False and rep["reason"] == "AuthenticationFailed", rep
+    finally:
+        w.close(timeout=0.1)
+    assert "refs/heads/status/cam-12" not in git(up.bare, "for-each-ref")
+
+
+def test_pack_of_whole_objects_is_what_git_reads(tmp_path: Path) -> None:
+    big = bytes(range(256)) * 40  # a size that needs several header bytes
+    pack = tmp_path / "p.pack"
+    pack.write_bytes(encode_pack([("blob", b"hello\n"), ("blob", big)]))
+    git(tmp_path, "init", "-q", "--bare", "r.git")
+    git(tmp_path / "r.git", "index-pack", str(pack))
+    listed = git(tmp_path / "r.git", "verify-pack", "-v", str(pack.with_suffix(".idx")))
+    for body in (b"hello\n", big):
+        assert git(tmp_path / "r.git", "hash-object", "--stdin", input=body) in listed
