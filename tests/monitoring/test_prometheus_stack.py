@@ -223,7 +223,7 @@ def test_the_rules_load_evaluate_cleanly_and_a_healthy_device_raises_no_alert(st
     by_file = {Path(g["file"]).name for g in groups}
     assert by_file == {f.name for f in RULE_FILES}
     rules = [r for g in groups for r in g["rules"]]
-    assert len(rules) == 12
+    assert len(rules) == 14
     for r in rules:
         assert r["health"] == "ok" and not r.get("lastError"), r
         stack.prom.query(r["query"])  # each expression on its own, against the scraped series
