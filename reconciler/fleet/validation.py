@@ -12,6 +12,7 @@ from itertools import combinations
 from typing import Any
 from urllib.parse import urlsplit
 
+from reconciler.core.cpuflags import REPORTED_CPU_FLAGS
 from reconciler.core.diagnostics import WARNING, Diagnostic
 from reconciler.fleet.repository import FleetRepo, Manifest
 from reconciler.fleet.selectors import describe, device_labels, matches, selector_problems
@@ -60,6 +61,11 @@ def _check_model(m: Manifest, tuf_targets: set[str] | None) -> list[Diagnostic]:
                 if not is_onnx and not (has_xml and has_bin):
                     out.append(m.diag("an OpenVINO IR variant needs both the .xml and the .bin target", *where,
                                       "targets", hint="list model.xml and model.bin (or a single .onnx file)"))
+            for fi, flag in enumerate((var.get("requires") or {}).get("cpuFlags", [])):
+                if flag not in REPORTED_CPU_FLAGS:
+                    out.append(m.diag(f"no device reports CPU flag {flag!r}, so this variant never matches one",
+                                      *where, "requires", "cpuFlags", fi, severity=WARNING, code="cpuflag",
+                                      hint="devices report: " + ", ".join(REPORTED_CPU_FLAGS)))
             if var["runtime"] == "onnxruntime" and len(targets) != 1:
                 out.append(m.diag("an onnxruntime variant has exactly one target (the .onnx file)", *where, "targets"))
             if tuf_targets is not None:

@@ -12,38 +12,11 @@ import os
 import platform
 from typing import Any
 
+from reconciler.core.cpuflags import REPORTED_CPU_FLAGS
 from reconciler.serving.runtimes.telemetry import import_onnxruntime, import_openvino
 
-# Flags worth reporting for variant choice (incl. what reduced precision needs: bf16/fp16/int8 instructions);
-# /proc/cpuinfo lists ~100 more. docs/serving.md lists them for `requires.cpuFlags`.
-INTERESTING_FLAGS = (
-    "sse4_1",
-    "sse4_2",
-    "avx",
-    "avx2",
-    "fma",
-    "f16c",
-    "avx512f",
-    "avx512bw",
-    "avx512vl",
-    "avx512_vnni",
-    "avx512_bf16",
-    "avx512_fp16",
-    "avx_vnni",
-    "amx_tile",
-    "amx_int8",
-    "amx_bf16",
-    "amx_fp16",
-    "neon",
-    "asimd",
-    "asimddp",
-    "fphp",
-    "asimdhp",
-    "sve",
-    "sve2",
-    "i8mm",
-    "bf16",
-)
+# docs/serving.md lists them for `requires.cpuFlags`; validation warns about any other flag.
+INTERESTING_FLAGS = REPORTED_CPU_FLAGS
 
 
 def parse_cpu_flags(cpuinfo: str, arch: str) -> list[str]:
