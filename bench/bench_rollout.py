@@ -65,6 +65,8 @@ SYNTH = [int(x) for x in os.environ.get("BENCH_STATUS_SYNTH", "100,1000,5000").s
 IDLE_SECONDS = float(os.environ.get("BENCH_IDLE_SECONDS", str(3 * POLL)))
 WORKERS = int(os.environ.get("BENCH_WORKERS", "16"))  # threads per simulator process
 PROCESSES = int(os.environ.get("BENCH_PROCESSES", "2"))  # simulator processes (the GIL: one core each)
+# Status repositories the devices push to, by a hash of their id (0: the fleet repository, unsharded).
+STATUS_SHARDS = int(os.environ.get("BENCH_STATUS_SHARDS", "16"))
 WORK_DIR = os.environ.get("BENCH_WORK_DIR", "/dev/shm" if os.path.isdir("/dev/shm") else None)
 TICKS = os.sysconf("SC_CLK_TCK")
 TUF_TOKEN = "bench-tuf-token"
@@ -127,11 +129,25 @@ class Servers:
         self.tuf.publish_tuf("fleet", self.world.tuf_dir)
         self.tuf_url = f"http://127.0.0.1:{self.tuf.http_port}/tuf/fleet"
         self.tuf_credentials = Credentials(username="tuf", password_file=private_file(root / "tuf.token", TUF_TOKEN))
+        self.status_bares: list[Path] = []
+        for i in range(STATUS_SHARDS):
+            bare = root / "status-shards" / f"status-{i:02d}.git"
+            bare.mkdir(parents=True)
+            git(bare, "init", "--bare", "--quiet", "--initial-branch=main")
+            self.world.git_http.publish_repo(bare.name, bare)
+            self.status_bares.append(bare)
+        self.status_urls = [self.world.git_http.url(b.name) for b in self.status_bares]
+
+    def status_received(self) -> int:
+        """Status commits the Git server holds on ``status/*``, over the fleet repository and every shard."""
+        return sum(int(git(b, "rev-list", "--count", "--glob=refs/heads/status/*") or 0)
+                   for b in [self.world.upstream.bare, *self.status_bares])
 
     def settings(self, n: int, **kw: Any) -> SimSettings:
         return SimSettings(devices=n, source_url=self.world.git_url, trusted_root=self.world.trusted_root,
                            tuf_url=self.tuf_url, tuf_credentials=self.tuf_credentials,
-                           credentials=self.world.device_credentials, poll_interval=POLL, workers=WORKERS, **kw)
+                           credentials=self.world.device_credentials, poll_interval=POLL, workers=WORKERS,
+                           status_urls=self.status_urls, **kw)
 
     def git_cpu(self) -> float:
         """nginx + fcgiwrap + every git http-backend request and its git processes."""
@@ -188,7 +204,7 @@ def one_size(n: int, root: Path) -> dict[str, Any]:
         fleet.wait(pushed_all, 120)
         time.sleep(1)  # the canaries' reporting pass
         fleet.wait(pushed_all, 120)
-        rr = RolloutRepo(world.operator_url, root / "rollout-cache")
+        rr = RolloutRepo(world.operator_url, root / "rollout-cache", status_urls=srv.status_urls)
         snap, st = rr.status(DEPLOYMENT)
         git_cpu0, tuf_cpu0, cpu0 = srv.git_cpu(), srv.tuf_cpu(), sim_cpu(fleet)
         git_req0, tuf_req0, req0 = len(world.git_http.requests()), len(srv.tuf.requests()), fleet.poll()["requests"]
@@ -204,18 +220,19 @@ def one_size(n: int, root: Path) -> dict[str, Any]:
         load1 = os.getloadavg()[0]
         fleet.wait(pushed_all, 180)
         final_counts = fleet.poll()
-        received = int(git(world.upstream.bare, "rev-list", "--count", "--glob=refs/heads/status/*"))
+        received = srv.status_received()
         t0 = time.monotonic()
         _, final = rr.status(DEPLOYMENT)
         t_rollout_status = time.monotonic() - t0
         t0 = time.monotonic()
-        StatusRepo(world.git_url, root / "fleet-cache").report(stale_after=3600)
+        StatusRepo(world.git_url, root / "fleet-cache", status_urls=srv.status_urls).report(stale_after=3600)
         t_fleet_status = time.monotonic() - t0
         fleet.close()
         req1 = end["requests"]
         updates = max(1, req1["tufRefreshes"] - req0["tufRefreshes"])
         return {
             "devices": n, "pollSeconds": POLL, "processes": len(fleet.pids), "workersPerProcess": WORKERS,
+            "statusShards": STATUS_SHARDS,
             "firstConvergenceSeconds": None if t_conv is None else round(t_conv, 1),
             "idle": idle,
             "promoteTo50Seconds": None if t_half is None else round(t_half, 1),

@@ -64,7 +64,7 @@ def _repo(repo: str | None, cache_dir: Path | None, branch: str, prefix: str, ti
     except ValueError as exc:
         raise UserError(f"--timeout: {exc}") from None
     return StatusRepo(url, cache_dir, branch=branch, prefix=prefix, timeout=secs, credentials=creds,
-                      authorization=inline)
+                      authorization=inline, status_urls=status_repos())
 
 
 _repo_options = [
@@ -90,9 +90,42 @@ def _creds(username: str | None, password_file: Path | None, ca_file: Path | Non
     return Credentials(username=username, password_file=password_file, ca_file=ca_file)
 
 
+STATUS_REPOS_KEY = "modelfleet.status_repos"
+
+
+def _remember_status_repos(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    ctx.meta[STATUS_REPOS_KEY] = value
+    return value
+
+
+# Not passed to each command function: :func:`status_repos` reads it, so every status-reading command has it.
+_status_repo_option = click.option(
+    "--status-repo", "status_repos", multiple=True, metavar="PATH|URL", expose_value=False,
+    callback=_remember_status_repos,
+    help="A repository the devices push their status branches to (`status.url` in their agent config); repeat "
+         "it for each shard of a sharded status repository (docs/scale.md). [default: the fleet repository]")
+
+
+def status_repos() -> list[str]:
+    """The ``--status-repo`` URLs of the running command (empty: the fleet repository holds the statuses)."""
+    ctx = click.get_current_context(silent=True)
+    out = []
+    for url in (ctx.meta.get(STATUS_REPOS_KEY, ()) if ctx else ()):
+        if url.startswith(("http://", "https://")) and split_userinfo(url)[2] is not None:
+            raise UserError(f"--status-repo {redact_url(url)} embeds a password or token: use --username with "
+                            "--password-file (they apply to every repository)")
+        if "://" not in url and Path(url).exists():
+            url = str(Path(url).resolve())
+        elif "://" not in url and ":" not in url.split("/")[0]:
+            raise UserError(f"--status-repo {url!r} not found (give a URL git understands or an existing path)")
+        out.append(url)
+    return out
+
+
 def credential_options(f):  # type: ignore[no-untyped-def]
-    """``--username``, ``--password-file`` and ``--ca-file`` (build the Credentials with :func:`_creds`)."""
-    for opt in reversed(_credential_options):
+    """``--username``, ``--password-file``, ``--ca-file`` (build the Credentials with :func:`_creds`) and
+    ``--status-repo`` (read with :func:`status_repos`)."""
+    for opt in reversed([*_credential_options, _status_repo_option]):
         f = opt(f)
     return f
 

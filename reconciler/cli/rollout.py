@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from reconciler.cli.console import paint
-from reconciler.cli.fleet import _creds, _default_repo, credential_options, remote_url
+from reconciler.cli.fleet import _creds, _default_repo, credential_options, remote_url, status_repos
 from reconciler.cli.options import as_yaml, dry_run_option, emit_json_text, format_option, repo_option
 from reconciler.core.credentials import CredentialError
 from reconciler.core.errors import UserError
@@ -66,7 +66,7 @@ def _repo(repo: str | None, base: str, subpath: str | None, prefix: str, cache_d
     except ValueError as exc:
         raise UserError(f"--timeout: {exc}") from None
     return RolloutRepo(url, cache_dir, branch=base, prefix=prefix, subpath=subpath, timeout=secs, credentials=creds,
-                       authorization=inline)
+                       authorization=inline, status_urls=status_repos())
 
 
 def _mode(as_commit: bool, as_patch: bool, branch_name: str | None, dry_run: bool = False) -> str:

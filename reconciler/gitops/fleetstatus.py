@@ -1,7 +1,8 @@
 """Operator side: the whole fleet's state, read from the devices' ``status/<device-id>`` branches.
 
 Workflow: :class:`StatusRepo` makes ONE shallow fetch of ``refs/heads/status/*`` (plus the desired-state branch
-for "behind by N") into a local cache repository, lists the refs with ``for-each-ref`` and reads every
+for "behind by N") into a local cache repository — one per status repository when the devices push their status
+elsewhere (``status.url``, sharded at scale: docs/scale.md) — lists the refs with ``for-each-ref`` and reads every
 ``status.yaml`` through a single ``git cat-file --batch`` — so 5,000 devices cost a handful of processes.
 The pure functions (:func:`device_row`, :func:`summarize`, :func:`render`) turn parsed statuses into the
 table/JSON/Markdown report; they do no I/O and are tested on their own.
@@ -14,7 +15,7 @@ import hashlib
 import json
 import os
 from collections import Counter as _Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ except AttributeError:  # pragma: no cover - libyaml missing
     _Loader = yaml.SafeLoader
 
 MAX_STATUS_BYTES = 256 * 1024  # larger than any writer produces; bounds what a hostile branch can cost us
+MAX_STATUS_REPOS = 256  # status repositories one report reads (shards): each is one fetch
 
 
 @dataclass
@@ -248,10 +250,17 @@ class StatusRepo:
     """A local cache of a fleet repository's status branches (operator side)."""
 
     def __init__(self, url: str, cache_dir: Path | None = None, *, branch: str = "main", prefix: str = "status/",
-                 timeout: float = 120, credentials: Credentials | None = None, authorization: str | None = None) -> None:
+                 timeout: float = 120, credentials: Credentials | None = None, authorization: str | None = None,
+                 status_urls: Sequence[str] = ()) -> None:
         self.url = url
         self.display_url = redact_url(url)
         self.auth = GitAuth(url, credentials or Credentials(), authorization)
+        # Where the devices push status/<id>: the fleet repository itself, or the status repositories their
+        # agent config names (`status.url`; several when the status repository is sharded, docs/scale.md).
+        self.status_urls = list(dict.fromkeys(status_urls)) or [url]
+        if len(self.status_urls) > MAX_STATUS_REPOS:
+            raise ValueError(f"at most {MAX_STATUS_REPOS} status repositories, got {len(self.status_urls)}")
+        self._status_auth = {u: GitAuth(u, credentials or Credentials(), authorization) for u in self.status_urls}
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(self.display_url)
         self.branch = branch
         self.prefix = prefix.rstrip("/") + "/"
@@ -262,28 +271,38 @@ class StatusRepo:
         if not (self.git_dir / "HEAD").is_file():
             init_bare(self.git_dir, timeout=self.timeout)
 
+    def _local(self, index: int) -> str:
+        """Local namespace of the status branches fetched from ``status_urls[index]`` (one per repository, so
+        one repository's ``--prune`` never drops another's branches)."""
+        return f"refs/fleet/{self.prefix}" if index == 0 else f"refs/fleet/shard-{index}/{self.prefix}"
+
     def fetch(self) -> str | None:
-        """One shallow fetch of every status branch, then the desired-state branch; returns its head."""
+        """One shallow fetch of every status branch (from each status repository), then the desired-state
+        branch; returns its head."""
         self._ensure()
-        env = self.auth.env()
-        local = f"refs/fleet/{self.prefix}"
+        for index, url in enumerate(self.status_urls):
+            self._fetch_statuses(url, self._local(index))
         try:
-            run_git(["fetch", "--quiet", "--no-tags", "--prune", "--depth=1", "--no-write-fetch-head", "--", self.url,
+            run_git(["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--", self.url,
+                     f"+refs/heads/{self.branch}:refs/fleet/head"], git_dir=self.git_dir, timeout=self.timeout,
+                    env=self.auth.env())
+        except GitError:
+            return None  # no desired-state branch (status-only mirror): "behind" is unknown
+        return run_git(["rev-parse", "refs/fleet/head"], git_dir=self.git_dir).stdout.decode().strip()
+
+    def _fetch_statuses(self, url: str, local: str) -> None:
+        env = self._status_auth[url].env()
+        try:
+            run_git(["fetch", "--quiet", "--no-tags", "--prune", "--depth=1", "--no-write-fetch-head", "--", url,
                      f"+refs/heads/{self.prefix}*:{local}*"], git_dir=self.git_dir, timeout=self.timeout, env=env)
         except GitError as exc:
             # git 2.39 exits 1 without a word when the glob matches nothing: ask whether any status branch exists.
-            if exc.timed_out or run_git(["ls-remote", "--heads", "--", self.url, f"refs/heads/{self.prefix}*"],
+            if exc.timed_out or run_git(["ls-remote", "--heads", "--", url, f"refs/heads/{self.prefix}*"],
                                         timeout=self.timeout, env=env).stdout.strip():
                 raise
             for ref in run_git(["for-each-ref", "--format=%(refname)", local], git_dir=self.git_dir,
                                timeout=self.timeout).stdout.decode().split():
                 run_git(["update-ref", "-d", ref], git_dir=self.git_dir, timeout=self.timeout)
-        try:
-            run_git(["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--", self.url,
-                     f"+refs/heads/{self.branch}:refs/fleet/head"], git_dir=self.git_dir, timeout=self.timeout, env=env)
-        except GitError:
-            return None  # no desired-state branch (status-only mirror): "behind" is unknown
-        return run_git(["rev-parse", "refs/fleet/head"], git_dir=self.git_dir).stdout.decode().strip()
 
     def inventory(self, head: str | None) -> set[str]:
         """Device ids of the ``Device`` manifests at ``head`` (the inventory; empty when unreadable)."""
@@ -298,10 +317,17 @@ class StatusRepo:
 
     def statuses(self) -> dict[str, tuple[str, bytes]]:
         """device id -> (status commit, status.yaml bytes) for every fetched status branch."""
-        local = f"refs/fleet/{self.prefix}"
-        refs = run_git(["for-each-ref", "--format=%(objectname) %(refname)", local], git_dir=self.git_dir,
-                       timeout=self.timeout).stdout.decode().split("\n")
-        pairs = [(line.split(" ", 1)[1][len(local):], line.split(" ", 1)[0]) for line in refs if line]
+        newest: dict[str, tuple[int, str]] = {}  # a device that moved shards: its newest status commit wins
+        for index in range(len(self.status_urls)):
+            local = self._local(index)
+            refs = run_git(["for-each-ref", "--format=%(committerdate:unix) %(objectname) %(refname)", local],
+                           git_dir=self.git_dir, timeout=self.timeout).stdout.decode().split("\n")
+            for line in filter(None, refs):
+                when, sha, ref = line.split(" ", 2)
+                device = ref[len(local):]
+                if device not in newest or int(when) > newest[device][0]:
+                    newest[device] = (int(when), sha)
+        pairs = [(device, sha) for device, (_, sha) in sorted(newest.items())]
         blobs = read_blobs(self.git_dir, [f"{sha}:status.yaml" for _, sha in pairs], self.timeout)
         return {dev: (sha, blob if blob is not None else b"") for (dev, sha), blob in zip(pairs, blobs, strict=True)}
 
@@ -346,14 +372,17 @@ class StatusRepo:
         ``limit`` status commits, newest first. ``KeyError`` if the device has no status branch."""
         self._ensure()
         ref = f"refs/fleet/history/{device}"
-        try:
-            run_git(["fetch", "--quiet", "--no-tags", f"--depth={limit}", "--no-write-fetch-head", "--", self.url,
-                     f"+refs/heads/{self.prefix}{device}:{ref}"], git_dir=self.git_dir, timeout=self.timeout,
-                    env=self.auth.env())
-        except GitError as exc:
-            if "couldn't find remote ref" in str(exc):
-                raise KeyError(device) from None
-            raise
+        for index, url in enumerate(self.status_urls):
+            try:
+                run_git(["fetch", "--quiet", "--no-tags", f"--depth={limit}", "--no-write-fetch-head", "--", url,
+                         f"+refs/heads/{self.prefix}{device}:{ref}"], git_dir=self.git_dir, timeout=self.timeout,
+                        env=self._status_auth[url].env())
+                break
+            except GitError as exc:
+                if "couldn't find remote ref" not in str(exc):
+                    raise
+                if index == len(self.status_urls) - 1:
+                    raise KeyError(device) from None
         log = run_git(["log", f"-n{limit}", "--format=%H %cI", ref], git_dir=self.git_dir,
                       timeout=self.timeout).stdout.decode().split("\n")
         commits = [line.split(" ", 1) for line in log if line]

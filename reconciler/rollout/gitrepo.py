@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,9 +47,9 @@ class Snapshot:
 class RolloutRepo:
     def __init__(self, url: str, cache_dir: Path | None = None, *, branch: str = "main", prefix: str = "status/",
                  subpath: str | None = None, timeout: float = 120, credentials: Credentials | None = None,
-                 authorization: str | None = None) -> None:
+                 authorization: str | None = None, status_urls: Sequence[str] = ()) -> None:
         self.status_repo = StatusRepo(url, cache_dir, branch=branch, prefix=prefix, timeout=timeout,
-                                      credentials=credentials, authorization=authorization)
+                                      credentials=credentials, authorization=authorization, status_urls=status_urls)
         self.url, self.branch, self.timeout = url, branch, timeout
         self.subpath = subpath.strip("/") if subpath else None
 

@@ -12,6 +12,7 @@ Offline devices are skipped entirely until :meth:`Simulation.set_offline` brings
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import random
 import threading
@@ -31,6 +32,13 @@ from reconciler.simulate.components import Counters, SharedRuntime, SharedWork, 
 
 MAX_DEVICES = 20_000  # one process; each device holds a status thread and a few open files
 DEFAULT_FACTS = {"hw.arch": "x86_64", "hw.memoryMB": 4096, "runtime.onnxruntime": "1.20.1"}
+
+
+def status_shard(device_id: str, urls: list[str]) -> str | None:
+    """The status repository of ``device_id`` among ``urls`` (stable: a hash of the id), None when unsharded."""
+    if not urls:
+        return None
+    return urls[int.from_bytes(hashlib.sha256(device_id.encode()).digest()[:4], "big") % len(urls)]
 
 
 @dataclass
@@ -53,6 +61,9 @@ class SimSettings:
     tuf_credentials: Credentials | None = None  # for the TUF server
     share_git: bool = True  # one Git object store, source verdicts and loaded manifests for the process
     status: bool = True  # push status/<id> branches (off: an idle-path measurement without the first pushes)
+    # Status repositories the devices push to (`status.url`), a device's shard by a hash of its id; empty: the
+    # fleet repository. Sharding keeps each receive-pack's ref advertisement small (docs/scale.md).
+    status_urls: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -103,6 +114,7 @@ class Simulation:
                 tuf_targets_url=f"{s.tuf_url.rstrip('/')}/targets/" if s.tuf_url else None,
                 max_concurrent_downloads=1, source_credentials=s.credentials or Credentials(),
                 tuf_credentials=s.tuf_credentials or Credentials(), status_enabled=s.status,
+                status_url=status_shard(dev_id, s.status_urls),
             )
             comp = SimComponents.build(cfg, runtime, counters, facts=DEFAULT_FACTS, failing=dev_id in failing,
                                        shared=shared)

@@ -124,3 +124,40 @@ def test_fleet_history_and_errors(fleet20, tmp_path: Path) -> None:
     git(tmp_path, "clone", "--quiet", up.file_url, str(clone))
     inside = modelfleet("fleet", "status", cwd=clone)
     assert inside.returncode == 0 and inside.stdout.count("\ncam-") == 20
+
+
+def test_statuses_from_sharded_status_repositories(tmp_path: Path) -> None:
+    """Devices push to two status repositories (their `status.url`), not the fleet repository: `fleet status
+    --status-repo A --status-repo B` reports every device with "behind" against the fleet repository's head,
+    `fleet history` finds a device in the second shard, and a device that moved shards shows its newest status."""
+    up = Upstream(tmp_path / "fleet")
+    commits = [up.commit({"fleet.yaml": f"rev: {i}\n"}) for i in range(2)]
+    shards = [Upstream(tmp_path / f"shard{i}", name=f"status-{i}.git") for i in range(2)]
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+    def push(shard: int, dev: str, version: str, applied: str, age: int) -> None:
+        w = StatusWriter(shards[shard].file_url, dev, tmp_path / "devices" / f"{dev}-{shard}")
+        hb = (now - dt.timedelta(seconds=age)).isoformat().replace("+00:00", "Z")
+        w.submit(make_status(dev, applied=applied, version=version, heartbeat=hb))
+        assert w.flush(30)
+        w.close(timeout=1)
+
+    for i in range(6):
+        push(i % 2, f"cam-{i}", "1.0.0", commits[1] if i < 4 else commits[0], age=i)
+    push(0, "cam-5", "1.1.0", commits[1], age=0)  # cam-5 moved to shard 0 later: its newest status wins
+    shard_args = ["--status-repo", shards[0].file_url, "--status-repo", str(shards[1].bare)]
+    p = modelfleet("fleet", "status", "--repo", up.file_url, *shard_args, "--format", "json", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    rows = {d["device"]: d for d in json.loads(p.stdout)["devices"]}
+    assert sorted(rows) == [f"cam-{i}" for i in range(6)]
+    assert rows["cam-1"]["behind"] == 0 and rows["cam-4"]["behind"] == 1
+    assert rows["cam-5"]["endpoints"][0]["version"] == "1.1.0"
+    # Without --status-repo the fleet repository holds no status branch: no device, not an error.
+    alone = modelfleet("fleet", "status", "--repo", up.file_url, "--format", "json", cwd=tmp_path)
+    assert alone.returncode == 0 and json.loads(alone.stdout)["devices"] == []
+    h = modelfleet("fleet", "history", "cam-3", "--repo", up.file_url, *shard_args, "--format", "json", cwd=tmp_path)
+    assert h.returncode == 0 and len(json.loads(h.stdout)["history"]) == 1, h.stderr
+    missing = modelfleet("fleet", "history", "cam-9", "--repo", up.file_url, *shard_args, cwd=tmp_path)
+    assert missing.returncode == 1 and "error: no status branch status/cam-9" in missing.stderr
+    bad = modelfleet("fleet", "status", "--repo", up.file_url, "--status-repo", str(tmp_path / "absent"), cwd=tmp_path)
+    assert bad.returncode != 0 and "--status-repo" in bad.stderr and "Traceback" not in bad.stderr

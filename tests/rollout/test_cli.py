@@ -170,3 +170,29 @@ def test_watch_promotes_to_completion_and_reports_errors(tmp_path: Path) -> None
     assert p.returncode == 1 and p.stderr.startswith("error: no deployment 'nope'")
     p = modelfleet("rollout", "status", "tiny", "--repo", str(tmp_path / "missing"), cwd=tmp_path)
     assert p.returncode == 1 and "not found" in p.stderr
+
+
+def test_gates_read_statuses_from_sharded_status_repositories(tmp_path: Path) -> None:
+    """Devices that push their status to two status repositories (`status.url`): the gates count them only when
+    `rollout status`/`promote` are given both with --status-repo."""
+    up = Upstream(tmp_path / "up")
+    up.commit(fleet_files(0), "fleet with tiny 1.1.0 at the canary step")
+    canaries = targets(up)
+    shards = [Upstream(tmp_path / f"shard{i}", name=f"status-{i}.git") for i in range(2)]
+    for s in shards:
+        s.commit({"README": "status shard\n"})
+    hb = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    docs = {f"dev-{i:03d}": status(f"dev-{i:03d}", "1.1.0" if f"dev-{i:03d}" in canaries else "1.0.0", heartbeat=hb)
+            for i in range(N)}
+    for i, s in enumerate(shards):
+        push_statuses(s, {dev: doc for dev, doc in docs.items() if int(dev[-3:]) % 2 == i})
+    shard_args = ["--status-repo", str(shards[0].bare), "--status-repo", shards[1].file_url]
+
+    doc = json.loads(modelfleet("rollout", "status", "tiny", "--repo", str(up.bare), *shard_args, "--format", "json",
+                                cwd=tmp_path).stdout)
+    assert doc["phase"] == "Ready" and doc["steps"][0]["healthy"] == 3, doc
+    alone = json.loads(modelfleet("rollout", "status", "tiny", "--repo", str(up.bare), "--format", "json",
+                                  cwd=tmp_path).stdout)
+    assert alone["steps"][0]["healthy"] == 0 and alone["phase"] != "Ready"
+    p = modelfleet("rollout", "promote", "tiny", "--repo", str(up.bare), *shard_args, cwd=tmp_path)
+    assert p.returncode == 0 and "promoted tiny 1.1.0 to step 1" in p.stdout, p.stderr
