@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 import ssl
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 import urllib3
 
@@ -28,6 +27,7 @@ from reconciler.core.reasons import (
     TLS_VERIFICATION_FAILED,
 )
 from reconciler.core.redact import redact_url
+from reconciler.gitops.smarthttp import keepalive_pool, pkt
 
 MAX_RESPONSE_BYTES = 1 << 20  # one ref-prefix answer is tiny; a huge body is not an ls-refs answer
 _OID = re.compile(rb"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")
@@ -42,10 +42,6 @@ class LsRefsError(Exception):
         super().__init__(message)
         self.reason = reason
         self.timed_out = timed_out
-
-
-def pkt(line: bytes) -> bytes:
-    return b"%04x" % (len(line) + 4) + line
 
 
 def ls_refs_request(prefix: str, agent: str = "modelfleet") -> bytes:
@@ -82,18 +78,10 @@ class LsRefsClient:
 
     def __init__(self, url: str, *, authorization: Callable[[], str | None], ca_file: str | None = None,
                  timeout: float = 30.0) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("ls-refs over HTTP needs an http(s) URL")
+        self.pool, path = keepalive_pool(url, ca_file=ca_file, timeout=timeout, what="ls-refs over HTTP")
         self.display_url = redact_url(url)
-        self.path = parts.path.rstrip("/") + "/git-upload-pack"
+        self.path = path + "/git-upload-pack"
         self.authorization = authorization
-        kw: dict[str, object] = {"maxsize": 1, "retries": False, "timeout": urllib3.Timeout(timeout), "block": False}
-        if parts.scheme == "https":
-            kw.update(cert_reqs="CERT_REQUIRED", ca_certs=ca_file)
-            self.pool: urllib3.HTTPConnectionPool = urllib3.HTTPSConnectionPool(parts.hostname, parts.port, **kw)  # type: ignore[arg-type]
-        else:
-            self.pool = urllib3.HTTPConnectionPool(parts.hostname, parts.port, **kw)  # type: ignore[arg-type]
         self.requests = 0
 
     def ls_ref(self, ref: str) -> str | None:

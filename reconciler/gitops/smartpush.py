@@ -23,11 +23,11 @@ import re
 import struct
 import zlib
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 import urllib3
 
 from reconciler.core.redact import redact_url
+from reconciler.gitops.smarthttp import keepalive_pool, pkt
 
 ZERO_ID = "0" * 40
 MAX_ADVERTISEMENT_BYTES = 64 << 20  # every ref of the repository, e.g. 100,000 status branches ≈ 7 MB
@@ -42,10 +42,6 @@ class PushRejected(Exception):
 
 class PushUnsupported(Exception):
     """Not pushed; push with ``git push`` instead (which names the problem, if there is one)."""
-
-
-def pkt(data: bytes) -> bytes:
-    return f"{len(data) + 4:04x}".encode() + data
 
 
 def pkt_lines(body: bytes) -> list[bytes | None]:
@@ -121,18 +117,10 @@ class SmartPush:
 
     def __init__(self, url: str, *, authorization: Callable[[], str | None], ca_file: str | None = None,
                  timeout: float = 30.0) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("a smart HTTP push needs an http(s) URL")
+        self.pool, path = keepalive_pool(url, ca_file=ca_file, timeout=timeout, what="a smart HTTP push")
         self.display_url = redact_url(url)
-        self.path = parts.path.rstrip("/")
+        self.path = path
         self.authorization = authorization
-        kw: dict[str, object] = {"maxsize": 1, "retries": False, "timeout": urllib3.Timeout(timeout), "block": False}
-        if parts.scheme == "https":
-            kw.update(cert_reqs="CERT_REQUIRED", ca_certs=ca_file)
-            self.pool: urllib3.HTTPConnectionPool = urllib3.HTTPSConnectionPool(parts.hostname, parts.port, **kw)  # type: ignore[arg-type]
-        else:
-            self.pool = urllib3.HTTPConnectionPool(parts.hostname, parts.port, **kw)  # type: ignore[arg-type]
 
     def _request(self, method: str, path: str, body: bytes | None, headers: dict[str, str], limit: int,
                  content_type: str) -> bytes:

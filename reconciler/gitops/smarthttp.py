@@ -1,0 +1,30 @@
+"""What the in-process smart-HTTP clients (:mod:`~reconciler.gitops.lsrefs` for polls, :mod:`~reconciler.gitops.smartpush`
+for status pushes) share: pkt-line framing and one kept-alive connection to the repository's host."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import urllib3
+
+
+def pkt(data: bytes) -> bytes:
+    """``data`` as one pkt-line (four hex digits of length, then the bytes)."""
+    return b"%04x" % (len(data) + 4) + data
+
+
+def keepalive_pool(url: str, *, ca_file: str | None, timeout: float, what: str
+                   ) -> tuple[urllib3.HTTPConnectionPool, str]:
+    """(a one-connection pool to ``url``'s host that never retries or blocks, the repository's path without a
+    trailing slash); ``ValueError`` naming ``what`` unless ``url`` is http(s)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{what} needs an http(s) URL")
+    kw: dict[str, object] = {"maxsize": 1, "retries": False, "timeout": urllib3.Timeout(timeout), "block": False}
+    pool: urllib3.HTTPConnectionPool
+    if parts.scheme == "https":
+        kw.update(cert_reqs="CERT_REQUIRED", ca_certs=ca_file)
+        pool = urllib3.HTTPSConnectionPool(parts.hostname, parts.port, **kw)  # type: ignore[arg-type]
+    else:
+        pool = urllib3.HTTPConnectionPool(parts.hostname, parts.port, **kw)  # type: ignore[arg-type]
+    return pool, parts.path.rstrip("/")
