@@ -15,7 +15,7 @@ worker aborts the switch everywhere (the old version keeps serving, the reason i
 A worker that dies is restarted with the current desired set loaded before it listens, counted
 (``modelfleet_serving_worker_restarts_total``) and reported (:meth:`WorkerPool.report`); ready stays false
 until it is back. ``/metrics`` is one view: the pool's own registry plus the workers' counters, summed by
-``prometheus_client``'s multiprocess mode from a private directory.
+``prometheus_client``'s multiprocess mode from a private directory (:mod:`~reconciler.serving.poolmetrics`).
 """
 
 from __future__ import annotations
@@ -37,11 +37,12 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import mark_process_dead
 
 from reconciler.serving.control import SAMPLE_QUEUE_MAX, Board, WorkerSettings, proc_memory_mb
 from reconciler.serving.limits import ServerLimits
+from reconciler.serving.poolmetrics import WORKER_RESTARTS, WORKER_RSS, WORKERS_SERVING, PoolMetrics
 from reconciler.serving.registry import (
     LOAD_FAILURES,
     ROLLBACKS,
@@ -54,15 +55,6 @@ from reconciler.serving.registry import (
 
 log = logging.getLogger("reconciler.serving.workers")
 
-WORKERS_SERVING = Gauge("modelfleet_serving_workers", "Worker processes serving the current generation.")
-WORKER_RESTARTS = Counter("modelfleet_serving_worker_restarts_total", "Worker processes that died and were restarted.")
-WORKER_RSS = Gauge("modelfleet_serving_worker_rss_bytes", "Resident memory of each worker process.", ["worker"])
-#: Families the workers count (summed over workers); everything else comes from the pool's process.
-WORKER_FAMILIES = frozenset({
-    "modelfleet_inference_requests", "modelfleet_inference_failures", "modelfleet_inference_latency_seconds",
-    "modelfleet_inference_inflight", "modelfleet_model_load_seconds", "modelfleet_serving_samples_dropped",
-    "modelfleet_batch_size", "modelfleet_batch_queue_delay_seconds", "modelfleet_batch_fallbacks",
-})
 RESTART_BACKOFF_MAX = 300.0
 LOAD_TIMEOUT = 600.0  # a large OpenVINO model compiles for minutes on a small device
 SMALL_TIMEOUT = 30.0
@@ -113,21 +105,6 @@ class _Worker:
     def call(self, msg: tuple[Any, ...], timeout: float = SMALL_TIMEOUT) -> tuple[str, Any]:
         self.send(msg)
         return self.reply(timeout)
-
-
-class _PoolMetrics:
-    """The pool process's registry with the worker-counted families replaced by their sum over workers."""
-
-    def __init__(self, directory: Path) -> None:
-        self._workers = MultiProcessCollector(None, path=str(directory))
-
-    def collect(self) -> Any:
-        for family in REGISTRY.collect():
-            if family.name not in WORKER_FAMILIES:
-                yield family
-        for family in self._workers.collect():
-            if family.name in WORKER_FAMILIES:
-                yield family
 
 
 class WorkerPool:
@@ -181,7 +158,7 @@ class WorkerPool:
         self._dir = Path(tempfile.mkdtemp(prefix="modelfleet-workers-"))
         (self._dir / "metrics").mkdir()
         self._board = Board(self._dir / "board", create=True)
-        self.metrics_registry.register(_PoolMetrics(self._dir / "metrics"))
+        self.metrics_registry.register(PoolMetrics(self._dir / "metrics"))
         try:
             if self.port is not None:
                 family, _, _, _, addr = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM,
