@@ -50,3 +50,12 @@ def send(url: str, rows: np.ndarray, batch: int = 10) -> None:
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=10) as resp:
             assert resp.status == 200
+
+
+def drift_world(tmp_path: Path) -> World:
+    """A started world serving 1.0.0 with its drift baseline published and the deployment monitoring drift."""
+    w = World(tmp_path / "world").start()
+    w.publish("1.0.0")
+    publish_baseline(w, "1.0.0", tmp_path)
+    commit_with_baseline(w, "1.0.0", DRIFT)
+    return w

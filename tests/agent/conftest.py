@@ -1,6 +1,5 @@
-"""Fixtures shared by the agent tests: a world (git daemon + TUF over HTTP) with 1.0.0 published and committed,
-and an in-process agent booted on it. A test module that needs another world defines its own ``world``; the
-``agent`` fixture then boots on that one."""
+"""The agent tests' world: git daemon + TUF over HTTP with 1.0.0 published and committed. A test module that
+needs another world defines its own ``world``; the ``agent`` fixture (tests/conftest.py) boots on that one."""
 
 from __future__ import annotations
 
@@ -9,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.agent.config import load_agent_config
-from reconciler.agent.loop import Agent
 from tests._agent_fixtures import World
 
 
@@ -21,11 +18,3 @@ def world(tmp_path: Path) -> Iterator[World]:
     w.commit_fleet("1.0.0")
     yield w
     w.stop()
-
-
-@pytest.fixture
-def agent(world: World, tmp_path: Path) -> Iterator[Agent]:
-    a = Agent(load_agent_config(world.agent_config(tmp_path / "dev")))
-    a.boot()
-    yield a
-    a.close()

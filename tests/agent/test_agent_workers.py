@@ -22,15 +22,12 @@ from reconciler.core import conditions as C
 from reconciler.fleet.schemas import validator
 from reconciler.serving.workers import WorkerPool
 from tests._agent_fixtures import ENDPOINT, IN_DIM, World, infer, which_version
-from tests._drift_fixtures import DRIFT, commit_with_baseline, publish_baseline, send
+from tests._drift_fixtures import drift_world, send
 
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path / "world").start()
-    w.publish("1.0.0")
-    publish_baseline(w, "1.0.0", tmp_path)
-    commit_with_baseline(w, "1.0.0", DRIFT)
+    w = drift_world(tmp_path)
     yield w
     w.stop()
 

@@ -14,32 +14,21 @@ from typing import Any
 import numpy as np
 import pytest
 
-from reconciler.agent.config import load_agent_config
 from reconciler.agent.loop import Agent
 from reconciler.core import conditions as C
 from reconciler.distribution import tufrepo
 from reconciler.drift.settings import decode_counts, pin_reason
 from reconciler.fleet.schemas import validator
 from tests._agent_fixtures import ENDPOINT, IN_DIM, MODEL, World, which_version
-from tests._drift_fixtures import DRIFT, commit_with_baseline, publish_baseline, send
+from tests._drift_fixtures import DRIFT, commit_with_baseline, drift_world, publish_baseline, send
 
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path / "world").start()
-    w.publish("1.0.0")
-    publish_baseline(w, "1.0.0", tmp_path)
-    commit_with_baseline(w, "1.0.0", DRIFT)
+    w = drift_world(tmp_path)
     yield w
     w.stop()
 
-
-@pytest.fixture
-def agent(world: World, tmp_path: Path) -> Iterator[Agent]:
-    a = Agent(load_agent_config(world.agent_config(tmp_path / "dev")))
-    a.boot()
-    yield a
-    a.close()
 
 
 def endpoint_status(agent: Agent) -> dict[str, Any]:
