@@ -118,6 +118,12 @@ def backend_cpu(log: Path) -> float:
     return total
 
 
+def server_settings(bare: Path) -> None:
+    """A busy self-hosted repository's settings (docs/scale.md): no ``git gc --auto`` process after every push
+    (a status push is three loose objects; maintenance runs on a schedule instead, ``git maintenance start``)."""
+    git(bare, "config", "receive.autogc", "false")
+
+
 class Servers:
     """The fleet world on smart HTTP, plus a second nginx serving its TUF repository."""
 
@@ -125,6 +131,7 @@ class Servers:
         self.world: Any = HttpWorld(root / "world")
         self.world.git_http.backend, self.backend_log = accounted_backend(root / "accounting")
         self.world.start()
+        server_settings(self.world.upstream.bare)
         self.tuf = GitHttp(root / "tuf-nginx", self.world.git_http.pki, users={}, tuf_token=TUF_TOKEN).start()
         self.tuf.publish_tuf("fleet", self.world.tuf_dir)
         self.tuf_url = f"http://127.0.0.1:{self.tuf.http_port}/tuf/fleet"
@@ -134,6 +141,7 @@ class Servers:
             bare = root / "status-shards" / f"status-{i:02d}.git"
             bare.mkdir(parents=True)
             git(bare, "init", "--bare", "--quiet", "--initial-branch=main")
+            server_settings(bare)
             self.world.git_http.publish_repo(bare.name, bare)
             self.status_bares.append(bare)
         self.status_urls = [self.world.git_http.url(b.name) for b in self.status_bares]
