@@ -30,7 +30,10 @@ def _rss_mb() -> float:
 
 
 def _shard(conn: Any, settings: SimSettings, work_dir: Path) -> None:
+    import faulthandler
     import logging
+
+    faulthandler.enable()  # a shard that dies in native code says where
 
     logging.getLogger("reconciler").setLevel(logging.ERROR)
     rss0 = _rss_mb()
