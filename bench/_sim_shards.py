@@ -72,7 +72,10 @@ class ShardedFleet:
         return [p.pid for p in self.procs]
 
     def poll(self) -> Report:
-        """The shards' newest reports, summed."""
+        """The shards' newest reports, summed; RuntimeError when a shard died (its devices stopped reporting)."""
+        for proc in self.procs:
+            if proc.exitcode is not None:
+                raise RuntimeError(f"simulator shard {proc.pid} exited with {proc.exitcode}")
         for i, c in enumerate(self.conns):
             while c.poll():
                 self.last[i] = c.recv()
