@@ -23,7 +23,10 @@ branches written with ``git fast-import``. ``perRequest``: server CPU per idle p
 ``git ls-remote`` over smart HTTP and over ``git daemon`` for comparison) and per status push.
 
 The devices run in ``BENCH_PROCESSES`` (default 2) simulator processes of ``BENCH_WORKERS`` threads each
-(``bench/_sim_shards.py``).
+(:mod:`reconciler.simulate.shards`, ``modelfleet simulate --processes``). The Git server's CPU comes from a cgroup
+holding nginx, fcgiwrap and every process they start (``git http-backend`` and its git children are never
+reaped by fcgiwrap, so no parent accounts for them), where one can be made; else from a ``times`` wrapper around
+the backend, which reads whole clock ticks per request and so misses most of a short request's CPU.
 
 Run: .venv/bin/python bench/bench_rollout.py   (about 10 minutes on 2 cores)
 """
@@ -44,8 +47,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _sim_shards import ShardedFleet  # noqa: E402  (bench/, next to this file)
-
 from reconciler.core.credentials import Credentials  # noqa: E402
 from reconciler.gitops.fleetstatus import StatusRepo  # noqa: E402
 from reconciler.gitops.lsrefs import LsRefsClient  # noqa: E402
@@ -53,6 +54,7 @@ from reconciler.gitops.statuswriter import StatusWriter, dump_status  # noqa: E4
 from reconciler.rollout.gitrepo import RolloutRepo  # noqa: E402
 from reconciler.rollout.watch import act  # noqa: E402
 from reconciler.simulate.fleet import SimSettings  # noqa: E402
+from reconciler.simulate.shards import ShardedFleet  # noqa: E402
 from tests._agent_fixtures import ENDPOINT  # noqa: E402
 from tests._fleet_world import DEPLOYMENT, HttpWorld, fleet_servers  # noqa: E402
 from tests._git_fixtures import git, make_status  # noqa: E402
@@ -131,10 +133,12 @@ class CgroupCpu:
         return int(text) / 1e9
 
     def remove(self) -> None:
-        try:
-            self.path.rmdir()  # empty once the servers stopped
-        except OSError:
-            pass
+        for _ in range(50):  # empty once the servers' last processes are gone
+            try:
+                self.path.rmdir()
+                return
+            except OSError:
+                time.sleep(0.1)
 
 
 def descendants(pids: list[int]) -> list[int]:
@@ -181,9 +185,12 @@ def backend_cpu(log: Path) -> float:
 
 
 def server_settings(bare: Path) -> None:
-    """A busy self-hosted repository's settings (docs/scale.md): no ``git gc --auto`` process after every push
-    (a status push is three loose objects; maintenance runs on a schedule instead, ``git maintenance start``)."""
+    """A busy self-hosted repository's settings (docs/scale.md), each saving a process per push: no
+    ``git gc --auto`` after every push (a status push is three loose objects; maintenance runs on a schedule
+    instead, ``git maintenance start``), and no ``git for-each-ref`` for the alternate refs of the push's
+    quarantine (the quarantine's only alternate is the repository itself, whose refs ``--all`` already lists)."""
     git(bare, "config", "receive.autogc", "false")
+    git(bare, "config", "core.alternateRefsCommand", "true")
 
 
 class Servers:
