@@ -133,12 +133,13 @@ class CgroupCpu:
         return int(text) / 1e9
 
     def remove(self) -> None:
-        for _ in range(50):  # empty once the servers' last processes are gone
+        for _ in range(200):  # empty once the servers' last processes are gone (and reaped)
             try:
                 self.path.rmdir()
                 return
             except OSError:
                 time.sleep(0.1)
+        print(f"bench: could not remove the cgroup {self.path} (rmdir it when empty)", file=sys.stderr)
 
 
 def descendants(pids: list[int]) -> list[int]:
