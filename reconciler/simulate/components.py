@@ -11,7 +11,8 @@
   validated manifests per commit, and the signature check of identical TUF metadata bytes
   (:mod:`~reconciler.simulate.sharedtuf`). Everything a device decides (membership, desired state, TUF refresh and
   verified download into its own store, apply, status) still runs per device;
-- no inference server and no fact detection subprocess (facts are given);
+- no inference server and no fact detection subprocess (facts are given), no heap trim after each pass (N
+  devices share one heap: trimming it per device walks all of it);
 - faults: an offline device makes no request at all (the scheduler does not run it); a *failing* device fails
   the health check of every version it updates to (its first install succeeds), as a bad driver would.
 
