@@ -43,8 +43,14 @@ class Server:
         lines = self.backend_log.read_text().splitlines() if self.backend_log.exists() else []
         return [line for line in lines if f"/{name}.git/" in line]
 
-    def log(self, name: str) -> list[list[str]]:
-        return [line.split() for line in self.http.requests() if f"/{name}.git/" in line]
+    def log(self, name: str, count: int) -> list[list[str]]:
+        """The access log's ``count`` lines for repository ``name`` (nginx logs just after the response)."""
+        deadline = time.monotonic() + 5
+        while True:
+            lines = [line.split() for line in self.http.requests() if f"/{name}.git/" in line]
+            if len(lines) >= count or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.05)
 
     def poller(self, name: str, *, private: bool = False, password: str | None = None) -> LsRefsClient:
         auth = None if password is None else "Basic " + base64.b64encode(f"device:{password}".encode()).decode()
@@ -83,7 +89,7 @@ def test_repeated_polls_reach_the_backend_once_per_validity(server: Server) -> N
     finally:
         client.close()
     assert server.backend_calls("polled") == ["POST /polled.git/git-upload-pack"] * 2
-    assert [r[-1] for r in server.log("polled")] == ["MISS", "HIT", "HIT", "HIT", "HIT", "MISS"]
+    assert [r[-1] for r in server.log("polled", 6)] == ["MISS", "HIT", "HIT", "HIT", "HIT", "MISS"]
 
 
 def test_a_burst_of_polls_makes_one_backend_call(server: Server) -> None:
@@ -112,7 +118,7 @@ def test_a_push_is_seen_once_the_validity_has_passed(server: Server) -> None:
         assert client.ls_ref(MAIN) == new
     finally:
         client.close()
-    polls = [r for r in server.log("pushed") if r[1].endswith("/git-upload-pack")]
+    polls = [r for r in server.log("pushed", 6) if r[1].endswith("/git-upload-pack")]
     assert [r[-1] for r in polls] == ["MISS", "HIT", "EXPIRED"]
 
 
@@ -131,7 +137,7 @@ def test_push_fetch_and_clone_never_use_the_cache(server: Server, tmp_path: Path
     git(clone, "fetch", "--quiet", "origin")  # ...but git's own ls-refs and fetch go to the backend
     assert git(clone, "rev-parse", "origin/main") == new
     git(clone, "cat-file", "-e", f"{new}^{{tree}}")
-    served = [(r[0], r[1].rsplit("/", 1)[1], r[-1]) for r in server.log("fetched")]
+    served = [(r[0], r[1].rsplit("/", 1)[1], r[-1]) for r in server.log("fetched", 11)]
     clone_or_fetch = [("GET", "refs", "BYPASS"), ("POST", "git-upload-pack", "BYPASS"),  # ls-refs
                       ("POST", "git-upload-pack", "BYPASS")]  # fetch
     assert served == [*clone_or_fetch,
@@ -161,7 +167,7 @@ def test_wrong_credentials_are_refused_before_the_cache(server: Server) -> None:
                 assert err.value.reason == AUTHENTICATION_FAILED
         finally:
             bad.close()
-    assert [(r[2], r[-1]) for r in server.log("private")] == [("200", "MISS"), ("200", "HIT")] + [("401", "-")] * 4
+    assert [(r[2], r[-1]) for r in server.log("private", 6)] == [("200", "MISS"), ("200", "HIT")] + [("401", "-")] * 4
     assert len(server.backend_calls("private")) == 1
 
 
