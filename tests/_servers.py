@@ -5,7 +5,8 @@
 - :class:`GitHttp`: nginx + fcgiwrap + ``git http-backend`` (smart HTTP, protocol v2 through
   ``GIT_PROTOCOL``), on plain HTTP and HTTPS. ``/git/<repo>`` asks for Basic auth only on push,
   ``/private/<repo>`` on everything, ``/tuf/<name>/`` serves a static TUF repository to a bearer token (or
-  Basic with the token as password). ``access_log`` counts requests per path.
+  Basic with the token as password). ``access_log`` counts requests per path. ``ls_refs_cache_s`` adds nginx's
+  microcache of the devices' ``ls-refs`` poll (off by default; docs/scale.md).
 - :class:`SshServer`: sshd on a loopback port with a deploy key and a pinned known-hosts file.
 
 Everything runs as the current user, config/pids/logs in a temp dir, on free ports; start-up waits are
