@@ -17,6 +17,7 @@ from typing import Any
 
 from reconciler.serving.batching import BatchItem, QueueFull, batch_key
 from reconciler.serving.http1 import Response, error_response
+from reconciler.serving.plans import JSON_BODY_MAX, learn, planned
 from reconciler.serving.registry import LoadedModel
 from reconciler.serving.v2codec import (
     CodecError,
@@ -28,6 +29,7 @@ from reconciler.serving.v2codec import (
     select_outputs,
     validate_inputs,
 )
+from reconciler.serving.v2json import JsonError, loads_request
 
 OCTET_CT = b"application/octet-stream"
 _HCL = b"inference-header-content-length"
@@ -38,6 +40,16 @@ def _error(status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] =
     return error_response(status, message, headers)
 
 
+def _header_len(headers: dict[str, str]) -> int | None:
+    hl = headers.get("inference-header-content-length")
+    if hl is None:
+        return None
+    try:
+        return int(hl)
+    except ValueError:
+        raise CodecError(f"Inference-Header-Content-Length is not an integer: {hl!r}") from None
+
+
 class InferPath:
     """The inference request path of one server (``json_limits``; ``bind(model)`` gives its metric children)."""
 
@@ -46,14 +58,9 @@ class InferPath:
         self.bind = bind
 
     def _decode(
-        self, headers: dict[str, str], body: bytes, model: LoadedModel
+        self, headers: dict[str, str], body: bytes, model: LoadedModel, doc: Any = None
     ) -> tuple[InferRequest, dict[str, Any], list[RequestedOutput]]:
-        hl = headers.get("inference-header-content-length")
-        try:
-            header_len = int(hl) if hl is not None else None
-        except ValueError:
-            raise CodecError(f"Inference-Header-Content-Length is not an integer: {hl!r}") from None
-        req = decode_request(body, header_len, self.json_limits)
+        req = decode_request(body, _header_len(headers), self.json_limits, doc)
         try:
             feeds = validate_inputs(req, model.inputs)
             requested = select_outputs(req, model.output_names)
@@ -95,20 +102,40 @@ class InferPath:
         self, model: LoadedModel, lease: Any, headers: dict[str, str], body: bytes, t0: float, inline: bool = False
     ) -> Response:
         """Answer now. ``inline``: on the event loop, which also serves ``/metrics``, so the request could never
-        be seen in flight: the in-flight gauge is left alone (two locked updates saved per request)."""
+        be seen in flight: the in-flight gauge is left alone (two locked updates saved per request).
+
+        A request of a kind this version has answered before runs from its plan (:mod:`.plans`)."""
         bound = self.bind(model)
         if not inline:
             bound.inflight.inc()
         try:
-            req, feeds, requested = self._decode(headers, body, model)
+            header_len = _header_len(headers)
+            doc = None
+            if header_len is None and len(body) <= JSON_BODY_MAX:
+                try:
+                    doc = loads_request(body, self.json_limits)
+                except JsonError as exc:
+                    raise CodecError(str(exc)) from None
+            hit = planned(model.plans, header_len, body, doc)
+            if hit is not None:
+                plan, feeds = hit
+                req_id, names, requested = None, plan.output_names, plan.requested
+            else:
+                req, feeds, requested = self._decode(headers, body, model, doc)
+                req_id, names = req.id, [r.name for r in requested]
+                plan = learn(model.plans, req, header_len, body, doc, model.inputs, requested)
             try:
-                outputs = model.infer(feeds, [r.name for r in requested], req.id)
+                outputs = model.infer(feeds, names, req_id)
             except CodecError:
                 raise
             except Exception as exc:
                 resp = _error(500, f"inference failed: {exc}")
             else:
-                resp = self._encode(model, req, outputs, requested)
+                answer = plan.answer(model.name, model.version, outputs) if plan is not None else None
+                if answer is None:
+                    answer = encode_response(model.name, model.version, req_id, outputs, requested)
+                out, hlen = answer
+                resp = Response(200, out) if hlen is None else Response(200, out, OCTET_CT, ((_HCL, b"%d" % hlen),))
         except CodecError as exc:
             resp = self._rejected(model, exc)
         except BaseException:

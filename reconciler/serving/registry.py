@@ -128,6 +128,8 @@ class LoadedModel:
         self.batcher: Batcher | None = None
         #: The server's pre-bound metric children for this version (set by the server on first use).
         self.serving_metrics: Any = None
+        #: Request plans of this version (reconciler.serving.plans), keyed by what the request says about its tensors.
+        self.plans: dict[Any, Any] = {}
         # Monitoring hook (e.g. reconciler.drift): sees every request's tensors after inference; it must only
         # count and enqueue, the work happens off the request path.
         self.observer: Observer | None = None
