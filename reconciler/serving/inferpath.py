@@ -17,7 +17,7 @@ from typing import Any
 
 from reconciler.serving.batching import BatchItem, QueueFull, batch_key
 from reconciler.serving.http1 import Response, error_response
-from reconciler.serving.plans import JSON_BODY_MAX, learn, planned
+from reconciler.serving.plans import HCL, JSON_BODY_MAX, OCTET_CT, learn, planned
 from reconciler.serving.registry import LoadedModel
 from reconciler.serving.v2codec import (
     CodecError,
@@ -31,8 +31,7 @@ from reconciler.serving.v2codec import (
 )
 from reconciler.serving.v2json import JsonError, loads_request
 
-OCTET_CT = b"application/octet-stream"
-_HCL = b"inference-header-content-length"
+_HCL = HCL
 _RETRY = ((b"retry-after", b"1"),)
 
 
@@ -80,9 +79,9 @@ class InferPath:
         return _error(400, str(exc))
 
     @staticmethod
-    def _encode(model: LoadedModel, req: InferRequest, outputs: dict[str, Any],
+    def _encode(model: LoadedModel, req_id: str | None, outputs: dict[str, Any],
                 requested: list[RequestedOutput]) -> Response:
-        out, hlen = encode_response(model.name, model.version, req.id, outputs, requested)
+        out, hlen = encode_response(model.name, model.version, req_id, outputs, requested)
         if hlen is None:
             return Response(200, out)
         return Response(200, out, OCTET_CT, ((_HCL, b"%d" % hlen),))
@@ -92,8 +91,7 @@ class InferPath:
         lease.release()
         if not inline:
             bound.inflight.dec()
-        bound.requests.inc()
-        bound.latency.observe(time.perf_counter() - t0)
+        bound.counted(time.perf_counter() - t0)
         if resp.status != 200:
             bound.failed(resp.status)
         return resp
@@ -105,7 +103,7 @@ class InferPath:
         be seen in flight: the in-flight gauge is left alone (two locked updates saved per request).
 
         A request of a kind this version has answered before runs from its plan (:mod:`.plans`)."""
-        bound = self.bind(model)
+        bound = model.serving_metrics or self.bind(model)
         if not inline:
             bound.inflight.inc()
         try:
@@ -116,7 +114,7 @@ class InferPath:
                     doc = loads_request(body, self.json_limits)
                 except JsonError as exc:
                     raise CodecError(str(exc)) from None
-            hit = planned(model.plans, header_len, body, doc)
+            hit = planned(model.plans, header_len, body, doc) if model.plans else None
             if hit is not None:
                 plan, feeds = hit
                 req_id, names, requested = None, plan.output_names, plan.requested
@@ -131,11 +129,9 @@ class InferPath:
             except Exception as exc:
                 resp = _error(500, f"inference failed: {exc}")
             else:
-                answer = plan.answer(model.name, model.version, outputs) if plan is not None else None
-                if answer is None:
-                    answer = encode_response(model.name, model.version, req_id, outputs, requested)
-                out, hlen = answer
-                resp = Response(200, out) if hlen is None else Response(200, out, OCTET_CT, ((_HCL, b"%d" % hlen),))
+                resp = plan.answer(model.name, model.version, outputs) if plan is not None else None
+                if resp is None:
+                    resp = self._encode(model, req_id, outputs, requested)
         except CodecError as exc:
             resp = self._rejected(model, exc)
         except BaseException:
@@ -168,7 +164,7 @@ class InferPath:
                 else:
                     if observer is not None:
                         observer.observe(feeds, outputs, run_s, req.id)
-                    resp = self._encode(model, req, outputs, requested)
+                    resp = self._encode(model, req.id, outputs, requested)
             except CodecError as exc:
                 resp = _error(400, str(exc))
             except Exception as exc:  # noqa: BLE001 - a bug costs this request, never the batch
@@ -192,7 +188,7 @@ class InferPath:
     def _finish_alone(self, model: LoadedModel, lease: Any, bound: Any, req: InferRequest,
                       feeds: dict[str, Any], requested: list[RequestedOutput], t0: float) -> Response:
         try:
-            resp = self._encode(model, req, model.infer(feeds, [r.name for r in requested], req.id), requested)
+            resp = self._encode(model, req.id, model.infer(feeds, [r.name for r in requested], req.id), requested)
         except CodecError as exc:
             resp = _error(400, str(exc))
         except Exception as exc:

@@ -23,10 +23,12 @@ keys up to ``KEY_MAX`` bytes, JSON plans for bodies up to ``JSON_BODY_MAX`` byte
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from math import isfinite
 from typing import Any
 
 import numpy as np
 
+from reconciler.serving.http1 import Response
 from reconciler.serving.v2codec import (
     V2_TO_NP,
     CodecError,
@@ -41,8 +43,10 @@ from reconciler.serving.v2codec import (
     output_doc,
     response_head,
 )
-from reconciler.serving.v2json import JsonError, count_nonfinite, dumps_data, to_array
+from reconciler.serving.v2json import SMALL_ARRAY, JsonError, count_nonfinite, dumps_data, to_array
 
+OCTET_CT = b"application/octet-stream"
+HCL = b"inference-header-content-length"
 PLANS_MAX = 64
 KEY_MAX = 4096
 #: JSON requests larger than this are decoded the full way (their ``data`` may be parsed in slices).
@@ -55,11 +59,16 @@ class AnswerTemplate:
     """The answer's JSON for outputs of given shapes and datatypes, with finite values: ``pieces`` surround
     the ``data`` of the JSON outputs; binary outputs follow the JSON, in order."""
 
-    __slots__ = ("pieces", "outputs")
+    __slots__ = ("pieces", "outputs", "header_len", "all_binary", "headers")
 
     def __init__(self, pieces: tuple[bytes, ...], outputs: tuple[tuple[Any, ...], ...]) -> None:
         self.pieces = pieces
-        self.outputs = outputs  # (name, binary, shape, numpy dtype, dtype on the wire) per requested output
+        #: (name, binary, shape, numpy dtype, dtype on the wire, small float?) per requested output
+        self.outputs = outputs
+        self.all_binary = all(o[1] for o in outputs) and len(pieces) == 1
+        self.header_len = len(pieces[0]) if self.all_binary else None
+        #: The answer's extra HTTP headers when all outputs are binary (the JSON header's length is fixed).
+        self.headers = ((HCL, b"%d" % len(pieces[0])),) if self.all_binary else ()
 
     @classmethod
     def build(cls, model_name: str, model_version: str, outputs: Mapping[str, np.ndarray],
@@ -80,7 +89,7 @@ class AnswerTemplate:
                 cur += [output_doc(r.name, datatype, arr.shape, {})[:-1], b',"data":']
                 pieces.append(b"".join(cur))
                 cur = [b"}"]
-            spec.append((r.name, r.binary, arr.shape, arr.dtype, dtype))
+            spec.append((r.name, r.binary, arr.shape, arr.dtype, dtype, arr.dtype.kind == "f" and arr.size <= SMALL_ARRAY))
         if not requested:
             cur.append(b',"outputs":[')
         cur.append(b"]}")
@@ -91,10 +100,24 @@ class AnswerTemplate:
         """The answer (body, binary header length), or None when an output's shape, datatype or a non-finite
         value does not fit the template."""
         pieces = self.pieces
+        if self.all_binary:  # the JSON is all template; the common case of a binary-tensor client
+            parts = [pieces[0]]
+            for name, _, shape, dtype, wire, small_float in self.outputs:
+                arr = outputs[name]
+                if arr.shape != shape or arr.dtype != dtype:
+                    return None
+                if small_float:
+                    if not isfinite(sum(arr.ravel().tolist())):
+                        return None
+                elif count_nonfinite(arr):
+                    return None
+                parts.append(arr.tobytes() if small_float and dtype == wire else
+                             memoryview(np.ascontiguousarray(arr, dtype=wire)).cast("B"))
+            return b"".join(parts), self.header_len
         body: list[bytes] = [pieces[0]]
         chunks: list[Any] = []
         k = 1
-        for name, binary, shape, dtype, wire in self.outputs:
+        for name, binary, shape, dtype, wire, _ in self.outputs:
             arr = outputs[name]
             if arr.shape != shape or arr.dtype != dtype:
                 return None
@@ -135,8 +158,9 @@ class Plan:
     def binary_feeds(self, body: bytes) -> dict[str, np.ndarray] | None:
         if len(body) != self.body_len:
             return None
-        feeds = {name: np.frombuffer(body, dtype, count, offset).reshape(shape)
-                 for name, dtype, count, offset, shape in self.inputs}
+        feeds = {}
+        for name, dtype, count, offset, shape in self.inputs:
+            feeds[name] = np.frombuffer(body, dtype, count, offset).reshape(shape)
         return feeds if not self.checks or self._values_ok(feeds) else None
 
     def json_feeds(self, doc: dict[str, Any]) -> dict[str, np.ndarray] | None:
@@ -164,13 +188,17 @@ class Plan:
             return False  # the full way answers the error (and hands the rejected inputs to data capture)
         return True
 
-    def answer(self, model_name: str, model_version: str,
-               outputs: Mapping[str, np.ndarray]) -> tuple[bytes, int | None] | None:
+    def answer(self, model_name: str, model_version: str, outputs: Mapping[str, np.ndarray]) -> Response | None:
+        """The answer from the template; None when it does not fit (the caller encodes it the full way)."""
         t = self.template
         if t is not None:
             filled = t.fill(outputs)
             if filled is not None:
-                return filled
+                if t.all_binary:
+                    return Response(200, filled[0], OCTET_CT, t.headers)
+                if filled[1] is None:
+                    return Response(200, filled[0])
+                return Response(200, filled[0], OCTET_CT, ((HCL, b"%d" % filled[1]),))
         if self.rebuilds < TEMPLATE_REBUILDS:
             self.rebuilds += 1
             self.template = AnswerTemplate.build(model_name, model_version, outputs, self.requested)
