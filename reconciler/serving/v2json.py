@@ -273,11 +273,10 @@ def dumps_data(arr: np.ndarray) -> tuple[list[bytes], int]:
 def count_nonfinite(arr: np.ndarray) -> int:
     if arr.dtype.kind != "f" or arr.size == 0:
         return 0
-    if arr.size <= SMALL_ARRAY and math.isfinite(sum(arr.reshape(-1).tolist())):  # no numpy reduction setup
-        return 0
-    # One reduction for the common case: a finite float64 sum means every value is finite (a NaN or ±inf makes
-    # the sum non-finite; a sum that only overflows falls through to the exact count).
-    if math.isfinite(arr.sum(dtype=np.float64)):
+    # One sum for the common case: a finite float64 sum means every value is finite (a NaN or ±inf makes the sum
+    # non-finite; a sum that only overflows falls through to the exact count). Small arrays as a Python list: no
+    # numpy reduction setup.
+    if math.isfinite(sum(arr.reshape(-1).tolist()) if arr.size <= SMALL_ARRAY else arr.sum(dtype=np.float64)):
         return 0
     finite = np.isfinite(arr)
     return 0 if finite.all() else int(arr.size - np.count_nonzero(finite))
