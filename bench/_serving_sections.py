@@ -113,9 +113,14 @@ def cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def inprocess_p50_us(infer: Callable[[dict[str, np.ndarray]], Any], feeds: dict[str, np.ndarray], n: int) -> float:
+def inprocess_p50_us(infer: Callable[[dict[str, np.ndarray]], Any], feeds: dict[str, np.ndarray], n: int,
+                     gap_s: float = 0.0) -> float:
+    """p50 of ``infer`` back to back, or after a pause of ``gap_s`` each (as a server's runtime sees requests at
+    concurrency 1: the CPU ran the client and the kernel in between, the runtime's code and data are cold)."""
     lat = []
     for _ in range(n):
+        if gap_s:
+            time.sleep(gap_s)
         t0 = time.perf_counter()
         infer(feeds)
         lat.append(time.perf_counter() - t0)
@@ -140,6 +145,7 @@ def overhead(cache: Path, rev: str, rounds: int = 4, seconds: float = 2.0) -> di
     with reg.get("tiny") as m:
         x = np.array(TINY_PROBE["inputs"][0]["data"], np.float32).reshape(TINY_PROBE["inputs"][0]["shape"])
         inproc = inprocess_p50_us(m.backend.infer, {"input": x}, 3000)
+        inproc_gap = inprocess_p50_us(m.backend.infer, {"input": x}, 2000, gap_s=0.0002)
     reg.close()
     floors: dict[str, dict[str, Any]] = {"floor_uvloop": {}, "floor_nginx": {}}
     scripts: dict[str, Path] = {}
@@ -174,7 +180,8 @@ def overhead(cache: Path, rev: str, rounds: int = 4, seconds: float = 2.0) -> di
         for fl in floors.values():
             for f in fl.values():
                 f.stop()
-    out: dict[str, Any] = {"baseline_rev": rev, "rounds": rounds, "inprocess_p50_us": inproc, "rss_mb": rss,
+    out: dict[str, Any] = {"baseline_rev": rev, "rounds": rounds, "inprocess_p50_us": inproc,
+                           "inprocess_p50_us_after_200us_pause": inproc_gap, "rss_mb": rss,
                            "app_handle": app_cost(trees)}
     fields = ("p50_us", "p99_us", "rps", "cpu_us_per_req")
     for case in cases:
