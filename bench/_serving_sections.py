@@ -74,7 +74,7 @@ class ServeProc:
         env = {**os.environ, "PYTHONPATH": str(src)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "reconciler.cli", "serve", str(model_file), "--name", name, "--port", "0", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=src)  # cwd: sys.path[0] beats PYTHONPATH
         line = self.proc.stdout.readline().decode()  # type: ignore[union-attr]
         m = re.search(r":(\d+)/v2/", line)
         if m is None:
@@ -256,7 +256,7 @@ def app_cost(trees: dict[str, Path], rounds: int = 4) -> dict[str, Any]:
     for i in range(rounds):
         for name, src in (list(trees.items()) if i % 2 == 0 else list(trees.items())[::-1]):
             r = subprocess.run([sys.executable, "-c", _APP_LOOP], capture_output=True, text=True, timeout=600,
-                               env={**os.environ, "PYTHONPATH": str(src)})
+                               env={**os.environ, "PYTHONPATH": str(src)}, cwd=src)  # not the caller's tree
             if r.returncode != 0:
                 return {"error": f"{name}: {r.stderr.strip()[-300:]}"}
             for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items():
