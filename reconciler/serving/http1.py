@@ -14,9 +14,8 @@ Flow control, in the order a hostile client meets it:
   own concatenation can grow without bound;
 - the body is capped per request (413, the limit may depend on the request: JSON vs binary), and all bodies
   being received, queued or processed count against one budget (503 + ``Retry-After`` when it is spent);
-  a body of at least ``DIRECT_BODY`` bytes with a ``Content-Length`` is read from the socket straight into its
-  own buffer (``asyncio.BufferedProtocol``: no bytes object per read, no copy by the parser, no join), which
-  is what the handler receives (a camera image's tensor then goes to the runtime without any copy);
+  a ``Content-Length`` body of ``DIRECT_BODY`` bytes or more is read from the socket straight into its own
+  buffer (``BufferedProtocol``: no bytes per read, no parser copy, no join): a tensor reaches the runtime uncopied;
 - the connection stops reading while a response is being computed, while parsed requests wait, or while the
   transport's write buffer is above its high-water mark (``pause_writing``); unparsed bytes are kept (at most
   one read) and fed when the queue drains, in slices, so a burst of pipelined requests is parsed a few at a
@@ -47,10 +46,8 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: loop with every other connection. 512 bytes hold at most 28 requests: fewer than ``max_pipelined``'s default.
 FEED_SLICE = 512
 _IDLE, _HEAD, _BODY = 0, 1, 2
-#: Bodies of at least this many bytes (with a Content-Length) are received into one buffer of their size.
-DIRECT_BODY = 64 * 1024
-#: The per-connection buffer the socket is read into otherwise (heads, small bodies, chunked bodies).
-_READ_BUF = 64 * 1024
+DIRECT_BODY = 64 * 1024  # Content-Length bodies this large are received into one buffer of their size
+_READ_BUF = 64 * 1024  # what the socket is read into otherwise (heads, small and chunked bodies)
 #: Status line and content type per (status, content type), built once: the head of a response is these bytes,
 #: its length and its extra headers. Bounded: extra routes may answer with any content type.
 _HEADS: dict[tuple[int, bytes], bytes] = {}
@@ -269,8 +266,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         self._pump()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        # A large body is read into its own buffer, never past its end (the next request's bytes stay in the
-        # socket until the parser may see them).
+        # a large body: never past its end (the next request's bytes stay in the socket for the parser)
         if self.body_view is not None:
             return self.body_view[self.size :]
         return self.read_view
