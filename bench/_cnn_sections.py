@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from _loadgen import binary_request, load, stats
 
-from reconciler.devkit.modelgen import camera_cnn, mobilenet_v2, model_cost, to_openvino_ir
+from reconciler.devkit.modelgen import camera_cnn, image_mean, mobilenet_v2, model_cost, to_openvino_ir
 
 #: main before this tree's large-body receive and batch gather buffers: the "before" of these two sections.
 CNN_BASELINE_REV = "5b858c3"
@@ -157,15 +157,41 @@ def _models(cache: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def http_cost(cache: Path, trees: dict[str, Path], rounds: int = 5, seconds: float = 2.0) -> dict[str, Any]:
+    """What one 602 KB camera image costs the server besides the runtime: CPU per request of each tree's server
+    for ``modelgen.image_mean`` (a per-channel mean: next to no inference), one request at a time."""
+    model = cache / "image_mean.onnx"
+    model.write_bytes(image_mean())
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    workers = {tree: _Worker(src, "serve", "onnxruntime", 1, [model]) for tree, src in trees.items()}
+    runs: dict[str, list[dict[str, float]]] = {tree: [] for tree in trees}
+    try:
+        for i in range(rounds):
+            for tree in (list(trees) if i % 2 == 0 else list(trees)[::-1]):
+                runs[tree].append(workers[tree].served("plain", x, 1, seconds))
+    finally:
+        for w in workers.values():
+            w.stop()
+    med = {t: {"server_cpu_us_per_req": round(_med([r["cpu_ms_per_img"] for r in rs]) * 1e3, 1),
+               "loadgen_cpu_us_per_req": round(_med([r["loadgen_cpu_ms_per_img"] for r in rs]) * 1e3, 1),
+               "p50_us": _med([r["p50_us"] for r in rs]), "req_s": _med([r["img_s"] for r in rs])}
+           for t, rs in runs.items()}
+    return {**med, "cpu_ratio": _ratio(med["current"]["server_cpu_us_per_req"],
+                                       med["baseline"]["server_cpu_us_per_req"]),
+            "p50_ratio": _ratio(med["current"]["p50_us"], med["baseline"]["p50_us"])}
+
+
 def cnn(cache: Path, trees: dict[str, Path], rounds: int = 3, seconds: float = 2.5,
         threads: int | None = None) -> dict[str, Any]:
     """img/s and CPU ms per image: the runtime's own loop vs each tree's server, one request at a time (c=1)
-    and two in flight (c=2: the next image arrives while one runs), batch 1 and 8."""
+    and two in flight (c=2: the next image arrives while one runs; against two threads calling in-process),
+    batch 1 and 8."""
     threads = threads or os.cpu_count() or 2
     out: dict[str, Any] = {"threads": threads, "rounds": rounds, "encoding": "binary",
-                           "note": "server_vs_inprocess: server img/s over the in-process loop's (one thread "
-                                   "calling the session, same intra-op threads); cpu_ratio: server CPU per image "
-                                   "over in-process; the load generator's CPU per image is extra, on the same cores"}
+                           "note": "server_vs_inprocess: server img/s at concurrency c over the in-process loop's "
+                                   "with c threads calling the session (same intra-op threads); cpu_ratio: server "
+                                   "CPU per image over in-process; the load generator's CPU per image is extra, on "
+                                   "the same cores", "http_cost_602kb": http_cost(cache, trees)}
     rng = np.random.default_rng(0)
     for model, m in _models(cache).items():
         out[model] = {"about": m["about"]}
@@ -185,19 +211,22 @@ def cnn(cache: Path, trees: dict[str, Path], rounds: int = 3, seconds: float = 2
                         for name in order:
                             w = workers[name]
                             if name == "inprocess":
-                                runs.setdefault(name, []).append(w.inproc(1, batch, seconds))
+                                for par in (1, 2):
+                                    runs.setdefault(f"inprocess_c{par}", []).append(w.inproc(par, batch, seconds))
                                 continue
                             for conc in (1, 2):
                                 runs.setdefault(f"{name}_c{conc}", []).append(w.served("plain", x, conc, seconds))
-                    inp = {f: _med([r[f] for r in runs["inprocess"]]) for f in ("img_s", "cpu_ms_per_img")}
-                    row: dict[str, Any] = {"inprocess": inp}
+                    inp = {par: {f: _med([r[f] for r in runs[f"inprocess_c{par}"]]) for f in ("img_s", "cpu_ms_per_img")}
+                           for par in (1, 2)}
+                    row: dict[str, Any] = {f"inprocess_c{par}": v for par, v in inp.items()}
                     for key, rs in runs.items():
-                        if key == "inprocess":
+                        if key.startswith("inprocess"):
                             continue
+                        inp1 = inp[int(key[-1])]  # the same number of calls at once: c=2 against two callers
                         med = {f: _med([r[f] for r in rs]) for f in
                                ("img_s", "cpu_ms_per_img", "loadgen_cpu_ms_per_img", "p50_us", "errors")}
-                        row[key] = {**med, "server_vs_inprocess": _ratio(med["img_s"], inp["img_s"]),
-                                    "cpu_ratio": _ratio(med["cpu_ms_per_img"], inp["cpu_ms_per_img"])}
+                        row[key] = {**med, "server_vs_inprocess": _ratio(med["img_s"], inp1["img_s"]),
+                                    "cpu_ratio": _ratio(med["cpu_ms_per_img"], inp1["cpu_ms_per_img"])}
                     res[f"b{batch}"] = row
                 out[model][runtime] = res
             except Exception as exc:  # noqa: BLE001 - one runtime failing must not lose the others' numbers
@@ -211,7 +240,8 @@ def cnn(cache: Path, trees: dict[str, Path], rounds: int = 3, seconds: float = 2
 def batching(cache: Path, trees: dict[str, Path], rounds: int = 3, seconds: float = 4.0, max_batch: int = 8,
              delay_ms: float = 10.0, threads: int | None = None) -> dict[str, Any]:
     """One image per request at concurrency 16: ``plain`` (no batching) vs ``batched`` endpoints of each tree's
-    server; the batched endpoint alone (c=1) against its bound; and in-process, the same work as the server
+    server; the batched endpoint alone (c=1) against its bound (the delay plus the unbatched p99 at c=1); and
+    in-process, the same work as the server
     does it: ``workers`` Python threads each calling batch 1 (the unbatched server's pool) vs one thread calling
     batch ``max_batch`` (the batcher), same intra-op threads — the arithmetic ceiling of batching."""
     threads = threads or os.cpu_count() or 2
@@ -242,7 +272,9 @@ def batching(cache: Path, trees: dict[str, Path], rounds: int = 3, seconds: floa
                         for endpoint in ("plain", "batched"):
                             runs.setdefault(f"{name}_{endpoint}", []).append(w.served(endpoint, x1, 16, seconds))
                         if name == "current":
-                            runs.setdefault("current_batched_c1", []).append(w.served("batched", x1, 1, seconds / 2))
+                            for endpoint in ("plain", "batched"):
+                                runs.setdefault(f"current_{endpoint}_c1", []).append(
+                                    w.served(endpoint, x1, 1, seconds / 2))
                 fields = ("img_s", "cpu_ms_per_img", "p50_us", "p99_us", "errors", "loadgen_cpu_ms_per_img")
                 med = {k: {f: _med([r[f] for r in rs]) for f in fields if f in rs[0]} for k, rs in runs.items()}
                 res: dict[str, Any] = {"inprocess": {k: v for k, v in med.items() if k.startswith("inproc")}}
@@ -254,10 +286,11 @@ def batching(cache: Path, trees: dict[str, Path], rounds: int = 3, seconds: floa
                                  "rps_ratio": _ratio(batched["img_s"], plain["img_s"]),
                                  "cpu_ratio": _ratio(batched["cpu_ms_per_img"], plain["cpu_ms_per_img"]),
                                  "p99_ratio": _ratio(batched["p99_us"], plain["p99_us"])}
-                c1 = med["current_batched_c1"]
-                bound_us = delay_ms * 1000 + 1e6 / med["inproc_b1"]["img_s"]
-                res["current_batched_c1"] = {**c1, "p99_bound_us": round(bound_us, 1),
-                                             "p99_over_bound": _ratio(c1["p99_us"], bound_us)}
+                # alone, a request waits the whole delay for company, then takes what it takes unbatched
+                c1, plain_c1 = med["current_batched_c1"], med["current_plain_c1"]
+                bound_us = delay_ms * 1000 + plain_c1["p99_us"]
+                res["current_c1"] = {"unbatched": plain_c1, "batched": c1, "p99_bound_us": round(bound_us, 1),
+                                     "p99_over_bound": _ratio(c1["p99_us"], bound_us)}
                 out[model][runtime] = res
             except Exception as exc:  # noqa: BLE001 - one runtime failing must not lose the others' numbers
                 out[model][runtime] = {"error": f"{type(exc).__name__}: {exc}"}

@@ -262,6 +262,18 @@ def mobilenet_v2(*, seed: int = 0, width: float = 1.0, classes: int = 1000, size
     return _finish(graph, "modelfleet.modelgen.mobilenet_v2")
 
 
+def image_mean(*, size: int = 224) -> bytes:
+    """``image`` FP32 ``[-1, 3, size, size]`` -> ``mean`` FP32 ``[-1, 3]``, the per-channel mean: a model that
+    costs next to nothing, so what a server spends per request on it is what a camera image costs in HTTP."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["image"], ["mean"], axes=[2, 3], keepdims=0)],
+        "image_mean",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [-1, 3, size, size])],
+        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, [-1, 3])],
+    )
+    return _finish(graph, "modelfleet.modelgen.image_mean")
+
+
 def model_cost(onnx_bytes: bytes) -> dict[str, int]:
     """``{"params", "macs"}``: the weights a model holds and the multiply-adds of its Conv, Gemm and MatMul nodes
     for ONE sample (variable dimensions taken as 1), from ONNX shape inference. Elementwise ops are not counted
