@@ -36,6 +36,7 @@ from typing import Protocol
 
 import httptools
 
+from reconciler.serving.bodypool import BodyPool
 from reconciler.serving.limits import ServerLimits
 
 JSON_CT = b"application/json"
@@ -119,6 +120,7 @@ class ConnectionHub:
         self.connections: set[HttpConnection] = set()
         self.open = 0  # accepted sockets, including TLS handshakes not finished yet
         self.inflight_bytes = 0
+        self.bodies = BodyPool(min(64 << 20, limits.max_inflight_bytes))  # binary-tensor bodies, reused
         #: The loop's clock as of the last timeout sweep: timeouts are enforced per sweep tick anyway, and reading
         #: an attribute per request is cheaper than asking the clock three times.
         self.now = 0.0
@@ -213,7 +215,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         self.header_bytes = 0
         self.header_count = 0
         self.body: list[bytes] = []
-        self.body_buf: bytearray | None = None  # a large Content-Length body, filled as it arrives
+        self.body_buf: bytearray | memoryview | None = None  # a large Content-Length body, filled as it arrives
         self.body_view: memoryview | None = None  # body_buf, while the socket reads straight into it
         self.body_keep_alive = True  # what the parser said of the request whose body is read directly
         self.read_view = memoryview(bytearray(_READ_BUF))
@@ -377,7 +379,8 @@ class HttpConnection(asyncio.BufferedProtocol):
             self.reserved = n
             self.body_left = n
             if n >= DIRECT_BODY:
-                self.body_buf = bytearray(n)
+                binary = "inference-header-content-length" in self.headers  # decoded from any buffer
+                self.body_buf = self.hub.bodies.take(n) if binary else bytearray(n)
                 # the rest of this read goes through the parser (on_body); later reads land in body_buf
                 self.body_view = memoryview(self.body_buf)
                 self.body_keep_alive = self.parser.should_keep_alive()

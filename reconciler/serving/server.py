@@ -337,7 +337,7 @@ def _cheap_to_decode(headers: dict[str, str], body: bytes) -> bool:
     """A binary-tensor body with a small JSON header and no BYTES tensor: decoding it parses the header and
     wraps the rest (``np.frombuffer``), whatever the body's size."""
     hl = headers.get("inference-header-content-length", "")
-    return hl.isdigit() and int(hl) <= INLINE_BODY_MAX and body.find(b"BYTES", 0, int(hl)) < 0
+    return hl.isdigit() and int(hl) <= INLINE_BODY_MAX and b"BYTES" not in memoryview(body)[: int(hl)].tobytes()
 
 
 class InferenceServer:
