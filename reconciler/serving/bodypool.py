@@ -7,7 +7,8 @@ costs the kernel a page fault per 4 KiB page, every request, whenever the C allo
 A buffer handed out for one request may outlive it: its tensors are views of it, and data capture or a drift
 monitor may queue them. So a buffer is reused only once nothing refers to it any more — its reference count
 says so (every view, ``memoryview`` or ``np.frombuffer`` array, holds a reference). The pool is bounded in
-bytes and in buffers; past the bounds a body gets a buffer of its own, as without the pool. Used from the
+bytes and in buffers, and keeps no buffer over half its bytes; past the bounds a body gets a buffer of its own,
+as without the pool. Used from the
 event-loop thread only.
 """
 
@@ -36,7 +37,7 @@ class BodyPool:
             if n <= arr.size <= 2 * n and sys.getrefcount(arr) == _FREE_REFS:
                 return memoryview(arr)[:n]
         arr = np.empty(n, np.uint8)
-        if n <= self.max_bytes:
+        if n <= self.max_bytes // 2:  # one rare huge body is not kept for the process's lifetime
             self._make_room(n)
             if self._bytes + n <= self.max_bytes and len(self._buffers) < self.max_buffers:
                 self._buffers.append(arr)
