@@ -23,7 +23,10 @@ branches written with ``git fast-import``. ``perRequest``: server CPU per idle p
 ``git ls-remote`` over smart HTTP and over ``git daemon`` for comparison) and per status push.
 
 The devices run in ``BENCH_PROCESSES`` (default 2) simulator processes of ``BENCH_WORKERS`` threads each
-(``bench/_sim_shards.py``).
+(:mod:`reconciler.simulate.shards`, ``modelfleet simulate --processes``). The Git server's CPU comes from a cgroup
+holding nginx, fcgiwrap and every process they start (``git http-backend`` and its git children are never
+reaped by fcgiwrap, so no parent accounts for them), where one can be made; else from a ``times`` wrapper around
+the backend, which reads whole clock ticks per request and so misses most of a short request's CPU.
 
 Run: .venv/bin/python bench/bench_rollout.py   (about 10 minutes on 2 cores)
 """
@@ -44,8 +47,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _sim_shards import ShardedFleet  # noqa: E402  (bench/, next to this file)
-
 from reconciler.core.credentials import Credentials  # noqa: E402
 from reconciler.gitops.fleetstatus import StatusRepo  # noqa: E402
 from reconciler.gitops.lsrefs import LsRefsClient  # noqa: E402
@@ -53,6 +54,7 @@ from reconciler.gitops.statuswriter import StatusWriter, dump_status  # noqa: E4
 from reconciler.rollout.gitrepo import RolloutRepo  # noqa: E402
 from reconciler.rollout.watch import act  # noqa: E402
 from reconciler.simulate.fleet import SimSettings  # noqa: E402
+from reconciler.simulate.shards import ShardedFleet  # noqa: E402
 from tests._agent_fixtures import ENDPOINT  # noqa: E402
 from tests._fleet_world import DEPLOYMENT, HttpWorld, fleet_servers  # noqa: E402
 from tests._git_fixtures import git, make_status  # noqa: E402
@@ -91,6 +93,71 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
+class CgroupCpu:
+    """CPU of a group of server processes and of every process they start, from a cgroup the bench creates.
+
+    fcgiwrap does not reap the CGI processes it starts (``git http-backend`` and its git children), so their CPU
+    shows up in no parent's accounting. A cgroup counts it without changing what runs (the ``times`` wrapper
+    of :func:`accounted_backend` costs a shell per request, ≈ 0.5 ms of CPU the server would not spend).
+    ``None`` from :meth:`create` where no cgroup can be made (not root, no cgroup file system).
+    """
+
+    def __init__(self, path: Path, usage: Path) -> None:
+        self.path, self.usage = path, usage
+
+    @classmethod
+    def create(cls, name: str) -> CgroupCpu | None:
+        for base, usage in ((Path("/sys/fs/cgroup/cpuacct"), "cpuacct.usage"), (Path("/sys/fs/cgroup"), "cpu.stat")):
+            path = base / name
+            try:
+                path.mkdir()
+            except OSError:
+                continue
+            if (path / usage).is_file() and os.access(path / "cgroup.procs", os.W_OK):
+                return cls(path, path / usage)
+            path.rmdir()
+        return None
+
+    def adopt(self, pids: list[int]) -> None:
+        """Move ``pids`` and their live descendants into the group (their future children follow)."""
+        for pid in descendants(pids):
+            try:
+                (self.path / "cgroup.procs").write_text(f"{pid}\n")
+            except OSError:
+                pass  # exited meanwhile
+
+    def seconds(self) -> float:
+        text = self.usage.read_text()
+        if self.usage.name == "cpu.stat":
+            return int(re.search(r"usage_usec (\d+)", text).group(1)) / 1e6  # type: ignore[union-attr]
+        return int(text) / 1e9
+
+    def remove(self) -> None:
+        for _ in range(200):  # empty once the servers' last processes are gone (and reaped)
+            try:
+                self.path.rmdir()
+                return
+            except OSError:
+                time.sleep(0.1)
+        print(f"bench: could not remove the cgroup {self.path} (rmdir it when empty)", file=sys.stderr)
+
+
+def descendants(pids: list[int]) -> list[int]:
+    """``pids`` and every live descendant."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            children.setdefault(int(stat.read_text().rsplit(")", 1)[1].split()[1]), []).append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    out, todo = [], list(pids)
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
 def accounted_backend(root: Path) -> tuple[Path, Path]:
     """A wrapper around ``git http-backend`` that appends its CPU (and its git children's) to a log.
 
@@ -118,13 +185,28 @@ def backend_cpu(log: Path) -> float:
     return total
 
 
+def server_settings(bare: Path) -> None:
+    """A busy self-hosted repository's settings (docs/scale.md), each saving a process per push: no
+    ``git gc --auto`` after every push (a status push is three loose objects; maintenance runs on a schedule
+    instead, ``git maintenance start``), and no ``git for-each-ref`` for the alternate refs of the push's
+    quarantine (the quarantine's only alternate is the repository itself, whose refs ``--all`` already lists)."""
+    git(bare, "config", "receive.autogc", "false")
+    git(bare, "config", "core.alternateRefsCommand", "true")
+
+
 class Servers:
     """The fleet world on smart HTTP, plus a second nginx serving its TUF repository."""
 
     def __init__(self, root: Path) -> None:
         self.world: Any = HttpWorld(root / "world")
-        self.world.git_http.backend, self.backend_log = accounted_backend(root / "accounting")
+        self.cgroup = CgroupCpu.create(f"modelfleet-bench-{os.getpid()}-{root.name}")
+        self.backend_log: Path | None = None
+        if self.cgroup is None:
+            self.world.git_http.backend, self.backend_log = accounted_backend(root / "accounting")
         self.world.start()
+        if self.cgroup is not None:
+            self.cgroup.adopt(self.world.git_http.pids())
+        server_settings(self.world.upstream.bare)
         self.tuf = GitHttp(root / "tuf-nginx", self.world.git_http.pki, users={}, tuf_token=TUF_TOKEN).start()
         self.tuf.publish_tuf("fleet", self.world.tuf_dir)
         self.tuf_url = f"http://127.0.0.1:{self.tuf.http_port}/tuf/fleet"
@@ -134,6 +216,7 @@ class Servers:
             bare = root / "status-shards" / f"status-{i:02d}.git"
             bare.mkdir(parents=True)
             git(bare, "init", "--bare", "--quiet", "--initial-branch=main")
+            server_settings(bare)
             self.world.git_http.publish_repo(bare.name, bare)
             self.status_bares.append(bare)
         self.status_urls = [self.world.git_http.url(b.name) for b in self.status_bares]
@@ -151,6 +234,9 @@ class Servers:
 
     def git_cpu(self) -> float:
         """nginx + fcgiwrap + every git http-backend request and its git processes."""
+        if self.cgroup is not None:
+            return self.cgroup.seconds()
+        assert self.backend_log is not None
         return sum(tree_cpu(p) for p in self.world.git_http.pids()) + backend_cpu(self.backend_log)
 
     def tuf_cpu(self) -> float:
@@ -159,6 +245,8 @@ class Servers:
     def stop(self) -> None:
         self.tuf.stop()
         self.world.stop()
+        if self.cgroup is not None:
+            self.cgroup.remove()
 
 
 def idle_window(fleet: ShardedFleet, srv: Servers, seconds: float) -> dict[str, Any]:
@@ -232,7 +320,7 @@ def one_size(n: int, root: Path) -> dict[str, Any]:
         updates = max(1, req1["tufRefreshes"] - req0["tufRefreshes"])
         return {
             "devices": n, "pollSeconds": POLL, "processes": len(fleet.pids), "workersPerProcess": WORKERS,
-            "statusShards": STATUS_SHARDS,
+            "statusShards": STATUS_SHARDS, "gitServerCpuFrom": "cgroup" if srv.cgroup else "times wrapper",
             "firstConvergenceSeconds": None if t_conv is None else round(t_conv, 1),
             "idle": idle,
             "promoteTo50Seconds": None if t_half is None else round(t_half, 1),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,9 @@ class TargetRecord:
     length: int
     encrypted: bool = False
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "digest": self.digest, "length": self.length, "encrypted": self.encrypted}
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TargetRecord:
         return cls(str(d["path"]), str(d["digest"]), int(d.get("length", 0)), bool(d.get("encrypted", False)))
@@ -73,8 +76,12 @@ class EndpointRecord:
         return self.targets[0].digest if self.targets else ""
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        return d
+        """The record as JSON data (``dataclasses.asdict`` without its deep copy: the journal is saved several
+        times per pass, and the copy was most of the cost)."""
+        return {"name": self.name, "deployment": self.deployment, "model": self.model, "version": self.version,
+                "variant": self.variant, "runtime": self.runtime, "targets": [t.to_dict() for t in self.targets],
+                "commit": self.commit, "probe": self.probe.to_dict() if self.probe is not None else None,
+                "spec": self.spec}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EndpointRecord:

@@ -71,7 +71,7 @@ from reconciler.agent.passes import (
 )
 from reconciler.agent.schedule import longest_delay, merged_labels, next_delay, summarize, window_open
 from reconciler.agent.status import StatusMixin
-from reconciler.agent.wiring import Components, monitor_pass, release_free_memory
+from reconciler.agent.wiring import Components, monitor_pass
 from reconciler.core import conditions as C, reasons as R
 from reconciler.core.errors import UserError
 from reconciler.core.fsutil import atomic_write_text
@@ -148,7 +148,7 @@ class Agent(StatusMixin):
         log.info("booted", extra=fields(endpoints=restored, commit=self.journal.applied_commit or "-"))
         self.notifier.ready(status)
         self.facts = self.c.detect_facts()  # local only; after READY so serving never waits for it
-        release_free_memory()
+        self.c.release_memory()
 
     def _restore_last_good(self) -> int:
         n = 0
@@ -280,7 +280,7 @@ class Agent(StatusMixin):
         self.notifier.status(summarize(endpoints, failed[0] if failed else None))
         self.last_result = result
         if not p.skip_rest:
-            release_free_memory()
+            self.c.release_memory()
         return result
 
     # -- steps ------------------------------------------------------------------------------------------------

@@ -276,19 +276,23 @@ class Components:
     # -- artifacts --------------------------------------------------------------------------------------------
 
     def tuf_refresh(self, metadata_url: str, targets_url: str) -> None:
-        from reconciler.distribution.tufclient import TufClient
-
-        cfg = self.config
         if not metadata_url or not targets_url:
             raise StepFailedError("TufNotConfigured", "no TUF metadata/targets URL in the Fleet or agent config")
         if self.tuf is None or self._tuf_urls != (metadata_url, targets_url):
-            self.tuf = TufClient(
-                cfg.tuf_metadata_dir, metadata_url, targets_url, cfg.trusted_root, self.store,
-                staging_dir=cfg.staging_dir, max_concurrent=cfg.max_concurrent_downloads, timeout=cfg.tuf_timeout,
-                decryption_key=self._decryption_key, credentials=cfg.tuf_credentials,
-            )
+            self.tuf = self._new_tuf_client(metadata_url, targets_url)
             self._tuf_urls = (metadata_url, targets_url)
         self.tuf.refresh()
+
+    def _new_tuf_client(self, metadata_url: str, targets_url: str, cls: type[Any] | None = None, **kw: Any) -> Any:
+        """The device's TUF client (``cls``: a TufClient subclass, ``kw`` its extra arguments)."""
+        from reconciler.distribution.tufclient import TufClient
+
+        cfg = self.config
+        return (cls or TufClient)(
+            cfg.tuf_metadata_dir, metadata_url, targets_url, cfg.trusted_root, self.store,
+            staging_dir=cfg.staging_dir, max_concurrent=cfg.max_concurrent_downloads, timeout=cfg.tuf_timeout,
+            decryption_key=self._decryption_key, credentials=cfg.tuf_credentials, **kw,
+        )
 
     def tuf_fingerprint(self, paths: list[str]) -> str:
         """What the signed metadata currently says these targets are (length and hashes), as one digest.
@@ -392,6 +396,10 @@ class Components:
             return {}
         c.set_drifting(drifting_endpoints(endpoints))
         return {"capture": c.status()} if c.policies or c.spool.batches_dir.exists() else {}
+
+    def release_memory(self) -> None:
+        """After a pass: hand freed heap pages back to the OS (see :func:`release_free_memory`)."""
+        release_free_memory()
 
     def close(self) -> None:
         if self.capture is not None:

@@ -95,7 +95,7 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
                                                            "--host 0.0.0.0 --port 8080")],
     "simulate": [("rehearse a rollout on 1000 devices", "modelfleet simulate --devices 1000 "
                                                         "--repo git://127.0.0.1/fleet.git --trusted-root root.json "
-                                                        "--duration 5m --format table")],
+                                                        "--duration 5m --processes 2 --format table")],
     "tuf-client": [("trust a root", "modelfleet tuf-client --metadata-dir md/ init root.json")],
     "tuf-client download": [("fetch and verify a target", "modelfleet tuf-client --metadata-dir md/ --metadata-url "
                                                           "https://tuf.example.com/metadata --target-base-url "

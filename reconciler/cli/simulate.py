@@ -51,20 +51,24 @@ def _source_url(repo: str | None) -> str:
 @click.option("--duration", default="60s", show_default=True, help="How long the simulation runs.")
 @click.option("--report-every", default="1s", show_default=True, help="Time between two report lines.")
 @click.option("--workers", type=click.IntRange(1, 256), default=8, show_default=True,
-              help="Threads running reconcile passes.")
+              help="Threads running reconcile passes (per process).")
+@click.option("--processes", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Processes the devices are split over (one core each: the agents' Python work holds one "
+                   "process to one core).")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Devices' state directories (default: a temporary directory, removed at the end).")
 @format_option("json", "table", default="json", aliases={"text": "table"},
                help="json: one line per report (JSON lines); yaml: one document per report; table: for people.")
 def simulate(n: int, repo: str | None, tuf_url: str | None, trusted_root: Path, poll_interval: str,
              heartbeat_interval: str | None, offline_share: float, fail_share: float, canaries: int,
-             labels: tuple[str, ...], duration: str, report_every: str, workers: int, work_dir: Path | None,
-             fmt: str) -> None:
-    """Run N device agents in one process; print convergence over time (JSON lines).
+             labels: tuple[str, ...], duration: str, report_every: str, workers: int, processes: int,
+             work_dir: Path | None, fmt: str) -> None:
+    """Run N device agents (in one process, or --processes); print convergence over time (JSON lines).
 
     The devices poll and push to --repo (a URL git understands, or a path).
     """
     from reconciler.simulate.fleet import SimSettings, Simulation
+    from reconciler.simulate.shards import ShardDied, ShardedFleet
 
     label_map = {}
     for item in labels:
@@ -84,13 +88,20 @@ def simulate(n: int, repo: str | None, tuf_url: str | None, trusted_root: Path, 
         tmp = Path(tempfile.mkdtemp(prefix="modelfleet-sim-"))
         work_dir = tmp
     try:
+        sim: Simulation | ShardedFleet
         try:
-            sim = Simulation.create(settings, work_dir)
+            if processes > 1:
+                sim = ShardedFleet(settings, work_dir, processes, report_every=min(every, 1.0))
+            else:
+                sim = Simulation.create(settings, work_dir)
         except ValueError as exc:
             raise UserError(str(exc)) from None
+        except ShardDied as exc:
+            raise UserError(f"the simulation could not start: {exc}") from None
         try:
             progress = Progress("simulating", run_for, "s")
-            sim.boot()
+            if isinstance(sim, Simulation):
+                sim.boot()
             for line in sim.run(run_for, report_every=every):
                 progress.close()
                 if fmt in ("json", "yaml"):
@@ -103,7 +114,10 @@ def simulate(n: int, repo: str | None, tuf_url: str | None, trusted_root: Path, 
                                f"{line['statusPushes']})")
                 progress.update(float(line["t"]), f"simulating {n} devices")
             progress.close()
-            sim.flush_status(10.0)
+            if isinstance(sim, Simulation):
+                sim.flush_status(10.0)  # the shards flush their own when they stop
+        except ShardDied as exc:
+            raise UserError(f"the simulation stopped: {exc}") from None
         finally:
             sim.close()
     finally:

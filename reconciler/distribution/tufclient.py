@@ -282,7 +282,13 @@ class TufClient:
                 missing[key] = (p, info)
         self._preflight([(key, info) for key, (_, info) in missing.items()])
         errors: dict[str, BaseException] = {}
-        if missing:
+        if len(missing) == 1 or (missing and self.max_concurrent == 1):  # one at a time: no pool thread needed
+            for k, (p, info) in missing.items():
+                try:
+                    self._download(p, info, k)
+                except Exception as exc:  # noqa: BLE001 - raised below in paths order, as from the pool
+                    errors[k] = exc
+        elif missing:
             with ThreadPoolExecutor(max_workers=min(self.max_concurrent, len(missing))) as pool:
                 futs = {k: pool.submit(self._download, p, info, k) for k, (p, info) in missing.items()}
                 for k, fut in futs.items():
@@ -352,7 +358,8 @@ class TufClient:
             have = 0
         # Every declared hash is checked with its own algorithm; sha256 is always computed because the store
         # is addressed by it, whether or not the repository lists it.
-        hasher = _HashPipe(sorted({"sha256", *(a for a in declared if a in hashlib.algorithms_available)}))
+        hasher = _HashPipe(sorted({"sha256", *(a for a in declared if a in hashlib.algorithms_available)}),
+                           threaded=info.length > _CHUNK)
         start, chunks = self.fetcher.fetch_from(url, have) if have < info.length else (have, iter(()))
         try:
             with open(staged, "r+b" if staged.exists() else "w+b") as fh:
@@ -434,24 +441,33 @@ class TufClient:
 
 
 class _HashPipe:
-    """Hash chunks on a worker thread (hashlib releases the GIL) so hashing overlaps network and disk I/O."""
+    """Hash chunks on a worker thread (hashlib releases the GIL) so hashing overlaps network and disk I/O;
+    ``threaded=False`` (a file of one chunk, nothing to overlap): in the caller's thread."""
 
-    def __init__(self, algorithms: list[str]) -> None:
+    def __init__(self, algorithms: list[str], threaded: bool = True) -> None:
         self._hashers = {alg: hashlib.new(alg) for alg in algorithms}
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
-        self._thread = threading.Thread(target=self._run, name="tuf-hash", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._thread = threading.Thread(target=self._run, name="tuf-hash", daemon=True)
+            self._thread.start()
 
     def _run(self) -> None:
         while (chunk := self._queue.get()) is not None:
-            for h in self._hashers.values():
-                h.update(chunk)
+            self._hash(chunk)
+
+    def _hash(self, chunk: bytes) -> None:
+        for h in self._hashers.values():
+            h.update(chunk)
 
     def update(self, chunk: bytes) -> None:
-        self._queue.put(chunk)
+        if self._thread is None:
+            self._hash(chunk)
+        else:
+            self._queue.put(chunk)
 
     def close(self) -> None:
-        if self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
 

@@ -9,6 +9,12 @@ A push in Git's smart HTTP protocol is two requests on one kept-alive connection
 2. ``POST <repo>/git-receive-pack``: the ref update ``old new ref`` and a pack holding the new objects;
    the ``report-status`` answer says whether the ref moved.
 
+The first request is only needed to learn where the branch is. After a push of ours landed we know that (the
+server moves the ref only if it is still at ``old``, and answers ``ng`` otherwise), so the next push is the
+``POST`` alone: one request instead of two, and the server does not advertise every ref of the repository
+(a status repository holds one branch per device). A rejected ``POST`` falls back to both requests, which
+tell a moved branch from a missing one.
+
 :class:`SmartPush` does exactly that and nothing more. When the server's tip is not the parent we built on
 it raises :class:`PushRejected` (the caller fetches and rebases, as after a rejected ``git push``); anything
 it does not expect — no ``report-status``, a 401 without configured credentials, a network error, an answer
@@ -121,6 +127,8 @@ class SmartPush:
         self.display_url = redact_url(url)
         self.path = path
         self.authorization = authorization
+        self._caps: set[str] = set()  # capabilities of the last advertisement
+        self.advertisements = 0  # ref advertisements asked for (GET info/refs)
 
     def _request(self, method: str, path: str, body: bytes | None, headers: dict[str, str], limit: int,
                  content_type: str) -> bytes:
@@ -146,16 +154,26 @@ class SmartPush:
 
     def push(self, ref: str, expected: str | None, new: str, objects: list[tuple[str, bytes]]) -> None:
         """Move ``ref`` from ``expected`` (None: absent) to ``new``; ``objects`` are every object ``new`` adds."""
+        if expected is not None and "report-status" in self._caps:
+            try:  # the server checks that the branch is still at `expected`: no advertisement needed
+                self._update(ref, expected, new, objects)
+                return
+            except PushRejected:
+                pass  # moved, or our parent is gone: the advertisement says which
+        self.advertisements += 1
         adv = self._request("GET", f"{self.path}/info/refs?service=git-receive-pack", None, {},
                             MAX_ADVERTISEMENT_BYTES, "application/x-git-receive-pack-advertisement")
-        refs, caps = parse_advertisement(adv)
-        if "report-status" not in caps:
+        refs, self._caps = parse_advertisement(adv)
+        if "report-status" not in self._caps:
             raise PushUnsupported("the server does not report the push status")
         old = refs.get(ref)
         if old != expected:
             if expected is not None and old is None:
                 raise PushUnsupported(f"{ref} is gone from the server (git push sends the whole history)")
             raise PushRejected(f"{ref} is at {(old or 'nothing')[:12]} on the server, not {(expected or 'nothing')[:12]}")
+        self._update(ref, old, new, objects)
+
+    def _update(self, ref: str, old: str | None, new: str, objects: list[tuple[str, bytes]]) -> None:
         command = f"{old or ZERO_ID} {new} {ref}\0report-status agent=modelfleet".encode()
         body = pkt(command) + b"0000" + encode_pack(objects)
         report = self._request("POST", f"{self.path}/git-receive-pack", body,

@@ -5,7 +5,8 @@ Workflow: :meth:`StatusWriter.submit` validates and trims the document and parks
 commits it — blob, tree and commit written as loose objects in-process, no worktree; ``git commit-tree -S``
 when SSH-signed — when the content changed — ignoring ``status.heartbeat`` — or the heartbeat interval passed,
 then pushes with retry, jittered exponential backoff: over smart HTTP(S) in-process
-(:mod:`~reconciler.gitops.smartpush`, two requests on a kept-alive connection), otherwise with ``git push``. While the server is down new statuses
+(:mod:`~reconciler.gitops.smartpush`: on a kept-alive connection, one request once the writer knows the branch's
+tip on the server), otherwise with ``git push``. While the server is down new statuses
 replace the unpushed commit (its parent stays the last pushed one), so on recovery exactly the newest is
 pushed. A rejected (non-fast-forward) push means the device lost its local state: the writer fetches the
 branch and commits on top. Each device owns its branch, so devices never conflict with each other.
@@ -67,13 +68,13 @@ def _cut(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def trim_status(doc: dict[str, Any], limit: int = MAX_STATUS_BYTES) -> dict[str, Any]:
+def trim_status(doc: dict[str, Any], limit: int = MAX_STATUS_BYTES, dumped: bytes | None = None) -> dict[str, Any]:
     """Shrink a status until its YAML fits in ``limit`` bytes: messages first, then old attempts and failures,
-    last the endpoints' drift bin counts.
+    last the endpoints' drift bin counts. ``dumped``: ``dump_status(doc)`` when the caller has it already.
 
     Raises ``ValueError`` if even the trimmed document is too big.
     """
-    if len(dump_status(doc)) <= limit:
+    if len(dumped if dumped is not None else dump_status(doc)) <= limit:
         return doc
     d = copy.deepcopy(doc)
     st = d.setdefault("status", {})
@@ -144,6 +145,7 @@ class StatusWriter:
         self.consecutive_failures = 0
         self._pending: dict[str, Any] | None = None
         self._pending_key: str | None = None  # content_key of _pending
+        self._pending_yaml: bytes | None = None  # dump_status(_pending) when submit made it, else None
         self._checked_key: str | None = None  # content_key of the last submitted document that needed no trimming
         self._pushed: str | None = None  # the commit the server has, as far as we know
         self._tip: str | None = None  # our newest commit (== _pushed when in sync)
@@ -175,21 +177,25 @@ class StatusWriter:
             doc = copy.deepcopy(status)
             doc["status"]["attempts"] = attempts[:5]
         key = content_key(doc)
+        data: bytes | None = None
         if key != self._checked_key:  # the same content with a new heartbeat was trimmed and validated already
-            trimmed = trim_status(doc)
+            # New content: dumped once here, for the size check and, when it fits, as the committed file.
+            data = dump_status(doc)
+            trimmed = trim_status(doc, dumped=data)
             errors = sorted(validator("DeviceStatus").iter_errors(trimmed), key=lambda e: list(e.path))
             if errors:
                 e = errors[0]
                 where = "/".join(str(p) for p in e.path) or "(root)"
                 raise ValueError(f"invalid DeviceStatus at {where}: {e.message}")
             # Only a document well inside the limit is taken as is next time (timestamps may grow it a little).
-            untouched = trimmed is doc and len(dump_status(doc)) < MAX_STATUS_BYTES - 1024
-            doc, key = trimmed, content_key(trimmed)
+            untouched = trimmed is doc and len(data) < MAX_STATUS_BYTES - 1024
+            if trimmed is not doc:
+                doc, key, data = trimmed, content_key(trimmed), None
             self._checked_key = key if untouched else None
         with self._cv:
             if self._closed:
                 raise RuntimeError("StatusWriter is closed")
-            self._pending, self._pending_key = doc, key
+            self._pending, self._pending_key, self._pending_yaml = doc, key, data
             self.queued += 1
             self._cv.notify_all()
 
@@ -264,13 +270,14 @@ class StatusWriter:
         built.append((kind, body))
         return self._write_object(kind, body)
 
-    def _commit(self, doc: dict[str, Any], parent: str | None) -> str:
+    def _commit(self, doc: dict[str, Any], parent: str | None, data: bytes | None = None) -> str:
+        """Commit ``doc`` (``data``: its ``dump_status``, when already made) on top of ``parent``."""
         st = doc.get("status", {})
         ready = next((c.get("status") for c in st.get("conditions", []) if c.get("type") == "Ready"), "Unknown")
         applied = (st.get("appliedCommit") or "none")[:12]
         msg = f"status: {self.device_id} Ready={ready} applied={applied}\n\nheartbeat {st.get('heartbeat')}\n"
         built: list[tuple[str, bytes]] = []  # the objects this commit adds on top of its parent
-        blob = self._store("blob", dump_status(doc), built)
+        blob = self._store("blob", data if data is not None else dump_status(doc), built)
         tree = self._store("tree", f"100644 {STATUS_FILE}\0".encode() + bytes.fromhex(blob), built)
         self._built = None
         if self.signing_key is not None:
@@ -322,12 +329,12 @@ class StatusWriter:
                     self._cv.wait()
                 if self._closed:
                     return
-                doc, key, self._pending = self._pending, self._pending_key, None
+                doc, key, data, self._pending = self._pending, self._pending_key, self._pending_yaml, None
                 self._busy = True
             try:
                 if doc is not None and key is not None and self._due(key):
                     # Replace an unpushed commit instead of stacking offline history: parent = last pushed.
-                    self._tip = self._commit(doc, self._pushed)
+                    self._tip = self._commit(doc, self._pushed, data)
                     self._tip_key, self._tip_time = key, self.clock()
                 elif doc is not None and self._tip == self._pushed:
                     with self._cv:

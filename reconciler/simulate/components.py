@@ -7,10 +7,12 @@
   digest pays the real load and health check, the others reuse its verdict (one ONNX Runtime session, not N);
 - :class:`SharedWork` holds what N devices with the same settings would compute bit-identically from the same
   input: one Git object store for the process (a commit another simulated device fetched is not fetched again;
-  each device still polls the server itself), the source verdict per (head, last applied) and the loaded,
-  validated manifests per commit. Everything a device decides (membership, desired state, TUF refresh and
+  each device still polls the server itself), the source verdict per (head, last applied), the loaded,
+  validated manifests per commit, and the signature check of identical TUF metadata bytes
+  (:mod:`~reconciler.simulate.sharedtuf`). Everything a device decides (membership, desired state, TUF refresh and
   verified download into its own store, apply, status) still runs per device;
-- no inference server and no fact detection subprocess (facts are given);
+- no inference server and no fact detection subprocess (facts are given), no heap trim after each pass (N
+  devices share one heap: trimming it per device walks all of it);
 - faults: an offline device makes no request at all (the scheduler does not run it); a *failing* device fails
   the health check of every version it updates to (its first install succeeds), as a bad driver would.
 
@@ -86,8 +88,11 @@ class SharedWork:
     MAX_COMMITS = 16
 
     def __init__(self, work_dir: Path) -> None:
+        from reconciler.simulate.sharedtuf import VerifiedMetadata
+
         self.git_cache = work_dir / "_shared" / "git"
         self.verdicts: dict[Any, Any] = {}  # GitSource bounds it
+        self.tuf_metadata = VerifiedMetadata()
         self._manifests: dict[str, Any] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -174,6 +179,13 @@ class SimComponents(Components):
         self.counters.add("tufRefreshes")
         super().tuf_refresh(metadata_url, targets_url)
 
+    def _new_tuf_client(self, metadata_url: str, targets_url: str, cls: type[Any] | None = None, **kw: Any) -> Any:
+        if self.shared is None or cls is not None:
+            return super()._new_tuf_client(metadata_url, targets_url, cls, **kw)
+        from reconciler.simulate.sharedtuf import SharedTufClient
+
+        return super()._new_tuf_client(metadata_url, targets_url, SharedTufClient, verified=self.shared.tuf_metadata)
+
     def tuf_fetch(self, paths: list[str]) -> tuple[dict[str, Any], int]:
         fetched, downloaded = super().tuf_fetch(paths)
         if downloaded:
@@ -182,6 +194,9 @@ class SimComponents(Components):
 
     def watch_bundles(self, on_bundle: Any) -> None:
         return None
+
+    def release_memory(self) -> None:
+        """Nothing: N devices share one heap, and trimming it after every device's pass walks all of it."""
 
     def status_counts(self) -> tuple[int, int]:
         """(status commits made, pushed) by this device's writer."""

@@ -64,6 +64,7 @@ class SimSettings:
     # Status repositories the devices push to (`status.url`), a device's shard by a hash of its id; empty: the
     # fleet repository. Sharding keeps each receive-pack's ref advertisement small (docs/scale.md).
     status_urls: list[str] = field(default_factory=list)
+    first: int = 0  # number of the first device (a process of a sharded fleet runs sim-<first> onwards)
 
 
 @dataclass
@@ -87,24 +88,30 @@ class Simulation:
         self._lock = threading.Lock()
         self._started = time.monotonic()
 
-    @classmethod
-    def create(cls, s: SimSettings, work_dir: Path) -> Simulation:
+    @staticmethod
+    def check(s: SimSettings) -> None:
+        """ValueError naming the option when ``s`` is out of range."""
         if not 1 <= s.devices <= MAX_DEVICES:
             raise ValueError(f"--devices must be between 1 and {MAX_DEVICES}")
         for name, share in (("offline", s.offline_share), ("fail", s.fail_share)):
             if not 0.0 <= share <= 1.0:
                 raise ValueError(f"--{name}-share must be between 0 and 1")
+
+    @classmethod
+    def create(cls, s: SimSettings, work_dir: Path) -> Simulation:
+        cls.check(s)
         counters = Counters()
         runtime = SharedRuntime(counters)
         shared = SharedWork(work_dir) if s.share_git else None
         rand = random.Random(s.seed)
-        ids = [f"{s.prefix}-{i:05d}" for i in range(s.devices)]
+        numbers = range(s.first, s.first + s.devices)
+        ids = [f"{s.prefix}-{i:05d}" for i in numbers]
         # Canaries stay online: a rehearsal needs its first ring (a share of N, taken from the others).
-        pool = ids[s.canaries:] or ids
+        pool = [d for i, d in zip(numbers, ids, strict=True) if i >= s.canaries] or ids
         offline = set(rand.sample(pool, min(len(pool), round(s.offline_share * len(ids)))))
         failing = set(rand.sample(ids, round(s.fail_share * len(ids))))
         devices = []
-        for i, dev_id in enumerate(ids):
+        for i, dev_id in zip(numbers, ids, strict=True):
             labels = {**s.labels, "ring": "canary" if i < s.canaries else "stable"}
             cfg = AgentConfig(
                 device_id=dev_id, source_url=s.source_url, trusted_root=s.trusted_root, labels=labels,

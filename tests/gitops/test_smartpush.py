@@ -51,9 +51,35 @@ def test_status_pushes_land_on_one_kept_alive_connection(server, tmp_path: Path)
     assert git(up.bare, "rev-list", "--count", "refs/heads/status/cam-10") == "3"
     git(up.bare, "fsck", "--strict", "--no-dangling")  # the packs we sent are valid
     reqs = push_requests(http, before)
-    # GET info/refs + POST git-receive-pack per push, authenticated, all on one connection (no git process).
-    assert [(r[0], r[2], r[3]) for r in reqs] == [("GET", "200", "device"), ("POST", "200", "device")] * 3
+    # GET info/refs + POST git-receive-pack for the first push; then the writer knows the branch's tip on the
+    # server and sends the ref update alone. Authenticated, all on one connection (no git process).
+    assert [(r[0], r[2], r[3]) for r in reqs] == [("GET", "200", "device")] + [("POST", "200", "device")] * 3
     assert len({r[4] for r in reqs}) == 1
+    assert w._smart is not None and w._smart.advertisements == 1
+
+
+def test_a_branch_moved_behind_the_writers_back_is_rebased_after_one_refused_update(server, tmp_path: Path) -> None:
+    http, up, creds = server
+    url = http.url("fleet.git")
+    w = StatusWriter(url, "cam-13", tmp_path / "dev1", credentials=creds, heartbeat_interval=0)
+    other = StatusWriter(url, "cam-13", tmp_path / "dev2", credentials=creds, heartbeat_interval=0)
+    try:
+        w.submit(make_status("cam-13", version="1.0.0"))
+        assert w.flush(15)
+        other.submit(make_status("cam-13", version="1.1.0"))  # e.g. the re-imaged device, or an operator's edit
+        assert other.flush(15)
+        before = len(http.requests())
+        w.submit(make_status("cam-13", version="1.2.0"))  # w still believes the server has its 1.0.0 commit
+        assert w.flush(15)
+    finally:
+        w.close()
+        other.close()
+    # The ref update alone is refused (the server checks the old tip), the advertisement shows the moved
+    # branch, the writer fetches it (git fetch: GET info/refs) and pushes a commit on top of it (the ref update
+    # alone again: now it knows the tip); nothing of the other writer's is lost.
+    assert [r[0] for r in push_requests(http, before)] == ["POST", "GET", "GET", "POST"]
+    assert git(up.bare, "rev-list", "--count", "refs/heads/status/cam-13") == "3"
+    assert remote_status(up.bare, "cam-13")["status"]["endpoints"][0]["version"] == "1.2.0"
 
 
 def test_lost_local_state_and_a_moved_branch_are_rebased(server, tmp_path: Path) -> None:

@@ -49,3 +49,30 @@ def test_simulate_errors(tmp_path: Path) -> None:
     p = modelfleet("simulate", "--devices", "2", "--repo", "x", "--trusted-root", str(root), "--duration", "soon",
                    cwd=tmp_path)
     assert p.returncode == 1 and p.stderr.startswith("error: --duration:") and "Traceback" not in p.stderr
+
+
+def test_simulate_over_processes_keeps_the_device_numbering(tmp_path: Path) -> None:
+    w = fleet_servers(tmp_path / "world", git="daemon")
+    try:
+        w.publish("1.0.0")
+        commit_version(w, "1.0.0")
+        p = modelfleet("simulate", "--devices", "9", "--processes", "2", "--canaries", "2", "--repo", w.git_url,
+                       "--tuf", w.http.url, "--trusted-root", str(w.trusted_root), "--poll-interval", "1s",
+                       "--duration", "10s", "--report-every", "2s", "--work-dir", str(tmp_path / "devices"),
+                       cwd=tmp_path)
+        assert p.returncode == 0, p.stderr[-2000:]
+        lines = [json.loads(line) for line in p.stdout.splitlines()]
+        assert lines[0]["devices"] == 9 and lines[0]["versions"] == {"-": 9}
+        last = lines[-1]
+        assert last["versions"] == {"1.0.0": 9} and last["offline"] == 0
+        assert last["sessions"] == 2  # one health-checked session per process
+        assert last["statusPushes"] == last["statusCommits"] >= 9
+        # The same devices as in one process: sim-00000 … sim-00008, the first two in the canary ring.
+        branches = git(w.upstream.bare, "for-each-ref", "--format=%(refname:short)", "refs/heads/status/").split()
+        assert branches == [f"status/sim-{i:05d}" for i in range(9)]
+        for i in (1, 2):
+            status = git(w.upstream.bare, "cat-file", "blob", f"refs/heads/status/sim-{i:05d}:status.yaml")
+            assert f"ring: {'canary' if i < 2 else 'stable'}" in status
+        assert sorted(d.name for d in (tmp_path / "devices").iterdir()) == ["shard0", "shard1"]
+    finally:
+        w.stop()
