@@ -1,5 +1,5 @@
-"""Sections of ``bench_serving.py`` for issue 17: per-request overhead against a baseline tree, a camera-sized CNN
-against the runtime in-process, adaptive batching, the peer servers, and where the server's time goes (py-spy).
+"""Sections of ``bench_serving.py`` for issue 17: per-request overhead against a baseline tree, the peer servers, and
+where the server's time goes (py-spy). The camera-sized CNN and adaptive batching are in ``_cnn_sections.py``.
 
 Each section returns a dict for the JSON line; comparisons alternate between candidates round by round and
 report medians and ratios, so a busy shared machine slows both sides alike.
@@ -28,11 +28,10 @@ from typing import Any
 import _floor
 import _peers
 import numpy as np
-from _loadgen import _request, binary_request, load, stats
+from _loadgen import _request, load, stats
 
-from reconciler.devkit.modelgen import camera_cnn, make_probe, matmul_model, to_openvino_ir
+from reconciler.devkit.modelgen import make_probe, matmul_model
 from reconciler.serving.registry import EndpointSpec, ModelRegistry
-from reconciler.serving.server import InferenceServer
 
 REPO = Path(__file__).resolve().parents[1]
 #: The "before" of ``overhead``: main before the per-request overhead cut (issue 17's orjson codec, bound
@@ -266,113 +265,6 @@ def app_cost(trees: dict[str, Path], rounds: int = 4) -> dict[str, Any]:
         b, c = med(runs["baseline"][k]), med(runs["current"][k])
         out[k] = {"baseline_cpu_us": b, "current_cpu_us": c, "ratio": ratio(c, b)}
     return out
-
-
-# --- cnn: server vs the runtime in-process, same threads ----------------------------------------------------
-
-
-def _cnn_backends(cache: Path) -> dict[str, EndpointSpec]:
-    onnx = camera_cnn(seed=1)
-    xml, bin_ = to_openvino_ir(onnx, cache / "camera-ir", "camera")
-    threads = os.cpu_count() or 2
-    return {
-        "onnxruntime": EndpointSpec("cam", "1", blobs=[onnx], threads=threads),
-        "openvino": EndpointSpec("cam", "1", runtime="openvino", files=[xml, bin_], threads=threads),
-    }
-
-
-def _inproc_rate(infer: Callable[[dict[str, np.ndarray]], Any], x: np.ndarray, seconds: float) -> float:
-    n, t0 = 0, time.perf_counter()
-    while (dt := time.perf_counter() - t0) < seconds or n < 2:
-        infer({"image": x})
-        n += 1
-    return n * x.shape[0] / dt
-
-
-def cnn(cache: Path, rounds: int = 3, seconds: float = 3.0) -> dict[str, Any]:
-    # One request at a time against the runtime's own sequential loop: the ratio is what the HTTP layer costs.
-    out: dict[str, Any] = {"model": "modelgen.camera_cnn (1x3x224x224 FP32, 2.6 MB)", "threads": os.cpu_count(),
-                           "server_concurrency": 1, "encoding": "binary", "rounds": rounds}
-    rng = np.random.default_rng(0)
-    for runtime, spec in _cnn_backends(cache).items():
-        reg = ModelRegistry(cache_dir=cache / "regcache")
-        r = reg.apply(spec)
-        if not r.ok:
-            out[runtime] = {"error": r.message}
-            continue
-        srv = InferenceServer(reg)
-        srv.start()
-        res: dict[str, Any] = {}
-        try:
-            for batch in (1, 8):
-                x = rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)
-                req = binary_request(srv.port, "cam", "image", x)
-                inproc, served, inproc_cpu, served_cpu = [], [], [], []
-                with reg.get("cam") as m:
-                    infer = m.backend.infer
-                    for _ in range(rounds):
-                        c0 = cpu_s()
-                        rate = _inproc_rate(infer, x, seconds)
-                        inproc.append(rate)
-                        inproc_cpu.append((cpu_s() - c0) / (rate * seconds) * 1e3)
-                        c0 = cpu_s()
-                        samples = load(srv.port, req, 1, seconds)
-                        served.append(stats(samples, seconds)["rps"] * batch)
-                        served_cpu.append((cpu_s() - c0) / max(1, len(samples) * batch) * 1e3)
-                res[f"b{batch}"] = {"inprocess_img_s": med(inproc), "server_img_s": med(served),
-                                    "server_vs_inprocess": ratio(med(served), med(inproc)),
-                                    "inprocess_cpu_ms_per_img": med(inproc_cpu), "server_cpu_ms_per_img": med(served_cpu),
-                                    "cpu_ratio": ratio(med(served_cpu), med(inproc_cpu))}
-        finally:
-            srv.stop()
-            reg.close()
-        out[runtime] = res
-    return out
-
-
-# --- batching: c=16, one image per request, batched vs unbatched ---------------------------------------------
-
-
-def batching(cache: Path, rounds: int = 3, seconds: float = 4.0, max_batch: int = 8,
-             delay_ms: float = 10.0) -> dict[str, Any]:
-    onnx = camera_cnn(seed=1)
-    threads = os.cpu_count() or 2
-    reg = ModelRegistry()
-    assert reg.apply(EndpointSpec("plain", "1", blobs=[onnx], threads=threads)).ok
-    policy = {"maxBatchSize": max_batch, "maxQueueDelayMs": delay_ms}
-    assert reg.apply(EndpointSpec("batched", "1", blobs=[onnx], threads=threads, batching=policy)).ok
-    rng = np.random.default_rng(0)
-    x1 = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
-    x8 = rng.standard_normal((max_batch, 3, 224, 224)).astype(np.float32)
-    with reg.get("plain") as m:
-        m.backend.infer({"image": x8})
-        one_batch_us = inprocess_p50_us(m.backend.infer, {"image": x8}, 9)
-        one_image_us = inprocess_p50_us(m.backend.infer, {"image": x1}, 20)
-    srv = InferenceServer(reg)
-    srv.start()
-    runs: dict[str, list[dict[str, float]]] = {"plain": [], "batched": [], "batched_c1": []}
-    try:
-        for _ in range(rounds):
-            for name in runs:
-                endpoint, conc = ("batched", 1) if name == "batched_c1" else (name, 16)
-                req = binary_request(srv.port, endpoint, "image", x1)
-                c0 = cpu_s()
-                samples = load(srv.port, req, conc, seconds)
-                runs[name].append({**stats(samples, seconds),
-                                   "cpu_ms_per_req": (cpu_s() - c0) / max(1, len(samples)) * 1e3})
-    finally:
-        srv.stop()
-        reg.close()
-    m = {k: {f: med([r[f] for r in v]) for f in ("p50_us", "p99_us", "rps", "errors", "cpu_ms_per_req")}
-         for k, v in runs.items()}
-    return {"policy": policy, "concurrency": 16, "rounds": rounds, "unbatched": m["plain"], "batched": m["batched"],
-            "rps_ratio": ratio(m["batched"]["rps"], m["plain"]["rps"]),
-            "cpu_ratio": ratio(m["batched"]["cpu_ms_per_req"], m["plain"]["cpu_ms_per_req"]),
-            "p99_ratio": ratio(m["batched"]["p99_us"], m["plain"]["p99_us"]),
-            "one_batch_inference_us": one_batch_us, "one_image_inference_us": one_image_us,
-            # alone, a request waits the whole delay for company, then runs by itself: that is the bound
-            "batched_c1": m["batched_c1"], "c1_p99_bound_us": round(delay_ms * 1000 + one_image_us, 1),
-            "c1_p99_over_bound": ratio(m["batched_c1"]["p99_us"], delay_ms * 1000 + one_image_us)}
 
 
 # --- peers: MLflow models serve and MLServer -------------------------------------------------------------------
