@@ -1,5 +1,5 @@
-"""Sections of ``bench_serving.py`` for issue 17: per-request overhead against a baseline tree, a camera-sized CNN
-against the runtime in-process, adaptive batching, the peer servers, and where the server's time goes (py-spy).
+"""Sections of ``bench_serving.py`` for issue 17: per-request overhead against a baseline tree, the peer servers, and
+where the server's time goes (py-spy). The camera-sized CNN and adaptive batching are in ``_cnn_sections.py``.
 
 Each section returns a dict for the JSON line; comparisons alternate between candidates round by round and
 report medians and ratios, so a busy shared machine slows both sides alike.
@@ -25,17 +25,18 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+import _floor
 import _peers
 import numpy as np
-from _loadgen import _request, binary_request, load, stats
+from _loadgen import _request, load, stats
 
-from reconciler.devkit.modelgen import camera_cnn, make_probe, matmul_model, to_openvino_ir
+from reconciler.devkit.modelgen import make_probe, matmul_model
 from reconciler.serving.registry import EndpointSpec, ModelRegistry
-from reconciler.serving.server import InferenceServer
 
 REPO = Path(__file__).resolve().parents[1]
-#: main before issue 17 (orjson, metric children bound per version, batching): the "before" of ``overhead``.
-BASELINE_REV = "c3daff1"
+#: The "before" of ``overhead``: main before the per-request overhead cut (issue 17's orjson codec, bound
+#: metric children and batching were in; ``c3daff1`` is main before all of issue 17).
+BASELINE_REV = "5b858c3"
 TINY = matmul_model(seed=1)
 TINY_PROBE = make_probe(TINY, batch=1)
 _CLK = os.sysconf("SC_CLK_TCK")
@@ -72,7 +73,7 @@ class ServeProc:
         env = {**os.environ, "PYTHONPATH": str(src)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "reconciler.cli", "serve", str(model_file), "--name", name, "--port", "0", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=src)  # cwd: sys.path[0] beats PYTHONPATH
         line = self.proc.stdout.readline().decode()  # type: ignore[union-attr]
         m = re.search(r":(\d+)/v2/", line)
         if m is None:
@@ -111,9 +112,14 @@ def cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def inprocess_p50_us(infer: Callable[[dict[str, np.ndarray]], Any], feeds: dict[str, np.ndarray], n: int) -> float:
+def inprocess_p50_us(infer: Callable[[dict[str, np.ndarray]], Any], feeds: dict[str, np.ndarray], n: int,
+                     gap_s: float = 0.0) -> float:
+    """p50 of ``infer`` back to back, or after a pause of ``gap_s`` each (as a server's runtime sees requests at
+    concurrency 1: the CPU ran the client and the kernel in between, the runtime's code and data are cold)."""
     lat = []
     for _ in range(n):
+        if gap_s:
+            time.sleep(gap_s)
         t0 = time.perf_counter()
         infer(feeds)
         lat.append(time.perf_counter() - t0)
@@ -124,41 +130,81 @@ def inprocess_p50_us(infer: Callable[[dict[str, np.ndarray]], Any], feeds: dict[
 
 
 def overhead(cache: Path, rev: str, rounds: int = 4, seconds: float = 2.0) -> dict[str, Any]:
+    """This tree's and the baseline tree's server, and the floor under both: a bare uvloop + httptools server and
+    nginx answering a constant response, each at c=1 with this module's Python client and with wrk."""
     trees = {"baseline": baseline_tree(rev, cache), "current": REPO}
     model = cache / "tiny.onnx"
     model.write_bytes(TINY)
     procs = {k: ServeProc(src, model) for k, src in trees.items()}
     cases = ("json_c1", "binary_c1", "json_c16", "binary_c16")
+    encodings = ("json", "binary")
     runs: dict[str, dict[str, list[dict[str, float]]]] = {k: {c: [] for c in cases} for k in procs}
     reg = ModelRegistry()
     assert reg.apply(EndpointSpec("tiny", "1", blobs=[TINY], probe=TINY_PROBE)).ok
     with reg.get("tiny") as m:
         x = np.array(TINY_PROBE["inputs"][0]["data"], np.float32).reshape(TINY_PROBE["inputs"][0]["shape"])
         inproc = inprocess_p50_us(m.backend.infer, {"input": x}, 3000)
+        inproc_gap = inprocess_p50_us(m.backend.infer, {"input": x}, 2000, gap_s=0.0002)
     reg.close()
+    floors: dict[str, dict[str, Any]] = {"floor_uvloop": {}, "floor_nginx": {}}
+    scripts: dict[str, Path] = {}
     try:
-        for i in range(rounds):  # ABBA: neither tree always runs first
-            for name, p in (list(procs.items()) if i % 2 == 0 else list(procs.items())[::-1]):
-                for case in cases:
-                    enc, conc = case.split("_c")
-                    req = _request(p.port, "tiny", TINY_PROBE, enc == "binary")
-                    runs[name][case].append(_run_case(p.port, req, int(conc), seconds, p.cpu_s))
+        for enc in encodings:
+            req = _request(procs["current"].port, "tiny", TINY_PROBE, enc == "binary")
+            answer = _floor.fetch(procs["current"].port, req)
+            floors["floor_uvloop"][enc] = _floor.FloorProc(answer)
+            floors["floor_nginx"][enc] = _floor.NginxFloor(len(answer.partition(b"\r\n\r\n")[2]))
+            scripts[enc] = _floor.wrk_script(req, cache / f"wrk-{enc}.lua")
+        ports = {**{k: {e: p.port for e in encodings} for k, p in procs.items()},
+                 **{k: {e: f.port for e, f in fl.items()} for k, fl in floors.items()}}
+        cpus = {**{k: {e: p.cpu_s for e in encodings} for k, p in procs.items()},
+                **{k: {e: f.cpu_s for e, f in fl.items()} for k, fl in floors.items()}}
+        wrk: dict[str, dict[str, list[dict[str, float]]]] = {k: {e: [] for e in encodings} for k in ports}
+        floor_py: dict[str, dict[str, list[dict[str, float]]]] = {k: {e: [] for e in encodings} for k in floors}
+        for i in range(rounds):  # ABBA: no candidate always runs first
+            for name in (list(ports) if i % 2 == 0 else list(ports)[::-1]):
+                for enc in encodings:
+                    port, cpu = ports[name][enc], cpus[name][enc]
+                    req = _request(port, "tiny", TINY_PROBE, enc == "binary")
+                    if name in procs:
+                        for conc in (1, 16):
+                            runs[name][f"{enc}_c{conc}"].append(_run_case(port, req, conc, seconds, cpu))
+                    else:
+                        floor_py[name][enc].append(_run_case(port, req, 1, seconds, cpu))
+                    wrk[name][enc].append(_floor.wrk_c1(port, scripts[enc], seconds))
         rss = {k: p.rss_mb() for k, p in procs.items()}
     finally:
         for p in procs.values():
             p.stop()
-    out: dict[str, Any] = {"baseline_rev": rev, "rounds": rounds, "inprocess_p50_us": inproc, "rss_mb": rss,
+        for fl in floors.values():
+            for f in fl.values():
+                f.stop()
+    out: dict[str, Any] = {"baseline_rev": rev, "rounds": rounds, "inprocess_p50_us": inproc,
+                           "inprocess_p50_us_after_200us_pause": inproc_gap, "rss_mb": rss,
                            "app_handle": app_cost(trees)}
+    fields = ("p50_us", "p99_us", "rps", "cpu_us_per_req")
     for case in cases:
-        m = {k: {f: med([r[f] for r in runs[k][case]]) for f in ("p50_us", "p99_us", "rps", "cpu_us_per_req")}
-             for k in procs}
+        m = {k: {f: med([r[f] for r in runs[k][case]]) for f in fields} for k in procs}
         out[case] = {**{f"{k}_{f}": v for k, vals in m.items() for f, v in vals.items()},
                      "rps_ratio": ratio(m["current"]["rps"], m["baseline"]["rps"]),
                      "p50_ratio": ratio(m["current"]["p50_us"], m["baseline"]["p50_us"]),
                      "cpu_ratio": ratio(m["current"]["cpu_us_per_req"], m["baseline"]["cpu_us_per_req"])}
         if case.endswith("_c1"):
+            enc = case.split("_")[0]
+            fl = {k: {f: med([r[f] for r in floor_py[k][enc]]) for f in fields} for k in floors}
             out[case]["current_p50_overhead_us"] = round(m["current"]["p50_us"] - inproc, 1)
             out[case]["baseline_p50_overhead_us"] = round(m["baseline"]["p50_us"] - inproc, 1)
+            for k, vals in fl.items():
+                out[case].update({f"{k}_{f}": v for f, v in vals.items()})
+            # what is ours: the server's p50 above the bare uvloop server's (same loopback, same client)
+            out[case]["current_above_floor_us"] = round(m["current"]["p50_us"] - fl["floor_uvloop"]["p50_us"], 1)
+            out[case]["baseline_above_floor_us"] = round(m["baseline"]["p50_us"] - fl["floor_uvloop"]["p50_us"], 1)
+    out["wrk_c1"] = {}
+    for enc in encodings:
+        w = {k: {f: med([r[f] for r in wrk[k][enc]]) for f in ("p50_us", "p99_us", "rps", "errors")} for k in wrk}
+        out["wrk_c1"][enc] = {**w, "current_p50_overhead_us": round(w["current"]["p50_us"] - inproc, 1),
+                              "baseline_p50_overhead_us": round(w["baseline"]["p50_us"] - inproc, 1),
+                              "current_above_floor_us": round(w["current"]["p50_us"] - w["floor_uvloop"]["p50_us"], 1)}
     return out
 
 
@@ -209,7 +255,7 @@ def app_cost(trees: dict[str, Path], rounds: int = 4) -> dict[str, Any]:
     for i in range(rounds):
         for name, src in (list(trees.items()) if i % 2 == 0 else list(trees.items())[::-1]):
             r = subprocess.run([sys.executable, "-c", _APP_LOOP], capture_output=True, text=True, timeout=600,
-                               env={**os.environ, "PYTHONPATH": str(src)})
+                               env={**os.environ, "PYTHONPATH": str(src)}, cwd=src)  # not the caller's tree
             if r.returncode != 0:
                 return {"error": f"{name}: {r.stderr.strip()[-300:]}"}
             for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items():
@@ -219,113 +265,6 @@ def app_cost(trees: dict[str, Path], rounds: int = 4) -> dict[str, Any]:
         b, c = med(runs["baseline"][k]), med(runs["current"][k])
         out[k] = {"baseline_cpu_us": b, "current_cpu_us": c, "ratio": ratio(c, b)}
     return out
-
-
-# --- cnn: server vs the runtime in-process, same threads ----------------------------------------------------
-
-
-def _cnn_backends(cache: Path) -> dict[str, EndpointSpec]:
-    onnx = camera_cnn(seed=1)
-    xml, bin_ = to_openvino_ir(onnx, cache / "camera-ir", "camera")
-    threads = os.cpu_count() or 2
-    return {
-        "onnxruntime": EndpointSpec("cam", "1", blobs=[onnx], threads=threads),
-        "openvino": EndpointSpec("cam", "1", runtime="openvino", files=[xml, bin_], threads=threads),
-    }
-
-
-def _inproc_rate(infer: Callable[[dict[str, np.ndarray]], Any], x: np.ndarray, seconds: float) -> float:
-    n, t0 = 0, time.perf_counter()
-    while (dt := time.perf_counter() - t0) < seconds or n < 2:
-        infer({"image": x})
-        n += 1
-    return n * x.shape[0] / dt
-
-
-def cnn(cache: Path, rounds: int = 3, seconds: float = 3.0) -> dict[str, Any]:
-    # One request at a time against the runtime's own sequential loop: the ratio is what the HTTP layer costs.
-    out: dict[str, Any] = {"model": "modelgen.camera_cnn (1x3x224x224 FP32, 2.6 MB)", "threads": os.cpu_count(),
-                           "server_concurrency": 1, "encoding": "binary", "rounds": rounds}
-    rng = np.random.default_rng(0)
-    for runtime, spec in _cnn_backends(cache).items():
-        reg = ModelRegistry(cache_dir=cache / "regcache")
-        r = reg.apply(spec)
-        if not r.ok:
-            out[runtime] = {"error": r.message}
-            continue
-        srv = InferenceServer(reg)
-        srv.start()
-        res: dict[str, Any] = {}
-        try:
-            for batch in (1, 8):
-                x = rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)
-                req = binary_request(srv.port, "cam", "image", x)
-                inproc, served, inproc_cpu, served_cpu = [], [], [], []
-                with reg.get("cam") as m:
-                    infer = m.backend.infer
-                    for _ in range(rounds):
-                        c0 = cpu_s()
-                        rate = _inproc_rate(infer, x, seconds)
-                        inproc.append(rate)
-                        inproc_cpu.append((cpu_s() - c0) / (rate * seconds) * 1e3)
-                        c0 = cpu_s()
-                        samples = load(srv.port, req, 1, seconds)
-                        served.append(stats(samples, seconds)["rps"] * batch)
-                        served_cpu.append((cpu_s() - c0) / max(1, len(samples) * batch) * 1e3)
-                res[f"b{batch}"] = {"inprocess_img_s": med(inproc), "server_img_s": med(served),
-                                    "server_vs_inprocess": ratio(med(served), med(inproc)),
-                                    "inprocess_cpu_ms_per_img": med(inproc_cpu), "server_cpu_ms_per_img": med(served_cpu),
-                                    "cpu_ratio": ratio(med(served_cpu), med(inproc_cpu))}
-        finally:
-            srv.stop()
-            reg.close()
-        out[runtime] = res
-    return out
-
-
-# --- batching: c=16, one image per request, batched vs unbatched ---------------------------------------------
-
-
-def batching(cache: Path, rounds: int = 3, seconds: float = 4.0, max_batch: int = 8,
-             delay_ms: float = 10.0) -> dict[str, Any]:
-    onnx = camera_cnn(seed=1)
-    threads = os.cpu_count() or 2
-    reg = ModelRegistry()
-    assert reg.apply(EndpointSpec("plain", "1", blobs=[onnx], threads=threads)).ok
-    policy = {"maxBatchSize": max_batch, "maxQueueDelayMs": delay_ms}
-    assert reg.apply(EndpointSpec("batched", "1", blobs=[onnx], threads=threads, batching=policy)).ok
-    rng = np.random.default_rng(0)
-    x1 = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
-    x8 = rng.standard_normal((max_batch, 3, 224, 224)).astype(np.float32)
-    with reg.get("plain") as m:
-        m.backend.infer({"image": x8})
-        one_batch_us = inprocess_p50_us(m.backend.infer, {"image": x8}, 9)
-        one_image_us = inprocess_p50_us(m.backend.infer, {"image": x1}, 20)
-    srv = InferenceServer(reg)
-    srv.start()
-    runs: dict[str, list[dict[str, float]]] = {"plain": [], "batched": [], "batched_c1": []}
-    try:
-        for _ in range(rounds):
-            for name in runs:
-                endpoint, conc = ("batched", 1) if name == "batched_c1" else (name, 16)
-                req = binary_request(srv.port, endpoint, "image", x1)
-                c0 = cpu_s()
-                samples = load(srv.port, req, conc, seconds)
-                runs[name].append({**stats(samples, seconds),
-                                   "cpu_ms_per_req": (cpu_s() - c0) / max(1, len(samples)) * 1e3})
-    finally:
-        srv.stop()
-        reg.close()
-    m = {k: {f: med([r[f] for r in v]) for f in ("p50_us", "p99_us", "rps", "errors", "cpu_ms_per_req")}
-         for k, v in runs.items()}
-    return {"policy": policy, "concurrency": 16, "rounds": rounds, "unbatched": m["plain"], "batched": m["batched"],
-            "rps_ratio": ratio(m["batched"]["rps"], m["plain"]["rps"]),
-            "cpu_ratio": ratio(m["batched"]["cpu_ms_per_req"], m["plain"]["cpu_ms_per_req"]),
-            "p99_ratio": ratio(m["batched"]["p99_us"], m["plain"]["p99_us"]),
-            "one_batch_inference_us": one_batch_us, "one_image_inference_us": one_image_us,
-            # alone, a request waits the whole delay for company, then runs by itself: that is the bound
-            "batched_c1": m["batched_c1"], "c1_p99_bound_us": round(delay_ms * 1000 + one_image_us, 1),
-            "c1_p99_over_bound": ratio(m["batched_c1"]["p99_us"], delay_ms * 1000 + one_image_us)}
 
 
 # --- peers: MLflow models serve and MLServer -------------------------------------------------------------------

@@ -10,10 +10,12 @@ shared: absolute numbers are context only, with the load average):
 - ``overhead``: the tiny model on this tree's server vs the server of ``--baseline-rev`` (default: main before
   issue 17's per-request work), both as ``modelfleet serve`` processes: p50, req/s and the server's CPU time
   per request; the p50 overhead over the runtime in-process at concurrency 1.
-- ``cnn``: a camera-sized CNN (``modelgen.camera_cnn``, 1×3×224×224) at batch 1 and 8 on ONNX Runtime and
-  OpenVINO: images/s through the server vs the runtime's own in-process loop with the same threads.
-- ``batching``: the same CNN at concurrency 16, one image per request, with adaptive batching vs without;
-  p99 against the configured delay plus one batch-8 inference.
+- ``cnn``: two camera-sized models (``modelgen.mobilenet_v2`` and the lighter ``modelgen.camera_cnn``,
+  1×3×224×224) at batch 1 and 8 on ONNX Runtime and OpenVINO: images/s and CPU per image through the server of
+  this tree and of ``--cnn-baseline-rev`` vs the runtime's own in-process loop with the same threads.
+- ``batching``: the same models at concurrency 16, one image per request, with adaptive batching vs without,
+  both trees; p99 alone against the configured delay plus one image; the in-process ceiling (pool threads × batch
+  1 vs one thread × batch 8).
 - ``peers``: MLflow ``models serve`` and MLServer (minimal ONNX Runtime runtime), installed in their own venvs
   under ``$MODELFLEET_BENCH_CACHE`` by ``bench/_peers.py``; a failed install is reported in the JSON line.
 - ``profile``: py-spy samples of the baseline and current servers under load, summed by function.
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _cnn_sections as cnn_sections  # noqa: E402
 import _serving_sections as sections  # noqa: E402
 from _loadgen import _request, load, stats  # noqa: E402,F401  (bench_workers imports them from here)
 
@@ -244,8 +247,11 @@ def main() -> None:
     cache.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"load_generator": "asyncio+uvloop raw-socket client, separate process",
                            "cpus": os.cpu_count(), "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
-    for name, run in (("overhead", lambda: sections.overhead(cache, rev)), ("cnn", lambda: sections.cnn(cache)),
-                      ("batching", lambda: sections.batching(cache)), ("peers", lambda: sections.peers(cache)),
+    cnn_trees = {"baseline": sections.baseline_tree(_option("--cnn-baseline-rev", cnn_sections.CNN_BASELINE_REV),
+                                                    cache), "current": sections.REPO} if only & {"cnn", "batching"} else {}
+    for name, run in (("overhead", lambda: sections.overhead(cache, rev)),
+                      ("cnn", lambda: cnn_sections.cnn(cache, cnn_trees)),
+                      ("batching", lambda: cnn_sections.batching(cache, cnn_trees)), ("peers", lambda: sections.peers(cache)),
                       ("profile", lambda: sections.profile(cache, rev))):
         if name in only:
             try:

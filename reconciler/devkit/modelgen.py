@@ -199,6 +199,107 @@ def _conv_classifier(name: str, seed: int, chans: list[int], size: int, classes:
     return _finish(graph, f"modelfleet.modelgen.{name}")
 
 
+def mobilenet_v2(*, seed: int = 0, width: float = 1.0, classes: int = 1000, size: int = 224) -> bytes:
+    """A MobileNetV2-class camera classifier: ``image`` FP32 ``[-1, 3, size, size]`` -> ``logits`` FP32
+    ``[-1, classes]``, the layer plan of Sandler et al. 2018 with batch norm folded into the convolutions.
+
+    A stride-2 3×3 Conv stem, 17 inverted-residual blocks (1×1 expand + ReLU6, 3×3 depthwise + ReLU6, linear 1×1
+    project, a residual Add where shapes allow), a 1×1 Conv to 1280 channels, GlobalAveragePool, Gemm. At
+    ``width=1.0`` and 224×224: 3.5 M parameters (14 MB FP32) and 0.30 G multiply-adds per image
+    (:func:`model_cost`), what a real camera model of that size computes, unlike :func:`camera_cnn`.
+    """
+    rng = np.random.default_rng(seed)
+    inits: list[onnx.TensorProto] = [numpy_helper.from_array(np.float32(0.0), "zero"),
+                                     numpy_helper.from_array(np.float32(6.0), "six")]
+    nodes: list[onnx.NodeProto] = []
+
+    def conv(x: str, cin: int, cout: int, k: int, stride: int, group: int, relu6: bool) -> str:
+        i = len(nodes)
+        fan_in = cin // group * k * k
+        gain = 2.0 if relu6 else 1.0  # He for ReLU6 layers, unit variance for the linear projections
+        w = (rng.standard_normal((cout, cin // group, k, k)) * np.sqrt(gain / fan_in)).astype(np.float32)
+        inits.extend([numpy_helper.from_array(w, f"w{i}"),
+                      numpy_helper.from_array((rng.standard_normal(cout) * 0.05).astype(np.float32), f"b{i}")])
+        pad = k // 2
+        nodes.append(helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], kernel_shape=[k, k],
+                                      strides=[stride, stride], pads=[pad] * 4, group=group))
+        if not relu6:
+            return f"c{i}"
+        nodes.append(helper.make_node("Clip", [f"c{i}", "zero", "six"], [f"r{i}"]))
+        return f"r{i}"
+
+    def channels(c: float) -> int:  # the reference implementation's rounding to multiples of 8
+        rounded = max(8, int(c + 4) // 8 * 8)
+        return rounded + 8 if rounded < 0.9 * c else rounded
+
+    cin = channels(32 * width)
+    x = conv("image", 3, cin, 3, 2, 1, True)
+    for t, c, n, s in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                       (6, 320, 1, 1)):
+        cout = channels(c * width)
+        for j in range(n):
+            stride, hidden = (s if j == 0 else 1), cin * t
+            h = conv(x, cin, hidden, 1, 1, 1, True) if t != 1 else x
+            h = conv(h, hidden, hidden, 3, stride, hidden, True)
+            h = conv(h, hidden, cout, 1, 1, 1, False)
+            if stride == 1 and cin == cout:
+                nodes.append(helper.make_node("Add", [x, h], [f"a{len(nodes)}"]))
+                h = nodes[-1].output[0]
+            x, cin = h, cout
+    last = channels(1280 * width) if width > 1.0 else 1280
+    x = conv(x, cin, last, 1, 1, 1, True)
+    fw = (rng.standard_normal((last, classes)) * np.sqrt(1.0 / last)).astype(np.float32)
+    inits += [numpy_helper.from_array(fw, "fw"), numpy_helper.from_array(np.zeros(classes, np.float32), "fb")]
+    nodes += [helper.make_node("GlobalAveragePool", [x], ["gap"]),
+              helper.make_node("Flatten", ["gap"], ["flat"], axis=1),
+              helper.make_node("Gemm", ["flat", "fw", "fb"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "mobilenet_v2",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [-1, 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [-1, classes])],
+        initializer=inits,
+    )
+    return _finish(graph, "modelfleet.modelgen.mobilenet_v2")
+
+
+def image_mean(*, size: int = 224) -> bytes:
+    """``image`` FP32 ``[-1, 3, size, size]`` -> ``mean`` FP32 ``[-1, 3]``, the per-channel mean: a model that
+    costs next to nothing, so what a server spends per request on it is what a camera image costs in HTTP."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["image"], ["mean"], axes=[2, 3], keepdims=0)],
+        "image_mean",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [-1, 3, size, size])],
+        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, [-1, 3])],
+    )
+    return _finish(graph, "modelfleet.modelgen.image_mean")
+
+
+def model_cost(onnx_bytes: bytes) -> dict[str, int]:
+    """``{"params", "macs"}``: the weights a model holds and the multiply-adds of its Conv, Gemm and MatMul nodes
+    for ONE sample (variable dimensions taken as 1), from ONNX shape inference. Elementwise ops are not counted
+    (they are a few percent of a CNN's work), as in the figures papers quote."""
+    model = onnx.load_from_string(onnx_bytes)
+    for vi in model.graph.input:
+        for d in vi.type.tensor_type.shape.dim:
+            if not (d.HasField("dim_value") and d.dim_value > 0):
+                d.dim_value = 1
+    model = onnx.shape_inference.infer_shapes(model)
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+              for vi in [*model.graph.input, *model.graph.value_info, *model.graph.output]}
+    weights = {t.name: list(t.dims) for t in model.graph.initializer}
+    shapes.update(weights)
+    macs = 0
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            w, out = weights[node.input[1]], shapes[node.output[0]]
+            macs += int(np.prod(out)) * int(np.prod(w[1:]))  # each output element: Cin/group × kH × kW
+        elif node.op_type in ("Gemm", "MatMul"):
+            a, b = shapes[node.input[0]], shapes[node.input[1]]
+            trans_b = any(at.name == "transB" and at.i for at in node.attribute)
+            macs += int(np.prod(a)) * (b[0] if trans_b else b[-1])
+    return {"params": sum(int(np.prod(d)) for d in weights.values()), "macs": macs}
+
+
 def lookup_model(rows: int = 10, width: int = 2) -> bytes:
     """``output = table[index]``: INT64 ``index`` ``[-1]`` picks rows of a fixed FP32 ``[rows, width]`` table
     (row ``i`` holds ``i`` everywhere) -> ``output`` FP32 ``[-1, width]``. An index outside ``0..rows-1`` makes

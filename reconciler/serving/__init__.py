@@ -4,7 +4,8 @@ Workflow: a runtime backend (:mod:`~.runtimes`: ONNX Runtime or OpenVINO behind 
 model's bytes; the :class:`~.registry.ModelRegistry` owns the endpoints, swaps a new version in only after its
 health check (:mod:`~.health`: golden outputs, latency, memory) passes and rolls back otherwise; the
 :class:`~.server.InferenceServer` answers v2 requests (decoded and encoded by :mod:`~.v2codec` and, for JSON,
-:mod:`~.v2json` in bounded slices) against the registry's current version; each connection is an
+:mod:`~.v2json` in bounded slices; a request of a kind already answered runs from its :mod:`~.plans` entry)
+against the registry's current version; each connection is an
 :mod:`~.http1` protocol that enforces the :class:`~.limits.ServerLimits` (flow control, sizes, timeouts). :mod:`~.hwfacts` detects what the device's hardware offers (CPU flags, memory,
 OpenVINO devices), the facts variant choice is made from.
 

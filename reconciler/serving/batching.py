@@ -54,6 +54,8 @@ QUEUE_DELAY = Histogram(
 #: Largest accepted ``maxQueueDelayMs`` and ``maxBatchSize``/``maxQueueSize`` (the schema says the same).
 MAX_DELAY_MS = 10_000.0
 MAX_COUNT = 4096
+#: Largest gather buffer a batcher keeps between batches, per input (larger batches get a buffer of their own).
+GATHER_KEEP_MAX = 64 << 20
 #: Parameters that only change how the answer is encoded, never what the model computes.
 _ENCODING_PARAMS = frozenset({"binary_data_output"})
 
@@ -169,6 +171,9 @@ class Batcher:
         self._batch_size = BATCH_SIZE.labels(name)
         self._queue_delay = QUEUE_DELAY.labels(name)
         self._fallbacks = FALLBACKS.labels(name)
+        #: Per input: the buffer batches are gathered into, reused batch after batch (a fresh multi-MB array per
+        #: batch costs page faults; only this thread touches it, and the runtime is done with it on return).
+        self._gather: dict[str, np.ndarray] = {}
         self._thread = threading.Thread(target=self._work, name=f"modelfleet-batch-{name}", daemon=True)
         self._thread.start()
 
@@ -202,6 +207,7 @@ class Batcher:
                 while True:
                     if not self._queue:
                         if self._closed:
+                            self._gather = {}
                             return
                         self._cond.wait()
                         continue
@@ -224,8 +230,9 @@ class Batcher:
         if len(batch) > 1:
             first = batch[0]
             try:
-                feeds = {n: np.concatenate([b.feeds[n] for b in batch]) for n in first.feeds}
-                parts = split_outputs(self._run(feeds, first.output_names), [b.rows for b in batch])
+                feeds = {n: self._concatenate(n, [b.feeds[n] for b in batch]) for n in first.feeds}
+                outputs = self._run(feeds, first.output_names)
+                parts = split_outputs(_owned(outputs, feeds.values()), [b.rows for b in batch])
             except Exception:  # noqa: BLE001 - one member's data, or a model that does not batch: see below
                 self._fallbacks.inc()
             else:
@@ -243,6 +250,20 @@ class Batcher:
                 out, error = None, f"inference failed: {exc}"
             self._finish(item, out, error, started - item.enqueued, self._clock() - t0)
 
+    def _concatenate(self, name: str, arrays: list[np.ndarray]) -> np.ndarray:
+        """The arrays stacked along axis 0 in this input's reused gather buffer (grown to ``maxBatchSize`` rows
+        of the batch's row shape and dtype when they change)."""
+        rows = sum(a.shape[0] for a in arrays)
+        first = arrays[0]
+        buf = self._gather.get(name)
+        if buf is None or buf.dtype != first.dtype or buf.shape[1:] != first.shape[1:] or buf.shape[0] < rows:
+            buf = np.empty((max(rows, self.policy.max_batch_size), *first.shape[1:]), first.dtype)
+            if buf.nbytes <= GATHER_KEEP_MAX:
+                self._gather[name] = buf
+            else:  # a rare giant batch is gathered once, not kept
+                self._gather.pop(name, None)
+        return np.concatenate(arrays, axis=0, out=buf[:rows])
+
     @staticmethod
     def _finish(item: BatchItem, outputs: dict[str, np.ndarray] | None, error: str | None,
                 queue_s: float, run_s: float) -> None:
@@ -250,6 +271,15 @@ class Batcher:
             item.done(outputs, error, queue_s, run_s)
         except Exception:  # noqa: BLE001 - the callback answers its request; a bug there must not stop the worker
             pass
+
+
+def _owned(outputs: dict[str, np.ndarray], feeds: Any) -> dict[str, np.ndarray]:
+    """Outputs that cannot be views of the reused gather buffers (a runtime may hand an input back as an
+    output, e.g. Identity): any that might be is copied before the next batch overwrites it."""
+    for name, arr in outputs.items():
+        if any(np.may_share_memory(arr, f) for f in feeds):
+            outputs = {**outputs, name: arr.copy()}
+    return outputs
 
 
 def split_outputs(outputs: Mapping[str, np.ndarray], rows: Sequence[int]) -> list[dict[str, np.ndarray]]:

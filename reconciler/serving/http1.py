@@ -14,6 +14,8 @@ Flow control, in the order a hostile client meets it:
   own concatenation can grow without bound;
 - the body is capped per request (413, the limit may depend on the request: JSON vs binary), and all bodies
   being received, queued or processed count against one budget (503 + ``Retry-After`` when it is spent);
+  a ``Content-Length`` body of ``DIRECT_BODY`` bytes or more is read from the socket straight into its own
+  buffer (``BufferedProtocol``: no bytes per read, no parser copy, no join): a tensor reaches the runtime uncopied;
 - the connection stops reading while a response is being computed, while parsed requests wait, or while the
   transport's write buffer is above its high-water mark (``pause_writing``); unparsed bytes are kept (at most
   one read) and fed when the queue drains, in slices, so a burst of pipelined requests is parsed a few at a
@@ -34,6 +36,7 @@ from typing import Protocol
 
 import httptools
 
+from reconciler.serving.bodypool import BodyPool
 from reconciler.serving.limits import ServerLimits
 
 JSON_CT = b"application/json"
@@ -44,7 +47,8 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: loop with every other connection. 512 bytes hold at most 28 requests: fewer than ``max_pipelined``'s default.
 FEED_SLICE = 512
 _IDLE, _HEAD, _BODY = 0, 1, 2
-_PREALLOCATE = 1 << 20
+DIRECT_BODY = 64 * 1024  # Content-Length bodies this large are received into one buffer of their size
+_READ_BUF = 64 * 1024  # what the socket is read into otherwise (heads, small and chunked bodies)
 #: Status line and content type per (status, content type), built once: the head of a response is these bytes,
 #: its length and its extra headers. Bounded: extra routes may answer with any content type.
 _HEADS: dict[tuple[int, bytes], bytes] = {}
@@ -116,6 +120,7 @@ class ConnectionHub:
         self.connections: set[HttpConnection] = set()
         self.open = 0  # accepted sockets, including TLS handshakes not finished yet
         self.inflight_bytes = 0
+        self.bodies = BodyPool(min(64 << 20, limits.max_inflight_bytes))  # binary-tensor bodies, reused
         #: The loop's clock as of the last timeout sweep: timeouts are enforced per sweep tick anyway, and reading
         #: an attribute per request is cheaper than asking the clock three times.
         self.now = 0.0
@@ -191,7 +196,7 @@ class ConnectionHub:
         self._timer = self.loop.call_later(self._tick, self._sweep)
 
 
-class HttpConnection(asyncio.Protocol):
+class HttpConnection(asyncio.BufferedProtocol):
     """HTTP/1.1 with keep-alive; pipelined requests are answered in order, a bounded number at a time."""
 
     def __init__(self, hub: ConnectionHub) -> None:
@@ -210,7 +215,10 @@ class HttpConnection(asyncio.Protocol):
         self.header_bytes = 0
         self.header_count = 0
         self.body: list[bytes] = []
-        self.body_buf: bytearray | None = None  # a large Content-Length body, filled as it arrives
+        self.body_buf: bytearray | memoryview | None = None  # a large Content-Length body, filled as it arrives
+        self.body_view: memoryview | None = None  # body_buf, while the socket reads straight into it
+        self.body_keep_alive = True  # what the parser said of the request whose body is read directly
+        self.read_view = memoryview(bytearray(_READ_BUF))
         self.size = 0
         self.body_max = 0
         self.reserved = 0  # budget held by the request being parsed
@@ -248,7 +256,7 @@ class HttpConnection(asyncio.Protocol):
         self.reserved = 0
         self.pending.clear()
         self.unparsed = bytearray()
-        self.body, self.body_buf = [], None
+        self.body, self.body_buf, self.body_view = [], None, None
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -259,7 +267,20 @@ class HttpConnection(asyncio.Protocol):
         self.write_paused = False
         self._pump()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # a large body: never past its end (the next request's bytes stay in the socket for the parser)
+        if self.body_view is not None:
+            return self.body_view[self.size :]
+        return self.read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.body_view is not None:
+            if not self.broken:
+                self._body_read(nbytes)
+        else:
+            self.data_received(self.read_view[:nbytes])  # parsed (or copied to ``unparsed``) before returning
+
+    def data_received(self, data: bytes | memoryview) -> None:
         self.dispatched = False
         if self.broken:
             return
@@ -268,13 +289,9 @@ class HttpConnection(asyncio.Protocol):
             self._pause_reading()
             return
         self._feed(data)
-        if self.body_buf is not None and not self._stalled():
-            # A large upload reads once per loop turn, so other connections (health checks) get every turn.
-            self._pause_reading()
-            self._pump_soon()
 
     # --- parsing ------------------------------------------------------------------------------------------
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes | memoryview) -> None:
         view = memoryview(data) if len(data) > FEED_SLICE else data
         pos, end = 0, len(view)
         while pos < end:
@@ -317,7 +334,7 @@ class HttpConnection(asyncio.Protocol):
         self.header_bytes = 0
         self.header_count = 0
         self.body = []
-        self.body_buf = None
+        self.body_buf = self.body_view = None
         self.size = 0
         self.chunked = False
         self.phase = _HEAD
@@ -361,8 +378,12 @@ class HttpConnection(asyncio.Protocol):
                 raise _Reject(self._busy())
             self.reserved = n
             self.body_left = n
-            if n >= _PREALLOCATE:  # no multi-MB join on the loop at the end
-                self.body_buf = bytearray(n)
+            if n >= DIRECT_BODY:
+                binary = "inference-header-content-length" in self.headers  # decoded from any buffer
+                self.body_buf = self.hub.bodies.take(n) if binary else bytearray(n)
+                # the rest of this read goes through the parser (on_body); later reads land in body_buf
+                self.body_view = memoryview(self.body_buf)
+                self.body_keep_alive = self.parser.should_keep_alive()
         if self.headers.get("expect", "").lower() == "100-continue" and self.transport is not None:
             if not (self.busy or self.pending):  # never ahead of an earlier request's response
                 self.transport.write(_CONTINUE)
@@ -383,9 +404,27 @@ class HttpConnection(asyncio.Protocol):
             self.body.append(body)
 
     def on_message_complete(self) -> None:
+        self._complete(self.parser.should_keep_alive())
+
+    def _body_read(self, nbytes: int) -> None:
+        """``nbytes`` more of a large body arrived in ``body_buf``; the parser never sees them."""
+        self.dispatched = False
+        self.size += nbytes
+        self.body_left -= nbytes
+        self.progress_at = self._now()
+        if self.body_left > 0:
+            return
+        # The parser still waits for this body: a fresh one parses the next request.
+        self.parser = httptools.HttpRequestParser(self)
+        try:
+            self._complete(self.body_keep_alive)
+        except _Reject as exc:
+            self._break(exc.response)
+
+    def _complete(self, keep_alive: bool) -> None:
         if self.body_buf is not None:
             body: bytes = self.body_buf  # type: ignore[assignment]  # bytes-like; decoders take buffers
-            self.body_buf = None
+            self.body_buf = self.body_view = None
         else:
             body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
         self.body = []
@@ -394,7 +433,7 @@ class HttpConnection(asyncio.Protocol):
         self.head_bytes = 0
         self.body_left = 0
         self.phase_since = self._now()
-        req = _Req(self.method, self.url, self.headers, body, self.parser.should_keep_alive(), reserved)
+        req = _Req(self.method, self.url, self.headers, body, keep_alive, reserved)
         if not (self.dispatched or self.busy or self.write_paused or self.pending):
             self.dispatched = True
             self._dispatch(req)
@@ -415,6 +454,7 @@ class HttpConnection(asyncio.Protocol):
         """The parser is done for: answer ``response`` after the queued requests, then close."""
         self.broken = True
         self.unparsed = bytearray()
+        self.body_view = None
         self.hub.release(self.reserved)
         self.reserved = 0
         self._pause_reading()
@@ -567,6 +607,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _timed_out(self, message: str) -> None:
         self.broken = True
+        self.body_view = None
         self.hub.release(self.reserved)
         self.reserved = 0
         self._write(error_response(408, message), False)

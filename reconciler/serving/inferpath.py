@@ -17,6 +17,7 @@ from typing import Any
 
 from reconciler.serving.batching import BatchItem, QueueFull, batch_key
 from reconciler.serving.http1 import Response, error_response
+from reconciler.serving.plans import HCL, JSON_BODY_MAX, OCTET_CT, learn, planned
 from reconciler.serving.registry import LoadedModel
 from reconciler.serving.v2codec import (
     CodecError,
@@ -28,14 +29,24 @@ from reconciler.serving.v2codec import (
     select_outputs,
     validate_inputs,
 )
+from reconciler.serving.v2json import JsonError, loads_request
 
-OCTET_CT = b"application/octet-stream"
-_HCL = b"inference-header-content-length"
+_HCL = HCL
 _RETRY = ((b"retry-after", b"1"),)
 
 
 def _error(status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> Response:
     return error_response(status, message, headers)
+
+
+def _header_len(headers: dict[str, str]) -> int | None:
+    hl = headers.get("inference-header-content-length")
+    if hl is None:
+        return None
+    try:
+        return int(hl)
+    except ValueError:
+        raise CodecError(f"Inference-Header-Content-Length is not an integer: {hl!r}") from None
 
 
 class InferPath:
@@ -46,14 +57,9 @@ class InferPath:
         self.bind = bind
 
     def _decode(
-        self, headers: dict[str, str], body: bytes, model: LoadedModel
+        self, headers: dict[str, str], body: bytes, model: LoadedModel, doc: Any = None
     ) -> tuple[InferRequest, dict[str, Any], list[RequestedOutput]]:
-        hl = headers.get("inference-header-content-length")
-        try:
-            header_len = int(hl) if hl is not None else None
-        except ValueError:
-            raise CodecError(f"Inference-Header-Content-Length is not an integer: {hl!r}") from None
-        req = decode_request(body, header_len, self.json_limits)
+        req = decode_request(body, _header_len(headers), self.json_limits, doc)
         try:
             feeds = validate_inputs(req, model.inputs)
             requested = select_outputs(req, model.output_names)
@@ -73,9 +79,9 @@ class InferPath:
         return _error(400, str(exc))
 
     @staticmethod
-    def _encode(model: LoadedModel, req: InferRequest, outputs: dict[str, Any],
+    def _encode(model: LoadedModel, req_id: str | None, outputs: dict[str, Any],
                 requested: list[RequestedOutput]) -> Response:
-        out, hlen = encode_response(model.name, model.version, req.id, outputs, requested)
+        out, hlen = encode_response(model.name, model.version, req_id, outputs, requested)
         if hlen is None:
             return Response(200, out)
         return Response(200, out, OCTET_CT, ((_HCL, b"%d" % hlen),))
@@ -85,8 +91,7 @@ class InferPath:
         lease.release()
         if not inline:
             bound.inflight.dec()
-        bound.requests.inc()
-        bound.latency.observe(time.perf_counter() - t0)
+        bound.counted(time.perf_counter() - t0)
         if resp.status != 200:
             bound.failed(resp.status)
         return resp
@@ -95,20 +100,38 @@ class InferPath:
         self, model: LoadedModel, lease: Any, headers: dict[str, str], body: bytes, t0: float, inline: bool = False
     ) -> Response:
         """Answer now. ``inline``: on the event loop, which also serves ``/metrics``, so the request could never
-        be seen in flight: the in-flight gauge is left alone (two locked updates saved per request)."""
-        bound = self.bind(model)
+        be seen in flight: the in-flight gauge is left alone (two locked updates saved per request).
+
+        A request of a kind this version has answered before runs from its plan (:mod:`.plans`)."""
+        bound = model.serving_metrics or self.bind(model)
         if not inline:
             bound.inflight.inc()
         try:
-            req, feeds, requested = self._decode(headers, body, model)
+            header_len = _header_len(headers)
+            doc = None
+            if header_len is None and len(body) <= JSON_BODY_MAX:
+                try:
+                    doc = loads_request(body, self.json_limits)
+                except JsonError as exc:
+                    raise CodecError(str(exc)) from None
+            hit = planned(model.plans, header_len, body, doc) if model.plans else None
+            if hit is not None:
+                plan, feeds = hit
+                req_id, names, requested = None, plan.output_names, plan.requested
+            else:
+                req, feeds, requested = self._decode(headers, body, model, doc)
+                req_id, names = req.id, [r.name for r in requested]
+                plan = learn(model.plans, req, header_len, body, doc, model.inputs, requested)
             try:
-                outputs = model.infer(feeds, [r.name for r in requested], req.id)
+                outputs = model.infer(feeds, names, req_id)
             except CodecError:
                 raise
             except Exception as exc:
                 resp = _error(500, f"inference failed: {exc}")
             else:
-                resp = self._encode(model, req, outputs, requested)
+                resp = plan.answer(model.name, model.version, outputs) if plan is not None else None
+                if resp is None:
+                    resp = self._encode(model, req_id, outputs, requested)
         except CodecError as exc:
             resp = self._rejected(model, exc)
         except BaseException:
@@ -141,7 +164,7 @@ class InferPath:
                 else:
                     if observer is not None:
                         observer.observe(feeds, outputs, run_s, req.id)
-                    resp = self._encode(model, req, outputs, requested)
+                    resp = self._encode(model, req.id, outputs, requested)
             except CodecError as exc:
                 resp = _error(400, str(exc))
             except Exception as exc:  # noqa: BLE001 - a bug costs this request, never the batch
@@ -165,7 +188,7 @@ class InferPath:
     def _finish_alone(self, model: LoadedModel, lease: Any, bound: Any, req: InferRequest,
                       feeds: dict[str, Any], requested: list[RequestedOutput], t0: float) -> Response:
         try:
-            resp = self._encode(model, req, model.infer(feeds, [r.name for r in requested], req.id), requested)
+            resp = self._encode(model, req.id, model.infer(feeds, [r.name for r in requested], req.id), requested)
         except CodecError as exc:
             resp = _error(400, str(exc))
         except Exception as exc:

@@ -128,23 +128,27 @@ class LoadedModel:
         self.batcher: Batcher | None = None
         #: The server's pre-bound metric children for this version (set by the server on first use).
         self.serving_metrics: Any = None
+        #: Request plans of this version (reconciler.serving.plans), keyed by what the request says about its tensors.
+        self.plans: dict[Any, Any] = {}
         # Monitoring hook (e.g. reconciler.drift): sees every request's tensors after inference; it must only
         # count and enqueue, the work happens off the request path.
         self.observer: Observer | None = None
-        self._cond = threading.Condition(threading.Lock())
+        # Leases take the bare lock (a C-level ``with``); draining waits on the condition over the same lock.
+        self._lease_lock = threading.Lock()
+        self._cond = threading.Condition(self._lease_lock)
         self._inflight = 0
         self._draining = False
         self._closed = False
 
     def _acquire(self) -> bool:
-        with self._cond:
+        with self._lease_lock:
             if self._draining:
                 return False
             self._inflight += 1
             return True
 
     def _release(self) -> None:
-        with self._cond:
+        with self._lease_lock:
             self._inflight -= 1
             if self._inflight == 0 and self._draining:
                 self._cond.notify_all()

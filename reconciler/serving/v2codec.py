@@ -97,6 +97,8 @@ class InferRequest:
     outputs: list[RequestedOutput] | None
     binary_default: bool
     parameters: dict[str, Any] = field(default_factory=dict)
+    #: Where each binary input's bytes start, counted from the end of the JSON header.
+    binary_at: dict[str, int] = field(default_factory=dict)
 
 
 def datatype_of(arr: np.ndarray) -> str:
@@ -135,7 +137,7 @@ def _check_shape(name: str, shape: Any) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _flatten(data: Any) -> list[Any]:
+def flatten(data: Any) -> list[Any]:
     out: list[Any] = []
     stack = [iter(data)]
     while stack:
@@ -167,7 +169,7 @@ def _json_array(
             raise CodecError(str(exc)) from None
     if not isinstance(data, list):
         raise CodecError(f"input {name!r}: 'data' must be a JSON array")
-    flat = data if not data or not isinstance(data[0], list) else _flatten(data)
+    flat = data if not data or not isinstance(data[0], list) else flatten(data)
     if len(flat) != n:
         raise CodecError(f"input {name!r}: shape {list(shape)} needs {n} elements, 'data' has {len(flat)}")
     if datatype == "BYTES":
@@ -214,26 +216,33 @@ def _binary_array(
             f"binary_data_size is {len(raw)}"
         )
     arr = np.frombuffer(raw, dtype=dtype).reshape(shape)
-    if datatype == "BOOL" and n and (np.frombuffer(raw, dtype=np.uint8) > 1).any():
-        raise CodecError(f"input {name!r}: BOOL bytes must be 0 or 1")
+    if datatype == "BOOL":
+        check_bool_bytes(name, arr)
     return arr
 
 
+def check_bool_bytes(name: str, arr: np.ndarray) -> None:
+    """A BOOL tensor from raw bytes: each byte must be 0 or 1."""
+    if arr.size and (arr.view(np.uint8) > 1).any():
+        raise CodecError(f"input {name!r}: BOOL bytes must be 0 or 1")
+
+
 def decode_request(
-    body: bytes, header_length: int | None = None, limits: JsonLimits | None = None
+    body: bytes, header_length: int | None = None, limits: JsonLimits | None = None, doc: Any = None
 ) -> InferRequest:
-    """Parse an ``/infer`` body. ``header_length`` is the ``Inference-Header-Content-Length`` header, if any.
+    """Parse an ``/infer`` body. ``header_length`` is the ``Inference-Header-Content-Length`` header, if any;
+    ``doc``: the body's JSON document when the caller has parsed it already (with ``loads_request``).
 
     Every problem, including absurd shapes and JSON nested too deeply, is a :class:`CodecError` (400)."""
     try:
-        return _decode_request(body, header_length, limits or JsonLimits())
+        return _decode_request(body, header_length, limits or JsonLimits(), doc)
     except (ValueError, MemoryError, OverflowError, RecursionError) as exc:
         if isinstance(exc, CodecError):
             raise
         raise CodecError(f"invalid request: {exc}") from None
 
 
-def _decode_request(body: bytes, header_length: int | None, limits: JsonLimits) -> InferRequest:
+def _decode_request(body: bytes, header_length: int | None, limits: JsonLimits, doc: Any) -> InferRequest:
     if header_length is None:
         header_bytes, binary = body, memoryview(b"")
     else:
@@ -243,10 +252,11 @@ def _decode_request(body: bytes, header_length: int | None, limits: JsonLimits) 
             )
         mv = memoryview(body)
         header_bytes, binary = bytes(mv[:header_length]), mv[header_length:]
-    try:
-        doc = loads_request(header_bytes, limits)
-    except JsonError as exc:
-        raise CodecError(str(exc)) from None
+    if doc is None:
+        try:
+            doc = loads_request(header_bytes, limits)
+        except JsonError as exc:
+            raise CodecError(str(exc)) from None
     if not isinstance(doc, dict):
         raise CodecError("request must be a JSON object")
     req_id = doc.get("id")
@@ -260,6 +270,7 @@ def _decode_request(body: bytes, header_length: int | None, limits: JsonLimits) 
         raise CodecError("'inputs' must be a non-empty array")
     inputs: dict[str, np.ndarray] = {}
     datatypes: dict[str, str] = {}
+    binary_at: dict[str, int] = {}
     offset = 0
     for t in inputs_doc:
         if not isinstance(t, dict):
@@ -288,6 +299,7 @@ def _decode_request(body: bytes, header_length: int | None, limits: JsonLimits) 
                     f"{len(binary) - offset} left)"
                 )
             arr = _binary_array(name, datatype, shape, binary[offset : offset + size], limits)
+            binary_at[name] = offset
             offset += size
         else:
             if "data" not in t:
@@ -313,7 +325,7 @@ def _decode_request(body: bytes, header_length: int | None, limits: JsonLimits) 
             if "classification" in oparams:
                 raise CodecError("the classification extension is not supported")
             outputs.append(RequestedOutput(o["name"], bool(oparams.get("binary_data", binary_default))))
-    return InferRequest(req_id, inputs, datatypes, outputs, binary_default, params)
+    return InferRequest(req_id, inputs, datatypes, outputs, binary_default, params, binary_at)
 
 
 def validate_inputs(req: InferRequest, metas: Iterable[TensorMeta]) -> dict[str, np.ndarray]:
@@ -336,14 +348,26 @@ def validate_inputs(req: InferRequest, metas: Iterable[TensorMeta]) -> dict[str,
                 raise CodecError(
                     f"input {name!r}: shape {list(arr.shape)} does not match the model's {list(meta.shape)}"
                 )
-        if (meta.min is not None or meta.max is not None) and arr.size and dt not in ("BYTES", "BOOL"):
-            if dt in _FLOAT_TYPES and np.isnan(arr).any():
-                raise CodecError(f"input {name!r}: NaN outside the declared range")
-            if meta.min is not None and arr.min() < meta.min:
-                raise CodecError(f"input {name!r}: value {arr.min()} below the declared minimum {meta.min}")
-            if meta.max is not None and arr.max() > meta.max:
-                raise CodecError(f"input {name!r}: value {arr.max()} above the declared maximum {meta.max}")
+        if has_range(meta):
+            check_range(meta, arr)
     return req.inputs
+
+
+def has_range(meta: TensorMeta) -> bool:
+    """The input declares a value range its values are checked against (numeric datatypes only)."""
+    return (meta.min is not None or meta.max is not None) and meta.datatype not in ("BYTES", "BOOL")
+
+
+def check_range(meta: TensorMeta, arr: np.ndarray) -> None:
+    name = meta.name
+    if not arr.size:
+        return
+    if meta.datatype in _FLOAT_TYPES and np.isnan(arr).any():
+        raise CodecError(f"input {name!r}: NaN outside the declared range")
+    if meta.min is not None and arr.min() < meta.min:
+        raise CodecError(f"input {name!r}: value {arr.min()} below the declared minimum {meta.min}")
+    if meta.max is not None and arr.max() > meta.max:
+        raise CodecError(f"input {name!r}: value {arr.max()} above the declared maximum {meta.max}")
 
 
 def select_outputs(req: InferRequest, available: Sequence[str]) -> list[RequestedOutput]:
@@ -403,7 +427,6 @@ def encode_response(
     for r in requested:
         arr = outputs[r.name]
         datatype = datatype_of(arr)
-        doc: dict[str, Any] = {"name": r.name, "datatype": datatype, "shape": list(arr.shape)}
         params: dict[str, int] = {}
         data: list[bytes] | None = None
         if r.binary:
@@ -417,23 +440,34 @@ def encode_response(
             data, nonfinite = dumps_data(arr)
         if nonfinite:
             params["nonfinite_values"] = nonfinite
-        if params:
-            doc["parameters"] = params
         parts.append(b"," if parts else b',"outputs":[')
+        doc = output_doc(r.name, datatype, arr.shape, params)
         if data is None:
-            parts.append(_dumps(doc))
+            parts.append(doc)
         else:
-            parts += [_dumps(doc)[:-1], b',"data":', *data, b"}"]
-    resp: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
-    if req_id is not None:
-        resp["id"] = req_id
-    head = _dumps(resp)[:-1]
+            parts += [doc[:-1], b',"data":', *data, b"}"]
     if not parts:
         parts.append(b',"outputs":[')
-    header = b"".join([head, *parts, b"]}"])
+    header = b"".join([response_head(model_name, model_version, req_id), *parts, b"]}"])
     if not chunks:
         return header, None
     return b"".join([header, *chunks]), len(header)  # one copy of the tensor bytes
+
+
+def response_head(model_name: str, model_version: str, req_id: str | None) -> bytes:
+    """The start of a response document, up to (not including) its ``outputs``."""
+    resp: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if req_id is not None:
+        resp["id"] = req_id
+    return _dumps(resp)[:-1]
+
+
+def output_doc(name: str, datatype: str, shape: Sequence[int], params: Mapping[str, int]) -> bytes:
+    """One output's object in a response, without its ``data``."""
+    doc: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(shape)}
+    if params:
+        doc["parameters"] = params
+    return _dumps(doc)
 
 
 _dumps = dumps

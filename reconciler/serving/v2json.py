@@ -35,6 +35,7 @@ SKELETON_MAX_BYTES = 1 << 20  # the JSON around the cut-out data arrays
 CUT_MIN_BYTES = 64 * 1024  # data arrays at least this long are cut out and parsed in slices
 SLICE_BYTES = 64 * 1024
 _OUT_SLICE = 65536  # output elements per orjson.dumps call (~0.5 ms)
+SMALL_ARRAY = 256  # up to this many elements, a Python list is cheaper than numpy's per-call work
 #: Pause between slices: a CPU-bound thread hands the GIL over only every 5 ms when asked, and every step of
 #: the event loop's answer to a health check has to ask again; a short sleep hands it over at once.
 _HAND_OVER_S = 0.0002
@@ -251,6 +252,10 @@ def dumps_data(arr: np.ndarray) -> tuple[list[bytes], int]:
     flat = arr.reshape(-1)
     nonfinite = count_nonfinite(flat)
     kind = flat.dtype.kind
+    if flat.size <= SMALL_ARRAY and kind in "fiub":
+        # Python floats are the float64 values, written by the same shortest-round-trip code: the same text,
+        # without numpy's per-call setup (a tiny model's whole output costs less than the cast alone).
+        return [orjson.dumps(flat.tolist())], nonfinite
     want = np.dtype(np.float64) if kind == "f" else flat.dtype.newbyteorder("=")
     flat = np.ascontiguousarray(flat, dtype=want)
     if flat.size <= _OUT_SLICE:
@@ -268,9 +273,10 @@ def dumps_data(arr: np.ndarray) -> tuple[list[bytes], int]:
 def count_nonfinite(arr: np.ndarray) -> int:
     if arr.dtype.kind != "f" or arr.size == 0:
         return 0
-    # One reduction for the common case: a finite float64 sum means every value is finite (a NaN or ±inf makes
-    # the sum non-finite; a sum that only overflows falls through to the exact count).
-    if math.isfinite(arr.sum(dtype=np.float64)):
+    # One sum for the common case: a finite float64 sum means every value is finite (a NaN or ±inf makes the sum
+    # non-finite; a sum that only overflows falls through to the exact count). Small arrays as a Python list: no
+    # numpy reduction setup.
+    if math.isfinite(sum(arr.reshape(-1).tolist()) if arr.size <= SMALL_ARRAY else arr.sum(dtype=np.float64)):
         return 0
     finite = np.isfinite(arr)
     return 0 if finite.all() else int(arr.size - np.count_nonzero(finite))

@@ -25,6 +25,7 @@ NOT_REASONS = {
     # ONNX operators and OpenVINO layer types `optimize` generates or recognises, /proc/self/status fields
     "GlobalAveragePool", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
     "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "FakeQuantize", "VmRSS", "VmHWM",
+    "ReduceMean",  # modelgen.image_mean
 }
 
 

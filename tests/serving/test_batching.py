@@ -294,3 +294,36 @@ def test_batching_reaches_every_worker_and_a_bad_change_keeps_them_serving() -> 
         assert post(pool.port, "mm", *binary_request("input", x))[0] == 200
     finally:
         pool.stop()
+
+
+def test_batches_in_a_row_share_one_gather_buffer_and_answers_stay_their_own() -> None:
+    """A runtime that hands its input back (an Identity) must not see an earlier answer overwritten when the
+    next batch is gathered into the same buffer; and the second batch reuses the first one's buffer."""
+    from reconciler.serving.batching import Batcher
+
+    seen: list[np.ndarray] = []
+
+    def echo(feeds: dict[str, np.ndarray], names: Any) -> dict[str, np.ndarray]:
+        seen.append(feeds["x"])
+        return {"y": feeds["x"]}
+
+    batcher = Batcher("echo", BatchingPolicy(2, 5.0, 8), echo)
+    answers: list[Any] = []
+    done = threading.Semaphore(0)
+
+    def finished(out: Any, error: Any, _q: float, _r: float) -> None:
+        answers.append((out, error))
+        done.release()
+
+    try:
+        for value in (1.0, 2.0):
+            for _ in range(2):  # two rows fill a batch: it runs at once
+                x = np.full((1, 3), value, np.float32)
+                batcher.submit(BatchItem({"x": x}, ("y",), batch_key({"x": x}, ("y",), {}), 1, finished))
+            for _ in range(2):
+                assert done.acquire(timeout=10)
+    finally:
+        batcher.close()
+    assert [e for _, e in answers] == [None] * 4
+    assert [out["y"].tolist() for out, _ in answers] == [[[1.0] * 3]] * 2 + [[[2.0] * 3]] * 2
+    assert np.shares_memory(seen[0], seen[1])  # the gather buffer was reused, not allocated per batch

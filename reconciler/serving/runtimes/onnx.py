@@ -100,11 +100,23 @@ class OnnxBackend(Backend):
         self._string_outputs = {m.name for m in self._outputs if m.datatype == "BYTES"}
         self._output_names = [m.name for m in self._outputs]
         self._run = self._sess.run
+        # CPU only and no optional inputs: the Python wrapper's checks (provider fallback, graph capture, OrtValue
+        # ownership) do not apply; its missing-input message is kept by retrying through it on an error.
+        inner = getattr(self._sess, "_sess", None)
+        self._direct = (inner.run if inner is not None and self.providers == ["CPUExecutionProvider"]
+                        and not any(a.type.startswith("optional") for a in self._sess.get_inputs()) else None)
+        self._plain = not self._string_inputs and not self._string_outputs
 
     def infer(
         self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
         names = list(output_names) if output_names is not None else self._output_names
+        direct = self._direct
+        if direct is not None and self._plain:
+            try:
+                return dict(zip(names, direct(names, feeds, None), strict=True))
+            except Exception:  # noqa: BLE001 - the wrapper below says what is wrong (or it was transient)
+                pass
         if self._string_inputs:
             feeds = dict(feeds)
             for n in self._string_inputs & feeds.keys():
@@ -121,6 +133,7 @@ class OnnxBackend(Backend):
     def close(self) -> None:
         self._sess = None  # type: ignore[assignment]
         self._run = _closed
+        self._direct = None
 
 
 def _closed(*_: Any) -> Any:

@@ -166,7 +166,7 @@ class OpenVINOBackend(Backend):
             for port, value in res.items():
                 for name in port.get_names():
                     if name in names:
-                        out[name] = np.array(value, copy=True)
+                        out[name] = value  # share_outputs=False: already the caller's own copy
         finally:
             self._pool.put(req)
         return {n: out[n] for n in names}
