@@ -6,6 +6,9 @@ with Basic auth) and a second nginx serving the static TUF repository. The simul
 loop (:mod:`reconciler.simulate`), poll interval ``BENCH_POLL`` = 10 s with ±10 % jitter, their state on tmpfs
 (``BENCH_WORK_DIR``, default /dev/shm: N devices' fsyncs on one shared disk are not what is measured).
 
+``BENCH_LSREFS_CACHE_S`` (default 1; 0 = off): nginx answers the devices' ``ls-refs`` poll from a microcache
+valid that many seconds (``GitHttp(ls_refs_cache_s=...)``, docs/scale.md).
+
 For each N in ``BENCH_DEVICES`` (default ``100,1000``): the fleet converges on 1.0.0, idles for
 ``BENCH_IDLE_SECONDS`` (the idle path: polls/s, simulator and Git server CPU per poll), a rollout of 1.1.0 to 1 %
 lands, then ``rollout promote`` takes it to 100 %:
@@ -19,7 +22,8 @@ lands, then ``rollout promote`` takes it to 100 %:
 
 ``BENCH_IDLE`` (default ``5000``): N devices on the idle path only (status off; they converge first).
 ``BENCH_STATUS_SYNTH`` (default ``100,1000,5000``): ``rollout status`` / ``fleet status`` on N synthetic status
-branches written with ``git fast-import``. ``perRequest``: server CPU per idle poll (``ls-refs`` over smart HTTP;
+branches written with ``git fast-import``. ``perRequest``: server CPU per idle poll (``ls-refs`` over smart HTTP
+paced at a fleet's rate, without and with the microcache;
 ``git ls-remote`` over smart HTTP and over ``git daemon`` for comparison) and per status push.
 
 The devices run in ``BENCH_PROCESSES`` (default 2) simulator processes of ``BENCH_WORKERS`` threads each
@@ -42,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +73,9 @@ IDLE_SECONDS = float(os.environ.get("BENCH_IDLE_SECONDS", str(3 * POLL)))
 WORKERS = int(os.environ.get("BENCH_WORKERS", "16"))  # threads per simulator process
 PROCESSES = int(os.environ.get("BENCH_PROCESSES", "2"))  # simulator processes (the GIL: one core each)
 # Status repositories the devices push to, by a hash of their id (0: the fleet repository, unsharded).
+# nginx answers the devices' ls-refs poll from a microcache valid this many seconds (0: off; docs/scale.md)
+LSREFS_CACHE_S = int(os.environ.get("BENCH_LSREFS_CACHE_S", "1")) or None
+POLL_RATE = float(os.environ.get("BENCH_POLL_RATE", "100"))  # perRequest's paced polls/s (1,000 devices at 10 s)
 STATUS_SHARDS = int(os.environ.get("BENCH_STATUS_SHARDS", "16"))
 WORK_DIR = os.environ.get("BENCH_WORK_DIR", "/dev/shm" if os.path.isdir("/dev/shm") else None)
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -197,8 +205,8 @@ def server_settings(bare: Path) -> None:
 class Servers:
     """The fleet world on smart HTTP, plus a second nginx serving its TUF repository."""
 
-    def __init__(self, root: Path) -> None:
-        self.world: Any = HttpWorld(root / "world")
+    def __init__(self, root: Path, ls_refs_cache_s: int | None = LSREFS_CACHE_S) -> None:
+        self.world: Any = HttpWorld(root / "world", ls_refs_cache_s=ls_refs_cache_s)
         self.cgroup = CgroupCpu.create(f"modelfleet-bench-{os.getpid()}-{root.name}")
         self.backend_log: Path | None = None
         if self.cgroup is None:
@@ -252,13 +260,21 @@ class Servers:
 def idle_window(fleet: ShardedFleet, srv: Servers, seconds: float) -> dict[str, Any]:
     """Every device on the idle path (nothing changed): polls/s and CPU per poll, simulator and Git server."""
     polls0, c0, g0, t0 = fleet.poll()["requests"]["gitPolls"], sim_cpu(fleet), srv.git_cpu(), time.monotonic()
+    log0 = len(srv.world.git_http.requests())
     time.sleep(seconds)
     polls, wall = fleet.poll()["requests"]["gitPolls"] - polls0, time.monotonic() - t0
+    log = srv.world.git_http.requests()[log0:]
     return {"devices": fleet.devices, "seconds": round(wall, 1), "polls": polls,
             "pollsPerSecond": round(polls / wall, 1), "pollsPerSecondAsked": round(fleet.devices / POLL, 1),
             "simulatorCpuMsPerPoll": round((sim_cpu(fleet) - c0) * 1000 / max(1, polls), 2),
             "gitServerCpuMsPerPoll": round((srv.git_cpu() - g0) * 1000 / max(1, polls), 2),
+            "lsRefsCacheSeconds": LSREFS_CACHE_S, "gitServerCacheHits": cache_hits(log),
             "loadavg": round(os.getloadavg()[0], 1)}
+
+
+def cache_hits(log: list[str]) -> int:
+    """Requests nginx answered from the ls-refs cache (the access log's last field)."""
+    return sum(line.endswith(" HIT") for line in log)
 
 
 def sim_cpu(fleet: ShardedFleet) -> float:
@@ -321,6 +337,7 @@ def one_size(n: int, root: Path) -> dict[str, Any]:
         return {
             "devices": n, "pollSeconds": POLL, "processes": len(fleet.pids), "workersPerProcess": WORKERS,
             "statusShards": STATUS_SHARDS, "gitServerCpuFrom": "cgroup" if srv.cgroup else "times wrapper",
+            "lsRefsCacheSeconds": LSREFS_CACHE_S,
             "firstConvergenceSeconds": None if t_conv is None else round(t_conv, 1),
             "idle": idle,
             "promoteTo50Seconds": None if t_half is None else round(t_half, 1),
@@ -330,7 +347,7 @@ def one_size(n: int, root: Path) -> dict[str, Any]:
             "loadavgDuringPromote": [round(load0, 1), round(load1, 1)],
             "promoteWindow": {
                 "gitPolls": req1["gitPolls"] - req0["gitPolls"], "gitFetches": req1["gitFetches"] - req0["gitFetches"],
-                "gitServerRequests": len(git_log),
+                "gitServerRequests": len(git_log), "gitServerCacheHits": cache_hits(git_log),
                 "gitServerPushes": sum(line.startswith("POST") and "git-receive-pack" in line for line in git_log),
                 "tufServerRequests": tuf_requests, "deviceUpdates": updates,
                 "simulatorCpuSeconds": round(cpu1 - cpu0, 1), "gitServerCpuSeconds": round(git_cpu1 - git_cpu0, 1),
@@ -394,23 +411,56 @@ def synthetic_status(n: int, root: Path) -> dict[str, Any]:
         world.stop()
 
 
+def paced_polls(srv: Servers, polls: int, rate: float, threads: int = 4) -> dict[str, Any]:
+    """``polls`` ls-refs polls of the fleet branch at ``rate`` per second from ``threads`` kept-alive clients (a
+    fleet's idle load on one server): Git server CPU per poll, poll latency, answers nginx gave from its cache."""
+    clients = [LsRefsClient(srv.world.git_url, authorization=lambda: None) for _ in range(threads)]
+    log0, c0, t0 = len(srv.world.git_http.requests()), srv.git_cpu(), time.monotonic()
+
+    def run(k: int) -> list[float]:
+        waits = []
+        for i in range(k, polls, threads):
+            time.sleep(max(0.0, t0 + i / rate - time.monotonic()))
+            s = time.monotonic()
+            assert clients[k].ls_ref("refs/heads/main")
+            waits.append(time.monotonic() - s)
+        return waits
+
+    with ThreadPoolExecutor(threads) as pool:
+        latencies = sorted(x for waits in pool.map(run, range(threads)) for x in waits)
+    wall, cpu = time.monotonic() - t0, srv.git_cpu() - c0
+    for c in clients:
+        c.close()
+    time.sleep(0.2)  # nginx logs just after the response
+    hits = cache_hits(srv.world.git_http.requests()[log0:])
+    return {"polls": polls, "pollsPerSecond": round(polls / wall, 1), "gitServerCpuMs": round(cpu * 1000 / polls, 3),
+            "gitServerCpuShareOfACore": round(cpu / wall, 3), "cacheHits": hits,
+            "latencyMsP50": round(latencies[len(latencies) // 2] * 1000, 2),
+            "latencyMsP99": round(latencies[int(len(latencies) * 0.99)] * 1000, 2)}
+
+
 def per_request_costs(root: Path, polls: int = 200, pushes: int = 100) -> dict[str, Any]:
-    """Git server CPU per idle poll and per status push, measured with nothing else talking to the server."""
-    srv = Servers(root / "http")
+    """Git server CPU per idle poll and per status push, measured with nothing else talking to the server.
+
+    ``lsRefsHttp`` / ``lsRefsHttpCached``: ``BENCH_PER_REQUEST_POLLS`` polls paced at ``BENCH_POLL_RATE`` on two
+    servers started alike, without and with the ls-refs microcache (``BENCH_LSREFS_CACHE_S``, at least 1 s here).
+    """
+    srv = Servers(root / "http", ls_refs_cache_s=None)
+    cached = Servers(root / "http-cached", ls_refs_cache_s=LSREFS_CACHE_S or 1)
     daemon: Any = fleet_servers(root / "daemon", git="daemon")
     try:
         world = srv.world
-        world.publish("1.0.0")
-        world.commit_raw(world.fleet_files("1.0.0"), "deploy 1.0.0")
+        for w in (world, cached.world):
+            w.publish("1.0.0")
+            w.commit_raw(w.fleet_files("1.0.0"), "deploy 1.0.0")
         daemon.commit_raw(world.fleet_files("1.0.0"), "deploy 1.0.0")
         out: dict[str, Any] = {}
-        client = LsRefsClient(world.git_url, authorization=lambda: None)
-        c0, t0 = srv.git_cpu(), time.monotonic()
-        for _ in range(polls):
-            assert client.ls_ref("refs/heads/main")
-        out["lsRefsHttp"] = {"gitServerCpuMs": round((srv.git_cpu() - c0) * 1000 / polls, 2),
-                             "wallMs": round((time.monotonic() - t0) * 1000 / polls, 2)}
-        client.close()
+        paced = int(os.environ.get("BENCH_PER_REQUEST_POLLS", "1000"))
+        out["lsRefsHttp"] = paced_polls(srv, paced, POLL_RATE)
+        out["lsRefsHttpCached"] = {**paced_polls(cached, paced, POLL_RATE),
+                                   "cacheSeconds": cached.world.git_http.ls_refs_cache_s}
+        out["lsRefsCachedCpuRatio"] = round(out["lsRefsHttpCached"]["gitServerCpuMs"]
+                                            / max(1e-9, out["lsRefsHttp"]["gitServerCpuMs"]), 3)
         for name, url, cpu in (("lsRemoteHttp", world.git_url, srv.git_cpu),
                                ("lsRemoteDaemon", daemon.git_url, lambda: tree_cpu(daemon.daemon.proc.pid))):
             c0, t0 = cpu(), time.monotonic()
@@ -432,6 +482,7 @@ def per_request_costs(root: Path, polls: int = 200, pushes: int = 100) -> dict[s
         return out
     finally:
         srv.stop()
+        cached.stop()
         daemon.stop()
 
 

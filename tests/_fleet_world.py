@@ -28,10 +28,10 @@ PASSWORD = "s3cret-for-tests"
 class HttpWorld(World):
     """The agent tests' world with the fleet repository served by nginx + git http-backend (smart HTTP)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, ls_refs_cache_s: int | None = None) -> None:
         super().__init__(root, daemon=False)
-        self.git_http = GitHttp(root / "nginx", Pki.make(root / "pki"),
-                                users={"device": PASSWORD, "ops": PASSWORD}, tuf_token="unused")
+        self.git_http = GitHttp(root / "nginx", Pki.make(root / "pki"), users={"device": PASSWORD, "ops": PASSWORD},
+                                tuf_token="unused", ls_refs_cache_s=ls_refs_cache_s)
         self.password_file = private_file(root / "secrets" / "device.password", PASSWORD)
 
     def start(self) -> HttpWorld:

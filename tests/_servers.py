@@ -5,7 +5,8 @@
 - :class:`GitHttp`: nginx + fcgiwrap + ``git http-backend`` (smart HTTP, protocol v2 through
   ``GIT_PROTOCOL``), on plain HTTP and HTTPS. ``/git/<repo>`` asks for Basic auth only on push,
   ``/private/<repo>`` on everything, ``/tuf/<name>/`` serves a static TUF repository to a bearer token (or
-  Basic with the token as password). ``access_log`` counts requests per path.
+  Basic with the token as password). ``access_log`` counts requests per path. ``ls_refs_cache_s`` adds nginx's
+  microcache of the devices' ``ls-refs`` poll (off by default; docs/scale.md).
 - :class:`SshServer`: sshd on a loopback port with a deploy key and a pinned known-hosts file.
 
 Everything runs as the current user, config/pids/logs in a temp dir, on free ports; start-up waits are
@@ -108,6 +109,34 @@ class Pki:
         return cls(d, d / "ca.pem", d / "server.pem", d / "server.key", d / "other-ca.pem")
 
 
+# The ls-refs microcache (``GitHttp(ls_refs_cache_s=...)``, docs/scale.md): the device's idle poll, protocol v2
+# ``ls-refs`` asking only for ref prefixes, answered from nginx for VALID seconds after one git http-backend call.
+# The key is everything the answer depends on (method, URI = repository, Git-Protocol, request body); auth_basic
+# runs in the access phase, before the cache is looked at. Everything else bypasses it: a body not in memory
+# ($request_body empty), compressed or of another command (fetch, receive-pack), GET info/refs, and every
+# ls-refs git itself sends (it always asks for ``symrefs``), so ``git fetch`` after a push always sees the push.
+LS_REFS_CACHE_HTTP = r"""
+    fastcgi_cache_path ROOT/lsrefs-cache levels=1:2 keys_zone=lsrefs:1m max_size=16m inactive=60s use_temp_path=off;
+    map "$request_method:$uri:$request_body" $lsrefs_skip_cache {
+        default 1;
+        "~^POST:/(git|private)/.+/git-upload-pack:0014command=ls-refs\n(?:[0-9a-f]{4}[a-z-]+=[^\n]*\n)*0001(?:[0-9a-f]{4}ref-prefix [^\n]+\n)+0000\z" 0;
+    }
+"""
+LS_REFS_CACHE = """
+            client_body_buffer_size 16k;  # $request_body is only set for a body held in one memory buffer
+            client_body_in_single_buffer on;
+            fastcgi_cache lsrefs;
+            fastcgi_cache_methods POST;
+            fastcgi_cache_key "$request_method $request_uri $http_git_protocol $request_body";
+            fastcgi_no_cache $lsrefs_skip_cache;
+            fastcgi_cache_bypass $lsrefs_skip_cache;
+            fastcgi_cache_valid 200 VALIDs;
+            fastcgi_ignore_headers Cache-Control Expires;  # http-backend marks every answer no-cache
+            fastcgi_cache_lock on;  # a burst of polls on an expired answer makes one backend call
+            fastcgi_cache_lock_timeout 5s;
+"""
+
+
 def _htpasswd_line(user: str, password: str) -> str:
     return f"{user}:{{SHA}}{base64.b64encode(hashlib.sha1(password.encode()).digest()).decode()}\n"  # noqa: S324 - nginx's format
 
@@ -115,8 +144,12 @@ def _htpasswd_line(user: str, password: str) -> str:
 class GitHttp:
     """nginx + fcgiwrap + git http-backend, HTTP and HTTPS; see the module docstring."""
 
-    def __init__(self, root: Path, pki: Pki, *, users: dict[str, str], tuf_token: str) -> None:
+    def __init__(self, root: Path, pki: Pki, *, users: dict[str, str], tuf_token: str,
+                 ls_refs_cache_s: int | None = None) -> None:
+        if ls_refs_cache_s is not None and ls_refs_cache_s < 1:
+            raise ValueError("ls_refs_cache_s is whole seconds (nginx's cache validity), at least 1, or None")
         self.root = root
+        self.ls_refs_cache_s = ls_refs_cache_s
         self.pki = pki
         self.users = dict(users)
         self.tuf_token = tuf_token
@@ -149,7 +182,7 @@ class GitHttp:
             fastcgi_param HTTP_CONTENT_ENCODING $http_content_encoding;
             fastcgi_param REMOTE_ADDR $remote_addr;
             fastcgi_param SERVER_PROTOCOL $server_protocol;
-        """
+        """ + (LS_REFS_CACHE.replace("VALID", str(self.ls_refs_cache_s)) if self.ls_refs_cache_s else "")
         # As root, nginx would hand its workers to "nobody"; keep them as the current user (the socket's owner).
         user = f"user {getpass.getuser()} {grp.getgrgid(os.getegid()).gr_name};" if os.geteuid() == 0 else ""
         return f"""
@@ -160,7 +193,7 @@ pid {r}/nginx.pid;
 error_log {r}/error.log warn;
 events {{ worker_connections 16384; }}  # a simulated fleet keeps one connection per device alive
 http {{
-    log_format counted '$request_method $uri $status $remote_user $connection $connection_requests';
+    log_format counted '$request_method $uri $status $remote_user $connection $connection_requests $upstream_cache_status';
     access_log {self.access_log} counted;
     client_body_temp_path {r}/tmp/body;
     fastcgi_temp_path {r}/tmp/fastcgi;
@@ -172,6 +205,7 @@ http {{
     types {{ application/json json; application/octet-stream bin onnx; }}
     auth_basic_user_file {r}/htpasswd;
     map "$uri?$arg_service" $push_realm {{ default off; "~git-receive-pack" "fleet push"; }}
+    {LS_REFS_CACHE_HTTP.replace("ROOT", str(r)) if self.ls_refs_cache_s else ""}
     map $http_authorization $tuf_ok {{ default 0; "Bearer {self.tuf_token}" 1; "Basic {basic_token}" 1; }}
     server {{
         listen 127.0.0.1:{self.http_port};
@@ -255,7 +289,8 @@ http {{
         return [p.pid for p in (self._nginx, self._fcgi) if p is not None]
 
     def requests(self) -> list[str]:
-        """Access log lines so far (``METHOD URI STATUS USER CONNECTION N``)."""
+        """Access log lines so far (``METHOD URI STATUS USER CONNECTION N CACHE``; CACHE is ``-`` when the request
+        did not pass the ls-refs cache, else nginx's ``$upstream_cache_status``: MISS, HIT, EXPIRED, BYPASS...)."""
         try:
             return self.access_log.read_text().splitlines()
         except FileNotFoundError:

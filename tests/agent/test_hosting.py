@@ -425,7 +425,7 @@ def test_idle_poll_is_one_authenticated_request_on_a_kept_alive_connection(serve
     assert len(lines) == 10, lines  # no GET info/refs, no 401 challenge
     assert {(m, uri, status, user) for m, uri, status, user, *_ in lines} == {
         ("POST", f"/private/{name}.git/git-upload-pack", "200", "device-read")}
-    assert len({conn for *_, conn, _n in lines}) == 1  # one kept-alive connection
+    assert len({conn for _m, _uri, _status, _user, conn, *_ in lines}) == 1  # one kept-alive connection
     src.close()
 
 
