@@ -161,8 +161,17 @@ class ShardedFleet:
                 c.send("stop")
             except OSError:
                 pass
-        for p in self.procs:
-            p.join(timeout)
+        # A shard reports every report_every seconds whether or not anyone reads; read its pipe until it says
+        # "closed", or a shard blocked on a full pipe never gets to flush and exit.
+        deadline = time.monotonic() + timeout
+        for c, p in zip(self.conns, self.procs, strict=True):
+            while p.is_alive() and time.monotonic() < deadline:
+                try:
+                    if c.poll(0.1) and c.recv() == {"closed": True}:
+                        break
+                except (EOFError, OSError):
+                    break
+            p.join(max(0.0, deadline - time.monotonic()))
         self.kill()
 
     def kill(self) -> None:
