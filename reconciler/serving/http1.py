@@ -29,17 +29,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Protocol
 
 import httptools
 
 from reconciler.serving.bodypool import BodyPool
+from reconciler.serving.handler import Handler, Response, error_response
 from reconciler.serving.limits import ServerLimits
 
-JSON_CT = b"application/json"
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: Header bytes fed to the parser at once (a body of known length is fed whole). A connection answers at most
@@ -53,40 +50,6 @@ _READ_BUF = 64 * 1024  # what the socket is read into otherwise (heads, small an
 #: its length and its extra headers. Bounded: extra routes may answer with any content type.
 _HEADS: dict[tuple[int, bytes], bytes] = {}
 _HEADS_MAX = 256
-
-
-@dataclass(slots=True)
-class Response:
-    status: int
-    body: bytes
-    content_type: bytes = JSON_CT
-    headers: tuple[tuple[bytes, bytes], ...] = ()
-
-
-class Deferred:
-    """Work to run in the thread pool; produces a :class:`Response`, or a ``Future`` of one (a request queued
-    for an adaptive batch: the connection answers when the batch is done)."""
-
-    __slots__ = ("fn",)
-
-    def __init__(self, fn: Callable[[], Response | concurrent.futures.Future[Response]]) -> None:
-        self.fn = fn
-
-
-def error_response(status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> Response:
-    import json
-
-    return Response(status, json.dumps({"error": message}, separators=(",", ":")).encode(), JSON_CT, headers)
-
-
-class Handler(Protocol):
-    def handle(
-        self, method: str, target: str, headers: dict[str, str], body: bytes
-    ) -> Response | Deferred | concurrent.futures.Future[Response]: ...
-
-    def body_limit(self, method: str, target: str, headers: dict[str, str]) -> tuple[int, str]:
-        """The largest body this request may have, and how to name that limit in the 413 message."""
-        ...
 
 
 class _Reject(Exception):

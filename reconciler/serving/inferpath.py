@@ -16,7 +16,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from reconciler.serving.batching import BatchItem, QueueFull, batch_key
-from reconciler.serving.http1 import Response, error_response
+from reconciler.serving.handler import Response, error_response
 from reconciler.serving.plans import HCL, JSON_BODY_MAX, OCTET_CT, learn, planned
 from reconciler.serving.registry import LoadedModel
 from reconciler.serving.v2codec import (

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from reconciler.serving.http1 import Response
+from reconciler.serving.handler import Response
 from reconciler.serving.v2codec import (
     V2_TO_NP,
     CodecError,

@@ -39,7 +39,8 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
 from reconciler import __version__
-from reconciler.serving.http1 import ConnectionHub, Deferred, Response, error_response
+from reconciler.serving.handler import Deferred, Response, error_response
+from reconciler.serving.http1 import ConnectionHub
 from reconciler.serving.inferpath import InferPath
 from reconciler.serving.limits import ServerLimits
 from reconciler.serving.registry import EndpointNotFound, LoadedModel, ModelRegistry, VersionNotFound

@@ -36,7 +36,7 @@ import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, Counter
 
 from reconciler.serving.control import SAMPLE_QUEUE_MAX, SAMPLE_QUEUE_MAX_BYTES, Board, WorkerSettings
-from reconciler.serving.http1 import Deferred, Response, error_response
+from reconciler.serving.handler import Deferred, Response, error_response
 from reconciler.serving.registry import ApplyResult, EndpointSpec, LoadedModel, ModelRegistry
 from reconciler.serving.server import InferenceServer, V2App
 

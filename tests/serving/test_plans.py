@@ -13,7 +13,7 @@ import pytest
 
 from reconciler.devkit.modelgen import identity_model, small_cnn, two_input_model
 from reconciler.serving import plans
-from reconciler.serving.http1 import Response
+from reconciler.serving.handler import Response
 from reconciler.serving.registry import ModelRegistry
 from reconciler.serving.server import InferenceServer, V2App
 from tests._serving_fixtures import NAN, PROBE_V1, PROBE_V2, V1, V2, call, registry, spec  # noqa: F401
