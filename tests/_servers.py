@@ -27,6 +27,7 @@ import hashlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ GIT_HTTP_BACKEND = Path(subprocess.run(["git", "--exec-path"], capture_output=Tr
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 FCGIWRAP = shutil.which("fcgiwrap") or "/usr/sbin/fcgiwrap"
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+FCGI_BACKLOG = 4096  # capped by net.core.somaxconn
 START_TIMEOUT = 15.0
 
 
@@ -234,13 +236,7 @@ http {{
         (self.root / "htpasswd").write_text("".join(_htpasswd_line(u, p) for u, p in self.users.items()))
         conf = self.root / "nginx.conf"
         conf.write_text(self._config())
-        sock = self.root / "fcgiwrap.sock"
-        flog = self.root / "fcgiwrap.log"
-        with open(flog, "ab") as fh:
-            self._fcgi = subprocess.Popen([FCGIWRAP, "-c", "4", "-s", f"unix:{sock}"], stdout=fh, stderr=fh,
-                                          stdin=subprocess.DEVNULL, start_new_session=True,
-                                          env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.root)})
-        _wait_file(sock, self._fcgi, flog)
+        self.start_backend()
         nlog = self.root / "nginx.out"
         with open(nlog, "ab") as fh:
             self._nginx = subprocess.Popen([NGINX, "-e", str(self.root / "error.log"), "-p", str(self.root), "-c", str(conf)],
@@ -252,6 +248,32 @@ http {{
             self.stop()
             raise AssertionError(f"nginx did not start: {(self.root / 'error.log').read_text(errors='replace')[-2000:]}") from None
         return self
+
+    def start_backend(self) -> None:
+        """Start fcgiwrap (``git http-backend``'s FastCGI front); nginx answers 502 while it is stopped."""
+        sock = self.root / "fcgiwrap.sock"
+        flog = self.root / "fcgiwrap.log"
+        # The listening socket is made here and handed over as fd 0, as Debian's fcgiwrap.socket (systemd socket
+        # activation) does: its backlog is then the kernel's somaxconn, not the 511-ish fcgiwrap's own -s gives,
+        # so a burst of a fleet's requests waits in the queue instead of failing with 502 (EAGAIN on connect).
+        sock.unlink(missing_ok=True)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(str(sock))
+            listener.listen(FCGI_BACKLOG)
+            with open(flog, "ab") as fh:
+                self._fcgi = subprocess.Popen([FCGIWRAP, "-c", "4"], stdout=fh, stderr=fh, stdin=listener.fileno(),
+                                              start_new_session=True,
+                                              env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.root)})
+        finally:
+            listener.close()
+        _wait_file(sock, self._fcgi, flog)
+
+    def stop_backend(self) -> None:
+        """Stop fcgiwrap: nginx stays up and answers every Git request with 502, as an overloaded or restarting
+        Git server behind a proxy does."""
+        _stop(self._fcgi)
+        self._fcgi = None
 
     def stop(self) -> None:
         _stop(self._nginx)

@@ -9,7 +9,10 @@ would add a dependency and still start with ``GET info/refs``). ``git`` keeps do
 
 A server that does not answer in protocol v2 (an old ``git http-backend`` behind a proxy that drops the
 ``Git-Protocol`` header, a redirect) raises :class:`NotV2`; the caller then falls back to ``git ls-remote``
-for good. Authentication, TLS and network failures raise :class:`LsRefsError` with a named reason.
+for good. Authentication, TLS and network failures, and a server that answers it is busy or unavailable
+(HTTP 429, 502, 503, 504: an overloaded Git server behind nginx says 502), raise :class:`LsRefsError` with a
+named reason: the poll fails, backs off and asks again with ``ls-refs`` (a burst of 502s must not turn a
+fleet's one-request polls into ``git ls-remote`` processes for good).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from reconciler.core.reasons import (
     TLS_VERIFICATION_FAILED,
 )
 from reconciler.core.redact import redact_url
-from reconciler.gitops.smarthttp import keepalive_pool, pkt
+from reconciler.gitops.smarthttp import BUSY_STATUSES, keepalive_pool, pkt
 
 MAX_RESPONSE_BYTES = 1 << 20  # one ref-prefix answer is tiny; a huge body is not an ls-refs answer
 _OID = re.compile(rb"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")
@@ -112,6 +115,8 @@ class LsRefsClient:
             resp.release_conn()
         if status in (401, 403):
             raise LsRefsError(AUTHENTICATION_FAILED, f"{self.display_url} refused the credentials (HTTP {status})")
+        if status in BUSY_STATUSES:  # no verdict on protocol v2: poll again after the backoff, still with ls-refs
+            raise LsRefsError(GIT_UNAVAILABLE, f"{self.display_url} is unavailable (HTTP {status})")
         if status != 200 or ctype != "application/x-git-upload-pack-result" or len(body) > MAX_RESPONSE_BYTES:
             raise NotV2(f"HTTP {status} {ctype}")
         return parse_ls_refs(body).get(ref)

@@ -7,6 +7,11 @@ from urllib.parse import urlsplit
 
 import urllib3
 
+# Answers of a server (or the proxy in front of it) that is there but overloaded or restarting: the request
+# is worth repeating later, with the same client. Anything else unexpected means the protocol is not what we
+# speak, and the caller hands over to ``git`` for good.
+BUSY_STATUSES = frozenset({429, 502, 503, 504})
+
 
 def pkt(data: bytes) -> bytes:
     """``data`` as one pkt-line (four hex digits of length, then the bytes)."""

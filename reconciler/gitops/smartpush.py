@@ -19,7 +19,9 @@ tell a moved branch from a missing one.
 it raises :class:`PushRejected` (the caller fetches and rebases, as after a rejected ``git push``); anything
 it does not expect — no ``report-status``, a 401 without configured credentials, a network error, an answer
 that is not smart HTTP — raises :class:`PushUnsupported`, and the caller pushes with ``git push`` instead,
-which reports the problem with its usual named reasons.
+which reports the problem with its usual named reasons. A server that says it is busy or unavailable (HTTP 429,
+502, 503, 504) raises :class:`PushUnavailable`: the writer backs off and pushes in-process again (``git push``
+would only add four processes to a server that is already overloaded).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from collections.abc import Callable
 import urllib3
 
 from reconciler.core.redact import redact_url
-from reconciler.gitops.smarthttp import keepalive_pool, pkt
+from reconciler.gitops.smarthttp import BUSY_STATUSES, keepalive_pool, pkt
 
 ZERO_ID = "0" * 40
 MAX_ADVERTISEMENT_BYTES = 64 << 20  # every ref of the repository, e.g. 100,000 status branches ≈ 7 MB
@@ -44,6 +46,10 @@ _OID = re.compile(r"^[0-9a-f]{40}$")
 
 class PushRejected(Exception):
     """The server's branch is not where we expected it (someone else moved it, or we lost our state)."""
+
+
+class PushUnavailable(Exception):
+    """Not pushed: the server answered that it is busy or unavailable (HTTP 429, 502, 503, 504); try again later."""
 
 
 class PushUnsupported(Exception):
@@ -148,6 +154,8 @@ class SmartPush:
             raise PushUnsupported(f"connection to {self.display_url} lost: {type(exc).__name__}") from None
         finally:
             resp.release_conn()
+        if status in BUSY_STATUSES:
+            raise PushUnavailable(f"{self.display_url} is unavailable (HTTP {status})")
         if status != 200 or ctype != content_type or len(data) > limit:
             raise PushUnsupported(f"HTTP {status} {ctype}")
         return data

@@ -36,7 +36,7 @@ from reconciler.core.reasons import GIT_TIMEOUT, GIT_UNAVAILABLE, PUSH_REJECTED,
 from reconciler.core.redact import redact, redact_url
 from reconciler.fleet.schemas import validator
 from reconciler.gitops.auth import GitAuth, classify, explain
-from reconciler.gitops.smartpush import PushRejected, PushUnsupported, SmartPush
+from reconciler.gitops.smartpush import PushRejected, PushUnavailable, PushUnsupported, SmartPush
 from reconciler.gitops.verify import GitError, init_bare, run_git
 
 log = logging.getLogger(__name__)
@@ -302,6 +302,8 @@ class StatusWriter:
                 return
             except PushRejected as exc:
                 raise _Rejected(str(exc)) from None
+            except PushUnavailable as exc:
+                raise GitError(str(exc)) from None  # retried after the backoff
             except PushUnsupported as exc:
                 log.debug("status push of %s with git push: %s", self.device_id, exc)
         proc = self._git("push", "--quiet", "--porcelain", "--", self.url, f"{sha}:{self.ref}", check=False,
