@@ -5,7 +5,11 @@ file, a bearer token file (TUF), an SSH private key with a pinned known-hosts fi
 files are checked like ssh checks a private key (:func:`read_secret`): a regular file, owned by the agent's
 user or root, neither group- nor world-readable — so a key left 0644 is refused with a clear error instead of
 being used. systemd's ``LoadCredential=`` fits: ``$CREDENTIALS_DIRECTORY`` files are 0400 and owned by the
-service user. Values are read at the moment of use, so rotating a file takes effect on the next request.
+service user. Values are read at the moment of use, so rotating a file takes effect on the next request:
+each use checks the file again (one ``stat``) and reads it again unless it is the very file read last time
+(same inode, size, modification and change times, last changed more than a second ago — timestamps are only
+as fine as the kernel's clock tick, so a file changed within the last second is always read again, as git
+does with its "racily clean" index entries).
 """
 
 from __future__ import annotations
@@ -13,12 +17,16 @@ from __future__ import annotations
 import base64
 import os
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.core.reasons import CREDENTIALS_UNREADABLE
 
 MAX_SECRET_BYTES = 64 * 1024
+MAX_CACHED_SECRETS = 64
+_RACY_SECONDS = 1.0
+_read_secrets: dict[tuple[str, int, int, int, int, int], str] = {}  # (path, stat identity) -> value
 
 
 class CredentialError(Exception):
@@ -87,7 +95,11 @@ def check_private_file(path: Path) -> os.stat_result:
 
 def read_secret(path: Path) -> str:
     """The secret in ``path`` (surrounding whitespace stripped), after :func:`check_private_file`."""
-    check_private_file(path)
+    st = check_private_file(path)
+    key = (os.fspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    cached = _read_secrets.get(key)
+    if cached is not None and time.time() - max(st.st_mtime, st.st_ctime) > _RACY_SECONDS:
+        return cached
     try:
         with open(path, "rb") as fh:
             data = fh.read(MAX_SECRET_BYTES + 1)
@@ -101,5 +113,8 @@ def read_secret(path: Path) -> str:
         raise CredentialError(f"credential file {path} is not UTF-8 text") from None
     if not value or "\n" in value or "\r" in value:
         raise CredentialError(f"credential file {path} must hold exactly one line")
+    if len(_read_secrets) >= MAX_CACHED_SECRETS:
+        _read_secrets.clear()
+    _read_secrets[key] = value
     return value
 

@@ -57,3 +57,22 @@ def test_secret_files_are_checked_like_ssh_keys(tmp_path: Path) -> None:
     assert Credentials(bearer_token_file=tmp_path / "ok").authorization() == "Bearer tok3n"
     _secret(tmp_path / "ok", "rotated", 0o600)  # read at use: rotation needs no restart
     assert creds.authorization() == basic_authorization("dev", "rotated")
+
+
+def test_a_secret_rewritten_in_place_is_read_again_even_within_one_clock_tick(tmp_path: Path) -> None:
+    path = _secret(tmp_path / "tok", "first-1", 0o600)
+    assert read_secret(path) == "first-1"
+    # Same size, same inode, rewritten at once: the timestamps may not have moved (coarse kernel clock).
+    with open(path, "w") as fh:
+        fh.write("second2")
+    assert read_secret(path) == "second2"
+    old = os.stat(path).st_mtime - 5
+    os.utime(path, (old, old))
+    assert read_secret(path) == "second2"  # settled: now answered from what was read
+    with open(path, "w") as fh:
+        fh.write("third-3")
+    os.utime(path, (old, old))  # even a writer that puts the old mtime back changes the ctime
+    assert read_secret(path) == "third-3"
+    os.chmod(path, 0o644)
+    with pytest.raises(CredentialError, match="too open"):  # checked on every use, cached or not
+        read_secret(path)
