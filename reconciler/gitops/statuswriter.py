@@ -195,6 +195,10 @@ class StatusWriter:
         with self._cv:
             if self._closed:
                 raise RuntimeError("StatusWriter is closed")
+            if (self._pending is None and not self._busy and self._tip is not None and self._tip == self._pushed
+                    and not self._due(key)):
+                self.queued = 0  # nothing to report that is not on the server already: no need to wake the thread
+                return
             self._pending, self._pending_key, self._pending_yaml = doc, key, data
             self.queued += 1
             self._cv.notify_all()
