@@ -57,6 +57,7 @@ class AgentConfig:
     status_url: str | None = None
     status_branch_prefix: str | None = None
     heartbeat_interval: float | None = None
+    status_push_spread: float = 0.0  # a new status waits a random time up to this before it is pushed
     status_signing_key: Path | None = None
     tuf_metadata_url: str | None = None
     tuf_targets_url: str | None = None
@@ -277,6 +278,7 @@ def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str
         status_url=status.get("url"),
         status_branch_prefix=status.get("branchPrefix"),
         heartbeat_interval=dur(["status", "heartbeatInterval"], status.get("heartbeatInterval"), None),
+        status_push_spread=dur(["status", "pushSpread"], status.get("pushSpread"), 0.0) or 0.0,
         status_signing_key=p(status.get("signingKey")),
         trusted_root=trusted_root,
         tuf_metadata_url=tuf.get("metadataUrl"),

@@ -10,6 +10,12 @@ tip on the server), otherwise with ``git push``. While the server is down new st
 replace the unpushed commit (its parent stays the last pushed one), so on recovery exactly the newest is
 pushed. A rejected (non-fast-forward) push means the device lost its local state: the writer fetches the
 branch and commits on top. Each device owns its branch, so devices never conflict with each other.
+
+``push_spread`` (``status.pushSpread``, default 0): a new status waits a random time up to that many seconds
+before it is committed and pushed; statuses submitted meanwhile are folded into the same commit, and
+:meth:`StatusWriter.flush` or :meth:`StatusWriter.close` cut the wait short. After a fleet-wide change every
+device has news within one poll interval; the spread keeps those pushes (the Git server's most expensive
+request) from arriving as one burst that competes with the same devices' fetches and polls (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -118,7 +124,10 @@ class StatusWriter:
                  heartbeat_interval: float = 300, signing_key: Path | None = None, timeout: float = 30,
                  retry_base: float = 1.0, retry_max: float = 300.0, clock: Callable[[], float] = time.monotonic,
                  agent_version: str | None = None, credentials: Credentials | None = None,
-                 on_push: Callable[[bool, str], None] | None = None) -> None:
+                 on_push: Callable[[bool, str], None] | None = None, push_spread: float = 0.0,
+                 rand: Callable[[], float] = random.random) -> None:
+        if push_spread < 0:
+            raise ValueError("push_spread must not be negative")
         self.url = url
         self.display_url = redact_url(url)
         self.auth = GitAuth(url, credentials or Credentials())
@@ -132,6 +141,9 @@ class StatusWriter:
         self.timeout = timeout
         self.retry_base = retry_base
         self.retry_max = retry_max
+        self.push_spread = push_spread
+        self._rand = rand
+        self._hurry = False  # flush()/close() asked for the pending status now, not after the spread
         self.clock = clock
         self.git_dir = self.work_dir / "status.git"
         self.pushes = 0
@@ -207,13 +219,22 @@ class StatusWriter:
         """Wait until everything submitted is committed and pushed; False if that did not happen in time."""
         deadline = time.monotonic() + timeout
         with self._cv:
+            self._hurry = True
             self._cv.notify_all()
-            while self._pending is not None or self._busy or self._tip != self._pushed:
-                left = deadline - time.monotonic()
-                if left <= 0 or self._closed:
-                    return False
-                self._cv.wait(min(left, 0.1))
-            return True
+            try:
+                while self._pending is not None or self._busy or self._tip != self._pushed:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self._closed:
+                        return False
+                    self._cv.wait(min(left, 0.1))
+                return True
+            finally:
+                self._hurry = False
+
+    def in_sync(self) -> bool:
+        """Whether the server has the newest status submitted (nothing waiting, being written or unpushed)."""
+        with self._cv:
+            return self._pending is None and not self._busy and self._tip == self._pushed
 
     def close(self, timeout: float = 5.0) -> None:
         """Try to push what is queued for up to ``timeout`` seconds, then stop the thread."""
@@ -335,6 +356,13 @@ class StatusWriter:
                     self._cv.wait()
                 if self._closed:
                     return
+                if self.push_spread > 0 and self._pending is not None and self._due(self._pending_key or ""):
+                    # News: wait up to push_spread (newer statuses replace this one meanwhile), unless hurried.
+                    deadline = time.monotonic() + self._rand() * self.push_spread
+                    while not (self._closed or self._hurry) and (left := deadline - time.monotonic()) > 0:
+                        self._cv.wait(left)
+                    if self._closed:
+                        return
                 doc, key, data, self._pending = self._pending, self._pending_key, self._pending_yaml, None
                 self._busy = True
             try:

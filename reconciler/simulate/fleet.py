@@ -64,6 +64,7 @@ class SimSettings:
     # Status repositories the devices push to (`status.url`), a device's shard by a hash of its id; empty: the
     # fleet repository. Sharding keeps each receive-pack's ref advertisement small (docs/scale.md).
     status_urls: list[str] = field(default_factory=list)
+    status_push_spread: float = 0.0  # the agents' status.pushSpread (seconds)
     first: int = 0  # number of the first device (a process of a sharded fleet runs sim-<first> onwards)
 
 
@@ -121,7 +122,7 @@ class Simulation:
                 tuf_targets_url=f"{s.tuf_url.rstrip('/')}/targets/" if s.tuf_url else None,
                 max_concurrent_downloads=1, source_credentials=s.credentials or Credentials(),
                 tuf_credentials=s.tuf_credentials or Credentials(), status_enabled=s.status,
-                status_url=status_shard(dev_id, s.status_urls),
+                status_url=status_shard(dev_id, s.status_urls), status_push_spread=s.status_push_spread,
             )
             comp = SimComponents.build(cfg, runtime, counters, facts=DEFAULT_FACTS, failing=dev_id in failing,
                                        shared=shared)
@@ -152,6 +153,18 @@ class Simulation:
             out[served[0] if served else "-"] += 1
         return dict(sorted(out.items()))
 
+    def reported(self) -> dict[str, int]:
+        """Devices per served version among those whose newest status is on the Git server (what gates see)."""
+        out: Counter[str] = Counter()
+        for d in self.devices:
+            w = d.components.status_writer
+            if w is None or not w.in_sync():
+                continue
+            eps = d.agent.journal.endpoints
+            served = [eps[n].active.version for n in sorted(eps) if eps[n].active is not None]
+            out[served[0] if served else "-"] += 1
+        return dict(sorted(out.items()))
+
     def report(self) -> dict[str, Any]:
         made = pushed = 0
         for d in self.devices:
@@ -159,6 +172,7 @@ class Simulation:
             made, pushed = made + c, pushed + p
         return {"t": round(time.monotonic() - self._started, 2), "devices": len(self.devices),
                 "offline": sum(d.offline for d in self.devices), "versions": self.versions(),
+                "reported": self.reported(),
                 "requests": self.counters.snapshot(), "statusCommits": made, "statusPushes": pushed,
                 "sessions": self.runtime.sessions()}
 

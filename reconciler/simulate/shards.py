@@ -117,16 +117,19 @@ class ShardedFleet:
             if self.procs[i].exitcode is not None:
                 raise ShardDied(f"simulator process {self.procs[i].pid} exited with {self.procs[i].exitcode}")
         versions: Counter[str] = Counter()
+        reported: Counter[str] = Counter()
         requests: Counter[str] = Counter()
         total: Report = {"t": round(time.monotonic() - self._started, 2), "devices": self.devices, "offline": 0,
                          "versions": versions, "requests": requests, "statusCommits": 0, "statusPushes": 0,
                          "sessions": 0, "rssMB": 0.0}
         for r in self.last:
             versions.update(r.get("versions", {}))
+            reported.update(r.get("reported", {}))
             requests.update(r.get("requests", {}))
             for k in ("offline", "statusCommits", "statusPushes", "sessions", "rssMB"):
                 total[k] += r.get(k, 0)
         total["versions"], total["requests"] = dict(sorted(versions.items())), dict(requests)
+        total["reported"] = dict(sorted(reported.items()))
         return total
 
     def serving(self, version: str) -> int:

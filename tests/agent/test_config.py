@@ -158,3 +158,14 @@ def test_device_id_from_the_environment(tmp_path: Path) -> None:
         parse_agent_config(both, tmp_path / "a.yaml", environ={"NODE_NAME": "n1"})
     with pytest.raises(UserError, match="give exactly one of spec.deviceId and spec.deviceIdEnv"):
         parse_agent_config(MINIMAL.replace("  deviceId: dev-1\n", ""), tmp_path / "a.yaml", environ={})
+
+
+def test_status_push_spread(tmp_path: Path) -> None:
+    f = tmp_path / "agent.yaml"
+    f.write_text(MINIMAL)
+    assert load_agent_config(f).status_push_spread == 0.0  # push at once unless asked
+    f.write_text(MINIMAL + "  status:\n    pushSpread: 10s\n")
+    assert load_agent_config(f).status_push_spread == 10.0
+    f.write_text(MINIMAL + "  status:\n    pushSpread: later\n")
+    with pytest.raises(UserError, match=r"agent.yaml:11: spec.status.pushSpread"):
+        load_agent_config(f)

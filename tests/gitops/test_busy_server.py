@@ -4,6 +4,7 @@ request per attempt, and go back to their in-process protocol once the server is
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,8 +29,13 @@ def server(tmp_path: Path) -> Iterator[tuple[GitHttp, Upstream, Credentials]]:
         yield http, up, Credentials(username="device", password_file=private_file(tmp_path / "pw", PASSWORD))
 
 
-def requests_since(http: GitHttp, since: int) -> list[tuple[str, str, str]]:
-    """(method, last path segment, status) of each request nginx logged after ``since``."""
+def requests_since(http: GitHttp, since: int, at_least: int = 1) -> list[tuple[str, str, str]]:
+    """(method, last path segment, status) of each request nginx logged after ``since`` (nginx logs a request
+    after answering it: wait up to 5 s for ``at_least`` lines)."""
+    deadline = time.monotonic() + 5
+    while len(http.requests()) - since < at_least and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.1)  # and nothing more is on its way
     return [(f[0], f[1].rsplit("/", 1)[-1], f[2]) for f in (line.split() for line in http.requests()[since:])]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,24 @@ def test_signed_status_commits(upstream: Upstream, tmp_path: Path) -> None:
     res = Verifier(upstream.bare, allowed_signers=allowed, state_dir=tmp_path).verify(
         [git(upstream.bare, "rev-parse", "refs/heads/status/cam-04")])
     assert res.ok and res.signer == "cam-04@devices.modelfleet"
+
+
+def test_push_spread_waits_folds_newer_statuses_and_gives_way_to_flush(upstream: Upstream, tmp_path: Path) -> None:
+    w = StatusWriter(upstream.file_url, "cam-09", tmp_path / "dev", push_spread=1.5, rand=lambda: 1.0)
+    try:
+        w.submit(make_status("cam-09", version="1.0.0"))
+        assert w.flush(15) and remote_commits(upstream.bare, "cam-09") == 1  # flush does not wait the spread
+        t0 = time.monotonic()
+        w.submit(make_status("cam-09", version="1.1.0"))
+        time.sleep(0.5)
+        assert not w.in_sync() and remote_commits(upstream.bare, "cam-09") == 1  # still within the spread
+        w.submit(make_status("cam-09", version="1.2.0"))  # arrives during the wait: folded into one commit
+        while not w.in_sync() and time.monotonic() - t0 < 15:
+            time.sleep(0.05)
+        assert 1.4 <= time.monotonic() - t0 < 15
+        assert remote_commits(upstream.bare, "cam-09") == 2
+        assert remote_status(upstream.bare, "cam-09")["status"]["endpoints"][0]["version"] == "1.2.0"
+    finally:
+        w.close()
+    with pytest.raises(ValueError, match="push_spread"):
+        StatusWriter(upstream.file_url, "cam-09", tmp_path / "dev2", push_spread=-1)

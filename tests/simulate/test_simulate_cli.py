@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests._fleet_world import commit_version, fleet_servers
@@ -74,5 +75,25 @@ def test_simulate_over_processes_keeps_the_device_numbering(tmp_path: Path) -> N
             status = git(w.upstream.bare, "cat-file", "blob", f"refs/heads/status/sim-{i:05d}:status.yaml")
             assert f"ring: {'canary' if i < 2 else 'stable'}" in status
         assert sorted(d.name for d in (tmp_path / "devices").iterdir()) == ["shard0", "shard1"]
+    finally:
+        w.stop()
+
+
+def test_closing_shards_that_filled_their_report_pipe_lets_them_flush_and_exit(tmp_path: Path) -> None:
+    from reconciler.simulate.fleet import SimSettings
+    from reconciler.simulate.shards import ShardedFleet
+
+    w = fleet_servers(tmp_path / "world", git="daemon")
+    try:
+        w.publish("1.0.0")
+        commit_version(w, "1.0.0")
+        settings = SimSettings(devices=4, source_url=w.git_url, trusted_root=w.trusted_root, tuf_url=w.http.url,
+                               poll_interval=1.0, workers=2)
+        fleet = ShardedFleet(settings, tmp_path / "devices", 2, report_every=0.001)
+        time.sleep(3)  # nobody reads: a thousand reports a second fill each shard's pipe, which then blocks it
+        t0 = time.monotonic()
+        fleet.close(timeout=60)
+        # Each shard read "stop", flushed its status pushes and exited by itself (a killed one exits -9).
+        assert [p.exitcode for p in fleet.procs] == [0, 0] and time.monotonic() - t0 < 30
     finally:
         w.stop()
