@@ -59,6 +59,7 @@ def test_simulate_over_processes_keeps_the_device_numbering(tmp_path: Path) -> N
         commit_version(w, "1.0.0")
         p = modelfleet("simulate", "--devices", "9", "--processes", "2", "--canaries", "2", "--repo", w.git_url,
                        "--tuf", w.http.url, "--trusted-root", str(w.trusted_root), "--poll-interval", "1s",
+                       "--status-push-spread", "1s",
                        "--duration", "10s", "--report-every", "2s", "--work-dir", str(tmp_path / "devices"),
                        cwd=tmp_path)
         assert p.returncode == 0, p.stderr[-2000:]
@@ -66,6 +67,7 @@ def test_simulate_over_processes_keeps_the_device_numbering(tmp_path: Path) -> N
         assert lines[0]["devices"] == 9 and lines[0]["versions"] == {"-": 9}
         last = lines[-1]
         assert last["versions"] == {"1.0.0": 9} and last["offline"] == 0
+        assert last["reported"] == {"1.0.0": 9}  # every device's newest status, spread or not, is on the server
         assert last["sessions"] == 2  # one health-checked session per process
         assert last["statusPushes"] == last["statusCommits"] >= 9
         # The same devices as in one process: sim-00000 … sim-00008, the first two in the canary ring.
