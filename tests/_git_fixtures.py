@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -68,6 +69,9 @@ class GpgKey:
 
 def make_gpg_key(directory: Path, uid: str = "Release Bot <release@example.com>") -> GpgKey:
     home = directory / "gnupg"
+    if len(str(home)) > 80:  # gpg names its agent's sockets after the home: keep them within a socket address
+        directory.mkdir(parents=True, exist_ok=True)
+        home = Path(tempfile.mkdtemp(prefix="gpg-")) / "gnupg"
     home.mkdir(parents=True, mode=0o700)
     subprocess.run(["gpg", "--batch", "--quiet", "--homedir", str(home), "--passphrase", "", "--quick-gen-key", uid,
                     "ed25519", "sign", "never"], check=True, capture_output=True)

@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,9 @@ SAFE_GIT_OPTIONS: tuple[str, ...] = (
     "-c", "maintenance.auto=false",
     "-c", "gc.auto=0",
 )
+
+
+MAX_GNUPG_HOME_BYTES = 80  # + "/S.gpg-agent.browser" (20) stays within a socket address (107)
 
 
 class GitError(Exception):
@@ -202,24 +206,42 @@ class Verifier:
         self.gpg_keyring = gpg_keyring
         self.state_dir = state_dir or git_dir.parent
         self.timeout = timeout
+        self._alias_dir: Path | None = None  # see _short
+
+    def _short(self, home: Path) -> Path:
+        """``home`` by a name short enough for gpg's sockets (``<home>/S.gpg-agent.browser`` must fit a socket
+        address, 107 bytes; gpg 2.2 fails even a public-key import when it cannot name them): a deep state
+        directory (a K3s volume) is reached through a symlink in a private temporary directory instead."""
+        if len(os.fsencode(home)) <= MAX_GNUPG_HOME_BYTES:
+            return home
+        if self._alias_dir is None:
+            self._alias_dir = Path(tempfile.mkdtemp(prefix="modelfleet-gpg-"))  # 0700, a name no one can guess
+        alias = self._alias_dir / hashlib.sha256(os.fsencode(home)).hexdigest()[:12]
+        if not alias.is_symlink() or os.readlink(alias) != str(home):
+            tmp = alias.with_name(alias.name + ".new")
+            tmp.unlink(missing_ok=True)
+            os.symlink(home, tmp)
+            os.replace(tmp, alias)
+        return alias
 
     def _gnupg_home(self) -> Path:
         """A private GNUPGHOME holding only the provisioned keyring (re-imported when the keyring changes)."""
         assert self.gpg_keyring is not None
         if self.gpg_keyring.is_dir():
-            return self.gpg_keyring
+            return self._short(self.gpg_keyring)
         try:
             data = self.gpg_keyring.read_bytes()
         except OSError as exc:
             raise GitError(f"cannot read GPG keyring {self.gpg_keyring}: {exc.strerror}") from None
         home = self.state_dir / f"gnupg-{hashlib.sha256(data).hexdigest()[:12]}"
         if (home / ".imported").is_file():
-            return home
+            return self._short(home)
         tmp = home.with_name(home.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(mode=0o700, parents=True)
         proc = subprocess.run(
-            ["gpg", "--batch", "--quiet", "--no-autostart", "--homedir", str(tmp), "--import", str(self.gpg_keyring)],
+            ["gpg", "--batch", "--quiet", "--no-autostart", "--homedir", str(self._short(tmp)), "--import",
+             str(self.gpg_keyring)],
             capture_output=True, timeout=self.timeout,
         )
         if proc.returncode != 0:
@@ -231,7 +253,7 @@ class Verifier:
         for old in self.state_dir.glob("gnupg-*"):
             if old != home:
                 shutil.rmtree(old, ignore_errors=True)
-        return home
+        return self._short(home)
 
     def signatures(self, commits: Sequence[str]) -> list[CommitSignature]:
         """Signature status of ``commits`` (in order), from one ``cat-file`` and one ``log`` call."""
@@ -257,7 +279,7 @@ class Verifier:
             env["GNUPGHOME"] = str(self._gnupg_home())
         elif self.gpg_keyring is None:
             # Never fall back to the user's own keyring.
-            env["GNUPGHOME"] = str(self.state_dir / "gnupg-empty")
+            env["GNUPGHOME"] = str(self._short(self.state_dir / "gnupg-empty"))
         sep = "\x1f"
         out = run_git([*config, "log", "--no-walk=unsorted", f"--format=%H{sep}%G?{sep}%GS{sep}%GK{sep}%GF", *commits],
                       git_dir=self.git_dir, timeout=self.timeout, env=env).stdout.decode("utf-8", "replace")

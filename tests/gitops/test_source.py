@@ -224,6 +224,19 @@ def test_gpg_signed_head_against_provisioned_keyring(upstream: Upstream, tmp_pat
         kill_gpg_agent(rogue.home)
 
 
+def test_gpg_verification_works_from_a_deep_state_directory(upstream: Upstream, tmp_path: Path) -> None:
+    # A state directory as deep as a K3s volume's: gpg could not name its sockets under it and failed the import.
+    release = make_gpg_key(tmp_path / "release")
+    deep = tmp_path / ("volumes-" + "d" * 60) / ("pvc-" + "e" * 40) / "state"
+    try:
+        good = upstream.commit({"f.yaml": "a: 1\n"}, gpg_key=release)
+        src = GitSource(upstream.file_url, deep / "cache", verify_mode="head", gpg_keyring=release.pubring)
+        r = src.poll(None)
+        assert r.ok and r.commit == good and "release@example.com" in (r.signer or ""), r.message
+    finally:
+        kill_gpg_agent(release.home)
+
+
 def test_verify_mode_needs_trust_anchor(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="allowed-signers"):
         GitSource("file:///x", tmp_path, verify_mode="head")
