@@ -16,12 +16,14 @@ alternate round by round; medians and ratios are reported, with the load average
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
 import statistics
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +146,27 @@ class _Worker:
                 self.proc.wait()
 
 
+@contextlib.contextmanager
+def _workers(trees: dict[str, Path], runtime: str, threads: int, files: list[Path],
+             policy: dict[str, Any] | None = None) -> Iterator[dict[str, _Worker]]:
+    """The in-process loop (this tree) and one server per tree, stopped however the block ends."""
+    workers: dict[str, _Worker] = {}
+    try:
+        workers["inprocess"] = _Worker(trees["current"], "inproc", runtime, threads, files)
+        for tree, src in trees.items():
+            workers[tree] = _Worker(src, "serve", runtime, threads, files, policy)
+        yield workers
+    finally:
+        for w in workers.values():
+            w.stop()
+
+
+def _round_order(workers: dict[str, _Worker], i: int) -> list[tuple[str, _Worker]]:
+    """Round ``i``'s order: forwards on even rounds, backwards on odd ones (no candidate always goes first)."""
+    items = list(workers.items())
+    return items if i % 2 == 0 else items[::-1]
+
+
 def _models(cache: Path) -> dict[str, dict[str, Any]]:
     out = {}
     for name, blob in (("mobilenet_v2", mobilenet_v2(seed=1)), ("light_cnn", camera_cnn(seed=1))):
@@ -196,45 +219,42 @@ def cnn(cache: Path, trees: dict[str, Path], rounds: int = 3, seconds: float = 2
     for model, m in _models(cache).items():
         out[model] = {"about": m["about"]}
         for runtime in ("onnxruntime", "openvino"):
-            files = m["files"][runtime]
-            workers: dict[str, _Worker] = {}
             try:
-                workers["inprocess"] = _Worker(trees["current"], "inproc", runtime, threads, files)
-                for tree, src in trees.items():
-                    workers[tree] = _Worker(src, "serve", runtime, threads, files)
-                res: dict[str, Any] = {}
-                for batch in (1, 8):
-                    x = rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)
-                    runs: dict[str, list[dict[str, float]]] = {}
-                    for i in range(rounds):
-                        order = list(workers) if i % 2 == 0 else list(workers)[::-1]
-                        for name in order:
-                            w = workers[name]
-                            if name == "inprocess":
-                                for par in (1, 2):
-                                    runs.setdefault(f"inprocess_c{par}", []).append(w.inproc(par, batch, seconds))
-                                continue
-                            for conc in (1, 2):
-                                runs.setdefault(f"{name}_c{conc}", []).append(w.served("plain", x, conc, seconds))
-                    inp = {par: {f: _med([r[f] for r in runs[f"inprocess_c{par}"]]) for f in ("img_s", "cpu_ms_per_img")}
-                           for par in (1, 2)}
-                    row: dict[str, Any] = {f"inprocess_c{par}": v for par, v in inp.items()}
-                    for key, rs in runs.items():
-                        if key.startswith("inprocess"):
-                            continue
-                        inp1 = inp[int(key[-1])]  # the same number of calls at once: c=2 against two callers
-                        med = {f: _med([r[f] for r in rs]) for f in
-                               ("img_s", "cpu_ms_per_img", "loadgen_cpu_ms_per_img", "p50_us", "errors")}
-                        row[key] = {**med, "server_vs_inprocess": _ratio(med["img_s"], inp1["img_s"]),
-                                    "cpu_ratio": _ratio(med["cpu_ms_per_img"], inp1["cpu_ms_per_img"])}
-                    res[f"b{batch}"] = row
-                out[model][runtime] = res
+                with _workers(trees, runtime, threads, m["files"][runtime]) as workers:
+                    out[model][runtime] = _cnn_rows(workers, rng, rounds, seconds)
             except Exception as exc:  # noqa: BLE001 - one runtime failing must not lose the others' numbers
                 out[model][runtime] = {"error": f"{type(exc).__name__}: {exc}"}
-            finally:
-                for w in workers.values():
-                    w.stop()
     return out
+
+
+def _cnn_rows(workers: dict[str, _Worker], rng: np.random.Generator, rounds: int, seconds: float
+              ) -> dict[str, Any]:
+    """:func:`cnn`'s rows of one model on one runtime: batch 1 and 8, in-process vs each tree's server."""
+    res: dict[str, Any] = {}
+    for batch in (1, 8):
+        x = rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)
+        runs: dict[str, list[dict[str, float]]] = {}
+        for i in range(rounds):
+            for name, w in _round_order(workers, i):
+                if name == "inprocess":
+                    for par in (1, 2):
+                        runs.setdefault(f"inprocess_c{par}", []).append(w.inproc(par, batch, seconds))
+                    continue
+                for conc in (1, 2):
+                    runs.setdefault(f"{name}_c{conc}", []).append(w.served("plain", x, conc, seconds))
+        inp = {par: {f: _med([r[f] for r in runs[f"inprocess_c{par}"]]) for f in ("img_s", "cpu_ms_per_img")}
+               for par in (1, 2)}
+        row: dict[str, Any] = {f"inprocess_c{par}": v for par, v in inp.items()}
+        for key, rs in runs.items():
+            if key.startswith("inprocess"):
+                continue
+            inp1 = inp[int(key[-1])]  # the same number of calls at once: c=2 against two callers
+            med = {f: _med([r[f] for r in rs]) for f in
+                   ("img_s", "cpu_ms_per_img", "loadgen_cpu_ms_per_img", "p50_us", "errors")}
+            row[key] = {**med, "server_vs_inprocess": _ratio(med["img_s"], inp1["img_s"]),
+                        "cpu_ratio": _ratio(med["cpu_ms_per_img"], inp1["cpu_ms_per_img"])}
+        res[f"b{batch}"] = row
+    return res
 
 
 def batching(cache: Path, trees: dict[str, Path], rounds: int = 3, seconds: float = 4.0, max_batch: int = 8,
@@ -253,49 +273,45 @@ def batching(cache: Path, trees: dict[str, Path], rounds: int = 3, seconds: floa
     for model, m in _models(cache).items():
         out[model] = {"about": m["about"]}
         for runtime in ("onnxruntime", "openvino"):
-            files = m["files"][runtime]
-            workers: dict[str, _Worker] = {}
             try:
-                workers["inprocess"] = _Worker(trees["current"], "inproc", runtime, threads, files)
-                for tree, src in trees.items():
-                    workers[tree] = _Worker(src, "serve", runtime, threads, files, policy)
-                runs: dict[str, list[dict[str, float]]] = {}
-                for i in range(rounds):
-                    order = list(workers) if i % 2 == 0 else list(workers)[::-1]
-                    for name in order:
-                        w = workers[name]
-                        if name == "inprocess":
-                            runs.setdefault("inproc_pool_b1", []).append(w.inproc(pool, 1, seconds / 2))
-                            runs.setdefault(f"inproc_b{max_batch}", []).append(w.inproc(1, max_batch, seconds / 2))
-                            runs.setdefault("inproc_b1", []).append(w.inproc(1, 1, seconds / 2))
-                            continue
-                        for endpoint in ("plain", "batched"):
-                            runs.setdefault(f"{name}_{endpoint}", []).append(w.served(endpoint, x1, 16, seconds))
-                        if name == "current":
-                            for endpoint in ("plain", "batched"):
-                                runs.setdefault(f"current_{endpoint}_c1", []).append(
-                                    w.served(endpoint, x1, 1, seconds / 2))
-                fields = ("img_s", "cpu_ms_per_img", "p50_us", "p99_us", "errors", "loadgen_cpu_ms_per_img")
-                med = {k: {f: _med([r[f] for r in rs]) for f in fields if f in rs[0]} for k, rs in runs.items()}
-                res: dict[str, Any] = {"inprocess": {k: v for k, v in med.items() if k.startswith("inproc")}}
-                ceiling = _ratio(med[f"inproc_b{max_batch}"]["img_s"], med["inproc_pool_b1"]["img_s"])
-                res["inprocess"]["batching_ceiling"] = ceiling
-                for tree in trees:
-                    plain, batched = med[f"{tree}_plain"], med[f"{tree}_batched"]
-                    res[tree] = {"unbatched": plain, "batched": batched,
-                                 "rps_ratio": _ratio(batched["img_s"], plain["img_s"]),
-                                 "cpu_ratio": _ratio(batched["cpu_ms_per_img"], plain["cpu_ms_per_img"]),
-                                 "p99_ratio": _ratio(batched["p99_us"], plain["p99_us"])}
-                # alone, a request waits the whole delay for company, then takes what it takes unbatched
-                c1, plain_c1 = med["current_batched_c1"], med["current_plain_c1"]
-                bound_us = delay_ms * 1000 + plain_c1["p99_us"]
-                res["current_c1"] = {"unbatched": plain_c1, "batched": c1, "p99_bound_us": round(bound_us, 1),
-                                     "p99_over_bound": _ratio(c1["p99_us"], bound_us)}
-                out[model][runtime] = res
+                with _workers(trees, runtime, threads, m["files"][runtime], policy) as workers:
+                    out[model][runtime] = _batching_rows(workers, list(trees), x1, rounds, seconds, max_batch,
+                                                         delay_ms, pool)
             except Exception as exc:  # noqa: BLE001 - one runtime failing must not lose the others' numbers
                 out[model][runtime] = {"error": f"{type(exc).__name__}: {exc}"}
-            finally:
-                for w in workers.values():
-                    w.stop()
     return out
+
+
+def _batching_rows(workers: dict[str, _Worker], trees: list[str], x1: np.ndarray, rounds: int, seconds: float,
+                   max_batch: int, delay_ms: float, pool: int) -> dict[str, Any]:
+    """:func:`batching`'s rows of one model on one runtime."""
+    runs: dict[str, list[dict[str, float]]] = {}
+    for i in range(rounds):
+        for name, w in _round_order(workers, i):
+            if name == "inprocess":
+                runs.setdefault("inproc_pool_b1", []).append(w.inproc(pool, 1, seconds / 2))
+                runs.setdefault(f"inproc_b{max_batch}", []).append(w.inproc(1, max_batch, seconds / 2))
+                runs.setdefault("inproc_b1", []).append(w.inproc(1, 1, seconds / 2))
+                continue
+            for endpoint in ("plain", "batched"):
+                runs.setdefault(f"{name}_{endpoint}", []).append(w.served(endpoint, x1, 16, seconds))
+            if name == "current":
+                for endpoint in ("plain", "batched"):
+                    runs.setdefault(f"current_{endpoint}_c1", []).append(w.served(endpoint, x1, 1, seconds / 2))
+    fields = ("img_s", "cpu_ms_per_img", "p50_us", "p99_us", "errors", "loadgen_cpu_ms_per_img")
+    med = {k: {f: _med([r[f] for r in rs]) for f in fields if f in rs[0]} for k, rs in runs.items()}
+    res: dict[str, Any] = {"inprocess": {k: v for k, v in med.items() if k.startswith("inproc")}}
+    res["inprocess"]["batching_ceiling"] = _ratio(med[f"inproc_b{max_batch}"]["img_s"], med["inproc_pool_b1"]["img_s"])
+    for tree in trees:
+        plain, batched = med[f"{tree}_plain"], med[f"{tree}_batched"]
+        res[tree] = {"unbatched": plain, "batched": batched,
+                     "rps_ratio": _ratio(batched["img_s"], plain["img_s"]),
+                     "cpu_ratio": _ratio(batched["cpu_ms_per_img"], plain["cpu_ms_per_img"]),
+                     "p99_ratio": _ratio(batched["p99_us"], plain["p99_us"])}
+    # alone, a request waits the whole delay for company, then takes what it takes unbatched
+    c1, plain_c1 = med["current_batched_c1"], med["current_plain_c1"]
+    bound_us = delay_ms * 1000 + plain_c1["p99_us"]
+    res["current_c1"] = {"unbatched": plain_c1, "batched": c1, "p99_bound_us": round(bound_us, 1),
+                         "p99_over_bound": _ratio(c1["p99_us"], bound_us)}
+    return res
 

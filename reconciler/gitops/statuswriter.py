@@ -207,8 +207,7 @@ class StatusWriter:
         with self._cv:
             if self._closed:
                 raise RuntimeError("StatusWriter is closed")
-            if (self._pending is None and not self._busy and self._tip is not None and self._tip == self._pushed
-                    and not self._due(key)):
+            if self._synced() and self._tip is not None and not self._due(key):
                 self.queued = 0  # nothing to report that is not on the server already: no need to wake the thread
                 return
             self._pending, self._pending_key, self._pending_yaml = doc, key, data
@@ -222,7 +221,7 @@ class StatusWriter:
             self._hurry = True
             self._cv.notify_all()
             try:
-                while self._pending is not None or self._busy or self._tip != self._pushed:
+                while not self._synced():
                     left = deadline - time.monotonic()
                     if left <= 0 or self._closed:
                         return False
@@ -234,7 +233,10 @@ class StatusWriter:
     def in_sync(self) -> bool:
         """Whether the server has the newest status submitted (nothing waiting, being written or unpushed)."""
         with self._cv:
-            return self._pending is None and not self._busy and self._tip == self._pushed
+            return self._synced()
+
+    def _synced(self) -> bool:  # with self._cv held
+        return self._pending is None and not self._busy and self._tip == self._pushed
 
     def close(self, timeout: float = 5.0) -> None:
         """Try to push what is queued for up to ``timeout`` seconds, then stop the thread."""

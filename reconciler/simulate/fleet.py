@@ -143,27 +143,23 @@ class Simulation:
 
     # -- observation -------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _served(d: SimDevice, endpoint: str | None = None) -> str:
+        """The version ``d`` serves (its first endpoint's, or ``endpoint``'s); ``-`` for nothing yet."""
+        eps = d.agent.journal.endpoints
+        names = [endpoint] if endpoint else sorted(eps)
+        served = [eps[n].active.version for n in names if n in eps and eps[n].active is not None]
+        return served[0] if served else "-"
+
     def versions(self, endpoint: str | None = None) -> dict[str, int]:
         """Devices per served version (``-`` for nothing yet)."""
-        out: Counter[str] = Counter()
-        for d in self.devices:
-            eps = d.agent.journal.endpoints
-            names = [endpoint] if endpoint else sorted(eps)
-            served = [eps[n].active.version for n in names if n in eps and eps[n].active is not None]
-            out[served[0] if served else "-"] += 1
-        return dict(sorted(out.items()))
+        return dict(sorted(Counter(self._served(d, endpoint) for d in self.devices).items()))
 
     def reported(self) -> dict[str, int]:
         """Devices per served version among those whose newest status is on the Git server (what gates see)."""
-        out: Counter[str] = Counter()
-        for d in self.devices:
-            w = d.components.status_writer
-            if w is None or not w.in_sync():
-                continue
-            eps = d.agent.journal.endpoints
-            served = [eps[n].active.version for n in sorted(eps) if eps[n].active is not None]
-            out[served[0] if served else "-"] += 1
-        return dict(sorted(out.items()))
+        synced = [d for d in self.devices
+                  if (w := d.components.status_writer) is not None and w.in_sync()]
+        return dict(sorted(Counter(self._served(d) for d in synced).items()))
 
     def report(self) -> dict[str, Any]:
         made = pushed = 0
