@@ -22,7 +22,12 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m reconciler.devkit.demo
 
-bench: $(STAMP)
+# the benchmarks' own tools (py-spy, and the HTTP stacks bench_serving compares ours with): the bench extra.
+$(VENV)/.installed-bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	touch $@
+
+bench: $(VENV)/.installed-bench
 	@for b in bench/bench_*.py; do echo "== $$b" >&2; $(BIN)/python $$b || exit 1; done
 
 lint: $(STAMP)

@@ -5,8 +5,8 @@
   Python server on this event loop can do.
 - :class:`NginxFloor`: nginx (one worker) answering ``return 200`` with a body of the same length: the floor of
   a C server on this machine.
-- :func:`wrk_c1`: ``wrk --latency`` at concurrency 1 with a Lua script carrying the same POST, a C client next to
-  ``_loadgen``'s Python one, so the client's own per-request cost shows.
+- :func:`wrk_latency`: ``wrk --latency`` (at concurrency 1 by default) with a Lua script carrying the same POST,
+  a C client next to ``_loadgen``'s Python one, so the client's own per-request cost shows.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def fetch(port: int, request: bytes) -> bytes:
         while b"\r\n\r\n" not in buf:
             buf += s.recv(65536)
         head, _, body = buf.partition(b"\r\n\r\n")
-        m = re.search(rb"(?i)content-length:\s*(\d+)", head)
+        m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
         n = int(m.group(1)) if m else 0
         while len(body) < n:
             body += s.recv(65536)
@@ -176,12 +176,13 @@ def _us(text: str) -> float:
     return float(m.group(1)) * _UNIT[m.group(2)]
 
 
-def wrk_c1(port: int, script: Path, seconds: float) -> dict[str, float]:
-    """p50/p99 µs and req/s of ``wrk -t1 -c1 --latency`` (one connection, one request at a time)."""
+def wrk_latency(port: int, script: Path, seconds: float, conc: int = 1) -> dict[str, float]:
+    """p50/p99 µs and req/s of ``wrk -t1 -c{conc} --latency`` (by default one connection, one request at a
+    time)."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise RuntimeError("wrk is not installed")
-    r = subprocess.run([wrk, "-t1", "-c1", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(script),
+    r = subprocess.run([wrk, "-t1", f"-c{conc}", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(script),
                         f"http://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=seconds + 30)
     p50 = re.search(r"^\s+50%\s+(\S+)", r.stdout, re.M)
     p99 = re.search(r"^\s+99%\s+(\S+)", r.stdout, re.M)

@@ -171,7 +171,7 @@ def overhead(cache: Path, rev: str, rounds: int = 4, seconds: float = 2.0) -> di
                             runs[name][f"{enc}_c{conc}"].append(_run_case(port, req, conc, seconds, cpu))
                     else:
                         floor_py[name][enc].append(_run_case(port, req, 1, seconds, cpu))
-                    wrk[name][enc].append(_floor.wrk_c1(port, scripts[enc], seconds))
+                    wrk[name][enc].append(_floor.wrk_latency(port, scripts[enc], seconds))
         rss = {k: p.rss_mb() for k, p in procs.items()}
     finally:
         for p in procs.values():

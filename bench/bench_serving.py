@@ -19,6 +19,9 @@ shared: absolute numbers are context only, with the load average):
 - ``peers``: MLflow ``models serve`` and MLServer (minimal ONNX Runtime runtime), installed in their own venvs
   under ``$MODELFLEET_BENCH_CACHE`` by ``bench/_peers.py``; a failed install is reported in the JSON line.
 - ``profile``: py-spy samples of the baseline and current servers under load, summed by function.
+- ``stacks``: our HTTP layer against Granian (Rust; RSGI and ASGI), uvicorn and the stdlib server carrying the
+  same request handler, each in its own process (``bench/_stacks.py``; Granian and uvicorn come with the
+  ``bench`` extra).
 - ``limits``: default limits and timeouts vs ``ServerLimits.unlimited()`` (``--limits-only`` runs just that).
 """
 
@@ -32,97 +35,24 @@ import sys
 import tempfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _cnn_sections as cnn_sections  # noqa: E402
 import _serving_sections as sections  # noqa: E402
+import _stacks  # noqa: E402
 from _loadgen import _request, load, stats  # noqa: E402,F401  (bench_workers imports them from here)
 
 from reconciler.devkit.modelgen import make_probe, matmul_model
 from reconciler.serving.limits import ServerLimits
 from reconciler.serving.registry import EndpointSpec, ModelRegistry
-from reconciler.serving.server import InferenceServer, Response, V2App, _Deferred
+from reconciler.serving.server import InferenceServer
 
 TINY = matmul_model(seed=1)
 
 
 inprocess_p50_us = sections.inprocess_p50_us
-
-
-# --- alternative stacks over the same V2App, for the stack comparison -----------------------------------
-
-
-def _resolve(resp: Response | _Deferred) -> Response:
-    return resp.fn() if isinstance(resp, _Deferred) else resp
-
-
-def start_uvicorn(app: V2App) -> tuple[Any, int]:
-    import socket
-
-    import uvicorn
-
-    async def asgi(scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        body = b""
-        while True:
-            msg = await receive()
-            body += msg.get("body", b"")
-            if not msg.get("more_body"):
-                break
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        r = _resolve(app.handle(scope["method"], scope["path"], headers, body))
-        await send(
-            {
-                "type": "http.response.start",
-                "status": r.status,
-                "headers": [
-                    (b"content-type", r.content_type),
-                    (b"content-length", b"%d" % len(r.body)),
-                    *r.headers,
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": r.body})
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    cfg = uvicorn.Config(
-        asgi, http="httptools", loop="uvloop", log_level="error", access_log=False, lifespan="off"
-    )
-    server = uvicorn.Server(cfg)
-    th = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    th.start()
-    while not server.started:
-        time.sleep(0.01)
-    return server, sock.getsockname()[1]
-
-
-def start_stdlib(app: V2App) -> tuple[Any, int]:
-    class H(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:  # noqa: N802
-            body = self.rfile.read(int(self.headers.get("content-length", 0)))
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            r = _resolve(app.handle("POST", self.path, headers, body))
-            self.send_response(r.status)
-            self.send_header("content-type", r.content_type.decode())
-            self.send_header("content-length", str(len(r.body)))
-            for k, v in r.headers:
-                self.send_header(k.decode(), v.decode())
-            self.end_headers()
-            self.wfile.write(r.body)
-
-        def log_message(self, *a: Any) -> None:
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return srv, srv.server_address[1]
 
 
 def swap_under_load(reg: ModelRegistry, srv: InferenceServer, probe: dict, fail: bool) -> dict[str, float]:
@@ -252,20 +182,19 @@ def main() -> None:
     for name, run in (("overhead", lambda: sections.overhead(cache, rev)),
                       ("cnn", lambda: cnn_sections.cnn(cache, cnn_trees)),
                       ("batching", lambda: cnn_sections.batching(cache, cnn_trees)), ("peers", lambda: sections.peers(cache)),
-                      ("profile", lambda: sections.profile(cache, rev))):
+                      ("profile", lambda: sections.profile(cache, rev)),
+                      ("stacks", lambda: _stacks.stacks(cache, TINY, make_probe(TINY, batch=1)))):
         if name in only:
             try:
                 out[name] = run()
             except Exception as exc:  # one section failing must not lose the others' numbers
                 out[name] = {"error": f"{type(exc).__name__}: {exc}"}
-    if only & {"stacks", "swaps", "limits"}:
+    if only & {"swaps", "limits"}:
         reg = ModelRegistry()
         tiny_probe = make_probe(TINY, batch=1)
         assert reg.apply(EndpointSpec("tiny", "1", blobs=[TINY], probe=tiny_probe)).ok
         srv = InferenceServer(reg)
         srv.start()
-        if "stacks" in only:
-            out["stacks"] = stacks(srv, tiny_probe)
         if "swaps" in only:
             out["swap_under_load"] = swap_under_load(reg, srv, tiny_probe, fail=False)
             out["swap_health_failure"] = swap_under_load(reg, srv, tiny_probe, fail=True)
@@ -277,27 +206,6 @@ def main() -> None:
         out["server_rss_mb_tiny"] = server_rss_mb()
     out["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(out, separators=(",", ":")))
-
-
-def stacks(srv: InferenceServer, tiny_probe: dict[str, Any]) -> dict[str, Any]:
-    """HTTP stack candidates on the same app and tiny model (binary, c=1 and c=16)."""
-    req_for = lambda port: _request(port, "tiny", tiny_probe, True)  # noqa: E731
-    out: dict[str, Any] = {"asyncio_httptools_uvloop": {
-        "c1": stats(load(srv.port, req_for(srv.port), 1, 2.0), 2.0),
-        "c16": stats(load(srv.port, req_for(srv.port), 16, 2.0), 2.0)}}
-    uv, uport = start_uvicorn(srv.app)
-    out["uvicorn_raw_asgi"] = {
-        "c1": stats(load(uport, req_for(uport), 1, 2.0), 2.0),
-        "c16": stats(load(uport, req_for(uport), 16, 2.0), 2.0),
-    }
-    uv.should_exit = True
-    sd, sport = start_stdlib(srv.app)
-    out["stdlib_threading"] = {
-        "c1": stats(load(sport, req_for(sport), 1, 2.0), 2.0),
-        "c16": stats(load(sport, req_for(sport), 16, 2.0), 2.0),
-    }
-    sd.shutdown()
-    return out
 
 
 if __name__ == "__main__":
