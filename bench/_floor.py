@@ -86,6 +86,19 @@ class FloorProc:
             self.proc.wait(10)
 
 
+def wait_listening(proc: subprocess.Popen[bytes], port: int, timeout: float) -> bool:
+    """Whether ``proc`` accepts connections on ``port`` within ``timeout`` seconds (False once it has exited)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+
 class NginxFloor:
     """nginx, one worker, ``return 200`` with a body of ``body_len`` bytes on every location."""
 
@@ -120,17 +133,10 @@ http {{
 """)
         self.proc = subprocess.Popen([nginx, "-e", str(r / "error.log"), "-p", str(r), "-c", str(r / "nginx.conf")],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    err = (r / "error.log").read_text(errors="replace")[-500:] if (r / "error.log").exists() else ""
-                    self.stop()
-                    raise RuntimeError(f"nginx did not start: {err}") from None
-                time.sleep(0.05)
+        if not wait_listening(self.proc, self.port, 10):
+            err = (r / "error.log").read_text(errors="replace")[-500:] if (r / "error.log").exists() else ""
+            self.stop()
+            raise RuntimeError(f"nginx did not start: {err}")
 
     def cpu_s(self) -> float:
         """nginx's worker does the work: the master's child's CPU time."""

@@ -76,16 +76,8 @@ class StackProc:
             cmd = [sys.executable, str(HERE / "_stack_apps.py"), name.split("_", 1)[0], str(self.port)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=REPO,
                                      start_new_session=True)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    err = self.stop()
-                    raise RuntimeError(f"{name} did not start: {err[-300:]}") from None
-                time.sleep(0.05)
+        if not _floor.wait_listening(self.proc, self.port, 60):
+            raise RuntimeError(f"{name} did not start: {self.stop()[-300:]}")
 
     def cpu_s(self) -> float:
         return _tree_cpu_s(self.proc.pid)
