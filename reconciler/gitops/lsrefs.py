@@ -30,7 +30,7 @@ from reconciler.core.reasons import (
     TLS_VERIFICATION_FAILED,
 )
 from reconciler.core.redact import redact_url
-from reconciler.gitops.smarthttp import BUSY_STATUSES, keepalive_pool, pkt
+from reconciler.gitops.smarthttp import BUSY_STATUSES, PktLineError, keepalive_pool, pkt, pkt_lines
 
 MAX_RESPONSE_BYTES = 1 << 20  # one ref-prefix answer is tiny; a huge body is not an ls-refs answer
 _OID = re.compile(rb"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")
@@ -55,24 +55,19 @@ def ls_refs_request(prefix: str, agent: str = "modelfleet") -> bytes:
 def parse_ls_refs(body: bytes) -> dict[str, str]:
     """ref name -> object id from an ``ls-refs`` response (pure); :class:`NotV2` if it is not one."""
     refs: dict[str, str] = {}
-    pos = 0
-    while pos + 4 <= len(body):
-        try:
-            n = int(body[pos:pos + 4], 16)
-        except ValueError:
-            raise NotV2("response is not pkt-line encoded") from None
-        if n == 0:
-            return refs
-        if n < 4 or pos + n > len(body):
-            raise NotV2("truncated pkt-line")
-        line = body[pos + 4:pos + n].rstrip(b"\n")
-        pos += n
-        if line.startswith(b"ERR "):
-            raise NotV2(line[4:].decode(errors="replace")[:200])
-        oid, _, rest = line.partition(b" ")
-        if not _OID.match(oid) or not rest:
-            raise NotV2("not an ls-refs line")
-        refs[rest.split(b" ", 1)[0].decode(errors="replace")] = oid.decode()
+    try:
+        for raw in pkt_lines(body):
+            if raw is None:
+                return refs
+            line = raw.rstrip(b"\n")
+            if line.startswith(b"ERR "):
+                raise NotV2(line[4:].decode(errors="replace")[:200])
+            oid, _, rest = line.partition(b" ")
+            if not _OID.match(oid) or not rest:
+                raise NotV2("not an ls-refs line")
+            refs[rest.split(b" ", 1)[0].decode(errors="replace")] = oid.decode()
+    except PktLineError as exc:
+        raise NotV2(f"response is not pkt-line encoded: {exc}") from None
     raise NotV2("no flush packet at the end of the response")
 
 

@@ -3,6 +3,7 @@ for status pushes) share: pkt-line framing and one kept-alive connection to the 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import urllib3
@@ -16,6 +17,31 @@ BUSY_STATUSES = frozenset({429, 502, 503, 504})
 def pkt(data: bytes) -> bytes:
     """``data`` as one pkt-line (four hex digits of length, then the bytes)."""
     return b"%04x" % (len(data) + 4) + data
+
+
+class PktLineError(ValueError):
+    """A body whose pkt-line framing breaks (each client says it in its own exception)."""
+
+
+def pkt_lines(body: bytes) -> Iterator[bytes | None]:
+    """The pkt-lines of ``body`` in order, None for a flush packet. Pure and lazy: a reader that is done at a
+    flush packet stops there. :class:`PktLineError` where the framing breaks, bytes left over included."""
+    pos = 0
+    while pos + 4 <= len(body):
+        try:
+            n = int(body[pos:pos + 4], 16)
+        except ValueError:
+            raise PktLineError("not a pkt-line stream") from None
+        if n == 0:
+            yield None
+            pos += 4
+            continue
+        if n < 4 or pos + n > len(body):
+            raise PktLineError("truncated pkt-line")
+        yield body[pos + 4:pos + n]
+        pos += n
+    if pos != len(body):
+        raise PktLineError("truncated pkt-line")
 
 
 def keepalive_pool(url: str, *, ca_file: str | None, timeout: float, what: str

@@ -35,7 +35,7 @@ from collections.abc import Callable
 import urllib3
 
 from reconciler.core.redact import redact_url
-from reconciler.gitops.smarthttp import BUSY_STATUSES, keepalive_pool, pkt
+from reconciler.gitops.smarthttp import BUSY_STATUSES, PktLineError, keepalive_pool, pkt, pkt_lines
 
 ZERO_ID = "0" * 40
 MAX_ADVERTISEMENT_BYTES = 64 << 20  # every ref of the repository, e.g. 100,000 status branches ≈ 7 MB
@@ -56,24 +56,12 @@ class PushUnsupported(Exception):
     """Not pushed; push with ``git push`` instead (which names the problem, if there is one)."""
 
 
-def pkt_lines(body: bytes) -> list[bytes | None]:
-    """The pkt-lines of ``body`` (None for a flush packet)."""
-    out: list[bytes | None] = []
-    i = 0
-    while i + 4 <= len(body):
-        try:
-            n = int(body[i:i + 4], 16)
-        except ValueError:
-            raise PushUnsupported("not a pkt-line stream") from None
-        if n == 0:
-            out.append(None)
-            i += 4
-            continue
-        if n < 4 or i + n > len(body):
-            raise PushUnsupported("truncated pkt-line")
-        out.append(body[i + 4:i + n])
-        i += n
-    return out
+def _lines(body: bytes) -> list[bytes]:
+    """The pkt-lines of ``body`` without the flush packets; :class:`PushUnsupported` if it is not pkt-lines."""
+    try:
+        return [x for x in pkt_lines(body) if x is not None]
+    except PktLineError as exc:
+        raise PushUnsupported(str(exc)) from None
 
 
 def encode_pack(objects: list[tuple[str, bytes]]) -> bytes:
@@ -95,7 +83,7 @@ def encode_pack(objects: list[tuple[str, bytes]]) -> bytes:
 
 def parse_advertisement(body: bytes) -> tuple[dict[str, str], set[str]]:
     """(ref → object id, capabilities) of a ``git-receive-pack`` ref advertisement."""
-    lines = [x for x in pkt_lines(body) if x is not None]
+    lines = _lines(body)
     if not lines or not lines[0].startswith(b"# service=git-receive-pack"):
         raise PushUnsupported("not a git-receive-pack advertisement")
     refs: dict[str, str] = {}
@@ -113,7 +101,7 @@ def parse_advertisement(body: bytes) -> tuple[dict[str, str], set[str]]:
 
 def parse_report(body: bytes, ref: str) -> None:
     """Raise unless a ``report-status`` answer says the pack was unpacked and ``ref`` updated."""
-    lines = [x.rstrip(b"\n").decode(errors="replace") for x in pkt_lines(body) if x is not None]
+    lines = [x.rstrip(b"\n").decode(errors="replace") for x in _lines(body)]
     if not lines or lines[0] != "unpack ok":
         raise PushUnsupported(f"server could not unpack: {lines[0] if lines else 'no report'}")
     for line in lines[1:]:
