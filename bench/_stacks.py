@@ -104,6 +104,13 @@ def _case(stack: StackProc, req: bytes, conc: int, seconds: float) -> dict[str, 
             "cores_busy": round(cpu / wall, 2)}
 
 
+def _wrk_case(stack: StackProc, script: Path, conc: int, seconds: float) -> dict[str, float]:
+    c0, t0 = stack.cpu_s(), time.perf_counter()
+    w = _floor.wrk_latency(stack.port, script, seconds, conc=conc)
+    cpu, wall = stack.cpu_s() - c0, time.perf_counter() - t0
+    return {**w, "cpu_us_per_req": round(cpu / max(1, w["rps"] * seconds) * 1e6, 1), "cores_busy": round(cpu / wall, 2)}
+
+
 def stacks(cache: Path, model_bytes: bytes, probe: dict[str, Any], rounds: int = 3,
            seconds: float = 2.0) -> dict[str, Any]:
     """The candidates on the tiny model (binary tensors), alternating round by round; medians and ratios to ours."""
@@ -135,13 +142,8 @@ def stacks(cache: Path, model_bytes: bytes, probe: dict[str, Any], rounds: int =
                 r.setdefault("c1", []).append(_case(p, req, 1, seconds))
                 r.setdefault("c16", []).append(_case(p, req, 16, seconds))
                 if have_wrk:  # a C client leaves the server more of the two cores than the Python one
-                    r.setdefault("wrk_c1", []).append(_floor.wrk_latency(p.port, script, seconds))
-                    c0, t0 = p.cpu_s(), time.perf_counter()
-                    w = _floor.wrk_latency(p.port, script, seconds, conc=16)
-                    cpu, wall = p.cpu_s() - c0, time.perf_counter() - t0
-                    r.setdefault("wrk_c16", []).append({**w, "cpu_us_per_req": round(cpu / max(1, w["rps"] * seconds)
-                                                                                      * 1e6, 1),
-                                                        "cores_busy": round(cpu / wall, 2)})
+                    r.setdefault("wrk_c1", []).append(_wrk_case(p, script, 1, seconds))
+                    r.setdefault("wrk_c16", []).append(_wrk_case(p, script, 16, seconds))
     finally:
         for p in procs.values():
             p.stop()
