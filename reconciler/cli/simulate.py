@@ -42,7 +42,8 @@ def _source_url(repo: str | None) -> str:
 @click.option("--poll-interval", default="10s", show_default=True, help="How often each device polls the repository.")
 @click.option("--heartbeat-interval", default=None, help="Override the Fleet's heartbeat interval.")
 @click.option("--status-push-spread", default="0s", show_default=True,
-              help="The devices' status.pushSpread: a new status waits a random time up to this before it is pushed.")
+              help="The devices' status.pushSpread: a new status waits a random time up to this "
+                   "before it is pushed.")
 @click.option("--offline-share", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Share of devices that never reach the network.")
 @click.option("--fail-share", type=click.FloatRange(0, 1), default=0.0, show_default=True,
@@ -62,9 +63,9 @@ def _source_url(repo: str | None) -> str:
 @format_option("json", "table", default="json", aliases={"text": "table"},
                help="json: one line per report (JSON lines); yaml: one document per report; table: for people.")
 def simulate(n: int, repo: str | None, tuf_url: str | None, trusted_root: Path, poll_interval: str,
-             heartbeat_interval: str | None, status_push_spread: str, offline_share: float, fail_share: float, canaries: int,
-             labels: tuple[str, ...], duration: str, report_every: str, workers: int, processes: int,
-             work_dir: Path | None, fmt: str) -> None:
+             heartbeat_interval: str | None, status_push_spread: str, offline_share: float, fail_share: float,
+             canaries: int, labels: tuple[str, ...], duration: str, report_every: str, workers: int,
+             processes: int, work_dir: Path | None, fmt: str) -> None:
     """Run N device agents (in one process, or --processes); print convergence over time (JSON lines).
 
     The devices poll and push to --repo (a URL git understands, or a path).
@@ -82,7 +83,8 @@ def simulate(n: int, repo: str | None, tuf_url: str | None, trusted_root: Path, 
         devices=n, source_url=_source_url(repo), trusted_root=trusted_root.resolve(), tuf_url=tuf_url,
         poll_interval=_duration("--poll-interval", poll_interval),
         heartbeat_interval=_duration("--heartbeat-interval", heartbeat_interval) if heartbeat_interval else None,
-        status_push_spread=_duration("--status-push-spread", status_push_spread), offline_share=offline_share, fail_share=fail_share, canaries=canaries, labels=label_map, workers=workers)
+        status_push_spread=_duration("--status-push-spread", status_push_spread),
+        offline_share=offline_share, fail_share=fail_share, canaries=canaries, labels=label_map, workers=workers)
     run_for, every = _duration("--duration", duration), _duration("--report-every", report_every)
     logging.getLogger("reconciler").setLevel(logging.ERROR)
     tmp = None

@@ -11,6 +11,8 @@ a hard timeout that kills the whole process group, and never an interactive prom
 
 from __future__ import annotations
 
+import atexit
+import functools
 import hashlib
 import os
 import shutil
@@ -43,6 +45,15 @@ SAFE_GIT_OPTIONS: tuple[str, ...] = (
 
 
 MAX_GNUPG_HOME_BYTES = 80  # + "/S.gpg-agent.browser" (20) stays within a socket address (107)
+
+
+@functools.cache
+def _alias_dir() -> Path:
+    """This process's private directory (0700, a name no one can guess) for short GNUPGHOME aliases: one per
+    process, not one per verification (a Verifier is made for every new head), removed at exit."""
+    path = Path(tempfile.mkdtemp(prefix="modelfleet-gpg-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 class GitError(Exception):
@@ -206,7 +217,6 @@ class Verifier:
         self.gpg_keyring = gpg_keyring
         self.state_dir = state_dir or git_dir.parent
         self.timeout = timeout
-        self._alias_dir: Path | None = None  # see _short
 
     def _short(self, home: Path) -> Path:
         """``home`` by a name short enough for gpg's sockets (``<home>/S.gpg-agent.browser`` must fit a socket
@@ -214,9 +224,7 @@ class Verifier:
         directory (a K3s volume) is reached through a symlink in a private temporary directory instead."""
         if len(os.fsencode(home)) <= MAX_GNUPG_HOME_BYTES:
             return home
-        if self._alias_dir is None:
-            self._alias_dir = Path(tempfile.mkdtemp(prefix="modelfleet-gpg-"))  # 0700, a name no one can guess
-        alias = self._alias_dir / hashlib.sha256(os.fsencode(home)).hexdigest()[:12]
+        alias = _alias_dir() / hashlib.sha256(os.fsencode(home)).hexdigest()[:12]
         if not alias.is_symlink() or os.readlink(alias) != str(home):
             tmp = alias.with_name(alias.name + ".new")
             tmp.unlink(missing_ok=True)

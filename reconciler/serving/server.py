@@ -3,12 +3,12 @@
 HTTP stack: a plain asyncio ``Protocol`` with the ``httptools`` parser on a ``uvloop`` event loop (stdlib
 asyncio when uvloop is absent), in one background thread. Measured against Granian (a Rust server, RSGI and
 ASGI), uvicorn+httptools running a raw ASGI app and the stdlib ``ThreadingHTTPServer``, each carrying this
-module's ``V2App`` in a process of its own (``bench/bench_serving.py --only stacks``), it has the lowest latency
-and CPU per request: no ASGI scope/message dicts and no per-request coroutine for the tiny-model path. Requests of up to
-``INLINE_BODY_MAX`` bytes to models whose warm-up p50 is under ``registry.INLINE_BELOW_MS`` run inline on the
-event loop (a thread hop would cost more than the inference); everything else (slower models, and large
-requests whatever the model's speed) is decoded, run and encoded in a small thread pool so the loop keeps
-accepting, parsing and answering health checks. Connections, flow control, limits and timeouts are
+module's ``V2App`` in a process of its own (``bench/bench_serving.py --only stacks``), it has the lowest
+latency and CPU per request: no ASGI scope/message dicts and no per-request coroutine for the tiny-model path.
+Requests of up to ``INLINE_BODY_MAX`` bytes to models whose warm-up p50 is under ``registry.INLINE_BELOW_MS``
+run inline on the event loop (a thread hop would cost more than the inference); everything else (slower
+models, and large requests whatever the model's speed) is decoded, run and encoded in a small thread pool so
+the loop keeps accepting, parsing and answering health checks. Connections, flow control, limits and timeouts are
 :mod:`~reconciler.serving.http1`'s job (limits: :class:`~reconciler.serving.limits.ServerLimits`); this module
 holds the routes (:class:`V2App`) and the listening sockets (:class:`InferenceServer`).
 

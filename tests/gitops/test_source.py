@@ -9,6 +9,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from reconciler.core.conditions import SOURCE_AVAILABLE, SOURCE_VERIFIED
+from reconciler.gitops import verify
 from reconciler.gitops.source import GitSource, backoff_delay, parse_ls_remote
 from tests._git_fixtures import (
     GitDaemon,
@@ -233,6 +234,12 @@ def test_gpg_verification_works_from_a_deep_state_directory(upstream: Upstream, 
         src = GitSource(upstream.file_url, deep / "cache", verify_mode="head", gpg_keyring=release.pubring)
         r = src.poll(None)
         assert r.ok and r.commit == good and "release@example.com" in (r.signer or ""), r.message
+        aliases = set(verify._alias_dir().iterdir())
+        newer = upstream.commit({"f.yaml": "a: 2\n"}, gpg_key=release)
+        r = src.poll(good)
+        assert r.ok and r.commit == newer, r.message
+        # every verification is a new Verifier: they share one alias directory and alias, not one per new head
+        assert set(verify._alias_dir().iterdir()) == aliases
     finally:
         kill_gpg_agent(release.home)
 
