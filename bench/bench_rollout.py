@@ -54,7 +54,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from reconciler.core.credentials import Credentials  # noqa: E402
-from reconciler.gitops.fleetstatus import StatusRepo  # noqa: E402
+from reconciler.gitops.fleetstatus import fleet_report  # noqa: E402
+from reconciler.gitops.statusrepo import StatusRepo  # noqa: E402
 from reconciler.gitops.lsrefs import LsRefsClient  # noqa: E402
 from reconciler.gitops.statuswriter import StatusWriter, dump_status  # noqa: E402
 from reconciler.rollout.gitrepo import RolloutRepo  # noqa: E402
@@ -336,7 +337,7 @@ def one_size(n: int, root: Path) -> dict[str, Any]:
         _, final = rr.status(DEPLOYMENT)
         t_rollout_status = time.monotonic() - t0
         t0 = time.monotonic()
-        StatusRepo(world.git_url, root / "fleet-cache", status_urls=srv.status_urls).report(stale_after=3600)
+        fleet_report(StatusRepo(world.git_url, root / "fleet-cache", status_urls=srv.status_urls), stale_after=3600)
         t_fleet_status = time.monotonic() - t0
         fleet.close()
         req1 = end["requests"]
@@ -412,7 +413,7 @@ def synthetic_status(n: int, root: Path) -> dict[str, Any]:
         _, st = RolloutRepo(world.git_url, root / "rc").status(DEPLOYMENT)
         t_rollout = time.monotonic() - t0
         t0 = time.monotonic()
-        StatusRepo(world.git_url, root / "fc").report(stale_after=3600)
+        fleet_report(StatusRepo(world.git_url, root / "fc"), stale_after=3600)
         t_fleet = time.monotonic() - t0
         assert st.current.healthy == n, st.message
         return {"devices": n, "rolloutStatusSeconds": round(t_rollout, 2), "fleetStatusSeconds": round(t_fleet, 2),

@@ -96,6 +96,20 @@ class AgentConfig:
         return self.state_dir / "store"
 
     @property
+    def default_status_key(self) -> Path:
+        """Where ``modelfleet agent keygen`` puts the device's status signing key unless ``status.signingKey``
+        names another path."""
+        return self.state_dir / "identity" / "status_ed25519"
+
+    @property
+    def status_key_path(self) -> Path | None:
+        """The status signing key the agent uses: ``status.signingKey``, else the default path when a key
+        is there (unsigned status otherwise, which fleets with ``requireSignatures`` do not count)."""
+        if self.status_signing_key is not None:
+            return self.status_signing_key
+        return self.default_status_key if self.default_status_key.is_file() else None
+
+    @property
     def git_cache_dir(self) -> Path:
         return self.state_dir / "git"
 

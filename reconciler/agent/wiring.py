@@ -343,7 +343,7 @@ class Components:
         prefix, heartbeat = self._status_settings
         return StatusWriter(
             cfg.status_url or cfg.source_url, cfg.device_id, cfg.status_work_dir, branch_prefix=prefix,
-            heartbeat_interval=heartbeat, signing_key=cfg.status_signing_key, timeout=cfg.source_timeout,
+            heartbeat_interval=heartbeat, signing_key=cfg.status_key_path, timeout=cfg.source_timeout,
             agent_version=__version__, on_push=_count_push, push_spread=cfg.status_push_spread,
             credentials=cfg.status_credentials if cfg.status_credentials is not None else cfg.source_credentials,
         )

@@ -52,6 +52,32 @@ def run_cmd(config_path: Path, log_format: str | None) -> None:
     Agent(cfg).run()
 
 
+@agent.command("keygen")
+@config_option
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the key here (default: status.signingKey, else <stateDir>/identity/status_ed25519).")
+@click.option("--show", is_flag=True, help="Print the public key of the existing key; make none.")
+def keygen_cmd(config_path: Path, output: Path | None, show: bool) -> None:
+    """Make the device's status signing key (Ed25519, 0600) and print its public key.
+
+    Put the printed line into the device's manifest (spec.statusKeys) by pull request: operator tools count
+    only status commits signed by a key listed there. To rotate, make a key with --output at a new path, list
+    both public keys, then point status.signingKey at the new one (docs/operations.md).
+    """
+    from reconciler.identity import keys
+
+    cfg = load_agent_config(config_path)
+    path = output or cfg.status_signing_key or cfg.default_status_key
+    try:
+        key = keys.load(path) if show else keys.generate(path)
+    except keys.CredentialError as exc:
+        raise UserError(str(exc)) from None
+    click.echo(keys.public_line(key, f"{cfg.device_id}@modelfleet"))
+    if not show:
+        click.echo(f"wrote {path} (0600); add the line above to devices/{cfg.device_id}.yaml under spec.statusKeys",
+                   err=True)
+
+
 @agent.command("once")
 @config_option
 @format_option("table")

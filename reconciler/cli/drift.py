@@ -57,9 +57,10 @@ def drift_cmd(repo: str | None, branch: str, prefix: str, cache_dir: Path | None
     sr = _repo(repo, cache_dir, branch, prefix, timeout)
     points = []
     try:
-        sr.fetch()
-        for device in sorted(sr.statuses()):
-            docs = [doc for _, _, doc in sr.history_docs(device, limit)]
+        read = sr.read()
+        # Only devices whose newest status is trusted, and only their trusted commits (docs/security.md).
+        for device in sorted(d for d, rec in read.records.items() if rec.trust.trusted):
+            docs = [doc for _, _, doc, trust in sr.history_docs(device, limit) if trust.trusted]
             points.extend(points_from_history(device, docs, site_label=site_label, since=cutoff,
                                               deployment=deployment))
     except GitError as exc:

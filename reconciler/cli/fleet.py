@@ -19,8 +19,10 @@ from reconciler.cli.options import deprecated_alias, emit_json_text, format_opti
 from reconciler.core.credentials import CredentialError, Credentials, basic_authorization
 from reconciler.core.errors import UserError
 from reconciler.core.redact import redact_url, split_userinfo
+from reconciler.core.termsafe import escape
 from reconciler.core.units import parse_duration
-from reconciler.gitops.fleetstatus import StatusRepo, render, render_history
+from reconciler.gitops.fleetstatus import fleet_report, history, render, render_history
+from reconciler.gitops.statusrepo import StatusRepo
 from reconciler.gitops.verify import GitError
 
 
@@ -170,14 +172,14 @@ def status_cmd(repo: str | None, branch: str, prefix: str, cache_dir: Path | Non
         raise UserError(f"--stale-after: {exc}") from None
     sr = _repo(repo, cache_dir, branch, prefix, timeout, _creds(username, password_file, ca_file))
     try:
-        report = sr.report(stale_after=stale)
+        report = fleet_report(sr, stale_after=stale)
     except (GitError, CredentialError) as exc:
         raise UserError(f"cannot read status branches from {sr.display_url}: {exc}") from None
     if not report.rows and fmt == "table":
         click.echo(f"no device has reported yet (no {prefix}* branches in {sr.display_url})")
         if report.never_reported:
             click.echo(f"never reported ({len(report.never_reported)} in the inventory): "
-                       + ", ".join(report.never_reported[:50]))
+                       + ", ".join(escape(d) for d in report.never_reported[:50]))
         return
     if fmt == "yaml":
         emit_json_text(render(report, "json"), fmt)
@@ -204,11 +206,11 @@ def history_cmd(device: str, repo: str | None, branch: str, prefix: str, cache_d
     """DEVICE's status commits over time (what ran when), newest first."""
     sr = _repo(repo, cache_dir, branch, prefix, timeout, _creds(username, password_file, ca_file))
     try:
-        entries = sr.history(device, limit)
+        entries = history(sr, device, limit)
     except KeyError:
-        raise UserError(f"no status branch {prefix}{device} in {sr.display_url}") from None
+        raise UserError(f"no status branch {prefix}{escape(device)} in {sr.display_url}") from None
     except (GitError, CredentialError) as exc:
-        raise UserError(f"cannot read {prefix}{device} from {sr.display_url}: {exc}") from None
+        raise UserError(f"cannot read {prefix}{escape(device)} from {sr.display_url}: {exc}") from None
     if fmt == "yaml":
         emit_json_text(render_history(device, entries, "json"), fmt)
     else:

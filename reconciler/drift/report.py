@@ -79,12 +79,17 @@ def points_from_history(device: str, docs: Iterable[dict[str, Any] | str], *, si
             dep = str(e.get("deployment") or e.get("name"))
             if deployment is not None and dep != deployment:
                 continue
-            out.append(Point(
-                deployment=dep, version=str(e.get("version")), device=device, site=site, time=hb,
-                level=str(d["level"]), score=d.get("score"), method=str(d.get("method", "psi")),
-                samples=float(d.get("samples", 0)), warn=float(d.get("warn", 0.1)), alert=float(d.get("alert", 0.25)),
-                min_samples=int(d.get("minSamples", 1)), baseline=str(d.get("baseline", "")),
-                worst=list(d.get("worst") or []), bins=dict(d.get("bins") or {})))
+            score = d.get("score")
+            try:  # a device wrote this: one wrongly typed field skips that point, not the report
+                out.append(Point(
+                    deployment=dep, version=str(e.get("version")), device=device, site=site, time=hb,
+                    level=str(d["level"]), score=None if score is None else float(score),
+                    method=str(d.get("method", "psi")), samples=float(d.get("samples", 0)),
+                    warn=float(d.get("warn", 0.1)), alert=float(d.get("alert", 0.25)),
+                    min_samples=int(d.get("minSamples", 1)), baseline=str(d.get("baseline", "")),
+                    worst=list(d.get("worst") or []), bins=dict(d.get("bins") or {})))
+            except (TypeError, ValueError):
+                continue
     return out
 
 

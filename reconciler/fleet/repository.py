@@ -77,6 +77,15 @@ class FleetRepo:
     def fleet_spec(self) -> dict[str, Any]:
         return self.fleet.spec if self.fleet else {}
 
+    @property
+    def require_status_signatures(self) -> bool:
+        """``spec.status.requireSignatures`` (default true: new fleets count only signed status)."""
+        return bool((self.fleet_spec.get("status") or {}).get("requireSignatures", True))
+
+    def status_keys(self) -> dict[str, list[str]]:
+        """Every inventory device -> the status public keys its manifest lists (maybe none)."""
+        return {name: [str(k) for k in (m.spec.get("statusKeys") or [])] for name, m in self.devices.items()}
+
     def model_version(self, model: str, version: str) -> dict[str, Any] | None:
         m = self.models.get(model)
         if m is None:

@@ -16,6 +16,7 @@ from reconciler.core.cpuflags import REPORTED_CPU_FLAGS
 from reconciler.core.diagnostics import WARNING, Diagnostic
 from reconciler.fleet.repository import FleetRepo, Manifest
 from reconciler.fleet.selectors import describe, device_labels, matches, selector_problems
+from reconciler.identity import sshsig
 
 
 def semantic_checks(fleet: FleetRepo, *, tuf_targets: set[str] | None = None) -> list[Diagnostic]:
@@ -24,7 +25,29 @@ def semantic_checks(fleet: FleetRepo, *, tuf_targets: set[str] | None = None) ->
         out.extend(_check_model(model, tuf_targets))
     for dep in fleet.deployments.values():
         out.extend(_check_deployment(dep, fleet))
+    owners: dict[str, list[str]] = {}  # key material -> devices listing it
+    for device in fleet.devices.values():
+        for line in device.spec.get("statusKeys") or []:
+            owners.setdefault("".join(str(line).split()[1:2]), []).append(device.name)
+    for device in fleet.devices.values():
+        out.extend(_check_status_keys(device, owners))
     out.extend(_check_conflicts(fleet))
+    return out
+
+
+def _check_status_keys(device: Manifest, owners: Mapping[str, list[str]]) -> list[Diagnostic]:
+    out = []
+    for i, line in enumerate(device.spec.get("statusKeys") or []):
+        try:
+            blob = sshsig.parse_public_key(str(line))
+        except sshsig.SignatureError as exc:
+            out.append(device.diag(f"status key {i + 1}: {exc}", "spec", "statusKeys", i,
+                                   hint="paste the line `modelfleet agent keygen` printed on the device"))
+            continue
+        others = [d for d in owners.get(str(line).split()[1], []) if d != device.name]
+        if others:
+            out.append(device.diag(f"status key {i + 1} ({sshsig.fingerprint(blob)}) is also listed for device "
+                                   f"{others[0]!r}: each device needs its own key", "spec", "statusKeys", i))
     return out
 
 

@@ -2,8 +2,8 @@
 
 Workflow: :meth:`StatusWriter.submit` validates and trims the document and parks it as *the newest* status
 (never blocks; a document whose content was validated before is not validated again). A background thread
-commits it — blob, tree and commit written as loose objects in-process, no worktree; ``git commit-tree -S``
-when SSH-signed — when the content changed — ignoring ``status.heartbeat`` — or the heartbeat interval passed,
+commits it — blob, tree and commit written as loose objects in-process, no worktree, signed in-process with the
+device's own key (:mod:`reconciler.identity`) — when the content changed — ignoring ``status.heartbeat`` — or the heartbeat interval passed,
 then pushes with retry, jittered exponential backoff: over smart HTTP(S) in-process
 (:mod:`~reconciler.gitops.smartpush`: on a kept-alive connection, one request once the writer knows the branch's
 tip on the server), otherwise with ``git push``. While the server is down new statuses
@@ -44,6 +44,8 @@ from reconciler.fleet.schemas import validator
 from reconciler.gitops.auth import GitAuth, classify, explain
 from reconciler.gitops.smartpush import PushRejected, PushUnavailable, PushUnsupported, SmartPush
 from reconciler.gitops.verify import GitError, init_bare, run_git
+from reconciler.identity import keys as device_keys
+from reconciler.identity.commitsig import sign_commit
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +140,8 @@ class StatusWriter:
         self.ref = f"refs/heads/{self.branch}"
         self.heartbeat_interval = heartbeat_interval
         self.signing_key = Path(signing_key) if signing_key else None
+        # Loaded once (0600 checked): every status commit is signed with the device's own key (docs/security.md).
+        self._key = device_keys.load(self.signing_key) if self.signing_key else None
         self.timeout = timeout
         self.retry_base = retry_base
         self.retry_max = retry_max
@@ -306,16 +310,13 @@ class StatusWriter:
         built: list[tuple[str, bytes]] = []  # the objects this commit adds on top of its parent
         blob = self._store("blob", data if data is not None else dump_status(doc), built)
         tree = self._store("tree", f"100644 {STATUS_FILE}\0".encode() + bytes.fromhex(blob), built)
-        self._built = None
-        if self.signing_key is not None:
-            args = ["-c", "gpg.format=ssh", "-c", f"user.signingkey={self.signing_key}", "commit-tree", "-m", msg]
-            args += ["-p", parent] if parent else []
-            sha = self._git(*args, "-S", tree).stdout.decode().strip()
-        else:
-            who = f"{self.device_id} <{self.device_id}@devices.modelfleet> {int(time.time())} +0000"
-            head = f"tree {tree}\n" + (f"parent {parent}\n" if parent else "") + f"author {who}\ncommitter {who}\n\n"
-            sha = self._store("commit", (head + msg).encode(), built)
-            self._built = (sha, parent, built)
+        who = f"{self.device_id} <{self.device_id}@devices.modelfleet> {int(time.time())} +0000"
+        head = f"tree {tree}\n" + (f"parent {parent}\n" if parent else "") + f"author {who}\ncommitter {who}\n\n"
+        body = (head + msg).encode()
+        if self._key is not None:  # signed in-process: what `git commit-tree -S` with gpg.format=ssh writes
+            body = sign_commit(body, self._key)
+        sha = self._store("commit", body, built)
+        self._built = (sha, parent, built)
         self._update_ref(self.ref, sha)
         self.commits += 1
         return sha

@@ -298,23 +298,22 @@ def decide_phase(in_rollout: bool, paused: bool, gates: list[GateResult]) -> tup
 # -- the whole evaluation ----------------------------------------------------------------------------------
 
 def fleet_devices(fleet: FleetRepo, statuses: Mapping[str, Mapping[str, Any] | str]) -> list[Device]:
-    """Inventory devices plus devices that only have a status branch.
+    """The inventory's devices, each with its latest status.
 
-    ``statuses`` maps device id to its parsed status document, or to an error message when unreadable. Labels
-    are the inventory's overlaid with what the device reports (its local labels), as the device computes them.
+    ``statuses`` maps device id to its parsed (trusted) status document, or to why it cannot be used (unreadable,
+    untrusted). Step membership comes from the inventory alone: labels are the Device manifest's, never what a
+    status branch claims, and a status branch of a device the inventory does not list is ignored.
     """
     out = []
-    for dev_id in sorted(set(fleet.devices) | set(statuses)):
-        inv = fleet.devices.get(dev_id)
-        labels = dict(inv.labels) if inv is not None else {}
-        facts = dict((inv.spec.get("facts") or {}) if inv is not None else {})
+    for dev_id in sorted(fleet.devices):
+        inv = fleet.devices[dev_id]
         raw = statuses.get(dev_id)
         doc = raw if isinstance(raw, Mapping) else None
-        if doc is not None:
-            st = doc.get("status") or {}
-            labels.update({str(k): str(v) for k, v in (st.get("labels") or {}).items()})
-            facts.update(st.get("facts") or {})
-        out.append(Device(dev_id, labels, facts, doc, raw if isinstance(raw, str) else None))
+        facts = dict(inv.spec.get("facts") or {})
+        if doc is not None:  # a trusted device's own facts choose its variant; they never choose its step
+            reported = (doc.get("status") or {}).get("facts")
+            facts.update(reported if isinstance(reported, Mapping) else {})
+        out.append(Device(dev_id, dict(inv.labels), facts, doc, raw if isinstance(raw, str) else None))
     return out
 
 

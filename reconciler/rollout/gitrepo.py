@@ -1,6 +1,6 @@
 """The I/O edge of rollouts: read the fleet, the status branches and the history from Git; write one commit.
 
-:class:`RolloutRepo` reads through :class:`reconciler.gitops.fleetstatus.StatusRepo` (one shallow fetch of
+:class:`RolloutRepo` reads through :class:`reconciler.gitops.statusrepo.StatusRepo` (one shallow fetch of
 every ``status/*`` branch plus the desired-state branch into a local cache), then loads the manifests from
 the head's tree and the deployment file's first-parent history (when the current step landed).
 
@@ -27,7 +27,7 @@ from reconciler.core.credentials import CredentialError, Credentials
 from reconciler.core.errors import UserError
 from reconciler.fleet.manifests import load_files, read_git
 from reconciler.fleet.repository import FleetRepo
-from reconciler.gitops.fleetstatus import StatusRepo, parse_status, read_blobs
+from reconciler.gitops.statusrepo import StatusRepo, read_blobs
 from reconciler.gitops.verify import GitError, run_git
 from reconciler.rollout.edit import Edit, EditError
 from reconciler.rollout.evaluate import RolloutStatus, evaluate, fleet_devices, step_key, step_landed
@@ -49,7 +49,8 @@ class RolloutRepo:
                  subpath: str | None = None, timeout: float = 120, credentials: Credentials | None = None,
                  authorization: str | None = None, status_urls: Sequence[str] = ()) -> None:
         self.status_repo = StatusRepo(url, cache_dir, branch=branch, prefix=prefix, timeout=timeout,
-                                      credentials=credentials, authorization=authorization, status_urls=status_urls)
+                                      credentials=credentials, authorization=authorization, status_urls=status_urls,
+                                      subpath=subpath)
         self.url, self.branch, self.timeout = url, branch, timeout
         self.subpath = subpath.strip("/") if subpath else None
 
@@ -65,12 +66,17 @@ class RolloutRepo:
         if not load.ok:
             first = load.errors[0]
             raise UserError(f"the fleet at {head[:12]} does not validate: {first.file}:{first.line}: {first.message}")
+        read = self.status_repo.read(head=head, fetched=True)
         statuses: dict[str, dict[str, Any] | str] = {}
-        for device, (_, data) in self.status_repo.statuses().items():
-            try:
-                statuses[device] = parse_status(data)
-            except ValueError as exc:
-                statuses[device] = f"unreadable status: {exc}"
+        for device, rec in read.records.items():
+            if device not in load.fleet.devices:
+                continue  # not in the inventory: never part of a step, whatever its branch claims
+            if not rec.trust.trusted:
+                statuses[device] = f"untrusted status ({rec.trust.reason}): {rec.trust.message}"
+            elif rec.doc is None:
+                statuses[device] = f"unreadable status: {rec.error}"
+            else:
+                statuses[device] = rec.doc
         return Snapshot(head, load.fleet, statuses)
 
     def _git_path(self, rel: str) -> str:

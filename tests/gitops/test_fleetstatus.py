@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.gitops.fleetstatus import build_report, parse_status, render
+from reconciler.gitops.fleetstatus import build_report, render
+from reconciler.gitops.statusrepo import FleetRead, StatusRecord, parse_status
 from reconciler.gitops.statuswriter import StatusWriter, dump_status
+from reconciler.identity.trust import SIGNED, StatusTrust, TrustPolicy
 from tests._git_fixtures import GitDaemon, Upstream, env, git, make_status
+from tests._identity import device_key, inventory_files
 
 NOW = dt.datetime(2026, 11, 24, 10, 30, tzinfo=dt.timezone.utc)
 
@@ -23,27 +26,38 @@ def modelfleet(*args: str, cwd: Path | None = None) -> subprocess.CompletedProce
 
 
 def test_report_rows_summary_and_formats() -> None:
-    statuses = {
-        "cam-1": ("c1", dump_status(make_status("cam-1", applied="h" * 40, heartbeat="2026-11-24T10:29:00Z"))),
-        "cam-2": ("c2", dump_status(make_status("cam-2", applied="o" * 40, version="0.9.0", ready=False,
-                                                heartbeat="2026-11-24T09:00:00Z"))),
-        "cam-3": ("c3", b"!!python/object/apply:os.system ['true']\n"),
+    trusted = StatusTrust(True, SIGNED, "signed")
+
+    def rec(device: str, data: bytes) -> StatusRecord:
+        r = StatusRecord(device, f"c-{device}", 0, trusted)
+        try:
+            r.doc = parse_status(data, device)
+        except ValueError as exc:
+            r.error = str(exc)
+        return r
+
+    records = {
+        "cam-1": rec("cam-1", dump_status(make_status("cam-1", applied="h" * 40, heartbeat="2026-11-24T10:29:00Z"))),
+        "cam-2": rec("cam-2", dump_status(make_status("cam-2", applied="o" * 40, version="0.9.0", ready=False,
+                                                      heartbeat="2026-11-24T09:00:00Z"))),
+        "cam-3": rec("cam-3", b"!!python/object/apply:os.system ['true']\n"),
     }
-    rep = build_report("main", "h" * 40, statuses, {"h" * 40: 0, "o" * 40: 3}, now=NOW, stale_after=900)
+    read = FleetRead("h" * 40, None, TrustPolicy({}), records)
+    rep = build_report("main", read, {"h" * 40: 0, "o" * 40: 3}, now=NOW, stale_after=900)
     rows = {r.device: r for r in rep.rows}
     assert rows["cam-1"].behind == 0 and not rows["cam-1"].stale and rows["cam-1"].ready == "True"
     assert rows["cam-2"].behind == 3 and rows["cam-2"].stale and rows["cam-2"].age_seconds == 5400
     assert rows["cam-3"].error and rows["cam-3"].stale
     assert rep.versions == {"cams": {"detector@0.9.0": 1, "detector@1.0.0": 1}}
-    assert rep.totals == {"devices": 3, "ready": 1, "notReady": 2, "stale": 2, "behind": 1, "unreadable": 1,
-                          "neverReported": 0}
+    assert rep.totals == {"devices": 3, "ready": 1, "notReady": 1, "stale": 1, "behind": 1, "unreadable": 1,
+                          "untrusted": 0, "neverReported": 0}
     table = render(rep, "table")
     assert "behind 3" in table and "1h30m STALE" in table and "up to date" in table
     assert "False (HealthCheckFailed)" in table and "unreadable" in table
     md = render(rep, "markdown")
     assert md.count("\n| cam-") == 3 and "| cams | detector@1.0.0 | 1 |" in md
     j = json.loads(render(rep, "json"))
-    assert j["totals"]["stale"] == 2 and j["devices"][0]["device"] == "cam-1"
+    assert j["totals"]["stale"] == 1 and j["devices"][0]["device"] == "cam-1"
 
 
 def test_parse_status_rejects_hostile_yaml() -> None:
@@ -60,7 +74,10 @@ def fleet20(tmp_path_factory) -> tuple[Upstream, list[str]]:
     """A fleet repo with 3 commits on main and 20 devices that pushed their status through git daemon."""
     root = tmp_path_factory.mktemp("fleet20")
     up = Upstream(root)
-    commits = [up.commit({"fleet.yaml": f"rev: {i}\n"}) for i in range(3)]
+    devices = [f"cam-{i:02d}" for i in range(20)]
+    ids = {dev: device_key(root / "keys", dev) for dev in devices}
+    inventory = inventory_files({dev: ids[dev][1] for dev in devices})
+    commits = [up.commit({**inventory, "README": f"rev: {i}\n"}) for i in range(3)]
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     with GitDaemon(up.bare.parent) as d:
         writers = []
@@ -68,7 +85,7 @@ def fleet20(tmp_path_factory) -> tuple[Upstream, list[str]]:
             dev = f"cam-{i:02d}"
             applied = commits[2] if i < 15 else commits[0]
             hb = now - dt.timedelta(hours=2 if i == 19 else 0, seconds=i)
-            w = StatusWriter(d.url("fleet.git"), dev, root / "devices" / dev)
+            w = StatusWriter(d.url("fleet.git"), dev, root / "devices" / dev, signing_key=ids[dev][0])
             w.submit(make_status(dev, applied=applied, version="1.1.0" if i < 15 else "1.0.0", ready=i != 17,
                                  heartbeat=hb.isoformat().replace("+00:00", "Z"),
                                  deployment="doors" if i % 2 else "lobby"))
@@ -131,12 +148,15 @@ def test_statuses_from_sharded_status_repositories(tmp_path: Path) -> None:
     --status-repo A --status-repo B` reports every device with "behind" against the fleet repository's head,
     `fleet history` finds a device in the second shard, and a device that moved shards shows its newest status."""
     up = Upstream(tmp_path / "fleet")
-    commits = [up.commit({"fleet.yaml": f"rev: {i}\n"}) for i in range(2)]
+    ids = {f"cam-{i}": device_key(tmp_path / "keys", f"cam-{i}") for i in range(6)}
+    inventory = inventory_files({dev: line for dev, (_, line) in ids.items()})
+    commits = [up.commit({**inventory, "README": f"rev: {i}\n"}) for i in range(2)]
     shards = [Upstream(tmp_path / f"shard{i}", name=f"status-{i}.git") for i in range(2)]
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
     def push(shard: int, dev: str, version: str, applied: str, age: int) -> None:
-        w = StatusWriter(shards[shard].file_url, dev, tmp_path / "devices" / f"{dev}-{shard}")
+        w = StatusWriter(shards[shard].file_url, dev, tmp_path / "devices" / f"{dev}-{shard}",
+                         signing_key=ids[dev][0])
         hb = (now - dt.timedelta(seconds=age)).isoformat().replace("+00:00", "Z")
         w.submit(make_status(dev, applied=applied, version=version, heartbeat=hb))
         assert w.flush(30)
