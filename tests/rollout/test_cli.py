@@ -15,6 +15,7 @@ from reconciler.fleet.desired import DeviceIdentity, desired_state
 from reconciler.fleet.manifests import load_files
 from reconciler.gitops.statuswriter import dump_status
 from tests._git_fixtures import Upstream, env, git, make_ssh_key
+from tests._identity import shared_device_key, signed_status_commit
 from tests.rollout._fleet import FLEET, MODEL, deployment_yaml, status
 
 N = 30
@@ -30,7 +31,8 @@ def fleet_files(step: int) -> dict[str, str]:
              "deployments/tiny.yaml": "# the tiny model, staged\n" + deployment_yaml(step)}
     for i in range(N):
         files[f"devices/dev-{i:03d}.yaml"] = (f"apiVersion: modelfleet/v1\nkind: Device\nmetadata:\n  name: dev-{i:03d}\n"
-                                              f"  labels: {{site: a, ring: {'canary' if i < 3 else 'stable'}}}\n")
+                                              f"  labels: {{site: a, ring: {'canary' if i < 3 else 'stable'}}}\n"
+                                              f"spec:\n  statusKeys: ['{shared_device_key(f'dev-{i:03d}')[1]}']\n")
     return files
 
 
@@ -47,9 +49,7 @@ def push_statuses(up: Upstream, docs: dict[str, dict]) -> None:
     """Every device's status commit on its own status/<id> branch, in one push (as the agents would leave them)."""
     refspecs = []
     for dev, doc in docs.items():
-        blob = git(up.work, "hash-object", "-w", "--stdin", input=dump_status(doc))
-        tree = git(up.work, "mktree", input=f"100644 blob {blob}\tstatus.yaml\n".encode())
-        sha = git(up.work, "commit-tree", "-m", f"status: {dev}", tree)
+        sha = signed_status_commit(up.work / ".git", dev, dump_status(doc))
         refspecs.append(f"+{sha}:refs/heads/status/{dev}")
     git(up.work, "push", "--quiet", "origin", *refspecs)
 

@@ -179,7 +179,9 @@ def test_paused_and_complete_phases() -> None:
     assert st.phase == COMPLETE and not st.in_rollout and st.current.targeted == 20
 
 
-def test_unreadable_status_is_unknown_and_non_inventory_devices_count() -> None:
+def test_unreadable_status_is_unknown_and_only_inventory_devices_count() -> None:
+    """Step membership is the inventory's: a status branch of an uninventoried device, or labels a device claims
+    for itself, never move a device into a step (issue V)."""
     fleet = make_fleet(5, step=3)
     sts = statuses_for(fleet, new=set(fleet.devices))
     sts["dev-000"] = "unreadable status: invalid YAML"
@@ -190,7 +192,13 @@ def test_unreadable_status_is_unknown_and_non_inventory_devices_count() -> None:
     st = evaluate(fleet, "tiny", fleet_devices(fleet, sts), now=NOW, landed=LANDED)
     by = {d.device: d for d in st.devices}
     assert by["dev-000"].state == "unknown" and "invalid YAML" in by["dev-000"].reason
-    assert by["extra-1"].state == "healthy" and "other-site" not in by
+    assert "extra-1" not in by and "other-site" not in by
+    # A stable device claiming the canary ring in its own status stays out of the canary step.
+    staged = make_fleet(10, step=0)
+    sts = statuses_for(staged, new=set())
+    sts["dev-009"]["status"]["labels"] = {"ring": "canary"}
+    st0 = evaluate(staged, "tiny", fleet_devices(staged, sts), now=NOW, landed=LANDED)
+    assert "dev-009" not in {d.device for d in st0.devices if d.step == 0}
 
 
 def test_gates_defaults_and_alias() -> None:
