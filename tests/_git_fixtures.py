@@ -85,6 +85,38 @@ def kill_gpg_agent(home: Path) -> None:
     subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], capture_output=True)
 
 
+def commit_payload(repo: Path, message: str = "crafted", parent: str = "HEAD") -> bytes:
+    """The bytes of an unsigned commit on top of ``parent`` with its tree: what a signature covers."""
+    parent = git(repo, "rev-parse", parent)
+    tree = git(repo, "rev-parse", f"{parent}^{{tree}}")
+    who = f"{GIT_ENV['GIT_COMMITTER_NAME']} <{GIT_ENV['GIT_COMMITTER_EMAIL']}> 1700000000 +0000"
+    return f"tree {tree}\nparent {parent}\nauthor {who}\ncommitter {who}\n\n{message}\n".encode()
+
+
+def ssh_signature(key: SshKey, payload: bytes) -> bytes:
+    """An armored SSH signature of ``payload`` in git's namespace, as ``git commit -S`` with gpg.format=ssh makes."""
+    proc = subprocess.run(["ssh-keygen", "-q", "-Y", "sign", "-n", "git", "-f", str(key.path)], input=payload,
+                          capture_output=True, check=True)
+    return proc.stdout
+
+
+def gpg_signature(key: GpgKey, payload: bytes) -> bytes:
+    """An armored detached OpenPGP signature of ``payload``, as ``git commit -S`` makes."""
+    proc = subprocess.run(["gpg", "--batch", "--quiet", "--homedir", str(key.home), "--armor", "--detach-sign"],
+                          input=payload, capture_output=True, check=True)
+    return proc.stdout
+
+
+def write_raw_commit(repo: Path, payload: bytes, headers: list[tuple[str, bytes]]) -> str:
+    """Write ``payload`` with the given signature headers (name, armored value) appended to its header block,
+    byte for byte as given: no git command would write several of them, so the object is hashed literally."""
+    head, body = payload.split(b"\n\n", 1)
+    for name, value in headers:
+        lines = value.rstrip(b"\n").split(b"\n")
+        head += b"\n" + name.encode() + b" " + b"\n ".join(lines)
+    return git(repo, "hash-object", "-t", "commit", "-w", "--literally", "--stdin", input=head + b"\n\n" + body)
+
+
 class Upstream:
     """A bare 'server' repository plus an operator worktree that pushes to it."""
 

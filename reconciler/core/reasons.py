@@ -22,6 +22,7 @@ BUNDLE_INVALID = "BundleInvalid"
 SOURCE_UNAVAILABLE = "SourceUnavailable"
 UNSIGNED_COMMIT = "UnsignedCommit"
 VERIFICATION_FAILED = "VerificationFailed"
+AMBIGUOUS_SIGNATURE = "AmbiguousSignature"
 HISTORY_REWRITE = "HistoryRewrite"
 SUCCEEDED = "Succeeded"
 BUNDLE_IMPORTED = "BundleImported"
@@ -123,6 +124,10 @@ REASONS: tuple[Reason, ...] = (
     Reason(VERIFICATION_FAILED, "SourceVerified=False",
            "the head commit is not signed by an allowed signer (bad, expired or unknown key)",
            "Re-sign the commit or update `allowed_signers`."),
+    Reason(AMBIGUOUS_SIGNATURE, "SourceVerified=False", "a commit carries several signature headers, or only one "
+           "git does not verify (`gpgsig-sha256` in a SHA-1 repository): no signing tool writes these",
+           "Investigate who pushed the commit (the message names it); re-create it with one signature "
+           "(`git commit --amend -S`)."),
     Reason(HISTORY_REWRITE, "SourceVerified=False", "history rewritten (force push or repository rollback)",
            "Restore history, or set `allowHistoryRewrite` deliberately."),
     Reason(AUTHENTICATION_FAILED, "SourceAvailable, StatusReported or ArtifactsReady (False)",

@@ -1,9 +1,13 @@
 """Commit signature verification against trust anchors provisioned on the device (like Flux's ``verify``).
 
-Workflow: :class:`Verifier` asks git for the signature status of a list of commits in ONE ``git log`` call
-(``%G?``/``%GS``/``%GK``), with ``gpg.ssh.allowedSignersFile`` pointing at the provisioned allowed-signers file
-and ``GNUPGHOME`` at a private home holding only the provisioned GPG keyring. :func:`judge` (pure) turns each
-answer into a verdict; the first refused commit decides the :class:`VerifyResult`, which names the signer seen.
+Workflow: :class:`Verifier` reads the commits' signature headers (one ``git cat-file``); :func:`classify_signature`
+(pure) takes the format from the one header git verifies, the way git does, and refuses a commit with several
+signature headers or only one git would not verify. Git is then asked for the status of each format's commits
+in ONE ``git log`` call (``%G?``/``%GS``/``%GK``) per format, in which only that format's program can run
+against only that format's trust anchor: ``gpg.ssh.allowedSignersFile`` at the provisioned allowed-signers file
+for SSH, ``GNUPGHOME`` at a private home holding only the provisioned GPG keyring for GPG. :func:`judge` (pure)
+turns each answer into a verdict; the first refused commit decides the :class:`VerifyResult`, which names the
+signer seen.
 
 Also home of :func:`run_git`, the one place that starts git: no system/global config surprises for hooks,
 a hard timeout that kills the whole process group, and never an interactive prompt.
@@ -31,6 +35,22 @@ from reconciler.core.redact import redact
 VERIFIED = R.VERIFIED
 UNSIGNED = R.UNSIGNED_COMMIT
 VERIFICATION_FAILED = R.VERIFICATION_FAILED
+AMBIGUOUS_SIGNATURE = R.AMBIGUOUS_SIGNATURE
+
+#: The one signature header git verifies in a repository of each object format; it leaves a header of the other
+#: format out of the signed payload and never checks it.
+SIGNATURE_HEADER: dict[str, bytes] = {"sha1": b"gpgsig", "sha256": b"gpgsig-sha256"}
+OBJECT_FORMAT_BY_ID_LENGTH = {40: "sha1", 64: "sha256"}
+#: How git tells a signature's format (its ``gpg_format`` table): by the line the signature starts with.
+SIGNATURE_STARTS: tuple[tuple[bytes, str], ...] = (
+    (b"-----BEGIN PGP SIGNATURE-----", "gpg"),
+    (b"-----BEGIN PGP MESSAGE-----", "gpg"),
+    (b"-----BEGIN SIGNED MESSAGE-----", "x509"),
+    (b"-----BEGIN SSH SIGNATURE-----", "ssh"),
+)
+# A program that can never start (/dev/null is no directory): every format's verifier but the one a `git log`
+# run is for, so that a signature git takes for another format can never be checked against the wrong anchor.
+NO_PROGRAM = "/dev/null/disabled"
 
 # Options given to every git invocation: hooks can never run (fetch runs reference-transaction hooks),
 # no credential prompts, no automatic gc racing our own measurements.
@@ -128,10 +148,11 @@ class CommitSignature:
     """What git saw on one commit."""
 
     commit: str
-    format: str  # "ssh" | "gpg" | "x509" | "none"
+    format: str  # "ssh" | "gpg" | "x509" | "unknown" | "ambiguous" | "none"
     status: str  # git's %G? letter: G good, U good/unknown validity, B bad, X/Y expired, R revoked, E cannot check, N none
     signer: str | None  # principal (ssh) or user id (gpg) when known
     key: str | None  # key fingerprint (ssh SHA256:…) or gpg key id
+    problem: str | None = None  # why an "ambiguous" commit's signature headers are refused unread
 
 
 @dataclass(frozen=True)
@@ -153,17 +174,30 @@ def init_bare(git_dir: Path, *, timeout: float | None = 30.0) -> None:
             sample.unlink()
 
 
-def signature_format(raw_commit: bytes) -> str:
-    """The signature format of a raw commit object (``git cat-file commit``), ``none`` if unsigned."""
+def classify_signature(raw_commit: bytes, object_format: str = "sha1") -> tuple[str, str | None]:
+    """The signature format of a raw commit object (``git cat-file commit``) as git will verify it, and why it
+    is refused unread if it is ``ambiguous``.
+
+    Git treats every header line starting with ``gpgsig`` as a signature header; it verifies the concatenation
+    of its own object format's ones, in the format the first starts with. A commit with several (git would
+    verify one and the device might judge another) or with only one git does not verify is ``ambiguous``."""
     header = raw_commit.split(b"\n\n", 1)[0]
-    for line in header.split(b"\n"):
-        if line.startswith(b"gpgsig ") or line.startswith(b"gpgsig-sha256 "):
-            if b"BEGIN SSH SIGNATURE" in line:
-                return "ssh"
-            if b"BEGIN SIGNED MESSAGE" in line:
-                return "x509"
-            return "gpg"
-    return "none"
+    found = [line.split(b" ", 1) for line in header.split(b"\n") if line.startswith(b"gpgsig")]
+    if not found:
+        return "none", None
+    names = [f[0][:40].decode("ascii", "replace") for f in found]
+    if len(found) > 1:
+        return "ambiguous", (f"carries {len(found)} signature headers ({', '.join(names)}); a signed commit "
+                             f"has exactly one")
+    expected = SIGNATURE_HEADER[object_format]
+    if found[0][0] != expected:
+        return "ambiguous", (f"has only a {names[0]} signature header, which git does not verify in a "
+                             f"{object_format} repository (it verifies {expected.decode()})")
+    value = found[0][1] if len(found[0]) == 2 else b""
+    for start, fmt in SIGNATURE_STARTS:
+        if value.startswith(start):
+            return fmt, None
+    return "unknown", None
 
 
 def judge(sig: CommitSignature, *, ssh_trusted: bool, gpg_trusted: bool) -> VerifyResult:
@@ -172,10 +206,12 @@ def judge(sig: CommitSignature, *, ssh_trusted: bool, gpg_trusted: bool) -> Veri
     seen = sig.signer or sig.key
     if sig.format == "none":
         return VerifyResult(False, UNSIGNED, f"commit {short} is not signed", None, sig.commit)
+    if sig.format == "ambiguous":
+        return VerifyResult(False, AMBIGUOUS_SIGNATURE, f"commit {short} {sig.problem}", None, sig.commit)
     if sig.format == "ssh":
         if not ssh_trusted:
             return VerifyResult(False, VERIFICATION_FAILED,
-                                f"commit {short} has an SSH signature (key {sig.key}) but no allowed-signers file is provisioned",
+                                f"commit {short} has an SSH signature but no allowed-signers file is provisioned",
                                 seen, sig.commit)
         # git reports an SSH key that is not in the allowed-signers file as "U" with no principal.
         if sig.status == "G" and sig.signer:
@@ -186,16 +222,20 @@ def judge(sig: CommitSignature, *, ssh_trusted: bool, gpg_trusted: bool) -> Veri
     elif sig.format == "gpg":
         if not gpg_trusted:
             return VerifyResult(False, VERIFICATION_FAILED,
-                                f"commit {short} has a GPG signature (key {sig.key}) but no GPG keyring is provisioned",
+                                f"commit {short} has a GPG signature but no GPG keyring is provisioned",
                                 seen, sig.commit)
-        # The private GNUPGHOME holds only the provisioned keyring, so a good signature by any key in it is
-        # trusted even though gpg itself reports the owner trust as unknown ("U").
+        # A "gpg" status comes from a run where only gpg could verify, against a private GNUPGHOME holding only
+        # the provisioned keyring: a good signature by any key in it is trusted even though gpg itself reports
+        # the owner trust as unknown ("U").
         if sig.status in ("G", "U"):
             return VerifyResult(True, VERIFIED, f"commit {short} signed by {sig.signer} ({sig.key})", seen, sig.commit)
         if sig.status == "E":
             return VerifyResult(False, VERIFICATION_FAILED,
                                 f"commit {short} is signed by GPG key {sig.key}, which is not in the provisioned keyring",
                                 seen, sig.commit)
+    elif sig.format == "unknown":
+        return VerifyResult(False, VERIFICATION_FAILED, f"commit {short} has a signature in a format git does not know",
+                            seen, sig.commit)
     else:
         return VerifyResult(False, VERIFICATION_FAILED, f"commit {short} has an unsupported {sig.format} signature",
                             seen, sig.commit)
@@ -264,30 +304,51 @@ class Verifier:
         return self._short(home)
 
     def signatures(self, commits: Sequence[str]) -> list[CommitSignature]:
-        """Signature status of ``commits`` (in order), from one ``cat-file`` and one ``log`` call."""
+        """Signature status of ``commits`` (in order), from one ``cat-file`` call and at most one ``log`` call per
+        signature format with a provisioned trust anchor (no git verdict is needed to refuse the others)."""
         if not commits:
             return []
         batch = run_git(["cat-file", "--batch"], git_dir=self.git_dir, timeout=self.timeout,
                         input=("\n".join(commits) + "\n").encode())
-        formats: dict[str, str] = {}
+        classified: dict[str, tuple[str, str | None]] = {}
         buf, pos = batch.stdout, 0
         for c in commits:
             nl = buf.index(b"\n", pos)
             header = buf[pos:nl].split()
             if len(header) < 3 or header[1] != b"commit":
                 raise GitError(f"{c} is not a commit in the local repository")
+            object_format = OBJECT_FORMAT_BY_ID_LENGTH.get(len(header[0]))
+            if object_format is None:
+                raise GitError(f"git named {c} by an object id of unknown length")
             size = int(header[2])
-            formats[c] = signature_format(buf[nl + 1:nl + 1 + size])
+            classified[c] = classify_signature(buf[nl + 1:nl + 1 + size], object_format)
             pos = nl + 1 + size + 1
-        config: list[str] = ["-c", "gpg.program=gpg", "-c", "gpg.ssh.program=ssh-keygen"]
+        anchored = {"ssh": self.allowed_signers is not None, "gpg": self.gpg_keyring is not None}
+        seen: dict[str, CommitSignature] = {}
+        for fmt, trusted in anchored.items():
+            group = list(dict.fromkeys(c for c in commits if classified[c][0] == fmt))
+            if trusted and group:
+                seen.update((s.commit, s) for s in self.check(fmt, group))
+        return [seen.get(c) or CommitSignature(c, classified[c][0], "N", None, None, classified[c][1])
+                for c in commits]
+
+    def check(self, fmt: str, commits: Sequence[str]) -> list[CommitSignature]:
+        """Git's status of ``commits``, whose one signature is in format ``fmt`` (``ssh`` or ``gpg``), from one
+        ``git log`` in which only that format's program can run, against only that format's trust anchor."""
+        config: list[str] = ["-c", f"gpg.x509.program={NO_PROGRAM}"]
         env: dict[str, str] = {}
-        if self.allowed_signers is not None:
-            config += ["-c", f"gpg.ssh.allowedSignersFile={self.allowed_signers}"]
-        if self.gpg_keyring is not None and any(f == "gpg" for f in formats.values()):
+        if fmt == "ssh":
+            if self.allowed_signers is None:
+                raise ValueError("SSH signatures need an allowed-signers file")
+            config += ["-c", "gpg.ssh.program=ssh-keygen", "-c", f"gpg.ssh.allowedSignersFile={self.allowed_signers}",
+                       "-c", f"gpg.program={NO_PROGRAM}"]
+        elif fmt == "gpg":
+            if self.gpg_keyring is None:
+                raise ValueError("GPG signatures need a GPG keyring")
+            config += ["-c", "gpg.program=gpg", "-c", f"gpg.ssh.program={NO_PROGRAM}"]
             env["GNUPGHOME"] = str(self._gnupg_home())
-        elif self.gpg_keyring is None:
-            # Never fall back to the user's own keyring.
-            env["GNUPGHOME"] = str(self._short(self.state_dir / "gnupg-empty"))
+        else:
+            raise ValueError(f"git cannot check {fmt} signatures against a provisioned trust anchor")
         sep = "\x1f"
         out = run_git([*config, "log", "--no-walk=unsorted", f"--format=%H{sep}%G?{sep}%GS{sep}%GK{sep}%GF", *commits],
                       git_dir=self.git_dir, timeout=self.timeout, env=env).stdout.decode("utf-8", "replace")
@@ -297,9 +358,8 @@ class Verifier:
             if len(parts) != 5:
                 continue
             sha, status, signer, key, fpr = parts
-            seen[sha] = CommitSignature(sha, formats.get(sha, "none"), status or "N", signer or None,
-                                        fpr or key or None)
-        return [seen.get(c) or CommitSignature(c, formats[c], "N", None, None) for c in commits]
+            seen[sha] = CommitSignature(sha, fmt, status or "N", signer or None, fpr or key or None)
+        return [seen.get(c) or CommitSignature(c, fmt, "N", None, None) for c in commits]
 
     def verify(self, commits: Sequence[str]) -> VerifyResult:
         """All ``commits`` must be signed by a trusted signer; the first one that is not decides the result."""
