@@ -21,6 +21,7 @@ from reconciler.core.redact import redact_url
 from reconciler.core.units import parse_duration
 from reconciler.gitops.verify import GitError
 from reconciler.rollout import edit
+from reconciler.rollout.basetrust import BaseTrust
 from reconciler.rollout.evaluate import COMPLETE, FAILED, PAUSED, READY
 from reconciler.rollout.gitrepo import RolloutRepo
 from reconciler.rollout.render import render
@@ -44,7 +45,50 @@ def read_options(f):  # type: ignore[no-untyped-def]
     return f
 
 
+BASE_TRUST_KEY = "modelfleet.base_trust"
+
+
+def _remember(name: str):  # type: ignore[no-untyped-def]
+    def callback(ctx: click.Context, param: click.Parameter, value: object) -> object:
+        ctx.meta.setdefault(BASE_TRUST_KEY, {})[name] = value
+        return value
+    return callback
+
+
+# Not passed to each command function: _base_trust() reads them, so every writing command has them.
+_verify_options = [
+    click.option("--allowed-signers", type=click.Path(dir_okay=False, path_type=Path), expose_value=False,
+                  callback=_remember("allowed_signers"),
+                  help="Allowed-signers file the branch's commits are verified against before a commit is built on "
+                       "them (the devices' anchor; env MODELFLEET_ALLOWED_SIGNERS, else git's "
+                       "gpg.ssh.allowedSignersFile)."),
+    click.option("--gpg-keyring", type=click.Path(path_type=Path), expose_value=False,
+                 callback=_remember("gpg_keyring"),
+                 help="GPG keyring to verify against instead of / as well as (env MODELFLEET_GPG_KEYRING)."),
+    click.option("--verify", "verify_mode", type=click.Choice(["all", "head"]), default="all", show_default=True,
+                 expose_value=False, callback=_remember("mode"),
+                 help="all: every commit since the last one verified here; head: the branch head only."),
+    click.option("--insecure-skip-verify", is_flag=True, envvar="MODELFLEET_INSECURE_SKIP_VERIFY",
+                 expose_value=False, callback=_remember("skip"),
+                 help="Build on the branch without verifying its signatures (fleets whose commits are not signed)."),
+]
+
+
+def verify_options(f):  # type: ignore[no-untyped-def]
+    for opt in reversed(_verify_options):
+        f = opt(f)
+    return f
+
+
+def _base_trust() -> BaseTrust:
+    ctx = click.get_current_context(silent=True)
+    given = dict(ctx.meta.get(BASE_TRUST_KEY, {})) if ctx else {}
+    return BaseTrust.resolve(allowed_signers=given.get("allowed_signers"), gpg_keyring=given.get("gpg_keyring"),
+                             mode=str(given.get("mode") or "all"), skip=bool(given.get("skip")))
+
+
 def write_options(f):  # type: ignore[no-untyped-def]
+    f = verify_options(f)
     f = click.option("--branch", "branch_name", metavar="NAME",
                      help="Push the commit to a new branch NAME (for a pull request) instead.")(f)
     f = click.option("--patch", "as_patch", is_flag=True, help="Print the commit as a patch; push nothing.")(f)
@@ -66,7 +110,7 @@ def _repo(repo: str | None, base: str, subpath: str | None, prefix: str, cache_d
     except ValueError as exc:
         raise UserError(f"--timeout: {exc}") from None
     return RolloutRepo(url, cache_dir, branch=base, prefix=prefix, subpath=subpath, timeout=secs, credentials=creds,
-                       authorization=inline, status_urls=status_repos())
+                       authorization=inline, status_urls=status_repos(), base_trust=_base_trust())
 
 
 def _mode(as_commit: bool, as_patch: bool, branch_name: str | None, dry_run: bool = False) -> str:
@@ -227,6 +271,7 @@ def resume_cmd(**kw: object) -> None:
 @click.option("--once", is_flag=True, help="Evaluate once (and act), then exit: for a CI job.")
 @format_option("table", aliases={"text": "table"}, help="table: one line per evaluation; json/yaml: one document each.")
 @dry_run_option("Evaluate once and show the commit it would write; write and push nothing.")
+@verify_options
 def watch_cmd(deployment: str, repo: str | None, base: str, subpath: str | None, prefix: str,
               cache_dir: Path | None, timeout: str, username: str | None,
               password_file: Path | None, ca_file: Path | None, interval: str, max_iterations: int | None, once: bool,

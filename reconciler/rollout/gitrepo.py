@@ -29,6 +29,7 @@ from reconciler.fleet.manifests import load_files, read_git
 from reconciler.fleet.repository import FleetRepo
 from reconciler.gitops.statusrepo import StatusRepo, read_blobs
 from reconciler.gitops.verify import GitError, run_git
+from reconciler.rollout.basetrust import BaseTrust, verify_base
 from reconciler.rollout.edit import Edit, EditError
 from reconciler.rollout.evaluate import RolloutStatus, evaluate, fleet_devices, step_key, step_landed
 
@@ -47,11 +48,13 @@ class Snapshot:
 class RolloutRepo:
     def __init__(self, url: str, cache_dir: Path | None = None, *, branch: str = "main", prefix: str = "status/",
                  subpath: str | None = None, timeout: float = 120, credentials: Credentials | None = None,
-                 authorization: str | None = None, status_urls: Sequence[str] = ()) -> None:
+                 authorization: str | None = None, status_urls: Sequence[str] = (),
+                 base_trust: BaseTrust | None = None) -> None:
         self.status_repo = StatusRepo(url, cache_dir, branch=branch, prefix=prefix, timeout=timeout,
                                       credentials=credentials, authorization=authorization, status_urls=status_urls,
                                       subpath=subpath)
         self.url, self.branch, self.timeout = url, branch, timeout
+        self.base_trust = base_trust or BaseTrust()  # no anchors: every write is refused (basetrust.py)
         self.subpath = subpath.strip("/") if subpath else None
 
     @property
@@ -109,7 +112,12 @@ class RolloutRepo:
 
     def write(self, snap: Snapshot, deployment: str, make_edit: Callable[[str], Edit], *, mode: str,
               message_body: str = "", branch_name: str | None = None) -> str:
-        """Apply ``make_edit`` to the deployment file at ``snap.head``; returns the commit sha or the patch."""
+        """Apply ``make_edit`` to the deployment file at ``snap.head``; returns the commit sha or the patch.
+
+        ``snap.head`` is verified first (:func:`~reconciler.rollout.basetrust.verify_base`): nothing is ever
+        committed on top of a commit the devices would refuse."""
+        verify_base(self.base_trust, self.git_dir, snap.head, self.branch,
+                    self.status_repo.cache_dir / f"verified-{self.branch.replace('/', '_')}", timeout=self.timeout)
         rel = self._git_path(snap.fleet.deployments[deployment].file)
         work = Path(tempfile.mkdtemp(prefix="modelfleet-rollout-"))
         try:

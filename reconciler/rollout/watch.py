@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from reconciler.core.errors import UserError
+from reconciler.rollout.basetrust import BaseNotVerified
 from reconciler.rollout import edit
 from reconciler.rollout.evaluate import COMPLETE, FAILED, READY, RolloutStatus
 from reconciler.rollout.gitrepo import RolloutRepo
@@ -78,6 +79,8 @@ def watch(repo: RolloutRepo, deployment: str, *, interval: float, max_iterations
         if action is not None:
             try:
                 commit = act(repo, deployment, action, status, snap, extra="Written by `modelfleet rollout watch`.")
+            except BaseNotVerified:
+                raise  # the branch holds a commit the devices refuse: stop and say why, never retry on top of it
             except UserError as exc:  # somebody else moved the branch: re-read next time
                 action, message = None, str(exc)
         yield Tick(i, status.phase, status.step, action, commit, message)
