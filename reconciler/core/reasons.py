@@ -244,7 +244,7 @@ REASONS: tuple[Reason, ...] = (
            "`WorkerRestarted`."),
     Reason(LISTEN_FAILED, "Applied=False (message)", "a restarted serving worker could not listen on the port",
            "Read the message (address in use, TLS files)."),
-    Reason(CAPTURE_DESTINATION_REFUSED, "`capture.problems` (endpoint)", "the Deployment's capture `destination.url` "
+    Reason(CAPTURE_DESTINATION_REFUSED, "`status.capture.problems.<endpoint>`", "the Deployment's capture `destination.url` "
            "is not an origin the agent config allows: not in `capture.allowedOrigins`, or plain `http://` while the "
            "device has an upload token; nothing is sent there (no connection, no token), batches wait within the "
            "quota and retention", "If the origin is genuine, add it (`https://host:port`) to `capture.allowedOrigins` "
