@@ -139,6 +139,19 @@ def test_the_upload_token_goes_only_to_a_pinned_https_origin(tmp_path: Path, pki
         assert collector.connections == 0 and len(svc.spool.list()) == 1
 
 
+def test_an_offline_boot_refuses_the_journaled_destination_too(tmp_path: Path, pki: Pki) -> None:
+    with Recorder(pki) as collector:
+        svc = CaptureService(tmp_path, "dev-1", upload_token=TOKEN, upload_ca_file=str(pki.ca),
+                             upload_allowed_origins=["https://capture.example.com"], background=False)
+        svc.restore("mm", Campaign().policy(batch={"records": 2}, destination={"url": collector.url}), "m")
+        _fill(svc, 2)
+        svc.upload_once()
+        assert svc.status()["problems"]["mm"].startswith(f"CaptureDestinationRefused: capture destination origin "
+                                                         f"{collector.origin} is not in the agent config's "
+                                                         "capture.allowedOrigins (https://capture.example.com:443)")
+        assert collector.connections == 0 and len(svc.spool.list()) == 1
+
+
 def test_a_redirect_from_the_pinned_origin_is_not_followed(tmp_path: Path, pki: Pki) -> None:
     with Recorder(pki) as collector, Recorder(pki, redirect_to=collector.url) as genuine:
         svc = _service(tmp_path, pki, genuine.url, [genuine.origin])
