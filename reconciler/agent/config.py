@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from reconciler.capture.upload import origin_of
 from reconciler.core.credentials import Credentials
 from reconciler.core.errors import UserError
 from reconciler.core.redact import has_password, redact_url
@@ -80,6 +81,7 @@ class AgentConfig:
     metrics_port: int | None = None
     capture_token_file: Path | None = None
     capture_ca_file: Path | None = None
+    capture_allowed_origins: tuple[str, ...] = ()  # normalised by capture.upload.origin_of
     log_format: str = "text"
     log_level: str = "info"
     source_credentials: Credentials = field(default_factory=Credentials)
@@ -271,6 +273,14 @@ def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str
                            bearer_token_file=p(d.get("bearerTokenFile")), ssh_key_file=p(d.get("sshKeyFile")),
                            known_hosts_file=p(d.get("knownHostsFile")), ca_file=p(d.get("caFile")))
 
+    allowed_origins = []
+    for i, origin in enumerate(capture.get("allowedOrigins") or []):
+        try:
+            allowed_origins.append(origin_of(origin))
+        except ValueError:
+            raise UserError(f"{_where(path, root, ['spec', 'capture', 'allowedOrigins', i])}: "
+                            f"capture.allowedOrigins[{i}] {origin!r} is not an https://host:port origin") from None
+
     trusted_root = p(tuf["trustedRoot"])
     assert trusted_root is not None
     return AgentConfig(
@@ -316,6 +326,7 @@ def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str
         metrics_port=metrics.get("port"),
         capture_token_file=p(capture.get("uploadTokenFile")),
         capture_ca_file=p(capture.get("caFile")),
+        capture_allowed_origins=tuple(allowed_origins),
         log_format=log.get("format", "text"),
         log_level=log.get("level", "info"),
         source_credentials=creds(["source", "credentials"], src.get("credentials")) or Credentials(),

@@ -23,6 +23,7 @@ from reconciler.agent.config import DEFAULT_POLL_INTERVAL, AgentConfig
 from reconciler.agent.journal import EndpointRecord, TargetRecord, record_rollback
 from reconciler.agent.passes import EndpointOutcome
 from reconciler.core import conditions as C
+from reconciler.core.credentials import CredentialError, read_secret
 from reconciler.core.errors import UserError
 from reconciler.core.fsutil import atomic_write_text
 from reconciler.core.logs import fields
@@ -128,13 +129,13 @@ class Components:
         from reconciler.drift.monitor import DriftSupervisor
         from reconciler.serving.registry import Observers
 
+        token = read_token_file(cfg.auth_token_file, "serving.authTokenFile")
         self.drift = DriftSupervisor()
         self.capture = _capture_service(cfg)
 
         def observers(spec: Any) -> Any:
             return Observers.of(self.drift.observer_for(spec), self.capture.observer_for(spec.name, spec.version))
 
-        token = cfg.auth_token_file.read_text().strip() if cfg.auth_token_file else None
         port = None if cfg.unix_socket else cfg.serving_port
         metrics_registry = None
         if cfg.serving_workers > 1:
@@ -438,17 +439,25 @@ class StepFailedError(Exception):
         self.reason = reason
 
 
+def read_token_file(path: Path | None, setting: str) -> str | None:
+    """A token the agent reads once at start, checked like every other secret file (core/credentials.py)."""
+    if path is None:
+        return None
+    try:
+        return read_secret(path)
+    except CredentialError as exc:
+        raise UserError(f"{setting}: {exc.reason}: {exc}") from None
+
+
 def _capture_service(cfg: AgentConfig) -> Any:
     from reconciler.agent.schedule import window_open
     from reconciler.capture.service import CaptureService
     from reconciler.core.conditions import utcnow
 
-    try:
-        token = cfg.capture_token_file.read_text().strip() if cfg.capture_token_file else None
-    except OSError as exc:
-        raise UserError(f"{cfg.capture_token_file}: cannot read the capture upload token: {exc.strerror or exc}") from None
+    token = read_token_file(cfg.capture_token_file, "capture.uploadTokenFile")
     return CaptureService(cfg.state_dir, cfg.device_id, upload_token=token,
                           upload_ca_file=str(cfg.capture_ca_file) if cfg.capture_ca_file else None,
+                          upload_allowed_origins=cfg.capture_allowed_origins,
                           window_open=lambda w: window_open(w, utcnow()))
 
 

@@ -9,6 +9,10 @@ public key when it holds ``batch.records`` records, ``batch.interval`` passed, t
 memory bound is reached; then enforce retention, quota and retired keys, oldest first. Uploader thread: send
 sealed batches to the destination when the policy allows (idle / window), delete only acknowledged ones, back
 off with jitter on failure.
+
+A destination URL the agent config does not allow (:func:`~reconciler.capture.upload.destination_refusal`) gets
+no connection: the endpoint keeps capturing within its quota and retention, its batches wait, and
+``problems`` names the refusal (``CaptureDestinationRefused``) until the Deployment points at an allowed origin.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +42,15 @@ from reconciler.capture.policy import (
     upload_allowed,
 )
 from reconciler.capture.spool import Spool, stored_batch
-from reconciler.capture.upload import DirectoryDestination, HttpDestination, UploadError
+from reconciler.capture.upload import (
+    DirectoryDestination,
+    HttpDestination,
+    UploadError,
+    destination_refusal,
+    origin_of,
+)
+from reconciler.core.logs import fields
+from reconciler.core.reasons import CAPTURE_DESTINATION_REFUSED
 
 log = logging.getLogger("reconciler.capture")
 
@@ -114,6 +126,7 @@ class CaptureService:
 
     def __init__(self, state_dir: Path, device: str, *, clock: Callable[[], float] = time.time,
                  upload_token: str | None = None, upload_ca_file: str | None = None,
+                 upload_allowed_origins: Iterable[str] = (),
                  window_open: Callable[[Mapping[str, Any] | None], bool] | None = None,
                  queue_max: int = QUEUE_MAX, background: bool = True) -> None:
         self.spool = Spool(state_dir)
@@ -135,6 +148,8 @@ class CaptureService:
         self._live_keys: set[str] | None = None
         self._upload_token = upload_token
         self._upload_ca = upload_ca_file
+        self._allowed_origins = frozenset(origin_of(o) for o in upload_allowed_origins)
+        self._refused: dict[str, str] = {}  # endpoint -> why its destination gets no upload
         self._window_open = window_open or (lambda w: True)
         self._open: dict[str, _Open] = {}
         self._dests: dict[str, Any] = {}
@@ -160,8 +175,9 @@ class CaptureService:
             self.spool.ensure()
             if self._background and not self._threads and not self._stop.is_set():
                 self.start()
-        self.problems = dict(problems or {})
-        self._dests = {k: self._destination(p) for k, p in enabled.items()}
+        self._refused = {k: v for k, v in self._refused.items() if k in enabled}
+        self._dests = {k: d for k, p in enabled.items() if (d := self._destination(k, p)) is not None}
+        self.problems = {**(problems or {}), **self._refused}
         self.policies = enabled
         self._live_keys = {p.key_id for p in enabled.values()}
         if not enabled and self.spool.batches_dir.exists():
@@ -174,13 +190,27 @@ class CaptureService:
             return
         self.spool.ensure()
         self.models[endpoint] = model
-        self._dests = {**self._dests, endpoint: self._destination(policy)}
+        dest = self._destination(endpoint, policy)
+        if dest is not None:
+            self._dests = {**self._dests, endpoint: dest}
+        else:
+            self.problems = {**self.problems, endpoint: self._refused[endpoint]}
         self.policies = {**self.policies, endpoint: policy}
         if self._background and not self._threads and not self._stop.is_set():
             self.start()
 
-    def _destination(self, p: CapturePolicy) -> Any:
+    def _destination(self, endpoint: str, p: CapturePolicy) -> Any:
+        """The endpoint's destination, or None (and the reason in ``_refused``) when it must get no upload."""
+        before = self._refused.pop(endpoint, None)
         if p.destination_url:
+            why = destination_refusal(p.destination_url, token=bool(self._upload_token),
+                                      allowed_origins=self._allowed_origins)
+            if why is not None:
+                problem = f"{CAPTURE_DESTINATION_REFUSED}: {why}"
+                if problem != before:  # configure() runs every pass: warn on a change only
+                    log.warning("capture destination refused", extra=fields(endpoint=endpoint, error=why))
+                self._refused[endpoint] = problem
+                return None
             return HttpDestination(p.destination_url, self.device, max_bytes_per_second=p.max_bytes_per_second,
                                    token=self._upload_token, ca_file=self._upload_ca)
         return DirectoryDestination(p.destination_dir or "", self.device, max_bytes_per_second=p.max_bytes_per_second)
@@ -361,7 +391,7 @@ class CaptureService:
             policy = self.policies.get(h["endpoint"])
             dest = self._dests.get(h["endpoint"])
             if policy is None or dest is None or h.get("keyId") != policy.key_id:
-                continue  # retired: enforce() deletes it
+                continue  # retired (enforce() deletes it) or destination refused (kept within quota and retention)
             if not upload_allowed(policy, idle_seconds=idle, window_open=self._window_open(policy.window)):
                 continue
             try:

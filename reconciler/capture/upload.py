@@ -5,6 +5,10 @@ Each batch is one object named by its id under ``<url>/<device>/``; a retry PUTs
 name, so it never duplicates, and a ``HEAD`` that finds the object with the same length counts as an
 acknowledgement (a crash between the server's answer and the local delete). The caller deletes a batch only
 after :meth:`put` returned True. Sending is paced to ``max_bytes_per_second``.
+
+The URL comes from the fleet repository, the upload token from the device: :func:`destination_refusal` decides
+whether a URL may get the token (its origin pinned in the agent config, https only). ``http.client`` follows no
+redirect, so a 3xx answer is an :class:`UploadError` and the token never reaches the redirect's target.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import shutil
 import ssl
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from reconciler.core.fsutil import fsync_dir
@@ -25,6 +29,43 @@ CHUNK = 64 * 1024
 
 class UploadError(Exception):
     """The destination did not acknowledge (network error, 4xx/5xx): the batch stays and is retried."""
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host:port`` of an http(s) URL as the uploader connects to it: lower case, IPv6 in brackets,
+    the default port written out. ValueError for anything else."""
+    u = urllib.parse.urlsplit(url.strip())
+    scheme = u.scheme.lower()
+    if scheme not in ("http", "https") or not u.hostname:
+        raise ValueError(f"{url!r} is not an http(s) URL")
+    port = u.port or (443 if scheme == "https" else 80)  # u.port raises ValueError for a bad port
+    host = f"[{u.hostname}]" if ":" in u.hostname else u.hostname
+    return f"{scheme}://{host}:{port}"
+
+
+def destination_refusal(url: str, *, token: bool, allowed_origins: Collection[str]) -> str | None:
+    """Why the device must not upload to ``url`` (a Deployment's ``destination.url``), or None.
+
+    With an upload token, only an ``https://`` origin listed in ``allowed_origins`` (normalised by
+    :func:`origin_of`) gets it. Without a token, a non-empty ``allowed_origins`` still pins; an empty one allows
+    any http(s) destination (the batches are sealed; the server sees no credential)."""
+    try:
+        origin = origin_of(url)
+    except ValueError:
+        return "capture destination is not an http(s) URL"
+    if token and origin.startswith("http://"):
+        return (f"capture destination origin {origin} is plain http: the device's upload token "
+                "(capture.uploadTokenFile) is only sent over https")
+    if not allowed_origins:
+        if not token:
+            return None
+        return (f"capture destination origin {origin} is not pinned: a device with an upload token "
+                "(capture.uploadTokenFile) uploads only to the origins in its agent config's capture.allowedOrigins, "
+                "and that list is empty")
+    if origin not in allowed_origins:
+        return (f"capture destination origin {origin} is not in the agent config's capture.allowedOrigins "
+                f"({', '.join(sorted(allowed_origins))})")
+    return None
 
 
 class _Pacer:

@@ -93,6 +93,8 @@ WORKER_RESTARTED = "WorkerRestarted"
 WORKER_DOWN = "WorkerDown"
 WORKER_UNAVAILABLE = "WorkerUnavailable"
 LISTEN_FAILED = "ListenFailed"
+# -- data capture (status.capture.problems; reconciler.capture) ----------------------------------------------
+CAPTURE_DESTINATION_REFUSED = "CaptureDestinationRefused"
 
 
 @dataclass(frozen=True)
@@ -247,6 +249,11 @@ REASONS: tuple[Reason, ...] = (
            "`WorkerRestarted`."),
     Reason(LISTEN_FAILED, "Applied=False (message)", "a restarted serving worker could not listen on the port",
            "Read the message (address in use, TLS files)."),
+    Reason(CAPTURE_DESTINATION_REFUSED, "`status.capture.problems.<endpoint>`", "the Deployment's capture `destination.url` "
+           "is not an origin the agent config allows: not in `capture.allowedOrigins`, or plain `http://` while the "
+           "device has an upload token; nothing is sent there (no connection, no token), batches wait within the "
+           "quota and retention", "If the origin is genuine, add it (`https://host:port`) to `capture.allowedOrigins` "
+           "in the agent config; otherwise revert the Deployment and find out who changed it (docs/privacy.md)."),
 )
 
 BY_CODE: dict[str, Reason] = {r.code: r for r in REASONS}

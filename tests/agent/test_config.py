@@ -169,3 +169,15 @@ def test_status_push_spread(tmp_path: Path) -> None:
     f.write_text(MINIMAL + "  status:\n    pushSpread: later\n")
     with pytest.raises(UserError, match=r"agent.yaml:11: spec.status.pushSpread"):
         load_agent_config(f)
+
+
+def test_capture_allowed_origins_are_https_origins_normalised(tmp_path: Path) -> None:
+    text = MINIMAL + "  capture:\n    allowedOrigins: [https://Capture.Example.com/, 'https://[::1]:8443']\n"
+    c = parse_agent_config(text, tmp_path / "agent.yaml")
+    assert c.capture_allowed_origins == ("https://capture.example.com:443", "https://[::1]:8443")
+    for bad in ("http://capture.example.com", "https://capture.example.com/vibration", "https://u@capture.example.com",
+                "capture.example.com"):
+        with pytest.raises(UserError, match=r"agent.yaml:11: spec.capture.allowedOrigins.0: .* does not match"):
+            parse_agent_config(MINIMAL + f"  capture:\n    allowedOrigins: ['{bad}']\n", tmp_path / "agent.yaml")
+    with pytest.raises(UserError, match=r"agent.yaml:11: capture.allowedOrigins\[0\] 'https://h:99999' is not"):
+        parse_agent_config(MINIMAL + "  capture:\n    allowedOrigins: ['https://h:99999']\n", tmp_path / "agent.yaml")

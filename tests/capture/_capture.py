@@ -1,8 +1,12 @@
-"""Helpers for the capture tests: a campaign key pair, policies, and nginx with WebDAV PUT on 127.0.0.1.
+"""Helpers for the capture tests: a campaign key pair, policies, nginx with WebDAV PUT on 127.0.0.1, and a
+recording HTTP(S) server.
 
 :class:`WebDav` runs Debian's nginx (``--with-http_dav_module``) as the current user with config, temp dirs
 and logs in a temp dir, on a free port; ``stop()`` kills only the process started here. nginx writes a PUT body
 to a temp file and renames it into place when complete, so an interrupted upload leaves nothing behind.
+:class:`Recorder` is a server on 127.0.0.1 (TLS with a :class:`~tests._servers.Pki`) that counts connections and
+records every request with its headers: the "collector" a hostile Deployment points capture at, or a genuine
+store answering like WebDAV.
 """
 
 from __future__ import annotations
@@ -15,9 +19,12 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +33,7 @@ from nacl.bindings import crypto_scalarmult_base
 from reconciler.capture.batch import generate_keypair
 from reconciler.capture.policy import CapturePolicy, parse_policy
 from tests._git_fixtures import free_port, wait_port
+from tests._servers import Pki
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -127,6 +135,97 @@ http {{
         return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
 
     def __enter__(self) -> WebDav:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Recorder:
+    """HTTP(S) on 127.0.0.1: records (method, path, headers) of every request and counts accepted connections.
+    Answers like a WebDAV store (HEAD 200 for a stored object, else 404; MKCOL and PUT 201), or with
+    ``redirect_to`` a 307 to that base URL (same path) for every request."""
+
+    def __init__(self, pki: Pki | None = None, *, redirect_to: str | None = None) -> None:
+        self.pki = pki
+        self.redirect_to = redirect_to
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.stored: dict[str, bytes] = {}
+        self.connections = 0
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def origin(self) -> str:
+        assert self._server is not None
+        return f"{'https' if self.pki else 'http'}://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.origin}/capture"
+
+    def start(self) -> Recorder:
+        rec = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _answer(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with rec._lock:
+                    rec.requests.append((self.command, self.path, dict(self.headers.items())))
+                    if rec.redirect_to is not None:
+                        status, headers = 307, {"Location": rec.redirect_to.rstrip("/") + self.path}
+                    elif self.command == "HEAD":
+                        found = rec.stored.get(self.path)
+                        status, headers = (200, {"Content-Length": str(len(found))}) if found is not None else (404, {})
+                    else:
+                        if self.command == "PUT":
+                            rec.stored[self.path] = body
+                        status, headers = 201, {}
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                if "Content-Length" not in headers:
+                    self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_HEAD = do_PUT = do_MKCOL = do_GET = do_POST = _answer
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def get_request(self) -> tuple[Any, Any]:
+                conn, addr = super().get_request()
+                with rec._lock:
+                    rec.connections += 1  # counted before TLS: a handshake alone is a connection too
+                return (ctx.wrap_socket(conn, server_side=True) if ctx else conn), addr
+
+        ctx: ssl.SSLContext | None = None
+        if self.pki is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(self.pki.cert, self.pki.key)
+        self._server = Server(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def authorizations(self) -> list[str]:
+        with self._lock:
+            return [h["Authorization"] for _, _, h in self.requests if "Authorization" in h]
+
+    def __enter__(self) -> Recorder:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -1,8 +1,12 @@
 """Capture driven by the fleet repository through the real agent, the device-side ``modelfleet data`` commands,
-and ``plan`` showing a capture policy change for review."""
+``plan`` showing a capture policy change for review, and a Deployment that points capture (and so the device's
+upload token) at another server."""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,12 +17,16 @@ import yaml
 from reconciler.agent.config import load_agent_config
 from reconciler.agent.loop import Agent
 from reconciler.capture.batch import open_batch
+from reconciler.core.errors import UserError
 from reconciler.fleet.manifests import load_files
 from reconciler.fleet.plan import make_plan, render_text
 from reconciler.fleet.schemas import validator
 from tests._agent_fixtures import ENDPOINT, REPO_ROOT, World, infer
 from tests._cli import run_cli
-from tests.capture._capture import Campaign, assert_no_key_material, wait_until
+from tests._servers import Pki, private_file
+from tests.capture._capture import Campaign, Recorder, assert_no_key_material, wait_until
+
+TOKEN = "device-upload-t0ken-3c2b1a"
 
 
 @pytest.fixture
@@ -116,3 +124,71 @@ def test_offline_boot_captures_under_the_journaled_policy(world: World, tmp_path
         wait_until(lambda: again.c.capture.counts["sealed"] == 1, 20, "a batch sealed before any pass")
     finally:
         again.close()
+
+
+def test_a_deployment_pointing_capture_elsewhere_gets_no_token_and_serving_goes_on(
+        world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    campaign = Campaign()
+    pki = Pki.make(tmp_path / "pki")
+    with Recorder(pki) as genuine, Recorder(pki) as collector, Recorder() as plain:
+        token_file = private_file(tmp_path / "secrets" / "upload-token", TOKEN)
+        cfg_path = world.agent_config(tmp_path / "dev", extra={"capture": {
+            "uploadTokenFile": str(token_file), "caFile": str(pki.ca), "allowedOrigins": [genuine.origin]}})
+        agent = Agent(load_agent_config(cfg_path))
+        agent.boot()
+        caplog.set_level(logging.INFO)
+        try:
+            svc = agent.c.capture
+            for n, url in enumerate((collector.url, plain.url), start=1):  # a merged PR / a lying Git server
+                world.commit_fleet("1.0.0", deployment=_capture(campaign, batch={"records": 2},
+                                                                 destination={"url": url}))
+                assert agent.reconcile_once().converged
+                for _ in range(2):
+                    infer(agent.c.url)  # serving answers
+                wait_until(lambda n=n: svc.counts["sealed"] == n, 20, f"sealed batch {n}")
+                svc._wake_upload.set()
+                svc.upload_once()
+                doc = agent.status_document()
+                assert not list(validator("DeviceStatus").iter_errors(doc))
+                problem = doc["status"]["capture"]["problems"][ENDPOINT]
+                origin = url.removesuffix("/capture")
+                assert problem.startswith("CaptureDestinationRefused: ") and origin in problem
+                assert doc["status"]["capture"]["pendingBatches"] == n
+            assert (collector.connections, plain.connections, genuine.connections) == (0, 0, 0)
+
+            # Reverted to the genuine, pinned store: the waiting batches go there, with the token.
+            world.commit_fleet("1.0.0", deployment=_capture(campaign, batch={"records": 2},
+                                                             destination={"url": genuine.url}))
+            assert agent.reconcile_once().converged
+            wait_until(lambda: not svc.spool.list(), 20, "the waiting batches uploaded")
+            assert len(genuine.stored) == 2 and set(genuine.authorizations()) == {f"Bearer {TOKEN}"}
+            doc = agent.status_document()
+            assert "problems" not in doc["status"]["capture"]
+            assert "capture destination refused" in caplog.text  # logged, and the token is in no log line
+            assert TOKEN not in json.dumps(doc) and TOKEN not in caplog.text
+            assert collector.requests == [] and plain.requests == []
+        finally:
+            agent.close()
+
+
+@pytest.mark.parametrize("setting", ["capture.uploadTokenFile", "serving.authTokenFile"])
+def test_a_token_file_others_can_read_is_refused_at_start(tmp_path: Path, setting: str) -> None:
+    token_file = private_file(tmp_path / "token", TOKEN)
+    os.chmod(token_file, 0o644)
+    section, key = setting.split(".")
+    cfg_path = tmp_path / "agent.yaml"
+    cfg_path.write_text(yaml.safe_dump({"apiVersion": "modelfleet/v1", "kind": "AgentConfig", "spec": {
+        "deviceId": "dev-1", "stateDir": str(tmp_path / "state"), "source": {"url": "file:///nonexistent"},
+        "tuf": {"trustedRoot": str(tmp_path / "root.json")}, "serving": {"host": "127.0.0.1", "port": 0},
+        section: {key: str(token_file)}}}))
+    agent = Agent(load_agent_config(cfg_path))
+    try:
+        with pytest.raises(UserError) as exc:
+            agent.boot()
+    finally:
+        agent.close()
+    assert str(exc.value) == (f"{setting}: CredentialsUnreadable: permissions 0644 for credential file {token_file} "
+                              f"are too open (it must not be readable by group or others: chmod 600 {token_file})")
+    r = run_cli("agent", "once", "-c", str(cfg_path))
+    assert r.code == 1 and "CredentialsUnreadable: permissions 0644" in r.err and "Traceback" not in r.text
+    assert TOKEN not in r.text

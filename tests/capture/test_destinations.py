@@ -1,4 +1,5 @@
-"""Directory destination (removable media), upload gating by idleness, and the bandwidth cap's pacing."""
+"""Directory destination (removable media), upload gating by idleness, the bandwidth cap's pacing, and which
+HTTP destinations get the device's upload token (pinned https origins only; no redirect followed)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from reconciler.capture.policy import parse_policy
 from reconciler.capture.service import CaptureService
-from reconciler.capture.upload import DirectoryDestination, _Pacer
-from tests.capture._capture import Campaign
+from reconciler.capture.upload import DirectoryDestination, _Pacer, origin_of
+from tests._servers import Pki
+from tests.capture._capture import Campaign, Recorder
+
+TOKEN = "capture-upload-t0ken-9f8e7d6c"
 
 
 def _fill(svc: CaptureService, n: int) -> None:
@@ -66,3 +71,103 @@ def test_retention_deletes_batches_once_their_first_record_is_older_than_the_ttl
     (_, h), = svc.spool.list()
     assert h["start"] == 1_800_001_800.0
     assert [e["reason"] for e in svc.spool.audit.read() if e["event"] == "purged"] == ["expired", "expired"]
+
+
+def test_origins_are_compared_as_the_uploader_connects() -> None:
+    assert origin_of("HTTPS://Store.Example/capture/x?y") == "https://store.example:443"
+    assert origin_of("https://store.example:443/") == origin_of("https://store.example")
+    assert origin_of("http://store.example") == "http://store.example:80"
+    assert origin_of("https://[::1]:8443/c") == "https://[::1]:8443"
+    assert origin_of("https://store.example@evil.example:8443/c") == "https://evil.example:8443"  # userinfo is no host
+    for bad in ("ftp://store.example", "https://", "store.example", "https://store.example:99999"):
+        with pytest.raises(ValueError):
+            origin_of(bad)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki.make(tmp_path_factory.mktemp("pki"))
+
+
+def _service(tmp_path: Path, pki: Pki, url: str, allowed: list[str], token: str | None = TOKEN) -> CaptureService:
+    svc = CaptureService(tmp_path, "dev-1", upload_token=token, upload_ca_file=str(pki.ca),
+                         upload_allowed_origins=allowed, background=False)
+    svc.configure({"mm": parse_policy(Campaign().section(batch={"records": 2}, destination={"url": url}))})
+    _fill(svc, 2)
+    return svc
+
+
+def test_the_upload_token_goes_only_to_a_pinned_https_origin(tmp_path: Path, pki: Pki) -> None:
+    with Recorder(pki) as genuine, Recorder(pki) as collector, Recorder() as plain:
+        port = genuine.origin.rsplit(":", 1)[1]
+        hostile = {  # destination.url from a merged PR or a lying Git server -> the origin the refusal names
+            collector.url: collector.origin,  # another origin, https, a certificate the device trusts
+            plain.url: plain.origin,  # plain http
+            f"http://127.0.0.1:{port}/capture": f"http://127.0.0.1:{port}",  # the pinned host and port, over http
+            f"https://127.0.0.1:{port}@127.0.0.1:{collector.origin.rsplit(':', 1)[1]}/capture": collector.origin,
+            f"https://localhost:{port}/capture": f"https://localhost:{port}",  # same server, another name
+        }
+        for i, (url, origin) in enumerate(hostile.items()):
+            svc = _service(tmp_path / f"h{i}", pki, url, [genuine.origin])
+            svc.upload_once()
+            problem = svc.status()["problems"]["mm"]
+            assert problem.startswith("CaptureDestinationRefused: ") and f" {origin} " in problem, (url, problem)
+            assert TOKEN not in problem
+            assert len(svc.spool.list()) == 1 and svc.status()["endpoints"] == ["mm"]  # kept, still capturing
+            assert "lastError" not in svc.status()
+        assert (collector.connections, plain.connections, genuine.connections) == (0, 0, 0)
+
+        # Without any pinned origin a token goes nowhere.
+        svc = _service(tmp_path / "none", pki, genuine.url, [])
+        svc.upload_once()
+        assert "capture.allowedOrigins" in svc.status()["problems"]["mm"] and genuine.connections == 0
+
+        # The genuine origin (pinned with a trailing slash: the same origin) gets the batch and the token.
+        svc = _service(tmp_path / "ok", pki, genuine.url + "/", [genuine.origin + "/"])
+        local = {p.name: p.read_bytes() for p, _ in svc.spool.list()}
+        svc.upload_once()
+        assert svc.spool.list() == [] and "problems" not in svc.status()
+        assert genuine.stored == {f"/capture/dev-1/{name}": data for name, data in local.items()}
+        assert set(genuine.authorizations()) == {f"Bearer {TOKEN}"}
+
+        # The Deployment moves to the collector: the same service stops uploading there at the next configure.
+        svc.configure({"mm": parse_policy(Campaign().section(batch={"records": 2},
+                                                             destination={"url": collector.url}))})
+        _fill(svc, 2)
+        svc.upload_once()
+        assert svc.status()["problems"]["mm"].startswith("CaptureDestinationRefused: ")
+        assert collector.connections == 0 and len(svc.spool.list()) == 1
+
+
+def test_an_offline_boot_refuses_the_journaled_destination_too(tmp_path: Path, pki: Pki) -> None:
+    with Recorder(pki) as collector:
+        svc = CaptureService(tmp_path, "dev-1", upload_token=TOKEN, upload_ca_file=str(pki.ca),
+                             upload_allowed_origins=["https://capture.example.com"], background=False)
+        svc.restore("mm", Campaign().policy(batch={"records": 2}, destination={"url": collector.url}), "m")
+        _fill(svc, 2)
+        svc.upload_once()
+        assert svc.status()["problems"]["mm"].startswith(f"CaptureDestinationRefused: capture destination origin "
+                                                         f"{collector.origin} is not in the agent config's "
+                                                         "capture.allowedOrigins (https://capture.example.com:443)")
+        assert collector.connections == 0 and len(svc.spool.list()) == 1
+
+
+def test_a_redirect_from_the_pinned_origin_is_not_followed(tmp_path: Path, pki: Pki) -> None:
+    with Recorder(pki) as collector, Recorder(pki, redirect_to=collector.url) as genuine:
+        svc = _service(tmp_path, pki, genuine.url, [genuine.origin])
+        svc.upload_once()
+        assert genuine.requests and all(m in ("HEAD", "MKCOL", "PUT") for m, _, _ in genuine.requests)
+        assert collector.connections == 0 and collector.requests == []
+        assert len(svc.spool.list()) == 1 and "HTTP 307" in (svc.last_error or "")
+
+
+def test_without_a_token_any_destination_unless_origins_are_pinned(tmp_path: Path, pki: Pki) -> None:
+    with Recorder() as plain, Recorder(pki) as pinned:
+        svc = _service(tmp_path / "any", pki, plain.url, [], token=None)
+        svc.upload_once()
+        assert svc.spool.list() == [] and len(plain.stored) == 1 and plain.authorizations() == []
+        svc = _service(tmp_path / "pinned", pki, plain.url, [pinned.origin], token=None)
+        svc.upload_once()
+        assert svc.status()["problems"]["mm"].startswith(f"CaptureDestinationRefused: capture destination origin "
+                                                         f"{plain.origin} is not in")
+        assert len(plain.stored) == 1 and len(svc.spool.list()) == 1
