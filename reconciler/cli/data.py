@@ -2,8 +2,10 @@
 side (``keygen`` for a campaign's key pair, ``open`` to verify and decrypt batches into ``.npz``).
 
 The device commands read the agent config for the state dir and never decrypt anything (the device cannot);
-``purge`` serves erasure requests and reports what it removed. ``open`` rejects a tampered or truncated batch
-with one error line and still opens the others (exit 1 if any failed).
+``purge`` serves erasure requests and reports what it removed. ``open`` rejects a tampered, truncated or forged
+batch (anyone with the public key can seal one: a path as its id, compressed or oversized arrays) with one error
+line, writes only ``<id>.npz``/``<id>.json`` directly inside ``--out``, and still opens the others (exit 1 if any
+failed).
 """
 
 from __future__ import annotations
@@ -208,6 +210,13 @@ def _batch_files(paths: tuple[Path, ...]) -> list[Path]:
     return out
 
 
+def _shown(text: str) -> str:
+    """A sealed string for the terminal: anyone can seal one, so no control sequences and no pages of it."""
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
 def _open_one(path: Path, key: bytes, out_fd: int, out_dir: Path, seen: dict[str, Path]) -> dict[str, Any]:
     """Open one batch into ``out_dir``; any problem is a BatchError naming the batch file."""
     from reconciler.capture.batch import BatchError, open_batch, read_batch_file, write_npz
@@ -266,8 +275,8 @@ def open_cmd(key_path: Path, out_dir: Path, batches: tuple[Path, ...]) -> None:
                 click.echo(f"error: {path}: cannot open: {type(exc).__name__}: {text}", err=True)
                 failed += 1
                 continue
-            click.echo(f"opened {m['id']}: {m['device']} {m['endpoint']} {m['model']} {m['modelVersion']}, "
-                       f"{m['records']} record(s), {_iso(m['start'])} .. {_iso(m['end'])}")
+            click.echo(f"opened {m['id']}: {_shown(m['device'])} {_shown(m['endpoint'])} {_shown(m['model'])} "
+                       f"{_shown(m['modelVersion'])}, {m['records']} record(s), {_iso(m['start'])} .. {_iso(m['end'])}")
     finally:
         os.close(out_fd)
     click.echo(f"{len(files) - failed} of {len(files)} batch(es) opened into {out_dir}")

@@ -297,3 +297,14 @@ def test_bombs_and_forgeries_fail_alone_with_bounded_memory(campaign: Campaign, 
     assert "2 of 8 batch(es) opened" in stdout
     assert not list(tmp_path.rglob("pwned*"))
     assert rss_mb < RSS_LIMIT_MB
+
+
+def test_sealed_strings_reach_the_terminal_without_control_sequences(campaign: Campaign, tmp_path: Path) -> None:
+    batch = tmp_path / "b.mfcap"
+    batch.write_bytes(forge(campaign.public, _meta(device="\x1b]0;owned\x07\x1b[2Jdev", model="m" * 5000),
+                            _npz(input=np.zeros(1))))
+    r = run_cli("data", "open", "--key", str(_key(tmp_path, campaign)), "--out", str(tmp_path / "o"), str(batch))
+    assert r.code == 0, r.text
+    assert "\x1b" not in r.text and "\x07" not in r.text
+    assert "\\x1b]0;owned\\x07\\x1b[2Jdev" in r.out
+    assert max(len(line) for line in r.out.splitlines()) < 400
