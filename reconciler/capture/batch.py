@@ -197,12 +197,13 @@ def _valid_array_name(key: str) -> bool:
 
 def _npz_members(npz: bytes, name: str) -> dict[str, int]:
     """Member name -> size from the zip's central directory, checked before zipfile parses it: one plain,
-    uncompressed archive as ``np.savez`` writes it, at most MAX_MEMBERS ``<array>.npy`` members that fit in it."""
+    uncompressed archive as ``np.savez`` writes it, at most MAX_MEMBERS ``<array>.npy`` members that fit."""
     n = len(npz)
     if n < _EOCD.size:
         raise BatchError(f"{name}: sealed arrays are not a .npz (too short)")
     sig, disk, cd_disk, here, count, cd_size, cd_offset, comment = _EOCD.unpack_from(npz, n - _EOCD.size)
-    if sig != b"PK\x05\x06" or comment or disk or cd_disk or here != count or cd_offset + cd_size != n - _EOCD.size:
+    if (sig != b"PK\x05\x06" or comment or disk or cd_disk or here != count
+            or cd_offset + cd_size != n - _EOCD.size):
         raise BatchError(f"{name}: sealed arrays are not a plain .npz (end of central directory)")
     if count > MAX_MEMBERS:
         raise BatchError(f"{name}: sealed arrays have {count} members, more than {MAX_MEMBERS}")
