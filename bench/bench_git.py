@@ -24,8 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from reconciler.gitops.fleetstatus import fleet_report  # noqa: E402
-from reconciler.gitops.statusrepo import StatusRepo  # noqa: E402
 from reconciler.gitops.source import GitSource  # noqa: E402
+from reconciler.gitops.statusrepo import StatusRepo  # noqa: E402
 from reconciler.gitops.statuswriter import dump_status  # noqa: E402
 from tests._git_fixtures import GitDaemon, Upstream, env, git, make_status  # noqa: E402
 

@@ -55,8 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from reconciler.core.credentials import Credentials  # noqa: E402
 from reconciler.gitops.fleetstatus import fleet_report  # noqa: E402
-from reconciler.gitops.statusrepo import StatusRepo  # noqa: E402
 from reconciler.gitops.lsrefs import LsRefsClient  # noqa: E402
+from reconciler.gitops.statusrepo import StatusRepo  # noqa: E402
 from reconciler.gitops.statuswriter import StatusWriter, dump_status  # noqa: E402
 from reconciler.rollout.gitrepo import RolloutRepo  # noqa: E402
 from reconciler.rollout.watch import act  # noqa: E402

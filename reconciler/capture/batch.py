@@ -13,6 +13,10 @@ manage batches (quota, TTL, erasure, upload) without decrypting; everything in i
 metadata and the header carries the payload's SHA-256, so on open a changed header (other device, endpoint,
 time range, count) or a changed/truncated payload is rejected. A sealed box proves integrity, not origin
 (anyone with the public key can seal): origin rests on the upload channel (see docs/privacy.md).
+
+So everything inside a batch is hostile input on open: the id must be a plain file name (it names the output
+files), the file is size-capped before it is read, and the arrays are read only from an uncompressed ``.npz``
+whose member sizes (central directory and ``.npy`` headers) add up before anything is allocated.
 """
 
 from __future__ import annotations
@@ -20,8 +24,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
+import os
+import re
 import secrets
+import stat
+import struct
 import time
+import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,13 +45,40 @@ from reconciler.capture.policy import recipient_key_id
 MAGIC = b"MFCAP1\n"
 SUFFIX = ".mfcap"
 MAX_HEADER = 16 * 1024
+# A device seals once 4 MiB of records are buffered (MAX_OPEN_BATCH_BYTES), so a batch is that plus its last
+# record; the cap leaves room for one large request and bounds what `data open` reads and decrypts.
+MAX_BATCH_BYTES = 128 * 1024 * 1024
+MAX_MEMBERS = 1024  # arrays in one batch: one per input/output name
+MAX_ARRAY_NAME = 1024
+MAX_NDIM = 32
+MAX_DIM = 2**31 - 1
+MAX_TIME = 253402300799.0  # 9999-12-31T23:59:59Z, the last time a datetime can show
+# Plain file names only: the id names the batch file on the device and the output files on open.
+BATCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+ARRAY_KINDS = "biufcSU"  # what a device captures; object arrays would need pickle
 # Fields the header and the sealed metadata must agree on.
 BOUND_FIELDS = ("format", "id", "device", "endpoint", "model", "modelVersion", "campaign", "purpose", "keyId",
                 "start", "end", "records", "rows")
 
 
 class BatchError(ValueError):
-    """A batch that is not what its header says (tampered, truncated, wrong key)."""
+    """A batch that is not what its header says (tampered, truncated, wrong key, forged)."""
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def valid_batch_id(value: object) -> bool:
+    return isinstance(value, str) and BATCH_ID.fullmatch(value) is not None
+
+
+def _check_id(value: object, name: str) -> None:
+    if not valid_batch_id(value):
+        shown = _short(value) if isinstance(value, str) else type(value).__name__
+        raise BatchError(f"{name}: batch id {shown} is not a plain name (letters, digits, '.', '_', '-'; "
+                         "at most 128)")
 
 
 def new_batch_id(now: float) -> str:
@@ -70,6 +108,7 @@ def stack_records(records: list[tuple[dict[str, np.ndarray], dict[str, np.ndarra
 
 def seal_batch(meta: dict[str, Any], arrays: dict[str, np.ndarray], recipient: bytes) -> tuple[dict[str, Any], bytes]:
     """The header and the file bytes of a batch sealed to ``recipient`` (32-byte X25519 public key)."""
+    _check_id(meta.get("id"), "seal")
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     meta = dict(meta, format=1, keyId=recipient_key_id(recipient))
@@ -79,7 +118,10 @@ def seal_batch(meta: dict[str, Any], arrays: dict[str, np.ndarray], recipient: b
     header["payloadSha256"] = hashlib.sha256(payload).hexdigest()
     header["payloadBytes"] = len(payload)
     line = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    return header, MAGIC + line + b"\n" + payload
+    data = MAGIC + line + b"\n" + payload
+    if len(data) > MAX_BATCH_BYTES:
+        raise BatchError(f"seal: batch of {len(data)} bytes is over the {MAX_BATCH_BYTES} a batch can be")
+    return header, data
 
 
 def read_header(data: bytes | memoryview, *, name: str = "batch") -> tuple[dict[str, Any], int]:
@@ -92,10 +134,11 @@ def read_header(data: bytes | memoryview, *, name: str = "batch") -> tuple[dict[
         raise BatchError(f"{name}: truncated header")
     try:
         header = json.loads(head[len(MAGIC):end])
-    except ValueError:
+    except (ValueError, RecursionError):
         raise BatchError(f"{name}: header is not JSON") from None
     if not isinstance(header, dict) or header.get("format") != 1:
         raise BatchError(f"{name}: unsupported batch format {header.get('format') if isinstance(header, dict) else '?'}")
+    _check_id(header.get("id"), name)
     return header, end + 1
 
 
@@ -103,6 +146,137 @@ def read_header_file(path: Any) -> dict[str, Any]:
     with open(path, "rb") as fh:
         head = fh.read(len(MAGIC) + MAX_HEADER)
     return read_header(head, name=str(path))[0]
+
+
+def read_batch_file(path: str | os.PathLike[str], limit: int = MAX_BATCH_BYTES) -> bytes:
+    """A batch file's bytes; refuses what is not a regular file or is over ``limit`` before reading it."""
+    # O_NONBLOCK: a FIFO named like a batch must not hang the command
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BatchError(f"{os.fspath(path)}: not a regular file")
+        if st.st_size > limit:
+            raise BatchError(f"{os.fspath(path)}: {st.st_size} bytes, over the {limit} a batch can be")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise BatchError(f"{os.fspath(path)}: over the {limit} bytes a batch can be")
+    return data
+
+
+def _check_meta(meta: Mapping[str, Any], name: str) -> None:
+    """The sealed metadata fields `data open` prints and files by, with the types a device writes."""
+    _check_id(meta.get("id"), name)
+    for k in ("device", "endpoint", "model", "modelVersion", "campaign", "purpose"):
+        if not isinstance(meta.get(k), str):
+            raise BatchError(f"{name}: sealed metadata field {k!r} is not a string")
+    for k in ("start", "end"):
+        v = meta.get(k)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= MAX_TIME:
+            raise BatchError(f"{name}: sealed metadata field {k!r} is not a time (seconds since 1970)")
+    for k in ("records", "rows"):
+        v = meta.get(k)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise BatchError(f"{name}: sealed metadata field {k!r} is not a count")
+
+
+_EOCD = struct.Struct("<4sHHHHIIH")
+_CENTRAL = struct.Struct("<4s6H3I5HII")
+
+
+def _valid_array_name(key: str) -> bool:
+    # An output .npz is a zip: a member name that is a path could be unpacked outside a directory.
+    parts = key.split("/")
+    return (0 < len(key.encode("utf-8", "surrogatepass")) <= MAX_ARRAY_NAME and not key.startswith("/")
+            and "\\" not in key and all(p not in ("", ".", "..") for p in parts)
+            and all(c.isprintable() for c in key))
+
+
+def _npz_members(npz: bytes, name: str) -> dict[str, int]:
+    """Member name -> size from the zip's central directory, checked before zipfile parses it: one plain,
+    uncompressed archive as ``np.savez`` writes it, at most MAX_MEMBERS ``<array>.npy`` members that fit."""
+    n = len(npz)
+    if n < _EOCD.size:
+        raise BatchError(f"{name}: sealed arrays are not a .npz (too short)")
+    sig, disk, cd_disk, here, count, cd_size, cd_offset, comment = _EOCD.unpack_from(npz, n - _EOCD.size)
+    if (sig != b"PK\x05\x06" or comment or disk or cd_disk or here != count
+            or cd_offset + cd_size != n - _EOCD.size):
+        raise BatchError(f"{name}: sealed arrays are not a plain .npz (end of central directory)")
+    if count > MAX_MEMBERS:
+        raise BatchError(f"{name}: sealed arrays have {count} members, more than {MAX_MEMBERS}")
+    members: dict[str, int] = {}
+    total = 0
+    pos = cd_offset
+    for _ in range(count):
+        if pos + _CENTRAL.size > cd_offset + cd_size:
+            raise BatchError(f"{name}: sealed arrays: central directory truncated")
+        (sig, _, _, flags, method, _, _, _, csize, usize, nlen, xlen, clen, _, _, _, offset) = \
+            _CENTRAL.unpack_from(npz, pos)
+        raw = npz[pos + _CENTRAL.size:pos + _CENTRAL.size + nlen]
+        pos += _CENTRAL.size + nlen + xlen + clen
+        member = raw.decode("utf-8" if flags & 0x800 else "cp437", "replace")
+        if sig != b"PK\x01\x02":
+            raise BatchError(f"{name}: sealed arrays: central directory damaged")
+        if method != zipfile.ZIP_STORED:
+            raise BatchError(f"{name}: sealed array {member[:80]!r} is compressed (zip method {method}); "
+                             "devices write uncompressed arrays")
+        if flags & 0x1 or csize != usize or 0xFFFFFFFF in (csize, usize, offset):
+            raise BatchError(f"{name}: sealed array {member[:80]!r} is encrypted, zip64 or inconsistent in size")
+        total += usize
+        if total > cd_offset or offset >= cd_offset:
+            raise BatchError(f"{name}: sealed arrays claim more bytes than the archive holds")
+        key = member.removesuffix(".npy")
+        if key == member or not _valid_array_name(key):
+            raise BatchError(f"{name}: sealed array name {member[:80]!r} is not '<name>.npy' with a plain name")
+        if member in members:
+            raise BatchError(f"{name}: sealed array {member[:80]!r} appears twice")
+        members[member] = usize
+    if pos != cd_offset + cd_size:
+        raise BatchError(f"{name}: sealed arrays: central directory size does not match its entries")
+    return members
+
+
+def _read_arrays(npz: bytes, name: str) -> dict[str, np.ndarray]:
+    members = _npz_members(npz, name)
+    fmt = np.lib.format
+    arrays: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(io.BytesIO(npz)) as z:
+        infos = z.infolist()
+        if {i.filename: i.file_size for i in infos} != members or len(infos) != len(members):
+            raise BatchError(f"{name}: sealed arrays: central directory read two ways differs")
+        for info in infos:
+            label = f"{name}: sealed array {info.filename[:80]!r}"
+            with z.open(info) as fp:
+                version = fmt.read_magic(fp)
+                if version == (1, 0):
+                    shape, fortran, dtype = fmt.read_array_header_1_0(fp)
+                elif version == (2, 0):
+                    shape, fortran, dtype = fmt.read_array_header_2_0(fp)
+                else:
+                    raise BatchError(f"{label}: .npy format {version} (1.0 and 2.0 only)")
+                offset = fp.tell()
+            if dtype.kind not in ARRAY_KINDS or dtype.fields is not None or dtype.subdtype is not None \
+                    or dtype.itemsize == 0:
+                raise BatchError(f"{label}: dtype {str(dtype)[:40]} is not a plain numeric or string type")
+            if len(shape) > MAX_NDIM or any(d < 0 or d > MAX_DIM for d in shape):
+                raise BatchError(f"{label}: shape {str(shape)[:80]} out of range")
+            if math.prod(shape) * dtype.itemsize != info.file_size - offset:
+                raise BatchError(f"{label}: shape {str(shape)[:80]} x {dtype.itemsize} bytes is not the "
+                                 f"{info.file_size - offset} bytes the archive holds")
+            with z.open(info) as fp:
+                arrays[info.filename.removesuffix(".npy")] = fmt.read_array(fp, allow_pickle=False)
+    return arrays
+
+
+def write_npz(fh: Any, arrays: Mapping[str, np.ndarray]) -> None:
+    """``np.savez`` layout (stored, one ``<name>.npy`` each) for any array name, never pickling."""
+    with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED) as z:
+        for key, arr in arrays.items():
+            with z.open(f"{key}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
 
 
 def open_batch(data: bytes, private_key: bytes, *, name: str = "batch") -> OpenedBatch:
@@ -122,20 +296,28 @@ def open_batch(data: bytes, private_key: bytes, *, name: str = "batch") -> Opene
         inner = SealedBox(key).decrypt(payload)
     except CryptoError:
         raise BatchError(f"{name}: decryption failed (tampered payload or wrong key)") from None
-    line, _, npz = inner.partition(b"\n")
+    end = inner.find(b"\n")
+    if end < 0:
+        raise BatchError(f"{name}: sealed metadata has no end")
     try:
-        meta = json.loads(line)
-    except ValueError:
+        meta = json.loads(inner[:end])
+    except (ValueError, RecursionError):
         raise BatchError(f"{name}: sealed metadata is not JSON") from None
+    if not isinstance(meta, dict):
+        raise BatchError(f"{name}: sealed metadata is not a JSON object")
+    npz = inner[end + 1:]
+    del inner
     for k in BOUND_FIELDS:
         if meta.get(k) != header.get(k):
-            raise BatchError(f"{name}: header field {k!r} is {header.get(k)!r} but the sealed metadata says "
-                             f"{meta.get(k)!r} (tampered header)")
+            raise BatchError(f"{name}: header field {k!r} is {_short(header.get(k))} but the sealed metadata says "
+                             f"{_short(meta.get(k))} (tampered header)")
+    _check_meta(meta, name)
     try:
-        with np.load(io.BytesIO(npz), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (ValueError, OSError) as exc:
-        raise BatchError(f"{name}: sealed arrays unreadable: {exc}") from None
+        arrays = _read_arrays(npz, name)
+    except BatchError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise BatchError(f"{name}: sealed arrays unreadable: {' '.join(str(exc).split())[:200]}") from None
     return OpenedBatch(meta, arrays)
 
 

@@ -2,8 +2,10 @@
 side (``keygen`` for a campaign's key pair, ``open`` to verify and decrypt batches into ``.npz``).
 
 The device commands read the agent config for the state dir and never decrypt anything (the device cannot);
-``purge`` serves erasure requests and reports what it removed. ``open`` rejects a tampered or truncated batch
-with one error line and still opens the others (exit 1 if any failed).
+``purge`` serves erasure requests and reports what it removed. ``open`` rejects a tampered, truncated or forged
+batch (anyone with the public key can seal one: a path as its id, compressed or oversized arrays) with one error
+line, writes only ``<id>.npz``/``<id>.json`` directly inside ``--out``, and still opens the others (exit 1 if any
+failed).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as _dt
-import io
 import json
 import os
 from pathlib import Path
@@ -209,6 +210,39 @@ def _batch_files(paths: tuple[Path, ...]) -> list[Path]:
     return out
 
 
+def _shown(text: str) -> str:
+    """A sealed string for the terminal: anyone can seal one, so no control sequences and no pages of it."""
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _open_one(path: Path, key: bytes, out_fd: int, out_dir: Path, seen: dict[str, Path]) -> dict[str, Any]:
+    """Open one batch into ``out_dir``; any problem is a BatchError naming the batch file."""
+    from reconciler.capture.batch import BatchError, open_batch, read_batch_file, write_npz
+    from reconciler.core.fsutil import atomic_write_in, check_plain_target
+
+    try:
+        opened = open_batch(read_batch_file(path), key, name=str(path))
+    except OSError as exc:
+        raise BatchError(f"{path}: {exc.strerror or exc}") from None
+    m = opened.meta
+    if m["id"] in seen:
+        raise BatchError(f"{path}: batch id {m['id']} was already opened from {seen[m['id']]} (not overwritten)")
+    names = (f"{m['id']}.npz", f"{m['id']}.json")
+    text = (json.dumps(m, indent=1, sort_keys=True) + "\n").encode()
+    try:
+        for n in names:
+            check_plain_target(out_fd, n)
+        atomic_write_in(out_fd, names[0], lambda fh: write_npz(fh, opened.arrays))
+        atomic_write_in(out_fd, names[1], lambda fh: fh.write(text))
+    except OSError as exc:
+        where = out_dir / exc.filename if isinstance(exc.filename, str) else out_dir
+        raise BatchError(f"{path}: cannot write {where}: {exc.strerror or exc}") from None
+    seen[m["id"]] = path
+    return m
+
+
 @data.command("open")
 @click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The campaign's private key file.")
@@ -217,35 +251,34 @@ def _batch_files(paths: tuple[Path, ...]) -> list[Path]:
 @click.argument("batches", nargs=-1, required=True, type=click.Path(path_type=Path))
 def open_cmd(key_path: Path, out_dir: Path, batches: tuple[Path, ...]) -> None:
     """Verify and decrypt batches into .npz (arrays keyed by input/output name) plus metadata JSON."""
-    import numpy as np
-
-    from reconciler.capture.batch import BatchError, open_batch
-    from reconciler.core.fsutil import atomic_write_bytes, atomic_write_text
+    from reconciler.capture.batch import BatchError
 
     key = _load_private_key(key_path)
     files = _batch_files(batches)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        out_fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UserError(f"{out_dir}: cannot write there: {exc.strerror or exc}") from None
+    seen: dict[str, Path] = {}
     failed = 0
-    for path in files:
-        try:
-            opened = open_batch(path.read_bytes(), key, name=str(path))
-        except BatchError as exc:
-            click.echo(f"error: {exc}", err=True)
-            failed += 1
-            continue
-        except OSError as exc:
-            click.echo(f"error: {path}: {exc.strerror or exc}", err=True)
-            failed += 1
-            continue
-        m = opened.meta
-        buf = io.BytesIO()
-        np.savez(buf, **opened.arrays)
-        try:
-            atomic_write_bytes(out_dir / f"{m['id']}.npz", buf.getvalue(), mode=0o600)
-            atomic_write_text(out_dir / f"{m['id']}.json", json.dumps(m, indent=1, sort_keys=True) + "\n", mode=0o600)
-        except OSError as exc:
-            raise UserError(f"{out_dir}: cannot write {m['id']}: {exc.strerror or exc}") from None
-        click.echo(f"opened {m['id']}: {m['device']} {m['endpoint']} {m['model']} {m['modelVersion']}, "
-                   f"{m['records']} record(s), {_iso(m['start'])} .. {_iso(m['end'])}")
+    try:
+        for path in files:
+            try:
+                m = _open_one(path, key, out_fd, out_dir, seen)
+            except BatchError as exc:
+                click.echo(f"error: {exc}", err=True)
+                failed += 1
+                continue
+            except Exception as exc:  # one hostile batch fails alone, whatever it breaks
+                text = " ".join(str(exc).split())[:200]
+                click.echo(f"error: {path}: cannot open: {type(exc).__name__}: {text}", err=True)
+                failed += 1
+                continue
+            click.echo(f"opened {m['id']}: {_shown(m['device'])} {_shown(m['endpoint'])} {_shown(m['model'])} "
+                       f"{_shown(m['modelVersion'])}, {m['records']} record(s), {_iso(m['start'])} .. {_iso(m['end'])}")
+    finally:
+        os.close(out_fd)
     click.echo(f"{len(files) - failed} of {len(files)} batch(es) opened into {out_dir}")
     if failed:
         raise SystemExit(1)

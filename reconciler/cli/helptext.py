@@ -126,7 +126,9 @@ EXIT_CODES: dict[str, dict[int, str]] = {
     "docs generate": {0: "written, or up to date with --check", 1: "stale (with --check)", 2: USAGE},
     "docs reasons": {0: "written, or up to date with --check", 1: "stale (with --check)", 2: USAGE},
     "docs cli": {0: "written, or up to date with --check", 1: "stale (with --check)", 2: USAGE},
-    "data open": {0: "every batch opened", 1: "any batch rejected (tampered, truncated, wrong key)", 2: USAGE},
+    "data open": {0: "every batch opened",
+                  1: "any batch rejected (tampered, truncated, wrong key, forged, unwritable); the others are opened",
+                  2: USAGE},
     "optimize": {0: "at least one variant kept", 1: "an error, or no variant within the accuracy budget", 2: USAGE},
     "explain": {0: OK, 1: "unknown kind or field (the valid ones are listed)", 2: USAGE},
 }

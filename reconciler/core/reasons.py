@@ -95,6 +95,16 @@ WORKER_UNAVAILABLE = "WorkerUnavailable"
 LISTEN_FAILED = "ListenFailed"
 # -- data capture (status.capture.problems; reconciler.capture) ----------------------------------------------
 CAPTURE_DESTINATION_REFUSED = "CaptureDestinationRefused"
+# -- status trust (operator side: `fleet status`, `fleet history`, `fleet drift`, `rollout`; reconciler.identity) --
+STATUS_SIGNED = "Signed"
+UNSIGNED_ACCEPTED = "UnsignedAccepted"
+NOT_IN_INVENTORY = "NotInInventory"
+NO_DEVICE_KEY = "NoDeviceKey"
+UNSIGNED_STATUS = "UnsignedStatus"
+BAD_STATUS_SIGNATURE = "BadStatusSignature"
+WRONG_DEVICE_KEY = "WrongDeviceKey"
+STATUS_REWRITTEN = "StatusRewritten"
+STATUS_UNREADABLE = "StatusUnreadable"
 
 
 @dataclass(frozen=True)
@@ -254,6 +264,25 @@ REASONS: tuple[Reason, ...] = (
            "device has an upload token; nothing is sent there (no connection, no token), batches wait within the "
            "quota and retention", "If the origin is genuine, add it (`https://host:port`) to `capture.allowedOrigins` "
            "in the agent config; otherwise revert the Deployment and find out who changed it (docs/privacy.md)."),
+    Reason(STATUS_SIGNED, "fleet status TRUST=trusted", "the status commit is signed by one of the device's "
+           "`spec.statusKeys`", "—"),
+    Reason(UNSIGNED_ACCEPTED, "fleet status TRUST=unsigned", "unsigned status counted because the fleet sets "
+           "`spec.status.requireSignatures: false` and the Device manifest lists no key (migration)",
+           "Provision a key (`modelfleet agent keygen`), list it, then drop `requireSignatures: false`."),
+    Reason(NOT_IN_INVENTORY, "fleet status TRUST=untrusted", "a status branch for a device no Device manifest lists; "
+           "never counted in a gate", "Add the device to the inventory, or delete the branch (it may be forged)."),
+    Reason(NO_DEVICE_KEY, "fleet status TRUST=untrusted", "the fleet requires signed status and the Device manifest "
+           "lists no `spec.statusKeys`", "Run `modelfleet agent keygen` on the device and list the key it prints."),
+    Reason(UNSIGNED_STATUS, "fleet status TRUST=untrusted", "the device has a status key but this commit is unsigned",
+           "Someone other than the device wrote the branch: investigate (docs/security.md)."),
+    Reason(BAD_STATUS_SIGNATURE, "fleet status TRUST=untrusted", "the status signature is malformed or does not "
+           "match the commit", "As `UnsignedStatus`."),
+    Reason(WRONG_DEVICE_KEY, "fleet status TRUST=untrusted", "signed by a key that is not one of the device's (another "
+           "device's, or unknown)", "A device key may be stolen or misplaced: rotate it (docs/operations.md)."),
+    Reason(STATUS_REWRITTEN, "fleet status TRUST=untrusted", "the status branch moved back to an older commit than "
+           "this reader saw (rewritten or replayed)", "Someone rewrote the branch: protect `status/*` (docs/git.md)."),
+    Reason(STATUS_UNREADABLE, "fleet status TRUST=untrusted", "the status commit could not be read (too large, "
+           "missing)", "As `UnsignedStatus`."),
 )
 
 BY_CODE: dict[str, Reason] = {r.code: r for r in REASONS}

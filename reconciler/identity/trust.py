@@ -16,19 +16,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from reconciler.core import reasons as R
 from reconciler.identity import sshsig
 from reconciler.identity.commitsig import CommitFormatError, split_signed_commit
 
-SIGNED = "Signed"
-UNSIGNED_ACCEPTED = "UnsignedAccepted"
-NOT_IN_INVENTORY = "NotInInventory"
-NO_DEVICE_KEY = "NoDeviceKey"
-UNSIGNED = "UnsignedStatus"
-BAD_SIGNATURE = "BadStatusSignature"
-WRONG_KEY = "WrongDeviceKey"
-AMBIGUOUS_SIGNATURE = "AmbiguousSignature"
-REWRITTEN = "StatusRewritten"
-UNREADABLE = "StatusUnreadable"
+SIGNED = R.STATUS_SIGNED
+UNSIGNED_ACCEPTED = R.UNSIGNED_ACCEPTED
+NOT_IN_INVENTORY = R.NOT_IN_INVENTORY
+NO_DEVICE_KEY = R.NO_DEVICE_KEY
+UNSIGNED = R.UNSIGNED_STATUS
+BAD_SIGNATURE = R.BAD_STATUS_SIGNATURE
+WRONG_KEY = R.WRONG_DEVICE_KEY
+AMBIGUOUS_SIGNATURE = R.AMBIGUOUS_SIGNATURE
+REWRITTEN = R.STATUS_REWRITTEN
+UNREADABLE = R.STATUS_UNREADABLE
 
 TRUSTED_REASONS = (SIGNED, UNSIGNED_ACCEPTED)
 # reason -> what it means, for docs/security.md and `fleet status`'s legend

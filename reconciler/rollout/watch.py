@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from reconciler.core.errors import UserError
-from reconciler.rollout.basetrust import BaseNotVerified
 from reconciler.rollout import edit
+from reconciler.rollout.basetrust import BaseNotVerified
 from reconciler.rollout.evaluate import COMPLETE, FAILED, READY, RolloutStatus
 from reconciler.rollout.gitrepo import RolloutRepo
 
