@@ -17,7 +17,8 @@ from tests.rollout.test_cli import fleet_files, report, targets
 
 def modelfleet(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "reconciler.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env(XDG_CACHE_HOME=str(cwd / ".cache")), timeout=120)
+                          env=env(XDG_CACHE_HOME=str(cwd / ".cache"), MODELFLEET_INSECURE_SKIP_VERIFY="1"),
+                          timeout=120)
 
 
 def snapshot(bare: Path) -> str:

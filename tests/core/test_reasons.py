@@ -16,7 +16,7 @@ CAMEL = re.compile(r"^[A-Z][a-z0-9]+(?:[A-Z][a-z0-9]*)+$")
 # CamelCase strings in the code that are not reasons: kinds, condition types, class and ONNX op names, selector
 # operators, execution providers. Anything else CamelCase is a reason and must be in core/reasons.py.
 NOT_REASONS = {
-    "AgentConfig", "DeviceStatus", "RolloutStatus", "FleetRepo", "LoadResult", "GitSource", "PollResult", "MatMul", "MaxPool",
+    "AgentConfig", "DeviceStatus", "RolloutStatus", "FleetRepo", "FleetRead", "StatusRecord", "StatusRepo", "LoadResult", "GitSource", "PollResult", "MatMul", "MaxPool",
     "NotIn", "DoesNotExist", "NonRegular", "AzureExecutionProvider", "RuntimeLoadError", "AlreadyActive", "NoChange",
     "OpenVINO",  # the runtime's display name in reconciler.core.extras
     C.SOURCE_AVAILABLE, C.SOURCE_VERIFIED, C.MANIFESTS_VALID, C.ARTIFACTS_READY, C.STATUS_REPORTED, C.DRIFT_DETECTED,
