@@ -87,8 +87,8 @@ def verify_base(trust: BaseTrust, git_dir: Path, head: str, branch: str, state_f
         anc = run_git(["merge-base", "--is-ancestor", last, head], git_dir=git_dir, check=False, timeout=timeout)
         if anc.returncode != 0:
             raise BaseNotVerified(
-                f"{branch} at {head[:12]} does not descend from {last[:12]}, the last commit verified here: the "
-                "branch history was rewritten. Inspect it; if the rewrite is intended, remove "
+                f"refusing to commit on top of {branch} at {head[:12]}: {R.HISTORY_REWRITE}: it does not descend "
+                f"from {last[:12]}, the last commit verified here (the branch history was rewritten). Inspect it; if the rewrite is intended, remove "
                 f"{state_file} to verify from the new head", R.HISTORY_REWRITE)
         commits = run_git(["rev-list", f"--max-count={MAX_RANGE}", f"{last}..{head}"], git_dir=git_dir,
                           timeout=timeout).stdout.decode().split()
