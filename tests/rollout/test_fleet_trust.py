@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -113,12 +112,17 @@ def test_forged_branches_and_signatures_never_sway_the_gates(served, tmp_path: P
 
 
 def _peak_rss_mb(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess[str], float]:
-    proc = subprocess.Popen([sys.executable, "-m", "reconciler.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=cwd,
-                            env=env(XDG_CACHE_HOME=str(cwd / ".cache")))
-    out, err = proc.communicate(timeout=120)
-    _, code, usage = os.wait4(proc.pid, 0) if False else (0, proc.returncode, resource.getrusage(resource.RUSAGE_CHILDREN))
-    return subprocess.CompletedProcess(args, code, out, err), usage.ru_maxrss / 1024
+    """Run the CLI; its result and its own peak RSS (wait4 on that child alone)."""
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "reconciler.cli", *args], stdout=out, stderr=err, cwd=cwd,
+                                env=env(XDG_CACHE_HOME=str(cwd / ".cache")))
+        _, status_, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status_)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(args, proc.returncode, out.read(), err.read()), usage.ru_maxrss / 1024
 
 
 BOMB = b"""apiVersion: modelfleet/v1
