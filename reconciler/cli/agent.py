@@ -55,9 +55,12 @@ def run_cmd(config_path: Path, log_format: str | None) -> None:
 @agent.command("keygen")
 @config_option
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the key here (default: status.signingKey, else <stateDir>/identity/status_ed25519).")
+              help="Write the key here (default: status.signingKey, else <stateDir>/identity/status_ed25519); with "
+                   "--output the agent config is not needed.")
+@click.option("--comment", help="Comment after the public key (default: <deviceId>@modelfleet).")
 @click.option("--show", is_flag=True, help="Print the public key of the existing key; make none.")
-def keygen_cmd(config_path: Path, output: Path | None, show: bool) -> None:
+@click.pass_context
+def keygen_cmd(ctx: click.Context, config_path: Path, output: Path | None, comment: str | None, show: bool) -> None:
     """Make the device's status signing key (Ed25519, 0600) and print its public key.
 
     Put the printed line into the device's manifest (spec.statusKeys) by pull request: operator tools count
@@ -66,16 +69,19 @@ def keygen_cmd(config_path: Path, output: Path | None, show: bool) -> None:
     """
     from reconciler.identity import keys
 
-    cfg = load_agent_config(config_path)
-    path = output or cfg.status_signing_key or cfg.default_status_key
+    from_config = output is None or ctx.get_parameter_source("config_path") != click.core.ParameterSource.DEFAULT
+    cfg = load_agent_config(config_path) if from_config else None
+    path = output or (cfg.status_signing_key or cfg.default_status_key if cfg is not None else None)
+    assert path is not None
     try:
         key = keys.load(path) if show else keys.generate(path)
     except keys.CredentialError as exc:
         raise UserError(str(exc)) from None
-    click.echo(keys.public_line(key, f"{cfg.device_id}@modelfleet"))
+    label = comment if comment is not None else f"{cfg.device_id}@modelfleet" if cfg is not None else ""
+    click.echo(keys.public_line(key, label))
     if not show:
-        click.echo(f"wrote {path} (0600); add the line above to devices/{cfg.device_id}.yaml under spec.statusKeys",
-                   err=True)
+        where = f"devices/{cfg.device_id}.yaml" if cfg is not None else "the device's manifest"
+        click.echo(f"wrote {path} (0600); add the line above to {where} under spec.statusKeys", err=True)
 
 
 @agent.command("once")
