@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from reconciler.core.conditions import parse_time
+from reconciler.core.termsafe import escape
 from reconciler.drift import stats
 from reconciler.drift.baseline import Baseline
 from reconciler.drift.settings import decode_counts
@@ -156,6 +157,7 @@ def render(rows: Sequence[Row], points: Sequence[Point], fmt: str = "table") -> 
         score = "-" if r.score is None else f"{r.method} {r.score:.3f}" + ("" if r.merged or r.scope.startswith("device")
                                                                             else " (max)")
         worst = ", ".join(f"{f}={s:.3f}" for f, s in r.worst[:3]) or "-"
-        table.append([r.deployment, r.version, r.scope, str(r.devices), f"{r.samples:.0f}", r.level, score, worst])
+        table.append([escape(c) for c in (r.deployment, r.version, r.scope, str(r.devices), f"{r.samples:.0f}",
+                                           r.level, score, worst)])  # what devices reported, shown not obeyed
     widths = [max(len(line[i]) for line in table) for i in range(len(headers))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in table)

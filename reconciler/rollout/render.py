@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from reconciler.core.termsafe import escape
 from reconciler.core.units import format_duration
 from reconciler.rollout.evaluate import RolloutStatus
 
@@ -78,11 +79,11 @@ def render(s: RolloutStatus, fmt: str = "table") -> str:
         devices = _device_lines(s)
         if devices:
             out += [""] + [f"- {line}" for line in devices]
-        return "\n".join(out)
+        return "\n".join(escape(line) for line in out)
     if fmt != "table":
         raise ValueError(f"unknown format {fmt!r}")
     out = _headline(s) + [""] + _table(STEP_HEADERS, _step_rows(s)) + [""] + _table(GATE_HEADERS, _gate_rows(s))
     devices = _device_lines(s)
     if devices:
         out += [""] + devices
-    return "\n".join(out)
+    return "\n".join(escape(line) for line in out)  # device ids and reasons come from status branches
