@@ -218,3 +218,55 @@ def load_documents(
 def load_budget() -> NodeBudget:
     """A fresh node budget for one repository load (pass it to every :func:`load_documents` of the load)."""
     return NodeBudget(MAX_NODES_PER_LOAD, "repository load")
+
+
+def _expanded_nodes(node: Node, memo: dict[int, int], depth: int = 0) -> int:
+    """How many nodes ``node`` expands to with its aliases followed (memoized per node: shared anchors cost one
+    visit), checking depth, tags and merge keys on the way."""
+    known = memo.get(id(node))
+    if known is not None:
+        return known
+    if depth > MAX_DEPTH:
+        raise YamlError(f"nesting deeper than {MAX_DEPTH} levels", node.start_mark.line + 1, node.start_mark.column + 1)
+    if node.tag not in _ALLOWED_TAGS:
+        raise YamlError(f"YAML tag {node.tag!r} is not allowed", node.start_mark.line + 1, node.start_mark.column + 1)
+    memo[id(node)] = 1  # a recursive alias (not producible by the core schema) counts once
+    total = 1
+    if isinstance(node, SequenceNode):
+        total += sum(_expanded_nodes(child, memo, depth + 1) for child in node.value)
+    elif isinstance(node, MappingNode):
+        for knode, vnode in node.value:
+            if knode.tag == "tag:yaml.org,2002:merge" or not isinstance(knode, ScalarNode):
+                raise YamlError("mapping keys must be plain scalars (no merge keys)", knode.start_mark.line + 1,
+                                knode.start_mark.column + 1)
+            total += 1 + _expanded_nodes(vnode, memo, depth + 1)
+    memo[id(node)] = total
+    return total
+
+
+def load_data(data: bytes, max_nodes: int = MAX_NODES, max_bytes: int = MAX_FILE_BYTES) -> Any:
+    """One YAML document from another machine (a device's status), without positions: composed by libyaml, its
+    expansion counted against ``max_nodes`` *before* anything is constructed, then built by the safe constructor.
+    ~5x cheaper than :func:`load_documents` for the thousands of documents a fleet report reads."""
+    if len(data) > max_bytes:
+        raise YamlError(f"document is {len(data)} bytes (limit {max_bytes})")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise YamlError(f"not valid UTF-8 (byte offset {exc.start})") from None
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        count = _expanded_nodes(node, {})
+        if count > max_nodes:
+            raise YamlError(f"the document expands to {count} YAML nodes (limit {max_nodes})", 1, 1,
+                            "aliases (&anchor / *ref) that multiply content are not allowed to expand this far")
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise _mark_error(exc, text) from None
+    except RecursionError:
+        raise YamlError("YAML nesting too deep", 1, 1) from None
+    finally:
+        loader.dispose()

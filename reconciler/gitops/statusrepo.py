@@ -32,7 +32,7 @@ from reconciler.core.fsutil import atomic_write_text
 from reconciler.core.redact import redact_url
 from reconciler.fleet.repository import FleetRepo
 from reconciler.fleet.schemas import validator
-from reconciler.fleet.yamlsafe import YamlError, load_documents
+from reconciler.fleet.yamlsafe import YamlError, load_data
 from reconciler.gitops.auth import GitAuth
 from reconciler.gitops.verify import GitError, init_bare, run_git
 from reconciler.identity.commitsig import MAX_COMMIT_BYTES
@@ -79,12 +79,11 @@ def parse_status(data: bytes, device: str | None = None) -> dict[str, Any]:
     if len(data) > MAX_STATUS_BYTES:
         raise ValueError(f"status.yaml is {len(data)} bytes (limit {MAX_STATUS_BYTES})")
     try:
-        docs = load_documents(data, "status.yaml")
+        doc = load_data(data, max_bytes=MAX_STATUS_BYTES)
     except YamlError as exc:
         raise ValueError(f"invalid YAML at line {exc.line}: {exc.message}") from None
-    if len(docs) != 1 or not isinstance(docs[0].data, dict) or docs[0].data.get("kind") != "DeviceStatus":
+    if not isinstance(doc, dict) or doc.get("kind") != "DeviceStatus":
         raise ValueError("not a DeviceStatus document")
-    doc: dict[str, Any] = docs[0].data
     for err in validator("DeviceStatus").iter_errors(doc):
         where = "/".join(str(p) for p in err.absolute_path) or "(root)"
         raise ValueError(f"not a valid DeviceStatus: {where}: {err.message[:200]}")
@@ -226,11 +225,13 @@ class StatusRepo:
         except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
             return {}
 
-    def read(self, *, head: str | None = None, fetched: bool = False) -> FleetRead:
-        """Fetch (unless ``fetched``), then judge and parse every device's newest status (module docstring)."""
+    def read(self, *, head: str | None = None, fetched: bool = False, fleet: FleetRepo | None = None) -> FleetRead:
+        """Fetch (unless ``fetched``), then judge and parse every device's newest status (module docstring);
+        ``fleet``: the manifests at ``head`` when the caller loaded them already."""
         if not fetched:
             head = self.fetch()
-        fleet = self.load_fleet(head)
+        if fleet is None:
+            fleet = self.load_fleet(head)
         if fleet is not None:
             policy = TrustPolicy.from_inventory(fleet.status_keys(), require_signatures=fleet.require_status_signatures)
         else:

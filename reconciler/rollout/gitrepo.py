@@ -69,7 +69,7 @@ class RolloutRepo:
         if not load.ok:
             first = load.errors[0]
             raise UserError(f"the fleet at {head[:12]} does not validate: {first.file}:{first.line}: {first.message}")
-        read = self.status_repo.read(head=head, fetched=True)
+        read = self.status_repo.read(head=head, fetched=True, fleet=load.fleet)
         statuses: dict[str, dict[str, Any] | str] = {}
         for device, rec in read.records.items():
             if device not in load.fleet.devices:
