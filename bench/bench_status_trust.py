@@ -102,14 +102,14 @@ def run(n: int, old_fs: types.ModuleType, old_rr: types.ModuleType) -> dict[str,
         url = build(n, root)
         rounds: dict[str, list[float]] = {k: [] for k in ("fleet", "rollout", "baseFleet", "baseRollout")}
         for r in range(2):  # alternating, each on a cold cache
-            t, rep = timed(lambda: old_fs.StatusRepo(url, root / f"c-bf{r}").report(stale_after=3600))
+            t, rep = timed(lambda r=r: old_fs.StatusRepo(url, root / f"c-bf{r}").report(stale_after=3600))
             rounds["baseFleet"].append(t)
-            t, new = timed(lambda: fleet_report(StatusRepo(url, root / f"c-f{r}"), stale_after=3600))
+            t, new = timed(lambda r=r: fleet_report(StatusRepo(url, root / f"c-f{r}"), stale_after=3600))
             rounds["fleet"].append(t)
             assert new.totals["ready"] == n and new.totals["untrusted"] == 0, new.totals
-            t, _ = timed(lambda: old_rr.RolloutRepo(url, root / f"c-br{r}").status("tiny"))
+            t, _ = timed(lambda r=r: old_rr.RolloutRepo(url, root / f"c-br{r}").status("tiny"))
             rounds["baseRollout"].append(t)
-            t, (_, st) = timed(lambda: RolloutRepo(url, root / f"c-r{r}").status("tiny"))
+            t, (_, st) = timed(lambda r=r: RolloutRepo(url, root / f"c-r{r}").status("tiny"))
             rounds["rollout"].append(t)
         best = {k: min(v) for k, v in rounds.items()}
         return {"devices": n, "fleetStatusSeconds": round(best["fleet"], 2),
