@@ -157,6 +157,19 @@ class World:
     def commit_raw(self, files: dict[str, str | bytes | None], message: str) -> str:
         return self.upstream.commit(files, message)
 
+    def provision_identity(self, state_dir: Path, device_id: str = "dev-1",
+                           labels: dict[str, str] | None = None) -> dict[str, str]:
+        """The device's status key where the agent of ``agent_config(state_dir)`` looks for it, and its inventory
+        file listing that key (commit it so operator tools count the device's status)."""
+        from reconciler.identity import keys
+
+        path = state_dir / "state" / "identity" / "status_ed25519"
+        key = keys.load(path) if path.exists() else keys.generate(path)
+        doc = {"apiVersion": "modelfleet/v1", "kind": "Device",
+               "metadata": {"name": device_id, "labels": dict(labels or {})},
+               "spec": {"statusKeys": [keys.public_line(key, device_id)]}}
+        return {f"devices/{device_id}.yaml": yaml.safe_dump(doc, sort_keys=False)}
+
     def agent_config(self, state_dir: Path, *, device_id: str = "dev-1", poll: str = "200ms", port: int = 0,
                      status: bool = False, extra: dict[str, Any] | None = None) -> Path:
         spec: dict[str, Any] = {

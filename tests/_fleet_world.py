@@ -67,12 +67,19 @@ def device_ids(n: int, prefix: str = "sim") -> list[str]:
     return [f"{prefix}-{i:05d}" for i in range(n)]
 
 
-def inventory(n: int, canaries: int, prefix: str = "sim") -> dict[str, str]:
-    """devices/<id>.yaml for the simulated devices (ring labels as the simulator gives them)."""
+def inventory(n: int, canaries: int, prefix: str = "sim", keys: Path | None = None) -> dict[str, str]:
+    """devices/<id>.yaml for the simulated devices (ring labels as the simulator gives them); with ``keys``, each
+    device's status key is made there (``keys/<id>``, the simulator's ``status_keys``) and listed."""
+    from reconciler.identity import keys as device_keys
+
     out = {}
     for i, dev in enumerate(device_ids(n, prefix)):
-        doc = {"apiVersion": "modelfleet/v1", "kind": "Device",
-               "metadata": {"name": dev, "labels": {"ring": "canary" if i < canaries else "stable"}}}
+        doc: dict[str, Any] = {"apiVersion": "modelfleet/v1", "kind": "Device",
+                               "metadata": {"name": dev, "labels": {"ring": "canary" if i < canaries else "stable"}}}
+        if keys is not None:
+            path = keys / dev
+            key = device_keys.load(path) if path.exists() else device_keys.generate(path)
+            doc["spec"] = {"statusKeys": [device_keys.public_line(key, dev)]}
         out[f"devices/{dev}.yaml"] = yaml.safe_dump(doc, sort_keys=False)
     return out
 

@@ -58,6 +58,9 @@ def _source_url(repo: str | None) -> str:
 @click.option("--processes", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Processes the devices are split over (one core each: the agents' Python work holds one "
                    "process to one core).")
+@click.option("--status-keys", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Directory of status signing keys, one file per device id (as `agent keygen --output DIR/<id>` "
+                   "makes them); list their public keys in the devices' manifests so gates count the devices.")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Devices' state directories (default: a temporary directory, removed at the end).")
 @format_option("json", "table", default="json", aliases={"text": "table"},
@@ -65,7 +68,7 @@ def _source_url(repo: str | None) -> str:
 def simulate(n: int, repo: str | None, tuf_url: str | None, trusted_root: Path, poll_interval: str,
              heartbeat_interval: str | None, status_push_spread: str, offline_share: float, fail_share: float,
              canaries: int, labels: tuple[str, ...], duration: str, report_every: str, workers: int,
-             processes: int, work_dir: Path | None, fmt: str) -> None:
+             processes: int, status_keys: Path | None, work_dir: Path | None, fmt: str) -> None:
     """Run N device agents (in one process, or --processes); print convergence over time (JSON lines).
 
     The devices poll and push to --repo (a URL git understands, or a path).
@@ -84,7 +87,8 @@ def simulate(n: int, repo: str | None, tuf_url: str | None, trusted_root: Path, 
         poll_interval=_duration("--poll-interval", poll_interval),
         heartbeat_interval=_duration("--heartbeat-interval", heartbeat_interval) if heartbeat_interval else None,
         status_push_spread=_duration("--status-push-spread", status_push_spread),
-        offline_share=offline_share, fail_share=fail_share, canaries=canaries, labels=label_map, workers=workers)
+        offline_share=offline_share, fail_share=fail_share, canaries=canaries, labels=label_map, workers=workers,
+        status_keys=status_keys.resolve() if status_keys else None)
     run_for, every = _duration("--duration", duration), _duration("--report-every", report_every)
     logging.getLogger("reconciler").setLevel(logging.ERROR)
     tmp = None

@@ -66,6 +66,9 @@ class SimSettings:
     status_urls: list[str] = field(default_factory=list)
     status_push_spread: float = 0.0  # the agents' status.pushSpread (seconds)
     first: int = 0  # number of the first device (a process of a sharded fleet runs sim-<first> onwards)
+    # A directory of status keys, one file per device id (``modelfleet agent keygen --output DIR/<id>``): the
+    # devices sign their status with them, as real ones do; a device without a file pushes unsigned status.
+    status_keys: Path | None = None
 
 
 @dataclass
@@ -123,6 +126,8 @@ class Simulation:
                 max_concurrent_downloads=1, source_credentials=s.credentials or Credentials(),
                 tuf_credentials=s.tuf_credentials or Credentials(), status_enabled=s.status,
                 status_url=status_shard(dev_id, s.status_urls), status_push_spread=s.status_push_spread,
+                status_signing_key=s.status_keys / dev_id if s.status_keys and (s.status_keys / dev_id).is_file()
+                else None,
             )
             comp = SimComponents.build(cfg, runtime, counters, facts=DEFAULT_FACTS, failing=dev_id in failing,
                                        shared=shared)

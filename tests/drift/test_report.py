@@ -22,6 +22,7 @@ from reconciler.drift.settings import decode_counts, encode_counts
 from reconciler.gitops.statuswriter import StatusWriter
 from tests._cli import run_cli
 from tests._git_fixtures import Upstream, make_status
+from tests._identity import device_key, inventory_files
 
 NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 SHIFTS = {"cam-1": 0.0, "cam-2": 0.0, "cam-3": 1.0}  # cam-3 (site south) drifts on feature x[2]
@@ -63,10 +64,11 @@ def status_with_drift(device: str, hours_ago: int, shift: float, rng: np.random.
 def fleet_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("driftfleet")
     up = Upstream(root)
-    up.commit({"fleet.yaml": "rev: 1\n"})
+    ids = {dev: device_key(root / "keys", dev) for dev in SHIFTS}
+    up.commit(inventory_files({dev: line for dev, (_, line) in ids.items()}))
     rng = np.random.default_rng(9)
     for dev, shift in SHIFTS.items():
-        w = StatusWriter(up.file_url, dev, root / "devices" / dev)
+        w = StatusWriter(up.file_url, dev, root / "devices" / dev, signing_key=ids[dev][0])
         for hours in (6, 4, 2, 0):  # the shift grows over time on the drifting device
             w.submit(status_with_drift(dev, hours, shift * (6 - hours) / 6, rng))
             assert w.flush(30)

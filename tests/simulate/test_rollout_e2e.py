@@ -34,7 +34,8 @@ N, CANARIES = 50, 3
 
 def modelfleet(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "reconciler.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env(XDG_CACHE_HOME=str(cwd / ".cache")), timeout=120)
+                          env=env(XDG_CACHE_HOME=str(cwd / ".cache"), MODELFLEET_INSECURE_SKIP_VERIFY="1"),
+                          timeout=120)
 
 
 class Driver:
@@ -93,7 +94,7 @@ def world(tmp_path: Path):
     w.publish("1.0.0")
     w.publish("1.1.0", bias=0.5)
     w.publish("2.0.0", bias=1.0, nan=True)
-    commit_version(w, "1.0.0", extra_files=inventory(N, CANARIES))
+    commit_version(w, "1.0.0", extra_files=inventory(N, CANARIES, keys=tmp_path / "keys"))
     yield w
     w.stop()
 
@@ -102,7 +103,7 @@ def test_rollout_of_fifty_devices_with_offline_share_then_bad_version_aborted(wo
     logging.getLogger("reconciler").setLevel(logging.ERROR)
     sim = Simulation.create(SimSettings(devices=N, source_url=world.git_url, trusted_root=world.trusted_root,
                                         poll_interval=1.0, canaries=CANARIES, offline_share=0.2, workers=6,
-                                        credentials=world.device_credentials),
+                                        credentials=world.device_credentials, status_keys=tmp_path / "keys"),
                             tmp_path / "devices")
     offline = {d.id for d in sim.devices if d.offline}
     online = {d.id for d in sim.devices} - offline
@@ -115,7 +116,7 @@ def test_rollout_of_fifty_devices_with_offline_share_then_bad_version_aborted(wo
     try:
         drv.wait(lambda: all(drv.serving()[d] == "1.0.0" for d in online), "1.0.0 everywhere online", 60)
 
-        commit_version(world, "1.1.0", rollout_from="1.0.0", extra_files=inventory(N, CANARIES))
+        commit_version(world, "1.1.0", rollout_from="1.0.0", extra_files=inventory(N, CANARIES, keys=tmp_path / "keys"))
         for step in range(4):
             head = git(work, "rev-parse", "HEAD")
             targets = new_version_devices(work, head, "1.1.0")
@@ -154,7 +155,7 @@ def test_rollout_of_fifty_devices_with_offline_share_then_bad_version_aborted(wo
         # a bad version: NaN outputs fail the real health check on the canaries
         before = dict(drv.serving())
         drv.seen_versions = {d: set() for d in drv.seen_versions}
-        commit_version(world, "2.0.0", rollout_from="1.1.0", extra_files=inventory(N, CANARIES))
+        commit_version(world, "2.0.0", rollout_from="1.1.0", extra_files=inventory(N, CANARIES, keys=tmp_path / "keys"))
         canaries = new_version_devices(work, "HEAD", "2.0.0")
 
         def canaries_failed() -> bool:
