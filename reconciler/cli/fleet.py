@@ -8,6 +8,7 @@ Ready, applied commit vs the branch head, endpoint versions and heartbeat age (S
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -21,7 +22,7 @@ from reconciler.core.errors import UserError
 from reconciler.core.redact import redact_url, split_userinfo
 from reconciler.core.termsafe import escape
 from reconciler.core.units import parse_duration
-from reconciler.gitops.fleetstatus import fleet_report, history, render, render_history
+from reconciler.gitops.fleetstatus import fleet_report, history, render, render_device, render_history
 from reconciler.gitops.statusrepo import StatusRepo
 from reconciler.gitops.verify import GitError
 
@@ -163,8 +164,11 @@ def fleet() -> None:
 @repo_options
 @click.option("--stale-after", default="15m", show_default=True, metavar="DURATION",
               help="Mark devices whose last heartbeat is older than this as STALE.")
+@click.option("--device", "device", metavar="ID", help="One device in full: trust, every condition with its "
+              "message, every endpoint (with --format json: that device's row).")
 def status_cmd(repo: str | None, branch: str, prefix: str, cache_dir: Path | None, timeout: str, fmt: str,
-               username: str | None, password_file: Path | None, ca_file: Path | None, stale_after: str) -> None:
+               username: str | None, password_file: Path | None, ca_file: Path | None, stale_after: str,
+               device: str | None) -> None:
     """One table: device, applied commit vs branch head, endpoints, Ready, heartbeat age."""
     try:
         stale = parse_duration(stale_after)
@@ -175,6 +179,17 @@ def status_cmd(repo: str | None, branch: str, prefix: str, cache_dir: Path | Non
         report = fleet_report(sr, stale_after=stale)
     except (GitError, CredentialError) as exc:
         raise UserError(f"cannot read status branches from {sr.display_url}: {exc}") from None
+    if device is not None:
+        known = {r.device for r in report.rows} | set(report.never_reported)
+        if device not in known:
+            raise UserError(f"no device {escape(device)!r}: not in the inventory and no {prefix}{escape(device)} "
+                            "branch")
+        if fmt in ("json", "yaml"):
+            row = next((d for d in json.loads(render(report, "json"))["devices"] if d["device"] == device), None)
+            emit_json_text(json.dumps(row or {"device": device, "neverReported": True}, indent=2), fmt)
+        else:
+            click.echo(render_device(report, device))
+        return
     if not report.rows and fmt == "table":
         click.echo(f"no device has reported yet (no {prefix}* branches in {sr.display_url})")
         if report.never_reported:

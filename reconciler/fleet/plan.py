@@ -155,7 +155,8 @@ def render_text(plan: Plan) -> str:
     lines.append("")
     lines.append(f"Plan: {n['add']} to add, {n['update']} to update, {n['remove']} to remove, {n['issue']} issues "
                  f"on {plan.changed_devices} of {plan.devices} devices"
-                 + (f" (+{plan.classes} device classes)" if plan.classes else "") + ".")
+                 + (f" and {plan.classes} hardware class{'' if plan.classes == 1 else 'es'}" if plan.classes else "")
+                 + ".")
     return "\n".join(lines) + "\n"
 
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from reconciler.core import conditions as C
 from reconciler.core.conditions import isoformat, parse_time
 from reconciler.core.termsafe import escape
 from reconciler.core.units import format_duration
@@ -28,8 +29,21 @@ class EndpointView:
     name: str
     deployment: str | None
     model: str | None
-    version: str | None
+    version: str | None  # what serves now
     state: str
+    desired: str | None = None  # what the desired state asks for
+    message: str = ""  # why it is not at the desired version
+
+    def describe(self) -> str:
+        """``name=model@version``, with what failed next to what still serves."""
+        serving = f"{self.name}={self.model or '?'}@{self.version or '-'}"
+        if self.state == "Serving":
+            return serving
+        if self.state == "Failed" and self.version and self.desired and self.desired != self.version:
+            return f"{serving} (serving; {self.desired} Failed)"
+        if self.state == "Failed" and self.desired:
+            return f"{self.name}={self.model or '?'}@{self.desired} (Failed)"
+        return f"{serving} ({self.state})"
 
 
 @dataclass
@@ -45,7 +59,9 @@ class DeviceRow:
     age_seconds: float | None = None
     stale: bool = False
     error: str | None = None  # the status could not be read
-    message: str = ""  # the Ready condition's message (why it is not ready)
+    message: str = ""  # why it is not ready: the failing condition's message
+    condition: str = ""  # the failing condition's type (Ready when no other one is False)
+    conditions: list[dict[str, str]] = field(default_factory=list)  # every condition: type, status, reason, message
     trust: str = "trusted"  # trusted | unsigned (accepted: requireSignatures false) | untrusted
     trust_reason: str = ""
     trust_message: str = ""
@@ -69,9 +85,13 @@ def device_row(device: str, status_commit: str, doc: Mapping[str, Any], *, behin
     st = doc.get("status") or {}
     applied = st.get("appliedCommit") if isinstance(st.get("appliedCommit"), str) else None
     ready = next((c for c in st.get("conditions") or [] if isinstance(c, dict) and c.get("type") == "Ready"), {})
+    failing = failing_condition(st.get("conditions") or []) if ready.get("status") != "True" else None
+    why = failing or ready
     eps = [EndpointView(str(e.get("name", "?")), e.get("deployment"), e.get("model"),
-                        None if e.get("version") is None else str(e.get("version")), str(e.get("state", "?")))
-           for e in st.get("endpoints") or [] if isinstance(e, dict)]
+                        None if e.get("version") is None else str(e.get("version")), str(e.get("state", "?")),
+                        None if e.get("desiredVersion") is None else str(e.get("desiredVersion")),
+                        str(e.get("message") or ""))
+           for e in st.get("endpoints") or [] if isinstance(e, dict) and e.get("state") != "Removed"]
     hb = st.get("heartbeat")
     age: float | None = None
     if isinstance(hb, str):
@@ -82,11 +102,30 @@ def device_row(device: str, status_commit: str, doc: Mapping[str, Any], *, behin
     return DeviceRow(
         device=device, status_commit=status_commit, applied=applied,
         behind=behind.get(applied) if applied else None,
-        ready=str(ready.get("status", "Unknown")), reason=str(ready.get("reason", "")),
-        message=str(ready.get("message", "")),
+        ready=str(ready.get("status", "Unknown")), reason=str(why.get("reason", "")),
+        message=str(why.get("message", "")), condition=str(why.get("type", "")),
+        conditions=[{k: str(c.get(k, "")) for k in ("type", "status", "reason", "message")}
+                    for c in st.get("conditions") or [] if isinstance(c, dict)],
         endpoints=eps, heartbeat=hb if isinstance(hb, str) else None, age_seconds=age,
         stale=age is None or age > stale_after,
     )
+
+
+# The conditions a pass sets in order: the first False one is why a device is not ready (Ready's own reason is
+# often just NotConverged), as `flux get` shows the failing step rather than the summary.
+PASS_ORDER = (C.SOURCE_AVAILABLE, C.SOURCE_VERIFIED, C.MANIFESTS_VALID, C.ARTIFACTS_READY, C.APPLIED,
+              C.WORKERS_SERVING)
+
+
+def failing_condition(conditions: list[Any]) -> dict[str, Any] | None:
+    """The first False condition of a pass (pure); None when none is False."""
+    by_type = {c.get("type"): c for c in conditions if isinstance(c, dict)}
+    for ctype in PASS_ORDER:
+        c = by_type.get(ctype)
+        if c is not None and c.get("status") == "False":
+            return c
+    degraded = by_type.get(C.DEGRADED)
+    return degraded if degraded is not None and degraded.get("status") == "True" else None
 
 
 def summarize(rows: list[DeviceRow]) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
@@ -159,8 +198,42 @@ def _endpoints(r: DeviceRow) -> str:
         return f"(untrusted: {r.trust_message})"
     if r.error:
         return f"(unreadable: {r.error})"
-    return ", ".join(f"{e.name}={e.model or '?'}@{e.version or '-'}" + ("" if e.state == "Serving" else f" ({e.state})")
-                     for e in r.endpoints) or "-"
+    return ", ".join(e.describe() for e in r.endpoints) or "-"
+
+
+def render_device(report: FleetReport, device: str) -> str:
+    """Everything one device reports, for a person: trust, conditions and endpoints with their messages."""
+    row = next((r for r in report.rows if r.device == device), None)
+    if row is None:
+        where = "in the inventory but has never reported" if device in report.never_reported else "has no status"
+        return escape(f"{device} {where}")
+    lines = [f"Device {row.device}", f"  status commit  {row.status_commit[:12]} ({row.trust}: {row.trust_reason})"]
+    if row.trust == "untrusted":
+        return "\n".join(escape(x) for x in [*lines, f"  untrusted      {row.trust_message}"])
+    if row.error:
+        return "\n".join(escape(x) for x in [*lines, f"  unreadable     {row.error}"])
+    lines += [f"  applied        {row.applied or '-'} ({_behind(row)})",
+              f"  heartbeat      {row.heartbeat or '-'} ({_age(row.age_seconds)} ago{', STALE' if row.stale else ''})",
+              "", "  CONDITION        STATUS   REASON / MESSAGE"]
+    for c in row.conditions:
+        lines.append(f"  {c['type']:<16} {c['status']:<8} {c['reason']}" + (f": {c['message']}" if c["message"] else ""))
+    lines += ["", "  ENDPOINTS"]
+    for e in row.endpoints:
+        lines.append(f"  {e.describe()}" + (f": {e.message}" if e.message else ""))
+    return "\n".join(escape(x) for x in lines)
+
+
+def _why_lines(report: FleetReport, limit: int = 50) -> list[str]:
+    """One line per device that is not ready: the failing condition, its reason and message (escaped, cut)."""
+    out = []
+    for r in report.rows:
+        if r.trust == "untrusted" or r.error or r.ready == "True" or not (r.reason or r.message):
+            continue
+        text = f"{r.device}: {r.condition or 'Ready'} {r.reason}: {r.message}".rstrip(": ")
+        out.append(escape(text if len(text) <= 300 else text[:299] + "…"))
+    if len(out) > limit:
+        out = out[:limit] + [f"… {len(out) - limit} more (--format json has them all)"]
+    return out
 
 
 def _table_rows(report: FleetReport) -> list[list[str]]:
@@ -200,7 +273,9 @@ def render(report: FleetReport, fmt: str = "table") -> str:
         out = [f"**Fleet status** — {head}, generated {report.generated}", "",
                "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
         out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
-        out += ["", totals, "", "| DEPLOYMENT | MODEL@VERSION | DEVICES |", "|---|---|---|"]
+        why = _why_lines(report)
+        out += ["", totals] + (["", "Not ready:", ""] + ["- " + w.replace("|", "\\|") for w in why] if why else [])
+        out += ["", "| DEPLOYMENT | MODEL@VERSION | DEVICES |", "|---|---|---|"]
         out += [f"| {d} | {v} | {n} |" for d, v, n in summary]
         return "\n".join(out)
     if fmt != "table":
@@ -211,6 +286,9 @@ def render(report: FleetReport, fmt: str = "table") -> str:
         return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
     out = [f"Fleet status: {head}", line(HEADERS)] + [line(r) for r in rows] + ["", totals]
+    why = _why_lines(report)
+    if why:
+        out += ["", "Not ready:"] + [f"  {w}" for w in why]
     if summary:
         sw = [max(len("DEPLOYMENT"), *(len(d) for d, _, _ in summary)),
               max(len("MODEL@VERSION"), *(len(v) for _, v, _ in summary))]

@@ -181,3 +181,62 @@ def test_statuses_from_sharded_status_repositories(tmp_path: Path) -> None:
     assert missing.returncode == 1 and "error: no status branch status/cam-9" in missing.stderr
     bad = modelfleet("fleet", "status", "--repo", up.file_url, "--status-repo", str(tmp_path / "absent"), cwd=tmp_path)
     assert bad.returncode != 0 and "--status-repo" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _why_status(device: str) -> dict:
+    doc = make_status(device, applied="h" * 40, ready=False, heartbeat="2026-11-24T10:29:00Z")
+    st = doc["status"]
+    st["conditions"] = [
+        {"type": "Ready", "status": "False", "reason": "NotConverged", "message": "1 endpoint not converged",
+         "lastTransitionTime": "2026-11-24T09:00:00Z"},
+        {"type": "SourceAvailable", "status": "True", "reason": "Succeeded", "message": "",
+         "lastTransitionTime": "2026-11-24T09:00:00Z"},
+        {"type": "ManifestsValid", "status": "False", "reason": "ValidationFailed",
+         "message": "deployments/scorer.yaml:10: unknown field spec.selector.matchLabel",
+         "lastTransitionTime": "2026-11-24T09:00:00Z"},
+    ]
+    st["endpoints"] = [
+        {"name": "scorer", "deployment": "scorer", "model": "scorer", "version": "1.2.0", "desiredVersion": "1.3.0",
+         "state": "Failed", "message": "TargetHashMismatch: scorer/1.3.0/model.onnx"},
+        {"name": "textdir", "deployment": "textdir", "model": "textdir", "version": None, "state": "Removed"},
+    ]
+    return doc
+
+
+def test_fleet_status_says_why_and_what_serves(tmp_path: Path) -> None:
+    """Issue Y: the failing condition's reason and message, what still serves next to what failed, no ghost rows
+    for removed endpoints, and a per-device view."""
+    trusted = StatusTrust(True, SIGNED, "signed")
+    rec = StatusRecord("edge-02", "c" * 40, 0, trusted, doc=parse_status(dump_status(_why_status("edge-02")),
+                                                                         "edge-02"))
+    rep = build_report("main", FleetRead("h" * 40, None, TrustPolicy({}), {"edge-02": rec}), {"h" * 40: 0}, now=NOW,
+                       stale_after=900)
+    table = render(rep, "table")
+    assert "False (ValidationFailed)" in table and "NotConverged" not in table.split("Not ready:")[0]
+    assert ("edge-02: ManifestsValid ValidationFailed: deployments/scorer.yaml:10: unknown field "
+            "spec.selector.matchLabel") in table
+    assert "scorer=scorer@1.2.0 (serving; 1.3.0 Failed)" in table
+    assert "textdir" not in table and "Removed" not in table
+    assert rep.versions == {"scorer": {"scorer@1.2.0": 1}}
+    row = json.loads(render(rep, "json"))["devices"][0]
+    assert row["condition"] == "ManifestsValid" and row["message"].endswith("matchLabel")
+    assert {c["type"] for c in row["conditions"]} == {"Ready", "SourceAvailable", "ManifestsValid"}
+    assert "Not ready:" in render(rep, "markdown")
+
+    up = Upstream(tmp_path / "up")
+    path, line = device_key(tmp_path / "k", "edge-02")
+    up.commit(inventory_files({"edge-02": line, "edge-03": None}, require=False))
+    w = StatusWriter(up.file_url, "edge-02", tmp_path / "dev", signing_key=path)
+    try:
+        w.submit(_why_status("edge-02"))
+        assert w.flush(30)
+    finally:
+        w.close(timeout=1)
+    one = modelfleet("fleet", "status", "--repo", up.file_url, "--device", "edge-02", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    assert "ManifestsValid   False    ValidationFailed: deployments/scorer.yaml:10" in one.stdout
+    assert "scorer=scorer@1.2.0 (serving; 1.3.0 Failed): TargetHashMismatch" in one.stdout
+    never = modelfleet("fleet", "status", "--repo", up.file_url, "--device", "edge-03", cwd=tmp_path)
+    assert never.returncode == 0 and "never reported" in never.stdout
+    unknown = modelfleet("fleet", "status", "--repo", up.file_url, "--device", "nope", cwd=tmp_path)
+    assert unknown.returncode == 1 and "no device 'nope'" in unknown.stderr
