@@ -245,6 +245,32 @@ def judge(sig: CommitSignature, *, ssh_trusted: bool, gpg_trusted: bool) -> Veri
     return VerifyResult(False, VERIFICATION_FAILED, f"commit {short} has {what} (key {sig.key})", seen, sig.commit)
 
 
+APPROVE_TRAILER = "Approve-Unsigned"
+APPROVABLE = (UNSIGNED, VERIFICATION_FAILED)  # never a commit git cannot judge unambiguously (AmbiguousSignature)
+MAX_APPROVALS = 256  # trailers honoured per commit
+
+
+def approved(messages: Mapping[str, str]) -> dict[str, str]:
+    """Commit sha -> the verified commit whose message approves it with ``Approve-Unsigned: <full sha>`` (pure).
+
+    The way out of an unsigned commit under ``verify.mode: all`` without rewriting history (docs/git.md): a
+    signed commit on top that names, by full object id, the commits its signer reviewed. A commit can only name
+    commits that existed before it, so an approval always sits above what it approves."""
+    out: dict[str, str] = {}
+    for approver, message in messages.items():
+        found = 0
+        for line in message.splitlines():
+            key, sep, value = line.partition(":")
+            value = value.strip().lower()
+            if sep and key.strip().lower() == APPROVE_TRAILER.lower() and len(value) in (40, 64) and all(
+                    c in "0123456789abcdef" for c in value):
+                out.setdefault(value, approver)
+                found += 1
+                if found >= MAX_APPROVALS:
+                    break
+    return out
+
+
 class Verifier:
     """Checks commits of a local repository against the provisioned allowed-signers file and/or GPG keyring."""
 
@@ -302,6 +328,17 @@ class Verifier:
             if old != home:
                 shutil.rmtree(old, ignore_errors=True)
         return self._short(home)
+
+    def _messages(self, commits: Sequence[str]) -> dict[str, str]:
+        """Commit messages of ``commits`` (only asked for when a commit in the range is refused)."""
+        out = run_git(["log", "--no-walk=unsorted", "--format=%H%x00%B%x1e", *commits], git_dir=self.git_dir,
+                      timeout=self.timeout).stdout.decode("utf-8", "replace")
+        messages: dict[str, str] = {}
+        for record in out.split("\x1e"):
+            sha, sep, body = record.strip("\n").partition("\x00")
+            if sep:
+                messages[sha] = body[:65536]
+        return messages
 
     def signatures(self, commits: Sequence[str]) -> list[CommitSignature]:
         """Signature status of ``commits`` (in order), from one ``cat-file`` call and at most one ``log`` call per
@@ -362,12 +399,22 @@ class Verifier:
         return [seen.get(c) or CommitSignature(c, fmt, "N", None, None) for c in commits]
 
     def verify(self, commits: Sequence[str]) -> VerifyResult:
-        """All ``commits`` must be signed by a trusted signer; the first one that is not decides the result."""
+        """All ``commits`` must be signed by a trusted signer — or, for a commit that is not, be named in an
+        ``Approve-Unsigned: <sha>`` trailer of a verified commit among ``commits`` (:func:`approved`); the first
+        commit that is neither decides the result."""
         results = [judge(s, ssh_trusted=self.allowed_signers is not None, gpg_trusted=self.gpg_keyring is not None)
                    for s in self.signatures(commits)]
-        for r in results:
-            if not r.ok:
-                return r
+        refused = [r for r in results if not r.ok]
+        if refused:
+            trusted = [c for c, r in zip(commits, results, strict=True) if r.ok]
+            grants = approved(self._messages(trusted)) if trusted else {}
+            for r in results:
+                if not r.ok and not (r.reason in APPROVABLE and r.commit in grants):
+                    return r
+            names = ", ".join(f"{r.commit[:12]} by {grants[r.commit][:12]}" for r in refused if r.commit)
+            results = [r for r in results if r.ok]
+            head = results[0]
+            return VerifyResult(True, VERIFIED, f"{head.message}; approved unsigned: {names}", head.signer, head.commit)
         if not results:
             return VerifyResult(True, VERIFIED, "no commits to verify")
         head = results[0]

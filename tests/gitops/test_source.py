@@ -350,3 +350,32 @@ def test_many_fetches_keep_the_cache_compact(upstream: Upstream, tmp_path: Path)
     packs = list((tmp_path / "cache" / "repo.git" / "objects" / "pack").glob("*.pack"))
     assert len(packs) <= 5
     assert src.fetches == 9 and src.read_files(applied) == {"f.yaml": b"a: 8\n"}
+
+
+def test_a_signed_commit_approves_named_unsigned_commits_without_rewriting(upstream: Upstream, tmp_path: Path, keys,
+                                                                           allowed) -> None:
+    """Issue Y: the way out of an unsigned commit under `all` is a signed commit on top naming it
+    (`Approve-Unsigned: <sha>`); a signed commit without the trailer, a trailer naming another commit, or a trailer
+    in an unsigned commit do not get it through."""
+    base = upstream.commit({"f.yaml": "a: 1\n"}, ssh_key=keys["alice"])
+    src = GitSource(upstream.file_url, tmp_path / "cache", verify_mode="all", allowed_signers=allowed)
+    assert src.poll(None).commit == base
+    unsigned = upstream.commit({"f.yaml": "a: 2\n"}, "hotfix pushed without signing")
+    assert src.poll(base).reason == "UnsignedCommit"
+    upstream.commit({"f.yaml": "a: 3\n"}, "signed, says nothing", ssh_key=keys["alice"])
+    assert src.poll(base).reason == "UnsignedCommit"
+    upstream.commit({"f.yaml": "a: 4\n"}, f"wrong one\n\nApprove-Unsigned: {'0' * 40}\n", ssh_key=keys["alice"])
+    assert src.poll(base).reason == "UnsignedCommit"
+    upstream.commit({"f.yaml": "a: 5\n"}, f"self-approved\n\nApprove-Unsigned: {unsigned}\n")
+    assert src.poll(base).reason == "UnsignedCommit"
+    tip = upstream.commit({"f.yaml": "a: 6\n"}, f"reviewed the hotfix\n\nApprove-Unsigned: {unsigned}\n",
+                          ssh_key=keys["alice"])
+    r = src.poll(base)
+    assert r.reason == "UnsignedCommit" and r.commit == base  # the self-approved commit above is unsigned too
+    tip = upstream.commit({"f.yaml": "a: 7\n"}, "approve both\n\n"
+                          f"Approve-Unsigned: {unsigned}\nApprove-Unsigned: {git(upstream.work, 'rev-parse', 'HEAD~1')}\n",
+                          ssh_key=keys["alice"])
+    r = src.poll(base)
+    assert r.commit == tip and r.changed, r.message
+    assert "approved unsigned" in next(c for c in r.conditions if c.type == "SourceVerified").message
+    assert git(upstream.work, "rev-list", "--count", f"{base}..{tip}") == "6"  # no history rewritten
