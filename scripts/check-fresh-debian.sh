@@ -77,6 +77,7 @@ while IFS='=' read -r name value; do
 done < <(env | grep '^PIP_' || true)
 for path in $( { [ ${#pipfiles[@]} -eq 0 ] || grep -rhoE '(file://)?/[^[:space:]"]+' "${pipfiles[@]}"; \
                  printf '%s\n' "${pipenv[@]}" | grep -oE '(file://)?/[^[:space:]"]+'; } 2>/dev/null | sed 's#^file://##' | sort -u); do
+  case $path in */simple | */simple/) path=${path%/}; path=${path%/simple} ;; esac  # a local index: ../files too
   [ -d "$path" ] && [ ! -e "$dir$path" ] || continue
   mnt "$dir$path" --bind "$path" && mount -o remount,bind,ro "$dir$path"
 done
