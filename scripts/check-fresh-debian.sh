@@ -13,6 +13,7 @@
 # DIR is kept for inspection (its mounts are removed at the end). To rerun: rm -rf DIR (`findmnt -R DIR` first:
 # nothing may be mounted under it).
 set -euo pipefail
+{ # one compound command: bash reads all of it before running, so editing this file mid-run changes nothing
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 dir=${1:-/srv/chroot-fresh}
@@ -23,9 +24,11 @@ rev=${REV:-HEAD}
 [ ! -e "$dir" ] || { echo "check-fresh-debian: $dir exists: umount what is under it and remove it first" >&2; exit 1; }
 
 # The mirror the host itself uses (deb822 .sources or one-line .list), else Debian's default.
-mirror=${MIRROR:-$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*debian\/*\)$/\1/p' | head -1)}
-mirror=${mirror:-$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
-                   | sed -n 's/^deb[[:space:]]\+\(\[[^]]*\][[:space:]]\+\)\?\([^[:space:]]*\/debian\/*\)[[:space:]].*/\2/p' | head -1)}
+sources=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+lists=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true)
+mirror=${MIRROR:-$(sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*debian\/*\)$/\1/p' <<<"$sources" | head -1)}
+mirror=${mirror:-$(sed -n 's/^deb[[:space:]]\+\(\[[^]]*\][[:space:]]\+\)\?\([^[:space:]]*\/debian\/*\)[[:space:]].*/\2/p' \
+                   <<<"$lists" | head -1)}
 mirror=${mirror:-http://deb.debian.org/debian}
 
 command -v debootstrap >/dev/null || { apt-get update -q && apt-get install -y -q debootstrap; }
@@ -75,8 +78,9 @@ pipenv=()
 while IFS='=' read -r name value; do
   pipenv+=("$name=$value")
 done < <(env | grep '^PIP_' || true)
-for path in $( { [ ${#pipfiles[@]} -eq 0 ] || grep -rhoE '(file://)?/[^[:space:]"]+' "${pipfiles[@]}"; \
-                 printf '%s\n' "${pipenv[@]}" | grep -oE '(file://)?/[^[:space:]"]+'; } 2>/dev/null | sed 's#^file://##' | sort -u); do
+paths=$( { [ ${#pipfiles[@]} -eq 0 ] || grep -rhoE '(file://)?/[^[:space:]"]+' "${pipfiles[@]}"
+          printf '%s\n' "${pipenv[@]}" | grep -oE '(file://)?/[^[:space:]"]+'; } 2>/dev/null || true)
+for path in $(sed 's#^file://##' <<<"$paths" | sort -u); do
   case $path in */simple | */simple/) path=${path%/}; path=${path%/simple} ;; esac  # a local index: ../files too
   [ -d "$path" ] && [ ! -e "$dir$path" ] || continue
   mnt "$dir$path" --bind "$path" && mount -o remount,bind,ro "$dir$path"
@@ -95,6 +99,7 @@ git -C "$here" clone --quiet --bare --no-local "$here" "$dir/srv/modelfleet.git"
 commit=$(git -C "$here" rev-parse "$rev")
 # What the README says to install first: the packages of its `apt-get install` line.
 pkgs=$(git -C "$here" show "$commit:README.md" | sed -n 's/^sudo apt-get install \([^#]*\)#.*/\1/p' | head -1)
+pkgs=$(echo $pkgs)  # the words alone
 [ -n "$pkgs" ] || { echo "check-fresh-debian: no 'sudo apt-get install …' line in README.md" >&2; exit 1; }
 
 cat > "$dir/root/check.sh" <<EOF
@@ -121,3 +126,4 @@ chroot "$dir" /usr/bin/env -i HOME=/root USER=root LOGNAME=root LANG=C.UTF-8 TER
 tail -n 25 "$dir/root/check.log"
 echo "== debootstrap ${t_boot}s; total $(($(date +%s) - t0))s; make test exit code $rc"
 exit $rc
+}

@@ -71,13 +71,13 @@ fi
 if [ "$(id -u)" = 0 ]; then
   sudo=()
 elif have sudo; then
-  sudo=(sudo)
+  sudo=(sudo DEBIAN_FRONTEND=noninteractive)
 else
   echo "install-deps: not root and no sudo: as root, run" >&2
   echo "  apt-get update && apt-get install -y ${need[*]}" >&2
   exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
-echo "+ ${sudo[*]:+${sudo[*]} }apt-get update && apt-get install ${need[*]}" >&2
+echo "+ ${sudo[0]:+sudo }apt-get update && ${sudo[0]:+sudo }apt-get install ${need[*]}" >&2
 "${sudo[@]}" apt-get update -q
-"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
+"${sudo[@]}" apt-get install -y -q "${need[@]}"

@@ -1,7 +1,8 @@
 """One ``--repo`` rule for every command that reads the devices' status branches or pushes a commit
-(``options.shared_repo``; ``fleet drift``: tests/drift/test_report.py): a URL or a bare repository means itself, a clone's path means its ``origin``, and no
+(``options.shared_repo``): a URL or a bare repository means itself, a clone's path means its ``origin``, and no
 ``--repo`` means ``$MODELFLEET_REPO``, else the current directory, by the same rule. Each command is run with the
-clone and must see what it sees with the bare repository the devices push to."""
+clone and must see what it sees with the bare repository the devices push to (``fleet drift``: in
+tests/drift/test_report.py, which has devices that report drift)."""
 
 from __future__ import annotations
 

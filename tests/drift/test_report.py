@@ -132,7 +132,7 @@ def test_fleet_drift_with_a_clone_reads_its_origin(fleet_repo: Path, tmp_path: P
 
 def _chromium(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert exe, "chromium is not installed (.ci/run installs it)"
+    assert exe, "chromium is not installed (scripts/install-deps.sh installs it)"
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp / 'profile'}",
              "--enable-logging=stderr", "--v=0", "--hide-scrollbars"]
