@@ -16,10 +16,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-test: $(STAMP)
+# System tools first (scripts/install-deps.sh: apt-get only when one is missing; SKIP_SYSTEM_DEPS=1 skips it),
+# then the venv. The tests commit with the identity tests/conftest.py puts in their environment: no global git
+# configuration is needed, and none is written.
+test:
+	scripts/install-deps.sh test
+	@$(MAKE) --no-print-directory venv
 	$(BIN)/python -m pytest -q -n $(JOBS) --basetemp=$$(mktemp -d /tmp/mft.XXXXXX) tests
 
-demo: $(STAMP)
+demo:
+	scripts/install-deps.sh demo
+	@$(MAKE) --no-print-directory venv
 	$(BIN)/python -m reconciler.devkit.demo
 
 # the benchmarks' own tools (py-spy, and the HTTP stacks bench_serving compares ours with): the bench extra.

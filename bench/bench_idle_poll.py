@@ -7,7 +7,7 @@ measures ``GitSource.poll`` on an unchanged branch (the agent's idle path) again
 protocol v2 ``ls-refs`` client). Per poll: server requests (counted from the nginx access log; HTTP only)
 and CPU of this process + its children (git, git-remote-http, ssh).
 
-Run: PYTHONPATH=. .venv/bin/python bench/bench_idle_poll.py  (needs nginx, fcgiwrap, sshd: see .ci/run)
+Run: PYTHONPATH=. .venv/bin/python bench/bench_idle_poll.py  (needs nginx, fcgiwrap, sshd: scripts/install-deps.sh)
 """
 
 from __future__ import annotations

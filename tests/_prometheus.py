@@ -1,4 +1,5 @@
-"""A real Prometheus server for the monitoring tests (Debian's ``prometheus`` package; ``.ci/run`` installs it).
+"""A real Prometheus server for the monitoring tests (Debian's ``prometheus`` package; scripts/install-deps.sh
+installs it).
 
     prom = PrometheusServer(tmp / "prom", config).start()   # 127.0.0.1 on a free port, TSDB in ``tmp``
     prom.wait_for(lambda: prom.query("up == 1"), what="a target up")
@@ -35,7 +36,7 @@ class PromQLError(AssertionError):
 
 def promtool(*args: str, cwd: Path | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     exe = shutil.which("promtool")
-    assert exe, "promtool is not installed (.ci/run installs Debian's prometheus package)"
+    assert exe, "promtool is not installed (scripts/install-deps.sh installs Debian's prometheus package)"
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=120, cwd=cwd, input=stdin)
 
 
@@ -53,7 +54,7 @@ class PrometheusServer:
 
     def start(self) -> PrometheusServer:
         exe = shutil.which("prometheus")
-        assert exe, "prometheus is not installed (.ci/run installs Debian's prometheus package)"
+        assert exe, "prometheus is not installed (scripts/install-deps.sh installs Debian's prometheus package)"
         self.root.mkdir(parents=True, exist_ok=True)
         cfg = self.root / "prometheus.yml"
         cfg.write_text(yaml.safe_dump(self.config, sort_keys=False))

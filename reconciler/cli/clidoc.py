@@ -21,9 +21,11 @@ HEADER = """# Command reference
 Conventions every command follows:
 
 - **The fleet repository** is named with `--repo PATH|URL` everywhere. The default is `$MODELFLEET_REPO`, else
-  the current directory: `validate`, `render` and `plan` read the checkout (a URL is cloned for the command);
-  `fleet`, `rollout` and `simulate` read and write the clone's `origin` (where the devices push their
-  `status/<device-id>` branches).
+  the current directory. `validate`, `render`, `plan` and `optimize` read the checkout's files (a URL is cloned
+  for the command). `fleet`, `rollout` and `simulate` read and write where the devices push their
+  `status/<device-id>` branches, by one rule: a URL or a bare repository's path means itself, a clone's path
+  means its `origin` (so `--repo fleet`, no `--repo` inside `fleet/`, and `--repo` with the origin's URL are
+  the same repository).
 - **Machine-readable output**: `--format json` or `--format yaml` wherever a script reads the output. Both hold
   the same document; neither ever carries colour or progress.
 - **Exit codes**: `0` success, `1` failure (one `error: …` line on stderr, never a traceback: even a bug is one

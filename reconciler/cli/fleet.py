@@ -10,13 +10,12 @@ from __future__ import annotations
 import importlib
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import click
 
 from reconciler.cli.console import color_enabled, echo, paint
-from reconciler.cli.options import deprecated_alias, emit_json_text, format_option, repo_option
+from reconciler.cli.options import deprecated_alias, emit_json_text, format_option, repo_option, shared_repo
 from reconciler.core.credentials import CredentialError, Credentials, basic_authorization
 from reconciler.core.errors import UserError
 from reconciler.core.redact import redact_url, split_userinfo
@@ -25,21 +24,6 @@ from reconciler.core.units import parse_duration
 from reconciler.gitops.fleetstatus import fleet_report, history, render, render_device, render_history
 from reconciler.gitops.statusrepo import StatusRepo
 from reconciler.gitops.verify import GitError
-
-
-def _default_repo() -> str:
-    """The current clone's ``origin`` (where devices push), else the current repository itself."""
-    def git(*args: str) -> str | None:
-        p = subprocess.run(["git", *args], capture_output=True, text=True)
-        return p.stdout.strip() if p.returncode == 0 and p.stdout.strip() else None
-
-    url = git("remote", "get-url", "origin")
-    if url:
-        return url
-    top = git("rev-parse", "--absolute-git-dir")
-    if top:
-        return top
-    raise UserError("not in a Git repository: give the fleet repository with --repo URL|PATH")
 
 
 def remote_url(url: str) -> tuple[str, str | None]:
@@ -57,11 +41,7 @@ def remote_url(url: str) -> tuple[str, str | None]:
 
 def _repo(repo: str | None, cache_dir: Path | None, branch: str, prefix: str, timeout: str,
           creds: Credentials | None = None) -> StatusRepo:
-    url, inline = remote_url(repo or _default_repo())
-    if "://" not in url and ":" not in url.split("/")[0] and not Path(url).exists():
-        raise UserError(f"repository {url!r} not found (give a URL git understands or an existing path)")
-    if "://" not in url and Path(url).exists():
-        url = str(Path(url).resolve())
+    url, inline = remote_url(shared_repo(repo))
     try:
         secs = parse_duration(timeout)
     except ValueError as exc:
@@ -105,8 +85,9 @@ def _remember_status_repos(ctx: click.Context, param: click.Parameter, value: tu
 _status_repo_option = click.option(
     "--status-repo", "status_repos", multiple=True, metavar="PATH|URL", expose_value=False,
     callback=_remember_status_repos,
-    help="A repository the devices push their status branches to (`status.url` in their agent config); repeat "
-         "it for each shard of a sharded status repository (docs/scale.md). [default: the fleet repository]")
+    help="A repository the devices push their status branches to (`status.url` in their agent config; a clone's "
+         "path means its origin, like --repo); repeat it for each shard of a sharded status repository "
+         "(docs/scale.md). [default: the fleet repository]")
 
 
 def status_repos() -> list[str]:
@@ -117,11 +98,7 @@ def status_repos() -> list[str]:
         if url.startswith(("http://", "https://")) and split_userinfo(url)[2] is not None:
             raise UserError(f"--status-repo {redact_url(url)} embeds a password or token: use --username with "
                             "--password-file (they apply to every repository)")
-        if "://" not in url and Path(url).exists():
-            url = str(Path(url).resolve())
-        elif "://" not in url and ":" not in url.split("/")[0]:
-            raise UserError(f"--status-repo {url!r} not found (give a URL git understands or an existing path)")
-        out.append(url)
+        out.append(shared_repo(url, "--status-repo"))
     return out
 
 

@@ -2,8 +2,9 @@
 
 - ``--repo PATH|URL`` names the fleet repository everywhere, with one default: ``$MODELFLEET_REPO``, else the
   current directory. Commands that read files (validate, render, plan) use the checkout, or clone a URL for the
-  command's duration; commands that read the devices' status branches or push a commit (fleet, rollout,
-  simulate) use the current clone's ``origin``.
+  command's duration (:func:`fleet_revisions`); commands that read the devices' status branches or push a commit
+  (fleet, rollout, simulate) use where the devices push (:func:`shared_repo`): a URL or a bare repository as
+  given, a clone's ``origin``.
 - ``--format table|json|yaml`` wherever output is read by machines. YAML is the JSON document re-serialised, so the
   two never differ in content; both are stable (documented keys, no colour, no progress).
 - An old spelling stays accepted as a hidden alias that prints one ``warning: … is deprecated`` line on stderr.
@@ -26,7 +27,7 @@ import yaml
 from reconciler.core.errors import UserError
 
 REPO_ENV = "MODELFLEET_REPO"
-REPO_HELP = "Fleet repository: {what} [default: $MODELFLEET_REPO, else the current directory{remote}]."
+REPO_HELP = "Fleet repository: {what} [default: $MODELFLEET_REPO, else the current directory]."
 
 F = Callable[..., Any]
 
@@ -35,11 +36,11 @@ def repo_option(*, remote: bool, required: bool = False) -> Callable[[F], F]:
     """``--repo PATH|URL``; None when not given and ``$MODELFLEET_REPO`` is unset. ``remote``: the command reads
     status branches or pushes (a clone's origin by default); else it reads a checkout (a URL is cloned)."""
     if remote:
-        what, extra = "a Git URL or a clone's path", "; its origin when it is a clone"
+        what = "a Git URL, a bare repository's path, or a clone's path, which means its origin"
     else:
-        what, extra = "a checkout's path, or a Git URL (cloned for the command)", ""
+        what = "a checkout's path (its files are read), or a Git URL (cloned for the command)"
     return click.option("--repo", "repo", metavar="PATH|URL", required=required, envvar=REPO_ENV,
-                        shell_complete=_complete_dirs, help=REPO_HELP.format(what=what, remote=extra))
+                        shell_complete=_complete_dirs, help=REPO_HELP.format(what=what))
 
 
 def _complete_dirs(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
@@ -52,6 +53,49 @@ def _complete_dirs(ctx: click.Context, param: click.Parameter, incomplete: str) 
 def is_url(repo: str) -> bool:
     """A URL git understands (``https://…``, ``ssh://…``, scp-style ``host:path``) rather than a local path."""
     return "://" in repo or (":" in repo.split("/")[0] and not os.path.exists(repo))
+
+
+def shared_repo(repo: str | None, option: str = "--repo") -> str:
+    """The one ``--repo`` rule of the commands that read the devices' status branches or push a commit (``fleet``,
+    ``rollout``, ``simulate``, and each ``--status-repo``): where the devices push.
+
+    - a URL means itself;
+    - a clone's path (a work tree, or a directory inside one, whose repository has an ``origin`` remote) means
+      that clone's origin, a relative origin path taken from the clone's top directory;
+    - a bare repository's path, or a repository without ``origin``, means itself (made absolute).
+
+    Not given: ``$MODELFLEET_REPO`` (click reads it into ``repo``), else the current directory, by the same rule.
+    ``option`` names the option in error messages.
+    """
+    where = repo or "."
+    if is_url(where):
+        return where
+    if not os.path.exists(where):
+        raise UserError(f"{option} {where!r} not found (give a URL git understands or an existing path)")
+
+    def git(*args: str) -> tuple[int, str]:
+        try:
+            p = subprocess.run(["git", "-C", where, *args], capture_output=True, text=True, timeout=30,
+                               env=dict(os.environ, GIT_TERMINAL_PROMPT="0"))
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise UserError(f"cannot run git: {exc}") from None
+        return p.returncode, (p.stdout if p.returncode == 0 else p.stderr).strip()
+
+    rc, bare = git("rev-parse", "--is-bare-repository")
+    if rc != 0:
+        what = f"{option} {where}" if repo else "the current directory"
+        raise UserError(f"{what} is not in a Git repository: give the fleet repository with --repo URL|PATH")
+    if bare == "true":
+        return git("rev-parse", "--absolute-git-dir")[1]
+    rc, top = git("rev-parse", "--show-toplevel")
+    if rc != 0:  # inside a clone's .git directory
+        top = git("rev-parse", "--absolute-git-dir")[1]
+    rc, origin = git("remote", "get-url", "origin")
+    if rc != 0 or not origin:
+        return top
+    if is_url(origin) or os.path.isabs(origin):
+        return origin
+    return os.path.normpath(os.path.join(top, origin))
 
 
 @contextlib.contextmanager

@@ -13,8 +13,15 @@ from pathlib import Path
 import click
 
 from reconciler.cli.console import paint
-from reconciler.cli.fleet import _creds, _default_repo, credential_options, remote_url, status_repos
-from reconciler.cli.options import as_yaml, dry_run_option, emit_json_text, format_option, repo_option
+from reconciler.cli.fleet import _creds, credential_options, remote_url, status_repos
+from reconciler.cli.options import (
+    as_yaml,
+    dry_run_option,
+    emit_json_text,
+    format_option,
+    repo_option,
+    shared_repo,
+)
 from reconciler.core.credentials import CredentialError
 from reconciler.core.errors import UserError
 from reconciler.core.redact import redact_url
@@ -100,11 +107,7 @@ def write_options(f):  # type: ignore[no-untyped-def]
 def _repo(repo: str | None, base: str, subpath: str | None, prefix: str, cache_dir: Path | None,
           timeout: str, username: str | None, password_file: Path | None, ca_file: Path | None) -> RolloutRepo:
     creds = _creds(username, password_file, ca_file)
-    url, inline = remote_url(repo or _default_repo())
-    if "://" not in url and Path(url).exists():
-        url = str(Path(url).resolve())
-    elif "://" not in url and ":" not in url.split("/")[0]:
-        raise UserError(f"repository {url!r} not found (give a URL git understands or an existing path)")
+    url, inline = remote_url(shared_repo(repo))
     try:
         secs = parse_duration(timeout)
     except ValueError as exc:

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from reconciler.cli.console import Progress
-from reconciler.cli.options import as_yaml, format_option, repo_option
+from reconciler.cli.options import as_yaml, format_option, repo_option, shared_repo
 from reconciler.core.errors import UserError
 from reconciler.core.units import parse_duration
 
@@ -21,16 +21,6 @@ def _duration(name: str, text: str) -> float:
         return parse_duration(text)
     except ValueError as exc:
         raise UserError(f"{name}: {exc}") from None
-
-
-def _source_url(repo: str | None) -> str:
-    """``--repo`` as the devices see it: a URL as given, a path made absolute, default the current clone's origin."""
-    from reconciler.cli.fleet import _default_repo
-
-    url = repo or _default_repo()
-    if "://" not in url and Path(url).exists():
-        return str(Path(url).resolve())
-    return url
 
 
 @click.command("simulate")
@@ -71,7 +61,7 @@ def simulate(n: int, repo: str | None, tuf_url: str | None, trusted_root: Path, 
              processes: int, status_keys: Path | None, work_dir: Path | None, fmt: str) -> None:
     """Run N device agents (in one process, or --processes); print convergence over time (JSON lines).
 
-    The devices poll and push to --repo (a URL git understands, or a path).
+    The devices poll and push to --repo (a URL git understands, a bare repository, or a clone's origin).
     """
     from reconciler.simulate.fleet import SimSettings, Simulation
     from reconciler.simulate.shards import ShardDied, ShardedFleet
@@ -82,14 +72,14 @@ def simulate(n: int, repo: str | None, tuf_url: str | None, trusted_root: Path, 
         if not sep or not key:
             raise UserError(f"--label {item!r}: expected KEY=VALUE")
         label_map[key] = value
+    run_for, every = _duration("--duration", duration), _duration("--report-every", report_every)
     settings = SimSettings(
-        devices=n, source_url=_source_url(repo), trusted_root=trusted_root.resolve(), tuf_url=tuf_url,
+        devices=n, source_url=shared_repo(repo), trusted_root=trusted_root.resolve(), tuf_url=tuf_url,
         poll_interval=_duration("--poll-interval", poll_interval),
         heartbeat_interval=_duration("--heartbeat-interval", heartbeat_interval) if heartbeat_interval else None,
         status_push_spread=_duration("--status-push-spread", status_push_spread),
         offline_share=offline_share, fail_share=fail_share, canaries=canaries, labels=label_map, workers=workers,
         status_keys=status_keys.resolve() if status_keys else None)
-    run_for, every = _duration("--duration", duration), _duration("--report-every", report_every)
     logging.getLogger("reconciler").setLevel(logging.ERROR)
     tmp = None
     if work_dir is None:

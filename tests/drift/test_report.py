@@ -123,9 +123,18 @@ def test_fleet_drift_cli_table_json_html_png(fleet_repo: Path, tmp_path: Path) -
     assert r.code == 1 and r.err.startswith("error: --since:")
 
 
+def test_fleet_drift_with_a_clone_reads_its_origin(fleet_repo: Path, tmp_path: Path) -> None:
+    """The one --repo rule (tests/cli/test_repo_rule.py): the operator's clone means its origin."""
+    args = ["--cache-dir", str(tmp_path / "cache"), "--baselines", str(fleet_repo / "baselines"), "--format", "json"]
+    want = run_cli("fleet", "drift", "--repo", str(fleet_repo / "srv" / "fleet.git"), *args)
+    got = run_cli("fleet", "drift", "--repo", str(fleet_repo / "operator"), *args)
+    assert got.code == 0, got.text
+    assert json.loads(got.out) == json.loads(want.out) and json.loads(want.out)["rows"]
+
+
 def _chromium(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert exe, "chromium is not installed (.ci/run installs it)"
+    assert exe, "chromium is not installed (scripts/install-deps.sh installs it)"
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp / 'profile'}",
              "--enable-logging=stderr", "--v=0", "--hide-scrollbars"]
