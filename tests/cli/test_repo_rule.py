@@ -122,13 +122,15 @@ def test_rollout_status(fleet: Upstream, tmp_path: Path) -> None:
 
 
 def test_rollout_promote_dry_run(fleet: Upstream, tmp_path: Path) -> None:
-    r = run_cli("rollout", "promote", "tiny", "--repo", str(fleet.work), "--cache-dir", str(tmp_path), "--dry-run")
+    r = run_cli("rollout", "promote", "tiny", "--repo", str(fleet.work), "--cache-dir", str(tmp_path), "--dry-run",
+                "--insecure-skip-verify")
     assert r.code == 0, r.text
     assert "would commit (promoted tiny 1.1.0 to step 1" in r.err and f"to main of {fleet.bare}" in r.err
 
 
 def test_rollout_watch_dry_run(fleet: Upstream, tmp_path: Path) -> None:
-    r = run_cli("rollout", "watch", "tiny", "--repo", str(fleet.work), "--cache-dir", str(tmp_path), "--dry-run")
+    r = run_cli("rollout", "watch", "tiny", "--repo", str(fleet.work), "--cache-dir", str(tmp_path), "--dry-run",
+                "--insecure-skip-verify")
     assert r.code == 0, r.text
     assert f"would promote with this commit to main of {fleet.bare}" in r.err
 
@@ -142,7 +144,8 @@ def test_rollout_writes_go_to_the_origin(command: str, tmp_path: Path) -> None:
     before = git(up.bare, "rev-parse", "main")
     commands = [[command], ["resume"]] if command == "pause" else [[command]]
     for args in commands:
-        r = run_cli("rollout", *args, "tiny", "--repo", str(up.work), "--cache-dir", str(tmp_path / "cache"))
+        r = run_cli("rollout", *args, "tiny", "--repo", str(up.work), "--cache-dir", str(tmp_path / "cache"),
+                    "--insecure-skip-verify")
         assert r.code == 0, r.text
         assert f"pushed to main of {up.bare}" in r.out, r.out
     assert len(git(up.bare, "rev-list", f"{before}..main").split()) == len(commands)
