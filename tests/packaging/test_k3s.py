@@ -102,8 +102,10 @@ def test_state_on_the_node_config_from_the_config_map_keys_and_trust_from_secret
     assert keys["readOnly"] and keys["emptyDir"]["medium"] == "Memory"
     # ... filled by the init container from the keys Secret, the only volume holding it
     pod = resource("DaemonSet")["spec"]["template"]["spec"]
-    (prepare,) = pod["initContainers"]
+    prepare, identity = pod["initContainers"]
     mounts = {m["name"]: m for m in prepare["volumeMounts"]}
+    # the status key is made by the node itself (identity), never from a Secret: it mounts none
+    assert not {m["name"] for m in identity["volumeMounts"]} & {v["name"] for v in pod["volumes"] if "secret" in v}
     source = next(v for v in pod["volumes"] if v["name"] in mounts and "secret" in v)
     assert source["secret"]["secretName"] in secret_names and source["secret"]["defaultMode"] == 0o400
     assert source["name"] not in {m["name"] for m in agent_container()["volumeMounts"]}
@@ -130,7 +132,9 @@ def test_non_root_read_only_with_resources_and_the_image_user() -> None:
     dockerfile_user = next(line.split()[1] for line in (REPO_ROOT / "deploy/container/Dockerfile").read_text()
                            .splitlines() if line.startswith("USER "))
     assert dockerfile_user == f"{sc['runAsUser']}:{sc['runAsGroup']}"
-    (prepare,) = pod["initContainers"]
+    prepare, identity = pod["initContainers"]
+    assert identity["securityContext"] == sc  # the key is made as the agent's user, like the agent
+    assert "modelfleet agent keygen" in identity["command"][-1]
     assert prepare["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN", "FOWNER"]}
     assert f"chown {sc['runAsUser']}:{sc['runAsGroup']}" in prepare["command"][-1]
     assert pod["automountServiceAccountToken"] is False
