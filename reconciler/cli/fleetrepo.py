@@ -71,7 +71,10 @@ def _repo_arg(path: str | None, repo: str | None) -> str | None:
 @format_option("table", "github", aliases={"text": "table"},
                help="table: file:line:col diagnostics; github: workflow annotations; json/yaml for scripts.")
 @click.option("--rev", default=None, help="Validate this Git revision (read from the commit tree) instead of the files.")
-@click.option("--tuf-repo", default=None, type=click.Path(), help="Local TUF repository: also check every variant's targets are signed.")
+@click.option("--tuf-repo", default=None, type=click.Path(),
+              help="Local TUF repository (metadata/ + targets/): also check that every file a variant names is "
+                   "signed and matches its signed hashes, and open each model in its runtime to compare its "
+                   "inputs/outputs and probe with the Model, as a device does.")
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
 def validate_cmd(path: str | None, repo: str | None, fmt: str, rev: str | None, tuf_repo: str | None,
                  strict: bool) -> None:
