@@ -31,7 +31,15 @@ from reconciler.fleet.repository import FleetRepo, Manifest
 #: The most a variant's files may hold to be read into memory and opened (the signed lengths are compared first).
 MAX_OPEN_BYTES = 2 << 30
 
-_Meta = tuple[list[Any], list[Any]]  # a loaded model's (inputs, outputs) as TensorMeta
+
+@dataclass(frozen=True)
+class _Loaded:
+    """What loading one model gave: its tensors (TensorMeta), or the runtime's reason and message."""
+
+    inputs: list[Any] = field(default_factory=list)
+    outputs: list[Any] = field(default_factory=list)
+    reason: str = ""
+    message: str = ""
 
 
 @dataclass
@@ -52,7 +60,7 @@ class _Checker:
         self.signed = signed
         self.out = Checked()
         self.verdicts: dict[str, TufClientError | None] = {}
-        self.loaded: dict[tuple[Any, ...], _Meta | tuple[str, str]] = {}
+        self.loaded: dict[tuple[Any, ...], _Loaded] = {}
         self.probes: dict[str, Any] = {}
 
     def run(self, fleet: FleetRepo) -> Checked:
@@ -114,7 +122,7 @@ class _Checker:
         if any(self.signed.encrypted(t) for t in targets):
             self.out.diagnostics.append(m.diag(
                 f"{label} not opened: its targets are encrypted (no decryption key here); their hashes match",
-                *at, "targets", 0, severity=NOTE, code="encrypted"))
+                *at, "targets", 0, severity=NOTE, code="not-opened"))
             if var.get("precision"):
                 self.out.precisions.update({t: (None, "the target is encrypted") for t in models})
             return
@@ -122,7 +130,7 @@ class _Checker:
         if sum(sizes) > MAX_OPEN_BYTES:
             why = f"its files hold {sum(sizes) >> 20} MiB, over the {MAX_OPEN_BYTES >> 20} MiB validate opens"
             self.out.diagnostics.append(m.diag(f"{label} not opened: {why}; their hashes match", *at, "targets", 0,
-                                               severity=WARNING, code="LengthExceeded"))
+                                               severity=WARNING, code="not-opened"))
             if var.get("precision"):
                 self.out.precisions.update({t: (None, why) for t in models})
             return
@@ -135,30 +143,30 @@ class _Checker:
             if key not in self.loaded:
                 self.loaded[key] = self._load(runtime, blobs, precision)
         loaded = self.loaded[key]
-        if isinstance(loaded[0], str):
-            reason, message = loaded  # type: ignore[misc]
-            if reason == "RuntimeNotInstalled":
-                self.out.diagnostics.append(m.diag(f"{label} not opened: {message}; its hashes match", *at, "targets",
-                                                   0, severity=WARNING, code=reason))
-            else:
-                self.out.diagnostics.append(m.diag(f"{reason}: {label}: {message}", *at, "targets", 0, code=reason))
+        if loaded.reason == "RuntimeNotInstalled":  # here, where validate runs: not the device's verdict
+            self.out.diagnostics.append(m.diag(f"{label} not opened: {loaded.message}; its hashes match", *at,
+                                               "targets", 0, severity=WARNING, code="not-opened"))
             return
-        inputs, outputs = loaded  # type: ignore[misc]
-        self._interface(m, at, label, inputs, outputs)
+        if loaded.reason:
+            self.out.diagnostics.append(m.diag(f"{loaded.reason}: {label}: {loaded.message}", *at, "targets", 0,
+                                               code=loaded.reason))
+            return
+        self._interface(m, at, label, loaded.inputs, loaded.outputs)
         if probe_ok and probe_path is not None and not self.signed.encrypted(probe_path):
-            self._probe_fits(m, probe_path, probe_at, label, inputs)
+            self._probe_fits(m, probe_path, probe_at, label, loaded.inputs)
 
-    def _load(self, runtime: str, blobs: list[bytes], precision: str) -> _Meta | tuple[str, str]:
+    def _load(self, runtime: str, blobs: list[bytes], precision: str) -> _Loaded:
+        """Load as the agent does (from bytes, the variant's precision), on the CPU with one thread."""
         from reconciler.serving.runtimes import RuntimeLoadError, load_backend
 
         try:
             backend = load_backend(runtime, blobs=blobs, threads=1, device="CPU", providers=["CPUExecutionProvider"],
                                    precision=precision)
         except RuntimeLoadError as exc:
-            return exc.reason, str(exc)
+            return _Loaded(reason=exc.reason, message=str(exc))
         try:
             self.out.opened += 1
-            return list(backend.inputs), list(backend.outputs)
+            return _Loaded(list(backend.inputs), list(backend.outputs))
         finally:
             backend.close()
 

@@ -300,3 +300,34 @@ def test_published_models_from_the_onnxruntime_wheel(repo: Repo) -> None:
     assert "1 models opened" in r.err
     reason, message = _device_refusal(logreg.read_bytes(), [], [])
     assert reason == "LoadFailed" and "KServe v2 cannot carry" in message
+
+
+def test_metadata_edited_to_match_a_replaced_file_is_not_trusted(repo: Repo) -> None:
+    """Rewriting the hash in targets.json to the replaced file's breaks the signature: devices would reject the
+    metadata, and validate does not take the forged hash as the signed one."""
+    import hashlib
+
+    repo.model()
+    first = repo.publish(matmul_model(seed=1), "tiny/1.0.0")
+    repo.publish(matmul_model(seed=2), "tiny/1.1.0")
+    other = matmul_model(seed=3)
+    first.write_bytes(other)
+    meta = repo.tuf / "metadata" / "targets.json"
+    doc = json.loads(meta.read_text())
+    doc["signed"]["targets"]["tiny/1.0.0/model.onnx"]["hashes"]["sha256"] = hashlib.sha256(other).hexdigest()
+    meta.write_text(json.dumps(doc))
+    r = repo.validate()
+    assert r.code == 1 and "cannot read TUF repository" in r.err, r.text
+    assert "metadata of role 'targets' is not signed by its keys" in r.err and "Traceback" not in r.text
+
+
+def test_a_model_input_the_model_does_not_declare_is_a_warning(repo: Repo) -> None:
+    from reconciler.devkit.modelgen import two_input_model
+
+    repo.model(in_name="a", in_shape="[-1, 4]", out_name="sum", out_shape="[-1, 4]")
+    repo.publish(two_input_model(), "tiny/1.0.0")
+    repo.publish(two_input_model(), "tiny/1.1.0")
+    r = repo.validate()
+    assert r.code == 0, r.text
+    assert (f"{repo.at(14)}56: warning: Model/tiny: variant onnx of 1.0.0: the model also takes input 'b' "
+            "(FP32 [-1, 4]), which the Model does not declare: requests without it fail") in r.out
