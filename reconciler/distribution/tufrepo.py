@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -446,7 +447,9 @@ class SignedTargets:
         tf = self.lookup(path)
         if tf is None:
             raise tuferrors.TargetNotFound(f"target {path!r} is not signed by any role for that path")
-        digest = tf.hashes.get("sha256") or next(iter(tf.hashes.values()), "")
+        if not tf.hashes or not all(_HEX.fullmatch(h) for h in tf.hashes.values()):
+            raise tuferrors.BadMetadata(f"target {path!r}: a signed hash is not hexadecimal")
+        digest = tf.hashes.get("sha256") or next(iter(tf.hashes.values()))
         where = self.repo.targets_dir / target_url_path(path, digest)
         shown = f"targets/{target_url_path(path, digest)}"
         base = self.repo.targets_dir.resolve()
@@ -479,6 +482,9 @@ class SignedTargets:
                     f"target {path!r}: {shown} does not match its signed metadata (replaced or corrupt?): {exc}"
                 ) from None
         return data
+
+
+_HEX = re.compile(r"[0-9a-f]{32,128}")
 
 
 def _verify_signed(delegator: Metadata[Any], role: str, md: Metadata[Any]) -> None:

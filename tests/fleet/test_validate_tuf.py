@@ -331,3 +331,22 @@ def test_a_model_input_the_model_does_not_declare_is_a_warning(repo: Repo) -> No
     assert r.code == 0, r.text
     assert (f"{repo.at(14)}56: warning: Model/tiny: variant onnx of 1.0.0: the model also takes input 'b' "
             "(FP32 [-1, 4]), which the Model does not declare: requests without it fail") in r.out
+
+
+def test_a_signed_hash_that_is_not_hexadecimal_never_names_a_file(repo: Repo) -> None:
+    """Hostile (but signed) metadata: the hash names the file under targets/, so it must be hex first."""
+    repo.model()
+    repo.publish(matmul_model(seed=1), "tiny/1.0.0")
+    repo.publish(matmul_model(seed=2), "tiny/1.1.0")
+    outside = repo.tmp / "outside.onnx"
+    outside.write_bytes(matmul_model(seed=1))
+    signer = tufrepo._Repo(repo.tuf, [repo.keys])
+    targets = signer.load("targets")
+    targets.signed.targets["tiny/1.0.0/model.onnx"].hashes["sha256"] = "../../../outside"
+    signer.resign_targets_role(targets, "targets")
+    signer.resign_snapshot_timestamp()
+    r = repo.validate()
+    assert r.code == 1, r.text
+    assert (f"{repo.at(14)}56: error: Model/tiny: BadMetadata: target 'tiny/1.0.0/model.onnx': a signed hash is "
+            "not hexadecimal") in r.err
+    assert "1 models opened" in r.err  # 1.1.0 still checked
