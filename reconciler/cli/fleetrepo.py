@@ -9,71 +9,53 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import yaml
 
 from reconciler.cli.console import echo, paint
 from reconciler.cli.options import emit, emit_json_text, fleet_revisions, format_option, repo_option
+from reconciler.core.diagnostics import NOTE
 from reconciler.core.errors import UserError
 from reconciler.fleet.desired import DeviceIdentity, desired_state
 from reconciler.fleet.manifests import LoadResult, load_dir, load_git
 from reconciler.fleet.yamlsafe import YamlError, load_documents
 
+if TYPE_CHECKING:
+    from reconciler.cli.modelcheck import Checked
+    from reconciler.distribution.tufrepo import SignedTargets
 
-def _tuf_targets(tuf_repo: str | None) -> set[str] | None:
+
+def _signed_targets(tuf_repo: str | None) -> SignedTargets | None:
     if not tuf_repo:
         return None
-    from reconciler.distribution.tufrepo import list_target_paths
+    from reconciler.distribution.tufrepo import SignedTargets
 
     try:
-        return list_target_paths(Path(tuf_repo))
+        return SignedTargets(Path(tuf_repo))
     except Exception as exc:  # the publisher module reports its own clear errors
         raise UserError(f"cannot read TUF repository {tuf_repo}: {exc}") from None
 
 
-def _target_precisions(tuf_repo: str, result: LoadResult) -> dict[str, tuple[str | None, str]]:
-    """Precision read from each signed model file that a variant declaring ``precision`` names.
-
-    Only files in a local TUF repository are read (``validate --tuf-repo``); encrypted targets are reported as
-    unreadable rather than skipped without a word.
-    """
-    from reconciler.distribution.tufrepo import list_targets, target_url_path
-
-    wanted = {t for m in result.fleet.models.values() for v in m.spec.get("versions", [])
-              for var in v.get("variants", []) if var.get("precision") for t in var["targets"]
-              if t.endswith((".onnx", ".xml"))}
-    if not wanted:
-        return {}
-    from reconciler.optimize.inspect import file_precision
-
-    out: dict[str, tuple[str | None, str]] = {}
-    for row in list_targets(Path(tuf_repo)):
-        if row.path not in wanted:
-            continue
-        if (row.custom or {}).get("encrypted"):
-            out[row.path] = (None, "the target is encrypted")
-            continue
-        try:
-            out[row.path] = (file_precision(Path(tuf_repo) / "targets" / target_url_path(row.path, row.sha256)), "")
-        except UserError as exc:
-            out[row.path] = (None, str(exc))
-    return out
-
-
-def _load(path: str, rev: str | None = None, tuf_repo: str | None = None) -> LoadResult:
+def _load(path: str, rev: str | None = None, tuf_targets: set[str] | None = None) -> LoadResult:
     p = Path(path)
     if rev is None and not p.exists():
         raise UserError(f"{path}: no such directory", exit_code=2)
     if rev is None and not p.is_dir():
         raise UserError(f"{path}: not a directory (give the fleet repository's root)", exit_code=2)
-    targets = _tuf_targets(tuf_repo)
-    result = load_git(p, rev, tuf_targets=targets) if rev else load_dir(p, tuf_targets=targets)
-    if tuf_repo:
-        from reconciler.fleet.validation import precision_checks
+    return load_git(p, rev, tuf_targets=tuf_targets) if rev else load_dir(p, tuf_targets=tuf_targets)
 
-        result.diagnostics.extend(precision_checks(result.fleet, _target_precisions(tuf_repo, result)))
-    return result
+
+def _check_published(result: LoadResult, signed: SignedTargets) -> Checked:
+    """Each variant's files against the signed hashes, opened in their runtime (:mod:`reconciler.cli.modelcheck`)."""
+    from reconciler.cli.modelcheck import check_published
+    from reconciler.fleet.validation import precision_checks
+
+    checked = check_published(result.fleet, signed)
+    result.diagnostics.extend(checked.diagnostics)
+    result.diagnostics.extend(precision_checks(result.fleet, checked.precisions))
+    return checked
 
 
 def _repo_arg(path: str | None, repo: str | None) -> str | None:
@@ -89,7 +71,10 @@ def _repo_arg(path: str | None, repo: str | None) -> str | None:
 @format_option("table", "github", aliases={"text": "table"},
                help="table: file:line:col diagnostics; github: workflow annotations; json/yaml for scripts.")
 @click.option("--rev", default=None, help="Validate this Git revision (read from the commit tree) instead of the files.")
-@click.option("--tuf-repo", default=None, type=click.Path(), help="Local TUF repository: also check every variant's targets are signed.")
+@click.option("--tuf-repo", default=None, type=click.Path(),
+              help="Local TUF repository (metadata/ + targets/): also check that every file a variant names is "
+                   "signed and matches its signed hashes, and open each model in its runtime to compare its "
+                   "inputs/outputs and probe with the Model, as a device does.")
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
 def validate_cmd(path: str | None, repo: str | None, fmt: str, rev: str | None, tuf_repo: str | None,
                  strict: bool) -> None:
@@ -97,10 +82,12 @@ def validate_cmd(path: str | None, repo: str | None, fmt: str, rev: str | None, 
 
     PATH is the same as --repo PATH. With --repo URL, the branch the URL's HEAD names is validated (or --rev).
     """
+    signed = _signed_targets(tuf_repo)
     with fleet_revisions(_repo_arg(path, repo)) as (where, cloned):
         if cloned:
             rev = rev or "HEAD"
-        result = _load(where, rev, tuf_repo)
+        result = _load(where, rev, signed.paths() if signed is not None else None)
+    checked = _check_published(result, signed) if signed is not None else None
     path = where if not cloned else ""
     base = Path(path)
     diags = result.diagnostics
@@ -109,9 +96,12 @@ def validate_cmd(path: str | None, repo: str | None, fmt: str, rev: str | None, 
     def shown(file: str) -> str:
         return str(base / file) if rev is None else file
 
+    tuf = ({"repository": tuf_repo, "files": checked.files, "opened": checked.opened}
+           if checked is not None else None)
     if fmt in ("json", "yaml"):
-        emit({"valid": not failed, "files": result.files,
-              "diagnostics": [dict(d.to_dict(), file=shown(d.file)) for d in diags]}, fmt)
+        doc = {"valid": not failed, "files": result.files,
+               "diagnostics": [dict(d.to_dict(), file=shown(d.file)) for d in diags]}
+        emit(doc if tuf is None else dict(doc, tuf=tuf), fmt)
     elif fmt == "github":
         for d in diags:
             click.echo(type(d)(**dict(d.__dict__, file=shown(d.file))).format_github())
@@ -120,8 +110,13 @@ def validate_cmd(path: str | None, repo: str | None, fmt: str, rev: str | None, 
             line = type(d)(**dict(d.__dict__, file=shown(d.file))).format_text()
             echo(_paint_diagnostic(line, d.is_error), err=d.is_error)
         fl = result.fleet
+        notes = sum(d.severity == NOTE for d in diags)
         summary = (f"{result.files} files: {len(fl.models)} models, {len(fl.deployments)} deployments, "
-                   f"{len(fl.devices)} devices; {len(result.errors)} errors, {len(result.warnings)} warnings")
+                   f"{len(fl.devices)} devices; {len(result.errors)} errors, {len(result.warnings)} warnings"
+                   + (f", {notes} notes" if notes else ""))
+        if tuf is not None:
+            echo(f"TUF repository {tuf_repo}: {tuf['files']} target files checked against their signed hashes, "
+                 f"{tuf['opened']} models opened", err=failed)
         verdict = paint("invalid:", "red", err=True, bold=True) if failed else paint("valid:", "green", bold=True)
         echo(verdict + " " + summary, err=failed)
     sys.exit(1 if failed else 0)

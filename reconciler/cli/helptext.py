@@ -109,7 +109,9 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
                                                              "https://tuf.example.com/metadata refresh")],
     "validate": [("the checkout you are in", "modelfleet validate"),
                  ("in CI: annotations, warnings fail", "modelfleet validate --repo fleet/ --strict --format github"),
-                 ("a revision, without checking it out", "modelfleet validate --rev origin/main")],
+                 ("a revision, without checking it out", "modelfleet validate --rev origin/main"),
+                 ("before the push: every model signed, unchanged, and loadable with its declared inputs/outputs",
+                  "modelfleet validate fleet/ --tuf-repo tuf-repo/")],
 }
 
 OK, FAIL, USAGE = "success", "failure: one `error: …` line on stderr", "usage error: bad option or argument"

@@ -7,6 +7,8 @@ from typing import Any
 
 ERROR = "error"
 WARNING = "warning"
+#: Said for the record; neither fails validation nor counts as a warning with ``--strict``.
+NOTE = "note"
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class Diagnostic:
         return f"{self.location()}: {self.severity}: {who}{self.message}{hint}"
 
     def format_github(self) -> str:
-        level = "error" if self.is_error else "warning"
+        level = "error" if self.is_error else ("notice" if self.severity == NOTE else "warning")
         who = f"{self.kind}/{self.name}: " if self.kind and self.name else ""
         hint = f" (hint: {self.hint})" if self.hint else ""
         msg = f"{who}{self.message}{hint}".replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")

@@ -25,6 +25,7 @@ from prometheus_client import Counter, Histogram
 
 from reconciler.serving.batching import Batcher, BatchingPolicy, batching_problem
 from reconciler.serving.health import HealthPolicy, HealthResult, rss_mb, run_health_check
+from reconciler.serving.interface import interface_problems
 from reconciler.serving.observers import Observer, Observers  # noqa: F401  (Observers: the agent imports it here)
 from reconciler.serving.runtimes import Backend, RuntimeLoadError, load_backend
 from reconciler.serving.v2codec import TensorMeta
@@ -245,21 +246,9 @@ def _merge_meta(declared: list[dict[str, Any]], reported: list[TensorMeta]) -> l
 
 
 def _interface_problem(spec: EndpointSpec, backend: Backend) -> str | None:
-    for kind, declared, reported in (
-        ("input", spec.inputs, backend.inputs),
-        ("output", spec.outputs, backend.outputs),
-    ):
-        have = {m.name: m for m in reported}
-        for d in declared:
-            m = have.get(d["name"])
-            if m is None:
-                return f"declared {kind} {d['name']!r} is not in the model ({', '.join(have)})"
-            if m.datatype != d["datatype"]:
-                return f"{kind} {d['name']!r} is {m.datatype} in the model, declared {d['datatype']}"
-            shape = d.get("shape") or []
-            if shape and len(shape) != len(m.shape):
-                return f"{kind} {d['name']!r} has rank {len(m.shape)} in the model, declared {len(shape)}"
-    return None
+    """The first reason to refuse the model as ``InterfaceMismatch`` (``validate --tuf-repo`` reports them all)."""
+    problems = interface_problems(spec.inputs, spec.outputs, backend.inputs, backend.outputs)
+    return problems[0] if problems else None
 
 
 def _batching_policy(spec: EndpointSpec, backend: Backend) -> BatchingPolicy | None:
