@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import fastjsonschema
 import jsonschema
 from referencing import Registry, Resource
 
@@ -76,3 +78,50 @@ def validator(kind: str) -> jsonschema.protocols.Validator:
     inlined = _inline(schema, schema)
     inlined.pop("$defs", None)
     return cls(inlined, registry=_registry(), format_checker=cls.FORMAT_CHECKER)
+
+
+# Keywords a compiled check implements exactly as Draft 2020-12 does (no $dynamicRef, unevaluated*, prefixItems,
+# format): a schema using any other one keeps the jsonschema path.
+_COMPILABLE = {"$schema", "$id", "title", "description", "type", "properties", "additionalProperties", "required",
+               "items", "enum", "const", "pattern", "maxLength", "minLength", "maxItems", "minItems", "minimum",
+               "maximum", "exclusiveMinimum", "exclusiveMaximum", "maxProperties", "minProperties", "propertyNames",
+               "uniqueItems", "oneOf", "anyOf", "allOf", "not", "default", "examples", "deprecated"}
+
+
+def _keywords(node: Any, props: bool = False) -> set[str]:
+    if isinstance(node, list):
+        return set().union(*(_keywords(n) for n in node)) if node else set()
+    if not isinstance(node, dict):
+        return set()
+    found = set() if props else set(node)
+    for k, v in node.items():
+        found |= _keywords(v, props=(k == "properties" and not props))
+    return found
+
+
+@functools.cache
+def fast_check(kind: str) -> Callable[[Any], Any]:
+    """A compiled validator for ``kind`` (fastjsonschema, ~25x faster than :func:`validator`: an operator reads
+    thousands of device statuses per report). Raises ``ValueError`` with one line naming the path; falls back to
+    :func:`validator` when the schema uses a keyword the compiled check does not implement identically."""
+    inlined = dict(validator(kind).schema)
+    if _keywords(inlined) - _COMPILABLE:
+        slow = validator(kind)
+
+        def check_slow(doc: Any) -> Any:
+            for err in slow.iter_errors(doc):
+                where = "/".join(str(p) for p in err.absolute_path) or "(root)"
+                raise ValueError(f"{where}: {err.message[:200]}")
+            return doc
+        return check_slow
+    inlined["$schema"] = "http://json-schema.org/draft-07/schema#"  # same semantics for the keywords above
+    inlined.pop("$id", None)
+    compiled = fastjsonschema.compile(inlined)
+
+    def check(doc: Any) -> Any:
+        try:
+            return compiled(doc)
+        except fastjsonschema.JsonSchemaValueException as exc:
+            where = "/".join(str(p) for p in (exc.path or [])[1:]) or "(root)"
+            raise ValueError(f"{where}: {str(exc.message)[:200]}") from None
+    return check

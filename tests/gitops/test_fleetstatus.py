@@ -240,3 +240,36 @@ def test_fleet_status_says_why_and_what_serves(tmp_path: Path) -> None:
     assert never.returncode == 0 and "never reported" in never.stdout
     unknown = modelfleet("fleet", "status", "--repo", up.file_url, "--device", "nope", cwd=tmp_path)
     assert unknown.returncode == 1 and "no device 'nope'" in unknown.stderr
+
+
+def test_compiled_status_check_agrees_with_jsonschema() -> None:
+    """The compiled DeviceStatus check (fleet scale) refuses and accepts exactly what jsonschema does."""
+    import copy
+
+    from reconciler.fleet.schemas import fast_check, validator
+
+    good = make_status("cam-1", applied="a" * 40)
+    mutations = [
+        lambda d: d["status"]["endpoints"][0].update(model=None),
+        lambda d: d["status"]["endpoints"][0].update(deployment=["x"]),
+        lambda d: d["status"]["endpoints"][0].update(state="Exploded"),
+        lambda d: d["status"].update(extra=1),
+        lambda d: d["status"].pop("heartbeat"),
+        lambda d: d["status"]["conditions"].append({"type": "Ready"}),
+        lambda d: d["status"]["endpoints"][0].update(message="m" * 5000),
+        lambda d: d["status"]["endpoints"][0].update(drift={"level": "Warning", "score": "x"}),
+        lambda d: d["status"].update(attempts=[{}] * 3),
+        lambda d: d.update(kind="Device"),
+        lambda d: None,
+    ]
+    slow, fast = validator("DeviceStatus"), fast_check("DeviceStatus")
+    for i, mutate in enumerate(mutations):
+        doc = copy.deepcopy(good)
+        mutate(doc)
+        want = slow.is_valid(doc)
+        try:
+            fast(doc)
+            got = True
+        except ValueError:
+            got = False
+        assert got == want, (i, want)
