@@ -259,7 +259,9 @@ def load_data(data: bytes, max_nodes: int = MAX_NODES, max_bytes: int = MAX_FILE
         node = loader.get_single_node()
         if node is None:
             return None
-        count = _expanded_nodes(node, {})
+        # Without an anchor or a tag nothing can expand or construct anything but the core types: the node count
+        # is bounded by the size, which is bounded above. Otherwise count every node an alias expands to.
+        count = 0 if "&" not in text and "!" not in text else _expanded_nodes(node, {})
         if count > max_nodes:
             raise YamlError(f"the document expands to {count} YAML nodes (limit {max_nodes})", 1, 1,
                             "aliases (&anchor / *ref) that multiply content are not allowed to expand this far")
