@@ -271,7 +271,8 @@ def status_checks(s: StatusSnapshot) -> list[Check]:
                          "`modelfleet fleet status` shows their last report; on a device, `modelfleet check "
                          "--agent-config /etc/modelfleet/agent.yaml` and `systemctl status modelfleet-agent`"))
     else:
-        out.append(Check("status freshness", OK, f"{len(counted)} devices reported within {every}{never}"))
+        n = len(counted)
+        out.append(Check("status freshness", OK, f"{n} device{'s' if n != 1 else ''} reported within {every}{never}"))
     untrusted = sorted(f"{d.device} ({d.trust_reason})" if d.trust_reason else d.device
                        for d in s.devices if d.trust == "untrusted")
     unsigned = sorted(d.device for d in s.devices if d.trust == "unsigned")
@@ -297,8 +298,9 @@ def status_checks(s: StatusSnapshot) -> list[Check]:
                          f"{len(unreadable)} signed status{'es are' if len(unreadable) != 1 else ' is'} unreadable: "
                          f"{_names(unreadable)}", "`modelfleet fleet status` shows why"))
     elif s.devices:
-        out.append(Check("status trust", OK, f"{len(s.devices)} status{'es' if len(s.devices) != 1 else ''} "
-                                             "signed by their devices' listed keys"))
+        n = len(s.devices)
+        whose = "their devices' listed keys" if n != 1 else "its device's listed key"
+        out.append(Check("status trust", OK, f"{n} status{'es' if n != 1 else ''} signed by {whose}"))
     return out
 
 
@@ -483,7 +485,7 @@ def clock_check(name: str, p: HttpProbe | None) -> Check:
         return Check(name, ERROR, text, hint)
     if abs(off) > CLOCK_WARNING:
         return Check(name, WARNING, text, hint)
-    return Check(name, OK, f"within {_ago(off)} of the {server}'s")
+    return Check(name, OK, f"within {_ago(off)} of the {server}'s clock")
 
 
 def disk_check(d: DiskSpace) -> Check:
