@@ -1,13 +1,18 @@
 """`modelfleet check` end to end on a real fleet (git daemon + TUF over HTTP on 127.0.0.1): a device that has
-reported with its own signed status, the operator's real git signing set-up, and the two ways a healthy fleet
-breaks that the check exists for — a timestamp nobody re-signed, and a secret file left readable by others."""
+reported with its own signed status, the operator's real git signing set-up, and the ways a healthy fleet breaks
+that the check exists for — a timestamp nobody re-signed, a secret file left readable by others, a device without
+its status key, a device clock ten minutes off its TUF server's (a real server whose Date header says so)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import email.utils
 import json
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -141,3 +146,38 @@ def test_bad_config_and_usage(fleet: Fleet) -> None:
     assert both.code == 2 and "--repo is an operator-side option" in both.err
     tuf = run_cli("check", "--tuf-repo", ".", "--tuf-url", "http://127.0.0.1:9/")
     assert tuf.code == 2 and "not both" in tuf.err
+
+
+class _SkewedServer(BaseHTTPRequestHandler):
+    """A TUF server whose clock is ten minutes ahead of this machine's (its Date header says so)."""
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        return email.utils.formatdate(time.time() + 600, usegmt=True)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        return
+
+
+def test_a_clock_ten_minutes_off_the_tuf_servers_fails_the_device_check(tmp_path: Path) -> None:
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _SkewedServer)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    w = World(tmp_path / "world").start()
+    try:
+        w.commit_fleet("1.0.0", versions=["1.0.0"])
+        url = f"http://127.0.0.1:{srv.server_address[1]}/metadata/"
+        cfg = w.agent_config(tmp_path / "dev", extra={"tuf": {"metadataUrl": url}})
+        r = run_cli("check", "--agent-config", str(cfg))
+        assert r.code == 1, r.text
+        row = next(line for line in r.out.splitlines() if line.startswith("clock vs TUF server"))
+        assert row.split()[4] == "error" and "this device's clock is 10m0s behind the TUF server's" in row, row
+        assert "enable NTP" in r.out and r.err.strip() == "error: 1 check failed: clock vs TUF server"
+    finally:
+        w.stop()
+        srv.shutdown()
+        srv.server_close()
