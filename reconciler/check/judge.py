@@ -62,9 +62,9 @@ SIGNING_HINT = ("git config --global gpg.format ssh; git config --global user.si
 
 def size(n: float) -> str:
     """Bytes for people: ``512.0 MiB``, ``3.2 GiB``."""
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+    for prefix, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
         if abs(n) >= scale:
-            return f"{n / scale:.1f} {unit}"
+            return f"{n / scale:.1f} {prefix}iB"
     return f"{int(n)} B"
 
 
