@@ -185,14 +185,17 @@ class HttpAnswer:
 
 def http_get(pool: urllib3.PoolManager, url: str, *, timeout: float, headers: Mapping[str, str] | None = None,
              max_bytes: int = MAX_METADATA_BYTES, redirect: bool = True) -> HttpAnswer:
-    """One GET; ``OSError``/``urllib3`` errors propagate. A body beyond ``max_bytes`` raises ``ValueError``."""
+    """One GET (no retries; redirects followed when ``redirect``); ``OSError``/``urllib3`` errors propagate. A body
+    beyond ``max_bytes`` raises ``ValueError``; with ``max_bytes=0`` the body is not read (status and headers only)."""
+    hops = 5 if redirect else 0
     resp = pool.request("GET", url, headers=dict(headers or {}), preload_content=False, redirect=redirect,
-                        retries=urllib3.Retry(total=0, redirect=5 if redirect else 0, raise_on_redirect=False),
+                        retries=urllib3.Retry(total=hops, connect=0, read=0, status=0, other=0, redirect=hops,
+                                              raise_on_redirect=False),
                         timeout=urllib3.Timeout(timeout))
     try:
-        body = resp.read(max_bytes + 1)
+        body = resp.read(max_bytes + 1) if max_bytes else b""
     finally:
-        resp.release_conn()
+        resp.close()  # a body left unread (a probe) must not go back to the pool
     if len(body) > max_bytes:
         raise ValueError(f"the answer is larger than {max_bytes} bytes")
     return HttpAnswer(resp.status, {k.lower(): v for k, v in resp.headers.items()}, body)
@@ -446,8 +449,7 @@ def _probe(server: str, url: str, *, auth: str | None, ca_file: Path | None, tim
     headers = {"Authorization": auth} if auth else {}
     before = clock()
     try:
-        answer = http_get(_pool(ca_file), url, timeout=timeout, headers=headers, max_bytes=MAX_METADATA_BYTES,
-                          redirect=False)
+        answer = http_get(_pool(ca_file), url, timeout=timeout, headers=headers, max_bytes=0, redirect=False)
     except (OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
         why = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
         return HttpProbe(server, display, error=" ".join(redact(str(why)).split())[:300])
