@@ -43,6 +43,8 @@ from reconciler.check.model import (
 from reconciler.core import reasons as R
 from reconciler.core.extras import RUNTIME_EXTRAS, missing_runtime
 from reconciler.core.units import format_duration
+from reconciler.distribution.tufclient import DISK_RESERVE  # kept free beyond a download
+from reconciler.distribution.tufrepo import DEFAULT_EXPIRY
 
 CLOCK_WARNING = 60.0
 CLOCK_ERROR = 300.0
@@ -50,11 +52,9 @@ STALE_INTERVALS = 3
 MIN_GIT = (2, 31)  # GIT_CONFIG_COUNT: how credentials reach git without a command line (gitops.auth)
 MIN_GIT_SSH_SIGNING = (2, 34)  # gpg.format=ssh: signing and verifying SSH-signed commits
 FIXED_DISK_THRESHOLD = 1 << 30
-DISK_RESERVE = 16 << 20  # what the TUF client keeps free beyond a download (distribution.tufclient)
-# modelfleet repo's default lifetimes (distribution.tufrepo.DEFAULT_EXPIRY), for metadata whose signing time is
-# unknown; a delegated role lives like targets.
-DEFAULT_LIFETIME = {"root": 365 * 86400.0, "targets": 90 * 86400.0, "snapshot": 7 * 86400.0,
-                    "timestamp": 86400.0}
+# modelfleet repo's default lifetimes, for metadata whose signing time is unknown; a delegated role lives like
+# targets.
+DEFAULT_LIFETIME = {role: d.total_seconds() for role, d in DEFAULT_EXPIRY.items()}
 
 SIGNING_HINT = ("git config --global gpg.format ssh; git config --global user.signingkey ~/.ssh/id_ed25519.pub; "
                 "git config --global commit.gpgsign true (docs/git.md)")
