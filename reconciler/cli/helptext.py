@@ -30,6 +30,12 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
                      ("the DeviceStatus document", "modelfleet agent status --format yaml")],
     "baseline": [("the drift baseline of a model version", "modelfleet baseline model.onnx --data sample.npz "
                                                            "--out baseline.json")],
+    "check": [("the operator's machine, from the fleet clone you are in", "modelfleet check"),
+              ("in CI: fail on warnings too, e.g. a TUF role expiring within 14 days",
+               "modelfleet check --repo https://git.example.com/edge/fleet.git --tuf-repo tuf/ --expiry-warning 14d "
+               "--strict --format json"),
+              ("on a device, as the agent's user", "sudo -u modelfleet modelfleet check --agent-config "
+                                                   "/etc/modelfleet/agent.yaml")],
     "completion": [("bash, in ~/.bashrc", 'eval "$(modelfleet completion bash)"'),
                    ("zsh, in ~/.zshrc", 'eval "$(modelfleet completion zsh)"'),
                    ("fish", "modelfleet completion fish | source")],
@@ -141,6 +147,9 @@ EXIT_CODES: dict[str, dict[int, str]] = {
                   2: USAGE},
     "optimize": {0: "at least one variant kept", 1: "an error, or no variant within the accuracy budget", 2: USAGE},
     "explain": {0: OK, 1: "unknown kind or field (the valid ones are listed)", 2: USAGE},
+    "check": {0: "every check ok (warnings allowed unless --strict)",
+              1: "a check failed: an error, or a warning with --strict (the table says which and what to do)",
+              2: USAGE},
 }
 
 

@@ -19,14 +19,14 @@ TREE = commands()
 # Commands whose output is a report a script reads: each takes --format with json and yaml.
 MACHINE_READ = {"validate", "plan", "render", "explain", "fleet status", "fleet history", "fleet drift",
                 "rollout status", "rollout watch", "agent status", "agent once", "data status", "repo list", "repo verify",
-                "baseline", "optimize", "simulate"}
+                "baseline", "optimize", "simulate", "check"}
 # Commands that write a commit to the fleet repository, sign TUF metadata, or delete captured data.
 WRITERS = {"rollout promote", "rollout abort", "rollout pause", "rollout resume", "rollout watch", "data purge",
            "repo add", "repo remove", "repo refresh"}
 # Commands that name the fleet repository.
 FLEET_REPO = {"validate", "render", "plan", "fleet status", "fleet history", "fleet drift", "rollout status",
               "rollout promote", "rollout abort", "rollout pause", "rollout resume", "rollout watch", "simulate",
-              "optimize"}
+              "optimize", "check"}
 
 
 def test_the_tree_is_what_the_conventions_cover() -> None:
