@@ -291,7 +291,7 @@ class Components:
         return (cls or TufClient)(
             cfg.tuf_metadata_dir, metadata_url, targets_url, cfg.trusted_root, self.store,
             staging_dir=cfg.staging_dir, max_concurrent=cfg.max_concurrent_downloads, timeout=cfg.tuf_timeout,
-            decryption_key=self._decryption_key, credentials=cfg.tuf_credentials, **kw,
+            min_rate=cfg.tuf_min_rate, decryption_key=self._decryption_key, credentials=cfg.tuf_credentials, **kw,
         )
 
     def tuf_fingerprint(self, paths: list[str]) -> str:
