@@ -295,19 +295,20 @@ class RangeFetcher(FetcherInterface):
     @contextmanager
     def download_file(self, url: str, max_length: int) -> Iterator[IO[bytes]]:
         """ngclient's metadata download, with the deadline budgeted for ``max_length`` (signed or capped)."""
+        try:  # as FetcherInterface.fetch(): opening raises DownloadErrors only
+            chunks = self._get(url, max_length)
+        except tufexc.DownloadError:
+            raise
+        except Exception as exc:
+            raise tufexc.DownloadError(f"Failed to download {url}") from exc
         received = 0
         with tempfile.TemporaryFile() as tmp:
-            try:
-                for chunk in self._get(url, max_length):
-                    received += len(chunk)
-                    if received > max_length:
-                        raise tufexc.DownloadLengthMismatchError(
-                            f"Downloaded {received} bytes exceeding the maximum allowed length of {max_length}")
-                    tmp.write(chunk)
-            except tufexc.DownloadError:
-                raise
-            except Exception as exc:
-                raise tufexc.DownloadError(f"Failed to download {url}") from exc
+            for chunk in chunks:
+                received += len(chunk)
+                if received > max_length:
+                    raise tufexc.DownloadLengthMismatchError(
+                        f"Downloaded {received} bytes exceeding the maximum allowed length of {max_length}")
+                tmp.write(chunk)
             tmp.seek(0)
             yield tmp
 
