@@ -312,6 +312,11 @@ class Components:
                 described.append([path, None, str(getattr(exc, "reason", "") or type(exc).__name__)])
         return "targets:" + hashlib.sha256(json.dumps(described).encode()).hexdigest()
 
+    def tuf_busy_until(self) -> float | None:
+        """When the TUF requests in flight are cut at the latest (monotonic clock); None when none are."""
+        fetcher = getattr(self.tuf, "fetcher", None)
+        return fetcher.busy_until() if fetcher is not None else None
+
     def tuf_fetch(self, paths: list[str]) -> tuple[dict[str, Any], int]:
         """Targets verified into the store, and how many bytes were actually downloaded."""
         before = self.tuf.bytes_downloaded

@@ -88,8 +88,10 @@ class Deadline:
     received and the time taken.
     """
 
-    def __init__(self, url: str, expected: int, timeout: float, min_rate: float) -> None:
+    def __init__(self, url: str, expected: int, timeout: float, min_rate: float,
+                 on_end: Callable[[Deadline], None] | None = None) -> None:
         self.url = url
+        self._on_end = on_end
         self.timeout = timeout
         self.min_rate = min_rate
         self.start = time.monotonic()
@@ -105,6 +107,11 @@ class Deadline:
     @property
     def seconds(self) -> float:
         return self.timeout + self._expected / self.min_rate
+
+    @property
+    def ends(self) -> float:
+        """When the request is cut at the latest (``time.monotonic()`` clock)."""
+        return self.start + self.seconds
 
     def expect(self, expected: int) -> None:
         """(Re)arm for ``expected`` bytes, counted from the start of the request."""
@@ -143,6 +150,8 @@ class Deadline:
         for s in socks:
             _shutdown(s)
             s.close()
+        if self._on_end is not None:
+            self._on_end(self)
 
     def finish(self) -> None:
         with self._lock:
@@ -152,6 +161,8 @@ class Deadline:
             socks, self._socks = self._socks, []
         for s in socks:
             s.close()
+        if self._on_end is not None:
+            self._on_end(self)
 
     def error(self) -> tufexc.SlowRetrievalError:
         took = time.monotonic() - self.start
@@ -225,9 +236,26 @@ class RangeFetcher(FetcherInterface):
             maxsize=pool_size, headers={"User-Agent": "modelfleet-tuf"}, retries=urllib3.Retry(0, read=False), **tls
         )
         self._http.pool_classes_by_scheme = {"http": _GuardedPool, "https": _GuardedHTTPSPool}
+        self._running: set[Deadline] = set()
+        self._running_lock = threading.Lock()
 
     def deadline(self, url: str, expected: int) -> Deadline:
-        return Deadline(url, expected, self.timeout, self.min_rate)
+        d = Deadline(url, expected, self.timeout, self.min_rate, on_end=self._ended)
+        with self._running_lock:
+            self._running.add(d)
+        return d
+
+    def _ended(self, d: Deadline) -> None:
+        with self._running_lock:
+            self._running.discard(d)
+
+    def busy_until(self) -> float | None:
+        """The latest deadline of the requests in flight (``time.monotonic()`` clock), None when idle.
+
+        A request in flight ends by then whatever the server does, so the agent's watchdog counts it as
+        progress: a slow but bounded download is not a hung loop."""
+        with self._running_lock:
+            return max((d.ends for d in self._running), default=None)
 
     def _open(self, url: str, deadline: Deadline, headers: dict[str, str] | None = None) -> urllib3.BaseHTTPResponse:
         if self.auth_origins and url.startswith(self.auth_origins):

@@ -63,3 +63,18 @@ def test_dripping_mirror_is_reported_and_last_good_keeps_serving(world: World, a
     # The mirror recovers: the next pass converges (the target resumes from the bytes it kept).
     world.http.drip = None
     assert agent.reconcile_once().converged and which_version(agent.c.url, world) == "1.1.0"
+
+
+def test_a_request_in_flight_feeds_the_watchdog_until_its_deadline(world: World, agent: Agent) -> None:
+    assert agent.reconcile_once().converged
+    agent._last_progress = time.monotonic() - 3600  # no step finished for an hour: the loop looks stuck
+    assert not agent.alive()
+    # A model download that may take an hour at the minimum rate: the watchdog trusts its deadline, so a slow
+    # mirror ends in SlowRetrieval instead of systemd restarting the agent into the same download.
+    fetcher = agent.c.tuf.fetcher
+    d = fetcher.deadline(f"{world.http.url}/targets/big.onnx", MIN_RATE * 3600)
+    try:
+        assert agent.alive() and fetcher.busy_until() == pytest.approx(time.monotonic() + 3600 + TIMEOUT, abs=5)
+    finally:
+        d.finish()
+    assert fetcher.busy_until() is None and not agent.alive()

@@ -69,6 +69,7 @@ def test_dripped_target_fails_within_its_deadline_and_resumes(published: Publish
     m = re.search(r"sent (\d+) bytes in ([\d.]+)s .* (\d+) bytes expected", msg)
     assert m and 0 < int(m.group(1)) < len(data) and int(m.group(3)) == len(data), msg
     assert bound - 0.01 <= float(m.group(2)) < bound + SLACK
+    assert client.fetcher.busy_until() is None  # nothing left in flight
     # What arrived before the deadline is kept; the next pass asks only for the rest.
     (staged,) = client.staging_dir.iterdir()
     assert staged.stat().st_size == int(m.group(1))
@@ -86,6 +87,7 @@ def test_normal_downloads_pass_under_the_same_deadlines(published: Published) ->
     client.refresh()
     got = client.fetch(paths)
     assert [client.load_bytes(got[p]) for p in paths] == list(datas.values())
+    assert client.fetcher.busy_until() is None
     # The deadline is per request and scales with the length: 300 kB at 64 KiB/s gets 5 s, not TIMEOUT.
     d = client.fetcher.deadline("http://x/", 300_000)
     d.finish()
