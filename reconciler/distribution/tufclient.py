@@ -20,6 +20,8 @@ Every failure is a :class:`TufClientError` with a CamelCase ``reason`` the agent
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import queue
 import re
 import shutil
@@ -101,7 +103,6 @@ class Deadline:
         self._socks: list[socket.socket] = []
         self._done = False
         self._lock = threading.Lock()
-        self._timer: threading.Timer | None = None
         self.expect(expected)
 
     @property
@@ -119,12 +120,7 @@ class Deadline:
             if self._done or self.expired:
                 return
             self._expected = max(0, expected)
-            if self._timer is not None:
-                self._timer.cancel()
-            left = self.start + self.seconds - time.monotonic()
-            self._timer = threading.Timer(max(0.0, left), self._expire)
-            self._timer.daemon = True
-            self._timer.start()
+        _REAPER.schedule(self.ends, self)
 
     def attach(self, sock: socket.socket) -> None:
         try:
@@ -142,7 +138,7 @@ class Deadline:
 
     def _expire(self) -> None:
         with self._lock:
-            if self._done:
+            if self._done or self.expired or time.monotonic() < self.ends:  # finished, or re-armed later
                 return
             self.expired = True
             socks, self._socks = self._socks, []
@@ -156,8 +152,6 @@ class Deadline:
     def finish(self) -> None:
         with self._lock:
             self._done = True
-            if self._timer is not None:
-                self._timer.cancel()
             socks, self._socks = self._socks, []
         for s in socks:
             s.close()
@@ -173,9 +167,47 @@ class Deadline:
         ))
 
 
+class _Reaper:
+    """One daemon thread that expires every :class:`Deadline` when it is due (a timer thread per request
+    would be thousands of threads in a simulated fleet). Finished deadlines stay queued until due, then are
+    skipped."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: list[tuple[float, int, Deadline]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, when: float, deadline: Deadline) -> None:
+        with self._cond:
+            heapq.heappush(self._queue, (when, next(self._seq), deadline))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="tuf-deadlines", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                when, _, deadline = self._queue[0]
+                wait = when - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._queue)
+            deadline._expire()
+
+
+_REAPER = _Reaper()
+
+
 def _shutdown(sock: socket.socket) -> None:
+    # Reading side only: a blocked read returns what is buffered, then end of file. With SHUT_RDWR, Linux
+    # resets the connection when the server's next byte arrives, and the bytes already read are lost.
     try:
-        sock.shutdown(socket.SHUT_RDWR)
+        sock.shutdown(socket.SHUT_RD)
     except OSError:
         pass
 
