@@ -20,8 +20,7 @@ Every failure is a :class:`TufClientError` with a CamelCase ``reason`` the agent
 from __future__ import annotations
 
 import hashlib
-import heapq
-import itertools
+import os
 import queue
 import re
 import shutil
@@ -85,9 +84,9 @@ class Deadline:
 
     The socket timeout only bounds each read, so a server sending a byte now and then could hold a transfer
     for days. Every socket the request opens is registered here (by a duplicate of its descriptor, which also
-    covers a TLS socket wrapped later); when the deadline passes they are shut down, which ends a read blocked
-    in any thread at once, and the fetcher raises :class:`SlowRetrievalError` naming the URL, the bytes
-    received and the time taken.
+    covers a TLS socket wrapped later); when the deadline passes their reading side is shut down, which ends
+    a read blocked in any thread at once, and the fetcher raises :class:`SlowRetrievalError` naming the URL,
+    the bytes received and the time taken.
     """
 
     def __init__(self, url: str, expected: int, timeout: float, min_rate: float,
@@ -120,7 +119,7 @@ class Deadline:
             if self._done or self.expired:
                 return
             self._expected = max(0, expected)
-        _REAPER.schedule(self.ends, self)
+        _REAPER.add(self)
 
     def attach(self, sock: socket.socket) -> None:
         try:
@@ -138,7 +137,7 @@ class Deadline:
 
     def _expire(self) -> None:
         with self._lock:
-            if self._done or self.expired or time.monotonic() < self.ends:  # finished, or re-armed later
+            if self._done or self.expired or time.monotonic() < self.ends:  # moved later: watched again
                 return
             self.expired = True
             socks, self._socks = self._socks, []
@@ -153,6 +152,7 @@ class Deadline:
         with self._lock:
             self._done = True
             socks, self._socks = self._socks, []
+        _REAPER.discard(self)
         for s in socks:
             s.close()
         if self._on_end is not None:
@@ -168,36 +168,43 @@ class Deadline:
 
 
 class _Reaper:
-    """One daemon thread that expires every :class:`Deadline` when it is due (a timer thread per request
-    would be thousands of threads in a simulated fleet). Finished deadlines stay queued until due, then are
-    skipped."""
+    """One daemon thread that expires every :class:`Deadline` in flight when it is due (a timer thread per
+    request would be thousands of threads in a simulated fleet). It holds only the requests in flight."""
 
     def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # a forked child has no reaper thread yet
+
+    def _reset(self) -> None:
         self._cond = threading.Condition()
-        self._queue: list[tuple[float, int, Deadline]] = []
-        self._seq = itertools.count()
+        self._live: set[Deadline] = set()
         self._thread: threading.Thread | None = None
 
-    def schedule(self, when: float, deadline: Deadline) -> None:
+    def add(self, deadline: Deadline) -> None:
+        """Watch ``deadline`` (again, when its end moved)."""
         with self._cond:
-            heapq.heappush(self._queue, (when, next(self._seq), deadline))
+            self._live.add(deadline)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="tuf-deadlines", daemon=True)
                 self._thread.start()
             self._cond.notify()
 
+    def discard(self, deadline: Deadline) -> None:
+        with self._cond:
+            self._live.discard(deadline)
+
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue:
-                    self._cond.wait()
-                when, _, deadline = self._queue[0]
-                wait = when - time.monotonic()
-                if wait > 0:
-                    self._cond.wait(wait)
+                now = time.monotonic()
+                due = [d for d in self._live if d.ends <= now]
+                if not due:
+                    nxt = min((d.ends for d in self._live), default=None)
+                    self._cond.wait(None if nxt is None else nxt - now)
                     continue
-                heapq.heappop(self._queue)
-            deadline._expire()
+                self._live.difference_update(due)
+            for d in due:
+                d._expire()
 
 
 _REAPER = _Reaper()
