@@ -31,6 +31,7 @@ _DEVICE_ID = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
 DEFAULT_POLL_INTERVAL = 30.0
 DEFAULT_SOURCE_TIMEOUT = 30.0
 DEFAULT_TUF_TIMEOUT = 30.0
+DEFAULT_TUF_MIN_RATE = 4096  # bytes/s; keep in step with tufclient.DEFAULT_MIN_RATE
 DEFAULT_PORT = 8080
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 
@@ -65,6 +66,7 @@ class AgentConfig:
     decryption_key: Path | None = None
     max_concurrent_downloads: int = 2
     tuf_timeout: float = DEFAULT_TUF_TIMEOUT
+    tuf_min_rate: int = DEFAULT_TUF_MIN_RATE
     serving_host: str = "127.0.0.1"
     serving_port: int = DEFAULT_PORT
     unix_socket: str | None = None
@@ -310,6 +312,7 @@ def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str
         decryption_key=p(tuf.get("decryptionKey")),
         max_concurrent_downloads=int(tuf.get("maxConcurrentDownloads", 2)),
         tuf_timeout=dur(["tuf", "timeout"], tuf.get("timeout"), DEFAULT_TUF_TIMEOUT) or 1.0,
+        tuf_min_rate=int(tuf.get("minBytesPerSecond", DEFAULT_TUF_MIN_RATE)),
         serving_host=serving.get("host", "127.0.0.1"),
         serving_port=int(serving.get("port", DEFAULT_PORT)),
         unix_socket=serving.get("unixSocket"),

@@ -212,12 +212,18 @@ class Agent(StatusMixin):
         interval = self.notifier.watchdog_interval()
         if interval is None:
             return
-        # The loop is alive if it made progress recently; a pass stuck past this limit stops the pings and
-        # systemd restarts us. Long downloads make progress at every target.
-        stall_limit = max(600.0, 4 * (self.config.tuf_timeout + self.config.source_timeout))
         while not self._stop.wait(interval):
-            if time.monotonic() - self._last_progress < stall_limit:
+            if self.alive():
                 self.notifier.watchdog()
+
+    def alive(self) -> bool:
+        """Whether the loop made progress recently; a pass stuck past the stall limit stops the watchdog pings
+        and systemd restarts us. Long downloads make progress at every target, and a TUF request in flight
+        counts until its deadline (it ends by then whatever the server does): a slow mirror is reported
+        as ``SlowRetrieval``, not answered by restarting into the same download."""
+        stall_limit = max(600.0, 4 * (self.config.tuf_timeout + self.config.source_timeout))
+        busy = self.c.tuf_busy_until()
+        return time.monotonic() - max(self._last_progress, busy or 0.0) < stall_limit
 
     def _on_bundle(self, path: Path) -> None:
         """A git bundle landed (air-gapped update): its verified head drives the next pass."""

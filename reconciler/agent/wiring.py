@@ -292,7 +292,7 @@ class Components:
         return (cls or TufClient)(
             cfg.tuf_metadata_dir, metadata_url, targets_url, cfg.trusted_root, self.store,
             staging_dir=cfg.staging_dir, max_concurrent=cfg.max_concurrent_downloads, timeout=cfg.tuf_timeout,
-            decryption_key=self._decryption_key, credentials=cfg.tuf_credentials, **kw,
+            min_rate=cfg.tuf_min_rate, decryption_key=self._decryption_key, credentials=cfg.tuf_credentials, **kw,
         )
 
     def tuf_fingerprint(self, paths: list[str]) -> str:
@@ -312,6 +312,11 @@ class Components:
             except Exception as exc:  # reported by tuf_fetch with its reason; here it only shapes the key
                 described.append([path, None, str(getattr(exc, "reason", "") or type(exc).__name__)])
         return "targets:" + hashlib.sha256(json.dumps(described).encode()).hexdigest()
+
+    def tuf_busy_until(self) -> float | None:
+        """When the TUF requests in flight are cut at the latest (monotonic clock); None when none are."""
+        fetcher = getattr(self.tuf, "fetcher", None)
+        return fetcher.busy_until() if fetcher is not None else None
 
     def tuf_fetch(self, paths: list[str]) -> tuple[dict[str, Any], int]:
         """Targets verified into the store, and how many bytes were actually downloaded."""

@@ -58,6 +58,7 @@ LENGTH_EXCEEDED = "LengthExceeded"
 INSUFFICIENT_DISK_SPACE = "InsufficientDiskSpace"
 DECRYPTION_FAILED = "DecryptionFailed"
 REPOSITORY_UNAVAILABLE = "RepositoryUnavailable"
+SLOW_RETRIEVAL = "SlowRetrieval"
 STORE_CORRUPTED = "StoreCorrupted"
 LOCAL_IO_ERROR = "LocalIOError"
 # -- apply (Applied; endpoint messages; failures[]) ----------------------------------------------------------
@@ -199,6 +200,11 @@ REASONS: tuple[Reason, ...] = (
            "Provision `tuf.decryptionKey`, or re-encrypt for the device's key."),
     Reason(REPOSITORY_UNAVAILABLE, "ArtifactsReady=False", "TUF server unreachable or a transfer was cut",
            "Device keeps serving; downloads resume, recovery is automatic."),
+    Reason(SLOW_RETRIEVAL, "ArtifactsReady=False", "a TUF download missed its deadline (`tuf.timeout` + expected "
+           "length at `tuf.minBytesPerSecond`) or sent nothing for `tuf.timeout`; the message names the URL, the "
+           "bytes received and the time taken", "Device keeps serving; a target resumes from the bytes received "
+           "on the next pass. Check the link or the mirror; on a link slower than the minimum rate, lower "
+           "`tuf.minBytesPerSecond`."),
     Reason(STORE_CORRUPTED, "ArtifactsReady=False", "a stored blob no longer matched its digest",
            "Quarantined and fetched again automatically; check the disk if it repeats."),
     Reason(LOCAL_IO_ERROR, "ArtifactsReady=False", "the store or staging directory cannot be written",

@@ -8,8 +8,9 @@ Serves a TUF repository (or any directory) for tests, benchmarks and ``make demo
 
 It answers GET/HEAD, ``Range: bytes=N-`` / ``bytes=N-M`` with 206, keeps connections alive (HTTP/1.1) and
 uses ``sendfile``. ``truncate_after`` (bytes) makes it drop each response after that many body bytes — fault
-injection for resumable-download tests. ``requests`` records ``(path, range header)`` of every request and
-``bytes_sent`` counts body bytes.
+injection for resumable-download tests; ``drip`` (a :class:`Drip`) makes it send the responses to some paths
+one byte at a time — a slow-drip mirror for download-deadline tests. ``requests`` records ``(path, range
+header)`` of every request and ``bytes_sent`` counts body bytes.
 """
 
 from __future__ import annotations
@@ -19,12 +20,25 @@ import posixpath
 import re
 import socket
 import threading
+import time
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+
+
+@dataclass(frozen=True)
+class Drip:
+    """Send responses to paths containing ``path_part`` one byte every ``every`` seconds: the body, or with
+    ``headers`` the status line and headers too."""
+
+    path_part: str
+    every: float
+    headers: bool = False
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -93,6 +107,10 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 status = HTTPStatus.PARTIAL_CONTENT
             length = max(0, end - start + 1)
+            drip = self.server.drip
+            if body and drip is not None and drip.path_part in urlsplit(self.path).path:
+                self._drip(drip, status, fh, start, end, size, length)
+                return
             self.send_response(status)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Accept-Ranges", "bytes")
@@ -111,6 +129,31 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
 
+    def _drip(self, drip: Drip, status: HTTPStatus, fh: BinaryIO, start: int, end: int, size: int,
+              length: int) -> None:
+        head = [f"HTTP/1.1 {status.value} {status.phrase}", "Content-Type: application/octet-stream",
+                "Accept-Ranges: bytes", f"Content-Length: {length}"]
+        if status == HTTPStatus.PARTIAL_CONTENT:
+            head.append(f"Content-Range: bytes {start}-{end}/{size}")
+        fh.seek(start)
+        data = fh.read(length)
+        raw = ("\r\n".join(head) + "\r\n\r\n").encode()
+        if not drip.headers:
+            self.connection.sendall(raw)
+            raw = b""
+        head_len = len(raw)
+        raw += data
+        self.close_connection = True
+        try:
+            for i in range(len(raw)):
+                self.connection.sendall(raw[i:i + 1])
+                if i >= head_len:
+                    with self.server.lock:
+                        self.server.bytes_sent += 1
+                time.sleep(drip.every)
+        except OSError:  # the client gave up
+            pass
+
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
@@ -123,6 +166,7 @@ class _Server(ThreadingHTTPServer):
         self.requests: list[tuple[str, str | None]] = []
         self.bytes_sent = 0
         self.truncate_after: int | None = None
+        self.drip: Drip | None = None
         self.connections: set[socket.socket] = set()
 
 
@@ -154,6 +198,14 @@ class StaticServer:
     @truncate_after.setter
     def truncate_after(self, value: int | None) -> None:
         self._server.truncate_after = value
+
+    @property
+    def drip(self) -> Drip | None:
+        return self._server.drip
+
+    @drip.setter
+    def drip(self, value: Drip | None) -> None:
+        self._server.drip = value
 
     def reset_stats(self) -> None:
         with self._server.lock:

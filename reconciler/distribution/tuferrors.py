@@ -70,6 +70,10 @@ class RepositoryUnavailable(TufClientError):
     reason = "RepositoryUnavailable"
 
 
+class SlowRetrieval(TufClientError):
+    reason = "SlowRetrieval"
+
+
 class StoreCorrupted(TufClientError):
     reason = "StoreCorrupted"
 
@@ -115,6 +119,8 @@ def translate(exc: BaseException, what: str) -> TufClientError:
         return MetadataMismatch(f"{what}: metadata does not match the hashes in the snapshot/timestamp ({exc})")
     if isinstance(exc, tufexc.DownloadLengthMismatchError):
         return LengthExceeded(f"{what}: server sent more data than the signed length ({exc})")
+    if isinstance(exc, tufexc.SlowRetrievalError):
+        return SlowRetrieval(redact(f"{what}: too slow: {exc}"))
     if isinstance(exc, tufexc.DownloadHTTPError):
         return RepositoryUnavailable(f"{what}: HTTP {exc.status_code} from the repository")
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:

@@ -14,6 +14,7 @@ from reconciler.agent.config import load_agent_config, parse_agent_config
 from reconciler.agent.sdnotify import Notifier, watchdog_interval
 from reconciler.core.errors import UserError
 from reconciler.core.logs import fields, setup_logging
+from reconciler.distribution import tufclient
 
 MINIMAL = """\
 apiVersion: modelfleet/v1
@@ -37,6 +38,17 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert c.trusted_root == tmp_path.resolve() / "keys/root.json"
     assert (c.source_branch, c.verify_mode, c.serving_port, c.log_format) == ("main", "none", 8080, "text")
     assert c.poll_interval is None and c.max_concurrent_downloads == 2 and c.tuf_timeout == 30.0
+    assert c.tuf_min_rate == tufclient.DEFAULT_MIN_RATE == 4096
+
+
+def test_tuf_download_deadline_settings(tmp_path: Path) -> None:
+    f = tmp_path / "agent.yaml"
+    f.write_text(MINIMAL + "    timeout: 500ms\n    minBytesPerSecond: 65536\n")
+    c = load_agent_config(f)
+    assert (c.tuf_timeout, c.tuf_min_rate) == (0.5, 65536)
+    f.write_text(MINIMAL + "    minBytesPerSecond: 0\n")
+    with pytest.raises(UserError, match="spec.tuf.minBytesPerSecond"):
+        load_agent_config(f)
 
 
 def test_schema_error_names_file_and_line(tmp_path: Path) -> None:
