@@ -93,6 +93,13 @@ def parse_status(data: bytes, device: str | None = None) -> dict[str, Any]:
     return doc
 
 
+def _anchor(policy: TrustPolicy, device: str) -> str:
+    """What a device's verdict depends on besides its commit: its listed keys and the fleet's setting."""
+    keys = policy.keys.get(device)
+    material = b"-" if keys is None else b"|".join(sorted(keys))
+    return hashlib.sha256(material + (b"R" if policy.require_signatures else b"U")).hexdigest()[:32]
+
+
 def default_cache_dir(url: str) -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "modelfleet" / "fleet-status"
     return base / hashlib.sha256(url.encode()).hexdigest()[:16]
@@ -161,6 +168,7 @@ class StatusRepo:
         self.subpath = subpath.strip("/") if subpath else None
         self.git_dir = self.cache_dir / "repo.git"
         self.seen_file = self.cache_dir / "seen-status.json"
+        self.verdicts_file = self.cache_dir / "status-verdicts.json"
 
     def _ensure(self) -> None:
         if not (self.git_dir / "HEAD").is_file():
@@ -242,11 +250,19 @@ class StatusRepo:
         shas = [refs[d][1] for d in devices]
         commits = read_blobs(self.git_dir, shas, self.timeout, limit=MAX_COMMIT_BYTES)
         seen = self._seen()
+        memo = self._verdicts()
+        verdicts: dict[str, list[Any]] = {}
         records: dict[str, StatusRecord] = {}
         to_parse: list[str] = []
         for device, raw in zip(devices, commits, strict=True):
             when, sha = refs[device]
-            trust = judge_status(device, raw, policy)
+            anchor = _anchor(policy, device)
+            known = memo.get(device)
+            if known and known[0] == sha and known[1] == anchor:  # the same commit under the same keys
+                trust = StatusTrust(bool(known[2]), str(known[3]), str(known[4]), known[5])
+            else:
+                trust = judge_status(device, raw, policy)
+            verdicts[device] = [sha, anchor, trust.trusted, trust.reason, trust.message, trust.key]
             if trust.trusted:
                 trust = judge_replay(device, seen.get(device), (sha, when)) or trust
             records[device] = StatusRecord(device, sha, when, trust)
@@ -264,7 +280,18 @@ class StatusRepo:
             except ValueError as exc:
                 rec.error = str(exc)
         self._remember(seen, records)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.verdicts_file, json.dumps(verdicts, separators=(",", ":")), durable=False)
         return FleetRead(head, fleet, policy, records)
+
+    def _verdicts(self) -> dict[str, list[Any]]:
+        """The signature verdicts of the last read (device -> [commit, anchors, trusted, reason, message, key]):
+        a commit judged under the same anchors is not verified again."""
+        try:
+            raw = json.loads(self.verdicts_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return {str(d): v for d, v in raw.items() if isinstance(v, list) and len(v) == 6} if isinstance(raw, dict) else {}
 
     def _remember(self, seen: dict[str, tuple[str, int]], records: Mapping[str, StatusRecord]) -> None:
         """Keep each device's newest trusted status commit, so a later read notices a branch moved back."""

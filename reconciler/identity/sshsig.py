@@ -129,11 +129,13 @@ def signer_blob(armored: str | bytes, namespace: str = "git") -> tuple[bytes, by
     return key, hash_alg, raw
 
 
-def verify(message: bytes, armored: str | bytes, allowed: bytes, namespace: str = "git") -> None:
-    """Check that ``armored`` is a signature of ``message`` by the key ``allowed`` (a public key blob).
+def verify(message: bytes, armored: str | bytes, allowed: bytes, namespace: str = "git",
+           parsed: tuple[bytes, bytes, bytes] | None = None) -> None:
+    """Check that ``armored`` is a signature of ``message`` by the key ``allowed`` (a public key blob);
+    ``parsed``: :func:`signer_blob`'s answer for it, when the caller has it already.
 
     Raises :class:`SignatureError` when it is malformed, made by another key, or does not verify."""
-    key, hash_alg, raw = signer_blob(armored, namespace)
+    key, hash_alg, raw = parsed or signer_blob(armored, namespace)
     if key != allowed:
         raise SignatureError(f"signed by another key ({fingerprint(key)})")
     r = _Reader(key)

@@ -105,7 +105,8 @@ def judge_status(device: str, raw_commit: bytes | None, policy: TrustPolicy) -> 
     if commit.signature is None:
         return StatusTrust(False, UNSIGNED, f"{device!r} has a status key but the commit is not signed")
     try:
-        signer, _, _ = sshsig.signer_blob(commit.signature)
+        parsed = sshsig.signer_blob(commit.signature)
+        signer = parsed[0]
     except sshsig.SignatureError as exc:
         return StatusTrust(False, BAD_SIGNATURE, f"unusable signature: {exc}")
     fpr = sshsig.fingerprint(signer)
@@ -114,7 +115,7 @@ def judge_status(device: str, raw_commit: bytes | None, policy: TrustPolicy) -> 
         whose = f"the key of device {other!r}" if other else "a key no Device manifest lists"
         return StatusTrust(False, WRONG_KEY, f"signed with {whose} ({fpr}), not one of {device!r}'s", fpr)
     try:
-        sshsig.verify(commit.payload, commit.signature, signer)
+        sshsig.verify(commit.payload, commit.signature, signer, parsed=parsed)
     except sshsig.SignatureError as exc:
         return StatusTrust(False, BAD_SIGNATURE, str(exc), fpr)
     return StatusTrust(True, SIGNED, f"signed by {device!r}'s key {fpr}", fpr)
