@@ -164,7 +164,8 @@ REASONS: tuple[Reason, ...] = (
            "`chown` it to the agent's user and `chmod 600` it, or fix the path."),
     Reason(PUSHED, "StatusReported=True", "the newest status landed on `status/<device-id>`", "—"),
     Reason(PUSH_REJECTED, "StatusReported=False", "the server refused the status push for another reason than "
-           "credentials (a hook, a protected branch)", "Read the message; allow the device to push `status/<id>`."),
+           "credentials (a hook; a protected branch is `PermissionDenied`)",
+           "Read the message; allow the device to push `status/<id>`."),
     Reason(READ_FAILED, "ManifestsValid=False", "the commit's files could not be read (e.g. a file over 16 MiB)",
            "Read the message; fix the repository."),
     Reason(VALIDATION_FAILED, "ManifestsValid=False",
