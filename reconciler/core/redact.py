@@ -12,6 +12,7 @@ can travel another way (never argv). Pure functions: no I/O.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
@@ -26,8 +27,13 @@ _SECRET_PARAM = re.compile(r"(?i)(token|password|passwd|secret|key|auth|sig|sign
 _URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^\s/?#'\"<>]*)(?:@|%40)")
 _QUERY_SECRET = re.compile(r"(?i)([?&](?:[a-z_]*?(?:token|password|passwd|secret|sig|signature|key))=)[^&\s#'\"]+")
 _AUTH_HEADER = re.compile(r"(?i)(authorization:\s*(?:basic|bearer|token)?\s*)[^\s'\"]+")
-# What a string needs to hold for redact() to change it (a cheap test before the three patterns).
-_MAYBE_SECRET = re.compile(r"(?i)@|%40|=|authorization")
+
+
+def _maybe_secret(text: str) -> bool:
+    """Whether ``text`` may hold something :func:`redact` masks: cheap substring tests before the patterns
+    (a log line, a status document, the journal usually hold none)."""
+    return ("@" in text or "%40" in text or "uthoriz" in text or "UTHORIZ" in text
+            or ("=" in text and ("?" in text or "&" in text)))
 
 
 def _authority(netloc: str) -> tuple[str | None, str]:
@@ -74,7 +80,7 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
         return f"{scheme}{_masked_userinfo(scheme[:-3], m.group('userinfo'))}@"
 
     out = text
-    if _MAYBE_SECRET.search(text):
+    if _maybe_secret(text):
         out = _URL_USERINFO.sub(userinfo, out)
         out = _QUERY_SECRET.sub(lambda m: m.group(1) + MASK, out)
         out = _AUTH_HEADER.sub(lambda m: m.group(1) + MASK, out)
@@ -86,20 +92,31 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
 
 def redact_tree(obj: Any) -> Any:
     """``obj`` (dicts, lists, strings, scalars) with :func:`redact` applied to every string, keys included.
-    Returns ``obj`` itself when nothing needed masking (no copy on the common path)."""
+    Returns ``obj`` itself when nothing needed masking (no copy on the common path: one C-encoded JSON text is
+    tested, and the tree is walked only when that text may hold a secret)."""
+    if not isinstance(obj, str):
+        try:
+            if not _maybe_secret(json.dumps(obj, default=str)):
+                return obj
+        except (TypeError, ValueError):  # a circular reference: walk
+            pass
+    return _redact_tree(obj)
+
+
+def _redact_tree(obj: Any) -> Any:
     if isinstance(obj, str):
-        return redact(obj) if _MAYBE_SECRET.search(obj) else obj
+        return redact(obj) if _maybe_secret(obj) else obj
     if isinstance(obj, dict):
         out_d: dict[Any, Any] | None = None
         for i, (k, v) in enumerate(obj.items()):
-            k2, v2 = redact_tree(k), redact_tree(v)
+            k2, v2 = _redact_tree(k), _redact_tree(v)
             if out_d is None and (k2 is not k or v2 is not v):
                 out_d = dict(list(obj.items())[:i])
             if out_d is not None:
                 out_d[k2] = v2
         return obj if out_d is None else out_d
     if isinstance(obj, (list, tuple)):
-        items = [redact_tree(v) for v in obj]
+        items = [_redact_tree(v) for v in obj]
         if all(a is b for a, b in zip(items, obj, strict=True)):
             return obj
         return type(obj)(items)
