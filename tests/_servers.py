@@ -6,7 +6,10 @@
   ``GIT_PROTOCOL``), on plain HTTP and HTTPS. ``/git/<repo>`` asks for Basic auth only on push,
   ``/private/<repo>`` on everything, ``/tuf/<name>/`` serves a static TUF repository to a bearer token (or
   Basic with the token as password). ``access_log`` counts requests per path. ``ls_refs_cache_s`` adds nginx's
-  microcache of the devices' ``ls-refs`` poll (off by default; docs/scale.md).
+  microcache of the devices' ``ls-refs`` poll (off by default; docs/scale.md). ``read_only`` users authenticate
+  but may not push, ``no_access`` users may not fetch either: ``git http-backend`` answers them with 403
+  (``http.receivepack``/``http.uploadpack`` false for them), as a host answers a read-only token, a protected
+  branch or a token without access to the repository.
 - :class:`SshServer`: sshd on a loopback port with a deploy key and a pinned known-hosts file.
 
 Everything runs as the current user, config/pids/logs in a temp dir, on free ports; start-up waits are
@@ -147,13 +150,19 @@ class GitHttp:
     """nginx + fcgiwrap + git http-backend, HTTP and HTTPS; see the module docstring."""
 
     def __init__(self, root: Path, pki: Pki, *, users: dict[str, str], tuf_token: str,
-                 ls_refs_cache_s: int | None = None) -> None:
+                 ls_refs_cache_s: int | None = None, read_only: tuple[str, ...] = (),
+                 no_access: tuple[str, ...] = ()) -> None:
         if ls_refs_cache_s is not None and ls_refs_cache_s < 1:
             raise ValueError("ls_refs_cache_s is whole seconds (nginx's cache validity), at least 1, or None")
         self.root = root
         self.ls_refs_cache_s = ls_refs_cache_s
         self.pki = pki
         self.users = dict(users)
+        unknown = (set(read_only) | set(no_access)) - set(users)
+        if unknown:
+            raise ValueError(f"read_only/no_access users {sorted(unknown)} are not in users")
+        # Per user, how many of the GIT_CONFIG_KEY_n below git http-backend applies (0: none).
+        self.denied = {**{u: 1 for u in read_only}, **{u: 2 for u in no_access}}
         self.tuf_token = tuf_token
         self.git_root = root / "git-root"
         self.tuf_root = root / "tuf-root"
@@ -176,6 +185,11 @@ class GitHttp:
             fastcgi_param GIT_HTTP_EXPORT_ALL "";
             fastcgi_param GIT_PROTOCOL $http_git_protocol;
             fastcgi_param REMOTE_USER $remote_user;
+            fastcgi_param GIT_CONFIG_COUNT $git_denied;  # read_only (1) and no_access (2) users get a 403
+            fastcgi_param GIT_CONFIG_KEY_0 http.receivepack;
+            fastcgi_param GIT_CONFIG_VALUE_0 false;
+            fastcgi_param GIT_CONFIG_KEY_1 http.uploadpack;
+            fastcgi_param GIT_CONFIG_VALUE_1 false;
             fastcgi_param PATH_INFO $git_path;  # named: the map's regex resets $1
             fastcgi_param QUERY_STRING $args;
             fastcgi_param REQUEST_METHOD $request_method;
@@ -207,6 +221,7 @@ http {{
     types {{ application/json json; application/octet-stream bin onnx; }}
     auth_basic_user_file {r}/htpasswd;
     map "$uri?$arg_service" $push_realm {{ default off; "~git-receive-pack" "fleet push"; }}
+    map $remote_user $git_denied {{ default 0; {"".join(f'"{u}" {n}; ' for u, n in self.denied.items())}}}
     {LS_REFS_CACHE_HTTP.replace("ROOT", str(r)) if self.ls_refs_cache_s else ""}
     map $http_authorization $tuf_ok {{ default 0; "Bearer {self.tuf_token}" 1; "Basic {basic_token}" 1; }}
     server {{

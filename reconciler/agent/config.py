@@ -20,7 +20,7 @@ import yaml
 from reconciler.capture.upload import origin_of
 from reconciler.core.credentials import Credentials
 from reconciler.core.errors import UserError
-from reconciler.core.redact import has_password, redact_url
+from reconciler.core.redact import redact, redact_url, userinfo_problem
 from reconciler.core.units import parse_duration
 from reconciler.fleet.schemas import validator
 from reconciler.serving.limits import ServerLimits
@@ -185,6 +185,41 @@ def _device_id(spec: Mapping[str, Any], environ: Mapping[str, str], where: Calla
     return value
 
 
+# The URLs of an agent config and where the secret goes instead of their userinfo (docs/hosting.md).
+_GIT_HINT = ("put the secret in a file named by the `credentials` block next to the URL: username + passwordFile "
+             "(a GitHub token: username x-access-token)")
+_TUF_HINT = "put the token in a file named by spec.tuf.credentials: bearerTokenFile (or username + passwordFile)"
+_CAPTURE_HINT = "put the upload token in a file named by spec.capture.uploadTokenFile"
+
+
+def _refuse_userinfo(data: Mapping[str, Any], where: Callable[[list[str | int]], str]) -> None:
+    """UserError at ``file:line`` for any userinfo in a URL of the config: ``user@``, ``token@`` (GitHub's
+    ``https://<token>@github.com``), ``user:pass@``, percent-encoded, any scheme case. It would reach git's argv,
+    the logs, ``journal.json``, ``status.json`` and the status commits. An SSH URL's user name is its login,
+    not a secret: ``ssh://git@host/…`` and scp-like ``git@host:path`` stay allowed for ``source.url`` and
+    ``status.url``."""
+    spec = data.get("spec")
+    if not isinstance(spec, dict):
+        return
+    fields: list[tuple[list[str | int], Any, bool, str]] = []
+    for section, key, ssh, hint in (("source", "url", True, _GIT_HINT), ("status", "url", True, _GIT_HINT),
+                                    ("tuf", "metadataUrl", False, _TUF_HINT), ("tuf", "targetsUrl", False, _TUF_HINT)):
+        block = spec.get(section)
+        if isinstance(block, dict):
+            fields.append(([section, key], block.get(key), ssh, hint))
+    capture = spec.get("capture")
+    origins = capture.get("allowedOrigins") if isinstance(capture, dict) else None
+    if isinstance(origins, list):
+        fields += [(["capture", "allowedOrigins", i], o, False, _CAPTURE_HINT) for i, o in enumerate(origins)]
+    for jpath, url, ssh, hint in fields:
+        problem = userinfo_problem(url, ssh_login=ssh) if isinstance(url, str) else None
+        if problem:
+            dotted = ".".join(str(k) if isinstance(k, str) else f"[{k}]" for k in jpath).replace(".[", "[")
+            raise UserError(f"{where(['spec', *jpath])}: spec.{dotted} {redact_url(url)} holds {problem}, which "
+                            "would show in `ps`, logs, journal.json, status.json and the status pushed to Git; "
+                            f"take it out of the URL and {hint} (docs/hosting.md)")
+
+
 def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str, str] | None = None) -> AgentConfig:
     """Parse and validate config text; ``path`` names the file in errors and anchors relative paths.
 
@@ -201,13 +236,14 @@ def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str
         raise UserError(f"{where}: invalid YAML: {problem}") from None
     if not isinstance(data, dict):
         raise UserError(f"{label}: expected an AgentConfig mapping (apiVersion, kind, spec)")
+    _refuse_userinfo(data, lambda jpath: _where(path, root, jpath))  # before the schema: its messages quote values
     errors = sorted(validator("AgentConfig").iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         lines = []
         for err in errors[:10]:
             jpath = list(err.absolute_path)
             dotted = ".".join(str(p) for p in jpath) or "(document)"
-            lines.append(f"{_where(path, root, jpath)}: {dotted}: {err.message}")
+            lines.append(f"{_where(path, root, jpath)}: {dotted}: {redact(err.message)}")
         raise UserError("invalid agent config:\n  " + "\n  ".join(lines))
 
     base = path.parent if path else Path.cwd()
@@ -255,13 +291,6 @@ def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str
         )
     except ValueError as exc:
         raise UserError(f"{_where(path, root, ['spec', 'serving', 'limits'])}: {exc}") from None
-
-    for section, url in ((["source", "url"], src["url"]), (["status", "url"], status.get("url")),
-                         (["tuf", "metadataUrl"], tuf.get("metadataUrl")), (["tuf", "targetsUrl"], tuf.get("targetsUrl"))):
-        if url and has_password(url):
-            raise UserError(f"{_where(path, root, ['spec', *section])}: {'.'.join(section)} {redact_url(url)} "
-                            "embeds a password or token, which would show in `ps`, logs and status; put it in a "
-                            "file and set credentials.username + credentials.passwordFile (docs/hosting.md)")
 
     def creds(section: list[str], d: dict[str, Any] | None) -> Credentials | None:
         if d is None:

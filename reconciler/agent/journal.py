@@ -22,6 +22,7 @@ from typing import Any
 
 from reconciler.core.conditions import isoformat, parse_time
 from reconciler.core.fsutil import atomic_write_text
+from reconciler.core.redact import redact_tree
 
 JOURNAL_FORMAT = 1
 JOURNAL_FILE = "journal.json"
@@ -304,7 +305,8 @@ class Journal:
 
     def save(self, state_dir: str | os.PathLike[str]) -> None:
         path = self.path_in(state_dir)
-        text = json.dumps(self.to_dict(), sort_keys=True) + "\n"  # no indent: the C encoder, ~10x faster
+        # Messages in the journal quote git and TUF errors: redacted again (URL userinfo, Authorization values).
+        text = json.dumps(redact_tree(self.to_dict()), sort_keys=True) + "\n"  # no indent: the C encoder, ~10x faster
         if text == self._saved.get(str(path)) and path.exists():
             return  # already durable: an unchanged journal is not rewritten (and fsynced) again
         atomic_write_text(path, text)

@@ -23,6 +23,7 @@ from reconciler.agent.passes import EndpointOutcome, PassResult, PassState
 from reconciler.core import conditions as C
 from reconciler.core.fsutil import atomic_write_text
 from reconciler.core.logs import fields
+from reconciler.core.redact import redact_tree
 from reconciler.gitops.statuswriter import reporting_block, reporting_condition
 
 log = logging.getLogger("reconciler.agent")
@@ -128,6 +129,9 @@ class StatusMixin:
         doc = self.status_document(endpoints)
         if rep is not None:
             doc["status"]["reporting"] = reporting_block(rep)
+        # Whatever a message quotes (a URL from a manifest, a server's error) reaches status.json, `agent status`
+        # and the status commits only redacted: the last line of defence behind the config check.
+        doc = redact_tree(doc)
         if not p.skip_rest:
             self.journal.save(self.config.state_dir)
         try:

@@ -3,7 +3,9 @@
 Workflow: the agent calls :func:`setup_logging` once with the config's format and level, then logs with
 ``log.info("applied", extra=fields(endpoint="detector", version="1.1.0"))``. Text lines read
 ``INFO agent: applied endpoint=detector version=1.1.0``; JSON lines carry ``time``, ``level``, ``logger``,
-``msg`` and the fields. No timestamp in text mode: journald adds its own.
+``msg`` and the fields. No timestamp in text mode: journald adds its own. Every line passes through
+:func:`reconciler.core.redact.redact` (URL userinfo, ``Authorization`` values, token-like query values), a last
+line of defence behind the redaction at each source.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import logging
 import sys
 import time
 from typing import IO, Any
+
+from reconciler.core.redact import redact, redact_tree
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 _FIELDS = "mf_fields"
@@ -38,7 +42,7 @@ class TextFormatter(logging.Formatter):
         line = " ".join(parts)
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line
+        return redact(line)
 
 
 class JsonFormatter(logging.Formatter):
@@ -54,7 +58,7 @@ class JsonFormatter(logging.Formatter):
             out.setdefault(k, v)
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str, separators=(",", ":"))
+        return json.dumps(redact_tree(out), default=lambda o: redact(str(o)), separators=(",", ":"))
 
 
 def setup_logging(fmt: str = "text", level: str = "info", stream: IO[str] | None = None) -> logging.Handler:

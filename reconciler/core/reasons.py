@@ -30,6 +30,7 @@ VERIFIED = "Verified"
 VERIFICATION_DISABLED = "VerificationDisabled"
 # -- reaching a Git host or TUF repository (SourceAvailable, StatusReported, ArtifactsReady; docs/hosting.md) --
 AUTHENTICATION_FAILED = "AuthenticationFailed"
+PERMISSION_DENIED = "PermissionDenied"
 TLS_VERIFICATION_FAILED = "TLSVerificationFailed"
 HOST_KEY_VERIFICATION_FAILED = "HostKeyVerificationFailed"
 CREDENTIALS_UNREADABLE = "CredentialsUnreadable"
@@ -144,9 +145,15 @@ REASONS: tuple[Reason, ...] = (
     Reason(HISTORY_REWRITE, "SourceVerified=False", "history rewritten (force push or repository rollback)",
            "Restore history, or set `allowHistoryRewrite` deliberately."),
     Reason(AUTHENTICATION_FAILED, "SourceAvailable, StatusReported or ArtifactsReady (False)",
-           "the Git host or TUF server refused the credentials (HTTP 401/403, SSH key refused)",
-           "Check `credentials` (username/passwordFile, token scope and expiry, deploy key access): docs/hosting.md. "
+           "the Git host or TUF server refused the credentials (Git: HTTP 401, SSH key refused; TUF: HTTP 401/403)",
+           "Check `credentials` (username/passwordFile, token expiry, deploy key added): docs/hosting.md. "
            "The device keeps serving."),
+    Reason(PERMISSION_DENIED, "StatusReported or SourceAvailable (False)",
+           "the Git host accepted the credentials but refused the access (HTTP 403; a read-only token or deploy "
+           "key, a protected branch): a status push needs write access to `status/<device-id>`",
+           "Give the device's token or deploy key write access to its `status/<id>` branch (or read access to the "
+           "fleet repository for the source), or allow the branch in the host's branch protection: "
+           "docs/hosting.md. The device keeps serving."),
     Reason(TLS_VERIFICATION_FAILED, "SourceAvailable, StatusReported or ArtifactsReady (False)",
            "the server's TLS certificate is not trusted or does not name the host",
            "Set `credentials.caFile` to the private CA; check the certificate's subjectAltName and dates."),
@@ -158,7 +165,8 @@ REASONS: tuple[Reason, ...] = (
            "`chown` it to the agent's user and `chmod 600` it, or fix the path."),
     Reason(PUSHED, "StatusReported=True", "the newest status landed on `status/<device-id>`", "—"),
     Reason(PUSH_REJECTED, "StatusReported=False", "the server refused the status push for another reason than "
-           "credentials (a hook, a protected branch)", "Read the message; allow the device to push `status/<id>`."),
+           "credentials (a hook; a protected branch is `PermissionDenied`)",
+           "Read the message; allow the device to push `status/<id>`."),
     Reason(READ_FAILED, "ManifestsValid=False", "the commit's files could not be read (e.g. a file over 16 MiB)",
            "Read the message; fix the repository."),
     Reason(VALIDATION_FAILED, "ManifestsValid=False",

@@ -26,6 +26,7 @@ import stat
 from pathlib import Path
 
 from reconciler.core.diagnostics import ERROR, WARNING, Diagnostic
+from reconciler.core.redact import redact
 from reconciler.fleet.repository import FleetRepo, LoadResult, Manifest, NonRegular, RepoFiles
 from reconciler.fleet.schemas import validator
 from reconciler.fleet.validation import semantic_checks
@@ -89,7 +90,8 @@ def _schema_diagnostics(m: Manifest) -> list[Diagnostic]:
         if not message.startswith("unknown field"):
             message = f"{where}: {message}"
         line, col = m.doc.position(path, key=key)
-        out.append(Diagnostic(m.file, line, col, message, ERROR, m.kind, m.name, hint, "schema"))
+        # A schema message quotes the value ("'https://tok@host' does not match …"): never a secret in it.
+        out.append(Diagnostic(m.file, line, col, redact(message), ERROR, m.kind, m.name, hint, "schema"))
     return out
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from itertools import combinations
 from typing import Any
-from urllib.parse import urlsplit
 
 from reconciler.core.cpuflags import REPORTED_CPU_FLAGS
 from reconciler.core.diagnostics import WARNING, Diagnostic
+from reconciler.core.redact import userinfo_problem
 from reconciler.fleet.repository import FleetRepo, Manifest
 from reconciler.fleet.selectors import describe, device_labels, matches, selector_problems
 from reconciler.identity import sshsig
@@ -21,6 +21,8 @@ from reconciler.identity import sshsig
 
 def semantic_checks(fleet: FleetRepo, *, tuf_targets: set[str] | None = None) -> list[Diagnostic]:
     out: list[Diagnostic] = []
+    if fleet.fleet is not None:
+        out.extend(_check_fleet(fleet.fleet))
     for model in fleet.models.values():
         out.extend(_check_model(model, tuf_targets))
     for dep in fleet.deployments.values():
@@ -32,6 +34,20 @@ def semantic_checks(fleet: FleetRepo, *, tuf_targets: set[str] | None = None) ->
     for device in fleet.devices.values():
         out.extend(_check_status_keys(device, owners))
     out.extend(_check_conflicts(fleet))
+    return out
+
+
+def _check_fleet(fleet: Manifest) -> list[Diagnostic]:
+    """A credential in the Fleet's TUF URLs would be in Git, in every device's logs and status: refused."""
+    out = []
+    tuf = fleet.spec.get("tuf") or {}
+    for key in ("metadataUrl", "targetsUrl"):
+        problem = userinfo_problem(str(tuf.get(key) or ""))
+        if problem:
+            out.append(fleet.diag(f"tuf.{key} must not hold credentials: it has {problem}, which would be in Git "
+                                  "and in every device's logs and status", "spec", "tuf", key, code="secret",
+                                  hint="take it out of the URL; each device names its TUF token file in its agent "
+                                  "config (spec.tuf.credentials.bearerTokenFile, docs/hosting.md)"))
     return out
 
 
@@ -218,7 +234,7 @@ def _check_capture(dep: Manifest, model: Manifest) -> list[Diagnostic]:
     if dest.get("url") and dest.get("directory"):
         out.append(dep.diag("capture.destination takes a url or a directory, not both", "spec", "capture",
                             "destination", code="capture"))
-    if "@" in urlsplit(str(dest.get("url", ""))).netloc:
+    if userinfo_problem(str(dest.get("url", ""))):
         out.append(dep.diag("capture.destination.url must not hold credentials (they would be in Git)", "spec",
                             "capture", "destination", "url", hint="put the device's token in its agent config "
                             "(spec.capture.uploadTokenFile)", code="secret"))

@@ -12,13 +12,16 @@ one git process, read fresh from the files each time (rotation needs no restart)
   ``StrictHostKeyChecking=yes`` (paths only; ssh reads the key itself). Without an SSH setting nothing is
   set, so the service user's ``core.sshCommand`` / ``~/.ssh/config`` apply unchanged.
 
-:func:`classify` names a failure from git's message (``AuthenticationFailed``, ``TLSVerificationFailed``,
-``HostKeyVerificationFailed``), shared by the source poll, the status push and ``fleet status``.
+:func:`classify` names a failure from git's message (``AuthenticationFailed``: the credentials were refused;
+``PermissionDenied``: they were accepted but lack the access, HTTP 403, a read-only token or key, a protected
+branch; ``TLSVerificationFailed``, ``HostKeyVerificationFailed``), shared by the source poll, the status push and
+``fleet status``. :func:`explain` puts the hint of each in front of the message.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -27,12 +30,19 @@ from reconciler.core.credentials import Credentials, check_private_file
 from reconciler.core.reasons import (
     AUTHENTICATION_FAILED,
     HOST_KEY_VERIFICATION_FAILED,
+    PERMISSION_DENIED,
     TLS_VERIFICATION_FAILED,
 )
 
-_AUTH_MARKERS = ("authentication failed", "http basic: access denied", "returned error: 401", "returned error: 403",
+_AUTH_MARKERS = ("authentication failed", "http basic: access denied", "returned error: 401",
                  "could not read username", "could not read password", "permission denied (publickey",
-                 "terminal prompts disabled", "http 401", "http 403")
+                 "terminal prompts disabled", "http 401")
+# Valid credentials without the access: git over HTTP says "The requested URL returned error: 403"; the hosts add
+# their own words (GitHub "Permission to o/r.git denied to u." / "Write access to repository not granted." / a
+# read-only deploy key over SSH; GitLab and Gitea "not allowed to push", protected branches).
+_DENIED_MARKERS = ("returned error: 403", "http 403", "write access to repository not granted",
+                   "marked as read only", "not allowed to push", "permission denied for writing", "protected branch")
+_DENIED_RE = re.compile(r"permission to \S+ denied to ")
 _TLS_MARKERS = ("ssl certificate problem", "server certificate verification failed", "certificate verify failed",
                 "ssl: certificate", "unable to get local issuer certificate", "self-signed certificate",
                 "self signed certificate")
@@ -43,24 +53,35 @@ _HOSTKEY_MARKERS = ("host key verification failed", "remote host identification 
 HINTS = {
     AUTHENTICATION_FAILED: "the server refused the credentials (check the credentials' username/passwordFile or "
                            "sshKeyFile, and that the key or token has access)",
+    PERMISSION_DENIED: "the credentials are valid but lack access to the repository: give the device's token or "
+                       "deploy key read access to it",
     TLS_VERIFICATION_FAILED: "the server's TLS certificate is not trusted (set credentials.caFile to its CA)",
     HOST_KEY_VERIFICATION_FAILED: "the server's SSH host key is not in credentials.knownHostsFile (or changed)",
 }
 
 
-def explain(reason: str, message: str) -> str:
-    """``message`` prefixed with what to do about ``reason`` (unchanged for other reasons)."""
-    hint = HINTS.get(reason)
+def push_denied_hint(branch: str) -> str:
+    """What ``PermissionDenied`` means for a status push to ``branch``."""
+    return (f"the credentials are valid but lack write access to {branch}: give the device's token write access "
+            "to that branch, or check branch protection")
+
+
+def explain(reason: str, message: str, *, push_branch: str | None = None) -> str:
+    """``message`` prefixed with what to do about ``reason`` (unchanged for other reasons); ``push_branch``: the
+    failure is a push to that branch (``PermissionDenied`` then asks for write access to it)."""
+    hint = push_denied_hint(push_branch) if reason == PERMISSION_DENIED and push_branch else HINTS.get(reason)
     return f"{hint}: {message}" if hint else message
 
 
 def classify(message: str) -> str | None:
-    """The named reason for a git/HTTP failure message, or None when it is none of the three."""
+    """The named reason for a git/HTTP failure message, or None when it is none of these four."""
     low = message.lower()
     if any(m in low for m in _HOSTKEY_MARKERS):
         return HOST_KEY_VERIFICATION_FAILED
     if any(m in low for m in _TLS_MARKERS):
         return TLS_VERIFICATION_FAILED
+    if any(m in low for m in _DENIED_MARKERS) or _DENIED_RE.search(low):
+        return PERMISSION_DENIED
     if any(m in low for m in _AUTH_MARKERS):
         return AUTHENTICATION_FAILED
     return None

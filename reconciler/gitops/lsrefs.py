@@ -9,7 +9,7 @@ would add a dependency and still start with ``GET info/refs``). ``git`` keeps do
 
 A server that does not answer in protocol v2 (an old ``git http-backend`` behind a proxy that drops the
 ``Git-Protocol`` header, a redirect) raises :class:`NotV2`; the caller then falls back to ``git ls-remote``
-for good. Authentication, TLS and network failures, and a server that answers it is busy or unavailable
+for good. Authentication (HTTP 401), permission (HTTP 403), TLS and network failures, and a server that answers it is busy or unavailable
 (HTTP 429, 502, 503, 504: an overloaded Git server behind nginx says 502), raise :class:`LsRefsError` with a
 named reason: the poll fails, backs off and asks again with ``ls-refs`` (a burst of 502s must not turn a
 fleet's one-request polls into ``git ls-remote`` processes for good).
@@ -27,6 +27,7 @@ from reconciler.core.reasons import (
     AUTHENTICATION_FAILED,
     GIT_TIMEOUT,
     GIT_UNAVAILABLE,
+    PERMISSION_DENIED,
     TLS_VERIFICATION_FAILED,
 )
 from reconciler.core.redact import redact_url
@@ -108,8 +109,10 @@ class LsRefsClient:
             raise LsRefsError(GIT_UNAVAILABLE, f"connection to {self.display_url} lost: {type(exc).__name__}") from None
         finally:
             resp.release_conn()
-        if status in (401, 403):
-            raise LsRefsError(AUTHENTICATION_FAILED, f"{self.display_url} refused the credentials (HTTP {status})")
+        if status == 401:
+            raise LsRefsError(AUTHENTICATION_FAILED, f"{self.display_url} refused the credentials (HTTP 401)")
+        if status == 403:  # authenticated, but not allowed to read the repository
+            raise LsRefsError(PERMISSION_DENIED, f"{self.display_url} denied access to the repository (HTTP 403)")
         if status in BUSY_STATUSES:  # no verdict on protocol v2: poll again after the backoff, still with ls-refs
             raise LsRefsError(GIT_UNAVAILABLE, f"{self.display_url} is unavailable (HTTP {status})")
         if status != 200 or ctype != "application/x-git-upload-pack-result" or len(body) > MAX_RESPONSE_BYTES:

@@ -21,7 +21,9 @@ it does not expect — no ``report-status``, a 401 without configured credential
 that is not smart HTTP — raises :class:`PushUnsupported`, and the caller pushes with ``git push`` instead,
 which reports the problem with its usual named reasons. A server that says it is busy or unavailable (HTTP 429,
 502, 503, 504) raises :class:`PushUnavailable`: the writer backs off and pushes in-process again (``git push``
-would only add four processes to a server that is already overloaded).
+would only add four processes to a server that is already overloaded). HTTP 403 — the server took the
+credentials but does not let them push (a read-only token, a protected branch) — raises :class:`PushDenied`:
+``git push`` would get the same answer, and the writer reports ``PermissionDenied``.
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ class PushRejected(Exception):
 
 class PushUnavailable(Exception):
     """Not pushed: the server answered that it is busy or unavailable (HTTP 429, 502, 503, 504); try again later."""
+
+
+class PushDenied(Exception):
+    """Not pushed: the server answered HTTP 403 (the credentials lack write access); the message says so."""
 
 
 class PushUnsupported(Exception):
@@ -144,6 +150,8 @@ class SmartPush:
             resp.release_conn()
         if status in BUSY_STATUSES:
             raise PushUnavailable(f"{self.display_url} is unavailable (HTTP {status})")
+        if status == 403:
+            raise PushDenied(f"{self.display_url} denied the push (HTTP 403)")
         if status != 200 or ctype != content_type or len(data) > limit:
             raise PushUnsupported(f"HTTP {status} {ctype}")
         return data

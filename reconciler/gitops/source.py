@@ -227,7 +227,8 @@ class GitSource:
             try:
                 return self._lsrefs.ls_ref(self.ref)
             except LsRefsError as exc:
-                if exc.reason != R.AUTHENTICATION_FAILED or self.auth.credentials.authorization() is not None:
+                if (exc.reason not in (R.AUTHENTICATION_FAILED, R.PERMISSION_DENIED)
+                        or self.auth.credentials.authorization() is not None):
                     raise
                 # No configured credential: the service user's git credential helper or ~/.netrc may have one.
                 self._lsrefs.close()
@@ -471,7 +472,9 @@ def _repo_lock(git_dir: Path) -> threading.Lock:
 def _named(exc: Exception) -> tuple[str, str]:
     """(reason, redacted message) of a failure to reach the repository."""
     message = redact(str(exc))
-    if isinstance(exc, (LsRefsError, CredentialError)):
+    if isinstance(exc, LsRefsError):
+        return exc.reason, explain(exc.reason, message)
+    if isinstance(exc, CredentialError):
         return exc.reason, message
     if isinstance(exc, GitError) and exc.timed_out:
         return GIT_TIMEOUT, message

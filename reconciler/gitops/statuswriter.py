@@ -39,10 +39,10 @@ from reconciler.core.conditions import isoformat, utcnow
 from reconciler.core.credentials import CredentialError, Credentials
 from reconciler.core.fsutil import atomic_write_text
 from reconciler.core.reasons import GIT_TIMEOUT, GIT_UNAVAILABLE, PUSH_REJECTED, PUSHED
-from reconciler.core.redact import redact, redact_url
+from reconciler.core.redact import redact, redact_tree, redact_url
 from reconciler.fleet.schemas import validator
 from reconciler.gitops.auth import GitAuth, classify, explain
-from reconciler.gitops.smartpush import PushRejected, PushUnavailable, PushUnsupported, SmartPush
+from reconciler.gitops.smartpush import PushDenied, PushRejected, PushUnavailable, PushUnsupported, SmartPush
 from reconciler.gitops.verify import GitError, init_bare, run_git
 from reconciler.identity import keys as device_keys
 from reconciler.identity.commitsig import sign_commit
@@ -187,7 +187,7 @@ class StatusWriter:
 
         Raises ``ValueError`` if the document is not a valid DeviceStatus (a caller bug, caught early).
         """
-        doc = status
+        doc = status = redact_tree(status)  # what goes to Git never carries URL userinfo or Authorization values
         attempts = (status.get("status") or {}).get("attempts")
         if isinstance(attempts, list) and len(attempts) > 5:  # keep the newest 5 (newest first, per the schema)
             doc = copy.deepcopy(status)
@@ -330,8 +330,8 @@ class StatusWriter:
                 return
             except PushRejected as exc:
                 raise _Rejected(str(exc)) from None
-            except PushUnavailable as exc:
-                raise GitError(str(exc)) from None  # retried after the backoff
+            except (PushUnavailable, PushDenied) as exc:
+                raise GitError(str(exc)) from None  # retried after the backoff (HTTP 403: PermissionDenied)
             except PushUnsupported as exc:
                 log.debug("status push of %s with git push: %s", self.device_id, exc)
         proc = self._git("push", "--quiet", "--porcelain", "--", self.url, f"{sha}:{self.ref}", check=False,
@@ -444,7 +444,8 @@ def reporting_condition(rep: dict[str, Any]) -> tuple[str, str, str] | None:
         return "True", PUSHED, f"{rep['branch']} is up to date in the fleet repository"
     last = rep.get("lastPushTime") or "never"
     reason = rep.get("reason") or GIT_UNAVAILABLE
-    return "False", reason, f"last successful push: {last}; {explain(reason, str(rep.get('lastError')))}"
+    why = explain(reason, str(rep.get("lastError")), push_branch=rep.get("branch"))
+    return "False", reason, f"last successful push: {last}; {why}"
 
 
 def reporting_block(rep: dict[str, Any]) -> dict[str, Any]:

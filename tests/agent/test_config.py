@@ -115,6 +115,34 @@ def test_json_and_text_logs(capsys: pytest.CaptureFixture[str]) -> None:
     assert buf2.getvalue().strip() == 'INFO reconciler.agent: poll commit=abc message="two words"'
 
 
+class _Shown:
+    def __init__(self, tok: str) -> None:
+        self.tok = tok
+
+    def __str__(self) -> str:  # a field value that is not JSON: logged through str()
+        return f"https://{self.tok}@h/x"
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_log_lines_never_carry_url_userinfo(fmt: str) -> None:
+    """The last line of defence: a URL with a token that got past every check is masked in the log line itself,
+    in the message, in structured fields and in an exception's traceback."""
+    import io
+
+    buf = io.StringIO()
+    setup_logging(fmt, "info", buf)
+    tok = "ghp_L0gLeak9f8e7d6c5b4a"
+    log = logging.getLogger("reconciler.agent")
+    log.info("ls-refs at https://%s@github.com/o/fleet.git failed", tok,
+             extra=fields(url=f"HTTPS://{tok}@h/r", nested={"u": [f"https://x:{tok}@h"]}, obj=_Shown(tok)))
+    try:
+        raise RuntimeError(f"fatal: unable to access 'https://{tok}%40h/r/': 403")
+    except RuntimeError:
+        log.exception("push failed")
+    out = buf.getvalue()
+    assert tok not in out and out.count("***@") >= 5, out
+
+
 CREDS = """\
 apiVersion: modelfleet/v1
 kind: AgentConfig
@@ -145,7 +173,9 @@ def test_credentials_are_paths_resolved_per_endpoint(tmp_path: Path, monkeypatch
 
 @pytest.mark.parametrize(("old", "new", "error"), [
     ("url: https://git.example.com/fleet.git", "url: https://dev-1:hunter2@git.example.com/fleet.git",
-     "source.url https://dev-1:***@git.example.com/fleet.git embeds a password"),
+     "agent.yaml:6: spec.source.url https://***@git.example.com/fleet.git holds userinfo"),
+    ("url: https://git.example.com/fleet.git", "url: https://hunter2@git.example.com/fleet.git",
+     "agent.yaml:6: spec.source.url https://***@git.example.com/fleet.git holds userinfo"),
     ("credentials: {username: dev-1, passwordFile: secrets/push}", "credentials: {username: dev-1}",
      "agent.yaml:9: credentials.username and credentials.passwordFile go together"),
     ("bearerTokenFile: secrets/tuf", "bearerTokenFile: t, token: x", "Additional properties are not allowed"),
@@ -187,9 +217,13 @@ def test_capture_allowed_origins_are_https_origins_normalised(tmp_path: Path) ->
     text = MINIMAL + "  capture:\n    allowedOrigins: [https://Capture.Example.com/, 'https://[::1]:8443']\n"
     c = parse_agent_config(text, tmp_path / "agent.yaml")
     assert c.capture_allowed_origins == ("https://capture.example.com:443", "https://[::1]:8443")
-    for bad in ("http://capture.example.com", "https://capture.example.com/vibration", "https://u@capture.example.com",
-                "capture.example.com"):
+    for bad in ("http://capture.example.com", "https://capture.example.com/vibration", "capture.example.com"):
         with pytest.raises(UserError, match=r"agent.yaml:11: spec.capture.allowedOrigins.0: .* does not match"):
             parse_agent_config(MINIMAL + f"  capture:\n    allowedOrigins: ['{bad}']\n", tmp_path / "agent.yaml")
+    with pytest.raises(UserError, match=r"agent.yaml:11: spec.capture.allowedOrigins\[0\] https://\*\*\*@capture"
+                                        r".* holds userinfo .* spec.capture.uploadTokenFile") as err:
+        parse_agent_config(MINIMAL + "  capture:\n    allowedOrigins: ['https://tok3n@capture.example.com']\n",
+                           tmp_path / "agent.yaml")
+    assert "tok3n" not in str(err.value)
     with pytest.raises(UserError, match=r"agent.yaml:11: capture.allowedOrigins\[0\] 'https://h:99999' is not"):
         parse_agent_config(MINIMAL + "  capture:\n    allowedOrigins: ['https://h:99999']\n", tmp_path / "agent.yaml")

@@ -28,7 +28,11 @@ from tests._servers import GitHttp, Pki, SshServer, private_file
 PUSH_PW = "push-S3cret-7f1c9e"  # the device's write credential (status push)
 READ_PW = "read-S3cret-2b8d41"  # the device's read credential (source, on the private path)
 TUF_TOKEN = "tuf-T0ken-93aa0c"
-USERS = {"device-push": PUSH_PW, "device-read": READ_PW, "ops": PUSH_PW + "-ops"}
+RO_PW = "ro-S3cret-c4e9a1"  # valid, read-only: its pushes get HTTP 403
+NOACCESS_PW = "noaccess-S3cret-71d0e2"  # valid, no access to the repositories at all
+GH_TOKEN = "ghp_U1urlT0ken5f3e2d1c0b9a8"  # a token as GitHub documents it in URLs: https://<token>@github.com
+USERS = {"device-push": PUSH_PW, "device-read": READ_PW, "ops": PUSH_PW + "-ops", "device-ro": RO_PW,
+         "device-noaccess": NOACCESS_PW}
 
 
 def _variants(secret: str) -> list[bytes]:
@@ -40,7 +44,7 @@ def _variants(secret: str) -> list[bytes]:
     return out
 
 
-SECRETS = [v for s in (PUSH_PW, READ_PW, TUF_TOKEN, USERS["ops"]) for v in _variants(s)]
+SECRETS = [v for s in (PUSH_PW, READ_PW, TUF_TOKEN, USERS["ops"], RO_PW, NOACCESS_PW, GH_TOKEN) for v in _variants(s)]
 
 
 @dataclass
@@ -55,7 +59,8 @@ class Servers:
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     root = tmp_path_factory.mktemp("hosting")
     pki = Pki.make(root / "pki")
-    with GitHttp(root / "nginx", pki, users=USERS, tuf_token=TUF_TOKEN) as http, SshServer(root / "sshd") as ssh:
+    with GitHttp(root / "nginx", pki, users=USERS, tuf_token=TUF_TOKEN, read_only=("device-ro",),
+                 no_access=("device-noaccess",)) as http, SshServer(root / "sshd") as ssh:
         yield Servers(root, pki, http, ssh)
 
 
@@ -161,14 +166,14 @@ def _world(servers: Servers, tmp_path: Path, name: str) -> World:
 
 
 def _device(servers: Servers, w: World, tmp_path: Path, name: str, transport: str, *,
-            push_pw: str = PUSH_PW) -> Device:
+            push_pw: str = PUSH_PW, push_user: str = "device-push") -> Device:
     d = tmp_path / "device"
     sec = d / "secrets"
     tuf_base = servers.http.publish_tuf(name, w.tuf_dir)
     tuf = {"metadataUrl": f"{tuf_base}/metadata/", "targetsUrl": f"{tuf_base}/targets/",
            "credentials": {"bearerTokenFile": str(private_file(sec / "tuf-token", TUF_TOKEN)),
                            "caFile": str(servers.pki.ca)}}
-    push = {"username": "device-push", "passwordFile": str(private_file(sec / "push", push_pw))}
+    push = {"username": push_user, "passwordFile": str(private_file(sec / "push", push_pw))}
     if transport == "http":  # auth on push only: the source reads anonymously
         source: dict[str, Any] = {"url": servers.http.url(f"{name}.git")}
         status: dict[str, Any] = {"credentials": push}
@@ -478,3 +483,219 @@ def test_rollout_commands_authenticate_like_fleet_status(servers: Servers, tmp_p
                if p.is_file() and not p.is_symlink() and "secrets" not in p.parts and "ops-pw" not in p.name]
     places.append(("repository", all_objects(up.bare)))
     assert [where for where, data in places for s in SECRETS if s in data] == []
+
+
+# Every form of userinfo a URL can carry (issue U.1): each is refused when the agent config is loaded.
+USERINFO_FORMS = {
+    "user@": lambda url: url.replace("://", "://device-read@"),
+    "token@": lambda url: url.replace("://", f"://{GH_TOKEN}@"),  # GitHub's https://<token>@github.com/…
+    "user:pass@": lambda url: url.replace("://", f"://{GH_TOKEN}:x-oauth-basic@"),  # the token is the user name
+    "percent-encoded-colon": lambda url: url.replace("://", f"://x-access-token%3A{GH_TOKEN}@"),
+    "percent-encoded-at": lambda url: url.replace("://", f"://{GH_TOKEN}%40"),
+    "uppercase-scheme": lambda url: url.replace("https://", f"HTTPS://{GH_TOKEN}@"),
+}
+
+
+def _config_with(dev: Device, edit: Any) -> tuple[Path, int]:
+    """``dev``'s agent config with ``edit(spec)`` applied, written under secrets/ (it holds the URL under test,
+    which the leak scan must not find anywhere else), and the line of the first URL holding userinfo."""
+    import yaml
+
+    doc = yaml.safe_load(dev.config.read_text())
+    edit(doc["spec"])
+    path = dev.dir / "secrets" / "agent.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False, width=1000))
+    line = next((i for i, text in enumerate(path.read_text().splitlines(), 1)
+                 if ("@" in text or "%40" in text) and "://" in text), 0)
+    return path, line
+
+
+def _repo_requests(servers: Servers, name: str) -> list[str]:
+    return [r for r in servers.http.requests() if f"/{name}.git/" in r]
+
+
+@pytest.mark.parametrize("form", sorted(USERINFO_FORMS))
+def test_userinfo_in_the_source_url_is_refused_at_load(servers: Servers, tmp_path: Path, form: str) -> None:
+    """`https://<token>@host/fleet.git` used to load, then the token reached the log (`ls-refs at https://ghp_…`),
+    journal.json, status.json, the status commits and the argv of git; now every userinfo form stops the agent
+    before it starts, naming file:line and the `credentials` block, and nothing is sent to the server."""
+    name = "fleet-userinfo"
+    w = _world(servers, tmp_path, name)
+    dev = _device(servers, w, tmp_path, name, "https")
+    url = servers.http.url(f"{name}.git", private=True, tls=True)
+    cfg, line = _config_with(dev, lambda spec: spec["source"].update(url=USERINFO_FORMS[form](url)))
+    before = len(_repo_requests(servers, name))
+    with CmdlineSampler() as sampler:
+        r = run_cli("agent", "once", "--config", str(cfg))
+        dev.outputs.append(r.text)
+        time.sleep(0.6)  # let the sampler look a while
+    assert r.code != 0 and "Traceback" not in r.text, r.text
+    assert f"{cfg}:{line}: spec.source.url https://***@127.0.0.1:{servers.http.https_port}/private/{name}.git " \
+           "holds userinfo" in r.err, r.err
+    assert "`credentials` block" in r.err and "username + passwordFile" in r.err
+    assert len(_repo_requests(servers, name)) == before  # refused before any request
+    assert not (dev.state / "journal.json").exists() and not (dev.state / "status.json").exists()
+    assert_no_secret(dev, sampler, servers)
+
+
+def test_userinfo_in_status_tuf_and_capture_urls_is_refused_at_load(servers: Servers, tmp_path: Path) -> None:
+    """The same rule for every other URL of the agent config; an SSH login (`ssh://git@host/…`, scp-like
+    `git@host:path`) is not userinfo that holds a secret and keeps working."""
+    name = "fleet-userinfo-other"
+    w = _world(servers, tmp_path, name)
+    dev = _device(servers, w, tmp_path, name, "https")
+    git_url = servers.http.url(f"{name}.git", private=True, tls=True)
+    tuf_base = servers.http.publish_tuf(name, w.tuf_dir)
+    cases = {
+        "spec.status.url": (lambda s: s["status"].update(url=git_url.replace("://", f"://{GH_TOKEN}@")),
+                            "`credentials` block"),
+        "spec.tuf.metadataUrl": (lambda s: s["tuf"].update(metadataUrl=f"{tuf_base}/metadata/".replace(
+            "://", f"://tuf:{GH_TOKEN}@")), "spec.tuf.credentials: bearerTokenFile"),
+        "spec.tuf.targetsUrl": (lambda s: s["tuf"].update(targetsUrl=f"{tuf_base}/targets/".replace(
+            "://", f"://{GH_TOKEN}%40")), "spec.tuf.credentials: bearerTokenFile"),
+        "spec.capture.allowedOrigins[0]": (lambda s: s.update(capture={"allowedOrigins": [
+            f"HTTPS://{GH_TOKEN}@127.0.0.1:{servers.http.https_port}"]}), "spec.capture.uploadTokenFile"),
+    }
+    with CmdlineSampler() as sampler:
+        for field_name, (edit, hint) in cases.items():
+            cfg, line = _config_with(dev, edit)
+            r = run_cli("agent", "once", "--config", str(cfg))
+            dev.outputs.append(r.text)
+            assert r.code != 0 and f"{cfg}:{line}: {field_name} https://***@127.0.0.1:" in r.err, (field_name, r.err)
+            assert "holds userinfo" in r.err and hint in r.err, r.err
+        time.sleep(0.6)
+    assert not (dev.state / "status.json").exists()
+    assert_no_secret(dev, sampler, servers)
+
+    from reconciler.agent.config import load_agent_config
+
+    for ssh_url in (servers.ssh.url(w.upstream.bare), f"{servers.ssh.user}@127.0.0.1:{w.upstream.bare}"):
+        cfg, _ = _config_with(dev, lambda s, u=ssh_url: s["source"].update(url=u))
+        assert load_agent_config(cfg).source_url == ssh_url
+
+
+def _status_branch(w: World) -> bytes:
+    """Everything on the device's status branch in the server's repository: every commit, tree and blob."""
+    git = ["git", "--git-dir", str(w.upstream.bare)]
+    revs = subprocess.run([*git, "rev-list", "--objects", "refs/heads/status/dev-1"], capture_output=True,
+                          check=True).stdout.decode().split()
+    shas = "\n".join(r for r in revs if len(r) == 40) + "\n"
+    return subprocess.run([*git, "cat-file", "--batch"], input=shas.encode(), capture_output=True, check=True).stdout
+
+
+@pytest.mark.parametrize("scheme", ["https", "HTTPS"])
+def test_a_token_in_the_fleets_tuf_url_never_reaches_status_journal_or_logs(
+        servers: Servers, tmp_path: Path, scheme: str) -> None:
+    """A Fleet manifest is not agent config: a token in its `tuf.metadataUrl` comes from Git. The commit is
+    refused (`ManifestsValid=False ValidationFailed` at fleet.yaml:line; `HTTPS://` fails the schema, whose message
+    quotes the value) and the token reaches none of status.json, journal.json, the log, `agent status`, the
+    status commits on the server or any argv."""
+    import yaml
+
+    name = f"fleet-tuf-token-{scheme}"
+    w = _world(servers, tmp_path, name)
+    dev = _device(servers, w, tmp_path, name, "https")
+    doc = yaml.safe_load(dev.config.read_text())
+    for key in ("metadataUrl", "targetsUrl"):  # the device takes the Fleet's TUF URLs
+        del doc["spec"]["tuf"][key]
+    dev.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    tuf_base = servers.http.publish_tuf(name, w.tuf_dir)
+    fleet = yaml.safe_load(w.fleet_files("1.0.0")["fleet.yaml"])
+    fleet["spec"]["tuf"] = {"metadataUrl": f"{tuf_base}/metadata/".replace("https://", f"{scheme}://{GH_TOKEN}@"),
+                            "targetsUrl": f"{tuf_base}/targets/"}
+    text = yaml.safe_dump(fleet, sort_keys=False, width=1000)
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if "metadataUrl" in t)
+    w.commit_raw({"fleet.yaml": text, **w.provision_identity(dev.dir)}, "fleet: a token in the TUF URL")
+    with CmdlineSampler() as sampler:
+        agent = AgentProcess(dev.config, dev.dir / "agent.log").start()
+        try:
+            pushed = wait_for(lambda: (c := condition(_server_status(w), "ManifestsValid")) and c["status"] == "False"
+                              and c, 60, what="ManifestsValid=False pushed")
+            st = run_cli("agent", "status", "--config", str(dev.config))
+            dev.outputs.append(st.text)
+        finally:
+            assert agent.stop() == 0
+    assert pushed["reason"] == "ValidationFailed" and pushed["message"].startswith(f"fleet.yaml:{line}: "), pushed
+    assert ("tuf.metadataUrl must not hold credentials" if scheme == "https"
+            else "'HTTPS://***@127.0.0.1:") in pushed["message"], pushed
+    assert condition(read_status(dev.dir), "ManifestsValid")["message"] == pushed["message"]
+    assert "ValidationFailed" in st.out
+    places = {"agent.log": (dev.dir / "agent.log").read_bytes(), "status branch": _status_branch(w),
+              "agent status": st.text.encode()}
+    for p in dev.state.rglob("*"):
+        if p.is_file() and not p.is_symlink() and (dev.state / "git") not in p.parents:  # git/: the fleet repo's cache
+            places[str(p)] = p.read_bytes()
+    assert "journal.json" in " ".join(places) and "status.json" in " ".join(places)
+    assert [where for where, data in places.items() if GH_TOKEN.encode() in data] == []
+    assert sampler.samples > 100 and sampler.hits == [], sampler.hits[:3]
+
+
+def test_read_only_credentials_report_permission_denied_not_a_wrong_password(servers: Servers, tmp_path: Path) -> None:
+    """Valid credentials without write access (a read-only token, a protected branch): the server answers the
+    push with HTTP 403, and the device says so (`StatusReported=False PermissionDenied`, with what to change),
+    instead of `AuthenticationFailed` "the server refused the credentials" (that stays for a wrong password:
+    test_refused_status_push_is_visible)."""
+    name = "fleet-read-only"
+    w = _world(servers, tmp_path, name)
+    dev = _device(servers, w, tmp_path, name, "http", push_user="device-ro", push_pw=RO_PW)
+    with CmdlineSampler() as sampler, converged_agent(dev) as url:
+        cond = wait_for(lambda: (c := condition(read_status(dev.dir), "StatusReported")) and c["status"] == "False"
+                        and c, 30, what="StatusReported=False")
+        assert cond["reason"] == "PermissionDenied", cond
+        assert cond["message"].startswith(
+            "last successful push: never; the credentials are valid but lack write access to status/dev-1: give "
+            "the device's token write access to that branch, or check branch protection: "), cond
+        assert "HTTP 403" in cond["message"]
+        metrics = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
+        dev.outputs.append(metrics)
+        assert 'modelfleet_agent_status_push_failures_total{reason="PermissionDenied"}' in metrics
+        assert 'reason="AuthenticationFailed"' not in metrics
+        st = run_cli("agent", "status", "--config", str(dev.config))
+        dev.outputs.append(st.text)
+        assert "StatusReported  False" in st.out and "PermissionDenied" in st.out
+        assert _server_status(w) is None
+    # The in-process push's requests (GET info/refs?service=git-receive-pack): authenticated, then refused; no
+    # `git push` fallback (it would get the same answer with four processes).
+    pushes = [r.split() for r in _repo_requests(servers, name) if r.split()[3] == "device-ro"]
+    assert pushes and {(p[0], p[2]) for p in pushes} == {("GET", "403")}, pushes
+    dev.outputs.append((dev.dir / "agent.log").read_text())
+    assert_no_secret(dev, sampler, servers)
+
+
+def test_http_403_is_permission_denied_for_git_and_in_process_clients(servers: Servers, tmp_path: Path) -> None:
+    """What each client makes of the server's answers: HTTP 403 (authenticated, no access) is PermissionDenied,
+    HTTP 401 (wrong password) AuthenticationFailed — for the in-process ls-refs poll, for `git ls-remote`/`git
+    fetch` and for `git push` (their messages classified), the same server and repository."""
+    from reconciler.core.credentials import Credentials
+    from reconciler.gitops.auth import GitAuth, classify
+    from reconciler.gitops.source import GitSource
+
+    name = "fleet-403"
+    w = _world(servers, tmp_path, name)
+    url = servers.http.url(f"{name}.git", private=True, tls=True)
+    sec = tmp_path / "secrets"
+
+    def creds(user: str, pw: str) -> Credentials:
+        return Credentials(user, private_file(sec / user, pw), ca_file=servers.pki.ca)
+
+    noaccess, readonly, wrong = creds("device-noaccess", NOACCESS_PW), creds("device-ro", RO_PW), \
+        creds("device-push", "not-" + PUSH_PW)
+    with CmdlineSampler() as sampler:
+        res = GitSource(url, tmp_path / "c1", credentials=noaccess, timeout=10).poll(None)
+        assert res.reason == "PermissionDenied", res.message
+        assert res.message.startswith("the credentials are valid but lack access to the repository") and \
+            "HTTP 403" in res.message
+        assert GitSource(url, tmp_path / "c2", credentials=wrong, timeout=10).poll(None).reason == "AuthenticationFailed"
+        assert GitSource(url, tmp_path / "c3", credentials=readonly, timeout=10).poll(None).commit == w.upstream.head()
+
+        def git(c: Credentials, *args: str) -> str:
+            p = subprocess.run(["git", *args], capture_output=True, text=True, cwd=w.upstream.work,
+                               env={**os.environ, "GIT_TERMINAL_PROMPT": "0", **GitAuth(url, c).env()})
+            assert p.returncode != 0
+            return p.stderr
+
+        assert classify(git(noaccess, "ls-remote", url)) == "PermissionDenied"
+        assert classify(git(readonly, "push", url, "HEAD:refs/heads/status/dev-1")) == "PermissionDenied"
+        assert classify(git(wrong, "push", url, "HEAD:refs/heads/status/dev-1")) == "AuthenticationFailed"
+        time.sleep(0.3)
+    assert sampler.samples > 100 and sampler.hits == [], sampler.hits[:3]

@@ -83,3 +83,17 @@ def test_failures_fit_the_status_schema() -> None:
         "status": {"heartbeat": "2026-11-24T10:00:00Z", "conditions": [], "failures": [f.to_status() for f in fs]},
     }
     assert not list(validator("DeviceStatus").iter_errors(doc))
+
+
+def test_saved_journal_never_carries_url_userinfo(tmp_path) -> None:
+    """Attempt messages and failure reasons quote git and TUF errors: journal.json gets them redacted."""
+    tok = "ghp_JournalLeak9z8y7x6w"
+    j = J.Journal(applied_commit="c1")
+    j.add_attempt({"time": "2026-11-24T10:00:00Z", "commit": "c1", "result": "Failed", "step": "ArtifactsReady",
+                   "message": f"RepositoryUnavailable: cannot fetch https://{tok}@tuf.example.com/metadata/1.root.json"})
+    j.failures = J.record_failure(j.failures, "c1", "det", "a" * 64, "1.0.0",
+                                  f"TufError: https://x-access-token:{tok}@h/t", T0)
+    j.save(tmp_path)
+    text = (tmp_path / J.JOURNAL_FILE).read_text()
+    assert tok not in text and text.count("https://***@") == 2
+    assert J.Journal.load(tmp_path).attempts[0]["step"] == "ArtifactsReady"

@@ -8,12 +8,27 @@ from pathlib import Path
 import pytest
 
 from reconciler.core.credentials import CredentialError, Credentials, basic_authorization, read_secret
-from reconciler.core.redact import has_password, redact, redact_url, split_userinfo
+from reconciler.core.redact import (
+    has_password,
+    redact,
+    redact_tree,
+    redact_url,
+    split_userinfo,
+    userinfo_problem,
+)
 
 
 @pytest.mark.parametrize(("url", "shown"), [
-    ("https://ops:s3cret@git.example.com/fleet.git", "https://ops:***@git.example.com/fleet.git"),
-    ("https://x-access-token:ghs_abc123@github.com/o/r.git", "https://x-access-token:***@github.com/o/r.git"),
+    # The whole userinfo goes: a user name may be the token itself (GitHub's https://<token>@github.com).
+    ("https://ops:s3cret@git.example.com/fleet.git", "https://***@git.example.com/fleet.git"),
+    ("https://x-access-token:ghs_abc123@github.com/o/r.git", "https://***@github.com/o/r.git"),
+    ("https://ghp_abc123@github.com/o/r.git", "https://***@github.com/o/r.git"),
+    ("https://ghp_abc123:x-oauth-basic@github.com/o/r.git", "https://***@github.com/o/r.git"),
+    ("HTTPS://ghp_abc123@github.com/o/r.git", "https://***@github.com/o/r.git"),
+    ("https://x-access-token%3Aghp_abc123@github.com/o/r.git", "https://***@github.com/o/r.git"),
+    ("https://ghp_abc123%40github.com/o/r.git", "https://***@github.com/o/r.git"),
+    ("https://ops:p@ss@word@git.example.com/r.git", "https://***@git.example.com/r.git"),
+    ("ssh://git:s3cret@git.example.com/fleet.git", "ssh://git:***@git.example.com/fleet.git"),
     ("https://git.example.com/fleet.git?private_token=abc123&x=1", "https://git.example.com/fleet.git?private_token=***&x=1"),
     ("ssh://git@git.example.com:2222/fleet.git", "ssh://git@git.example.com:2222/fleet.git"),
     ("git@github.com:o/r.git", "git@github.com:o/r.git"),
@@ -21,19 +36,44 @@ from reconciler.core.redact import has_password, redact, redact_url, split_useri
 ])
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
-    assert redact(f"fatal: unable to access '{url}': 401") == f"fatal: unable to access '{shown}': 401"
+    in_text = shown if not url.startswith("HTTPS") else shown.replace("https", "HTTPS")  # text keeps the case
+    assert redact(f"fatal: unable to access '{url}': 401") == f"fatal: unable to access '{in_text}': 401"
+    assert "abc123" not in redact_tree({"m": [f"see {url}"]})["m"][0] and "s3cret" not in redact(url)
 
 
 def test_redact_text_masks_headers_and_known_secrets() -> None:
     text = "Authorization: Basic b3BzOnB3MQ== then token hunter2-xyz at http://u:p@h/x"
     out = redact(text, ("hunter2-xyz",))
-    assert "b3BzOnB3MQ" not in out and "hunter2-xyz" not in out and "u:***@h" in out
+    assert "b3BzOnB3MQ" not in out and "hunter2-xyz" not in out and "http://***@h/x" in out
 
 
 def test_split_userinfo() -> None:
     assert split_userinfo("https://ops:p%40ss@h:8443/r.git") == ("https://h:8443/r.git", "ops", "p@ss")
     assert split_userinfo("https://h/r.git") == ("https://h/r.git", None, None)
     assert has_password("https://ops:x@h/r") and not has_password("ssh://git@h/r")
+
+
+@pytest.mark.parametrize("url", [
+    "https://ops@h/r.git", "https://ghp_tok@h/r.git", "https://ops:pw@h/r.git", "https://x-access-token%3Atok@h/r",
+    "https://tok%40h/r", "HTTPS://tok@h/r", "http://tok@h/r", "file://tok@h/r", "  https://tok@h/r",
+    "ssh://git:pw@h/r",
+])
+def test_userinfo_problem_refuses_any_userinfo(url: str) -> None:
+    assert userinfo_problem(url, ssh_login=True)
+
+
+@pytest.mark.parametrize("url", ["https://h/r.git", "ssh://git@h:22/r.git", "git+ssh://git@h/r", "git@h:o/r.git",
+                                 "/srv/fleet.git", "file:///srv/fleet.git", "https://h/r?user=a@b"])
+def test_userinfo_problem_keeps_ssh_logins_and_plain_urls(url: str) -> None:
+    assert userinfo_problem(url, ssh_login=True) is None
+    assert userinfo_problem("ssh://git@h/r") is not None  # where no SSH URL belongs (TUF, capture), none is allowed
+
+
+def test_redact_tree_copies_only_what_it_masks() -> None:
+    doc = {"a": ["x", 1, None], "b": {"c": "plain = text"}}
+    assert redact_tree(doc) is doc
+    out = redact_tree({"keep": doc, "msg": "fatal: 'https://tok@h/r' 403"})
+    assert out == {"keep": doc, "msg": "fatal: 'https://***@h/r' 403"} and out["keep"] is doc
 
 
 def _secret(path: Path, text: str, mode: int) -> Path:

@@ -39,7 +39,16 @@ def test_ssh_credentials_pin_key_and_host(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("message", "reason"), [
     ("fatal: Authentication failed for 'https://h/r.git/'", "AuthenticationFailed"),
     ("fatal: could not read Username for 'https://h': terminal prompts disabled", "AuthenticationFailed"),
-    ("fatal: unable to access 'https://h/r/': The requested URL returned error: 403", "AuthenticationFailed"),
+    ("fatal: unable to access 'https://h/r/': The requested URL returned error: 401", "AuthenticationFailed"),
+    # Valid credentials without the access (read-only token or key, protected branch): not a wrong password.
+    ("fatal: unable to access 'https://h/r/': The requested URL returned error: 403", "PermissionDenied"),
+    ("remote: Permission to o/r.git denied to dev-1.\nfatal: unable to access 'https://github.com/o/r.git/': "
+     "The requested URL returned error: 403", "PermissionDenied"),
+    ("remote: Write access to repository not granted.", "PermissionDenied"),
+    ("ERROR: The key you are authenticating with has been marked as read only.", "PermissionDenied"),
+    ("remote: error: GH006: Protected branch update failed for refs/heads/status/dev-1.", "PermissionDenied"),
+    ("remote: GitLab: You are not allowed to push code to protected branches on this project.", "PermissionDenied"),
+    ("https://h/r.git denied the push (HTTP 403)", "PermissionDenied"),
     ("git@h: Permission denied (publickey).", "AuthenticationFailed"),
     ("fatal: unable to access 'https://h/': SSL certificate problem: unable to get local issuer certificate",
      "TLSVerificationFailed"),

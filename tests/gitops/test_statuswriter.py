@@ -173,3 +173,20 @@ def test_push_spread_waits_folds_newer_statuses_and_gives_way_to_flush(upstream:
         w.close()
     with pytest.raises(ValueError, match="push_spread"):
         StatusWriter(upstream.file_url, "cam-09", tmp_path / "dev2", push_spread=-1)
+
+
+def test_a_token_in_a_status_message_never_reaches_git(upstream: Upstream, tmp_path: Path) -> None:
+    """The last line of defence: whatever a message quotes (a server's error with a URL that carries a token, an
+    Authorization header) is masked before the status is committed, and so before it is pushed."""
+    tok = "ghp_StatusLeak0a1b2c3d4e5f"
+    w = StatusWriter(upstream.file_url, "cam-10", tmp_path / "dev")
+    try:
+        doc = make_status("cam-10", message=f"fatal: unable to access 'https://{tok}@git.example.com/f.git/': 403; "
+                                            f"Authorization: Bearer {tok}; HTTPS://x:{tok}@h/r")
+        w.submit(doc)
+        assert w.flush(10)
+    finally:
+        w.close()
+    blob = git(upstream.bare, "cat-file", "blob", "refs/heads/status/cam-10:status.yaml")
+    assert tok not in blob and "https://***@git.example.com/f.git/" in blob and "HTTPS://***@h/r" in blob
+    assert tok in doc["status"]["conditions"][0]["message"]  # the caller's document is left as it was
