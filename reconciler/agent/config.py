@@ -31,7 +31,7 @@ _DEVICE_ID = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
 DEFAULT_POLL_INTERVAL = 30.0
 DEFAULT_SOURCE_TIMEOUT = 30.0
 DEFAULT_TUF_TIMEOUT = 30.0
-DEFAULT_TUF_MIN_RATE = 4096  # bytes/s; keep in step with tufclient.DEFAULT_MIN_RATE
+DEFAULT_TUF_MIN_RATE = 4096  # bytes/s; keep in step with distribution.fetcher.DEFAULT_MIN_RATE
 DEFAULT_PORT = 8080
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 

@@ -24,13 +24,13 @@ from reconciler.fleet.yamlsafe import YamlError, load_documents
 
 if TYPE_CHECKING:
     from reconciler.cli.modelcheck import Checked
-    from reconciler.distribution.tufrepo import SignedTargets
+    from reconciler.distribution.signedtargets import SignedTargets
 
 
 def _signed_targets(tuf_repo: str | None) -> SignedTargets | None:
     if not tuf_repo:
         return None
-    from reconciler.distribution.tufrepo import SignedTargets
+    from reconciler.distribution.signedtargets import SignedTargets
 
     try:
         return SignedTargets(Path(tuf_repo))

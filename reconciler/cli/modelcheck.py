@@ -24,8 +24,8 @@ from typing import Any
 
 from reconciler.core.diagnostics import ERROR, NOTE, WARNING, Diagnostic
 from reconciler.core.errors import UserError
+from reconciler.distribution.signedtargets import SignedTargets
 from reconciler.distribution.tuferrors import TufClientError
-from reconciler.distribution.tufrepo import SignedTargets
 from reconciler.fleet.repository import FleetRepo, Manifest
 
 #: The most a variant's files may hold to be read into memory and opened (the signed lengths are compared first).
