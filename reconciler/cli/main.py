@@ -5,7 +5,8 @@ Each command family lives in the module that owns it and is registered here:
 ``fleet`` (cli.fleet, ``fleet drift`` in cli.drift), ``serve`` (cli.serve), ``agent`` (cli.agent),
 ``optimize`` (cli.optimize), ``baseline`` (cli.baseline), ``rollout`` (cli.rollout), ``simulate`` (cli.simulate),
 ``data`` (cli.data), ``explain`` (cli.explain), ``completion`` (cli.completion). Shared options live in
-cli.options, terminal output (colour, progress) in cli.console, examples and exit codes in cli.helptext.
+cli.options (those of the commands that talk to the fleet's remote in cli.remote), terminal output (colour,
+progress) in cli.console, examples and exit codes in cli.helptext.
 
 User errors (:class:`reconciler.core.errors.UserError`) are printed as ``error: …`` and exit non-zero; never a
 traceback.

@@ -13,7 +13,6 @@ from pathlib import Path
 import click
 
 from reconciler.cli.console import paint
-from reconciler.cli.fleet import _creds, credential_options, remote_url, status_repos
 from reconciler.cli.options import (
     as_yaml,
     dry_run_option,
@@ -22,6 +21,7 @@ from reconciler.cli.options import (
     repo_option,
     shared_repo,
 )
+from reconciler.cli.remote import credential_options, credentials, parse_timeout, remote_url, status_repos
 from reconciler.core.credentials import CredentialError
 from reconciler.core.errors import UserError
 from reconciler.core.redact import redact_url
@@ -106,14 +106,10 @@ def write_options(f):  # type: ignore[no-untyped-def]
 
 def _repo(repo: str | None, base: str, subpath: str | None, prefix: str, cache_dir: Path | None,
           timeout: str, username: str | None, password_file: Path | None, ca_file: Path | None) -> RolloutRepo:
-    creds = _creds(username, password_file, ca_file)
+    creds = credentials(username, password_file, ca_file)
     url, inline = remote_url(shared_repo(repo))
-    try:
-        secs = parse_duration(timeout)
-    except ValueError as exc:
-        raise UserError(f"--timeout: {exc}") from None
-    return RolloutRepo(url, cache_dir, branch=base, prefix=prefix, subpath=subpath, timeout=secs, credentials=creds,
-                       authorization=inline, status_urls=status_repos(), base_trust=_base_trust())
+    return RolloutRepo(url, cache_dir, branch=base, prefix=prefix, subpath=subpath, timeout=parse_timeout(timeout),
+                       credentials=creds, authorization=inline, status_urls=status_repos(), base_trust=_base_trust())
 
 
 def _mode(as_commit: bool, as_patch: bool, branch_name: str | None, dry_run: bool = False) -> str:
