@@ -107,6 +107,7 @@ def fleet_revisions(repo: str | None, timeout: float = 300) -> Iterator[tuple[st
         yield where, False
         return
     from reconciler.core.redact import redact_url, split_userinfo
+    from reconciler.gitops.verify import git_message
 
     if where.startswith(("http://", "https://")) and split_userinfo(where)[2] is not None:
         raise UserError(f"--repo {redact_url(where)}: a password in the URL would show in `ps`; clone with your "
@@ -119,7 +120,7 @@ def fleet_revisions(repo: str | None, timeout: float = 300) -> Iterator[tuple[st
         except subprocess.TimeoutExpired:
             raise UserError(f"cannot clone {redact_url(where)}: no answer within {timeout:g}s") from None
         if p.returncode != 0:
-            why = " ".join(p.stderr.split()) or f"git exited {p.returncode}"
+            why = git_message(p.stderr) or f"git exited {p.returncode}"
             raise UserError(f"cannot clone {redact_url(where)}: {why}")
         yield tmp + "/repo.git", True
 

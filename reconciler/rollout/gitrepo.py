@@ -28,7 +28,7 @@ from reconciler.core.errors import UserError
 from reconciler.fleet.manifests import load_files, read_git
 from reconciler.fleet.repository import FleetRepo
 from reconciler.gitops.statusrepo import StatusRepo, read_blobs
-from reconciler.gitops.verify import GitError, run_git
+from reconciler.gitops.verify import GitError, git_message, run_git
 from reconciler.rollout.basetrust import BaseTrust, verify_base
 from reconciler.rollout.edit import Edit, EditError
 from reconciler.rollout.evaluate import RolloutStatus, evaluate, fleet_devices, step_key, step_landed
@@ -174,9 +174,9 @@ def _op_git(args: list[str], *, cwd: Path, timeout: float = 60, input: str | Non
     except GitError as exc:
         raise UserError(f"git {what or args[0]}: {exc}") from None
     if proc.returncode != 0:
-        text = (proc.stdout + proc.stderr).decode(errors="replace").strip()
+        text = git_message((proc.stdout + proc.stderr).decode(errors="replace"), 500)
         if "rejected" in text or "non-fast-forward" in text or "fetch first" in text:
             raise UserError(f"git {what or args[0]} was rejected (the branch moved or exists): {text[-300:]}")
-        raise UserError(f"git {what or args[0]} failed: {text[-500:]}")
+        raise UserError(f"git {what or args[0]} failed: {text}")
     return proc.stdout.decode(errors="replace")
 
