@@ -63,6 +63,7 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
              ("in CI: a comment, and exit 2 when something changes",
               "modelfleet plan --base origin/main --format markdown --detailed-exitcode")],
     "render": [("one device's desired state", "modelfleet render --device cam-berlin-03"),
+               ("a device the inventory does not list yet", "modelfleet render --device cam-oslo-01 --labels site=oslo"),
                ("which variant each hardware class runs", "modelfleet render --classes --format json")],
     "repo": [("what is signed", "modelfleet repo list tuf/")],
     "repo add": [("sign a model version", "modelfleet repo add tuf/ build/model.onnx --path vision/classifier/1.2.0 "
@@ -123,6 +124,8 @@ EXIT_CODES: dict[str, dict[int, str]] = {
                      1: "a key exists already, or it cannot be written or read", 2: USAGE},
     "agent once": {0: "converged", 1: "not converged, or the pass could not run", 2: USAGE},
     "agent run": {0: "stopped by SIGTERM/SIGINT", 1: "could not start (bad config, port taken)", 2: USAGE},
+    "render": {0: OK, 1: "failure, e.g. a --device the inventory does not list (and no --labels describe it)",
+               2: USAGE},
     "serve": {0: "stopped by SIGTERM/SIGINT", 1: "a model failed to load, or the server could not start", 2: USAGE},
     "rollout promote": {0: "promoted (or shown, with --dry-run/--patch)", 1: FAIL, 2: USAGE,
                         3: "refused: the gates do not pass, or the rollout is paused or failed", 4: "refused: a commit on the branch is not signed by a trusted signer (or no anchors were given)"},
