@@ -71,7 +71,9 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
                  ("check the keys and paths first", "modelfleet repo add tuf/ build/model.onnx --path "
                                                     "vision/classifier/1.2.0 --keys keys/ --dry-run")],
     "repo delegate": [("let a team sign under vision/", "modelfleet repo delegate tuf/ vision --prefix vision/ "
-                                                        "--team-keys vision-keys/ --keys keys/")],
+                                                        "--team-keys vision-keys/ --keys keys/"),
+                      ("check the keys first; write nothing", "modelfleet repo delegate tuf/ vision --prefix vision/ "
+                                                              "--team-keys vision-keys/ --keys keys/ --dry-run")],
     "repo gen-key": [("a model encryption key", "modelfleet repo gen-key model.key")],
     "repo init": [("a new repository", "modelfleet repo init tuf/ --keys keys/")],
     "repo list": [("the signed targets", "modelfleet repo list tuf/"),
@@ -80,7 +82,9 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
                      ("would the keys sign?", "modelfleet repo refresh tuf/ --keys keys/ --dry-run")],
     "repo remove": [("unsign a version", "modelfleet repo remove tuf/ vision/classifier/1.0.0/model.onnx --keys keys/")],
     "repo rotate-key": [("replace the timestamp key", "modelfleet repo rotate-key tuf/ timestamp --root-keys keys-root/ "
-                                                      "--keys keys/")],
+                                                      "--keys keys/"),
+                        ("would the root keys sign it?", "modelfleet repo rotate-key tuf/ timestamp --root-keys "
+                                                         "keys-root/ --keys keys/ --dry-run")],
     "repo verify": [("in CI: fail when anything expires within 12 hours", "modelfleet repo verify tuf/ --within 12h")],
     "rollout": [("where a rollout stands", "modelfleet rollout status classifier")],
     "rollout abort": [("see the commit first", "modelfleet rollout abort classifier --reason 'accuracy drop' --dry-run"),
