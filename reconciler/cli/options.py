@@ -19,6 +19,7 @@ import os
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -96,6 +97,28 @@ def shared_repo(repo: str | None, option: str = "--repo") -> str:
     if is_url(origin) or os.path.isabs(origin):
         return origin
     return os.path.normpath(os.path.join(top, origin))
+
+
+def local_clone(repo: str | None) -> Path | None:
+    """The top directory of the clone ``--repo`` names by :func:`shared_repo`'s rule (a work tree, or the current
+    directory when ``--repo`` is not given, whose repository has an ``origin``), or None (a URL, a bare repository,
+    no origin). A command that pushes to the origin fast-forwards it afterwards."""
+    where = repo or "."
+    if is_url(where) or not os.path.isdir(where):
+        return None
+
+    def git(*args: str) -> str | None:
+        try:
+            p = subprocess.run(["git", "-C", where, *args], capture_output=True, text=True, timeout=30,
+                               env=dict(os.environ, GIT_TERMINAL_PROMPT="0"))
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return p.stdout.strip() if p.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if not top or git("rev-parse", "--is-bare-repository") != "false" or not git("remote", "get-url", "origin"):
+        return None
+    return Path(top)
 
 
 @contextlib.contextmanager
