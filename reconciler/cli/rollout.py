@@ -185,7 +185,10 @@ def promote_cmd(deployment: str, repo: str | None, base: str, subpath: str | Non
                 cache_dir: Path | None, timeout: str, username: str | None,
                 password_file: Path | None, ca_file: Path | None, as_commit: bool, as_patch: bool, branch_name: str | None,
                 dry_run: bool, force_reason: str | None) -> None:
-    """Advance the rollout one step (or complete it) when its gates pass."""
+    """Advance the rollout one step when its gates pass; at the last step, complete it (the rollout block goes).
+
+    The commit is pushed to the branch, and a clone given as --repo (or the one you are in) is fast-forwarded.
+    """
     mode = _mode(as_commit, as_patch, branch_name, dry_run)
     rr = _repo(repo, base, subpath, prefix, cache_dir, timeout, username, password_file, ca_file)
     snap, st = _status(rr, deployment)

@@ -8,7 +8,8 @@ the head's tree and the deployment file's first-parent history (when the current
 pushes it to a new branch for a pull request (``branch``) or returns it as a patch (``patch``). The commit is
 made by the operator's ``git`` with their configuration, so it is signed when they configured signing
 (``commit.gpgsign``), and it is refused when the branch moved since the gates were evaluated (the push is a
-compare-and-swap: two promoters can never both advance a step).
+compare-and-swap: two promoters can never both advance a step). After a push to the branch,
+:meth:`RolloutRepo.update_clone` fast-forwards the operator's own clone (``--repo PATH``) when that is safe.
 """
 
 from __future__ import annotations
