@@ -13,6 +13,7 @@ import json
 import os
 import random
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from reconciler.serving.runtimes.telemetry import import_onnxruntime
 from tests._docblocks import REPO_ROOT, SHELL_LANGS, Block, Sandbox, blocks, run_session
 
 PAGE = REPO_ROOT / "docs" / "quickstart.md"
-DEADLINE_S = 240.0  # the page's own waits are unbounded loops; this bounds them (pytest's timeout is 300 s)
+DEADLINE_S = 240.0  # the page's own waits give up after two minutes each; this bounds the whole (pytest's is 300 s)
 
 
 def _free_ports_in_a_row(n: int) -> int:
@@ -113,3 +114,28 @@ def test_the_session_runner_catches_what_a_reader_would_hit(tmp_path: Path) -> N
     for name, (text, why) in cases.items():
         with pytest.raises(AssertionError, match=why):
             run_session(Sandbox(tmp_path / name.replace(" ", "-")), page(name.replace(" ", "-"), text), 30, settle=0.5)
+
+
+def test_wait_for_fleet_gives_up_and_shows_why(tmp_path: Path) -> None:
+    """The page's `wait_for_fleet` used to loop forever with `fleet status`'s errors sent to /dev/null: now it
+    gives up after two minutes (the clock is sped up here), showing the last output, its error included, and the
+    end of each agent's log, and returns non-zero (so the test session, under `set -e`, stops there)."""
+    [block] = [b for b in blocks(PAGE) if "wait_for_fleet() {" in b.text]
+    definition = block.text[:block.text.rindex("\n}") + 2]  # the function, not the call after it
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "modelfleet"
+    fake.write_text("#!/bin/sh\necho 'error: cannot read status branches from git://127.0.0.1:9/fleet.git: "
+                    "Connection refused' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    for i in (1, 2, 3):
+        (tmp_path / f"edge-0{i}").mkdir()
+        (tmp_path / f"edge-0{i}" / "agent.log").write_text(f"edge-0{i}: SourceAvailable False: connection refused\n")
+    script = (f"set -euo pipefail\n{definition}\n"
+              "sleep() { SECONDS=$((SECONDS + 30)); }  # two minutes pass in four polls\n"
+              "wait_for_fleet\necho never reached\n")
+    r = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=20,
+                       env=dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}"))
+    assert r.returncode == 1 and "never reached" not in r.stdout, r.stdout + r.stderr
+    assert "not all Ready after two minutes" in r.stderr and "Connection refused" in r.stderr, r.stderr
+    assert all(f"edge-0{i}: SourceAvailable False" in r.stderr for i in (1, 2, 3)), r.stderr

@@ -22,6 +22,7 @@ from reconciler.core.credentials import Credentials
 from reconciler.core.errors import UserError
 from reconciler.core.redact import redact, redact_url, userinfo_problem
 from reconciler.core.units import parse_duration
+from reconciler.fleet.manifests import schema_problem
 from reconciler.fleet.schemas import validator
 from reconciler.serving.limits import ServerLimits
 
@@ -240,10 +241,10 @@ def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str
     errors = sorted(validator("AgentConfig").iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         lines = []
-        for err in errors[:10]:
-            jpath = list(err.absolute_path)
-            dotted = ".".join(str(p) for p in jpath) or "(document)"
-            lines.append(f"{_where(path, root, jpath)}: {dotted}: {redact(err.message)}")
+        for err in errors[:10]:  # said as `modelfleet validate` says it: an unknown field with its near match
+            problem = schema_problem(err)
+            hint = f" (hint: {problem.hint})" if problem.hint else ""
+            lines.append(f"{_where(path, root, list(problem.path))}: {redact(problem.message)}{hint}")
         raise UserError("invalid agent config:\n  " + "\n  ".join(lines))
 
     base = path.parent if path else Path.cwd()

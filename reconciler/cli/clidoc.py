@@ -31,7 +31,9 @@ Conventions every command follows:
 - **Exit codes**: `0` success, `1` failure (one `error: …` line on stderr, never a traceback: even a bug is one
   line, and `MODELFLEET_DEBUG=1` shows its traceback), `2` usage error, `130` interrupted. `plan --detailed-exitcode` exits `2` when something changes (Terraform's convention);
   `rollout promote` exits `3` when it refuses. Each command lists its own below.
-- **Writes**: every command that writes a commit takes `--dry-run`: it shows the commit and writes nothing.
+- **Writes**: every command that writes a commit or a TUF repository takes `--dry-run`: it shows what it would
+  write and writes nothing. A `rollout` command that pushes a commit to the branch your clone (`--repo PATH`, or
+  the current directory) has checked out fast-forwards the clone afterwards, or says how to update it.
 - **Terminal**: colour only when the stream is a terminal and `NO_COLOR` is not set; progress bars for long work
   only on a terminal, on stderr.
 - **Completion**: `eval "$(modelfleet completion bash)"` (or `zsh`; `modelfleet completion fish | source`).

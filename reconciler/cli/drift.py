@@ -13,8 +13,8 @@ from pathlib import Path
 
 import click
 
-from reconciler.cli.fleet import _repo
 from reconciler.cli.options import deprecated_alias, emit_json_text, format_option, repo_option
+from reconciler.cli.remote import status_repo
 from reconciler.core.errors import UserError
 from reconciler.core.units import parse_duration
 from reconciler.gitops.verify import GitError
@@ -54,7 +54,7 @@ def drift_cmd(repo: str | None, branch: str, prefix: str, cache_dir: Path | None
         known = load_baselines(list(baselines))
     except (BaselineError, OSError) as exc:
         raise UserError(f"--baselines: {exc}") from None
-    sr = _repo(repo, cache_dir, branch, prefix, timeout)
+    sr = status_repo(repo, cache_dir, branch, prefix, timeout)
     points = []
     try:
         read = sr.read()

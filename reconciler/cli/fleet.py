@@ -15,40 +15,14 @@ from pathlib import Path
 import click
 
 from reconciler.cli.console import color_enabled, echo, paint
-from reconciler.cli.options import deprecated_alias, emit_json_text, format_option, repo_option, shared_repo
-from reconciler.core.credentials import CredentialError, Credentials, basic_authorization
+from reconciler.cli.options import deprecated_alias, emit_json_text, format_option, repo_option
+from reconciler.cli.remote import credential_options, credentials, status_repo
+from reconciler.core.credentials import CredentialError
 from reconciler.core.errors import UserError
-from reconciler.core.redact import redact_url, split_userinfo
 from reconciler.core.termsafe import escape
 from reconciler.core.units import parse_duration
 from reconciler.gitops.fleetstatus import fleet_report, history, render, render_device, render_history
-from reconciler.gitops.statusrepo import StatusRepo
 from reconciler.gitops.verify import GitError
-
-
-def remote_url(url: str) -> tuple[str, str | None]:
-    """``url`` without a password or token in its userinfo (warning once on stderr) and the Basic authorization
-    made from it (None when there was none); shared by every operator command that talks to the fleet repo."""
-    if url.startswith(("http://", "https://")):
-        clean, user, password = split_userinfo(url)
-        if password is not None:
-            # Taken out of the URL (and so out of every git command line); still, it sat in shell history.
-            click.echo(f"warning: {redact_url(url)} embeds a password or token; it is sent as a header, but "
-                       "prefer --username with --password-file", err=True)
-            return clean, basic_authorization(user or "", password)
-    return url, None
-
-
-def _repo(repo: str | None, cache_dir: Path | None, branch: str, prefix: str, timeout: str,
-          creds: Credentials | None = None) -> StatusRepo:
-    url, inline = remote_url(shared_repo(repo))
-    try:
-        secs = parse_duration(timeout)
-    except ValueError as exc:
-        raise UserError(f"--timeout: {exc}") from None
-    return StatusRepo(url, cache_dir, branch=branch, prefix=prefix, timeout=secs, credentials=creds,
-                      authorization=inline, status_urls=status_repos())
-
 
 _repo_options = [
     repo_option(remote=True),
@@ -58,56 +32,6 @@ _repo_options = [
     click.option("--timeout", default="120s", show_default=True, help="Timeout of one Git operation."),
     format_option("table", "markdown"),
 ]
-
-_credential_options = [
-    click.option("--username", help="HTTP(S) user name (with --password-file)."),
-    click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path),
-                 help="File holding the HTTP(S) password or token (mode 600)."),
-    click.option("--ca-file", type=click.Path(dir_okay=False, path_type=Path), help="CA bundle for HTTPS."),
-]
-
-
-def _creds(username: str | None, password_file: Path | None, ca_file: Path | None) -> Credentials:
-    if bool(username) != bool(password_file):
-        raise UserError("--username and --password-file go together")
-    return Credentials(username=username, password_file=password_file, ca_file=ca_file)
-
-
-STATUS_REPOS_KEY = "modelfleet.status_repos"
-
-
-def _remember_status_repos(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
-    ctx.meta[STATUS_REPOS_KEY] = value
-    return value
-
-
-# Not passed to each command function: :func:`status_repos` reads it, so every status-reading command has it.
-_status_repo_option = click.option(
-    "--status-repo", "status_repos", multiple=True, metavar="PATH|URL", expose_value=False,
-    callback=_remember_status_repos,
-    help="A repository the devices push their status branches to (`status.url` in their agent config; a clone's "
-         "path means its origin, like --repo); repeat it for each shard of a sharded status repository "
-         "(docs/scale.md). [default: the fleet repository]")
-
-
-def status_repos() -> list[str]:
-    """The ``--status-repo`` URLs of the running command (empty: the fleet repository holds the statuses)."""
-    ctx = click.get_current_context(silent=True)
-    out = []
-    for url in (ctx.meta.get(STATUS_REPOS_KEY, ()) if ctx else ()):
-        if url.startswith(("http://", "https://")) and split_userinfo(url)[2] is not None:
-            raise UserError(f"--status-repo {redact_url(url)} embeds a password or token: use --username with "
-                            "--password-file (they apply to every repository)")
-        out.append(shared_repo(url, "--status-repo"))
-    return out
-
-
-def credential_options(f):  # type: ignore[no-untyped-def]
-    """``--username``, ``--password-file``, ``--ca-file`` (build the Credentials with :func:`_creds`) and
-    ``--status-repo`` (read with :func:`status_repos`)."""
-    for opt in reversed([*_credential_options, _status_repo_option]):
-        f = opt(f)
-    return f
 
 
 def repo_options(f):  # type: ignore[no-untyped-def]
@@ -151,7 +75,7 @@ def status_cmd(repo: str | None, branch: str, prefix: str, cache_dir: Path | Non
         stale = parse_duration(stale_after)
     except ValueError as exc:
         raise UserError(f"--stale-after: {exc}") from None
-    sr = _repo(repo, cache_dir, branch, prefix, timeout, _creds(username, password_file, ca_file))
+    sr = status_repo(repo, cache_dir, branch, prefix, timeout, credentials(username, password_file, ca_file))
     try:
         report = fleet_report(sr, stale_after=stale)
     except (GitError, CredentialError) as exc:
@@ -196,7 +120,7 @@ def _paint_words(table: str) -> str:
 def history_cmd(device: str, repo: str | None, branch: str, prefix: str, cache_dir: Path | None, timeout: str,
                 fmt: str, username: str | None, password_file: Path | None, ca_file: Path | None, limit: int) -> None:
     """DEVICE's status commits over time (what ran when), newest first."""
-    sr = _repo(repo, cache_dir, branch, prefix, timeout, _creds(username, password_file, ca_file))
+    sr = status_repo(repo, cache_dir, branch, prefix, timeout, credentials(username, password_file, ca_file))
     try:
         entries = history(sr, device, limit)
     except KeyError:

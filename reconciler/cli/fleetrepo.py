@@ -18,6 +18,7 @@ from reconciler.cli.console import echo, paint
 from reconciler.cli.options import emit, emit_json_text, fleet_revisions, format_option, repo_option
 from reconciler.core.diagnostics import NOTE
 from reconciler.core.errors import UserError
+from reconciler.core.termsafe import escape
 from reconciler.fleet.desired import DeviceIdentity, desired_state
 from reconciler.fleet.manifests import LoadResult, load_dir, load_git
 from reconciler.fleet.yamlsafe import YamlError, load_documents
@@ -186,7 +187,8 @@ def render_cmd(device_id: str | None, by_class: bool, labels: tuple[str, ...], f
                rev: str | None, path: str | None, repo: str | None, fmt: str) -> None:
     """Print one device's desired state (or, with --classes, each hardware class's variants) as YAML.
 
-    PATH is the same as --repo PATH.
+    PATH is the same as --repo PATH. --device names a device of the inventory (devices/); a device it does not
+    list is rendered only from the --labels (and --facts) you give it.
     """
     if by_class == bool(device_id):
         raise UserError("give either --device ID or --classes", exit_code=2)
@@ -202,6 +204,8 @@ def render_cmd(device_id: str | None, by_class: bool, labels: tuple[str, ...], f
         return
     assert device_id is not None
     inv = result.fleet.devices.get(device_id)
+    if inv is None and not labels and not facts_file:
+        raise UserError(_unknown_device(device_id, sorted(result.fleet.devices), path))
     all_labels = dict(inv.labels) if inv else {}
     all_labels.update(_parse_labels(labels))
     facts = dict((inv.spec.get("facts") or {}) if inv else {})
@@ -210,6 +214,19 @@ def render_cmd(device_id: str | None, by_class: bool, labels: tuple[str, ...], f
     doc = state.to_dict()
     doc["inventory"] = inv is not None
     _dump(doc, fmt)
+
+
+def _unknown_device(device_id: str, known: list[str], where: str) -> str:
+    """Why ``render --device`` refuses an id the inventory does not list, and how to find the right one."""
+    import difflib
+
+    close = difflib.get_close_matches(device_id, known, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    listed = ", ".join(known[:10]) + (f", … {len(known) - 10} more" if len(known) > 10 else "")
+    devices = f"the inventory lists {len(known)}: {listed}" if known else "the inventory lists none"
+    return (f"no device {escape(device_id)!r} in {where}/devices/ ({devices}); {hint}`modelfleet fleet status` "
+            "shows the devices that report; to render a device that is not in the inventory, give its labels: "
+            f"--device {escape(device_id)} --labels KEY=VALUE")
 
 
 def _dump(doc: dict, fmt: str) -> None:

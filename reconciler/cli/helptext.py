@@ -69,6 +69,7 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
              ("in CI: a comment, and exit 2 when something changes",
               "modelfleet plan --base origin/main --format markdown --detailed-exitcode")],
     "render": [("one device's desired state", "modelfleet render --device cam-berlin-03"),
+               ("a device the inventory does not list yet", "modelfleet render --device cam-oslo-01 --labels site=oslo"),
                ("which variant each hardware class runs", "modelfleet render --classes --format json")],
     "repo": [("what is signed", "modelfleet repo list tuf/")],
     "repo add": [("sign a model version", "modelfleet repo add tuf/ build/model.onnx --path vision/classifier/1.2.0 "
@@ -76,7 +77,9 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
                  ("check the keys and paths first", "modelfleet repo add tuf/ build/model.onnx --path "
                                                     "vision/classifier/1.2.0 --keys keys/ --dry-run")],
     "repo delegate": [("let a team sign under vision/", "modelfleet repo delegate tuf/ vision --prefix vision/ "
-                                                        "--team-keys vision-keys/ --keys keys/")],
+                                                        "--team-keys vision-keys/ --keys keys/"),
+                      ("check the keys first; write nothing", "modelfleet repo delegate tuf/ vision --prefix vision/ "
+                                                              "--team-keys vision-keys/ --keys keys/ --dry-run")],
     "repo gen-key": [("a model encryption key", "modelfleet repo gen-key model.key")],
     "repo init": [("a new repository", "modelfleet repo init tuf/ --keys keys/")],
     "repo list": [("the signed targets", "modelfleet repo list tuf/"),
@@ -85,7 +88,9 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
                      ("would the keys sign?", "modelfleet repo refresh tuf/ --keys keys/ --dry-run")],
     "repo remove": [("unsign a version", "modelfleet repo remove tuf/ vision/classifier/1.0.0/model.onnx --keys keys/")],
     "repo rotate-key": [("replace the timestamp key", "modelfleet repo rotate-key tuf/ timestamp --root-keys keys-root/ "
-                                                      "--keys keys/")],
+                                                      "--keys keys/"),
+                        ("would the root keys sign it?", "modelfleet repo rotate-key tuf/ timestamp --root-keys "
+                                                         "keys-root/ --keys keys/ --dry-run")],
     "repo verify": [("in CI: fail when anything expires within 12 hours", "modelfleet repo verify tuf/ --within 12h")],
     "rollout": [("where a rollout stands", "modelfleet rollout status classifier")],
     "rollout abort": [("see the commit first", "modelfleet rollout abort classifier --reason 'accuracy drop' --dry-run"),
@@ -131,6 +136,8 @@ EXIT_CODES: dict[str, dict[int, str]] = {
                      1: "a key exists already, or it cannot be written or read", 2: USAGE},
     "agent once": {0: "converged", 1: "not converged, or the pass could not run", 2: USAGE},
     "agent run": {0: "stopped by SIGTERM/SIGINT", 1: "could not start (bad config, port taken)", 2: USAGE},
+    "render": {0: OK, 1: "failure, e.g. a --device the inventory does not list (and no --labels describe it)",
+               2: USAGE},
     "serve": {0: "stopped by SIGTERM/SIGINT", 1: "a model failed to load, or the server could not start", 2: USAGE},
     "rollout promote": {0: "promoted (or shown, with --dry-run/--patch)", 1: FAIL, 2: USAGE,
                         3: "refused: the gates do not pass, or the rollout is paused or failed", 4: "refused: a commit on the branch is not signed by a trusted signer (or no anchors were given)"},

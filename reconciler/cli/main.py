@@ -4,9 +4,9 @@ Each command family lives in the module that owns it and is registered here:
 ``validate``/``render``/``plan``/``docs`` (cli.fleetrepo), ``repo``/``tuf-client`` (cli.repo),
 ``fleet`` (cli.fleet, ``fleet drift`` in cli.drift), ``serve`` (cli.serve), ``agent`` (cli.agent),
 ``optimize`` (cli.optimize), ``baseline`` (cli.baseline), ``rollout`` (cli.rollout), ``simulate`` (cli.simulate),
-``data`` (cli.data), ``explain`` (cli.explain), ``completion`` (cli.completion), ``check`` (cli.check).
-Shared options live in cli.options, terminal output (colour, progress) in cli.console, examples and exit codes
-in cli.helptext.
+``data`` (cli.data), ``explain`` (cli.explain), ``completion`` (cli.completion), ``check`` (cli.check). Shared
+options live in cli.options (those of the commands that talk to the fleet's remote in cli.remote), terminal output
+(colour, progress) in cli.console, examples and exit codes in cli.helptext.
 
 User errors (:class:`reconciler.core.errors.UserError`) are printed as ``error: …`` and exit non-zero; never a
 traceback.

@@ -19,6 +19,7 @@ import os
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -98,6 +99,28 @@ def shared_repo(repo: str | None, option: str = "--repo") -> str:
     return os.path.normpath(os.path.join(top, origin))
 
 
+def local_clone(repo: str | None) -> Path | None:
+    """The top directory of the clone ``--repo`` names by :func:`shared_repo`'s rule (a work tree, or the current
+    directory when ``--repo`` is not given, whose repository has an ``origin``), or None (a URL, a bare repository,
+    no origin). A command that pushes to the origin fast-forwards it afterwards."""
+    where = repo or "."
+    if is_url(where) or not os.path.isdir(where):
+        return None
+
+    def git(*args: str) -> str | None:
+        try:
+            p = subprocess.run(["git", "-C", where, *args], capture_output=True, text=True, timeout=30,
+                               env=dict(os.environ, GIT_TERMINAL_PROMPT="0"))
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return p.stdout.strip() if p.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if not top or git("rev-parse", "--is-bare-repository") != "false" or not git("remote", "get-url", "origin"):
+        return None
+    return Path(top)
+
+
 @contextlib.contextmanager
 def fleet_revisions(repo: str | None, timeout: float = 300) -> Iterator[tuple[str, bool]]:
     """(where to read Git revisions, whether it is a fresh clone of a URL): ``--repo URL`` is cloned bare into a
@@ -107,6 +130,7 @@ def fleet_revisions(repo: str | None, timeout: float = 300) -> Iterator[tuple[st
         yield where, False
         return
     from reconciler.core.redact import redact_url, split_userinfo
+    from reconciler.gitops.verify import git_message
 
     if where.startswith(("http://", "https://")) and split_userinfo(where)[2] is not None:
         raise UserError(f"--repo {redact_url(where)}: a password in the URL would show in `ps`; clone with your "
@@ -119,7 +143,7 @@ def fleet_revisions(repo: str | None, timeout: float = 300) -> Iterator[tuple[st
         except subprocess.TimeoutExpired:
             raise UserError(f"cannot clone {redact_url(where)}: no answer within {timeout:g}s") from None
         if p.returncode != 0:
-            why = " ".join(p.stderr.split()) or f"git exited {p.returncode}"
+            why = git_message(p.stderr) or f"git exited {p.returncode}"
             raise UserError(f"cannot clone {redact_url(where)}: {why}")
         yield tmp + "/repo.git", True
 

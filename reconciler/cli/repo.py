@@ -80,6 +80,20 @@ def _scratch(repo_dir: Path, dry_run: bool) -> Iterator[Path]:
                    err=True)
 
 
+def _scratch_keys(dirs: list[Path], work: Path, dry_run: bool) -> list[Path]:
+    """The key directories, or for a dry run copies of them next to the scratch metadata: an operation that
+    writes a new key or retires an old one (delegate, rotate-key) does so there, and the copies go with it."""
+    if not dry_run:
+        return dirs
+    out = []
+    for i, d in enumerate(dirs):
+        copy = work.parent / f"keys-{i}"
+        if d.is_dir():
+            shutil.copytree(d, copy)
+        out.append(copy)
+    return out
+
+
 @click.group("repo")
 def repo() -> None:
     """Publish models into a signed TUF repository (a static directory for any web server)."""
@@ -185,12 +199,19 @@ def refresh_cmd(repo_dir: Path, keys: tuple[Path, ...], dry_run: bool) -> None:
 @click.option("--pattern", "patterns", multiple=True, help="Delegate a TUF path pattern (* never matches /).")
 @click.option("--team-keys", type=click.Path(path_type=Path), required=True, help="Where the team's key is written.")
 @_keys_option
+@_dry_run
 def delegate_cmd(repo_dir: Path, role: str, prefixes: tuple[str, ...], patterns: tuple[str, ...],
-                 team_keys: Path, keys: tuple[Path, ...]) -> None:
+                 team_keys: Path, keys: tuple[Path, ...], dry_run: bool) -> None:
     """Delegate a path prefix to a team key (the team cannot sign outside it)."""
     paths = [*patterns, *(p for pre in prefixes for p in tufrepo.prefix_patterns(pre))]
-    kids = tufrepo.delegate(repo_dir, keys, role, paths, team_keys)
-    click.echo(f"delegated {', '.join(prefixes or patterns)} to {role} (key {kids[0][:16]}, in {team_keys})")
+    with _scratch(repo_dir, dry_run) as work:
+        [team_dir] = _scratch_keys([team_keys], work, dry_run)
+        kids = tufrepo.delegate(work, keys, role, paths, team_dir)
+    if dry_run:
+        click.echo(f"would delegate {', '.join(prefixes or patterns)} to {role} (a new key in {team_keys}; "
+                   "no key was written)")
+    else:
+        click.echo(f"delegated {', '.join(prefixes or patterns)} to {role} (key {kids[0][:16]}, in {team_keys})")
 
 
 @repo.command("rotate-key")
@@ -198,10 +219,17 @@ def delegate_cmd(repo_dir: Path, role: str, prefixes: tuple[str, ...], patterns:
 @click.argument("role", type=click.Choice(list(tufrepo.TOP_LEVEL)))
 @click.option("--root-keys", type=click.Path(path_type=Path), required=True, help="Directory of the root key(s).")
 @_keys_option
-def rotate_cmd(repo_dir: Path, role: str, root_keys: Path, keys: tuple[Path, ...]) -> None:
+@_dry_run
+def rotate_cmd(repo_dir: Path, role: str, root_keys: Path, keys: tuple[Path, ...], dry_run: bool) -> None:
     """Replace ROLE's key: a new root version signed by the old and new root keys."""
-    kid = tufrepo.rotate_key(repo_dir, keys, [root_keys], role)
-    click.echo(f"{role}: new key {kid[:16]}; old key moved to retired/")
+    with _scratch(repo_dir, dry_run) as work:
+        *key_dirs, root_dir = _scratch_keys([*keys, root_keys], work, dry_run)
+        kid = tufrepo.rotate_key(work, key_dirs, [root_dir], role)
+    if dry_run:
+        click.echo(f"{role}: would sign a new root version with a new {role} key and move the old key to retired/; "
+                   "no key was written or moved")
+    else:
+        click.echo(f"{role}: new key {kid[:16]}; old key moved to retired/")
 
 
 @repo.command("verify")

@@ -13,15 +13,16 @@ from pathlib import Path
 import click
 
 from reconciler.cli.console import paint
-from reconciler.cli.fleet import _creds, credential_options, remote_url, status_repos
 from reconciler.cli.options import (
     as_yaml,
     dry_run_option,
     emit_json_text,
     format_option,
+    local_clone,
     repo_option,
     shared_repo,
 )
+from reconciler.cli.remote import credential_options, credentials, parse_timeout, remote_url, status_repos
 from reconciler.core.credentials import CredentialError
 from reconciler.core.errors import UserError
 from reconciler.core.redact import redact_url
@@ -29,7 +30,7 @@ from reconciler.core.units import parse_duration
 from reconciler.gitops.verify import GitError
 from reconciler.rollout import edit
 from reconciler.rollout.basetrust import BaseTrust
-from reconciler.rollout.evaluate import COMPLETE, FAILED, PAUSED, READY
+from reconciler.rollout.evaluate import COMPLETE, FAILED, PAUSED, READY, RolloutStatus
 from reconciler.rollout.gitrepo import RolloutRepo
 from reconciler.rollout.render import render
 from reconciler.rollout.watch import act, gates_summary, watch
@@ -106,14 +107,11 @@ def write_options(f):  # type: ignore[no-untyped-def]
 
 def _repo(repo: str | None, base: str, subpath: str | None, prefix: str, cache_dir: Path | None,
           timeout: str, username: str | None, password_file: Path | None, ca_file: Path | None) -> RolloutRepo:
-    creds = _creds(username, password_file, ca_file)
+    creds = credentials(username, password_file, ca_file)
     url, inline = remote_url(shared_repo(repo))
-    try:
-        secs = parse_duration(timeout)
-    except ValueError as exc:
-        raise UserError(f"--timeout: {exc}") from None
-    return RolloutRepo(url, cache_dir, branch=base, prefix=prefix, subpath=subpath, timeout=secs, credentials=creds,
-                       authorization=inline, status_urls=status_repos(), base_trust=_base_trust())
+    return RolloutRepo(url, cache_dir, branch=base, prefix=prefix, subpath=subpath, timeout=parse_timeout(timeout),
+                       credentials=creds, authorization=inline, status_urls=status_repos(), base_trust=_base_trust(),
+                       clone=local_clone(repo))
 
 
 def _mode(as_commit: bool, as_patch: bool, branch_name: str | None, dry_run: bool = False) -> str:
@@ -143,6 +141,9 @@ def _done(mode: str, result: str, what: str, rr: RolloutRepo, branch_name: str |
         click.echo(f"{what}: commit {result[:12]} pushed to new branch {branch_name} of {redact_url(rr.url)}")
     else:
         click.echo(f"{what}: commit {result[:12]} pushed to {rr.branch} of {redact_url(rr.url)}")
+        clone = rr.update_clone(result)  # the operator's clone follows, or they are told how to update it
+        if clone:
+            click.echo(clone)
 
 
 @click.group()
@@ -184,7 +185,10 @@ def promote_cmd(deployment: str, repo: str | None, base: str, subpath: str | Non
                 cache_dir: Path | None, timeout: str, username: str | None,
                 password_file: Path | None, ca_file: Path | None, as_commit: bool, as_patch: bool, branch_name: str | None,
                 dry_run: bool, force_reason: str | None) -> None:
-    """Advance the rollout one step (or complete it) when its gates pass."""
+    """Advance the rollout one step when its gates pass; at the last step, complete it (the rollout block goes).
+
+    The commit is pushed to the branch, and a clone given as --repo (or the one you are in) is fast-forwarded.
+    """
     mode = _mode(as_commit, as_patch, branch_name, dry_run)
     rr = _repo(repo, base, subpath, prefix, cache_dir, timeout, username, password_file, ca_file)
     snap, st = _status(rr, deployment)
@@ -195,16 +199,32 @@ def promote_cmd(deployment: str, repo: str | None, base: str, subpath: str | Non
     if st.phase != READY and force_reason is None:
         if st.phase == FAILED:
             raise UserError(f"refusing to promote {deployment}: {st.message}; `modelfleet rollout abort "
-                            f"{deployment}` sends every device back to {st.from_version}", exit_code=3)
+                            f"{deployment}` {_abort_does(st)}", exit_code=3)
         if st.phase == PAUSED:
             raise UserError(f"refusing to promote {deployment}: the rollout is paused (resume it first)", exit_code=3)
         raise UserError(f"refusing to promote {deployment}: gates do not pass at step {st.step} "
                         f"({st.current.name}): {st.message.removeprefix('waiting for ')}", exit_code=3)
     extra = f"Forced by the operator: {force_reason.strip()}" if force_reason else ""
     result = act(rr, deployment, "promote", st, snap, mode=mode, branch_name=branch_name, extra=extra)
-    what = (f"completed rollout of {deployment} {st.version}" if st.last_step
-            else f"promoted {deployment} {st.version} to step {st.step + 1} ({st.steps[st.step + 1].name})")
+    nxt = st.step + 1
+    if st.last_step:
+        what = f"completed rollout of {deployment} {st.version} (every selected device runs it; the rollout block is gone)"
+    else:
+        last = ", its last step" if nxt == len(st.steps) - 1 else ""
+        what = f"promoted {deployment} {st.version} to step {nxt} ({st.steps[nxt].name}){last}"
     _done(mode, result, what + (" (forced)" if force_reason else ""), rr, branch_name, dry_run, as_patch)
+    if nxt == len(st.steps) - 1 and mode != "patch":
+        # Deliberately two steps: the last step's gates still guard it, and `abort` still works until it completes.
+        click.echo(f"next: once step {nxt}'s gates pass (`modelfleet rollout status {deployment}`), "
+                   f"`modelfleet rollout promote {deployment}` completes the rollout")
+
+
+def _abort_does(st: RolloutStatus) -> str:
+    """What ``abort`` does to this rollout, for the messages that point at it."""
+    if st.from_version is None:
+        return (f"removes deployment {st.deployment} (a first rollout: no rollout.from), so every device stops "
+                f"serving {st.endpoint}")
+    return f"sends every device back to {st.from_version}"
 
 
 @rollout.command("abort")
@@ -215,18 +235,26 @@ def abort_cmd(deployment: str, repo: str | None, base: str, subpath: str | None,
               cache_dir: Path | None, timeout: str, username: str | None,
               password_file: Path | None, ca_file: Path | None, as_commit: bool, as_patch: bool, branch_name: str | None,
               dry_run: bool, reason: str) -> None:
-    """Send every device back to rollout.from in one commit."""
+    """Send every device back to rollout.from in one commit.
+
+    A first rollout (no rollout.from) goes back to nothing: the deployment is removed, so every device stops
+    serving it; `git revert` of the commit brings it back.
+    """
     mode = _mode(as_commit, as_patch, branch_name, dry_run)
     rr = _repo(repo, base, subpath, prefix, cache_dir, timeout, username, password_file, ca_file)
     snap, st = _status(rr, deployment)
     if st.phase == COMPLETE:
         raise UserError(f"deployment {deployment} is not in a rollout (it runs {st.version})")
-    if st.from_version is None:
-        raise UserError(f"deployment {deployment} has no rollout.from to go back to: suspend or delete it instead")
     result = act(rr, deployment, "abort", st, snap, mode=mode, branch_name=branch_name,
                  extra=f"Reason: {reason}" if reason else "")
-    _done(mode, result, f"aborted {deployment} {st.version}: every device back to {st.from_version}", rr, branch_name,
-          dry_run, as_patch)
+    if st.from_version is None:
+        what = (f"aborted {deployment} {st.version}, a first rollout: deployment {deployment} removed, every device "
+                f"stops serving {st.endpoint}")
+    else:
+        what = f"aborted {deployment} {st.version}: every device back to {st.from_version}"
+    _done(mode, result, what, rr, branch_name, dry_run, as_patch)
+    if st.from_version is None and mode != "patch":
+        click.echo(f"to bring it back: `git revert {result[:12]}` (then push)")
 
 
 def _pause_resume(paused: bool, deployment: str, repo: str | None, base: str, subpath: str | None, prefix: str,
@@ -299,6 +327,9 @@ def watch_cmd(deployment: str, repo: str | None, base: str, subpath: str | None,
             else:
                 act_text = f"{tick.action} -> {tick.commit[:12]}" if tick.commit else (tick.action or "wait")
                 click.echo(f"[{tick.iteration}] step {tick.step} {tick.phase}: {act_text} ({tick.message})")
+            clone = rr.update_clone(tick.commit) if tick.commit else None
+            if clone:  # on stderr: stdout is one line (or document) per evaluation
+                click.echo(clone, err=True)
     except (GitError, CredentialError) as exc:
         raise UserError(f"cannot read {redact_url(rr.url)}: {exc}") from None
 

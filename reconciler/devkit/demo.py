@@ -2,10 +2,13 @@
 
 1. Build a local TUF repository with generated models (``reconciler.devkit.modelgen``), signed with fresh keys, and
    serve it over HTTP on 127.0.0.1.
-2. Create a local Git fleet repository from ``fleet-repo-example/`` (TUF URLs rewritten to the local server).
+2. Create a local Git fleet repository from ``fleet-repo-example/`` (TUF URLs rewritten to the local server; the
+   device's status key listed in its manifest, so ``fleet status`` counts its signed reports).
 3. Start ``modelfleet agent run`` for device ``gw-austin-01``; show it converge and serve an inference.
 4. Commit a version bump while a client sends requests non-stop; show the swap with no failed request.
-5. Show the device's ``status/gw-austin-01`` branch, then stop the agent cleanly.
+5. Show the device's ``status/gw-austin-01`` branch, then stop the agent cleanly, and print what to try next.
+
+A line is printed before every wait, so the run is never silent for more than a few seconds.
 
 Everything lives in ``demo-work/`` (git-ignored; ``$MODELFLEET_DEMO_WORK`` overrides), recreated on every run.
 """
@@ -108,12 +111,15 @@ def ready_at(commit: str) -> bool:
 def main() -> None:
     from reconciler.distribution import tufrepo
     from reconciler.distribution.httpserve import StaticServer
+    from reconciler.identity import keys as keys_mod
 
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir()
-    say(f"work dir {WORK}")
+    say(f"modelfleet demo: one device, its Git fleet repository and a TUF model repository on 127.0.0.1, "
+        f"in {_shown(WORK)} (about 10 s)")
 
     # 1. TUF repository with generated, signed models.
+    say("generating vibration-anomaly 2.0.0 and 2.1.0 and signing them into a TUF repository …")
     tuf, keys = WORK / "tuf", WORK / "tuf-keys"
     tufrepo.init_repo(tuf, keys)
     for v in ("2.0.0", "2.1.0"):
@@ -134,6 +140,12 @@ def main() -> None:
     # zero-downtime `availability` switch instead.
     dep_yaml = fleet / "deployments" / "vibration-anomaly.yaml"
     dep_yaml.write_text(dep_yaml.read_text().replace("strategy: resource", "strategy: availability"))
+    # The device signs its status with its own key, listed in its Device manifest: `fleet status` counts it.
+    dev = WORK / "device"
+    device_key = keys_mod.generate(dev / "state" / "identity" / "status_ed25519")
+    inventory = fleet / "devices" / f"{DEVICE}.yaml"
+    inventory.write_text(inventory.read_text().replace(
+        "\nspec:\n", f"\nspec:\n  statusKeys: [\"{keys_mod.public_line(device_key, DEVICE)}\"]\n", 1))
     git(WORK, "init", "--quiet", "--bare", "--initial-branch=main", str(bare))
     git(WORK, "init", "--quiet", "--initial-branch=main", str(fleet))
     # The operator signs every commit with an SSH key; the device trusts only that key (allowed signers).
@@ -153,8 +165,6 @@ def main() -> None:
         "update strategy availability); the device verifies every commit against its allowed signers")
 
     # 3. The agent.
-    dev = WORK / "device"
-    dev.mkdir()
     (dev / "agent.yaml").write_text(json.dumps({
         "apiVersion": "modelfleet/v1", "kind": "AgentConfig",
         "spec": {"deviceId": DEVICE, "stateDir": str(dev / "state"), "pollInterval": "1s",
@@ -172,6 +182,7 @@ def main() -> None:
         agent = subprocess.Popen([sys.executable, "-m", "reconciler.cli.main", "agent", "run", "--config",
                                   str(dev / "agent.yaml")], stdout=log, stderr=subprocess.STDOUT, env=env,
                                  cwd=ROOT, start_new_session=True)
+    say(f"starting the agent for device {DEVICE} (log: {_shown(log_path)}) …")
     try:
         _run_agent_part(agent, log_path, fleet, bare, tuf, keys, first)
     finally:
@@ -197,6 +208,7 @@ def _run_agent_part(agent: subprocess.Popen[bytes], log_path: Path, fleet: Path,
 
     url = wait(lambda: _agent_url(agent, log_path), 30, "the agent to listen")
     say(f"agent started (pid {agent.pid}) for device {DEVICE}, serving on {url}")
+    say("the device clones the fleet, verifies the commit's signature, downloads and checks the model (up to 30 s) …")
     wait(lambda: ready_at(first), 30, "convergence")
     ort = import_onnxruntime()
 
@@ -278,6 +290,29 @@ def _run_agent_part(agent: subprocess.Popen[bytes], log_path: Path, fleet: Path,
     say(f"agent stopped cleanly (exit code {rc}); logs in {log_path}")
     if rc != 0:
         raise SystemExit(rc)
+    print(next_steps(), flush=True)
+
+
+def next_steps() -> str:
+    """What to try after the demo: commands that work on what it left in the work dir, then the quickstart."""
+    cli = Path(sys.executable).parent / "modelfleet"
+    mf = _shown(cli) if cli.exists() else "modelfleet"
+    return "\n".join([
+        "",
+        "next: try",
+        f"  {mf} fleet status --repo {_shown(WORK / 'fleet.git')}    # what the device reported, from its "
+        "status branch",
+        f"  {mf} plan --repo {_shown(WORK / 'fleet')} --base HEAD~1    # what the 2.2.0 commit changed, per device",
+        "  docs/quickstart.md: three devices on your own Git server, and a new version by pull request (10 minutes)",
+    ])
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current directory when it is below it (what a reader types), else absolute."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ from __future__ import annotations
 import os
 import re
 import stat
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reconciler.core.diagnostics import ERROR, WARNING, Diagnostic
 from reconciler.core.redact import redact
@@ -31,6 +33,9 @@ from reconciler.fleet.repository import FleetRepo, LoadResult, Manifest, NonRegu
 from reconciler.fleet.schemas import validator
 from reconciler.fleet.validation import semantic_checks
 from reconciler.fleet.yamlsafe import MAX_FILE_BYTES, Document, YamlError, load_budget, load_documents
+
+if TYPE_CHECKING:
+    import jsonschema
 
 MANIFEST_DIRS = ("models", "deployments", "devices")
 FLEET_FILE = "fleet.yaml"
@@ -62,36 +67,53 @@ def is_manifest_path(rel: str) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class SchemaProblem:
+    """One JSON-schema error said for people: ``path`` (to the unknown key itself for an unknown field; ``key``:
+    point at the key, not its value), the message and the hint (``did you mean 'deviceId'?``, the allowed values)."""
+
+    path: tuple[str | int, ...]
+    key: bool
+    message: str
+    hint: str | None
+
+
+def schema_problem(err: jsonschema.ValidationError) -> SchemaProblem:
+    """What ``validate`` says about a schema error; the agent config (reconciler.agent.config) says the same."""
+    path = tuple(err.absolute_path)
+    hint = None
+    key = False
+    message = err.message
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = set(err.schema.get("properties", {}))
+        extra = sorted(k for k in err.instance if k not in allowed)
+        if extra:
+            path = path + (extra[0],)
+            key = True
+            message = f"unknown field {'.'.join(map(str, path))!s}"
+            close = _closest(extra[0], allowed)
+            hint = f"did you mean {close!r}?" if close else f"allowed fields: {', '.join(sorted(allowed))}"
+    elif err.validator == "required":
+        hint = "add the missing field"
+        key = True
+    elif err.validator in ("enum", "const"):
+        hint = f"allowed: {', '.join(map(repr, err.validator_value if err.validator == 'enum' else [err.validator_value]))}"
+    elif err.validator == "pattern":
+        desc = err.schema.get("description")
+        hint = desc.split(".")[0] if desc else None
+    where = ".".join(map(str, err.absolute_path)) or "(document)"
+    if not message.startswith("unknown field"):
+        message = f"{where}: {message}"
+    return SchemaProblem(path, key, message, hint)
+
+
 def _schema_diagnostics(m: Manifest) -> list[Diagnostic]:
     out = []
     for err in sorted(validator(m.kind).iter_errors(m.data), key=lambda e: list(map(str, e.absolute_path))):
-        path = tuple(err.absolute_path)
-        hint = None
-        key = False
-        message = err.message
-        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
-            allowed = set(err.schema.get("properties", {}))
-            extra = sorted(k for k in err.instance if k not in allowed)
-            if extra:
-                path = path + (extra[0],)
-                key = True
-                message = f"unknown field {'.'.join(map(str, path))!s}"
-                close = _closest(extra[0], allowed)
-                hint = f"did you mean {close!r}?" if close else f"allowed fields: {', '.join(sorted(allowed))}"
-        elif err.validator == "required":
-            hint = "add the missing field"
-            key = True
-        elif err.validator in ("enum", "const"):
-            hint = f"allowed: {', '.join(map(repr, err.validator_value if err.validator == 'enum' else [err.validator_value]))}"
-        elif err.validator == "pattern":
-            desc = err.schema.get("description")
-            hint = desc.split(".")[0] if desc else None
-        where = ".".join(map(str, err.absolute_path)) or "(document)"
-        if not message.startswith("unknown field"):
-            message = f"{where}: {message}"
-        line, col = m.doc.position(path, key=key)
+        p = schema_problem(err)
+        line, col = m.doc.position(p.path, key=p.key)
         # A schema message quotes the value ("'https://tok@host' does not match …"): never a secret in it.
-        out.append(Diagnostic(m.file, line, col, redact(message), ERROR, m.kind, m.name, hint, "schema"))
+        out.append(Diagnostic(m.file, line, col, redact(p.message), ERROR, m.kind, m.name, p.hint, "schema"))
     return out
 
 

@@ -36,7 +36,15 @@ from reconciler.core.redact import redact, redact_url
 from reconciler.fleet.repository import NonRegular
 from reconciler.gitops.auth import GitAuth, classify, explain
 from reconciler.gitops.lsrefs import LsRefsClient, LsRefsError, NotV2
-from reconciler.gitops.verify import VERIFIED, GitError, Verifier, VerifyResult, init_bare, run_git
+from reconciler.gitops.verify import (
+    VERIFIED,
+    GitError,
+    Verifier,
+    VerifyResult,
+    git_message,
+    init_bare,
+    run_git,
+)
 
 log = logging.getLogger(__name__)
 
@@ -380,14 +388,14 @@ class GitSource:
                 verify = run_git(["bundle", "list-heads", str(path)], git_dir=self.git_dir, timeout=self.timeout,
                                  check=False)
                 if verify.returncode != 0:
-                    raise GitError(verify.stderr.decode(errors="replace").strip() or "not a git bundle")
+                    raise GitError(git_message(verify.stderr.decode(errors="replace")) or "not a git bundle")
                 head = parse_ls_remote(verify.stdout.decode().replace(" ", "\t"), self.ref)
                 if head is None:
                     raise GitError(f"bundle has no {self.ref}")
                 check = run_git(["bundle", "verify", "--quiet", str(path)], git_dir=self.git_dir,
                                 timeout=self.timeout, check=False)
                 if check.returncode != 0:
-                    raise GitError("prerequisite commits missing: " + check.stderr.decode(errors="replace").strip())
+                    raise GitError("prerequisite commits missing: " + git_message(check.stderr.decode(errors="replace")))
                 before = self._pack_bytes()
                 run_git(["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--", str(path),
                          f"+{self.ref}:refs/modelfleet/bundle/{self.branch}"], git_dir=self.git_dir,

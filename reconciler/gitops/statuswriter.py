@@ -43,7 +43,7 @@ from reconciler.core.redact import redact, redact_tree, redact_url
 from reconciler.fleet.schemas import validator
 from reconciler.gitops.auth import GitAuth, classify, explain
 from reconciler.gitops.smartpush import PushDenied, PushRejected, PushUnavailable, PushUnsupported, SmartPush
-from reconciler.gitops.verify import GitError, init_bare, run_git
+from reconciler.gitops.verify import GitError, git_message, init_bare, run_git
 from reconciler.identity import keys as device_keys
 from reconciler.identity.commitsig import sign_commit
 
@@ -342,7 +342,7 @@ class StatusWriter:
         text = redact((proc.stdout + proc.stderr).decode(errors="replace"))
         if "[rejected]" in text or "non-fast-forward" in text or "fetch first" in text:
             raise _Rejected(text.strip())
-        raise GitError(f"push to {self.display_url} failed: {text.strip()[-500:]}")
+        raise GitError(f"push to {self.display_url} failed: {git_message(text, 500)}")
 
     # -- background thread --------------------------------------------------------------------------------
 

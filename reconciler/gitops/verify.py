@@ -76,6 +76,26 @@ def _alias_dir() -> Path:
     return path
 
 
+#: Lines git prints after the reason itself, saying nothing the reason does not (``ls-remote``/``fetch`` of an
+#: unreachable or unknown repository); left out of :func:`git_message`.
+GIT_BOILERPLATE: tuple[str, ...] = ("Please make sure you have the correct access rights", "and the repository exists.")
+
+
+def git_message(text: str, limit: int = 1500) -> str:
+    """git's (multi-line) error output as one line for a user error: ``hint:`` and boilerplate lines and repeats
+    left out, a line ending in ``:`` continued by the next, the others joined with ``; `` (the end kept when it
+    is longer than ``limit``)."""
+    out = ""
+    seen: set[str] = set()
+    for raw in text.splitlines():
+        line = " ".join(raw.split())
+        if not line or line.startswith("hint:") or line in GIT_BOILERPLATE or line in seen:
+            continue
+        seen.add(line)
+        out = f"{out}{' ' if out.endswith(':') else '; ' if out else ''}{line}"
+    return out if len(out) <= limit else "…" + out[-limit:]
+
+
 class GitError(Exception):
     """A git command failed; ``timed_out`` tells a timeout from an error exit."""
 
@@ -137,9 +157,9 @@ def run_git(
         proc.communicate()
         raise GitError(f"git {args[0]} timed out after {timeout:g}s", timed_out=True) from None
     if check and proc.returncode != 0:
-        msg = err.decode("utf-8", "replace").strip() or out.decode("utf-8", "replace").strip()
+        msg = git_message(err.decode("utf-8", "replace")) or git_message(out.decode("utf-8", "replace"))
         # Redacted here, once, for every caller: git echoes URLs (with their userinfo) in its errors.
-        raise GitError(redact(f"git {args[0]} failed: {msg[-1500:]}"), returncode=proc.returncode)
+        raise GitError(redact(f"git {args[0]} failed: {msg}"), returncode=proc.returncode)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
@@ -320,7 +340,7 @@ class Verifier:
         )
         if proc.returncode != 0:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise GitError(f"cannot import GPG keyring {self.gpg_keyring}: {proc.stderr.decode(errors='replace').strip()}")
+            raise GitError(f"cannot import GPG keyring {self.gpg_keyring}: {git_message(proc.stderr.decode(errors='replace'))}")
         atomic_write_text(tmp / ".imported", str(self.gpg_keyring) + "\n")
         shutil.rmtree(home, ignore_errors=True)
         os.replace(tmp, home)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ class EditError(ValueError):
 class Edit:
     text: str  # the new file content
     summary: str  # one line for the commit subject
+    delete: bool = False  # the file is left with no document: remove it
 
 
 def _load_all(text: str) -> list[Any]:
@@ -171,13 +173,17 @@ def promote(text: str, name: str) -> Edit:
 
 
 def abort(text: str, name: str) -> Edit:
-    """Every device back to ``rollout.from``: ``version`` becomes ``from`` and the rollout goes, in one edit."""
+    """Every device back to ``rollout.from``: ``version`` becomes ``from`` and the rollout goes, in one edit.
+
+    A first rollout (no ``from``: devices outside the steps run nothing for it) goes back to nothing: the
+    Deployment document is removed (the file too when it held nothing else), so every device stops serving it;
+    ``git revert`` of the commit brings it back."""
     doc = _find(_load_all(text), name)[1]
     rollout = _rollout(doc)
     back = rollout.get("from")
-    if back is None:
-        raise EditError(f"deployment {name} has no rollout.from to go back to: suspend it or delete it instead")
     bad = doc["spec"]["version"]
+    if back is None:
+        return remove_deployment(text, name, f"rollout {name}: abort {bad}, a first rollout: remove the deployment")
 
     def change(lines: list[str], d: CommentedMap) -> None:
         # Bottom-up: cutting the rollout block first keeps the version line's position valid either way.
@@ -194,6 +200,31 @@ def abort(text: str, name: str) -> Edit:
         del w["spec"]["rollout"]
 
     return Edit(_apply(text, name, change, expect), f"rollout {name}: abort {bad}, back to {back}")
+
+
+_SEPARATOR = re.compile(r"^---(\s|$)")
+
+
+def remove_deployment(text: str, name: str, summary: str) -> Edit:
+    """Cut Deployment ``name``'s document (from its ``---`` to the next) out of ``text``; the rest is untouched."""
+    docs = _load_all(text)
+    index = _find(docs, name)[0]
+    lines = text.splitlines(keepends=True)
+    chunks: list[list[str]] = [[]]
+    for line in lines:
+        if _SEPARATOR.match(line) and chunks[-1]:
+            chunks.append([])
+        chunks[-1].append(line)
+    owner: list[int] = []  # the chunk of each document
+    for i, chunk in enumerate(chunks):
+        owner += [i] * len(_load_all("".join(chunk)))
+    if len(owner) != len(docs):
+        raise EditError("cannot find the deployment's document boundaries (unusual YAML layout); edit it by hand")
+    new_text = "".join(line for j, chunk in enumerate(chunks) if j != owner[index] for line in chunk)
+    wanted = [_plain(d) for j, d in enumerate(docs) if j != index]
+    if [_plain(d) for d in _load_all(new_text)] != wanted:
+        raise EditError("the edit did not produce the intended documents (unusual YAML layout); edit it by hand")
+    return Edit(new_text, summary, delete=all(d is None for d in wanted))
 
 
 def set_paused(text: str, name: str, paused: bool) -> Edit:

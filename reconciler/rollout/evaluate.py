@@ -281,7 +281,20 @@ def check_gates(cur: StepStats, gates: Gates, *, seconds_in_step: float | None,
     return out
 
 
-def decide_phase(in_rollout: bool, paused: bool, gates: list[GateResult]) -> tuple[str, str]:
+@dataclass(frozen=True)
+class Where:
+    """What the phase message names: the deployment, the current step (of how many) and the versions."""
+
+    deployment: str = "DEPLOYMENT"
+    step: int = 0
+    steps: Sequence[str] = ("all",)
+    version: str = "?"
+    from_version: str | None = None
+
+
+def decide_phase(in_rollout: bool, paused: bool, gates: list[GateResult], where: Where = Where()
+                 ) -> tuple[str, str]:
+    """The phase and its message; a ``Ready`` message says exactly what the next ``promote`` does."""
     if not in_rollout:
         return COMPLETE, "no rollout in progress: every selected device runs the version"
     failing = [g for g in gates if not g.passed]
@@ -289,10 +302,18 @@ def decide_phase(in_rollout: bool, paused: bool, gates: list[GateResult]) -> tup
         g = next(g for g in failing if g.name == "maxFailedPercent")
         return FAILED, f"step failed: {g.value:.1f}% failed > maxFailedPercent {g.threshold:g}% ({g.message})"
     if paused:
-        return PAUSED, "paused: `modelfleet rollout resume` to continue"
+        return PAUSED, f"paused: `modelfleet rollout resume {where.deployment}` to continue"
     if failing:
         return PROGRESSING, "waiting for " + "; ".join(f"{g.name} ({g.message})" for g in failing)
-    return READY, "all gates pass: ready to promote"
+    promote = f"`modelfleet rollout promote {where.deployment}`"
+    if where.step + 1 < len(where.steps):
+        nxt = where.step + 1
+        return READY, f"all gates pass: {promote} moves to step {nxt} ({where.steps[nxt]})"
+    # The last step is promoted once more, deliberately: its gates guard the widest step, and until the rollout
+    # completes `abort` can still send every device back to `from`.
+    back = f", and `abort` back to {where.from_version} with it" if where.from_version is not None else ""
+    return READY, (f"all gates pass at the last step: {promote} completes the rollout ({where.version} on every "
+                   f"selected device; the rollout block goes{back})")
 
 
 # -- the whole evaluation ----------------------------------------------------------------------------------
@@ -365,7 +386,9 @@ def evaluate(fleet: FleetRepo, deployment: str, devices: Sequence[Device], *, no
     seconds = None if landed is None else max(0.0, (now - landed[1]).total_seconds())
     results = check_gates(stats[current], gates, seconds_in_step=seconds, drift_scores=drift)
     paused = bool(rollout.get("paused", False))
-    phase, message = decide_phase(in_rollout, paused, results)
+    phase, message = decide_phase(in_rollout, paused, results, Where(
+        deployment, current, [s.name for s in stats], version,
+        None if rollout.get("from") is None else str(rollout["from"])))
     return RolloutStatus(
         deployment=deployment, model=str(spec["model"]), endpoint=endpoint, version=version,
         from_version=None if rollout.get("from") is None else str(rollout["from"]), step=current, steps=stats,

@@ -8,12 +8,15 @@ the head's tree and the deployment file's first-parent history (when the current
 pushes it to a new branch for a pull request (``branch``) or returns it as a patch (``patch``). The commit is
 made by the operator's ``git`` with their configuration, so it is signed when they configured signing
 (``commit.gpgsign``), and it is refused when the branch moved since the gates were evaluated (the push is a
-compare-and-swap: two promoters can never both advance a step).
+compare-and-swap: two promoters can never both advance a step). After a push to the branch,
+:meth:`RolloutRepo.update_clone` fast-forwards the operator's own clone (``--repo PATH``) when that is safe.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import os
+import shlex
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -28,7 +31,7 @@ from reconciler.core.errors import UserError
 from reconciler.fleet.manifests import load_files, read_git
 from reconciler.fleet.repository import FleetRepo
 from reconciler.gitops.statusrepo import StatusRepo, read_blobs
-from reconciler.gitops.verify import GitError, run_git
+from reconciler.gitops.verify import GitError, git_message, run_git
 from reconciler.rollout.basetrust import BaseTrust, verify_base
 from reconciler.rollout.edit import Edit, EditError
 from reconciler.rollout.evaluate import RolloutStatus, evaluate, fleet_devices, step_key, step_landed
@@ -49,13 +52,14 @@ class RolloutRepo:
     def __init__(self, url: str, cache_dir: Path | None = None, *, branch: str = "main", prefix: str = "status/",
                  subpath: str | None = None, timeout: float = 120, credentials: Credentials | None = None,
                  authorization: str | None = None, status_urls: Sequence[str] = (),
-                 base_trust: BaseTrust | None = None) -> None:
+                 base_trust: BaseTrust | None = None, clone: Path | None = None) -> None:
         self.status_repo = StatusRepo(url, cache_dir, branch=branch, prefix=prefix, timeout=timeout,
                                       credentials=credentials, authorization=authorization, status_urls=status_urls,
                                       subpath=subpath)
         self.url, self.branch, self.timeout = url, branch, timeout
         self.base_trust = base_trust or BaseTrust()  # no anchors: every write is refused (basetrust.py)
         self.subpath = subpath.strip("/") if subpath else None
+        self.clone = clone  # the operator's clone of url (--repo PATH): fast-forwarded after a push to the branch
 
     @property
     def git_dir(self) -> Path:
@@ -137,8 +141,11 @@ class RolloutRepo:
                 edit = make_edit(file.read_text(encoding="utf-8"))
             except EditError as exc:
                 raise UserError(f"{rel}: {exc}") from None
-            file.write_text(edit.text, encoding="utf-8")
-            _op_git(["add", "--", rel], cwd=repo)
+            if edit.delete:
+                _op_git(["rm", "--quiet", "--", rel], cwd=repo)
+            else:
+                file.write_text(edit.text, encoding="utf-8")
+                _op_git(["add", "--", rel], cwd=repo)
             message = edit.summary + ("\n\n" + message_body.strip() + "\n" if message_body.strip() else "\n")
             _op_git(["commit", "--quiet", "-F", "-"], cwd=repo, input=message)
             sha = _op_git(["rev-parse", "HEAD"], cwd=repo).strip()
@@ -150,6 +157,68 @@ class RolloutRepo:
             return sha
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+
+    def update_clone(self, sha: str) -> str | None:
+        """After ``sha`` was pushed to the branch: bring the operator's clone (``clone``) along, so that their next
+        ``git push`` is not rejected. Only a fast-forward of the branch checked out, clean and not ahead of
+        ``sha``; otherwise it is left alone and the line returned says how to update it (None: no clone)."""
+        if self.clone is None:
+            return None
+        try:
+            env = self.status_repo.auth.env()
+        except CredentialError:
+            env = {}
+        return fast_forward_clone(self.clone, self.branch, sha, env=env, timeout=self.timeout)
+
+
+def _shown(path: Path) -> tuple[str, str]:
+    """How to name the clone in a sentence, and the ``git`` prefix that runs in it."""
+    rel = os.path.relpath(path)
+    if rel == ".":
+        return "your clone (the current directory)", "git"
+    shown = rel if not rel.startswith("..") else str(path)
+    return f"your clone {shown}", f"git -C {shlex.quote(shown)}"
+
+
+def fast_forward_clone(clone: Path, branch: str, sha: str, *, env: dict[str, str] | None = None,
+                       timeout: float = 60) -> str:
+    """Fetch ``branch`` from the clone's ``origin`` and ``git merge --ff-only`` ``sha`` when the clone has
+    ``branch`` checked out, has no uncommitted changes and no commit that ``sha`` lacks; the one line to print."""
+    name, git = _shown(clone)
+
+    def run(*args: str, network: bool = False) -> tuple[int, str]:
+        try:
+            proc = run_git(list(args), cwd=clone, timeout=timeout if network else 60, env=env, check=False)
+        except GitError as exc:
+            return 1, str(exc)
+        return proc.returncode, git_message((proc.stdout if proc.returncode == 0 else proc.stderr).decode(
+            errors="replace"), 300)
+
+    def not_updated(why: str, how: str) -> str:
+        return f"{name} is not updated ({why}): {how}"
+
+    pull = f"`{git} pull --ff-only origin {branch}`"
+    rc, current = run("symbolic-ref", "--quiet", "--short", "HEAD")
+    if rc != 0 or current != branch:
+        on = f"on {current}" if rc == 0 else "a detached HEAD"
+        return not_updated(f"{on}, not {branch}", f"once {branch} is checked out, {pull}")
+    rc, changes = run("status", "--porcelain", "--untracked-files=no")
+    if rc != 0 or changes:
+        return not_updated("it has uncommitted changes", f"commit or stash them, then {pull}")
+    rc, out = run("fetch", "--quiet", "origin", branch, network=True)
+    if rc != 0:
+        return not_updated(f"fetching origin failed: {out}", pull)
+    rc, ahead = run("rev-list", "--count", f"{sha}..HEAD")
+    if rc != 0:
+        return not_updated(f"{sha[:12]} is not in it after the fetch: {ahead}", pull)
+    if ahead != "0":
+        return not_updated(f"its {branch} has {ahead} commit(s) that are not on origin",
+                           f"`{git} pull --rebase origin {branch}` puts them on top of {sha[:12]}")
+    rc, out = run("merge", "--ff-only", "--quiet", sha)
+    if rc != 0:
+        return not_updated(f"the fast-forward failed: {out}", pull)
+    return f"{name}: {branch} fast-forwarded to {sha[:12]}"
 
 
 def _key_in(blob: bytes | None, deployment: str) -> str | None:
@@ -174,9 +243,9 @@ def _op_git(args: list[str], *, cwd: Path, timeout: float = 60, input: str | Non
     except GitError as exc:
         raise UserError(f"git {what or args[0]}: {exc}") from None
     if proc.returncode != 0:
-        text = (proc.stdout + proc.stderr).decode(errors="replace").strip()
+        text = git_message((proc.stdout + proc.stderr).decode(errors="replace"), 500)
         if "rejected" in text or "non-fast-forward" in text or "fetch first" in text:
             raise UserError(f"git {what or args[0]} was rejected (the branch moved or exists): {text[-300:]}")
-        raise UserError(f"git {what or args[0]} failed: {text[-500:]}")
+        raise UserError(f"git {what or args[0]} failed: {text}")
     return proc.stdout.decode(errors="replace")
 

@@ -76,6 +76,10 @@ def watch(repo: RolloutRepo, deployment: str, *, interval: float, max_iterations
             return
         commit = None
         message = status.message
+        if status.phase == FAILED and action is None:
+            # Removing a deployment takes it from healthy devices too: an operator decides that, not a promoter.
+            message += (f"; a first rollout (no rollout.from) is not aborted by watch: `modelfleet rollout abort "
+                        f"{deployment}` removes the deployment")
         if action is not None:
             try:
                 commit = act(repo, deployment, action, status, snap, extra="Written by `modelfleet rollout watch`.")

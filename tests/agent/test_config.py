@@ -178,7 +178,8 @@ def test_credentials_are_paths_resolved_per_endpoint(tmp_path: Path, monkeypatch
      "agent.yaml:6: spec.source.url https://***@git.example.com/fleet.git holds userinfo"),
     ("credentials: {username: dev-1, passwordFile: secrets/push}", "credentials: {username: dev-1}",
      "agent.yaml:9: credentials.username and credentials.passwordFile go together"),
-    ("bearerTokenFile: secrets/tuf", "bearerTokenFile: t, token: x", "Additional properties are not allowed"),
+    ("bearerTokenFile: secrets/tuf", "bearerTokenFile: t, token: x",
+     "unknown field spec.tuf.credentials.token (hint: allowed fields: bearerTokenFile, caFile, passwordFile"),
 ])
 def test_bad_credentials_settings(tmp_path: Path, old: str, new: str, error: str) -> None:
     f = tmp_path / "agent.yaml"
@@ -186,6 +187,19 @@ def test_bad_credentials_settings(tmp_path: Path, old: str, new: str, error: str
     with pytest.raises(UserError) as exc:
         load_agent_config(f)
     assert error in str(exc.value) and "hunter2" not in str(exc.value)
+
+
+def test_a_misspelt_field_gets_the_did_you_mean_of_validate(tmp_path: Path) -> None:
+    """`devicId` used to be a raw jsonschema line ("Additional properties are not allowed ('devicId' was
+    unexpected)"); the agent now says what `modelfleet validate` says of a manifest, at the key's line."""
+    f = tmp_path / "agent.yaml"
+    f.write_text(MINIMAL.replace("deviceId: dev-1", "devicId: dev-1").replace("trustedRoot:", "trustedRot:"))
+    r = subprocess.run([sys.executable, "-m", "reconciler.cli", "agent", "run", "--config", str(f)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"{f.resolve()}:4: unknown field spec.devicId (hint: did you mean 'deviceId'?)" in r.stderr, r.stderr
+    assert f"{f.resolve()}:9: unknown field spec.tuf.trustedRot (hint: did you mean 'trustedRoot'?)" in r.stderr
+    assert "Additional properties" not in r.stderr
 
 
 def test_device_id_from_the_environment(tmp_path: Path) -> None:

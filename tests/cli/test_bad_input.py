@@ -93,3 +93,43 @@ def test_a_bug_is_one_line_too_and_the_traceback_is_there_on_request(monkeypatch
     monkeypatch.setenv("MODELFLEET_DEBUG", "1")
     with pytest.raises(RuntimeError, match="bug while explaining Fleet"):
         run_cli("explain", "Fleet")
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed again when the block ends: a connection is refused
+
+
+@pytest.mark.parametrize("argv", [["fleet", "status"], ["rollout", "status", "tiny"], ["plan", "--base", "HEAD"]])
+def test_git_errors_from_an_unreachable_remote_are_one_line(argv: list[str], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """git's fatal message spans lines ("unable to connect to 127.0.0.1:" / "127.0.0.1[0: …]: errno=…", or ssh's
+    reason, "Could not read from remote repository." and two lines of boilerplate): the user gets one line that
+    keeps the reason."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    ssh = tmp_path / "ssh"
+    ssh.write_text("#!/bin/sh\necho 'ssh: connect to host fleet.example port 22: Connection refused' >&2\nexit 255\n")
+    ssh.chmod(0o755)
+    monkeypatch.setenv("GIT_SSH_COMMAND", str(ssh))
+    for url, reason in ((f"git://127.0.0.1:{_closed_port()}/fleet.git", "Connection refused"),
+                        ("ssh://git@fleet.example/fleet.git", "connect to host fleet.example port 22")):
+        r = run_cli(*argv, "--repo", url)
+        assert r.code == 1 and "Traceback" not in r.text, r.text
+        assert len(r.err.strip().splitlines()) == 1 and r.err.startswith("error: "), r.err
+        assert reason in r.err and "Please make sure" not in r.err, r.err
+
+
+def test_git_message_joins_lines_and_keeps_the_reason() -> None:
+    from reconciler.gitops.verify import git_message
+
+    text = ("fatal: unable to access 'https://git.example.com/fleet.git/':\n  The requested URL returned error: 403\n"
+            "hint: see the docs\n\nPlease make sure you have the correct access rights\nand the repository exists.\n"
+            "fatal: unable to access 'https://git.example.com/fleet.git/':\n  The requested URL returned error: 403\n")
+    assert git_message(text) == ("fatal: unable to access 'https://git.example.com/fleet.git/': The requested URL "
+                                 "returned error: 403")
+    assert git_message("error: one\nerror: two\n") == "error: one; error: two"
+    assert git_message("x" * 50, limit=10) == "…" + "x" * 10

@@ -108,3 +108,28 @@ def test_tuf_repository_writes_dry_run_in_a_scratch_copy(tmp_path: Path) -> None
     p = modelfleet("repo", "add", str(tuf), "m.onnx", "--path", "m/2", "--keys", str(tmp_path / "nokeys"),
                    "--dry-run", cwd=tmp_path)
     assert p.returncode == 1 and p.stderr.startswith("error: ") and tree_digest(tuf) == before
+
+
+def test_delegate_and_rotate_key_dry_run_in_scratch_copies_of_metadata_and_keys(tmp_path: Path) -> None:
+    """`repo delegate` writes a team key and `repo rotate-key` writes a new key and retires the old one: their dry
+    runs do all of it in scratch copies, so neither the metadata nor any key directory changes."""
+    tuf, keys, root_keys, team = tmp_path / "tuf", tmp_path / "keys", tmp_path / "keys-root", tmp_path / "team"
+    assert modelfleet("repo", "init", str(tuf), "--keys", str(keys), cwd=tmp_path).returncode == 0
+    state = {d: tree_digest(d) for d in (tuf, keys, root_keys)}
+    p = modelfleet("repo", "delegate", str(tuf), "vision", "--prefix", "vision/", "--team-keys", str(team),
+                   "--keys", str(keys), "--dry-run", cwd=tmp_path)
+    assert p.returncode == 0 and p.stdout.startswith("would delegate vision/ to vision"), p.stderr
+    assert p.stderr.startswith("dry run: would write metadata/{") and "vision.json" in p.stderr, p.stderr
+    p = modelfleet("repo", "rotate-key", str(tuf), "timestamp", "--root-keys", str(root_keys), "--keys", str(keys),
+                   "--dry-run", cwd=tmp_path)
+    assert p.returncode == 0 and p.stdout.startswith("timestamp: would sign a new root version"), p.stderr
+    assert "2.root.json" in p.stderr and "nothing was written" in p.stderr, p.stderr
+    assert {d: tree_digest(d) for d in (tuf, keys, root_keys)} == state and not team.exists()
+    # what the real run refuses, the dry run refuses: the root key is not where it is said to be
+    p = modelfleet("repo", "rotate-key", str(tuf), "timestamp", "--root-keys", str(keys), "--keys", str(keys),
+                   "--dry-run", cwd=tmp_path)
+    assert p.returncode == 1 and p.stderr.startswith("error: ") and "Traceback" not in p.stderr, p.stderr
+    # and the real runs still write
+    assert modelfleet("repo", "rotate-key", str(tuf), "timestamp", "--root-keys", str(root_keys), "--keys", str(keys),
+                      cwd=tmp_path).returncode == 0
+    assert (keys / "retired").is_dir() and tree_digest(tuf) != state[tuf]

@@ -148,8 +148,10 @@ def test_rollout_writes_go_to_the_origin(command: str, tmp_path: Path) -> None:
                     "--insecure-skip-verify")
         assert r.code == 0, r.text
         assert f"pushed to main of {up.bare}" in r.out, r.out
+        assert "main fast-forwarded to" in r.out, r.out
     assert len(git(up.bare, "rev-list", f"{before}..main").split()) == len(commands)
-    assert git(up.work, "rev-parse", "main") == before  # the clone itself is left alone: the operator pulls
+    # the clone comes along (docs/rollouts.md): the operator's next push is not rejected
+    assert git(up.work, "rev-parse", "main") == git(up.bare, "rev-parse", "main")
 
 
 def test_simulate(fleet: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

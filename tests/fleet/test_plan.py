@@ -111,3 +111,15 @@ def test_render_and_validate_git_revision(repo: Path, tmp_path: Path) -> None:
     assert bad.code == 1 and f"{facts}:1:" in bad.err
     v = run_cli("validate", "--rev", "HEAD", str(repo))
     assert v.code == 0, v.text
+
+
+def test_render_of_a_device_the_inventory_does_not_list_is_an_error(repo: Path) -> None:
+    """A typo in --device used to print an empty desired state and exit 0: now exit 1, the near match, the
+    inventory, and how to render a device that is not in it (by its labels, which still works)."""
+    r = run_cli("render", "--device", "dev-22", str(repo))
+    assert r.code == 1 and r.out == "", r.text
+    assert r.err.startswith("error: no device 'dev-22' in ") and "did you mean 'dev-2'?" in r.err, r.err
+    assert "dev-1, dev-2, dev-3" in r.err and "--labels KEY=VALUE" in r.err and "fleet status" in r.err, r.err
+    assert len(r.err.strip().splitlines()) == 1
+    r = run_cli("render", "--device", "dev-22", "--labels", "site=b", str(repo), "--format", "json")
+    assert r.code == 0 and json.loads(r.out)["inventory"] is False, r.text

@@ -45,7 +45,8 @@ def targets(up: Upstream) -> set[str]:
         files[rel] = (up.work / rel).read_bytes()
     fleet = load_files(files).fleet
     return {n for n, d in fleet.devices.items()
-            if desired_state(fleet, DeviceIdentity(n, d.labels)).endpoints["tiny"].version == "1.1.0"}
+            if (ep := desired_state(fleet, DeviceIdentity(n, d.labels)).endpoints.get("tiny")) is not None
+            and ep.version == "1.1.0"}
 
 
 def push_statuses(up: Upstream, docs: dict[str, dict]) -> None:
@@ -199,3 +200,126 @@ def test_gates_read_statuses_from_sharded_status_repositories(tmp_path: Path) ->
     assert alone["steps"][0]["healthy"] == 0 and alone["phase"] != "Ready"
     p = modelfleet("rollout", "promote", "tiny", "--repo", str(up.bare), *shard_args, cwd=tmp_path)
     assert p.returncode == 0 and "promoted tiny 1.1.0 to step 1" in p.stdout, p.stderr
+
+
+def test_promote_from_a_clone_fast_forwards_it_or_says_how_to_update(tmp_path: Path) -> None:
+    """The promote commit is pushed to the origin; the operator's clone (--repo PATH, or the clone the command runs
+    in) used to stay behind, so their next `git push` was rejected. Now it is fast-forwarded when it has the branch
+    checked out, clean and not ahead; otherwise it is left alone and the output says how to update it."""
+    up = Upstream(tmp_path / "up")
+    up.commit(fleet_files(0), "fleet with tiny 1.1.0 at the canary step")
+    report(up, new=targets(up))
+    clone = up.work
+
+    p = modelfleet("rollout", "promote", "tiny", "--repo", str(clone), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    head = git(up.bare, "rev-parse", "main")
+    assert f"your clone {clone.relative_to(tmp_path)}: main fast-forwarded to {head[:12]}" in p.stdout, p.stdout
+    assert git(clone, "rev-parse", "HEAD") == head and git(clone, "rev-parse", "origin/main") == head
+    # the operator's next change pushes as it is
+    (clone / "README.md").write_text("fleet\n")
+    git(clone, "add", "README.md")
+    git(clone, "commit", "--quiet", "-m", "readme")
+    git(clone, "push", "--quiet", "origin", "main")
+
+    # run inside the clone, no --repo: the same
+    p = modelfleet("rollout", "pause", "tiny", cwd=clone)
+    assert p.returncode == 0, p.stderr
+    assert "your clone (the current directory): main fast-forwarded to" in p.stdout, p.stdout
+    assert git(clone, "rev-parse", "HEAD") == git(up.bare, "rev-parse", "main")
+
+    # uncommitted changes: pushed, the clone left alone, and how to update it
+    before = git(clone, "rev-parse", "HEAD")
+    (clone / "README.md").write_text("edited\n")
+    p = modelfleet("rollout", "resume", "tiny", "--repo", str(clone), cwd=tmp_path)
+    assert p.returncode == 0 and "resumed rollout of tiny" in p.stdout, p.stderr
+    assert "is not updated (it has uncommitted changes): commit or stash them, then `git -C " in p.stdout, p.stdout
+    assert "pull --ff-only origin main`" in p.stdout and git(clone, "rev-parse", "HEAD") == before
+    git(clone, "checkout", "--quiet", "--", "README.md")
+
+    # a commit of its own, not pushed: left alone, with the rebase that puts it on top
+    git(clone, "commit", "--quiet", "--allow-empty", "-m", "local")
+    p = modelfleet("rollout", "pause", "tiny", "--repo", str(clone), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "its main has 1 commit(s) that are not on origin" in p.stdout and "pull --rebase origin main" in p.stdout
+    assert git(clone, "log", "-1", "--format=%s") == "local"
+
+    # another branch checked out
+    git(clone, "reset", "--quiet", "--hard", "origin/main")
+    git(clone, "checkout", "--quiet", "-b", "feature")
+    p = modelfleet("rollout", "resume", "tiny", "--repo", str(clone), cwd=tmp_path)
+    assert p.returncode == 0 and "is not updated (on feature, not main): once main is checked out" in p.stdout
+    # a bare repository or a URL is not a clone: nothing to update, nothing said
+    p = modelfleet("rollout", "pause", "tiny", "--repo", str(up.bare), cwd=tmp_path)
+    assert p.returncode == 0 and "your clone" not in p.stdout, p.stdout
+
+
+def test_the_last_step_says_what_the_next_promote_does_and_completes(tmp_path: Path) -> None:
+    """Promoting to the last step keeps the rollout (its gates guard the widest step and `abort` still works); the
+    status used to say only "ready to promote" there. Now every Ready says what `promote` does next, the promote
+    to the last step says a promote completes it, and that promote completes it in one commit."""
+    up = Upstream(tmp_path / "up")
+    up.commit(fleet_files(2), "tiny at 50 %")
+    repo = str(up.bare)
+    report(up, new={f"dev-{i:03d}" for i in range(N)})
+    p = modelfleet("rollout", "status", "tiny", "--repo", repo, cwd=tmp_path)
+    assert "Phase: Ready — all gates pass: `modelfleet rollout promote tiny` moves to step 3 (100%)" in p.stdout
+
+    p = modelfleet("rollout", "promote", "tiny", "--repo", repo, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("promoted tiny 1.1.0 to step 3 (100%), its last step: commit ")
+    assert p.stdout.splitlines()[-1] == ("next: once step 3's gates pass (`modelfleet rollout status tiny`), "
+                                         "`modelfleet rollout promote tiny` completes the rollout")
+    p = modelfleet("rollout", "status", "tiny", "--repo", repo, cwd=tmp_path)
+    assert ("Phase: Ready — all gates pass at the last step: `modelfleet rollout promote tiny` completes the rollout "
+            "(1.1.0 on every selected device; the rollout block goes, and `abort` back to 1.0.0 with it)") in p.stdout
+
+    p = modelfleet("rollout", "promote", "tiny", "--repo", repo, cwd=tmp_path)
+    assert p.returncode == 0 and p.stdout.startswith("completed rollout of tiny 1.1.0 (every selected device runs "
+                                                     "it; the rollout block is gone): commit "), p.stdout
+    st = json.loads(modelfleet("rollout", "status", "tiny", "--repo", repo, "--format", "json", cwd=tmp_path).stdout)
+    assert st["phase"] == "Complete" and st["inRollout"] is False and st["version"] == "1.1.0"
+
+
+def test_abort_of_a_first_rollout_removes_the_deployment_in_one_commit(tmp_path: Path) -> None:
+    """A first rollout (no rollout.from) could not be aborted ("suspend or delete it instead"): abort now removes
+    the deployment in one commit, so every device stops serving it, and says how to bring it back. `watch` does
+    not do that on its own: it says so and waits."""
+    up = Upstream(tmp_path / "up")
+    files = fleet_files(0)
+    files["deployments/tiny.yaml"] = files["deployments/tiny.yaml"].replace('    from: "1.0.0"\n', "")
+    up.commit(files, "tiny 1.1.0, a first rollout, at the canary step")
+    repo = str(up.bare)
+    canaries = targets(up)
+    report(up, new=set(), failed=canaries)
+    st = json.loads(modelfleet("rollout", "status", "tiny", "--repo", repo, "--format", "json", cwd=tmp_path).stdout)
+    assert st["phase"] == "Failed" and st["from"] is None
+
+    p = modelfleet("rollout", "promote", "tiny", "--repo", repo, cwd=tmp_path)
+    assert p.returncode == 3 and "`modelfleet rollout abort tiny` removes deployment tiny (a first rollout" in p.stderr
+    head = up.head()
+    p = modelfleet("rollout", "watch", "tiny", "--repo", repo, "--once", cwd=tmp_path)
+    assert p.returncode == 0 and "a first rollout (no rollout.from) is not aborted by watch" in p.stdout, p.stdout
+    assert up.head() == head
+
+    p = modelfleet("rollout", "abort", "tiny", "--repo", repo, "--reason", "canaries fail", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    sha = git(up.bare, "rev-parse", "main")
+    assert p.stdout.startswith("aborted tiny 1.1.0, a first rollout: deployment tiny removed, every device stops "
+                               f"serving tiny: commit {sha[:12]} pushed to main"), p.stdout
+    assert p.stdout.splitlines()[-1] == f"to bring it back: `git revert {sha[:12]}` (then push)"
+    assert git(up.bare, "rev-parse", "main^") == head
+    assert git(up.bare, "show", "--name-status", "--format=%s", "main").splitlines() == [
+        "rollout tiny: abort 1.1.0, a first rollout: remove the deployment", "", "D\tdeployments/tiny.yaml"]
+    pull(up)
+    assert all("tiny" not in desired_state(load_files({r: (up.work / r).read_bytes() for r in
+                                                       git(up.work, "ls-files").split("\n")}).fleet,
+                                           DeviceIdentity(d, {"site": "a", "ring": "canary"})).endpoints
+               for d in canaries)
+    p = modelfleet("rollout", "status", "tiny", "--repo", repo, cwd=tmp_path)
+    assert p.returncode == 1 and p.stderr.startswith("error: no deployment 'tiny'")
+    # and the revert brings it back, at the step it was
+    git(up.work, "revert", "--no-edit", sha)
+    git(up.work, "push", "--quiet", "origin", "main")
+    st = json.loads(modelfleet("rollout", "status", "tiny", "--repo", repo, "--format", "json", cwd=tmp_path).stdout)
+    assert st["inRollout"] is True and st["step"] == 0 and st["version"] == "1.1.0"

@@ -57,6 +57,23 @@ def test_abort_with_rollout_before_version() -> None:
                      "  version: '1'  # new\n  serveAs: e\n"
 
 
+def test_abort_of_a_first_rollout_removes_the_deployment() -> None:
+    """No `from` (a first rollout: devices outside the steps run nothing of it): abort goes back to nothing. Alone
+    in its file, the file goes; in a multi-document file, only its document, the others byte for byte."""
+    first = EXAMPLE.replace('    from: "1.2.0"\n', "")
+    e = edit.abort(first, "image-classifier")
+    assert e.delete and e.text == ""
+    assert e.summary == "rollout image-classifier: abort 1.3.0, a first rollout: remove the deployment"
+    other = EXAMPLE.replace("name: image-classifier\n  annotations", "name: other\n  annotations")
+    for text, kept in ((other + "---\n" + first, other), (first + "---\n" + other, "---\n" + other),
+                       ("---\n" + other + "---\n" + first + "---\n" + other.replace("other", "third"),
+                        "---\n" + other + "---\n" + other.replace("other", "third"))):
+        e = edit.abort(text, "image-classifier")
+        assert not e.delete and e.text == kept, e.text
+    with pytest.raises(EditError, match="not in a rollout"):
+        edit.abort(EXAMPLE[: EXAMPLE.index("  rollout:")] + EXAMPLE[EXAMPLE.index("  update:"):], "image-classifier")
+
+
 def test_pause_and_resume_roundtrip() -> None:
     paused = edit.set_paused(EXAMPLE, "image-classifier", True)
     assert changed(EXAMPLE, paused.text) == ["+    paused: true"]
@@ -80,8 +97,6 @@ def test_refusals() -> None:
         edit.promote(plain, "image-classifier")
     with pytest.raises(EditError, match="no Deployment 'nope'"):
         edit.promote(EXAMPLE, "nope")
-    with pytest.raises(EditError, match="no rollout.from"):
-        edit.abort(EXAMPLE.replace('    from: "1.2.0"\n', ""), "image-classifier")
     with pytest.raises(EditError, match="cannot parse"):
         edit.promote("a: [\n", "x")
     flow = ("kind: Deployment\nmetadata: {name: d}\nspec:\n  version: '2'\n"
