@@ -13,8 +13,8 @@ import click
 
 from reconciler.check.model import WARNING, Report
 from reconciler.cli.console import echo, level_color, paint
-from reconciler.cli.fleet import _creds, _repo, credential_options
 from reconciler.cli.options import emit_json_text, format_option, repo_option
+from reconciler.cli.remote import credential_options, credentials as _creds, status_repo as _repo
 from reconciler.core.errors import UserError
 from reconciler.core.units import parse_duration
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
@@ -168,6 +168,15 @@ class _Server(ThreadingHTTPServer):
         self.truncate_after: int | None = None
         self.drip: Drip | None = None
         self.connections: set[socket.socket] = set()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up mid-answer (a probe reading headers only, a cut download) is no error worth a
+        traceback on stderr; anything else is reported as socketserver does."""
+        import sys
+
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+            return
+        super().handle_error(request, client_address)
 
 
 class StaticServer:
