@@ -155,11 +155,15 @@ def _js_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 
 def psi(p: np.ndarray, q: np.ndarray) -> float:
-    return float(_psi_rows(np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)))
+    """PSI of two strictly positive proportion vectors."""
+    return float(np.sum((p - q) * np.log(p / q)))
 
 
 def js_distance(p: np.ndarray, q: np.ndarray) -> float:
-    return float(_js_rows(np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)))
+    """Jensen–Shannon distance (base 2) of two strictly positive proportion vectors."""
+    m = 0.5 * (p + q)
+    div = 0.5 * np.sum(p * np.log(p / m)) + 0.5 * np.sum(q * np.log(q / m))
+    return float(math.sqrt(max(0.0, div) / math.log(2.0)))
 
 
 def ks_binned(p: np.ndarray, q: np.ndarray) -> float:
@@ -174,8 +178,25 @@ _SCORES = {"psi": psi, "js": js_distance, "ks": ks_binned, "linf": linf}
 
 
 def score(method: str, window_counts: np.ndarray, reference: np.ndarray) -> float:
-    """One score of a window's counts against the reference proportions (both over the same bins)."""
-    return float(scores_of_windows(method, np.asarray(window_counts, dtype=np.float64)[None, :], reference)[0])
+    """One score of a window's counts against the reference proportions (both over the same bins). The same
+    numbers as :func:`scores_of_windows`, with fewer array operations (the device scores every feature once a
+    second)."""
+    if method not in _SCORES:
+        raise ValueError(f"unknown drift method {method!r} (one of {', '.join(METHODS)})")
+    c = np.asarray(window_counts, dtype=np.float64)
+    r = np.asarray(reference, dtype=np.float64)
+    n, total = c.sum(), r.sum()
+    if n <= 0 or total <= 0:
+        return float(scores_of_windows(method, c[None, :], r)[0])
+    q = r / total
+    if method in ("ks", "linf"):
+        return _SCORES[method](c / n, q)
+    keep = (c > 0) | (q > 0)
+    if not keep.all():
+        c, q = c[keep], q[keep]
+    p = np.maximum(c / n, 0.5 / n)
+    q = np.maximum(q, EPS)
+    return _SCORES[method](p / p.sum(), q / q.sum())
 
 
 def scores_of_windows(method: str, counts: np.ndarray, reference: np.ndarray) -> np.ndarray:
