@@ -1,8 +1,10 @@
 """``modelfleet baseline MODEL --data SAMPLE.npz --out baseline.json``: the drift baseline of a model version.
 
 Runs the model (``.onnx`` on ONNX Runtime, ``.xml`` + ``.bin`` on OpenVINO) on the reference sample (arrays
-keyed by model input name, an optional ``labels`` array is ground truth and not monitored) and writes the
-per-feature reference bins, summary statistics and the estimated false-alarm rates (see docs/monitoring.md).
+keyed by model input name, an optional ``labels`` array is ground truth: not monitored, it calibrates the
+label-free accuracy estimate) and writes the per-feature reference bins, summary statistics, the false-alarm
+rates per window size measured on a held-out half of the sample, and the confidence calibration of a
+classifier with probability outputs (see docs/monitoring.md).
 Publish the file with ``modelfleet repo add`` next to the model and name it in the version's
 ``driftBaseline.target``.
 """

@@ -40,7 +40,8 @@ MAX_BINS = 64
 MAX_VALUE_BINS = 32
 #: The nominal chance that an unshifted window reaches the noise floor (:func:`noise_floor`) on any feature, per
 #: verdict. The large-sample laws understate real features' tails (rare bins, the reference's own fixed
-#: deviation): on load_digits a nominal 10⁻⁴ still let 0.1 % of held-out windows through, 10⁻⁶ none of 6,000.
+#: deviation): on load_digits a nominal 10⁻⁴ still let up to 0.17 % of held-out windows warn, 10⁻⁶ none of
+#: 12,000 (docs/monitoring.md, section 4).
 NOISE_ALPHA = 1e-6
 
 

@@ -133,7 +133,7 @@ def test_no_warning_on_held_out_rows_at_any_window_size(digits: Trained, method:
     assert len(verdicts) >= 300
     assert {d["samples"] for d in verdicts} >= {200.0, 400.0, 600.0}
     levels = [d["level"] for d in verdicts]
-    assert levels.count("OK") == len(levels), [(d["samples"], d["score"], d["warnAt"]) for d in verdicts
+    assert levels.count("OK") == len(levels), [(d["samples"], d["score"], d.get("warnAt")) for d in verdicts
                                                if d["level"] != "OK"][:5]
     first = next(d for d in verdicts if d["samples"] == 200.0)
     assert first["warnAt"] > first["warn"]  # the allowance at 200 rows is what keeps it quiet
