@@ -171,12 +171,18 @@ class EndpointMonitor:
 
     def _remember_ids(self, items: list[_Item], now: float) -> None:
         """Predictions of requests with an id, for the feedback join: the predicted classes of a classifier
-        (argmax of its ``classes`` output), else the first value of a regression output (``scores``)."""
+        (argmax of its ``classes`` output, else its integer ``labels`` output), else the first value of a
+        regression output (``scores``)."""
         lays = self.baseline.layouts if self.baseline else ()
         cls_name = next((t.name for t in lays if t.layout == "classes"), None)
+        label_name = next((t.name for t in lays if t.role == "output" and t.layout == "labels"), None)
         reg_name = next((t.name for t in lays if t.role == "output" and t.layout == "scores"), None)
         for _, outputs, _, rid in items:
             if rid is None:
+                continue
+            if not cls_name and label_name and outputs.get(label_name) is not None:  # integer class labels out
+                labels = outputs[label_name]
+                self._join.remember(rid, labels.reshape(labels.shape[0], -1)[:, 0].astype(np.int64), now)
                 continue
             if cls_name or reg_name:
                 out = outputs.get(cls_name) if cls_name else None

@@ -16,6 +16,7 @@ and a small window's empty bins do not inflate the score:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -403,6 +404,7 @@ def held_out_false_alarms(reference: Sequence[np.ndarray], reference_rows: int, 
 
 
 
+@functools.lru_cache(maxsize=1024)
 def chi2_quantile(dof: int, prob: float) -> float:
     """The ``prob`` quantile of a χ² distribution with ``dof`` degrees of freedom (Wilson–Hilferty: within 1 %
     of the exact value at 0.99, above it further out, so a bound built on it errs towards fewer alarms)."""
