@@ -88,6 +88,7 @@ DRIFT_PINNED = "DriftPinned"
 NO_DRIFT = "NoDrift"
 INSUFFICIENT_DATA = "InsufficientData"
 OPERATIONAL_SIGNALS = "OperationalSignals"
+FEEDBACK_BELOW_THRESHOLD = "FeedbackBelowThreshold"
 HEALTHY = "Healthy"
 # -- serving worker processes (WorkersServing, Applied; reconciler.serving.workers) ---------------------------
 WORKERS_UP = "WorkersUp"
@@ -249,8 +250,8 @@ REASONS: tuple[Reason, ...] = (
     Reason(INTERNAL_ERROR, "any step's condition", "a bug: a step raised an unexpected exception (logged as "
            "`step crashed` with a traceback)", "Report it with the log."),
     Reason(CONVERGED, "Ready=True", "the device serves the desired state of `observedCommit`", "—"),
-    Reason(DRIFT_WARNING, "DriftDetected=True", "an endpoint's worst feature drifted past `drift.warn` (message: "
-           "endpoint, score, worst features)", "See docs/monitoring.md \"When it fires\"; `modelfleet fleet drift`."),
+    Reason(DRIFT_WARNING, "DriftDetected=True", "an endpoint's worst feature drifted past `drift.warn` (raised "
+           "above the sampling noise of a small window: `drift.warnAt`; message: endpoint, score, worst features)", "See docs/monitoring.md \"When it fires\"; `modelfleet fleet drift`."),
     Reason(DRIFT_ALERT, "DriftDetected=True, `failures[]`", "drift past `drift.alert`; with `drift.action: "
            "rollback` the version was rolled back and is held back", "Find the feature and the devices; retrain "
            "or adjust the thresholds (docs/monitoring.md)."),
@@ -261,7 +262,11 @@ REASONS: tuple[Reason, ...] = (
     Reason(INSUFFICIENT_DATA, "DriftDetected=False", "fewer observations than `drift.minSamples` so far", "—"),
     Reason(OPERATIONAL_SIGNALS, "Degraded=True", "error rate, NaN/inf outputs or p99 latency out of bounds "
            "(message per endpoint)", "Read the endpoint's `operational` section and the server metrics."),
-    Reason(HEALTHY, "Degraded=False", "operational signals within bounds", "—"),
+    Reason(FEEDBACK_BELOW_THRESHOLD, "Degraded=True", "ground-truth feedback breaks `drift.feedback`: accuracy "
+           "below `minAccuracy`, or MAE / RMSE above `maxMae` / `maxRmse`, over at least `minLabelled` labelled rows "
+           "(message per endpoint; `OperationalSignals` wins when both apply)", "Compare with the drift of the inputs "
+           "and the label-free estimate (`drift.performance`); retrain or roll back (docs/monitoring.md)."),
+    Reason(HEALTHY, "Degraded=False", "operational signals and feedback within bounds", "—"),
     Reason(WORKERS_UP, "WorkersServing=True", "every serving worker process is up on the current versions", "—"),
     Reason(WORKER_RESTARTED, "WorkersServing=False", "a serving worker process exited in the last 10 minutes and "
            "was restarted on the current versions (message: worker, pid, exit code, restarts so far)",

@@ -3,7 +3,9 @@
 Workflow: a publisher runs ``modelfleet baseline MODEL --data SAMPLE.npz`` (:mod:`~.baseline`), which runs the
 model on a reference sample and writes, per monitored feature (:mod:`~.features`: tabular columns, per-channel
 summaries of images/audio, predicted classes, output scores), fixed quantile bin edges and the reference
-proportions, plus the false-alarm rate of the thresholds estimated by resampling the reference. The baseline
+proportions (one bin per value for integer features), the false-alarm rate of the thresholds at each window
+size measured on a held-out half of the sample, and for a classifier with probability outputs the calibration
+of its confidence (the label-free accuracy estimate). The baseline
 is signed into TUF next to the model and named by the model version's ``driftBaseline``.
 
 On the device the agent fetches it with the model; the registry hands every request's tensors to the version's

@@ -27,6 +27,12 @@ NAN_OUTPUTS = Counter("modelfleet_inference_nan_outputs_total", "Monitored reque
                       ["endpoint", "version"])
 ACCURACY = Gauge("modelfleet_model_accuracy", "Share of correct predictions among the last labelled rows "
                  "(POST /v2/models/{name}/feedback).", ["endpoint", "version"])
+ERROR = Gauge("modelfleet_model_error", "Regression error among the last labelled rows (POST "
+              "/v2/models/{name}/feedback): mean absolute (mae) or root mean squared (rmse).",
+              ["endpoint", "version", "kind"])
+ESTIMATED_ACCURACY = Gauge("modelfleet_model_estimated_accuracy", "Label-free accuracy estimate of the drift "
+                           "window: the calibrated confidence of a classifier's probability output, averaged.",
+                           ["endpoint", "version"])
 
 
 class Series:
@@ -39,6 +45,8 @@ class Series:
         self.nan_outputs = NAN_OUTPUTS.labels(endpoint, version)
         self.accuracy = ACCURACY.labels(endpoint, version)
         self._method: str | None = None
+        self._errors: set[str] = set()
+        self._estimated = False
         self._features: set[str] = set()
 
     def set_scores(self, method: str, score: float | None, level: int, samples: float,
@@ -60,8 +68,29 @@ class Series:
             FEATURE_SCORE.labels(e, v, f).set(s)
         self._features = top
 
+    def set_feedback(self, snapshot: dict) -> None:
+        e, v = self.labels
+        if snapshot.get("accuracy") is not None:
+            self.accuracy.set(snapshot["accuracy"])
+        for kind in ("mae", "rmse"):
+            if snapshot.get(kind) is not None:
+                ERROR.labels(e, v, kind).set(snapshot[kind])
+                self._errors.add(kind)
+
+    def set_estimated_accuracy(self, value: float | None) -> None:
+        e, v = self.labels
+        if value is not None:
+            ESTIMATED_ACCURACY.labels(e, v).set(value)
+            self._estimated = True
+
     def remove(self) -> None:
         e, v = self.labels
+        for kind in self._errors:
+            with contextlib.suppress(KeyError):
+                ERROR.remove(e, v, kind)
+        if self._estimated:
+            with contextlib.suppress(KeyError):
+                ESTIMATED_ACCURACY.remove(e, v)
         for metric, extra in ((SCORE, (self._method,)), (LEVEL, ()), (SAMPLES, ()), (MONITORED, ()),
                               (DROPPED, ()), (NAN_OUTPUTS, ()), (ACCURACY, ())):
             if extra == (None,):

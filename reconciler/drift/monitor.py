@@ -11,23 +11,31 @@ when the verdict or the degraded state changes) so the status branch does not ge
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from reconciler.drift import metrics as M, stats
-from reconciler.drift.baseline import Baseline, BaselineError
+from reconciler.drift.baseline import Baseline, BaselineError, Feature
 from reconciler.drift.features import extract_all
 from reconciler.drift.feedback import FeedbackError, FeedbackJoin, parse_feedback
-from reconciler.drift.settings import DriftSettings, degraded_reasons, device_conditions, encode_counts
+from reconciler.drift.settings import (
+    DriftSettings,
+    degraded_reasons,
+    device_conditions,
+    encode_counts,
+    feedback_breaches,
+)
 
 LATENCY_SLOTS = 1024
 MAX_QUEUE_BYTES = 16 * 1024 * 1024
+log = logging.getLogger(__name__)
 MAX_STATUS_FEATURES = 64
 RECOMPUTE_EVERY = 1.0
 #: A queued request: inputs, outputs, their bytes, the request's id (for the feedback join).
@@ -68,6 +76,7 @@ class EndpointMonitor:
         self._published_at = -1e18
         self._published_key: tuple[Any, ...] | None = None
         self._series = M.Series(endpoint, version)
+        self._warned_cap = False
 
     # -- request path (cheap) ------------------------------------------------------------------------------
 
@@ -127,6 +136,13 @@ class EndpointMonitor:
     def _new_window(self) -> stats.CountWindow | stats.DecayWindow:
         assert self.baseline is not None
         widths = [f.width for f in self.baseline.features]
+        if self.baseline.performance is not None:  # the confidence bins ride in the same window, last
+            widths.append(self.baseline.performance.width)
+        if len(self.baseline.features) > MAX_STATUS_FEATURES and not self._warned_cap:
+            self._warned_cap = True
+            log.warning("%s@%s: the baseline has %d features; the status carries the bin counts of the %d worst "
+                        "(drift.binsOmitted)", self.endpoint, self.version, len(self.baseline.features),
+                        MAX_STATUS_FEATURES)
         if self.settings.half_life:
             return stats.DecayWindow(widths, self.settings.half_life)
         return stats.CountWindow(widths, self.settings.window)
@@ -154,15 +170,31 @@ class EndpointMonitor:
         return len(items)
 
     def _remember_ids(self, items: list[_Item], now: float) -> None:
-        """Predicted classes of requests with an id, for the feedback join (classifier outputs only)."""
-        name = next((t.name for t in self.baseline.layouts if t.layout == "classes"), None) if self.baseline else None
+        """Predictions of requests with an id, for the feedback join: the predicted classes of a classifier
+        (argmax of its ``classes`` output, else its integer ``labels`` output), else the first value of a
+        regression output (``scores``)."""
+        lays = self.baseline.layouts if self.baseline else ()
+        cls_name = next((t.name for t in lays if t.layout == "classes"), None)
+        label_name = next((t.name for t in lays if t.role == "output" and t.layout == "labels"), None)
+        reg_name = next((t.name for t in lays if t.role == "output" and t.layout == "scores"), None)
         for _, outputs, _, rid in items:
             if rid is None:
                 continue
-            out = outputs.get(name) if name else next(
-                (a for a in outputs.values() if a.ndim == 2 and a.shape[1] >= 2 and a.dtype.kind == "f"), None)
+            if not cls_name and label_name and outputs.get(label_name) is not None:  # integer class labels out
+                labels = outputs[label_name]
+                self._join.remember(rid, labels.reshape(labels.shape[0], -1)[:, 0].astype(np.int64), now)
+                continue
+            if cls_name or reg_name:
+                out = outputs.get(cls_name) if cls_name else None
+                value = None if cls_name else outputs.get(reg_name or "")
+            else:  # no baseline: a float [N, C ≥ 2] output is a classifier's, a float [N] or [N, 1] a regressor's
+                out = next((a for a in outputs.values() if a.ndim == 2 and a.shape[1] >= 2 and a.dtype.kind == "f"), None)
+                value = None if out is not None else next(
+                    (a for a in outputs.values() if a.dtype.kind == "f" and a.ndim in (1, 2) and a.size == len(a)), None)
             if out is not None:
                 self._join.remember(rid, np.argmax(out.reshape(out.shape[0], -1), axis=1), now)
+            elif value is not None:
+                self._join.remember(rid, value.reshape(value.shape[0], -1)[:, 0].astype(np.float64), now, kind="value")
 
     def feedback(self, body: bytes, now: float | None = None) -> tuple[int, dict[str, Any]]:
         """``POST …/feedback``: join ground-truth labels to remembered predictions; (HTTP status, answer)."""
@@ -174,8 +206,7 @@ class EndpointMonitor:
         self.process(now)  # requests still queued for the monitor are remembered first
         with self._work:
             answer = self._join.feedback(items, now)
-        if answer["accuracy"] is not None:
-            self._series.accuracy.set(answer["accuracy"])
+        self._series.set_feedback(answer)
         return 200, answer
 
     def _count_nan(self, batch: dict[str, np.ndarray], rows: np.ndarray) -> None:
@@ -198,6 +229,10 @@ class EndpointMonitor:
             return
         _, feats = got
         binned = [None if v is None else f.bins(v) for f, v in zip(self.baseline.features, feats, strict=True)]
+        perf = self.baseline.performance
+        if perf is not None:
+            scores = tensors.get(perf.output)
+            binned.append(None if scores is None else perf.bins(scores))
         if isinstance(self._window, stats.DecayWindow):
             self._window.add(binned, now)
         else:
@@ -211,23 +246,39 @@ class EndpointMonitor:
             self.latest = None
             return
         s = self.settings
+        base = self.baseline
         counts = self._window.counts()
+        perf_counts = counts[len(base.features)] if base.performance is not None else None
+        counts = counts[: len(base.features)]
         n = self._window.n_at(now) if isinstance(self._window, stats.DecayWindow) else self._window.n
         scores = {f.name: stats.score(s.method, c, f.reference)
-                  for f, c in zip(self.baseline.features, counts, strict=True) if c.sum() > 0}
-        v = stats.verdict(scores, n, warn=s.warn, alert=s.alert, min_samples=s.min_samples, top_k=s.top_k)
-        order = sorted(scores, key=lambda k: -scores[k])[:MAX_STATUS_FEATURES]
-        keep = set(order) if len(self.baseline.features) > MAX_STATUS_FEATURES else {f.name for f in self.baseline.features}
+                  for f, c in zip(base.features, counts, strict=True) if c.sum() > 0}
+        warn_at, alert_at = stats.thresholds_at(s.warn, s.alert, base.noise_floor(s.method, n))
+        v = stats.verdict(scores, n, warn=warn_at, alert=alert_at, min_samples=s.min_samples, top_k=s.top_k)
+        keep = status_features(base.features, scores)
         self.latest = {
-            "baseline": self.baseline.digest, "method": s.method, "level": v.level,
+            "baseline": base.digest, "method": s.method, "level": v.level,
             "score": None if v.score is None else round(v.score, 6), "warn": s.warn, "alert": s.alert,
+            "warnAt": round(warn_at, 6), "alertAt": round(alert_at, 6),
             "samples": round(n, 1), "minSamples": s.min_samples, "action": s.action,
             **({"halfLifeSeconds": s.half_life} if s.half_life else {"window": s.window}),
             "worst": [{"feature": f, "score": sc} for f, sc in v.worst],
-            "bins": {f.name: encode_counts(c) for f, c in zip(self.baseline.features, counts, strict=True)
-                     if f.name in keep},
+            "features": len(base.features),
+            "bins": {f.name: encode_counts(c) for f, c in zip(base.features, counts, strict=True) if f.name in keep},
         }
+        if len(keep) < len(base.features):
+            self.latest["binsOmitted"] = len(base.features) - len(keep)
+        estimate = None
+        if base.performance is not None and perf_counts is not None:
+            estimate = base.performance.estimate(perf_counts)
+            self.latest["performance"] = {
+                "estimatedAccuracy": None if estimate is None else round(estimate, 4),
+                "samples": round(float(perf_counts.sum()), 1), "method": "confidence",
+                "calibrated": base.performance.calibrated,
+                **({"referenceAccuracy": base.performance.reference_accuracy}
+                   if base.performance.reference_accuracy is not None else {})}
         self._series.set_scores(s.method, v.score, _LEVEL_VALUE[v.level], n, v.worst)
+        self._series.set_estimated_accuracy(estimate)
 
     # -- status -----------------------------------------------------------------------------------------------
 
@@ -243,6 +294,9 @@ class EndpointMonitor:
         if self._join.joined or self._join.unknown:
             with self._work:
                 ops["feedback"] = {**self._join.snapshot(), "joined": self._join.joined, "unknown": self._join.unknown}
+            breaches = feedback_breaches(ops["feedback"], self.settings)
+            if breaches:
+                ops["feedback"]["breaches"] = breaches
         ops["degraded"] = degraded_reasons(ops, self.settings)
         return ops
 
@@ -263,6 +317,16 @@ class EndpointMonitor:
 
     def close(self) -> None:
         self._series.remove()
+
+
+def status_features(features: Sequence[Feature], scores: Mapping[str, float]) -> set[str]:
+    """The features whose bin counts go into the status: all of them up to ``MAX_STATUS_FEATURES``, else that
+    many chosen deliberately — the worst scores first (ties by name), features without data last — so what is
+    left out (``binsOmitted``) is what drifts least."""
+    if len(features) <= MAX_STATUS_FEATURES:
+        return {f.name for f in features}
+    ranked = sorted(features, key=lambda f: (f.name not in scores, -scores.get(f.name, 0.0), f.name))
+    return {f.name for f in ranked[:MAX_STATUS_FEATURES]}
 
 
 def _batches(items: list[_Item]) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:

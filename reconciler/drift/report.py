@@ -101,15 +101,18 @@ def _merged_row(dep: str, version: str, scope: str, pts: Sequence[Point],
     base = baselines.get(p0.baseline)
     same = all(p.baseline == p0.baseline for p in pts)
     if base is not None and same:
+        # a device with more than 64 features reports the worst 64: merge only what every device reported
+        common = set.intersection(*(set(p.bins) for p in pts))
         try:
-            merged = stats.merge_counts({f: decode_counts(c) for f, c in p.bins.items()} for p in pts)
+            merged = stats.merge_counts({f: decode_counts(c) for f, c in p.bins.items() if f in common} for p in pts)
             scores = {f.name: stats.score(p0.method, merged[f.name], f.reference)
                       for f in base.features if f.name in merged and merged[f.name].sum() > 0
                       and merged[f.name].size == f.width}
         except ValueError:
             scores = {}
         if scores:
-            v = stats.verdict(scores, samples, warn=p0.warn, alert=p0.alert, min_samples=p0.min_samples)
+            warn_at, alert_at = stats.thresholds_at(p0.warn, p0.alert, base.noise_floor(p0.method, samples))
+            v = stats.verdict(scores, samples, warn=warn_at, alert=alert_at, min_samples=p0.min_samples)
             return Row(dep, version, scope, len(pts), samples, v.level, v.score, p0.method, list(v.worst), True)
     worst_dev = max(pts, key=lambda p: -1.0 if p.score is None else p.score)
     order = ["Insufficient", "OK", "Warning", "Alert"]

@@ -24,6 +24,28 @@ DEFAULT_TOP_K = 5
 # Degraded: a share of errors above this (with at least MIN_REQUESTS requests in the window).
 DEFAULT_MAX_ERROR_RATE = 0.05
 MIN_REQUESTS = 20
+# Degraded by feedback: labelled rows needed before the accuracy or error thresholds are judged.
+DEFAULT_MIN_LABELLED = 100
+
+
+@dataclass(frozen=True)
+class FeedbackSettings:
+    """``drift.feedback``: thresholds on the online accuracy (classifiers) or error (regressors) from ground
+    truth. None: not judged (the numbers are still reported)."""
+
+    min_accuracy: float | None = None
+    max_mae: float | None = None
+    max_rmse: float | None = None
+    min_labelled: int = DEFAULT_MIN_LABELLED
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any] | None) -> FeedbackSettings:
+        d = dict(section or {})
+
+        def num(key: str) -> float | None:
+            return float(d[key]) if d.get(key) is not None else None
+
+        return cls(num("minAccuracy"), num("maxMae"), num("maxRmse"), int(d.get("minLabelled", DEFAULT_MIN_LABELLED)))
 
 
 @dataclass(frozen=True)
@@ -43,6 +65,7 @@ class DriftSettings:
     report_interval: float = DEFAULT_REPORT_INTERVAL
     top_k: int = DEFAULT_TOP_K
     queue: int = DEFAULT_QUEUE
+    feedback: FeedbackSettings = FeedbackSettings()
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any] | None) -> DriftSettings:
@@ -71,6 +94,7 @@ class DriftSettings:
             report_interval=parse_duration(d["reportInterval"]) if d.get("reportInterval") else DEFAULT_REPORT_INTERVAL,
             top_k=int(d.get("topK", DEFAULT_TOP_K)),
             queue=int(d.get("queueSize", DEFAULT_QUEUE)),
+            feedback=FeedbackSettings.from_section(d.get("feedback")),
         )
 
 
@@ -83,8 +107,27 @@ def decode_counts(text: str) -> list[float]:
     return [float(x) for x in str(text).split()]
 
 
+def feedback_breaches(feedback: Mapping[str, Any], s: DriftSettings) -> list[str]:
+    """Which ``drift.feedback`` thresholds the online accuracy or error breaks (empty: none), once at least
+    ``minLabelled`` rows are labelled. Right labels never breach: accuracy 1.0 and error 0 pass any threshold."""
+    f = s.feedback
+    labelled = int(feedback.get("labelled") or 0)
+    if labelled < f.min_labelled:
+        return []
+    out = []
+    acc, mae, rmse = feedback.get("accuracy"), feedback.get("mae"), feedback.get("rmse")
+    if f.min_accuracy is not None and acc is not None and acc < f.min_accuracy:
+        out.append(f"accuracy {acc:.3f} < {f.min_accuracy:g} over the last {labelled} labelled rows")
+    if f.max_mae is not None and mae is not None and mae > f.max_mae:
+        out.append(f"MAE {mae:.4g} > {f.max_mae:g} over the last {labelled} labelled rows")
+    if f.max_rmse is not None and rmse is not None and rmse > f.max_rmse:
+        out.append(f"RMSE {rmse:.4g} > {f.max_rmse:g} over the last {labelled} labelled rows")
+    return out
+
+
 def degraded_reasons(ops: Mapping[str, Any], s: DriftSettings) -> list[str]:
-    """Why an endpoint is degraded (empty: it is not), from its operational signals."""
+    """Why an endpoint is degraded (empty: it is not), from its operational signals and the feedback
+    thresholds it breaches (``ops["feedback"]["breaches"]``)."""
     out = []
     requests = int(ops.get("requests", 0))
     errors = int(ops.get("errors", 0))
@@ -95,13 +138,14 @@ def degraded_reasons(ops: Mapping[str, Any], s: DriftSettings) -> list[str]:
     p99 = (ops.get("latencyMs") or {}).get("p99")
     if s.latency_p99_ms is not None and p99 is not None and p99 > s.latency_p99_ms:
         out.append(f"p99 latency {p99:.2f} ms > {s.latency_p99_ms:g} ms")
+    out.extend((ops.get("feedback") or {}).get("breaches") or [])
     return out
 
 
 def device_conditions(endpoints: Sequence[Mapping[str, Any]]) -> list[tuple[str, bool, str, str]]:
     """The device-level ``DriftDetected`` and ``Degraded`` conditions from the endpoints' ``drift`` and
     ``operational`` sections: (type, status, reason, message)."""
-    drifting, degraded, judged = [], [], 0
+    drifting, degraded, judged, operational = [], [], 0, False
     for e in endpoints:
         d = e.get("drift") or {}
         if d.get("level") in ("OK", "Warning", "Alert"):
@@ -113,14 +157,16 @@ def device_conditions(endpoints: Sequence[Mapping[str, Any]]) -> list[tuple[str,
         reasons = (e.get("operational") or {}).get("degraded") or []
         if reasons:
             degraded.append(f"{e['name']}@{e.get('version')}: {'; '.join(reasons)}")
+            breaches = ((e.get("operational") or {}).get("feedback") or {}).get("breaches") or []
+            operational = operational or any(r not in breaches for r in reasons)
     if drifting:
         alert = any(lv == "Alert" for lv, _ in drifting)
         drift = (C.DRIFT_DETECTED, True, R.DRIFT_ALERT if alert else R.DRIFT_WARNING, "; ".join(m for _, m in drifting))
     else:
         drift = (C.DRIFT_DETECTED, False, R.NO_DRIFT if judged else R.INSUFFICIENT_DATA,
                  f"{judged} endpoint(s) within thresholds" if judged else "no endpoint has a verdict yet")
-    deg = ((C.DEGRADED, True, R.OPERATIONAL_SIGNALS, "; ".join(degraded)) if degraded
-           else (C.DEGRADED, False, R.HEALTHY, ""))
+    deg = ((C.DEGRADED, True, R.OPERATIONAL_SIGNALS if operational else R.FEEDBACK_BELOW_THRESHOLD,
+            "; ".join(degraded)) if degraded else (C.DEGRADED, False, R.HEALTHY, ""))
     return [drift, deg]
 
 
@@ -131,7 +177,8 @@ def rollback_reason(endpoint: Mapping[str, Any]) -> str | None:
     if d.get("level") != "Alert" or d.get("action") != "rollback" or not endpoint.get("previousVersion"):
         return None
     worst = ", ".join(f"{w['feature']}={w['score']:.3g}" for w in (d.get("worst") or [])[:3])
-    return (f"{R.DRIFT_ALERT}: {d.get('method')} {d.get('score'):.3g} >= {d.get('alert')} (worst {worst}); rolled back to "
+    return (f"{R.DRIFT_ALERT}: {d.get('method')} {d.get('score'):.3g} >= {d.get('alertAt', d.get('alert')):.3g} "
+            f"(worst {worst}); rolled back to "
             f"{endpoint['previousVersion']}")
 
 
@@ -147,4 +194,5 @@ def pin_reason(serving: Mapping[str, Any] | None, desired_action: str | None) ->
         return None
     worst = ", ".join(f"{w['feature']}={w['score']:.3g}" for w in (d.get("worst") or [])[:3])
     return (f"{R.DRIFT_PINNED}: {serving.get('version')} is pinned, {d.get('method')} {d.get('score'):.3g} >= "
-            f"{d.get('alert')} (worst {worst}); held until the drift clears or drift.action changes")
+            f"{d.get('alertAt', d.get('alert')):.3g} (worst {worst}); held until the drift clears or drift.action "
+            "changes")

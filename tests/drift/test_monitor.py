@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from prometheus_client import REGISTRY
 
 from reconciler.devkit.modelgen import make_probe, matmul_model
@@ -221,3 +222,58 @@ def test_an_oversized_status_sheds_drift_bins_last_and_keeps_the_verdict() -> No
     small = trim_status(doc)
     assert len(dump_status(small)) <= 64 * 1024
     assert all("bins" not in e["drift"] and e["drift"]["level"] == "Alert" for e in small["status"]["endpoints"])
+
+
+def test_more_than_64_features_the_status_says_so_and_keeps_the_worst() -> None:
+    """70 monitored features: 6 are left out of `bins`, counted in `binsOmitted`, and they are not the drifting
+    ones; the verdict still sees every feature."""
+    rng = np.random.default_rng(9)
+    m2 = EndpointMonitor("wider", "1")
+    rng0 = np.random.default_rng(0)
+    lays = [TensorLayout("x", "input", "tabular", columns=64), TensorLayout("z", "input", "tabular", columns=5),
+            TensorLayout("y", "output", "classes", columns=3)]
+    doc = build_baseline(lays, {"x": rng0.normal(size=(3000, 64)), "z": rng0.normal(size=(3000, 5)),
+                                "y": rng0.normal(size=(3000, 3))}, window=1000)
+    m2.configure(DriftSettings(window=1000, min_samples=100, max_per_second=None),
+                 Baseline.from_bytes(json.dumps(doc).encode()))
+    for _ in range(150):
+        x = rng.normal(size=(2, 64))
+        x[:, 60:] += 3.0  # the last four columns of x drift
+        m2.observe({"x": x, "z": rng.normal(size=(2, 5))}, {"y": rng.normal(size=(2, 3))}, 0.001)
+    m2.process(now=0.0)
+    drift, _ = m2.published(now=0.0)
+    assert drift["features"] == 70 and drift["binsOmitted"] == 6 and len(drift["bins"]) == 64
+    assert {f"x[{i}]" for i in range(60, 64)} <= set(drift["bins"])  # the drifting ones are kept …
+    assert drift["level"] == "Alert" and drift["worst"][0]["feature"].startswith("x[6")  # … and judged
+    from reconciler.drift.monitor import status_features
+
+    kept = status_features(m2.baseline.features, {"x[3]": 9.0})
+    assert "x[3]" in kept and len(kept) == 64  # the worst first, then by name
+
+
+def test_regression_feedback_values_and_thresholds() -> None:
+    from reconciler.drift.feedback import FeedbackError, FeedbackJoin, parse_feedback
+    from reconciler.drift.settings import FeedbackSettings, feedback_breaches
+
+    assert parse_feedback(b'{"feedback": [{"id": "a", "value": 2.5}, {"id": "b", "values": [1, 2]}]}') == [
+        ("a", [2.5]), ("b", [1.0, 2.0])]
+    for bad in (b'{"feedback": [{"id": "a", "value": "x"}]}', b'{"feedback": [{"id": "a", "values": []}]}',
+                b'{"feedback": [{"id": "a", "value": NaN}]}'):
+        try:
+            parse_feedback(bad)
+            raise AssertionError(bad)
+        except FeedbackError as exc:
+            assert "value" in str(exc)
+    j = FeedbackJoin()
+    j.remember("r", np.array([10.0, 20.0]), now=0.0, kind="value")
+    j.remember("c", np.array([1]), now=0.0)
+    out = j.feedback([("r", [12.0, 16.0]), ("c", [1.5])], now=1.0)  # a fractional label for a classifier
+    assert (out["joined"], out["mismatched"]) == (1, 1)
+    assert out["mae"] == 3.0 and out["rmse"] == pytest.approx(np.sqrt(10.0)) and out["accuracy"] is None
+    s = DriftSettings(feedback=FeedbackSettings(min_accuracy=0.9, max_mae=2.0, min_labelled=2))
+    assert feedback_breaches(out, s) == ["MAE 3 > 2 over the last 2 labelled rows"]
+    assert feedback_breaches({**out, "labelled": 1}, s) == []  # too few labels: not judged
+    assert feedback_breaches({"accuracy": 1.0, "labelled": 500}, s) == []  # right labels never breach
+    (_, degraded) = device_conditions([{"name": "a", "version": "1", "operational": {
+        "degraded": ["MAE 3 > 2", "1 request(s) with NaN/inf outputs"], "feedback": {"breaches": ["MAE 3 > 2"]}}}])
+    assert degraded[:3] == ("Degraded", True, "OperationalSignals")  # operational signals win the reason
