@@ -204,6 +204,9 @@ def promote_cmd(deployment: str, repo: str | None, base: str, subpath: str | Non
     result = act(rr, deployment, "promote", st, snap, mode=mode, branch_name=branch_name, extra=extra)
     what = (f"completed rollout of {deployment} {st.version}" if st.last_step
             else f"promoted {deployment} {st.version} to step {st.step + 1} ({st.steps[st.step + 1].name})")
+    if st.shadow_pending:
+        what = (f"shadow of {deployment} {st.version} passed at step {st.step} ({st.current.name}): "
+                f"its devices switch to {st.version}")
     _done(mode, result, what + (" (forced)" if force_reason else ""), rr, branch_name, dry_run, as_patch)
 
 
