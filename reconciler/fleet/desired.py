@@ -221,7 +221,7 @@ def shadow_part(fleet: FleetRepo, dep: Manifest, version: str, facts: Mapping[st
     rollout = spec.get("rollout") or {}
     model = fleet.models.get(spec["model"])
     part: dict[str, Any] = {
-        "deployment": dep.name, "version": version, "step": int(rollout.get("step", 0)),
+        "deployment": dep.name, "version": version, "from": rollout.get("from"), "step": int(rollout.get("step", 0)),
         "settings": dict(rollout.get("shadow") or {}), "task": (model.spec.get("task") if model else None),
         "switched": switched, "variant": None, "runtime": None, "targets": [], "precision": "fp32",
         "encrypted": False, "probe_target": None, "problem": None,
