@@ -331,7 +331,7 @@ class ShadowSupervisor:
 def load_candidate(part: dict[str, Any], blobs: list[bytes], probe: dict[str, Any] | None, spec: dict[str, Any],
                    cache_dir: Path | None) -> tuple[Any, float | None, str, str]:
     """Load the candidate with one intra-op thread and run the deployment's health check on its probe:
-    (backend, RSS growth in MiB, "", "") or (None, None, reason, message)."""
+    (backend, memory in MiB: the RSS growth, at least the model's size, "", "") or (None, None, reason, message)."""
     from reconciler.serving.health import HealthPolicy, rss_mb, run_health_check
     from reconciler.serving.interface import interface_problems
     from reconciler.serving.runtimes import RuntimeLoadError, load_backend
@@ -360,8 +360,11 @@ def load_candidate(part: dict[str, Any], blobs: list[bytes], probe: dict[str, An
     if not health.ok:
         backend.close()
         return None, None, health.reason or R.HEALTH_CHECK_FAILED, health.message
-    growth = rss_mb() - before
-    return backend, (round(max(growth, 0.0), 1) if before else None), "", ""
+    # At least the model's own size: the weights are resident once loaded, while the RSS growth can read lower
+    # when the allocator hands out pages the process had already freed.
+    floor = sum(len(b) for b in blobs) / (1 << 20)
+    growth = rss_mb() - before if before else 0.0
+    return backend, round(max(growth, floor), 2), "", ""
 
 
 def shadow_pass(agent: Any, p: Any, endpoints: list[dict[str, Any]]) -> None:

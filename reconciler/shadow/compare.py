@@ -68,16 +68,16 @@ def _rows_of(live: Mapping[str, np.ndarray], names: list[str]) -> int:
     return firsts.pop() if len(firsts) == 1 and -1 not in firsts and 0 not in firsts else 1
 
 
-def _error(lv: np.ndarray, cv: np.ndarray) -> OutputError:
-    lf, cf = lv.astype(np.float64, copy=False), cv.astype(np.float64, copy=False)
-    ok = np.isfinite(lf) & np.isfinite(cf)
-    if not ok.all():
-        lf, cf = lf[ok], cf[ok]
-    if lf.size == 0:
+def _error(lf: np.ndarray, d: np.ndarray, finite: bool) -> OutputError:
+    """Errors of ``d = candidate - live`` (float64) over the elements both have finite."""
+    if not finite:
+        ok = np.isfinite(d)
+        lf, d = lf[ok], d[ok]
+    if d.size == 0:
         return OutputError()
-    d = np.abs(cf - lf)
-    rel = d / np.maximum(np.abs(lf), REL_FLOOR)
-    return OutputError(float(d.max()), float(d.sum()), int(d.size), float(rel.max()))
+    ad = np.abs(d)
+    rel = ad / np.maximum(np.abs(lf), REL_FLOOR)
+    return OutputError(float(ad.max()), float(ad.sum()), int(ad.size), float(rel.max()))
 
 
 def compare(live: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
@@ -110,10 +110,13 @@ def compare(live: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
         lr, cr = lv.reshape(rows, -1), cv.reshape(rows, -1)
         floats = lv.dtype.kind in "fc" and cv.dtype.kind in "fc"
         if floats:
-            bad = (~np.isfinite(cr) & np.isfinite(lr)).any(axis=1)
-            nonfinite |= bad
+            lf = lr.astype(np.float64)
+            d = cr.astype(np.float64) - lf
+            finite = bool(np.isfinite(d).all())  # the common case: one check, no per-row work
+            if not finite:
+                nonfinite |= (~np.isfinite(cr) & np.isfinite(lr)).any(axis=1)
             if len(res.errors) < MAX_OUTPUTS or name in res.errors:
-                res.errors[name] = _error(lr, cr)
+                res.errors[name] = _error(lf, d, finite)
         if method == "top1" and floats:
             same = np.argmax(lr, axis=1) == np.argmax(cr, axis=1) if lr.shape[1] else np.ones(rows, dtype=bool)
         elif method == "tolerance" and floats:

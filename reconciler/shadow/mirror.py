@@ -58,6 +58,7 @@ class Mirror:
         self._stopped = False
         self._final = False  # failed: no more comparisons
         self._busy = False  # the worker is running a popped sample
+        self._judged = 0.0  # when the worker last judged (monotonic)
         self.verdict = Verdict("Comparing")
         self._thread = threading.Thread(target=self._work, name=f"modelfleet-shadow-{endpoint}", daemon=True)
         self._thread.start()
@@ -127,6 +128,13 @@ class Mirror:
         self._judge()
 
     def _judge(self) -> None:
+        st = self.stats
+        if not (st.errors or st.nonfinite or st.samples >= self.settings.min_samples):
+            return  # nothing to decide yet: the verdict stays Comparing (judge() re-checks maxDuration)
+        now = time.monotonic()
+        if not (st.errors or st.nonfinite) and self.verdict.state != "Comparing" and now - self._judged < 0.2:
+            return  # a settled verdict is re-checked at most 5 times a second, not per sample
+        self._judged = now
         with self._lock:
             verdict = device_verdict(self.stats, self.settings, elapsed=self._elapsed())
             changed = (verdict.state, verdict.reason, verdict.switch) != (
