@@ -4,13 +4,15 @@ candidate mirroring 100 % of the requests vs no shadow, on the same server in th
 The server is the single-process inference server with the agent's observer fan-out member
 (:class:`~reconciler.agent.shadowing.ShadowTap`); the candidate (the same model retrained with small noise) is
 loaded as the agent loads it (one intra-op thread, health-checked, its worker thread niced) and runs on every
-request the live version answers — or on none. Rounds alternate off / on / on with a worker thread that is not niced / off again (A/A: what two identical
-runs differ by on this machine right now); medians over rounds are compared. The load generator is the
-benchmarks' raw-socket client in a separate process at concurrency 4 (binary tensors). Two models: the tiny
-matmul (the request path dominates: the mirror's per-request cost shows) and a small CNN (the inference
-dominates: the candidate's CPU competes with the live one).
+request the live version answers — or on none. Rounds alternate off / on / on with a worker thread that is not
+niced / off again (A/A: what two identical runs differ by on this machine right now), the order rotating from
+round to round; medians over rounds are compared, and so are the medians of each round's ratio to that round's
+"off" (paired: slow drifts of a shared machine's load cancel). The load generator is the benchmarks' raw-socket
+client in a separate process at concurrency 4 (binary tensors). Two models: the tiny matmul (the request path
+dominates: the mirror's per-request cost shows) and a small CNN (the inference dominates: the candidate's CPU
+competes with the live one).
 
-Prints ONE JSON line. Run: ``PYTHONPATH=. .venv/bin/python bench/bench_shadow.py [--seconds 3] [--rounds 5]``.
+Prints ONE JSON line. Run: ``PYTHONPATH=. .venv/bin/python bench/bench_shadow.py [--seconds 1.5] [--rounds 16]``.
 """
 
 from __future__ import annotations
@@ -67,8 +69,10 @@ def bench_model(name: str, seconds: float, rounds: int) -> dict[str, object]:
     p50: dict[str, list[float]] = {m: [] for m in modes}
     p99: dict[str, list[float]] = {m: [] for m in modes}
     rps: dict[str, list[float]] = {m: [] for m in modes}
-    for _ in range(rounds):
-        for mode in modes:
+    paired: dict[str, list[float]] = {"on": [], "on_not_niced": [], "off_again": []}
+    for r in range(rounds):
+        order = modes[r % len(modes):] + modes[:r % len(modes)]  # each mode takes each position in turn
+        for mode in order:
             sup.mirrors = {"m": mirrors[mode]} if mode in mirrors else {}
             samples = load(srv.port, req, CONCURRENCY, seconds)
             assert all(s[2] == 200 for s in samples)
@@ -79,10 +83,12 @@ def bench_model(name: str, seconds: float, rounds: int) -> dict[str, object]:
             deadline = time.monotonic() + 30
             while not all(m.idle() for m in mirrors.values()) and time.monotonic() < deadline:  # an empty queue
                 time.sleep(0.01)
+        for mode in paired:  # this round's p99 against this round's "off" (drift of the machine cancels)
+            paired[mode].append(p99[mode][-1] / p99["off"][-1])
     sup.mirrors = {}
     snap, snap_plain = mirror.snapshot(), plain.snapshot()
-    mirror.stop()
-    plain.stop()
+    for m in mirrors.values():
+        m.stop()
     srv.stop()
     backend.close()
     reg.close()
@@ -94,6 +100,9 @@ def bench_model(name: str, seconds: float, rounds: int) -> dict[str, object]:
         "p50_ratio_on_off": round(med["p50"]["on"] / med["p50"]["off"], 3),
         "p99_ratio_on_off": round(med["p99"]["on"] / med["p99"]["off"], 3),
         "p99_ratio_off_again_off": round(med["p99"]["off_again"] / med["p99"]["off"], 3),
+        "p99_ratio_on_off_paired_median": round(statistics.median(paired["on"]), 3),
+        "p99_ratio_off_again_off_paired_median": round(statistics.median(paired["off_again"]), 3),
+        "p99_ratio_on_not_niced_off_paired_median": round(statistics.median(paired["on_not_niced"]), 3),
         "p99_us_on_not_niced": round(med["p99"]["on_not_niced"], 1),
         "p99_ratio_on_not_niced_off": round(med["p99"]["on_not_niced"] / med["p99"]["off"], 3),
         "rps_on_not_niced": round(med["rps"]["on_not_niced"]),
@@ -107,8 +116,8 @@ def bench_model(name: str, seconds: float, rounds: int) -> dict[str, object]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=3.0)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=1.5)
+    ap.add_argument("--rounds", type=int, default=16)
     ap.add_argument("--models", default="matmul,cnn")
     args = ap.parse_args()
     out: dict[str, object] = {"bench": "shadow", "concurrency": CONCURRENCY, "sample_rate": 1.0,
