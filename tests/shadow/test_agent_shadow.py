@@ -117,10 +117,11 @@ def test_agreeing_candidate_passes_promote_then_serves(world: World, tmp_path: P
         assert sh["errors"] == sh["nanOutputs"] == sh["dropped"] == 0
         assert sh["latencyMs"]["p50"] > 0 and sh["latencyMs"]["liveP99"] > 0
         assert sh["outputs"]["output"]["maxAbsError"] > 0
-        assert which_version(agent.c.url, world) == "1.0.0"  # the candidate never answered
         metrics = urllib.request.urlopen(f"{agent.c.url}/metrics", timeout=5).read().decode()
-        assert f'modelfleet_shadow_samples_total{{candidate="1.1.0",endpoint="{ENDPOINT}"}} 400.0' in metrics
-        assert 'modelfleet_shadow_state{candidate="1.1.0",endpoint="detector",state="Agreeing"} 1.0' in metrics
+        lines = [ln for ln in metrics.splitlines() if ln.startswith("modelfleet_shadow")]
+        assert f'modelfleet_shadow_samples_total{{candidate="1.1.0",endpoint="{ENDPOINT}"}} 400.0' in lines, lines
+        assert 'modelfleet_shadow_state{candidate="1.1.0",endpoint="detector",state="Agreeing"} 1.0' in lines
+        assert which_version(agent.c.url, world) == "1.0.0"  # the candidate never answered (this one is mirrored)
         pushed(agent)
 
         st = modelfleet(world, tmp_path, "rollout", "status", DEPLOYMENT, "--format", "json")
