@@ -95,13 +95,19 @@ class World:
     def trusted_root(self) -> Path:
         return self.tuf_dir / "metadata" / "1.root.json"
 
-    def publish(self, version: str, *, bias: float = 0.0, nan: bool = False, sign: bool = True) -> dict[str, Any]:
-        """Generate version ``version`` (outputs shifted by ``bias``; NaN outputs if ``nan``) and sign it.
+    def publish(self, version: str, *, bias: float = 0.0, nan: bool = False, sign: bool = True, noise: float = 0.0,
+                model: bytes | None = None) -> dict[str, Any]:
+        """Generate version ``version`` (outputs shifted by ``bias``; NaN outputs if ``nan``; weights perturbed by
+        ``noise``, see ``modelgen.matmul_model``) and sign it; ``model``: these ONNX bytes instead (its own probe).
 
         The probe always holds the healthy model's golden outputs, so a ``nan`` build fails its health check.
         """
-        model = modelgen.matmul_model(IN_DIM, OUT_DIM, seed=1, bias=bias, nan=nan)
-        healthy = modelgen.matmul_model(IN_DIM, OUT_DIM, seed=1, bias=bias)
+        custom = model is not None
+        if model is None:
+            model = modelgen.matmul_model(IN_DIM, OUT_DIM, seed=1, bias=bias, nan=nan, noise=noise)
+            healthy = modelgen.matmul_model(IN_DIM, OUT_DIM, seed=1, bias=bias, noise=noise)
+        else:
+            healthy = model
         probe = modelgen.make_probe(healthy)
         d = self.root / "build" / version
         d.mkdir(parents=True, exist_ok=True)
@@ -110,7 +116,7 @@ class World:
         if sign:
             tufrepo.add_targets(self.tuf_dir, [self.keys], [d / "model.onnx", d / "probe.json"],
                                 f"{MODEL}/{version}")
-        self.versions[version] = {"bias": bias, "nan": nan}
+        self.versions[version] = {"bias": bias, "nan": nan, "noise": noise, "custom": custom}
         return probe
 
     def fleet_files(self, version: str, *, versions: list[str] | None = None, poll: str = "1s",
@@ -193,10 +199,10 @@ class World:
         return path
 
 
-def expected_output(bias: float) -> np.ndarray:
-    """What the ``bias`` build of the test model answers for :data:`PROBE_INPUT`."""
+def expected_output(bias: float, noise: float = 0.0) -> np.ndarray:
+    """What the ``bias`` (and ``noise``) build of the test model answers for :data:`PROBE_INPUT`."""
     ort = import_onnxruntime()
-    sess = ort.InferenceSession(modelgen.matmul_model(IN_DIM, OUT_DIM, seed=1, bias=bias),
+    sess = ort.InferenceSession(modelgen.matmul_model(IN_DIM, OUT_DIM, seed=1, bias=bias, noise=noise),
                                 providers=["CPUExecutionProvider"])
     return sess.run(None, {"input": PROBE_INPUT})[0]
 
@@ -220,7 +226,8 @@ def which_version(base_url: str, world: World, endpoint: str = ENDPOINT) -> str 
     except (urllib.error.URLError, OSError, KeyError, ValueError):
         return None
     for v, info in world.versions.items():
-        if not info["nan"] and np.allclose(got, expected_output(info["bias"]), atol=1e-4):
+        if not info["nan"] and not info.get("custom") and np.allclose(
+                got, expected_output(info["bias"], info.get("noise", 0.0)), atol=1e-4):
             return v
     return "unknown"
 

@@ -85,6 +85,9 @@ class AgentConfig:
     capture_token_file: Path | None = None
     capture_ca_file: Path | None = None
     capture_allowed_origins: tuple[str, ...] = ()  # normalised by capture.upload.origin_of
+    shadow_enabled: bool = True
+    shadow_max_memory_mb: float | None = None
+    shadow_reserve_mb: float = 64.0
     log_format: str = "text"
     log_level: str = "info"
     source_credentials: Credentials = field(default_factory=Credentials)
@@ -276,6 +279,7 @@ def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str
     metrics = spec.get("metrics") or {}
     log = spec.get("log") or {}
     capture = spec.get("capture") or {}
+    shadow = spec.get("shadow") or {}
 
     mode = verify.get("mode", "none")
     if mode in ("head", "all") and not (verify.get("allowedSigners") or verify.get("gpgKeyring")):
@@ -360,6 +364,9 @@ def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str
         capture_token_file=p(capture.get("uploadTokenFile")),
         capture_ca_file=p(capture.get("caFile")),
         capture_allowed_origins=tuple(allowed_origins),
+        shadow_enabled=bool(shadow.get("enabled", True)),
+        shadow_max_memory_mb=float(shadow["maxMemoryMB"]) if shadow.get("maxMemoryMB") is not None else None,
+        shadow_reserve_mb=float(shadow.get("reserveMB", 64.0)),
         log_format=log.get("format", "text"),
         log_level=log.get("level", "info"),
         source_credentials=creds(["source", "credentials"], src.get("credentials")) or Credentials(),

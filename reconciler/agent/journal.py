@@ -219,9 +219,11 @@ def clear_failures(failures: list[Failure], endpoint: str, digest: str | None = 
     return [f for f in failures if not (f.endpoint == endpoint and (digest is None or f.digest == digest))]
 
 
-def prune_failures(failures: list[Failure], desired: dict[str, str]) -> list[Failure]:
-    """Keep only failures of what is still desired (endpoint → digest); the rest can never block anything."""
-    return [f for f in failures if desired.get(f.endpoint) == f.digest]
+def prune_failures(failures: list[Failure], desired: dict[str, str],
+                   also: frozenset[tuple[str, str]] | set[tuple[str, str]] = frozenset()) -> list[Failure]:
+    """Keep only failures of what is still desired (endpoint → digest, and the (endpoint, digest) pairs in
+    ``also``: shadow candidates); the rest can never block anything."""
+    return [f for f in failures if desired.get(f.endpoint) == f.digest or (f.endpoint, f.digest) in also]
 
 
 # --- the journal file ---------------------------------------------------------------------------------------
@@ -235,6 +237,9 @@ class Journal:
     failures: list[Failure] = field(default_factory=list)
     attempts: list[dict[str, Any]] = field(default_factory=list)
     conditions: list[dict[str, Any]] = field(default_factory=list)
+    #: Shadow evaluation per endpoint (reconciler.agent.shadowing): the candidate's key, when its comparison
+    #: started, its final verdict and numbers, and whether the device agreed (``switch: onAgreement``).
+    shadows: dict[str, dict[str, Any]] = field(default_factory=dict)
     _saved: dict[str, str] = field(default_factory=dict, repr=False, compare=False)  # path → text last written
 
     def to_dict(self) -> dict[str, Any]:
@@ -246,6 +251,7 @@ class Journal:
             "failures": [f.to_status() for f in self.failures],
             "attempts": self.attempts[:MAX_ATTEMPTS],
             "conditions": self.conditions,
+            **({"shadows": self.shadows} if self.shadows else {}),
         }
 
     @classmethod
@@ -259,7 +265,13 @@ class Journal:
             failures=[Failure.from_status(f) for f in d.get("failures") or []],
             attempts=list(d.get("attempts") or [])[:MAX_ATTEMPTS],
             conditions=list(d.get("conditions") or []),
+            shadows={str(k): dict(v) for k, v in (d.get("shadows") or {}).items() if isinstance(v, dict)},
         )
+
+    def shadow_agreed(self) -> dict[str, str]:
+        """Deployment → candidate version this device agreed on in shadow (``switch: onAgreement``)."""
+        return {str(r["deployment"]): str(r["version"]) for r in self.shadows.values()
+                if r.get("agreed") and r.get("deployment") and r.get("version")}
 
     def add_attempt(self, attempt: dict[str, Any]) -> None:
         self.attempts = ([attempt] + self.attempts)[:MAX_ATTEMPTS]
@@ -284,6 +296,8 @@ class Journal:
                     out.add(str(baseline["digest"]))
                 if rec.probe is not None:
                     out.add(rec.probe.digest)
+        for shadow in self.shadows.values():  # a shadow candidate's files, while its comparison lasts
+            out.update(str(d) for d in shadow.get("digests") or [])
         return out
 
     @staticmethod

@@ -70,6 +70,7 @@ from reconciler.agent.passes import (
     held_message,
 )
 from reconciler.agent.schedule import longest_delay, merged_labels, next_delay, summarize, window_open
+from reconciler.agent.shadowing import shadow_digests, shadow_pass
 from reconciler.agent.status import StatusMixin
 from reconciler.agent.wiring import Components, monitor_pass
 from reconciler.core import conditions as C, reasons as R
@@ -279,6 +280,7 @@ class Agent(StatusMixin):
                             p.changed, duration, endpoints)
         if not p.skip_rest or failed:
             self._record_attempt(p, failed, duration)
+        shadow_pass(self, p, endpoints)  # candidates beside the serving versions (reconciler.agent.shadowing)
         self._report(p, endpoints)
         M_PASSES.labels("converged" if converged else ("failed" if failed else "pending")).inc()
         M_PASS_SECONDS.observe(duration)
@@ -359,7 +361,8 @@ class Agent(StatusMixin):
         fleet = p.load.fleet
         dev = fleet.devices.get(self.config.device_id)
         labels = merged_labels(dev.labels if dev is not None else {}, self.config.labels)
-        p.desired = desired_state(fleet, DeviceIdentity(self.config.device_id, labels), self.facts)
+        p.desired = desired_state(fleet, DeviceIdentity(self.config.device_id, labels), self.facts,
+                                  agreed=self.journal.shadow_agreed())
         self._labels = labels
         defaults = fleet.fleet_spec.get("defaults") or {}
         if self.config.poll_interval is None and defaults.get("pollInterval"):
@@ -505,7 +508,7 @@ class Agent(StatusMixin):
         desired_digests = dict(p.artifact_keys)  # a failed download is remembered under its targets' fingerprint
         desired_digests.update({n: self._record_for(p, e).digest for n, e in desired.endpoints.items()
                                 if n in p.fetched})
-        kept = prune_failures(self.journal.failures, desired_digests)
+        kept = prune_failures(self.journal.failures, desired_digests, shadow_digests(self.journal))
         if kept != self.journal.failures:
             self.journal.failures, dirty = kept, True
         self.journal.attempted_commit = p.commit

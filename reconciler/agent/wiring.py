@@ -68,6 +68,7 @@ class Components:
         self.bundle_watcher: Any = None
         self.drift: Any = None
         self.capture: Any = None
+        self.shadow: Any = None  # reconciler.agent.shadowing.ShadowSupervisor
         self._decryption_key: bytes | None = None
         self._manifests: tuple[str, Any] | None = None  # (commit, its LoadResult)
         self._status_settings = (config.status_branch_prefix or "status/", config.heartbeat_interval or 300.0)
@@ -133,8 +134,14 @@ class Components:
         self.drift = DriftSupervisor()
         self.capture = _capture_service(cfg)
 
+        from reconciler.agent.shadowing import ShadowSupervisor
+
+        self.shadow = ShadowSupervisor(cache_dir=cfg.ov_cache_dir, enabled=cfg.shadow_enabled,
+                                       reserve_mb=cfg.shadow_reserve_mb, max_memory_mb=cfg.shadow_max_memory_mb)
+
         def observers(spec: Any) -> Any:
-            return Observers.of(self.drift.observer_for(spec), self.capture.observer_for(spec.name, spec.version))
+            return Observers.of(self.drift.observer_for(spec), self.capture.observer_for(spec.name, spec.version),
+                                self.shadow.observer_for(spec))
 
         port = None if cfg.unix_socket else cfg.serving_port
         metrics_registry = None
@@ -412,7 +419,7 @@ class Components:
             with contextlib.suppress(Exception):
                 self.capture.close()
         for part, how in ((self.bundle_watcher, "stop"), (self.status_writer, "close"), (self.server, "stop"),
-                          (self.source, "close"), (self.drift, "close")):
+                          (self.source, "close"), (self.drift, "close"), (self.shadow, "close")):
             fn = getattr(part, how, None) if part is not None else None
             if fn is not None:
                 with contextlib.suppress(Exception):

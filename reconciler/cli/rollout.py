@@ -212,8 +212,11 @@ def promote_cmd(deployment: str, repo: str | None, base: str, subpath: str | Non
     else:
         last = ", its last step" if nxt == len(st.steps) - 1 else ""
         what = f"promoted {deployment} {st.version} to step {nxt} ({st.steps[nxt].name}){last}"
+    if st.shadow_pending:
+        what = (f"shadow of {deployment} {st.version} passed at step {st.step} ({st.current.name}): "
+                f"its devices switch to {st.version}")
     _done(mode, result, what + (" (forced)" if force_reason else ""), rr, branch_name, dry_run, as_patch)
-    if nxt == len(st.steps) - 1 and mode != "patch":
+    if nxt == len(st.steps) - 1 and mode != "patch" and not st.shadow_pending:
         # Deliberately two steps: the last step's gates still guard it, and `abort` still works until it completes.
         click.echo(f"next: once step {nxt}'s gates pass (`modelfleet rollout status {deployment}`), "
                    f"`modelfleet rollout promote {deployment}` completes the rollout")

@@ -98,6 +98,12 @@ WORKER_UNAVAILABLE = "WorkerUnavailable"
 LISTEN_FAILED = "ListenFailed"
 # -- data capture (status.capture.problems; reconciler.capture) ----------------------------------------------
 CAPTURE_DESTINATION_REFUSED = "CaptureDestinationRefused"
+# -- shadow evaluation (endpoint `shadow.reason`, failures[]; reconciler.shadow) ---------------------------------
+SHADOW_CANDIDATE_ERROR = "ShadowCandidateError"
+SHADOW_NON_FINITE_OUTPUT = "ShadowNonFiniteOutput"
+SHADOW_DISAGREEMENT = "ShadowDisagreement"
+SHADOW_NO_MEMORY = "ShadowNoMemory"
+SHADOW_MAX_DURATION = "ShadowMaxDuration"
 # -- status trust (operator side: `fleet status`, `fleet history`, `fleet drift`, `rollout`; reconciler.identity) --
 STATUS_SIGNED = "Signed"
 UNSIGNED_ACCEPTED = "UnsignedAccepted"
@@ -283,6 +289,23 @@ REASONS: tuple[Reason, ...] = (
            "device has an upload token; nothing is sent there (no connection, no token), batches wait within the "
            "quota and retention", "If the origin is genuine, add it (`https://host:port`) to `capture.allowedOrigins` "
            "in the agent config; otherwise revert the Deployment and find out who changed it (docs/privacy.md)."),
+    Reason(SHADOW_CANDIDATE_ERROR, "endpoint `shadow.reason` (state Failed), failures[]", "the shadow candidate "
+           "raised on a mirrored live request (its health check on the probe had passed); it never serves",
+           "Read `shadow.lastError`; fix the model and publish a new version, or `modelfleet rollout abort`."),
+    Reason(SHADOW_NON_FINITE_OUTPUT, "endpoint `shadow.reason` (state Failed), failures[]", "the shadow candidate "
+           "returned NaN or infinity where the serving version's answer was finite; it never serves",
+           "As `ShadowCandidateError`."),
+    Reason(SHADOW_DISAGREEMENT, "endpoint `shadow.reason` (state Disagreeing)", "the candidate's agreement with "
+           "the serving version is below `minAgreement` over at least `minSamples` rows (`rollout status` refuses "
+           "`minShadowAgreement`)", "Compare `shadow.outputs` errors; retrain, or lower the threshold if the "
+           "difference is intended."),
+    Reason(SHADOW_NO_MEMORY, "endpoint `shadow.reason` (state Refused)", "the device has no room for the candidate "
+           "beside the serving version (estimate from the model's size against available memory, the agent's "
+           "cgroup limit, `shadow.reserveMB` and `shadow.maxMemoryMB`); it keeps serving", "Give the device more "
+           "memory or a smaller variant, or roll this device out without shadow (a selector step)."),
+    Reason(SHADOW_MAX_DURATION, "endpoint `shadow.reason`", "the comparison ran `maxDuration`: the candidate was "
+           "unloaded, the numbers are final", "Promote or abort on the final numbers; a longer "
+           "`maxDuration` loads the candidate again and compares anew."),
     Reason(STATUS_SIGNED, "fleet status TRUST=trusted", "the status commit is signed by one of the device's "
            "`spec.statusKeys`", "—"),
     Reason(UNSIGNED_ACCEPTED, "fleet status TRUST=unsigned", "unsigned status counted because the fleet sets "

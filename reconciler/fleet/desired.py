@@ -8,7 +8,12 @@ For each deployment whose selector matches the device's labels (inventory + loca
    percentage; a selector step holds the devices it matches), otherwise ``rollout.from`` (or nothing);
 2. variant — the first variant, walking runtimes in the deployment's preference order, whose ``requires`` the
    device meets;
-3. conflicts — several deployments giving one endpoint: the highest priority wins; a tie is an Issue.
+3. conflicts — several deployments giving one endpoint: the highest priority wins; a tie is an Issue;
+4. shadow — with ``rollout.shadow``, a device the current step newly targets (its first step *is* the current
+   step, and ``rollout.shadowPassed`` is not that step) keeps serving ``rollout.from`` and gets the candidate
+   ``version`` as the endpoint's ``shadow`` part, to run beside it (:mod:`reconciler.shadow`); under
+   ``switch: onAgreement`` a device whose journal says it agreed (``agreed``: deployment → version) serves the
+   candidate, its ``shadow`` part marked ``switched``.
 
 Nothing here raises for a device that cannot be served: it becomes an :class:`Issue`. Endpoints named by an
 issue must be left as they are by the agent (not pruned). No I/O, no clock.
@@ -62,6 +67,8 @@ class DesiredEndpoint:
     device: str | None = None
     providers: list[str] | None = None
     batching: dict[str, Any] | None = None
+    #: Shadow evaluation: the candidate to run beside this (serving) version, see :func:`shadow_part`.
+    shadow: dict[str, Any] | None = None
     priority: int = 0
     reason: str = ""
 
@@ -112,6 +119,14 @@ def rollout_step_of(rollout: Mapping[str, Any], deployment: str, version: str, d
         elif matches(step.get("selector"), labels):
             return i
     return None
+
+
+def shadows_step(rollout: Mapping[str, Any], first: int | None) -> bool:
+    """Whether a device whose first step is ``first`` shadows the candidate: ``rollout.shadow`` is set (with a
+    ``from`` to serve meanwhile), the device is new in the current step, and that step's shadow has not passed."""
+    current = int(rollout.get("step", 0))
+    return (rollout.get("shadow") is not None and rollout.get("from") is not None and first == current
+            and rollout.get("shadowPassed") != current)
 
 
 def in_rollout(rollout: Mapping[str, Any], deployment: str, version: str, device_id: str,
@@ -198,18 +213,55 @@ def runtimes_not_installed(version: Mapping[str, Any], preferences: list[str], f
     return missing if missing and len(missing) == len(wanted) else []
 
 
+def shadow_part(fleet: FleetRepo, dep: Manifest, version: str, facts: Mapping[str, Any], *,
+                switched: bool = False) -> dict[str, Any]:
+    """The candidate ``version`` of ``dep`` for this device to run in shadow: its variant, targets and probe, the
+    deployment's ``rollout.shadow`` settings, the rollout step; ``problem`` says why it cannot run here."""
+    spec = dep.spec
+    rollout = spec.get("rollout") or {}
+    model = fleet.models.get(spec["model"])
+    part: dict[str, Any] = {
+        "deployment": dep.name, "version": version, "from": rollout.get("from"), "step": int(rollout.get("step", 0)),
+        "settings": dict(rollout.get("shadow") or {}), "task": (model.spec.get("task") if model else None),
+        "switched": switched, "variant": None, "runtime": None, "targets": [], "precision": "fp32",
+        "encrypted": False, "probe_target": None, "problem": None,
+    }
+    mv = fleet.model_version(spec["model"], version)
+    if mv is None:
+        part["problem"] = f"{R.UNKNOWN_MODEL_VERSION}: model {spec['model']} has no version {version}"
+        return part
+    variant, why_not = choose_variant(mv, runtime_preferences(spec, fleet.fleet_spec), facts)
+    if variant is None:
+        part["problem"] = f"{R.NO_MATCHING_VARIANT}: no variant of {spec['model']} {version} fits this device: {why_not}"
+        return part
+    part.update(variant=variant["name"], runtime=variant["runtime"], targets=list(variant["targets"]),
+                precision=str(variant.get("precision") or "fp32"), encrypted=bool(variant.get("encrypted", False)),
+                probe_target=(variant.get("probe") or mv.get("probe") or {}).get("target"))
+    return part
+
+
 def _candidate(dep: Manifest, fleet: FleetRepo, device: DeviceIdentity, labels: Mapping[str, str],
-               facts: Mapping[str, Any]) -> DesiredEndpoint | Issue | None:
+               facts: Mapping[str, Any], agreed: Mapping[str, str] | None = None) -> DesiredEndpoint | Issue | None:
     spec = dep.spec
     version = spec["version"]
     reason = f"deployment {dep.name}"
     rollout = spec.get("rollout")
+    shadow: dict[str, Any] | None = None
     if rollout:
         inside, why = in_rollout(rollout, dep.name, version, device.id, labels)
         if not inside:
             if not rollout.get("from"):
                 return None
             version = rollout["from"]
+        elif rollout.get("shadow") is not None and shadows_step(
+                rollout, rollout_step_of(rollout, dep.name, version, device.id, labels)):
+            switched = (agreed or {}).get(dep.name) == str(version)
+            shadow = shadow_part(fleet, dep, str(version), facts, switched=switched)
+            if not switched:
+                version = rollout["from"]
+                why += f"; shadowing {shadow['version']} beside {version}"
+            else:
+                why += "; agreed in shadow (switch: onAgreement)"
         reason += f": {why}"
     mv = fleet.model_version(spec["model"], version)
     if mv is None:
@@ -253,12 +305,16 @@ def _candidate(dep: Manifest, fleet: FleetRepo, device: DeviceIdentity, labels: 
         device=runtime_cfg.get("device"),
         providers=runtime_cfg.get("providers"),
         batching=dict(runtime_cfg["batching"]) if runtime_cfg.get("batching") else None,
+        shadow=shadow,
         priority=int(spec.get("priority", 0)),
         reason=f"{reason}; variant {variant['name']}",
     )
 
 
-def desired_state(fleet: FleetRepo, device: DeviceIdentity, facts: Mapping[str, Any] | None = None) -> DesiredState:
+def desired_state(fleet: FleetRepo, device: DeviceIdentity, facts: Mapping[str, Any] | None = None,
+                  agreed: Mapping[str, str] | None = None) -> DesiredState:
+    """``agreed``: deployment → candidate version the device agreed on in shadow (``switch: onAgreement``; its
+    journal remembers it)."""
     facts = facts or {}
     labels = device_labels(device.labels, facts)
     state = DesiredState(device.id)
@@ -266,7 +322,7 @@ def desired_state(fleet: FleetRepo, device: DeviceIdentity, facts: Mapping[str, 
     for dep in sorted(fleet.deployments.values(), key=lambda d: d.name):
         if not matches(dep.spec.get("selector"), labels):
             continue
-        cand = _candidate(dep, fleet, device, labels, facts)
+        cand = _candidate(dep, fleet, device, labels, facts, agreed)
         if cand is not None:
             by_endpoint.setdefault(cand.name if isinstance(cand, DesiredEndpoint) else cand.endpoint, []).append(cand)
     for endpoint, cands in sorted(by_endpoint.items()):

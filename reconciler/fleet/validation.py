@@ -174,6 +174,14 @@ def _check_deployment(dep: Manifest, fleet: FleetRepo) -> list[Diagnostic]:
         if int(rollout.get("step", 0)) >= len(steps):
             out.append(dep.diag(f"rollout.step {rollout.get('step')} is past the last step (there are {len(steps)})",
                                 "spec", "rollout", "step", hint=f"use 0..{len(steps) - 1}", code="rollout"))
+        if rollout.get("shadow") is not None and frm is None:
+            out.append(dep.diag("rollout.shadow needs rollout.from: the candidate is compared with the version the "
+                                "devices serve", "spec", "rollout", "shadow", hint="set rollout.from, or drop shadow",
+                                code="rollout"))
+        if "shadowPassed" in rollout and int(rollout["shadowPassed"]) > int(rollout.get("step", 0)):
+            out.append(dep.diag(f"rollout.shadowPassed {rollout['shadowPassed']} is past rollout.step "
+                                f"{rollout.get('step', 0)}", "spec", "rollout", "shadowPassed",
+                                hint="`modelfleet rollout promote` writes it: remove it", code="rollout"))
     if model is not None and (spec.get("capture") or {}).get("enabled"):
         out.extend(_check_capture(dep, model))
     if model is not None and (spec.get("runtime") or {}).get("batching"):

@@ -11,9 +11,11 @@ the operator side, with no controller that can go down — everything it knows c
    steps, classifies each targeted device from its latest status (updated, healthy, failed, pending, or
    *unknown* when its heartbeat is older than a multiple of the heartbeat interval — unknown never blocks a
    step and never counts as healthy), checks the gates (minReporting, minHealthyPercent, maxFailedPercent,
-   minSoak, maxDriftScore) and decides a phase: Progressing, Ready, Failed, Paused or Complete.
-3. :mod:`~reconciler.rollout.edit` (pure) rewrites the deployment's YAML text for promote, abort, pause and
-   resume, touching only the lines that change so a reviewer sees a one-line diff.
+   minSoak, maxDriftScore, and minShadowAgreement while a step runs the candidate in shadow beside ``from``,
+   :mod:`reconciler.shadow`) and decides a phase: Progressing, Ready, Failed, Paused or Complete.
+3. :mod:`~reconciler.rollout.edit` (pure) rewrites the deployment's YAML text for promote (a shadow step under
+   ``switch: afterGate`` first gets ``shadowPassed``), abort, pause and resume, touching only the lines that
+   change so a reviewer sees a one-line diff.
 4. :mod:`~reconciler.rollout.render` prints the status as a table, stable JSON or Markdown for a PR comment;
    :mod:`~reconciler.rollout.watch` is the stateless promoter loop (``modelfleet rollout watch``).
 """

@@ -140,13 +140,41 @@ def _rollout(doc: CommentedMap) -> CommentedMap:
     return rollout
 
 
+def shadow_pending(rollout: Any) -> bool:
+    """The current step's devices run the candidate in shadow and the next promote ends that (``switch:
+    afterGate``, the default): it writes ``shadowPassed: <step>`` instead of advancing."""
+    shadow = rollout.get("shadow")
+    return (shadow is not None and rollout.get("from") is not None
+            and str((shadow or {}).get("switch", "afterGate")) == "afterGate"
+            and rollout.get("shadowPassed") != int(rollout.get("step", 0)))
+
+
 def promote(text: str, name: str) -> Edit:
-    """Advance ``rollout.step``; past the last step, complete: ``rollout`` (and its ``from``) go, ``version`` stays."""
+    """Advance ``rollout.step``; past the last step, complete: ``rollout`` (and its ``from``) go, ``version`` stays.
+
+    A shadow step under ``switch: afterGate`` is promoted in two commits: the first writes ``shadowPassed: <step>``
+    (the step's devices switch from shadow to serving the version), the next advances the step as usual."""
     doc = _find(_load_all(text), name)[1]
     rollout = _rollout(doc)
     step = int(rollout.get("step", 0))
     steps = rollout.get("steps") or []
     version = doc["spec"]["version"]
+    if shadow_pending(rollout):
+        def passed(lines: list[str], d: CommentedMap) -> None:
+            r = d["spec"]["rollout"]
+            if "shadowPassed" in r:
+                _replace_value(lines, r, "shadowPassed", str(step))
+            else:
+                indent = _child_indent(lines, r)
+                line_no = r.lc.key(next(iter(r)))[0]
+                lines.insert(line_no, " " * indent + f"shadowPassed: {step}\n")
+
+        def expect_passed(w: dict[str, Any]) -> None:
+            w["spec"]["rollout"]["shadowPassed"] = step
+
+        return Edit(_apply(text, name, passed, expect_passed),
+                    f"rollout {name}: shadow of {version} passed at step {step} ({_label(steps[step])}); "
+                    f"its devices serve it")
     if step + 1 >= len(steps):
         def complete(lines: list[str], d: CommentedMap) -> None:
             _remove_key(lines, d["spec"], "rollout")

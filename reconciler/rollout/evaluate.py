@@ -15,6 +15,13 @@ A targeted device is, for the deployment's endpoint and the rollout's ``version`
   step by themselves) and never count as healthy;
 - **healthy** — serving the version (state ``Serving``); **updated** — reporting the version in any state;
 - **pending** — reporting, but not on the version yet.
+
+With ``rollout.shadow``, the devices the current step newly targets first run ``version`` *beside* ``from``
+(:mod:`reconciler.shadow`) until ``rollout.shadowPassed`` is that step; until then they are classified by their
+endpoint's ``shadow`` section: **healthy** while the candidate compares (whatever its agreement: that is the
+``minShadowAgreement`` gate's business), **failed** when it failed in shadow (raised, NaN, its health check),
+**pending** before it runs or when the device refused it (no room). A device that already switched
+(``switch: onAgreement``) is classified as serving the version.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from reconciler.core.units import parse_duration
 from reconciler.fleet.desired import rollout_step_of, step_label
 from reconciler.fleet.repository import FleetRepo
 from reconciler.fleet.selectors import device_labels, matches
+from reconciler.shadow import gate as shadow_gate
+from reconciler.shadow.spec import AFTER_GATE, DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_SAMPLES, ShadowSettings
 
 DEFAULT_HEARTBEAT = 300.0  # the fleet schema's default heartbeatInterval (5m)
 
@@ -47,6 +56,7 @@ class Gates:
     min_soak: float = 0.0  # seconds
     max_drift_score: float | None = None
     unknown_after_heartbeats: float = 3.0
+    min_shadow_agreement: float | None = None  # percent; None: the shadow's minAgreement (only with shadow)
 
     @classmethod
     def from_spec(cls, gates: Mapping[str, Any] | None) -> Gates:
@@ -58,6 +68,8 @@ class Gates:
             max_failed_percent=float(g.get("maxFailedPercent", cls.max_failed_percent)),
             min_soak=parse_duration(g["minSoak"]) if g.get("minSoak") else 0.0,
             max_drift_score=float(g["maxDriftScore"]) if g.get("maxDriftScore") is not None else None,
+            min_shadow_agreement=(float(g["minShadowAgreement"]) if g.get("minShadowAgreement") is not None
+                                  else None),
             unknown_after_heartbeats=float(g.get("unknownAfterHeartbeats", cls.unknown_after_heartbeats)),
         )
 
@@ -82,6 +94,7 @@ class DeviceVerdict:
     heartbeat: str | None
     age_seconds: float | None
     reason: str = ""
+    shadow: dict[str, Any] | None = None  # the device's shadow comparison (a shadow step's new devices)
 
 
 @dataclass
@@ -95,6 +108,13 @@ class StepStats:
     failed: int = 0
     pending: int = 0
     unknown: int = 0
+    shadowing: int = 0  # devices new in this step reporting a shadow comparison (while the step shadows)
+    shadow_samples: int = 0
+    shadow_agreed: int = 0
+
+    @property
+    def shadow_agreement(self) -> float | None:
+        return None if self.shadow_samples == 0 else 100.0 * self.shadow_agreed / self.shadow_samples
 
 
 @dataclass
@@ -127,6 +147,8 @@ class RolloutStatus:
     generated: str
     unknown_after_seconds: float
     devices: list[DeviceVerdict]  # the current step's targets
+    shadow: dict[str, Any] | None = None  # rollout.shadow as evaluated (None: no shadow)
+    shadow_pending: bool = False  # the current step shadows: the next promote ends it (afterGate: shadowPassed)
 
     @property
     def current(self) -> StepStats:
@@ -142,9 +164,25 @@ class RolloutStatus:
     def to_dict(self) -> dict[str, Any]:
         """The stable JSON form (docs/rollouts.md documents every field)."""
         def stats(s: StepStats) -> dict[str, Any]:
-            return {"index": s.index, "name": s.name, "targeted": s.targeted, "new": s.new, "updated": s.updated,
-                    "healthy": s.healthy, "failed": s.failed, "pending": s.pending, "unknown": s.unknown}
+            out = {"index": s.index, "name": s.name, "targeted": s.targeted, "new": s.new, "updated": s.updated,
+                   "healthy": s.healthy, "failed": s.failed, "pending": s.pending, "unknown": s.unknown}
+            if self.shadow is not None:
+                agreement = s.shadow_agreement
+                out["shadow"] = {"devices": s.shadowing, "samples": s.shadow_samples,
+                                 "agreement": None if agreement is None else round(agreement, 3)}
+            return out
 
+        def device(d: DeviceVerdict) -> dict[str, Any]:
+            out = {"device": d.device, "step": d.step, "state": d.state, "version": d.version,
+                   "heartbeat": d.heartbeat, "ageSeconds": None if d.age_seconds is None else round(d.age_seconds, 1),
+                   "reason": d.reason}
+            if d.shadow is not None:
+                out["shadow"] = d.shadow
+            return out
+
+        extra: dict[str, Any] = {}
+        if self.shadow is not None:
+            extra["shadow"] = {**self.shadow, "pending": self.shadow_pending}
         return {
             "apiVersion": "modelfleet/v1", "kind": "RolloutStatus",
             "deployment": self.deployment, "model": self.model, "endpoint": self.endpoint,
@@ -157,10 +195,7 @@ class RolloutStatus:
             "steps": [stats(s) for s in self.steps],
             "gates": [{"name": g.name, "value": None if g.value is None else round(g.value, 2),
                        "threshold": g.threshold, "passed": g.passed, "message": g.message} for g in self.gates],
-            "devices": [{"device": d.device, "step": d.step, "state": d.state, "version": d.version,
-                         "heartbeat": d.heartbeat,
-                         "ageSeconds": None if d.age_seconds is None else round(d.age_seconds, 1),
-                         "reason": d.reason} for d in self.devices],
+            "devices": [device(d) for d in self.devices], **extra,
         }
 
     def to_json(self) -> str:
@@ -170,12 +205,16 @@ class RolloutStatus:
 # -- Git history: when did the current step land? -------------------------------------------------------------
 
 def step_key(spec: Mapping[str, Any] | None) -> str | None:
-    """What identifies "the current step" of a deployment spec; pausing or retuning gates does not change it."""
+    """What identifies "the current step" of a deployment spec; pausing or retuning gates does not change it.
+    Ending a step's shadow (``shadowPassed``) does: the step's devices then switch, and soak again."""
     if not spec:
         return None
     rollout = spec.get("rollout") or {}
-    return json.dumps([spec.get("version"), rollout.get("from"), rollout.get("steps"), rollout.get("step", 0),
-                       bool(rollout)], sort_keys=True, default=str)
+    key: list[Any] = [spec.get("version"), rollout.get("from"), rollout.get("steps"), rollout.get("step", 0),
+                      bool(rollout)]
+    if "shadowPassed" in rollout:
+        key.append(rollout["shadowPassed"])
+    return json.dumps(key, sort_keys=True, default=str)
 
 
 def step_landed(history: Sequence[tuple[str, _dt.datetime, str | None]], current: str | None
@@ -243,6 +282,49 @@ def classify(dev: Device, *, endpoint: str, version: str, now: _dt.datetime, unk
     return "pending", reported, hb, age, f"endpoint {state} at {reported or '-'}"
 
 
+def shadow_summary(section: Mapping[str, Any]) -> dict[str, Any]:
+    """The few numbers of a device's ``shadow`` section that ``rollout status`` shows per device."""
+    keep = ("version", "state", "reason", "samples", "agreed", "agreement", "errors", "nanOutputs", "dropped",
+            "memoryMB")
+    out = {k: section.get(k) for k in keep if k in section}
+    lat = section.get("latencyMs")
+    if isinstance(lat, Mapping):
+        out["latencyMs"] = {k: lat.get(k) for k in ("p50", "p99", "liveP50", "liveP99") if k in lat}
+    return out
+
+
+def _shadow_reason(sh: Mapping[str, Any]) -> str:
+    agreement = sh.get("agreement")
+    text = f"shadow {sh.get('state')}: {sh.get('samples', 0)} samples"
+    if isinstance(agreement, (int, float)):
+        text += f", agreement {agreement:.2f}%"
+    return text
+
+
+def classify_shadow(dev: Device, *, endpoint: str, version: str, now: _dt.datetime, unknown_after: float
+                    ) -> tuple[str, str | None, str | None, float | None, str, dict[str, Any] | None]:
+    """Like :func:`classify`, for a device that runs ``version`` in shadow; also its shadow section."""
+    state, reported, hb, age, reason = classify(dev, endpoint=endpoint, version=version, now=now,
+                                                unknown_after=unknown_after)
+    entry = _endpoint_entry((dev.status or {}).get("status") or {}, endpoint) if dev.status else None
+    raw = entry.get("shadow") if entry is not None else None
+    sh = raw if isinstance(raw, Mapping) and str(raw.get("version")) == version else None
+    summary = shadow_summary(sh) if sh is not None else None
+    if state in ("failed", "unknown") or reported == version:  # a failure, silence, or switched (onAgreement)
+        return state, reported, hb, age, reason, summary
+    if sh is None:
+        return "pending", reported, hb, age, f"not shadowing {version} yet (endpoint at {reported or '-'})", None
+    sstate = sh.get("state")
+    why = str(sh.get("message") or sh.get("reason") or "")[:200]
+    if sstate == shadow_gate.FAILED:
+        return "failed", reported, hb, age, f"failed in shadow: {sh.get('reason')}: {why}"[:200], summary
+    if sstate in shadow_gate.COMPARED and entry is not None and entry.get("state") == "Serving":
+        return "healthy", reported, hb, age, _shadow_reason(sh), summary
+    if sstate == shadow_gate.REFUSED:
+        return "pending", reported, hb, age, f"shadow refused: {sh.get('reason')}: {why}"[:200], summary
+    return "pending", reported, hb, age, f"shadow {sstate}" + (f": {why}" if why else ""), summary
+
+
 # -- gates and phase ---------------------------------------------------------------------------------------
 
 def _pct(n: int, d: int) -> float | None:
@@ -250,7 +332,8 @@ def _pct(n: int, d: int) -> float | None:
 
 
 def check_gates(cur: StepStats, gates: Gates, *, seconds_in_step: float | None,
-                drift_scores: Sequence[float]) -> list[GateResult]:
+                drift_scores: Sequence[float], shadow: tuple[float, shadow_gate.GateVerdict] | None = None
+                ) -> list[GateResult]:
     known = cur.targeted - cur.unknown
     empty = cur.targeted == 0
     out: list[GateResult] = []
@@ -278,6 +361,10 @@ def check_gates(cur: StepStats, gates: Gates, *, seconds_in_step: float | None,
                               worst is None or worst <= gates.max_drift_score,
                               "no device reports a drift score" if worst is None else
                               f"highest drift score of {len(drift_scores)} reporting devices"))
+    if shadow is not None:
+        threshold, verdict = shadow
+        out.append(GateResult("minShadowAgreement", verdict.value, threshold, empty or verdict.passed,
+                              "no device targeted" if empty else verdict.message))
     return out
 
 
@@ -314,6 +401,18 @@ def decide_phase(in_rollout: bool, paused: bool, gates: list[GateResult], where:
     back = f", and `abort` back to {where.from_version} with it" if where.from_version is not None else ""
     return READY, (f"all gates pass at the last step: {promote} completes the rollout ({where.version} on every "
                    f"selected device; the rollout block goes{back})")
+
+
+def _shadow_config(rollout: Mapping[str, Any], gates: Gates) -> tuple[ShadowSettings, float] | None:
+    """The rollout's shadow settings and the ``minShadowAgreement`` threshold (None: no shadow)."""
+    if rollout.get("shadow") is None or rollout.get("from") is None:
+        return None
+    try:
+        settings = ShadowSettings.from_section(rollout.get("shadow"))
+    except ValueError:
+        settings = ShadowSettings(min_samples=DEFAULT_MIN_SAMPLES, min_agreement=DEFAULT_MIN_AGREEMENT)
+    threshold = gates.min_shadow_agreement if gates.min_shadow_agreement is not None else settings.min_agreement
+    return settings, threshold
 
 
 # -- the whole evaluation ----------------------------------------------------------------------------------
@@ -362,6 +461,9 @@ def evaluate(fleet: FleetRepo, deployment: str, devices: Sequence[Device], *, no
     stats = [StepStats(i, step_label(s)) for i, s in enumerate(steps)]
     verdicts: list[DeviceVerdict] = []
     drift: list[float] = []
+    shadow_cfg = _shadow_config(rollout, gates) if in_rollout else None
+    shadow_step = shadow_cfg is not None and rollout.get("shadowPassed") != current
+    shadow_reports: list[tuple[str, Mapping[str, Any]]] = []
     for dev in devices:
         labels = device_labels(dev.labels, dev.facts)
         if not matches(spec.get("selector"), labels):
@@ -369,8 +471,19 @@ def evaluate(fleet: FleetRepo, deployment: str, devices: Sequence[Device], *, no
         first = rollout_step_of(rollout, deployment, version, dev.id, labels) if in_rollout else 0
         if first is None:
             continue
-        state, reported, hb, age, reason = classify(dev, endpoint=endpoint, version=version, now=now,
-                                                    unknown_after=unknown_after)
+        summary = None
+        if shadow_step and first == current:
+            state, reported, hb, age, reason, summary = classify_shadow(
+                dev, endpoint=endpoint, version=version, now=now, unknown_after=unknown_after)
+            if summary is not None and state not in ("failed", "unknown"):
+                shadow_reports.append((dev.id, summary))
+                if summary.get("state") in shadow_gate.COMPARED:
+                    stats[first].shadowing += 1
+                    stats[first].shadow_samples += int(summary.get("samples") or 0)
+                    stats[first].shadow_agreed += int(summary.get("agreed") or 0)
+        else:
+            state, reported, hb, age, reason = classify(dev, endpoint=endpoint, version=version, now=now,
+                                                        unknown_after=unknown_after)
         stats[first].new += 1
         for s in stats[first:]:
             s.targeted += 1
@@ -378,17 +491,31 @@ def evaluate(fleet: FleetRepo, deployment: str, devices: Sequence[Device], *, no
             if state == "healthy":
                 s.updated += 1
         if first <= current:
-            verdicts.append(DeviceVerdict(dev.id, first, state, reported, hb, age, reason))
+            verdicts.append(DeviceVerdict(dev.id, first, state, reported, hb, age, reason, summary))
             if state in ("healthy", "updated") and dev.status is not None:
                 score = _drift_score(_endpoint_entry(dev.status.get("status") or {}, endpoint))
                 if score is not None:
                     drift.append(score)
     seconds = None if landed is None else max(0.0, (now - landed[1]).total_seconds())
-    results = check_gates(stats[current], gates, seconds_in_step=seconds, drift_scores=drift)
+    shadow_verdict = None
+    if shadow_step and shadow_cfg is not None:
+        settings, threshold = shadow_cfg
+        shadow_verdict = (threshold, shadow_gate.agreement_gate(shadow_reports, threshold=threshold,
+                                                                min_samples=settings.min_samples))
+    results = check_gates(stats[current], gates, seconds_in_step=seconds, drift_scores=drift, shadow=shadow_verdict)
     paused = bool(rollout.get("paused", False))
     phase, message = decide_phase(in_rollout, paused, results, Where(
         deployment, current, [s.name for s in stats], version,
         None if rollout.get("from") is None else str(rollout["from"])))
+    shadow_doc = None
+    if shadow_cfg is not None:
+        settings, threshold = shadow_cfg
+        shadow_doc = {"switch": settings.switch, "sampleRate": settings.sample_rate,
+                      "minSamples": settings.min_samples, "minAgreement": threshold,
+                      "passed": rollout.get("shadowPassed"), "stepShadows": shadow_step}
+        if shadow_step and phase == READY:
+            message += (f" (promote ends the shadow of step {current}: its devices switch to {version})"
+                        if settings.switch == AFTER_GATE else "")
     return RolloutStatus(
         deployment=deployment, model=str(spec["model"]), endpoint=endpoint, version=version,
         from_version=None if rollout.get("from") is None else str(rollout["from"]), step=current, steps=stats,
@@ -397,4 +524,6 @@ def evaluate(fleet: FleetRepo, deployment: str, devices: Sequence[Device], *, no
         step_landed=landed[1].astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if landed else None,
         seconds_in_step=seconds, generated=now.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         unknown_after_seconds=unknown_after, devices=sorted(verdicts, key=lambda v: (v.step, v.device)),
+        shadow=shadow_doc,
+        shadow_pending=shadow_step and shadow_cfg is not None and shadow_cfg[0].switch == AFTER_GATE,
     )

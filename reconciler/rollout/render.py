@@ -16,6 +16,8 @@ def _num(v: float | None, gate: str) -> str:
         return format_duration(v) if v >= 1 else "0s"
     if gate in ("minHealthyPercent", "maxFailedPercent"):
         return f"{v:.1f}%"
+    if gate == "minShadowAgreement":
+        return f"{v:.2f}%"
     return f"{v:g}"
 
 
@@ -30,6 +32,15 @@ def _headline(s: RolloutStatus) -> list[str]:
     if s.in_rollout:
         since = "unknown" if s.seconds_in_step is None else format_duration(s.seconds_in_step) if s.seconds_in_step >= 1 else "0s"
         lines.append(f"Step commit: {(s.step_commit or 'not found')[:12]} at {s.step_landed or '-'} ({since} in step)")
+    if s.shadow is not None:
+        sh = s.shadow
+        if sh.get("stepShadows"):
+            then = ("promote ends the shadow (shadowPassed)" if sh.get("switch") == "afterGate"
+                    else "each device switches itself on agreement")
+            lines.append(f"Shadow: step {s.step}'s new devices run {s.version} beside {s.from_version} on "
+                         f"{sh.get('sampleRate', 0) * 100:g}% of their requests; {then}")
+        else:
+            lines.append(f"Shadow: passed at step {sh.get('passed')}; later steps shadow first")
     return lines
 
 
@@ -37,10 +48,23 @@ STEP_HEADERS = ["STEP", "NAME", "TARGETED", "NEW", "UPDATED", "HEALTHY", "FAILED
 GATE_HEADERS = ["GATE", "VALUE", "THRESHOLD", "VERDICT", "DETAIL"]
 
 
+SHADOW_HEADERS = ["SHADOWING", "AGREEMENT"]
+
+
+def _step_headers(s: RolloutStatus) -> list[str]:
+    return STEP_HEADERS + (SHADOW_HEADERS if s.shadow is not None else [])
+
+
 def _step_rows(s: RolloutStatus) -> list[list[str]]:
-    return [[("> " if st.index == s.step and s.in_rollout else "  ") + str(st.index), st.name, str(st.targeted),
-             str(st.new), str(st.updated), str(st.healthy), str(st.failed), str(st.pending), str(st.unknown)]
-            for st in s.steps]
+    rows = []
+    for st in s.steps:
+        row = [("> " if st.index == s.step and s.in_rollout else "  ") + str(st.index), st.name, str(st.targeted),
+               str(st.new), str(st.updated), str(st.healthy), str(st.failed), str(st.pending), str(st.unknown)]
+        if s.shadow is not None:
+            agreement = st.shadow_agreement
+            row += [str(st.shadowing) if st.shadowing else "-", "-" if agreement is None else f"{agreement:.2f}%"]
+        rows.append(row)
+    return rows
 
 
 def _gate_rows(s: RolloutStatus) -> list[list[str]]:
@@ -57,6 +81,18 @@ def _device_lines(s: RolloutStatus) -> list[str]:
         shown = ", ".join(f"{d.device} ({d.reason})" if d.reason else d.device for d in devs[:MAX_LISTED])
         more = f", … {len(devs) - MAX_LISTED} more" if len(devs) > MAX_LISTED else ""
         out.append(f"{state.capitalize()} ({len(devs)}): {shown}{more}")
+    shadowing = [d for d in s.devices if d.shadow is not None and d.state not in ("failed", "unknown", "pending")]
+    if shadowing:
+        def one(d) -> str:  # type: ignore[no-untyped-def]
+            sh = d.shadow
+            a = sh.get("agreement")
+            p99 = (sh.get("latencyMs") or {}).get("p99")
+            return (f"{d.device} ({sh.get('state')}, {sh.get('samples', 0)} samples"
+                    + (f", {a:.2f}%" if isinstance(a, (int, float)) else "")
+                    + (f", p99 {p99:g} ms" if isinstance(p99, (int, float)) else "") + ")")
+        shown = ", ".join(one(d) for d in shadowing[:MAX_LISTED])
+        more = f", … {len(shadowing) - MAX_LISTED} more" if len(shadowing) > MAX_LISTED else ""
+        out.append(f"Shadow ({len(shadowing)}): {shown}{more}")
     return out
 
 
@@ -71,8 +107,9 @@ def render(s: RolloutStatus, fmt: str = "table") -> str:
     if fmt == "markdown":
         out = [f"**{_headline(s)[0]}**", "", f"**Phase: {s.phase}** — {s.message}", ""]
         if s.in_rollout:
-            out += [_headline(s)[2], ""]
-        out += ["| " + " | ".join(STEP_HEADERS) + " |", "|" + "---|" * len(STEP_HEADERS)]
+            out += [line for extra in _headline(s)[2:] for line in (extra, "")]
+        headers = _step_headers(s)
+        out += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         out += ["| " + " | ".join(c.strip().replace("> ", "▶ ") for c in r) + " |" for r in _step_rows(s)]
         out += ["", "| " + " | ".join(GATE_HEADERS) + " |", "|" + "---|" * len(GATE_HEADERS)]
         out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in _gate_rows(s)]
@@ -82,7 +119,7 @@ def render(s: RolloutStatus, fmt: str = "table") -> str:
         return "\n".join(escape(line) for line in out)
     if fmt != "table":
         raise ValueError(f"unknown format {fmt!r}")
-    out = _headline(s) + [""] + _table(STEP_HEADERS, _step_rows(s)) + [""] + _table(GATE_HEADERS, _gate_rows(s))
+    out = _headline(s) + [""] + _table(_step_headers(s), _step_rows(s)) + [""] + _table(GATE_HEADERS, _gate_rows(s))
     devices = _device_lines(s)
     if devices:
         out += [""] + devices
