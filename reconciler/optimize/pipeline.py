@@ -180,7 +180,7 @@ def prepare_out_dir(out_dir: Path) -> None:
 def _measure_speed(r: VariantResult, backend: Backend, evaluation: dict[str, np.ndarray], opts: Options) -> None:
     r.speed = measure.speed(backend, evaluation, batch=opts.batch, runs=opts.runs)
     if opts.measure_memory:
-        r.memory = measure.memory(r.runtime, r.files, opts.threads, r.precision)
+        r.memory = measure.memory(r.runtime, r.files, opts.threads, r.precision, measure.batch_of(evaluation, 1))
 
 
 def _build_and_measure(p: PlannedKind, model: Path, work: Path, ctx: BuildContext, ref_out: dict[str, np.ndarray],

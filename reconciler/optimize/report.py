@@ -63,7 +63,7 @@ def _routes(o: Outcome) -> list[str]:
     for r in o.variants:
         if not r.route:
             continue
-        line = f"{r.kind}: built by {r.route}"
+        line = f"{r.kind}: {r.route}"
         if r.attempts:
             line += f", after {len(r.attempts)} failed attempt(s): " + " | ".join(
                 f"{i}. {a.text()}" for i, a in enumerate(r.attempts, 1))
@@ -91,7 +91,9 @@ def render_table(o: Outcome) -> str:
         widths = {c: max(len(c), *(len(row[c]) for row in table)) for c in cols}
         lines.append("  ".join(c.ljust(widths[c]) for c in cols).rstrip())
         lines += ["  ".join(row[c].ljust(widths[c]) for c in cols).rstrip() for row in table]
-    lines += _routes(o)
+    routes = _routes(o)
+    if routes:
+        lines += ["built by:", *(f"  {x}" for x in routes)]
     lines += _others(o)
     if o.picks:
         lines.append("hardware class -> variant: " + "; ".join(f"{c} -> {v}" for c, v in o.picks.items()))
@@ -112,7 +114,7 @@ def render_markdown(o: Outcome) -> str:
         lines += ["| " + " | ".join(row[c] for c in cols) + " |" for row in table]
     routes = _routes(o)
     if routes:
-        lines += ["", "How each was built:", ""] + [f"- {x}" for x in routes]
+        lines += ["", "Built by:", ""] + [f"- {x}" for x in routes]
     others = _others(o)
     if others:
         lines += ["", "Not shipped:", ""] + [f"- {x}" for x in others]
