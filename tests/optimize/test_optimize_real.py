@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from reconciler.optimize.failure import one_line
 from reconciler.optimize.inspect import file_precision
 from reconciler.optimize.plan import KIND_NAMES
 from reconciler.serving.precision import openvino_hint
@@ -68,7 +67,7 @@ def _library_failure(fn: Callable[[], object]) -> tuple[str, str] | None:
     try:
         fn()
     except Exception as exc:  # noqa: BLE001 - whatever the library raises is what the report must carry
-        return type(exc).__name__, one_line(str(exc))
+        return type(exc).__name__, " ".join(str(exc).split())
     return None
 
 
