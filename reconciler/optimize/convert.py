@@ -407,7 +407,7 @@ def check_servable(s: Servable, inputs: Mapping[str, np.ndarray], tensors: Mappi
     sess = ort.InferenceSession(str(s.source), providers=["CPUExecutionProvider"])
     names = list(s.zipmaps)
     n = int(next(iter(inputs.values())).shape[0])
-    maps = {name: [] for name in names}  # type: dict[str, list[Any]]
+    maps: dict[str, list[Any]] = {name: [] for name in names}
     for start in range(0, n, 256):
         got = sess.run(names, {k: v[start:start + 256] for k, v in inputs.items()})
         for name, seq in zip(names, got, strict=True):
