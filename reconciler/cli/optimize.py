@@ -105,7 +105,8 @@ def _roles_note(roles, outputs) -> str:  # type: ignore[no-untyped-def]
 
     metas = {m.name: m for m in outputs}
     if roles.answer is None:
-        return "classifier without a label or scores output: top1 and accuracy cannot be measured"
+        return ("classifier outputs: none is a label (integer or string, [N] or [N, 1]) or scores (float [N, C]) "
+                "output, so top1 and accuracy cannot be measured (--task regression judges the output error)")
     parts = [f"the answer is the label output {describe(metas[roles.label])}" if roles.label else
              f"the answer is the argmax of {describe(metas[roles.scores])}"]
     if roles.label and roles.scores:

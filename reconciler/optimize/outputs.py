@@ -70,10 +70,10 @@ def detect(outputs: Sequence[TensorMeta], *, label: str | None = None, scores: s
             raise UserError(f"{opt} {name}: {describe(by_name[name])} is not {want}", exit_code=2)
     if label is not None or scores is not None:
         return Roles(label, scores)
+    # One float per sample ([N] or [N, 1], e.g. a sigmoid) is neither: its argmax is always 0, and whether 0.5
+    # or 0 is the threshold the file does not say.
     found_label = next((m.name for m in outputs if is_label(m)), None)
     found_scores = next((m.name for m in outputs if is_scores(m)), None)
-    if found_label is None and found_scores is None and outputs and outputs[0].datatype in FLOAT_TYPES:
-        found_scores = outputs[0].name  # e.g. one score per sample: the argmax over what there is
     return Roles(found_label, found_scores)
 
 

@@ -203,6 +203,7 @@ def test_output_roles_are_detected_from_types_and_shapes() -> None:
     assert detect(sk) == Roles("output_label", "output_probability")
     assert detect([TensorMeta("logits", "FP32", (-1, 10))]) == Roles(None, "logits")
     assert detect([TensorMeta("y", "BYTES", (-1, 1)), TensorMeta("p", "FP32", (-1, 3))]) == Roles("y", "p")
+    assert detect([TensorMeta("sigmoid", "FP32", (-1, 1))]) == Roles(None, None)  # argmax would always be 0
     assert detect(sk, scores="output_probability") == Roles(None, "output_probability")  # naming one: no detection
     with pytest.raises(UserError, match=r"--label-output output_probability: output_probability \(FP32 \[N, 10\]\) "
                                         "is not an integer or string tensor"):
