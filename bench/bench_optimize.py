@@ -13,7 +13,8 @@ scikit-learn MLP on the bundled digits converted by skl2onnx with its ZipMap out
 int8 variant was built (which pre-processing route ran after which failed), accuracy against the labels, and
 the reason of each failed kind; and the classifier's ov-int8 once more with NNCF's accuracy control.
 
-Run: .venv/bin/python bench/bench_optimize.py   (about 8 minutes; BENCH_RUNS=200 timed runs per variant)
+Run: .venv/bin/python bench/bench_optimize.py   (23 minutes on a shared 2-core machine at load ~12; BENCH_RUNS=200
+timed runs per variant)
 """
 
 from __future__ import annotations
