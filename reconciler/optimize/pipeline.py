@@ -2,10 +2,11 @@
 
 Steps, each a function below: ``plan`` (which kinds, from the hardware classes) → ``build`` every planned kind
 into a work directory (a failing library call fails that variant only, with the step, the exception's type and
-its message in the report; ONNX Runtime's quantizers fall back to other pre-processing routes first) → ``measure`` the fp32 reference and each
-variant on this machine → ``decide`` (accuracy budget, then variants no device would pick) → ``write`` the kept
-files and a golden probe per variant into ``--out`` → ``publish`` them into the TUF repository → ``manifest``
-(a new version, written last, so it never names a file that was not signed).
+its message in the report; ONNX Runtime's quantizers fall back to other pre-processing routes first) →
+``measure`` the fp32 reference and each variant on this machine → ``decide`` (accuracy budget, then variants no
+device would pick) → ``write`` the kept files and a golden probe per variant into ``--out`` → ``publish`` them
+into the TUF repository → ``manifest`` (a new version, written last, so it never names a file that was not
+signed). A model with ZipMap outputs is served as the copy :func:`~.convert.servable` makes.
 """
 
 from __future__ import annotations
