@@ -7,7 +7,9 @@ variant was kept, 1 on any error (one ``error: …`` line).
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -49,12 +51,36 @@ def _classes(fleet_dir: Path | None, log):  # type: ignore[no-untyped-def]
     return classes, result.fleet.fleet_spec
 
 
-def _task(task: str, has_labels: bool, manifest_task: str | None) -> str:
+def _task(task: str, has_labels: bool, manifest_task: str | None, named_outputs: bool = False) -> str:
     if task != "auto":
         return task
-    if has_labels or (manifest_task and "classif" in manifest_task):
+    if has_labels or named_outputs or (manifest_task and "classif" in manifest_task):
         return "classifier"
     return "regression"
+
+
+def _quant_options(path: Path | None, **flags: Any):  # type: ignore[no-untyped-def]
+    """The options file, then every flag that was given over it."""
+    import yaml
+
+    from reconciler.optimize.quantopts import QuantOptions, from_document
+
+    base = QuantOptions()
+    if path is not None:
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"--quantize-options {path}: no such file", exit_code=2) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"--quantize-options {path}: cannot read: {exc}", exit_code=2) from None
+        except yaml.YAMLError as exc:
+            raise UserError(f"--quantize-options {path}: not YAML or JSON: {' '.join(str(exc).split())}",
+                            exit_code=2) from None
+        try:
+            base = from_document(doc, str(path))
+        except UserError as exc:
+            raise UserError(str(exc), exit_code=2) from None
+    return base.merged(**flags)
 
 
 def _manifest_info(manifest: Path | None, version: str | None) -> tuple[str | None, str | None]:
@@ -72,6 +98,20 @@ def _manifest_info(manifest: Path | None, version: str | None) -> tuple[str | No
 
     data = yaml.safe_load(text)
     return str(data["metadata"]["name"]), str((data.get("spec") or {}).get("task") or "")
+
+
+def _roles_note(roles, outputs) -> str:  # type: ignore[no-untyped-def]
+    from reconciler.optimize.outputs import describe
+
+    metas = {m.name: m for m in outputs}
+    if roles.answer is None:
+        return ("classifier outputs: none is a label (integer or string, [N] or [N, 1]) or scores (float [N, C]) "
+                "output, so top1 and accuracy cannot be measured (--task regression judges the output error)")
+    parts = [f"the answer is the label output {describe(metas[roles.label])}" if roles.label else
+             f"the answer is the argmax of {describe(metas[roles.scores])}"]
+    if roles.label and roles.scores:
+        parts.append(f"scores {describe(metas[roles.scores])}")
+    return "classifier outputs: " + "; ".join(parts)
 
 
 def _steps(classes, requested: list[str] | None) -> int:  # type: ignore[no-untyped-def]
@@ -106,6 +146,37 @@ def _report(outcome, fmt: str) -> None:  # type: ignore[no-untyped-def]
 @click.option("--task", type=click.Choice(["auto", "classifier", "regression"]), default="auto", show_default=True,
               help="How accuracy is judged: top-1 (classifier) or output error (regression). auto: classifier when "
                    "the sample has labels or the manifest's task names a classification.")
+@click.option("--label-output", metavar="NAME", default=None,
+              help="Classifiers: the output that is the predicted class (integer or string, [N] or [N, 1]). "
+                   "Default: detected from the outputs' types and shapes.")
+@click.option("--score-output", metavar="NAME", default=None,
+              help="Classifiers: the output of class scores or probabilities ([N, C]; the answer is its argmax when "
+                   "there is no label output). Naming either output turns detection off.")
+@click.option("--quantize-options", "quant_file", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+              help="YAML/JSON file of quantizer options (onnxruntime: and nncf: sections, see docs/optimize.md); "
+                   "the flags below override it.")
+@click.option("--preprocess", type=click.Choice(["auto", "full", "no-symbolic", "off"]), default=None,
+              help="ONNX Runtime int8: quant_pre_process with symbolic shape inference (full), without it, or not at "
+                   "all; auto tries them in that order and keeps the first that quantizes into a model that runs. "
+                   "[default: auto]")
+@click.option("--per-channel/--per-tensor", "per_channel", default=None,
+              help="ort-int8-static: one weight scale per output channel, or one per tensor. [default: per-channel]")
+@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile", "distribution"]),
+              default=None, help="ort-int8-static: how activation ranges are calibrated. [default: minmax]")
+@click.option("--op-types", multiple=True, metavar="LIST",
+              help="ONNX Runtime int8: quantize only these operator types (comma list, e.g. Conv,MatMul).")
+@click.option("--exclude-nodes", multiple=True, metavar="LIST",
+              help="ONNX Runtime int8: leave these nodes (by name, comma list) in fp32.")
+@click.option("--nncf-preset", type=click.Choice(["performance", "mixed"]), default=None,
+              help="ov-int8: NNCF's quantization preset (symmetric, or asymmetric activations). [default: NNCF's]")
+@click.option("--subset-size", type=click.IntRange(1), default=None,
+              help="ov-int8: calibration samples NNCF uses. [default: the whole calibration part]")
+@click.option("--ignored-scope", multiple=True, metavar="KIND:VALUE",
+              help="ov-int8: keep matching operations in fp32: name:NODE, pattern:REGEX or type:OP (repeatable).")
+@click.option("--accuracy-control", is_flag=True, default=None,
+              help="ov-int8: nncf.quantize_with_accuracy_control — reverts layers to fp32 until the accuracy on the "
+                   "labelled calibration samples drops at most the --max-drop accuracy budget (default 1%). Needs "
+                   "labels.")
 @format_option("table", "markdown")
 @click.option("--batch", type=click.IntRange(1, 4096), default=8, show_default=True, help="Batch size for throughput.")
 @click.option("--runs", type=click.IntRange(5, 100_000), default=50, show_default=True, help="Timed batch-1 runs.")
@@ -124,16 +195,21 @@ def _report(outcome, fmt: str) -> None:  # type: ignore[no-untyped-def]
 @click.option("--keys", multiple=True, type=click.Path(path_type=Path, file_okay=False), help="Signing key directory (repeatable).")
 @deprecated_alias("--fleet", "fleet_dir", "--repo", metavar="PATH", type=click.Path(path_type=Path, file_okay=False))
 def optimize(model: Path, data: Path, out_dir: Path, variants: tuple[str, ...], max_drop: tuple[str, ...],
-             task: str, fmt: str, batch: int, runs: int, threads: int, calibration: int | None,
+             task: str, label_output: str | None, score_output: str | None, quant_file: Path | None,
+             preprocess: str | None, per_channel: bool | None, calibration_method: str | None,
+             op_types: tuple[str, ...], exclude_nodes: tuple[str, ...], nncf_preset: str | None,
+             subset_size: int | None, ignored_scope: tuple[str, ...], accuracy_control: bool | None,
+             fmt: str, batch: int, runs: int, threads: int, calibration: int | None,
              fleet_dir: Path | None, manifest: Path | None, version: str | None, prefix: str | None,
              tuf_repo: Path | None, keys: tuple[Path, ...]) -> None:
     """Quantize, convert and measure MODEL (fp32 ONNX) into variants for the fleet's hardware."""
     from reconciler.fleet.desired import runtime_preferences
-    from reconciler.optimize import pipeline
+    from reconciler.optimize import convert, outputs as outputs_mod, pipeline
     from reconciler.optimize.budget import BudgetError, parse_budget
     from reconciler.optimize.manifest import fleet_root_of, write_version
     from reconciler.optimize.measure import load
     from reconciler.optimize.plan import class_picks
+    from reconciler.optimize.quantopts import parse_scope_items, split_list
     from reconciler.optimize.sample import load_sample
 
     progress = Progress("optimize", None)
@@ -154,23 +230,37 @@ def optimize(model: Path, data: Path, out_dir: Path, variants: tuple[str, ...], 
     except BudgetError as exc:
         raise UserError(f"--max-drop {exc}", exit_code=2) from None
     requested = _split_variants(variants)
+    quant = _quant_options(quant_file, preprocess=preprocess, per_channel=per_channel,
+                           calibration_method=calibration_method, op_types=split_list(op_types),
+                           exclude_nodes=split_list(exclude_nodes), preset=nncf_preset, subset_size=subset_size,
+                           accuracy_control=accuracy_control, **parse_scope_items(ignored_scope))
     manifest_name, manifest_task = _manifest_info(manifest, version)
     if fleet_dir is None and manifest is not None:
         fleet_dir = fleet_root_of(manifest)
     classes, fleet_spec = _classes(fleet_dir, log)
     progress.update(0, total=_steps(classes, requested))
 
-    ref = load("onnxruntime", [model], None, "fp32")
-    inputs, outputs = list(ref.inputs), list(ref.outputs)
-    ref.close()
-    sample = load_sample(data, inputs, calibration=calibration)
-    the_task = _task(task, sample.labels is not None, manifest_task)
-    opts = pipeline.Options(batch=batch, runs=runs, threads=threads or None, task=the_task, budget=budget,
-                            requested=requested)
-    try:
-        outcome = pipeline.run(model, sample, out_dir, classes, opts, log)
-    finally:
-        progress.close()
+    with tempfile.TemporaryDirectory(prefix="modelfleet-optimize-") as tmp:
+        served = convert.servable(model, Path(tmp))
+        ref = load("onnxruntime", [served.path], None, "fp32")
+        inputs, outputs = list(ref.inputs), list(ref.outputs)
+        ref.close()
+        sample = load_sample(data, inputs, calibration=calibration)
+        named = label_output is not None or score_output is not None
+        the_task = _task(task, sample.labels is not None, manifest_task, named)
+        roles = None
+        if the_task == "classifier":
+            roles = outputs_mod.detect(outputs, label=label_output, scores=score_output)
+        elif named:
+            raise UserError("--label-output/--score-output: only for --task classifier", exit_code=2)
+        opts = pipeline.Options(batch=batch, runs=runs, threads=threads or None, task=the_task, budget=budget,
+                                requested=requested, quant=quant, roles=roles)
+        try:
+            outcome = pipeline.run(served, sample, out_dir, classes, opts, log)
+        finally:
+            progress.close()
+    if roles is not None:
+        outcome.notes.insert(0, _roles_note(roles, outputs))
     name = manifest_name or (manifest.stem if manifest else model.stem)
     outcome.model = name
     target_dir = pipeline.target_prefix(prefix or f"{name}/{version or 'unversioned'}")

@@ -1,17 +1,21 @@
 """Accuracy agreement of a variant with the fp32 reference, and the accuracy budget that keeps or drops it. Pure.
 
-Metrics (computed on the evaluation part of the sample, every output tensor of the model):
+Metrics (computed on the evaluation part of the sample):
 
-- ``top1`` — classifiers only: the share of samples whose top-1 class (argmax of the class output) differs
-  from the fp32 reference's. Budget in percent: ``top1=1%`` keeps a variant that changes at most 1 % of the
-  answers.
-- ``accuracy`` — classifiers with ``labels`` in the sample: the drop of top-1 accuracy against the labels, in
+- ``top1`` — classifiers only: the share of samples whose answer differs from the fp32 reference's. The answer
+  is the model's label output when it has one, else the argmax of its scores (:mod:`~.outputs`). Budget in
+  percent: ``top1=1%`` keeps a variant that changes at most 1 % of the answers.
+- ``accuracy`` — classifiers with ``labels`` in the sample: the drop of accuracy against those labels, in
   percentage points (``accuracy=0.5%``).
 - ``max_abs`` / ``mean_abs`` — the largest and the mean absolute difference to the reference outputs
-  (plain numbers: ``mean_abs=0.01``).
+  (plain numbers: ``mean_abs=0.01``), over every numeric output; a classifier's label output is left out
+  (class ids are not magnitudes: ``top1`` judges it), and so are string outputs.
 - ``max_rel`` / ``mean_rel`` — ``max_abs`` divided by the largest reference magnitude, ``mean_abs`` divided by
   the mean reference magnitude (``mean_rel=2%``). Relative to the output's scale rather than element-wise, so
   outputs near zero do not blow up.
+
+The default budget: ``accuracy=1%`` for a classifier whose sample has labels (judged against the truth, not
+only against fp32), ``top1=1%`` for one without, ``mean_rel=2%`` otherwise.
 """
 
 from __future__ import annotations
@@ -23,20 +27,22 @@ from typing import Any
 
 import numpy as np
 
+from reconciler.optimize.outputs import Roles, answers, roles_of_arrays, same_class
+
 PERCENT_METRICS = ("top1", "accuracy", "max_rel", "mean_rel")
 ABS_METRICS = ("max_abs", "mean_abs")
 METRICS = PERCENT_METRICS + ABS_METRICS
-DEFAULT_BUDGET = {"classifier": {"top1": 0.01}, "regression": {"mean_rel": 0.02}}
+DEFAULT_BUDGET = {"classifier": {"top1": 0.01}, "labelled": {"accuracy": 0.01}, "regression": {"mean_rel": 0.02}}
 
 
 @dataclass(frozen=True)
 class Agreement:
     task: str
     samples: int
-    max_abs: float
-    mean_abs: float
-    max_rel: float
-    mean_rel: float
+    max_abs: float | None  # None: the model has no numeric output to compare (only labels)
+    mean_abs: float | None
+    max_rel: float | None
+    mean_rel: float | None
     top1: float | None = None  # share of samples whose class changed (0..1)
     accuracy_ref: float | None = None
     accuracy: float | None = None
@@ -53,35 +59,51 @@ class Agreement:
 
 
 def agreement(reference: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], *, task: str,
-              class_output: str | None = None, labels: np.ndarray | None = None) -> Agreement:
+              roles: Roles | None = None, labels: np.ndarray | None = None) -> Agreement:
     """Compare a variant's outputs with the reference's (same samples, same order)."""
+    samples = int(np.asarray(next(iter(reference.values()))).shape[0]) if reference else 0
+    if task == "classifier" and roles is None:
+        roles = roles_of_arrays(reference)
+    skip = {roles.label} if task == "classifier" and roles is not None else set()
     diffs, mags = [], []
     for name, ref in reference.items():
         if name not in got:
             raise ValueError(f"variant has no output {name!r}")
-        r = np.asarray(ref, dtype=np.float64)
-        g = np.asarray(got[name], dtype=np.float64)
+        r, g = np.asarray(ref), np.asarray(got[name])
         if r.shape != g.shape:
             raise ValueError(f"output {name!r}: shape {list(g.shape)}, reference {list(r.shape)}")
+        if name in skip or r.dtype.kind not in "biuf" or g.dtype.kind not in "biuf":
+            continue
+        r, g = r.astype(np.float64), g.astype(np.float64)
         diffs.append(np.abs(g - r).reshape(-1))
         mags.append(np.abs(r).reshape(-1))
-    diff, mag = np.concatenate(diffs), np.concatenate(mags)
-    max_abs = float(diff.max()) if diff.size else 0.0
-    mean_abs = float(diff.mean()) if diff.size else 0.0
-    samples = int(next(iter(reference.values())).shape[0]) if reference else 0
+    max_abs = mean_abs = max_rel = mean_rel = None
+    if diffs:
+        diff, mag = np.concatenate(diffs), np.concatenate(mags)
+        max_abs = float(diff.max()) if diff.size else 0.0
+        mean_abs = float(diff.mean()) if diff.size else 0.0
+        max_rel = _ratio(max_abs, float(mag.max()) if mag.size else 0.0)
+        mean_rel = _ratio(mean_abs, float(mag.mean()) if mag.size else 0.0)
     top1 = acc_ref = acc = None
-    if task == "classifier":
-        name = class_output or next(iter(reference))
-        r_cls = np.asarray(reference[name]).reshape(samples, -1).argmax(axis=1)
-        g_cls = np.asarray(got[name]).reshape(samples, -1).argmax(axis=1)
-        top1 = float((r_cls != g_cls).mean()) if samples else 0.0
+    if task == "classifier" and roles is not None and roles.answer is not None and samples:
+        r_cls, g_cls = answers(roles, reference, samples), answers(roles, got, samples)
+        top1 = float(np.mean(~same_class(r_cls, g_cls)))
         if labels is not None:
             y = np.asarray(labels).reshape(-1)[:samples]
-            acc_ref, acc = float((r_cls == y).mean()), float((g_cls == y).mean())
-    return Agreement(
-        task, samples, max_abs, mean_abs, _ratio(max_abs, float(mag.max()) if mag.size else 0.0),
-        _ratio(mean_abs, float(mag.mean()) if mag.size else 0.0), top1, acc_ref, acc,
-    )
+            acc_ref, acc = float(np.mean(same_class(r_cls, y))), float(np.mean(same_class(g_cls, y)))
+    return Agreement(task, samples, max_abs, mean_abs, max_rel, mean_rel, top1, acc_ref, acc)
+
+
+def reference_accuracy(reference: Mapping[str, np.ndarray], roles: Roles | None,
+                       labels: np.ndarray | None) -> float | None:
+    """The fp32 model's own accuracy against the sample's labels (None without labels or an answer output)."""
+    if labels is None or not reference:
+        return None
+    roles = roles or roles_of_arrays(reference)
+    if roles.answer is None:
+        return None
+    n = int(np.asarray(next(iter(reference.values()))).shape[0])
+    return float(np.mean(same_class(answers(roles, reference, n), np.asarray(labels).reshape(-1)[:n])))
 
 
 def _ratio(num: float, den: float) -> float:
@@ -119,9 +141,11 @@ def parse_budget(items: Sequence[str]) -> dict[str, float]:
     return out
 
 
-def effective_budget(budget: Mapping[str, float], task: str) -> dict[str, float]:
-    """The user's budget, or the task's default when none was given."""
-    return dict(budget) if budget else dict(DEFAULT_BUDGET[task])
+def effective_budget(budget: Mapping[str, float], task: str, labelled: bool = False) -> dict[str, float]:
+    """The user's budget, or the default when none was given (a labelled classifier is judged on its labels)."""
+    if budget:
+        return dict(budget)
+    return dict(DEFAULT_BUDGET["labelled" if task == "classifier" and labelled else task])
 
 
 def over_budget(a: Agreement, budget: Mapping[str, float]) -> str | None:
@@ -129,8 +153,13 @@ def over_budget(a: Agreement, budget: Mapping[str, float]) -> str | None:
     for metric, limit in budget.items():
         value = a.value(metric)
         if value is None:
-            what = "labels in the sample" if metric == "accuracy" else "a classifier (--task classifier)"
-            return f"{metric} cannot be measured without {what}"
+            if metric == "accuracy":
+                what = "without labels in the sample (and a label or scores output)"
+            elif metric == "top1":
+                what = "without a classifier (--task classifier) that has a label or scores output"
+            else:
+                what = "on this model: it has no numeric output besides its labels"
+            return f"{metric} cannot be measured {what}"
         if not value <= limit:  # also catches NaN
             return f"{metric} {format_metric(metric, value)} exceeds the budget {format_metric(metric, limit)}"
     return None

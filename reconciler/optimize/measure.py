@@ -3,16 +3,18 @@
 Every variant is loaded through the same runtime backends the device uses (:mod:`reconciler.serving.runtimes`),
 so "it loads and runs" is tested with the device's code. Latency is p50/p95 over ``runs`` single-sample
 requests after a warm-up; throughput is samples per second at the user's batch size, over ``max(5, runs/4)``
-batches; peak RSS at load is
-measured in a fresh child process (``python -m reconciler.optimize.rssprobe``) so that one variant's
-allocations do not hide in another's high-water mark.
+batches; peak RSS of loading the model and running it on the first evaluation sample is measured in a fresh
+child process (``python -m reconciler.optimize.rssprobe``) so that one variant's allocations do not hide in
+another's high-water mark.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -95,20 +97,37 @@ def best(a: Speed, b: Speed) -> Speed:
                  max(a.throughput_per_s, b.throughput_per_s), a.batch, a.runs)
 
 
-def memory(runtime: str, files: Sequence[Path], threads: int | None, precision: str) -> Memory:
-    """Peak RSS of loading the model and running it once, in a child process (Linux ``/proc``)."""
-    args = {"runtime": runtime, "files": [str(f) for f in files], "threads": threads, "precision": precision}
-    try:
-        proc = subprocess.run([sys.executable, "-m", "reconciler.optimize.rssprobe"], input=json.dumps(args),
-                              capture_output=True, text=True, timeout=RSS_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired:
-        raise UserError(f"measuring memory of {files[0]}: no answer within {RSS_TIMEOUT_S:.0f} s") from None
+def memory(runtime: str, files: Sequence[Path], threads: int | None, precision: str,
+           feeds: dict[str, np.ndarray] | None = None) -> Memory:
+    """Peak RSS of loading the model and running it once on ``feeds`` (one real sample: a network fed zeros of
+    made-up size, e.g. a 1x1 image for dynamic height and width, measures nothing real and may even crash the
+    runtime), in a child process (Linux ``/proc``)."""
+    with tempfile.TemporaryDirectory(prefix="mf-rss-") as tmp:
+        args = {"runtime": runtime, "files": [str(f) for f in files], "threads": threads, "precision": precision}
+        if feeds is not None:
+            np.savez(Path(tmp) / "feeds.npz", **feeds)
+            args["feeds"] = str(Path(tmp) / "feeds.npz")
+        try:
+            proc = subprocess.run([sys.executable, "-m", "reconciler.optimize.rssprobe"], input=json.dumps(args),
+                                  capture_output=True, text=True, timeout=RSS_TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired:
+            raise UserError(f"measuring memory of {files[0]}: no answer within {RSS_TIMEOUT_S:.0f} s") from None
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        if proc.returncode < 0:
+            tail = f"the child process was killed by signal {_signal_name(-proc.returncode)}"
+        else:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise UserError(f"measuring memory of {files[0]} failed: {tail}")
     doc = json.loads(lines[-1])
     return Memory(float(doc["load_rss_mb"]), float(doc["load_ms"]))
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return str(num)
 
 
 def size_bytes(files: Sequence[Path]) -> int:

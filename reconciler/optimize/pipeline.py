@@ -1,10 +1,12 @@
 """``optimize``: one fp32 ONNX model in, measured, budget-checked, signed variants and a manifest version out.
 
 Steps, each a function below: ``plan`` (which kinds, from the hardware classes) → ``build`` every planned kind
-into a work directory (a failing library call fails that variant only) → ``measure`` the fp32 reference and each
-variant on this machine → ``decide`` (accuracy budget, then variants no device would pick) → ``write`` the kept
-files and a golden probe per variant into ``--out`` → ``publish`` them into the TUF repository → ``manifest``
-(a new version, written last, so it never names a file that was not signed).
+into a work directory (a failing library call fails that variant only, with the step, the exception's type and
+its message in the report; ONNX Runtime's quantizers fall back to other pre-processing routes first) →
+``measure`` the fp32 reference and each variant on this machine → ``decide`` (accuracy budget, then variants no
+device would pick) → ``write`` the kept files and a golden probe per variant into ``--out`` → ``publish`` them
+into the TUF repository → ``manifest`` (a new version, written last, so it never names a file that was not
+signed). A model with ZipMap outputs is served as the copy :func:`~.convert.servable` makes.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ import numpy as np
 from reconciler.core.errors import UserError
 from reconciler.core.fsutil import atomic_write_text
 from reconciler.optimize import budget as budget_mod, convert, measure
+from reconciler.optimize.convert import BuildContext, Servable
+from reconciler.optimize.failure import Failure, StepError, describe, one_line
 from reconciler.optimize.manifest import schema_accepts
+from reconciler.optimize.outputs import Roles
 from reconciler.optimize.plan import (
     HardwareClass,
     PlannedKind,
@@ -31,6 +36,7 @@ from reconciler.optimize.plan import (
     plan_kinds,
     superseded,
 )
+from reconciler.optimize.quantopts import QuantOptions
 from reconciler.optimize.sample import Sample
 from reconciler.serving.health import HealthPolicy, run_health_check
 from reconciler.serving.runtimes import Backend
@@ -48,6 +54,8 @@ class Options:
     budget: Mapping[str, float] = field(default_factory=dict)
     requested: Sequence[str] | None = None
     measure_memory: bool = True
+    quant: QuantOptions = field(default_factory=QuantOptions)
+    roles: Roles | None = None  # a classifier's label/scores outputs (None: detected from the outputs)
 
 
 @dataclass
@@ -63,11 +71,16 @@ class VariantResult:
     speed: measure.Speed | None = None
     memory: measure.Memory | None = None
     probe: Path | None = None
+    route: str = ""  # how the files were made (which quantizer, which pre-processing)
+    attempts: list[Failure] = field(default_factory=list)  # routes that failed before the one that ran
+    error: Failure | None = None  # why a failed variant failed (the last attempt)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind, "runtime": self.runtime, "precision": self.precision, "status": self.status,
-            "reason": self.reason, "files": [f.name for f in self.files], "sizeBytes": self.size,
+            "reason": self.reason, "route": self.route, "attempts": [a.to_dict() for a in self.attempts],
+            "error": self.error.to_dict() if self.error else None,
+            "files": [f.name for f in self.files], "sizeBytes": self.size,
             "agreement": self.agreement.to_dict() if self.agreement else None,
             "speed": measure.to_dict(self.speed) if self.speed else None,
             "memory": measure.to_dict(self.memory) if self.memory else None,
@@ -88,6 +101,8 @@ class Outcome:
     picks: dict[str, str] = field(default_factory=dict)
     version: dict[str, Any] | None = None
     published: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what optimize read or changed about the model itself
+    quant: dict[str, Any] = field(default_factory=dict)  # quantizer options that differ from the defaults
 
     @property
     def kept(self) -> list[VariantResult]:
@@ -97,30 +112,36 @@ class Outcome:
 Log = Callable[[str], None]
 
 
-def run(model: Path, sample: Sample, out_dir: Path, classes: Sequence[HardwareClass], opts: Options,
+def run(model: Path | Servable, sample: Sample, out_dir: Path, classes: Sequence[HardwareClass], opts: Options,
         log: Log) -> Outcome:
     """Plan, build, measure, decide and write; ``publish``/``manifest`` are separate calls on the outcome."""
+    served = model if isinstance(model, Servable) else Servable(model, model)
     planned = plan_kinds(classes, opts.requested)
     to_build = [p.kind.name for p in planned if p.build]
     convert.check_extra(to_build)
+    eff_budget = budget_mod.effective_budget(opts.budget, opts.task, sample.labels is not None)
+    notes = [*served.notes(), *_checked_options(opts, sample, to_build)]
     prepare_out_dir(out_dir)
-    eff_budget = budget_mod.effective_budget(opts.budget, opts.task)
+    ctx = BuildContext(sample, opts.quant, opts.roles, eff_budget.get("accuracy", 0.01))
     with tempfile.TemporaryDirectory(prefix=".optimize-", dir=out_dir) as tmp:
         work = Path(tmp)
-        log(f"measuring the fp32 reference {model.name}")
-        ref_backend = measure.load("onnxruntime", [model], opts.threads, "fp32")
+        log(f"measuring the fp32 reference {served.source.name}")
+        ref_backend = measure.load("onnxruntime", [served.path], opts.threads, "fp32")
         evaluation = sample.evaluation()
         reference = VariantResult("fp32-reference", "onnxruntime", "fp32", "reference", "the input model",
-                                  [model], measure.size_bytes([model]))
+                                  [served.path], measure.size_bytes([served.path]))
         try:
             try:
                 ref_out = measure.run_all(ref_backend, evaluation)
+                reference.agreement = budget_mod.agreement(ref_out, ref_out, task=opts.task, roles=opts.roles,
+                                                           labels=sample.eval_labels())
                 _measure_speed(reference, ref_backend, evaluation, opts)
             except UserError:
                 raise
             except Exception as exc:  # the sample fits the declared inputs but the model cannot run it
-                raise UserError(f"{model}: the fp32 model fails on the sample: {_one_line(exc)}") from None
-            results = [_build_and_measure(p, model, work, sample, ref_out, opts, log) for p in planned]
+                raise UserError(f"{served.source}: the fp32 model fails on the sample: {_one_line(exc)}") from None
+            convert.check_servable(served, evaluation, ref_out)
+            results = [_build_and_measure(p, served.path, work, ctx, ref_out, opts, log) for p in planned]
             # A second timing pass over the reference and every variant, the better figure of each kept: the
             # warm-up or drift of a busy machine then hits no model alone, and every ratio compares like with like.
             log("timing every model a second time")
@@ -134,8 +155,21 @@ def run(model: Path, sample: Sample, out_dir: Path, classes: Sequence[HardwareCl
         for r in results:
             if r.status == "kept":
                 write_kept(r, out_dir, evaluation, opts)
-    return Outcome(model.stem, opts.task, eff_budget, sample.size, sample.calibration, reference, results,
-                   list(classes))
+    return Outcome(served.source.stem, opts.task, eff_budget, sample.size, sample.calibration, reference, results,
+                   list(classes), notes=notes, quant=opts.quant.summary())
+
+
+def _checked_options(opts: Options, sample: Sample, to_build: Sequence[str]) -> list[str]:
+    """Refuse option combinations that cannot work before any work starts; notes for those that do nothing."""
+    notes = []
+    if opts.quant.accuracy_control:
+        roles = opts.roles
+        if opts.task != "classifier" or sample.labels is None or roles is None or roles.answer is None:
+            raise UserError("--accuracy-control needs a classifier (a label or scores output) and labels in the "
+                            "sample: it keeps the int8 model's accuracy against them", exit_code=2)
+        if "ov-int8" not in to_build:
+            notes.append("--accuracy-control applies to ov-int8, which is not built here")
+    return notes
 
 
 def prepare_out_dir(out_dir: Path) -> None:
@@ -147,10 +181,10 @@ def prepare_out_dir(out_dir: Path) -> None:
 def _measure_speed(r: VariantResult, backend: Backend, evaluation: dict[str, np.ndarray], opts: Options) -> None:
     r.speed = measure.speed(backend, evaluation, batch=opts.batch, runs=opts.runs)
     if opts.measure_memory:
-        r.memory = measure.memory(r.runtime, r.files, opts.threads, r.precision)
+        r.memory = measure.memory(r.runtime, r.files, opts.threads, r.precision, measure.batch_of(evaluation, 1))
 
 
-def _build_and_measure(p: PlannedKind, model: Path, work: Path, sample: Sample, ref_out: dict[str, np.ndarray],
+def _build_and_measure(p: PlannedKind, model: Path, work: Path, ctx: BuildContext, ref_out: dict[str, np.ndarray],
                        opts: Options, log: Log) -> VariantResult:
     k = p.kind
     r = VariantResult(k.name, k.runtime, k.precision, "skipped", p.reason)
@@ -158,24 +192,41 @@ def _build_and_measure(p: PlannedKind, model: Path, work: Path, sample: Sample, 
         return r
     log(f"building {k.name} ({k.library})")
     try:
-        r.files = convert.build(k.name, model, work, sample)
+        built = convert.build(k.name, model, work, ctx)
+    except StepError as exc:
+        return _failed(r, exc.failures)
     except Exception as exc:  # a library failing on one variant must not cost the others
-        r.status, r.reason = "failed", f"{k.library} failed: {_one_line(exc)}"
-        return r
+        return _failed(r, [describe(f"building with {k.library}", exc)])
+    r.files, r.route, r.attempts = built.files, built.route, built.attempts
     r.size = measure.size_bytes(r.files)
     log(f"measuring {k.name}")
+    step = f"loading it in {k.runtime}"
     try:
         backend = measure.load(k.runtime, r.files, opts.threads, k.precision)
         try:
-            got = measure.run_all(backend, sample.evaluation())
-            r.agreement = budget_mod.agreement(ref_out, got, task=opts.task, labels=sample.eval_labels())
-            _measure_speed(r, backend, sample.evaluation(), opts)
+            step = f"running the evaluation sample in {k.runtime}"
+            got = measure.run_all(backend, ctx.sample.evaluation())
+            step = "comparing its outputs with the fp32 reference's"
+            r.agreement = budget_mod.agreement(ref_out, got, task=opts.task, roles=opts.roles,
+                                               labels=ctx.sample.eval_labels())
+            step = "timing it and measuring its memory at load"
+            _measure_speed(r, backend, ctx.sample.evaluation(), opts)
         finally:
             backend.close()
     except Exception as exc:
-        r.status, r.reason = "failed", f"loading or running it in {k.runtime} failed: {_one_line(exc)}"
-        return r
+        return _failed(r, [*r.attempts, describe(step, exc)])
     r.status, r.reason = "kept", p.reason
+    return r
+
+
+def _failed(r: VariantResult, failures: list[Failure]) -> VariantResult:
+    r.status, r.error, r.attempts = "failed", failures[-1], failures[:-1]
+    if len(failures) == 1:
+        r.reason = failures[0].text()
+    else:
+        r.reason = f"{len(failures)} attempts failed: " + " | ".join(
+            f"{i}. {f.text()}" for i, f in enumerate(failures, 1))
+    r.speed = r.memory = r.agreement = None
     return r
 
 
@@ -193,7 +244,7 @@ def _time_again(r: VariantResult, evaluation: dict[str, np.ndarray], opts: Optio
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300] or type(exc).__name__
+    return one_line(str(exc)) or type(exc).__name__
 
 
 def decide(results: Sequence[VariantResult], budget: Mapping[str, float]) -> None:

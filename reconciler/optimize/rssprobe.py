@@ -1,6 +1,7 @@
 """Child process of :func:`reconciler.optimize.measure.memory`: load one model, run it once, print the peak RSS.
 
-Reads ``{"runtime", "files", "threads", "precision"}`` as JSON on stdin and prints one JSON line
+Reads ``{"runtime", "files", "threads", "precision", "feeds"}`` as JSON on stdin (``feeds``: an ``.npz`` of one
+real input sample; without it, zeros with every variable dimension 1) and prints one JSON line
 ``{"load_rss_mb", "load_ms"}``: the growth of the high-water mark (``VmHWM``) over the resident size just
 before the load, after the runtime itself was imported, so the figure is the model's, not the interpreter's.
 """
@@ -26,6 +27,8 @@ def main() -> None:
     args = json.loads(sys.stdin.read())
     runtime = args["runtime"]
     importlib.import_module({"onnxruntime": "onnxruntime", "openvino": "openvino"}[runtime])
+    import numpy as np
+
     from reconciler.serving.health import synthetic_feeds
     from reconciler.serving.runtimes import load_backend
 
@@ -42,7 +45,12 @@ def main() -> None:
     t0 = time.perf_counter()
     backend = load_backend(runtime, files=[Path(f) for f in args["files"]], threads=args.get("threads"),
                            precision=args.get("precision"))
-    backend.infer(synthetic_feeds(backend.inputs))
+    if args.get("feeds"):
+        with np.load(args["feeds"], allow_pickle=False) as npz:
+            feeds = {k: npz[k] for k in npz.files}
+    else:
+        feeds = synthetic_feeds(backend.inputs)
+    backend.infer(feeds)
     load_ms = (time.perf_counter() - t0) * 1000.0
     peak = _status_kb("VmHWM")
     print(json.dumps({"load_rss_mb": round(max(0.0, peak - before) / 1024.0, 2), "load_ms": round(load_ms, 1)}))

@@ -1,8 +1,9 @@
 """The calibration/evaluation sample: a NumPy ``.npz`` file, read with limits and checked against the model.
 
 Layout (shared with ``modelfleet baseline``): one array per model input, keyed by the input's name, samples
-along the first axis, all with the same number of samples; optionally ``labels`` (integer class per sample) for
-classifiers. Any other key is an error, not ignored. Pickled object arrays are refused.
+along the first axis, all with the same number of samples; optionally ``labels`` (one class per sample) for
+classifiers (the class index of the scores, or the value the model's label output gives: an integer or a
+string). Any other key is an error, not ignored. Pickled object arrays are refused.
 
 The first ``calibration`` samples calibrate the static quantizers; the rest evaluate every variant against
 the fp32 reference, so the accuracy figures never come from the data the quantizer saw.
@@ -107,8 +108,8 @@ def check_sample(arrays: Mapping[str, np.ndarray], inputs: Sequence[TensorMeta],
         feeds[name] = np.ascontiguousarray(arr)
     labels = arrays.get(LABELS)
     if labels is not None:
-        if labels.dtype.kind not in "iu" or labels.ndim != 1:
-            raise UserError(f"{where}: {LABELS} must be a 1-D integer array (one class per sample)")
+        if labels.dtype.kind not in "iuU" or labels.ndim != 1:
+            raise UserError(f"{where}: {LABELS} must be a 1-D integer or string array (one class per sample)")
         counts.add(labels.shape[0])
     if len(counts) != 1:
         raise UserError(f"{where}: arrays disagree on the number of samples ({sorted(counts)})")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -167,3 +169,90 @@ def test_validate_warns_when_the_file_has_another_precision_than_declared() -> N
     assert warn.message == "variant cpu declares precision int8, but m/1.0/m.onnx is fp32"
     [note] = precision_checks(fleet, {target: (None, "the target is encrypted")})
     assert note.message == "precision int8 of variant cpu not checked: m/1.0/m.onnx: the target is encrypted"
+
+
+def test_a_label_first_classifier_is_judged_by_its_label_output() -> None:
+    # skl2onnx's layout: output 0 = the label [N], output 1 = the probabilities [N, C].
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.ones(4), size=40).astype(np.float32)
+    label = probs.argmax(1).astype(np.int64)
+    got_label = label.copy()
+    got_label[:6] = (got_label[:6] + 1) % 4
+    truth = label.copy()
+    truth[30:] = (truth[30:] + 2) % 4
+    ref, got = {"label": label, "probabilities": probs}, {"label": got_label, "probabilities": probs + 0.01}
+    a = agreement(ref, got, task="classifier", labels=truth)
+    assert a.top1 == pytest.approx(6 / 40)
+    assert a.accuracy_ref == pytest.approx(30 / 40)
+    assert a.accuracy == pytest.approx(sum(int(g == t) for g, t in zip(got_label, truth, strict=True)) / 40)
+    assert a.max_abs == pytest.approx(0.01, rel=1e-3)  # the label's class ids are not compared as numbers
+    # [N, 1] labels and string labels too.
+    names = np.array(["cat", "dog", "owl", "yak"], dtype=object)
+    s_ref = {"label": np.array([n.encode() for n in names[label]], dtype=object).reshape(40, 1)}
+    s_got = {"label": np.array([n.encode() for n in names[got_label]], dtype=object).reshape(40, 1)}
+    s = agreement(s_ref, s_got, task="classifier", labels=names[truth].astype(str))
+    assert (s.top1, s.accuracy_ref, s.accuracy) == (a.top1, a.accuracy_ref, a.accuracy)
+    assert s.max_abs is None and over_budget(s, {"max_abs": 1.0}).startswith("max_abs cannot be measured")
+
+
+def test_output_roles_are_detected_from_types_and_shapes() -> None:
+    from reconciler.optimize.outputs import Roles, detect
+    from reconciler.serving.v2codec import TensorMeta
+
+    sk = [TensorMeta("output_label", "INT64", (-1,)), TensorMeta("output_probability", "FP32", (-1, 10))]
+    assert detect(sk) == Roles("output_label", "output_probability")
+    assert detect([TensorMeta("logits", "FP32", (-1, 10))]) == Roles(None, "logits")
+    assert detect([TensorMeta("y", "BYTES", (-1, 1)), TensorMeta("p", "FP32", (-1, 3))]) == Roles("y", "p")
+    assert detect([TensorMeta("sigmoid", "FP32", (-1, 1))]) == Roles(None, None)  # argmax would always be 0
+    assert detect(sk, scores="output_probability") == Roles(None, "output_probability")  # naming one: no detection
+    with pytest.raises(UserError, match=r"--label-output output_probability: output_probability \(FP32 \[N, 10\]\) "
+                                        "is not an integer or string tensor"):
+        detect(sk, label="output_probability")
+
+
+def test_budget_default_is_accuracy_when_the_sample_has_labels() -> None:
+    from reconciler.optimize.budget import effective_budget
+
+    assert effective_budget({}, "classifier", True) == {"accuracy": 0.01}
+    assert effective_budget({}, "classifier", False) == {"top1": 0.01}
+    assert effective_budget({}, "regression", True) == {"mean_rel": 0.02}
+    assert effective_budget({"top1": 0.05}, "classifier", True) == {"top1": 0.05}
+
+
+def test_a_bare_assert_is_described_with_its_source_line() -> None:
+    import linecache
+
+    from reconciler.optimize.failure import describe
+
+    # A library's bare `assert` (compiled outside pytest, whose rewriting would add a message).
+    src = "def _infer_Concat(axis):\n    assert axis == 0\n"
+    linecache.cache["symbolic_shape_infer.py"] = (len(src), None, src.splitlines(True), "symbolic_shape_infer.py")
+    ns: dict[str, Any] = {}
+    exec(compile(src, "symbolic_shape_infer.py", "exec"), ns)
+    try:
+        ns["_infer_Concat"](1)
+    except AssertionError as exc:
+        f = describe("pre-processing", exc)
+    assert f.text() == "pre-processing: AssertionError: assert axis == 0 (at symbolic_shape_infer.py:2 in _infer_Concat)"
+    assert describe("x", ValueError("a\n  b")).text() == "x: ValueError: a b"
+
+
+def test_quantize_options_file_is_checked_key_by_key() -> None:
+    from reconciler.optimize.quantopts import QuantOptions, from_document, parse_scope_items
+
+    doc = {"onnxruntime": {"preprocess": "no-symbolic", "perChannel": False, "calibrationMethod": "percentile",
+                           "opTypes": ["Conv"], "excludeNodes": ["fc"]},
+           "nncf": {"preset": "mixed", "subsetSize": 64, "accuracyControl": True,
+                    "ignoredScope": {"names": ["a"], "types": ["MatMul"]}}}
+    q = from_document(doc, "q.yaml")
+    assert q == QuantOptions("no-symbolic", False, "percentile", ("Conv",), ("fc",), "mixed", 64, ("a",), (),
+                             ("MatMul",), True)
+    assert q.merged(per_channel=True, preprocess=None).per_channel is True
+    for bad, msg in [({"ort": {}}, "ort: unknown section"), ({"onnxruntime": {"preprocess": "yes"}}, "'yes' is not one"),
+                     ({"nncf": {"subsetSize": 0}}, "subsetSize: expected a whole number"),
+                     ({"nncf": {"ignoredScope": {"nodes": []}}}, "ignoredScope: expected a mapping"),
+                     ({"onnxruntime": {"opTypes": "Conv"}}, "opTypes: expected a list")]:
+        with pytest.raises(UserError, match=msg):
+            from_document(bad, "q.yaml")
+    assert parse_scope_items(["name:a", "type:MatMul", "pattern:.*fc.*"]) == {
+        "ignored_names": ("a",), "ignored_types": ("MatMul",), "ignored_patterns": (".*fc.*",)}
