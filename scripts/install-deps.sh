@@ -21,6 +21,9 @@
 #   prometheus                 a real Prometheus scrapes an agent, promtool checks the rules (tests/monitoring)
 #   curl                       docs/quickstart.md's commands, run as written
 #   procps                     ps, for the tests that check which processes are left running
+#   podman, runc, debootstrap  tests/packaging/test_image.py builds deploy/container/Dockerfile on a Debian base
+#                              made with debootstrap (no container registry needed) and runs the agent in it
+#                              (runc: crun, podman's default runtime, refuses hosts with hybrid cgroups)
 set -euo pipefail
 
 what=${1:-test}
@@ -56,6 +59,9 @@ if [ "$what" = test ]; then
   { have prometheus && have promtool; } || need+=(prometheus)
   have curl || need+=(curl)
   have ps || need+=(procps)
+  have podman || need+=(podman)
+  have_sbin runc || need+=(runc)
+  have_sbin debootstrap || need+=(debootstrap)
 fi
 
 if [ ${#need[@]} -eq 0 ]; then

@@ -62,9 +62,11 @@ class StatusMixin:
             if active is not None:
                 e.update(deployment=active.deployment, model=active.model, version=active.version,
                          variant=active.variant, runtime=active.runtime, digest=active.digest,
-                         precision=active.spec.get("precision") or "fp32")
+                         precision=active.spec.get("precision") or "fp32",
+                         effectivePrecision=self._effective_precision(active))
             else:
-                e.update(version=None, variant=None, runtime=None, digest=None, precision=None)
+                e.update(version=None, variant=None, runtime=None, digest=None, precision=None,
+                         effectivePrecision=None)
             e["desiredVersion"] = o.desired_version if o else (active.version if active else None)
             e["previousVersion"] = prev.version if prev else None
             if o and o.message:
@@ -143,11 +145,17 @@ class StatusMixin:
 
     # -- metrics ----------------------------------------------------------------------------------------------
 
+    def _effective_precision(self, rec: EndpointRecord) -> str | None:
+        """What the runtime computes ``rec`` in, as read back when it was loaded (None: not loaded here)."""
+        read = getattr(self.c, "effective_precision", None)
+        return read(rec.name, rec.version, rec.spec.get("precision") or "fp32") if read is not None else None
+
     def _set_endpoint_metric(self, rec: EndpointRecord) -> None:
         self._clear_endpoint_metric(rec.name)
         track_endpoint(rec.name)
+        # The precision label is the one the model computes in (the declared one when nothing was read back).
         M_ENDPOINT.labels(rec.name, rec.model, rec.version, rec.variant, rec.runtime,
-                          rec.spec.get("precision") or "fp32").set(1)
+                          self._effective_precision(rec) or rec.spec.get("precision") or "fp32").set(1)
 
     def _clear_endpoint_metric(self, name: str, *, pruned: bool = False) -> None:
         if pruned:

@@ -211,6 +211,14 @@ class Components:
             return set()
         return {name for name, st in self.registry.endpoints().items() if st.version is not None}
 
+    def effective_precision(self, name: str, version: str, declared: str) -> str | None:
+        """The precision the runtime computes ``name``'s serving ``version`` in (read back at load; it differs from
+        the ``declared`` one where the CPU lacks that format); None when that version is not what serves."""
+        st = self.registry.endpoints().get(name) if self.registry is not None else None
+        if st is None or st.version != version or st.precision != declared:
+            return None
+        return st.effective_precision or declared
+
     def remove_endpoint(self, name: str) -> None:
         self.registry.remove(name)
 

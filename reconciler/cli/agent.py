@@ -114,11 +114,19 @@ def once_cmd(config_path: Path, fmt: str) -> None:
         raise UserError("device not converged" + (f": step {res.failed_step} failed" if res.failed_step else ""))
 
 
+def _precision(e: dict[str, Any]) -> str:
+    """The PRECISION cell: the declared precision, ``fp16->bf16`` when the runtime computes in another one."""
+    declared, effective = e.get("precision"), e.get("effectivePrecision")
+    if declared and effective and effective != declared:
+        return f"{declared}->{effective}"
+    return str(declared or "-")
+
+
 def _table(endpoints: list[dict[str, Any]]) -> str:
     rows = [("ENDPOINT", "STATE", "VERSION", "DESIRED", "PREVIOUS", "RUNTIME", "PRECISION", "MESSAGE")]
     for e in endpoints:
         rows.append((e["name"], e["state"], e.get("version") or "-", e.get("desiredVersion") or "-",
-                     e.get("previousVersion") or "-", e.get("runtime") or "-", e.get("precision") or "-",
+                     e.get("previousVersion") or "-", e.get("runtime") or "-", _precision(e),
                      (e.get("message") or "")[:80]))
     if len(rows) == 1:
         return "(no endpoints)"

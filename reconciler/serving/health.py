@@ -1,8 +1,8 @@
 """Health check a freshly loaded model version must pass before it serves.
 
 Order: run the probe inputs once (the model must run; outputs must be finite when ``requireFinite``; outputs
-must match the probe's golden outputs within ``atol``/``rtol``, by default those of the variant's declared
-precision), then ``warmupRuns`` timed runs whose p95 must
+must match the probe's golden outputs within ``atol``/``rtol``, by default those of the precision the runtime
+actually computes in, or of the variant's declared one where that is looser), then ``warmupRuns`` timed runs whose p95 must
 stay under ``maxLatencyMs``, then the process RSS growth since before the load must stay under
 ``maxRssGrowthMB``. Without a probe, zero-filled inputs shaped from the model's metadata are used and only
 "runs", "finite" and the latency/RSS bounds are checked. The comparison logic is pure and tested directly.
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from reconciler.serving.precision import default_tolerance
+from reconciler.serving.precision import health_tolerance
 from reconciler.serving.runtimes.base import Backend
 from reconciler.serving.v2codec import V2_TO_NP, CodecError, TensorMeta, all_finite, json_tensor_to_array
 
@@ -35,13 +35,15 @@ class HealthPolicy:
     max_rss_growth_mb: float | None = None
 
     @classmethod
-    def from_spec(cls, health: Mapping[str, Any] | None, precision: str | None = None) -> HealthPolicy:
+    def from_spec(cls, health: Mapping[str, Any] | None, precision: str | None = None,
+                  effective: str | None = None) -> HealthPolicy:
         """From a Deployment's ``spec.health`` section (camelCase keys; absent → defaults).
 
-        ``atol``/``rtol`` default to the variant's declared precision's tolerance
-        (:func:`reconciler.serving.precision.default_tolerance`); the section overrides them."""
+        ``atol``/``rtol`` default to the tolerance of ``effective``, the precision the loaded runtime computes in
+        (``Backend.precision``), or of the variant's declared ``precision`` where that is looser
+        (:func:`reconciler.serving.precision.health_tolerance`); the section overrides them."""
         h = health or {}
-        tol = default_tolerance(precision)
+        tol = health_tolerance(precision, effective)
         return cls(
             enabled=bool(h.get("enabled", True)),
             warmup_runs=int(h.get("warmupRuns", 5)),

@@ -97,6 +97,8 @@ class ApplyResult:
     message: str = ""
     load_ms: float = 0.0
     rolled_back: bool = False
+    #: On success: the precision the active version computes in (``Backend.precision``, read back from the runtime).
+    precision: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,10 @@ class EndpointState:
     previous_version: str | None
     ready: bool
     last_failure: dict[str, Any] | None = None
-    precision: str | None = None
+    precision: str | None = None  # declared by the serving variant
+    #: What the runtime computes the serving version in (read back; differs from ``precision`` where the CPU
+    #: lacks the declared format, e.g. fp16 running as bf16 on AVX-512 BF16 without AVX-512 FP16).
+    effective_precision: str | None = None
 
 
 class LoadedModel:
@@ -121,6 +126,8 @@ class LoadedModel:
         self.version = spec.version
         self.backend = backend
         self.load_ms = load_ms
+        #: The precision the runtime computes in (read back at load), which the health check judged it by.
+        self.precision = backend.precision
         self.inputs = _merge_meta(spec.inputs, backend.inputs)
         self.outputs = backend.outputs
         self.output_names = [m.name for m in self.outputs]
@@ -348,6 +355,9 @@ class ModelRegistry:
         except ValueError as exc:
             backend.close()
             return None, self._fail(spec, "InvalidSpec", str(exc), t0)
+        if backend.precision != spec.precision:
+            # The runtime could not honour the declared precision on this CPU: judge it by what it computes in.
+            policy = HealthPolicy.from_spec(spec.health, spec.precision, backend.precision)
         health = run_health_check(backend, spec.probe, policy, rss_before_mb=rss_before)
         if not health.ok:
             backend.close()
@@ -358,7 +368,7 @@ class ModelRegistry:
         model.set_batching(batching)
         if self.observer_factory is not None:
             model.observer = self.observer_factory(spec)
-        return model, ApplyResult(True, "Ready", "", load_ms)
+        return model, ApplyResult(True, "Ready", "", load_ms, precision=model.precision)
 
     def _rebatch(self, model: LoadedModel, spec: EndpointSpec) -> ApplyResult | None:
         """Apply ``spec``'s batching to an already loaded build of it; the refusal when it cannot be batched."""
@@ -415,7 +425,7 @@ class ModelRegistry:
                 if refused is not None:
                     return refused
                 active.spec = spec
-                return ApplyResult(True, "AlreadyActive", "", active.load_ms)
+                return ApplyResult(True, "AlreadyActive", "", active.load_ms, precision=active.precision)
             if ep.previous is not None and ep.previous.spec.same_build(spec):
                 # The wanted version is still loaded and passed its check when it was loaded: switch back.
                 prev = ep.previous
@@ -425,7 +435,8 @@ class ModelRegistry:
                 prev.reopen()
                 self._switch(ep, prev, spec.keep_previous)
                 ep.last_failure = None
-                return ApplyResult(True, "Ready", "switched to the loaded previous version", 0.0)
+                return ApplyResult(True, "Ready", "switched to the loaded previous version", 0.0,
+                                   precision=prev.precision)
             if spec.strategy == "resource":
                 return self._apply_resource(ep, spec)
             new, result = self._load(spec)
@@ -486,9 +497,11 @@ class ModelRegistry:
                         return None, refused
             if ep.active is not None and ep.active.spec.same_build(spec):
                 ep.active.spec = spec
-                return None, ApplyResult(True, "AlreadyActive", "", ep.active.load_ms)
+                return None, ApplyResult(True, "AlreadyActive", "", ep.active.load_ms,
+                                         precision=ep.active.precision)
             if ep.previous is not None and ep.previous.spec.same_build(spec):
-                return ep.previous, ApplyResult(True, "Ready", "switched to the loaded previous version", 0.0)
+                return ep.previous, ApplyResult(True, "Ready", "switched to the loaded previous version", 0.0,
+                                                precision=ep.previous.precision)
             return self._load(spec)
 
     def activate(self, name: str, model: LoadedModel | None, keep_previous: bool,
@@ -567,5 +580,6 @@ class ModelRegistry:
                 ready=a is not None,
                 last_failure=dict(ep.last_failure) if ep.last_failure else None,
                 precision=a.spec.precision if a else None,
+                effective_precision=a.precision if a else None,
             )
         return out

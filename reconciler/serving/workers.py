@@ -79,6 +79,21 @@ class _Endpoint:
         self.active: EndpointSpec | None = None
         self.previous: EndpointSpec | None = None
         self.last_failure: dict[str, Any] | None = None
+        #: The precision each loaded build computes in, as the workers read it back from the runtime.
+        self.effective: dict[tuple[str, ...], str] = {}
+
+    def loaded(self, spec: EndpointSpec, result: ApplyResult) -> None:
+        if result.precision:
+            self.effective[_build(spec)] = result.precision
+        live = {_build(s) for s in (self.active, self.previous, spec) if s is not None}
+        self.effective = {k: v for k, v in self.effective.items() if k in live}
+
+    def effective_precision(self, spec: EndpointSpec) -> str:
+        return self.effective.get(_build(spec), spec.precision)
+
+
+def _build(spec: EndpointSpec) -> tuple[str, ...]:
+    return (spec.version, spec.variant, spec.digest, spec.runtime, spec.precision)
 
 
 class _Worker:
@@ -414,6 +429,7 @@ class WorkerPool:
             if not result.ok:
                 self._failed(ep, spec, result)
                 return result
+            ep.loaded(spec, result)
             self._flip()
             old = ep.active
             ep.active, ep.previous = spec, (old if spec.keep_previous else None)
@@ -529,6 +545,7 @@ class WorkerPool:
                 previous_version=ep.previous.version if ep.previous else None, ready=a is not None,
                 last_failure=dict(ep.last_failure) if ep.last_failure else None,
                 precision=a.precision if a else None,
+                effective_precision=ep.effective_precision(a) if a else None,
             )
         return out
 

@@ -1,7 +1,7 @@
 """deploy/container/Dockerfile: hadolint-clean, and the facts docs/install.md promises about the image.
 
-No image is built here (the test machines have no Docker daemon); the HEALTHCHECK's command is run as written
-against a real inference server instead.
+Static checks and the HEALTHCHECK's command run as written against a real inference server (fast, everywhere);
+tests/packaging/test_image.py builds the image with podman and runs the agent in it.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from reconciler.devkit.modelgen import matmul_model
+from reconciler.serving.registry import ModelRegistry
 from reconciler.serving.workers import WorkerPool
 from tests._prometheus import promtool
 from tests._serving_fixtures import NAN, PROBE_V1, V1, V2, spec
@@ -299,6 +300,23 @@ def test_remove_and_unknown_models(pool: WorkerPool) -> None:
     assert get(port, "GET", "/v2/models/other/ready")[0] == 404
     assert "other" not in pool.endpoints() and [m.name for m in pool.models()] == ["mm"]
     assert get(port, "GET", "/v2/health/ready") == (200, b'{"ready":true}')
+
+
+def test_the_precision_the_workers_read_back_is_reported(pool: WorkerPool) -> None:
+    """An fp16 OpenVINO version: the pool reports the precision its workers' runtimes compute in — the one a
+    registry in this process reads back (OpenVINO's documented fallback for this CPU) — next to the declared one."""
+    fp16 = spec("1", V1, name="half", probe=PROBE_V1, runtime="openvino", precision="fp16", device="CPU")
+    reg = ModelRegistry()
+    try:
+        assert reg.apply(fp16).ok
+        here = reg.endpoints()["half"].effective_precision
+    finally:
+        reg.close()
+    result = pool.apply(fp16)
+    assert result.ok and result.precision == here
+    state = pool.endpoints()["half"]
+    assert (state.precision, state.effective_precision) == ("fp16", here)
+    assert pool.endpoints()["mm"].effective_precision == "fp32"  # onnxruntime: the declared (default) one
 
 
 def test_stop_ends_every_worker(pool: WorkerPool) -> None:

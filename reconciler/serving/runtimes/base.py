@@ -34,6 +34,11 @@ class Backend(abc.ABC):
     #: Platform string for model metadata (``onnxruntime_onnx``, ``openvino_ir``).
     platform: str = ""
 
+    #: The numeric precision the model computes in (:mod:`reconciler.serving.precision` names), set by each
+    #: implementation once the model is loaded: what the runtime reads back where it can (OpenVINO), else the
+    #: declared precision. It decides the health check's default tolerance and is reported in the status.
+    precision: str = "fp32"
+
     # Set by each implementation once the model is loaded.
     _inputs: list[TensorMeta]
     _outputs: list[TensorMeta]

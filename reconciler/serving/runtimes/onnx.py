@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from reconciler.serving.precision import onnxruntime_session_config
+from reconciler.serving.precision import check_precision, onnxruntime_session_config
 from reconciler.serving.runtimes.base import Backend, RuntimeLoadError
 from reconciler.serving.runtimes.telemetry import import_onnxruntime
 from reconciler.serving.v2codec import CodecError, TensorMeta
@@ -87,6 +87,9 @@ class OnnxBackend(Backend):
         try:
             for key, value in onnxruntime_session_config(precision).items():
                 opts.add_session_config_entry(key, value)
+            # ONNX Runtime has nothing to read back: it computes in the model file's types, which the declaration
+            # names (modelfleet validate warns when they differ).
+            self.precision = check_precision(precision)
         except ValueError as exc:
             raise RuntimeLoadError(str(exc)) from None
         self.providers = choose_providers(ort.get_available_providers(), providers)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from reconciler.serving.precision import openvino_hint
+from reconciler.serving.precision import effective_precision, openvino_hint
 from reconciler.serving.runtimes.base import Backend, RuntimeLoadError
 from reconciler.serving.runtimes.telemetry import import_openvino
 from reconciler.serving.v2codec import TensorMeta
@@ -50,6 +50,12 @@ def core() -> Any:
 @functools.cache
 def available_devices() -> tuple[str, ...]:
     return tuple(core().available_devices)
+
+
+def capabilities(device: str = "CPU") -> list[str]:
+    """The device's ``OPTIMIZATION_CAPABILITIES`` (``FP32``, ``BF16``, ``FP16``, ``INT8``, …): the formats it
+    computes natively (:func:`reconciler.serving.precision.openvino_cpu_precision`)."""
+    return [str(c) for c in core().get_property(device, "OPTIMIZATION_CAPABILITIES")]
 
 
 def choose_device(requested: str | None, available: Sequence[str]) -> str:
@@ -138,8 +144,10 @@ class OpenVINOBackend(Backend):
             raise
         except Exception as exc:
             raise RuntimeLoadError(f"OpenVINO cannot load the model: {exc}") from exc
-        #: The precision the plugin computes in: the hint, or ``f32`` on a CPU without bf16/f16 units.
+        #: The compiled model's INFERENCE_PRECISION_HINT, read back: the hint, or what the plugin falls back to
+        #: on a CPU without that format (``bf16`` for an ``f16`` hint on AVX-512 BF16 without FP16, else ``f32``).
         self.inference_precision = _compiled_precision(self._compiled, config["INFERENCE_PRECISION_HINT"])
+        self.precision = effective_precision(precision, self.inference_precision)
         self._inputs = _meta(self._compiled.inputs)
         self._outputs = _meta(self._compiled.outputs)
         if any(m.datatype == "BYTES" for m in self._inputs + self._outputs):
