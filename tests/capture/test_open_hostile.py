@@ -242,7 +242,10 @@ def _open_in_subprocess(args: list[str]) -> tuple[int, str, str, int]:
     that one process (wait4, so no other child of the test process counts)."""
     exe = Path(sys.executable).parent / "modelfleet"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "reconciler.cli"]
-    env = dict(os.environ, PYTHONPATH=str(CODE_ROOT))
+    # The data owner's shell, not the test process's environment: what earlier tests left in os.environ (runtime
+    # thread settings and the like) must not change what this process costs.
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+    env = {k: os.environ[k] for k in keep if k in os.environ} | {"PYTHONPATH": str(CODE_ROOT)}
 
     def limit() -> None:  # if the bomb goes off, fail with MemoryError rather than take 4 GiB of a shared host
         resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))

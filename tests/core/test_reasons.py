@@ -26,6 +26,8 @@ NOT_REASONS = {
     "GlobalAveragePool", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
     "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "FakeQuantize", "VmRSS", "VmHWM",
     "ReduceMean",  # modelgen.image_mean
+    "ZipMap", "MinMax",  # skl2onnx's map output op; onnxruntime's calibration method (reconciler.optimize)
+    "UserError",  # the exception's name, in optimize's step reasons
 }
 
 
