@@ -1,14 +1,21 @@
 """The device-side capture service: observer on the request path, writer and uploader threads off it.
 
 Request path (:class:`CaptureObserver`, called by the serving registry after each inference): look up the
-endpoint's policy, draw a random number, maybe compute the lowest top score, and ``put_nowait`` references to
-the request's arrays on a bounded queue — a full queue drops the record and counts it. Nothing else.
+endpoint's sampling plan and draw a random number; only for a request that is captured (or whose policy has a
+``lowConfidence`` or ``drift`` trigger) anything more happens: references to the request's arrays go on a
+bounded queue (a lock-protected count and size; a full queue drops the record and counts it). Nothing is
+copied, written, encrypted or sent on the request path.
 
 Writer thread: minimise (keep/redact), stack records into the endpoint's open batch, seal it to the campaign's
 public key when it holds ``batch.records`` records, ``batch.interval`` passed, the record layout changes or the
-memory bound is reached; then enforce retention, quota and retired keys, oldest first. Uploader thread: send
-sealed batches to the destination when the policy allows (idle / window), delete only acknowledged ones, back
-off with jitter on failure.
+memory bound is reached. **Before** a sealed batch is written, the endpoint's oldest batches are deleted until
+it fits in ``maxBytes`` (a batch larger than ``maxBytes`` on its own is dropped and counted), so the spool is
+within the quota at every write, not at the next sweep; retention and retired keys are swept every
+:data:`ENFORCE_EVERY` seconds.
+
+Uploaders: one thread per destination, each walking its own endpoints' batches oldest first, with its own
+exponential backoff and jitter, so a dead or hanging destination holds back only itself. A batch is deleted
+only after the destination showed the stored object is the batch (:mod:`~.upload`).
 
 A destination URL the agent config does not allow (:func:`~reconciler.capture.upload.destination_refusal`) gets
 no connection: the endpoint keeps capturing within its quota and retention, its batches wait, and
@@ -32,16 +39,18 @@ from prometheus_client import Counter, Gauge
 
 from reconciler.capture.batch import new_batch_id, seal_batch, stack_records
 from reconciler.capture.policy import (
+    SAMPLED,
     CapturePolicy,
+    StoredBatch,
     backoff_delay,
     capture_trigger,
     min_confidence,
     minimise,
-    record_signature,
     select_purge,
+    select_room,
     upload_allowed,
 )
-from reconciler.capture.spool import Spool, stored_batch
+from reconciler.capture.spool import Spool
 from reconciler.capture.upload import (
     DirectoryDestination,
     HttpDestination,
@@ -58,14 +67,20 @@ M_RECORDS = Counter("modelfleet_capture_records_total", "Records captured (befor
 M_DROPPED = Counter("modelfleet_capture_dropped_total", "Records dropped because the capture queue was full.",
                     ["endpoint"])
 M_UPLOADED = Counter("modelfleet_capture_uploaded_batches_total", "Batches acknowledged by the destination.")
-M_PURGED = Counter("modelfleet_capture_purged_batches_total", "Batches deleted unsent.", ["reason"])
+M_PURGED = Counter("modelfleet_capture_purged_batches_total",
+                   "Batches deleted unsent, or not written because alone they exceed maxBytes (over-quota).",
+                   ["reason"])
 M_PENDING = Gauge("modelfleet_capture_pending_bytes", "Bytes of sealed batches waiting for upload.")
 
 QUEUE_MAX = 1024
 QUEUE_MAX_BYTES = 64 * 1024 * 1024  # references to request arrays waiting for the writer
 MAX_OPEN_BATCH_BYTES = 4 * 1024 * 1024
-ENFORCE_EVERY = 5.0
+RECORD_META_BYTES = 64  # what a record adds to its batch besides its arrays (its entry in the sealed index)
+ENFORCE_EVERY = 5.0  # retention and retired keys; the quota is checked at every write
+AUDIT_SYNC_EVERY = 1.0  # fsync of the audit lines written since (see AuditLog.write)
 POLL = 0.2
+UPLOAD_IDLE = 5.0  # an uploader with nothing to send (or not allowed to) looks again after this long
+_EMPTY: dict[str, np.ndarray] = {}
 
 
 @dataclass
@@ -74,12 +89,51 @@ class _Open:
 
     model: str
     version: str
-    signature: tuple[Any, ...]
+    first: tuple[dict[str, np.ndarray], dict[str, np.ndarray]]  # the layout every record must match
     start: float
     records: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = field(default_factory=list)
-    meta: list[dict[str, Any]] = field(default_factory=list)
+    meta: list[tuple[float, str, int]] = field(default_factory=list)  # (time, trigger, rows) per record
     nbytes: int = 0
     end: float = 0.0
+
+
+def _same_layout(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:
+    """Records stack into one batch only when names, dtypes, ranks and shapes past the first axis agree."""
+    if a.keys() != b.keys():
+        return False
+    for k, x in a.items():
+        y = b[k]
+        if x.dtype != y.dtype or x.ndim != y.ndim or x.shape[1:] != y.shape[1:]:
+            return False
+    return True
+
+
+class _Plan:
+    """What the request path needs of an endpoint's policy, precomputed at configure time."""
+
+    __slots__ = ("policy", "rate", "sample_only", "outputs")
+
+    def __init__(self, policy: CapturePolicy) -> None:
+        self.policy = policy
+        self.rate = policy.sample_rate
+        # No lowConfidence or drift trigger: one random draw decides, nothing is looked at otherwise.
+        self.sample_only = policy.low_confidence_below is None and not policy.on_drift
+        self.outputs = policy.wants_outputs
+
+
+class _Uploader:
+    """One destination's sender: its endpoints, its own thread and backoff."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.endpoints: frozenset[str] = frozenset()
+        self.wake = threading.Event()
+        self.lock = threading.Lock()  # one walk at a time (its thread, or upload_once from a caller)
+        self.failures = 0
+        self.next_try = 0.0  # time.monotonic() before which it does not try again
+        self.last_error: str | None = None
+        self.retired = False
+        self.thread: threading.Thread | None = None
 
 
 class CaptureObserver:
@@ -97,28 +151,36 @@ class CaptureObserver:
                 request_id: str | None = None) -> None:
         # request_id is not kept: a client-chosen id can identify a person, and retraining does not need it
         svc = self.service
-        svc.last_request = time.monotonic()
-        policy = svc.policies.get(self.endpoint)
-        if policy is None:
+        svc.last_request = _monotonic()
+        plan = svc.plans.get(self.endpoint)
+        if plan is None:
             return
+        if plan.sample_only:  # the common case: one draw, nothing else unless this request is captured
+            if svc.rand() < plan.rate:
+                svc.offer(self, SAMPLED, feeds, outputs if plan.outputs else _EMPTY)
+            return
+        policy = plan.policy
         conf = (min_confidence(outputs, policy.low_confidence_output)
                 if policy.low_confidence_below is not None else None)
         trigger = capture_trigger(policy, svc.rand(), confidence=conf, drifting=self.endpoint in svc.drifting)
         if trigger is not None:
-            svc.offer(self, trigger, feeds, outputs if policy.wants_outputs else {})
+            svc.offer(self, trigger, feeds, outputs if plan.outputs else _EMPTY)
 
     def observe_error(self, seconds: float) -> None:
-        self.service.last_request = time.monotonic()
+        self.service.last_request = _monotonic()
 
     def observe_rejection(self) -> None:
-        self.service.last_request = time.monotonic()
+        self.service.last_request = _monotonic()
 
     def observe_rejected_inputs(self, inputs: dict[str, np.ndarray]) -> None:
         """The decoded inputs of a request that failed validation (the ``rejected`` trigger)."""
         svc = self.service
         policy = svc.policies.get(self.endpoint)
         if policy is not None and inputs and capture_trigger(policy, 1.0, rejected=True):
-            svc.offer(self, "rejected", inputs, {})
+            svc.offer(self, "rejected", inputs, _EMPTY)
+
+
+_monotonic = time.monotonic
 
 
 class CaptureService:
@@ -133,15 +195,17 @@ class CaptureService:
         self._background = background  # False: the caller drives drain/flush/upload_once (tests, tools)
         self.device = device
         self.clock = clock
-        self.policies: dict[str, CapturePolicy] = {}  # only enabled ones; read lock-free on the request path
+        self.policies: dict[str, CapturePolicy] = {}  # only enabled ones
+        self.plans: dict[str, _Plan] = {}  # the same, for the request path (read lock-free there)
         self.drifting: frozenset[str] = frozenset()
         self.last_request = 0.0
         self.rand = random.Random().random
-        # A deque, not a queue.Queue: append/popleft need no lock and wake nobody, so the request path never
-        # hands the GIL to the writer; the writer drains it every POLL seconds.
+        # Records waiting for the writer. append/popleft need no lock; the count and size bounds do, and hold
+        # at every append (the writer drains it every POLL seconds).
         self.queue: collections.deque[tuple[Any, ...]] = collections.deque()
         self.queue_max = queue_max
         self.queued_bytes = 0
+        self._queue_lock = threading.Lock()
         self.dropped: dict[str, int] = {}
         self.problems: dict[str, str] = {}
         self.models: dict[str, str] = {}
@@ -153,16 +217,28 @@ class CaptureService:
         self._window_open = window_open or (lambda w: True)
         self._open: dict[str, _Open] = {}
         self._dests: dict[str, Any] = {}
+        self._uploaders: dict[str, _Uploader] = {}  # destination (describe()) -> its sender
+        self._uploaders_lock = threading.Lock()
         self._stop = threading.Event()
-        self._wake_upload = threading.Event()
+        self._started = False
         self._threads: list[threading.Thread] = []
         self._last_enforce = 0.0
-        self._enforce_lock = threading.Lock()
-        self.cpu_seconds = 0.0  # CPU the capture threads used (bench/bench_capture.py reports it)
+        self._last_audit_sync = 0.0
+        self._enforce_lock = threading.Lock()  # enforce() and the make-room-then-write of a batch
+        self._cpu: dict[str, float] = {}  # thread name -> CPU seconds (bench/bench_capture.py reports the sum)
         self.counts = {"captured": 0, "sealed": 0, "uploaded": 0, "purged": 0}
         self.last_upload: float | None = None
         self.last_error: str | None = None
-        self.upload_failures = 0
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU time the capture threads used."""
+        return sum(self._cpu.values())
+
+    @property
+    def upload_failures(self) -> int:
+        """Consecutive failed uploads, summed over the destinations."""
+        return sum(u.failures for u in list(self._uploaders.values()))
 
     # -- configuration --------------------------------------------------------------------------------------
 
@@ -173,16 +249,17 @@ class CaptureService:
         self.models = dict(models or {})
         if enabled:
             self.spool.ensure()
-            if self._background and not self._threads and not self._stop.is_set():
+            if self._background and not self._started and not self._stop.is_set():
                 self.start()
         self._refused = {k: v for k, v in self._refused.items() if k in enabled}
         self._dests = {k: d for k, p in enabled.items() if (d := self._destination(k, p)) is not None}
         self.problems = {**(problems or {}), **self._refused}
         self.policies = enabled
+        self.plans = {k: _Plan(v) for k, v in enabled.items()}
         self._live_keys = {p.key_id for p in enabled.values()}
+        self._sync_uploaders()
         if not enabled and self.spool.batches_dir.exists():
             self.enforce()  # capture turned off or campaign retired: its batches go now, not at the next start
-        self._wake_upload.set()
 
     def restore(self, endpoint: str, policy: CapturePolicy, model: str) -> None:
         """One endpoint's last known policy at an offline boot; retires nothing (the desired state is unknown)."""
@@ -196,8 +273,10 @@ class CaptureService:
         else:
             self.problems = {**self.problems, endpoint: self._refused[endpoint]}
         self.policies = {**self.policies, endpoint: policy}
-        if self._background and not self._threads and not self._stop.is_set():
+        self.plans = {**self.plans, endpoint: _Plan(policy)}
+        if self._background and not self._started and not self._stop.is_set():
             self.start()
+        self._sync_uploaders()
 
     def _destination(self, endpoint: str, p: CapturePolicy) -> Any:
         """The endpoint's destination, or None (and the reason in ``_refused``) when it must get no upload."""
@@ -215,6 +294,26 @@ class CaptureService:
                                    token=self._upload_token, ca_file=self._upload_ca)
         return DirectoryDestination(p.destination_dir or "", self.device, max_bytes_per_second=p.max_bytes_per_second)
 
+    def _sync_uploaders(self) -> None:
+        """One uploader per destination the endpoints use now (endpoints sharing a destination share its
+        uploader and backoff); an uploader whose destination is no longer used stops."""
+        wanted: dict[str, set[str]] = {}
+        for endpoint, dest in self._dests.items():
+            wanted.setdefault(dest.describe(), set()).add(endpoint)
+        with self._uploaders_lock:
+            for key in [k for k in self._uploaders if k not in wanted]:
+                u = self._uploaders.pop(key)
+                u.retired = True
+                u.wake.set()
+            for key, endpoints in wanted.items():
+                u = self._uploaders.get(key)
+                if u is None:
+                    u = self._uploaders[key] = _Uploader(key)
+                u.endpoints = frozenset(endpoints)
+                if self._started and u.thread is None and not self._stop.is_set():
+                    self._start_uploader(u)
+                u.wake.set()
+
     def set_drifting(self, endpoints: set[str]) -> None:
         """Endpoints whose drift alert is on (the ``drift`` trigger captures them while it lasts)."""
         self.drifting = frozenset(endpoints)
@@ -226,38 +325,58 @@ class CaptureService:
 
     def offer(self, obs: CaptureObserver, trigger: str, feeds: dict[str, np.ndarray],
               outputs: dict[str, np.ndarray]) -> None:
-        size = sum(a.nbytes for a in feeds.values()) + sum(a.nbytes for a in outputs.values())
-        if len(self.queue) >= self.queue_max or self.queued_bytes + size > QUEUE_MAX_BYTES:
-            self.dropped[obs.endpoint] = self.dropped.get(obs.endpoint, 0) + 1
-            return
-        self.queued_bytes += size  # approximate under races; it only bounds memory
-        self.queue.append((obs.endpoint, obs.version, obs.model, trigger, feeds, outputs, self.clock(), size))
+        size = 0
+        for a in feeds.values():
+            size += a.nbytes
+        for a in outputs.values():
+            size += a.nbytes
+        t = self.clock()
+        with self._queue_lock:
+            if len(self.queue) >= self.queue_max or self.queued_bytes + size > QUEUE_MAX_BYTES:
+                self.dropped[obs.endpoint] = self.dropped.get(obs.endpoint, 0) + 1
+                return
+            self.queued_bytes += size
+            self.queue.append((obs, trigger, feeds, outputs, t, size))
 
     # -- threads --------------------------------------------------------------------------------------------
 
     def start(self) -> None:
         self.spool.clean_temp()
-        for target, name in ((self._writer_loop, "capture-writer"), (self._upload_loop, "capture-upload")):
-            t = threading.Thread(target=target, name=name, daemon=True)
-            t.start()
-            self._threads.append(t)
+        self._started = True
+        t = threading.Thread(target=self._writer_loop, name="capture-writer", daemon=True)
+        t.start()
+        self._threads.append(t)
+        with self._uploaders_lock:
+            for u in self._uploaders.values():
+                if u.thread is None:
+                    self._start_uploader(u)
+
+    def _start_uploader(self, u: _Uploader) -> None:
+        u.thread = threading.Thread(target=self._upload_loop, args=(u,), name=f"capture-upload-{len(self._threads)}",
+                                    daemon=True)
+        u.thread.start()
+        self._threads.append(u.thread)
 
     def close(self, timeout: float = 10.0) -> None:
         """Seal what is buffered (a clean stop loses nothing) and stop the threads."""
         self._stop.set()
-        self._wake_upload.set()
+        with self._uploaders_lock:
+            for u in self._uploaders.values():
+                u.wake.set()
+        deadline = time.monotonic() + timeout
         for t in self._threads:
-            t.join(timeout)
+            t.join(max(0.0, deadline - time.monotonic()))
         self._threads = []
         self.drain()
         self.flush(force=True)
 
     def _writer_loop(self) -> None:
+        name = threading.current_thread().name
         while not self._stop.wait(POLL):
             t0 = time.thread_time()
             self._safe(self.drain)
             self._safe(self.flush)
-            self.cpu_seconds += time.thread_time() - t0
+            self._cpu[name] = self._cpu.get(name, 0.0) + time.thread_time() - t0
 
     def _safe(self, fn: Callable[..., Any], *args: Any) -> None:
         try:
@@ -268,41 +387,55 @@ class CaptureService:
 
     def drain(self) -> None:
         """Process everything queued now (tests, shutdown)."""
-        while True:
-            try:
-                item = self.queue.popleft()
-            except IndexError:
-                return
-            self.queued_bytes = max(0, self.queued_bytes - item[-1])
-            self._add(*item[:-1])
+        counted: dict[tuple[str, str], int] = {}
+        lock, queue = self._queue_lock, self.queue
+        try:
+            while True:
+                with lock:
+                    if not queue:
+                        break
+                    item = queue.popleft()
+                    self.queued_bytes -= item[5]
+                obs, trigger = item[0], item[1]
+                if self._add(obs, trigger, item[2], item[3], item[4], item[5]):
+                    key = (obs.endpoint, trigger)
+                    counted[key] = counted.get(key, 0) + 1
+        finally:
+            for (endpoint, trigger), n in counted.items():
+                M_RECORDS.labels(endpoint, trigger).inc(n)
 
-    def _add(self, endpoint: str, version: str, model: str, trigger: str, feeds: dict[str, np.ndarray],
-             outputs: dict[str, np.ndarray], t: float) -> None:
+    def _add(self, obs: CaptureObserver, trigger: str, feeds: dict[str, np.ndarray],
+             outputs: dict[str, np.ndarray], t: float, size: int) -> bool:
+        endpoint = obs.endpoint
         policy = self.policies.get(endpoint)
         if policy is None:
-            return  # the policy went away while the record waited: it is not kept
+            return False  # the policy went away while the record waited: it is not kept
         inputs, outs = minimise(policy, feeds, outputs)
         if not inputs and not outs:
-            return
-        sig = record_signature(inputs, outs)
+            return False
+        if inputs is not feeds or outs is not outputs:  # minimised: count what is kept
+            size = sum(a.nbytes for a in inputs.values()) + sum(a.nbytes for a in outs.values())
         ob = self._open.get(endpoint)
-        if ob is not None and (ob.signature != sig or ob.version != version):
+        if ob is not None and (ob.version != obs.version or not _same_layout(ob.first[0], inputs)
+                               or not _same_layout(ob.first[1], outs)):
             self._seal(endpoint, ob, policy)
             ob = None
         if ob is None:
-            ob = self._open[endpoint] = _Open(model or self.models.get(endpoint, ""), version, sig, t)
-        rows = int(next(iter(inputs.values())).shape[0]) if inputs and next(iter(inputs.values())).ndim else 1
+            ob = self._open[endpoint] = _Open(obs.model or self.models.get(endpoint, ""), obs.version,
+                                              (inputs, outs), t)
+        first = next(iter(inputs.values()), None) if inputs else None
+        rows = int(first.shape[0]) if first is not None and first.ndim else 1
         ob.records.append((inputs, outs))
-        ob.meta.append({"time": round(t, 3), "trigger": trigger, "rows": rows})
-        ob.nbytes += sum(a.nbytes for a in inputs.values()) + sum(a.nbytes for a in outs.values())
+        ob.meta.append((t, trigger, rows))
+        ob.nbytes += size + RECORD_META_BYTES
         ob.end = t
         self.counts["captured"] += 1
-        M_RECORDS.labels(endpoint, trigger).inc()
         if len(ob.records) >= policy.batch_records or ob.nbytes >= min(MAX_OPEN_BATCH_BYTES, policy.max_bytes // 4 or 1):
             self._seal(endpoint, ob, policy)
+        return True
 
     def flush(self, force: bool = False) -> None:
-        """Seal batches that are due (or all of them), then enforce retention and quota."""
+        """Seal batches that are due (or all of them), then enforce retention and retired keys."""
         now = self.clock()
         for endpoint, ob in list(self._open.items()):
             policy = self.policies.get(endpoint)
@@ -317,7 +450,11 @@ class CaptureService:
             if n:
                 self.dropped[endpoint] = 0
                 M_DROPPED.labels(endpoint).inc(n)
-                self.spool.audit.write("dropped", now, endpoint=endpoint, count=n, reason="queue-full")
+                self.spool.audit.write("dropped", now, durable=False, endpoint=endpoint, count=n, reason="queue-full")
+        mono = time.monotonic()
+        if force or mono - self._last_audit_sync >= AUDIT_SYNC_EVERY:
+            self._last_audit_sync = mono
+            self.spool.audit.sync()
 
     def _seal(self, endpoint: str, ob: _Open, policy: CapturePolicy) -> None:
         self._open.pop(endpoint, None)
@@ -325,24 +462,56 @@ class CaptureService:
             return
         now = self.clock()
         triggers: dict[str, int] = {}
-        for m in ob.meta:
-            triggers[m["trigger"]] = triggers.get(m["trigger"], 0) + 1
+        rows = 0
+        index = []
+        for t, trigger, n in ob.meta:
+            triggers[trigger] = triggers.get(trigger, 0) + 1
+            rows += n
+            index.append({"time": round(t, 3), "trigger": trigger, "rows": n})
         meta = {
             "id": new_batch_id(now), "device": self.device, "endpoint": endpoint, "model": ob.model,
             "modelVersion": ob.version, "campaign": policy.campaign, "purpose": policy.purpose,
             "start": round(ob.start, 3), "end": round(ob.end, 3), "records": len(ob.records),
-            "rows": sum(m["rows"] for m in ob.meta), "recordIndex": ob.meta, "triggers": triggers,
+            "rows": rows, "recordIndex": index, "triggers": triggers,
             "redactions": [{"input": r.input, "columns": list(r.columns), "action": r.action}
                            for r in policy.redactions],
         }
         header, data = seal_batch(meta, stack_records(ob.records), policy.recipient)
         ob.records.clear()
-        self.spool.write(header, data)
+        if self._write_within_quota(endpoint, policy, header, data, now):
+            self._wake_uploader(endpoint)
+
+    def _write_within_quota(self, endpoint: str, policy: CapturePolicy, header: dict[str, Any], data: bytes,
+                            now: float) -> bool:
+        """Make room for the batch (the endpoint's oldest first) and write it; or drop it, counted, when alone
+        it is larger than ``maxBytes``. The endpoint's batches on disk never exceed ``maxBytes``, the one being
+        written included."""
+        with self._enforce_lock:
+            evict = select_room(self.spool.batches(endpoint), len(data), policy.max_bytes)
+            if evict is None:
+                self.counts["purged"] += 1
+                M_PURGED.labels("over-quota").inc()
+                self.spool.audit.write("dropped", now, durable=False, batch=header["id"], endpoint=endpoint,
+                                       records=header["records"], bytes=len(data), reason="over-quota")
+                self.last_error = (f"capture: a sealed batch of {endpoint} ({len(data)} bytes) is larger than its "
+                                   f"maxBytes ({policy.max_bytes}) and was dropped")
+                log.warning("capture batch over quota dropped",
+                            extra=fields(endpoint=endpoint, error=self.last_error))
+                return False
+            self._purge(evict, "quota", now)
+            self.spool.write(header, data)
         self.counts["sealed"] += 1
-        self.spool.audit.write("sealed", now, batch=header["id"], endpoint=endpoint, modelVersion=ob.version,
-                               records=header["records"], rows=header["rows"], bytes=len(data),
-                               keyId=header["keyId"], campaign=policy.campaign)
-        self._wake_upload.set()
+        self.spool.audit.write("sealed", now, durable=False, batch=header["id"], endpoint=endpoint,
+                               modelVersion=header["modelVersion"], records=header["records"], rows=header["rows"],
+                               bytes=len(data), keyId=header["keyId"], campaign=policy.campaign)
+        return True
+
+    def _purge(self, doomed: Iterable[StoredBatch], reason: str, now: float) -> list[str]:
+        removed = self.spool.delete(doomed, "purged", reason, now, durable=False)
+        if removed:
+            self.counts["purged"] += len(removed)
+            M_PURGED.labels(reason).inc(len(removed))
+        return removed
 
     def enforce(self, now: float | None = None) -> list[tuple[str, str]]:
         """Retention, quota (per endpoint, oldest first) and retired campaign keys; returns (id, reason)."""
@@ -351,7 +520,7 @@ class CaptureService:
 
     def _enforce(self, now: float) -> list[tuple[str, str]]:
         self._last_enforce = now
-        stored = self.spool.stored()
+        stored = self.spool.stored()  # a full scan: also resynchronises the spool's index
         doomed = []
         if self._live_keys is not None:
             orphans = [b for b in stored if b.endpoint not in self.policies]
@@ -369,50 +538,86 @@ class CaptureService:
         M_PENDING.set(sum(b.size for b in stored) - sum(b.size for b, _ in doomed))
         return out
 
-    def _upload_loop(self) -> None:
-        while not self._stop.is_set():
-            delay = 5.0
+    # -- uploads --------------------------------------------------------------------------------------------
+
+    def _wake_uploader(self, endpoint: str) -> None:
+        dest = self._dests.get(endpoint)
+        u = self._uploaders.get(dest.describe()) if dest is not None else None
+        if u is not None:
+            u.wake.set()  # it still waits out its backoff
+
+    def retry_uploads(self) -> None:
+        """Forget every destination's backoff and try now (a destination known to be back; tests)."""
+        with self._uploaders_lock:
+            for u in self._uploaders.values():
+                u.next_try = 0.0
+                u.wake.set()
+
+    def _upload_loop(self, u: _Uploader) -> None:
+        name = threading.current_thread().name
+        while not self._stop.is_set() and not u.retired:
+            delay = UPLOAD_IDLE
             t0 = time.thread_time()
             try:
-                delay = self.upload_once()
+                delay = self._upload_destination(u)
             except Exception as exc:  # never let the thread die
                 self.last_error = f"{type(exc).__name__}: {exc}"
-            self.cpu_seconds += time.thread_time() - t0
-            self._wake_upload.wait(delay)
-            self._wake_upload.clear()
+            self._cpu[name] = self._cpu.get(name, 0.0) + time.thread_time() - t0
+            u.wake.wait(delay)
+            u.wake.clear()
 
     def upload_once(self) -> float:
-        """Send what the policies allow now; returns how long to wait before the next try."""
-        now = self.clock()
-        idle = time.monotonic() - self.last_request
-        for path, h in self.spool.list():
-            if self._stop.is_set():
-                return 0.0
-            policy = self.policies.get(h["endpoint"])
-            dest = self._dests.get(h["endpoint"])
-            if policy is None or dest is None or h.get("keyId") != policy.key_id:
-                continue  # retired (enforce() deletes it) or destination refused (kept within quota and retention)
-            if not upload_allowed(policy, idle_seconds=idle, window_open=self._window_open(policy.window)):
-                continue
-            try:
-                acked = dest.put(path)
-            except FileNotFoundError:
-                continue  # purged meanwhile
-            except UploadError as exc:
-                self.upload_failures += 1
-                if self.upload_failures == 1:
-                    self.spool.audit.write("upload-failed", now, batch=h["id"], endpoint=h["endpoint"],
-                                           error=str(exc)[:300])
-                self.last_error = str(exc)
-                return backoff_delay(self.upload_failures, self.rand())
-            if acked:
-                self.spool.delete([stored_batch(h)], "uploaded", "acknowledged", now)
-                self.counts["uploaded"] += 1
-                self.upload_failures = 0
-                self.last_upload = now
-                self.last_error = None
-                M_UPLOADED.inc()
-        return 5.0
+        """Send what the policies allow now, every destination in turn; returns how long to wait before the
+        next try (the shortest of the destinations' waits)."""
+        with self._uploaders_lock:
+            uploaders = list(self._uploaders.values())
+        return min((self._upload_destination(u) for u in uploaders), default=UPLOAD_IDLE)
+
+    def _upload_destination(self, u: _Uploader) -> float:
+        """One walk over the destination's batches, oldest first; stops at its first failure (backoff)."""
+        with u.lock:
+            wait = u.next_try - time.monotonic()
+            if wait > 0:
+                return wait
+            now = self.clock()
+            idle = time.monotonic() - self.last_request
+            for b in self.spool.batches():
+                if b.endpoint not in u.endpoints:
+                    continue
+                if self._stop.is_set() or u.retired:
+                    return 0.0
+                policy = self.policies.get(b.endpoint)
+                dest = self._dests.get(b.endpoint)
+                if policy is None or dest is None or b.key_id != policy.key_id or dest.describe() != u.key:
+                    continue  # retired (enforce() deletes it) or moved to another destination
+                if not upload_allowed(policy, idle_seconds=idle, window_open=self._window_open(policy.window)):
+                    continue
+                try:
+                    acked = dest.put(self.spool.path_of(b.id))
+                except FileNotFoundError:
+                    self.spool.forget(b.id)
+                    continue  # purged meanwhile
+                except UploadError as exc:
+                    u.failures += 1
+                    if u.failures == 1:
+                        self.spool.audit.write("upload-failed", now, durable=False, batch=b.id, endpoint=b.endpoint,
+                                               destination=u.key, error=str(exc)[:300])
+                        log.warning("capture upload failed", extra=fields(endpoint=b.endpoint, error=str(exc)[:300]))
+                    u.last_error = self.last_error = str(exc)
+                    delay = backoff_delay(u.failures, self.rand())
+                    u.next_try = time.monotonic() + delay
+                    return delay
+                if acked:
+                    self.spool.delete([b], "uploaded", "acknowledged", now, durable=False)
+                    self.counts["uploaded"] += 1
+                    if u.failures:
+                        u.failures = 0
+                        u.last_error = None
+                        self.last_error = next((v.last_error for v in list(self._uploaders.values())
+                                                if v.failures and v.last_error), None)
+                    self.last_upload = now
+                    M_UPLOADED.inc()
+            return UPLOAD_IDLE
 
     # -- status ---------------------------------------------------------------------------------------------
 
