@@ -79,6 +79,7 @@ RECORD_META_BYTES = 64  # what a record adds to its batch besides its arrays (it
 ENFORCE_EVERY = 5.0  # retention and retired keys; the quota is checked at every write
 AUDIT_SYNC_EVERY = 1.0  # fsync of the audit lines written since (see AuditLog.write)
 POLL = 0.2
+DRAIN_CHUNK = 64  # records the writer takes off the queue per lock
 UPLOAD_IDLE = 5.0  # an uploader with nothing to send (or not allowed to) looks again after this long
 _EMPTY: dict[str, np.ndarray] = {}
 
@@ -95,15 +96,21 @@ class _Open:
     meta: list[tuple[float, str, int]] = field(default_factory=list)  # (time, trigger, rows) per record
     nbytes: int = 0
     end: float = 0.0
+    limit: int = MAX_OPEN_BATCH_BYTES  # sealed at this many bytes
 
 
 def _same_layout(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:
     """Records stack into one batch only when names, dtypes, ranks and shapes past the first axis agree."""
-    if a.keys() != b.keys():
+    if len(a) != len(b):
         return False
     for k, x in a.items():
-        y = b[k]
-        if x.dtype != y.dtype or x.ndim != y.ndim or x.shape[1:] != y.shape[1:]:
+        y = b.get(k)
+        if y is None:
+            return False
+        if x is y:
+            continue
+        dx, dy = x.dtype, y.dtype
+        if (dx is not dy and dx != dy) or x.ndim != y.ndim or (x.ndim > 1 and x.shape[1:] != y.shape[1:]):
             return False
     return True
 
@@ -369,6 +376,7 @@ class CaptureService:
         self._threads = []
         self.drain()
         self.flush(force=True)
+        self.spool.audit.close()
 
     def _writer_loop(self) -> None:
         name = threading.current_thread().name
@@ -388,18 +396,16 @@ class CaptureService:
     def drain(self) -> None:
         """Process everything queued now (tests, shutdown)."""
         counted: dict[tuple[str, str], int] = {}
-        lock, queue = self._queue_lock, self.queue
+        lock, queue, add = self._queue_lock, self.queue, self._add
         try:
-            while True:
-                with lock:
-                    if not queue:
-                        break
-                    item = queue.popleft()
-                    self.queued_bytes -= item[5]
-                obs, trigger = item[0], item[1]
-                if self._add(obs, trigger, item[2], item[3], item[4], item[5]):
-                    key = (obs.endpoint, trigger)
-                    counted[key] = counted.get(key, 0) + 1
+            while queue:
+                with lock:  # a few at a time: the count and size bounds stay exact for the request path
+                    items = [queue.popleft() for _ in range(min(len(queue), DRAIN_CHUNK))]
+                    self.queued_bytes -= sum(item[5] for item in items)
+                for obs, trigger, feeds, outputs, t, size in items:
+                    if add(obs, trigger, feeds, outputs, t, size):
+                        key = (obs.endpoint, trigger)
+                        counted[key] = counted.get(key, 0) + 1
         finally:
             for (endpoint, trigger), n in counted.items():
                 M_RECORDS.labels(endpoint, trigger).inc(n)
@@ -411,10 +417,12 @@ class CaptureService:
         if policy is None:
             return False  # the policy went away while the record waited: it is not kept
         inputs, outs = minimise(policy, feeds, outputs)
-        if not inputs and not outs:
-            return False
         if inputs is not feeds or outs is not outputs:  # minimised: count what is kept
+            if not inputs and not outs:
+                return False
             size = sum(a.nbytes for a in inputs.values()) + sum(a.nbytes for a in outs.values())
+        elif not inputs and not outs:
+            return False
         ob = self._open.get(endpoint)
         if ob is not None and (ob.version != obs.version or not _same_layout(ob.first[0], inputs)
                                or not _same_layout(ob.first[1], outs)):
@@ -422,15 +430,19 @@ class CaptureService:
             ob = None
         if ob is None:
             ob = self._open[endpoint] = _Open(obs.model or self.models.get(endpoint, ""), obs.version,
-                                              (inputs, outs), t)
-        first = next(iter(inputs.values()), None) if inputs else None
-        rows = int(first.shape[0]) if first is not None and first.ndim else 1
+                                              (inputs, outs), t,
+                                              limit=min(MAX_OPEN_BATCH_BYTES, policy.max_bytes // 4 or 1))
+        rows = 1
+        for first in inputs.values():
+            if first.ndim:
+                rows = first.shape[0]
+            break
         ob.records.append((inputs, outs))
         ob.meta.append((t, trigger, rows))
         ob.nbytes += size + RECORD_META_BYTES
         ob.end = t
         self.counts["captured"] += 1
-        if len(ob.records) >= policy.batch_records or ob.nbytes >= min(MAX_OPEN_BATCH_BYTES, policy.max_bytes // 4 or 1):
+        if len(ob.records) >= policy.batch_records or ob.nbytes >= ob.limit:
             self._seal(endpoint, ob, policy)
         return True
 
@@ -463,20 +475,18 @@ class CaptureService:
         now = self.clock()
         triggers: dict[str, int] = {}
         rows = 0
-        index = []
-        for t, trigger, n in ob.meta:
+        for _, trigger, n in ob.meta:
             triggers[trigger] = triggers.get(trigger, 0) + 1
             rows += n
-            index.append({"time": round(t, 3), "trigger": trigger, "rows": n})
         meta = {
             "id": new_batch_id(now), "device": self.device, "endpoint": endpoint, "model": ob.model,
             "modelVersion": ob.version, "campaign": policy.campaign, "purpose": policy.purpose,
             "start": round(ob.start, 3), "end": round(ob.end, 3), "records": len(ob.records),
-            "rows": rows, "recordIndex": index, "triggers": triggers,
+            "rows": rows, "triggers": triggers,
             "redactions": [{"input": r.input, "columns": list(r.columns), "action": r.action}
                            for r in policy.redactions],
         }
-        header, data = seal_batch(meta, stack_records(ob.records), policy.recipient)
+        header, data = seal_batch(meta, stack_records(ob.records), policy.recipient, record_index=ob.meta)
         ob.records.clear()
         if self._write_within_quota(endpoint, policy, header, data, now):
             self._wake_uploader(endpoint)

@@ -23,7 +23,7 @@ from typing import Any
 
 from reconciler.capture.batch import SUFFIX, BatchError, read_header_file
 from reconciler.capture.policy import StoredBatch
-from reconciler.core.fsutil import atomic_write_bytes, fsync_dir
+from reconciler.core.fsutil import fsync_dir
 
 AUDIT_MAX_BYTES = 1024 * 1024
 
@@ -42,50 +42,71 @@ class AuditLog:
         self.path = path
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        self._fd: int | None = None  # kept open: a line is one write(2)
+        self._size = 0
         self.unsynced = 0  # lines written with durable=False since the last sync()
 
     def write(self, event: str, now: float | None = None, *, durable: bool = True, **fields: Any) -> None:
         """Append one line. ``durable=False`` leaves the fsync to the next :meth:`sync` (the capture service's
-        writer calls it at least every second): the line is in the file at once (a crashed process loses
-        nothing), only a power loss can lose the last second of such lines."""
+        writer calls it at least every second): the line is in the file at once (a process killed at any
+        point loses nothing), only a power loss can lose the last second of such lines."""
         unknown = set(fields) - self.ALLOWED
         if unknown:  # the audit log must never become a side channel for content
             raise ValueError(f"audit fields not allowed: {sorted(unknown)}")
         doc = {"time": round(now if now is not None else time.time(), 3), "event": event, **fields}
         line = (json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n").encode()
         with self._lock:
+            fd = self._open_for(len(line))
+            os.write(fd, line)
+            self._size += len(line)
+            if durable:
+                os.fsync(fd)
+                self.unsynced = 0
+            else:
+                self.unsynced += 1
+
+    def _open_for(self, incoming: int) -> int:
+        """The log's descriptor, rotated first when ``incoming`` more bytes would pass ``max_bytes``."""
+        if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                if self.path.stat().st_size + len(line) > self.max_bytes:
-                    os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-            except FileNotFoundError:
-                pass
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, line)
-                if durable:
-                    os.fsync(fd)
-                    self.unsynced = 0
-                else:
-                    self.unsynced += 1
-            finally:
-                os.close(fd)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            self._size = os.fstat(self._fd).st_size
+        if self._size and self._size + incoming > self.max_bytes:
+            if self.unsynced:
+                os.fsync(self._fd)
+                self.unsynced = 0
+            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            self._close()
+            return self._open_for(incoming)
+        return self._fd
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def sync(self) -> None:
-        """fsync the lines written with ``durable=False`` (a no-op when there are none)."""
+        """fsync the lines written with ``durable=False``; and follow a rotation another process made (its
+        ``modelfleet data`` command writes to the same log)."""
         with self._lock:
-            if not self.unsynced:
+            if self._fd is None:
                 return
-            try:
-                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
+            if self.unsynced:
+                os.fsync(self._fd)
                 self.unsynced = 0
-                return
             try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            self.unsynced = 0
+                moved = os.stat(self.path).st_ino != os.fstat(self._fd).st_ino
+            except FileNotFoundError:
+                moved = True
+            if moved:
+                self._close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None and self.unsynced:
+                os.fsync(self._fd)
+                self.unsynced = 0
+            self._close()
 
     def read(self) -> list[dict[str, Any]]:
         out = []
@@ -123,9 +144,28 @@ class Spool:
         return self.batches_dir / f"{batch_id}{SUFFIX}"
 
     def write(self, header: dict[str, Any], data: bytes) -> Path:
-        self.ensure()
+        """Write a sealed batch: a new temp file (0600), fsync, rename, fsync of the directory."""
         path = self.path_of(header["id"])
-        atomic_write_bytes(path, data, mode=0o600)
+        tmp = path.with_name(f".{path.name}.tmp")  # a unique name: the id is; clean_temp() removes leftovers
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(tmp, flags, 0o600)
+        except FileNotFoundError:
+            self.ensure()
+            fd = os.open(tmp, flags, 0o600)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(self.batches_dir)
         b = StoredBatch(id=header["id"], created=float(header.get("start", 0.0)), size=len(data),
                         endpoint=str(header.get("endpoint", "")), key_id=str(header.get("keyId", "")))
         with self._lock:

@@ -262,16 +262,25 @@ class DirectoryDestination:
         with open(path, "rb") as src:
             size = os.fstat(src.fileno()).st_size
             try:
+                try:
+                    there = os.stat(target).st_size
+                except FileNotFoundError:
+                    there = -1
                 # Already there (a crash after the copy, before the delete): only if it is byte for byte the batch.
-                if target.is_file() and target.stat().st_size == size and _same_file(target, src, size):
+                if there == size and _same_file(target, src, size):
                     return True
-                self.dir.mkdir(parents=True, exist_ok=True)
                 tmp = self.dir / f".{path.name}.tmp"
-                pacer = _Pacer(self.max_bps)
-                with open(tmp, "wb") as dst:
+                try:
+                    dst = open(tmp, "wb")  # noqa: SIM115 - closed below, after its fsync
+                except FileNotFoundError:
+                    self.dir.mkdir(parents=True, exist_ok=True)
+                    dst = open(tmp, "wb")  # noqa: SIM115
+                with dst:
+                    pacer = _Pacer(self.max_bps) if self.max_bps else None
                     while chunk := src.read(CHUNK):
                         dst.write(chunk)
-                        pacer.sent_chunk(len(chunk))
+                        if pacer is not None:
+                            pacer.sent_chunk(len(chunk))
                     dst.flush()
                     os.fsync(dst.fileno())
                 os.replace(tmp, target)
