@@ -45,7 +45,7 @@ from reconciler.serving.server import InferenceServer  # noqa: E402
 CONCURRENCY = 16
 SECONDS = 2.0
 ROUNDS = 7
-RATE = float(os.environ.get("XC_RATE", "0.10"))
+RATE = 0.10
 SETTLE = 0.4  # after each run: the writer drains every 0.2 s, then seals, writes and uploads
 
 
