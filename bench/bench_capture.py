@@ -1,10 +1,11 @@
 """Capture benchmark: the cost of capture at 10 % against capture off, measured side by side, paired.
 
 Three server processes serve the same tiny model (the worst case: the hook's cost is largest relative to a
-~20 µs inference): ``nohook`` (no observer), ``off`` (observer, no capture policy) and ``on`` (capture 10 %,
-sealed batches written to a temp dir and "uploaded" to a directory destination, fsync and all). In each round
-all three take the same load **at the same time**, each from its own load generator process, so that whatever
-else the shared machine runs weighs on them alike; each run is followed by a short settle so that the capture
+~20 µs inference), each in one of three roles: ``nohook`` (no observer), ``off`` (the capture observer, no
+policy) and ``on`` (capture 10 %, sealed batches "uploaded" to a directory destination, fsync and all). In each
+round the three take the same load **at the same time**, each from its own load generator process, so that
+whatever else the shared machine runs weighs on them alike; the roles rotate every round, so that what differs
+between the processes themselves cancels out. Each run is followed by a short settle so that the capture
 threads' work on its records (drain, seal, write, upload) is counted in it.
 
 The cost is **CPU time per request** of a server process (every thread of it, the capture threads included):
@@ -44,7 +45,7 @@ from reconciler.serving.server import InferenceServer  # noqa: E402
 
 CONCURRENCY = 16
 SECONDS = 2.0
-ROUNDS = 7
+ROUNDS = 9  # a multiple of 3: each server process takes each role as often
 RATE = 0.10
 SETTLE = 0.4  # after each run: the writer drains every 0.2 s, then seals, writes and uploads
 
@@ -77,31 +78,34 @@ def hook_cost_ns(tmp: Path, public: bytes, n: int = 200_000) -> dict[str, float]
     return res
 
 
-def _server(kind: str, tmp: Path, public: bytes, conn: Any) -> None:
-    """A server process: one endpoint ``m`` with no observer, capture off, or capture at RATE."""
-    svc = CaptureService(tmp / f"state-{kind}", "bench-device") if kind != "nohook" else None
-    reg = ModelRegistry(observer_factory=lambda s: svc.observer_for(s.name, s.version) if svc else None)
+def _server(index: int, tmp: Path, public: bytes, conn: Any) -> None:
+    """A server process with one endpoint ``m``; the parent sets its role each round: ``nohook`` (no
+    observer), ``off`` (the capture observer, no policy) or ``on`` (capture at RATE)."""
+    svc = CaptureService(tmp / f"state-{index}", "bench-device")
+    observer = svc.observer_for("m", "1")
+    policy = parse_policy(_policy(public, tmp / "uploaded"))
+    reg = ModelRegistry()
     probe = make_probe(TINY, batch=1)
     assert reg.apply(EndpointSpec("m", "1", blobs=[TINY], probe=probe, threads=1)).ok  # no spinning pools
-    with reg.get("m") as m:
-        # Inline-or-pool is decided from each load's warm-up p50, which a loaded machine makes differ
-        # between the identical models; pin it so that the servers differ only in capture.
-        m.inline = True
-    if svc is not None and kind == "on":
-        svc.configure({"m": parse_policy(_policy(public, tmp / "uploaded"))})
     srv = InferenceServer(reg)
     srv.start()
     conn.send(srv.port)
     while (cmd := conn.recv()) != "stop":
-        assert cmd == "cpu"
-        serving = sum(time.clock_gettime(time.pthread_getcpuclockid(t.ident)) for t in threading.enumerate()
-                      if t.name.startswith("modelfleet-serving") and t.ident is not None)
-        conn.send((_cpu(), svc.cpu_seconds if svc else 0.0, svc.counts["captured"] if svc else 0, serving))
+        if cmd == "cpu":
+            serving = sum(time.clock_gettime(time.pthread_getcpuclockid(t.ident)) for t in threading.enumerate()
+                          if t.name.startswith("modelfleet-serving") and t.ident is not None)
+            conn.send((_cpu(), svc.cpu_seconds, svc.counts["captured"], serving))
+            continue
+        with reg.get("m") as m:
+            # Inline-or-pool is decided from each load's warm-up p50, which a loaded machine makes differ
+            # between the identical models; pin it so that the servers differ only in capture.
+            m.inline = True
+            m.observer = None if cmd == "nohook" else observer
+        svc.configure({"m": policy} if cmd == "on" else {})
+        conn.send(cmd)
     srv.stop()
-    dropped = 0
-    if svc is not None:
-        svc.close()
-        dropped = sum(e.get("count", 0) for e in svc.spool.audit.read() if e["event"] == "dropped")
+    svc.close()
+    dropped = sum(e.get("count", 0) for e in svc.spool.audit.read() if e["event"] == "dropped")
     reg.close()
     conn.send({"dropped": dropped})
 
@@ -109,61 +113,68 @@ def _server(kind: str, tmp: Path, public: bytes, conn: Any) -> None:
 def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-capture-"))
     _, public = generate_keypair()
-    names = ("nohook", "off", "on")
+    roles = ("nohook", "off", "on")
     ctx = mp.get_context("fork")  # before any thread of this process
-    conns, procs, ports = {}, {}, {}
-    for name in names:
+    conns, procs, ports = [], [], []
+    for i in range(len(roles)):
         a, b = ctx.Pipe()
-        procs[name] = ctx.Process(target=_server, args=(name, tmp, public, b), daemon=True)
-        procs[name].start()
-        conns[name] = a
-    for name in names:
-        ports[name] = conns[name].recv()
+        procs.append(ctx.Process(target=_server, args=(i, tmp, public, b), daemon=True))
+        procs[-1].start()
+        conns.append(a)
+    ports = [c.recv() for c in conns]
     hook = hook_cost_ns(tmp, public)
     probe = make_probe(TINY, batch=1)
-    requests = {n: _request(ports[n], "m", probe, True) for n in names}
+    requests = [_request(port, "m", probe, True) for port in ports]
 
-    def together(seconds: float) -> dict[str, list[Any]]:
-        got: dict[str, list[Any]] = {}
-        threads = [threading.Thread(target=lambda n=n: got.__setitem__(n, load(ports[n], requests[n], CONCURRENCY,
-                                                                                seconds))) for n in names]
+    def together(seconds: float) -> list[list[Any]]:
+        got: list[list[Any]] = [[] for _ in ports]
+        threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, load(ports[i], requests[i], CONCURRENCY,
+                                                                                seconds))) for i in range(len(ports))]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         return got
 
-    def cpu() -> dict[str, tuple[float, float, int]]:
-        for n in names:
-            conns[n].send("cpu")
-        return {n: conns[n].recv() for n in names}
+    def ask(cmds: list[str]) -> list[Any]:
+        for c, cmd in zip(conns, cmds, strict=True):
+            c.send(cmd)
+        return [c.recv() for c in conns]
 
-    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    runs: dict[str, list[dict[str, Any]]] = {r: [] for r in roles}
+    capture_cpu = 0.0
+    captured = 0
+    server_cpu_on = 0.0
     load_before = os.getloadavg()
+    ask(list(roles))
     together(0.5)  # warm-up
-    time.sleep(SETTLE)
-    first = cpu()
-    for _ in range(ROUNDS):
-        c0 = cpu()
+    for i in range(ROUNDS):
+        # Every process takes every role in turn: what differs between the processes themselves (which core,
+        # which neighbour) cancels out over the rounds; within a round the three run at the same time.
+        assigned = [roles[(k + i) % len(roles)] for k in range(len(roles))]
+        ask(assigned)
+        time.sleep(SETTLE)
+        c0 = ask(["cpu"] * len(roles))
         got = together(SECONDS)
         time.sleep(SETTLE)
-        c1 = cpu()
-        for n in names:
-            st = stats(got[n], SECONDS)
-            st["cpu_us_per_req"] = (c1[n][0] - c0[n][0]) / max(1, len(got[n])) * 1e6
-            st["serving_thread_cpu_us_per_req"] = (c1[n][3] - c0[n][3]) / max(1, len(got[n])) * 1e6
-            st["requests"] = len(got[n])
-            runs[n].append(st)
-    last = cpu()
+        c1 = ask(["cpu"] * len(roles))
+        for k, role in enumerate(assigned):
+            n = max(1, len(got[k]))
+            st = stats(got[k], SECONDS)
+            st["cpu_us_per_req"] = (c1[k][0] - c0[k][0]) / n * 1e6
+            st["serving_thread_cpu_us_per_req"] = (c1[k][3] - c0[k][3]) / n * 1e6
+            st["requests"] = len(got[k])
+            runs[role].append(st)
+            if role == "on":
+                capture_cpu += c1[k][1] - c0[k][1]
+                captured += c1[k][2] - c0[k][2]
+                server_cpu_on += c1[k][0] - c0[k][0]
     load_after = os.getloadavg()
-    done = {}
-    for n in names:
-        conns[n].send("stop")
-        done[n] = conns[n].recv()
-        procs[n].join(30)
-    capture_cpu = last["on"][1] - first["on"][1]
-    captured = last["on"][2] - first["on"][2]
-    server_cpu_on = last["on"][0] - first["on"][0]
+    done = []
+    for c, proc in zip(conns, procs, strict=True):
+        c.send("stop")
+        done.append(c.recv())
+        proc.join(30)
     requests_on = sum(r["requests"] for r in runs["on"])
     uploaded = list((tmp / "uploaded").rglob("*.mfcap"))
 
@@ -174,8 +185,8 @@ def main() -> None:
         "bench": "capture", "concurrency": CONCURRENCY, "seconds": SECONDS, "rounds": ROUNDS, "sample_rate": RATE,
         "cpus": os.cpu_count(),
         "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in load_after],
-        # CPU per request of each server process (every thread), the three loaded at the same time: the cost of
-        # capture is on/off, paired per round; goal <= 1.03
+        # CPU per request of a server process (every thread), the three loaded at the same time, roles rotating:
+        # the cost of capture is on/off, paired per round; goal <= 1.03
         "cpu_us_per_req_median": {k: round(statistics.median(r["cpu_us_per_req"] for r in v), 2)
                                   for k, v in runs.items()},
         "on_vs_off_cpu_paired_median": round(statistics.median(paired("on", "off", "cpu_us_per_req")), 4),
@@ -200,7 +211,7 @@ def main() -> None:
         "capture_threads_cpu_share": round(capture_cpu / server_cpu_on, 4) if server_cpu_on else None,
         "captured_records": captured,
         "captured_share": round(captured / requests_on, 4) if requests_on else None,
-        "dropped_records": done["on"]["dropped"],
+        "dropped_records": sum(d["dropped"] for d in done),
         "batches_uploaded": len(uploaded), "bytes_uploaded": sum(p.stat().st_size for p in uploaded),
     }
     print(json.dumps(out, separators=(",", ":")))

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import Counter, Gauge
 
-from reconciler.capture.batch import new_batch_id, seal_batch, stack_records
+from reconciler.capture.batch import SUFFIX, new_batch_id, seal_batch, stack_records
 from reconciler.capture.policy import (
     SAMPLED,
     CapturePolicy,
@@ -141,6 +141,20 @@ class _Uploader:
         self.last_error: str | None = None
         self.retired = False
         self.thread: threading.Thread | None = None
+        # A batch sealed while this destination was taking uploads goes to it straight from memory (one at a
+        # time: the writer hands over only into an empty slot); it reaches the spool only if the upload fails.
+        self.slot: _Sealed | None = None
+        self.inflight: _Sealed | None = None
+
+
+@dataclass(frozen=True)
+class _Sealed:
+    """A sealed batch not (yet) in the spool."""
+
+    endpoint: str
+    header: dict[str, Any]
+    data: bytes
+    key_id: str
 
 
 class CaptureObserver:
@@ -374,6 +388,15 @@ class CaptureService:
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
         self._threads = []
+        now = self.clock()
+        with self._uploaders_lock:
+            held = [x for u in self._uploaders.values() for x in (u.slot, u.inflight) if x is not None]
+            for u in self._uploaders.values():
+                u.slot = u.inflight = None
+        for sealed in held:  # not acknowledged yet: to the spool (a duplicate of one acknowledged meanwhile is
+            policy = self.policies.get(sealed.endpoint)  # sent and verified again at the next start)
+            if policy is not None and policy.key_id == sealed.key_id:
+                self._store(sealed, policy, now)
         self.drain()
         self.flush(force=True)
         self.spool.audit.close()
@@ -488,32 +511,58 @@ class CaptureService:
         }
         header, data = seal_batch(meta, stack_records(ob.records), policy.recipient, record_index=ob.meta)
         ob.records.clear()
-        if self._write_within_quota(endpoint, policy, header, data, now):
-            self._wake_uploader(endpoint)
-
-    def _write_within_quota(self, endpoint: str, policy: CapturePolicy, header: dict[str, Any], data: bytes,
-                            now: float) -> bool:
-        """Make room for the batch (the endpoint's oldest first) and write it; or drop it, counted, when alone
-        it is larger than ``maxBytes``. The endpoint's batches on disk never exceed ``maxBytes``, the one being
-        written included."""
-        with self._enforce_lock:
-            evict = select_room(self.spool.batches(endpoint), len(data), policy.max_bytes)
-            if evict is None:
-                self.counts["purged"] += 1
-                M_PURGED.labels("over-quota").inc()
-                self.spool.audit.write("dropped", now, durable=False, batch=header["id"], endpoint=endpoint,
-                                       records=header["records"], bytes=len(data), reason="over-quota")
-                self.last_error = (f"capture: a sealed batch of {endpoint} ({len(data)} bytes) is larger than its "
-                                   f"maxBytes ({policy.max_bytes}) and was dropped")
-                log.warning("capture batch over quota dropped",
-                            extra=fields(endpoint=endpoint, error=self.last_error))
-                return False
-            self._purge(evict, "quota", now)
-            self.spool.write(header, data)
+        if len(data) > policy.max_bytes:
+            self._drop_over_quota(endpoint, policy, header, data, now)
+            return
         self.counts["sealed"] += 1
         self.spool.audit.write("sealed", now, durable=False, batch=header["id"], endpoint=endpoint,
                                modelVersion=header["modelVersion"], records=header["records"], rows=header["rows"],
                                bytes=len(data), keyId=header["keyId"], campaign=policy.campaign)
+        sealed = _Sealed(endpoint, header, data, policy.key_id)
+        if not self._hand_off(sealed, policy):
+            self._store(sealed, policy, now)
+
+    def _drop_over_quota(self, endpoint: str, policy: CapturePolicy, header: dict[str, Any], data: bytes,
+                         now: float) -> None:
+        """A batch larger than ``maxBytes`` on its own is never written: dropped and counted."""
+        self.counts["purged"] += 1
+        M_PURGED.labels("over-quota").inc()
+        self.spool.audit.write("dropped", now, durable=False, batch=header["id"], endpoint=endpoint,
+                               records=header["records"], bytes=len(data), reason="over-quota")
+        self.last_error = (f"capture: a sealed batch of {endpoint} ({len(data)} bytes) is larger than its "
+                           f"maxBytes ({policy.max_bytes}) and was dropped")
+        log.warning("capture batch over quota dropped", extra=fields(endpoint=endpoint, error=self.last_error))
+
+    def _hand_off(self, sealed: _Sealed, policy: CapturePolicy) -> bool:
+        """Give the batch to its destination's uploader to send from memory, when that uploader is idle, not
+        backing off, allowed to upload now, and none of its endpoints' batches wait in the spool (oldest first
+        holds). Writing a batch to flash only to delete it a moment later costs CPU and wear."""
+        dest = self._dests.get(sealed.endpoint)
+        if dest is None or not self._started or self._stop.is_set():
+            return False
+        u = self._uploaders.get(dest.describe())
+        if u is None or u.slot is not None or u.inflight is not None or u.next_try > time.monotonic():
+            return False
+        if not upload_allowed(policy, idle_seconds=time.monotonic() - self.last_request,
+                              window_open=self._window_open(policy.window)):
+            return False
+        if self.spool.holds(u.endpoints):
+            return False
+        u.slot = sealed  # only this thread fills the slot, only when empty
+        u.wake.set()
+        return True
+
+    def _store(self, sealed: _Sealed, policy: CapturePolicy, now: float) -> bool:
+        """Make room for the batch (the endpoint's oldest first) and write it to the spool: the endpoint's
+        batches on disk never exceed ``maxBytes``, the one being written included."""
+        with self._enforce_lock:
+            evict = select_room(self.spool.batches(sealed.endpoint), len(sealed.data), policy.max_bytes)
+            if evict is None:  # (the caller checked: only if maxBytes changed meanwhile)
+                self._drop_over_quota(sealed.endpoint, policy, sealed.header, sealed.data, now)
+                return False
+            self._purge(evict, "quota", now)
+            self.spool.write(sealed.header, sealed.data)
+        self._wake_uploader(sealed.endpoint)
         return True
 
     def _purge(self, doomed: Iterable[StoredBatch], reason: str, now: float) -> list[str]:
@@ -590,6 +639,15 @@ class CaptureService:
             if wait > 0:
                 return wait
             now = self.clock()
+            sealed, u.slot = u.slot, None
+            if sealed is not None:
+                u.inflight = sealed
+                try:
+                    delay = self._send_sealed(u, sealed, now)
+                finally:
+                    u.inflight = None
+                if delay is not None:
+                    return delay
             idle = time.monotonic() - self.last_request
             for b in self.spool.batches():
                 if b.endpoint not in u.endpoints:
@@ -608,26 +666,52 @@ class CaptureService:
                     self.spool.forget(b.id)
                     continue  # purged meanwhile
                 except UploadError as exc:
-                    u.failures += 1
-                    if u.failures == 1:
-                        self.spool.audit.write("upload-failed", now, durable=False, batch=b.id, endpoint=b.endpoint,
-                                               destination=u.key, error=str(exc)[:300])
-                        log.warning("capture upload failed", extra=fields(endpoint=b.endpoint, error=str(exc)[:300]))
-                    u.last_error = self.last_error = str(exc)
-                    delay = backoff_delay(u.failures, self.rand())
-                    u.next_try = time.monotonic() + delay
-                    return delay
+                    return self._failed(u, b.id, b.endpoint, exc, now)
                 if acked:
                     self.spool.delete([b], "uploaded", "acknowledged", now, durable=False)
-                    self.counts["uploaded"] += 1
-                    if u.failures:
-                        u.failures = 0
-                        u.last_error = None
-                        self.last_error = next((v.last_error for v in list(self._uploaders.values())
-                                                if v.failures and v.last_error), None)
-                    self.last_upload = now
-                    M_UPLOADED.inc()
+                    self._acknowledged(u, now)
             return UPLOAD_IDLE
+
+    def _send_sealed(self, u: _Uploader, sealed: _Sealed, now: float) -> float | None:
+        """Upload a batch handed over from memory; on failure it goes to the spool. None, or the backoff."""
+        policy = self.policies.get(sealed.endpoint)
+        dest = self._dests.get(sealed.endpoint)
+        if policy is None or policy.key_id != sealed.key_id:
+            return None  # its campaign was retired meanwhile: it is not kept
+        if dest is None or dest.describe() != u.key:
+            self._store(sealed, policy, now)  # refused or moved meanwhile: it waits in the spool
+            return None
+        batch_id = sealed.header["id"]
+        try:
+            dest.put_bytes(f"{batch_id}{SUFFIX}", sealed.data)
+        except UploadError as exc:
+            self._store(sealed, policy, now)
+            return self._failed(u, batch_id, sealed.endpoint, exc, now)
+        self.spool.audit.write("uploaded", now, durable=False, batch=batch_id, endpoint=sealed.endpoint,
+                               bytes=len(sealed.data), reason="acknowledged")
+        self._acknowledged(u, now)
+        return None
+
+    def _failed(self, u: _Uploader, batch_id: str, endpoint: str, exc: UploadError, now: float) -> float:
+        u.failures += 1
+        if u.failures == 1:
+            self.spool.audit.write("upload-failed", now, durable=False, batch=batch_id, endpoint=endpoint,
+                                   destination=u.key, error=str(exc)[:300])
+            log.warning("capture upload failed", extra=fields(endpoint=endpoint, error=str(exc)[:300]))
+        u.last_error = self.last_error = str(exc)
+        delay = backoff_delay(u.failures, self.rand())
+        u.next_try = time.monotonic() + delay
+        return delay
+
+    def _acknowledged(self, u: _Uploader, now: float) -> None:
+        self.counts["uploaded"] += 1
+        if u.failures:
+            u.failures = 0
+            u.last_error = None
+            self.last_error = next((v.last_error for v in list(self._uploaders.values())
+                                    if v.failures and v.last_error), None)
+        self.last_upload = now
+        M_UPLOADED.inc()
 
     # -- status ---------------------------------------------------------------------------------------------
 

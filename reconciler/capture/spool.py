@@ -235,6 +235,14 @@ class Spool:
         out.sort(key=lambda b: (b.created, b.id))
         return out
 
+    def holds(self, endpoints: Iterable[str]) -> bool:
+        """Whether any batch of these endpoints waits (from the index, no directory scan after the first)."""
+        wanted = set(endpoints)
+        if self._index is None:
+            self.list()
+        with self._lock:
+            return any(b.endpoint in wanted for b in (self._index or {}).values())
+
     def stored(self) -> list[StoredBatch]:
         return [stored_batch(h) for _, h in self.list()]
 

@@ -31,6 +31,7 @@ import base64
 import binascii
 import hashlib
 import http.client
+import io
 import os
 import re
 import shutil
@@ -155,40 +156,46 @@ class HttpDestination:
         """Upload the batch file and show that the object stored under its name is it: True, or UploadError.
         FileNotFoundError when the batch is gone (purged meanwhile) before anything was sent."""
         with open(path, "rb") as fh:  # held open: a purge during the upload does not cut it short
-            size = os.fstat(fh.fileno()).st_size
-            target = f"{self.base}/{path.name}"
-            pacer = _Pacer(self.max_bps)
-            sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+            return self._send(path.name, fh, os.fstat(fh.fileno()).st_size)
+
+    def put_bytes(self, name: str, data: bytes) -> bool:
+        """:meth:`put` of a batch still in memory (``name``: its file name)."""
+        return self._send(name, io.BytesIO(data), len(data))
+
+    def _send(self, name: str, fh: BinaryIO, size: int) -> bool:
+        target = f"{self.base}/{name}"
+        pacer = _Pacer(self.max_bps)
+        sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+        try:
+            if not self._dir_made:  # WebDAV needs the collection; 201/405 (exists) are both fine
+                self._request("MKCOL", self.base + "/")
+                self._dir_made = True
+            conn = self._conn()
             try:
-                if not self._dir_made:  # WebDAV needs the collection; 201/405 (exists) are both fine
-                    self._request("MKCOL", self.base + "/")
-                    self._dir_made = True
-                conn = self._conn()
-                try:
-                    conn.putrequest("PUT", target, skip_accept_encoding=True)
-                    for k, v in {**self._headers(), "Content-Length": str(size),
-                                 "Content-Type": "application/octet-stream"}.items():
-                        conn.putheader(k, v)
-                    conn.endheaders()
-                    sent = 0
-                    while sent < size and (chunk := fh.read(min(CHUNK, size - sent))):
-                        conn.send(chunk)
-                        sha.update(chunk)
-                        md5.update(chunk)
-                        sent += len(chunk)
-                        pacer.sent_chunk(len(chunk))
-                    if sent != size:
-                        raise UploadError(f"{self.describe()}{path.name}: the batch file shrank while it was sent")
-                    resp = conn.getresponse()
-                    resp.read(ERROR_BODY_MAX)
-                finally:
-                    conn.close()
-                if resp.status not in (200, 201, 204):
-                    raise UploadError(f"{self.describe()}{path.name}: HTTP {resp.status} {resp.reason}")
-                if not _digest_matches(resp, sha.digest(), md5.hexdigest()):
-                    self._read_back(target, path.name, size, sha.digest(), pacer)
-            except (OSError, http.client.HTTPException) as exc:
-                raise UploadError(f"{self.describe()}{path.name}: {exc}") from None
+                conn.putrequest("PUT", target, skip_accept_encoding=True)
+                for k, v in {**self._headers(), "Content-Length": str(size),
+                             "Content-Type": "application/octet-stream"}.items():
+                    conn.putheader(k, v)
+                conn.endheaders()
+                sent = 0
+                while sent < size and (chunk := fh.read(min(CHUNK, size - sent))):
+                    conn.send(chunk)
+                    sha.update(chunk)
+                    md5.update(chunk)
+                    sent += len(chunk)
+                    pacer.sent_chunk(len(chunk))
+                if sent != size:
+                    raise UploadError(f"{self.describe()}{name}: the batch file shrank while it was sent")
+                resp = conn.getresponse()
+                resp.read(ERROR_BODY_MAX)
+            finally:
+                conn.close()
+            if resp.status not in (200, 201, 204):
+                raise UploadError(f"{self.describe()}{name}: HTTP {resp.status} {resp.reason}")
+            if not _digest_matches(resp, sha.digest(), md5.hexdigest()):
+                self._read_back(target, name, size, sha.digest(), pacer)
+        except (OSError, http.client.HTTPException) as exc:
+            raise UploadError(f"{self.describe()}{name}: {exc}") from None
         return True
 
     def _read_back(self, target: str, name: str, size: int, want: bytes, pacer: _Pacer) -> None:
@@ -258,35 +265,41 @@ class DirectoryDestination:
 
     def put(self, path: Path) -> bool:
         """Copy the batch: True, or UploadError. FileNotFoundError when the batch is gone (purged meanwhile)."""
-        target = self.dir / path.name
         with open(path, "rb") as src:
-            size = os.fstat(src.fileno()).st_size
+            return self._send(path.name, src, os.fstat(src.fileno()).st_size)
+
+    def put_bytes(self, name: str, data: bytes) -> bool:
+        """:meth:`put` of a batch still in memory (``name``: its file name)."""
+        return self._send(name, io.BytesIO(data), len(data))
+
+    def _send(self, name: str, src: BinaryIO, size: int) -> bool:
+        target = self.dir / name
+        try:
             try:
-                try:
-                    there = os.stat(target).st_size
-                except FileNotFoundError:
-                    there = -1
-                # Already there (a crash after the copy, before the delete): only if it is byte for byte the batch.
-                if there == size and _same_file(target, src, size):
-                    return True
-                tmp = self.dir / f".{path.name}.tmp"
-                try:
-                    dst = open(tmp, "wb")  # noqa: SIM115 - closed below, after its fsync
-                except FileNotFoundError:
-                    self.dir.mkdir(parents=True, exist_ok=True)
-                    dst = open(tmp, "wb")  # noqa: SIM115
-                with dst:
-                    pacer = _Pacer(self.max_bps) if self.max_bps else None
-                    while chunk := src.read(CHUNK):
-                        dst.write(chunk)
-                        if pacer is not None:
-                            pacer.sent_chunk(len(chunk))
-                    dst.flush()
-                    os.fsync(dst.fileno())
-                os.replace(tmp, target)
-                fsync_dir(self.dir)
-            except OSError as exc:
-                raise UploadError(f"{self.describe()}{path.name}: {exc.strerror or exc}") from None
+                there = os.stat(target).st_size
+            except FileNotFoundError:
+                there = -1
+            # Already there (a crash after the copy, before the delete): only if it is byte for byte the batch.
+            if there == size and _same_file(target, src, size):
+                return True
+            tmp = self.dir / f".{name}.tmp"
+            try:
+                dst = open(tmp, "wb")  # noqa: SIM115 - closed below, after its fsync
+            except FileNotFoundError:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                dst = open(tmp, "wb")  # noqa: SIM115
+            with dst:
+                pacer = _Pacer(self.max_bps) if self.max_bps else None
+                while chunk := src.read(CHUNK):
+                    dst.write(chunk)
+                    if pacer is not None:
+                        pacer.sent_chunk(len(chunk))
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.replace(tmp, target)
+            fsync_dir(self.dir)
+        except OSError as exc:
+            raise UploadError(f"{self.describe()}{name}: {exc.strerror or exc}") from None
         return True
 
 
