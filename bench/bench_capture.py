@@ -19,6 +19,7 @@ Prints ONE JSON line. Run: ``PYTHONPATH=. .venv/bin/python bench/bench_capture.p
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -78,7 +79,7 @@ def hook_cost_ns(tmp: Path, public: bytes, calls: int = 1000, reps: int = 200) -
             for _ in range(calls):
                 observe(feeds, outs, 0.0)
             times.append((time.perf_counter_ns() - t0) / calls)
-            with svc._queue_lock:
+            with getattr(svc, "_queue_lock", None) or contextlib.nullcontext():  # (an older tree has none)
                 svc.queue.clear()
                 svc.queued_bytes = 0
         res[name] = round(sorted(times)[reps // 4], 1)
