@@ -100,9 +100,15 @@ def stack_records(records: list[tuple[dict[str, np.ndarray], dict[str, np.ndarra
         return out
     names = list(records[0][0]) + [n for n in records[0][1] if n not in records[0][0]]
     for name in names:
-        parts = [(r[0] if name in r[0] else r[1])[name] for r in records]
-        parts = [p if p.ndim else p.reshape(1) for p in parts]
-        out[name] = np.concatenate(parts, axis=0)
+        side = 0 if name in records[0][0] else 1
+        try:  # the usual case: every record has the same layout (a device's batch always does)
+            parts = [r[side][name] for r in records]
+        except KeyError:
+            parts = [(r[0] if name in r[0] else r[1])[name] for r in records]
+        try:
+            out[name] = np.concatenate(parts, axis=0)
+        except ValueError:  # scalars: one row each
+            out[name] = np.concatenate([p if p.ndim else p.reshape(1) for p in parts], axis=0)
     return out
 
 

@@ -448,7 +448,7 @@ class CaptureService:
             return False
         ob = self._open.get(endpoint)
         if ob is not None and (ob.version != obs.version or not _same_layout(ob.first[0], inputs)
-                               or not _same_layout(ob.first[1], outs)):
+                               or ((outs or ob.first[1]) and not _same_layout(ob.first[1], outs))):
             self._seal(endpoint, ob, policy)
             ob = None
         if ob is None:
@@ -514,13 +514,12 @@ class CaptureService:
         if len(data) > policy.max_bytes:
             self._drop_over_quota(endpoint, policy, header, data, now)
             return
-        self.counts["sealed"] += 1
         self.spool.audit.write("sealed", now, durable=False, batch=header["id"], endpoint=endpoint,
                                modelVersion=header["modelVersion"], records=header["records"], rows=header["rows"],
                                bytes=len(data), keyId=header["keyId"], campaign=policy.campaign)
         sealed = _Sealed(endpoint, header, data, policy.key_id)
-        if not self._hand_off(sealed, policy):
-            self._store(sealed, policy, now)
+        if self._hand_off(sealed, policy) or self._store(sealed, policy, now):
+            self.counts["sealed"] += 1  # counted once it is in the spool or with its uploader (status counts both)
 
     def _drop_over_quota(self, endpoint: str, policy: CapturePolicy, header: dict[str, Any], data: bytes,
                          now: float) -> None:
@@ -556,6 +555,14 @@ class CaptureService:
         """Make room for the batch (the endpoint's oldest first) and write it to the spool: the endpoint's
         batches on disk never exceed ``maxBytes``, the one being written included."""
         with self._enforce_lock:
+            current = self.policies.get(sealed.endpoint)
+            if current is None or current.key_id != sealed.key_id:  # retired meanwhile: not kept
+                self.counts["purged"] += 1  # (configure() sweeps under this lock: no file of it is left behind)
+                M_PURGED.labels("policy-removed").inc()
+                self.spool.audit.write("purged", now, batch=sealed.header["id"], endpoint=sealed.endpoint,
+                                       bytes=len(sealed.data), reason="policy-removed")
+                return False
+            policy = current
             evict = select_room(self.spool.batches(sealed.endpoint), len(sealed.data), policy.max_bytes)
             if evict is None:  # (the caller checked: only if maxBytes changed meanwhile)
                 self._drop_over_quota(sealed.endpoint, policy, sealed.header, sealed.data, now)
@@ -639,9 +646,10 @@ class CaptureService:
             if wait > 0:
                 return wait
             now = self.clock()
-            sealed, u.slot = u.slot, None
+            sealed = u.slot
             if sealed is not None:
-                u.inflight = sealed
+                u.inflight = sealed  # (before the slot empties: status() sees it all along)
+                u.slot = None
                 try:
                     delay = self._send_sealed(u, sealed, now)
                 finally:
@@ -717,9 +725,13 @@ class CaptureService:
 
     def status(self) -> dict[str, Any]:
         stored = self.spool.stored() if self.spool.batches_dir.exists() else []
+        ids = {b.id for b in stored}
+        held = {x.header["id"]: x for u in list(self._uploaders.values()) for x in (u.slot, u.inflight)
+                if x is not None and x.header["id"] not in ids}.values()
         doc: dict[str, Any] = {
-            "endpoints": sorted(self.policies), "pendingBatches": len(stored),
-            "pendingBytes": sum(b.size for b in stored), "capturedRecords": self.counts["captured"],
+            "endpoints": sorted(self.policies), "pendingBatches": len(stored) + len(held),
+            "pendingBytes": sum(b.size for b in stored) + sum(len(x.data) for x in held),
+            "capturedRecords": self.counts["captured"],
             "uploadedBatches": self.counts["uploaded"], "purgedBatches": self.counts["purged"],
         }
         if self.last_upload is not None:

@@ -229,8 +229,8 @@ def test_a_hanging_destination_holds_back_only_itself(tmp_path: Path) -> None:
                 _fill(svc, "stuck", 1)
                 time.sleep(0.5)  # the stuck batch is sealed first and its upload hangs
                 _fill(svc, "live", 3)
-                wait_until(lambda: len(live.stored) == 3, 10, "the live endpoint's uploads")
-                assert svc.counts["uploaded"] == 3
+                wait_until(lambda: svc.counts["uploaded"] == 3, 10, "the live endpoint's uploads")
+                assert len(live.stored) == 3
             finally:
                 hole.close()  # the hanging upload fails now; close() does not wait for its timeout
                 svc.close()
