@@ -141,8 +141,9 @@ class _Uploader:
         self.last_error: str | None = None
         self.retired = False
         self.thread: threading.Thread | None = None
-        # A batch sealed while this destination was taking uploads goes to it straight from memory (one at a
-        # time: the writer hands over only into an empty slot); it reaches the spool only if the upload fails.
+        # A batch sealed while this destination was taking uploads goes to it straight from memory (the writer
+        # hands over only into an empty slot: one being sent, one next); it reaches the spool only if the
+        # upload fails.
         self.slot: _Sealed | None = None
         self.inflight: _Sealed | None = None
 
@@ -533,14 +534,15 @@ class CaptureService:
         log.warning("capture batch over quota dropped", extra=fields(endpoint=endpoint, error=self.last_error))
 
     def _hand_off(self, sealed: _Sealed, policy: CapturePolicy) -> bool:
-        """Give the batch to its destination's uploader to send from memory, when that uploader is idle, not
-        backing off, allowed to upload now, and none of its endpoints' batches wait in the spool (oldest first
-        holds). Writing a batch to flash only to delete it a moment later costs CPU and wear."""
+        """Give the batch to its destination's uploader to send from memory, when its slot is free (so at most
+        two batches per destination are in memory: one being sent, one next), it is not backing off, uploads
+        are allowed now, and none of its endpoints' batches wait in the spool (oldest first holds). Writing a
+        batch to flash only to delete it a moment later costs CPU and wear."""
         dest = self._dests.get(sealed.endpoint)
         if dest is None or not self._started or self._stop.is_set():
             return False
         u = self._uploaders.get(dest.describe())
-        if u is None or u.slot is not None or u.inflight is not None or u.next_try > time.monotonic():
+        if u is None or u.slot is not None or u.next_try > time.monotonic():
             return False
         if not upload_allowed(policy, idle_seconds=time.monotonic() - self.last_request,
                               window_open=self._window_open(policy.window)):
