@@ -13,11 +13,12 @@ The cost is **CPU time per request** of a server process (every thread of it, th
 (capture costs under 3 %). Throughput ratios are reported too (``on_vs_off_paired_median``; on a loaded
 machine they say more about the scheduler than about capture), with the load average around the run, the
 request-path hook's ns per call, and the capture threads' CPU per captured record.
-Prints ONE JSON line. Run: ``PYTHONPATH=. .venv/bin/python bench/bench_capture.py``.
+Prints ONE JSON line. Run: ``PYTHONPATH=. .venv/bin/python bench/bench_capture.py [--dir /dev/shm]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import contextlib
 import json
@@ -119,7 +120,13 @@ def _server(index: int, tmp: Path, public: bytes, conn: Any) -> None:
 
 
 def main() -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-capture-"))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dir", default=None,
+                    help="where the spool and the directory destination go (default: the temp dir). On a shared "
+                         "machine, the fsyncs' CPU grows with everyone's disk writes (ext4 commits the journal for "
+                         "all of them); a tmpfs such as /dev/shm isolates capture's own CPU from that")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-capture-", dir=args.dir))
     _, public = generate_keypair()
     roles = ("nohook", "off", "on")
     ctx = mp.get_context("fork")  # before any thread of this process
@@ -191,7 +198,7 @@ def main() -> None:
 
     out = {
         "bench": "capture", "concurrency": CONCURRENCY, "seconds": SECONDS, "rounds": ROUNDS, "sample_rate": RATE,
-        "cpus": os.cpu_count(),
+        "cpus": os.cpu_count(), "dir": str(tmp.parent),
         "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in load_after],
         # CPU per request of a server process (every thread), the three loaded at the same time, roles rotating:
         # the cost of capture is on/off, paired per round; goal <= 1.03
