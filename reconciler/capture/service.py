@@ -14,8 +14,10 @@ within the quota at every write, not at the next sweep; retention and retired ke
 :data:`ENFORCE_EVERY` seconds.
 
 Uploaders: one thread per destination, each walking its own endpoints' batches oldest first, with its own
-exponential backoff and jitter, so a dead or hanging destination holds back only itself. A batch is deleted
-only after the destination showed the stored object is the batch (:mod:`~.upload`).
+exponential backoff and jitter, so a dead or hanging destination holds back only itself. While a destination
+takes uploads, the writer hands it a sealed batch in memory (at most two per destination: one being sent, one
+next) instead of writing it to the spool; it reaches the spool only if that upload fails (or on close). A batch
+is deleted only after the destination showed the stored object is the batch (:mod:`~.upload`).
 
 A destination URL the agent config does not allow (:func:`~reconciler.capture.upload.destination_refusal`) gets
 no connection: the endpoint keeps capturing within its quota and retention, its batches wait, and
@@ -322,11 +324,15 @@ class CaptureService:
         wanted: dict[str, set[str]] = {}
         for endpoint, dest in self._dests.items():
             wanted.setdefault(dest.describe(), set()).add(endpoint)
+        orphans = []
         with self._uploaders_lock:
             for key in [k for k in self._uploaders if k not in wanted]:
                 u = self._uploaders.pop(key)
                 u.retired = True
                 u.wake.set()
+                if u.slot is not None:  # handed over, not sent yet: it waits in the spool instead
+                    orphans.append(u.slot)
+                    u.slot = None
             for key, endpoints in wanted.items():
                 u = self._uploaders.get(key)
                 if u is None:
@@ -335,6 +341,8 @@ class CaptureService:
                 if self._started and u.thread is None and not self._stop.is_set():
                     self._start_uploader(u)
                 u.wake.set()
+        for sealed in orphans:
+            self._store(sealed, self.clock())
 
     def set_drifting(self, endpoints: set[str]) -> None:
         """Endpoints whose drift alert is on (the ``drift`` trigger captures them while it lasts)."""
@@ -395,9 +403,7 @@ class CaptureService:
             for u in self._uploaders.values():
                 u.slot = u.inflight = None
         for sealed in held:  # not acknowledged yet: to the spool (a duplicate of one acknowledged meanwhile is
-            policy = self.policies.get(sealed.endpoint)  # sent and verified again at the next start)
-            if policy is not None and policy.key_id == sealed.key_id:
-                self._store(sealed, policy, now)
+            self._store(sealed, now)  # sent and verified again at the next start)
         self.drain()
         self.flush(force=True)
         self.spool.audit.close()
@@ -519,7 +525,7 @@ class CaptureService:
                                modelVersion=header["modelVersion"], records=header["records"], rows=header["rows"],
                                bytes=len(data), keyId=header["keyId"], campaign=policy.campaign)
         sealed = _Sealed(endpoint, header, data, policy.key_id)
-        if self._hand_off(sealed, policy) or self._store(sealed, policy, now):
+        if self._hand_off(sealed, policy) or self._store(sealed, now):
             self.counts["sealed"] += 1  # counted once it is in the spool or with its uploader (status counts both)
 
     def _drop_over_quota(self, endpoint: str, policy: CapturePolicy, header: dict[str, Any], data: bytes,
@@ -553,7 +559,7 @@ class CaptureService:
         u.wake.set()
         return True
 
-    def _store(self, sealed: _Sealed, policy: CapturePolicy, now: float) -> bool:
+    def _store(self, sealed: _Sealed, now: float) -> bool:
         """Make room for the batch (the endpoint's oldest first) and write it to the spool: the endpoint's
         batches on disk never exceed ``maxBytes``, the one being written included."""
         with self._enforce_lock:
@@ -686,16 +692,14 @@ class CaptureService:
         """Upload a batch handed over from memory; on failure it goes to the spool. None, or the backoff."""
         policy = self.policies.get(sealed.endpoint)
         dest = self._dests.get(sealed.endpoint)
-        if policy is None or policy.key_id != sealed.key_id:
-            return None  # its campaign was retired meanwhile: it is not kept
-        if dest is None or dest.describe() != u.key:
-            self._store(sealed, policy, now)  # refused or moved meanwhile: it waits in the spool
-            return None
+        if policy is None or policy.key_id != sealed.key_id or dest is None or dest.describe() != u.key:
+            self._store(sealed, now)  # moved or refused meanwhile: it waits in the spool; a retired
+            return None  # campaign's batch is dropped there (audited), never sent
         batch_id = sealed.header["id"]
         try:
             dest.put_bytes(f"{batch_id}{SUFFIX}", sealed.data)
         except UploadError as exc:
-            self._store(sealed, policy, now)
+            self._store(sealed, now)
             return self._failed(u, batch_id, sealed.endpoint, exc, now)
         self.spool.audit.write("uploaded", now, durable=False, batch=batch_id, endpoint=sealed.endpoint,
                                bytes=len(sealed.data), reason="acknowledged")
