@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
+from reconciler.capture import service
 from reconciler.capture.batch import MAGIC
 from reconciler.capture.policy import parse_policy
 from reconciler.capture.service import CaptureService
@@ -180,9 +182,11 @@ def test_a_batch_larger_than_the_quota_is_dropped_and_counted_not_written(tmp_pa
     assert svc.counts["purged"] == 1 and "larger than its maxBytes (4096)" in svc.status()["lastError"]
 
 
-def test_a_dead_destination_does_not_hold_back_another_endpoints_batches(tmp_path: Path) -> None:
+def test_a_dead_destination_does_not_hold_back_another_endpoints_batches(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The oldest batch is the dead destination's: the other endpoint's still go, and the dead one is not
     retried before its backoff ends."""
+    monkeypatch.setattr(service, "backoff_delay", lambda failures, u: 60.0)  # longer than this test, however slow
     campaign = Campaign()
     with Recorder() as live:
         dead_port = free_port()
