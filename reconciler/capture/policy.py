@@ -187,11 +187,14 @@ def drifting_endpoints(status_endpoints: Iterable[Mapping[str, Any]]) -> set[str
 
 def minimise(policy: CapturePolicy, inputs: Mapping[str, np.ndarray],
              outputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Only what the policy keeps: selected inputs/outputs, redacted columns dropped or zeroed.
+    """Only what the policy keeps: selected inputs/outputs, redacted columns dropped or zeroed (a policy that
+    keeps everything gets the given mappings back, not copies: callers do not change them).
 
     A redaction of a tensor that is not tabular (rank 2) drops the whole tensor: a rule that cannot be applied
     exactly never lets the data through.
     """
+    if policy.keep_inputs is None and policy.keep_outputs is None and not policy.redactions:
+        return inputs, outputs  # type: ignore[return-value]  # everything is kept: the same mappings, no copy
     keep_in = inputs if policy.keep_inputs is None else {k: v for k, v in inputs.items() if k in policy.keep_inputs}
     kept_inputs = dict(keep_in)
     rules: dict[str, list[Redaction]] = {}
@@ -218,14 +221,6 @@ def minimise(policy: CapturePolicy, inputs: Mapping[str, np.ndarray],
     else:
         kept_outputs = {k: v for k, v in outputs.items() if k in policy.keep_outputs}
     return kept_inputs, kept_outputs
-
-
-def record_signature(inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> tuple[Any, ...]:
-    """Records stack into one batch only when names, dtypes and shapes past the first axis agree."""
-    def sig(d: Mapping[str, np.ndarray]) -> tuple[Any, ...]:
-        return tuple(sorted((k, v.dtype.str, v.shape[1:] if v.ndim else ("scalar",)) for k, v in d.items()))
-
-    return sig(inputs), sig(outputs)
 
 
 # --- retention and quota ------------------------------------------------------------------------------------
@@ -266,6 +261,26 @@ def select_purge(batches: Iterable[StoredBatch], now: float, *, retention: float
                 break
             out.append((b, "quota"))
             total -= b.size
+    return out
+
+
+def select_room(batches: Iterable[StoredBatch], incoming: int, max_bytes: int) -> list[StoredBatch] | None:
+    """Batches to delete, oldest first, so that a new batch of ``incoming`` bytes keeps the endpoint within
+    ``max_bytes`` the moment it is written (the quota holds at every write, not at the next sweep).
+
+    None when the new batch alone is larger than ``max_bytes``: it is dropped (and counted) and nothing is
+    deleted for it — evicting older data could not make it fit.
+    """
+    if incoming > max_bytes:
+        return None
+    ordered = sorted(batches, key=lambda b: (b.created, b.id))
+    total = sum(b.size for b in ordered)
+    out: list[StoredBatch] = []
+    for b in ordered:
+        if total + incoming <= max_bytes:
+            break
+        out.append(b)
+        total -= b.size
     return out
 
 

@@ -1,14 +1,23 @@
 """The device-side capture service: observer on the request path, writer and uploader threads off it.
 
 Request path (:class:`CaptureObserver`, called by the serving registry after each inference): look up the
-endpoint's policy, draw a random number, maybe compute the lowest top score, and ``put_nowait`` references to
-the request's arrays on a bounded queue — a full queue drops the record and counts it. Nothing else.
+endpoint's sampling plan and draw a random number; only for a request that is captured (or whose policy has a
+``lowConfidence`` or ``drift`` trigger) anything more happens: references to the request's arrays go on a
+bounded queue (a lock-protected count and size; a full queue drops the record and counts it). Nothing is
+copied, written, encrypted or sent on the request path.
 
 Writer thread: minimise (keep/redact), stack records into the endpoint's open batch, seal it to the campaign's
 public key when it holds ``batch.records`` records, ``batch.interval`` passed, the record layout changes or the
-memory bound is reached; then enforce retention, quota and retired keys, oldest first. Uploader thread: send
-sealed batches to the destination when the policy allows (idle / window), delete only acknowledged ones, back
-off with jitter on failure.
+memory bound is reached. **Before** a sealed batch is written, the endpoint's oldest batches are deleted until
+it fits in ``maxBytes`` (a batch larger than ``maxBytes`` on its own is dropped and counted), so the spool is
+within the quota at every write, not at the next sweep; retention and retired keys are swept every
+:data:`ENFORCE_EVERY` seconds.
+
+Uploaders: one thread per destination, each walking its own endpoints' batches oldest first, with its own
+exponential backoff and jitter, so a dead or hanging destination holds back only itself. While a destination
+takes uploads, the writer hands it a sealed batch in memory (at most two per destination: one being sent, one
+next) instead of writing it to the spool; it reaches the spool only if that upload fails (or on close). A batch
+is deleted only after the destination showed the stored object is the batch (:mod:`~.upload`).
 
 A destination URL the agent config does not allow (:func:`~reconciler.capture.upload.destination_refusal`) gets
 no connection: the endpoint keeps capturing within its quota and retention, its batches wait, and
@@ -30,18 +39,20 @@ from typing import Any
 import numpy as np
 from prometheus_client import Counter, Gauge
 
-from reconciler.capture.batch import new_batch_id, seal_batch, stack_records
+from reconciler.capture.batch import SUFFIX, new_batch_id, seal_batch, stack_records
 from reconciler.capture.policy import (
+    SAMPLED,
     CapturePolicy,
+    StoredBatch,
     backoff_delay,
     capture_trigger,
     min_confidence,
     minimise,
-    record_signature,
     select_purge,
+    select_room,
     upload_allowed,
 )
-from reconciler.capture.spool import Spool, stored_batch
+from reconciler.capture.spool import Spool
 from reconciler.capture.upload import (
     DirectoryDestination,
     HttpDestination,
@@ -58,14 +69,21 @@ M_RECORDS = Counter("modelfleet_capture_records_total", "Records captured (befor
 M_DROPPED = Counter("modelfleet_capture_dropped_total", "Records dropped because the capture queue was full.",
                     ["endpoint"])
 M_UPLOADED = Counter("modelfleet_capture_uploaded_batches_total", "Batches acknowledged by the destination.")
-M_PURGED = Counter("modelfleet_capture_purged_batches_total", "Batches deleted unsent.", ["reason"])
+M_PURGED = Counter("modelfleet_capture_purged_batches_total",
+                   "Batches deleted unsent, or not written because alone they exceed maxBytes (over-quota).",
+                   ["reason"])
 M_PENDING = Gauge("modelfleet_capture_pending_bytes", "Bytes of sealed batches waiting for upload.")
 
 QUEUE_MAX = 1024
 QUEUE_MAX_BYTES = 64 * 1024 * 1024  # references to request arrays waiting for the writer
 MAX_OPEN_BATCH_BYTES = 4 * 1024 * 1024
-ENFORCE_EVERY = 5.0
+RECORD_META_BYTES = 64  # what a record adds to its batch besides its arrays (its entry in the sealed index)
+ENFORCE_EVERY = 5.0  # retention and retired keys; the quota is checked at every write
+AUDIT_SYNC_EVERY = 1.0  # fsync of the audit lines written since (see AuditLog.write)
 POLL = 0.2
+DRAIN_CHUNK = 64  # records the writer takes off the queue per lock
+UPLOAD_IDLE = 5.0  # an uploader with nothing to send (or not allowed to) looks again after this long
+_EMPTY: dict[str, np.ndarray] = {}
 
 
 @dataclass
@@ -74,12 +92,72 @@ class _Open:
 
     model: str
     version: str
-    signature: tuple[Any, ...]
+    first: tuple[dict[str, np.ndarray], dict[str, np.ndarray]]  # the layout every record must match
     start: float
     records: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = field(default_factory=list)
-    meta: list[dict[str, Any]] = field(default_factory=list)
+    meta: list[tuple[float, str, int]] = field(default_factory=list)  # (time, trigger, rows) per record
     nbytes: int = 0
     end: float = 0.0
+    limit: int = MAX_OPEN_BATCH_BYTES  # sealed at this many bytes
+
+
+def _same_layout(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:
+    """Records stack into one batch only when names, dtypes, ranks and shapes past the first axis agree."""
+    if len(a) != len(b):
+        return False
+    for k, x in a.items():
+        y = b.get(k)
+        if y is None:
+            return False
+        if x is y:
+            continue
+        dx, dy = x.dtype, y.dtype
+        if (dx is not dy and dx != dy) or x.ndim != y.ndim or (x.ndim > 1 and x.shape[1:] != y.shape[1:]):
+            return False
+    return True
+
+
+class _Plan:
+    """What the request path needs of an endpoint's policy, precomputed at configure time."""
+
+    __slots__ = ("policy", "rate", "sample_only", "outputs")
+
+    def __init__(self, policy: CapturePolicy) -> None:
+        self.policy = policy
+        self.rate = policy.sample_rate
+        # No lowConfidence or drift trigger: one random draw decides, nothing is looked at otherwise.
+        self.sample_only = policy.low_confidence_below is None and not policy.on_drift
+        self.outputs = policy.wants_outputs
+
+
+class _Uploader:
+    """One destination's sender: its endpoints, its own thread and backoff."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.endpoints: frozenset[str] = frozenset()
+        self.wake = threading.Event()
+        self.lock = threading.Lock()  # one walk at a time (its thread, or upload_once from a caller)
+        self.failures = 0
+        self.next_try = 0.0  # time.monotonic() before which it does not try again
+        self.last_error: str | None = None
+        self.retired = False
+        self.thread: threading.Thread | None = None
+        # A batch sealed while this destination was taking uploads goes to it straight from memory (the writer
+        # hands over only into an empty slot: one being sent, one next); it reaches the spool only if the
+        # upload fails.
+        self.slot: _Sealed | None = None
+        self.inflight: _Sealed | None = None
+
+
+@dataclass(frozen=True)
+class _Sealed:
+    """A sealed batch not (yet) in the spool."""
+
+    endpoint: str
+    header: dict[str, Any]
+    data: bytes
+    key_id: str
 
 
 class CaptureObserver:
@@ -97,28 +175,36 @@ class CaptureObserver:
                 request_id: str | None = None) -> None:
         # request_id is not kept: a client-chosen id can identify a person, and retraining does not need it
         svc = self.service
-        svc.last_request = time.monotonic()
-        policy = svc.policies.get(self.endpoint)
-        if policy is None:
+        svc.last_request = _monotonic()
+        plan = svc.plans.get(self.endpoint)
+        if plan is None:
             return
+        if plan.sample_only:  # the common case: one draw, nothing else unless this request is captured
+            if svc.rand() < plan.rate:
+                svc.offer(self, SAMPLED, feeds, outputs if plan.outputs else _EMPTY)
+            return
+        policy = plan.policy
         conf = (min_confidence(outputs, policy.low_confidence_output)
                 if policy.low_confidence_below is not None else None)
         trigger = capture_trigger(policy, svc.rand(), confidence=conf, drifting=self.endpoint in svc.drifting)
         if trigger is not None:
-            svc.offer(self, trigger, feeds, outputs if policy.wants_outputs else {})
+            svc.offer(self, trigger, feeds, outputs if plan.outputs else _EMPTY)
 
     def observe_error(self, seconds: float) -> None:
-        self.service.last_request = time.monotonic()
+        self.service.last_request = _monotonic()
 
     def observe_rejection(self) -> None:
-        self.service.last_request = time.monotonic()
+        self.service.last_request = _monotonic()
 
     def observe_rejected_inputs(self, inputs: dict[str, np.ndarray]) -> None:
         """The decoded inputs of a request that failed validation (the ``rejected`` trigger)."""
         svc = self.service
         policy = svc.policies.get(self.endpoint)
         if policy is not None and inputs and capture_trigger(policy, 1.0, rejected=True):
-            svc.offer(self, "rejected", inputs, {})
+            svc.offer(self, "rejected", inputs, _EMPTY)
+
+
+_monotonic = time.monotonic
 
 
 class CaptureService:
@@ -133,15 +219,17 @@ class CaptureService:
         self._background = background  # False: the caller drives drain/flush/upload_once (tests, tools)
         self.device = device
         self.clock = clock
-        self.policies: dict[str, CapturePolicy] = {}  # only enabled ones; read lock-free on the request path
+        self.policies: dict[str, CapturePolicy] = {}  # only enabled ones
+        self.plans: dict[str, _Plan] = {}  # the same, for the request path (read lock-free there)
         self.drifting: frozenset[str] = frozenset()
         self.last_request = 0.0
         self.rand = random.Random().random
-        # A deque, not a queue.Queue: append/popleft need no lock and wake nobody, so the request path never
-        # hands the GIL to the writer; the writer drains it every POLL seconds.
+        # Records waiting for the writer. append/popleft need no lock; the count and size bounds do, and hold
+        # at every append (the writer drains it every POLL seconds).
         self.queue: collections.deque[tuple[Any, ...]] = collections.deque()
         self.queue_max = queue_max
         self.queued_bytes = 0
+        self._queue_lock = threading.Lock()
         self.dropped: dict[str, int] = {}
         self.problems: dict[str, str] = {}
         self.models: dict[str, str] = {}
@@ -153,16 +241,28 @@ class CaptureService:
         self._window_open = window_open or (lambda w: True)
         self._open: dict[str, _Open] = {}
         self._dests: dict[str, Any] = {}
+        self._uploaders: dict[str, _Uploader] = {}  # destination (describe()) -> its sender
+        self._uploaders_lock = threading.Lock()
         self._stop = threading.Event()
-        self._wake_upload = threading.Event()
+        self._started = False
         self._threads: list[threading.Thread] = []
         self._last_enforce = 0.0
-        self._enforce_lock = threading.Lock()
-        self.cpu_seconds = 0.0  # CPU the capture threads used (bench/bench_capture.py reports it)
+        self._last_audit_sync = 0.0
+        self._enforce_lock = threading.Lock()  # enforce() and the make-room-then-write of a batch
+        self._cpu: dict[str, float] = {}  # thread name -> CPU seconds (bench/bench_capture.py reports the sum)
         self.counts = {"captured": 0, "sealed": 0, "uploaded": 0, "purged": 0}
         self.last_upload: float | None = None
         self.last_error: str | None = None
-        self.upload_failures = 0
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU time the capture threads used."""
+        return sum(self._cpu.values())
+
+    @property
+    def upload_failures(self) -> int:
+        """Consecutive failed uploads, summed over the destinations."""
+        return sum(u.failures for u in list(self._uploaders.values()))
 
     # -- configuration --------------------------------------------------------------------------------------
 
@@ -173,16 +273,17 @@ class CaptureService:
         self.models = dict(models or {})
         if enabled:
             self.spool.ensure()
-            if self._background and not self._threads and not self._stop.is_set():
+            if self._background and not self._started and not self._stop.is_set():
                 self.start()
         self._refused = {k: v for k, v in self._refused.items() if k in enabled}
         self._dests = {k: d for k, p in enabled.items() if (d := self._destination(k, p)) is not None}
         self.problems = {**(problems or {}), **self._refused}
         self.policies = enabled
+        self.plans = {k: _Plan(v) for k, v in enabled.items()}
         self._live_keys = {p.key_id for p in enabled.values()}
+        self._sync_uploaders()
         if not enabled and self.spool.batches_dir.exists():
             self.enforce()  # capture turned off or campaign retired: its batches go now, not at the next start
-        self._wake_upload.set()
 
     def restore(self, endpoint: str, policy: CapturePolicy, model: str) -> None:
         """One endpoint's last known policy at an offline boot; retires nothing (the desired state is unknown)."""
@@ -196,8 +297,10 @@ class CaptureService:
         else:
             self.problems = {**self.problems, endpoint: self._refused[endpoint]}
         self.policies = {**self.policies, endpoint: policy}
-        if self._background and not self._threads and not self._stop.is_set():
+        self.plans = {**self.plans, endpoint: _Plan(policy)}
+        if self._background and not self._started and not self._stop.is_set():
             self.start()
+        self._sync_uploaders()
 
     def _destination(self, endpoint: str, p: CapturePolicy) -> Any:
         """The endpoint's destination, or None (and the reason in ``_refused``) when it must get no upload."""
@@ -215,6 +318,32 @@ class CaptureService:
                                    token=self._upload_token, ca_file=self._upload_ca)
         return DirectoryDestination(p.destination_dir or "", self.device, max_bytes_per_second=p.max_bytes_per_second)
 
+    def _sync_uploaders(self) -> None:
+        """One uploader per destination the endpoints use now (endpoints sharing a destination share its
+        uploader and backoff); an uploader whose destination is no longer used stops."""
+        wanted: dict[str, set[str]] = {}
+        for endpoint, dest in self._dests.items():
+            wanted.setdefault(dest.describe(), set()).add(endpoint)
+        orphans = []
+        with self._uploaders_lock:
+            for key in [k for k in self._uploaders if k not in wanted]:
+                u = self._uploaders.pop(key)
+                u.retired = True
+                u.wake.set()
+                if u.slot is not None:  # handed over, not sent yet: it waits in the spool instead
+                    orphans.append(u.slot)
+                    u.slot = None
+            for key, endpoints in wanted.items():
+                u = self._uploaders.get(key)
+                if u is None:
+                    u = self._uploaders[key] = _Uploader(key)
+                u.endpoints = frozenset(endpoints)
+                if self._started and u.thread is None and not self._stop.is_set():
+                    self._start_uploader(u)
+                u.wake.set()
+        for sealed in orphans:
+            self._store(sealed, self.clock())
+
     def set_drifting(self, endpoints: set[str]) -> None:
         """Endpoints whose drift alert is on (the ``drift`` trigger captures them while it lasts)."""
         self.drifting = frozenset(endpoints)
@@ -226,38 +355,66 @@ class CaptureService:
 
     def offer(self, obs: CaptureObserver, trigger: str, feeds: dict[str, np.ndarray],
               outputs: dict[str, np.ndarray]) -> None:
-        size = sum(a.nbytes for a in feeds.values()) + sum(a.nbytes for a in outputs.values())
-        if len(self.queue) >= self.queue_max or self.queued_bytes + size > QUEUE_MAX_BYTES:
-            self.dropped[obs.endpoint] = self.dropped.get(obs.endpoint, 0) + 1
-            return
-        self.queued_bytes += size  # approximate under races; it only bounds memory
-        self.queue.append((obs.endpoint, obs.version, obs.model, trigger, feeds, outputs, self.clock(), size))
+        size = 0
+        for a in feeds.values():
+            size += a.nbytes
+        for a in outputs.values():
+            size += a.nbytes
+        t = self.clock()
+        with self._queue_lock:
+            if len(self.queue) >= self.queue_max or self.queued_bytes + size > QUEUE_MAX_BYTES:
+                self.dropped[obs.endpoint] = self.dropped.get(obs.endpoint, 0) + 1
+                return
+            self.queued_bytes += size
+            self.queue.append((obs, trigger, feeds, outputs, t, size))
 
     # -- threads --------------------------------------------------------------------------------------------
 
     def start(self) -> None:
         self.spool.clean_temp()
-        for target, name in ((self._writer_loop, "capture-writer"), (self._upload_loop, "capture-upload")):
-            t = threading.Thread(target=target, name=name, daemon=True)
-            t.start()
-            self._threads.append(t)
+        self._started = True
+        t = threading.Thread(target=self._writer_loop, name="capture-writer", daemon=True)
+        t.start()
+        self._threads.append(t)
+        with self._uploaders_lock:
+            for u in self._uploaders.values():
+                if u.thread is None:
+                    self._start_uploader(u)
+
+    def _start_uploader(self, u: _Uploader) -> None:
+        u.thread = threading.Thread(target=self._upload_loop, args=(u,), name=f"capture-upload-{len(self._threads)}",
+                                    daemon=True)
+        u.thread.start()
+        self._threads.append(u.thread)
 
     def close(self, timeout: float = 10.0) -> None:
         """Seal what is buffered (a clean stop loses nothing) and stop the threads."""
         self._stop.set()
-        self._wake_upload.set()
+        with self._uploaders_lock:
+            for u in self._uploaders.values():
+                u.wake.set()
+        deadline = time.monotonic() + timeout
         for t in self._threads:
-            t.join(timeout)
+            t.join(max(0.0, deadline - time.monotonic()))
         self._threads = []
+        now = self.clock()
+        with self._uploaders_lock:
+            held = [x for u in self._uploaders.values() for x in (u.slot, u.inflight) if x is not None]
+            for u in self._uploaders.values():
+                u.slot = u.inflight = None
+        for sealed in held:  # not acknowledged yet: to the spool (a duplicate of one acknowledged meanwhile is
+            self._store(sealed, now)  # sent and verified again at the next start)
         self.drain()
         self.flush(force=True)
+        self.spool.audit.close()
 
     def _writer_loop(self) -> None:
+        name = threading.current_thread().name
         while not self._stop.wait(POLL):
             t0 = time.thread_time()
             self._safe(self.drain)
             self._safe(self.flush)
-            self.cpu_seconds += time.thread_time() - t0
+            self._cpu[name] = self._cpu.get(name, 0.0) + time.thread_time() - t0
 
     def _safe(self, fn: Callable[..., Any], *args: Any) -> None:
         try:
@@ -268,41 +425,59 @@ class CaptureService:
 
     def drain(self) -> None:
         """Process everything queued now (tests, shutdown)."""
-        while True:
-            try:
-                item = self.queue.popleft()
-            except IndexError:
-                return
-            self.queued_bytes = max(0, self.queued_bytes - item[-1])
-            self._add(*item[:-1])
+        counted: dict[tuple[str, str], int] = {}
+        lock, queue, add = self._queue_lock, self.queue, self._add
+        try:
+            while queue:
+                with lock:  # a few at a time: the count and size bounds stay exact for the request path
+                    items = [queue.popleft() for _ in range(min(len(queue), DRAIN_CHUNK))]
+                    self.queued_bytes -= sum(item[5] for item in items)
+                for obs, trigger, feeds, outputs, t, size in items:
+                    if add(obs, trigger, feeds, outputs, t, size):
+                        key = (obs.endpoint, trigger)
+                        counted[key] = counted.get(key, 0) + 1
+        finally:
+            for (endpoint, trigger), n in counted.items():
+                M_RECORDS.labels(endpoint, trigger).inc(n)
 
-    def _add(self, endpoint: str, version: str, model: str, trigger: str, feeds: dict[str, np.ndarray],
-             outputs: dict[str, np.ndarray], t: float) -> None:
+    def _add(self, obs: CaptureObserver, trigger: str, feeds: dict[str, np.ndarray],
+             outputs: dict[str, np.ndarray], t: float, size: int) -> bool:
+        endpoint = obs.endpoint
         policy = self.policies.get(endpoint)
         if policy is None:
-            return  # the policy went away while the record waited: it is not kept
+            return False  # the policy went away while the record waited: it is not kept
         inputs, outs = minimise(policy, feeds, outputs)
-        if not inputs and not outs:
-            return
-        sig = record_signature(inputs, outs)
+        if inputs is not feeds or outs is not outputs:  # minimised: count what is kept
+            if not inputs and not outs:
+                return False
+            size = sum(a.nbytes for a in inputs.values()) + sum(a.nbytes for a in outs.values())
+        elif not inputs and not outs:
+            return False
         ob = self._open.get(endpoint)
-        if ob is not None and (ob.signature != sig or ob.version != version):
+        if ob is not None and (ob.version != obs.version or not _same_layout(ob.first[0], inputs)
+                               or ((outs or ob.first[1]) and not _same_layout(ob.first[1], outs))):
             self._seal(endpoint, ob, policy)
             ob = None
         if ob is None:
-            ob = self._open[endpoint] = _Open(model or self.models.get(endpoint, ""), version, sig, t)
-        rows = int(next(iter(inputs.values())).shape[0]) if inputs and next(iter(inputs.values())).ndim else 1
+            ob = self._open[endpoint] = _Open(obs.model or self.models.get(endpoint, ""), obs.version,
+                                              (inputs, outs), t,
+                                              limit=min(MAX_OPEN_BATCH_BYTES, policy.max_bytes // 4 or 1))
+        rows = 1
+        for first in inputs.values():
+            if first.ndim:
+                rows = first.shape[0]
+            break
         ob.records.append((inputs, outs))
-        ob.meta.append({"time": round(t, 3), "trigger": trigger, "rows": rows})
-        ob.nbytes += sum(a.nbytes for a in inputs.values()) + sum(a.nbytes for a in outs.values())
+        ob.meta.append((t, trigger, rows))
+        ob.nbytes += size + RECORD_META_BYTES
         ob.end = t
         self.counts["captured"] += 1
-        M_RECORDS.labels(endpoint, trigger).inc()
-        if len(ob.records) >= policy.batch_records or ob.nbytes >= min(MAX_OPEN_BATCH_BYTES, policy.max_bytes // 4 or 1):
+        if len(ob.records) >= policy.batch_records or ob.nbytes >= ob.limit:
             self._seal(endpoint, ob, policy)
+        return True
 
     def flush(self, force: bool = False) -> None:
-        """Seal batches that are due (or all of them), then enforce retention and quota."""
+        """Seal batches that are due (or all of them), then enforce retention and retired keys."""
         now = self.clock()
         for endpoint, ob in list(self._open.items()):
             policy = self.policies.get(endpoint)
@@ -317,7 +492,11 @@ class CaptureService:
             if n:
                 self.dropped[endpoint] = 0
                 M_DROPPED.labels(endpoint).inc(n)
-                self.spool.audit.write("dropped", now, endpoint=endpoint, count=n, reason="queue-full")
+                self.spool.audit.write("dropped", now, durable=False, endpoint=endpoint, count=n, reason="queue-full")
+        mono = time.monotonic()
+        if force or mono - self._last_audit_sync >= AUDIT_SYNC_EVERY:
+            self._last_audit_sync = mono
+            self.spool.audit.sync()
 
     def _seal(self, endpoint: str, ob: _Open, policy: CapturePolicy) -> None:
         self._open.pop(endpoint, None)
@@ -325,24 +504,88 @@ class CaptureService:
             return
         now = self.clock()
         triggers: dict[str, int] = {}
-        for m in ob.meta:
-            triggers[m["trigger"]] = triggers.get(m["trigger"], 0) + 1
+        rows = 0
+        for _, trigger, n in ob.meta:
+            triggers[trigger] = triggers.get(trigger, 0) + 1
+            rows += n
         meta = {
             "id": new_batch_id(now), "device": self.device, "endpoint": endpoint, "model": ob.model,
             "modelVersion": ob.version, "campaign": policy.campaign, "purpose": policy.purpose,
             "start": round(ob.start, 3), "end": round(ob.end, 3), "records": len(ob.records),
-            "rows": sum(m["rows"] for m in ob.meta), "recordIndex": ob.meta, "triggers": triggers,
+            "rows": rows, "triggers": triggers,
             "redactions": [{"input": r.input, "columns": list(r.columns), "action": r.action}
                            for r in policy.redactions],
         }
-        header, data = seal_batch(meta, stack_records(ob.records), policy.recipient)
+        header, data = seal_batch(meta, stack_records(ob.records), policy.recipient, record_index=ob.meta)
         ob.records.clear()
-        self.spool.write(header, data)
-        self.counts["sealed"] += 1
-        self.spool.audit.write("sealed", now, batch=header["id"], endpoint=endpoint, modelVersion=ob.version,
-                               records=header["records"], rows=header["rows"], bytes=len(data),
-                               keyId=header["keyId"], campaign=policy.campaign)
-        self._wake_upload.set()
+        if len(data) > policy.max_bytes:
+            self._drop_over_quota(endpoint, policy, header, data, now)
+            return
+        self.spool.audit.write("sealed", now, durable=False, batch=header["id"], endpoint=endpoint,
+                               modelVersion=header["modelVersion"], records=header["records"], rows=header["rows"],
+                               bytes=len(data), keyId=header["keyId"], campaign=policy.campaign)
+        sealed = _Sealed(endpoint, header, data, policy.key_id)
+        if self._hand_off(sealed, policy) or self._store(sealed, now):
+            self.counts["sealed"] += 1  # counted once it is in the spool or with its uploader (status counts both)
+
+    def _drop_over_quota(self, endpoint: str, policy: CapturePolicy, header: dict[str, Any], data: bytes,
+                         now: float) -> None:
+        """A batch larger than ``maxBytes`` on its own is never written: dropped and counted."""
+        self.counts["purged"] += 1
+        M_PURGED.labels("over-quota").inc()
+        self.spool.audit.write("dropped", now, durable=False, batch=header["id"], endpoint=endpoint,
+                               records=header["records"], bytes=len(data), reason="over-quota")
+        self.last_error = (f"capture: a sealed batch of {endpoint} ({len(data)} bytes) is larger than its "
+                           f"maxBytes ({policy.max_bytes}) and was dropped")
+        log.warning("capture batch over quota dropped", extra=fields(endpoint=endpoint, error=self.last_error))
+
+    def _hand_off(self, sealed: _Sealed, policy: CapturePolicy) -> bool:
+        """Give the batch to its destination's uploader to send from memory, when its slot is free (so at most
+        two batches per destination are in memory: one being sent, one next), it is not backing off, uploads
+        are allowed now, and none of its endpoints' batches wait in the spool (oldest first holds). Writing a
+        batch to flash only to delete it a moment later costs CPU and wear."""
+        dest = self._dests.get(sealed.endpoint)
+        if dest is None or not self._started or self._stop.is_set():
+            return False
+        u = self._uploaders.get(dest.describe())
+        if u is None or u.slot is not None or u.next_try > time.monotonic():
+            return False
+        if not upload_allowed(policy, idle_seconds=time.monotonic() - self.last_request,
+                              window_open=self._window_open(policy.window)):
+            return False
+        if self.spool.holds(u.endpoints):
+            return False
+        u.slot = sealed  # only this thread fills the slot, only when empty
+        u.wake.set()
+        return True
+
+    def _store(self, sealed: _Sealed, now: float) -> bool:
+        """Make room for the batch (the endpoint's oldest first) and write it to the spool: the endpoint's
+        batches on disk never exceed ``maxBytes``, the one being written included."""
+        with self._enforce_lock:
+            current = self.policies.get(sealed.endpoint)
+            if current is None or current.key_id != sealed.key_id:  # retired meanwhile: not kept
+                self.counts["purged"] += 1  # (configure() sweeps under this lock: no file of it is left behind)
+                M_PURGED.labels("policy-removed").inc()
+                self.spool.audit.write("purged", now, batch=sealed.header["id"], endpoint=sealed.endpoint,
+                                       bytes=len(sealed.data), reason="policy-removed")
+                return False
+            policy = current
+            evict = select_room(self.spool.batches(sealed.endpoint), len(sealed.data), policy.max_bytes)
+            if evict is None:  # (the caller checked: only if maxBytes changed meanwhile)
+                self._drop_over_quota(sealed.endpoint, policy, sealed.header, sealed.data, now)
+                return False
+            self._purge(evict, "quota", now)
+            self.spool.write(sealed.header, sealed.data)
+        self._wake_uploader(sealed.endpoint)
+        return True
+
+    def _purge(self, doomed: Iterable[StoredBatch], reason: str, now: float) -> list[str]:
+        removed = self.spool.delete(doomed, "purged", reason, now, durable=False)
+        if removed:
+            self.counts["purged"] += len(removed)
+            M_PURGED.labels(reason).inc(len(removed))
+        return removed
 
     def enforce(self, now: float | None = None) -> list[tuple[str, str]]:
         """Retention, quota (per endpoint, oldest first) and retired campaign keys; returns (id, reason)."""
@@ -351,7 +594,7 @@ class CaptureService:
 
     def _enforce(self, now: float) -> list[tuple[str, str]]:
         self._last_enforce = now
-        stored = self.spool.stored()
+        stored = self.spool.stored()  # a full scan: also resynchronises the spool's index
         doomed = []
         if self._live_keys is not None:
             orphans = [b for b in stored if b.endpoint not in self.policies]
@@ -369,58 +612,132 @@ class CaptureService:
         M_PENDING.set(sum(b.size for b in stored) - sum(b.size for b, _ in doomed))
         return out
 
-    def _upload_loop(self) -> None:
-        while not self._stop.is_set():
-            delay = 5.0
+    # -- uploads --------------------------------------------------------------------------------------------
+
+    def _wake_uploader(self, endpoint: str) -> None:
+        dest = self._dests.get(endpoint)
+        u = self._uploaders.get(dest.describe()) if dest is not None else None
+        if u is not None:
+            u.wake.set()  # it still waits out its backoff
+
+    def retry_uploads(self) -> None:
+        """Forget every destination's backoff and try now (a destination known to be back; tests)."""
+        with self._uploaders_lock:
+            for u in self._uploaders.values():
+                u.next_try = 0.0
+                u.wake.set()
+
+    def _upload_loop(self, u: _Uploader) -> None:
+        name = threading.current_thread().name
+        while not self._stop.is_set() and not u.retired:
+            delay = UPLOAD_IDLE
             t0 = time.thread_time()
             try:
-                delay = self.upload_once()
+                delay = self._upload_destination(u)
             except Exception as exc:  # never let the thread die
                 self.last_error = f"{type(exc).__name__}: {exc}"
-            self.cpu_seconds += time.thread_time() - t0
-            self._wake_upload.wait(delay)
-            self._wake_upload.clear()
+            self._cpu[name] = self._cpu.get(name, 0.0) + time.thread_time() - t0
+            u.wake.wait(delay)
+            u.wake.clear()
 
     def upload_once(self) -> float:
-        """Send what the policies allow now; returns how long to wait before the next try."""
-        now = self.clock()
-        idle = time.monotonic() - self.last_request
-        for path, h in self.spool.list():
-            if self._stop.is_set():
-                return 0.0
-            policy = self.policies.get(h["endpoint"])
-            dest = self._dests.get(h["endpoint"])
-            if policy is None or dest is None or h.get("keyId") != policy.key_id:
-                continue  # retired (enforce() deletes it) or destination refused (kept within quota and retention)
-            if not upload_allowed(policy, idle_seconds=idle, window_open=self._window_open(policy.window)):
-                continue
-            try:
-                acked = dest.put(path)
-            except FileNotFoundError:
-                continue  # purged meanwhile
-            except UploadError as exc:
-                self.upload_failures += 1
-                if self.upload_failures == 1:
-                    self.spool.audit.write("upload-failed", now, batch=h["id"], endpoint=h["endpoint"],
-                                           error=str(exc)[:300])
-                self.last_error = str(exc)
-                return backoff_delay(self.upload_failures, self.rand())
-            if acked:
-                self.spool.delete([stored_batch(h)], "uploaded", "acknowledged", now)
-                self.counts["uploaded"] += 1
-                self.upload_failures = 0
-                self.last_upload = now
-                self.last_error = None
-                M_UPLOADED.inc()
-        return 5.0
+        """Send what the policies allow now, every destination in turn; returns how long to wait before the
+        next try (the shortest of the destinations' waits)."""
+        with self._uploaders_lock:
+            uploaders = list(self._uploaders.values())
+        return min((self._upload_destination(u) for u in uploaders), default=UPLOAD_IDLE)
+
+    def _upload_destination(self, u: _Uploader) -> float:
+        """One walk over the destination's batches, oldest first; stops at its first failure (backoff)."""
+        with u.lock:
+            wait = u.next_try - time.monotonic()
+            if wait > 0:
+                return wait
+            now = self.clock()
+            sealed = u.slot
+            if sealed is not None:
+                u.inflight = sealed  # (before the slot empties: status() sees it all along)
+                u.slot = None
+                try:
+                    delay = self._send_sealed(u, sealed, now)
+                finally:
+                    u.inflight = None
+                if delay is not None:
+                    return delay
+            idle = time.monotonic() - self.last_request
+            for b in self.spool.batches():
+                if b.endpoint not in u.endpoints:
+                    continue
+                if self._stop.is_set() or u.retired:
+                    return 0.0
+                policy = self.policies.get(b.endpoint)
+                dest = self._dests.get(b.endpoint)
+                if policy is None or dest is None or b.key_id != policy.key_id or dest.describe() != u.key:
+                    continue  # retired (enforce() deletes it) or moved to another destination
+                if not upload_allowed(policy, idle_seconds=idle, window_open=self._window_open(policy.window)):
+                    continue
+                try:
+                    acked = dest.put(self.spool.path_of(b.id))
+                except FileNotFoundError:
+                    self.spool.forget(b.id)
+                    continue  # purged meanwhile
+                except UploadError as exc:
+                    return self._failed(u, b.id, b.endpoint, exc, now)
+                if acked:
+                    self.spool.delete([b], "uploaded", "acknowledged", now, durable=False)
+                    self._acknowledged(u, now)
+            return UPLOAD_IDLE
+
+    def _send_sealed(self, u: _Uploader, sealed: _Sealed, now: float) -> float | None:
+        """Upload a batch handed over from memory; on failure it goes to the spool. None, or the backoff."""
+        policy = self.policies.get(sealed.endpoint)
+        dest = self._dests.get(sealed.endpoint)
+        if policy is None or policy.key_id != sealed.key_id or dest is None or dest.describe() != u.key:
+            self._store(sealed, now)  # moved or refused meanwhile: it waits in the spool; a retired
+            return None  # campaign's batch is dropped there (audited), never sent
+        batch_id = sealed.header["id"]
+        try:
+            dest.put_bytes(f"{batch_id}{SUFFIX}", sealed.data)
+        except UploadError as exc:
+            self._store(sealed, now)
+            return self._failed(u, batch_id, sealed.endpoint, exc, now)
+        self.spool.audit.write("uploaded", now, durable=False, batch=batch_id, endpoint=sealed.endpoint,
+                               bytes=len(sealed.data), reason="acknowledged")
+        self._acknowledged(u, now)
+        return None
+
+    def _failed(self, u: _Uploader, batch_id: str, endpoint: str, exc: UploadError, now: float) -> float:
+        u.failures += 1
+        if u.failures == 1:
+            self.spool.audit.write("upload-failed", now, durable=False, batch=batch_id, endpoint=endpoint,
+                                   destination=u.key, error=str(exc)[:300])
+            log.warning("capture upload failed", extra=fields(endpoint=endpoint, error=str(exc)[:300]))
+        u.last_error = self.last_error = str(exc)
+        delay = backoff_delay(u.failures, self.rand())
+        u.next_try = time.monotonic() + delay
+        return delay
+
+    def _acknowledged(self, u: _Uploader, now: float) -> None:
+        self.counts["uploaded"] += 1
+        if u.failures:
+            u.failures = 0
+            u.last_error = None
+            self.last_error = next((v.last_error for v in list(self._uploaders.values())
+                                    if v.failures and v.last_error), None)
+        self.last_upload = now
+        M_UPLOADED.inc()
 
     # -- status ---------------------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         stored = self.spool.stored() if self.spool.batches_dir.exists() else []
+        ids = {b.id for b in stored}
+        held = {x.header["id"]: x for u in list(self._uploaders.values()) for x in (u.slot, u.inflight)
+                if x is not None and x.header["id"] not in ids}.values()
         doc: dict[str, Any] = {
-            "endpoints": sorted(self.policies), "pendingBatches": len(stored),
-            "pendingBytes": sum(b.size for b in stored), "capturedRecords": self.counts["captured"],
+            "endpoints": sorted(self.policies), "pendingBatches": len(stored) + len(held),
+            "pendingBytes": sum(b.size for b in stored) + sum(len(x.data) for x in held),
+            "capturedRecords": self.counts["captured"],
             "uploadedBatches": self.counts["uploaded"], "purgedBatches": self.counts["purged"],
         }
         if self.last_upload is not None:

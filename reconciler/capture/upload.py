@@ -2,9 +2,23 @@
 gateways) or a directory (removable media).
 
 Each batch is one object named by its id under ``<url>/<device>/``; a retry PUTs the same bytes under the same
-name, so it never duplicates, and a ``HEAD`` that finds the object with the same length counts as an
-acknowledgement (a crash between the server's answer and the local delete). The caller deletes a batch only
-after :meth:`put` returned True. Sending is paced to ``max_bytes_per_second``.
+name, so it never duplicates. The caller deletes a batch only after :meth:`put` returned True, and ``put``
+returns True only once the destination has shown that the object under that name **is** the batch:
+
+- HTTP: a 2xx answer to the PUT says the server took a body of the batch's length, not that it kept those
+  bytes (a faulty store, a proxy or gateway that truncates or re-encodes). So the stored object is checked
+  against the SHA-256 computed while sending: from a digest of it in the PUT's answer (``Repr-Digest`` or
+  ``Content-Digest`` ``sha-256``, RFC 9530; ``Digest: SHA-256=``, RFC 3230; or an S3-style ``ETag`` that is
+  the MD5 of the body), else by reading it back (``GET``, at most its length + 1 bytes, paced like the upload)
+  and hashing it. A mismatch is an :class:`UploadError`: the batch stays and is retried.
+- There is no ``HEAD`` shortcut: an object already there with the same length proves nothing about its bytes
+  (another writer, a corrupted or foreign copy, a server that answers any HEAD), and taking it as an
+  acknowledgement deleted the only copy. After a crash between the acknowledgement and the local delete the
+  batch is simply sent again under the same name.
+- Directory: the copy is written to a temp file, fsynced and renamed; a file already there counts only if its
+  SHA-256 is the batch's.
+
+Sending (and reading back) is paced to ``max_bytes_per_second``.
 
 The URL comes from the fleet repository, the upload token from the device: :func:`destination_refusal` decides
 whether a URL may get the token (its origin pinned in the agent config, https only). ``http.client`` follows no
@@ -13,22 +27,32 @@ redirect, so a 3xx answer is an :class:`UploadError` and the token never reaches
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import http.client
+import io
 import os
+import re
 import shutil
 import ssl
 import time
 import urllib.parse
 from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import BinaryIO
 
 from reconciler.core.fsutil import fsync_dir
 
 CHUNK = 64 * 1024
+ERROR_BODY_MAX = 64 * 1024  # read of an answer's body the uploader does not use (the connection closes after)
+_SHA256_DIGEST = re.compile(r"sha-256\s*=\s*:?([A-Za-z0-9+/]+={0,2}):?", re.IGNORECASE)
+_MD5_ETAG = re.compile(r'"([0-9a-f]{32})"')
 
 
 class UploadError(Exception):
-    """The destination did not acknowledge (network error, 4xx/5xx): the batch stays and is retried."""
+    """The destination did not acknowledge (network error, 4xx/5xx, stored object not the batch): the batch
+    stays and is retried."""
 
 
 def origin_of(url: str) -> str:
@@ -84,7 +108,7 @@ class _Pacer:
 
 
 class HttpDestination:
-    """``PUT <url>/<device>/<batch file>``; 200/201/204 is an acknowledgement."""
+    """``PUT <url>/<device>/<batch file>``; acknowledged once the stored object is shown to be the batch."""
 
     def __init__(self, url: str, device: str, *, timeout: float = 30.0, max_bytes_per_second: int | None = None,
                  token: str | None = None, ca_file: str | None = None) -> None:
@@ -123,54 +147,113 @@ class HttpDestination:
         try:
             conn.request(method, path, headers=self._headers())
             resp = conn.getresponse()
-            resp.read()
+            resp.read(ERROR_BODY_MAX)
             return resp.status
         finally:
             conn.close()
 
-    def _acked(self, name: str, size: int) -> bool:
-        conn = self._conn()
-        try:
-            conn.request("HEAD", f"{self.base}/{name}", headers=self._headers())
-            resp = conn.getresponse()
-            resp.read()
-            return resp.status == 200 and resp.getheader("Content-Length") == str(size)
-        finally:
-            conn.close()
-
     def put(self, path: Path) -> bool:
-        size = path.stat().st_size
+        """Upload the batch file and show that the object stored under its name is it: True, or UploadError.
+        FileNotFoundError when the batch is gone (purged meanwhile) before anything was sent."""
+        with open(path, "rb") as fh:  # held open: a purge during the upload does not cut it short
+            return self._send(path.name, fh, os.fstat(fh.fileno()).st_size)
+
+    def put_bytes(self, name: str, data: bytes) -> bool:
+        """:meth:`put` of a batch still in memory (``name``: its file name)."""
+        return self._send(name, io.BytesIO(data), len(data))
+
+    def _send(self, name: str, fh: BinaryIO, size: int) -> bool:
+        target = f"{self.base}/{name}"
+        pacer = _Pacer(self.max_bps)
+        sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
         try:
-            if self._acked(path.name, size):
-                return True
             if not self._dir_made:  # WebDAV needs the collection; 201/405 (exists) are both fine
                 self._request("MKCOL", self.base + "/")
                 self._dir_made = True
             conn = self._conn()
             try:
-                conn.putrequest("PUT", f"{self.base}/{path.name}", skip_accept_encoding=True)
+                conn.putrequest("PUT", target, skip_accept_encoding=True)
                 for k, v in {**self._headers(), "Content-Length": str(size),
                              "Content-Type": "application/octet-stream"}.items():
                     conn.putheader(k, v)
                 conn.endheaders()
-                pacer = _Pacer(self.max_bps)
-                with open(path, "rb") as fh:
-                    while chunk := fh.read(CHUNK):
-                        conn.send(chunk)
-                        pacer.sent_chunk(len(chunk))
+                sent = 0
+                while sent < size and (chunk := fh.read(min(CHUNK, size - sent))):
+                    conn.send(chunk)
+                    sha.update(chunk)
+                    md5.update(chunk)
+                    sent += len(chunk)
+                    pacer.sent_chunk(len(chunk))
+                if sent != size:
+                    raise UploadError(f"{self.describe()}{name}: the batch file shrank while it was sent")
                 resp = conn.getresponse()
-                resp.read()
+                resp.read(ERROR_BODY_MAX)
             finally:
                 conn.close()
+            if resp.status not in (200, 201, 204):
+                raise UploadError(f"{self.describe()}{name}: HTTP {resp.status} {resp.reason}")
+            if not _digest_matches(resp, sha.digest(), md5.hexdigest()):
+                self._read_back(target, name, size, sha.digest(), pacer)
         except (OSError, http.client.HTTPException) as exc:
-            raise UploadError(f"{self.describe()}{path.name}: {exc}") from None
-        if resp.status in (200, 201, 204):
-            return True
-        raise UploadError(f"{self.describe()}{path.name}: HTTP {resp.status} {resp.reason}")
+            raise UploadError(f"{self.describe()}{name}: {exc}") from None
+        return True
+
+    def _read_back(self, target: str, name: str, size: int, want: bytes, pacer: _Pacer) -> None:
+        """GET the object just stored; UploadError unless its length and SHA-256 are the batch's."""
+        conn = self._conn()
+        try:
+            conn.request("GET", target, headers=self._headers())
+            resp = conn.getresponse()
+            if resp.status != 200:
+                raise UploadError(f"{self.describe()}{name}: stored, but reading it back answered HTTP "
+                                  f"{resp.status} {resp.reason}: not acknowledged")
+            h, n = hashlib.sha256(), 0
+            while n <= size and (chunk := resp.read(min(CHUNK, size + 1 - n))):
+                h.update(chunk)
+                n += len(chunk)
+                pacer.sent_chunk(len(chunk))
+        finally:
+            conn.close()
+        if n != size or h.digest() != want:
+            got = f"{n} bytes" if n <= size else f"more than {size} bytes"
+            raise UploadError(f"{self.describe()}{name}: the object stored under this name is not the batch "
+                              f"({got} read back, sha256 {h.hexdigest()[:16]}...; the batch: {size} bytes, "
+                              f"sha256 {want.hex()[:16]}...): not acknowledged, kept and retried")
+
+
+def _digest_matches(resp: http.client.HTTPResponse, sha256: bytes, md5_hex: str) -> bool:
+    """Whether the PUT's answer carries a digest of the stored object that is the batch's."""
+    for header in ("Repr-Digest", "Content-Digest", "Digest"):
+        for value in resp.headers.get_all(header) or ():
+            for m in _SHA256_DIGEST.finditer(value):
+                try:
+                    if base64.b64decode(m.group(1), validate=True) == sha256:
+                        return True
+                except (binascii.Error, ValueError):
+                    continue
+    m = _MD5_ETAG.fullmatch((resp.getheader("ETag") or "").strip())  # S3: the MD5 of a single-part PUT's body
+    return m is not None and m.group(1) == md5_hex
+
+
+def _same_file(path: Path, fh: BinaryIO, size: int) -> bool:
+    """Whether ``path`` holds exactly the ``size`` bytes of ``fh`` (compared by SHA-256; ``fh`` is rewound)."""
+    mine, theirs = hashlib.sha256(), hashlib.sha256()
+    fh.seek(0)
+    while chunk := fh.read(CHUNK):
+        mine.update(chunk)
+    fh.seek(0)
+    n = 0
+    with open(path, "rb") as other:
+        while chunk := other.read(CHUNK):
+            n += len(chunk)
+            if n > size:
+                return False
+            theirs.update(chunk)
+    return n == size and mine.digest() == theirs.digest()
 
 
 class DirectoryDestination:
-    """Copy to ``<directory>/<device>/`` with temp + fsync + rename; an identical file there is an ack."""
+    """Copy to ``<directory>/<device>/`` with temp + fsync + rename; a byte-identical file there is an ack."""
 
     def __init__(self, directory: str | os.PathLike[str], device: str, *,
                  max_bytes_per_second: int | None = None) -> None:
@@ -181,24 +264,42 @@ class DirectoryDestination:
         return f"{self.dir}/"
 
     def put(self, path: Path) -> bool:
-        target = self.dir / path.name
+        """Copy the batch: True, or UploadError. FileNotFoundError when the batch is gone (purged meanwhile)."""
+        with open(path, "rb") as src:
+            return self._send(path.name, src, os.fstat(src.fileno()).st_size)
+
+    def put_bytes(self, name: str, data: bytes) -> bool:
+        """:meth:`put` of a batch still in memory (``name``: its file name)."""
+        return self._send(name, io.BytesIO(data), len(data))
+
+    def _send(self, name: str, src: BinaryIO, size: int) -> bool:
+        target = self.dir / name
         try:
-            size = path.stat().st_size
-            if target.exists() and target.stat().st_size == size:
+            try:
+                there = os.stat(target).st_size
+            except FileNotFoundError:
+                there = -1
+            # Already there (a crash after the copy, before the delete): only if it is byte for byte the batch.
+            if there == size and _same_file(target, src, size):
                 return True
-            self.dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.dir / f".{path.name}.tmp"
-            pacer = _Pacer(self.max_bps)
-            with open(path, "rb") as src, open(tmp, "wb") as dst:
+            tmp = self.dir / f".{name}.tmp"
+            try:
+                dst = open(tmp, "wb")  # noqa: SIM115 - closed below, after its fsync
+            except FileNotFoundError:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                dst = open(tmp, "wb")  # noqa: SIM115
+            with dst:
+                pacer = _Pacer(self.max_bps) if self.max_bps else None
                 while chunk := src.read(CHUNK):
                     dst.write(chunk)
-                    pacer.sent_chunk(len(chunk))
+                    if pacer is not None:
+                        pacer.sent_chunk(len(chunk))
                 dst.flush()
                 os.fsync(dst.fileno())
             os.replace(tmp, target)
             fsync_dir(self.dir)
         except OSError as exc:
-            raise UploadError(f"{self.describe()}{path.name}: {exc.strerror or exc}") from None
+            raise UploadError(f"{self.describe()}{name}: {exc.strerror or exc}") from None
         return True
 
 

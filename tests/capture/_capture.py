@@ -15,6 +15,7 @@ import base64
 import binascii
 import getpass
 import grp
+import hashlib
 import os
 import re
 import shutil
@@ -143,12 +144,17 @@ http {{
 
 class Recorder:
     """HTTP(S) on 127.0.0.1: records (method, path, headers) of every request and counts accepted connections.
-    Answers like a WebDAV store (HEAD 200 for a stored object, else 404; MKCOL and PUT 201), or with
-    ``redirect_to`` a 307 to that base URL (same path) for every request."""
+    Answers like a WebDAV store (HEAD and GET 200 with a stored object, else 404; MKCOL and PUT 201), or with
+    ``redirect_to`` a 307 to that base URL (same path) for every request. ``store`` changes what a PUT keeps
+    (a faulty store: truncate, flip a byte); ``etag`` adds an ETag of what was kept to the PUT's answer (the
+    MD5 hex of a single-part PUT, as S3 answers)."""
 
-    def __init__(self, pki: Pki | None = None, *, redirect_to: str | None = None) -> None:
+    def __init__(self, pki: Pki | None = None, *, redirect_to: str | None = None,
+                 store: Any = None, etag: bool = False) -> None:
         self.pki = pki
         self.redirect_to = redirect_to
+        self.store = store
+        self.etag = etag
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.stored: dict[str, bytes] = {}
         self.connections = 0
@@ -176,23 +182,32 @@ class Recorder:
 
             def _answer(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                answer = b""
+                headers: dict[str, str] = {}
                 with rec._lock:
                     rec.requests.append((self.command, self.path, dict(self.headers.items())))
                     if rec.redirect_to is not None:
                         status, headers = 307, {"Location": rec.redirect_to.rstrip("/") + self.path}
-                    elif self.command == "HEAD":
+                    elif self.command in ("HEAD", "GET"):
                         found = rec.stored.get(self.path)
                         status, headers = (200, {"Content-Length": str(len(found))}) if found is not None else (404, {})
+                        if self.command == "GET" and found is not None:
+                            answer = found
                     else:
                         if self.command == "PUT":
-                            rec.stored[self.path] = body
-                        status, headers = 201, {}
+                            kept = rec.store(body) if rec.store is not None else body
+                            rec.stored[self.path] = kept
+                            if rec.etag:
+                                headers = {"ETag": f'"{hashlib.md5(kept).hexdigest()}"'}
+                        status = 201
                 self.send_response(status)
                 for k, v in headers.items():
                     self.send_header(k, v)
                 if "Content-Length" not in headers:
                     self.send_header("Content-Length", "0")
                 self.end_headers()
+                if answer:
+                    self.wfile.write(answer)
 
             do_HEAD = do_PUT = do_MKCOL = do_GET = do_POST = _answer
 

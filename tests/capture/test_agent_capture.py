@@ -146,7 +146,7 @@ def test_a_deployment_pointing_capture_elsewhere_gets_no_token_and_serving_goes_
                 for _ in range(2):
                     infer(agent.c.url)  # serving answers
                 wait_until(lambda n=n: svc.counts["sealed"] == n, 20, f"sealed batch {n}")
-                svc._wake_upload.set()
+                svc.retry_uploads()
                 svc.upload_once()
                 doc = agent.status_document()
                 assert not list(validator("DeviceStatus").iter_errors(doc))

@@ -13,7 +13,7 @@ from reconciler.capture.policy import parse_policy
 from reconciler.capture.service import CaptureService
 from reconciler.capture.upload import DirectoryDestination, _Pacer, origin_of
 from tests._servers import Pki
-from tests.capture._capture import Campaign, Recorder
+from tests.capture._capture import Campaign, Recorder, wait_until
 
 TOKEN = "capture-upload-t0ken-9f8e7d6c"
 
@@ -171,3 +171,37 @@ def test_without_a_token_any_destination_unless_origins_are_pinned(tmp_path: Pat
         assert svc.status()["problems"]["mm"].startswith(f"CaptureDestinationRefused: capture destination origin "
                                                          f"{plain.origin} is not in")
         assert len(plain.stored) == 1 and len(svc.spool.list()) == 1
+
+
+def test_a_reachable_destination_gets_batches_from_memory_and_the_spool_only_what_failed(tmp_path: Path) -> None:
+    """While the destination takes uploads, a sealed batch goes to it straight from memory (no write to the
+    device's flash only to delete it); once an upload fails, batches wait in the spool, within the quota."""
+    media = tmp_path / "media"
+    svc = CaptureService(tmp_path / "state", "dev-1")
+    svc.configure({"mm": parse_policy(Campaign().section(batch={"records": 2},
+                                                         destination={"directory": str(media)}))})
+    written: list[str] = []
+    write = svc.spool.write
+    svc.spool.write = lambda h, d: written.append(h["id"]) or write(h, d)  # type: ignore[method-assign]
+    obs = svc.observer_for("mm", "1")
+    try:
+        for i in range(6):
+            obs.observe({"input": np.full((1, 8), i, np.float32)}, {}, 0.0)
+            if i % 2:  # a batch sealed; the next one once it is uploaded (one is handed over at a time)
+                wait_until(lambda i=i: svc.counts["uploaded"] == (i + 1) // 2, 10, "an upload")
+        assert written == [] and len(list((media / "dev-1").iterdir())) == 3
+        events = svc.spool.audit.read()
+        assert [e["event"] for e in events].count("uploaded") == 3
+        assert {e["batch"] for e in events if e["event"] == "sealed"} == {
+            e["batch"] for e in events if e["event"] == "uploaded"}
+
+        (media / "dev-1").rename(tmp_path / "gone")  # the media is pulled: a file stands where it was
+        (media / "dev-1").write_text("not a directory")
+        for i in range(4):
+            obs.observe({"input": np.full((1, 8), i, np.float32)}, {}, 0.0)
+            time.sleep(0.25 if i % 2 else 0.0)
+        wait_until(lambda: len(written) == 2, 10, "both batches kept in the spool")
+        assert svc.counts["uploaded"] == 3 and len(svc.spool.list()) == 2
+    finally:
+        svc.close()
+    assert any(e["event"] == "upload-failed" for e in svc.spool.audit.read())

@@ -20,6 +20,7 @@ from reconciler.capture.policy import (
     parse_policy,
     select_erasure,
     select_purge,
+    select_room,
     upload_allowed,
 )
 from tests.capture._capture import Campaign
@@ -137,3 +138,12 @@ def test_validate_refuses_capture_policies_naming_unknown_tensors(tmp_path: Any)
 def test_drift_alerts_in_the_status_switch_the_drift_trigger() -> None:
     eps = [{"name": "a", "drift": {"level": "Alert"}}, {"name": "b", "drift": {"level": "Warning"}}, {"name": "c"}]
     assert drifting_endpoints(eps) == {"a"}
+
+
+def test_room_for_a_new_batch_is_made_oldest_first_and_never_for_one_that_cannot_fit() -> None:
+    bs = [StoredBatch(f"b{i}", created=float(i), size=100) for i in (3, 1, 2)]
+    assert select_room(bs, 50, 400) == []  # 300 + 50 fit
+    assert [b.id for b in select_room(bs, 150, 400) or []] == ["b1"]  # 300 + 150: the oldest goes
+    assert [b.id for b in select_room(bs, 400, 400) or []] == ["b1", "b2", "b3"]
+    assert select_room(bs, 401, 400) is None  # alone over the quota: dropped, nothing evicted for it
+    assert select_room([], 0, 0) == []

@@ -50,7 +50,7 @@ def test_server_down_keeps_data_within_quota_and_sends_it_on_recovery(tmp_path: 
         assert dav.stored("dev-1") == {}
 
         dav.start()
-        svc._wake_upload.set()  # skip the rest of the back-off wait
+        svc.retry_uploads()  # skip the rest of the back-off wait
         wait_until(lambda: not svc.spool.list(), 60, "upload after recovery")
         assert dav.stored("dev-1") == kept  # byte for byte, each once
 
