@@ -14,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from reconciler.serving.http.server import Response, V2App, _Deferred
 from reconciler.serving.registry import EndpointSpec, ModelRegistry
-from reconciler.serving.server import Response, V2App, _Deferred
 
 _registry = ModelRegistry()
 _loaded = _registry.apply(EndpointSpec("tiny", "1", files=[Path(os.environ["MF_BENCH_MODEL"])], threads=1))

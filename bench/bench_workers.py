@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.devkit.modelgen import make_probe, matmul_model
-from reconciler.serving.control import proc_memory_mb
 from reconciler.serving.registry import EndpointSpec
-from reconciler.serving.workers import WorkerPool
+from reconciler.serving.workers.control import proc_memory_mb
+from reconciler.serving.workers.pool import WorkerPool
 
 TINY = matmul_model(seed=1)
 PROBE = make_probe(TINY)

@@ -122,8 +122,8 @@ class Components:
             return {}
 
     def start_runtime(self) -> None:
+        from reconciler.serving.http.server import InferenceServer
         from reconciler.serving.registry import ModelRegistry
-        from reconciler.serving.server import InferenceServer
 
         cfg = self.config
         from reconciler.drift.monitor import DriftSupervisor
@@ -139,7 +139,7 @@ class Components:
         port = None if cfg.unix_socket else cfg.serving_port
         metrics_registry = None
         if cfg.serving_workers > 1:
-            from reconciler.serving.workers import WorkerPool
+            from reconciler.serving.workers.pool import WorkerPool
 
             # The agent stays the control plane: the pool has the registry's methods, the workers serve.
             self.registry = self.server = WorkerPool(

@@ -70,7 +70,7 @@ def _start_pool(
     workers: int, specs: list[EndpointSpec], host: str, port: int, unix_socket: Path | None, token: str | None,
     tls_cert: Path | None, tls_key: Path | None, limits: ServerLimits,
 ) -> Any:
-    from reconciler.serving.workers import WorkerPool
+    from reconciler.serving.workers.pool import WorkerPool
 
     pool = WorkerPool(
         workers, host=host, port=port, unix_socket=unix_socket, auth_token=token,
@@ -146,8 +146,8 @@ def serve(
     limit_options: tuple[str, ...],
 ) -> None:
     """Serve local MODEL_FILE(s) over the Open Inference Protocol (KServe v2 REST)."""
+    from reconciler.serving.http.server import InferenceServer
     from reconciler.serving.registry import ModelRegistry
-    from reconciler.serving.server import InferenceServer
 
     limits = _limits(limit_options, max_body_mb)
     if name and len(model_files) > 1:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from reconciler.serving.v2json import (
+from reconciler.serving.v2.jsonio import (
     DataSpan,
     JsonError,
     JsonLimits,

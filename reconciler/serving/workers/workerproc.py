@@ -1,11 +1,11 @@
-"""One worker process of a :class:`~reconciler.serving.workers.WorkerPool`: its own registry, event loop and
-HTTP stack (all of :mod:`~reconciler.serving.http1`'s limits and timeouts), on the port it shares with its
+"""One worker process of a :class:`~reconciler.serving.workers.pool.WorkerPool`: its own registry, event loop and
+HTTP stack (all of :mod:`~reconciler.serving.http.http1`'s limits and timeouts), on the port it shares with its
 siblings (``SO_REUSEPORT``).
 
 Started as ``python -c "…main(ctl_fd, up_fd, unix_fd)"`` with ``PROMETHEUS_MULTIPROC_DIR`` set, so its
 counters land in the pool's private metrics directory. Workflow:
 
-1. read :class:`~reconciler.serving.control.WorkerSettings` from the control channel; load the current
+1. read :class:`~reconciler.serving.workers.control.WorkerSettings` from the control channel; load the current
    desired set (previous versions first, then the active ones) *before* listening, so a restarted worker never
    answers with a stale version;
 2. listen and report ``("ready", pid)``;
@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, Counter
 
-from reconciler.serving.control import SAMPLE_QUEUE_MAX, SAMPLE_QUEUE_MAX_BYTES, Board, WorkerSettings
-from reconciler.serving.handler import Deferred, Response, error_response
+from reconciler.serving.http.server import InferenceServer, V2App
 from reconciler.serving.registry import ApplyResult, EndpointSpec, LoadedModel, ModelRegistry
-from reconciler.serving.server import InferenceServer, V2App
+from reconciler.serving.v2.handler import Deferred, Response, error_response
+from reconciler.serving.workers.control import SAMPLE_QUEUE_MAX, SAMPLE_QUEUE_MAX_BYTES, Board, WorkerSettings
 
 log = logging.getLogger("reconciler.serving.worker")
 

@@ -1,21 +1,21 @@
 """Serving from every core: N worker processes on one port, one control plane (``serving.workers``).
 
 A :class:`WorkerPool` stands where a :class:`~reconciler.serving.registry.ModelRegistry` plus
-:class:`~reconciler.serving.server.InferenceServer` stand in a single-process server, with the same methods
+:class:`~reconciler.serving.http.server.InferenceServer` stand in a single-process server, with the same methods
 (``apply``, ``rollback``, ``remove``, ``endpoints``, ``models``; ``start``, ``stop``, ``url``), so the agent and
-``modelfleet serve`` drive either. Each worker (:mod:`~reconciler.serving.workerproc`) is a process with its own
+``modelfleet serve`` drive either. Each worker (:mod:`~reconciler.serving.workers.workerproc`) is a process with its own
 event loop and its own copy of every model (runtime sessions cannot be shared between processes); the kernel
 spreads connections over the workers (``SO_REUSEPORT``; the pool keeps a bound, non-listening socket so the port
 stays reserved across restarts).
 
 A switch is two-phase: every worker loads and checks the new version (*prepare*); only when all succeeded
-does the pool write the new generation into the shared :class:`~reconciler.serving.control.Board`, which every
+does the pool write the new generation into the shared :class:`~reconciler.serving.workers.control.Board`, which every
 worker reads on every request, so all of them serve the new version from the same instant on; one failing
 worker aborts the switch everywhere (the old version keeps serving, the reason is the failing worker's).
 A worker that dies is restarted with the current desired set loaded before it listens, counted
 (``modelfleet_serving_worker_restarts_total``) and reported (:meth:`WorkerPool.report`); ready stays false
 until it is back. ``/metrics`` is one view: the pool's own registry plus the workers' counters, summed by
-``prometheus_client``'s multiprocess mode from a private directory (:mod:`~reconciler.serving.poolmetrics`).
+``prometheus_client``'s multiprocess mode from a private directory (:mod:`~reconciler.serving.workers.poolmetrics`).
 """
 
 from __future__ import annotations
@@ -40,9 +40,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import mark_process_dead
 
-from reconciler.serving.control import SAMPLE_QUEUE_MAX, Board, WorkerSettings, proc_memory_mb
 from reconciler.serving.limits import ServerLimits
-from reconciler.serving.poolmetrics import WORKER_RESTARTS, WORKER_RSS, WORKERS_SERVING, PoolMetrics
 from reconciler.serving.registry import (
     LOAD_FAILURES,
     ROLLBACKS,
@@ -52,6 +50,8 @@ from reconciler.serving.registry import (
     EndpointState,
     Observer,
 )
+from reconciler.serving.workers.control import SAMPLE_QUEUE_MAX, Board, WorkerSettings, proc_memory_mb
+from reconciler.serving.workers.poolmetrics import WORKER_RESTARTS, WORKER_RSS, WORKERS_SERVING, PoolMetrics
 
 log = logging.getLogger("reconciler.serving.workers")
 
@@ -193,9 +193,9 @@ class WorkerPool:
             unix_fd = self._unix.fileno()
             fds.append(unix_fd)
         env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(self._dir / "metrics"))
-        pkg_root = str(Path(__file__).resolve().parents[2])
+        pkg_root = str(Path(__file__).resolve().parents[3])
         env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        code = f"from reconciler.serving.workerproc import main; main({fds[0]}, {fds[1]}, {unix_fd})"
+        code = f"from reconciler.serving.workers.workerproc import main; main({fds[0]}, {fds[1]}, {unix_fd})"
         proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=fds, env=env, stdin=subprocess.DEVNULL)
         ctl_child.close()
         up_child.close()

@@ -1,6 +1,6 @@
 """One ``/infer`` request from body to answer: decode, validate, run (alone or in a batch), encode, count.
 
-:class:`InferPath` is what :class:`~reconciler.serving.server.V2App` calls once it has a lease on the model
+:class:`InferPath` is what :class:`~reconciler.serving.http.server.V2App` calls once it has a lease on the model
 version: :meth:`InferPath.run` answers at once (inline on the event loop for a fast model, or in the thread
 pool); :meth:`InferPath.submit` queues the decoded request for the version's adaptive batch
 (:mod:`~reconciler.serving.batching`) and returns a ``Future`` the connection answers from when the batch is
@@ -16,10 +16,8 @@ from concurrent.futures import Future
 from typing import Any
 
 from reconciler.serving.batching import BatchItem, QueueFull, batch_key
-from reconciler.serving.handler import Response, error_response
-from reconciler.serving.plans import HCL, JSON_BODY_MAX, OCTET_CT, learn, planned
 from reconciler.serving.registry import LoadedModel
-from reconciler.serving.v2codec import (
+from reconciler.serving.v2.codec import (
     CodecError,
     InferRequest,
     JsonLimits,
@@ -29,7 +27,9 @@ from reconciler.serving.v2codec import (
     select_outputs,
     validate_inputs,
 )
-from reconciler.serving.v2json import JsonError, loads_request
+from reconciler.serving.v2.handler import Response, error_response
+from reconciler.serving.v2.jsonio import JsonError, loads_request
+from reconciler.serving.v2.plans import HCL, JSON_BODY_MAX, OCTET_CT, learn, planned
 
 _HCL = HCL
 _RETRY = ((b"retry-after", b"1"),)

@@ -9,7 +9,7 @@ Requests of up to ``INLINE_BODY_MAX`` bytes to models whose warm-up p50 is under
 run inline on the event loop (a thread hop would cost more than the inference); everything else (slower
 models, and large requests whatever the model's speed) is decoded, run and encoded in a small thread pool so
 the loop keeps accepting, parsing and answering health checks. Connections, flow control, limits and timeouts are
-:mod:`~reconciler.serving.http1`'s job (limits: :class:`~reconciler.serving.limits.ServerLimits`); this module
+:mod:`~reconciler.serving.http.http1`'s job (limits: :class:`~reconciler.serving.limits.ServerLimits`); this module
 holds the routes (:class:`V2App`) and the listening sockets (:class:`InferenceServer`).
 
 Routes: ``/v2/health/{live,ready}``, ``/v2``, ``/v2/models/{name}[/versions/{v}][/ready|/infer]``,
@@ -40,15 +40,15 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
 from reconciler import __version__
-from reconciler.serving.handler import Deferred, Response, error_response
-from reconciler.serving.http1 import ConnectionHub
-from reconciler.serving.inferpath import InferPath
+from reconciler.serving.app.inferpath import InferPath
+from reconciler.serving.http.http1 import ConnectionHub
 from reconciler.serving.limits import ServerLimits
 from reconciler.serving.registry import EndpointNotFound, LoadedModel, ModelRegistry, VersionNotFound
-from reconciler.serving.v2codec import (
+from reconciler.serving.v2.codec import (
     JsonLimits,
 )
-from reconciler.serving.v2json import dumps
+from reconciler.serving.v2.handler import Deferred, Response, error_response
+from reconciler.serving.v2.jsonio import dumps
 
 REQUESTS = Counter("modelfleet_inference_requests_total", "Inference requests.", ["model", "version"])
 FAILURES = Counter(
