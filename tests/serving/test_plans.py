@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from reconciler.devkit.modelgen import identity_model, small_cnn, two_input_model
-from reconciler.serving import plans
-from reconciler.serving.http.server import InferenceServer, V2App
+from reconciler.serving.app.v2app import V2App
+from reconciler.serving.http.server import InferenceServer
 from reconciler.serving.registry import ModelRegistry
+from reconciler.serving.v2 import plans
 from reconciler.serving.v2.handler import Response
 from tests._serving_fixtures import NAN, PROBE_V1, PROBE_V2, V1, V2, call, registry, spec  # noqa: F401
 

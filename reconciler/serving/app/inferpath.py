@@ -1,6 +1,6 @@
 """One ``/infer`` request from body to answer: decode, validate, run (alone or in a batch), encode, count.
 
-:class:`InferPath` is what :class:`~reconciler.serving.http.server.V2App` calls once it has a lease on the model
+:class:`InferPath` is what :class:`~reconciler.serving.app.v2app.V2App` calls once it has a lease on the model
 version: :meth:`InferPath.run` answers at once (inline on the event loop for a fast model, or in the thread
 pool); :meth:`InferPath.submit` queues the decoded request for the version's adaptive batch
 (:mod:`~reconciler.serving.batching`) and returns a ``Future`` the connection answers from when the batch is

@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, Counter
 
-from reconciler.serving.http.server import InferenceServer, V2App
+from reconciler.serving.app.v2app import V2App
+from reconciler.serving.http.server import InferenceServer
 from reconciler.serving.registry import ApplyResult, EndpointSpec, LoadedModel, ModelRegistry
 from reconciler.serving.v2.handler import Deferred, Response, error_response
 from reconciler.serving.workers.control import SAMPLE_QUEUE_MAX, SAMPLE_QUEUE_MAX_BYTES, Board, WorkerSettings
