@@ -21,12 +21,10 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
 from reconciler import __version__
-from reconciler.serving.app.inferpath import InferPath
+from reconciler.serving.app.inferpath import Encoder, InferPath
 from reconciler.serving.limits import ServerLimits
 from reconciler.serving.registry import EndpointNotFound, LoadedModel, ModelRegistry, VersionNotFound
-from reconciler.serving.v2.codec import (
-    JsonLimits,
-)
+from reconciler.serving.v2.codec import InferRequest, JsonLimits
 from reconciler.serving.v2.handler import Deferred, Response, error_response
 from reconciler.serving.v2.jsonio import dumps
 
@@ -171,8 +169,7 @@ class V2App:
     def handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Response | _Deferred:
         path, _, query = target.partition("?")
         if self._token is not None and not path.startswith("/v2/health/"):
-            got = headers.get("authorization", "").encode("latin-1")
-            if not hmac.compare_digest(got, self._token):
+            if not self.authorized(headers.get("authorization", "")):
                 r = _error(401, "missing or wrong bearer token")
                 r.headers = ((b"www-authenticate", b"Bearer"),)
                 return r
@@ -209,6 +206,74 @@ class V2App:
         """``/v2/health/ready``: every endpoint has an active version (workers also ask the control plane)."""
         return all(s.ready for s in self.registry.endpoints().values())
 
+    # -- what both fronts ask (the REST routes above and reconciler.serving.grpc) -------------------------------
+
+    def authorized(self, value: str | bytes | None) -> bool:
+        """The ``authorization`` header or metadata value carries the bearer token (always, without one)."""
+        if self._token is None:
+            return True
+        if value is None:
+            return False
+        got = value.encode("latin-1") if isinstance(value, str) else value
+        return hmac.compare_digest(got, self._token)
+
+    def catch_up(self) -> None:
+        """Called before each request of a front that does not go through :meth:`handle` (a worker process
+        switches to the versions its control plane committed, :mod:`reconciler.serving.workers`)."""
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": "modelfleet", "version": __version__, "extensions": ["binary_tensor_data", "model_repository"]}
+
+    def model_ready(self, name: str, version: str | None) -> tuple[int, str]:
+        """200: ready; 503: the endpoint exists without an active version; 404: no such model or version."""
+        try:
+            lease = self.registry.get(name, version)
+        except EndpointNotFound:
+            if name in self.registry.endpoints():
+                return 503, f"model {name!r} is not ready"
+            return 404, f"unknown model {name!r}"
+        except VersionNotFound:
+            return 404, f"model {name!r} has no loaded version {version!r}"
+        lease.release()
+        return 200, ""
+
+    def model_metadata(self, name: str, version: str | None) -> tuple[int, dict[str, Any]]:
+        """(200, the v2 model metadata document) or (404/503, ``{"error": …}``)."""
+        try:
+            lease = self.registry.get(name, version)
+        except (EndpointNotFound, VersionNotFound) as exc:
+            status, message = self._missing(exc, name, version)
+            return status, {"error": message}
+        with lease as m:
+            versions = [x.version for x in self.registry.models() if x.name == name]
+            return 200, {
+                "name": name,
+                "versions": versions,
+                "platform": m.backend.platform,
+                "inputs": [t.to_json() for t in m.inputs],
+                "outputs": [t.to_json() for t in m.outputs],
+            }
+
+    def infer_tensors(
+        self, name: str, version: str | None, size: int, decode: Callable[[], InferRequest], encode: Encoder
+    ) -> Response | _Deferred | Future[Response]:
+        """An inference whose request another front parses: ``decode()`` gives the tensors (raising
+        :class:`~reconciler.serving.v2.codec.CodecError` for a bad request), ``encode`` the answer's body.
+        ``size``: the request's bytes on the wire, which decide whether it may run on the front's event loop."""
+        t0 = time.perf_counter()
+        try:
+            lease = self.registry.get(name, version)
+        except (EndpointNotFound, VersionNotFound) as exc:
+            return self._not_found(exc, name, version)
+        model, path = lease.model, self._path
+        if model.batcher is not None:
+            if size <= INLINE_BODY_MAX:
+                return path.submit_decoded(model, lease, decode, encode, t0)
+            return _Deferred(lambda: path.submit_decoded(model, lease, decode, encode, t0))
+        if model.inline and size <= INLINE_BODY_MAX:
+            return path.run_decoded(model, lease, decode, encode, t0)
+        return _Deferred(lambda: path.run_decoded(model, lease, decode, encode, t0))
+
     @staticmethod
     def _extra(route: RouteHandler, req: Request) -> Response:
         try:
@@ -221,14 +286,7 @@ class V2App:
         if rest == [] or rest == [""]:
             if method != "GET":
                 return _error(405, "use GET")
-            return _json(
-                200,
-                {
-                    "name": "modelfleet",
-                    "version": __version__,
-                    "extensions": ["binary_tensor_data", "model_repository"],
-                },
-            )
+            return _json(200, self.server_metadata())
         if rest == ["health", "live"]:
             return _json(200, {"live": True}) if method == "GET" else _error(405, "use GET")
         if rest == ["health", "ready"]:
@@ -278,34 +336,14 @@ class V2App:
         if method != "GET":
             return _error(405, "use GET")
         if action == "ready":
-            try:
-                lease = self.registry.get(name, version)
-            except EndpointNotFound:
-                if name in self.registry.endpoints():
-                    return _json(503, {"name": name, "ready": False})
-                return _error(404, f"unknown model {name!r}")
-            except VersionNotFound:
-                return _error(404, f"model {name!r} has no loaded version {version!r}")
-            lease.release()
-            return _json(200, {"name": name, "ready": True})
+            status, message = self.model_ready(name, version)
+            if status == 404:
+                return _error(404, message)
+            return _json(status, {"name": name, "ready": status == 200})
         if action:
             return _error(404, f"no route {action!r} for model {name!r}")
-        try:
-            lease = self.registry.get(name, version)
-        except (EndpointNotFound, VersionNotFound) as exc:
-            return self._not_found(exc, name, version)
-        with lease as m:
-            versions = [x.version for x in self.registry.models() if x.name == name]
-            return _json(
-                200,
-                {
-                    "name": name,
-                    "versions": versions,
-                    "platform": m.backend.platform,
-                    "inputs": [t.to_json() for t in m.inputs],
-                    "outputs": [t.to_json() for t in m.outputs],
-                },
-            )
+        status, doc = self.model_metadata(name, version)
+        return _json(status, doc) if status == 200 else _error(status, doc["error"])
 
     def _feedback(self, name: str, version: str | None, body: bytes) -> Response:
         """Ground-truth labels for earlier requests, joined by the version's monitor (reconciler.drift)."""
@@ -320,11 +358,14 @@ class V2App:
         return _json(status, answer)
 
     def _not_found(self, exc: Exception, name: str, version: str | None) -> Response:
+        return _error(*self._missing(exc, name, version))
+
+    def _missing(self, exc: Exception, name: str, version: str | None) -> tuple[int, str]:
         if isinstance(exc, VersionNotFound):
-            return _error(404, f"model {name!r} has no loaded version {version!r}")
+            return 404, f"model {name!r} has no loaded version {version!r}"
         if name in self.registry.endpoints():
-            return _error(503, f"model {name!r} is not ready")
-        return _error(404, f"unknown model {name!r}")
+            return 503, f"model {name!r} is not ready"
+        return 404, f"unknown model {name!r}"
 
     def _infer(
         self, name: str, version: str | None, headers: dict[str, str], body: bytes

@@ -221,6 +221,11 @@ def _binary_array(
     return arr
 
 
+#: The public names of the per-tensor steps, for a front that parses its own envelope (reconciler.serving.grpc).
+check_shape = _check_shape
+binary_array = _binary_array
+
+
 def check_bool_bytes(name: str, arr: np.ndarray) -> None:
     """A BOOL tensor from raw bytes: each byte must be 0 or 1."""
     if arr.size and (arr.view(np.uint8) > 1).any():
