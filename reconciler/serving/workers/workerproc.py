@@ -36,6 +36,7 @@ import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, Counter
 
 from reconciler.serving.app.v2app import V2App
+from reconciler.serving.fronts import Fronts, grpc_front
 from reconciler.serving.http.server import InferenceServer
 from reconciler.serving.registry import ApplyResult, EndpointSpec, LoadedModel, ModelRegistry
 from reconciler.serving.v2.handler import Deferred, Response, error_response
@@ -177,6 +178,10 @@ class WorkerApp(V2App):
             self._state.catch_up()
         return super().handle(method, target, headers, body)
 
+    def catch_up(self) -> None:
+        if self._words[0] != self._state.applied:
+            self._state.catch_up()
+
     def metrics_response(self) -> Response | Deferred:
         def ask() -> Response:
             try:
@@ -250,12 +255,16 @@ def main(ctl_fd: int, up_fd: int, unix_fd: int | None = None) -> None:
     state = WorkerState(board, registry, settings.generation)
     app = WorkerApp(state, uplink, auth_token=settings.auth_token, limits=settings.limits)
     unix = socket.socket(fileno=unix_fd) if unix_fd is not None else None
-    server = InferenceServer(
+    http = InferenceServer(
         registry, app=app, host=settings.host, port=settings.port, reuse_port=True, unix_listener=unix,
         unix_socket=settings.unix_socket, tls_cert=settings.tls_cert, tls_key=settings.tls_key,
         limits=settings.limits,
     )
     try:
+        server = Fronts(http)
+        if settings.grpc_port is not None:  # shared like the HTTP port: SO_REUSEPORT
+            server.grpc = grpc_front(app, host=settings.host, port=settings.grpc_port, limits=settings.limits,
+                                     tls_cert=settings.tls_cert, tls_key=settings.tls_key, reuse_port=True)
         server.start()
     except Exception as exc:  # noqa: BLE001 - reported to the control plane, which names it to the user
         ctl.send(("fail", ApplyResult(False, "ListenFailed", f"worker {settings.index}: cannot listen: {exc}")))
