@@ -92,9 +92,11 @@ class InferPath:
     @staticmethod
     def _done(bound: Any, lease: Any, resp: Response, t0: float, inline: bool = False) -> Response:
         lease.release()
-        if not inline:
+        if inline:
+            bound.counted_inline(time.perf_counter() - t0)
+        else:
             bound.inflight.dec()
-        bound.counted(time.perf_counter() - t0)
+            bound.counted(time.perf_counter() - t0)
         if resp.status != 200:
             bound.failed(resp.status)
         return resp

@@ -63,6 +63,7 @@ class Uplink:
         self._queued_bytes = 0
         self._stop = threading.Event()
         self._rpc_id = 0
+        self._wake = threading.Event()
         threading.Thread(target=self._send_loop, name="modelfleet-uplink", daemon=True).start()
 
     def offer(self, event: tuple[Any, ...], nbytes: int, model: str) -> None:
@@ -71,9 +72,17 @@ class Uplink:
             return
         self._queued_bytes += nbytes  # approximate under races: it only bounds memory
         self._queue.append((event, nbytes))
+        if not self._wake.is_set():
+            self._wake.set()
 
     def _send_loop(self) -> None:
-        while not self._stop.wait(0.01):
+        """Sleeps until a sample is offered (an idle worker never wakes), then sends a batch every 10 ms while
+        samples keep coming."""
+        while True:
+            self._wake.wait()
+            if self._stop.wait(0.01):
+                return
+            self._wake.clear()
             batch = []
             while self._queue:
                 event, nbytes = self._queue.popleft()
@@ -100,6 +109,7 @@ class Uplink:
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
 
 
 class Forwarder:
