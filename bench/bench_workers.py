@@ -187,6 +187,11 @@ def main() -> None:
         "throughput_ratio_c16": round(med[w]["c16"] / med[1]["c16"], 2),
         # requests per CPU-second of the serving processes: what the pool costs per request (1.0: nothing)
         "per_core_ratio_c16": round((med[w]["c16"] / med[w]["cpu"]) / (med[1]["c16"] / med[1]["cpu"]), 2),
+        # the same the other way up: CPU per request of the whole process tree (control plane and workers) over
+        # the single loop's (issue AB's figure: <= 1.15)
+        "cpu_us_per_req_c16": {"single_loop": round(med[1]["cpu"] / med[1]["c16"] * 1e6, 1),
+                               f"workers_{w}": round(med[w]["cpu"] / med[w]["c16"] * 1e6, 1)},
+        "cpu_per_req_ratio_c16": round((med[w]["cpu"] / med[w]["c16"]) / (med[1]["cpu"] / med[1]["c16"]), 2),
         "p50_ratio_c1": round(med[w]["c1"] / med[1]["c1"], 2),
         # what an otherwise idle machine would allow: the single loop at one full core vs all cores shared
         # between the workers and wrk, at the per-request CPU costs measured above
