@@ -4,8 +4,10 @@ our stubs, against a real grpc.aio server beside the HTTP one, over one registry
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -243,3 +245,19 @@ def test_a_gRPC_port_without_grpcio_is_a_clear_error(registry: ModelRegistry, mo
     with pytest.raises(GrpcNotInstalled) as info:
         Fronts(InferenceServer(registry), grpc_port=0, requested_by="--grpc-port")
     assert str(info.value) == "--grpc-port needs gRPC, which is not installed: pip install 'modelfleet[grpc]'"
+
+
+def test_tls_for_both_fronts(registry: ModelRegistry, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    assert registry.apply(spec(probe=PROBE_V1)).ok
+    with Fronts(InferenceServer(registry, tls_cert=cert, tls_key=key), grpc_port=0, tls_cert=cert, tls_key=key) as f:
+        assert f.grpc_url == f"grpcs://127.0.0.1:{f.grpc_port}"
+        c = grpcclient.InferenceServerClient(f"127.0.0.1:{f.grpc_port}", ssl=True, root_certificates=str(cert))
+        assert c.infer("mm", [fp32_input()]).as_numpy("output").shape == (2, 4)
+        c.close()
+        with grpc.insecure_channel(f"127.0.0.1:{f.grpc_port}") as ch:  # plaintext is not served
+            with pytest.raises(grpc.RpcError):
+                pb_grpc.GRPCInferenceServiceStub(ch).ServerLive(pb.ServerLiveRequest(), timeout=5)

@@ -246,6 +246,10 @@ class V2App:
 
     # -- what both fronts ask (the REST routes above and reconciler.serving.grpc) -------------------------------
 
+    @property
+    def token_required(self) -> bool:
+        return self._token is not None
+
     def authorized(self, value: str | bytes | None) -> bool:
         """The ``authorization`` header or metadata value carries the bearer token (always, without one)."""
         if self._token is None:

@@ -212,7 +212,7 @@ class GrpcServer:
     async def _check(self, context: Any) -> None:
         """The bearer token (metadata ``authorization``), then the worker's generation check."""
         app = self.app
-        if app._token is not None:
+        if app.token_required:
             value = None
             for key, v in context.invocation_metadata() or ():
                 if key == "authorization":
