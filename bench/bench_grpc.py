@@ -5,7 +5,7 @@ session with one intra-op thread) serves two models: the tiny generated MatMul (
 fronts' event loops) and the light camera CNN (``modelgen.camera_cnn``, a 1×3×224×224 FP32 image: 602 KB per
 request, run in the thread pool). Each is loaded over REST with the binary tensor extension (``_loadgen``: a
 raw-socket keep-alive client, uvloop, a forked process) and over gRPC with raw contents (a ``grpc.aio`` client in
-a forked process: what tritonclient sends, one channel per 4 calls in flight), at concurrency 1 and 16.
+a forked process: what tritonclient sends, one connection per 4 calls in flight), at concurrency 1 and 16.
 
 The server's CPU time (utime + stime of its process, from /proc) over the requests answered is the figure;
 the protocols alternate round by round (which goes first flips), medians of the rounds, and the ratio
@@ -60,7 +60,8 @@ def _grpc_client(port: int, req: bytes, conc: int, duration: float, conn: Any) -
     import grpc  # imported in the forked child only: grpc must not be initialised before a fork
 
     async def main() -> list[tuple[float, float, int]]:
-        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(max(1, conc // 4))]
+        own = [("grpc.use_local_subchannel_pool", 1)]  # one connection per channel (grpc would share one)
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=own) for _ in range(max(1, conc // 4))]
         calls = [ch.unary_unary("/inference.GRPCInferenceService/ModelInfer") for ch in channels]
         out: list[tuple[float, float, int]] = []
         end = time.perf_counter() + duration
@@ -154,7 +155,7 @@ def main() -> None:
         "models": {"tiny": "matmul 16->4 FP32, 2x16 per request (inline on the event loops)",
                    "cnn": "modelgen.camera_cnn 1x3x224x224 FP32, 602 KB per request (thread pool)"},
         "encodings": {"rest": "KServe v2 binary tensor extension (raw-socket keep-alive client)",
-                      "grpc": "raw_input_contents/raw_output_contents (grpc.aio client, one channel per 4 calls)"},
+                      "grpc": "raw_input_contents/raw_output_contents (grpc.aio client, one connection per 4 calls)"},
     }
     for m, c in cases:
         row = {p: {"server_cpu_us_per_req": med(m, c, p, "cpu_us_per_req"), "rps": med(m, c, p, "rps"),

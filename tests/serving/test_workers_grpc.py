@@ -22,6 +22,8 @@ from tests.serving.test_workers import cpu_ticks
 
 X = np.array(PROBE_V1["inputs"][0]["data"], np.float32).reshape(2, 16)
 TOKEN = {"authorization": "Bearer s3cret"}
+#: a connection of its own per client: grpc otherwise shares one between channels to the same address
+OWN = [("grpc.use_local_subchannel_pool", 1)]
 
 
 @pytest.fixture
@@ -34,7 +36,7 @@ def pool() -> Iterator[WorkerPool]:
 
 
 def infer(port: int) -> str:
-    c = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")  # a new channel: a new connection, any worker
+    c = grpcclient.InferenceServerClient(f"127.0.0.1:{port}", channel_args=OWN)  # a new connection, any worker
     try:
         inp = grpcclient.InferInput("input", [2, 16], "FP32")
         inp.set_data_from_numpy(X)
@@ -52,7 +54,7 @@ def test_every_worker_serves_grpc_and_switches_at_once(pool: WorkerPool) -> None
     seen: list[str] = []
 
     def load() -> None:
-        c = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        c = grpcclient.InferenceServerClient(f"127.0.0.1:{port}", channel_args=OWN)
         inp = grpcclient.InferInput("input", [2, 16], "FP32")
         inp.set_data_from_numpy(X)
         while not stop.is_set():

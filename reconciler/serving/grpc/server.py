@@ -251,7 +251,10 @@ class GrpcServer:
             outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in doc["outputs"]])
 
     async def model_infer(self, data: bytes, context: Any) -> bytes:
-        await self._check(context)
+        if self.app.token_required:
+            await self._check(context)
+        else:
+            self.app.catch_up()
         size = len(data)
         if not self._budget.take(size):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy: too many request bytes in flight")
@@ -263,8 +266,8 @@ class GrpcServer:
             del data
             limits = self._json_limits
             result = self.app.infer_tensors(msg.model_name, msg.model_version or None, size,
-                                            lambda: decode(msg, limits), encoder(bool(msg.raw_input_contents)))
-            resp = await self._settle(result)
+                                            lambda: decode(msg, limits), _ENCODERS[bool(msg.raw_input_contents)])
+            resp = result if isinstance(result, Response) else await self._settle(result)
         finally:
             self._budget.give(size)
         if resp.status != 200:
@@ -280,6 +283,10 @@ class GrpcServer:
                 fut = asyncio.wrap_future(result, loop=loop)
             result = await asyncio.shield(fut)  # a cancelled call never cancels work that holds a lease
         return result
+
+
+#: The core's ``encode`` for a typed (False) and a raw (True) request.
+_ENCODERS = {False: encoder(False), True: encoder(True)}
 
 
 def _message(resp: Response) -> str:
