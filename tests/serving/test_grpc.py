@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -261,3 +262,65 @@ def test_tls_for_both_fronts(registry: ModelRegistry, tmp_path: Path) -> None:
         with grpc.insecure_channel(f"127.0.0.1:{f.grpc_port}") as ch:  # plaintext is not served
             with pytest.raises(grpc.RpcError):
                 pb_grpc.GRPCInferenceServiceStub(ch).ServerLive(pb.ServerLiveRequest(), timeout=5)
+
+
+def test_a_deadline_that_passes_cancels_the_call_not_the_work(registry: ModelRegistry) -> None:
+    """The client gives up while its request waits in a batch: DEADLINE_EXCEEDED for it; the batch still runs,
+    the version's lease is released (a switch does not wait for it) and the server's byte budget is whole."""
+    policy = {"maxBatchSize": 8, "maxQueueDelayMs": 400}
+    assert registry.apply(EndpointSpec("mm", "1", blobs=[matmul_model(seed=1)], batching=policy)).ok
+    with Fronts(InferenceServer(registry), grpc_port=0) as f:
+        c = grpcclient.InferenceServerClient(f"127.0.0.1:{f.grpc_port}")
+        with pytest.raises(InferenceServerException) as info:
+            c.infer("mm", [fp32_input()], client_timeout=0.05)
+        assert str(info.value.status()) == "StatusCode.DEADLINE_EXCEEDED"
+        lease = registry.get("mm")
+        old = lease.model
+        lease.release()
+        t0 = time.monotonic()
+        assert registry.apply(EndpointSpec("mm", "2", blobs=[matmul_model(seed=1, bias=1.0)], batching=policy,
+                                           keep_previous=False)).ok
+        end = time.monotonic() + 10
+        while old.inflight and time.monotonic() < end:  # the batch answers within its delay, then drains
+            time.sleep(0.02)
+        assert old.inflight == 0 and time.monotonic() - t0 < 5
+        assert f.grpc._budget.used == 0
+        assert c.infer("mm", [fp32_input()]).get_response().model_version == "2"
+        c.close()
+
+
+def test_a_call_cancelled_while_its_work_waits_for_the_pool_still_releases_the_version() -> None:
+    """A request waits for the (one-thread, busy) pool; its client gives up: the queued work still runs and
+    releases its lease, so the version can drain (unshielded, it was cancelled unrun and the lease never came
+    back: a switch waited 60 s for it)."""
+    from reconciler.devkit.modelgen import camera_cnn
+    from reconciler.serving.grpc.server import GrpcServer
+
+    reg = ModelRegistry()
+    try:
+        assert reg.apply(EndpointSpec("cnn", "1", blobs=[camera_cnn(seed=1)], threads=1)).ok
+        http = InferenceServer(reg)
+        with http, GrpcServer(http.app, port=0, workers=1) as g:
+            c = grpcclient.InferenceServerClient(f"127.0.0.1:{g.port}")
+            x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+            one = grpcclient.InferInput("image", list(x.shape), "FP32")
+            one.set_data_from_numpy(x)
+            busy = threading.Event()
+            assert g._pool is not None
+            held = g._pool.submit(busy.wait, 30)  # the pool's one thread is taken
+            with pytest.raises(InferenceServerException) as info:
+                c.infer("cnn", [one], client_timeout=0.5)
+            assert str(info.value.status()) == "StatusCode.DEADLINE_EXCEEDED"
+            busy.set()
+            held.result(10)
+            lease = reg.get("cnn")
+            model = lease.model
+            lease.release()
+            end = time.monotonic() + 10
+            while model.inflight and time.monotonic() < end:
+                time.sleep(0.02)
+            assert model.inflight == 0
+            assert g._budget.used == 0
+            c.close()
+    finally:
+        reg.close()
