@@ -1,4 +1,5 @@
-"""The gRPC front's server: ``inference.GRPCInferenceService`` on ``grpc.aio``, in a thread of its own.
+"""The gRPC front's server: ``inference.GRPCInferenceService`` on ``grpc.aio``, in a thread of its own (on a
+``uvloop`` event loop where available).
 
 Each RPC is a coroutine on this thread's event loop that calls the application core
 (:class:`~reconciler.serving.app.v2app.V2App`) the HTTP front calls, so both see one registry, token, set of
@@ -138,7 +139,12 @@ class GrpcServer:
             raise failure[0]
 
     def _run(self, started: threading.Event, failure: list[BaseException]) -> None:
-        loop = asyncio.new_event_loop()
+        try:  # uvloop where available, as for the HTTP front: 14-18% less CPU per call (bench_grpc's method)
+            import uvloop
+
+            loop = uvloop.new_event_loop()
+        except ImportError:
+            loop = asyncio.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
         try:
