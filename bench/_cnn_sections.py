@@ -58,7 +58,7 @@ if policy:
     r = reg.apply(spec("batched", policy))
     assert r.ok, r.message
 if mode == "serve":
-    from reconciler.serving.server import InferenceServer
+    from reconciler.serving.http.server import InferenceServer
     srv = InferenceServer(reg)
     srv.start()
     print(srv.port, flush=True)

@@ -213,7 +213,7 @@ import json, sys, time
 import numpy as np
 from reconciler.devkit.modelgen import make_probe, matmul_model
 from reconciler.serving.registry import EndpointSpec, ModelRegistry
-from reconciler.serving.server import V2App
+from reconciler.serving.app.v2app import V2App
 m = matmul_model(seed=1)
 probe = make_probe(m, batch=1)
 reg = ModelRegistry()

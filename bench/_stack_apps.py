@@ -14,8 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from reconciler.serving.app.v2app import V2App, _Deferred
 from reconciler.serving.registry import EndpointSpec, ModelRegistry
-from reconciler.serving.server import Response, V2App, _Deferred
+from reconciler.serving.v2.handler import Response
 
 _registry = ModelRegistry()
 _loaded = _registry.apply(EndpointSpec("tiny", "1", files=[Path(os.environ["MF_BENCH_MODEL"])], threads=1))

@@ -1,7 +1,7 @@
 """The ``stacks`` section of ``bench_serving.py``: our HTTP layer against other Python HTTP stacks carrying the
 same request handler, each in a process of its own, in alternating rounds of the same run.
 
-- ``modelfleet``: ``modelfleet serve --threads 1`` (asyncio ``Protocol`` + httptools on uvloop, ``serving/http1.py``);
+- ``modelfleet``: ``modelfleet serve --threads 1`` (asyncio ``Protocol`` + httptools on uvloop, ``serving/http/http1.py``);
 - ``granian_rsgi`` / ``granian_asgi``: Granian, a Rust HTTP server (hyper on tokio) calling Python, with its own
   RSGI interface and with ASGI — the "Rust-based ASGI server" issue 17 asks us to measure against;
 - ``uvicorn_asgi``: uvicorn with httptools and uvloop, a raw ASGI app (no framework);

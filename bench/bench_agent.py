@@ -84,7 +84,7 @@ def idle_and_rss(root: Path) -> dict[str, float]:
         no_model = AgentProcess(w_empty.agent_config(root / "dev3", poll="10s"), root / "agent3.log").start()
         baseline = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
         imports = subprocess.Popen([sys.executable, "-c", "import reconciler.agent.loop, reconciler.gitops.source, "
-                                    "reconciler.distribution.tufclient, reconciler.serving.server, reconciler.serving.registry, time; "
+                                    "reconciler.distribution.tufclient, reconciler.serving.http.server, reconciler.serving.registry, time; "
                                     "time.sleep(600)"], cwd=Path(__file__).resolve().parent.parent)
         try:
             url = with_model.url(60)

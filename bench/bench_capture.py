@@ -42,8 +42,8 @@ from reconciler.capture.batch import generate_keypair  # noqa: E402
 from reconciler.capture.policy import parse_policy  # noqa: E402
 from reconciler.capture.service import CaptureService  # noqa: E402
 from reconciler.devkit.modelgen import make_probe  # noqa: E402
+from reconciler.serving.http.server import InferenceServer  # noqa: E402
 from reconciler.serving.registry import EndpointSpec, ModelRegistry  # noqa: E402
-from reconciler.serving.server import InferenceServer  # noqa: E402
 
 CONCURRENCY = 16
 SECONDS = 1.5

@@ -26,8 +26,8 @@ from reconciler.devkit.modelgen import make_probe, matmul_model  # noqa: E402
 from reconciler.drift.baseline import Baseline, build_baseline, layouts_for, run_model  # noqa: E402
 from reconciler.drift.monitor import DriftSupervisor  # noqa: E402
 from reconciler.drift.settings import DriftSettings  # noqa: E402
+from reconciler.serving.http.server import InferenceServer  # noqa: E402
 from reconciler.serving.registry import EndpointSpec, ModelRegistry  # noqa: E402
-from reconciler.serving.server import InferenceServer  # noqa: E402
 
 CONCURRENCY = 16
 
@@ -37,7 +37,7 @@ def _handler_cpu(reg: ModelRegistry, sup: DriftSupervisor, loaded: object, monit
     """CPU time (this thread only, so other load on the machine does not count) of the server's request
     handler (JSON decode, inference, encode; no sockets) per request, without and with the monitor, plus the
     monitor thread's work for those requests. An upper bound of the cost: real requests also pay for HTTP I/O."""
-    from reconciler.serving.server import V2App
+    from reconciler.serving.app.v2app import V2App
 
     app = V2App(reg)
     body = json.dumps({"inputs": probe["inputs"]}).encode()

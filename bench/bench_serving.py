@@ -45,9 +45,9 @@ import _stacks  # noqa: E402
 from _loadgen import _request, load, stats  # noqa: E402,F401  (bench_workers imports them from here)
 
 from reconciler.devkit.modelgen import make_probe, matmul_model
+from reconciler.serving.http.server import InferenceServer
 from reconciler.serving.limits import ServerLimits
 from reconciler.serving.registry import EndpointSpec, ModelRegistry
-from reconciler.serving.server import InferenceServer
 
 TINY = matmul_model(seed=1)
 

@@ -30,8 +30,8 @@ from _loadgen import _request, load  # noqa: E402
 
 from reconciler.agent.shadowing import ShadowSupervisor, load_candidate  # noqa: E402
 from reconciler.devkit.modelgen import make_probe, matmul_model, small_cnn  # noqa: E402
+from reconciler.serving.http.server import InferenceServer  # noqa: E402
 from reconciler.serving.registry import EndpointSpec, ModelRegistry  # noqa: E402
-from reconciler.serving.server import InferenceServer  # noqa: E402
 from reconciler.shadow.mirror import Mirror  # noqa: E402
 from reconciler.shadow.spec import ShadowSettings  # noqa: E402
 

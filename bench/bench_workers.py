@@ -10,7 +10,11 @@ load (a WorkerPool in this process; wrk counts every non-200 and socket error). 
 ``host_loadavg_1m`` the host's load before and after: on a busy host more processes also get a larger share
 of the CPUs, so read the throughput ratio together with them.
 
-Run: ``PYTHONPATH=. .venv/bin/python bench/bench_workers.py [--workers 2] [--rounds 3] [--seconds 5]``.
+``cpu_per_req_ratio_c16`` is the pool's CPU per request (control plane and workers) over the single loop's;
+``--baseline-rev REV`` measures REV's single loop and pool as well, in the same alternating rounds.
+
+Run: ``PYTHONPATH=. .venv/bin/python bench/bench_workers.py [--workers 2] [--rounds 3] [--seconds 5]
+[--baseline-rev 6bbac64]``.
 """
 
 from __future__ import annotations
@@ -30,11 +34,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reconciler.devkit.modelgen import make_probe, matmul_model
-from reconciler.serving.control import proc_memory_mb
-from reconciler.serving.registry import EndpointSpec
-from reconciler.serving.workers import WorkerPool
+from _serving_sections import baseline_tree
 
+from reconciler.devkit.modelgen import make_probe, matmul_model
+from reconciler.serving.registry import EndpointSpec
+from reconciler.serving.workers.control import proc_memory_mb
+from reconciler.serving.workers.pool import WorkerPool
+
+#: main before issue AB's cuts of the pool's cost per request (``--baseline-rev``)
+WORKERS_BASELINE_REV = "6bbac64"
 TINY = matmul_model(seed=1)
 PROBE = make_probe(TINY)
 BODY = json.dumps({"inputs": PROBE["inputs"]})
@@ -72,11 +80,12 @@ def wrk(port: int, script: Path, conc: int, seconds: float) -> dict[str, float]:
 class Served:
     """`modelfleet serve tiny.onnx --workers N` in a subprocess."""
 
-    def __init__(self, model: Path, workers: int, threads: int) -> None:
+    def __init__(self, model: Path, workers: int, threads: int, src: Path | None = None) -> None:
+        env = {**os.environ, "PYTHONPATH": str(src)} if src is not None else None
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "reconciler.cli", "serve", str(model), "--name", "tiny", "--port", "0",
              "--threads", str(threads), "--workers", str(workers)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -138,6 +147,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session (both sides)")
+    ap.add_argument("--baseline-rev", help="also measure this revision's single loop and pool in the same rounds "
+                                           f"(e.g. {WORKERS_BASELINE_REV}: main before issue AB's cost cuts)")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("error: wrk is not installed (apt-get install wrk)")
@@ -146,9 +157,21 @@ def main() -> None:
     model.write_bytes(TINY)
     script = _lua(tmp)
     runs: dict[int, dict[str, list[float]]] = {n: {"c16": [], "c1": [], "cpu": [], "wrk": []} for n in (1, args.workers)}
+    base_src = baseline_tree(args.baseline_rev, tmp) if args.baseline_rev else None
+    base_cpu: dict[int, list[float]] = {1: [], args.workers: []}
     load_before = os.getloadavg()[0]
     memory: dict[int, list[dict[str, float]]] = {}
-    for _ in range(args.rounds):
+    for i in range(args.rounds):
+        if base_src is not None:  # the baseline's CPU per request at c=16, in the same rounds (order flips)
+            for n in ((1, args.workers) if i % 2 else (args.workers, 1)):
+                srv = Served(model, n, args.threads, base_src)
+                try:
+                    wrk(srv.port, script, 16, 1.0)
+                    cpu0 = srv.cpu_seconds()
+                    c16 = wrk(srv.port, script, 16, args.seconds)
+                    base_cpu[n].append((srv.cpu_seconds() - cpu0) / c16["requests"])
+                finally:
+                    srv.stop()
         for n in (1, args.workers):
             srv = Served(model, n, args.threads)
             try:
@@ -187,12 +210,22 @@ def main() -> None:
         "throughput_ratio_c16": round(med[w]["c16"] / med[1]["c16"], 2),
         # requests per CPU-second of the serving processes: what the pool costs per request (1.0: nothing)
         "per_core_ratio_c16": round((med[w]["c16"] / med[w]["cpu"]) / (med[1]["c16"] / med[1]["cpu"]), 2),
+        # the same the other way up: CPU per request of the whole process tree (control plane and workers) over
+        # the single loop's (issue AB's figure: <= 1.15)
+        "cpu_us_per_req_c16": {"single_loop": round(med[1]["cpu"] / med[1]["c16"] * 1e6, 1),
+                               f"workers_{w}": round(med[w]["cpu"] / med[w]["c16"] * 1e6, 1)},
+        "cpu_per_req_ratio_c16": round((med[w]["cpu"] / med[w]["c16"]) / (med[1]["cpu"] / med[1]["c16"]), 2),
         "p50_ratio_c1": round(med[w]["c1"] / med[1]["c1"], 2),
         # what an otherwise idle machine would allow: the single loop at one full core vs all cores shared
         # between the workers and wrk, at the per-request CPU costs measured above
         "idle_host_ceiling_ratio_c16": _ceiling(med[1], med[w], os.cpu_count() or 1),
         "swap_under_load": swap_under_load(script, w, args.threads),
     }
+    if base_src is not None:
+        b1, bw = statistics.median(base_cpu[1]), statistics.median(base_cpu[w])
+        out["baseline"] = {"rev": args.baseline_rev,
+                           "cpu_us_per_req_c16": {"single_loop": round(b1 * 1e6, 1), f"workers_{w}": round(bw * 1e6, 1)},
+                           "cpu_per_req_ratio_c16": round(bw / b1, 2)}
     shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(out))
 

@@ -24,7 +24,7 @@ class ServerProcess:
 
     def __init__(
         self, tmp_path: Path, *limits: str, nofile: int | None = None, env: dict[str, str] | None = None,
-        threads: int | None = None, workers: int = 1,
+        threads: int | None = None, workers: int = 1, grpc: bool = False,
     ) -> None:
         model = tmp_path / "mm.onnx"
         model.write_bytes(V1)
@@ -34,6 +34,8 @@ class ServerProcess:
             args += ["--threads", str(threads)]
         if workers > 1:
             args += ["--workers", str(workers)]
+        if grpc:
+            args += ["--grpc-port", "0"]
 
         def preexec() -> None:
             if nofile is not None:
@@ -49,6 +51,11 @@ class ServerProcess:
             self.proc.kill()
             raise AssertionError(f"server did not start: {line!r} {self.proc.stderr.read()}")  # type: ignore[union-attr]
         self.port = int(m.group(1))
+        self.grpc_port = 0
+        if grpc:
+            g = re.search(r"grpc://127\.0\.0\.1:(\d+)", self.proc.stdout.readline())  # type: ignore[union-attr]
+            assert g is not None, "no gRPC port in serve's output"
+            self.grpc_port = int(g.group(1))
         self.pids = [self.proc.pid]  # the serving processes: the worker processes with --workers
         if workers > 1:
             self.pids = [int(p) for p in re.findall(r"\d+", self.proc.stdout.readline().partition("pids")[2])]  # type: ignore[union-attr]
@@ -146,3 +153,64 @@ def one_at_a_time() -> Iterator[None]:
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class RawH2:
+    """A hand-made HTTP/2 client for hostile gRPC tests: sends frames, never reads unless asked.
+
+    ``hello()`` sends the preface, our SETTINGS and an ACK of the server's; ``request(stream, path, message,
+    end)`` gives the frames of a stream's HEADERS (literal HPACK fields) and, with ``message``, one gRPC-framed
+    DATA frame."""
+
+    def __init__(self, port: int, rcvbuf: int | None = 4096) -> None:
+        self.sock = socket.socket()
+        if rcvbuf is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.connect(("127.0.0.1", port))
+        self.sock.settimeout(10)
+
+    @staticmethod
+    def frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+        return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+    @staticmethod
+    def _field(name: bytes, value: bytes) -> bytes:
+        def length(n: int) -> bytes:  # HPACK integer, 7-bit prefix, no Huffman
+            if n < 127:
+                return bytes([n])
+            out, n = bytearray([127]), n - 127
+            while n >= 128:
+                out.append((n & 127) | 128)
+                n >>= 7
+            return bytes(out + bytes([n]))
+
+        return b"\x00" + length(len(name)) + name + length(len(value)) + value
+
+    def hello(self, initial_window: int | None = None) -> None:
+        settings = (2).to_bytes(2, "big") + (0).to_bytes(4, "big")  # no push
+        if initial_window is not None:
+            settings += (4).to_bytes(2, "big") + initial_window.to_bytes(4, "big")
+        self.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + self.frame(4, 0, 0, settings) + self.frame(4, 1, 0, b""))
+
+    def request(self, stream: int, path: bytes, message: bytes | None, end: bool = True,
+                headers: tuple[tuple[bytes, bytes], ...] = (), cut: int | None = None) -> bytes:
+        """The frames of one request; ``cut``: send only that many bytes of the message (it never completes)."""
+        block = b"".join(self._field(k, v) for k, v in (
+            (b":method", b"POST"), (b":scheme", b"http"), (b":path", path), (b":authority", b"x"),
+            (b"content-type", b"application/grpc"), (b"te", b"trailers"), *headers))
+        out = self.frame(1, 4 | (1 if message is None and end else 0), stream, block)
+        if message is not None:
+            body = message if cut is None else message[:cut]
+            out += self.frame(0, 1 if end and cut is None else 0, stream,
+                              b"\x00" + len(message).to_bytes(4, "big") + body)
+        return out
+
+    def send(self, data: bytes) -> bool:
+        try:
+            self.sock.sendall(data)
+            return True
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        self.sock.close()

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from reconciler.devkit.modelgen import make_probe, matmul_model
+from reconciler.serving.http.server import InferenceServer
 from reconciler.serving.registry import EndpointSpec, ModelRegistry
-from reconciler.serving.server import InferenceServer
 
 V1 = matmul_model(seed=1)
 V2 = matmul_model(seed=1, bias=1.0)

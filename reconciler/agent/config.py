@@ -77,6 +77,7 @@ class AgentConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY
     server_limits: ServerLimits = field(default_factory=ServerLimits)
     serving_workers: int = 1
+    serving_grpc_port: int | None = None  # the gRPC front (modelfleet[grpc]); None: off
     openvino_cache_dir: Path | None = None
     threads: int | None = None
     metrics_enabled: bool = True
@@ -356,6 +357,7 @@ def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str
         max_body_bytes=int(serving.get("maxBodyBytes", DEFAULT_MAX_BODY)),
         server_limits=server_limits,
         serving_workers=int(serving.get("workers", 1)),
+        serving_grpc_port=int(serving["grpcPort"]) if serving.get("grpcPort") is not None else None,
         openvino_cache_dir=p(runtime.get("openvinoCacheDir")),
         threads=runtime.get("threads"),
         metrics_enabled=bool(metrics.get("enabled", True)),

@@ -123,8 +123,9 @@ class Components:
             return {}
 
     def start_runtime(self) -> None:
+        from reconciler.serving.fronts import Fronts, GrpcNotInstalled, grpc_missing
+        from reconciler.serving.http.server import InferenceServer
         from reconciler.serving.registry import ModelRegistry
-        from reconciler.serving.server import InferenceServer
 
         cfg = self.config
         from reconciler.drift.monitor import DriftSupervisor
@@ -146,25 +147,32 @@ class Components:
         port = None if cfg.unix_socket else cfg.serving_port
         metrics_registry = None
         if cfg.serving_workers > 1:
-            from reconciler.serving.workers import WorkerPool
+            from reconciler.serving.workers.pool import WorkerPool
 
             # The agent stays the control plane: the pool has the registry's methods, the workers serve.
             self.registry = self.server = WorkerPool(
                 cfg.serving_workers, host=cfg.serving_host, port=port, unix_socket=cfg.unix_socket,
                 auth_token=token, tls_cert=str(cfg.tls_cert) if cfg.tls_cert else None,
                 tls_key=str(cfg.tls_key) if cfg.tls_key else None, limits=cfg.server_limits,
-                observer_factory=observers, **_registry_kwargs(cfg),
+                observer_factory=observers, grpc_port=cfg.serving_grpc_port, **_registry_kwargs(cfg),
             )
             metrics_registry = self.server.metrics_registry
         else:
             self.registry = ModelRegistry(**_registry_kwargs(cfg), observer_factory=observers)
-            self.server = InferenceServer(
+            http = InferenceServer(
                 self.registry, host=cfg.serving_host, port=port, unix_socket=cfg.unix_socket,
                 auth_token=token, tls_cert=str(cfg.tls_cert) if cfg.tls_cert else None,
                 tls_key=str(cfg.tls_key) if cfg.tls_key else None, limits=cfg.server_limits,
             )
+            try:
+                self.server = Fronts(http, cfg.serving_grpc_port, tls_cert=cfg.tls_cert, tls_key=cfg.tls_key,
+                                     requested_by="serving.grpcPort")
+            except GrpcNotInstalled as exc:
+                raise UserError(str(exc)) from None
         try:
             self.server.start()
+        except GrpcNotInstalled:
+            raise UserError(grpc_missing("serving.grpcPort")) from None
         except OSError as exc:
             raise UserError(f"cannot listen on {self.server.url}: {exc.strerror or exc}") from None
         except RuntimeError as exc:  # a worker process that did not start

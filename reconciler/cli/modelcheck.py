@@ -187,7 +187,7 @@ class _Checker:
 
     def _probe_fits(self, m: Manifest, path: str, where: tuple[Any, ...], label: str, inputs: Sequence[Any]) -> None:
         from reconciler.serving.health import probe_feeds
-        from reconciler.serving.v2codec import CodecError
+        from reconciler.serving.v2.codec import CodecError
 
         if path not in self.probes:
             try:

@@ -68,16 +68,21 @@ def _limits(options: tuple[str, ...], max_body_mb: float | None) -> ServerLimits
 
 def _start_pool(
     workers: int, specs: list[EndpointSpec], host: str, port: int, unix_socket: Path | None, token: str | None,
-    tls_cert: Path | None, tls_key: Path | None, limits: ServerLimits,
+    tls_cert: Path | None, tls_key: Path | None, limits: ServerLimits, grpc_port: int | None = None,
 ) -> Any:
-    from reconciler.serving.workers import WorkerPool
+    from reconciler.serving.fronts import GrpcNotInstalled, grpc_missing
+    from reconciler.serving.workers.pool import WorkerPool
 
     pool = WorkerPool(
         workers, host=host, port=port, unix_socket=unix_socket, auth_token=token,
         tls_cert=str(tls_cert) if tls_cert else None, tls_key=str(tls_key) if tls_key else None, limits=limits,
+        grpc_port=grpc_port,
     )
     try:
         pool.start()
+    except GrpcNotInstalled:
+        pool.stop()
+        raise UserError(grpc_missing("--grpc-port")) from None
     except OSError as exc:
         pool.stop()
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
@@ -101,6 +106,10 @@ def _start_pool(
     "--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="TCP port (0: any)."
 )
 @click.option("--unix-socket", type=click.Path(path_type=Path), help="Also listen on this Unix socket.")
+@click.option(
+    "--grpc-port", type=click.IntRange(0, 65535),
+    help="Also serve the Open Inference Protocol over gRPC on this port (0: any; needs modelfleet[grpc]).",
+)
 @click.option("--threads", type=click.IntRange(1, 256), help="Intra-op threads per model session.")
 @click.option(
     "--workers", type=click.IntRange(1, 64), default=1, show_default=True,
@@ -135,6 +144,7 @@ def serve(
     host: str,
     port: int,
     unix_socket: Path | None,
+    grpc_port: int | None,
     threads: int | None,
     workers: int,
     device: str | None,
@@ -145,9 +155,10 @@ def serve(
     max_body_mb: float | None,
     limit_options: tuple[str, ...],
 ) -> None:
-    """Serve local MODEL_FILE(s) over the Open Inference Protocol (KServe v2 REST)."""
+    """Serve local MODEL_FILE(s) over the Open Inference Protocol (KServe v2 REST, and gRPC with --grpc-port)."""
+    from reconciler.serving.fronts import Fronts, GrpcNotInstalled
+    from reconciler.serving.http.server import InferenceServer
     from reconciler.serving.registry import ModelRegistry
-    from reconciler.serving.server import InferenceServer
 
     limits = _limits(limit_options, max_body_mb)
     if name and len(model_files) > 1:
@@ -169,7 +180,8 @@ def serve(
             raise UserError(f"two model files would both be served as {ep_name!r}")
         specs.append(_spec_for(path, ep_name, runtime, threads, device, precision))
     if workers > 1:
-        server: Any = _start_pool(workers, specs, host, port, unix_socket, token, tls_cert, tls_key, limits)
+        server: Any = _start_pool(workers, specs, host, port, unix_socket, token, tls_cert, tls_key, limits,
+                                  grpc_port)
         registry: Any = server
     else:
         registry = ModelRegistry()
@@ -179,7 +191,7 @@ def serve(
                 registry.close()
                 raise UserError(f"{spec.files[0]}: {result.reason}: {result.message}")
         try:
-            server = InferenceServer(
+            http = InferenceServer(
                 registry,
                 host=host,
                 port=port,
@@ -189,7 +201,11 @@ def serve(
                 tls_key=tls_key,
                 limits=limits,
             )
+            server = Fronts(http, grpc_port, tls_cert=tls_cert, tls_key=tls_key, requested_by="--grpc-port")
             server.start()
+        except GrpcNotInstalled as exc:
+            registry.close()
+            raise UserError(str(exc)) from None
         except OSError as exc:
             registry.close()
             raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
@@ -201,6 +217,8 @@ def serve(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     for spec in specs:
         click.echo(f"serving {spec.name} ({spec.runtime}) at {server.url}/v2/models/{spec.name}")
+    if server.grpc_url is not None:
+        click.echo(f"serving gRPC (inference.GRPCInferenceService) at {server.grpc_url}")
     if workers > 1:
         click.echo(f"{workers} workers (pids {', '.join(map(str, server.pids()))})")
     if unix_socket is not None:

@@ -5,6 +5,8 @@ server, Git and TUF. Heavy dependencies that only some devices or only the opera
 (docs/install.md):
 
 - ``openvino`` — the OpenVINO runtime (x86 devices with Intel CPUs/GPUs/NPUs, and OpenVINO IR variants);
+- ``grpc`` — the Open Inference Protocol over gRPC beside REST (grpcio; ``serving.grpcPort``, ``serve --grpc-port``:
+  :mod:`reconciler.serving.fronts` names it when missing);
 - ``optimize`` — ``modelfleet optimize`` (onnx, sympy, nncf, openvino);
 - ``plots`` — the drift report's plots (matplotlib).
 

@@ -208,7 +208,7 @@ def load_sample(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
 
 def check_sample(arrays: Mapping[str, np.ndarray], metas: Sequence[Any], source: str) -> dict[str, np.ndarray]:
     """The sample's arrays cast to the model's input types; ``BaselineError`` naming every mismatch."""
-    from reconciler.serving.v2codec import V2_TO_NP
+    from reconciler.serving.v2.codec import V2_TO_NP
 
     problems = []
     feeds: dict[str, np.ndarray] = {}

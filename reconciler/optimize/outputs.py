@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from reconciler.core.errors import UserError
-from reconciler.serving.v2codec import TensorMeta
+from reconciler.serving.v2.codec import TensorMeta
 
 LABEL_TYPES = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "BYTES"})
 FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64", "BF16"})

@@ -40,7 +40,7 @@ from reconciler.optimize.quantopts import QuantOptions
 from reconciler.optimize.sample import Sample
 from reconciler.serving.health import HealthPolicy, run_health_check
 from reconciler.serving.runtimes import Backend
-from reconciler.serving.v2codec import TensorMeta, datatype_of, tensor_to_json_data
+from reconciler.serving.v2.codec import TensorMeta, datatype_of, tensor_to_json_data
 
 PROBE_SAMPLES = 2
 

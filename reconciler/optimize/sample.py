@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from reconciler.core.errors import UserError
-from reconciler.serving.v2codec import V2_TO_NP, TensorMeta
+from reconciler.serving.v2.codec import V2_TO_NP, TensorMeta
 
 LABELS = "labels"
 MAX_MEMBERS = 64

@@ -1,17 +1,24 @@
-"""Serving models over the Open Inference Protocol (KServe v2 REST).
+"""Serving models over the Open Inference Protocol (KServe v2): REST, and gRPC beside it.
 
-Workflow: a runtime backend (:mod:`~.runtimes`: ONNX Runtime or OpenVINO behind one small interface) loads a
-model's bytes; the :class:`~.registry.ModelRegistry` owns the endpoints, swaps a new version in only after its
-health check (:mod:`~.health`: golden outputs, latency, memory) passes and rolls back otherwise; the
-:class:`~.server.InferenceServer` answers v2 requests (decoded and encoded by :mod:`~.v2codec` and, for JSON,
-:mod:`~.v2json` in bounded slices; a request of a kind already answered runs from its :mod:`~.plans` entry)
-against the registry's current version; each connection is an
-:mod:`~.http1` protocol that enforces the :class:`~.limits.ServerLimits` (flow control, sizes, timeouts). :mod:`~.hwfacts` detects what the device's hardware offers (CPU flags, memory,
-OpenVINO devices), the facts variant choice is made from.
+The layout follows the request, from the wire inward (docs/serving.md#layout; import-linter checks the order):
 
-To use every core, a :class:`~.workers.WorkerPool` stands in for registry + server: N processes
-(:mod:`~.workerproc`, each a registry and server of its own) share the port, and the pool switches them all at
-once through one generation word in shared memory (:mod:`~.control`) after every worker prepared the new version.
+- :mod:`~.workers`: N worker processes sharing the ports, one control plane that switches them all at once
+  through one generation word in shared memory; it stands where registry + fronts stand in one process;
+- :mod:`~.fronts`: the fronts of one process, started and stopped together;
+- :mod:`~.http` (HTTP/1.1 connections, limits and flow control, the listening sockets) and :mod:`~.grpc`
+  (``inference.GRPCInferenceService`` on grpc.aio, the optional ``grpc`` extra): two thin fronts that never
+  import each other and call the same
+- :mod:`~.app`: the application core — routes, bearer token, metrics, where a request runs (inline, thread pool,
+  adaptive batch) and :class:`~.app.inferpath.InferPath`, one inference from tensors to answer;
+- :mod:`~.registry`: the endpoints and their versions, swapped in only after the health check (:mod:`~.health`:
+  golden outputs, latency, memory) passes and rolled back otherwise, with :mod:`~.batching`, the request hooks
+  of drift monitoring and data capture (:mod:`~.observers`) and the manifest's interface check
+  (:mod:`~.interface`);
+- :mod:`~.runtimes`: ONNX Runtime or OpenVINO behind one small interface, at the precision a variant declares
+  (:mod:`~.precision`); :mod:`~.hwfacts` detects what the device's hardware offers, the facts variant choice is
+  made from; :mod:`~.limits` is the one value every front's limits come from;
+- :mod:`~.v2`: the protocol's data, pure — tensor codecs (binary and JSON, in bounded slices), request plans and
+  what a front and the application agree an answer is.
 
 It imports only :mod:`reconciler.core`; the agent drives it, and ``modelfleet serve`` runs it on local files.
 """

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import Counter, Histogram
 
-from reconciler.serving.v2codec import TensorMeta
+from reconciler.serving.v2.codec import TensorMeta
 
 BATCH_SIZE = Histogram(
     "modelfleet_batch_size",

@@ -21,7 +21,7 @@ import numpy as np
 
 from reconciler.serving.precision import health_tolerance
 from reconciler.serving.runtimes.base import Backend
-from reconciler.serving.v2codec import V2_TO_NP, CodecError, TensorMeta, all_finite, json_tensor_to_array
+from reconciler.serving.v2.codec import V2_TO_NP, CodecError, TensorMeta, all_finite, json_tensor_to_array
 
 
 @dataclass(frozen=True, slots=True)

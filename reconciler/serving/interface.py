@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from reconciler.serving.v2codec import TensorMeta
+from reconciler.serving.v2.codec import TensorMeta
 
 
 def interface_problems(

@@ -23,7 +23,7 @@ FD_RESERVE = 128
 
 @dataclass(frozen=True, slots=True)
 class ServerLimits:
-    """Limits of one :class:`~reconciler.serving.server.InferenceServer` (defaults are the documented ones)."""
+    """Limits of one :class:`~reconciler.serving.http.server.InferenceServer` (defaults are the documented ones)."""
 
     max_connections: int = 1024  # open connections; also capped at RLIMIT_NOFILE - FD_RESERVE
     max_pipelined: int = 32  # requests parsed but not yet answered on one connection

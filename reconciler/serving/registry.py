@@ -28,7 +28,7 @@ from reconciler.serving.health import HealthPolicy, HealthResult, rss_mb, run_he
 from reconciler.serving.interface import interface_problems
 from reconciler.serving.observers import Observer, Observers  # noqa: F401  (Observers: the agent imports it here)
 from reconciler.serving.runtimes import Backend, RuntimeLoadError, load_backend
-from reconciler.serving.v2codec import TensorMeta
+from reconciler.serving.v2.codec import TensorMeta
 
 LOAD_SECONDS = Histogram(
     "modelfleet_model_load_seconds",
@@ -136,7 +136,7 @@ class LoadedModel:
         self.batcher: Batcher | None = None
         #: The server's pre-bound metric children for this version (set by the server on first use).
         self.serving_metrics: Any = None
-        #: Request plans of this version (reconciler.serving.plans), keyed by what the request says about its tensors.
+        #: Request plans of this version (reconciler.serving.v2.plans), keyed by what the request says about its tensors.
         self.plans: dict[Any, Any] = {}
         # Monitoring hook (e.g. reconciler.drift): sees every request's tensors after inference; it must only
         # count and enqueue, the work happens off the request path.

@@ -20,7 +20,7 @@ from reconciler.agent.config import load_agent_config
 from reconciler.agent.loop import Agent
 from reconciler.core import conditions as C
 from reconciler.fleet.schemas import validator
-from reconciler.serving.workers import WorkerPool
+from reconciler.serving.workers.pool import WorkerPool
 from tests._agent_fixtures import ENDPOINT, IN_DIM, World, infer, which_version
 from tests._drift_fixtures import drift_world, send
 

@@ -16,8 +16,8 @@ from reconciler.capture.batch import BatchError, open_batch
 from reconciler.capture.policy import parse_policy
 from reconciler.capture.service import CaptureService
 from reconciler.devkit.modelgen import matmul_model
+from reconciler.serving.http.server import InferenceServer
 from reconciler.serving.registry import EndpointSpec, ModelRegistry
-from reconciler.serving.server import InferenceServer
 from tests._cli import run_cli
 from tests._serving_fixtures import call
 from tests.capture._capture import Campaign, assert_no_key_material

@@ -171,7 +171,7 @@ def test_feedback_joins_labels_by_request_id_within_a_bounded_window() -> None:
 def test_feedback_endpoint_on_the_real_server_gives_online_accuracy() -> None:
     import http.client
 
-    from reconciler.serving.server import InferenceServer
+    from reconciler.serving.http.server import InferenceServer
 
     sup = DriftSupervisor()
     reg = ModelRegistry(observer_factory=sup.observer_for)

@@ -12,9 +12,9 @@ from prometheus_client import REGISTRY
 
 import reconciler.agent.loop
 import reconciler.drift.metrics
-import reconciler.serving.server
-import reconciler.serving.workerproc
-import reconciler.serving.workers  # noqa: F401 - registers the inference and worker metrics
+import reconciler.serving.http.server
+import reconciler.serving.workers.pool  # noqa: F401 - registers the inference and worker metrics
+import reconciler.serving.workers.workerproc
 from tests._prometheus import promtool
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"

@@ -197,7 +197,7 @@ def test_a_label_first_classifier_is_judged_by_its_label_output() -> None:
 
 def test_output_roles_are_detected_from_types_and_shapes() -> None:
     from reconciler.optimize.outputs import Roles, detect
-    from reconciler.serving.v2codec import TensorMeta
+    from reconciler.serving.v2.codec import TensorMeta
 
     sk = [TensorMeta("output_label", "INT64", (-1,)), TensorMeta("output_probability", "FP32", (-1, 10))]
     assert detect(sk) == Roles("output_label", "output_probability")

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.agent.config import DEFAULT_PORT, DEFAULT_STATE_DIR
+from reconciler.serving.http.server import InferenceServer
 from reconciler.serving.registry import ModelRegistry
-from reconciler.serving.server import InferenceServer
 from tests._serving_fixtures import PROBE_V1, spec
 from tests.packaging.conftest import REPO_ROOT
 

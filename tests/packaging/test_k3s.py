@@ -24,8 +24,8 @@ import pytest
 import yaml
 
 from reconciler.agent.config import AgentConfig, parse_agent_config
+from reconciler.serving.http.server import InferenceServer
 from reconciler.serving.registry import ModelRegistry
-from reconciler.serving.server import InferenceServer
 from tests._pod_security import namespace_levels, pod_template, violations
 from tests._serving_fixtures import PROBE_V1, spec
 from tests.packaging.conftest import REPO_ROOT

@@ -157,3 +157,12 @@ def test_optimize_and_plots_without_their_extras_name_them(dist: Dist, tmp_path:
     r = run(dist, ["fleet", "drift", "--png", "drift.png"], cwd=repo)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.splitlines()[-1] == "error: plots need matplotlib: pip install 'modelfleet[plots]'"
+
+
+def test_a_grpc_port_without_the_grpc_extra_names_it(dist: Dist, tmp_path: Path) -> None:
+    """The base install has no grpcio (docs/install.md: the ``grpc`` extra); asking for a gRPC port says so."""
+    (tmp_path / "mm.onnx").write_bytes(modelgen.matmul_model(seed=1))
+    r = run(dist, ["serve", "mm.onnx", "--port", "0", "--grpc-port", "0"], cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.splitlines()[-1] == ("error: --grpc-port needs gRPC, which is not installed: "
+                                         "pip install 'modelfleet[grpc]'")

@@ -23,9 +23,9 @@ from reconciler.serving.batching import (
     split_outputs,
     take_batch,
 )
+from reconciler.serving.http.server import InferenceServer
 from reconciler.serving.registry import EndpointSpec, ModelRegistry
-from reconciler.serving.server import InferenceServer
-from reconciler.serving.v2codec import decode_request
+from reconciler.serving.v2.codec import decode_request
 from tests._serving_fixtures import call, registry  # noqa: F401
 
 CNN = small_cnn(seed=3)
@@ -271,7 +271,7 @@ def test_binary_tensors_are_decoded_without_copying_the_request_body() -> None:
 
 
 def test_batching_reaches_every_worker_and_a_bad_change_keeps_them_serving() -> None:
-    from reconciler.serving.workers import WorkerPool
+    from reconciler.serving.workers.pool import WorkerPool
 
     blob = matmul_model(seed=1)
     pool = WorkerPool(2, port=0, load_timeout=20.0)

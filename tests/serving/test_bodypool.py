@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from reconciler.serving.bodypool import BodyPool
+from reconciler.serving.http.bodypool import BodyPool
 
 
 def address(buf: memoryview) -> int:

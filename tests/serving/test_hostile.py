@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from reconciler.serving.http.server import InferenceServer
 from reconciler.serving.registry import ModelRegistry
-from reconciler.serving.server import InferenceServer
 from tests._hostile import (
     ServerProcess,
     one_at_a_time,

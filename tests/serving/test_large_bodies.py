@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 from reconciler.devkit.modelgen import matmul_model
-from reconciler.serving.http1 import DIRECT_BODY
+from reconciler.serving.http.http1 import DIRECT_BODY
+from reconciler.serving.http.server import InferenceServer
 from reconciler.serving.limits import ServerLimits
 from reconciler.serving.registry import ModelRegistry
-from reconciler.serving.server import InferenceServer
 from tests._hostile import read_all
 from tests._serving_fixtures import call, registry, spec  # noqa: F401
 

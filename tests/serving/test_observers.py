@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from reconciler.serving.http.server import InferenceServer
 from reconciler.serving.registry import EndpointSpec, ModelRegistry, Observers
-from reconciler.serving.server import InferenceServer
 from tests._serving_fixtures import V1, call
 
 

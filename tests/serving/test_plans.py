@@ -1,4 +1,4 @@
-"""Request plans (reconciler.serving.plans): a request of a kind answered before skips the header decoding and
+"""Request plans (reconciler.serving.v2.plans): a request of a kind answered before skips the header decoding and
 reuses the answer's JSON, and answers exactly what the full decode/validate/encode path answers."""
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from reconciler.devkit.modelgen import identity_model, small_cnn, two_input_model
-from reconciler.serving import plans
-from reconciler.serving.handler import Response
+from reconciler.serving.app.v2app import V2App
+from reconciler.serving.http.server import InferenceServer
 from reconciler.serving.registry import ModelRegistry
-from reconciler.serving.server import InferenceServer, V2App
+from reconciler.serving.v2 import plans
+from reconciler.serving.v2.handler import Response
 from tests._serving_fixtures import NAN, PROBE_V1, PROBE_V2, V1, V2, call, registry, spec  # noqa: F401
 
 INFER = "/v2/models/mm/infer"

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.devkit.modelgen import identity_model, small_cnn, two_input_model
+from reconciler.serving.http.server import InferenceServer
 from reconciler.serving.registry import ModelRegistry
-from reconciler.serving.server import InferenceServer
 from tests._serving_fixtures import PROBE_V1, PROBE_V2, V1, V2, call, raw, registry, server, spec  # noqa: F401
 
 INFER = "/v2/models/mm/infer"

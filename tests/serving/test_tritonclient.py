@@ -9,8 +9,8 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from reconciler.devkit.modelgen import identity_model
+from reconciler.serving.http.server import InferenceServer
 from reconciler.serving.registry import ModelRegistry
-from reconciler.serving.server import InferenceServer
 from tests._serving_fixtures import PROBE_V1, registry, server, spec  # noqa: F401
 
 

@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 
-from reconciler.serving.v2codec import (
+from reconciler.serving.v2.codec import (
     V2_TO_NP,
     CodecError,
     TensorMeta,
@@ -70,7 +70,7 @@ def test_every_datatype_round_trips_json_and_binary(datatype: str) -> None:
 
 
 def _bin(name: str):  # noqa: ANN202
-    from reconciler.serving.v2codec import RequestedOutput
+    from reconciler.serving.v2.codec import RequestedOutput
 
     return RequestedOutput(name, True)
 

@@ -24,7 +24,7 @@ import pytest
 
 from reconciler.devkit.modelgen import matmul_model
 from reconciler.serving.registry import ModelRegistry
-from reconciler.serving.workers import WorkerPool
+from reconciler.serving.workers.pool import WorkerPool
 from tests._prometheus import promtool
 from tests._serving_fixtures import NAN, PROBE_V1, V1, V2, spec
 

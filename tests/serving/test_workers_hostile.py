@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.serving.limits import ServerLimits
-from reconciler.serving.workers import WorkerPool
+from reconciler.serving.workers.pool import WorkerPool
 from tests._hostile import ServerProcess, one_at_a_time, read_all, send_in_background, timed_get
 from tests._serving_fixtures import PROBE_V1, spec
 

@@ -1,7 +1,7 @@
 """The backend interface every runtime implements (the factory that picks one is in the package).
 
 A backend is loaded once from the model's bytes (``blobs``, e.g. decrypted in memory) or from its files in the
-store (``files``), reports its inputs/outputs as KServe v2 :class:`~reconciler.serving.v2codec.TensorMeta`, runs
+store (``files``), reports its inputs/outputs as KServe v2 :class:`~reconciler.serving.v2.codec.TensorMeta`, runs
 ``infer`` from any thread concurrently, and frees its memory on ``close``.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from reconciler.serving.v2codec import TensorMeta
+from reconciler.serving.v2.codec import TensorMeta
 
 
 class RuntimeLoadError(Exception):

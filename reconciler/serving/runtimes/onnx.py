@@ -16,7 +16,7 @@ import numpy as np
 from reconciler.serving.precision import check_precision, onnxruntime_session_config
 from reconciler.serving.runtimes.base import Backend, RuntimeLoadError
 from reconciler.serving.runtimes.telemetry import import_onnxruntime
-from reconciler.serving.v2codec import CodecError, TensorMeta
+from reconciler.serving.v2.codec import CodecError, TensorMeta
 
 _ORT_TO_V2 = {
     "tensor(bool)": "BOOL",

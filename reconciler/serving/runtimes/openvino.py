@@ -19,7 +19,7 @@ import numpy as np
 from reconciler.serving.precision import effective_precision, openvino_hint
 from reconciler.serving.runtimes.base import Backend, RuntimeLoadError
 from reconciler.serving.runtimes.telemetry import import_openvino
-from reconciler.serving.v2codec import TensorMeta
+from reconciler.serving.v2.codec import TensorMeta
 
 _OV_TO_V2 = {
     "boolean": "BOOL",

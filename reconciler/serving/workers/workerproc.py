@@ -1,11 +1,11 @@
-"""One worker process of a :class:`~reconciler.serving.workers.WorkerPool`: its own registry, event loop and
-HTTP stack (all of :mod:`~reconciler.serving.http1`'s limits and timeouts), on the port it shares with its
+"""One worker process of a :class:`~reconciler.serving.workers.pool.WorkerPool`: its own registry, event loop and
+HTTP stack (all of :mod:`~reconciler.serving.http.http1`'s limits and timeouts), on the port it shares with its
 siblings (``SO_REUSEPORT``).
 
 Started as ``python -c "…main(ctl_fd, up_fd, unix_fd)"`` with ``PROMETHEUS_MULTIPROC_DIR`` set, so its
 counters land in the pool's private metrics directory. Workflow:
 
-1. read :class:`~reconciler.serving.control.WorkerSettings` from the control channel; load the current
+1. read :class:`~reconciler.serving.workers.control.WorkerSettings` from the control channel; load the current
    desired set (previous versions first, then the active ones) *before* listening, so a restarted worker never
    answers with a stale version;
 2. listen and report ``("ready", pid)``;
@@ -35,10 +35,12 @@ from typing import Any
 import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, Counter
 
-from reconciler.serving.control import SAMPLE_QUEUE_MAX, SAMPLE_QUEUE_MAX_BYTES, Board, WorkerSettings
-from reconciler.serving.handler import Deferred, Response, error_response
+from reconciler.serving.app.v2app import V2App
+from reconciler.serving.fronts import Fronts, grpc_front
+from reconciler.serving.http.server import InferenceServer
 from reconciler.serving.registry import ApplyResult, EndpointSpec, LoadedModel, ModelRegistry
-from reconciler.serving.server import InferenceServer, V2App
+from reconciler.serving.v2.handler import Deferred, Response, error_response
+from reconciler.serving.workers.control import SAMPLE_QUEUE_MAX, SAMPLE_QUEUE_MAX_BYTES, Board, WorkerSettings
 
 log = logging.getLogger("reconciler.serving.worker")
 
@@ -61,6 +63,7 @@ class Uplink:
         self._queued_bytes = 0
         self._stop = threading.Event()
         self._rpc_id = 0
+        self._wake = threading.Event()
         threading.Thread(target=self._send_loop, name="modelfleet-uplink", daemon=True).start()
 
     def offer(self, event: tuple[Any, ...], nbytes: int, model: str) -> None:
@@ -69,9 +72,17 @@ class Uplink:
             return
         self._queued_bytes += nbytes  # approximate under races: it only bounds memory
         self._queue.append((event, nbytes))
+        if not self._wake.is_set():
+            self._wake.set()
 
     def _send_loop(self) -> None:
-        while not self._stop.wait(0.01):
+        """Sleeps until a sample is offered (an idle worker never wakes), then sends a batch every 10 ms while
+        samples keep coming."""
+        while True:
+            self._wake.wait()
+            if self._stop.wait(0.01):
+                return
+            self._wake.clear()
             batch = []
             while self._queue:
                 event, nbytes = self._queue.popleft()
@@ -98,6 +109,7 @@ class Uplink:
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
 
 
 class Forwarder:
@@ -176,6 +188,10 @@ class WorkerApp(V2App):
             self._state.catch_up()
         return super().handle(method, target, headers, body)
 
+    def catch_up(self) -> None:
+        if self._words[0] != self._state.applied:
+            self._state.catch_up()
+
     def metrics_response(self) -> Response | Deferred:
         def ask() -> Response:
             try:
@@ -249,12 +265,16 @@ def main(ctl_fd: int, up_fd: int, unix_fd: int | None = None) -> None:
     state = WorkerState(board, registry, settings.generation)
     app = WorkerApp(state, uplink, auth_token=settings.auth_token, limits=settings.limits)
     unix = socket.socket(fileno=unix_fd) if unix_fd is not None else None
-    server = InferenceServer(
+    http = InferenceServer(
         registry, app=app, host=settings.host, port=settings.port, reuse_port=True, unix_listener=unix,
         unix_socket=settings.unix_socket, tls_cert=settings.tls_cert, tls_key=settings.tls_key,
         limits=settings.limits,
     )
     try:
+        server = Fronts(http)
+        if settings.grpc_port is not None:  # shared like the HTTP port: SO_REUSEPORT
+            server.grpc = grpc_front(app, host=settings.host, port=settings.grpc_port, limits=settings.limits,
+                                     tls_cert=settings.tls_cert, tls_key=settings.tls_key, reuse_port=True)
         server.start()
     except Exception as exc:  # noqa: BLE001 - reported to the control plane, which names it to the user
         ctl.send(("fail", ApplyResult(False, "ListenFailed", f"worker {settings.index}: cannot listen: {exc}")))

@@ -88,6 +88,8 @@ class WorkerSettings:
     #: instant after a restart).
     desired: list[tuple[Any, bool]] = field(default_factory=list)
     previous: list[tuple[Any, bool]] = field(default_factory=list)
+    #: The gRPC front's port (shared like the HTTP one), or None: no gRPC front.
+    grpc_port: int | None = None
 
 
 def proc_memory_mb(pid: int) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""One ``/metrics`` for a :class:`~reconciler.serving.workers.WorkerPool`: the pool's own series plus the
+"""One ``/metrics`` for a :class:`~reconciler.serving.workers.pool.WorkerPool`: the pool's own series plus the
 families the worker processes count, summed over workers by ``prometheus_client``'s multiprocess mode."""
 
 from __future__ import annotations

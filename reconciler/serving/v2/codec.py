@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from reconciler.serving.v2json import (
+from reconciler.serving.v2.jsonio import (
     DataSpan,
     JsonError,
     JsonLimits,
@@ -219,6 +219,11 @@ def _binary_array(
     if datatype == "BOOL":
         check_bool_bytes(name, arr)
     return arr
+
+
+#: The public names of the per-tensor steps, for a front that parses its own envelope (reconciler.serving.grpc).
+check_shape = _check_shape
+binary_array = _binary_array
 
 
 def check_bool_bytes(name: str, arr: np.ndarray) -> None:

@@ -3,13 +3,13 @@
 A client sends the same kind of request again and again: a binary-tensor request repeats its JSON header byte
 for byte (names, datatypes, shapes, sizes, requested outputs) with new tensor bytes; a JSON request repeats its
 names, datatypes and shapes with new ``data``. The first such request is decoded and validated in full
-(:mod:`~reconciler.serving.v2codec`); when that succeeds, its :class:`Plan` is kept on the model version
+(:mod:`~reconciler.serving.v2.codec`); when that succeeds, its :class:`Plan` is kept on the model version
 (``LoadedModel.plans``), keyed by the exact header bytes (binary) or by the names, datatypes and the ``repr`` of
 the shapes (a JSON document with nothing but ``inputs``; ``repr`` tells ``[1, 16]`` from ``[true, 16]`` and
 ``[1.0, 16]``). A later request with the same key skips everything that depends only on the key:
 
 - binary inputs become numpy arrays over the request body where the plan says their bytes are (no copy);
-  JSON inputs go through the same element checks as ever (:func:`~reconciler.serving.v2json.to_array`);
+  JSON inputs go through the same element checks as ever (:func:`~reconciler.serving.v2.jsonio.to_array`);
 - the value checks that depend on the data still run: declared ranges, BOOL bytes;
 - the answer's JSON is an :class:`AnswerTemplate`: built once for the outputs' shapes and datatypes, filled
   with each answer's data while every value is finite (non-finite values are counted in the answer's JSON).
@@ -28,8 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from reconciler.serving.handler import Response
-from reconciler.serving.v2codec import (
+from reconciler.serving.v2.codec import (
     V2_TO_NP,
     CodecError,
     InferRequest,
@@ -43,7 +42,8 @@ from reconciler.serving.v2codec import (
     output_doc,
     response_head,
 )
-from reconciler.serving.v2json import SMALL_ARRAY, JsonError, count_nonfinite, dumps_data, to_array
+from reconciler.serving.v2.handler import Response
+from reconciler.serving.v2.jsonio import SMALL_ARRAY, JsonError, count_nonfinite, dumps_data, to_array
 
 OCTET_CT = b"application/octet-stream"
 HCL = b"inference-header-content-length"

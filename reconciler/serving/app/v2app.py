@@ -1,54 +1,33 @@
-"""Open Inference Protocol (KServe v2 REST) server over the model registry.
+"""The v2 application core both fronts call: the routes of the Open Inference Protocol over the model registry.
 
-HTTP stack: a plain asyncio ``Protocol`` with the ``httptools`` parser on a ``uvloop`` event loop (stdlib
-asyncio when uvloop is absent), in one background thread. Measured against Granian (a Rust server, RSGI and
-ASGI), uvicorn+httptools running a raw ASGI app and the stdlib ``ThreadingHTTPServer``, each carrying this
-module's ``V2App`` in a process of its own (``bench/bench_serving.py --only stacks``), it has the lowest
-latency and CPU per request: no ASGI scope/message dicts and no per-request coroutine for the tiny-model path.
-Requests of up to ``INLINE_BODY_MAX`` bytes to models whose warm-up p50 is under ``registry.INLINE_BELOW_MS``
-run inline on the event loop (a thread hop would cost more than the inference); everything else (slower
-models, and large requests whatever the model's speed) is decoded, run and encoded in a small thread pool so
-the loop keeps accepting, parsing and answering health checks. Connections, flow control, limits and timeouts are
-:mod:`~reconciler.serving.http1`'s job (limits: :class:`~reconciler.serving.limits.ServerLimits`); this module
-holds the routes (:class:`V2App`) and the listening sockets (:class:`InferenceServer`).
-
-Routes: ``/v2/health/{live,ready}``, ``/v2``, ``/v2/models/{name}[/versions/{v}][/ready|/infer]``,
-``POST /v2/repository/index``, ``/metrics`` (the default prometheus_client registry) and ``extra_routes``.
-Errors are ``{"error": "…"}`` with a 4xx/5xx status. No signal handlers are installed: the agent embeds this.
+:class:`V2App` answers what a client may ask — liveness and readiness, server and model metadata, the repository
+index, inference (through :class:`~reconciler.serving.app.inferpath.InferPath`), feedback — whatever carried the
+question: the HTTP/1.1 front (:mod:`reconciler.serving.http`) calls :meth:`V2App.handle` with a method, target,
+headers and body; the gRPC front (:mod:`reconciler.serving.grpc`) calls the same methods behind it. It owns the
+bearer token check, the inference metrics (bound once per model version: :class:`_Bound`) and the choice between
+answering inline on the event loop, in the thread pool, or from an adaptive batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
-import errno
 import hmac
-import os
-import resource
-import socket
-import ssl
-import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
 from reconciler import __version__
-from reconciler.serving.handler import Deferred, Response, error_response
-from reconciler.serving.http1 import ConnectionHub
-from reconciler.serving.inferpath import InferPath
+from reconciler.serving.app.inferpath import Encoder, InferPath
 from reconciler.serving.limits import ServerLimits
 from reconciler.serving.registry import EndpointNotFound, LoadedModel, ModelRegistry, VersionNotFound
-from reconciler.serving.v2codec import (
-    JsonLimits,
-)
-from reconciler.serving.v2json import dumps
+from reconciler.serving.v2.codec import InferRequest, JsonLimits
+from reconciler.serving.v2.handler import Deferred, Response, error_response
+from reconciler.serving.v2.jsonio import dumps
 
 REQUESTS = Counter("modelfleet_inference_requests_total", "Inference requests.", ["model", "version"])
 FAILURES = Counter(
@@ -112,10 +91,16 @@ def _error(status: int, message: str) -> Response:
 
 
 class _Bound:
-    """One model version's metric children, bound once (``labels()`` costs a lock and a dict per request)."""
+    """One model version's metric children, bound once (``labels()`` costs a lock and a dict per request).
+
+    In a worker process (prometheus_client's multiprocess mode) every add is a locked write into a shared file
+    behind a ``getpid()`` check: a request answered inline on the event loop is added to counts kept here, and
+    those are written once per turn of the loop (``call_soon``), before it waits for the next events — one write
+    per series per turn instead of three per request, and nothing answered is missing from a later ``/metrics``.
+    """
 
     __slots__ = ("name", "version", "requests", "latency", "inflight", "_failures", "_count", "_sum", "_bounds",
-                 "_buckets")
+                 "_buckets", "_turns", "_n", "_s", "_b", "_loop")
 
     def __init__(self, model: str, version: str) -> None:
         self.name, self.version = model, version
@@ -132,9 +117,12 @@ class _Bound:
             self._buckets = [b.inc for b in self.latency._buckets]
         except AttributeError:
             self._count = None
+        self._turns = self._count is not None and type(self.requests._value).__name__ == "MmapedValue"
+        self._n, self._s, self._b = 0, 0.0, [0] * len(self._buckets) if self._turns else []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def counted(self, seconds: float) -> None:
-        """One request answered in ``seconds``."""
+        """One request answered in ``seconds`` (from any thread)."""
         if self._count is None:
             self.requests.inc()
             self.latency.observe(seconds)
@@ -142,6 +130,34 @@ class _Bound:
         self._count(1)
         self._sum(seconds)
         self._buckets[bisect_left(self._bounds, seconds)](1)  # the first bucket whose bound is >= seconds
+
+    def counted_inline(self, seconds: float) -> None:
+        """One request answered in ``seconds`` on the event loop's thread (see the class docstring)."""
+        if not self._turns:
+            self.counted(seconds)
+            return
+        loop = self._loop
+        if loop is None:
+            try:
+                loop = self._loop = asyncio.get_running_loop()
+            except RuntimeError:  # not on an event loop after all
+                self.counted(seconds)
+                return
+        if self._n == 0:
+            loop.call_soon(self._flush)
+        self._n += 1
+        self._s += seconds
+        self._b[bisect_left(self._bounds, seconds)] += 1
+
+    def _flush(self) -> None:
+        n, s, b = self._n, self._s, self._b
+        self._n, self._s, self._b = 0, 0.0, [0] * len(b)
+        if n:
+            self._count(n)  # type: ignore[misc]
+            self._sum(s)
+            for inc, k in zip(self._buckets, b, strict=True):
+                if k:
+                    inc(k)
 
     def failed(self, status: int) -> None:
         child = self._failures.get(status)
@@ -191,8 +207,7 @@ class V2App:
     def handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Response | _Deferred:
         path, _, query = target.partition("?")
         if self._token is not None and not path.startswith("/v2/health/"):
-            got = headers.get("authorization", "").encode("latin-1")
-            if not hmac.compare_digest(got, self._token):
+            if not self.authorized(headers.get("authorization", "")):
                 r = _error(401, "missing or wrong bearer token")
                 r.headers = ((b"www-authenticate", b"Bearer"),)
                 return r
@@ -229,6 +244,78 @@ class V2App:
         """``/v2/health/ready``: every endpoint has an active version (workers also ask the control plane)."""
         return all(s.ready for s in self.registry.endpoints().values())
 
+    # -- what both fronts ask (the REST routes above and reconciler.serving.grpc) -------------------------------
+
+    @property
+    def token_required(self) -> bool:
+        return self._token is not None
+
+    def authorized(self, value: str | bytes | None) -> bool:
+        """The ``authorization`` header or metadata value carries the bearer token (always, without one)."""
+        if self._token is None:
+            return True
+        if value is None:
+            return False
+        got = value.encode("latin-1") if isinstance(value, str) else value
+        return hmac.compare_digest(got, self._token)
+
+    def catch_up(self) -> None:
+        """Called before each request of a front that does not go through :meth:`handle` (a worker process
+        switches to the versions its control plane committed, :mod:`reconciler.serving.workers`)."""
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": "modelfleet", "version": __version__, "extensions": ["binary_tensor_data", "model_repository"]}
+
+    def model_ready(self, name: str, version: str | None) -> tuple[int, str]:
+        """200: ready; 503: the endpoint exists without an active version; 404: no such model or version."""
+        try:
+            lease = self.registry.get(name, version)
+        except EndpointNotFound:
+            if name in self.registry.endpoints():
+                return 503, f"model {name!r} is not ready"
+            return 404, f"unknown model {name!r}"
+        except VersionNotFound:
+            return 404, f"model {name!r} has no loaded version {version!r}"
+        lease.release()
+        return 200, ""
+
+    def model_metadata(self, name: str, version: str | None) -> tuple[int, dict[str, Any]]:
+        """(200, the v2 model metadata document) or (404/503, ``{"error": …}``)."""
+        try:
+            lease = self.registry.get(name, version)
+        except (EndpointNotFound, VersionNotFound) as exc:
+            status, message = self._missing(exc, name, version)
+            return status, {"error": message}
+        with lease as m:
+            versions = [x.version for x in self.registry.models() if x.name == name]
+            return 200, {
+                "name": name,
+                "versions": versions,
+                "platform": m.backend.platform,
+                "inputs": [t.to_json() for t in m.inputs],
+                "outputs": [t.to_json() for t in m.outputs],
+            }
+
+    def infer_tensors(
+        self, name: str, version: str | None, size: int, decode: Callable[[], InferRequest], encode: Encoder
+    ) -> Response | _Deferred | Future[Response]:
+        """An inference whose request another front parses: ``decode()`` gives the tensors (raising
+        :class:`~reconciler.serving.v2.codec.CodecError` for a bad request), ``encode`` the answer's body.
+        ``size``: the request's bytes on the wire, which decide whether it may run on the front's event loop."""
+        t0 = time.perf_counter()
+        try:
+            lease = self.registry.get(name, version)
+        except (EndpointNotFound, VersionNotFound) as exc:
+            return self._not_found(exc, name, version)
+        model, path = lease.model, self._path
+        if model.batcher is not None:
+            if size <= INLINE_BODY_MAX:
+                return path.submit_decoded(model, lease, decode, encode, t0)
+            return _Deferred(lambda: path.submit_decoded(model, lease, decode, encode, t0))
+        if model.inline and size <= INLINE_BODY_MAX:
+            return path.run_decoded(model, lease, decode, encode, t0)
+        return _Deferred(lambda: path.run_decoded(model, lease, decode, encode, t0))
+
     @staticmethod
     def _extra(route: RouteHandler, req: Request) -> Response:
         try:
@@ -241,14 +328,7 @@ class V2App:
         if rest == [] or rest == [""]:
             if method != "GET":
                 return _error(405, "use GET")
-            return _json(
-                200,
-                {
-                    "name": "modelfleet",
-                    "version": __version__,
-                    "extensions": ["binary_tensor_data", "model_repository"],
-                },
-            )
+            return _json(200, self.server_metadata())
         if rest == ["health", "live"]:
             return _json(200, {"live": True}) if method == "GET" else _error(405, "use GET")
         if rest == ["health", "ready"]:
@@ -298,34 +378,14 @@ class V2App:
         if method != "GET":
             return _error(405, "use GET")
         if action == "ready":
-            try:
-                lease = self.registry.get(name, version)
-            except EndpointNotFound:
-                if name in self.registry.endpoints():
-                    return _json(503, {"name": name, "ready": False})
-                return _error(404, f"unknown model {name!r}")
-            except VersionNotFound:
-                return _error(404, f"model {name!r} has no loaded version {version!r}")
-            lease.release()
-            return _json(200, {"name": name, "ready": True})
+            status, message = self.model_ready(name, version)
+            if status == 404:
+                return _error(404, message)
+            return _json(status, {"name": name, "ready": status == 200})
         if action:
             return _error(404, f"no route {action!r} for model {name!r}")
-        try:
-            lease = self.registry.get(name, version)
-        except (EndpointNotFound, VersionNotFound) as exc:
-            return self._not_found(exc, name, version)
-        with lease as m:
-            versions = [x.version for x in self.registry.models() if x.name == name]
-            return _json(
-                200,
-                {
-                    "name": name,
-                    "versions": versions,
-                    "platform": m.backend.platform,
-                    "inputs": [t.to_json() for t in m.inputs],
-                    "outputs": [t.to_json() for t in m.outputs],
-                },
-            )
+        status, doc = self.model_metadata(name, version)
+        return _json(status, doc) if status == 200 else _error(status, doc["error"])
 
     def _feedback(self, name: str, version: str | None, body: bytes) -> Response:
         """Ground-truth labels for earlier requests, joined by the version's monitor (reconciler.drift)."""
@@ -340,11 +400,14 @@ class V2App:
         return _json(status, answer)
 
     def _not_found(self, exc: Exception, name: str, version: str | None) -> Response:
+        return _error(*self._missing(exc, name, version))
+
+    def _missing(self, exc: Exception, name: str, version: str | None) -> tuple[int, str]:
         if isinstance(exc, VersionNotFound):
-            return _error(404, f"model {name!r} has no loaded version {version!r}")
+            return 404, f"model {name!r} has no loaded version {version!r}"
         if name in self.registry.endpoints():
-            return _error(503, f"model {name!r} is not ready")
-        return _error(404, f"unknown model {name!r}")
+            return 503, f"model {name!r} is not ready"
+        return 404, f"unknown model {name!r}"
 
     def _infer(
         self, name: str, version: str | None, headers: dict[str, str], body: bytes
@@ -372,210 +435,3 @@ def _cheap_to_decode(headers: dict[str, str], body: bytes) -> bool:
     wraps the rest (``np.frombuffer``), whatever the body's size."""
     hl = headers.get("inference-header-content-length", "")
     return hl.isdigit() and int(hl) <= INLINE_BODY_MAX and b"BYTES" not in memoryview(body)[: int(hl)].tobytes()
-
-
-class InferenceServer:
-    """The KServe v2 server in a background thread. ``start()`` returns once it listens."""
-
-    def __init__(
-        self,
-        registry: ModelRegistry,
-        *,
-        host: str = "127.0.0.1",
-        port: int | None = 0,
-        unix_socket: str | os.PathLike[str] | None = None,
-        auth_token: str | None = None,
-        tls_cert: str | os.PathLike[str] | None = None,
-        tls_key: str | os.PathLike[str] | None = None,
-        max_body_bytes: int | None = None,
-        extra_routes: Mapping[tuple[str, str], RouteHandler] | None = None,
-        workers: int | None = None,
-        limits: ServerLimits | None = None,
-        app: V2App | None = None,
-        reuse_port: bool = False,
-        unix_listener: socket.socket | None = None,
-    ) -> None:
-        if port is None and unix_socket is None:
-            raise ValueError("give a TCP port, a unix socket, or both")
-        limits = limits or ServerLimits()
-        if max_body_bytes is not None:
-            limits = limits.with_options({"maxBodyBytes": int(max_body_bytes)})
-        self.limits = limits
-        self.registry = registry
-        self.host = host
-        self.port: int | None = port
-        self.unix_socket = Path(unix_socket) if unix_socket is not None else None
-        self.max_body_bytes = limits.max_body_bytes
-        # A worker process (reconciler.serving.workers) brings its own app, shares the TCP port with its siblings
-        # (SO_REUSEPORT: the kernel spreads connections) and accepts on the control plane's Unix socket.
-        self.app = app or V2App(registry, auth_token=auth_token, extra_routes=extra_routes, limits=limits)
-        self._reuse_port = reuse_port
-        self._unix_listener = unix_listener
-        self._ssl: ssl.SSLContext | None = None
-        if tls_cert is not None:
-            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ctx.load_cert_chain(str(tls_cert), str(tls_key) if tls_key is not None else None)
-            self._ssl = ctx
-        self._workers = workers or min(4, (os.cpu_count() or 2))
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._hub: ConnectionHub | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._sockets: list[socket.socket] = []
-        self._accepting: list[asyncio.Task[None]] = []
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        if self.port is None:
-            return f"unix:{self.unix_socket}"
-        scheme = "https" if self._ssl else "http"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{scheme}://{host}:{self.port}"
-
-    @property
-    def connection_cap(self) -> int:
-        """Connections served at once: ``max_connections``, kept below the process's open-file limit."""
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        return self.limits.connection_cap(None if soft == resource.RLIM_INFINITY else soft)
-
-    def start(self) -> None:
-        if self._thread is not None:
-            raise RuntimeError("server already started")
-        started = threading.Event()
-        failure: list[BaseException] = []
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            self._workers, thread_name_prefix="modelfleet-infer"
-        )
-        self._hub = ConnectionHub(self.app, self.limits, self._pool, self.connection_cap)
-        self._thread = threading.Thread(
-            target=self._run, args=(started, failure), name="modelfleet-serving", daemon=True
-        )
-        self._thread.start()
-        started.wait()
-        if failure:
-            self._thread.join()
-            self._thread = None
-            self._pool.shutdown(wait=False)
-            raise failure[0]
-
-    def _new_loop(self) -> asyncio.AbstractEventLoop:
-        try:
-            import uvloop
-
-            return uvloop.new_event_loop()
-        except ImportError:
-            return asyncio.new_event_loop()
-
-    def _run(self, started: threading.Event, failure: list[BaseException]) -> None:
-        loop = self._new_loop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(self._listen())
-        except BaseException as exc:
-            failure.append(exc)
-            started.set()
-            for s in self._sockets:
-                s.close()
-            loop.close()
-            return
-        started.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.close()
-
-    async def _listen(self) -> None:
-        loop = asyncio.get_running_loop()
-        assert self._hub is not None
-        self._hub.start(loop)
-        if self.port is not None:
-            family, _, _, _, addr = socket.getaddrinfo(
-                self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )[0]
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            self._sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if self._reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind(addr)
-            self.port = sock.getsockname()[1]
-        if self._unix_listener is not None:
-            self._sockets.append(self._unix_listener)
-        elif self.unix_socket is not None:
-            if self.unix_socket.is_socket():
-                self.unix_socket.unlink()
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self._sockets.append(sock)
-            sock.bind(str(self.unix_socket))
-            os.chmod(self.unix_socket, 0o660)
-        for sock in self._sockets:
-            sock.listen(1024)
-            sock.setblocking(False)
-            self._accepting.append(loop.create_task(self._accept(sock)))
-
-    async def _accept(self, listener: socket.socket) -> None:
-        """Accept while below the connection cap; at the cap, make room (or wait) before accepting more."""
-        loop = asyncio.get_running_loop()
-        hub = self._hub
-        assert hub is not None
-        while True:
-            try:
-                conn, _ = await loop.sock_accept(listener)
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    await asyncio.sleep(0.1)  # out of descriptors despite the cap: let closes catch up
-                    continue
-                if listener.fileno() < 0:
-                    return
-                raise
-            await hub.wait_for_slot()
-            hub.opened()
-            loop.create_task(self._serve(conn))
-
-    async def _serve(self, conn: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        hub = self._hub
-        assert hub is not None
-        proto = hub.new_connection()
-        handshake = {"ssl_handshake_timeout": self.limits.header_timeout or None} if self._ssl else {}
-        try:
-            await loop.connect_accepted_socket(lambda: proto, conn, ssl=self._ssl, **handshake)
-        except Exception:  # failed or timed-out TLS handshake, or the client left: nothing to answer
-            conn.close()
-            if not proto.counted and proto.transport is None:
-                hub.closed()
-
-    def stop(self) -> None:
-        """Stop listening, close connections, and join the thread. The registry stays as it is."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-
-        def shutdown() -> None:
-            for task in self._accepting:
-                task.cancel()
-            for s in self._sockets:
-                with contextlib.suppress(OSError):
-                    s.close()
-            if self._hub is not None:
-                self._hub.stop()
-            loop.call_later(0.05, loop.stop)
-
-        loop.call_soon_threadsafe(shutdown)
-        thread.join(10)
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-        if self.unix_socket is not None and self._unix_listener is None and self.unix_socket.is_socket():
-            self.unix_socket.unlink()
-        self._thread = None
-        self._loop = None
-        self._sockets = []
-        self._accepting = []
-
-    def __enter__(self) -> InferenceServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

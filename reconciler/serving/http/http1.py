@@ -33,9 +33,9 @@ from http import HTTPStatus
 
 import httptools
 
-from reconciler.serving.bodypool import BodyPool
-from reconciler.serving.handler import Handler, Response, error_response
+from reconciler.serving.http.bodypool import BodyPool
 from reconciler.serving.limits import ServerLimits
+from reconciler.serving.v2.handler import Handler, Response, error_response
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"

@@ -1,6 +1,6 @@
 """One ``/infer`` request from body to answer: decode, validate, run (alone or in a batch), encode, count.
 
-:class:`InferPath` is what :class:`~reconciler.serving.server.V2App` calls once it has a lease on the model
+:class:`InferPath` is what :class:`~reconciler.serving.app.v2app.V2App` calls once it has a lease on the model
 version: :meth:`InferPath.run` answers at once (inline on the event loop for a fast model, or in the thread
 pool); :meth:`InferPath.submit` queues the decoded request for the version's adaptive batch
 (:mod:`~reconciler.serving.batching`) and returns a ``Future`` the connection answers from when the batch is
@@ -16,10 +16,8 @@ from concurrent.futures import Future
 from typing import Any
 
 from reconciler.serving.batching import BatchItem, QueueFull, batch_key
-from reconciler.serving.handler import Response, error_response
-from reconciler.serving.plans import HCL, JSON_BODY_MAX, OCTET_CT, learn, planned
 from reconciler.serving.registry import LoadedModel
-from reconciler.serving.v2codec import (
+from reconciler.serving.v2.codec import (
     CodecError,
     InferRequest,
     JsonLimits,
@@ -29,10 +27,15 @@ from reconciler.serving.v2codec import (
     select_outputs,
     validate_inputs,
 )
-from reconciler.serving.v2json import JsonError, loads_request
+from reconciler.serving.v2.handler import Response, error_response
+from reconciler.serving.v2.jsonio import JsonError, loads_request
+from reconciler.serving.v2.plans import HCL, JSON_BODY_MAX, OCTET_CT, learn, planned
 
 _HCL = HCL
 _RETRY = ((b"retry-after", b"1"),)
+
+#: How a front turns a version's outputs into its answer: (model, request id, outputs, requested) → Response.
+Encoder = Callable[[LoadedModel, str | None, dict[str, Any], list[RequestedOutput]], Response]
 
 
 def _error(status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> Response:
@@ -89,9 +92,11 @@ class InferPath:
     @staticmethod
     def _done(bound: Any, lease: Any, resp: Response, t0: float, inline: bool = False) -> Response:
         lease.release()
-        if not inline:
+        if inline:
+            bound.counted_inline(time.perf_counter() - t0)
+        else:
             bound.inflight.dec()
-        bound.counted(time.perf_counter() - t0)
+            bound.counted(time.perf_counter() - t0)
         if resp.status != 200:
             bound.failed(resp.status)
         return resp
@@ -145,13 +150,17 @@ class InferPath:
         """Decode and validate, then queue for the model's next batch; the answer arrives in the Future."""
         bound = self.bind(model)
         bound.inflight.inc()
-        batcher = model.batcher
         try:
             req, feeds, requested = self._decode(headers, body, model)
         except CodecError as exc:
             return self._done(bound, lease, self._rejected(model, exc), t0)
+        return self._enqueue(model, lease, bound, req, feeds, requested, t0, self._encode)
+
+    def _enqueue(self, model: LoadedModel, lease: Any, bound: Any, req: InferRequest, feeds: dict[str, Any],
+                 requested: list[RequestedOutput], t0: float, encode: Encoder) -> Response | Future[Response]:
+        batcher = model.batcher
         if batcher is None:  # batching was switched off since the lease was taken
-            return self._finish_alone(model, lease, bound, req, feeds, requested, t0)
+            return self._finish_alone(model, lease, bound, req, feeds, requested, t0, encode)
         answer: Future[Response] = Future()
         observer = model.observer
 
@@ -164,7 +173,7 @@ class InferPath:
                 else:
                     if observer is not None:
                         observer.observe(feeds, outputs, run_s, req.id)
-                    resp = self._encode(model, req.id, outputs, requested)
+                    resp = encode(model, req.id, outputs, requested)
             except CodecError as exc:
                 resp = _error(400, str(exc))
             except Exception as exc:  # noqa: BLE001 - a bug costs this request, never the batch
@@ -186,11 +195,59 @@ class InferPath:
         return answer
 
     def _finish_alone(self, model: LoadedModel, lease: Any, bound: Any, req: InferRequest,
-                      feeds: dict[str, Any], requested: list[RequestedOutput], t0: float) -> Response:
+                      feeds: dict[str, Any], requested: list[RequestedOutput], t0: float,
+                      encode: Encoder) -> Response:
         try:
-            resp = self._encode(model, req.id, model.infer(feeds, [r.name for r in requested], req.id), requested)
+            resp = encode(model, req.id, model.infer(feeds, [r.name for r in requested], req.id), requested)
         except CodecError as exc:
             resp = _error(400, str(exc))
         except Exception as exc:
             resp = _error(500, f"inference failed: {exc}")
         return self._done(bound, lease, resp, t0)
+
+    # -- requests another front has parsed (reconciler.serving.grpc) ---------------------------------------------
+
+    def _checked(self, model: LoadedModel, decode: Callable[[], InferRequest]
+                 ) -> tuple[InferRequest, dict[str, Any], list[RequestedOutput]]:
+        req = decode()
+        try:
+            feeds = validate_inputs(req, model.inputs)
+            requested = select_outputs(req, model.output_names)
+        except CodecError as exc:
+            exc.request = req  # type: ignore[attr-defined]  # decoded but invalid: data capture keeps the inputs
+            raise
+        return req, feeds, requested
+
+    def run_decoded(self, model: LoadedModel, lease: Any, decode: Callable[[], InferRequest], encode: Encoder,
+                    t0: float) -> Response:
+        """:meth:`run` for a request another front parses: ``decode()`` gives its tensors, ``encode`` the answer.
+        The same checks, observers, metrics and errors as a REST request (no plans: they key on REST bodies)."""
+        bound = model.serving_metrics or self.bind(model)
+        bound.inflight.inc()
+        try:
+            req, feeds, requested = self._checked(model, decode)
+            try:
+                outputs = model.infer(feeds, [r.name for r in requested], req.id)
+            except CodecError:
+                raise
+            except Exception as exc:
+                resp = _error(500, f"inference failed: {exc}")
+            else:
+                resp = encode(model, req.id, outputs, requested)
+        except CodecError as exc:
+            resp = self._rejected(model, exc)
+        except BaseException:
+            self._done(bound, lease, _error(500, "internal error"), t0)
+            raise
+        return self._done(bound, lease, resp, t0)
+
+    def submit_decoded(self, model: LoadedModel, lease: Any, decode: Callable[[], InferRequest], encode: Encoder,
+                       t0: float) -> Response | Future[Response]:
+        """:meth:`submit` for a request another front parses (see :meth:`run_decoded`)."""
+        bound = self.bind(model)
+        bound.inflight.inc()
+        try:
+            req, feeds, requested = self._checked(model, decode)
+        except CodecError as exc:
+            return self._done(bound, lease, self._rejected(model, exc), t0)
+        return self._enqueue(model, lease, bound, req, feeds, requested, t0, encode)

@@ -1,21 +1,21 @@
 """Serving from every core: N worker processes on one port, one control plane (``serving.workers``).
 
 A :class:`WorkerPool` stands where a :class:`~reconciler.serving.registry.ModelRegistry` plus
-:class:`~reconciler.serving.server.InferenceServer` stand in a single-process server, with the same methods
+:class:`~reconciler.serving.http.server.InferenceServer` stand in a single-process server, with the same methods
 (``apply``, ``rollback``, ``remove``, ``endpoints``, ``models``; ``start``, ``stop``, ``url``), so the agent and
-``modelfleet serve`` drive either. Each worker (:mod:`~reconciler.serving.workerproc`) is a process with its own
+``modelfleet serve`` drive either. Each worker (:mod:`~reconciler.serving.workers.workerproc`) is a process with its own
 event loop and its own copy of every model (runtime sessions cannot be shared between processes); the kernel
 spreads connections over the workers (``SO_REUSEPORT``; the pool keeps a bound, non-listening socket so the port
 stays reserved across restarts).
 
 A switch is two-phase: every worker loads and checks the new version (*prepare*); only when all succeeded
-does the pool write the new generation into the shared :class:`~reconciler.serving.control.Board`, which every
+does the pool write the new generation into the shared :class:`~reconciler.serving.workers.control.Board`, which every
 worker reads on every request, so all of them serve the new version from the same instant on; one failing
 worker aborts the switch everywhere (the old version keeps serving, the reason is the failing worker's).
 A worker that dies is restarted with the current desired set loaded before it listens, counted
 (``modelfleet_serving_worker_restarts_total``) and reported (:meth:`WorkerPool.report`); ready stays false
 until it is back. ``/metrics`` is one view: the pool's own registry plus the workers' counters, summed by
-``prometheus_client``'s multiprocess mode from a private directory (:mod:`~reconciler.serving.poolmetrics`).
+``prometheus_client``'s multiprocess mode from a private directory (:mod:`~reconciler.serving.workers.poolmetrics`).
 """
 
 from __future__ import annotations
@@ -40,9 +40,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import mark_process_dead
 
-from reconciler.serving.control import SAMPLE_QUEUE_MAX, Board, WorkerSettings, proc_memory_mb
+from reconciler.core.extras import installed
 from reconciler.serving.limits import ServerLimits
-from reconciler.serving.poolmetrics import WORKER_RESTARTS, WORKER_RSS, WORKERS_SERVING, PoolMetrics
 from reconciler.serving.registry import (
     LOAD_FAILURES,
     ROLLBACKS,
@@ -52,6 +51,8 @@ from reconciler.serving.registry import (
     EndpointState,
     Observer,
 )
+from reconciler.serving.workers.control import SAMPLE_QUEUE_MAX, Board, WorkerSettings, proc_memory_mb
+from reconciler.serving.workers.poolmetrics import WORKER_RESTARTS, WORKER_RSS, WORKERS_SERVING, PoolMetrics
 
 log = logging.getLogger("reconciler.serving.workers")
 
@@ -130,13 +131,15 @@ class WorkerPool:
                  tls_cert: str | None = None, tls_key: str | None = None, limits: ServerLimits | None = None,
                  cache_dir: Path | None = None,
                  observer_factory: Callable[[EndpointSpec], Observer | None] | None = None,
-                 load_timeout: float = LOAD_TIMEOUT, sample_queue_max: int = SAMPLE_QUEUE_MAX) -> None:
+                 load_timeout: float = LOAD_TIMEOUT, sample_queue_max: int = SAMPLE_QUEUE_MAX,
+                 grpc_port: int | None = None) -> None:
         if workers < 1:
             raise ValueError("a worker pool needs at least one worker")
         if port is None and unix_socket is None:
             raise ValueError("give a TCP port, a unix socket, or both")
         self.size = workers
         self.host, self.port = host, port
+        self.grpc_port = grpc_port
         self.unix_socket = Path(unix_socket) if unix_socket is not None else None
         self._auth_token, self._tls = auth_token, (tls_cert, tls_key)
         self.limits = limits or ServerLimits()
@@ -152,6 +155,7 @@ class WorkerPool:
         self._dir: Path | None = None
         self._board: Board | None = None
         self._reserved: socket.socket | None = None
+        self._grpc_reserved: socket.socket | None = None
         self._unix: socket.socket | None = None
         self._stopping = threading.Event()
         self.restarts = 0
@@ -176,13 +180,15 @@ class WorkerPool:
         self.metrics_registry.register(PoolMetrics(self._dir / "metrics"))
         try:
             if self.port is not None:
-                family, _, _, _, addr = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM,
-                                                           flags=socket.AI_PASSIVE)[0]
-                self._reserved = socket.socket(family, socket.SOCK_STREAM)
-                self._reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                self._reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                self._reserved.bind(addr)  # bound, never listening: holds the port, gets no connections
+                self._reserved = self._reserve(self.port)
                 self.port = self._reserved.getsockname()[1]
+            if self.grpc_port is not None:
+                if not installed("grpc"):
+                    from reconciler.serving.fronts import GrpcNotInstalled, grpc_missing
+
+                    raise GrpcNotInstalled(grpc_missing("a gRPC port"))
+                self._grpc_reserved = self._reserve(self.grpc_port)
+                self.grpc_port = self._grpc_reserved.getsockname()[1]
             if self.unix_socket is not None:
                 if self.unix_socket.is_socket():
                     self.unix_socket.unlink()
@@ -198,6 +204,26 @@ class WorkerPool:
         self._board.ready = True
         WORKERS_SERVING.set(self.size)
 
+    def _reserve(self, port: int) -> socket.socket:
+        """A socket bound to the port, never listening: holds it across worker restarts, gets no connections."""
+        family, _, _, _, addr = socket.getaddrinfo(self.host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(addr)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    @property
+    def grpc_url(self) -> str | None:
+        if self.grpc_port is None:
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"grpc{'s' if self._tls[0] else ''}://{host}:{self.grpc_port}"
+
     def _spawn(self, index: int) -> _Worker:
         assert self._dir is not None and self._board is not None
         ctl_parent, ctl_child = socket.socketpair()
@@ -208,9 +234,9 @@ class WorkerPool:
             unix_fd = self._unix.fileno()
             fds.append(unix_fd)
         env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(self._dir / "metrics"))
-        pkg_root = str(Path(__file__).resolve().parents[2])
+        pkg_root = str(Path(__file__).resolve().parents[3])
         env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        code = f"from reconciler.serving.workerproc import main; main({fds[0]}, {fds[1]}, {unix_fd})"
+        code = f"from reconciler.serving.workers.workerproc import main; main({fds[0]}, {fds[1]}, {unix_fd})"
         proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=fds, env=env, stdin=subprocess.DEVNULL)
         ctl_child.close()
         up_child.close()
@@ -219,7 +245,7 @@ class WorkerPool:
             index=index, board=self._board.path, host=self.host, port=self.port,
             unix_socket=str(self.unix_socket) if self.unix_socket else None, auth_token=self._auth_token,
             tls_cert=self._tls[0], tls_key=self._tls[1], limits=self.limits, cache_dir=self.cache_dir,
-            generation=self._generation, sample_queue_max=self.sample_queue_max,
+            generation=self._generation, sample_queue_max=self.sample_queue_max, grpc_port=self.grpc_port,
             desired=[self._job(ep.active) for ep in self._eps.values() if ep.active],
             previous=[self._job(ep.previous) for ep in self._eps.values() if ep.previous],
         )
@@ -321,12 +347,12 @@ class WorkerPool:
                 with contextlib.suppress(KeyError):
                     WORKER_RSS.remove(str(w.index))
             self._workers = []
-            for s in (self._reserved, self._unix):
+            for s in (self._reserved, self._grpc_reserved, self._unix):
                 if s is not None:
                     s.close()
             if self._unix is not None and self.unix_socket is not None and self.unix_socket.is_socket():
                 self.unix_socket.unlink()
-            self._reserved = self._unix = None
+            self._reserved = self._grpc_reserved = self._unix = None
             if self._board is not None:
                 self._board.close()
                 self._board = None
