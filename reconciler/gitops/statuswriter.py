@@ -239,6 +239,12 @@ class StatusWriter:
         with self._cv:
             return self._synced()
 
+    @property
+    def tip(self) -> str | None:
+        """The newest status commit this writer made (pushed or not); None before the first."""
+        with self._cv:
+            return self._tip
+
     def _synced(self) -> bool:  # with self._cv held
         return self._pending is None and not self._busy and self._tip == self._pushed
 
