@@ -20,7 +20,6 @@ status repository).
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import random
 import statistics
@@ -37,6 +36,7 @@ from reconciler.agent.config import AgentConfig
 from reconciler.agent.loop import Agent
 from reconciler.agent.schedule import next_delay
 from reconciler.core.credentials import Credentials
+from reconciler.gitops.statusrepo import status_shard
 from reconciler.simulate.components import Counters, SharedRuntime, SharedWork, SimComponents
 
 MAX_DEVICES = 20_000  # one process; each device holds a status thread and a few open files
@@ -57,13 +57,6 @@ def rss_mb() -> float:
 def device_id(prefix: str, number: int) -> str:
     """The simulated device numbered ``number`` (``sim-00042``): the same in one process or split over several."""
     return f"{prefix}-{number:05d}"
-
-
-def status_shard(device_id: str, urls: list[str]) -> str | None:
-    """The status repository of ``device_id`` among ``urls`` (stable: a hash of the id), None when unsharded."""
-    if not urls:
-        return None
-    return urls[int.from_bytes(hashlib.sha256(device_id.encode()).digest()[:4], "big") % len(urls)]
 
 
 @dataclass
@@ -117,6 +110,9 @@ class Simulation:
         self.counters = counters
         self._rand = random.Random(settings.seed)
         self._lock = threading.Lock()
+        # Passes due but waiting for a free worker thread: above 0 for long, the devices poll less often than
+        # asked (the Git server's answer time × devices / workers exceeds the interval): raise --workers.
+        self._queued = 0
         self._started = time.monotonic()
 
     @staticmethod
@@ -209,7 +205,7 @@ class Simulation:
                 "offline": sum(d.offline for d in self.devices), "versions": self.versions(),
                 "reported": self.reported(), "converged": self.converged(), "statusInSync": synced,
                 "requests": self.counters.snapshot(), "statusCommits": made, "statusPushes": pushed,
-                "sessions": self.runtime.sessions(), "rssMB": round(rss_mb(), 1),
+                "sessions": self.runtime.sessions(), "rssMB": round(rss_mb(), 1), "queuedPasses": self._queued,
                 "pollGapSeconds": poll_gaps([d.components.polls.times for d in self.devices])}
 
     def per_device(self, t0: float | None = None) -> dict[str, dict[str, Any]]:
@@ -288,6 +284,7 @@ class Simulation:
                     else:
                         still.append((fut, i))
                 pending = still
+                self._queued = max(0, len(pending) - self.settings.workers)
                 wake = min([next_report, end] + ([due[0][0]] if due else []))
                 stop.wait(max(0.0, min(0.05, wake - time.monotonic())))
             for fut, _ in pending:

@@ -69,13 +69,14 @@ def merge_reports(reports: list[Report], devices: int, t: float) -> Report:
     requests: Counter[str] = Counter()
     total: Report = {"t": round(t, 2), "devices": devices, "offline": 0, "versions": versions, "requests": requests,
                      "converged": 0, "statusInSync": 0, "statusCommits": 0, "statusPushes": 0, "sessions": 0,
-                     "rssMB": 0.0}
+                     "rssMB": 0.0, "queuedPasses": 0}
     gaps = [r["pollGapSeconds"] for r in reports if r.get("pollGapSeconds")]
     for r in reports:
         versions.update(r.get("versions", {}))
         reported.update(r.get("reported", {}))
         requests.update(r.get("requests", {}))
-        for k in ("offline", "converged", "statusInSync", "statusCommits", "statusPushes", "sessions", "rssMB"):
+        for k in ("offline", "converged", "statusInSync", "statusCommits", "statusPushes", "sessions", "rssMB",
+                  "queuedPasses"):
             total[k] += r.get(k, 0)
     total["rssMB"] = round(total["rssMB"], 1)
     total["versions"], total["requests"] = dict(sorted(versions.items())), dict(requests)
