@@ -89,6 +89,25 @@ class AgentConfig:
     source_credentials: Credentials = field(default_factory=Credentials)
     status_credentials: Credentials | None = None  # None: the source's
     tuf_credentials: Credentials = field(default_factory=Credentials)
+    gateway_url: str | None = None  # a site gateway, asked first (docs/gateway.md)
+    gateway_credentials: Credentials | None = None
+    gateway_upstream_check: float = 3600.0
+
+    # What a gateway serves, at fixed paths under its base URL (reconciler.gateway).
+    @property
+    def gateway_source_url(self) -> str | None:
+        return f"{self.gateway_url.rstrip('/')}/git/fleet.git" if self.gateway_url else None
+
+    @property
+    def gateway_status_url(self) -> str | None:
+        return f"{self.gateway_url.rstrip('/')}/git/status.git" if self.gateway_url else None
+
+    def gateway_tuf_urls(self) -> tuple[str, str] | None:
+        """(metadata URL, targets URL) of the gateway's TUF cache."""
+        if not self.gateway_url:
+            return None
+        base = self.gateway_url.rstrip("/")
+        return f"{base}/tuf/metadata/", f"{base}/tuf/targets/"
 
     # Layout of the state directory.
     @property
@@ -231,6 +250,7 @@ def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str
             raise UserError(f"{_where(path, root, ['spec', *section])}: {exc}") from None
 
     src = spec["source"]
+    gateway = spec.get("gateway") or {}
     verify = src.get("verify") or {}
     status = spec.get("status") or {}
     tuf = spec["tuf"]
@@ -257,7 +277,8 @@ def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str
         raise UserError(f"{_where(path, root, ['spec', 'serving', 'limits'])}: {exc}") from None
 
     for section, url in ((["source", "url"], src["url"]), (["status", "url"], status.get("url")),
-                         (["tuf", "metadataUrl"], tuf.get("metadataUrl")), (["tuf", "targetsUrl"], tuf.get("targetsUrl"))):
+                         (["tuf", "metadataUrl"], tuf.get("metadataUrl")), (["tuf", "targetsUrl"], tuf.get("targetsUrl")),
+                         (["gateway", "url"], gateway.get("url"))):
         if url and has_password(url):
             raise UserError(f"{_where(path, root, ['spec', *section])}: {'.'.join(section)} {redact_url(url)} "
                             "embeds a password or token, which would show in `ps`, logs and status; put it in a "
@@ -335,6 +356,10 @@ def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str
         source_credentials=creds(["source", "credentials"], src.get("credentials")) or Credentials(),
         status_credentials=creds(["status", "credentials"], status.get("credentials")),
         tuf_credentials=creds(["tuf", "credentials"], tuf.get("credentials")) or Credentials(),
+        gateway_url=gateway.get("url"),
+        gateway_credentials=creds(["gateway", "credentials"], gateway.get("credentials")),
+        gateway_upstream_check=dur(["gateway", "upstreamCheckInterval"], gateway.get("upstreamCheckInterval"),
+                                   3600.0) or 3600.0,
     )
 
 

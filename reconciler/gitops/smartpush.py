@@ -48,7 +48,12 @@ _OID = re.compile(r"^[0-9a-f]{40}$")
 
 
 class PushRejected(Exception):
-    """The server's branch is not where we expected it (someone else moved it, or we lost our state)."""
+    """The server's branch is not where we expected it (someone else moved it, or we lost our state);
+    ``server_tip``: where it is, when an advertisement said so."""
+
+    def __init__(self, message: str, server_tip: str | None = None) -> None:
+        super().__init__(message)
+        self.server_tip = server_tip
 
 
 class PushUnavailable(Exception):
@@ -169,7 +174,8 @@ class SmartPush:
         if old != expected:
             if expected is not None and old is None:
                 raise PushUnsupported(f"{ref} is gone from the server (git push sends the whole history)")
-            raise PushRejected(f"{ref} is at {(old or 'nothing')[:12]} on the server, not {(expected or 'nothing')[:12]}")
+            raise PushRejected(f"{ref} is at {(old or 'nothing')[:12]} on the server, not {(expected or 'nothing')[:12]}",
+                               old)
         self._update(ref, old, new, objects)
 
     def _update(self, ref: str, old: str | None, new: str, objects: list[tuple[str, bytes]]) -> None:

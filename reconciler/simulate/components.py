@@ -212,7 +212,8 @@ class SimComponents(Components):
             return super()._new_tuf_client(metadata_url, targets_url, cls, **kw)
         from reconciler.simulate.sharedtuf import SharedTufClient
 
-        return super()._new_tuf_client(metadata_url, targets_url, SharedTufClient, verified=self.shared.tuf_metadata)
+        return super()._new_tuf_client(metadata_url, targets_url, SharedTufClient, verified=self.shared.tuf_metadata,
+                                       **kw)
 
     def tuf_fetch(self, paths: list[str]) -> tuple[dict[str, Any], int]:
         fetched, downloaded = super().tuf_fetch(paths)
