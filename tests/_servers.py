@@ -198,7 +198,7 @@ error_log {r}/error.log warn;
 events {{ worker_connections 16384; }}  # a simulated fleet keeps one connection per device alive
 http {{
     log_format counted '$request_method $uri $status $remote_user $connection $connection_requests $upstream_cache_status';
-    log_format services '$request_method $uri $arg_service $status $remote_user $request_time $msec';
+    log_format services '$request_method $uri $arg_service $status $remote_user $request_time $msec $body_bytes_sent';
     access_log {self.access_log} counted;
     access_log {self.services_log} services;
     client_body_temp_path {r}/tmp/body;
@@ -324,9 +324,9 @@ http {{
 
 
     def service_requests(self) -> list[str]:
-        """Access log lines with the Git service asked for (``METHOD URI SERVICE STATUS USER SECONDS END``; SERVICE
-        is ``-`` but for ``GET info/refs``, where it tells a push's ref advertisement from a fetch's; END is the
-        wall clock when the answer was sent, in seconds with milliseconds)."""
+        """Access log lines with the Git service asked for (``METHOD URI SERVICE STATUS USER SECONDS END BYTES``;
+        SERVICE is ``-`` but for ``GET info/refs``, where it tells a push's ref advertisement from a fetch's; END is
+        the wall clock when the answer was sent, in seconds with milliseconds; BYTES the body sent)."""
         try:
             return self.services_log.read_text().splitlines()
         except FileNotFoundError:

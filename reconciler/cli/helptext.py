@@ -102,6 +102,13 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
     "serve": [("serve a model file on port 8000", "modelfleet serve model.onnx"),
               ("an OpenVINO IR, named, on all interfaces", "modelfleet serve model.xml --name classifier "
                                                            "--host 0.0.0.0 --port 8080")],
+    "gateway": [("a site's gateway, as systemd runs it", "modelfleet gateway run --config /etc/modelfleet/gateway.yaml")],
+    "gateway run": [("serve the site: mirror, TUF cache, status relay",
+                     "modelfleet gateway run --config /etc/modelfleet/gateway.yaml"),
+                    ("JSON logs for journald", "modelfleet gateway run --config gateway.yaml --log-format json")],
+    "gateway nginx-config": [("the nginx config, for a site that runs its own nginx",
+                              "modelfleet gateway nginx-config --config gateway.yaml")],
+    "gateway status": [("what the running gateway did last", "modelfleet gateway status --config gateway.yaml")],
     "simulate": [("the Device manifests (and status keys) of 1000 simulated devices, for the fleet repository",
                   "modelfleet simulate --devices 1000 --canaries 10 --status-keys keys/ --write-inventory "
                   "fleet/devices/"),
@@ -157,6 +164,9 @@ EXIT_CODES: dict[str, dict[int, str]] = {
                   2: USAGE},
     "optimize": {0: "at least one variant kept", 1: "an error, or no variant within the accuracy budget", 2: USAGE},
     "explain": {0: OK, 1: "unknown kind or field (the valid ones are listed)", 2: USAGE},
+    "gateway run": {0: "stopped by SIGTERM/SIGINT (after relaying what was pending)",
+                    1: "could not start (bad config, port taken, nginx or fcgiwrap missing)", 2: USAGE},
+    "gateway status": {0: OK, 1: "no state: the gateway is not running (or never ran with this config)", 2: USAGE},
     "simulate": {0: "ran for --duration, or every --until condition held (or --write-inventory wrote the manifests)",
                  1: FAIL, 2: USAGE, 3: "--duration passed before every --until condition held",
                  130: "interrupted (Ctrl-C); the devices' last status pushes are waited for first"},

@@ -93,6 +93,10 @@ def _human(line: dict[str, Any]) -> str:
               help="A repository the devices push their status to (`status.url`); repeat it for the shards of a "
                    "sharded status repository (a device's shard: a hash of its id, as `rollout status "
                    "--status-repo` reads them). [default: the fleet repository]")
+@click.option("--gateway", "gateways", multiple=True, metavar="URL",
+              help="A site gateway (`modelfleet gateway run`); repeat for S sites: the devices are cut into S sites "
+                   "of contiguous numbers, each asks its site's gateway first and --repo, --status-repo and --tuf "
+                   "as fallback (`gateway.url` in the agent config, docs/gateway.md).")
 @click.option("--poll-interval", default="10s", show_default=True, help="How often each device polls the repository.")
 @click.option("--heartbeat-interval", default=None, help="Override the Fleet's heartbeat interval.")
 @click.option("--status-push-spread", default="0s", show_default=True,
@@ -135,7 +139,7 @@ def _human(line: dict[str, Any]) -> str:
 def simulate(n: int, repo: str | None, tuf_url: str | None, trusted_root: Path | None, username: str | None,
              password_file: Path | None, ca_file: Path | None, tuf_username: str | None,
              tuf_password_file: Path | None, tuf_token_file: Path | None, status_repos: tuple[str, ...],
-             poll_interval: str, heartbeat_interval: str | None, status_push_spread: str, offline_share: float,
+             gateways: tuple[str, ...], poll_interval: str, heartbeat_interval: str | None, status_push_spread: str, offline_share: float,
              fail_share: float, canaries: int, labels: tuple[str, ...], until: tuple[str, ...], duration: str | None,
              report_every: str, per_device: bool, workers: int, processes: int, status_keys: Path | None,
              inventory_dir: Path | None, work_dir: Path | None, fmt: str) -> None:
@@ -178,7 +182,8 @@ def simulate(n: int, repo: str | None, tuf_url: str | None, trusted_root: Path |
         status_keys=status_keys.resolve() if status_keys else None,
         credentials=_credentials("", username, password_file, None, ca_file),
         tuf_credentials=_credentials("tuf-", tuf_username, tuf_password_file, tuf_token_file, ca_file),
-        status_urls=[_no_password("--status-repo", shared_repo(u, "--status-repo")) for u in status_repos])
+        status_urls=[_no_password("--status-repo", shared_repo(u, "--status-repo")) for u in status_repos],
+        gateways=[_no_password("--gateway", g).rstrip("/") for g in gateways])
     logging.getLogger("reconciler").setLevel(logging.ERROR)
     tmp = None
     if work_dir is None:

@@ -87,6 +87,15 @@ class SimSettings:
     # A directory of status keys, one file per device id (``modelfleet agent keygen --output DIR/<id>``): the
     # devices sign their status with them, as real ones do; a device without a file pushes unsigned status.
     status_keys: Path | None = None
+    # Site gateways (their base URLs, docs/gateway.md): the fleet is cut into len(gateways) sites of contiguous
+    # device numbers, each device's `gateway.url` its site's; the URLs above are the central fallback.
+    gateways: list[str] = field(default_factory=list)
+    total: int | None = None  # devices of the whole fleet (a process of a sharded fleet runs part of it)
+
+
+def site_of(number: int, total: int, sites: int) -> int:
+    """The site of device ``number`` when ``total`` devices are cut into ``sites`` contiguous blocks."""
+    return min(sites - 1, number * sites // max(1, total))
 
 
 @dataclass
@@ -150,6 +159,8 @@ class Simulation:
                 tuf_credentials=s.tuf_credentials or Credentials(), status_enabled=s.status,
                 status_url=status_shard(dev_id, s.status_urls), status_push_spread=s.status_push_spread,
                 status_signing_key=s.status_keys / dev_id if s.status_keys and (s.status_keys / dev_id).is_file()
+                else None,
+                gateway_url=s.gateways[site_of(i, s.total or s.first + s.devices, len(s.gateways))] if s.gateways
                 else None,
             )
             comp = SimComponents.build(cfg, runtime, counters, facts=DEFAULT_FACTS, failing=dev_id in failing,

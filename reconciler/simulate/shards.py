@@ -118,7 +118,8 @@ class ShardedFleet:
         try:
             for i, size in enumerate(shard_sizes(settings.devices, processes)):
                 parent, child = ctx.Pipe()
-                shard = replace(settings, devices=size, first=first, seed=settings.seed + i)
+                shard = replace(settings, devices=size, first=first, seed=settings.seed + i,
+                                total=settings.total or settings.devices)
                 proc = ctx.Process(target=_shard, args=(child, shard, work_dir / f"shard{i}", report_every,
                                                         per_device), daemon=True)
                 proc.start()
