@@ -124,20 +124,23 @@ class SmartPush:
     """Pushes of one repository over one kept-alive connection (one writer thread uses it)."""
 
     def __init__(self, url: str, *, authorization: Callable[[], str | None], ca_file: str | None = None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, anonymous: bool = False) -> None:
         self.pool, path = keepalive_pool(url, ca_file=ca_file, timeout=timeout, what="a smart HTTP push")
         self.display_url = redact_url(url)
         self.path = path
         self.authorization = authorization
+        # Push without credentials when none are configured (a site gateway's status repository takes anonymous
+        # pushes); otherwise `git push`, which may find some in a credential helper.
+        self.anonymous = anonymous
         self._caps: set[str] | None = None  # capabilities of the last advertisement (None: none seen yet)
         self.advertisements = 0  # ref advertisements asked for (GET info/refs)
 
     def _request(self, method: str, path: str, body: bytes | None, headers: dict[str, str], limit: int,
                  content_type: str) -> bytes:
         auth = self.authorization()
-        if auth is None:
+        if auth is None and not self.anonymous:
             raise PushUnsupported("no configured credentials (a credential helper may have some)")
-        headers = {**headers, "Authorization": auth, "User-Agent": "git/modelfleet"}
+        headers = {**headers, "User-Agent": "git/modelfleet", **({"Authorization": auth} if auth else {})}
         try:
             resp = self.pool.urlopen(method, path, body=body, headers=headers, redirect=False, preload_content=False,
                                      retries=False)

@@ -182,7 +182,7 @@ class StatusWriter:
         self._busy = False
         self._built: tuple[str, str | None, list[tuple[str, bytes]]] | None = None  # (commit, parent, objects)
         # Where pushes go, in preference order: the gateway's status repository (if any), then ``url``.
-        self._endpoints = [_PushEndpoint(u, c, timeout) for u, c in (preferred or [])]
+        self._endpoints = [_PushEndpoint(u, c, timeout, anonymous=True) for u, c in (preferred or [])]
         self._endpoints.append(_PushEndpoint(url, credentials, timeout))
         self._failover = Failover(self._endpoints, base=30.0, maximum=600.0)
         self._smart = self._endpoints[-1].smart  # the primary's in-process push (tests look at it)
@@ -513,7 +513,7 @@ class _Rejected(Exception):
 class _PushEndpoint:
     """One place the status branch is pushed to: URL, credentials, in-process push when over HTTP(S)."""
 
-    def __init__(self, url: str, credentials: Credentials | None, timeout: float) -> None:
+    def __init__(self, url: str, credentials: Credentials | None, timeout: float, *, anonymous: bool = False) -> None:
         self.url = url
         self.display_url = redact_url(url)
         self.auth = GitAuth(url, credentials or Credentials())
@@ -521,7 +521,7 @@ class _PushEndpoint:
         if self.auth.is_http:
             ca = self.auth.credentials.ca_file
             self.smart = SmartPush(url, authorization=self.auth.authorization, timeout=timeout,
-                                   ca_file=str(ca) if ca else None)
+                                   ca_file=str(ca) if ca else None, anonymous=anonymous)
 
     def close(self) -> None:
         if self.smart is not None:

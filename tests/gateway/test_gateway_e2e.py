@@ -107,6 +107,11 @@ def test_devices_behind_a_gateway_refuse_what_it_forges_and_their_status_is_rela
     # Status: pushed to the gateway, relayed upstream in one push, signed, counted.
     wait(lambda: gw.round()["status"]["branches"] == 2 and gw.state()["status"]["pending"] == 0,
          "both statuses relayed", 60)
+    # The devices' pushes to the gateway were the one-request in-process push (anonymous there): no `git push`
+    # (whose first request is the ref advertisement).
+    pushes = [f for f in gw.access_log() if f[1] == "/git/status.git/git-receive-pack"]
+    assert pushes and all(f[3] == "200" for f in pushes)
+    assert not [f for f in gw.access_log() if f[1] == "/git/status.git/info/refs" and f[2] == "git-receive-pack"]
     branches = git(w.upstream.bare, "for-each-ref", "--format=%(refname:short)", "refs/heads/status/").split()
     assert branches == [f"status/{d}" for d in DEVICES]
     fs = modelfleet("fleet", "status", "--repo", w.git_url, "--format", "json", cwd=tmp_path)
