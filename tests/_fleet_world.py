@@ -11,8 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from reconciler.core.credentials import Credentials
 from tests._agent_fixtures import World
 from tests._servers import GitHttp, Pki, private_file
@@ -69,19 +67,12 @@ def device_ids(n: int, prefix: str = "sim") -> list[str]:
 
 def inventory(n: int, canaries: int, prefix: str = "sim", keys: Path | None = None) -> dict[str, str]:
     """devices/<id>.yaml for the simulated devices (ring labels as the simulator gives them); with ``keys``, each
-    device's status key is made there (``keys/<id>``, the simulator's ``status_keys``) and listed."""
-    from reconciler.identity import keys as device_keys
+    device's status key is made there (``keys/<id>``, the simulator's ``status_keys``) and listed. The same
+    manifests as ``modelfleet simulate --write-inventory``."""
+    from reconciler.simulate.inventory import device_manifests
 
-    out = {}
-    for i, dev in enumerate(device_ids(n, prefix)):
-        doc: dict[str, Any] = {"apiVersion": "modelfleet/v1", "kind": "Device",
-                               "metadata": {"name": dev, "labels": {"ring": "canary" if i < canaries else "stable"}}}
-        if keys is not None:
-            path = keys / dev
-            key = device_keys.load(path) if path.exists() else device_keys.generate(path)
-            doc["spec"] = {"statusKeys": [device_keys.public_line(key, dev)]}
-        out[f"devices/{dev}.yaml"] = yaml.safe_dump(doc, sort_keys=False)
-    return out
+    return {f"devices/{name}": text
+            for name, text in device_manifests(n, canaries=canaries, prefix=prefix, keys=keys).items()}
 
 
 def commit_version(world: World, version: str, *, rollout_from: str | None = None, step: int = 0,

@@ -5,7 +5,8 @@
 - :class:`GitHttp`: nginx + fcgiwrap + ``git http-backend`` (smart HTTP, protocol v2 through
   ``GIT_PROTOCOL``), on plain HTTP and HTTPS. ``/git/<repo>`` asks for Basic auth only on push,
   ``/private/<repo>`` on everything, ``/tuf/<name>/`` serves a static TUF repository to a bearer token (or
-  Basic with the token as password). ``access_log`` counts requests per path. ``ls_refs_cache_s`` adds nginx's
+  Basic with the token as password). ``access_log`` counts requests per path (``services_log``: with the Git
+  service a ``GET info/refs`` asked for, and the request's time). ``ls_refs_cache_s`` adds nginx's
   microcache of the devices' ``ls-refs`` poll (off by default; docs/scale.md). ``read_only`` users authenticate
   but may not push, ``no_access`` users may not fetch either: ``git http-backend`` answers them with 403
   (``http.receivepack``/``http.uploadpack`` false for them), as a host answers a read-only token, a protected
@@ -167,6 +168,7 @@ class GitHttp:
         self.git_root = root / "git-root"
         self.tuf_root = root / "tuf-root"
         self.access_log = root / "access.log"
+        self.services_log = root / "services.log"  # the same requests with the service argument and the time
         self.http_port = free_port()
         self.https_port = free_port()
         self.backend = GIT_HTTP_BACKEND  # the CGI program (a benchmark may wrap it to account its CPU)
@@ -210,7 +212,9 @@ error_log {r}/error.log warn;
 events {{ worker_connections 16384; }}  # a simulated fleet keeps one connection per device alive
 http {{
     log_format counted '$request_method $uri $status $remote_user $connection $connection_requests $upstream_cache_status';
+    log_format services '$request_method $uri $arg_service $status $remote_user $request_time $msec $body_bytes_sent';
     access_log {self.access_log} counted;
+    access_log {self.services_log} services;
     client_body_temp_path {r}/tmp/body;
     fastcgi_temp_path {r}/tmp/fastcgi;
     proxy_temp_path {r}/tmp/proxy;
@@ -330,6 +334,16 @@ http {{
         did not pass the ls-refs cache, else nginx's ``$upstream_cache_status``: MISS, HIT, EXPIRED, BYPASS...)."""
         try:
             return self.access_log.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+
+
+    def service_requests(self) -> list[str]:
+        """Access log lines with the Git service asked for (``METHOD URI SERVICE STATUS USER SECONDS END BYTES``;
+        SERVICE is ``-`` but for ``GET info/refs``, where it tells a push's ref advertisement from a fetch's; END is
+        the wall clock when the answer was sent, in seconds with milliseconds; BYTES the body sent)."""
+        try:
+            return self.services_log.read_text().splitlines()
         except FileNotFoundError:
             return []
 

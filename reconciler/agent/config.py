@@ -94,6 +94,25 @@ class AgentConfig:
     source_credentials: Credentials = field(default_factory=Credentials)
     status_credentials: Credentials | None = None  # None: the source's
     tuf_credentials: Credentials = field(default_factory=Credentials)
+    gateway_url: str | None = None  # a site gateway, asked first (docs/gateway.md)
+    gateway_credentials: Credentials | None = None
+    gateway_upstream_check: float = 3600.0
+
+    # What a gateway serves, at fixed paths under its base URL (reconciler.gateway).
+    @property
+    def gateway_source_url(self) -> str | None:
+        return f"{self.gateway_url.rstrip('/')}/git/fleet.git" if self.gateway_url else None
+
+    @property
+    def gateway_status_url(self) -> str | None:
+        return f"{self.gateway_url.rstrip('/')}/git/status.git" if self.gateway_url else None
+
+    def gateway_tuf_urls(self) -> tuple[str, str] | None:
+        """(metadata URL, targets URL) of the gateway's TUF cache."""
+        if not self.gateway_url:
+            return None
+        base = self.gateway_url.rstrip("/")
+        return f"{base}/tuf/metadata/", f"{base}/tuf/targets/"
 
     # Layout of the state directory.
     @property
@@ -208,7 +227,8 @@ def _refuse_userinfo(data: Mapping[str, Any], where: Callable[[list[str | int]],
         return
     fields: list[tuple[list[str | int], Any, bool, str]] = []
     for section, key, ssh, hint in (("source", "url", True, _GIT_HINT), ("status", "url", True, _GIT_HINT),
-                                    ("tuf", "metadataUrl", False, _TUF_HINT), ("tuf", "targetsUrl", False, _TUF_HINT)):
+                                    ("tuf", "metadataUrl", False, _TUF_HINT), ("tuf", "targetsUrl", False, _TUF_HINT),
+                                    ("gateway", "url", False, _GIT_HINT)):
         block = spec.get(section)
         if isinstance(block, dict):
             fields.append(([section, key], block.get(key), ssh, hint))
@@ -272,6 +292,7 @@ def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str
             raise UserError(f"{_where(path, root, ['spec', *section])}: {exc}") from None
 
     src = spec["source"]
+    gateway = spec.get("gateway") or {}
     verify = src.get("verify") or {}
     status = spec.get("status") or {}
     tuf = spec["tuf"]
@@ -374,6 +395,10 @@ def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str
         source_credentials=creds(["source", "credentials"], src.get("credentials")) or Credentials(),
         status_credentials=creds(["status", "credentials"], status.get("credentials")),
         tuf_credentials=creds(["tuf", "credentials"], tuf.get("credentials")) or Credentials(),
+        gateway_url=gateway.get("url"),
+        gateway_credentials=creds(["gateway", "credentials"], gateway.get("credentials")),
+        gateway_upstream_check=dur(["gateway", "upstreamCheckInterval"], gateway.get("upstreamCheckInterval"),
+                                   3600.0) or 3600.0,
     )
 
 

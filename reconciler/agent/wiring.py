@@ -42,6 +42,8 @@ def git_source(config: AgentConfig, cache_dir: Path | None = None, verdicts: dic
         gpg_keyring=config.gpg_keyring, allow_history_rewrite=config.allow_history_rewrite,
         timeout=config.source_timeout, poll_interval=config.poll_interval or DEFAULT_POLL_INTERVAL,
         credentials=config.source_credentials, verdicts=verdicts,
+        mirrors=[(config.gateway_source_url, config.gateway_credentials)] if config.gateway_source_url else None,
+        upstream_check=config.gateway_upstream_check,
     )
 
 
@@ -304,6 +306,13 @@ class Components:
             raise StepFailedError("TufNotConfigured", "no TUF metadata/targets URL in the Fleet or agent config")
         if self.tuf is None or self._tuf_urls != (metadata_url, targets_url):
             self.tuf = self._new_tuf_client(metadata_url, targets_url)
+            gateway = self.config.gateway_tuf_urls()
+            if gateway is not None:  # the site gateway's cache first, with its own (or no) credentials
+                from reconciler.agent.failover import FallbackTuf
+                from reconciler.core.credentials import Credentials
+
+                near = self._new_tuf_client(*gateway, credentials=self.config.gateway_credentials or Credentials())
+                self.tuf = FallbackTuf([(f"gateway {self.config.gateway_url}", near), ("central", self.tuf)])
             self._tuf_urls = (metadata_url, targets_url)
         self.tuf.refresh()
 
@@ -312,10 +321,11 @@ class Components:
         from reconciler.distribution.tufclient import TufClient
 
         cfg = self.config
+        kw.setdefault("credentials", cfg.tuf_credentials)
         return (cls or TufClient)(
             cfg.tuf_metadata_dir, metadata_url, targets_url, cfg.trusted_root, self.store,
             staging_dir=cfg.staging_dir, max_concurrent=cfg.max_concurrent_downloads, timeout=cfg.tuf_timeout,
-            min_rate=cfg.tuf_min_rate, decryption_key=self._decryption_key, credentials=cfg.tuf_credentials, **kw,
+            min_rate=cfg.tuf_min_rate, decryption_key=self._decryption_key, **kw,
         )
 
     def tuf_fingerprint(self, paths: list[str]) -> str:
@@ -375,6 +385,7 @@ class Components:
             heartbeat_interval=heartbeat, signing_key=cfg.status_key_path, timeout=cfg.source_timeout,
             agent_version=__version__, on_push=_count_push, push_spread=cfg.status_push_spread,
             credentials=cfg.status_credentials if cfg.status_credentials is not None else cfg.source_credentials,
+            preferred=[(cfg.gateway_status_url, cfg.gateway_credentials)] if cfg.gateway_status_url else None,
         )
 
     def status_reporting(self) -> dict[str, Any] | None:

@@ -107,9 +107,26 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
     "serve": [("serve a model file on port 8000", "modelfleet serve model.onnx"),
               ("an OpenVINO IR, named, on all interfaces", "modelfleet serve model.xml --name classifier "
                                                            "--host 0.0.0.0 --port 8080")],
-    "simulate": [("rehearse a rollout on 1000 devices", "modelfleet simulate --devices 1000 "
-                                                        "--repo git://127.0.0.1/fleet.git --trusted-root root.json "
-                                                        "--duration 5m --processes 2 --format table")],
+    "gateway": [("a site's gateway, as systemd runs it", "modelfleet gateway run --config /etc/modelfleet/gateway.yaml")],
+    "gateway run": [("serve the site: mirror, TUF cache, status relay",
+                     "modelfleet gateway run --config /etc/modelfleet/gateway.yaml"),
+                    ("JSON logs for journald", "modelfleet gateway run --config gateway.yaml --log-format json")],
+    "gateway nginx-config": [("the nginx config, for a site that runs its own nginx",
+                              "modelfleet gateway nginx-config --config gateway.yaml")],
+    "gateway status": [("what the running gateway did last", "modelfleet gateway status --config gateway.yaml")],
+    "simulate": [("the Device manifests (and status keys) of 1000 simulated devices, for the fleet repository",
+                  "modelfleet simulate --devices 1000 --canaries 10 --status-keys keys/ --write-inventory "
+                  "fleet/devices/"),
+                 ("rehearse a rollout on them against nginx + git http-backend; end once 99 % report 1.1.0",
+                  "modelfleet simulate --devices 1000 --canaries 10 --processes 2 --workers 16 "
+                  "--repo https://git.example.com/git/fleet.git --username device --password-file device.pw "
+                  "--status-keys keys/ --tuf https://tuf.example.com --trusted-root root.json "
+                  "--poll-interval 10s --status-push-spread 10s --until reported:1.1.0:99% --duration 15m"),
+                 ("status on 16 sharded status repositories; each device's polls and updates in the last line",
+                  "modelfleet simulate --devices 1000 --repo https://git.example.com/git/fleet.git "
+                  "--username device --password-file device.pw --status-repo https://git.example.com/git/status-00.git "
+                  "--status-repo https://git.example.com/git/status-01.git --trusted-root root.json "
+                  "--until converged --per-device --format table")],
     "tuf-client": [("trust a root", "modelfleet tuf-client --metadata-dir md/ init root.json")],
     "tuf-client download": [("fetch and verify a target", "modelfleet tuf-client --metadata-dir md/ --metadata-url "
                                                           "https://tuf.example.com/metadata --target-base-url "
@@ -154,6 +171,12 @@ EXIT_CODES: dict[str, dict[int, str]] = {
                   2: USAGE},
     "optimize": {0: "at least one variant kept", 1: "an error, or no variant within the accuracy budget", 2: USAGE},
     "explain": {0: OK, 1: "unknown kind or field (the valid ones are listed)", 2: USAGE},
+    "gateway run": {0: "stopped by SIGTERM/SIGINT (after relaying what was pending)",
+                    1: "could not start (bad config, port taken, nginx or fcgiwrap missing)", 2: USAGE},
+    "gateway status": {0: OK, 1: "no state: the gateway is not running (or never ran with this config)", 2: USAGE},
+    "simulate": {0: "ran for --duration, or every --until condition held (or --write-inventory wrote the manifests)",
+                 1: FAIL, 2: USAGE, 3: "--duration passed before every --until condition held",
+                 130: "interrupted (Ctrl-C); the devices' last status pushes are waited for first"},
     "check": {0: "every check ok (warnings allowed unless --strict)",
               1: "a check failed: an error, or a warning with --strict (the table says which and what to do)",
               2: USAGE},

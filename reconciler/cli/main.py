@@ -37,6 +37,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "fleet": ("reconciler.cli.fleet", "fleet"),
     "serve": ("reconciler.cli.serve", "serve"),
     "agent": ("reconciler.cli.agent", "agent"),
+    "gateway": ("reconciler.cli.gateway", "gateway"),
     "optimize": ("reconciler.cli.optimize", "optimize"),
     "baseline": ("reconciler.cli.baseline", "baseline_cmd"),
     "rollout": ("reconciler.cli.rollout", "rollout"),

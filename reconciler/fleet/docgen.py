@@ -27,6 +27,7 @@ the kind's schema in `schemas/`.
 | Deployment | `deployments/*.yaml` | `schemas/deployment.schema.json` |
 | Device | `devices/*.yaml` | `schemas/device.schema.json` |
 | AgentConfig | on the device, `/etc/modelfleet/agent.yaml` | `schemas/agentconfig.schema.json` |
+| GatewayConfig | on a site gateway, `/etc/modelfleet/gateway.yaml` | `schemas/gatewayconfig.schema.json` |
 | DeviceStatus | `status.yaml` on branch `status/<device-id>` | `schemas/devicestatus.schema.json` |
 
 What is read, and what is reported instead of being skipped (`modelfleet validate`, `--rev` and the device

@@ -22,6 +22,7 @@ KINDS: dict[str, str] = {
     "Deployment": "deployment.schema.json",
     "Device": "device.schema.json",
     "AgentConfig": "agentconfig.schema.json",
+    "GatewayConfig": "gatewayconfig.schema.json",
     "DeviceStatus": "devicestatus.schema.json",
 }
 BASE_URI = "https://modelfleet.dev/schemas/"

@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import urllib3
 
+from reconciler.core.credentials import Credentials
 from reconciler.core.reasons import (
     AUTHENTICATION_FAILED,
     GIT_TIMEOUT,
@@ -48,9 +49,11 @@ class LsRefsError(Exception):
         self.timed_out = timed_out
 
 
-def ls_refs_request(prefix: str, agent: str = "modelfleet") -> bytes:
-    return pkt(b"command=ls-refs\n") + pkt(f"agent={agent}\n".encode()) + b"0001" + pkt(
-        f"ref-prefix {prefix}\n".encode()) + b"0000"
+def ls_refs_request(prefix: str | list[str], agent: str = "modelfleet") -> bytes:
+    """The ``ls-refs`` command asking for the refs under ``prefix`` (one, or several in one request)."""
+    prefixes = [prefix] if isinstance(prefix, str) else prefix
+    return pkt(b"command=ls-refs\n") + pkt(f"agent={agent}\n".encode()) + b"0001" + b"".join(
+        pkt(f"ref-prefix {prefix}\n".encode()) for prefix in prefixes) + b"0000"
 
 
 def parse_ls_refs(body: bytes) -> dict[str, str]:
@@ -82,9 +85,14 @@ class LsRefsClient:
         self.path = path + "/git-upload-pack"
         self.authorization = authorization
         self.requests = 0
+        self.max_response = MAX_RESPONSE_BYTES
 
     def ls_ref(self, ref: str) -> str | None:
         """The object id of ``ref`` (exact name) on the server, or None when it does not exist."""
+        return self.ls_refs([ref]).get(ref)
+
+    def ls_refs(self, prefixes: list[str]) -> dict[str, str]:
+        """ref -> object id of every ref on the server that starts with one of ``prefixes`` (one request)."""
         headers = {"Content-Type": "application/x-git-upload-pack-request",
                    "Accept": "application/x-git-upload-pack-result", "Git-Protocol": "version=2",
                    "User-Agent": "git/modelfleet"}
@@ -93,7 +101,7 @@ class LsRefsClient:
             headers["Authorization"] = auth
         self.requests += 1
         try:
-            resp = self.pool.urlopen("POST", self.path, body=ls_refs_request(ref), headers=headers, redirect=False,
+            resp = self.pool.urlopen("POST", self.path, body=ls_refs_request(prefixes), headers=headers, redirect=False,
                                      preload_content=False, retries=False)
         except urllib3.exceptions.SSLError as exc:
             raise LsRefsError(TLS_VERIFICATION_FAILED, f"TLS verification of {self.display_url} failed: "
@@ -103,7 +111,7 @@ class LsRefsClient:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise LsRefsError(GIT_UNAVAILABLE, f"cannot reach {self.display_url}: {type(exc).__name__}") from None
         try:
-            body = resp.read(MAX_RESPONSE_BYTES + 1)
+            body = resp.read(self.max_response + 1)
             status, ctype = resp.status, resp.headers.get("Content-Type", "")
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise LsRefsError(GIT_UNAVAILABLE, f"connection to {self.display_url} lost: {type(exc).__name__}") from None
@@ -115,12 +123,40 @@ class LsRefsClient:
             raise LsRefsError(PERMISSION_DENIED, f"{self.display_url} denied access to the repository (HTTP 403)")
         if status in BUSY_STATUSES:  # no verdict on protocol v2: poll again after the backoff, still with ls-refs
             raise LsRefsError(GIT_UNAVAILABLE, f"{self.display_url} is unavailable (HTTP {status})")
-        if status != 200 or ctype != "application/x-git-upload-pack-result" or len(body) > MAX_RESPONSE_BYTES:
+        if status != 200 or ctype != "application/x-git-upload-pack-result" or len(body) > self.max_response:
             raise NotV2(f"HTTP {status} {ctype}")
-        return parse_ls_refs(body).get(ref)
+        return parse_ls_refs(body)
 
     def close(self) -> None:
         self.pool.close()
+
+
+MAX_LISTING_BYTES = 64 << 20  # every status branch of a big repository: ≈ 70 bytes per ref
+
+
+def remote_refs(url: str, prefix: str, *, credentials: Credentials | None = None, timeout: float = 60.0
+                ) -> dict[str, str]:
+    """ref -> object id of the refs under ``prefix`` at ``url``: one ``ls-refs`` over smart HTTP(S), else
+    ``git ls-remote`` (SSH, ``git://``, a path). Raises :class:`LsRefsError`, :class:`NotV2` or ``GitError``."""
+    from reconciler.gitops.auth import GitAuth
+    from reconciler.gitops.verify import run_git
+
+    auth = GitAuth(url, credentials or Credentials())
+    if auth.is_http:
+        ca = auth.credentials.ca_file
+        client = LsRefsClient(url, authorization=auth.authorization, timeout=timeout, ca_file=str(ca) if ca else None)
+        client.max_response = MAX_LISTING_BYTES
+        try:
+            return client.ls_refs([prefix])
+        finally:
+            client.close()
+    out = run_git(["ls-remote", "--refs", "--", url, f"{prefix}*"], timeout=timeout, env=auth.env()).stdout.decode()
+    refs = {}
+    for line in out.splitlines():
+        oid, _, name = line.partition("\t")
+        if name.startswith(prefix):
+            refs[name] = oid
+    return refs
 
 
 def _ssl_reason(exc: BaseException) -> str:

@@ -9,11 +9,14 @@ A push in Git's smart HTTP protocol is two requests on one kept-alive connection
 2. ``POST <repo>/git-receive-pack``: the ref update ``old new ref`` and a pack holding the new objects;
    the ``report-status`` answer says whether the ref moved.
 
-The first request is only needed to learn where the branch is. After a push of ours landed we know that (the
-server moves the ref only if it is still at ``old``, and answers ``ng`` otherwise), so the next push is the
-``POST`` alone: one request instead of two, and the server does not advertise every ref of the repository
-(a status repository holds one branch per device). A rejected ``POST`` falls back to both requests, which
-tell a moved branch from a missing one.
+The first request is only needed to learn where the branch is, and the writer knows that already: its
+branch is where its last push left it (the server moves a ref only if it is still at the ``old`` id the
+update names, and answers ``ng`` otherwise), and a branch it never pushed is absent (``old`` = the zero id: the
+server refuses to create a ref that exists). So every push starts with the ``POST`` alone: one request instead
+of two, and the server does not advertise every ref of the repository (a status repository holds one branch
+per device: 1,000 devices ≈ 70 KB per advertisement, and the ref walk behind it). Only a refused update falls
+back to both requests, which tell a moved branch from a missing one. Every git since 2005 answers
+``report-status``; a server whose advertisement says it does not is asked through ``git push`` from then on.
 
 :class:`SmartPush` does exactly that and nothing more. When the server's tip is not the parent we built on
 it raises :class:`PushRejected` (the caller fetches and rebases, as after a rejected ``git push``); anything
@@ -47,7 +50,12 @@ _OID = re.compile(r"^[0-9a-f]{40}$")
 
 
 class PushRejected(Exception):
-    """The server's branch is not where we expected it (someone else moved it, or we lost our state)."""
+    """The server's branch is not where we expected it (someone else moved it, or we lost our state);
+    ``server_tip``: where it is, when an advertisement said so."""
+
+    def __init__(self, message: str, server_tip: str | None = None) -> None:
+        super().__init__(message)
+        self.server_tip = server_tip
 
 
 class PushUnavailable(Exception):
@@ -122,20 +130,23 @@ class SmartPush:
     """Pushes of one repository over one kept-alive connection (one writer thread uses it)."""
 
     def __init__(self, url: str, *, authorization: Callable[[], str | None], ca_file: str | None = None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, anonymous: bool = False) -> None:
         self.pool, path = keepalive_pool(url, ca_file=ca_file, timeout=timeout, what="a smart HTTP push")
         self.display_url = redact_url(url)
         self.path = path
         self.authorization = authorization
-        self._caps: set[str] = set()  # capabilities of the last advertisement
+        # Push without credentials when none are configured (a site gateway's status repository takes anonymous
+        # pushes); otherwise `git push`, which may find some in a credential helper.
+        self.anonymous = anonymous
+        self._caps: set[str] | None = None  # capabilities of the last advertisement (None: none seen yet)
         self.advertisements = 0  # ref advertisements asked for (GET info/refs)
 
     def _request(self, method: str, path: str, body: bytes | None, headers: dict[str, str], limit: int,
                  content_type: str) -> bytes:
         auth = self.authorization()
-        if auth is None:
+        if auth is None and not self.anonymous:
             raise PushUnsupported("no configured credentials (a credential helper may have some)")
-        headers = {**headers, "Authorization": auth, "User-Agent": "git/modelfleet"}
+        headers = {**headers, "User-Agent": "git/modelfleet", **({"Authorization": auth} if auth else {})}
         try:
             resp = self.pool.urlopen(method, path, body=body, headers=headers, redirect=False, preload_content=False,
                                      retries=False)
@@ -158,12 +169,12 @@ class SmartPush:
 
     def push(self, ref: str, expected: str | None, new: str, objects: list[tuple[str, bytes]]) -> None:
         """Move ``ref`` from ``expected`` (None: absent) to ``new``; ``objects`` are every object ``new`` adds."""
-        if expected is not None and "report-status" in self._caps:
-            try:  # the server checks that the branch is still at `expected`: no advertisement needed
+        if self._caps is None or "report-status" in self._caps:
+            try:  # the server checks that the branch is still at `expected` (absent): no advertisement needed
                 self._update(ref, expected, new, objects)
                 return
             except PushRejected:
-                pass  # moved, or our parent is gone: the advertisement says which
+                pass  # moved, created elsewhere, or our parent is gone: the advertisement says which
         self.advertisements += 1
         adv = self._request("GET", f"{self.path}/info/refs?service=git-receive-pack", None, {},
                             MAX_ADVERTISEMENT_BYTES, "application/x-git-receive-pack-advertisement")
@@ -174,7 +185,8 @@ class SmartPush:
         if old != expected:
             if expected is not None and old is None:
                 raise PushUnsupported(f"{ref} is gone from the server (git push sends the whole history)")
-            raise PushRejected(f"{ref} is at {(old or 'nothing')[:12]} on the server, not {(expected or 'nothing')[:12]}")
+            raise PushRejected(f"{ref} is at {(old or 'nothing')[:12]} on the server, not {(expected or 'nothing')[:12]}",
+                               old)
         self._update(ref, old, new, objects)
 
     def _update(self, ref: str, old: str | None, new: str, objects: list[tuple[str, bytes]]) -> None:

@@ -12,10 +12,19 @@ Workflow of :meth:`GitSource.poll`:
 
 Nothing is ever checked out: :meth:`GitSource.read_files` reads blobs from the commit tree.
 :meth:`GitSource.import_bundle` applies a ``git bundle`` (air-gapped update) with the same checks.
+
+``mirrors`` (a site gateway's read-only mirror, docs/gateway.md) are asked first, the repository itself last
+(:class:`~reconciler.gitops.failover.Failover`): a mirror that is down, answers a head the device must refuse
+(an unsigned commit, a history rewrite) or is behind the last applied commit is passed over for the next one, in
+the same poll, and tried last for a while. The mirror is not trusted: every check above runs on what it
+serves. A mirror could still withhold new commits and keep answering an old, valid head; every
+``upstream_check`` seconds a poll answered by a mirror also asks the repository itself (one ``ls-refs``), and a
+newer head there wins — the bound on how long a mirror can freeze the device.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import shutil
@@ -35,6 +44,7 @@ from reconciler.core.credentials import CredentialError, Credentials
 from reconciler.core.redact import redact, redact_url
 from reconciler.fleet.repository import NonRegular
 from reconciler.gitops.auth import GitAuth, classify, explain
+from reconciler.gitops.failover import Failover
 from reconciler.gitops.lsrefs import LsRefsClient, LsRefsError, NotV2
 from reconciler.gitops.verify import (
     VERIFIED,
@@ -112,6 +122,27 @@ def parse_ls_remote(output: str, ref: str) -> str | None:
     return None
 
 
+class _Endpoint:
+    """One place the repository is read from: its URL, credentials and ls-refs client."""
+
+    def __init__(self, url: str, credentials: Credentials | None, timeout: float) -> None:
+        self.url = url
+        self.display_url = redact_url(url)
+        self.auth = GitAuth(url, credentials or Credentials())
+        self.lsrefs: LsRefsClient | None = None
+        if self.auth.is_http:
+            ca = self.auth.credentials.ca_file
+            self.lsrefs = LsRefsClient(url, authorization=self.auth.authorization, timeout=timeout,
+                                       ca_file=str(ca) if ca else None)
+
+    def close(self) -> None:
+        if self.lsrefs is not None:
+            self.lsrefs.close()
+
+
+DEFAULT_UPSTREAM_CHECK = 3600.0  # s: how long a mirror can keep a device on an old head (docs/gateway.md)
+
+
 class GitSource:
     """Polls one branch of one repository; see the module docstring."""
 
@@ -135,6 +166,8 @@ class GitSource:
         max_backoff: float = 600.0,
         credentials: Credentials | None = None,
         verdicts: dict[tuple[str, str | None, tuple[object, ...]], _Verdict] | None = None,
+        mirrors: list[tuple[str, Credentials | None]] | None = None,
+        upstream_check: float = DEFAULT_UPSTREAM_CHECK,
     ) -> None:
         if verify_mode not in ("none", "head", "all"):
             raise ValueError(f"verify_mode must be none, head or all, not {verify_mode!r}")
@@ -142,12 +175,13 @@ class GitSource:
             raise ValueError(f"verify mode {verify_mode!r} needs an allowed-signers file or a GPG keyring")
         self.url = url
         self.display_url = redact_url(url)  # the only form of the URL that is ever printed, logged or stored
-        self.auth = GitAuth(url, credentials or Credentials())
-        self._lsrefs: LsRefsClient | None = None
-        if self.auth.is_http:
-            ca = self.auth.credentials.ca_file
-            self._lsrefs = LsRefsClient(url, authorization=self.auth.authorization, timeout=timeout,
-                                        ca_file=str(ca) if ca else None)
+        self._primary = _Endpoint(url, credentials, timeout)
+        self.auth = self._primary.auth
+        # Mirrors first, the repository itself last; each endpoint's failures move it back for a while.
+        self._endpoints = [_Endpoint(u, c, timeout) for u, c in (mirrors or [])] + [self._primary]
+        self._failover = Failover(self._endpoints, base=max(30.0, poll_interval), maximum=600.0, clock=clock)
+        self.upstream_check = upstream_check
+        self._upstream_seen: float | None = None  # clock() when the repository itself last answered a poll
         self.cache_dir = Path(cache_dir)
         self.branch = branch
         self.subpath = subpath.strip("/") if subpath else None
@@ -228,30 +262,30 @@ class GitSource:
 
     # -- network ------------------------------------------------------------------------------------
 
-    def _ls_remote(self) -> str | None:
+    def _ls_remote(self, ep: _Endpoint) -> str | None:
         self.requests += 1
         _REQUESTS.inc()
-        if self._lsrefs is not None:
+        if ep.lsrefs is not None:
             try:
-                return self._lsrefs.ls_ref(self.ref)
+                return ep.lsrefs.ls_ref(self.ref)
             except LsRefsError as exc:
                 if (exc.reason not in (R.AUTHENTICATION_FAILED, R.PERMISSION_DENIED)
-                        or self.auth.credentials.authorization() is not None):
+                        or ep.auth.credentials.authorization() is not None):
                     raise
                 # No configured credential: the service user's git credential helper or ~/.netrc may have one.
-                self._lsrefs.close()
-                self._lsrefs = None
+                ep.lsrefs.close()
+                ep.lsrefs = None
             except NotV2 as exc:
                 log.info("%s does not answer Git protocol v2 ls-refs (%s); polling with git ls-remote",
-                         self.display_url, redact(str(exc)))
-                self._lsrefs.close()
-                self._lsrefs = None
-        out = run_git(["ls-remote", "--", self.url, self.ref], timeout=self.timeout,
-                      env=self.auth.env()).stdout.decode()
+                         ep.display_url, redact(str(exc)))
+                ep.lsrefs.close()
+                ep.lsrefs = None
+        out = run_git(["ls-remote", "--", ep.url, self.ref], timeout=self.timeout,
+                      env=ep.auth.env()).stdout.decode()
         return parse_ls_remote(out, self.ref)
 
-    def _fetch(self, head: str, last_applied: str | None) -> None:
-        """Bring ``head`` (and, when needed, the history back to ``last_applied``) into the cache."""
+    def _fetch(self, head: str, last_applied: str | None, ep: _Endpoint) -> None:
+        """Bring ``head`` (and, when needed, the history back to ``last_applied``) into the cache from ``ep``."""
         before = self._pack_bytes()
         refspec = f"+{self.ref}:{self.tracking_ref}"
         args = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules"]
@@ -263,14 +297,14 @@ class GitSource:
         # commits. (Last applied commit unknown locally, e.g. cache wiped: the unshallow below finds it.)
         self.requests += 1
         _REQUESTS.inc()
-        env = self.auth.env()
-        run_git([*args, "--", self.url, refspec], git_dir=self.git_dir, timeout=self.timeout, env=env)
+        env = ep.auth.env()
+        run_git([*args, "--", ep.url, refspec], git_dir=self.git_dir, timeout=self.timeout, env=env)
         self.fetches += 1
         _FETCHES.inc()
         if last_applied and not self._has_commit(last_applied) and self._is_shallow_boundary():
             self.requests += 1
             _REQUESTS.inc()
-            run_git([*args, "--unshallow", "--", self.url, refspec], git_dir=self.git_dir, timeout=self.timeout,
+            run_git([*args, "--unshallow", "--", ep.url, refspec], git_dir=self.git_dir, timeout=self.timeout,
                     env=env)
         self._account_bytes(before)
 
@@ -346,38 +380,75 @@ class GitSource:
                           verdict.reason, verdict.message, verdict.signer, self.poll_interval, head)
 
     def poll(self, last_applied: str | None) -> PollResult:
-        """Look at the branch head once; fetch and verify only when it changed. Never raises for Git trouble."""
+        """Look at the branch head once; fetch and verify only when it changed. Never raises for Git trouble.
+
+        With mirrors: the first endpoint (in :class:`Failover` order) whose head is accepted answers; see the
+        module docstring."""
         with self._lock:
             self.polls += 1
             _POLLS.inc()
-            try:
-                head = self._ls_remote()
-            except (GitError, LsRefsError, CredentialError) as exc:
-                return self._failure(*_named(exc), last_applied)
-            if head is None:
-                return self._failure(BRANCH_NOT_FOUND, f"branch {self.branch!r} not found at {self.display_url}",
-                                     last_applied)
-            key = (head, last_applied, self._anchor_stamp())
+            if len(self._endpoints) == 1:
+                return self._poll_one(self._primary, last_applied)
+            passed: list[str] = []  # "<url>: <reason>" of the endpoints passed over in this poll
+            result: PollResult | None = None
+            for idx, ep in self._failover.order():
+                res = self._poll_one(ep, last_applied)
+                if res.ok:
+                    self._failover.succeeded(idx)
+                    if ep is self._primary:
+                        self._upstream_seen = self.clock()
+                    else:
+                        res = self._check_upstream(res, last_applied)
+                    return _annotated(res, ep.display_url, passed)
+                self._failover.failed(idx)
+                passed.append(f"{ep.display_url}: {res.reason}")
+                result = res
+            assert result is not None
+            return _annotated(result, None, passed[:-1])
+
+    def _check_upstream(self, res: PollResult, last_applied: str | None) -> PollResult:
+        """``res`` (a mirror's accepted answer), unless the repository itself, asked at most every
+        ``upstream_check`` seconds, has an accepted head the mirror did not serve."""
+        now = self.clock()
+        if self._upstream_seen is not None and now - self._upstream_seen < self.upstream_check:
+            return res
+        self._upstream_seen = now
+        direct = self._poll_one(self._primary, last_applied)
+        if direct.ok and direct.head != res.head and direct.commit != last_applied:
+            log.warning("mirror is behind the repository", extra={"mirror_head": (res.head or "")[:12],
+                                                                   "head": (direct.head or "")[:12]})
+            return _annotated(direct, self._primary.display_url, [f"mirror at {(res.head or '-')[:12]}: behind"])
+        return res
+
+    def _poll_one(self, ep: _Endpoint, last_applied: str | None) -> PollResult:
+        try:
+            head = self._ls_remote(ep)
+        except (GitError, LsRefsError, CredentialError) as exc:
+            return self._failure(*_named(exc), last_applied)
+        if head is None:
+            return self._failure(BRANCH_NOT_FOUND, f"branch {self.branch!r} not found at {ep.display_url}",
+                                 last_applied)
+        key = (head, last_applied, self._anchor_stamp())
+        cached = self._verdicts.get(key)
+        if cached is not None:
+            return self._result(head, cached, last_applied, fetched=False)
+        with self._repo_lock:  # one fetch per head for the sources sharing this repository
             cached = self._verdicts.get(key)
             if cached is not None:
                 return self._result(head, cached, last_applied, fetched=False)
-            with self._repo_lock:  # one fetch per head for the sources sharing this repository
-                cached = self._verdicts.get(key)
-                if cached is not None:
-                    return self._result(head, cached, last_applied, fetched=False)
-                fetched = False
-                try:
-                    self._ensure_repo()
-                    if not self._has_commit(head) or (last_applied and not self._has_commit(last_applied)):
-                        self._fetch(head, last_applied)
-                        fetched = True
-                    verdict = self._check(head, last_applied)
-                except (GitError, CredentialError) as exc:
-                    return self._failure(*_named(exc), last_applied)
-                if not self._shared_verdicts or len(self._verdicts) >= MAX_SHARED_VERDICTS:
-                    self._verdicts.clear()  # only the newest matters; bounded memory
-                self._verdicts[key] = verdict
-            return self._result(head, verdict, last_applied, fetched)
+            fetched = False
+            try:
+                self._ensure_repo()
+                if not self._has_commit(head) or (last_applied and not self._has_commit(last_applied)):
+                    self._fetch(head, last_applied, ep)
+                    fetched = True
+                verdict = self._check(head, last_applied)
+            except (GitError, CredentialError) as exc:
+                return self._failure(*_named(exc), last_applied)
+            if not self._shared_verdicts or len(self._verdicts) >= MAX_SHARED_VERDICTS:
+                self._verdicts.clear()  # only the newest matters; bounded memory
+            self._verdicts[key] = verdict
+        return self._result(head, verdict, last_applied, fetched)
 
     def import_bundle(self, path: Path, last_applied: str | None) -> PollResult:
         """Apply a ``git bundle`` holding the branch, with the same history and signature checks as a fetch."""
@@ -456,8 +527,8 @@ class GitSource:
 
     def close(self) -> None:
         with self._lock:
-            if self._lsrefs is not None:
-                self._lsrefs.close()
+            for ep in self._endpoints:
+                ep.close()
             if self._repo is not None:
                 self._repo.close()
                 self._repo = None
@@ -475,6 +546,17 @@ def _repo_lock(git_dir: Path) -> threading.Lock:
         if lock is None:
             lock = _REPO_LOCKS[key] = threading.Lock()
         return lock
+
+
+def _annotated(res: PollResult, served_by: str | None, passed: list[str]) -> PollResult:
+    """``res`` with its ``SourceAvailable`` message saying which endpoint answered and which were passed over
+    (and why), when the source has mirrors."""
+    note = (f" from {served_by}" if served_by else "") + (f" ({'; '.join(passed)[:300]})" if passed else "")
+    if not note:
+        return res
+    conds = [dataclasses.replace(c, message=c.message + note) if c.type == SOURCE_AVAILABLE else c
+             for c in res.conditions]
+    return dataclasses.replace(res, conditions=conds, message=res.message + note if not res.ok else res.message)
 
 
 def _named(exc: Exception) -> tuple[str, str]:

@@ -38,6 +38,15 @@ from reconciler.gitops.verify import GitError, init_bare, run_git
 from reconciler.identity.commitsig import MAX_COMMIT_BYTES
 from reconciler.identity.trust import UNREADABLE, StatusTrust, TrustPolicy, judge_replay, judge_status
 
+
+def status_shard(device_id: str, urls: Sequence[str]) -> str | None:
+    """The status repository of ``device_id`` among ``urls`` (stable: a hash of the id), None when unsharded.
+    The simulator's devices and a site gateway's relay place a device's branch by it; readers read every shard."""
+    if not urls:
+        return None
+    return urls[int.from_bytes(hashlib.sha256(device_id.encode()).digest()[:4], "big") % len(urls)]
+
+
 MAX_STATUS_BYTES = 256 * 1024  # larger than any writer produces (64 KiB); bounds what a hostile branch can cost
 MAX_STATUS_REPOS = 256  # status repositories one report reads (shards): each is one fetch
 MAX_SCHEMA_ERRORS = 1

@@ -11,6 +11,13 @@ replace the unpushed commit (its parent stays the last pushed one), so on recove
 pushed. A rejected (non-fast-forward) push means the device lost its local state: the writer fetches the
 branch and commits on top. Each device owns its branch, so devices never conflict with each other.
 
+``preferred`` (a site gateway's status repository, docs/gateway.md) is pushed to first and ``url`` is the
+fallback (:class:`~reconciler.gitops.failover.Failover`: an endpoint that failed is tried last for a while). The
+same branch may then be ahead on one and behind on the other; a push the server refuses because its branch is
+at an older commit of ours is a fast-forward, and ``git push`` sends the commits it lacks. Only a branch that
+holds commits we do not have is fetched and built upon, as before. The gateway relays the commits upstream;
+it cannot sign, so it cannot alter them.
+
 ``push_spread`` (``status.pushSpread``, default 0): a new status waits a random time up to that many seconds
 before it is committed and pushed; statuses submitted meanwhile are folded into the same commit, and
 :meth:`StatusWriter.flush` or :meth:`StatusWriter.close` cut the wait short. After a fleet-wide change every
@@ -42,6 +49,7 @@ from reconciler.core.reasons import GIT_TIMEOUT, GIT_UNAVAILABLE, PUSH_REJECTED,
 from reconciler.core.redact import redact, redact_tree, redact_url
 from reconciler.fleet.schemas import validator
 from reconciler.gitops.auth import GitAuth, classify, explain
+from reconciler.gitops.failover import Failover
 from reconciler.gitops.smartpush import PushDenied, PushRejected, PushUnavailable, PushUnsupported, SmartPush
 from reconciler.gitops.verify import GitError, git_message, init_bare, run_git
 from reconciler.identity import keys as device_keys
@@ -127,12 +135,14 @@ class StatusWriter:
                  retry_base: float = 1.0, retry_max: float = 300.0, clock: Callable[[], float] = time.monotonic,
                  agent_version: str | None = None, credentials: Credentials | None = None,
                  on_push: Callable[[bool, str], None] | None = None, push_spread: float = 0.0,
-                 rand: Callable[[], float] = random.random) -> None:
+                 rand: Callable[[], float] = random.random,
+                 preferred: list[tuple[str, Credentials | None]] | None = None) -> None:
         if push_spread < 0:
             raise ValueError("push_spread must not be negative")
         self.url = url
         self.display_url = redact_url(url)
         self.auth = GitAuth(url, credentials or Credentials())
+        self.pushed_to: str | None = None  # display URL of the endpoint the last push landed on
         self.on_push = on_push  # (landed?, reason) after every push attempt: the agent's metrics
         self.device_id = device_id
         self.work_dir = Path(work_dir)
@@ -171,11 +181,11 @@ class StatusWriter:
         self._closed = False
         self._busy = False
         self._built: tuple[str, str | None, list[tuple[str, bytes]]] | None = None  # (commit, parent, objects)
-        self._smart: SmartPush | None = None  # in-process smart HTTP push (git push when it cannot)
-        if self.auth.is_http:
-            ca = self.auth.credentials.ca_file
-            self._smart = SmartPush(url, authorization=self.auth.authorization, timeout=timeout,
-                                    ca_file=str(ca) if ca else None)
+        # Where pushes go, in preference order: the gateway's status repository (if any), then ``url``.
+        self._endpoints = [_PushEndpoint(u, c, timeout, anonymous=True) for u, c in (preferred or [])]
+        self._endpoints.append(_PushEndpoint(url, credentials, timeout))
+        self._failover = Failover(self._endpoints, base=30.0, maximum=600.0)
+        self._smart = self._endpoints[-1].smart  # the primary's in-process push (tests look at it)
         self._ensure_repo()
         self._thread = threading.Thread(target=self._run, name=f"status-writer-{device_id}", daemon=True)
         self._thread.start()
@@ -239,6 +249,12 @@ class StatusWriter:
         with self._cv:
             return self._synced()
 
+    @property
+    def tip(self) -> str | None:
+        """The newest status commit this writer made (pushed or not); None before the first."""
+        with self._cv:
+            return self._tip
+
     def _synced(self) -> bool:  # with self._cv held
         return self._pending is None and not self._busy and self._tip == self._pushed
 
@@ -249,8 +265,8 @@ class StatusWriter:
             self._closed = True
             self._cv.notify_all()
         self._thread.join(timeout + self.timeout)
-        if self._smart is not None:
-            self._smart.close()
+        for ep in self._endpoints:
+            ep.close()
 
     def reporting(self) -> dict[str, Any]:
         """Where status reporting stands: ``pushed`` (True/False/None = not tried yet), reason, times, error."""
@@ -322,27 +338,57 @@ class StatusWriter:
         return sha
 
     def _push(self, sha: str) -> None:
-        if self._smart is not None and self._built is not None and self._built[0] == sha:
+        """Push ``sha`` to the first endpoint that takes it (see the module docstring)."""
+        last: Exception | None = None
+        for idx, ep in self._failover.order():
+            try:
+                self._push_to(ep, sha)
+            except _Rejected:
+                raise  # about the branch, not the server: fetched and built upon by _push_tip
+            except Exception as exc:  # noqa: BLE001 - the next endpoint may take it; the last error is raised
+                if len(self._endpoints) == 1:
+                    raise
+                self._failover.failed(idx)
+                log.info("status push of %s to %s failed: %s", self.device_id, ep.display_url,
+                         redact(str(exc), ep.auth.credentials.secret_values()))
+                last = exc
+                continue
+            self._failover.succeeded(idx)
+            self.pushed_to = ep.display_url
+            self._update_ref(f"refs/pushed/{self.branch}", sha)
+            return
+        assert last is not None
+        raise last
+
+    def _is_ancestor(self, old: str, new: str) -> bool:
+        """Whether ``old`` is a commit of this repository and an ancestor of ``new``."""
+        return self._git("merge-base", "--is-ancestor", old, new, check=False).returncode == 0
+
+    def _push_to(self, ep: _PushEndpoint, sha: str) -> None:
+        if ep.smart is not None and self._built is not None and self._built[0] == sha:
             _, parent, objects = self._built
             try:
-                self._smart.push(self.ref, parent, sha, objects)
-                self._update_ref(f"refs/pushed/{self.branch}", sha)
+                ep.smart.push(self.ref, parent, sha, objects)
                 return
             except PushRejected as exc:
-                raise _Rejected(str(exc)) from None
+                # The server's branch is elsewhere. At an older commit of ours (pushed to another endpoint
+                # meanwhile), `git push` sends what it lacks; at a commit we do not have, we rebase onto it.
+                if not (exc.server_tip and self._is_ancestor(exc.server_tip, sha)):
+                    raise _Rejected(str(exc), ep) from None
+                log.debug("status push of %s: %s; a fast-forward: git push", self.device_id, exc)
             except (PushUnavailable, PushDenied) as exc:
                 raise GitError(str(exc)) from None  # retried after the backoff (HTTP 403: PermissionDenied)
             except PushUnsupported as exc:
                 log.debug("status push of %s with git push: %s", self.device_id, exc)
-        proc = self._git("push", "--quiet", "--porcelain", "--", self.url, f"{sha}:{self.ref}", check=False,
-                         network=True)
+        env = {**ep.auth.env(), **_identity_env(self.device_id)}
+        proc = run_git(["push", "--quiet", "--porcelain", "--", ep.url, f"{sha}:{self.ref}"], git_dir=self.git_dir,
+                       check=False, env=env, timeout=self.timeout)
         if proc.returncode == 0:
-            self._update_ref(f"refs/pushed/{self.branch}", sha)
             return
         text = redact((proc.stdout + proc.stderr).decode(errors="replace"))
         if "[rejected]" in text or "non-fast-forward" in text or "fetch first" in text:
-            raise _Rejected(text.strip())
-        raise GitError(f"push to {self.display_url} failed: {git_message(text, 500)}")
+            raise _Rejected(text.strip(), ep)
+        raise GitError(f"push to {ep.display_url} failed: {git_message(text, 500)}")
 
     # -- background thread --------------------------------------------------------------------------------
 
@@ -421,10 +467,13 @@ class StatusWriter:
         assert self._tip is not None
         try:
             self._push(self._tip)
-        except _Rejected:
+        except _Rejected as rejected:
             # The server has history we do not (local state lost, or branch edited): rebase onto it.
-            self._git("fetch", "--quiet", "--no-tags", "--depth=1", "--", self.url,
-                      f"+{self.ref}:refs/remote-status/{self.branch}", network=True)
+            ep = rejected.endpoint or self._endpoints[-1]
+            env = {**ep.auth.env(), **_identity_env(self.device_id)}
+            run_git(["fetch", "--quiet", "--no-tags", "--depth=1", "--", ep.url,
+                     f"+{self.ref}:refs/remote-status/{self.branch}"], git_dir=self.git_dir, env=env,
+                    timeout=self.timeout)
             remote = self._git("rev-parse", f"refs/remote-status/{self.branch}").stdout.decode().strip()
             doc = yaml.safe_load(self._git("cat-file", "blob", f"{self._tip}:{STATUS_FILE}").stdout)
             self._tip = self._commit(doc, remote)
@@ -457,7 +506,33 @@ def reporting_block(rep: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Rejected(Exception):
-    pass
+    def __init__(self, message: str, endpoint: _PushEndpoint | None = None) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+
+
+class _PushEndpoint:
+    """One place the status branch is pushed to: URL, credentials, in-process push when over HTTP(S)."""
+
+    def __init__(self, url: str, credentials: Credentials | None, timeout: float, *, anonymous: bool = False) -> None:
+        self.url = url
+        self.display_url = redact_url(url)
+        self.auth = GitAuth(url, credentials or Credentials())
+        self.smart: SmartPush | None = None
+        if self.auth.is_http:
+            ca = self.auth.credentials.ca_file
+            self.smart = SmartPush(url, authorization=self.auth.authorization, timeout=timeout,
+                                   ca_file=str(ca) if ca else None, anonymous=anonymous)
+
+    def close(self) -> None:
+        if self.smart is not None:
+            self.smart.close()
+
+
+def _identity_env(device_id: str) -> dict[str, str]:
+    email = f"{device_id}@devices.modelfleet"
+    return {"GIT_AUTHOR_NAME": device_id, "GIT_AUTHOR_EMAIL": email, "GIT_COMMITTER_NAME": device_id,
+            "GIT_COMMITTER_EMAIL": email}
 
 
 def _reason(exc: Exception, message: str) -> str:

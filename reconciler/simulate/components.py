@@ -16,13 +16,17 @@
 - faults: an offline device makes no request at all (the scheduler does not run it); a *failing* device fails
   the health check of every version it updates to (its first install succeeds), as a bad driver would.
 
-Every request the device makes is counted in a shared :class:`Counters`.
+Every request the device makes is counted in a shared :class:`Counters`; each device also keeps its own poll
+count, the monotonic times of its last :data:`MAX_POLL_TIMES` polls and of the polls that saw a new head
+(:class:`PollLog`: the simulator's per-device report, docs/scale.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -48,6 +52,27 @@ class Counters:
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self.values)
+
+
+MAX_POLL_TIMES = 256  # per device: the newest polls (a bounded record, whatever the run's length)
+
+
+class PollLog:
+    """One simulated device's polls: how many, when (``time.monotonic()``, the newest :data:`MAX_POLL_TIMES`),
+    and when a poll saw a head other than the previous poll's (the newest 16, with that head)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.times: deque[float] = deque(maxlen=MAX_POLL_TIMES)
+        self.heads: deque[tuple[float, str]] = deque(maxlen=16)
+        self._head: str | None = None
+
+    def record(self, t: float, head: str | None) -> None:
+        self.count += 1
+        self.times.append(t)
+        if head and head != self._head:
+            self.heads.append((t, head))
+            self._head = head
 
 
 class SharedRuntime:
@@ -122,6 +147,7 @@ class SimComponents(Components):
         self.failing = failing
         self.loaded: dict[str, str] = {}  # endpoint -> version this device serves
         self.shared: SharedWork | None = None
+        self.polls = PollLog()
 
     @classmethod
     def build(cls, config: AgentConfig, runtime: SharedRuntime, counters: Counters, *,
@@ -169,7 +195,9 @@ class SimComponents(Components):
         self.loaded.pop(name, None)
 
     def poll(self, last: str | None) -> Any:
+        t = time.monotonic()
         result = super().poll(last)
+        self.polls.record(t, getattr(result, "head", None))
         self.counters.add("gitPolls")
         if getattr(result, "fetched", False):
             self.counters.add("gitFetches")
@@ -184,7 +212,8 @@ class SimComponents(Components):
             return super()._new_tuf_client(metadata_url, targets_url, cls, **kw)
         from reconciler.simulate.sharedtuf import SharedTufClient
 
-        return super()._new_tuf_client(metadata_url, targets_url, SharedTufClient, verified=self.shared.tuf_metadata)
+        return super()._new_tuf_client(metadata_url, targets_url, SharedTufClient, verified=self.shared.tuf_metadata,
+                                       **kw)
 
     def tuf_fetch(self, paths: list[str]) -> tuple[dict[str, Any], int]:
         fetched, downloaded = super().tuf_fetch(paths)

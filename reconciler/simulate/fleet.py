@@ -6,18 +6,26 @@
     sim.close()
 
 Each device runs :meth:`reconciler.agent.loop.Agent.reconcile_once` whenever its jittered poll interval is due
-(the agent's own :func:`~reconciler.agent.schedule.next_delay`, so errors back off as on a real device).
+(the agent's own :func:`~reconciler.agent.schedule.next_delay` after the pass ends, so errors back off as on a
+real device).
 Offline devices are skipped entirely until :meth:`Simulation.set_offline` brings them back.
+
+:meth:`Simulation.report` is one line of the run: devices per served version, the same among devices whose
+newest status is on the server, converged devices, requests, status commits made and pushed, the process's
+memory, and the spread of the devices' poll gaps. :meth:`Simulation.per_device` adds what each device did (its
+poll count, poll times, the heads its polls saw, the versions it served and when); :func:`status_on_server`
+checks the devices' newest status commits against the status branches the server holds (one ``ls-refs`` per
+status repository).
 """
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import random
+import statistics
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,17 +36,27 @@ from reconciler.agent.config import AgentConfig
 from reconciler.agent.loop import Agent
 from reconciler.agent.schedule import next_delay
 from reconciler.core.credentials import Credentials
+from reconciler.gitops.statusrepo import status_shard
 from reconciler.simulate.components import Counters, SharedRuntime, SharedWork, SimComponents
 
 MAX_DEVICES = 20_000  # one process; each device holds a status thread and a few open files
 DEFAULT_FACTS = {"hw.arch": "x86_64", "hw.memoryMB": 4096, "runtime.onnxruntime": "1.20.1"}
 
 
-def status_shard(device_id: str, urls: list[str]) -> str | None:
-    """The status repository of ``device_id`` among ``urls`` (stable: a hash of the id), None when unsharded."""
-    if not urls:
-        return None
-    return urls[int.from_bytes(hashlib.sha256(device_id.encode()).digest()[:4], "big") % len(urls)]
+def rss_mb() -> float:
+    """This process's resident memory (MB; 0 where /proc is not there)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def device_id(prefix: str, number: int) -> str:
+    """The simulated device numbered ``number`` (``sim-00042``): the same in one process or split over several."""
+    return f"{prefix}-{number:05d}"
 
 
 @dataclass
@@ -69,6 +87,15 @@ class SimSettings:
     # A directory of status keys, one file per device id (``modelfleet agent keygen --output DIR/<id>``): the
     # devices sign their status with them, as real ones do; a device without a file pushes unsigned status.
     status_keys: Path | None = None
+    # Site gateways (their base URLs, docs/gateway.md): the fleet is cut into len(gateways) sites of contiguous
+    # device numbers, each device's `gateway.url` its site's; the URLs above are the central fallback.
+    gateways: list[str] = field(default_factory=list)
+    total: int | None = None  # devices of the whole fleet (a process of a sharded fleet runs part of it)
+
+
+def site_of(number: int, total: int, sites: int) -> int:
+    """The site of device ``number`` when ``total`` devices are cut into ``sites`` contiguous blocks."""
+    return min(sites - 1, number * sites // max(1, total))
 
 
 @dataclass
@@ -79,6 +106,8 @@ class SimDevice:
     offline: bool = False
     failing: bool = False
     running: bool = False
+    # (monotonic time, version) each time the served version changed after a pass (the newest 16).
+    served: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=16))
 
 
 class Simulation:
@@ -90,6 +119,9 @@ class Simulation:
         self.counters = counters
         self._rand = random.Random(settings.seed)
         self._lock = threading.Lock()
+        # Passes due but waiting for a free worker thread: above 0 for long, the devices poll less often than
+        # asked (the Git server's answer time × devices / workers exceeds the interval): raise --workers.
+        self._queued = 0
         self._started = time.monotonic()
 
     @staticmethod
@@ -109,7 +141,7 @@ class Simulation:
         shared = SharedWork(work_dir) if s.share_git else None
         rand = random.Random(s.seed)
         numbers = range(s.first, s.first + s.devices)
-        ids = [f"{s.prefix}-{i:05d}" for i in numbers]
+        ids = [device_id(s.prefix, i) for i in numbers]
         # Canaries stay online: a rehearsal needs its first ring (a share of N, taken from the others).
         pool = [d for i, d in zip(numbers, ids, strict=True) if i >= s.canaries] or ids
         offline = set(rand.sample(pool, min(len(pool), round(s.offline_share * len(ids)))))
@@ -127,6 +159,8 @@ class Simulation:
                 tuf_credentials=s.tuf_credentials or Credentials(), status_enabled=s.status,
                 status_url=status_shard(dev_id, s.status_urls), status_push_spread=s.status_push_spread,
                 status_signing_key=s.status_keys / dev_id if s.status_keys and (s.status_keys / dev_id).is_file()
+                else None,
+                gateway_url=s.gateways[site_of(i, s.total or s.first + s.devices, len(s.gateways))] if s.gateways
                 else None,
             )
             comp = SimComponents.build(cfg, runtime, counters, facts=DEFAULT_FACTS, failing=dev_id in failing,
@@ -163,27 +197,64 @@ class Simulation:
     def reported(self) -> dict[str, int]:
         """Devices per served version among those whose newest status is on the Git server (what gates see)."""
         synced = [d for d in self.devices
-                  if (w := d.components.status_writer) is not None and w.in_sync()]
+                  if (w := d.components.status_writer) is not None and w.tip is not None and w.in_sync()]
         return dict(sorted(Counter(self._served(d) for d in synced).items()))
 
+    def converged(self) -> int:
+        """Online devices whose last pass converged (serving the desired state of the commit they applied)."""
+        return sum(1 for d in self.devices if not d.offline and d.agent.last_result is not None
+                   and d.agent.last_result.converged)
+
     def report(self) -> dict[str, Any]:
-        made = pushed = 0
+        made = pushed = synced = 0
         for d in self.devices:
             c, p = d.components.status_counts()
             made, pushed = made + c, pushed + p
+            w = d.components.status_writer
+            synced += w is not None and not d.offline and w.tip is not None and w.in_sync()
         return {"t": round(time.monotonic() - self._started, 2), "devices": len(self.devices),
                 "offline": sum(d.offline for d in self.devices), "versions": self.versions(),
-                "reported": self.reported(),
+                "reported": self.reported(), "converged": self.converged(), "statusInSync": synced,
                 "requests": self.counters.snapshot(), "statusCommits": made, "statusPushes": pushed,
-                "sessions": self.runtime.sessions()}
+                "sessions": self.runtime.sessions(), "rssMB": round(rss_mb(), 1), "queuedPasses": self._queued,
+                "pollGapSeconds": poll_gaps([d.components.polls.times for d in self.devices])}
+
+    def per_device(self, t0: float | None = None) -> dict[str, dict[str, Any]]:
+        """What each device did, times in seconds since ``t0`` (monotonic; default: the run's start): its poll
+        count, the times of its newest polls, the heads they saw first (``[t, head]``), the versions it served
+        from when (``[t, version]``), and its status commits made and pushed."""
+        base = self._started if t0 is None else t0
+        out = {}
+        for d in self.devices:
+            log = d.components.polls
+            made, pushed = d.components.status_counts()
+            out[d.id] = {"polls": log.count, "pollTimes": [round(t - base, 2) for t in log.times],
+                         "heads": [[round(t - base, 2), h[:12]] for t, h in log.heads],
+                         "served": [[round(t - base, 2), v] for t, v in d.served],
+                         "offline": d.offline, "statusCommits": made, "statusPushes": pushed}
+        return out
+
+    def status_tips(self) -> dict[str, tuple[str, str | None, str | None]]:
+        """device id -> (status repository URL, branch ref, the device's newest status commit) for devices that
+        write status."""
+        out = {}
+        for d in self.devices:
+            w = d.components.status_writer
+            if w is not None:
+                out[d.id] = (w.url, w.ref, w.tip)
+        return out
 
     # -- running -----------------------------------------------------------------------------------------
 
     def _pass(self, d: SimDevice) -> float:
+        """One pass of ``d``; returns the delay until its next one (from now, the pass's end, as a real agent)."""
         try:
             d.agent.reconcile_once()
         finally:
             d.running = False
+            served = self._served(d)
+            if not d.served or d.served[-1][1] != served:
+                d.served.append((time.monotonic(), served))
         return next_delay(self.settings.poll_interval, d.agent.errors, self._rand.random())
 
     def run(self, duration: float, *, report_every: float = 1.0, stop: threading.Event | None = None
@@ -224,6 +295,7 @@ class Simulation:
                     else:
                         still.append((fut, i))
                 pending = still
+                self._queued = max(0, len(pending) - self.settings.workers)
                 wake = min([next_report, end] + ([due[0][0]] if due else []))
                 stop.wait(max(0.0, min(0.05, wake - time.monotonic())))
             for fut, _ in pending:
@@ -243,3 +315,43 @@ class Simulation:
         with ThreadPoolExecutor(self.settings.workers) as pool:
             list(pool.map(lambda d: d.agent.close(), self.devices))
         self.runtime.close()
+
+
+def poll_gaps(logs: list[Any]) -> dict[str, float] | None:
+    """min / median / max of the gap between each device's last two polls (None before any device polled
+    twice): the gap is the poll interval with its ±10 % jitter, plus the pass, plus any wait for a free
+    worker thread; a gap far below the interval would mean a device polled more often than configured."""
+    gaps = sorted(t[-1] - t[-2] for t in logs if len(t) >= 2)
+    if not gaps:
+        return None
+    return {"min": round(gaps[0], 2), "p50": round(statistics.median(gaps), 2), "max": round(gaps[-1], 2)}
+
+
+def status_on_server(tips: dict[str, tuple[str, str | None, str | None]], *, credentials: Credentials | None = None,
+                     timeout: float = 60.0) -> dict[str, int]:
+    """How many devices' newest status commit is their branch's tip on the server (``onServer``), how many
+    branches hold an older one or none (``behind``), and devices whose newest status is not on the server
+    because the device made none yet (``none``). One ``ls-refs`` (or ``git ls-remote``) per status repository.
+    ``tips``: :meth:`Simulation.status_tips`, merged over processes."""
+    from reconciler.gitops.lsrefs import remote_refs
+
+    by_url: dict[str, dict[str, str]] = {}
+    out = {"onServer": 0, "behind": 0, "none": 0, "unreachable": 0}
+    for url, ref, tip in tips.values():
+        if tip is None or ref is None:
+            out["none"] += 1
+            continue
+        if url not in by_url:
+            prefix = ref.rsplit("/", 1)[0] + "/"
+            try:
+                by_url[url] = remote_refs(url, prefix, credentials=credentials, timeout=timeout)
+            except Exception:  # noqa: BLE001 - reported as a count, the run's report stays printable
+                by_url[url] = {"": "unreachable"}
+        refs = by_url[url]
+        if refs.get("") == "unreachable":
+            out["unreachable"] += 1
+        elif refs.get(ref) == tip:
+            out["onServer"] += 1
+        else:
+            out["behind"] += 1
+    return out

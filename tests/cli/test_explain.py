@@ -47,7 +47,8 @@ def test_every_top_level_field_of_every_kind_is_documented(kind: str) -> None:
 
 
 @pytest.mark.parametrize(("target", "message"), [
-    ("Deploy", "error: unknown kind 'Deploy' (kinds: Fleet, Model, Deployment, Device, AgentConfig, DeviceStatus)"),
+    ("Deploy", "error: unknown kind 'Deploy' (kinds: Fleet, Model, Deployment, Device, AgentConfig, GatewayConfig, "
+                "DeviceStatus)"),
     ("Deployment.spec.rolout", "error: Deployment.spec has no field 'rolout' (fields: model, version, serveAs, "),
     ("Deployment.metadata.name.first", "error: Deployment.metadata.name is <string>: it has no fields"),
     ("Deployment..spec", "error: 'Deployment..spec': expected KIND[.field[.sub]], e.g. Deployment.spec.rollout"),

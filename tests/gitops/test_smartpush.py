@@ -51,11 +51,29 @@ def test_status_pushes_land_on_one_kept_alive_connection(server, tmp_path: Path)
     assert git(up.bare, "rev-list", "--count", "refs/heads/status/cam-10") == "3"
     git(up.bare, "fsck", "--strict", "--no-dangling")  # the packs we sent are valid
     reqs = push_requests(http, before)
-    # GET info/refs + POST git-receive-pack for the first push; then the writer knows the branch's tip on the
-    # server and sends the ref update alone. Authenticated, all on one connection (no git process).
-    assert [(r[0], r[2], r[3]) for r in reqs] == [("GET", "200", "device")] + [("POST", "200", "device")] * 3
+    # The ref update alone, from the first push on: a branch the writer never pushed is created with the zero
+    # id as its old value, then the writer knows the branch's tip on the server. No ref advertisement
+    # (GET info/refs) at all; authenticated, all on one connection (no git process).
+    assert [(r[0], r[2], r[3]) for r in reqs] == [("POST", "200", "device")] * 3
     assert len({r[4] for r in reqs}) == 1
-    assert w._smart is not None and w._smart.advertisements == 1
+    assert w._smart is not None and w._smart.advertisements == 0
+
+
+def test_a_restarted_writer_pushes_without_an_advertisement(server, tmp_path: Path) -> None:
+    """The simulator's and a rebooted device's case: the writer's state (its last pushed commit) survives, its
+    connection does not; the next push is still the ref update alone."""
+    http, up, creds = server
+    url = http.url("fleet.git")
+    for version in ("1.0.0", "1.1.0"):
+        w = StatusWriter(url, "cam-14", tmp_path / "dev", credentials=creds, heartbeat_interval=0)
+        before = len(http.requests())
+        try:
+            w.submit(make_status("cam-14", version=version))
+            assert w.flush(15)
+        finally:
+            w.close()
+        assert [r[0] for r in push_requests(http, before)] == ["POST"]
+    assert git(up.bare, "rev-list", "--count", "refs/heads/status/cam-14") == "2"
 
 
 def test_a_branch_moved_behind_the_writers_back_is_rebased_after_one_refused_update(server, tmp_path: Path) -> None:
@@ -90,9 +108,14 @@ def test_lost_local_state_and_a_moved_branch_are_rebased(server, tmp_path: Path)
     assert w.flush(15)
     w.close()
     fresh = StatusWriter(url, "cam-11", tmp_path / "dev2", credentials=creds)  # re-imaged device
+    before = len(http.requests())
     try:
         fresh.submit(make_status("cam-11", version="2.0.0"))
         assert fresh.flush(15)
+        # Creating the branch is refused (it exists), the advertisement says where it is, the writer fetches it
+        # and pushes on top of it.
+        assert [(r[0], r[2]) for r in push_requests(http, before)] == [("POST", "200"), ("GET", "200"),
+                                                                       ("GET", "200"), ("POST", "200")]
         assert git(up.bare, "rev-list", "--count", "refs/heads/status/cam-11") == "2"
         assert remote_status(up.bare, "cam-11")["status"]["endpoints"][0]["version"] == "2.0.0"
     finally:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -99,3 +101,118 @@ def test_closing_shards_that_filled_their_report_pipe_lets_them_flush_and_exit(t
         assert [p.exitcode for p in fleet.procs] == [0, 0] and time.monotonic() - t0 < 30
     finally:
         w.stop()
+
+
+def test_simulate_as_an_operator_runs_it_signed_sharded_status_behind_nginx(tmp_path: Path) -> None:
+    """The documented configuration: nginx + git http-backend (push needs Basic auth), the devices' credentials
+    from --username/--password-file, status sharded over two repositories, status keys listed in the Device
+    manifests --write-inventory wrote; the run ends by itself once converged (exit 0), every line has the memory,
+    the final line proves every device's newest status is on the server, and `fleet status` counts them."""
+    from tests._fleet_world import HttpWorld
+
+    w = HttpWorld(tmp_path / "world").start()
+    try:
+        keys, inv = tmp_path / "keys", tmp_path / "inventory"
+        p = modelfleet("simulate", "--devices", "6", "--canaries", "1", "--label", "site=lab", "--status-keys",
+                       str(keys), "--write-inventory", str(inv), cwd=tmp_path)
+        assert p.returncode == 0 and "6 Device manifests" in p.stderr, p.stderr
+        assert sorted(f.name for f in keys.iterdir()) == [f"sim-{i:05d}" for i in range(6)]
+        assert all((f.stat().st_mode & 0o777) == 0o600 for f in keys.iterdir())
+        manifests = {f"devices/{f.name}": f.read_text() for f in inv.iterdir()}
+        assert "ring: canary" in manifests["devices/sim-00000.yaml"] and "site: lab" in manifests["devices/sim-00005.yaml"]
+        assert "ssh-ed25519 " in manifests["devices/sim-00003.yaml"]
+        # Written again: the same files, nothing rewritten, the keys kept.
+        again = modelfleet("simulate", "--devices", "6", "--canaries", "1", "--label", "site=lab", "--status-keys",
+                           str(keys), "--write-inventory", str(inv), cwd=tmp_path)
+        assert again.returncode == 0 and "(0 written)" in again.stderr
+        w.publish("1.0.0")
+        commit_version(w, "1.0.0", extra_files=manifests)
+        bares = [tmp_path / f"status-{i}.git" for i in range(2)]
+        for bare in bares:
+            git(tmp_path, "init", "--bare", "--quiet", str(bare))
+            w.git_http.publish_repo(bare.name, bare)
+        shards = [w.git_http.url(b.name) for b in bares]
+        log0 = len(w.git_http.requests())
+        p = modelfleet("simulate", "--devices", "6", "--processes", "2", "--canaries", "1", "--label", "site=lab",
+                       "--repo", w.git_url, "--tuf", w.http.url, "--trusted-root", str(w.trusted_root),
+                       "--username", "device", "--password-file", str(w.password_file),
+                       "--status-repo", shards[0], "--status-repo", shards[1], "--status-keys", str(keys),
+                       "--poll-interval", "1s", "--until", "converged", "--until", "reported:1.0.0:100%",
+                       "--duration", "120s", "--report-every", "1s", "--per-device", cwd=tmp_path)
+        assert p.returncode == 0, p.stderr[-2000:]
+        lines = [json.loads(line) for line in p.stdout.splitlines()]
+        assert all(line["rssMB"] > 0 for line in lines)  # memory in every line, with --processes too
+        final = lines[-1]
+        assert final["final"] and final["until"]["met"] and final["until"]["conditions"] == [
+            "converged", "reported:1.0.0:100%"]
+        assert final["t"] < 60  # ended by --until, not --duration
+        assert final["statusOnServer"] == {"onServer": 6, "behind": 0, "none": 0, "unreachable": 0}
+        assert final["statusPushes"] == final["statusCommits"] and final["converged"] == 6
+        per = final["perDevice"]
+        assert sorted(per) == [f"sim-{i:05d}" for i in range(6)]
+        for rec in per.values():
+            assert rec["polls"] >= 1 and len(rec["pollTimes"]) == rec["polls"]
+            assert rec["pollTimes"] == sorted(rec["pollTimes"]) and rec["served"][-1][1] == "1.0.0"
+            assert rec["heads"][0][1] == git(w.upstream.bare, "rev-parse", "main")[:12]
+        # Each device's branch is on its shard only, and every push was the in-process one: with credentials,
+        # never `git push` (whose first request is the ref advertisement with a 401 challenge).
+        on_shards = [git(b, "for-each-ref", "--format=%(refname:short)", "refs/heads/status/").split() for b in bares]
+        assert sorted(on_shards[0] + on_shards[1]) == [f"status/sim-{i:05d}" for i in range(6)]
+        log = w.git_http.requests()[log0:]
+        assert not [x for x in log if x.split()[2] == "401"]
+        assert all(x.split()[3] == "device" for x in log if "git-receive-pack" in x)
+        # Signed by the keys the inventory lists: `fleet status` counts every device as trusted.
+        fs = modelfleet("fleet", "status", "--repo", w.git_url, "--status-repo", shards[0], "--status-repo",
+                        shards[1], "--format", "json", cwd=tmp_path)
+        assert fs.returncode == 0, fs.stderr
+        rows = json.loads(fs.stdout)["devices"]
+        assert len(rows) == 6 and {r["trust"] for r in rows} == {"trusted"}
+    finally:
+        w.stop()
+
+
+def test_simulate_until_not_met_and_refusals(tmp_path: Path) -> None:
+    w = fleet_servers(tmp_path / "world", git="daemon")
+    try:
+        w.publish("1.0.0")
+        commit_version(w, "1.0.0")
+        p = modelfleet("simulate", "--devices", "3", "--repo", w.git_url, "--tuf", w.http.url, "--trusted-root",
+                       str(w.trusted_root), "--poll-interval", "1s", "--until", "serving:9.9.9:50%",
+                       "--duration", "4s", "--report-every", "1s", cwd=tmp_path)
+        assert p.returncode == 3, p.stderr
+        assert "did not hold within 4s" in p.stderr
+        final = json.loads(p.stdout.splitlines()[-1])
+        assert final["final"] and not final["until"]["met"] and final["until"]["reason"].startswith("--duration 4s")
+        # Ctrl-C (SIGINT to the process group, as a terminal sends it): the shards flush, the final line, 130.
+        proc = subprocess.Popen([sys.executable, "-m", "reconciler.cli", "simulate", "--devices", "4", "--processes",
+                                 "2", "--repo", w.git_url, "--tuf", w.http.url, "--trusted-root", str(w.trusted_root),
+                                 "--poll-interval", "1s", "--duration", "5m"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env(), start_new_session=True)
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = json.loads(proc.stdout.readline())
+            if line.get("statusInSync") == 4:
+                break
+        os.killpg(proc.pid, signal.SIGINT)
+        rest, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 130
+        final = json.loads(rest.splitlines()[-1])
+        assert final["final"] and final["until"]["reason"] == "interrupted"
+        assert final["statusOnServer"]["onServer"] == 4
+    finally:
+        w.stop()
+    root = tmp_path / "root.json"
+    root.write_text("{}")
+    for args, message in (
+            (["--until", "done"], "--until 'done': expected converged"),
+            (["--until", "serving:1.0:0"], "must be above 0"),
+            (["--repo", "http://device:pw@127.0.0.1:1/git/f.git"], "embeds a password or token"),
+            (["--username", "device"], "--username and --password-file go together")):
+        base = ["simulate", "--devices", "2", "--trusted-root", str(root)]
+        if "--repo" not in args:
+            base += ["--repo", "git://127.0.0.1:1/x"]
+        p = modelfleet(*base, *args, cwd=tmp_path)
+        assert p.returncode == 2 and message in p.stderr, (args, p.stderr)
+    p = modelfleet("simulate", "--devices", "2", "--repo", "git://127.0.0.1:1/x", cwd=tmp_path)
+    assert p.returncode == 2 and "--trusted-root is required" in p.stderr

@@ -1,0 +1,183 @@
+"""N simulated devices in S sites behind S site gateways, against the same N devices direct; ONE JSON line.
+
+Central servers as docs/hosting.md + docs/scale.md configure them: nginx + fcgiwrap + ``git http-backend`` for the
+fleet repository (the devices' ``ls-refs`` poll answered from nginx's 1 s microcache, Basic auth on push), the
+static TUF repository behind the same nginx (a bearer token). Each gateway is a real ``modelfleet gateway run``
+process (its own nginx + fcgiwrap + git http-backend, tests/_gateway.py) relaying to the central repository.
+
+Both runs, one after the other in this process, with fresh devices (:mod:`reconciler.simulate.shards`,
+``BENCH_PROCESSES`` × ``BENCH_WORKERS``): the fleet converges on 1.0.0 and reports; an idle window of
+``BENCH_IDLE_INTERVALS`` poll intervals; then the deployment moves to 1.1.0 (one commit: every device's update,
+the "promote") and the bench waits for 99 % of the devices serving it, then for every device's newest status on
+the central server. Reported per run, from the central nginx's log and the simulator:
+
+* ``centralGitRequestsPerPollInterval`` in the idle window (direct: about one poll per device; behind gateways:
+  each gateway's poll per gateway interval plus its relay pushes), and in the update window;
+* ``centralTufTargetBytes`` and ``copiesOfTheUpdate``: bytes of targets the central TUF server sent in the update
+  window, over the update's targets (the model and its probe) — direct: one copy per device; behind gateways:
+  one per site;
+* ``promoteTo99PollIntervals``: the update commit → 99 % of the devices serving 1.1.0, in poll intervals (behind
+  gateways it includes up to one gateway interval before the site's mirror has the commit);
+* status commits pushed and the devices whose newest status is on the central server at the end.
+
+Ratios (gateways / direct) in the same run. Environment: ``BENCH_DEVICES`` (200), ``BENCH_SITES`` (5),
+``BENCH_POLL`` (10 s), ``BENCH_GATEWAY_INTERVAL`` (5 s), ``BENCH_PROCESSES`` (2), ``BENCH_WORKERS`` (16),
+``BENCH_IDLE_INTERVALS`` (3), ``BENCH_WORK_DIR`` (/dev/shm). The defaults fit a 2-core machine shared with other
+work; say so when quoting them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_rollout import CgroupCpu, tree_cpu  # noqa: E402
+
+from reconciler.core.credentials import Credentials  # noqa: E402
+from reconciler.simulate.fleet import SimSettings, status_on_server  # noqa: E402
+from reconciler.simulate.shards import ShardedFleet  # noqa: E402
+from tests._fleet_world import HttpWorld  # noqa: E402
+from tests._gateway import GatewayProcess, central_tuf_url  # noqa: E402
+from tests._servers import private_file  # noqa: E402
+
+N = int(os.environ.get("BENCH_DEVICES", "200"))
+SITES = int(os.environ.get("BENCH_SITES", "5"))
+POLL = float(os.environ.get("BENCH_POLL", "10"))
+GW_INTERVAL = float(os.environ.get("BENCH_GATEWAY_INTERVAL", "5"))
+PROCESSES = int(os.environ.get("BENCH_PROCESSES", "2"))
+WORKERS = int(os.environ.get("BENCH_WORKERS", "16"))
+IDLE_INTERVALS = float(os.environ.get("BENCH_IDLE_INTERVALS", "3"))
+WORK_DIR = os.environ.get("BENCH_WORK_DIR", "/dev/shm" if os.path.isdir("/dev/shm") else None)
+
+
+def central(world: HttpWorld, since: int) -> list[list[str]]:
+    return [line.split() for line in world.git_http.service_requests()[since:]]
+
+
+def git_requests(log: list[list[str]]) -> int:
+    return sum(1 for f in log if f[1].startswith("/git/"))
+
+
+def tuf_target_bytes(log: list[list[str]]) -> int:
+    return sum(int(f[7]) for f in log if f[1].startswith("/tuf/fleet/targets/") and f[3] in ("200", "206"))
+
+
+def one_run(root: Path, gateways: int) -> dict[str, Any]:
+    world = HttpWorld(root / "world", ls_refs_cache_s=1)
+    cgroup = CgroupCpu.create(f"modelfleet-gwbench-{os.getpid()}-{gateways}")
+    world.start()
+    if cgroup is not None:
+        cgroup.adopt(world.git_http.pids())
+    gws: list[GatewayProcess] = []
+    fleet: ShardedFleet | None = None
+    try:
+        world.publish("1.0.0")
+        world.publish("1.1.0", bias=0.5)
+        # The update's targets (the model and its probe): what one device downloads for it.
+        update_files = [p for p in (world.tuf_dir / "targets").rglob("*") if p.is_file() and "1.1.0" in str(p)]
+        world.commit_raw(world.fleet_files("1.0.0", poll=f"{POLL:g}s"), "deploy 1.0.0")
+        tuf = central_tuf_url(world)
+        for s in range(gateways):
+            gws.append(GatewayProcess.for_world(world, root / f"site-{s}", interval=f"{GW_INTERVAL:g}s",
+                                                name=f"site-{s}").start())
+        settings = SimSettings(
+            devices=N, source_url=world.git_url, trusted_root=world.trusted_root, tuf_url=tuf,
+            tuf_credentials=Credentials(bearer_token_file=private_file(root / "tuf.token", "unused")),
+            credentials=world.device_credentials, poll_interval=POLL, workers=WORKERS,
+            gateways=[g.url for g in gws])
+        fleet = ShardedFleet(settings, root / "devices", PROCESSES)
+        conv = fleet.wait(lambda r: r["versions"].get("1.0.0", 0) == N and r["statusInSync"] == N, 60 * POLL)
+        time.sleep(2 * max(GW_INTERVAL, 1))  # the gateways relay the first statuses
+        # Idle window: nothing changes; what reaches the center.
+        log0, git0 = len(world.git_http.service_requests()), cgroup.seconds() if cgroup else 0.0
+        sim0 = sum(tree_cpu(p) for p in fleet.pids)
+        t_idle = time.monotonic()
+        time.sleep(IDLE_INTERVALS * POLL)
+        idle_s = time.monotonic() - t_idle
+        idle_log = central(world, log0)
+        idle = {"seconds": round(idle_s, 1), "centralGitRequests": git_requests(idle_log),
+                "centralGitRequestsPerPollInterval": round(git_requests(idle_log) * POLL / idle_s, 1),
+                "centralGitServerCpuSeconds": round(cgroup.seconds() - git0, 2) if cgroup else None,
+                "simulatorCpuSeconds": round(sum(tree_cpu(p) for p in fleet.pids) - sim0, 1)}
+        # The update: one commit moves every device to 1.1.0.
+        log1, git1 = len(world.git_http.service_requests()), cgroup.seconds() if cgroup else 0.0
+        world.commit_raw(world.fleet_files("1.1.0", poll=f"{POLL:g}s"), "deploy 1.1.0")
+        t_commit = time.monotonic()
+        t99 = fleet.wait(lambda r: r["versions"].get("1.1.0", 0) >= 0.99 * N, 30 * POLL)
+        t_all = fleet.wait(lambda r: r["versions"].get("1.1.0", 0) >= N, 30 * POLL)
+        t_all = None if t_all is None else time.monotonic() - t_commit
+        done = fleet.wait(lambda r: r["statusInSync"] >= N and r["reported"].get("1.1.0", 0) >= N, 30 * POLL)
+        done = None if done is None else time.monotonic() - t_commit
+        time.sleep(2 * max(GW_INTERVAL, 1))  # relayed upstream
+        window = time.monotonic() - t_commit
+        upd_log = central(world, log1)
+        final = fleet.close()
+        fleet = None
+        assert final is not None
+        on = status_on_server(final.pop("tips"), credentials=world.device_credentials)
+        size = sum(p.stat().st_size for p in update_files)
+        copies = tuf_target_bytes(upd_log) / size
+        return {
+            "gateways": gateways, "devices": N, "gatewayIntervalSeconds": GW_INTERVAL if gateways else None,
+            "firstConvergenceSeconds": None if conv is None else round(conv, 1),
+            "idle": idle,
+            "update": {
+                "promoteTo99Seconds": None if t99 is None else round(t99, 1),
+                "promoteTo99PollIntervals": None if t99 is None else round(t99 / POLL, 2),
+                "promoteTo100Seconds": None if t_all is None else round(t_all, 1),
+                "allReportedSeconds": None if done is None else round(done, 1),
+                "windowSeconds": round(window, 1),
+                "centralGitRequests": git_requests(upd_log),
+                "centralGitRequestsPerPollInterval": round(git_requests(upd_log) * POLL / window, 1),
+                "centralGitServerCpuSeconds": round(cgroup.seconds() - git1, 2) if cgroup else None,
+                "centralTufRequests": sum(1 for f in upd_log if f[1].startswith("/tuf/")),
+                "centralTufTargetBytes": tuf_target_bytes(upd_log), "updateTargetBytes": size,
+                "copiesOfTheUpdate": round(copies, 2)},
+            "statusCommitsPushed": final["statusPushes"], "statusCommitsMade": final["statusCommits"],
+            "newestStatusOnCentral": on, "rssMB": final["rssMB"],
+            "gatewayState": [{"mirrorPolls": (g.state() or {}).get("mirror", {}).get("polls"),
+                              "relayPushes": (g.state() or {}).get("status", {}).get("pushes")} for g in gws],
+        }
+    finally:
+        if fleet is not None:
+            fleet.close()
+        for g in gws:
+            g.stop()
+        world.stop()
+        if cgroup is not None:
+            cgroup.remove()
+
+
+def main() -> None:
+    logging.getLogger("reconciler").setLevel(logging.ERROR)
+    out: dict[str, Any] = {"bench": "gateway", "devices": N, "sites": SITES, "pollSeconds": POLL,
+                           "gatewayIntervalSeconds": GW_INTERVAL, "processes": PROCESSES, "workersPerProcess": WORKERS,
+                           "cores": os.cpu_count(), "loadavgAtStart": round(os.getloadavg()[0], 1)}
+    with tempfile.TemporaryDirectory(prefix="bench-gateway-", dir=WORK_DIR) as tmp:
+        out["direct"] = one_run(Path(tmp) / "direct", 0)
+        print(json.dumps({"direct": out["direct"]}), file=sys.stderr, flush=True)
+        out["behindGateways"] = one_run(Path(tmp) / "gateways", SITES)
+    d, g = out["direct"], out["behindGateways"]
+    out["ratios"] = {
+        "centralGitRequestsIdle": round(g["idle"]["centralGitRequests"] / max(1, d["idle"]["centralGitRequests"]), 3),
+        "centralGitRequestsUpdate": round(g["update"]["centralGitRequests"]
+                                          / max(1, d["update"]["centralGitRequests"]), 3),
+        "centralTufBytesPerUpdate": round(g["update"]["centralTufTargetBytes"]
+                                          / max(1, d["update"]["centralTufTargetBytes"]), 3),
+        "promoteTo99": None if not (g["update"]["promoteTo99Seconds"] and d["update"]["promoteTo99Seconds"]) else
+        round(g["update"]["promoteTo99Seconds"] / d["update"]["promoteTo99Seconds"], 2)}
+    out["loadavgAtEnd"] = round(os.getloadavg()[0], 1)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""``modelfleet gateway run``: nginx + fcgiwrap supervised, the mirror refreshed and the status relayed.
+
+:class:`Gateway` prepares the data directory (mirror, status repository, caches, the generated nginx config),
+starts fcgiwrap on a listening socket it makes itself (the kernel's backlog, as systemd's ``fcgiwrap.socket``
+gives it: a burst of a site's requests waits instead of failing with 502) and nginx, then every ``interval``
+refreshes the mirror (one ``ls-refs`` upstream) and relays the site's new status commits (one push per upstream
+status repository). Both children die with the gateway (``PR_SET_PDEATHSIG``); a gateway killed with ``kill
+-9`` leaves nothing running, and the next start also stops children a previous run left (their pid files). On
+SIGTERM it relays once more, then stops them; SIGHUP runs a round at once. ``<run>/state.json`` says what it did last (``gateway status``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from reconciler.core.fsutil import atomic_write_text
+from reconciler.gateway.config import GatewayConfig
+from reconciler.gateway.mirror import FleetMirror
+from reconciler.gateway.nginx import nginx_config
+from reconciler.gateway.relay import StatusRelay
+
+log = logging.getLogger("reconciler.gateway")
+FCGI_BACKLOG = 4096
+START_TIMEOUT = 15.0
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    os.setsid()
+
+
+def _stop_pidfile(pidfile: Path, expect: str) -> None:
+    """Stop a process a previous run left (its pid file names it and its command line has ``expect``)."""
+    try:
+        pid = int(pidfile.read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (OSError, ValueError, IndexError):
+        return
+    if expect in cmdline:
+        try:
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(50):
+                os.kill(pid, 0)
+                time.sleep(0.1)
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+class Gateway:
+    def __init__(self, cfg: GatewayConfig) -> None:
+        self.cfg = cfg
+        self.data = cfg.data_dir
+        self.run_dir = cfg.data_dir / "run"
+        self.repos = cfg.data_dir / "repos"
+        self.mirror = FleetMirror(self.repos / "fleet.git", cfg.source_url, cfg.branches,
+                                  credentials=cfg.source_credentials)
+        self.relay = StatusRelay(self.repos / "status.git", cfg.data_dir / "relay-journal.json",
+                                 cfg.upstream_status_urls, prefix=cfg.status_prefix,
+                                 credentials=cfg.relay_credentials, max_refs_per_push=cfg.max_refs_per_push,
+                                 max_devices=cfg.max_devices)
+        self._nginx: subprocess.Popen[bytes] | None = None
+        self._fcgi: subprocess.Popen[bytes] | None = None
+        self.stop_event = threading.Event()
+        self.wake = threading.Event()  # SIGHUP: a round now
+        self.state: dict[str, Any] = {}
+
+    # -- setup
+
+    def prepare(self) -> None:
+        for d in (self.data, self.run_dir, self.repos, self.data / "cache", self.run_dir / "tmp"):
+            d.mkdir(parents=True, exist_ok=True)
+        self.mirror.ensure()
+        self.relay.ensure()
+        atomic_write_text(self.run_dir / "nginx.conf", nginx_config(self.cfg, run_dir=self.run_dir), mode=0o600)
+
+    def start(self) -> Gateway:
+        self.prepare()
+        _stop_pidfile(self.run_dir / "nginx.pid", str(self.run_dir / "nginx.conf"))
+        _stop_pidfile(self.run_dir / "fcgiwrap.pid", self.cfg.fcgiwrap)
+        try:
+            self.mirror.refresh()  # serve something from the start when upstream is there
+        except Exception as exc:  # noqa: BLE001 - the loop retries; devices fall back meanwhile
+            log.warning("first mirror refresh failed: %s", exc)
+        self._start_fcgiwrap()
+        self._start_nginx()
+        return self
+
+    def _start_fcgiwrap(self) -> None:
+        sock = self.run_dir / "fcgiwrap.sock"
+        sock.unlink(missing_ok=True)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(str(sock))
+            listener.listen(FCGI_BACKLOG)
+            with open(self.run_dir / "fcgiwrap.log", "ab") as fh:
+                self._fcgi = subprocess.Popen(
+                    [self.cfg.fcgiwrap, "-c", str(self.cfg.fcgiwrap_children)], stdout=fh, stderr=fh,
+                    stdin=listener.fileno(), preexec_fn=_die_with_parent,  # noqa: PLW1509 - prctl needs it
+                    env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.data)})
+        finally:
+            listener.close()
+        atomic_write_text(self.run_dir / "fcgiwrap.pid", f"{self._fcgi.pid}\n", durable=False)
+
+    def _start_nginx(self) -> None:
+        conf = self.run_dir / "nginx.conf"
+        with open(self.run_dir / "nginx.out", "ab") as fh:
+            self._nginx = subprocess.Popen([self.cfg.nginx, "-e", str(self.run_dir / "error.log"), "-p",
+                                            str(self.run_dir), "-c", str(conf)], stdout=fh, stderr=fh,
+                                           stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # noqa: PLW1509
+        host, port = self.cfg.listen.rsplit(":", 1)
+        host = "127.0.0.1" if host in ("0.0.0.0", "*", "") else host.strip("[]")
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._nginx.poll() is not None:
+                raise RuntimeError(f"nginx exited: {(self.run_dir / 'error.log').read_text(errors='replace')[-1000:]}")
+            try:
+                socket.create_connection((host, int(port)), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"nginx did not listen on {self.cfg.listen} within {START_TIMEOUT:g}s")
+
+    # -- running
+
+    def tick(self) -> dict[str, Any]:
+        """One round: the mirror refreshed (a fetch on change), then the status relayed."""
+        out: dict[str, Any] = {"time": time.time()}
+        try:
+            out["mirrorChanged"] = self.mirror.refresh()
+        except Exception as exc:  # noqa: BLE001 - reported; next round retries
+            out["mirrorError"] = str(exc)[:300]
+        try:
+            out["relay"] = self.relay.relay_once()
+        except Exception as exc:  # noqa: BLE001
+            out["relayError"] = str(exc)[:300]
+        self.state = {**out, "mirror": {"polls": self.mirror.polls, "fetches": self.mirror.fetches,
+                                        "lastRefresh": self.mirror.last_refresh, "lastError": self.mirror.last_error,
+                                        "heads": self.mirror.local_heads()},
+                      "status": self.relay.status()}
+        atomic_write_text(self.run_dir / "state.json", json.dumps(self.state, sort_keys=True) + "\n", durable=False)
+        return out
+
+    def run(self) -> None:
+        """Rounds every interval (or at once on :attr:`wake`, SIGHUP) until :attr:`stop_event` (SIGTERM/SIGINT);
+        children watched and restarted."""
+        while not self.stop_event.is_set():
+            t0 = time.monotonic()
+            self.wake.clear()
+            self.tick()
+            self._watch_children()
+            deadline = t0 + self.cfg.interval
+            while not (self.stop_event.is_set() or self.wake.is_set()) and (left := deadline - time.monotonic()) > 0:
+                self.wake.wait(min(left, 1.0))
+        self.tick()  # what arrived since the last round goes upstream before the gateway stops
+
+    def _watch_children(self) -> None:
+        if self._fcgi is not None and self._fcgi.poll() is not None:
+            log.warning("fcgiwrap exited with %s; restarting it", self._fcgi.returncode)
+            self._start_fcgiwrap()
+        if self._nginx is not None and self._nginx.poll() is not None:
+            log.warning("nginx exited with %s; restarting it", self._nginx.returncode)
+            self._start_nginx()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for proc in (self._nginx, self._fcgi):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        self.mirror.close()
