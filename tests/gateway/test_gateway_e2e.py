@@ -230,3 +230,32 @@ def test_kill9_of_the_gateway_mid_relay_loses_no_status_commit(site) -> None:
     assert {r: acked.get(r) for r in synthetic} == synthetic
     for dev in DEVICES:  # and the devices go on reporting through the restarted gateway
         assert f"refs/heads/status/{dev}" in upstream
+
+
+def test_simulate_behind_gateways(tmp_path: Path) -> None:
+    """`modelfleet simulate --gateway` twice: the devices are cut into two sites, each polls and pushes through its
+    site's gateway, and the relays bring every device's newest status to the central repository."""
+    w = HttpWorld(tmp_path / "world").start()
+    gws: list[GatewayProcess] = []
+    try:
+        w.publish("1.0.0")
+        w.commit_raw(w.fleet_files("1.0.0"), "deploy 1.0.0")
+        gws = [GatewayProcess.for_world(w, tmp_path / f"site-{i}", interval="1s", name=f"site-{i}").start()
+               for i in range(2)]
+        token = private_file(tmp_path / "tuf.token", "unused")
+        p = modelfleet("simulate", "--devices", "6", "--repo", w.git_url, "--tuf", central_tuf_url(w),
+                       "--tuf-token-file", str(token), "--trusted-root", str(w.trusted_root), "--username", "device",
+                       "--password-file", str(w.password_file), "--gateway", gws[0].url, "--gateway", gws[1].url,
+                       "--poll-interval", "1s", "--until", "converged", "--duration", "120s", cwd=tmp_path)
+        assert p.returncode == 0, p.stderr[-2000:]
+        final = json.loads(p.stdout.splitlines()[-1])
+        assert final["versions"] == {"1.0.0": 6}
+        for g in gws:  # each site's devices poll and push through their own gateway
+            assert [f for f in g.access_log() if f[1] == "/git/status.git/git-receive-pack" and f[3] == "200"]
+            assert [f for f in g.access_log() if f[1] == "/git/fleet.git/git-upload-pack"]
+        wait(lambda: len(git(w.upstream.bare, "for-each-ref", "refs/heads/status/").splitlines()) == 6,
+             "every device's status relayed to the center", 30)
+    finally:
+        for g in gws:
+            g.stop()
+        w.stop()
