@@ -25,6 +25,7 @@ import json
 import multiprocessing as mp
 import os
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -234,6 +235,7 @@ def main() -> None:
         "dropped_records": sum(d["dropped"] for d in done),
         "batches_uploaded": len(uploaded), "bytes_uploaded": sum(p.stat().st_size for p in uploaded),
     }
+    shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(out, separators=(",", ":")))
 
 

@@ -715,6 +715,10 @@ class CaptureService:
         u.last_error = self.last_error = str(exc)
         delay = backoff_delay(u.failures, self.rand())
         u.next_try = time.monotonic() + delay
+        waiting = u.slot
+        if waiting is not None:  # handed over meanwhile: it waits out the backoff in the spool, not in memory
+            u.slot = None
+            self._store(waiting, now)
         return delay
 
     def _acknowledged(self, u: _Uploader, now: float) -> None:
