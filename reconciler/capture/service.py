@@ -40,18 +40,17 @@ import numpy as np
 from prometheus_client import Counter, Gauge
 
 from reconciler.capture.batch import SUFFIX, new_batch_id, seal_batch, stack_records
+from reconciler.capture.handoff import _Sealed, _Uploader
 from reconciler.capture.policy import (
-    SAMPLED,
     CapturePolicy,
     StoredBatch,
     backoff_delay,
-    capture_trigger,
-    min_confidence,
     minimise,
     select_purge,
     select_room,
     upload_allowed,
 )
+from reconciler.capture.requestpath import CaptureObserver, _Plan, _same_layout
 from reconciler.capture.spool import Spool
 from reconciler.capture.upload import (
     DirectoryDestination,
@@ -99,112 +98,6 @@ class _Open:
     nbytes: int = 0
     end: float = 0.0
     limit: int = MAX_OPEN_BATCH_BYTES  # sealed at this many bytes
-
-
-def _same_layout(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:
-    """Records stack into one batch only when names, dtypes, ranks and shapes past the first axis agree."""
-    if len(a) != len(b):
-        return False
-    for k, x in a.items():
-        y = b.get(k)
-        if y is None:
-            return False
-        if x is y:
-            continue
-        dx, dy = x.dtype, y.dtype
-        if (dx is not dy and dx != dy) or x.ndim != y.ndim or (x.ndim > 1 and x.shape[1:] != y.shape[1:]):
-            return False
-    return True
-
-
-class _Plan:
-    """What the request path needs of an endpoint's policy, precomputed at configure time."""
-
-    __slots__ = ("policy", "rate", "sample_only", "outputs")
-
-    def __init__(self, policy: CapturePolicy) -> None:
-        self.policy = policy
-        self.rate = policy.sample_rate
-        # No lowConfidence or drift trigger: one random draw decides, nothing is looked at otherwise.
-        self.sample_only = policy.low_confidence_below is None and not policy.on_drift
-        self.outputs = policy.wants_outputs
-
-
-class _Uploader:
-    """One destination's sender: its endpoints, its own thread and backoff."""
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.endpoints: frozenset[str] = frozenset()
-        self.wake = threading.Event()
-        self.lock = threading.Lock()  # one walk at a time (its thread, or upload_once from a caller)
-        self.failures = 0
-        self.next_try = 0.0  # time.monotonic() before which it does not try again
-        self.last_error: str | None = None
-        self.retired = False
-        self.thread: threading.Thread | None = None
-        # A batch sealed while this destination was taking uploads goes to it straight from memory (the writer
-        # hands over only into an empty slot: one being sent, one next); it reaches the spool only if the
-        # upload fails.
-        self.slot: _Sealed | None = None
-        self.inflight: _Sealed | None = None
-
-
-@dataclass(frozen=True)
-class _Sealed:
-    """A sealed batch not (yet) in the spool."""
-
-    endpoint: str
-    header: dict[str, Any]
-    data: bytes
-    key_id: str
-
-
-class CaptureObserver:
-    """One loaded model version's hook (the registry's observer protocol)."""
-
-    __slots__ = ("service", "endpoint", "version", "model")
-
-    def __init__(self, service: CaptureService, endpoint: str, version: str, model: str) -> None:
-        self.service = service
-        self.endpoint = endpoint
-        self.version = version
-        self.model = model
-
-    def observe(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray], seconds: float,
-                request_id: str | None = None) -> None:
-        # request_id is not kept: a client-chosen id can identify a person, and retraining does not need it
-        svc = self.service
-        svc.last_request = _monotonic()
-        plan = svc.plans.get(self.endpoint)
-        if plan is None:
-            return
-        if plan.sample_only:  # the common case: one draw, nothing else unless this request is captured
-            if svc.rand() < plan.rate:
-                svc.offer(self, SAMPLED, feeds, outputs if plan.outputs else _EMPTY)
-            return
-        policy = plan.policy
-        conf = (min_confidence(outputs, policy.low_confidence_output)
-                if policy.low_confidence_below is not None else None)
-        trigger = capture_trigger(policy, svc.rand(), confidence=conf, drifting=self.endpoint in svc.drifting)
-        if trigger is not None:
-            svc.offer(self, trigger, feeds, outputs if plan.outputs else _EMPTY)
-
-    def observe_error(self, seconds: float) -> None:
-        self.service.last_request = _monotonic()
-
-    def observe_rejection(self) -> None:
-        self.service.last_request = _monotonic()
-
-    def observe_rejected_inputs(self, inputs: dict[str, np.ndarray]) -> None:
-        """The decoded inputs of a request that failed validation (the ``rejected`` trigger)."""
-        svc = self.service
-        policy = svc.policies.get(self.endpoint)
-        if policy is not None and inputs and capture_trigger(policy, 1.0, rejected=True):
-            svc.offer(self, "rejected", inputs, _EMPTY)
-
-
-_monotonic = time.monotonic
 
 
 class CaptureService:

@@ -4,6 +4,7 @@ and the agent converges once the mirror is fast again. Real parts: git daemon, T
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,7 +59,7 @@ def test_dripping_mirror_is_reported_and_last_good_keeps_serving(world: World, a
     # Metadata dripped, status line and headers too: the refresh fails the same way.
     world.http.drip = Drip("timestamp.json", every=0.01, headers=True)
     c, took = _slow_pass(agent)
-    assert c.reason == R.SLOW_RETRIEVAL and "metadata/timestamp.json sent 0 bytes" in c.message, c.message
+    assert c.reason == R.SLOW_RETRIEVAL and re.search(r"metadata/timestamp.json sent \d+ bytes", c.message), c.message
     assert took < 10 and which_version(agent.c.url, world) == "1.0.0"
     # The mirror recovers: the next pass converges (the target resumes from the bytes it kept).
     world.http.drip = None

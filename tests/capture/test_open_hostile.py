@@ -11,7 +11,6 @@ import io
 import json
 import os
 import re
-import resource
 import struct
 import subprocess
 import sys
@@ -247,11 +246,18 @@ def _open_in_subprocess(args: list[str]) -> tuple[int, str, str, int]:
     keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
     env = {k: os.environ[k] for k in keep if k in os.environ} | {"PYTHONPATH": str(CODE_ROOT)}
 
-    def limit() -> None:  # if the bomb goes off, fail with MemoryError rather than take 4 GiB of a shared host
-        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+    # If the bomb goes off, fail with MemoryError rather than take 4 GiB of a shared host. The limit is set by a
+    # small launcher that then execs the CLI: a preexec_fn would make Python fork the whole test process, and the
+    # forked image (hundreds of MB late in a suite) would count as the child's peak RSS.
+    launcher = ("import os, resource, sys; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30)); "
+                "os.execv(sys.argv[1], sys.argv[1:])")
+    if cmd[0] != sys.executable:
+        cmd = [sys.executable, "-c", launcher, *cmd]
+    else:
+        cmd = [sys.executable, "-c", launcher, sys.executable, *cmd[1:]]
 
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        p = subprocess.Popen(cmd + args, stdout=out, stderr=err, env=env, preexec_fn=limit)
+        p = subprocess.Popen(cmd + args, stdout=out, stderr=err, env=env)
         timer = threading.Timer(120, p.kill)
         timer.start()
         try:

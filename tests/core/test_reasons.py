@@ -28,6 +28,9 @@ NOT_REASONS = {
     "ReduceMean",  # modelgen.image_mean
     "ZipMap", "MinMax",  # skl2onnx's map output op; onnxruntime's calibration method (reconciler.optimize)
     "UserError",  # the exception's name, in optimize's step reasons
+    "GatewayConfig", "MmapedValue",  # a kind; prometheus_client's multiprocess value class
+    # the Open Inference Protocol's gRPC methods (reconciler.serving.grpc)
+    "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
 }
 
 

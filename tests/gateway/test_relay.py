@@ -215,5 +215,5 @@ spec:
     assert cfg.gateway_tuf_urls() == ("http://gw.site.lan:8780/tuf/metadata/", "http://gw.site.lan:8780/tuf/targets/")
     assert cfg.gateway_upstream_check == 900 and cfg.gateway_credentials.password_file == tmp_path / "gw.pw"
     assert cfg.source_url == "https://git.example.com/git/fleet.git"  # the central URL stays: the fallback
-    with pytest.raises(UserError, match="gateway.url .* embeds a password"):
+    with pytest.raises(UserError, match="gateway.url .* holds userinfo"):
         parse_agent_config(text.replace("http://gw", "http://u:p@gw"), tmp_path / "agent.yaml")
