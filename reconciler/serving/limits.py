@@ -9,6 +9,7 @@ camelCase names (:data:`OPTION_NAMES`).
 from __future__ import annotations
 
 import dataclasses
+import resource
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -68,8 +69,12 @@ class ServerLimits:
                 raise ValueError(f"server limit {name}={value!r}: {exc}") from None
         return dataclasses.replace(self, **changes)
 
-    def connection_cap(self, nofile_soft: int | None) -> int:
-        """Connections actually allowed: the configured cap, kept ``FD_RESERVE`` below the open-file limit."""
+    def connection_cap(self, nofile_soft: int | None = -1) -> int:
+        """Connections actually allowed: the configured cap, kept ``FD_RESERVE`` below the open-file limit
+        (``nofile_soft``: that limit; by default this process's soft ``RLIMIT_NOFILE``; None: unlimited)."""
+        if nofile_soft == -1:
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            nofile_soft = None if soft == resource.RLIM_INFINITY else soft
         if nofile_soft is None or nofile_soft <= 0:
             return self.max_connections
         return max(8, min(self.max_connections, nofile_soft - FD_RESERVE))

@@ -22,7 +22,6 @@ import asyncio
 import concurrent.futures
 import json
 import os
-import resource
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -117,8 +116,7 @@ class GrpcServer:
 
     @property
     def connection_cap(self) -> int:
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        return self.limits.connection_cap(None if soft == resource.RLIM_INFINITY else soft)
+        return self.limits.connection_cap()
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 

@@ -25,7 +25,6 @@ import concurrent.futures
 import contextlib
 import errno
 import os
-import resource
 import socket
 import ssl
 import threading
@@ -99,8 +98,7 @@ class InferenceServer:
     @property
     def connection_cap(self) -> int:
         """Connections served at once: ``max_connections``, kept below the process's open-file limit."""
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        return self.limits.connection_cap(None if soft == resource.RLIM_INFINITY else soft)
+        return self.limits.connection_cap()
 
     def start(self) -> None:
         if self._thread is not None:
