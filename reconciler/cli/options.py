@@ -132,8 +132,9 @@ def fleet_revisions(repo: str | None, timeout: float = 300) -> Iterator[tuple[st
     from reconciler.core.redact import redact_url, split_userinfo
     from reconciler.gitops.verify import git_message
 
-    if where.startswith(("http://", "https://")) and split_userinfo(where)[2] is not None:
-        raise UserError(f"--repo {redact_url(where)}: a password in the URL would show in `ps`; clone with your "
+    if where.lower().startswith(("http://", "https://")) and split_userinfo(where)[0] != where:
+        # Any userinfo, a user name too: https://<token>@host is how GitHub documents a token in a URL.
+        raise UserError(f"--repo {redact_url(where)}: credentials in the URL would show in `ps`; clone with your "
                         "credential helper and give the clone's path", exit_code=2)
     with tempfile.TemporaryDirectory(prefix="modelfleet-clone-") as tmp:
         env = dict(os.environ, GIT_TERMINAL_PROMPT="0")  # never wait for a password on a terminal

@@ -22,13 +22,14 @@ from reconciler.gitops.statusrepo import StatusRepo
 def remote_url(url: str) -> tuple[str, str | None]:
     """``url`` without a password or token in its userinfo (warning once on stderr) and the Basic authorization
     made from it (None when there was none); shared by every operator command that talks to the fleet repo."""
-    if url.startswith(("http://", "https://")):
+    if url.lower().startswith(("http://", "https://")):
         clean, user, password = split_userinfo(url)
-        if password is not None:
-            # Taken out of the URL (and so out of every git command line); still, it sat in shell history.
+        if password is not None or user is not None:
+            # Taken out of the URL (and so out of every git command line); still, it sat in shell history. A user
+            # name alone is taken out too: it is how GitHub documents a token (https://<token>@github.com/…).
             click.echo(f"warning: {redact_url(url)} embeds a password or token; it is sent as a header, but "
                        "prefer --username with --password-file", err=True)
-            return clean, basic_authorization(user or "", password)
+            return clean, basic_authorization(user or "", password or "")
     return url, None
 
 
@@ -84,7 +85,7 @@ def status_repos() -> list[str]:
     ctx = click.get_current_context(silent=True)
     out = []
     for url in (ctx.meta.get(STATUS_REPOS_KEY, ()) if ctx else ()):
-        if url.startswith(("http://", "https://")) and split_userinfo(url)[2] is not None:
+        if url.lower().startswith(("http://", "https://")) and split_userinfo(url)[0] != url:
             raise UserError(f"--status-repo {redact_url(url)} embeds a password or token: use --username with "
                             "--password-file (they apply to every repository)")
         out.append(shared_repo(url, "--status-repo"))

@@ -67,7 +67,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
 class CmdlineSampler:
     """Reads every process's command line from /proc every few ms while a scenario runs."""
 
-    def __init__(self) -> None:
+    def __init__(self, secrets: list[bytes] = SECRETS) -> None:
+        self.secrets = secrets
         self.hits: list[str] = []
         self.samples = 0
         self._stop = threading.Event()
@@ -109,7 +110,7 @@ class CmdlineSampler:
                 except OSError:
                     continue
                 self.samples += 1
-                if any(s in cmd for s in SECRETS) and self._ours(ppid):
+                if any(s in cmd for s in self.secrets) and self._ours(ppid):
                     self.hits.append(cmd.replace(b"\0", b" ").decode(errors="replace"))
             self._stop.wait(0.005)
 
@@ -382,6 +383,32 @@ def test_credentials_in_urls_are_refused_or_kept_off_argv(servers: Servers, tmp_
     assert sampler.hits == []
     assert READ_PW not in bad.text and USERS["ops"] not in r.text + bad.text
     assert_no_secret(dev, sampler, servers)
+
+
+def test_a_token_as_the_url_user_name_stays_off_operator_argv(servers: Servers, tmp_path: Path) -> None:
+    """GitHub's https://<token>@host form on the operator's side: the token is taken out of the URL (it is sent
+    as a header, never on a git command line) or the command refuses the URL before any git process starts."""
+    name = "fleet-token-user"
+    w = _world(servers, tmp_path, name)
+    dev = Device(w, tmp_path / "ops", tmp_path / "none")
+    token = "ghp_0perat0rUserT0ken7a6b5c4d"  # not in SECRETS: it reaches nginx's log (the module's servers)
+    url = servers.http.url(f"{name}.git", private=True).replace("://", f"://{token}@")
+    with CmdlineSampler([token.encode()]) as sampler:
+        runs = [run_cli("fleet", "status", "--repo", url, "--cache-dir", str(dev.dir / "c1")),
+                run_cli("rollout", "status", "tiny", "--repo", url, "--cache-dir", str(dev.dir / "c2")),
+                run_cli("fleet", "status", "--repo", url.replace(f"{token}@", ""), "--cache-dir",
+                        str(dev.dir / "c3"), "--status-repo", url)]
+        plan = run_cli("plan", "--repo", url, "--base", "main")
+    dev.outputs += [r.text for r in [*runs, plan]]
+    for r in runs:  # the server refuses a token it does not know: a named failure, no traceback
+        assert r.code != 0 and "Traceback" not in r.text, r.text
+    assert "embeds a password or token" in runs[0].err and "embeds a password or token" in runs[2].err
+    assert plan.code == 2 and "credentials in the URL would show in `ps`" in plan.err, plan.text
+    assert sampler.samples > 10 and sampler.hits == [], sampler.hits[:3]
+    assert all(token not in r.text for r in [*runs, plan])
+    # The token is the credential, so it reaches the server (nginx logs it as the user name); nowhere else.
+    cached = [p for p in dev.dir.rglob("*") if p.is_file() and token.encode() in p.read_bytes()]
+    assert cached == []
 
 
 def test_secret_scan_catches_leaks(servers: Servers, tmp_path: Path) -> None:
