@@ -400,6 +400,8 @@ class _Collector:
             ("samples", "samples", "Rows the shadow candidate's answers were compared on."),
             ("agreed", "agreed_samples", "Compared rows on which the shadow candidate agreed."),
             ("requests", "requests", "Mirrored requests the shadow candidate ran."),
+            ("offered", "offered_requests", "Live requests the shadow mirror saw (requests / offered: the share "
+                                            "the candidate ran)."),
             ("dropped", "dropped_requests", "Sampled requests dropped because the shadow queue was full."),
             ("errors", "errors", "Mirrored requests on which the shadow candidate raised."),
             ("nanOutputs", "nan_outputs", "Rows where the shadow candidate returned NaN/Inf and the serving "
