@@ -6,9 +6,9 @@ arrays, which nothing writes after the answer; a pooled request buffer is reused
 A full queue (``queue`` requests or :data:`~reconciler.shadow.spec.QUEUE_BYTES` of tensors) drops the sample and
 counts it, so a candidate slower than the traffic costs samples, never latency.
 
-The worker thread lowers its own scheduling priority before it runs anything (``SCHED_IDLE``, else nice 19:
-:mod:`~reconciler.shadow.priority`), and the candidate, given a single intra-op thread by the agent, runs in that
-thread: it gets only the CPU the live requests leave idle. It runs the injected ``run(feeds) -> outputs`` (the candidate's runtime session), compares, and adds to
+The worker thread's scheduling priority is lowered as it starts (``SCHED_IDLE``, else nice 19:
+:mod:`~reconciler.shadow.priority`), and the candidate, given a single intra-op thread by the agent, runs in
+that thread: it gets only the CPU the live requests leave idle. It runs the injected ``run(feeds) -> outputs`` (the candidate's runtime session), compares, and adds to
 :class:`~reconciler.shadow.stats.ShadowStats`. After a failure (the candidate raised or returned NaN) the mirror
 stops: the verdict is final. No I/O here: the session is the caller's.
 """
@@ -27,7 +27,7 @@ import numpy as np
 
 from reconciler.shadow.compare import compare
 from reconciler.shadow.gate import Verdict, device_verdict
-from reconciler.shadow.priority import IDLE, lower_this_thread
+from reconciler.shadow.priority import IDLE, NORMAL, lower_thread
 from reconciler.shadow.spec import QUEUE_BYTES, ShadowSettings
 from reconciler.shadow.stats import ShadowStats
 
@@ -47,11 +47,6 @@ class Mirror:
         self._elapsed = elapsed
         self._on_verdict = on_verdict
         self._rand = rand
-        self._want = priority
-        #: What the worker thread obtained (:mod:`~reconciler.shadow.priority`); None until it has started.
-        self.priority: str | None = None
-        self.native_id: int | None = None  # the worker thread's Linux TID
-        self._started = threading.Event()
         self._lock = threading.Lock()  # stats and queue
         self._wake = threading.Condition(self._lock)
         self._queue: collections.deque[tuple[dict[str, np.ndarray], dict[str, np.ndarray], float, int]] = (
@@ -64,7 +59,10 @@ class Mirror:
         self.verdict = Verdict("Comparing")
         self._thread = threading.Thread(target=self._work, name=f"modelfleet-shadow-{endpoint}", daemon=True)
         self._thread.start()
-        self._started.wait(5.0)
+        # lowered from here, not by the worker itself: the constructor never waits for an idle thread to run
+        self.native_id = self._thread.native_id  # the worker thread's Linux TID
+        #: What the worker thread obtained (:mod:`~reconciler.shadow.priority`).
+        self.priority = lower_thread(self.native_id, priority) if self.native_id else NORMAL
 
     # -- the request path ----------------------------------------------------------------------------------
 
@@ -89,9 +87,6 @@ class Mirror:
     # -- the worker ----------------------------------------------------------------------------------------
 
     def _work(self) -> None:
-        self.priority = lower_this_thread(self._want)
-        self.native_id = threading.get_native_id()
-        self._started.set()
         while True:
             with self._lock:
                 while not self._queue and not self._stopped:
@@ -163,8 +158,7 @@ class Mirror:
         with self._lock:
             snap = self.stats.snapshot()
             snap["queued"] = len(self._queue)
-            if self.priority is not None:
-                snap["priority"] = self.priority
+            snap["priority"] = self.priority
             return snap
 
     def idle(self) -> bool:

@@ -1,0 +1,197 @@
+"""The shadow candidate gets only the CPU the live requests leave idle, and live answers never wait for it.
+
+The mirror's worker thread asks Linux for ``SCHED_IDLE`` (else nice 19) and reports what it got; the candidate —
+real ONNX Runtime and OpenVINO sessions loaded as the agent loads them, in the agent's own thread — computes on
+that worker thread, so no thread at normal priority does the candidate's work. A candidate that cannot keep up
+(here: one that blocks) costs samples, counted, never live answers: a real HTTP server keeps answering with the
+serving version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reconciler.agent.shadowing import ShadowSupervisor, load_candidate
+from reconciler.devkit import modelgen
+from reconciler.serving.http.server import InferenceServer
+from reconciler.serving.registry import EndpointSpec, ModelRegistry
+from reconciler.shadow.mirror import Mirror
+from reconciler.shadow.priority import IDLE, NICE, NORMAL
+from reconciler.shadow.spec import ShadowSettings
+from tests._agent_fixtures import REPO_ROOT
+
+SETTINGS = ShadowSettings(sample_rate=1.0, min_samples=10_000)
+
+
+def _wait(pred, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def _stat(tid: int) -> list[str]:
+    """Fields 3.. of /proc/self/task/<tid>/stat (after the command name): proc(5)'s field n is ``[n - 3]``."""
+    with open(f"/proc/self/task/{tid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def _policy(tid: int) -> int:
+    return int(_stat(tid)[41 - 3])
+
+
+def _cpu_ticks() -> dict[int, int]:
+    """utime + stime of every thread of this process, in clock ticks."""
+    out = {}
+    for t in os.listdir("/proc/self/task"):
+        try:
+            f = _stat(int(t))
+        except OSError:  # ended meanwhile
+            continue
+        out[int(t)] = int(f[14 - 3]) + int(f[15 - 3])
+    return out
+
+
+def _one(i: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    return {"x": np.full((1, 4), float(i), np.float32)}, {"y": np.array([[0.0, 1.0]], np.float32)}
+
+
+@pytest.mark.parametrize(("want", "policy", "nice"), [(IDLE, os.SCHED_IDLE, 0), (NICE, os.SCHED_OTHER, 19),
+                                                      (NORMAL, os.SCHED_OTHER, 0)])
+def test_the_worker_thread_runs_at_the_priority_it_reports(want: str, policy: int, nice: int) -> None:
+    m = Mirror("ep", "1", "2", SETTINGS, lambda f: {"y": np.array([[0.0, 1.0]], np.float32)}, priority=want)
+    try:
+        tid = m.native_id
+        assert tid is not None and tid != threading.get_native_id()
+        assert os.sched_getscheduler(tid) == policy and _policy(tid) == policy
+        assert os.getpriority(os.PRIO_PROCESS, tid) == nice
+        assert m.snapshot()["priority"] == want
+    finally:
+        m.stop()
+    if want == IDLE:  # the default: what the agent's mirrors get
+        m = Mirror("ep", "1", "2", SETTINGS, lambda f: {})
+        try:
+            assert m.snapshot()["priority"] == IDLE and os.sched_getscheduler(m.native_id) == os.SCHED_IDLE
+        finally:
+            m.stop()
+
+
+def test_an_unprivileged_agent_gets_idle_priority_too() -> None:
+    """Linux lets any thread lower itself to SCHED_IDLE (and not back): the agent need not run as root."""
+    code = ("import os, threading; from reconciler.shadow.priority import lower_thread\n"
+            "if os.geteuid() == 0: os.setgid(65534); os.setuid(65534)\n"
+            "r = {}; go = threading.Event()\n"
+            "def w():\n"
+            "    go.wait(); tid = threading.get_native_id(); r['policy'] = os.sched_getscheduler(tid)\n"
+            "    try: os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0)); r['back'] = True\n"
+            "    except PermissionError: r['back'] = False\n"
+            "t = threading.Thread(target=w); t.start(); got = lower_thread(t.native_id); go.set(); t.join()\n"
+            "print(got, r['policy'], r['back'], os.geteuid())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd="/",
+                         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert out.returncode == 0, out.stderr
+    got, policy, back, euid = out.stdout.split()
+    assert euid != "0" and (got, int(policy), back) == (IDLE, os.SCHED_IDLE, "False"), out.stdout
+
+
+def _candidate(runtime: str, tmp_path: Path) -> tuple[object, dict[str, np.ndarray]]:
+    onnx_bytes = modelgen.small_cnn(seed=0)
+    probe = modelgen.make_probe(onnx_bytes)
+    if runtime == "openvino":
+        pytest.importorskip("openvino")
+        xml, bin_ = modelgen.to_openvino_ir(onnx_bytes, tmp_path, "model")
+        blobs = [xml.read_bytes(), bin_.read_bytes()]
+    else:
+        blobs = [onnx_bytes]
+    # loaded as the agent loads it: in the calling (normal priority) thread, one intra-op thread, health-checked
+    backend, _memory, reason, message = load_candidate({"runtime": runtime, "precision": "fp32"}, blobs, probe, {},
+                                                       None)
+    assert backend is not None, (reason, message)
+    t = probe["inputs"][0]
+    return backend, {t["name"]: np.asarray(t["data"], np.float32).reshape(t["shape"])}
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.skipif(
+    os.environ.get("MODELFLEET_SKIP_OPENVINO") == "1", reason="OpenVINO disabled"))])
+def test_the_candidate_computes_on_the_idle_worker_thread_only(runtime: str, tmp_path: Path) -> None:
+    backend, feeds = _candidate(runtime, tmp_path)
+    ran_on: set[int] = set()
+
+    def run(f: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ran_on.add(threading.get_native_id())
+        return backend.infer(f, None)  # type: ignore[attr-defined]
+
+    live = backend.infer(feeds, None)  # type: ignore[attr-defined]
+    m = Mirror("ep", "1", "2", SETTINGS, run)
+    try:
+        before = _cpu_ticks()
+        for _ in range(25):  # ~1000 inferences, in bursts the bounded queue holds
+            for _ in range(40):
+                m.observe(feeds, live, 0.001)
+            _wait(m.idle)
+        after = _cpu_ticks()
+        assert m.snapshot()["requests"] == 1000 and m.snapshot()["agreement"] == 100.0
+        gained = {tid: after[tid] - before.get(tid, 0) for tid in after}
+        me = threading.get_native_id()
+        idle = sum(g for tid, g in gained.items() if tid != me and _policy(tid) == os.SCHED_IDLE)
+        other = {tid: g for tid, g in gained.items() if tid != me and g and _policy(tid) != os.SCHED_IDLE}
+        assert ran_on == {m.native_id} and gained[m.native_id] > 0
+        # the candidate's CPU went to idle-priority threads: no runtime thread at normal priority did its work
+        assert sum(other.values()) <= max(2, idle // 10), (idle, other)
+    finally:
+        m.stop()
+        backend.close()  # type: ignore[attr-defined]
+
+
+def test_live_answers_keep_flowing_while_the_shadow_is_saturated() -> None:
+    live_bytes = modelgen.matmul_model(seed=1)
+    probe = modelgen.make_probe(live_bytes)
+    sup = ShadowSupervisor()
+    reg = ModelRegistry(observer_factory=sup.observer_for)
+    assert reg.apply(EndpointSpec(name="m", version="1", blobs=[live_bytes], probe=probe, threads=1)).ok
+    release = threading.Event()
+
+    def stuck(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # a candidate that cannot keep up at all
+        release.wait(60)
+        return {"y": np.zeros((1, 4), np.float32)}
+
+    m = Mirror("m", "1", "2", SETTINGS, stuck)
+    sup.mirrors = {"m": m}
+    srv = InferenceServer(reg)
+    srv.start()
+    try:
+        body = json.dumps({"inputs": probe["inputs"]}).encode()
+        want = [np.asarray(o["data"], np.float32) for o in probe["outputs"]]
+        for _ in range(200):
+            req = urllib.request.Request(f"http://127.0.0.1:{srv.port}/v2/models/m/infer", data=body,
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                outs = json.loads(resp.read())["outputs"]
+            assert resp.status == 200
+            for o, w in zip(outs, want, strict=True):  # the serving version's answer, every time
+                np.testing.assert_allclose(np.asarray(o["data"], np.float32), w, rtol=1e-5, atol=1e-6)
+        snap = m.snapshot()
+        # one request in the candidate's hands, the queue full, every other one dropped and counted
+        assert snap["offered"] == 200 and snap["queued"] == SETTINGS.queue and snap["requests"] == 0, snap
+        assert snap["dropped"] in (200 - SETTINGS.queue, 200 - SETTINGS.queue - 1)
+        assert snap["mirrored"] == 0.0
+        release.set()
+        _wait(m.idle)
+        snap = m.snapshot()
+        assert snap["requests"] + snap["dropped"] == 200 and snap["mirrored"] == round(snap["requests"] / 2, 2)
+    finally:
+        release.set()
+        sup.mirrors = {}
+        m.stop()
+        srv.stop()
+        reg.close()
