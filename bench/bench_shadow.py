@@ -4,9 +4,10 @@ candidate mirroring 100 % of the requests vs no shadow, on the same server in th
 The server is the single-process inference server with the agent's observer fan-out member
 (:class:`~reconciler.agent.shadowing.ShadowTap`); the candidate (the same model retrained with small noise) is
 loaded as the agent loads it (one intra-op thread, health-checked) and runs on every request the live version
-answers — or on none. Each round runs five modes (:data:`MODES`): off; on as shipped (the worker thread at
-``SCHED_IDLE``); on with the fallback (nice 19); on with the worker at normal priority (what the priority buys);
-off again (A/A: what two identical runs differ by on this machine right now). The order rotates from round to
+answers — or on none. Each round runs five modes (:data:`MODES`): off; on as shipped (the candidate in its own
+process at ``SCHED_IDLE``, :mod:`reconciler.agent.shadowproc`); on with the candidate in a ``SCHED_IDLE`` thread
+of the serving process instead; in a thread at normal priority (what the priority buys); off again (A/A: what
+two identical runs differ by on this machine right now). The order rotates from round to
 round; medians over rounds are compared, and so are the medians of each round's ratio to that round's "off"
 (paired: slow drifts of a shared machine's load cancel). The load generator is the benchmarks' raw-socket
 client in a separate process at concurrency 4 (binary tensors). Two models: the tiny matmul (the request path
@@ -31,12 +32,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _loadgen import _request, load  # noqa: E402
 
-from reconciler.agent.shadowing import ShadowSupervisor, load_candidate  # noqa: E402
+from reconciler.agent.shadowing import ShadowSupervisor  # noqa: E402
+from reconciler.agent.shadowproc import CandidateProcess, load_candidate  # noqa: E402
 from reconciler.devkit.modelgen import make_probe, matmul_model, small_cnn  # noqa: E402
 from reconciler.serving.http.server import InferenceServer  # noqa: E402
 from reconciler.serving.registry import EndpointSpec, ModelRegistry  # noqa: E402
 from reconciler.shadow.mirror import Mirror  # noqa: E402
-from reconciler.shadow.priority import IDLE, NICE, NORMAL  # noqa: E402
+from reconciler.shadow.priority import IDLE, NORMAL  # noqa: E402
 from reconciler.shadow.spec import ShadowSettings  # noqa: E402
 
 CONCURRENCY = 4
@@ -51,10 +53,10 @@ def pct(lat: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(len(s) * q))]
 
 
-#: The modes of a round: no shadow, the shadow as shipped (SCHED_IDLE worker), its fallback (nice 19), the same
-#: worker at normal priority (what the priority buys), and no shadow again (A/A: the noise of this machine).
-MODES = ("off", "on", "on_nice", "on_normal", "off_again")
-PRIORITY = {"on": IDLE, "on_nice": NICE, "on_normal": NORMAL}
+#: The modes of a round: no shadow; the shadow as shipped (the candidate in its own SCHED_IDLE process); the
+#: candidate in a SCHED_IDLE thread of the serving process instead; in a thread at normal priority (what the
+#: priority buys); no shadow again (A/A: the noise of this machine).
+MODES = ("off", "on", "on_thread", "on_normal", "off_again")
 
 
 def bench_model(name: str, seconds: float, rounds: int) -> dict[str, object]:
@@ -64,11 +66,15 @@ def bench_model(name: str, seconds: float, rounds: int) -> dict[str, object]:
     reg = ModelRegistry(observer_factory=sup.observer_for)
     assert reg.apply(EndpointSpec(name="m", version="1", blobs=[live_bytes], probe=probe, threads=1)).ok
     part = {"runtime": "onnxruntime", "precision": "fp32"}
-    backend, memory, reason, message = load_candidate(part, [cand_bytes], make_probe(cand_bytes), {}, None)
+    proc, reason, message = CandidateProcess.start(part, [cand_bytes], make_probe(cand_bytes), {}, None)
+    assert proc is not None, (reason, message)
+    backend, _growth, reason, message = load_candidate(part, [cand_bytes], make_probe(cand_bytes), {}, None)
     assert backend is not None, (reason, message)
     settings = ShadowSettings(sample_rate=1.0, min_samples=1000)
-    mirrors = {mode: Mirror("m", "1", "2", settings, lambda feeds: backend.infer(feeds, None), priority=prio)
-               for mode, prio in PRIORITY.items()}
+    mirrors = {"on": Mirror("m", "1", "2", settings, proc.infer, priority=None)}
+    mirrors["on"].priority = proc.priority
+    for mode, prio in (("on_thread", IDLE), ("on_normal", NORMAL)):
+        mirrors[mode] = Mirror("m", "1", "2", settings, lambda feeds: backend.infer(feeds, None), priority=prio)
     srv = InferenceServer(reg)
     srv.start()
     req = _request(srv.port, "m", probe, binary=True)
@@ -97,6 +103,7 @@ def bench_model(name: str, seconds: float, rounds: int) -> dict[str, object]:
     for m in mirrors.values():
         m.stop()
     srv.stop()
+    proc.close()
     backend.close()
     reg.close()
     med = {k: {m: statistics.median(v[m]) for m in MODES} for k, v in (("p50", p50), ("p99", p99), ("rps", rps))}
@@ -113,7 +120,7 @@ def bench_model(name: str, seconds: float, rounds: int) -> dict[str, object]:
         out[f"shadow_{mode}_compared_requests"] = snap["requests"]
         out[f"shadow_{mode}_dropped"] = snap["dropped"]
     out.update({"shadow_agreement_pct": snaps["on"]["agreement"], "candidate_p50_ms": snaps["on"]["latencyMs"]["p50"],
-                "candidate_memory_mb": memory})
+                "candidate_process_rss_mb": proc.memory_mb})
     return out
 
 

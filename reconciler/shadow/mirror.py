@@ -39,7 +39,7 @@ class Mirror:
                  run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], *,
                  elapsed: Callable[[], float] = lambda: 0.0,
                  on_verdict: Callable[[Verdict], None] | None = None,
-                 rand: Callable[[], float] = random.random, priority: str = IDLE) -> None:
+                 rand: Callable[[], float] = random.random, priority: str | None = IDLE) -> None:
         self.endpoint, self.live_version, self.candidate_version = endpoint, live_version, candidate_version
         self.settings = settings
         self.stats = ShadowStats()
@@ -61,8 +61,11 @@ class Mirror:
         self._thread.start()
         # lowered from here, not by the worker itself: the constructor never waits for an idle thread to run
         self.native_id = self._thread.native_id  # the worker thread's Linux TID
-        #: What the worker thread obtained (:mod:`~reconciler.shadow.priority`).
-        self.priority = lower_thread(self.native_id, priority) if self.native_id else NORMAL
+        #: What the candidate runs at (:mod:`~reconciler.shadow.priority`): what the worker thread obtained, or
+        #: (``priority`` None: the thread is left alone, ``run`` hands the work elsewhere) what the caller sets.
+        self.priority: str | None = None
+        if priority is not None:
+            self.priority = lower_thread(self.native_id, priority) if self.native_id else NORMAL
 
     # -- the request path ----------------------------------------------------------------------------------
 
@@ -109,6 +112,8 @@ class Mirror:
             cand = self._run(feeds)
         except Exception as exc:  # the candidate's failure is the verdict, never the thread's end
             took = time.perf_counter() - t0
+            if self._stopped:  # its process ended because the comparison did: not the candidate's failure
+                return
             with self._lock:
                 self.stats.add_error(f"{type(exc).__name__}: {exc}", took)
             self._judge()
@@ -158,7 +163,8 @@ class Mirror:
         with self._lock:
             snap = self.stats.snapshot()
             snap["queued"] = len(self._queue)
-            snap["priority"] = self.priority
+            if self.priority is not None:
+                snap["priority"] = self.priority
             return snap
 
     def idle(self) -> bool:

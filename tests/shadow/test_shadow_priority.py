@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from reconciler.agent.shadowing import ShadowSupervisor, load_candidate
+from reconciler.agent.shadowing import ShadowSupervisor
+from reconciler.agent.shadowproc import CandidateProcess
 from reconciler.devkit import modelgen
 from reconciler.serving.http.server import InferenceServer
 from reconciler.serving.registry import EndpointSpec, ModelRegistry
@@ -104,53 +107,88 @@ def test_an_unprivileged_agent_gets_idle_priority_too() -> None:
     assert euid != "0" and (got, int(policy), back) == (IDLE, os.SCHED_IDLE, "False"), out.stdout
 
 
-def _candidate(runtime: str, tmp_path: Path) -> tuple[object, dict[str, np.ndarray]]:
+def _candidate(runtime: str, tmp_path: Path) -> tuple[dict[str, Any], list[bytes], dict[str, Any]]:
     onnx_bytes = modelgen.small_cnn(seed=0)
     probe = modelgen.make_probe(onnx_bytes)
     if runtime == "openvino":
         pytest.importorskip("openvino")
         xml, bin_ = modelgen.to_openvino_ir(onnx_bytes, tmp_path, "model")
-        blobs = [xml.read_bytes(), bin_.read_bytes()]
-    else:
-        blobs = [onnx_bytes]
-    # loaded as the agent loads it: in the calling (normal priority) thread, one intra-op thread, health-checked
-    backend, _memory, reason, message = load_candidate({"runtime": runtime, "precision": "fp32"}, blobs, probe, {},
-                                                       None)
-    assert backend is not None, (reason, message)
+        return {"runtime": runtime, "precision": "fp32"}, [xml.read_bytes(), bin_.read_bytes()], probe
+    return {"runtime": runtime, "precision": "fp32"}, [onnx_bytes], probe
+
+
+def _feeds(probe: dict[str, Any]) -> dict[str, np.ndarray]:
     t = probe["inputs"][0]
-    return backend, {t["name"]: np.asarray(t["data"], np.float32).reshape(t["shape"])}
+    return {t["name"]: np.asarray(t["data"], np.float32).reshape(t["shape"])}
+
+
+def _proc_threads(pid: int) -> dict[int, tuple[int, int]]:
+    """(policy, utime + stime ticks) of every thread of process ``pid``."""
+    out = {}
+    for t in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{t}/stat") as fh:
+            f = fh.read().rsplit(")", 1)[1].split()
+        out[int(t)] = (int(f[41 - 3]), int(f[14 - 3]) + int(f[15 - 3]))
+    return out
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.skipif(
     os.environ.get("MODELFLEET_SKIP_OPENVINO") == "1", reason="OpenVINO disabled"))])
-def test_the_candidate_computes_on_the_idle_worker_thread_only(runtime: str, tmp_path: Path) -> None:
-    backend, feeds = _candidate(runtime, tmp_path)
-    ran_on: set[int] = set()
-
-    def run(f: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ran_on.add(threading.get_native_id())
-        return backend.infer(f, None)  # type: ignore[attr-defined]
-
-    live = backend.infer(feeds, None)  # type: ignore[attr-defined]
-    m = Mirror("ep", "1", "2", SETTINGS, run)
+def test_the_candidate_computes_in_its_own_process_at_idle_priority(runtime: str, tmp_path: Path) -> None:
+    part, blobs, probe = _candidate(runtime, tmp_path)
+    proc, reason, message = CandidateProcess.start(part, blobs, probe, {}, None)
+    assert proc is not None, (reason, message)
+    feeds = _feeds(probe)
+    m = Mirror("ep", "1", "2", SETTINGS, proc.infer, priority=None)  # as the agent runs it
+    m.priority = proc.priority
     try:
-        before = _cpu_ticks()
-        for _ in range(25):  # ~1000 inferences, in bursts the bounded queue holds
+        assert proc.priority == IDLE and m.snapshot()["priority"] == IDLE
+        assert proc.memory_mb > sum(len(b) for b in blobs) / (1 << 20)  # the process's whole RSS
+        live = proc.infer(feeds)
+        before = _proc_threads(proc.pid)
+        mine = _cpu_ticks()[m.native_id]
+        for _ in range(25):  # 1000 inferences, in bursts the bounded queue holds
             for _ in range(40):
                 m.observe(feeds, live, 0.001)
             _wait(m.idle)
-        after = _cpu_ticks()
+        after = _proc_threads(proc.pid)
         assert m.snapshot()["requests"] == 1000 and m.snapshot()["agreement"] == 100.0
-        gained = {tid: after[tid] - before.get(tid, 0) for tid in after}
-        me = threading.get_native_id()
-        idle = sum(g for tid, g in gained.items() if tid != me and _policy(tid) == os.SCHED_IDLE)
-        other = {tid: g for tid, g in gained.items() if tid != me and g and _policy(tid) != os.SCHED_IDLE}
-        assert ran_on == {m.native_id} and gained[m.native_id] > 0
-        # the candidate's CPU went to idle-priority threads: no runtime thread at normal priority did its work
-        assert sum(other.values()) <= max(2, idle // 10), (idle, other)
+        # every thread of the candidate's process, those its runtime started too, runs at SCHED_IDLE
+        assert after and {policy for policy, _ in after.values()} == {os.SCHED_IDLE}, after
+        assert os.sched_getscheduler(m.native_id) == os.SCHED_OTHER  # the agent's side: it only sends and compares
+        spent = sum(t for _, t in after.values()) - sum(t for _, t in before.values())
+        assert spent > _cpu_ticks()[m.native_id] - mine, "the inferences ran in the candidate's process"
     finally:
-        m.stop()
-        backend.close()  # type: ignore[attr-defined]
+        m.stop(timeout=0)
+        proc.close()
+
+
+def test_a_candidate_whose_process_dies_fails_the_comparison() -> None:
+    part, blobs, probe = _candidate("onnxruntime", Path("."))
+    proc, reason, message = CandidateProcess.start(part, blobs, probe, {}, None)
+    assert proc is not None, (reason, message)
+    verdicts = []
+    m = Mirror("ep", "1", "2", SETTINGS, proc.infer, priority=None, on_verdict=verdicts.append)
+    try:
+        feeds = _feeds(probe)
+        live = proc.infer(feeds)
+        os.kill(proc.pid, signal.SIGSEGV)  # what a runtime crashing on a live input does
+        m.observe(feeds, live, 0.001)
+        _wait(lambda: bool(verdicts))
+        assert verdicts[0].failed and verdicts[0].reason == "ShadowCandidateError", verdicts
+        assert "the shadow process ended (exit code -11)" in verdicts[0].message
+    finally:
+        m.stop(timeout=0)
+        proc.close()
+
+
+def test_a_candidate_that_does_not_load_or_check_is_refused_with_the_reason() -> None:
+    part, blobs, probe = _candidate("onnxruntime", Path("."))
+    proc, reason, message = CandidateProcess.start(part, [b"not a model"], probe, {}, None)
+    assert proc is None and reason == "LoadFailed" and "cannot load the model" in message
+    wrong = {**probe, "outputs": [{**o, "data": [v + 1.0 for v in o["data"]]} for o in probe["outputs"]]}
+    proc, reason, message = CandidateProcess.start(part, blobs, wrong, {}, None)
+    assert proc is None and reason == "HealthCheckFailed", (reason, message)
 
 
 def test_live_answers_keep_flowing_while_the_shadow_is_saturated() -> None:
