@@ -20,6 +20,7 @@ agent stopped it, or died); :meth:`CandidateProcess.close` kills it. The process
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -92,10 +93,20 @@ class CandidateProcess:
                 self._conn.send(("infer", feeds))
                 kind, value = self._conn.recv()
             except (OSError, EOFError):
-                raise CandidateError(f"the shadow process ended (exit code {self._proc.poll()})") from None
+                raise CandidateError(f"the shadow process ended ({self._exit()})") from None
         if kind != "ok":
             raise CandidateError(str(value))
         return dict(value)
+
+    def _exit(self) -> str:
+        try:
+            code = self._proc.wait(5.0)  # the socket closes a moment before the process is reaped
+        except subprocess.TimeoutExpired:
+            return "still running"
+        if code < 0:
+            with contextlib.suppress(ValueError):
+                return f"killed by {signal.Signals(-code).name}"
+        return f"exit code {code}"
 
     def close(self) -> None:
         _end(self._proc, self._conn)
