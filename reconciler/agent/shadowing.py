@@ -377,8 +377,8 @@ class _Collector:
         latency = GaugeMetricFamily("modelfleet_shadow_latency_seconds", "Inference latency percentiles of the last "
                                     "1024 mirrored requests: the candidate's and the serving version's.",
                                     labels=[*labels, "model", "quantile"])
-        memory = GaugeMetricFamily("modelfleet_shadow_memory_bytes", "Measured memory of the loaded shadow "
-                                   "candidate (RSS growth while loading it).", labels=labels)
+        memory = GaugeMetricFamily("modelfleet_shadow_memory_bytes", "Measured memory of the shadow candidate: "
+                                   "the RSS of its own process.", labels=labels)
         state = GaugeMetricFamily("modelfleet_shadow_state", "1 for the shadow comparison's current state.",
                                   labels=[*labels, "state"])
         for sup in list(_LIVE):
