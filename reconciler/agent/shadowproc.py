@@ -152,11 +152,13 @@ def main(fd: int) -> None:
         if kind != "infer":
             return
         try:
-            out = backend.infer(feeds, None)
+            answer = ("ok", backend.infer(feeds, None))
         except Exception as exc:  # the candidate's failure is the answer, never the process's end
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
-            continue
-        conn.send(("ok", out))
+            answer = ("error", f"{type(exc).__name__}: {exc}")
+        try:
+            conn.send(answer)
+        except OSError:  # the agent is gone
+            return
 
 
 def load_candidate(part: dict[str, Any], blobs: list[bytes], probe: dict[str, Any] | None, spec: dict[str, Any],
