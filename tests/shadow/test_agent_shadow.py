@@ -129,6 +129,10 @@ def test_agreeing_candidate_passes_promote_then_serves(world: World, tmp_path: P
         sh = ep["shadow"]
         assert (sh["version"], sh["state"], sh["samples"]) == ("1.1.0", "Comparing", 0), sh
         assert sh["memoryMB"] is not None and sh["estimatedMemoryMB"] > 0
+        # the candidate runs in a process of its own, every thread of it at SCHED_IDLE
+        pid = agent.c.shadow.runs[ENDPOINT].backend.pid
+        assert sh["priority"] == "idle" and pid != os.getpid()
+        assert {os.sched_getscheduler(int(t)) for t in os.listdir(f"/proc/{pid}/task")} == {os.SCHED_IDLE}
         send(agent.c.url, rows(400))
         sh = shadow_of(agent, offered=40)["shadow"]
         assert sh["state"] == "Agreeing" and sh["samples"] == 400 and sh["agreement"] >= 99.0, sh
@@ -157,6 +161,7 @@ def test_agreeing_candidate_passes_promote_then_serves(world: World, tmp_path: P
         assert ep["version"] == "1.1.0" and "shadow" not in ep
         assert which_version(agent.c.url, world) == "1.1.0"
         assert agent.c.shadow.runs == {} and agent.journal.shadows == {}
+        assert not Path(f"/proc/{pid}").exists()  # the candidate's process ended with the comparison
     finally:
         agent.close()
 

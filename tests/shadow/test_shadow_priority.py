@@ -191,6 +191,38 @@ def test_a_candidate_that_does_not_load_or_check_is_refused_with_the_reason() ->
     assert proc is None and reason == "ProbeMismatch" and "logits" in message, (reason, message)
 
 
+def test_the_candidate_process_ends_when_the_agent_is_killed(tmp_path: Path) -> None:
+    """kill -9 of the agent leaves no candidate behind: the child reads end-of-file and exits."""
+    part, blobs, probe = _candidate("onnxruntime", tmp_path)
+    (tmp_path / "model.onnx").write_bytes(blobs[0])
+    (tmp_path / "probe.json").write_text(json.dumps(probe))
+    code = ("import json, sys, time; from pathlib import Path; from reconciler.agent.shadowproc import CandidateProcess\n"
+            f"d = Path({str(tmp_path)!r})\n"
+            "proc, reason, message = CandidateProcess.start({'runtime': 'onnxruntime'}, [(d / 'model.onnx').read_bytes()],"
+            " json.loads((d / 'probe.json').read_text()), {}, None)\n"
+            "print(proc.pid, flush=True); time.sleep(120)")
+    agent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    try:
+        assert agent.stdout is not None
+        child = int(agent.stdout.readline())
+        assert _proc_threads(child)  # running
+        agent.kill()
+        agent.wait()
+
+        def gone() -> bool:
+            try:
+                with open(f"/proc/{child}/stat") as fh:
+                    return fh.read().rsplit(")", 1)[1].split()[0] == "Z"  # ended, waiting for init to reap it
+            except OSError:
+                return True
+
+        _wait(gone)
+    finally:
+        agent.kill()
+        agent.wait()
+
+
 def test_live_answers_keep_flowing_while_the_shadow_is_saturated() -> None:
     live_bytes = modelgen.matmul_model(seed=1)
     probe = modelgen.make_probe(live_bytes)
