@@ -114,8 +114,8 @@ class CandidateProcess:
 
 def _end(proc: subprocess.Popen[bytes], conn: Connection) -> None:
     proc.kill()  # nothing to save: the comparison's numbers are the agent's
+    proc.wait()  # first: a worker waiting for an answer then reads end-of-file, not a closed descriptor
     conn.close()
-    proc.wait()
 
 
 def lower_all_threads() -> str:
