@@ -152,6 +152,7 @@ def test_agreeing_candidate_passes_promote_then_serves(world: World, tmp_path: P
         gate = next(g for g in doc["gates"] if g["name"] == "minShadowAgreement")
         assert doc["phase"] == "Ready" and gate["passed"] and gate["value"] >= 99.0, doc
         assert doc["devices"][0]["shadow"]["state"] == "Agreeing" and doc["shadow"]["pending"]
+        assert doc["devices"][0]["shadow"]["mirrored"] == 100.0 and not doc["devices"][0]["shadow"]["stopped"]
         table = modelfleet(world, tmp_path, "rollout", "status", DEPLOYMENT)
         assert "Shadow (1): dev-1 (Agreeing, 400 samples" in table.stdout, table.stdout
 
