@@ -71,7 +71,7 @@ def bench_model(name: str, seconds: float, rounds: int) -> dict[str, object]:
     backend, _growth, reason, message = load_candidate(part, [cand_bytes], make_probe(cand_bytes), {}, None)
     assert backend is not None, (reason, message)
     settings = ShadowSettings(sample_rate=1.0, min_samples=1000)
-    mirrors = {"on": Mirror("m", "1", "2", settings, proc.infer, priority=None)}
+    mirrors = {"on": Mirror("m", "1", "2", settings, proc.infer)}
     mirrors["on"].priority = proc.priority
     for mode, prio in (("on_thread", IDLE), ("on_normal", NORMAL)):
         mirrors[mode] = Mirror("m", "1", "2", settings, lambda feeds: backend.infer(feeds, None), priority=prio)

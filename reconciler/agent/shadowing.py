@@ -295,7 +295,7 @@ class ShadowSupervisor:
         started = C.parse_time(rec["startedAt"])
         clock = agent.clock
         # the mirror's worker only sends samples and compares: the candidate's CPU is the idle process's
-        mirror = Mirror(name, live_version, part["version"], settings, backend.infer, priority=None,
+        mirror = Mirror(name, live_version, part["version"], settings, backend.infer,
                         elapsed=lambda: (clock() - started).total_seconds(), on_verdict=lambda _v: self._poke())
         mirror.priority = backend.priority
         run = _Run(list(rec["key"]), mirror, backend, settings, memory, estimate)

@@ -1,4 +1,4 @@
-"""The mirror: sampled live requests into a bounded queue, one worker thread running the candidate on them.
+"""The mirror: sampled live requests into a bounded queue, one worker thread having the candidate run on them.
 
 ``observe`` runs on the request path (after the live answer is computed, in whatever thread served it): a
 sampling draw, a size check and an append — it never waits and never copies (the tensors are the request's own
@@ -6,10 +6,12 @@ arrays, which nothing writes after the answer; a pooled request buffer is reused
 A full queue (``queue`` requests or :data:`~reconciler.shadow.spec.QUEUE_BYTES` of tensors) drops the sample and
 counts it, so a candidate slower than the traffic costs samples, never latency.
 
-The worker thread's scheduling priority is lowered as it starts (``SCHED_IDLE``, else nice 19:
-:mod:`~reconciler.shadow.priority`), and the candidate, given a single intra-op thread by the agent, runs in
-that thread: it gets only the CPU the live requests leave idle. It runs the injected ``run(feeds) -> outputs`` (the candidate's runtime session), compares, and adds to
-:class:`~reconciler.shadow.stats.ShadowStats`. After a failure (the candidate raised or returned NaN) the mirror
+The worker calls the injected ``run(feeds) -> outputs``, compares, and adds to
+:class:`~reconciler.shadow.stats.ShadowStats`. In the agent ``run`` hands the sample to the candidate's own
+process, which runs at idle CPU priority (:mod:`reconciler.agent.shadowproc`), and the worker stays at normal
+priority: it only waits and compares. A ``run`` that computes in the worker thread itself asks for
+``priority``: the thread is lowered as it starts (``SCHED_IDLE``, else nice 19:
+:mod:`~reconciler.shadow.priority`) and reports what it got. After a failure (the candidate raised or returned NaN) the mirror
 stops: the verdict is final. No I/O here: the session is the caller's.
 """
 
@@ -27,7 +29,7 @@ import numpy as np
 
 from reconciler.shadow.compare import compare
 from reconciler.shadow.gate import Verdict, device_verdict
-from reconciler.shadow.priority import IDLE, NORMAL, lower_thread
+from reconciler.shadow.priority import NORMAL, lower_thread
 from reconciler.shadow.spec import QUEUE_BYTES, ShadowSettings
 from reconciler.shadow.stats import ShadowStats
 
@@ -39,7 +41,7 @@ class Mirror:
                  run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], *,
                  elapsed: Callable[[], float] = lambda: 0.0,
                  on_verdict: Callable[[Verdict], None] | None = None,
-                 rand: Callable[[], float] = random.random, priority: str | None = IDLE) -> None:
+                 rand: Callable[[], float] = random.random, priority: str | None = None) -> None:
         self.endpoint, self.live_version, self.candidate_version = endpoint, live_version, candidate_version
         self.settings = settings
         self.stats = ShadowStats()
