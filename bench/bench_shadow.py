@@ -3,16 +3,20 @@ candidate mirroring 100 % of the requests vs no shadow, on the same server in th
 
 The server is the single-process inference server with the agent's observer fan-out member
 (:class:`~reconciler.agent.shadowing.ShadowTap`); the candidate (the same model retrained with small noise) is
-loaded as the agent loads it (one intra-op thread, health-checked, its worker thread niced) and runs on every
-request the live version answers — or on none. Rounds alternate off / on / on with a worker thread that is not
-niced / off again (A/A: what two identical runs differ by on this machine right now), the order rotating from
-round to round; medians over rounds are compared, and so are the medians of each round's ratio to that round's
-"off" (paired: slow drifts of a shared machine's load cancel). The load generator is the benchmarks' raw-socket
+loaded as the agent loads it (one intra-op thread, health-checked) and runs on every request the live version
+answers — or on none. Each round runs five modes (:data:`MODES`): off; on as shipped (the candidate in its own
+process at ``SCHED_IDLE``, :mod:`reconciler.agent.shadowproc`); on with the candidate in a ``SCHED_IDLE`` thread
+of the serving process instead; in a thread at normal priority (what the priority buys); off again (A/A: what
+two identical runs differ by on this machine right now). The order rotates from round to
+round; medians over rounds are compared, and so are the medians of each round's ratio to that round's "off"
+(paired: slow drifts of a shared machine's load cancel). The load generator is the benchmarks' raw-socket
 client in a separate process at concurrency 4 (binary tensors). Two models: the tiny matmul (the request path
 dominates: the mirror's per-request cost shows) and a small CNN (the inference dominates: the candidate's CPU
-competes with the live one).
+competes with the live one). Per mode it also reports the priority the worker obtained and the share of the
+requests it compared (``mirrored_pct``; the rest was dropped, never waited for).
 
-Prints ONE JSON line. Run: ``PYTHONPATH=. .venv/bin/python bench/bench_shadow.py [--seconds 1.5] [--rounds 16]``.
+Prints ONE JSON line. Run: ``PYTHONPATH=. .venv/bin/python bench/bench_shadow.py [--seconds 1.2] [--rounds 12]``
+(about 3 minutes).
 """
 
 from __future__ import annotations
@@ -28,11 +32,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _loadgen import _request, load  # noqa: E402
 
-from reconciler.agent.shadowing import ShadowSupervisor, load_candidate  # noqa: E402
+from reconciler.agent.shadowing import ShadowSupervisor  # noqa: E402
+from reconciler.agent.shadowproc import CandidateProcess, load_candidate  # noqa: E402
 from reconciler.devkit.modelgen import make_probe, matmul_model, small_cnn  # noqa: E402
 from reconciler.serving.http.server import InferenceServer  # noqa: E402
 from reconciler.serving.registry import EndpointSpec, ModelRegistry  # noqa: E402
 from reconciler.shadow.mirror import Mirror  # noqa: E402
+from reconciler.shadow.priority import IDLE, NORMAL  # noqa: E402
 from reconciler.shadow.spec import ShadowSettings  # noqa: E402
 
 CONCURRENCY = 4
@@ -47,6 +53,12 @@ def pct(lat: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(len(s) * q))]
 
 
+#: The modes of a round: no shadow; the shadow as shipped (the candidate in its own SCHED_IDLE process); the
+#: candidate in a SCHED_IDLE thread of the serving process instead; in a thread at normal priority (what the
+#: priority buys); no shadow again (A/A: the noise of this machine).
+MODES = ("off", "on", "on_thread", "on_normal", "off_again")
+
+
 def bench_model(name: str, seconds: float, rounds: int) -> dict[str, object]:
     live_bytes, cand_bytes = MODELS[name][0](), MODELS[name][1]()
     probe = make_probe(live_bytes)
@@ -54,70 +66,68 @@ def bench_model(name: str, seconds: float, rounds: int) -> dict[str, object]:
     reg = ModelRegistry(observer_factory=sup.observer_for)
     assert reg.apply(EndpointSpec(name="m", version="1", blobs=[live_bytes], probe=probe, threads=1)).ok
     part = {"runtime": "onnxruntime", "precision": "fp32"}
-    backend, memory, reason, message = load_candidate(part, [cand_bytes], make_probe(cand_bytes), {}, None)
+    proc, reason, message = CandidateProcess.start(part, [cand_bytes], make_probe(cand_bytes), {}, None)
+    assert proc is not None, (reason, message)
+    backend, _growth, reason, message = load_candidate(part, [cand_bytes], make_probe(cand_bytes), {}, None)
     assert backend is not None, (reason, message)
     settings = ShadowSettings(sample_rate=1.0, min_samples=1000)
-    mirror = Mirror("m", "1", "2", settings, lambda feeds: backend.infer(feeds, None))
-    # the same candidate on a worker thread that is not niced: what the priority buys the live requests
-    plain = Mirror("m", "1", "2", settings, lambda feeds: backend.infer(feeds, None), nice=0)
+    mirrors = {"on": Mirror("m", "1", "2", settings, proc.infer)}
+    mirrors["on"].priority = proc.priority
+    for mode, prio in (("on_thread", IDLE), ("on_normal", NORMAL)):
+        mirrors[mode] = Mirror("m", "1", "2", settings, lambda feeds: backend.infer(feeds, None), priority=prio)
     srv = InferenceServer(reg)
     srv.start()
     req = _request(srv.port, "m", probe, binary=True)
     load(srv.port, req, CONCURRENCY, 1.0)  # warm-up
-    modes = ("off", "on", "on_not_niced", "off_again")
-    mirrors = {"on": mirror, "on_not_niced": plain}
-    p50: dict[str, list[float]] = {m: [] for m in modes}
-    p99: dict[str, list[float]] = {m: [] for m in modes}
-    rps: dict[str, list[float]] = {m: [] for m in modes}
-    paired: dict[str, list[float]] = {"on": [], "on_not_niced": [], "off_again": []}
+    p50: dict[str, list[float]] = {m: [] for m in MODES}
+    p99: dict[str, list[float]] = {m: [] for m in MODES}
+    rps: dict[str, list[float]] = {m: [] for m in MODES}
+    paired: dict[str, list[float]] = {m: [] for m in MODES[1:]}
     for r in range(rounds):
-        order = modes[r % len(modes):] + modes[:r % len(modes)]  # each mode takes each position in turn
+        order = MODES[r % len(MODES):] + MODES[:r % len(MODES)]  # each mode takes each position in turn
         for mode in order:
             sup.mirrors = {"m": mirrors[mode]} if mode in mirrors else {}
             samples = load(srv.port, req, CONCURRENCY, seconds)
+            sup.mirrors = {}
             assert all(s[2] == 200 for s in samples)
             lat = [s[1] for s in samples]
             p50[mode].append(pct(lat, 0.5) * 1e6)
             p99[mode].append(pct(lat, 0.99) * 1e6)
             rps[mode].append(len(samples) / seconds)
-            deadline = time.monotonic() + 30
-            while not all(m.idle() for m in mirrors.values()) and time.monotonic() < deadline:  # an empty queue
+            deadline = time.monotonic() + 5  # at most 64 queued requests: the next mode starts without them
+            while not all(m.idle() for m in mirrors.values()) and time.monotonic() < deadline:
                 time.sleep(0.01)
         for mode in paired:  # this round's p99 against this round's "off" (drift of the machine cancels)
             paired[mode].append(p99[mode][-1] / p99["off"][-1])
-    sup.mirrors = {}
-    snap, snap_plain = mirror.snapshot(), plain.snapshot()
+    snaps = {mode: m.snapshot() for mode, m in mirrors.items()}
     for m in mirrors.values():
         m.stop()
     srv.stop()
+    proc.close()
     backend.close()
     reg.close()
-    med = {k: {m: statistics.median(v[m]) for m in modes} for k, v in (("p50", p50), ("p99", p99), ("rps", rps))}
-    return {
-        "p50_us_off": round(med["p50"]["off"], 1), "p50_us_on": round(med["p50"]["on"], 1),
-        "p99_us_off": round(med["p99"]["off"], 1), "p99_us_on": round(med["p99"]["on"], 1),
-        "p99_us_off_again": round(med["p99"]["off_again"], 1),
-        "p50_ratio_on_off": round(med["p50"]["on"] / med["p50"]["off"], 3),
-        "p99_ratio_on_off": round(med["p99"]["on"] / med["p99"]["off"], 3),
-        "p99_ratio_off_again_off": round(med["p99"]["off_again"] / med["p99"]["off"], 3),
-        "p99_ratio_on_off_paired_median": round(statistics.median(paired["on"]), 3),
-        "p99_ratio_off_again_off_paired_median": round(statistics.median(paired["off_again"]), 3),
-        "p99_ratio_on_not_niced_off_paired_median": round(statistics.median(paired["on_not_niced"]), 3),
-        "p99_us_on_not_niced": round(med["p99"]["on_not_niced"], 1),
-        "p99_ratio_on_not_niced_off": round(med["p99"]["on_not_niced"] / med["p99"]["off"], 3),
-        "rps_on_not_niced": round(med["rps"]["on_not_niced"]),
-        "shadow_not_niced_compared_requests": snap_plain["requests"], "shadow_not_niced_dropped": snap_plain["dropped"],
-        "rps_off": round(med["rps"]["off"]), "rps_on": round(med["rps"]["on"]),
-        "shadow_offered": snap["offered"], "shadow_compared_requests": snap["requests"],
-        "shadow_dropped": snap["dropped"], "shadow_agreement_pct": snap["agreement"],
-        "candidate_p50_ms": snap["latencyMs"]["p50"], "candidate_memory_mb": memory,
-    }
+    med = {k: {m: statistics.median(v[m]) for m in MODES} for k, v in (("p50", p50), ("p99", p99), ("rps", rps))}
+    out: dict[str, object] = {f"p99_us_{m}": round(med["p99"][m], 1) for m in MODES}
+    out.update({f"p50_us_{m}": round(med["p50"][m], 1) for m in MODES})
+    out.update({f"rps_{m}": round(med["rps"][m]) for m in MODES})
+    for m in MODES[1:]:
+        out[f"p99_ratio_{m}_off"] = round(med["p99"][m] / med["p99"]["off"], 3)
+        out[f"p99_ratio_{m}_off_paired_median"] = round(statistics.median(paired[m]), 3)
+        out[f"p50_ratio_{m}_off"] = round(med["p50"][m] / med["p50"]["off"], 3)
+    for mode, snap in snaps.items():  # what each worker obtained and how much of the traffic it compared
+        out[f"shadow_{mode}_priority"] = snap.get("priority")
+        out[f"shadow_{mode}_mirrored_pct"] = snap["mirrored"]
+        out[f"shadow_{mode}_compared_requests"] = snap["requests"]
+        out[f"shadow_{mode}_dropped"] = snap["dropped"]
+    out.update({"shadow_agreement_pct": snaps["on"]["agreement"], "candidate_p50_ms": snaps["on"]["latencyMs"]["p50"],
+                "candidate_process_rss_mb": proc.memory_mb})
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=1.5)
-    ap.add_argument("--rounds", type=int, default=16)
+    ap.add_argument("--seconds", type=float, default=1.2)
+    ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--models", default="matmul,cnn")
     args = ap.parse_args()
     out: dict[str, object] = {"bench": "shadow", "concurrency": CONCURRENCY, "sample_rate": 1.0,
@@ -126,6 +136,7 @@ def main() -> None:
     for name in args.models.split(","):
         for k, v in bench_model(name, args.seconds, args.rounds).items():
             out[f"{name}_{k}"] = v
+        out[f"{name}_loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     out["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     out["goal_p99_ratio"] = 1.1
     print(json.dumps(out))

@@ -6,7 +6,8 @@ endpoint), then runs reconcile passes — ``source`` → ``manifests`` → ``des
 → ``report`` — each step recording a condition instead of throwing. The real parts the loop talks to (Git
 source, TUF client and store, registry and server, status writer) are wired in :mod:`~.wiring`, behind a few
 small methods, so the loop can be driven by tests without a network. :mod:`~.shadowing` runs a rollout's
-candidate beside the serving version on mirrored live requests (shadow evaluation, :mod:`reconciler.shadow`).
+candidate beside the serving version on mirrored live requests (shadow evaluation, :mod:`reconciler.shadow`),
+the candidate itself in a process of its own at idle CPU priority (:mod:`~.shadowproc`).
 :mod:`~.sdnotify` speaks systemd's notify protocol (``READY=1``, watchdog).
 
 The agent is the only part that imports all of :mod:`~reconciler.fleet`, :mod:`~reconciler.gitops`,

@@ -9,9 +9,10 @@ Once per pass (:func:`shadow_pass`, after the apply step, before the status is w
 2. **Room.** The candidate's memory is estimated from its size (:mod:`reconciler.shadow.memory`) and checked
    against ``MemAvailable``, the agent's cgroup limit and the agent config's ``shadow.reserveMB`` /
    ``shadow.maxMemoryMB``: no room → ``Refused`` (``ShadowNoMemory``), the device keeps serving.
-3. **Load and check** it in the agent process, with one intra-op thread, then the deployment's health check on
-   the candidate's own probe; the measured RSS growth is its ``memoryMB``. A failure goes into the failure memory
-   (the candidate never serves) and is reported ``Failed``.
+3. **Load and check** it in a process of its own (:mod:`reconciler.agent.shadowproc`), with one intra-op
+   thread, then the deployment's health check on the candidate's own probe; that process then runs at idle CPU
+   priority and its RSS is the candidate's ``memoryMB``. A failure goes into the failure memory (the candidate
+   never serves) and is reported ``Failed``.
 4. **Mirror.** The registry's observer of every loaded version includes a :class:`ShadowTap`; the tap of the
    serving version hands each request to the endpoint's :class:`~reconciler.shadow.mirror.Mirror` (sampled,
    bounded, off the request path; with ``serving.workers`` the samples arrive over the workers' uplink, which
@@ -42,6 +43,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from reconciler.agent.journal import TargetRecord, blocking_failure, record_failure
+from reconciler.agent.shadowproc import CandidateProcess
 from reconciler.core import conditions as C, reasons as R
 from reconciler.core.logs import fields
 from reconciler.shadow import gate as G
@@ -81,7 +83,7 @@ class ShadowTap:
 class _Run:
     key: list[Any]
     mirror: Mirror
-    backend: Any
+    backend: CandidateProcess
     settings: ShadowSettings
     memory_mb: float | None
     estimated_mb: float | None
@@ -276,7 +278,7 @@ class ShadowSupervisor:
                 probe_doc = json.loads(c._blob(TargetRecord(part["probe_target"], probe.digest, int(probe.length))))
         except Exception as exc:
             return {**base, "state": G.REFUSED, "reason": R.ARTIFACT_UNREADABLE, "message": str(exc)[:1024]}
-        backend, memory, reason, message = load_candidate(part, blobs, probe_doc, spec, self.cache_dir)
+        backend, reason, message = CandidateProcess.start(part, blobs, probe_doc, spec, self.cache_dir)
         if backend is None:
             agent.journal.failures = record_failure(agent.journal.failures, p.commit, name, digest, part["version"],
                                                     f"{reason}: {message}", now)
@@ -284,15 +286,18 @@ class ShadowSupervisor:
             log.warning("shadow candidate failed its check", extra=fields(endpoint=name, version=part["version"],
                                                                           reason=reason, message=message))
             return {**base, **rec["final"]}
-        after = refusal(memory, room, measured=True) if memory is not None else None
+        memory = backend.memory_mb
+        after = refusal(memory, room, measured=True)
         if after is not None:
             backend.close()
             return {**base, "state": G.REFUSED, "reason": R.SHADOW_NO_MEMORY, "message": after,
                     "estimatedMemoryMB": estimate, "memoryMB": memory}
         started = C.parse_time(rec["startedAt"])
         clock = agent.clock
-        mirror = Mirror(name, live_version, part["version"], settings, lambda feeds: backend.infer(feeds, None),
+        # the mirror's worker only sends samples and compares: the candidate's CPU is the idle process's
+        mirror = Mirror(name, live_version, part["version"], settings, backend.infer,
                         elapsed=lambda: (clock() - started).total_seconds(), on_verdict=lambda _v: self._poke())
+        mirror.priority = backend.priority
         run = _Run(list(rec["key"]), mirror, backend, settings, memory, estimate)
         self.runs[name] = run
         self.mirrors = {**self.mirrors, name: mirror}
@@ -318,7 +323,7 @@ class ShadowSupervisor:
         if name in self.mirrors:
             self.mirrors = {k: v for k, v in self.mirrors.items() if k != name}
         if run is not None:
-            run.mirror.stop()
+            run.mirror.stop(timeout=0)  # its worker may wait for the candidate: ending the process frees it
             with contextlib.suppress(Exception):
                 run.backend.close()
 
@@ -326,45 +331,6 @@ class ShadowSupervisor:
         for name in list(self.runs):
             self._stop(name)
         _LIVE.discard(self)
-
-
-def load_candidate(part: dict[str, Any], blobs: list[bytes], probe: dict[str, Any] | None, spec: dict[str, Any],
-                   cache_dir: Path | None) -> tuple[Any, float | None, str, str]:
-    """Load the candidate with one intra-op thread and run the deployment's health check on its probe:
-    (backend, memory in MiB: the RSS growth, at least the model's size, "", "") or (None, None, reason, message)."""
-    from reconciler.serving.health import HealthPolicy, rss_mb, run_health_check
-    from reconciler.serving.interface import interface_problems
-    from reconciler.serving.runtimes import RuntimeLoadError, load_backend
-
-    precision = str(part.get("precision") or "fp32")
-    try:
-        policy = HealthPolicy.from_spec(spec.get("health"), precision)
-    except ValueError as exc:
-        return None, None, R.LOAD_FAILED, str(exc)
-    before = rss_mb()
-    runtime = str(part.get("runtime"))
-    try:
-        backend = load_backend(runtime, blobs=blobs, threads=1, device=spec.get("device"),
-                               providers=spec.get("providers"), precision=precision,
-                               cache_dir=cache_dir / "openvino" if cache_dir and runtime == "openvino" else None)
-    except RuntimeLoadError as exc:
-        return None, None, exc.reason, str(exc)
-    except Exception as exc:
-        return None, None, R.LOAD_FAILED, f"{type(exc).__name__}: {exc}"
-    problems = interface_problems(spec.get("inputs") or [], spec.get("outputs") or [], backend.inputs,
-                                  backend.outputs)
-    if problems:
-        backend.close()
-        return None, None, R.INTERFACE_MISMATCH, problems[0]
-    health = run_health_check(backend, probe, policy, rss_before_mb=before)
-    if not health.ok:
-        backend.close()
-        return None, None, health.reason or R.HEALTH_CHECK_FAILED, health.message
-    # At least the model's own size: the weights are resident once loaded, while the RSS growth can read lower
-    # when the allocator hands out pages the process had already freed.
-    floor = sum(len(b) for b in blobs) / (1 << 20)
-    growth = rss_mb() - before if before else 0.0
-    return backend, round(max(growth, floor), 2), "", ""
 
 
 def shadow_pass(agent: Any, p: Any, endpoints: list[dict[str, Any]]) -> None:
@@ -400,6 +366,8 @@ class _Collector:
             ("samples", "samples", "Rows the shadow candidate's answers were compared on."),
             ("agreed", "agreed_samples", "Compared rows on which the shadow candidate agreed."),
             ("requests", "requests", "Mirrored requests the shadow candidate ran."),
+            ("offered", "offered_requests", "Live requests the shadow mirror saw (requests / offered: the share "
+                                            "the candidate ran)."),
             ("dropped", "dropped_requests", "Sampled requests dropped because the shadow queue was full."),
             ("errors", "errors", "Mirrored requests on which the shadow candidate raised."),
             ("nanOutputs", "nan_outputs", "Rows where the shadow candidate returned NaN/Inf and the serving "
@@ -409,8 +377,8 @@ class _Collector:
         latency = GaugeMetricFamily("modelfleet_shadow_latency_seconds", "Inference latency percentiles of the last "
                                     "1024 mirrored requests: the candidate's and the serving version's.",
                                     labels=[*labels, "model", "quantile"])
-        memory = GaugeMetricFamily("modelfleet_shadow_memory_bytes", "Measured memory of the loaded shadow "
-                                   "candidate (RSS growth while loading it).", labels=labels)
+        memory = GaugeMetricFamily("modelfleet_shadow_memory_bytes", "Measured memory of the shadow candidate: "
+                                   "the RSS of its own process.", labels=labels)
         state = GaugeMetricFamily("modelfleet_shadow_state", "1 for the shadow comparison's current state.",
                                   labels=[*labels, "state"])
         for sup in list(_LIVE):

@@ -290,7 +290,8 @@ REASONS: tuple[Reason, ...] = (
            "quota and retention", "If the origin is genuine, add it (`https://host:port`) to `capture.allowedOrigins` "
            "in the agent config; otherwise revert the Deployment and find out who changed it (docs/privacy.md)."),
     Reason(SHADOW_CANDIDATE_ERROR, "endpoint `shadow.reason` (state Failed), failures[]", "the shadow candidate "
-           "raised on a mirrored live request (its health check on the probe had passed); it never serves",
+           "raised on a mirrored live request, or its process died (its health check on the probe had passed); it "
+           "never serves",
            "Read `shadow.lastError`; fix the model and publish a new version, or `modelfleet rollout abort`."),
     Reason(SHADOW_NON_FINITE_OUTPUT, "endpoint `shadow.reason` (state Failed), failures[]", "the shadow candidate "
            "returned NaN or infinity where the serving version's answer was finite; it never serves",
@@ -304,7 +305,8 @@ REASONS: tuple[Reason, ...] = (
            "cgroup limit, `shadow.reserveMB` and `shadow.maxMemoryMB`); it keeps serving", "Give the device more "
            "memory or a smaller variant, or roll this device out without shadow (a selector step)."),
     Reason(SHADOW_MAX_DURATION, "endpoint `shadow.reason`", "the comparison ran `maxDuration`: the candidate was "
-           "unloaded, the numbers are final", "Promote or abort on the final numbers; a longer "
+           "unloaded, the numbers are final (a busy device may stop short of `minSamples`: see `shadow.mirrored`)",
+           "Promote or abort on the final numbers (short of `minSamples`: lower it to count them); a longer "
            "`maxDuration` loads the candidate again and compares anew."),
     Reason(STATUS_SIGNED, "fleet status TRUST=trusted", "the status commit is signed by one of the device's "
            "`spec.statusKeys`", "—"),

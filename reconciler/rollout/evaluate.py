@@ -284,8 +284,8 @@ def classify(dev: Device, *, endpoint: str, version: str, now: _dt.datetime, unk
 
 def shadow_summary(section: Mapping[str, Any]) -> dict[str, Any]:
     """The few numbers of a device's ``shadow`` section that ``rollout status`` shows per device."""
-    keep = ("version", "state", "reason", "samples", "agreed", "agreement", "errors", "nanOutputs", "dropped",
-            "memoryMB")
+    keep = ("version", "state", "reason", "stopped", "samples", "agreed", "agreement", "errors", "nanOutputs",
+            "dropped", "mirrored", "memoryMB")
     out = {k: section.get(k) for k in keep if k in section}
     lat = section.get("latencyMs")
     if isinstance(lat, Mapping):

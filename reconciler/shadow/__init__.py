@@ -4,13 +4,15 @@ A deployment in rollout may say ``rollout.shadow``. The devices a step newly tar
 
 1. **Beside, not instead.** The device keeps serving ``rollout.from`` and loads the candidate (``version``) next
    to it, after the candidate's own health check on its probe — or refuses with a reason when the device has no
-   room for a second copy (:mod:`~reconciler.shadow.memory` estimates it from the model's size against the
-   memory the agent may use).
+   room for a second copy in a process of its own (:mod:`~reconciler.shadow.memory` estimates it from the
+   model's size against the memory the agent may use).
 2. **Mirrored, off the request path.** Every request's tensors already reach the version's observer
    (``Observer.observe``, after the live answer is computed). A sampled share of them (``sampleRate``) is handed
-   to a bounded queue — a full queue drops the sample and counts it, it never waits — and one low-priority
-   worker thread runs the candidate on the same inputs (:mod:`~reconciler.shadow.mirror`). The candidate's
-   outputs are compared and thrown away: a shadow candidate never answers a client.
+   to a bounded queue — a full queue drops the sample and counts it, it never waits — and one worker thread
+   has the candidate run on the same inputs (:mod:`~reconciler.shadow.mirror`): in the agent, in a process of
+   its own at the lowest CPU priority (:mod:`~reconciler.shadow.priority`), so it gets only the CPU the live
+   requests leave idle. The candidate's outputs are compared and thrown away: a shadow candidate never answers
+   a client.
 3. **Compared, as aggregates.** :mod:`~reconciler.shadow.compare` decides per row whether the candidate agrees
    (top-1 for score outputs ``[rows, classes]``, exact for labels, within ``atol``/``rtol`` otherwise) and
    measures the per-output absolute and relative error; :mod:`~reconciler.shadow.stats` keeps counts, error

@@ -1,4 +1,4 @@
-"""The mirror: sampled live requests into a bounded queue, one worker thread running the candidate on them.
+"""The mirror: sampled live requests into a bounded queue, one worker thread having the candidate run on them.
 
 ``observe`` runs on the request path (after the live answer is computed, in whatever thread served it): a
 sampling draw, a size check and an append — it never waits and never copies (the tensors are the request's own
@@ -6,10 +6,12 @@ arrays, which nothing writes after the answer; a pooled request buffer is reused
 A full queue (``queue`` requests or :data:`~reconciler.shadow.spec.QUEUE_BYTES` of tensors) drops the sample and
 counts it, so a candidate slower than the traffic costs samples, never latency.
 
-The worker thread lowers its own scheduling priority (Linux ``nice`` of the thread, best effort) before it runs
-anything, and the candidate is given a single intra-op thread by the agent: the live requests win the cores.
-It runs the injected ``run(feeds) -> outputs`` (the candidate's runtime session), compares, and adds to
-:class:`~reconciler.shadow.stats.ShadowStats`. After a failure (the candidate raised or returned NaN) the mirror
+The worker calls the injected ``run(feeds) -> outputs``, compares, and adds to
+:class:`~reconciler.shadow.stats.ShadowStats`. In the agent ``run`` hands the sample to the candidate's own
+process, which runs at idle CPU priority (:mod:`reconciler.agent.shadowproc`), and the worker stays at normal
+priority: it only waits and compares. A ``run`` that computes in the worker thread itself asks for
+``priority``: the thread is lowered as it starts (``SCHED_IDLE``, else nice 19:
+:mod:`~reconciler.shadow.priority`) and reports what it got. After a failure (the candidate raised or returned NaN) the mirror
 stops: the verdict is final. No I/O here: the session is the caller's.
 """
 
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import os
 import random
 import threading
 import time
@@ -28,10 +29,9 @@ import numpy as np
 
 from reconciler.shadow.compare import compare
 from reconciler.shadow.gate import Verdict, device_verdict
+from reconciler.shadow.priority import NORMAL, lower_thread
 from reconciler.shadow.spec import QUEUE_BYTES, ShadowSettings
 from reconciler.shadow.stats import ShadowStats
-
-WORKER_NICE = 10
 
 
 class Mirror:
@@ -41,7 +41,7 @@ class Mirror:
                  run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], *,
                  elapsed: Callable[[], float] = lambda: 0.0,
                  on_verdict: Callable[[Verdict], None] | None = None,
-                 rand: Callable[[], float] = random.random, nice: int = WORKER_NICE) -> None:
+                 rand: Callable[[], float] = random.random, priority: str | None = None) -> None:
         self.endpoint, self.live_version, self.candidate_version = endpoint, live_version, candidate_version
         self.settings = settings
         self.stats = ShadowStats()
@@ -49,7 +49,6 @@ class Mirror:
         self._elapsed = elapsed
         self._on_verdict = on_verdict
         self._rand = rand
-        self._nice = nice
         self._lock = threading.Lock()  # stats and queue
         self._wake = threading.Condition(self._lock)
         self._queue: collections.deque[tuple[dict[str, np.ndarray], dict[str, np.ndarray], float, int]] = (
@@ -62,6 +61,13 @@ class Mirror:
         self.verdict = Verdict("Comparing")
         self._thread = threading.Thread(target=self._work, name=f"modelfleet-shadow-{endpoint}", daemon=True)
         self._thread.start()
+        # lowered from here, not by the worker itself: the constructor never waits for an idle thread to run
+        self.native_id = self._thread.native_id  # the worker thread's Linux TID
+        #: What the candidate runs at (:mod:`~reconciler.shadow.priority`): what the worker thread obtained, or
+        #: (``priority`` None: the thread is left alone, ``run`` hands the work elsewhere) what the caller sets.
+        self.priority: str | None = None
+        if priority is not None:
+            self.priority = lower_thread(self.native_id, priority) if self.native_id else NORMAL
 
     # -- the request path ----------------------------------------------------------------------------------
 
@@ -86,9 +92,6 @@ class Mirror:
     # -- the worker ----------------------------------------------------------------------------------------
 
     def _work(self) -> None:
-        if self._nice:
-            with contextlib.suppress(OSError, AttributeError):  # Linux: a thread's own nice value
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
         while True:
             with self._lock:
                 while not self._queue and not self._stopped:
@@ -111,6 +114,8 @@ class Mirror:
             cand = self._run(feeds)
         except Exception as exc:  # the candidate's failure is the verdict, never the thread's end
             took = time.perf_counter() - t0
+            if self._stopped:  # its process ended because the comparison did: not the candidate's failure
+                return
             with self._lock:
                 self.stats.add_error(f"{type(exc).__name__}: {exc}", took)
             self._judge()
@@ -160,6 +165,8 @@ class Mirror:
         with self._lock:
             snap = self.stats.snapshot()
             snap["queued"] = len(self._queue)
+            if self.priority is not None:
+                snap["priority"] = self.priority
             return snap
 
     def idle(self) -> bool:

@@ -99,6 +99,7 @@ class ShadowStats:
             "samples": self.samples, "agreed": self.agreed,
             "agreement": None if agreement is None else round(agreement, 3),
             "requests": self.requests, "offered": self.offered, "sampledOut": self.sampled_out,
+            "mirrored": round(100.0 * self.requests / self.offered, 2) if self.offered else None,
             "dropped": self.dropped, "errors": self.errors, "nanOutputs": self.nonfinite,
             "mismatches": self.mismatches, "skipped": self.skipped,
             "latencyMs": {"p50": ms(percentile(cand, 50)), "p99": ms(percentile(cand, 99)),

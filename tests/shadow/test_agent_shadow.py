@@ -4,7 +4,9 @@ requests, the device's signed status read back by `modelfleet rollout status` / 
 A candidate that agrees reaches >= 99 % and `promote` passes (first writing `shadowPassed`, then the device serves
 it); one that disagrees on ~20 % of inputs is refused with the agreement named; one that crashes or returns NaN on
 live inputs never serves and is reported; a device without room reports it and keeps serving; `switch:
-onAgreement` switches the device itself (and survives a restart); serving workers with batching mirror too.
+onAgreement` switches the device itself (and survives a restart); serving workers with batching mirror too, and
+every answer a client gets is the serving version's; data capture beside a shadow seals only live answers, each
+sampling on its own.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from reconciler.agent.config import load_agent_config
 from reconciler.agent.loop import Agent
+from reconciler.capture.batch import open_batch
 from reconciler.devkit import modelgen
 from reconciler.fleet.schemas import validator
 from tests._agent_fixtures import ENDPOINT, IN_DIM, MODEL, OUT_DIM, REPO_ROOT, World, wait_for, which_version
 from tests._git_fixtures import env
+from tests.capture._capture import Campaign, wait_until
 
 DEPLOYMENT = "det-all"
 MIN_SAMPLES = 300
@@ -61,7 +65,9 @@ def start(world: World, tmp_path: Path, *, switch: str = "afterGate", agent_extr
     return agent
 
 
-def send(url: str, rows: np.ndarray, batch: int = 10) -> None:
+def send(url: str, rows: np.ndarray, batch: int = 10) -> np.ndarray:
+    """Infer ``rows`` in requests of ``batch`` rows; the answers' ``output`` rows, in order."""
+    answers = []
     for i in range(0, len(rows), batch):
         x = rows[i:i + batch].astype(np.float32)
         body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
@@ -70,6 +76,18 @@ def send(url: str, rows: np.ndarray, batch: int = 10) -> None:
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=10) as resp:
             assert resp.status == 200
+            (out,) = json.loads(resp.read())["outputs"]
+        answers.append(np.asarray(out["data"], np.float32).reshape(out["shape"]))
+    return np.concatenate(answers)
+
+
+def answers_of(world: World, version: str, x: np.ndarray) -> np.ndarray:
+    """What the published ``version`` answers for ``x`` (its own ONNX Runtime session over the built file)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(world.root / "build" / version / "model.onnx"),
+                                providers=["CPUExecutionProvider"])
+    return sess.run(["output"], {"input": x.astype(np.float32)})[0]
 
 
 def shadow_of(agent: Agent, offered: int | None = None) -> dict[str, Any]:
@@ -111,6 +129,10 @@ def test_agreeing_candidate_passes_promote_then_serves(world: World, tmp_path: P
         sh = ep["shadow"]
         assert (sh["version"], sh["state"], sh["samples"]) == ("1.1.0", "Comparing", 0), sh
         assert sh["memoryMB"] is not None and sh["estimatedMemoryMB"] > 0
+        # the candidate runs in a process of its own, every thread of it at SCHED_IDLE
+        pid = agent.c.shadow.runs[ENDPOINT].backend.pid
+        assert sh["priority"] == "idle" and pid != os.getpid()
+        assert {os.sched_getscheduler(int(t)) for t in os.listdir(f"/proc/{pid}/task")} == {os.SCHED_IDLE}
         send(agent.c.url, rows(400))
         sh = shadow_of(agent, offered=40)["shadow"]
         assert sh["state"] == "Agreeing" and sh["samples"] == 400 and sh["agreement"] >= 99.0, sh
@@ -130,6 +152,7 @@ def test_agreeing_candidate_passes_promote_then_serves(world: World, tmp_path: P
         gate = next(g for g in doc["gates"] if g["name"] == "minShadowAgreement")
         assert doc["phase"] == "Ready" and gate["passed"] and gate["value"] >= 99.0, doc
         assert doc["devices"][0]["shadow"]["state"] == "Agreeing" and doc["shadow"]["pending"]
+        assert doc["devices"][0]["shadow"]["mirrored"] == 100.0 and not doc["devices"][0]["shadow"]["stopped"]
         table = modelfleet(world, tmp_path, "rollout", "status", DEPLOYMENT)
         assert "Shadow (1): dev-1 (Agreeing, 400 samples" in table.stdout, table.stdout
 
@@ -139,6 +162,7 @@ def test_agreeing_candidate_passes_promote_then_serves(world: World, tmp_path: P
         assert ep["version"] == "1.1.0" and "shadow" not in ep
         assert which_version(agent.c.url, world) == "1.1.0"
         assert agent.c.shadow.runs == {} and agent.journal.shadows == {}
+        assert not Path(f"/proc/{pid}").exists()  # the candidate's process ended with the comparison
     finally:
         agent.close()
 
@@ -269,11 +293,57 @@ def test_serving_workers_with_batching_mirror_to_the_shadow(world: World, tmp_pa
     agent = start(world, tmp_path, agent_extra={"serving": {"workers": 2}}, deployment=batching)
     try:
         shadow_of(agent)
-        send(agent.c.url, rows(400))
+        x = rows(400)
+        got = send(agent.c.url, x)
         sh = shadow_of(agent, offered=40)["shadow"]
         assert sh["state"] == "Agreeing" and sh["samples"] == 400, sh
+        # every answer a client got is the serving version's, none the candidate's (2e-3 apart)
+        np.testing.assert_allclose(got, answers_of(world, "1.0.0", x), atol=1e-5)
+        assert not np.allclose(got, answers_of(world, "1.1.0", x), atol=1e-3)
         assert which_version(agent.c.url, world) == "1.0.0"
         assert "drift" in shadow_of(agent) or "operational" in shadow_of(agent)  # drift monitoring side by side
+    finally:
+        agent.close()
+
+
+def test_capture_beside_a_shadow_seals_only_live_answers_and_each_samples_on_its_own(world: World,
+                                                                                     tmp_path: Path) -> None:
+    world.publish("1.1.0", bias=5.0)  # the candidate's every output is 5 away from the serving version's
+    campaign = Campaign()
+    deployment = {"rollout": {"from": "1.0.0", "steps": [{"name": "all", "percent": 100}],
+                              "shadow": {"sampleRate": 0.5, "minSamples": 5}},
+                  "capture": campaign.section(batch={"records": 5})}  # capture samples every request
+    agent = start(world, tmp_path, deployment=deployment)
+    try:
+        assert shadow_of(agent)["shadow"]["state"] == "Comparing"
+        x = rows(40, seed=11)
+        got = send(agent.c.url, x, batch=1)
+        np.testing.assert_allclose(got, answers_of(world, "1.0.0", x), atol=1e-5)
+        sh = shadow_of(agent, offered=40)["shadow"]
+        # the shadow drew its own half: some requests mirrored, some sampled out, whatever capture took
+        assert sh["offered"] == 40 and 0 < sh["sampledOut"] < 40, sh
+        assert sh["requests"] + sh["dropped"] + sh["sampledOut"] == 40 and sh["requests"] > 0, sh
+        assert sh["mirrored"] == round(100.0 * sh["requests"] / 40, 2)
+        assert 4.9 < sh["outputs"]["output"]["maxAbsError"] < 5.1  # the candidate really ran on them
+        svc = agent.c.capture
+        wait_until(lambda: svc.counts["captured"] == 40 and svc.counts["sealed"] == 8, 20, "eight sealed batches")
+        batches = sorted((agent.config.state_dir / "capture" / "batches").glob("*.mfcap"))
+        opened = [open_batch(p.read_bytes(), campaign.private, name=p.name) for p in batches]
+        captured_in = np.concatenate([b.arrays["input"] for b in opened])
+        captured_out = np.concatenate([b.arrays["output"] for b in opened])
+        assert len(captured_in) == 40 and {b.meta["modelVersion"] for b in opened} == {"1.0.0"}
+        # the sealed records are the live requests and the live answers: never the candidate's outputs
+        np.testing.assert_allclose(captured_out, answers_of(world, "1.0.0", captured_in), atol=1e-5)
+        assert sorted(map(tuple, captured_in.tolist())) == sorted(map(tuple, x.astype(np.float32).tolist()))
+        # both keep going: more traffic is compared and captured
+        send(agent.c.url, rows(10, seed=12), batch=1)
+        wait_until(lambda: svc.counts["captured"] == 50 and svc.counts["sealed"] == 10, 20, "ten sealed batches")
+        shadow_of(agent, offered=50)  # (the status numbers refresh once a minute; /metrics reads them now)
+        metrics = urllib.request.urlopen(f"{agent.c.url}/metrics", timeout=5).read().decode()
+        labels = f'{{candidate="1.1.0",endpoint="{ENDPOINT}"}}'
+        assert f"modelfleet_shadow_offered_requests_total{labels} 50.0" in metrics
+        ran = float(metrics.split(f"modelfleet_shadow_requests_total{labels} ")[1].split()[0])
+        assert sh["requests"] <= ran < 50
     finally:
         agent.close()
 

@@ -122,10 +122,17 @@ def test_agreement_gate() -> None:
     assert not short.passed and "fewest: b with 20" in short.message
     # failed and refused devices are the failed/pending gates' business
     assert G.agreement_gate([("a", rep(500, 500)), ("c", {"state": G.FAILED})], threshold=99, min_samples=100).passed
+    # a saturated device that stopped at maxDuration short of minSamples keeps the gate closed, named, until the
+    # operator lowers minSamples (its final numbers then count) — or raises maxDuration (it compares again)
+    starved = {**rep(40, 40, G.COMPARING), "stopped": True, "reason": R.SHADOW_MAX_DURATION}
+    held = G.agreement_gate([("a", rep(500, 500)), ("b", starved)], threshold=99, min_samples=100)
+    assert not held.passed and "1 of 2 device(s) have fewer than minSamples (100) compared (fewest: b with 40)" in (
+        held.message)
+    assert G.agreement_gate([("a", rep(500, 500)), ("b", starved)], threshold=99, min_samples=40).passed
 
 
 def test_memory_room_and_refusal() -> None:
-    assert estimate_mb(10 << 20, "onnxruntime") == pytest.approx(28.0)
+    assert estimate_mb(10 << 20, "onnxruntime") == pytest.approx(28.0 + 64.0)  # + its own process
     assert estimate_mb(10 << 20, "openvino") > estimate_mb(10 << 20, "onnxruntime")
     assert refusal(100, Room(available_mb=None)) is None  # nothing known: no bound
     assert refusal(100, Room(available_mb=1000)) is None
