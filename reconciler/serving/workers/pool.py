@@ -16,6 +16,12 @@ A worker that dies is restarted with the current desired set loaded before it li
 (``modelfleet_serving_worker_restarts_total``) and reported (:meth:`WorkerPool.report`); ready stays false
 until it is back. ``/metrics`` is one view: the pool's own registry plus the workers' counters, summed by
 ``prometheus_client``'s multiprocess mode from a private directory (:mod:`~reconciler.serving.workers.poolmetrics`).
+
+With one worker per CPU (the default when the pool has as many workers as the CPUs it may use) each worker
+keeps to its own CPU (``sched_setaffinity``), so the scheduler does not move workers, their caches and their
+connections' wake-ups between cores. Connections are still spread by the kernel's hash: steering them to the
+CPU that received them (``SO_INCOMING_CPU``) was cheaper still on loopback, but behind a single-queue network
+card every connection arrives on one CPU and would all go to one worker.
 """
 
 from __future__ import annotations
@@ -132,7 +138,7 @@ class WorkerPool:
                  cache_dir: Path | None = None,
                  observer_factory: Callable[[EndpointSpec], Observer | None] | None = None,
                  load_timeout: float = LOAD_TIMEOUT, sample_queue_max: int = SAMPLE_QUEUE_MAX,
-                 grpc_port: int | None = None) -> None:
+                 grpc_port: int | None = None, pin_cpus: bool | None = None) -> None:
         if workers < 1:
             raise ValueError("a worker pool needs at least one worker")
         if port is None and unix_socket is None:
@@ -140,6 +146,11 @@ class WorkerPool:
         self.size = workers
         self.host, self.port = host, port
         self.grpc_port = grpc_port
+        #: CPUs the workers keep to, one each (None: not pinned). Auto: pinned when there is one worker per CPU
+        #: this process may use (the module docstring says why).
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        pin = pin_cpus if pin_cpus is not None else (workers > 1 and workers == len(cpus))
+        self.cpus: list[int] | None = cpus if pin and cpus else None
         self.unix_socket = Path(unix_socket) if unix_socket is not None else None
         self._auth_token, self._tls = auth_token, (tls_cert, tls_key)
         self.limits = limits or ServerLimits()
@@ -246,6 +257,7 @@ class WorkerPool:
             unix_socket=str(self.unix_socket) if self.unix_socket else None, auth_token=self._auth_token,
             tls_cert=self._tls[0], tls_key=self._tls[1], limits=self.limits, cache_dir=self.cache_dir,
             generation=self._generation, sample_queue_max=self.sample_queue_max, grpc_port=self.grpc_port,
+            cpu=self.cpus[index % len(self.cpus)] if self.cpus else None,
             desired=[self._job(ep.active) for ep in self._eps.values() if ep.active],
             previous=[self._job(ep.previous) for ep in self._eps.values() if ep.previous],
         )
