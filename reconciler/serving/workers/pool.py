@@ -129,6 +129,35 @@ class _Worker:
         return self.reply(timeout)
 
 
+def allowed_cpus() -> list[int]:
+    """The CPUs this process may run on: its affinity mask (which a cgroup cpuset or ``taskset`` narrows), not
+    the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def worker_cpus(workers: int, allowed: list[int], pin: bool | None) -> list[int] | None:
+    """The CPUs the workers keep to (worker ``i`` to ``cpus[i % len(cpus)]``), or None: not pinned. Pure.
+
+    ``pin`` None (auto): pinned when there is one worker per allowed CPU and more than one worker — on a single
+    CPU, or with fewer or more workers than CPUs, the scheduler places them. ``pin`` True pins anyway, only ever
+    to CPUs in ``allowed``."""
+    if not allowed:
+        return None
+    if pin is None:
+        pin = workers > 1 and workers == len(allowed)
+    return list(allowed) if pin else None
+
+
+def session_threads(workers: int, allowed: int, cpus: list[int] | None) -> int:
+    """Intra-op threads of each worker's model sessions when the spec names none: the allowed CPUs shared out
+    between the workers, one for a worker kept to one CPU (more threads there would only take turns). Pure."""
+    if cpus is not None:
+        return 1
+    return max(1, allowed // workers)
+
+
 class WorkerPool:
     """N serving worker processes and their control plane (see the module docstring)."""
 
@@ -146,11 +175,9 @@ class WorkerPool:
         self.size = workers
         self.host, self.port = host, port
         self.grpc_port = grpc_port
-        #: CPUs the workers keep to, one each (None: not pinned). Auto: pinned when there is one worker per CPU
-        #: this process may use (the module docstring says why).
-        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-        pin = pin_cpus if pin_cpus is not None else (workers > 1 and workers == len(cpus))
-        self.cpus: list[int] | None = cpus if pin and cpus else None
+        self._allowed = allowed_cpus()
+        #: CPUs the workers keep to, one each (None: not pinned; see :func:`worker_cpus`).
+        self.cpus: list[int] | None = worker_cpus(workers, self._allowed, pin_cpus)
         self.unix_socket = Path(unix_socket) if unix_socket is not None else None
         self._auth_token, self._tls = auth_token, (tls_cert, tls_key)
         self.limits = limits or ServerLimits()
@@ -281,7 +308,7 @@ class WorkerPool:
         """What a worker loads: the spec (without a thread count: the cores shared out between the workers, as
         each session would otherwise start one thread per core) and whether its samples go to an observer."""
         if spec.threads is None:
-            spec = dataclasses.replace(spec, threads=max(1, (os.cpu_count() or 1) // self.size))
+            spec = dataclasses.replace(spec, threads=session_threads(self.size, len(self._allowed), self.cpus))
         return spec, (spec.name, spec.version) in self._observers
 
     def _reap(self, w: _Worker) -> None:
