@@ -158,3 +158,32 @@ def test_a_pinned_worker_runs_its_sessions_on_one_thread(tmp_path: Path) -> None
             counts.append(len(os.listdir(f"/proc/{pid}/task")) - before)
     unpinned, pinned = counts
     assert unpinned - pinned == len(cpus) - 1, counts  # ONNX Runtime starts threads - 1 of its own
+
+
+def test_serve_pin_workers_option(tmp_path: Path) -> None:
+    """`modelfleet serve --workers N --[no-]pin-workers` reaches the workers (N = the CPUs it may use, at least 2:
+    pinned by default there, so --no-pin-workers is what changes it; --pin-workers keeps each to one CPU)."""
+    import re
+
+    from reconciler.devkit.modelgen import matmul_model
+
+    model = tmp_path / "mm.onnx"
+    model.write_bytes(matmul_model(seed=1))
+    cpus = sorted(os.sched_getaffinity(0))
+    n = max(2, len(cpus))
+    seen = {}
+    for flag in ("--pin-workers", "--no-pin-workers"):
+        proc = subprocess.Popen([sys.executable, "-m", "reconciler.cli", "serve", str(model), "--port", "0",
+                                 "--workers", str(n), flag], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        try:
+            assert proc.stdout is not None
+            lines = [proc.stdout.readline(), proc.stdout.readline()]
+            pids = [int(p) for p in re.findall(r"\d+", lines[1].partition("pids")[2])]
+            assert len(pids) == n, lines
+            seen[flag] = [sorted(os.sched_getaffinity(p)) for p in pids]
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    assert all(len(mask) == 1 for mask in seen["--pin-workers"]), seen
+    assert all(mask == cpus for mask in seen["--no-pin-workers"]), seen
