@@ -10,7 +10,8 @@ load (a WorkerPool in this process; wrk counts every non-200 and socket error). 
 ``host_loadavg_1m`` the host's load before and after: on a busy host more processes also get a larger share
 of the CPUs, so read the throughput ratio together with them.
 
-``cpu_per_req_ratio_c16`` is the pool's CPU per request (control plane and workers) over the single loop's;
+``cpu_per_req_ratio_c16`` is the pool's CPU per request (control plane and workers) over the single loop's
+(``workers_N_unpinned``: the same with ``--no-pin-workers``; the pool pins when it has one worker per CPU);
 ``--baseline-rev REV`` measures REV's single loop and pool as well, in the same alternating rounds.
 
 Run: ``PYTHONPATH=. .venv/bin/python bench/bench_workers.py [--workers 2] [--rounds 3] [--seconds 5]
@@ -80,11 +81,12 @@ def wrk(port: int, script: Path, conc: int, seconds: float) -> dict[str, float]:
 class Served:
     """`modelfleet serve tiny.onnx --workers N` in a subprocess."""
 
-    def __init__(self, model: Path, workers: int, threads: int, src: Path | None = None) -> None:
+    def __init__(self, model: Path, workers: int, threads: int, src: Path | None = None,
+                 extra: tuple[str, ...] = ()) -> None:
         env = {**os.environ, "PYTHONPATH": str(src)} if src is not None else None
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "reconciler.cli", "serve", str(model), "--name", "tiny", "--port", "0",
-             "--threads", str(threads), "--workers", str(workers)],
+             "--threads", str(threads), "--workers", str(workers), *extra],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
         )
         assert self.proc.stdout is not None
@@ -159,6 +161,7 @@ def main() -> None:
     runs: dict[int, dict[str, list[float]]] = {n: {"c16": [], "c1": [], "cpu": [], "wrk": []} for n in (1, args.workers)}
     base_src = baseline_tree(args.baseline_rev, tmp) if args.baseline_rev else None
     base_cpu: dict[int, list[float]] = {1: [], args.workers: []}
+    unpinned_cpu: list[float] = []  # this tree's pool with --no-pin-workers (the pool pins when workers == CPUs)
     load_before = os.getloadavg()[0]
     memory: dict[int, list[dict[str, float]]] = {}
     for i in range(args.rounds):
@@ -172,6 +175,14 @@ def main() -> None:
                     base_cpu[n].append((srv.cpu_seconds() - cpu0) / c16["requests"])
                 finally:
                     srv.stop()
+        srv = Served(model, args.workers, args.threads, extra=("--no-pin-workers",))
+        try:
+            wrk(srv.port, script, 16, 1.0)
+            cpu0 = srv.cpu_seconds()
+            c16 = wrk(srv.port, script, 16, args.seconds)
+            unpinned_cpu.append((srv.cpu_seconds() - cpu0) / c16["requests"])
+        finally:
+            srv.stop()
         for n in (1, args.workers):
             srv = Served(model, n, args.threads)
             try:
@@ -221,6 +232,9 @@ def main() -> None:
         "idle_host_ceiling_ratio_c16": _ceiling(med[1], med[w], os.cpu_count() or 1),
         "swap_under_load": swap_under_load(script, w, args.threads),
     }
+    single_cpu = med[1]["cpu"] / med[1]["c16"]
+    out[f"workers_{w}_unpinned"] = {"cpu_us_per_req_c16": round(statistics.median(unpinned_cpu) * 1e6, 1),
+                                    "cpu_per_req_ratio_c16": round(statistics.median(unpinned_cpu) / single_cpu, 2)}
     if base_src is not None:
         b1, bw = statistics.median(base_cpu[1]), statistics.median(base_cpu[w])
         out["baseline"] = {"rev": args.baseline_rev,

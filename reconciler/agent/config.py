@@ -78,6 +78,7 @@ class AgentConfig:
     server_limits: ServerLimits = field(default_factory=ServerLimits)
     serving_workers: int = 1
     serving_grpc_port: int | None = None  # the gRPC front (modelfleet[grpc]); None: off
+    serving_pin_workers: bool | None = None  # None: one CPU per worker when there are as many workers as CPUs
     openvino_cache_dir: Path | None = None
     threads: int | None = None
     metrics_enabled: bool = True
@@ -379,6 +380,7 @@ def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str
         server_limits=server_limits,
         serving_workers=int(serving.get("workers", 1)),
         serving_grpc_port=int(serving["grpcPort"]) if serving.get("grpcPort") is not None else None,
+        serving_pin_workers=serving.get("pinWorkers"),
         openvino_cache_dir=p(runtime.get("openvinoCacheDir")),
         threads=runtime.get("threads"),
         metrics_enabled=bool(metrics.get("enabled", True)),

@@ -156,7 +156,8 @@ class Components:
                 cfg.serving_workers, host=cfg.serving_host, port=port, unix_socket=cfg.unix_socket,
                 auth_token=token, tls_cert=str(cfg.tls_cert) if cfg.tls_cert else None,
                 tls_key=str(cfg.tls_key) if cfg.tls_key else None, limits=cfg.server_limits,
-                observer_factory=observers, grpc_port=cfg.serving_grpc_port, **_registry_kwargs(cfg),
+                observer_factory=observers, grpc_port=cfg.serving_grpc_port, pin_cpus=cfg.serving_pin_workers,
+                **_registry_kwargs(cfg),
             )
             metrics_registry = self.server.metrics_registry
         else:

@@ -69,6 +69,7 @@ def _limits(options: tuple[str, ...], max_body_mb: float | None) -> ServerLimits
 def _start_pool(
     workers: int, specs: list[EndpointSpec], host: str, port: int, unix_socket: Path | None, token: str | None,
     tls_cert: Path | None, tls_key: Path | None, limits: ServerLimits, grpc_port: int | None = None,
+    pin_workers: bool | None = None,
 ) -> Any:
     from reconciler.serving.fronts import GrpcNotInstalled, grpc_missing
     from reconciler.serving.workers.pool import WorkerPool
@@ -76,7 +77,7 @@ def _start_pool(
     pool = WorkerPool(
         workers, host=host, port=port, unix_socket=unix_socket, auth_token=token,
         tls_cert=str(tls_cert) if tls_cert else None, tls_key=str(tls_key) if tls_key else None, limits=limits,
-        grpc_port=grpc_port,
+        grpc_port=grpc_port, pin_cpus=pin_workers,
     )
     try:
         pool.start()
@@ -115,6 +116,10 @@ def _start_pool(
     "--workers", type=click.IntRange(1, 64), default=1, show_default=True,
     help="Worker processes sharing the port (SO_REUSEPORT), each with its own copy of the models (docs/serving.md).",
 )
+@click.option(
+    "--pin-workers/--no-pin-workers", default=None,
+    help="Keep each worker process to one CPU (default: when there are as many workers as CPUs; docs/serving.md).",
+)
 @click.option("--device", help="OpenVINO device (CPU, GPU, NPU, AUTO).")
 @click.option(
     "--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default="fp32", show_default=True,
@@ -147,6 +152,7 @@ def serve(
     grpc_port: int | None,
     threads: int | None,
     workers: int,
+    pin_workers: bool | None,
     device: str | None,
     precision: str,
     auth_token_file: Path | None,
@@ -181,7 +187,7 @@ def serve(
         specs.append(_spec_for(path, ep_name, runtime, threads, device, precision))
     if workers > 1:
         server: Any = _start_pool(workers, specs, host, port, unix_socket, token, tls_cert, tls_key, limits,
-                                  grpc_port)
+                                  grpc_port, pin_workers)
         registry: Any = server
     else:
         registry = ModelRegistry()

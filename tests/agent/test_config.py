@@ -241,3 +241,14 @@ def test_capture_allowed_origins_are_https_origins_normalised(tmp_path: Path) ->
     assert "tok3n" not in str(err.value)
     with pytest.raises(UserError, match=r"agent.yaml:11: capture.allowedOrigins\[0\] 'https://h:99999' is not"):
         parse_agent_config(MINIMAL + "  capture:\n    allowedOrigins: ['https://h:99999']\n", tmp_path / "agent.yaml")
+
+
+def test_pin_workers_is_a_boolean_or_left_to_the_pool(tmp_path: Path) -> None:
+    f = tmp_path / "agent.yaml"
+    f.write_text(MINIMAL)
+    assert load_agent_config(f).serving_pin_workers is None  # the pool decides: one worker per allowed CPU
+    f.write_text(MINIMAL + "  serving:\n    workers: 2\n    pinWorkers: false\n")
+    assert load_agent_config(f).serving_pin_workers is False
+    f.write_text(MINIMAL + "  serving:\n    workers: 2\n    pinWorkers: sometimes\n")
+    with pytest.raises(UserError, match="pinWorkers"):
+        load_agent_config(f)

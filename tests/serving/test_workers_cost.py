@@ -5,6 +5,7 @@ turn, not three times per request. Counted (context switches, file writes), neve
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -84,3 +85,105 @@ def test_worker_metrics_are_written_once_per_loop_turn(tmp_path: Path) -> None:
     during, total, count = json.loads(r.stdout.strip().splitlines()[-1])
     assert during == 0 and total <= 8, (during, total)  # count and sum once, each bucket hit once (was 30)
     assert count == 11  # nothing answered is missing from /metrics
+
+
+def test_one_worker_per_cpu_keeps_each_worker_to_its_cpu() -> None:
+    """Before: the scheduler moved the workers between cores (two workers cost 1.11-1.25x the single loop's CPU
+    per request where the same run measured about 1.03x with each worker kept to its CPU)."""
+    from reconciler.serving.workers.pool import WorkerPool
+
+    cpus = sorted(os.sched_getaffinity(0))
+    with WorkerPool(len(cpus), port=0) as pool:
+        if len(cpus) > 1:
+            assert pool.cpus == cpus
+            assert sorted(next(iter(os.sched_getaffinity(pid))) for pid in pool.pids()) == cpus
+            assert all(len(os.sched_getaffinity(pid)) == 1 for pid in pool.pids())
+    with WorkerPool(len(cpus), port=0, pin_cpus=False) as pool:
+        assert pool.cpus is None
+        assert all(sorted(os.sched_getaffinity(pid)) == cpus for pid in pool.pids())
+
+
+def test_pinning_keeps_to_the_cpus_this_process_may_use() -> None:
+    """The CPUs are the affinity mask (a cpuset or taskset narrows it), not the machine's count: one worker per
+    allowed CPU is pinned, each to a CPU of the mask; one CPU, or more workers than CPUs, is left to the
+    scheduler unless asked; asked, a worker is only ever kept to a CPU it may use."""
+    from reconciler.serving.workers.pool import session_threads, worker_cpus
+
+    assert worker_cpus(2, [2, 5], None) == [2, 5]
+    assert worker_cpus(2, [3], None) is None  # a mask of one CPU on a bigger machine
+    assert worker_cpus(1, [0], None) is None
+    assert worker_cpus(3, [0, 1], None) is None
+    assert worker_cpus(3, [6, 7], True) == [6, 7]  # worker i keeps to cpus[i % 2]
+    assert worker_cpus(2, [0, 1], False) is None
+    assert session_threads(2, 8, None) == 4 and session_threads(4, 2, None) == 1
+    assert session_threads(2, 8, [0, 1]) == 1  # one CPU per worker: one intra-op thread, not four taking turns
+
+
+def test_a_narrowed_mask_pins_inside_it() -> None:
+    """A pool started under an affinity mask of one CPU (on a machine with more): not pinned by default (its
+    workers keep the mask), and with pin_cpus=True each worker keeps to that CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    code = f"""
+import json, os
+from reconciler.serving.workers.pool import WorkerPool
+os.sched_setaffinity(0, {{{cpus[-1]}}})
+out = []
+for pin in (None, True):
+    with WorkerPool(2, port=0, pin_cpus=pin) as pool:
+        out.append([pool.cpus, [sorted(os.sched_getaffinity(p)) for p in pool.pids()]])
+print(json.dumps(out))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    auto, pinned = json.loads(r.stdout.strip().splitlines()[-1])
+    assert auto == [None, [[cpus[-1]], [cpus[-1]]]]
+    assert pinned == [[cpus[-1]], [[cpus[-1]], [cpus[-1]]]]
+
+
+def test_a_pinned_worker_runs_its_sessions_on_one_thread(tmp_path: Path) -> None:
+    """Before: a worker's sessions took the machine's CPU count over the workers as intra-op threads, also when
+    the worker was kept to one CPU (its threads then only took turns on it)."""
+    from reconciler.devkit.modelgen import matmul_model
+    from reconciler.serving.registry import EndpointSpec
+    from reconciler.serving.workers.pool import WorkerPool
+
+    cpus = sorted(os.sched_getaffinity(0))
+    counts = []
+    for pin in (False, True):
+        with WorkerPool(1, port=0, pin_cpus=pin) as pool:
+            (pid,) = pool.pids()
+            before = len(os.listdir(f"/proc/{pid}/task"))
+            assert pool.apply(EndpointSpec("mm", "1", blobs=[matmul_model(seed=1)])).ok
+            counts.append(len(os.listdir(f"/proc/{pid}/task")) - before)
+    unpinned, pinned = counts
+    assert unpinned - pinned == len(cpus) - 1, counts  # ONNX Runtime starts threads - 1 of its own
+
+
+def test_serve_pin_workers_option(tmp_path: Path) -> None:
+    """`modelfleet serve --workers N --[no-]pin-workers` reaches the workers (N = the CPUs it may use, at least 2:
+    pinned by default there, so --no-pin-workers is what changes it; --pin-workers keeps each to one CPU)."""
+    import re
+
+    from reconciler.devkit.modelgen import matmul_model
+
+    model = tmp_path / "mm.onnx"
+    model.write_bytes(matmul_model(seed=1))
+    cpus = sorted(os.sched_getaffinity(0))
+    n = max(2, len(cpus))
+    seen = {}
+    for flag in ("--pin-workers", "--no-pin-workers"):
+        proc = subprocess.Popen([sys.executable, "-m", "reconciler.cli", "serve", str(model), "--port", "0",
+                                 "--workers", str(n), flag], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        try:
+            assert proc.stdout is not None
+            lines = [proc.stdout.readline(), proc.stdout.readline()]
+            pids = [int(p) for p in re.findall(r"\d+", lines[1].partition("pids")[2])]
+            assert len(pids) == n, lines
+            seen[flag] = [sorted(os.sched_getaffinity(p)) for p in pids]
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    assert all(len(mask) == 1 for mask in seen["--pin-workers"]), seen
+    assert all(mask == cpus for mask in seen["--no-pin-workers"]), seen

@@ -4,7 +4,8 @@
 client shares); ``grpc_predict_v2_pb2*.py`` are generated from it (``scripts/gen_grpc.py``) and committed.
 :mod:`~.tensors` turns a ``ModelInferRequest`` into the decoded request the application core checks and runs —
 raw contents (``raw_input_contents``, the binary extension's layout) or typed contents — and the outputs into a
-``ModelInferResponse`` of the same form. :class:`~.server.GrpcServer` runs a ``grpc.aio`` server in a thread of
+``ModelInferResponse`` of the same form; :mod:`~.wire` walks a large message's top-level fields so its raw
+contents stay views of the received bytes (protobuf would copy each twice) and writes raw outputs after the rest. :class:`~.server.GrpcServer` runs a ``grpc.aio`` server in a thread of
 its own and answers each RPC through the same :class:`~reconciler.serving.app.v2app.V2App` the HTTP front
 calls: one registry (switches and rollbacks), one bearer token (metadata ``authorization: Bearer …``), one
 set of metrics, batches and drift/capture hooks; the :class:`~reconciler.serving.limits.ServerLimits` become

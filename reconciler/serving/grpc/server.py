@@ -5,8 +5,9 @@ Each RPC is a coroutine on this thread's event loop that calls the application c
 (:class:`~reconciler.serving.app.v2app.V2App`) the HTTP front calls, so both see one registry, token, set of
 metrics, batches and hooks. ``ModelInfer`` takes the request's bytes (no deserializer: the size is known before
 parsing), parses them, and answers like a REST request: inline on the loop for a fast model and a small request,
-else in a small thread pool, or from the model's adaptive batch; the pool's and the batch's futures are
-shielded, so a client that cancels (or whose deadline passes) never cancels work that holds a lease.
+else in a small thread pool, or from the model's adaptive batch; that work hands its answer back to the loop
+and is never tied to the call, so a client that cancels (or whose deadline passes) never cancels work that holds
+a lease. A large request's tensors are not copied out of the received message (:mod:`~.wire`).
 
 Limits (:func:`server_options`): the :class:`~reconciler.serving.limits.ServerLimits` a REST client meets become
 gRPC's own — ``maxBodyBytes`` the largest message, ``maxPipelined`` the concurrent streams per connection,
@@ -31,13 +32,16 @@ import grpc
 
 from reconciler.serving.app.v2app import V2App
 from reconciler.serving.grpc import grpc_predict_v2_pb2 as pb
-from reconciler.serving.grpc.tensors import decode, encoder
+from reconciler.serving.grpc.tensors import RAW_INPUT_FIELD, decode, encoder
+from reconciler.serving.grpc.wire import split_bytes_field
 from reconciler.serving.limits import ServerLimits
 from reconciler.serving.v2.codec import JsonLimits
 from reconciler.serving.v2.handler import Deferred, Response
 
 SERVICE = "inference.GRPCInferenceService"
 _INT_MAX = 2**31 - 1
+#: Requests larger than this have their raw contents taken off the wire as views (:func:`parse_request`).
+SPLIT_MIN = 64 * 1024
 
 #: An HTTP-style status of the application core → the gRPC status code a client sees.
 STATUS_CODES: dict[int, grpc.StatusCode] = {
@@ -264,13 +268,14 @@ class GrpcServer:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy: too many request bytes in flight")
         try:
             try:
-                msg = pb.ModelInferRequest.FromString(data)
-            except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+                msg, raw = parse_request(data)
+            except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends, WireError
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed ModelInferRequest: {exc}")
             del data
             limits = self._json_limits
             result = self.app.infer_tensors(msg.model_name, msg.model_version or None, size,
-                                            lambda: decode(msg, limits), _ENCODERS[bool(msg.raw_input_contents)])
+                                            lambda: decode(msg, limits, raw),
+                                            _ENCODERS[bool(raw) or bool(msg.raw_input_contents)])
             resp = result if isinstance(result, Response) else await self._settle(result)
         finally:
             self._budget.give(size)
@@ -279,14 +284,57 @@ class GrpcServer:
         return resp.body
 
     async def _settle(self, result: Response | Deferred | concurrent.futures.Future[Response]) -> Response:
+        """The answer of work in the pool or a batch. The work is not tied to the future awaited here: a call
+        that is cancelled (or whose deadline passes) stops waiting, and the work, which holds a lease, runs on and
+        releases it."""
         loop = asyncio.get_running_loop()
         while not isinstance(result, Response):
+            answer: asyncio.Future[Any] = loop.create_future()
             if isinstance(result, Deferred):
-                fut = loop.run_in_executor(self._pool, result.fn)
+                self._pool.submit(_run_then, result.fn, loop, answer)  # type: ignore[union-attr]
             else:
-                fut = asyncio.wrap_future(result, loop=loop)
-            result = await asyncio.shield(fut)  # a cancelled call never cancels work that holds a lease
+                result.add_done_callback(lambda f, a=answer: _relay(f, loop, a))
+            result = await answer
         return result
+
+
+def parse_request(data: bytes) -> tuple[Any, list[memoryview] | None]:
+    """A ``ModelInferRequest`` and, for a large one, its ``raw_input_contents`` as views of ``data`` (protobuf
+    would copy them twice, :mod:`.wire`); a small one is parsed whole (the walk would cost more than the copy)."""
+    if len(data) <= SPLIT_MIN:
+        return pb.ModelInferRequest.FromString(data), None
+    rest, raw = split_bytes_field(data, RAW_INPUT_FIELD)
+    return pb.ModelInferRequest.FromString(rest), raw or None
+
+
+def _run_then(fn: Callable[[], Any], loop: asyncio.AbstractEventLoop, answer: asyncio.Future[Any]) -> None:
+    """In the pool: run ``fn`` and hand its result to ``answer`` on the loop."""
+    try:
+        value = fn()
+    except BaseException as exc:  # noqa: BLE001 - the call answers INTERNAL; the pool thread lives on
+        loop.call_soon_threadsafe(_fail, answer, exc)
+        return
+    loop.call_soon_threadsafe(_deliver, answer, value)
+
+
+def _relay(done: concurrent.futures.Future[Any], loop: asyncio.AbstractEventLoop,
+           answer: asyncio.Future[Any]) -> None:
+    """A batch's future is done (in the batch's thread): hand its result to ``answer`` on the loop."""
+    exc = done.exception()
+    if exc is not None:
+        loop.call_soon_threadsafe(_fail, answer, exc)
+    else:
+        loop.call_soon_threadsafe(_deliver, answer, done.result())
+
+
+def _deliver(answer: asyncio.Future[Any], value: Any) -> None:
+    if not answer.done():  # cancelled meanwhile: nobody waits for it
+        answer.set_result(value)
+
+
+def _fail(answer: asyncio.Future[Any], exc: BaseException) -> None:
+    if not answer.done():
+        answer.set_exception(exc)
 
 
 #: The core's ``encode`` for a typed (False) and a raw (True) request.

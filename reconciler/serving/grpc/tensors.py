@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from reconciler.serving.grpc import grpc_predict_v2_pb2 as pb
+from reconciler.serving.grpc.wire import bytes_field
 from reconciler.serving.v2.codec import (
     V2_TO_NP,
     CodecError,
@@ -32,6 +33,9 @@ from reconciler.serving.v2.handler import Response
 from reconciler.serving.v2.jsonio import count_nonfinite
 
 GRPC_CT = b"application/grpc"
+#: Field numbers of ``raw_input_contents`` and ``raw_output_contents`` (grpc_predict_v2.proto).
+RAW_INPUT_FIELD = pb.ModelInferRequest.RAW_INPUT_CONTENTS_FIELD_NUMBER
+RAW_OUTPUT_FIELD = pb.ModelInferResponse.RAW_OUTPUT_CONTENTS_FIELD_NUMBER
 
 #: datatype → (typed contents field, the numpy dtype protobuf gives, (min, max) when narrower than that field)
 TYPED: dict[str, tuple[str, Any, tuple[int, int] | None]] = {
@@ -59,20 +63,22 @@ def parameters(params: Any) -> dict[str, Any]:
     return out
 
 
-def decode(msg: Any, limits: JsonLimits) -> InferRequest:
-    """The tensors of a ``ModelInferRequest`` (see the module docstring)."""
+def decode(msg: Any, limits: JsonLimits, raw: list[memoryview] | None = None) -> InferRequest:
+    """The tensors of a ``ModelInferRequest`` (see the module docstring); ``raw``: its ``raw_input_contents``
+    when they were taken off the message on the wire (:func:`~.wire.split_bytes_field`), else read from it."""
     try:
-        return _decode(msg, limits)
+        return _decode(msg, limits, raw)
     except (ValueError, MemoryError, OverflowError) as exc:
         if isinstance(exc, CodecError):
             raise
         raise CodecError(f"invalid request: {exc}") from None
 
 
-def _decode(msg: Any, limits: JsonLimits) -> InferRequest:
+def _decode(msg: Any, limits: JsonLimits, raw: list[memoryview] | None) -> InferRequest:
     if not msg.inputs:
         raise CodecError("'inputs' must be a non-empty array")
-    raw = msg.raw_input_contents
+    if raw is None:
+        raw = list(msg.raw_input_contents)  # upb gives a new copy of an entry on every access: once each
     if raw and len(raw) != len(msg.inputs):
         raise CodecError(f"raw_input_contents has {len(raw)} entries for {len(msg.inputs)} inputs")
     inputs: dict[str, np.ndarray] = {}
@@ -146,17 +152,21 @@ def encode_response(name: str, version: str, req_id: str | None, outputs: dict[s
     arrays = [(r.name, outputs[r.name]) for r in requested]
     types = [datatype_of(a) for _, a in arrays]
     raw = raw or any(dt not in TYPED for dt in types)
-    raw_out = resp.raw_output_contents
+    raw_out: list[bytes | memoryview] = []
     for (oname, arr), dt in zip(arrays, types, strict=True):
         t = resp.outputs.add(name=oname, datatype=dt, shape=arr.shape)
         nonfinite = count_nonfinite(arr)
         if nonfinite:
             t.parameters["nonfinite_values"].int64_param = nonfinite
         if raw:
-            raw_out.append(bytes(tensor_to_binary(arr, dt)))
+            data = tensor_to_binary(arr, dt)
+            raw_out += (bytes_field(RAW_OUTPUT_FIELD, len(data)), data)
         elif dt == "BYTES":
             t.contents.bytes_contents.extend(
                 v if isinstance(v, bytes) else str(v).encode() for v in arr.reshape(-1))
         else:
             getattr(t.contents, TYPED[dt][0]).extend(arr.reshape(-1).tolist())
-    return resp.SerializeToString()  # type: ignore[no-any-return]
+    if not raw_out:
+        return resp.SerializeToString()  # type: ignore[no-any-return]
+    # The raw contents after the rest (fields may come in any order): one copy of each output, in the join.
+    return b"".join((resp.SerializeToString(), *raw_out))

@@ -90,6 +90,8 @@ class WorkerSettings:
     previous: list[tuple[Any, bool]] = field(default_factory=list)
     #: The gRPC front's port (shared like the HTTP one), or None: no gRPC front.
     grpc_port: int | None = None
+    #: The CPU this worker keeps to, or None (the scheduler places it).
+    cpu: int | None = None
 
 
 def proc_memory_mb(pid: int) -> dict[str, float]:

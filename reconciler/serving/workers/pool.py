@@ -16,6 +16,12 @@ A worker that dies is restarted with the current desired set loaded before it li
 (``modelfleet_serving_worker_restarts_total``) and reported (:meth:`WorkerPool.report`); ready stays false
 until it is back. ``/metrics`` is one view: the pool's own registry plus the workers' counters, summed by
 ``prometheus_client``'s multiprocess mode from a private directory (:mod:`~reconciler.serving.workers.poolmetrics`).
+
+With one worker per CPU (the default when the pool has as many workers as the CPUs it may use) each worker
+keeps to its own CPU (``sched_setaffinity``), so the scheduler does not move workers, their caches and their
+connections' wake-ups between cores. Connections are still spread by the kernel's hash: steering them to the
+CPU that received them (``SO_INCOMING_CPU``) was cheaper still on loopback, but behind a single-queue network
+card every connection arrives on one CPU and would all go to one worker.
 """
 
 from __future__ import annotations
@@ -123,6 +129,35 @@ class _Worker:
         return self.reply(timeout)
 
 
+def allowed_cpus() -> list[int]:
+    """The CPUs this process may run on: its affinity mask (which a cgroup cpuset or ``taskset`` narrows), not
+    the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def worker_cpus(workers: int, allowed: list[int], pin: bool | None) -> list[int] | None:
+    """The CPUs the workers keep to (worker ``i`` to ``cpus[i % len(cpus)]``), or None: not pinned. Pure.
+
+    ``pin`` None (auto): pinned when there is one worker per allowed CPU and more than one worker — on a single
+    CPU, or with fewer or more workers than CPUs, the scheduler places them. ``pin`` True pins anyway, only ever
+    to CPUs in ``allowed``."""
+    if not allowed:
+        return None
+    if pin is None:
+        pin = workers > 1 and workers == len(allowed)
+    return list(allowed) if pin else None
+
+
+def session_threads(workers: int, allowed: int, cpus: list[int] | None) -> int:
+    """Intra-op threads of each worker's model sessions when the spec names none: the allowed CPUs shared out
+    between the workers, one for a worker kept to one CPU (more threads there would only take turns). Pure."""
+    if cpus is not None:
+        return 1
+    return max(1, allowed // workers)
+
+
 class WorkerPool:
     """N serving worker processes and their control plane (see the module docstring)."""
 
@@ -132,7 +167,7 @@ class WorkerPool:
                  cache_dir: Path | None = None,
                  observer_factory: Callable[[EndpointSpec], Observer | None] | None = None,
                  load_timeout: float = LOAD_TIMEOUT, sample_queue_max: int = SAMPLE_QUEUE_MAX,
-                 grpc_port: int | None = None) -> None:
+                 grpc_port: int | None = None, pin_cpus: bool | None = None) -> None:
         if workers < 1:
             raise ValueError("a worker pool needs at least one worker")
         if port is None and unix_socket is None:
@@ -140,6 +175,9 @@ class WorkerPool:
         self.size = workers
         self.host, self.port = host, port
         self.grpc_port = grpc_port
+        self._allowed = allowed_cpus()
+        #: CPUs the workers keep to, one each (None: not pinned; see :func:`worker_cpus`).
+        self.cpus: list[int] | None = worker_cpus(workers, self._allowed, pin_cpus)
         self.unix_socket = Path(unix_socket) if unix_socket is not None else None
         self._auth_token, self._tls = auth_token, (tls_cert, tls_key)
         self.limits = limits or ServerLimits()
@@ -246,6 +284,7 @@ class WorkerPool:
             unix_socket=str(self.unix_socket) if self.unix_socket else None, auth_token=self._auth_token,
             tls_cert=self._tls[0], tls_key=self._tls[1], limits=self.limits, cache_dir=self.cache_dir,
             generation=self._generation, sample_queue_max=self.sample_queue_max, grpc_port=self.grpc_port,
+            cpu=self.cpus[index % len(self.cpus)] if self.cpus else None,
             desired=[self._job(ep.active) for ep in self._eps.values() if ep.active],
             previous=[self._job(ep.previous) for ep in self._eps.values() if ep.previous],
         )
@@ -269,7 +308,7 @@ class WorkerPool:
         """What a worker loads: the spec (without a thread count: the cores shared out between the workers, as
         each session would otherwise start one thread per core) and whether its samples go to an observer."""
         if spec.threads is None:
-            spec = dataclasses.replace(spec, threads=max(1, (os.cpu_count() or 1) // self.size))
+            spec = dataclasses.replace(spec, threads=session_threads(self.size, len(self._allowed), self.cpus))
         return spec, (spec.name, spec.version) in self._observers
 
     def _reap(self, w: _Worker) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import os
 import signal
@@ -252,6 +253,9 @@ def main(ctl_fd: int, up_fd: int, unix_fd: int | None = None) -> None:
         signal.signal(sig, signal.SIG_IGN)
     ctl = Connection(ctl_fd)
     settings: WorkerSettings = ctl.recv()
+    if settings.cpu is not None:  # one worker per CPU: the scheduler does not move it (nor its caches) around
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, {settings.cpu})
     uplink = Uplink(Connection(up_fd), settings.sample_queue_max)
     observed = {(s.name, s.version) for s, watch in settings.desired + settings.previous if watch}
     registry = ModelRegistry(settings.cache_dir, observer_factory=lambda spec: Forwarder(
