@@ -19,6 +19,7 @@ import yaml
 
 from reconciler.capture.upload import origin_of
 from reconciler.core.credentials import Credentials
+from reconciler.core.proxy import DIRECT, ProxyURLError, normalise_proxy
 from reconciler.core.errors import UserError
 from reconciler.core.redact import redact, redact_url, userinfo_problem
 from reconciler.core.units import parse_duration
@@ -214,6 +215,8 @@ _GIT_HINT = ("put the secret in a file named by the `credentials` block next to 
              "(a GitHub token: username x-access-token)")
 _TUF_HINT = "put the token in a file named by spec.tuf.credentials: bearerTokenFile (or username + passwordFile)"
 _CAPTURE_HINT = "put the upload token in a file named by spec.capture.uploadTokenFile"
+_PROXY_HINT = ("use a proxy that admits the device by its address, or give the proxy's credentials in the "
+               "environment (https_proxy), which only the agent's user and root can read")
 
 
 def _refuse_userinfo(data: Mapping[str, Any], where: Callable[[list[str | int]], str]) -> None:
@@ -232,6 +235,12 @@ def _refuse_userinfo(data: Mapping[str, Any], where: Callable[[list[str | int]],
         block = spec.get(section)
         if isinstance(block, dict):
             fields.append(([section, key], block.get(key), ssh, hint))
+    for section in ("source", "status", "tuf", "gateway"):
+        block = spec.get(section)
+        creds = block.get("credentials") if isinstance(block, dict) else None
+        if isinstance(creds, dict) and isinstance(proxy := creds.get("proxy"), str):
+            fields.append(([section, "credentials", "proxy"], proxy if "://" in proxy else "http://" + proxy, False,
+                           _PROXY_HINT))
     capture = spec.get("capture")
     origins = capture.get("allowedOrigins") if isinstance(capture, dict) else None
     if isinstance(origins, list):
@@ -327,9 +336,22 @@ def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str
                             "credentials.passwordFile go together (GitHub tokens: username x-access-token)")
         if "passwordFile" in d and "bearerTokenFile" in d:
             raise UserError(f"{_where(path, root, ['spec', *section])}: use either passwordFile or bearerTokenFile")
+        if "clientKeyFile" in d and "clientCertFile" not in d:
+            raise UserError(f"{_where(path, root, ['spec', *section, 'clientKeyFile'])}: credentials.clientKeyFile "
+                            "needs clientCertFile (the certificate it is the key of)")
+        proxy = d.get("proxy")
+        if proxy is not None and proxy != DIRECT:
+            try:
+                proxy = normalise_proxy(proxy, where="spec." + ".".join([*section, "proxy"]))
+            except ProxyURLError as exc:
+                raise UserError(f"{_where(path, root, ['spec', *section, 'proxy'])}: {exc} (or `{DIRECT}` for "
+                                "no proxy)") from None
         return Credentials(username=d.get("username"), password_file=p(d.get("passwordFile")),
                            bearer_token_file=p(d.get("bearerTokenFile")), ssh_key_file=p(d.get("sshKeyFile")),
-                           known_hosts_file=p(d.get("knownHostsFile")), ca_file=p(d.get("caFile")))
+                           known_hosts_file=p(d.get("knownHostsFile")), ca_file=p(d.get("caFile")),
+                           extra_ca_file=p(d.get("extraCaFile")), client_cert_file=p(d.get("clientCertFile")),
+                           client_key_file=p(d.get("clientKeyFile")), proxy=proxy,
+                           bundle_dir=(p(spec.get("stateDir")) or Path(DEFAULT_STATE_DIR)) / "tls")
 
     allowed_origins = []
     for i, origin in enumerate(capture.get("allowedOrigins") or []):
