@@ -106,7 +106,8 @@ def translate(exc: BaseException, what: str) -> TufClientError:
                                     "check tuf.credentials")
     refused = _chain_find(exc, lambda e: getattr(e, "client_certificate_refused", False))
     if refused is not None:  # the fetcher's words: the server, and whether a certificate was sent
-        return ClientCertificateRefused(redact(f"{what}: {refused}"))
+        return ClientCertificateRefused(redact(f"{what}: {refused}; set tuf.credentials.clientCertFile and "
+                                               "clientKeyFile"))
     tls = _tls_cause(exc)
     if tls is not None:
         return TLSVerificationFailed(f"{what}: TLS verification failed ({tls}); check tuf.credentials.caFile")

@@ -26,8 +26,8 @@ def refused_alert(message: str) -> bool:
 
 
 def refusal_message(display_url: str, *, cert_sent: bool, detail: str) -> str:
-    """What the device reports: which server, whether a certificate was sent, and the server's words."""
+    """What the device reports: which server, whether a certificate was sent, and the server's words (the hint of
+    what to do is the caller's: ``credentials.clientCertFile`` of the source, status or TUF block)."""
     if cert_sent:
-        return f"{display_url} refused the client certificate (credentials.clientCertFile): {detail}"
-    return (f"{display_url} requires a client certificate and none is configured (set credentials.clientCertFile "
-            f"and clientKeyFile): {detail}")
+        return f"{display_url} refused the client certificate ({detail})"
+    return f"{display_url} requires a client certificate and none is configured ({detail})"
