@@ -19,8 +19,8 @@ import yaml
 
 from reconciler.capture.upload import origin_of
 from reconciler.core.credentials import Credentials
-from reconciler.core.proxy import DIRECT, ProxyURLError, normalise_proxy
 from reconciler.core.errors import UserError
+from reconciler.core.proxy import DIRECT, ProxyURLError, normalise_proxy
 from reconciler.core.redact import redact, redact_url, userinfo_problem
 from reconciler.core.units import parse_duration
 from reconciler.fleet.manifests import schema_problem

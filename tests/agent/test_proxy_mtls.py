@@ -20,7 +20,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests._agent_fixtures import REPO_ROOT, AgentProcess, World, condition, read_status, wait_for, which_version
+from tests._agent_fixtures import (
+    REPO_ROOT,
+    AgentProcess,
+    World,
+    condition,
+    read_status,
+    wait_for,
+    which_version,
+)
 from tests._git_fixtures import free_port
 from tests._proxy import PROXIED_FROM, TinyProxy
 from tests._servers import GitHttp, Pki, private_file
@@ -110,7 +118,7 @@ def _routes(env: Env, name: str) -> dict[str, set[str]]:
              "push": f"/private/{name}.git/git-receive-pack",
              "tuf metadata": f"/tuf/{name}/metadata/", "tuf target": f"/tuf/{name}/targets/"}
     out: dict[str, set[str]] = {k: set() for k in kinds}
-    for method, uri, _status, addr in env.http.peers():
+    for _method, uri, _status, addr in env.http.peers():
         for kind, prefix in kinds.items():
             if uri.startswith(prefix):
                 out[kind].add(addr)
