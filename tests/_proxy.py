@@ -79,8 +79,9 @@ class Tap:
 class TinyProxy:
     """tinyproxy on loopback behind a :class:`Tap`; :attr:`url` is the proxy URL clients are given."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, basic_auth: tuple[str, str] | None = None) -> None:
         self.root = root
+        self.basic_auth = basic_auth  # the proxy's own credentials (Proxy-Authorization), if it asks for them
         self.port = free_port()
         self.log = root / "tinyproxy.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -97,7 +98,8 @@ class TinyProxy:
         # No ConnectPort line: CONNECT to any port (the test servers listen on random ones).
         conf.write_text(f'Port {self.port}\nListen 127.0.0.1\nBind {PROXIED_FROM}\nTimeout 60\nMaxClients 200\n'
                         f'LogFile "{self.log}"\nLogLevel Connect\nPidFile "{self.root}/tinyproxy.pid"\n'
-                        "Allow 127.0.0.1\n")
+                        "Allow 127.0.0.1\n" + (f"BasicAuth {self.basic_auth[0]} {self.basic_auth[1]}\n"
+                                                if self.basic_auth else ""))
         with open(self.root / "tinyproxy.out", "ab") as out:
             self._proc = subprocess.Popen([TINYPROXY, "-d", "-c", str(conf)], stdout=out, stderr=out,
                                           stdin=subprocess.DEVNULL, start_new_session=True)

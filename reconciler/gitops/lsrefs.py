@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import urllib3
 
@@ -83,10 +83,12 @@ class LsRefsClient:
     """One repository's ``ls-refs`` endpoint on a pooled keep-alive connection (thread-safe via urllib3)."""
 
     def __init__(self, url: str, *, authorization: Callable[[], str | None], credentials: Credentials | None = None,
-                 timeout: float = 30.0) -> None:
-        """``credentials``: the endpoint's TLS and proxy settings (the header comes from ``authorization``).
+                 timeout: float = 30.0, env: Mapping[str, str] | None = None) -> None:
+        """``credentials``: the endpoint's TLS and proxy settings (the header comes from ``authorization``);
+        ``env``: where ``https_proxy``/``no_proxy`` come from (default: the process environment).
         ProxyURLError for an unusable proxy setting."""
-        self.pool, path = keepalive_pool(url, credentials=credentials, timeout=timeout, what="ls-refs over HTTP")
+        self.pool, path = keepalive_pool(url, credentials=credentials, timeout=timeout, what="ls-refs over HTTP",
+                                         env=env)
         self.cert_sent = credentials is not None and credentials.client_cert_file is not None
         self.display_url = redact_url(url)
         self.path = path + "/git-upload-pack"

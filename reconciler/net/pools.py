@@ -83,6 +83,10 @@ class Pools:
         return mgr
 
     def request(self, method: str, url: str, **kw: Any) -> urllib3.BaseHTTPResponse:
+        if url.startswith("http://") and self.route(url) is not None:
+            # A forwarding proxy may close after each answer without saying so (tinyproxy does): a request sent
+            # right after on the kept connection would fail with nothing to retry it. https tunnels stay alive.
+            kw["headers"] = {**(kw.get("headers") or {}), "Connection": "close"}
         return self.for_url(url).request(method, url, **kw)
 
     def clear(self) -> None:
