@@ -86,6 +86,7 @@ class AgentConfig:
     metrics_port: int | None = None
     capture_token_file: Path | None = None
     capture_ca_file: Path | None = None
+    capture_tls: Credentials = field(default_factory=Credentials)  # capture's proxy, CA files, client certificate
     capture_allowed_origins: tuple[str, ...] = ()  # normalised by capture.upload.origin_of
     shadow_enabled: bool = True
     shadow_max_memory_mb: float | None = None
@@ -235,12 +236,12 @@ def _refuse_userinfo(data: Mapping[str, Any], where: Callable[[list[str | int]],
         block = spec.get(section)
         if isinstance(block, dict):
             fields.append(([section, key], block.get(key), ssh, hint))
-    for section in ("source", "status", "tuf", "gateway"):
+    for section in ("source", "status", "tuf", "gateway", "capture"):
         block = spec.get(section)
-        creds = block.get("credentials") if isinstance(block, dict) else None
+        creds = (block if section == "capture" else block.get("credentials")) if isinstance(block, dict) else None
         if isinstance(creds, dict) and isinstance(proxy := creds.get("proxy"), str):
-            fields.append(([section, "credentials", "proxy"], proxy if "://" in proxy else "http://" + proxy, False,
-                           _PROXY_HINT))
+            where = [section, "proxy"] if section == "capture" else [section, "credentials", "proxy"]
+            fields.append((where, proxy if "://" in proxy else "http://" + proxy, False, _PROXY_HINT))
     capture = spec.get("capture")
     origins = capture.get("allowedOrigins") if isinstance(capture, dict) else None
     if isinstance(origins, list):
@@ -408,6 +409,9 @@ def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str
         metrics_port=metrics.get("port"),
         capture_token_file=p(capture.get("uploadTokenFile")),
         capture_ca_file=p(capture.get("caFile")),
+        capture_tls=creds(["capture"], {k: capture[k] for k in ("caFile", "extraCaFile", "clientCertFile",
+                                                               "clientKeyFile", "proxy") if k in capture})
+        or Credentials(),
         capture_allowed_origins=tuple(allowed_origins),
         shadow_enabled=bool(shadow.get("enabled", True)),
         shadow_max_memory_mb=float(shadow["maxMemoryMB"]) if shadow.get("maxMemoryMB") is not None else None,

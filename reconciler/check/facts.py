@@ -355,8 +355,11 @@ def private_files(cfg: AgentConfig) -> list[tuple[str, Path]]:
                             ("clientKeyFile" if creds.client_key_file else "clientCertFile", creds.client_key_path)):
             if path is not None:
                 out.append((f"{section}.credentials.{field}", path))
+    capture_key = cfg.capture_tls.client_key_path
     for setting, path in (("tuf.decryptionKey", cfg.decryption_key), ("serving.authTokenFile", cfg.auth_token_file),
-                          ("serving.tlsKey", cfg.tls_key), ("capture.uploadTokenFile", cfg.capture_token_file)):
+                          ("serving.tlsKey", cfg.tls_key), ("capture.uploadTokenFile", cfg.capture_token_file),
+                          ("capture.clientKeyFile" if cfg.capture_tls.client_key_file else "capture.clientCertFile",
+                           capture_key)):
         if path is not None:
             out.append((setting, path))
     return out
@@ -367,7 +370,7 @@ def anchor_files(cfg: AgentConfig) -> list[tuple[str, Path]]:
     out: list[tuple[str, Path]] = [("tuf.trustedRoot", cfg.trusted_root)]
     for setting, path in (("source.verify.allowedSigners", cfg.allowed_signers),
                           ("source.verify.gpgKeyring", cfg.gpg_keyring), ("serving.tlsCert", cfg.tls_cert),
-                          ("capture.caFile", cfg.capture_ca_file)):
+                          ("capture.caFile", cfg.capture_ca_file), ("capture.extraCaFile", cfg.capture_tls.extra_ca_file)):
         if path is not None:
             out.append((setting, path))
     for section, creds in (("source", cfg.source_credentials), ("status", cfg.status_credentials),

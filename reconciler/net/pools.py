@@ -73,20 +73,27 @@ class Pools:
         """The proxy ``url`` goes through, None for direct (ProxyURLError for an unusable proxy setting)."""
         return proxy_for(url, self.env, self.credentials.proxy)
 
+    def _build(self, proxy: str | None) -> urllib3.PoolManager:
+        mgr = manager(proxy, **self._kw)
+        if self._pool_classes:
+            mgr.pool_classes_by_scheme = dict(self._pool_classes)  # type: ignore[assignment]
+        return mgr
+
     def for_url(self, url: str) -> urllib3.PoolManager:
         proxy = self.route(url)
         mgr = self._managers.get(proxy)
         if mgr is None:
-            mgr = self._managers[proxy] = manager(proxy, **self._kw)
-            if self._pool_classes:
-                mgr.pool_classes_by_scheme = dict(self._pool_classes)  # type: ignore[assignment]
+            mgr = self._managers[proxy] = self._build(proxy)
         return mgr
 
     def request(self, method: str, url: str, **kw: Any) -> urllib3.BaseHTTPResponse:
-        if url.startswith("http://") and self.route(url) is not None:
+        proxy = self.route(url)
+        if proxy is not None and url.startswith("http://"):
             # A forwarding proxy may close after each answer without saying so (tinyproxy does): a request sent
-            # right after on the kept connection would fail with nothing to retry it. https tunnels stay alive.
+            # right after on the kept connection would fail with nothing to retry it. So plain http through a
+            # proxy gets a connection (and pool) of its own per request; https tunnels stay alive.
             kw["headers"] = {**(kw.get("headers") or {}), "Connection": "close"}
+            return self._build(proxy).request(method, url, **kw)
         return self.for_url(url).request(method, url, **kw)
 
     def clear(self) -> None:

@@ -102,3 +102,22 @@ def test_the_download_deadline_holds_through_the_proxy(published: Published,  # 
     took = time.monotonic() - t0
     assert err.value.reason == R.SLOW_RETRIEVAL and took < 0.5 + len(data) / 65536 + 1.5, (took, str(err.value))
     assert any(r.startswith(f"GET {published.targets_url}/") for r in proxy.requests())
+
+
+def test_capture_uploads_go_through_the_proxy_with_the_token_inside_the_tunnel(
+        servers: tuple[GitHttp, TinyProxy, TinyProxy, Pki]) -> None:
+    from reconciler.capture.upload import HttpDestination
+    from tests.capture._capture import Recorder
+
+    _, proxy, _, pki = servers
+    assert proxy.tap is not None
+    token = "capture-T0ken-0b9e"
+    with Recorder(pki) as store:
+        start = len(proxy.tap.seen)
+        dest = HttpDestination(store.url, "dev-1", token=token, tls=Credentials(ca_file=pki.ca, proxy=proxy.url))
+        assert dest.put_bytes("b1.mfcap", b"sealed batch") is True
+        assert [m for m, _, _ in store.requests] == ["MKCOL", "PUT", "GET"]  # the read-back too
+        assert {h.get("Authorization") for _, _, h in store.requests} == {f"Bearer {token}"}
+        port = store.url.split(":")[2].split("/")[0]
+        assert sum(r.startswith(f"CONNECT 127.0.0.1:{port} ") for r in proxy.requests()) == 3
+        assert token.encode() not in proxy.tap.seen[start:]
