@@ -29,6 +29,7 @@ from tests._agent_fixtures import (
     wait_for,
     which_version,
 )
+from tests._cli import run_cli
 from tests._git_fixtures import free_port
 from tests._proxy import PROXIED_FROM, TinyProxy
 from tests._servers import GitHttp, Pki, private_file
@@ -198,6 +199,9 @@ def test_a_missing_client_certificate_is_named_and_one_signed_by_the_servers_ca_
                         60, what="SourceAvailable=False")
     assert cond["reason"] == "ClientCertificateRefused", cond
     assert server in cond["message"] and "requires a client certificate" in cond["message"], cond
+    shown = run_cli("agent", "status", "--config", str(config))
+    assert "SourceAvailable False   ClientCertificateRefused the server wants a client certificate" in shown.out, \
+        shown.out
     checked = _check(config, {})
     assert checked.returncode != 0
     assert "requires a client certificate" in checked.stdout, checked.stdout
