@@ -216,8 +216,7 @@ _GIT_HINT = ("put the secret in a file named by the `credentials` block next to 
              "(a GitHub token: username x-access-token)")
 _TUF_HINT = "put the token in a file named by spec.tuf.credentials: bearerTokenFile (or username + passwordFile)"
 _CAPTURE_HINT = "put the upload token in a file named by spec.capture.uploadTokenFile"
-_PROXY_HINT = ("use a proxy that admits the device by its address, or give the proxy's credentials in the "
-               "environment (https_proxy), which only the agent's user and root can read")
+_PROXY_HINT = "put the proxy's user name in proxyUsername and its password in a file named by proxyPasswordFile"
 
 
 def _refuse_userinfo(data: Mapping[str, Any], where: Callable[[list[str | int]], str]) -> None:
@@ -240,8 +239,8 @@ def _refuse_userinfo(data: Mapping[str, Any], where: Callable[[list[str | int]],
         block = spec.get(section)
         creds = (block if section == "capture" else block.get("credentials")) if isinstance(block, dict) else None
         if isinstance(creds, dict) and isinstance(proxy := creds.get("proxy"), str):
-            where = [section, "proxy"] if section == "capture" else [section, "credentials", "proxy"]
-            fields.append((where, proxy if "://" in proxy else "http://" + proxy, False, _PROXY_HINT))
+            at: list[str | int] = [section, "proxy"] if section == "capture" else [section, "credentials", "proxy"]
+            fields.append((at, proxy if "://" in proxy else "http://" + proxy, False, _PROXY_HINT))
     capture = spec.get("capture")
     origins = capture.get("allowedOrigins") if isinstance(capture, dict) else None
     if isinstance(origins, list):
@@ -337,6 +336,8 @@ def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str
                             "credentials.passwordFile go together (GitHub tokens: username x-access-token)")
         if "passwordFile" in d and "bearerTokenFile" in d:
             raise UserError(f"{_where(path, root, ['spec', *section])}: use either passwordFile or bearerTokenFile")
+        if ("proxyUsername" in d) != ("proxyPasswordFile" in d):
+            raise UserError(f"{_where(path, root, ['spec', *section])}: proxyUsername and proxyPasswordFile go together")
         if "clientKeyFile" in d and "clientCertFile" not in d:
             raise UserError(f"{_where(path, root, ['spec', *section, 'clientKeyFile'])}: credentials.clientKeyFile "
                             "needs clientCertFile (the certificate it is the key of)")
@@ -352,6 +353,7 @@ def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str
                            known_hosts_file=p(d.get("knownHostsFile")), ca_file=p(d.get("caFile")),
                            extra_ca_file=p(d.get("extraCaFile")), client_cert_file=p(d.get("clientCertFile")),
                            client_key_file=p(d.get("clientKeyFile")), proxy=proxy,
+                           proxy_username=d.get("proxyUsername"), proxy_password_file=p(d.get("proxyPasswordFile")),
                            bundle_dir=(p(spec.get("stateDir")) or Path(DEFAULT_STATE_DIR)) / "tls")
 
     allowed_origins = []
@@ -410,7 +412,8 @@ def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str
         capture_token_file=p(capture.get("uploadTokenFile")),
         capture_ca_file=p(capture.get("caFile")),
         capture_tls=creds(["capture"], {k: capture[k] for k in ("caFile", "extraCaFile", "clientCertFile",
-                                                               "clientKeyFile", "proxy") if k in capture})
+                                                               "clientKeyFile", "proxy", "proxyUsername",
+                                                               "proxyPasswordFile") if k in capture})
         or Credentials(),
         capture_allowed_origins=tuple(allowed_origins),
         shadow_enabled=bool(shadow.get("enabled", True)),

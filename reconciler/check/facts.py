@@ -351,7 +351,7 @@ def private_files(cfg: AgentConfig) -> list[tuple[str, Path]]:
         if creds is None:
             continue
         for field, path in (("passwordFile", creds.password_file), ("bearerTokenFile", creds.bearer_token_file),
-                            ("sshKeyFile", creds.ssh_key_file),
+                            ("sshKeyFile", creds.ssh_key_file), ("proxyPasswordFile", creds.proxy_password_file),
                             ("clientKeyFile" if creds.client_key_file else "clientCertFile", creds.client_key_path)):
             if path is not None:
                 out.append((f"{section}.credentials.{field}", path))
@@ -359,7 +359,7 @@ def private_files(cfg: AgentConfig) -> list[tuple[str, Path]]:
     for setting, path in (("tuf.decryptionKey", cfg.decryption_key), ("serving.authTokenFile", cfg.auth_token_file),
                           ("serving.tlsKey", cfg.tls_key), ("capture.uploadTokenFile", cfg.capture_token_file),
                           ("capture.clientKeyFile" if cfg.capture_tls.client_key_file else "capture.clientCertFile",
-                           capture_key)):
+                           capture_key), ("capture.proxyPasswordFile", cfg.capture_tls.proxy_password_file)):
         if path is not None:
             out.append((setting, path))
     return out

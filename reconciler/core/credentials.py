@@ -52,6 +52,9 @@ class Credentials:
     client_key_file: Path | None = None
     #: The endpoint's proxy (a URL, or :data:`reconciler.core.proxy.DIRECT`); None: the environment's.
     proxy: str | None = None
+    #: The proxy's own Basic credentials (whichever proxy the endpoint uses), the password from a secret file.
+    proxy_username: str | None = None
+    proxy_password_file: Path | None = None
     #: Where derived files go (the combined CA bundle git needs for ``extra_ca_file``): the agent's state dir.
     bundle_dir: Path | None = None
 
@@ -81,10 +84,16 @@ class Credentials:
             return basic_authorization(self.username or "", read_secret(self.password_file))
         return None
 
+    def proxy_authorization(self) -> str | None:
+        """The ``Proxy-Authorization`` value for the proxy, read from its file now; None without one."""
+        if self.proxy_password_file is None:
+            return None
+        return basic_authorization(self.proxy_username or "", read_secret(self.proxy_password_file))
+
     def secret_values(self) -> tuple[str, ...]:
         """The secrets themselves (for scrubbing text that might echo them); unreadable files are skipped."""
         out: list[str] = []
-        for p in (self.password_file, self.bearer_token_file):
+        for p in (self.password_file, self.bearer_token_file, self.proxy_password_file):
             if p is not None:
                 try:
                     out.append(read_secret(p))

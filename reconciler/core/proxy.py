@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 DIRECT = "direct"
 #: Proxy schemes the in-process clients speak (urllib3 has SOCKS only with an extra package).
@@ -104,6 +104,13 @@ def normalise_proxy(value: str, *, where: str) -> str:
     if not parts.hostname:
         raise ProxyURLError(f"{where}: proxy URL has no host")
     return f"{scheme}://{parts.netloc}"
+
+
+def with_userinfo(proxy: str, username: str, password: str) -> str:
+    """``proxy`` with ``username:password@`` (percent-encoded) in place of any userinfo it had."""
+    parts = urlsplit(proxy)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return f"{parts.scheme}://{quote(username, safe='')}:{quote(password, safe='')}@{host}"
 
 
 def proxy_for(url: str, env: Mapping[str, str], configured: str | None = None) -> str | None:

@@ -26,8 +26,8 @@ import shlex
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from reconciler.core.credentials import Credentials, check_private_file
-from reconciler.core.proxy import DIRECT
+from reconciler.core.credentials import Credentials, check_private_file, read_secret
+from reconciler.core.proxy import DIRECT, proxy_for, with_userinfo
 from reconciler.core.reasons import (
     AUTHENTICATION_FAILED,
     CLIENT_CERTIFICATE_REFUSED,
@@ -144,9 +144,16 @@ class GitAuth:
                 creds.check_client_key()
                 # Variables like the CA: an inherited GIT_SSL_CERT would win over http.sslCert.
                 out["GIT_SSL_CERT"], out["GIT_SSL_KEY"] = str(creds.client_cert_file), str(creds.client_key_path)
-            if creds.proxy is not None:
+            proxy = creds.proxy
+            if creds.proxy_password_file is not None and proxy != DIRECT:
+                # git takes a proxy's credentials from http.proxy's userinfo: the proxy the endpoint uses, as
+                # git would pick it, with them (in the environment of the process, like the header).
+                chosen = proxy_for(self.url, os.environ, proxy)
+                if chosen is not None:
+                    proxy = with_userinfo(chosen, creds.proxy_username or "", read_secret(creds.proxy_password_file))
+            if proxy is not None:
                 # Scoped like the header; an empty http.proxy is git's "no proxy, whatever the environment says".
-                config.append((f"http.{origin}.proxy", "" if creds.proxy == DIRECT else creds.proxy))
+                config.append((f"http.{origin}.proxy", "" if proxy == DIRECT else proxy))
         if creds.ssh_key_file is not None or creds.known_hosts_file is not None:
             cmd = ["ssh", "-o", "BatchMode=yes", "-o", "IdentityAgent=none"]
             if creds.ssh_key_file is not None:

@@ -135,7 +135,7 @@ class _Endpoint:
             try:
                 self.lsrefs = LsRefsClient(url, authorization=self.auth.authorization, timeout=timeout,
                                            credentials=self.auth.credentials)
-            except ProxyURLError as exc:  # `git ls-remote` meets the same proxy setting and names it
+            except (ProxyURLError, CredentialError) as exc:  # `git ls-remote` meets the same proxy setting and names it
                 log.warning("ls-refs at %s: %s", self.display_url, exc)
 
     def close(self) -> None:

@@ -531,7 +531,7 @@ class _PushEndpoint:
             try:
                 self.smart = SmartPush(url, authorization=self.auth.authorization, timeout=timeout,
                                        credentials=self.auth.credentials, anonymous=anonymous)
-            except ProxyURLError as exc:  # `git push` meets the same proxy setting and names it
+            except (ProxyURLError, CredentialError) as exc:  # `git push` meets the same proxy setting and names it
                 log.warning("status push to %s: %s", self.display_url, exc)
 
     def close(self) -> None:

@@ -41,14 +41,17 @@ def tls_options(creds: Credentials) -> dict[str, Any]:
     return kw
 
 
-def manager(proxy: str | None, **kw: Any) -> urllib3.PoolManager:
+def manager(proxy: str | None, *, proxy_authorization: str | None = None, **kw: Any) -> urllib3.PoolManager:
     """A PoolManager to connect directly (``proxy`` None) or a ProxyManager through ``proxy``. The proxy's
-    userinfo becomes its ``Proxy-Authorization`` header (sent to the proxy only, on ``CONNECT`` for https)."""
+    credentials — ``proxy_authorization``, else the proxy URL's userinfo — become its ``Proxy-Authorization``
+    header, sent to the proxy only (on ``CONNECT`` for https)."""
     if proxy is None:
         return urllib3.PoolManager(**kw)
     parts = urlsplit(proxy)
     headers = None
-    if parts.username is not None or parts.password is not None:
+    if proxy_authorization is not None:
+        headers = {"Proxy-Authorization": proxy_authorization}
+    elif parts.username is not None or parts.password is not None:
         auth = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
         headers = urllib3.make_headers(proxy_basic_auth=auth)
     bare = f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
@@ -74,7 +77,9 @@ class Pools:
         return proxy_for(url, self.env, self.credentials.proxy)
 
     def _build(self, proxy: str | None) -> urllib3.PoolManager:
-        mgr = manager(proxy, **self._kw)
+        # The proxy password file is read when a route's pool is built (CredentialError if it is not private).
+        auth = self.credentials.proxy_authorization() if proxy is not None else None
+        mgr = manager(proxy, proxy_authorization=auth, **self._kw)
         if self._pool_classes:
             mgr.pool_classes_by_scheme = dict(self._pool_classes)  # type: ignore[assignment]
         return mgr

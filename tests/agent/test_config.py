@@ -195,7 +195,7 @@ def test_proxy_and_tls_settings_are_read_per_endpoint(tmp_path: Path) -> None:
      "agent.yaml:9: credentials.username and credentials.passwordFile go together"),
     ("bearerTokenFile: secrets/tuf", "bearerTokenFile: t, token: x",
      "unknown field spec.tuf.credentials.token (hint: allowed fields: bearerTokenFile, caFile, clientCertFile, "
-     "clientKeyFile, extraCaFile, passwordFile, proxy, username)"),
+     "clientKeyFile, extraCaFile, passwordFile, proxy, proxyPasswordFile, proxyUsername, username)"),
     # a proxy's credentials are refused in the URL like the origin's (they would show in logs and status)
     ("bearerTokenFile: secrets/tuf", "bearerTokenFile: t, proxy: 'http://egress:hunter2@proxy.corp:3128'",
      "agent.yaml:12: spec.tuf.credentials.proxy http://***@proxy.corp:3128 holds userinfo"),
@@ -206,6 +206,8 @@ def test_proxy_and_tls_settings_are_read_per_endpoint(tmp_path: Path) -> None:
      "https:// proxies) (or `direct` for no proxy)"),
     ("bearerTokenFile: secrets/tuf", "bearerTokenFile: t, clientKeyFile: k.pem",
      "agent.yaml:12: credentials.clientKeyFile needs clientCertFile"),
+    ("bearerTokenFile: secrets/tuf", "bearerTokenFile: t, proxyUsername: egress",
+     "agent.yaml:12: proxyUsername and proxyPasswordFile go together"),
     ("bearerTokenFile: secrets/tuf", "bearerTokenFile: t, proxys: direct",
      "unknown field spec.tuf.credentials.proxys (hint: did you mean 'proxy'?)"),
 ])
@@ -269,3 +271,20 @@ def test_capture_allowed_origins_are_https_origins_normalised(tmp_path: Path) ->
     assert "tok3n" not in str(err.value)
     with pytest.raises(UserError, match=r"agent.yaml:11: capture.allowedOrigins\[0\] 'https://h:99999' is not"):
         parse_agent_config(MINIMAL + "  capture:\n    allowedOrigins: ['https://h:99999']\n", tmp_path / "agent.yaml")
+
+
+def test_capture_takes_the_same_proxy_and_tls_settings(tmp_path: Path) -> None:
+    f = tmp_path / "agent.yaml"
+    capture = ("  capture:\n    caFile: ca.pem\n    proxy: http://egress.corp:3128\n    clientCertFile: dev.pem\n"
+               "    proxyUsername: egress\n    proxyPasswordFile: secrets/proxy\n")
+    f.write_text(CREDS + capture)
+    c = load_agent_config(f)
+    base = tmp_path.resolve()
+    assert c.capture_tls.proxy == "http://egress.corp:3128" and c.capture_tls.ca_file == base / "ca.pem"
+    assert c.capture_tls.client_cert_file == base / "dev.pem" and c.capture_tls.client_key_path == base / "dev.pem"
+    assert c.capture_tls.proxy_password_file == base / "secrets/proxy"
+    f.write_text(CREDS + capture.replace("http://egress.corp", "http://egress:hunter2@egress.corp"))
+    with pytest.raises(UserError) as exc:
+        load_agent_config(f)
+    assert "agent.yaml:15: spec.capture.proxy http://***@egress.corp:3128 holds userinfo" in str(exc.value)
+    assert "hunter2" not in str(exc.value) and "proxyPasswordFile" in str(exc.value)

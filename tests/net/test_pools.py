@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from reconciler.core import reasons as R
-from reconciler.core.credentials import Credentials
+from reconciler.core.credentials import CredentialError, Credentials
 from reconciler.distribution.httpserve import Drip
 from reconciler.distribution.tufclient import TufClientError
 from reconciler.gitops.lsrefs import LsRefsClient, LsRefsError
@@ -121,3 +121,25 @@ def test_capture_uploads_go_through_the_proxy_with_the_token_inside_the_tunnel(
         port = store.url.split(":")[2].split("/")[0]
         assert sum(r.startswith(f"CONNECT 127.0.0.1:{port} ") for r in proxy.requests()) == 3
         assert token.encode() not in proxy.tap.seen[start:]
+
+
+def test_the_proxys_password_from_a_private_file_reaches_the_proxy_from_both_clients(
+        servers: tuple[GitHttp, TinyProxy, TinyProxy, Pki], tmp_path: Path) -> None:
+    from reconciler.gitops.auth import GitAuth
+    from reconciler.gitops.verify import run_git
+    from tests._servers import private_file
+
+    http, _, proxy, pki = servers
+    assert proxy.tap is not None
+    creds = Credentials(ca_file=pki.ca, proxy=proxy.url, proxy_username=PROXY_USER,
+                        proxy_password_file=private_file(tmp_path / "proxy-pw", PROXY_PW))
+    url = http.url("fleet.git", tls=True)
+    start = len(proxy.tap.seen)
+    client = LsRefsClient(url, authorization=lambda: None, credentials=creds)
+    assert "refs/heads/main" in client.ls_refs(["refs/heads/"])  # in-process: Proxy-Authorization on CONNECT
+    out = run_git(["ls-remote", "--", url, "refs/heads/main"], env=GitAuth(url, creds).env(), timeout=30)
+    assert b"refs/heads/main" in out.stdout  # git: the proxy URL with the password, in its environment
+    assert proxy.tap.seen[start:].lower().count(b"proxy-authorization: basic ") >= 2
+    (tmp_path / "proxy-pw").chmod(0o644)
+    with pytest.raises(CredentialError, match="too open"):
+        LsRefsClient(url, authorization=lambda: None, credentials=creds)
