@@ -144,3 +144,20 @@ def test_the_proxys_password_from_a_private_file_reaches_the_proxy_from_both_cli
     (tmp_path / "proxy-pw").chmod(0o644)
     with pytest.raises(CredentialError, match="too open"):
         LsRefsClient(url, authorization=lambda: None, credentials=creds)
+
+
+def test_redirects_are_still_refused_through_the_proxy(servers: tuple[GitHttp, TinyProxy, TinyProxy, Pki]) -> None:
+    from reconciler.capture.upload import HttpDestination, UploadError
+    from reconciler.gitops.lsrefs import NotV2
+    from tests.capture._capture import Recorder
+
+    _, proxy, _, pki = servers
+    with Recorder(pki) as elsewhere, Recorder(pki, redirect_to=elsewhere.url) as redirecting:
+        via = Credentials(ca_file=pki.ca, proxy=proxy.url)
+        client = LsRefsClient(redirecting.url + "/fleet.git", authorization=lambda: "Bearer ls-T0k", credentials=via)
+        with pytest.raises(NotV2, match="HTTP 307"):  # not followed
+            client.ls_refs(["refs/heads/"])
+        dest = HttpDestination(redirecting.url, "dev-1", token="cap-T0k", tls=via)
+        with pytest.raises(UploadError, match="HTTP 307"):
+            dest.put_bytes("b.mfcap", b"batch")
+        assert redirecting.requests and elsewhere.requests == []
