@@ -50,6 +50,8 @@ class Tap:
                 client.close()
                 continue
             up.settimeout(None)
+            for s in (client, up):  # relay each chunk at once, as a proxy does: no Nagle delay added here
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(target=self._pipe, args=(client, up, True), daemon=True).start()
             threading.Thread(target=self._pipe, args=(up, client, False), daemon=True).start()
 
