@@ -15,7 +15,8 @@
 #   openssh-server             sshd: Git over SSH in tests/agent/test_hosting.py and bench/bench_idle_poll.py
 #   nginx-light, fcgiwrap      git http-backend behind nginx (smart HTTP, TLS, basic auth), and nginx's WebDAV
 #                              module that tests/capture uploads batches to
-#   openssl                    the TLS tests' certificate authority
+#   openssl                    the TLS tests' certificate authority (server and client certificates)
+#   tinyproxy                  a real HTTP(S) forward proxy (CONNECT) in tests/agent/test_proxy_mtls.py
 #   systemd                    systemd-analyze verify checks the unit files in systemd/
 #   chromium                   opens the drift report's HTML in a real browser (tests/drift/test_report.py)
 #   prometheus                 a real Prometheus scrapes an agent, promtool checks the rules (tests/monitoring)
@@ -54,6 +55,7 @@ if [ "$what" = test ]; then
   have_sbin nginx || need+=(nginx-light)
   have_sbin fcgiwrap || need+=(fcgiwrap)
   have openssl || need+=(openssl)
+  have tinyproxy || need+=(tinyproxy)
   have systemd-analyze || need+=(systemd)
   have chromium || have chromium-browser || need+=(chromium)
   { have prometheus && have promtool; } || need+=(prometheus)

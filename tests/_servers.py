@@ -114,6 +114,18 @@ class Pki:
              str(d / "ext.cnf"))
         return cls(d, d / "ca.pem", d / "server.pem", d / "server.key", d / "other-ca.pem")
 
+    def client_cert(self, name: str, *, ca: str = "ca") -> tuple[Path, Path]:
+        """(certificate, private key 0600) of a TLS client ``name`` signed by ``ca`` ("ca" or "other-ca")."""
+        d = self.dir
+        key, csr, cert = d / f"{name}.key", d / f"{name}.csr", d / f"{name}.pem"
+        _run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}")
+        (d / "client-ext.cnf").write_text("basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n")
+        _run("openssl", "x509", "-req", "-in", str(csr), "-CA", str(d / f"{ca}.pem"), "-CAkey", str(d / f"{ca}.key"),
+             "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(d / "client-ext.cnf"))
+        key.chmod(0o600)
+        return cert, key
+
 
 # The ls-refs microcache (``GitHttp(ls_refs_cache_s=...)``, docs/scale.md): the device's idle poll, protocol v2
 # ``ls-refs`` asking only for ref prefixes, answered from nginx for VALID seconds after one git http-backend call.
@@ -152,7 +164,7 @@ class GitHttp:
 
     def __init__(self, root: Path, pki: Pki, *, users: dict[str, str], tuf_token: str,
                  ls_refs_cache_s: int | None = None, read_only: tuple[str, ...] = (),
-                 no_access: tuple[str, ...] = ()) -> None:
+                 no_access: tuple[str, ...] = (), client_ca: Path | None = None) -> None:
         if ls_refs_cache_s is not None and ls_refs_cache_s < 1:
             raise ValueError("ls_refs_cache_s is whole seconds (nginx's cache validity), at least 1, or None")
         self.root = root
@@ -165,6 +177,11 @@ class GitHttp:
         # Per user, how many of the GIT_CONFIG_KEY_n below git http-backend applies (0: none).
         self.denied = {**{u: 1 for u in read_only}, **{u: 2 for u in no_access}}
         self.tuf_token = tuf_token
+        # With a client CA, a third port serves the same over HTTPS to clients with a certificate it signed only
+        # (nginx `ssl_verify_client on`: without one, HTTP 400 "No required SSL certificate was sent").
+        self.client_ca = client_ca
+        self.mtls_port = free_port() if client_ca is not None else None
+        self.peers_log = root / "peers.log"  # METHOD URI STATUS REMOTE_ADDR: who connected (a proxy or not)
         self.git_root = root / "git-root"
         self.tuf_root = root / "tuf-root"
         self.access_log = root / "access.log"
@@ -203,6 +220,26 @@ class GitHttp:
         """ + (LS_REFS_CACHE.replace("VALID", str(self.ls_refs_cache_s)) if self.ls_refs_cache_s else "")
         # As root, nginx would hand its workers to "nobody"; keep them as the current user (the socket's owner).
         user = f"user {getpass.getuser()} {grp.getgrgid(os.getegid()).gr_name};" if os.geteuid() == 0 else ""
+        locations = f"""        location ~ ^/git(?<git_path>/.*)$ {{
+            auth_basic $push_realm;
+            {git_fcgi}
+        }}
+        location ~ ^/private(?<git_path>/.*)$ {{
+            auth_basic "fleet";
+            {git_fcgi}
+        }}
+        location /tuf/ {{
+            if ($tuf_ok = 0) {{ return 401; }}
+            alias {self.tuf_root}/;
+        }}
+"""
+        mtls = "" if self.client_ca is None else f"""server {{
+        listen 127.0.0.1:{self.mtls_port} ssl;
+        ssl_certificate {self.pki.cert};
+        ssl_certificate_key {self.pki.key};
+        ssl_client_certificate {self.client_ca};
+        ssl_verify_client on;
+{locations}    }}"""
         return f"""
 daemon off;
 {user}
@@ -215,6 +252,8 @@ http {{
     log_format services '$request_method $uri $arg_service $status $remote_user $request_time $msec $body_bytes_sent';
     access_log {self.access_log} counted;
     access_log {self.services_log} services;
+    log_format peers '$request_method $uri $status $remote_addr';
+    access_log {self.peers_log} peers;
     client_body_temp_path {r}/tmp/body;
     fastcgi_temp_path {r}/tmp/fastcgi;
     proxy_temp_path {r}/tmp/proxy;
@@ -233,19 +272,8 @@ http {{
         listen 127.0.0.1:{self.https_port} ssl;
         ssl_certificate {self.pki.cert};
         ssl_certificate_key {self.pki.key};
-        location ~ ^/git(?<git_path>/.*)$ {{
-            auth_basic $push_realm;
-            {git_fcgi}
-        }}
-        location ~ ^/private(?<git_path>/.*)$ {{
-            auth_basic "fleet";
-            {git_fcgi}
-        }}
-        location /tuf/ {{
-            if ($tuf_ok = 0) {{ return 401; }}
-            alias {self.tuf_root}/;
-        }}
-    }}
+{locations}    }}
+    {mtls}
 }}
 """
 
@@ -263,6 +291,8 @@ http {{
         try:
             wait_port(self.http_port, START_TIMEOUT)
             wait_port(self.https_port, START_TIMEOUT)
+            if self.mtls_port is not None:
+                wait_port(self.mtls_port, START_TIMEOUT)
         except AssertionError:
             self.stop()
             raise AssertionError(f"nginx did not start: {(self.root / 'error.log').read_text(errors='replace')[-2000:]}") from None
@@ -314,15 +344,25 @@ http {{
         # http-backend only accepts pushes with REMOTE_USER set (nginx sets it after Basic auth).
         _run("git", "--git-dir", str(bare), "config", "http.receivepack", "true")
 
-    def publish_tuf(self, name: str, directory: Path) -> str:
+    def publish_tuf(self, name: str, directory: Path, *, mtls: bool = False) -> str:
         link = self.tuf_root / name
         if link.is_symlink():
             link.unlink()
         link.symlink_to(directory)
-        return f"https://127.0.0.1:{self.https_port}/tuf/{name}"
+        return f"https://127.0.0.1:{self.mtls_port if mtls else self.https_port}/tuf/{name}"
 
-    def url(self, name: str, *, private: bool = False, tls: bool = False) -> str:
+    def peers(self) -> list[tuple[str, str, str, str]]:
+        """(method, uri, status, remote address) of every request so far."""
+        try:
+            return [tuple(line.split(" ")[:4]) for line in self.peers_log.read_text().splitlines()]  # type: ignore[misc]
+        except FileNotFoundError:
+            return []
+
+    def url(self, name: str, *, private: bool = False, tls: bool = False, mtls: bool = False) -> str:
         scheme, port = ("https", self.https_port) if tls else ("http", self.http_port)
+        if mtls:
+            assert self.mtls_port is not None, "GitHttp(client_ca=...) serves mutual TLS"
+            scheme, port = "https", self.mtls_port
         return f"{scheme}://127.0.0.1:{port}/{'private' if private else 'git'}/{name}"
 
     def pids(self) -> list[int]:

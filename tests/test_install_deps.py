@@ -67,7 +67,7 @@ def _installed(tmp: Path) -> list[str]:
     return install.split()[install.split().index("-q") + 1:]
 
 
-ALL = ["make", "git", "git-daemon", "python3", "ssh-keygen", "gpg", "sshd", "nginx", "fcgiwrap", "openssl",
+ALL = ["make", "git", "git-daemon", "python3", "ssh-keygen", "gpg", "sshd", "nginx", "fcgiwrap", "openssl", "tinyproxy",
        "systemd-analyze", "chromium", "prometheus", "promtool", "curl", "ps", "podman", "runc", "debootstrap"]
 
 

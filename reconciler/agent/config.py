@@ -20,6 +20,7 @@ import yaml
 from reconciler.capture.upload import origin_of
 from reconciler.core.credentials import Credentials
 from reconciler.core.errors import UserError
+from reconciler.core.proxy import DIRECT, ProxyURLError, normalise_proxy
 from reconciler.core.redact import redact, redact_url, userinfo_problem
 from reconciler.core.units import parse_duration
 from reconciler.fleet.manifests import schema_problem
@@ -86,6 +87,7 @@ class AgentConfig:
     metrics_port: int | None = None
     capture_token_file: Path | None = None
     capture_ca_file: Path | None = None
+    capture_tls: Credentials = field(default_factory=Credentials)  # capture's proxy, CA files, client certificate
     capture_allowed_origins: tuple[str, ...] = ()  # normalised by capture.upload.origin_of
     shadow_enabled: bool = True
     shadow_max_memory_mb: float | None = None
@@ -215,6 +217,7 @@ _GIT_HINT = ("put the secret in a file named by the `credentials` block next to 
              "(a GitHub token: username x-access-token)")
 _TUF_HINT = "put the token in a file named by spec.tuf.credentials: bearerTokenFile (or username + passwordFile)"
 _CAPTURE_HINT = "put the upload token in a file named by spec.capture.uploadTokenFile"
+_PROXY_HINT = "put the proxy's user name in proxyUsername and its password in a file named by proxyPasswordFile"
 
 
 def _refuse_userinfo(data: Mapping[str, Any], where: Callable[[list[str | int]], str]) -> None:
@@ -233,6 +236,12 @@ def _refuse_userinfo(data: Mapping[str, Any], where: Callable[[list[str | int]],
         block = spec.get(section)
         if isinstance(block, dict):
             fields.append(([section, key], block.get(key), ssh, hint))
+    for section in ("source", "status", "tuf", "gateway", "capture"):
+        block = spec.get(section)
+        creds = (block if section == "capture" else block.get("credentials")) if isinstance(block, dict) else None
+        if isinstance(creds, dict) and isinstance(proxy := creds.get("proxy"), str):
+            at: list[str | int] = [section, "proxy"] if section == "capture" else [section, "credentials", "proxy"]
+            fields.append((at, proxy if "://" in proxy else "http://" + proxy, False, _PROXY_HINT))
     capture = spec.get("capture")
     origins = capture.get("allowedOrigins") if isinstance(capture, dict) else None
     if isinstance(origins, list):
@@ -328,9 +337,25 @@ def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str
                             "credentials.passwordFile go together (GitHub tokens: username x-access-token)")
         if "passwordFile" in d and "bearerTokenFile" in d:
             raise UserError(f"{_where(path, root, ['spec', *section])}: use either passwordFile or bearerTokenFile")
+        if ("proxyUsername" in d) != ("proxyPasswordFile" in d):
+            raise UserError(f"{_where(path, root, ['spec', *section])}: proxyUsername and proxyPasswordFile go together")
+        if "clientKeyFile" in d and "clientCertFile" not in d:
+            raise UserError(f"{_where(path, root, ['spec', *section, 'clientKeyFile'])}: credentials.clientKeyFile "
+                            "needs clientCertFile (the certificate it is the key of)")
+        proxy = d.get("proxy")
+        if proxy is not None and proxy != DIRECT:
+            try:
+                proxy = normalise_proxy(proxy, where="spec." + ".".join([*section, "proxy"]))
+            except ProxyURLError as exc:
+                raise UserError(f"{_where(path, root, ['spec', *section, 'proxy'])}: {exc} (or `{DIRECT}` for "
+                                "no proxy)") from None
         return Credentials(username=d.get("username"), password_file=p(d.get("passwordFile")),
                            bearer_token_file=p(d.get("bearerTokenFile")), ssh_key_file=p(d.get("sshKeyFile")),
-                           known_hosts_file=p(d.get("knownHostsFile")), ca_file=p(d.get("caFile")))
+                           known_hosts_file=p(d.get("knownHostsFile")), ca_file=p(d.get("caFile")),
+                           extra_ca_file=p(d.get("extraCaFile")), client_cert_file=p(d.get("clientCertFile")),
+                           client_key_file=p(d.get("clientKeyFile")), proxy=proxy,
+                           proxy_username=d.get("proxyUsername"), proxy_password_file=p(d.get("proxyPasswordFile")),
+                           bundle_dir=(p(spec.get("stateDir")) or Path(DEFAULT_STATE_DIR)) / "tls")
 
     allowed_origins = []
     for i, origin in enumerate(capture.get("allowedOrigins") or []):
@@ -388,6 +413,10 @@ def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str
         metrics_port=metrics.get("port"),
         capture_token_file=p(capture.get("uploadTokenFile")),
         capture_ca_file=p(capture.get("caFile")),
+        capture_tls=creds(["capture"], {k: capture[k] for k in ("caFile", "extraCaFile", "clientCertFile",
+                                                               "clientKeyFile", "proxy", "proxyUsername",
+                                                               "proxyPasswordFile") if k in capture})
+        or Credentials(),
         capture_allowed_origins=tuple(allowed_origins),
         shadow_enabled=bool(shadow.get("enabled", True)),
         shadow_max_memory_mb=float(shadow["maxMemoryMB"]) if shadow.get("maxMemoryMB") is not None else None,

@@ -496,7 +496,7 @@ def _capture_service(cfg: AgentConfig) -> Any:
 
     token = read_token_file(cfg.capture_token_file, "capture.uploadTokenFile")
     return CaptureService(cfg.state_dir, cfg.device_id, upload_token=token,
-                          upload_ca_file=str(cfg.capture_ca_file) if cfg.capture_ca_file else None,
+                          upload_tls=cfg.capture_tls,
                           upload_allowed_origins=cfg.capture_allowed_origins,
                           window_open=lambda w: window_open(w, utcnow()))
 

@@ -59,6 +59,7 @@ from reconciler.capture.upload import (
     destination_refusal,
     origin_of,
 )
+from reconciler.core.credentials import Credentials
 from reconciler.core.logs import fields
 from reconciler.core.reasons import CAPTURE_DESTINATION_REFUSED
 
@@ -105,6 +106,7 @@ class CaptureService:
 
     def __init__(self, state_dir: Path, device: str, *, clock: Callable[[], float] = time.time,
                  upload_token: str | None = None, upload_ca_file: str | None = None,
+                 upload_tls: Credentials | None = None,
                  upload_allowed_origins: Iterable[str] = (),
                  window_open: Callable[[Mapping[str, Any] | None], bool] | None = None,
                  queue_max: int = QUEUE_MAX, background: bool = True) -> None:
@@ -128,7 +130,8 @@ class CaptureService:
         self.models: dict[str, str] = {}
         self._live_keys: set[str] | None = None
         self._upload_token = upload_token
-        self._upload_ca = upload_ca_file
+        # The capture block's proxy, CA files and client certificate (upload_ca_file alone: a CA).
+        self._upload_tls = upload_tls or Credentials(ca_file=Path(upload_ca_file) if upload_ca_file else None)
         self._allowed_origins = frozenset(origin_of(o) for o in upload_allowed_origins)
         self._refused: dict[str, str] = {}  # endpoint -> why its destination gets no upload
         self._window_open = window_open or (lambda w: True)
@@ -208,7 +211,7 @@ class CaptureService:
                 self._refused[endpoint] = problem
                 return None
             return HttpDestination(p.destination_url, self.device, max_bytes_per_second=p.max_bytes_per_second,
-                                   token=self._upload_token, ca_file=self._upload_ca)
+                                   token=self._upload_token, tls=self._upload_tls)
         return DirectoryDestination(p.destination_dir or "", self.device, max_bytes_per_second=p.max_bytes_per_second)
 
     def _sync_uploaders(self) -> None:

@@ -21,8 +21,10 @@ returns True only once the destination has shown that the object under that name
 Sending (and reading back) is paced to ``max_bytes_per_second``.
 
 The URL comes from the fleet repository, the upload token from the device: :func:`destination_refusal` decides
-whether a URL may get the token (its origin pinned in the agent config, https only). ``http.client`` follows no
-redirect, so a 3xx answer is an :class:`UploadError` and the token never reaches the redirect's target.
+whether a URL may get the token (its origin pinned in the agent config, https only). Requests go through the
+device's shared pools (:mod:`reconciler.net.pools`: the capture block's proxy, CA files and client certificate;
+over https through a proxy the token travels inside the ``CONNECT`` tunnel) and follow no redirect, so a 3xx
+answer is an :class:`UploadError` and the token never reaches the redirect's target.
 """
 
 from __future__ import annotations
@@ -30,19 +32,21 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import http.client
 import io
 import os
 import re
 import shutil
-import ssl
 import time
 import urllib.parse
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+import urllib3
+
+from reconciler.core.credentials import CredentialError, Credentials
 from reconciler.core.fsutil import fsync_dir
+from reconciler.net.pools import Pools
 
 CHUNK = 64 * 1024
 ERROR_BODY_MAX = 64 * 1024  # read of an answer's body the uploader does not use (the connection closes after)
@@ -111,46 +115,49 @@ class HttpDestination:
     """``PUT <url>/<device>/<batch file>``; acknowledged once the stored object is shown to be the batch."""
 
     def __init__(self, url: str, device: str, *, timeout: float = 30.0, max_bytes_per_second: int | None = None,
-                 token: str | None = None, ca_file: str | None = None) -> None:
+                 token: str | None = None, ca_file: str | None = None, tls: Credentials | None = None) -> None:
+        """``tls``: the capture block's proxy, CA files and client certificate (``ca_file`` alone: a CA)."""
         u = urllib.parse.urlsplit(url)
         if u.scheme not in ("http", "https") or not u.hostname:
             raise ValueError(f"capture destination {url!r} is not an http(s) URL")
         self.url = url
-        self.scheme = u.scheme
-        self.host = u.hostname
-        self.port = u.port
+        self.origin = f"{u.scheme}://{u.netloc}"
         self.base = u.path.rstrip("/") + "/" + urllib.parse.quote(device, safe="")
         self.device = device
         self.timeout = timeout
         self.max_bps = max_bytes_per_second
         self.token = token
-        self.ca_file = ca_file
+        self.tls = tls or Credentials(ca_file=Path(ca_file) if ca_file else None)
+        self._pools = Pools(self.tls, retries=False, maxsize=1, block=False)
         self._dir_made = False
 
     def describe(self) -> str:
         return f"{self.url.rstrip('/')}/{self.device}/"
 
-    def _conn(self) -> http.client.HTTPConnection:
-        if self.scheme == "https":
-            ctx = ssl.create_default_context(cafile=self.ca_file)
-            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=ctx)
-        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-
     def _headers(self) -> dict[str, str]:
-        h = {"User-Agent": "modelfleet-capture"}
+        h = {"User-Agent": "modelfleet-capture", "Connection": "close"}
         if self.token:
             h["Authorization"] = f"Bearer {self.token}"
         return h
 
+    def _open(self, method: str, path: str, body: Iterator[bytes] | None = None,
+              headers: dict[str, str] | None = None) -> urllib3.BaseHTTPResponse:
+        self.tls.check_client_key()
+        # A fresh connection for each request, as before: a server may close after an answer without saying so
+        # (Connection: close asked), and a request sent on that connection would fail with nothing to retry it.
+        self._pools.clear()
+        return self._pools.request(method, self.origin + path, body=body, headers={**self._headers(), **(headers or {})},
+                                   redirect=False, retries=False, preload_content=False,
+                                   timeout=urllib3.Timeout(self.timeout))
+
     def _request(self, method: str, path: str) -> int:
-        conn = self._conn()
+        resp = self._open(method, path)
         try:
-            conn.request(method, path, headers=self._headers())
-            resp = conn.getresponse()
             resp.read(ERROR_BODY_MAX)
             return resp.status
         finally:
-            conn.close()
+            resp.release_conn()
+            resp.close()
 
     def put(self, path: Path) -> bool:
         """Upload the batch file and show that the object stored under its name is it: True, or UploadError.
@@ -166,44 +173,48 @@ class HttpDestination:
         target = f"{self.base}/{name}"
         pacer = _Pacer(self.max_bps)
         sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+        shrank: list[int] = []
         try:
             if not self._dir_made:  # WebDAV needs the collection; 201/405 (exists) are both fine
                 self._request("MKCOL", self.base + "/")
                 self._dir_made = True
-            conn = self._conn()
-            try:
-                conn.putrequest("PUT", target, skip_accept_encoding=True)
-                for k, v in {**self._headers(), "Content-Length": str(size),
-                             "Content-Type": "application/octet-stream"}.items():
-                    conn.putheader(k, v)
-                conn.endheaders()
+
+            def chunks() -> Iterator[bytes]:
                 sent = 0
                 while sent < size and (chunk := fh.read(min(CHUNK, size - sent))):
-                    conn.send(chunk)
                     sha.update(chunk)
                     md5.update(chunk)
                     sent += len(chunk)
+                    yield chunk
                     pacer.sent_chunk(len(chunk))
                 if sent != size:
-                    raise UploadError(f"{self.describe()}{name}: the batch file shrank while it was sent")
-                resp = conn.getresponse()
+                    shrank.append(sent)
+                    raise OSError("the batch file shrank while it was sent")
+
+            resp = self._open("PUT", target, chunks(), {"Content-Length": str(size),
+                                                        "Content-Type": "application/octet-stream"})
+            try:
                 resp.read(ERROR_BODY_MAX)
             finally:
-                conn.close()
+                resp.release_conn()
+                resp.close()
+            if shrank:
+                raise UploadError(f"{self.describe()}{name}: the batch file shrank while it was sent")
             if resp.status not in (200, 201, 204):
                 raise UploadError(f"{self.describe()}{name}: HTTP {resp.status} {resp.reason}")
-            if not _digest_matches(resp, sha.digest(), md5.hexdigest()):
+            if not _digest_matches(resp.headers, sha.digest(), md5.hexdigest()):
                 self._read_back(target, name, size, sha.digest(), pacer)
-        except (OSError, http.client.HTTPException) as exc:
-            raise UploadError(f"{self.describe()}{name}: {exc}") from None
+        except (urllib3.exceptions.HTTPError, OSError, ValueError, CredentialError) as exc:  # ValueError: a bad proxy
+            if shrank:
+                raise UploadError(f"{self.describe()}{name}: the batch file shrank while it was sent") from None
+            why = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
+            raise UploadError(f"{self.describe()}{name}: {why}") from None
         return True
 
     def _read_back(self, target: str, name: str, size: int, want: bytes, pacer: _Pacer) -> None:
         """GET the object just stored; UploadError unless its length and SHA-256 are the batch's."""
-        conn = self._conn()
+        resp = self._open("GET", target)
         try:
-            conn.request("GET", target, headers=self._headers())
-            resp = conn.getresponse()
             if resp.status != 200:
                 raise UploadError(f"{self.describe()}{name}: stored, but reading it back answered HTTP "
                                   f"{resp.status} {resp.reason}: not acknowledged")
@@ -213,7 +224,8 @@ class HttpDestination:
                 n += len(chunk)
                 pacer.sent_chunk(len(chunk))
         finally:
-            conn.close()
+            resp.release_conn()
+            resp.close()
         if n != size or h.digest() != want:
             got = f"{n} bytes" if n <= size else f"more than {size} bytes"
             raise UploadError(f"{self.describe()}{name}: the object stored under this name is not the batch "
@@ -221,17 +233,17 @@ class HttpDestination:
                               f"sha256 {want.hex()[:16]}...): not acknowledged, kept and retried")
 
 
-def _digest_matches(resp: http.client.HTTPResponse, sha256: bytes, md5_hex: str) -> bool:
+def _digest_matches(headers: urllib3.HTTPHeaderDict, sha256: bytes, md5_hex: str) -> bool:
     """Whether the PUT's answer carries a digest of the stored object that is the batch's."""
     for header in ("Repr-Digest", "Content-Digest", "Digest"):
-        for value in resp.headers.get_all(header) or ():
+        for value in headers.getlist(header):
             for m in _SHA256_DIGEST.finditer(value):
                 try:
                     if base64.b64decode(m.group(1), validate=True) == sha256:
                         return True
                 except (binascii.Error, ValueError):
                     continue
-    m = _MD5_ETAG.fullmatch((resp.getheader("ETag") or "").strip())  # S3: the MD5 of a single-part PUT's body
+    m = _MD5_ETAG.fullmatch((headers.get("ETag") or "").strip())  # S3: the MD5 of a single-part PUT's body
     return m is not None and m.group(1) == md5_hex
 
 

@@ -10,6 +10,7 @@ so the check sees what the agent will see.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import importlib.metadata
 import os
@@ -56,6 +57,8 @@ from reconciler.gitops.fleetstatus import build_report
 from reconciler.gitops.source import parse_ls_remote
 from reconciler.gitops.statusrepo import StatusRepo
 from reconciler.gitops.verify import GitError, run_git
+from reconciler.net import clientcert
+from reconciler.net.pools import Pools
 
 MAX_METADATA_BYTES = 32 << 20  # a targets role with many thousand targets; an answer beyond it is not metadata
 MAX_ROOT_VERSIONS = 1024
@@ -183,7 +186,7 @@ class HttpAnswer:
         self.status, self.headers, self.body = status, headers, body
 
 
-def http_get(pool: urllib3.PoolManager, url: str, *, timeout: float, headers: Mapping[str, str] | None = None,
+def http_get(pool: Pools, url: str, *, timeout: float, headers: Mapping[str, str] | None = None,
              max_bytes: int = MAX_METADATA_BYTES, redirect: bool = True) -> HttpAnswer:
     """One GET (no retries; redirects followed when ``redirect``); ``OSError``/``urllib3`` errors propagate. A body
     beyond ``max_bytes`` raises ``ValueError``; with ``max_bytes=0`` the body is not read (status and headers only)."""
@@ -201,11 +204,9 @@ def http_get(pool: urllib3.PoolManager, url: str, *, timeout: float, headers: Ma
     return HttpAnswer(resp.status, {k.lower(): v for k, v in resp.headers.items()}, body)
 
 
-def _pool(ca_file: Path | None) -> urllib3.PoolManager:
-    if ca_file is not None:
-        return urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(ca_file),
-                                   headers={"User-Agent": "modelfleet-check"})
-    return urllib3.PoolManager(headers={"User-Agent": "modelfleet-check"})
+def _pool(creds: Credentials | None) -> Pools:
+    """The agent's route and TLS settings for one endpoint: its proxy, CA files and client certificate."""
+    return Pools(creds, headers={"User-Agent": "modelfleet-check"})
 
 
 def _http_date(value: str | None) -> _dt.datetime | None:
@@ -217,7 +218,7 @@ def _http_date(value: str | None) -> _dt.datetime | None:
         return None
 
 
-def _url_reader(base: str, pool: urllib3.PoolManager, timeout: float) -> tuple[Reader, dict[str, int]]:
+def _url_reader(base: str, pool: Pools, timeout: float) -> tuple[Reader, dict[str, int]]:
     statuses: dict[str, int] = {}
 
     def read(name: str) -> tuple[bytes | None, _dt.datetime | None]:
@@ -301,8 +302,8 @@ def tuf_from_url(url: str, origin: str, *, timeout: float, ca_file: Path | None 
     display = redact_url(base)
     if not base.startswith(("http://", "https://")):
         return TufMetadata(display, origin, error="not an http(s) URL")
-    read, statuses = _url_reader(base, _pool(ca_file), timeout)
     try:
+        read, statuses = _url_reader(base, _pool(Credentials(ca_file=ca_file)), timeout)
         roles = tuple(_expiries(read))
     except (ValueError, OSError, urllib3.exceptions.HTTPError) as exc:
         why = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
@@ -350,11 +351,15 @@ def private_files(cfg: AgentConfig) -> list[tuple[str, Path]]:
         if creds is None:
             continue
         for field, path in (("passwordFile", creds.password_file), ("bearerTokenFile", creds.bearer_token_file),
-                            ("sshKeyFile", creds.ssh_key_file)):
+                            ("sshKeyFile", creds.ssh_key_file), ("proxyPasswordFile", creds.proxy_password_file),
+                            ("clientKeyFile" if creds.client_key_file else "clientCertFile", creds.client_key_path)):
             if path is not None:
                 out.append((f"{section}.credentials.{field}", path))
+    capture_key = cfg.capture_tls.client_key_path
     for setting, path in (("tuf.decryptionKey", cfg.decryption_key), ("serving.authTokenFile", cfg.auth_token_file),
-                          ("serving.tlsKey", cfg.tls_key), ("capture.uploadTokenFile", cfg.capture_token_file)):
+                          ("serving.tlsKey", cfg.tls_key), ("capture.uploadTokenFile", cfg.capture_token_file),
+                          ("capture.clientKeyFile" if cfg.capture_tls.client_key_file else "capture.clientCertFile",
+                           capture_key), ("capture.proxyPasswordFile", cfg.capture_tls.proxy_password_file)):
         if path is not None:
             out.append((setting, path))
     return out
@@ -365,14 +370,16 @@ def anchor_files(cfg: AgentConfig) -> list[tuple[str, Path]]:
     out: list[tuple[str, Path]] = [("tuf.trustedRoot", cfg.trusted_root)]
     for setting, path in (("source.verify.allowedSigners", cfg.allowed_signers),
                           ("source.verify.gpgKeyring", cfg.gpg_keyring), ("serving.tlsCert", cfg.tls_cert),
-                          ("capture.caFile", cfg.capture_ca_file)):
+                          ("capture.caFile", cfg.capture_ca_file), ("capture.extraCaFile", cfg.capture_tls.extra_ca_file)):
         if path is not None:
             out.append((setting, path))
     for section, creds in (("source", cfg.source_credentials), ("status", cfg.status_credentials),
                            ("tuf", cfg.tuf_credentials)):
         if creds is None:
             continue
-        for field, path in (("knownHostsFile", creds.known_hosts_file), ("caFile", creds.ca_file)):
+        for field, path in (("knownHostsFile", creds.known_hosts_file), ("caFile", creds.ca_file),
+                            ("extraCaFile", creds.extra_ca_file),
+                            ("clientCertFile", creds.client_cert_file if creds.client_key_file else None)):
             if path is not None:
                 out.append((f"{section}.credentials.{field}", path))
     return out
@@ -442,17 +449,25 @@ def _existing_ancestor(path: Path) -> Path:
     return Path("/")
 
 
-def _probe(server: str, url: str, *, auth: str | None, ca_file: Path | None, timeout: float,
+def _probe(server: str, url: str, *, auth: str | None, creds: Credentials | None, timeout: float,
            clock: Callable[[], float] = time.time) -> HttpProbe:
-    """One GET to ``url``: its status and the server's clock (``Date``) against ours."""
+    """One GET to ``url``, as the agent sends it (its proxy, CAs, client certificate): its status and the
+    server's clock (``Date``) against ours. A refused client certificate is said in ``error``."""
     display = redact_url(url)
     headers = {"Authorization": auth} if auth else {}
+    cert_sent = creds is not None and creds.client_cert_file is not None
     before = clock()
     try:
-        answer = http_get(_pool(ca_file), url, timeout=timeout, headers=headers, max_bytes=0, redirect=False)
+        answer = http_get(_pool(creds), url, timeout=timeout, headers=headers, max_bytes=4096, redirect=False)
     except (OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
         why = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
+        if clientcert.refused_alert(str(why)):
+            return HttpProbe(server, display, error=clientcert.refusal_message(display, cert_sent=cert_sent,
+                                                                                 detail=type(why).__name__))
         return HttpProbe(server, display, error=" ".join(redact(str(why)).split())[:300])
+    if clientcert.refused_page(answer.status, answer.body):
+        return HttpProbe(server, display, answer.status, error=clientcert.refusal_message(
+            display, cert_sent=cert_sent, detail=f"HTTP {answer.status}"))
     after = clock()
     date = _http_date(answer.headers.get("date"))
     # Date has one-second resolution and is truncated: the server's clock is on average half a second later.
@@ -573,13 +588,15 @@ def gather_device(config_path: Path) -> DeviceFacts:
     if http_origin(cfg.source_url) is not None:
         auth = _authorization(cfg.source_credentials)
         git_http = _probe("Git server", cfg.source_url.rstrip("/") + "/info/refs?service=git-upload-pack",
-                          auth=auth, ca_file=cfg.source_credentials.ca_file, timeout=cfg.source_timeout)
+                          auth=auth, creds=cfg.source_credentials, timeout=cfg.source_timeout)
+        if source.error and git_http.status == 400 and git_http.error:  # git says "error: 400", the probe why
+            source = dataclasses.replace(source, error=git_http.error, reason=R.CLIENT_CERTIFICATE_REFUSED)
     fleet_tuf = (fleet.fleet_spec.get("tuf") or {}) if fleet is not None else {}
     metadata_url = cfg.tuf_metadata_url or str(fleet_tuf.get("metadataUrl") or "")
     if metadata_url:
         auth = _authorization(cfg.tuf_credentials)
         tuf_http = _probe("TUF server", metadata_url.rstrip("/") + "/timestamp.json", auth=auth,
-                          ca_file=cfg.tuf_credentials.ca_file, timeout=cfg.tuf_timeout)
+                          creds=cfg.tuf_credentials, timeout=cfg.tuf_timeout)
     else:
         tuf_http = HttpProbe("TUF server", "", note="no TUF metadata URL known: tuf.metadataUrl is not set and the "
                                                     "device has not fetched the Fleet's spec.tuf yet")

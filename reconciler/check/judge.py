@@ -224,7 +224,10 @@ _REMOTE_HINTS = {
 _DEVICE_REMOTE_HINTS = {
     R.AUTHENTICATION_FAILED: "check source.credentials (username/passwordFile, bearer token or sshKeyFile) and "
                              "that the token or deploy key has read access (docs/hosting.md)",
-    R.TLS_VERIFICATION_FAILED: "set source.credentials.caFile to the server's CA bundle (docs/hosting.md)",
+    R.TLS_VERIFICATION_FAILED: "set source.credentials.caFile to the server's CA bundle, or extraCaFile to add it to "
+                               "the system's (docs/hosting.md)",
+    R.CLIENT_CERTIFICATE_REFUSED: "set source.credentials.clientCertFile and clientKeyFile to a certificate the "
+                                  "server's client CA signed (docs/hosting.md#client-certificates-mutual-tls)",
     R.HOST_KEY_VERIFICATION_FAILED: "put the server's host key in source.credentials.knownHostsFile (docs/hosting.md)",
     R.GIT_TIMEOUT: "is the Git host reachable from the device (DNS, firewall, proxy)? source.timeout sets the limit",
     R.CREDENTIALS_UNREADABLE: "fix the credential file (see its own check above)",
@@ -461,6 +464,9 @@ def tuf_server_check(p: HttpProbe | None) -> Check:
     if p.status in (401, 403):
         return Check(name, ERROR, f"{p.url} refused the credentials (HTTP {p.status})",
                      "check tuf.credentials (bearerTokenFile or username/passwordFile; docs/hosting.md)")
+    if p.error:  # it answered, but not to us: a client certificate missing or refused
+        return Check(name, ERROR, p.error, "set tuf.credentials.clientCertFile and clientKeyFile to a certificate "
+                                           "the server's client CA signed (docs/hosting.md#client-certificates-mutual-tls)")
     if p.status >= 400:
         return Check(name, ERROR, f"{p.url} answers HTTP {p.status}",
                      "is tuf.metadataUrl (or the Fleet's spec.tuf.metadataUrl) right?")

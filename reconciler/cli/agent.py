@@ -181,7 +181,7 @@ def status_cmd(config_path: Path, fmt: str) -> None:
     click.echo("")
     for c in st.get("conditions") or []:
         msg = c.get("message", "")
-        click.echo(f"{c['type']:<16}{c['status']:<8}{c.get('reason', ''):<24}{msg[:100]}")
+        click.echo(f"{c['type']:<16}{c['status']:<8}{c.get('reason', ''):<23} {msg[:100]}")
     for f in st.get("failures") or []:
         click.echo(f"held back   {f.get('endpoint')} {f.get('version')} ({f.get('reason', '')[:60]}) "
                    f"until {f.get('retryAfter')}")

@@ -45,24 +45,55 @@ class Credentials:
     ssh_key_file: Path | None = None
     known_hosts_file: Path | None = None
     ca_file: Path | None = None
+    #: A CA added to the system store (or to ``ca_file``), where ``ca_file`` replaces it.
+    extra_ca_file: Path | None = None
+    #: Client certificate (mutual TLS), PEM; its key in ``client_key_file`` or in the same file.
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+    #: The endpoint's proxy (a URL, or :data:`reconciler.core.proxy.DIRECT`); None: the environment's.
+    proxy: str | None = None
+    #: The proxy's own Basic credentials (whichever proxy the endpoint uses), the password from a secret file.
+    proxy_username: str | None = None
+    proxy_password_file: Path | None = None
+    #: Where derived files go (the combined CA bundle git needs for ``extra_ca_file``): the agent's state dir.
+    bundle_dir: Path | None = None
 
     @property
     def empty(self) -> bool:
         return not any((self.username, self.password_file, self.bearer_token_file, self.ssh_key_file,
-                        self.known_hosts_file, self.ca_file))
+                        self.known_hosts_file, self.ca_file, self.extra_ca_file, self.client_cert_file,
+                        self.proxy))
+
+    @property
+    def client_key_path(self) -> Path | None:
+        """The file holding the client certificate's private key (checked like every secret file)."""
+        return self.client_key_file or self.client_cert_file
+
+    def check_client_key(self) -> None:
+        """CredentialError unless the client key file (if any) is private; called at each use."""
+        if (key := self.client_key_path) is not None:
+            check_private_file(key)
 
     def authorization(self) -> str | None:
-        """The ``Authorization`` header value (Basic or Bearer), read from the files now; None without one."""
+        """The ``Authorization`` header value (Basic or Bearer), read from the files now; None without one.
+        The client key file, if any, is checked here too: every request asks for its header first."""
+        self.check_client_key()
         if self.bearer_token_file is not None:
             return "Bearer " + read_secret(self.bearer_token_file)
         if self.password_file is not None:
             return basic_authorization(self.username or "", read_secret(self.password_file))
         return None
 
+    def proxy_authorization(self) -> str | None:
+        """The ``Proxy-Authorization`` value for the proxy, read from its file now; None without one."""
+        if self.proxy_password_file is None:
+            return None
+        return basic_authorization(self.proxy_username or "", read_secret(self.proxy_password_file))
+
     def secret_values(self) -> tuple[str, ...]:
         """The secrets themselves (for scrubbing text that might echo them); unreadable files are skipped."""
         out: list[str] = []
-        for p in (self.password_file, self.bearer_token_file):
+        for p in (self.password_file, self.bearer_token_file, self.proxy_password_file):
             if p is not None:
                 try:
                     out.append(read_secret(p))

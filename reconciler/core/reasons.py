@@ -32,6 +32,7 @@ VERIFICATION_DISABLED = "VerificationDisabled"
 AUTHENTICATION_FAILED = "AuthenticationFailed"
 PERMISSION_DENIED = "PermissionDenied"
 TLS_VERIFICATION_FAILED = "TLSVerificationFailed"
+CLIENT_CERTIFICATE_REFUSED = "ClientCertificateRefused"
 HOST_KEY_VERIFICATION_FAILED = "HostKeyVerificationFailed"
 CREDENTIALS_UNREADABLE = "CredentialsUnreadable"
 # -- status reporting (StatusReported) -----------------------------------------------------------------------
@@ -164,6 +165,10 @@ REASONS: tuple[Reason, ...] = (
     Reason(TLS_VERIFICATION_FAILED, "SourceAvailable, StatusReported or ArtifactsReady (False)",
            "the server's TLS certificate is not trusted or does not name the host",
            "Set `credentials.caFile` to the private CA; check the certificate's subjectAltName and dates."),
+    Reason(CLIENT_CERTIFICATE_REFUSED, "SourceAvailable, StatusReported or ArtifactsReady (False)",
+           "the server requires a client certificate (mutual TLS) and none was sent, or it refused the one sent",
+           "Set `credentials.clientCertFile` and `clientKeyFile` to a certificate the server's client CA signed "
+           "(check its dates): docs/hosting.md. The device keeps serving."),
     Reason(HOST_KEY_VERIFICATION_FAILED, "SourceAvailable or StatusReported (False)",
            "the SSH host key is not in `credentials.knownHostsFile`, or it changed",
            "Add the host key after checking its fingerprint out of band; a changed key may be an attack."),

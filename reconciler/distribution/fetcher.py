@@ -26,7 +26,10 @@ from tuf.ngclient import UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 
 from reconciler.core.credentials import Credentials
+from reconciler.core.proxy import ProxyURLError
 from reconciler.core.redact import redact
+from reconciler.net import clientcert
+from reconciler.net.pools import Pools
 
 _CHUNK = 1 << 20
 
@@ -173,6 +176,12 @@ def _shutdown(sock: socket.socket) -> None:
         pass
 
 
+class ClientCertificateRefused(tufexc.DownloadError):
+    """The TUF server requires a client certificate, or refused the one sent (named by tuferrors)."""
+
+    client_certificate_refused = True
+
+
 _active = threading.local()  # the Deadline of the request this thread is making, for the connection classes
 
 
@@ -222,13 +231,10 @@ class RangeFetcher(FetcherInterface):
         self.credentials = credentials or Credentials()
         # The Authorization header goes to the configured repository origins only, never to a redirect target.
         self.auth_origins = auth_origins
-        tls: dict[str, Any] = {}
-        if self.credentials.ca_file is not None:
-            tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": str(self.credentials.ca_file)}
-        self._http = urllib3.PoolManager(
-            maxsize=pool_size, headers={"User-Agent": "modelfleet-tuf"}, retries=urllib3.Retry(0, read=False), **tls
-        )
-        self._http.pool_classes_by_scheme = {"http": _GuardedPool, "https": _GuardedHTTPSPool}
+        # The route (proxy or direct), server verification and client certificate of tuf.credentials.
+        self._http = Pools(self.credentials, pool_classes={"http": _GuardedPool, "https": _GuardedHTTPSPool},
+                           maxsize=pool_size, headers={"User-Agent": "modelfleet-tuf"},
+                           retries=urllib3.Retry(0, read=False))
         self._running: set[Deadline] = set()
         self._running_lock = threading.Lock()
 
@@ -262,6 +268,9 @@ class RangeFetcher(FetcherInterface):
                 # A short body is detected by the caller (and resumed); keep the bytes that did arrive.
                 enforce_content_length=False,
             )
+        except ProxyURLError as exc:
+            deadline.finish()
+            raise tufexc.DownloadError(redact(f"cannot fetch {url}: {exc}")) from None
         except urllib3.exceptions.HTTPError as exc:
             deadline.finish()
             if deadline.expired:
@@ -269,6 +278,11 @@ class RangeFetcher(FetcherInterface):
             reason = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
             if isinstance(reason, urllib3.exceptions.ReadTimeoutError):
                 raise tufexc.SlowRetrievalError(redact(f"no response from {url} within {self.timeout:g}s")) from exc
+            if isinstance(reason, urllib3.exceptions.ProxyError):  # its text may hold the proxy's address only
+                raise tufexc.DownloadError(redact(f"cannot fetch {url} through the proxy: {reason}")) from exc
+            if clientcert.refused_alert(str(reason)):
+                raise ClientCertificateRefused(redact(clientcert.refusal_message(
+                    url, cert_sent=self.credentials.client_cert_file is not None, detail=str(reason)))) from exc
             raise tufexc.DownloadError(redact(f"cannot fetch {url}: {reason}")) from exc
         except BaseException:
             deadline.finish()
@@ -277,8 +291,12 @@ class RangeFetcher(FetcherInterface):
             _active.deadline = None
         if resp.status >= 400 and resp.status != 416:
             deadline.finish()
+            page = resp.read(4096) if resp.status == 400 else b""
             resp.drain_conn()
             resp.release_conn()
+            if clientcert.refused_page(resp.status, page):
+                raise ClientCertificateRefused(redact(clientcert.refusal_message(
+                    url, cert_sent=self.credentials.client_cert_file is not None, detail=f"HTTP {resp.status}")))
             raise tufexc.DownloadHTTPError(f"HTTP {resp.status} for {url}", resp.status)
         return resp
 

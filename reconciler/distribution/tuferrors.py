@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import errno
 import re
+from collections.abc import Callable
 
 import urllib3
 from tuf.api import exceptions as tufexc
 
 from reconciler.core.credentials import CredentialError
-from reconciler.core.reasons import AUTHENTICATION_FAILED, TLS_VERIFICATION_FAILED
+from reconciler.core.reasons import AUTHENTICATION_FAILED, CLIENT_CERTIFICATE_REFUSED, TLS_VERIFICATION_FAILED
 from reconciler.core.redact import redact
 
 
@@ -86,6 +87,10 @@ class TLSVerificationFailed(TufClientError):
     reason = TLS_VERIFICATION_FAILED
 
 
+class ClientCertificateRefused(TufClientError):
+    reason = CLIENT_CERTIFICATE_REFUSED
+
+
 _EXPECTED_GOT = re.compile(r"(\d+)\D+?(\d+)")
 
 
@@ -99,6 +104,10 @@ def translate(exc: BaseException, what: str) -> TufClientError:
     if isinstance(exc, tufexc.DownloadHTTPError) and exc.status_code in (401, 403):
         return AuthenticationFailed(f"{what}: the repository refused the credentials (HTTP {exc.status_code}); "
                                     "check tuf.credentials")
+    refused = _chain_find(exc, lambda e: getattr(e, "client_certificate_refused", False))
+    if refused is not None:  # the fetcher's words: the server, and whether a certificate was sent
+        return ClientCertificateRefused(redact(f"{what}: {refused}; set tuf.credentials.clientCertFile and "
+                                               "clientKeyFile"))
     tls = _tls_cause(exc)
     if tls is not None:
         return TLSVerificationFailed(f"{what}: TLS verification failed ({tls}); check tuf.credentials.caFile")
@@ -133,6 +142,17 @@ def translate(exc: BaseException, what: str) -> TufClientError:
     if isinstance(exc, tufexc.RepositoryError):
         return BadMetadata(f"{what}: invalid metadata ({exc})")
     return TufClientError(msg)
+
+
+def _chain_find(exc: BaseException, match: Callable[[BaseException], bool]) -> BaseException | None:
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if match(cur):
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def _tls_cause(exc: BaseException) -> str | None:

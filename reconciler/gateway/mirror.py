@@ -71,9 +71,8 @@ class FleetMirror:
         ``git ls-remote``."""
         if self.auth.is_http:
             if self._client is None:
-                ca = self.credentials.ca_file
                 self._client = LsRefsClient(self.url, authorization=self.auth.authorization, timeout=self.timeout,
-                                            ca_file=str(ca) if ca else None)
+                                            credentials=self.credentials)
             got = self._client.ls_refs(wanted)
         else:
             got = {}

@@ -7,5 +7,9 @@ air-gapped devices. Going the other way, :class:`~.statuswriter.StatusWriter` co
 document to its own ``status/<device>`` branch in the background, and :mod:`~.fleetstatus` reads every
 device's branch back into a fleet-wide report (``modelfleet fleet status``).
 
-It imports :mod:`reconciler.core` and the schemas of :mod:`reconciler.fleet`.
+:mod:`~.auth` hands git a remote's credentials, CA, client certificate and proxy through its environment
+(:mod:`~.cabundle` writes the bundle git needs to add a CA to the system store); the in-process clients
+(:mod:`~.lsrefs`, :mod:`~.smartpush`) get the same route and TLS settings from :mod:`reconciler.net`.
+
+It imports :mod:`reconciler.core`, :mod:`reconciler.net` and the schemas of :mod:`reconciler.fleet`.
 """

@@ -26,13 +26,17 @@ import shlex
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from reconciler.core.credentials import Credentials, check_private_file
+from reconciler.core.credentials import Credentials, check_private_file, read_secret
+from reconciler.core.proxy import DIRECT, proxy_for, with_userinfo
 from reconciler.core.reasons import (
     AUTHENTICATION_FAILED,
+    CLIENT_CERTIFICATE_REFUSED,
     HOST_KEY_VERIFICATION_FAILED,
     PERMISSION_DENIED,
     TLS_VERIFICATION_FAILED,
 )
+from reconciler.gitops.cabundle import combined_bundle
+from reconciler.net import clientcert
 
 _AUTH_MARKERS = ("authentication failed", "http basic: access denied", "returned error: 401",
                  "could not read username", "could not read password", "permission denied (publickey",
@@ -46,6 +50,8 @@ _DENIED_RE = re.compile(r"permission to \S+ denied to ")
 _TLS_MARKERS = ("ssl certificate problem", "server certificate verification failed", "certificate verify failed",
                 "ssl: certificate", "unable to get local issuer certificate", "self-signed certificate",
                 "self signed certificate")
+# The in-process clients' own words (reconciler.net.clientcert), carried by a GitError to here.
+_CLIENT_CERT_MARKERS = ("requires a client certificate", "refused the client certificate")
 _HOSTKEY_MARKERS = ("host key verification failed", "remote host identification has changed",
                     "host key is known for", "no matching host key")
 
@@ -55,7 +61,10 @@ HINTS = {
                            "sshKeyFile, and that the key or token has access)",
     PERMISSION_DENIED: "the credentials are valid but lack access to the repository: give the device's token or "
                        "deploy key read access to it",
-    TLS_VERIFICATION_FAILED: "the server's TLS certificate is not trusted (set credentials.caFile to its CA)",
+    TLS_VERIFICATION_FAILED: "the server's TLS certificate is not trusted (set credentials.caFile to its CA, or "
+                             "extraCaFile to add it to the system's)",
+    CLIENT_CERTIFICATE_REFUSED: "the server wants a client certificate it trusts (mutual TLS: set "
+                                "credentials.clientCertFile and clientKeyFile)",
     HOST_KEY_VERIFICATION_FAILED: "the server's SSH host key is not in credentials.knownHostsFile (or changed)",
 }
 
@@ -78,6 +87,8 @@ def classify(message: str) -> str | None:
     low = message.lower()
     if any(m in low for m in _HOSTKEY_MARKERS):
         return HOST_KEY_VERIFICATION_FAILED
+    if any(m in low for m in _CLIENT_CERT_MARKERS) or clientcert.refused_alert(low):
+        return CLIENT_CERTIFICATE_REFUSED
     if any(m in low for m in _TLS_MARKERS):
         return TLS_VERIFICATION_FAILED
     if any(m in low for m in _DENIED_MARKERS) or _DENIED_RE.search(low):
@@ -123,9 +134,26 @@ class GitAuth:
             auth = self.authorization()
             if auth is not None:
                 config += [("credential.helper", ""), (f"http.{origin}.extraHeader", f"Authorization: {auth}")]
-            if creds.ca_file is not None:
+            if creds.extra_ca_file is not None:
+                # git (libcurl) has no "add to the system store": a bundle of both, rebuilt when either changes.
+                out["GIT_SSL_CAINFO"] = str(combined_bundle(creds.ca_file, creds.extra_ca_file, creds.bundle_dir))
+            elif creds.ca_file is not None:
                 # The variable, not http.sslCAInfo: an inherited GIT_SSL_CAINFO would win over any config.
                 out["GIT_SSL_CAINFO"] = str(creds.ca_file)
+            if creds.client_cert_file is not None:
+                creds.check_client_key()
+                # Variables like the CA: an inherited GIT_SSL_CERT would win over http.sslCert.
+                out["GIT_SSL_CERT"], out["GIT_SSL_KEY"] = str(creds.client_cert_file), str(creds.client_key_path)
+            proxy = creds.proxy
+            if creds.proxy_password_file is not None and proxy != DIRECT:
+                # git takes a proxy's credentials from http.proxy's userinfo: the proxy the endpoint uses, as
+                # git would pick it, with them (in the environment of the process, like the header).
+                chosen = proxy_for(self.url, os.environ, proxy)
+                if chosen is not None:
+                    proxy = with_userinfo(chosen, creds.proxy_username or "", read_secret(creds.proxy_password_file))
+            if proxy is not None:
+                # Scoped like the header; an empty http.proxy is git's "no proxy, whatever the environment says".
+                config.append((f"http.{origin}.proxy", "" if proxy == DIRECT else proxy))
         if creds.ssh_key_file is not None or creds.known_hosts_file is not None:
             cmd = ["ssh", "-o", "BatchMode=yes", "-o", "IdentityAgent=none"]
             if creds.ssh_key_file is not None:

@@ -19,20 +19,24 @@ from __future__ import annotations
 
 import re
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import urllib3
 
 from reconciler.core.credentials import Credentials
+from reconciler.core.proxy import ProxyURLError
 from reconciler.core.reasons import (
     AUTHENTICATION_FAILED,
+    CLIENT_CERTIFICATE_REFUSED,
     GIT_TIMEOUT,
     GIT_UNAVAILABLE,
     PERMISSION_DENIED,
     TLS_VERIFICATION_FAILED,
 )
 from reconciler.core.redact import redact_url
-from reconciler.gitops.smarthttp import BUSY_STATUSES, PktLineError, keepalive_pool, pkt, pkt_lines
+from reconciler.gitops.smarthttp import BUSY_STATUSES, PktLineError, pkt, pkt_lines
+from reconciler.net import clientcert
+from reconciler.net.pools import keepalive_pool
 
 MAX_RESPONSE_BYTES = 1 << 20  # one ref-prefix answer is tiny; a huge body is not an ls-refs answer
 _OID = re.compile(rb"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")
@@ -78,9 +82,14 @@ def parse_ls_refs(body: bytes) -> dict[str, str]:
 class LsRefsClient:
     """One repository's ``ls-refs`` endpoint on a pooled keep-alive connection (thread-safe via urllib3)."""
 
-    def __init__(self, url: str, *, authorization: Callable[[], str | None], ca_file: str | None = None,
-                 timeout: float = 30.0) -> None:
-        self.pool, path = keepalive_pool(url, ca_file=ca_file, timeout=timeout, what="ls-refs over HTTP")
+    def __init__(self, url: str, *, authorization: Callable[[], str | None], credentials: Credentials | None = None,
+                 timeout: float = 30.0, env: Mapping[str, str] | None = None) -> None:
+        """``credentials``: the endpoint's TLS and proxy settings (the header comes from ``authorization``);
+        ``env``: where ``https_proxy``/``no_proxy`` come from (default: the process environment).
+        ProxyURLError for an unusable proxy setting."""
+        self.pool, path = keepalive_pool(url, credentials=credentials, timeout=timeout, what="ls-refs over HTTP",
+                                         env=env)
+        self.cert_sent = credentials is not None and credentials.client_cert_file is not None
         self.display_url = redact_url(url)
         self.path = path + "/git-upload-pack"
         self.authorization = authorization
@@ -102,8 +111,14 @@ class LsRefsClient:
         self.requests += 1
         try:
             resp = self.pool.urlopen("POST", self.path, body=ls_refs_request(prefixes), headers=headers, redirect=False,
-                                     preload_content=False, retries=False)
+                                     preload_content=False, retries=False, assert_same_host=False)
+        except urllib3.exceptions.ProxyError as exc:
+            raise LsRefsError(GIT_UNAVAILABLE, f"cannot reach {self.display_url} through the proxy: "
+                              f"{_proxy_reason(exc)}") from None
         except urllib3.exceptions.SSLError as exc:
+            if clientcert.refused_alert(str(exc)):
+                raise LsRefsError(CLIENT_CERTIFICATE_REFUSED, clientcert.refusal_message(
+                    self.display_url, cert_sent=self.cert_sent, detail=_ssl_reason(exc))) from None
             raise LsRefsError(TLS_VERIFICATION_FAILED, f"TLS verification of {self.display_url} failed: "
                               f"{_ssl_reason(exc)}") from None
         except (urllib3.exceptions.TimeoutError, TimeoutError):
@@ -121,6 +136,9 @@ class LsRefsClient:
             raise LsRefsError(AUTHENTICATION_FAILED, f"{self.display_url} refused the credentials (HTTP 401)")
         if status == 403:  # authenticated, but not allowed to read the repository
             raise LsRefsError(PERMISSION_DENIED, f"{self.display_url} denied access to the repository (HTTP 403)")
+        if clientcert.refused_page(status, body):
+            raise LsRefsError(CLIENT_CERTIFICATE_REFUSED, clientcert.refusal_message(
+                self.display_url, cert_sent=self.cert_sent, detail=f"HTTP {status}"))
         if status in BUSY_STATUSES:  # no verdict on protocol v2: poll again after the backoff, still with ls-refs
             raise LsRefsError(GIT_UNAVAILABLE, f"{self.display_url} is unavailable (HTTP {status})")
         if status != 200 or ctype != "application/x-git-upload-pack-result" or len(body) > self.max_response:
@@ -143,8 +161,10 @@ def remote_refs(url: str, prefix: str, *, credentials: Credentials | None = None
 
     auth = GitAuth(url, credentials or Credentials())
     if auth.is_http:
-        ca = auth.credentials.ca_file
-        client = LsRefsClient(url, authorization=auth.authorization, timeout=timeout, ca_file=str(ca) if ca else None)
+        try:
+            client = LsRefsClient(url, authorization=auth.authorization, timeout=timeout, credentials=auth.credentials)
+        except ProxyURLError as exc:
+            raise LsRefsError(GIT_UNAVAILABLE, str(exc)) from None
         client.max_response = MAX_LISTING_BYTES
         try:
             return client.ls_refs([prefix])
@@ -157,6 +177,15 @@ def remote_refs(url: str, prefix: str, *, credentials: Credentials | None = None
         if name.startswith(prefix):
             refs[name] = oid
     return refs
+
+
+def _proxy_reason(exc: urllib3.exceptions.ProxyError) -> str:
+    """What went wrong with the proxy, in words that hold neither its credentials nor the origin's."""
+    cause = exc.original_error if isinstance(exc.original_error, BaseException) else exc
+    text = str(cause)
+    if "Tunnel connection failed" in text:  # http.client's: the proxy answered CONNECT with an error status
+        return "the proxy refused the tunnel (" + text.split("Tunnel connection failed:", 1)[-1].strip() + ")"
+    return type(cause).__name__
 
 
 def _ssl_reason(exc: BaseException) -> str:

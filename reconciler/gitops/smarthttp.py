@@ -1,12 +1,9 @@
 """What the in-process smart-HTTP clients (:mod:`~reconciler.gitops.lsrefs` for polls, :mod:`~reconciler.gitops.smartpush`
-for status pushes) share: pkt-line framing and one kept-alive connection to the repository's host."""
+for status pushes) share: pkt-line framing (their kept-alive connection comes from :func:`reconciler.net.pools.keepalive_pool`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from urllib.parse import urlsplit
-
-import urllib3
 
 # Answers of a server (or the proxy in front of it) that is there but overloaded or restarting: the request
 # is worth repeating later, with the same client. Anything else unexpected means the protocol is not what we
@@ -42,20 +39,3 @@ def pkt_lines(body: bytes) -> Iterator[bytes | None]:
         pos += n
     if pos != len(body):
         raise PktLineError("truncated pkt-line")
-
-
-def keepalive_pool(url: str, *, ca_file: str | None, timeout: float, what: str
-                   ) -> tuple[urllib3.HTTPConnectionPool, str]:
-    """(a one-connection pool to ``url``'s host that never retries or blocks, the repository's path without a
-    trailing slash); ``ValueError`` naming ``what`` unless ``url`` is http(s)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{what} needs an http(s) URL")
-    kw: dict[str, object] = {"maxsize": 1, "retries": False, "timeout": urllib3.Timeout(timeout), "block": False}
-    pool: urllib3.HTTPConnectionPool
-    if parts.scheme == "https":
-        kw.update(cert_reqs="CERT_REQUIRED", ca_certs=ca_file)
-        pool = urllib3.HTTPSConnectionPool(parts.hostname, parts.port, **kw)  # type: ignore[arg-type]
-    else:
-        pool = urllib3.HTTPConnectionPool(parts.hostname, parts.port, **kw)  # type: ignore[arg-type]
-    return pool, parts.path.rstrip("/")

@@ -39,8 +39,11 @@ from collections.abc import Callable
 
 import urllib3
 
+from reconciler.core.credentials import Credentials
 from reconciler.core.redact import redact_url
-from reconciler.gitops.smarthttp import BUSY_STATUSES, PktLineError, keepalive_pool, pkt, pkt_lines
+from reconciler.gitops.smarthttp import BUSY_STATUSES, PktLineError, pkt, pkt_lines
+from reconciler.net import clientcert
+from reconciler.net.pools import keepalive_pool
 
 ZERO_ID = "0" * 40
 MAX_ADVERTISEMENT_BYTES = 64 << 20  # every ref of the repository, e.g. 100,000 status branches ≈ 7 MB
@@ -64,6 +67,10 @@ class PushUnavailable(Exception):
 
 class PushDenied(Exception):
     """Not pushed: the server answered HTTP 403 (the credentials lack write access); the message says so."""
+
+
+class PushCertificateRefused(Exception):
+    """Not pushed: the server requires a client certificate, or refused the one sent; the message says so."""
 
 
 class PushUnsupported(Exception):
@@ -129,9 +136,11 @@ def parse_report(body: bytes, ref: str) -> None:
 class SmartPush:
     """Pushes of one repository over one kept-alive connection (one writer thread uses it)."""
 
-    def __init__(self, url: str, *, authorization: Callable[[], str | None], ca_file: str | None = None,
+    def __init__(self, url: str, *, authorization: Callable[[], str | None], credentials: Credentials | None = None,
                  timeout: float = 30.0, anonymous: bool = False) -> None:
-        self.pool, path = keepalive_pool(url, ca_file=ca_file, timeout=timeout, what="a smart HTTP push")
+        """``credentials``: the endpoint's TLS and proxy settings (the header comes from ``authorization``)."""
+        self.pool, path = keepalive_pool(url, credentials=credentials, timeout=timeout, what="a smart HTTP push")
+        self.cert_sent = credentials is not None and credentials.client_cert_file is not None
         self.display_url = redact_url(url)
         self.path = path
         self.authorization = authorization
@@ -149,7 +158,12 @@ class SmartPush:
         headers = {**headers, "User-Agent": "git/modelfleet", **({"Authorization": auth} if auth else {})}
         try:
             resp = self.pool.urlopen(method, path, body=body, headers=headers, redirect=False, preload_content=False,
-                                     retries=False)
+                                     retries=False, assert_same_host=False)
+        except urllib3.exceptions.SSLError as exc:
+            if clientcert.refused_alert(str(exc)):
+                raise PushCertificateRefused(clientcert.refusal_message(
+                    self.display_url, cert_sent=self.cert_sent, detail=type(exc).__name__)) from None
+            raise PushUnsupported(f"cannot reach {self.display_url}: {type(exc).__name__}") from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise PushUnsupported(f"cannot reach {self.display_url}: {type(exc).__name__}") from None
         try:
@@ -159,6 +173,9 @@ class SmartPush:
             raise PushUnsupported(f"connection to {self.display_url} lost: {type(exc).__name__}") from None
         finally:
             resp.release_conn()
+        if clientcert.refused_page(status, data):
+            raise PushCertificateRefused(clientcert.refusal_message(self.display_url, cert_sent=self.cert_sent,
+                                                                    detail=f"HTTP {status}"))
         if status in BUSY_STATUSES:
             raise PushUnavailable(f"{self.display_url} is unavailable (HTTP {status})")
         if status == 403:

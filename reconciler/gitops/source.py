@@ -41,6 +41,7 @@ from prometheus_client import Counter
 from reconciler.core import reasons as R
 from reconciler.core.conditions import SOURCE_AVAILABLE, SOURCE_VERIFIED, Condition, isoformat, utcnow
 from reconciler.core.credentials import CredentialError, Credentials
+from reconciler.core.proxy import ProxyURLError
 from reconciler.core.redact import redact, redact_url
 from reconciler.fleet.repository import NonRegular
 from reconciler.gitops.auth import GitAuth, classify, explain
@@ -131,9 +132,11 @@ class _Endpoint:
         self.auth = GitAuth(url, credentials or Credentials())
         self.lsrefs: LsRefsClient | None = None
         if self.auth.is_http:
-            ca = self.auth.credentials.ca_file
-            self.lsrefs = LsRefsClient(url, authorization=self.auth.authorization, timeout=timeout,
-                                       ca_file=str(ca) if ca else None)
+            try:
+                self.lsrefs = LsRefsClient(url, authorization=self.auth.authorization, timeout=timeout,
+                                           credentials=self.auth.credentials)
+            except (ProxyURLError, CredentialError) as exc:  # `git ls-remote` meets the same proxy setting and names it
+                log.warning("ls-refs at %s: %s", self.display_url, exc)
 
     def close(self) -> None:
         if self.lsrefs is not None:

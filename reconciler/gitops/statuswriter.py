@@ -45,12 +45,20 @@ import yaml
 from reconciler.core.conditions import isoformat, utcnow
 from reconciler.core.credentials import CredentialError, Credentials
 from reconciler.core.fsutil import atomic_write_text
+from reconciler.core.proxy import ProxyURLError
 from reconciler.core.reasons import GIT_TIMEOUT, GIT_UNAVAILABLE, PUSH_REJECTED, PUSHED
 from reconciler.core.redact import redact, redact_tree, redact_url
 from reconciler.fleet.schemas import validator
 from reconciler.gitops.auth import GitAuth, classify, explain
 from reconciler.gitops.failover import Failover
-from reconciler.gitops.smartpush import PushDenied, PushRejected, PushUnavailable, PushUnsupported, SmartPush
+from reconciler.gitops.smartpush import (
+    PushCertificateRefused,
+    PushDenied,
+    PushRejected,
+    PushUnavailable,
+    PushUnsupported,
+    SmartPush,
+)
 from reconciler.gitops.verify import GitError, git_message, init_bare, run_git
 from reconciler.identity import keys as device_keys
 from reconciler.identity.commitsig import sign_commit
@@ -376,7 +384,7 @@ class StatusWriter:
                 if not (exc.server_tip and self._is_ancestor(exc.server_tip, sha)):
                     raise _Rejected(str(exc), ep) from None
                 log.debug("status push of %s: %s; a fast-forward: git push", self.device_id, exc)
-            except (PushUnavailable, PushDenied) as exc:
+            except (PushUnavailable, PushDenied, PushCertificateRefused) as exc:
                 raise GitError(str(exc)) from None  # retried after the backoff (HTTP 403: PermissionDenied)
             except PushUnsupported as exc:
                 log.debug("status push of %s with git push: %s", self.device_id, exc)
@@ -520,9 +528,11 @@ class _PushEndpoint:
         self.auth = GitAuth(url, credentials or Credentials())
         self.smart: SmartPush | None = None
         if self.auth.is_http:
-            ca = self.auth.credentials.ca_file
-            self.smart = SmartPush(url, authorization=self.auth.authorization, timeout=timeout,
-                                   ca_file=str(ca) if ca else None, anonymous=anonymous)
+            try:
+                self.smart = SmartPush(url, authorization=self.auth.authorization, timeout=timeout,
+                                       credentials=self.auth.credentials, anonymous=anonymous)
+            except (ProxyURLError, CredentialError) as exc:  # `git push` meets the same proxy setting and names it
+                log.warning("status push to %s: %s", self.display_url, exc)
 
     def close(self) -> None:
         if self.smart is not None:

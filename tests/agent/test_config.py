@@ -171,6 +171,21 @@ def test_credentials_are_paths_resolved_per_endpoint(tmp_path: Path, monkeypatch
     assert c.tuf_credentials.bearer_token_file == base / "secrets/tuf"
 
 
+def test_proxy_and_tls_settings_are_read_per_endpoint(tmp_path: Path) -> None:
+    f = tmp_path / "agent.yaml"
+    f.write_text(CREDS.replace("caFile: ca.pem}", "extraCaFile: ca.pem, proxy: 'proxy.corp:3128'}")
+                 .replace("{bearerTokenFile: secrets/tuf}", "{bearerTokenFile: secrets/tuf, proxy: direct, "
+                          "clientCertFile: dev.pem, clientKeyFile: dev.key}"))
+    c = load_agent_config(f)
+    base = tmp_path.resolve()
+    assert c.source_credentials.proxy == "http://proxy.corp:3128" and c.source_credentials.ca_file is None
+    assert c.source_credentials.extra_ca_file == base / "ca.pem"
+    assert c.status_credentials is not None and c.status_credentials.proxy is None  # the environment's
+    assert c.tuf_credentials.proxy == "direct"
+    assert (c.tuf_credentials.client_cert_file, c.tuf_credentials.client_key_file) == (base / "dev.pem",
+                                                                                      base / "dev.key")
+
+
 @pytest.mark.parametrize(("old", "new", "error"), [
     ("url: https://git.example.com/fleet.git", "url: https://dev-1:hunter2@git.example.com/fleet.git",
      "agent.yaml:6: spec.source.url https://***@git.example.com/fleet.git holds userinfo"),
@@ -179,7 +194,22 @@ def test_credentials_are_paths_resolved_per_endpoint(tmp_path: Path, monkeypatch
     ("credentials: {username: dev-1, passwordFile: secrets/push}", "credentials: {username: dev-1}",
      "agent.yaml:9: credentials.username and credentials.passwordFile go together"),
     ("bearerTokenFile: secrets/tuf", "bearerTokenFile: t, token: x",
-     "unknown field spec.tuf.credentials.token (hint: allowed fields: bearerTokenFile, caFile, passwordFile"),
+     "unknown field spec.tuf.credentials.token (hint: allowed fields: bearerTokenFile, caFile, clientCertFile, "
+     "clientKeyFile, extraCaFile, passwordFile, proxy, proxyPasswordFile, proxyUsername, username)"),
+    # a proxy's credentials are refused in the URL like the origin's (they would show in logs and status)
+    ("bearerTokenFile: secrets/tuf", "bearerTokenFile: t, proxy: 'http://egress:hunter2@proxy.corp:3128'",
+     "agent.yaml:12: spec.tuf.credentials.proxy http://***@proxy.corp:3128 holds userinfo"),
+    ("bearerTokenFile: secrets/tuf", "bearerTokenFile: t, proxy: 'egress:hunter2@proxy.corp:3128'",
+     "agent.yaml:12: spec.tuf.credentials.proxy http://***@proxy.corp:3128 holds userinfo"),
+    ("bearerTokenFile: secrets/tuf", "bearerTokenFile: t, proxy: 'socks5://proxy.corp:1080'",
+     "agent.yaml:12: spec.tuf.credentials.proxy: proxy scheme socks5:// is not supported (only http:// and "
+     "https:// proxies) (or `direct` for no proxy)"),
+    ("bearerTokenFile: secrets/tuf", "bearerTokenFile: t, clientKeyFile: k.pem",
+     "agent.yaml:12: credentials.clientKeyFile needs clientCertFile"),
+    ("bearerTokenFile: secrets/tuf", "bearerTokenFile: t, proxyUsername: egress",
+     "agent.yaml:12: proxyUsername and proxyPasswordFile go together"),
+    ("bearerTokenFile: secrets/tuf", "bearerTokenFile: t, proxys: direct",
+     "unknown field spec.tuf.credentials.proxys (hint: did you mean 'proxy'?)"),
 ])
 def test_bad_credentials_settings(tmp_path: Path, old: str, new: str, error: str) -> None:
     f = tmp_path / "agent.yaml"
@@ -252,3 +282,20 @@ def test_pin_workers_is_a_boolean_or_left_to_the_pool(tmp_path: Path) -> None:
     f.write_text(MINIMAL + "  serving:\n    workers: 2\n    pinWorkers: sometimes\n")
     with pytest.raises(UserError, match="pinWorkers"):
         load_agent_config(f)
+
+
+def test_capture_takes_the_same_proxy_and_tls_settings(tmp_path: Path) -> None:
+    f = tmp_path / "agent.yaml"
+    capture = ("  capture:\n    caFile: ca.pem\n    proxy: http://egress.corp:3128\n    clientCertFile: dev.pem\n"
+               "    proxyUsername: egress\n    proxyPasswordFile: secrets/proxy\n")
+    f.write_text(CREDS + capture)
+    c = load_agent_config(f)
+    base = tmp_path.resolve()
+    assert c.capture_tls.proxy == "http://egress.corp:3128" and c.capture_tls.ca_file == base / "ca.pem"
+    assert c.capture_tls.client_cert_file == base / "dev.pem" and c.capture_tls.client_key_path == base / "dev.pem"
+    assert c.capture_tls.proxy_password_file == base / "secrets/proxy"
+    f.write_text(CREDS + capture.replace("http://egress.corp", "http://egress:hunter2@egress.corp"))
+    with pytest.raises(UserError) as exc:
+        load_agent_config(f)
+    assert "agent.yaml:15: spec.capture.proxy http://***@egress.corp:3128 holds userinfo" in str(exc.value)
+    assert "hunter2" not in str(exc.value) and "proxyPasswordFile" in str(exc.value)
