@@ -93,25 +93,6 @@ class OpenedBatch:
     arrays: dict[str, np.ndarray]
 
 
-def stack_records(records: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
-    """Arrays keyed by input/output name, records stacked along the first (batch) axis."""
-    out: dict[str, np.ndarray] = {}
-    if not records:
-        return out
-    names = list(records[0][0]) + [n for n in records[0][1] if n not in records[0][0]]
-    for name in names:
-        side = 0 if name in records[0][0] else 1
-        try:  # the usual case: every record has the same layout (a device's batch always does)
-            parts = [r[side][name] for r in records]
-        except KeyError:
-            parts = [(r[0] if name in r[0] else r[1])[name] for r in records]
-        try:
-            out[name] = np.concatenate(parts, axis=0)
-        except ValueError:  # scalars: one row each
-            out[name] = np.concatenate([p if p.ndim else p.reshape(1) for p in parts], axis=0)
-    return out
-
-
 # Triggers are fixed identifiers: a record index entry is written without JSON escaping (see _index_json).
 _PLAIN_TRIGGER = re.compile(r"[A-Za-z]{1,32}")
 

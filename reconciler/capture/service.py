@@ -27,20 +27,31 @@ no connection: the endpoint keeps capturing within its quota and retention, its 
 from __future__ import annotations
 
 import collections
+import functools
+import itertools
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from prometheus_client import Counter, Gauge
 
-from reconciler.capture.batch import SUFFIX, new_batch_id, seal_batch, stack_records
+from reconciler.capture.batch import SUFFIX, new_batch_id, seal_batch
 from reconciler.capture.handoff import _Sealed, _Uploader
+from reconciler.capture.openbatch import (
+    INPUTS,
+    MAX_OPEN_BATCH_BYTES,
+    SIZE,
+    TRIGGER,
+    Entry,
+    OpenBatch,
+    stack_runs,
+)
 from reconciler.capture.policy import (
     CapturePolicy,
     StoredBatch,
@@ -50,7 +61,7 @@ from reconciler.capture.policy import (
     select_room,
     upload_allowed,
 )
-from reconciler.capture.requestpath import CaptureObserver, _Plan, _same_layout
+from reconciler.capture.requestpath import CaptureObserver, _Plan
 from reconciler.capture.spool import Spool
 from reconciler.capture.upload import (
     DirectoryDestination,
@@ -75,7 +86,6 @@ M_PENDING = Gauge("modelfleet_capture_pending_bytes", "Bytes of sealed batches w
 
 QUEUE_MAX = 1024
 QUEUE_MAX_BYTES = 64 * 1024 * 1024  # references to request arrays waiting for the writer
-MAX_OPEN_BATCH_BYTES = 4 * 1024 * 1024
 RECORD_META_BYTES = 64  # what a record adds to its batch besides its arrays (its entry in the sealed index)
 ENFORCE_EVERY = 5.0  # retention and retired keys; the quota is checked at every write
 AUDIT_SYNC_EVERY = 1.0  # fsync of the audit lines written since (see AuditLog.write)
@@ -83,21 +93,18 @@ POLL = 0.2
 DRAIN_CHUNK = 64  # records the writer takes off the queue per lock
 UPLOAD_IDLE = 5.0  # an uploader with nothing to send (or not allowed to) looks again after this long
 _EMPTY: dict[str, np.ndarray] = {}
+_OBSERVER = itemgetter(0)
 
 
-@dataclass
-class _Open:
-    """An endpoint's batch being filled (plaintext, in memory only, bounded)."""
-
-    model: str
-    version: str
-    first: tuple[dict[str, np.ndarray], dict[str, np.ndarray]]  # the layout every record must match
-    start: float
-    records: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = field(default_factory=list)
-    meta: list[tuple[float, str, int]] = field(default_factory=list)  # (time, trigger, rows) per record
-    nbytes: int = 0
-    end: float = 0.0
-    limit: int = MAX_OPEN_BATCH_BYTES  # sealed at this many bytes
+def _minimised(policy: CapturePolicy, entry: Entry) -> Entry | None:
+    """A queued record with only what the policy keeps (None: nothing), its size counting what is kept."""
+    obs, trigger, feeds, outputs, t, size = entry
+    inputs, outs = minimise(policy, feeds, outputs)
+    if not inputs and not outs:
+        return None
+    if inputs is not feeds or outs is not outputs:
+        size = sum(a.nbytes for a in inputs.values()) + sum(a.nbytes for a in outs.values())
+    return (obs, trigger, inputs, outs, t, size)
 
 
 class CaptureService:
@@ -132,7 +139,7 @@ class CaptureService:
         self._allowed_origins = frozenset(origin_of(o) for o in upload_allowed_origins)
         self._refused: dict[str, str] = {}  # endpoint -> why its destination gets no upload
         self._window_open = window_open or (lambda w: True)
-        self._open: dict[str, _Open] = {}
+        self._open: dict[str, OpenBatch] = {}
         self._dests: dict[str, Any] = {}
         self._uploaders: dict[str, _Uploader] = {}  # destination (describe()) -> its sender
         self._uploaders_lock = threading.Lock()
@@ -318,56 +325,51 @@ class CaptureService:
 
     def drain(self) -> None:
         """Process everything queued now (tests, shutdown)."""
-        counted: dict[tuple[str, str], int] = {}
-        lock, queue, add = self._queue_lock, self.queue, self._add
+        counted: collections.Counter[tuple[str, str]] = collections.Counter()
+        lock, queue = self._queue_lock, self.queue
         try:
             while queue:
                 with lock:  # a few at a time: the count and size bounds stay exact for the request path
                     items = [queue.popleft() for _ in range(min(len(queue), DRAIN_CHUNK))]
-                    self.queued_bytes -= sum(item[5] for item in items)
-                for obs, trigger, feeds, outputs, t, size in items:
-                    if add(obs, trigger, feeds, outputs, t, size):
-                        key = (obs.endpoint, trigger)
-                        counted[key] = counted.get(key, 0) + 1
+                    self.queued_bytes -= sum(map(SIZE, items))
+                for obs, group in itertools.groupby(items, _OBSERVER):  # (a chunk is mostly one observer's)
+                    for trigger, n in collections.Counter(map(TRIGGER, self._add(obs, list(group)))).items():
+                        counted[(obs.endpoint, trigger)] += n
         finally:
             for (endpoint, trigger), n in counted.items():
                 M_RECORDS.labels(endpoint, trigger).inc(n)
 
-    def _add(self, obs: CaptureObserver, trigger: str, feeds: dict[str, np.ndarray],
-             outputs: dict[str, np.ndarray], t: float, size: int) -> bool:
+    def _add(self, obs: CaptureObserver, entries: list[Entry]) -> list[Entry]:
+        """Append one observer's records to its endpoint's open batch (minimised first if the policy says so),
+        sealing it whenever full; returns the records kept."""
         endpoint = obs.endpoint
         policy = self.policies.get(endpoint)
         if policy is None:
-            return False  # the policy went away while the record waited: it is not kept
-        inputs, outs = minimise(policy, feeds, outputs)
-        if inputs is not feeds or outs is not outputs:  # minimised: count what is kept
-            if not inputs and not outs:
-                return False
-            size = sum(a.nbytes for a in inputs.values()) + sum(a.nbytes for a in outs.values())
-        elif not inputs and not outs:
-            return False
+            return []  # the policy went away while the records waited: they are not kept
+        if not policy.keeps_everything or not all(map(len, map(INPUTS, entries))):
+            entries = [e for e in map(functools.partial(_minimised, policy), entries) if e is not None]
         ob = self._open.get(endpoint)
-        if ob is not None and (ob.version != obs.version or not _same_layout(ob.first[0], inputs)
-                               or ((outs or ob.first[1]) and not _same_layout(ob.first[1], outs))):
+        if ob is not None and ob.version != obs.version:
             self._seal(endpoint, ob, policy)
             ob = None
-        if ob is None:
-            ob = self._open[endpoint] = _Open(obs.model or self.models.get(endpoint, ""), obs.version,
-                                              (inputs, outs), t,
-                                              limit=min(MAX_OPEN_BATCH_BYTES, policy.max_bytes // 4 or 1))
-        rows = 1
-        for first in inputs.values():
-            if first.ndim:
-                rows = first.shape[0]
-            break
-        ob.records.append((inputs, outs))
-        ob.meta.append((t, trigger, rows))
-        ob.nbytes += size + RECORD_META_BYTES
-        ob.end = t
-        self.counts["captured"] += 1
-        if len(ob.records) >= policy.batch_records or ob.nbytes >= ob.limit:
-            self._seal(endpoint, ob, policy)
-        return True
+        i = 0
+        while i < len(entries):
+            if ob is None:
+                ob = self._open[endpoint] = OpenBatch(obs.model or self.models.get(endpoint, ""), obs.version,
+                                                      entries[i][4], limit=min(MAX_OPEN_BATCH_BYTES,
+                                                                               policy.max_bytes // 4 or 1))
+            take = entries[i:i + policy.batch_records - len(ob.entries)]
+            added = sum(map(SIZE, take)) + RECORD_META_BYTES * len(take)
+            if ob.nbytes + added >= ob.limit:  # the byte bound falls inside this chunk: record by record
+                take, added = take[:1], take[0][5] + RECORD_META_BYTES
+            ob.entries += take
+            ob.nbytes += added
+            i += len(take)
+            if len(ob.entries) >= policy.batch_records or ob.nbytes >= ob.limit:
+                self._seal(endpoint, ob, policy)
+                ob = None
+        self.counts["captured"] += len(entries)
+        return entries
 
     def flush(self, force: bool = False) -> None:
         """Seal batches that are due (or all of them), then enforce retention and retired keys."""
@@ -391,35 +393,32 @@ class CaptureService:
             self._last_audit_sync = mono
             self.spool.audit.sync()
 
-    def _seal(self, endpoint: str, ob: _Open, policy: CapturePolicy) -> None:
+    def _seal(self, endpoint: str, ob: OpenBatch, policy: CapturePolicy) -> None:
         self._open.pop(endpoint, None)
-        if not ob.records:
+        if not ob.entries:
             return
-        now = self.clock()
-        triggers: dict[str, int] = {}
-        rows = 0
-        for _, trigger, n in ob.meta:
-            triggers[trigger] = triggers.get(trigger, 0) + 1
-            rows += n
-        meta = {
-            "id": new_batch_id(now), "device": self.device, "endpoint": endpoint, "model": ob.model,
-            "modelVersion": ob.version, "campaign": policy.campaign, "purpose": policy.purpose,
-            "start": round(ob.start, 3), "end": round(ob.end, 3), "records": len(ob.records),
-            "rows": rows, "triggers": triggers,
-            "redactions": [{"input": r.input, "columns": list(r.columns), "action": r.action}
-                           for r in policy.redactions],
-        }
-        header, data = seal_batch(meta, stack_records(ob.records), policy.recipient, record_index=ob.meta)
-        ob.records.clear()
-        if len(data) > policy.max_bytes:
-            self._drop_over_quota(endpoint, policy, header, data, now)
-            return
-        self.spool.audit.write("sealed", now, durable=False, batch=header["id"], endpoint=endpoint,
-                               modelVersion=header["modelVersion"], records=header["records"], rows=header["rows"],
-                               bytes=len(data), keyId=header["keyId"], campaign=policy.campaign)
-        sealed = _Sealed(endpoint, header, data, policy.key_id)
-        if self._hand_off(sealed, policy) or self._store(sealed, now):
-            self.counts["sealed"] += 1  # counted once it is in the spool or with its uploader (status counts both)
+        for run in stack_runs(ob.entries):  # one run, unless the records' layout changed in the batch
+            now = self.clock()
+            meta = {
+                "id": new_batch_id(now), "device": self.device, "endpoint": endpoint, "model": ob.model,
+                "modelVersion": ob.version, "campaign": policy.campaign, "purpose": policy.purpose,
+                "start": round(run.index[0][0], 3), "end": round(run.index[-1][0], 3), "records": len(run.index),
+                "rows": sum(r[2] for r in run.index), "triggers": dict(collections.Counter(map(TRIGGER, run.entries))),
+                "redactions": [{"input": r.input, "columns": list(r.columns), "action": r.action}
+                               for r in policy.redactions],
+            }
+            header, data = seal_batch(meta, run.arrays, policy.recipient, record_index=run.index)
+            if len(data) > policy.max_bytes:
+                self._drop_over_quota(endpoint, policy, header, data, now)
+                continue
+            self.spool.audit.write("sealed", now, durable=False, batch=header["id"], endpoint=endpoint,
+                                   modelVersion=header["modelVersion"], records=header["records"],
+                                   rows=header["rows"], bytes=len(data), keyId=header["keyId"],
+                                   campaign=policy.campaign)
+            sealed = _Sealed(endpoint, header, data, policy.key_id)
+            if self._hand_off(sealed, policy) or self._store(sealed, now):
+                self.counts["sealed"] += 1  # once in the spool or with its uploader (status counts both)
+        ob.entries.clear()
 
     def _drop_over_quota(self, endpoint: str, policy: CapturePolicy, header: dict[str, Any], data: bytes,
                          now: float) -> None:
