@@ -4,12 +4,14 @@ still come out as batches of one layout each, every record once and in order, th
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from nacl.public import PrivateKey, SealedBox
 
-from reconciler.capture.batch import open_batch
+from reconciler.capture.batch import MAGIC, open_batch, seal_batch
 from reconciler.capture.policy import parse_policy
 from reconciler.capture.service import CaptureService
 from tests.capture._capture import Campaign
@@ -53,3 +55,21 @@ def test_records_of_changing_layouts_are_sealed_as_batches_of_one_layout_each_in
         assert (index[0]["time"], index[-1]["time"]) == (b.meta["start"], b.meta["end"])
         assert b.meta["triggers"] == {"sampled": b.meta["records"]}
     assert svc.counts["captured"] == len(records) and svc.counts["sealed"] == len(batches)
+
+
+def test_the_sealed_arrays_are_a_npz_numpy_itself_reads(tmp_path: Path) -> None:
+    """The writer builds the archive itself (no zipfile): numpy's own np.load reads what the owner decrypts."""
+    campaign = Campaign()
+    arrays = {"x": np.arange(12, dtype=np.float32).reshape(3, 4), "name": np.array(["ab", "c", ""]),
+              "big-endian": np.arange(3, dtype=">i4"), "ünïcode": np.array([True, False, True]),
+              "strided": np.arange(12.0).reshape(3, 4)[:, 1]}
+    meta = {"id": "cap-1", "device": "d", "endpoint": "e", "model": "m", "modelVersion": "1", "campaign": "c",
+            "purpose": "p", "start": 1.0, "end": 2.0, "records": 3, "rows": 3}
+    _, data = seal_batch(meta, arrays, campaign.public)
+    inner = SealedBox(PrivateKey(campaign.private)).decrypt(data[data.index(b"\n", len(MAGIC)) + 1:])
+    with np.load(io.BytesIO(inner[inner.index(b"\n") + 1:]), allow_pickle=False) as npz:
+        assert sorted(npz.files) == sorted(arrays)
+        for k, v in arrays.items():
+            assert npz[k].dtype == v.dtype and npz[k].tolist() == v.tolist()
+    assert {k: v.tolist() for k, v in open_batch(data, campaign.private).arrays.items()} == \
+        {k: v.tolist() for k, v in arrays.items()}
