@@ -44,7 +44,6 @@ from prometheus_client import Counter, Gauge
 from reconciler.capture.batch import SUFFIX, new_batch_id, seal_batch
 from reconciler.capture.handoff import _Sealed, _Uploader
 from reconciler.capture.openbatch import (
-    INPUTS,
     MAX_OPEN_BATCH_BYTES,
     SIZE,
     TRIGGER,
@@ -255,6 +254,8 @@ class CaptureService:
 
     def offer(self, obs: CaptureObserver, trigger: str, feeds: dict[str, np.ndarray],
               outputs: dict[str, np.ndarray]) -> None:
+        if not feeds and not outputs:
+            return  # nothing to keep (checked here, where the mappings are in hand, not in the writer)
         size = 0
         for a in feeds.values():
             size += a.nbytes
@@ -346,7 +347,7 @@ class CaptureService:
         policy = self.policies.get(endpoint)
         if policy is None:
             return []  # the policy went away while the records waited: they are not kept
-        if not policy.keeps_everything or not all(map(len, map(INPUTS, entries))):
+        if not policy.keeps_everything:
             entries = [e for e in map(functools.partial(_minimised, policy), entries) if e is not None]
         ob = self._open.get(endpoint)
         if ob is not None and ob.version != obs.version:
