@@ -6,15 +6,16 @@ endpoint's sampling plan and draw a random number; only for a request that is ca
 bounded queue (a lock-protected count and size; a full queue drops the record and counts it). Nothing is
 copied, written, encrypted or sent on the request path.
 
-Writer thread: minimise (keep/redact), stack records into the endpoint's open batch, seal it to the campaign's
-public key when it holds ``batch.records`` records, ``batch.interval`` passed, the record layout changes or the
-memory bound is reached. **Before** a sealed batch is written, the endpoint's oldest batches are deleted until
+Writer thread: minimise (keep/redact; nothing to do for a policy that keeps everything), append the queued
+records to the endpoint's open batch as they are (:mod:`~.openbatch`), seal it to the campaign's public key when
+it holds ``batch.records`` records, ``batch.interval`` passed or the memory bound is reached (records whose layout
+changed within a batch are sealed as batches of one layout each). **Before** a sealed batch is written, the endpoint's oldest batches are deleted until
 it fits in ``maxBytes`` (a batch larger than ``maxBytes`` on its own is dropped and counted), so the spool is
 within the quota at every write, not at the next sweep; retention and retired keys are swept every
 :data:`ENFORCE_EVERY` seconds.
 
-Uploaders: one thread per destination, each walking its own endpoints' batches oldest first, with its own
-exponential backoff and jitter, so a dead or hanging destination holds back only itself. While a destination
+Uploaders (:mod:`~.uploads`): one thread per destination, each walking its own endpoints' batches oldest first,
+with its own exponential backoff and jitter, so a dead or hanging destination holds back only itself. While a destination
 takes uploads, the writer hands it a sealed batch in memory (at most two per destination: one being sent, one
 next) instead of writing it to the spool; it reaches the spool only if that upload fails (or on close). A batch
 is deleted only after the destination showed the stored object is the batch (:mod:`~.upload`).
@@ -41,7 +42,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import Counter, Gauge
 
-from reconciler.capture.batch import SUFFIX, new_batch_id, seal_batch
+from reconciler.capture.batch import new_batch_id, seal_batch
 from reconciler.capture.handoff import _Sealed, _Uploader
 from reconciler.capture.openbatch import (
     MAX_OPEN_BATCH_BYTES,
@@ -54,7 +55,6 @@ from reconciler.capture.openbatch import (
 from reconciler.capture.policy import (
     CapturePolicy,
     StoredBatch,
-    backoff_delay,
     minimise,
     select_purge,
     select_room,
@@ -65,10 +65,10 @@ from reconciler.capture.spool import Spool
 from reconciler.capture.upload import (
     DirectoryDestination,
     HttpDestination,
-    UploadError,
     destination_refusal,
     origin_of,
 )
+from reconciler.capture.uploads import UploadWalks
 from reconciler.core.logs import fields
 from reconciler.core.reasons import CAPTURE_DESTINATION_REFUSED
 
@@ -77,7 +77,6 @@ log = logging.getLogger("reconciler.capture")
 M_RECORDS = Counter("modelfleet_capture_records_total", "Records captured (before sealing).", ["endpoint", "trigger"])
 M_DROPPED = Counter("modelfleet_capture_dropped_total", "Records dropped because the capture queue was full.",
                     ["endpoint"])
-M_UPLOADED = Counter("modelfleet_capture_uploaded_batches_total", "Batches acknowledged by the destination.")
 M_PURGED = Counter("modelfleet_capture_purged_batches_total",
                    "Batches deleted unsent, or not written because alone they exceed maxBytes (over-quota).",
                    ["reason"])
@@ -90,7 +89,6 @@ ENFORCE_EVERY = 5.0  # retention and retired keys; the quota is checked at every
 AUDIT_SYNC_EVERY = 1.0  # fsync of the audit lines written since (see AuditLog.write)
 POLL = 0.2
 DRAIN_CHUNK = 64  # records the writer takes off the queue per lock
-UPLOAD_IDLE = 5.0  # an uploader with nothing to send (or not allowed to) looks again after this long
 _EMPTY: dict[str, np.ndarray] = {}
 _OBSERVER = itemgetter(0)
 
@@ -106,7 +104,7 @@ def _minimised(policy: CapturePolicy, entry: Entry) -> Entry | None:
     return (obs, trigger, inputs, outs, t, size)
 
 
-class CaptureService:
+class CaptureService(UploadWalks):
     """Everything capture does on a device; ``configure`` follows the desired state's policies."""
 
     def __init__(self, state_dir: Path, device: str, *, clock: Callable[[], float] = time.time,
@@ -504,125 +502,6 @@ class CaptureService:
                 M_PURGED.labels(reason).inc()
         M_PENDING.set(sum(b.size for b in stored) - sum(b.size for b, _ in doomed))
         return out
-
-    # -- uploads --------------------------------------------------------------------------------------------
-
-    def _wake_uploader(self, endpoint: str) -> None:
-        dest = self._dests.get(endpoint)
-        u = self._uploaders.get(dest.describe()) if dest is not None else None
-        if u is not None:
-            u.wake.set()  # it still waits out its backoff
-
-    def retry_uploads(self) -> None:
-        """Forget every destination's backoff and try now (a destination known to be back; tests)."""
-        with self._uploaders_lock:
-            for u in self._uploaders.values():
-                u.next_try = 0.0
-                u.wake.set()
-
-    def _upload_loop(self, u: _Uploader) -> None:
-        name = threading.current_thread().name
-        while not self._stop.is_set() and not u.retired:
-            delay = UPLOAD_IDLE
-            t0 = time.thread_time()
-            try:
-                delay = self._upload_destination(u)
-            except Exception as exc:  # never let the thread die
-                self.last_error = f"{type(exc).__name__}: {exc}"
-            self._cpu[name] = self._cpu.get(name, 0.0) + time.thread_time() - t0
-            u.wake.wait(delay)
-            u.wake.clear()
-
-    def upload_once(self) -> float:
-        """Send what the policies allow now, every destination in turn; returns how long to wait before the
-        next try (the shortest of the destinations' waits)."""
-        with self._uploaders_lock:
-            uploaders = list(self._uploaders.values())
-        return min((self._upload_destination(u) for u in uploaders), default=UPLOAD_IDLE)
-
-    def _upload_destination(self, u: _Uploader) -> float:
-        """One walk over the destination's batches, oldest first; stops at its first failure (backoff)."""
-        with u.lock:
-            wait = u.next_try - time.monotonic()
-            if wait > 0:
-                return wait
-            now = self.clock()
-            sealed = u.slot
-            if sealed is not None:
-                u.inflight = sealed  # (before the slot empties: status() sees it all along)
-                u.slot = None
-                try:
-                    delay = self._send_sealed(u, sealed, now)
-                finally:
-                    u.inflight = None
-                if delay is not None:
-                    return delay
-            idle = time.monotonic() - self.last_request
-            for b in self.spool.batches():
-                if b.endpoint not in u.endpoints:
-                    continue
-                if self._stop.is_set() or u.retired:
-                    return 0.0
-                policy = self.policies.get(b.endpoint)
-                dest = self._dests.get(b.endpoint)
-                if policy is None or dest is None or b.key_id != policy.key_id or dest.describe() != u.key:
-                    continue  # retired (enforce() deletes it) or moved to another destination
-                if not upload_allowed(policy, idle_seconds=idle, window_open=self._window_open(policy.window)):
-                    continue
-                try:
-                    acked = dest.put(self.spool.path_of(b.id))
-                except FileNotFoundError:
-                    self.spool.forget(b.id)
-                    continue  # purged meanwhile
-                except UploadError as exc:
-                    return self._failed(u, b.id, b.endpoint, exc, now)
-                if acked:
-                    self.spool.delete([b], "uploaded", "acknowledged", now, durable=False)
-                    self._acknowledged(u, now)
-            return UPLOAD_IDLE
-
-    def _send_sealed(self, u: _Uploader, sealed: _Sealed, now: float) -> float | None:
-        """Upload a batch handed over from memory; on failure it goes to the spool. None, or the backoff."""
-        policy = self.policies.get(sealed.endpoint)
-        dest = self._dests.get(sealed.endpoint)
-        if policy is None or policy.key_id != sealed.key_id or dest is None or dest.describe() != u.key:
-            self._store(sealed, now)  # moved or refused meanwhile: it waits in the spool; a retired
-            return None  # campaign's batch is dropped there (audited), never sent
-        batch_id = sealed.header["id"]
-        try:
-            dest.put_bytes(f"{batch_id}{SUFFIX}", sealed.data)
-        except UploadError as exc:
-            self._store(sealed, now)
-            return self._failed(u, batch_id, sealed.endpoint, exc, now)
-        self.spool.audit.write("uploaded", now, durable=False, batch=batch_id, endpoint=sealed.endpoint,
-                               bytes=len(sealed.data), reason="acknowledged")
-        self._acknowledged(u, now)
-        return None
-
-    def _failed(self, u: _Uploader, batch_id: str, endpoint: str, exc: UploadError, now: float) -> float:
-        u.failures += 1
-        if u.failures == 1:
-            self.spool.audit.write("upload-failed", now, durable=False, batch=batch_id, endpoint=endpoint,
-                                   destination=u.key, error=str(exc)[:300])
-            log.warning("capture upload failed", extra=fields(endpoint=endpoint, error=str(exc)[:300]))
-        u.last_error = self.last_error = str(exc)
-        delay = backoff_delay(u.failures, self.rand())
-        u.next_try = time.monotonic() + delay
-        waiting = u.slot
-        if waiting is not None:  # handed over meanwhile: it waits out the backoff in the spool, not in memory
-            u.slot = None
-            self._store(waiting, now)
-        return delay
-
-    def _acknowledged(self, u: _Uploader, now: float) -> None:
-        self.counts["uploaded"] += 1
-        if u.failures:
-            u.failures = 0
-            u.last_error = None
-            self.last_error = next((v.last_error for v in list(self._uploaders.values())
-                                    if v.failures and v.last_error), None)
-        self.last_upload = now
-        M_UPLOADED.inc()
 
     # -- status ---------------------------------------------------------------------------------------------
 
