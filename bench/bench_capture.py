@@ -16,7 +16,7 @@ identical servers: what the bench cannot resolve on this machine, in this run. T
 machine they say more about the scheduler than about capture), with the load average around the run, the
 request-path hook's ns per call, and the capture threads' CPU per captured record.
 Prints ONE JSON line. Run: ``PYTHONPATH=. .venv/bin/python bench/bench_capture.py [--dir /dev/shm] [--rounds 30]``
-(about 90 s at 30 rounds).
+(about 3 min at the default 60 rounds).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from reconciler.serving.registry import EndpointSpec, ModelRegistry  # noqa: E40
 
 CONCURRENCY = 16
 SECONDS = 1.5
-ROUNDS = 30  # a multiple of 3 (each server process takes each role as often); many: one round's ratio swings ±8 %
+ROUNDS = 60  # a multiple of 3 (each server process takes each role as often); many: one round's ratio swings ±8 %
 RATE = 0.10
 SETTLE = 0.4  # after each run: the writer drains every 0.2 s, then seals, writes and uploads
 
@@ -239,6 +239,12 @@ def main() -> None:
         "hook_ns_per_request": hook,
         "capture_threads_cpu_us_per_record": round(capture_cpu / captured * 1e6, 2) if captured else None,
         "capture_threads_cpu_share": round(capture_cpu / server_cpu_on, 4) if server_cpu_on else None,
+        # capture's own work per request (its threads' CPU clocks and the hook's extra ns) over off's CPU per
+        # request: read inside one process, so free of the between-process noise of the ratios above; what it
+        # leaves out is what capture costs the serving thread indirectly (caches, the GIL)
+        "direct_cost_share": round((capture_cpu / requests_on * 1e6 + (hook["on"] - hook["off"]) / 1000)
+                                   / statistics.median(r["cpu_us_per_req"] for r in runs["off"]), 4)
+        if requests_on else None,
         "captured_records": captured,
         "captured_share": round(captured / requests_on, 4) if requests_on else None,
         "dropped_records": sum(d["dropped"] for d in done),
