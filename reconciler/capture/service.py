@@ -87,7 +87,7 @@ QUEUE_MAX_BYTES = 64 * 1024 * 1024  # references to request arrays waiting for t
 RECORD_META_BYTES = 64  # what a record adds to its batch besides its arrays (its entry in the sealed index)
 ENFORCE_EVERY = 5.0  # retention and retired keys; the quota is checked at every write
 AUDIT_SYNC_EVERY = 1.0  # fsync of the audit lines written since (see AuditLog.write)
-POLL = 0.2
+POLL = 1.0  # the writer's longest sleep; the request path wakes it sooner, once half the queue's count waits
 DRAIN_CHUNK = 64  # records the writer takes off the queue per lock
 _EMPTY: dict[str, np.ndarray] = {}
 _OBSERVER = itemgetter(0)
@@ -122,9 +122,12 @@ class CaptureService(UploadWalks):
         self.last_request = 0.0
         self.rand = random.Random().random
         # Records waiting for the writer. append/popleft need no lock; the count and size bounds do, and hold
-        # at every append (the writer drains it every POLL seconds).
+        # at every append (the writer drains it every POLL seconds, or as soon as _wake_at records wait: few
+        # wake-ups, each a larger chunk of work, interrupt the serving thread less).
         self.queue: collections.deque[tuple[Any, ...]] = collections.deque()
         self.queue_max = queue_max
+        self._wake_at = max(1, queue_max // 2)
+        self._wake_writer = threading.Event()
         self.queued_bytes = 0
         self._queue_lock = threading.Lock()
         self.dropped: dict[str, int] = {}
@@ -266,6 +269,9 @@ class CaptureService(UploadWalks):
                 return
             self.queued_bytes += size
             self.queue.append((obs, trigger, feeds, outputs, t, size))
+            wake = len(self.queue) == self._wake_at
+        if wake:  # once per _wake_at records at most
+            self._wake_writer.set()
 
     # -- threads --------------------------------------------------------------------------------------------
 
@@ -289,6 +295,7 @@ class CaptureService(UploadWalks):
     def close(self, timeout: float = 10.0) -> None:
         """Seal what is buffered (a clean stop loses nothing) and stop the threads."""
         self._stop.set()
+        self._wake_writer.set()
         with self._uploaders_lock:
             for u in self._uploaders.values():
                 u.wake.set()
@@ -309,7 +316,11 @@ class CaptureService(UploadWalks):
 
     def _writer_loop(self) -> None:
         name = threading.current_thread().name
-        while not self._stop.wait(POLL):
+        while not self._stop.is_set():
+            self._wake_writer.wait(POLL)
+            self._wake_writer.clear()
+            if self._stop.is_set():
+                break
             t0 = time.thread_time()
             self._safe(self.drain)
             self._safe(self.flush)
