@@ -87,7 +87,7 @@ QUEUE_MAX_BYTES = 64 * 1024 * 1024  # references to request arrays waiting for t
 RECORD_META_BYTES = 64  # what a record adds to its batch besides its arrays (its entry in the sealed index)
 ENFORCE_EVERY = 5.0  # retention and retired keys; the quota is checked at every write
 AUDIT_SYNC_EVERY = 1.0  # fsync of the audit lines written since (see AuditLog.write)
-POLL = 1.0  # the writer's longest sleep; the request path wakes it sooner, once half the queue's count waits
+POLL = 1.0  # the writer's longest sleep; the request path wakes it sooner, once a quarter of the queue's count waits
 DRAIN_CHUNK = 64  # records the writer takes off the queue per lock
 _EMPTY: dict[str, np.ndarray] = {}
 _OBSERVER = itemgetter(0)
@@ -126,7 +126,7 @@ class CaptureService(UploadWalks):
         # wake-ups, each a larger chunk of work, interrupt the serving thread less).
         self.queue: collections.deque[tuple[Any, ...]] = collections.deque()
         self.queue_max = queue_max
-        self._wake_at = max(1, queue_max // 2)
+        self._wake_at = max(1, queue_max // 4)  # (three quarters left for a writer slow to get the CPU)
         self._wake_writer = threading.Event()
         self.queued_bytes = 0
         self._queue_lock = threading.Lock()
