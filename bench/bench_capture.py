@@ -10,11 +10,15 @@ followed by a short settle so that the capture threads' work on its records (dra
 counted in it.
 
 The cost is **CPU time per request** of a server process (every thread of it, the capture threads included):
-``on_vs_off_cpu_paired_median`` is the median over rounds of on/off CPU per request, goal ``<= 1.03``
-(capture costs under 3 %); ``aa_off2_vs_off_cpu_paired_median`` and its quartiles are the same ratio for two
-identical servers: what the bench cannot resolve on this machine, in this run. Throughput ratios are reported too (``on_vs_off_paired_median``; on a loaded
-machine they say more about the scheduler than about capture), with the load average around the run, the
-request-path hook's ns per call, and the capture threads' CPU per captured record.
+``on_vs_off_cpu_paired_median`` is the median over rounds of on/off CPU per request, goal ``<= 1.03`` (capture
+costs under 3 %); ``aa_off2_vs_off_cpu_paired_median`` and its quartiles are the same ratio for two identical
+servers: what the bench cannot resolve on this machine, in this run. Throughput ratios are reported too
+(``on_vs_off_paired_median``; on a loaded machine they say more about the scheduler than about capture), with
+the load average around the run, the request-path hook's ns per call, and the capture threads' CPU per captured
+record. ``direct_cost_share`` is capture's own work per request (its threads' CPU and the hook's extra ns) over
+``off``'s CPU per request, read inside one process: free of the between-process noise, blind to what capture
+costs the serving thread indirectly.
+
 Prints ONE JSON line. Run: ``PYTHONPATH=. .venv/bin/python bench/bench_capture.py [--dir /dev/shm] [--rounds 30]``
 (about 3 min at the default 60 rounds).
 """

@@ -8,17 +8,17 @@ copied, written, encrypted or sent on the request path.
 
 Writer thread: minimise (keep/redact; nothing to do for a policy that keeps everything), append the queued
 records to the endpoint's open batch as they are (:mod:`~.openbatch`), seal it to the campaign's public key when
-it holds ``batch.records`` records, ``batch.interval`` passed or the memory bound is reached (records whose layout
-changed within a batch are sealed as batches of one layout each). **Before** a sealed batch is written, the endpoint's oldest batches are deleted until
-it fits in ``maxBytes`` (a batch larger than ``maxBytes`` on its own is dropped and counted), so the spool is
-within the quota at every write, not at the next sweep; retention and retired keys are swept every
-:data:`ENFORCE_EVERY` seconds.
+it holds ``batch.records`` records, ``batch.interval`` passed or the memory bound is reached (records whose
+layout changed within a batch are sealed as batches of one layout each). **Before** a sealed batch is written,
+the endpoint's oldest batches are deleted until it fits in ``maxBytes`` (a batch larger than ``maxBytes`` on its
+own is dropped and counted), so the spool is within the quota at every write, not at the next sweep; retention
+and retired keys are swept every :data:`ENFORCE_EVERY` seconds.
 
 Uploaders (:mod:`~.uploads`): one thread per destination, each walking its own endpoints' batches oldest first,
-with its own exponential backoff and jitter, so a dead or hanging destination holds back only itself. While a destination
-takes uploads, the writer hands it a sealed batch in memory (at most two per destination: one being sent, one
-next) instead of writing it to the spool; it reaches the spool only if that upload fails (or on close). A batch
-is deleted only after the destination showed the stored object is the batch (:mod:`~.upload`).
+with its own exponential backoff and jitter, so a dead or hanging destination holds back only itself. While a
+destination takes uploads, the writer hands it a sealed batch in memory (at most two per destination: one being
+sent, one next) instead of writing it to the spool; it reaches the spool only if that upload fails (or on
+close). A batch is deleted only after the destination showed the stored object is the batch (:mod:`~.upload`).
 
 A destination URL the agent config does not allow (:func:`~reconciler.capture.upload.destination_refusal`) gets
 no connection: the endpoint keeps capturing within its quota and retention, its batches wait, and
