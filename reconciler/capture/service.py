@@ -368,7 +368,7 @@ class CaptureService(UploadWalks):
                 ob = self._open[endpoint] = OpenBatch(obs.model or self.models.get(endpoint, ""), obs.version,
                                                       entries[i][4], limit=min(MAX_OPEN_BATCH_BYTES,
                                                                                policy.max_bytes // 4 or 1))
-            take = entries[i:i + policy.batch_records - len(ob.entries)]
+            take = entries[i:i + max(1, policy.batch_records - len(ob.entries))]  # (>= 1: batch.records may drop)
             added = sum(map(SIZE, take)) + RECORD_META_BYTES * len(take)
             if ob.nbytes + added >= ob.limit:  # the byte bound falls inside this chunk: record by record
                 take, added = take[:1], take[0][5] + RECORD_META_BYTES
