@@ -1,19 +1,26 @@
 """Capture benchmark: the cost of capture at 10 % against capture off, measured side by side, paired.
 
 Three server processes serve the same tiny model (the worst case: the hook's cost is largest relative to a
-~20 µs inference), each in one of three roles: ``nohook`` (no observer), ``off`` (the capture observer, no
-policy) and ``on`` (capture 10 %, sealed batches "uploaded" to a directory destination, fsync and all). In each
-round the three take the same load **at the same time**, each from its own load generator process, so that
-whatever else the shared machine runs weighs on them alike; the roles rotate every round, so that what differs
-between the processes themselves cancels out. Each run is followed by a short settle so that the capture
-threads' work on its records (drain, seal, write, upload) is counted in it.
+~20 µs inference), each in one of three roles: ``off`` (the capture observer, no policy), ``off2`` (the same
+again: the A/A pair that shows the bench's own noise) and ``on`` (capture 10 %, sealed batches "uploaded" to a
+directory destination, fsync and all). In each round the three take the same load **at the same time**, each
+from its own load generator process, so that whatever else the shared machine runs weighs on them alike; the
+roles rotate every round, so that what differs between the processes themselves cancels out. Each run is
+followed by a short settle so that the capture threads' work on its records (drain, seal, write, upload) is
+counted in it.
 
 The cost is **CPU time per request** of a server process (every thread of it, the capture threads included):
-``on_vs_off_cpu_paired_median`` is the median over rounds of on/off CPU per request, goal ``<= 1.03``
-(capture costs under 3 %). Throughput ratios are reported too (``on_vs_off_paired_median``; on a loaded
-machine they say more about the scheduler than about capture), with the load average around the run, the
-request-path hook's ns per call, and the capture threads' CPU per captured record.
-Prints ONE JSON line. Run: ``PYTHONPATH=. .venv/bin/python bench/bench_capture.py [--dir /dev/shm]``.
+``on_vs_off_cpu_paired_median`` is the median over rounds of on/off CPU per request, goal ``<= 1.03`` (capture
+costs under 3 %); ``aa_off2_vs_off_cpu_paired_median`` and its quartiles are the same ratio for two identical
+servers: what the bench cannot resolve on this machine, in this run. Throughput ratios are reported too
+(``on_vs_off_paired_median``; on a loaded machine they say more about the scheduler than about capture), with
+the load average around the run, the request-path hook's ns per call, and the capture threads' CPU per captured
+record. ``direct_cost_share`` is capture's own work per request (its threads' CPU and the hook's extra ns) over
+``off``'s CPU per request, read inside one process: free of the between-process noise, blind to what capture
+costs the serving thread indirectly.
+
+Prints ONE JSON line. Run: ``PYTHONPATH=. .venv/bin/python bench/bench_capture.py [--dir /dev/shm] [--rounds 30]``
+(about 3 min at the default 60 rounds).
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ from reconciler.serving.registry import EndpointSpec, ModelRegistry  # noqa: E40
 
 CONCURRENCY = 16
 SECONDS = 1.5
-ROUNDS = 30  # a multiple of 3 (each server process takes each role as often); many: one round's ratio swings ±8 %
+ROUNDS = 60  # a multiple of 3 (each server process takes each role as often); many: one round's ratio swings ±8 %
 RATE = 0.10
 SETTLE = 0.4  # after each run: the writer drains every 0.2 s, then seals, writes and uploads
 
@@ -89,8 +96,8 @@ def hook_cost_ns(tmp: Path, public: bytes, calls: int = 1000, reps: int = 200) -
 
 
 def _server(index: int, tmp: Path, public: bytes, conn: Any) -> None:
-    """A server process with one endpoint ``m``; the parent sets its role each round: ``nohook`` (no
-    observer), ``off`` (the capture observer, no policy) or ``on`` (capture at RATE)."""
+    """A server process with one endpoint ``m``; the parent sets its role each round: ``off`` or ``off2`` (the
+    capture observer, no policy) or ``on`` (capture at RATE)."""
     svc = CaptureService(tmp / f"state-{index}", "bench-device")
     observer = svc.observer_for("m", "1")
     policy = parse_policy(_policy(public, tmp / "uploaded"))
@@ -110,7 +117,7 @@ def _server(index: int, tmp: Path, public: bytes, conn: Any) -> None:
             # Inline-or-pool is decided from each load's warm-up p50, which a loaded machine makes differ
             # between the identical models; pin it so that the servers differ only in capture.
             m.inline = True
-            m.observer = None if cmd == "nohook" else observer
+            m.observer = observer
         svc.configure({"m": policy} if cmd == "on" else {})
         conn.send(cmd)
     srv.stop()
@@ -131,10 +138,12 @@ def main() -> None:
                     help="where the spool and the directory destination go (default: the temp dir). On a shared "
                          "machine, the fsyncs' CPU grows with everyone's disk writes (ext4 commits the journal for "
                          "all of them); a tmpfs such as /dev/shm isolates capture's own CPU from that")
+    ap.add_argument("--rounds", type=int, default=ROUNDS, help=f"rounds, a multiple of 3 (default {ROUNDS})")
     args = ap.parse_args()
+    rounds = max(3, args.rounds - args.rounds % 3)
     tmp = Path(tempfile.mkdtemp(prefix="bench-capture-", dir=args.dir))
     _, public = generate_keypair()
-    roles = ("nohook", "off", "on")
+    roles = ("off", "off2", "on")
     ctx = mp.get_context("fork")  # before any thread of this process
     conns, procs, ports = [], [], []
     for i in range(len(roles)):
@@ -169,7 +178,7 @@ def main() -> None:
     load_before = os.getloadavg()
     ask(list(roles))
     together(0.5)  # warm-up
-    for i in range(ROUNDS):
+    for i in range(rounds):
         # Every process takes every role in turn: what differs between the processes themselves (which core,
         # which neighbour) cancels out over the rounds; within a round the three run at the same time.
         assigned = [roles[(k + i) % len(roles)] for k in range(len(roles))]
@@ -203,7 +212,7 @@ def main() -> None:
         return sorted(round(x[key] / y[key], 4) for x, y in zip(runs[a], runs[b], strict=True))
 
     out = {
-        "bench": "capture", "concurrency": CONCURRENCY, "seconds": SECONDS, "rounds": ROUNDS, "sample_rate": RATE,
+        "bench": "capture", "concurrency": CONCURRENCY, "seconds": SECONDS, "rounds": rounds, "sample_rate": RATE,
         "cpus": os.cpu_count(), "dir": str(tmp.parent),
         "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in load_after],
         # CPU per request of a server process (every thread), the three loaded at the same time, roles rotating:
@@ -212,24 +221,34 @@ def main() -> None:
                                   for k, v in runs.items()},
         "on_vs_off_cpu_paired_median": round(statistics.median(paired("on", "off", "cpu_us_per_req")), 4),
         "on_vs_off_cpu_paired_quartiles": _quartiles(paired("on", "off", "cpu_us_per_req")),
-        "off_vs_nohook_cpu_paired_median": round(statistics.median(paired("off", "nohook", "cpu_us_per_req")), 4),
         "goal_on_vs_off_cpu_max": 1.03,
+        # the A/A pair: two identical servers, the same rounds; its spread is the bench's resolution here
+        "aa_off2_vs_off_cpu_paired_median": round(statistics.median(paired("off2", "off", "cpu_us_per_req")), 4),
+        "aa_off2_vs_off_cpu_paired_quartiles": _quartiles(paired("off2", "off", "cpu_us_per_req")),
         # the serving thread alone (request path: HTTP, inference, the observer hook; and what the capture
         # threads cost it by competing for the GIL)
         "serving_thread_cpu_us_per_req_median": {
             k: round(statistics.median(r["serving_thread_cpu_us_per_req"] for r in v), 2) for k, v in runs.items()},
         "on_vs_off_serving_thread_cpu_paired_median": round(statistics.median(
             paired("on", "off", "serving_thread_cpu_us_per_req")), 4),
+        "aa_off2_vs_off_serving_thread_cpu_paired_median": round(statistics.median(
+            paired("off2", "off", "serving_thread_cpu_us_per_req")), 4),
         "rps_median": {k: statistics.median(r["rps"] for r in v) for k, v in runs.items()},
         "p99_us_median": {k: statistics.median(r["p99_us"] for r in v) for k, v in runs.items()},
         "errors": sum(r["errors"] for v in runs.values() for r in v),
         "on_vs_off_paired_median": round(statistics.median(paired("on", "off", "rps")), 4),
-        "off_vs_nohook_paired_median": round(statistics.median(paired("off", "nohook", "rps")), 4),
+        "aa_off2_vs_off_paired_median": round(statistics.median(paired("off2", "off", "rps")), 4),
         # Where capture's CPU goes: the request-path hook per call, and the capture threads (drain, minimise,
         # seal, write, upload) per captured record and as a share of the "on" server's CPU.
         "hook_ns_per_request": hook,
         "capture_threads_cpu_us_per_record": round(capture_cpu / captured * 1e6, 2) if captured else None,
         "capture_threads_cpu_share": round(capture_cpu / server_cpu_on, 4) if server_cpu_on else None,
+        # capture's own work per request (its threads' CPU clocks and the hook's extra ns) over off's CPU per
+        # request: read inside one process, so free of the between-process noise of the ratios above; what it
+        # leaves out is what capture costs the serving thread indirectly (caches, the GIL)
+        "direct_cost_share": round((capture_cpu / requests_on * 1e6 + (hook["on"] - hook["off"]) / 1000)
+                                   / statistics.median(r["cpu_us_per_req"] for r in runs["off"]), 4)
+        if requests_on else None,
         "captured_records": captured,
         "captured_share": round(captured / requests_on, 4) if requests_on else None,
         "dropped_records": sum(d["dropped"] for d in done),

@@ -32,6 +32,7 @@ import stat
 import struct
 import time
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -93,25 +94,6 @@ class OpenedBatch:
     arrays: dict[str, np.ndarray]
 
 
-def stack_records(records: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
-    """Arrays keyed by input/output name, records stacked along the first (batch) axis."""
-    out: dict[str, np.ndarray] = {}
-    if not records:
-        return out
-    names = list(records[0][0]) + [n for n in records[0][1] if n not in records[0][0]]
-    for name in names:
-        side = 0 if name in records[0][0] else 1
-        try:  # the usual case: every record has the same layout (a device's batch always does)
-            parts = [r[side][name] for r in records]
-        except KeyError:
-            parts = [(r[0] if name in r[0] else r[1])[name] for r in records]
-        try:
-            out[name] = np.concatenate(parts, axis=0)
-        except ValueError:  # scalars: one row each
-            out[name] = np.concatenate([p if p.ndim else p.reshape(1) for p in parts], axis=0)
-    return out
-
-
 # Triggers are fixed identifiers: a record index entry is written without JSON escaping (see _index_json).
 _PLAIN_TRIGGER = re.compile(r"[A-Za-z]{1,32}")
 
@@ -132,13 +114,11 @@ def seal_batch(meta: dict[str, Any], arrays: dict[str, np.ndarray], recipient: b
 
     ``record_index``: (time, trigger, rows) per record, sealed as the metadata's ``recordIndex``."""
     _check_id(meta.get("id"), "seal")
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
     meta = dict(meta, format=1, keyId=recipient_key_id(recipient))
     text = json.dumps(meta, sort_keys=True, separators=(",", ":"))
     if record_index is not None:
         text = text[:-1] + ',"recordIndex":' + _index_json(record_index) + "}"
-    inner = text.encode() + b"\n" + buf.getvalue()
+    inner = text.encode() + b"\n" + npz_bytes(arrays)
     payload = SealedBox(PublicKey(recipient)).encrypt(inner)
     header = {k: meta[k] for k in BOUND_FIELDS if k in meta}
     header["payloadSha256"] = hashlib.sha256(payload).hexdigest()
@@ -211,6 +191,41 @@ def _check_meta(meta: Mapping[str, Any], name: str) -> None:
 
 _EOCD = struct.Struct("<4sHHHHIIH")
 _CENTRAL = struct.Struct("<4s6H3I5HII")
+_LOCAL = struct.Struct("<4s5H3I2H")
+_DOS_DATE = 0x21  # 1980-01-01: no clock reading in the archive
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    """What ``np.lib.format.write_array`` writes (format 1.0), at a fifth of its cost for a plain array."""
+    if arr.flags.c_contiguous and not arr.dtype.hasobject and arr.dtype.fields is None:
+        descr = np.lib.format.dtype_to_descr(arr.dtype)
+        text = f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': {arr.shape!r}, }}"
+        text += " " * (63 - (len(text) + 10) % 64) + "\n"  # the data starts 64-byte aligned
+        if len(text) < 65536:
+            return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin-1") + arr.tobytes()
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """The ``np.savez`` layout (a plain zip, stored, one ``<name>.npy`` member per array, never pickling) built
+    in memory directly: ``zipfile`` costs a device's writer more per batch than sealing it."""
+    local: list[bytes] = []
+    central: list[bytes] = []
+    offset = 0
+    for key, arr in arrays.items():
+        data = _npy_bytes(np.asanyarray(arr))
+        name = f"{key}.npy".encode("utf-8", "surrogatepass")
+        flags = 0 if name.isascii() else 0x800
+        crc = zlib.crc32(data)
+        local += [_LOCAL.pack(b"PK\x03\x04", 20, flags, zipfile.ZIP_STORED, 0, _DOS_DATE, crc, len(data), len(data),
+                              len(name), 0), name, data]
+        central += [_CENTRAL.pack(b"PK\x01\x02", 20, 20, flags, zipfile.ZIP_STORED, 0, _DOS_DATE, crc, len(data),
+                                  len(data), len(name), 0, 0, 0, 0, 0, offset), name]
+        offset += _LOCAL.size + len(name) + len(data)
+    cd = b"".join(central)
+    return b"".join(local) + cd + _EOCD.pack(b"PK\x05\x06", 0, 0, len(arrays), len(arrays), len(cd), offset, 0)
 
 
 def _valid_array_name(key: str) -> bool:

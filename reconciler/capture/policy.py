@@ -74,6 +74,11 @@ class CapturePolicy:
         return recipient_key_id(self.recipient) if self.recipient else ""
 
     @property
+    def keeps_everything(self) -> bool:
+        """Every input and output, unredacted: minimisation leaves a record as it is."""
+        return self.keep_inputs is None and self.keep_outputs is None and not self.redactions
+
+    @property
     def wants_outputs(self) -> bool:
         return self.keep_outputs is None or bool(self.keep_outputs)
 
@@ -193,7 +198,7 @@ def minimise(policy: CapturePolicy, inputs: Mapping[str, np.ndarray],
     A redaction of a tensor that is not tabular (rank 2) drops the whole tensor: a rule that cannot be applied
     exactly never lets the data through.
     """
-    if policy.keep_inputs is None and policy.keep_outputs is None and not policy.redactions:
+    if policy.keeps_everything:
         return inputs, outputs  # type: ignore[return-value]  # everything is kept: the same mappings, no copy
     keep_in = inputs if policy.keep_inputs is None else {k: v for k, v in inputs.items() if k in policy.keep_inputs}
     kept_inputs = dict(keep_in)

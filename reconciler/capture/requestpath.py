@@ -8,7 +8,6 @@ reduced to what a request needs, precomputed when the policy is configured.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -17,21 +16,6 @@ from reconciler.capture.policy import SAMPLED, CapturePolicy, capture_trigger, m
 
 _EMPTY: dict[str, np.ndarray] = {}
 _monotonic = time.monotonic
-
-def _same_layout(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:
-    """Records stack into one batch only when names, dtypes, ranks and shapes past the first axis agree."""
-    if len(a) != len(b):
-        return False
-    for k, x in a.items():
-        y = b.get(k)
-        if y is None:
-            return False
-        if x is y:
-            continue
-        dx, dy = x.dtype, y.dtype
-        if (dx is not dy and dx != dy) or x.ndim != y.ndim or (x.ndim > 1 and x.shape[1:] != y.shape[1:]):
-            return False
-    return True
 
 
 class _Plan:

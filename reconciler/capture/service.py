@@ -6,18 +6,19 @@ endpoint's sampling plan and draw a random number; only for a request that is ca
 bounded queue (a lock-protected count and size; a full queue drops the record and counts it). Nothing is
 copied, written, encrypted or sent on the request path.
 
-Writer thread: minimise (keep/redact), stack records into the endpoint's open batch, seal it to the campaign's
-public key when it holds ``batch.records`` records, ``batch.interval`` passed, the record layout changes or the
-memory bound is reached. **Before** a sealed batch is written, the endpoint's oldest batches are deleted until
-it fits in ``maxBytes`` (a batch larger than ``maxBytes`` on its own is dropped and counted), so the spool is
-within the quota at every write, not at the next sweep; retention and retired keys are swept every
-:data:`ENFORCE_EVERY` seconds.
+Writer thread: minimise (keep/redact; nothing to do for a policy that keeps everything), append the queued
+records to the endpoint's open batch as they are (:mod:`~.openbatch`), seal it to the campaign's public key when
+it holds ``batch.records`` records, ``batch.interval`` passed or the memory bound is reached (records whose
+layout changed within a batch are sealed as batches of one layout each). **Before** a sealed batch is written,
+the endpoint's oldest batches are deleted until it fits in ``maxBytes`` (a batch larger than ``maxBytes`` on its
+own is dropped and counted), so the spool is within the quota at every write, not at the next sweep; retention
+and retired keys are swept every :data:`ENFORCE_EVERY` seconds.
 
-Uploaders: one thread per destination, each walking its own endpoints' batches oldest first, with its own
-exponential backoff and jitter, so a dead or hanging destination holds back only itself. While a destination
-takes uploads, the writer hands it a sealed batch in memory (at most two per destination: one being sent, one
-next) instead of writing it to the spool; it reaches the spool only if that upload fails (or on close). A batch
-is deleted only after the destination showed the stored object is the batch (:mod:`~.upload`).
+Uploaders (:mod:`~.uploads`): one thread per destination, each walking its own endpoints' batches oldest first,
+with its own exponential backoff and jitter, so a dead or hanging destination holds back only itself. While a
+destination takes uploads, the writer hands it a sealed batch in memory (at most two per destination: one being
+sent, one next) instead of writing it to the spool; it reaches the spool only if that upload fails (or on
+close). A batch is deleted only after the destination showed the stored object is the batch (:mod:`~.upload`).
 
 A destination URL the agent config does not allow (:func:`~reconciler.capture.upload.destination_refusal`) gets
 no connection: the endpoint keeps capturing within its quota and retention, its batches wait, and
@@ -27,38 +28,47 @@ no connection: the endpoint keeps capturing within its quota and retention, its 
 from __future__ import annotations
 
 import collections
+import functools
+import itertools
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from prometheus_client import Counter, Gauge
 
-from reconciler.capture.batch import SUFFIX, new_batch_id, seal_batch, stack_records
+from reconciler.capture.batch import new_batch_id, seal_batch
 from reconciler.capture.handoff import _Sealed, _Uploader
+from reconciler.capture.openbatch import (
+    MAX_OPEN_BATCH_BYTES,
+    SIZE,
+    TRIGGER,
+    Entry,
+    OpenBatch,
+    stack_runs,
+)
 from reconciler.capture.policy import (
     CapturePolicy,
     StoredBatch,
-    backoff_delay,
     minimise,
     select_purge,
     select_room,
     upload_allowed,
 )
-from reconciler.capture.requestpath import CaptureObserver, _Plan, _same_layout
+from reconciler.capture.requestpath import CaptureObserver, _Plan
 from reconciler.capture.spool import Spool
 from reconciler.capture.upload import (
     DirectoryDestination,
     HttpDestination,
-    UploadError,
     destination_refusal,
     origin_of,
 )
+from reconciler.capture.uploads import UploadWalks
 from reconciler.core.credentials import Credentials
 from reconciler.core.logs import fields
 from reconciler.core.reasons import CAPTURE_DESTINATION_REFUSED
@@ -68,7 +78,6 @@ log = logging.getLogger("reconciler.capture")
 M_RECORDS = Counter("modelfleet_capture_records_total", "Records captured (before sealing).", ["endpoint", "trigger"])
 M_DROPPED = Counter("modelfleet_capture_dropped_total", "Records dropped because the capture queue was full.",
                     ["endpoint"])
-M_UPLOADED = Counter("modelfleet_capture_uploaded_batches_total", "Batches acknowledged by the destination.")
 M_PURGED = Counter("modelfleet_capture_purged_batches_total",
                    "Batches deleted unsent, or not written because alone they exceed maxBytes (over-quota).",
                    ["reason"])
@@ -76,32 +85,27 @@ M_PENDING = Gauge("modelfleet_capture_pending_bytes", "Bytes of sealed batches w
 
 QUEUE_MAX = 1024
 QUEUE_MAX_BYTES = 64 * 1024 * 1024  # references to request arrays waiting for the writer
-MAX_OPEN_BATCH_BYTES = 4 * 1024 * 1024
 RECORD_META_BYTES = 64  # what a record adds to its batch besides its arrays (its entry in the sealed index)
 ENFORCE_EVERY = 5.0  # retention and retired keys; the quota is checked at every write
 AUDIT_SYNC_EVERY = 1.0  # fsync of the audit lines written since (see AuditLog.write)
-POLL = 0.2
+POLL = 1.0  # the writer's longest sleep; the request path wakes it sooner, once a quarter of the queue's count waits
 DRAIN_CHUNK = 64  # records the writer takes off the queue per lock
-UPLOAD_IDLE = 5.0  # an uploader with nothing to send (or not allowed to) looks again after this long
 _EMPTY: dict[str, np.ndarray] = {}
+_OBSERVER = itemgetter(0)
 
 
-@dataclass
-class _Open:
-    """An endpoint's batch being filled (plaintext, in memory only, bounded)."""
-
-    model: str
-    version: str
-    first: tuple[dict[str, np.ndarray], dict[str, np.ndarray]]  # the layout every record must match
-    start: float
-    records: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = field(default_factory=list)
-    meta: list[tuple[float, str, int]] = field(default_factory=list)  # (time, trigger, rows) per record
-    nbytes: int = 0
-    end: float = 0.0
-    limit: int = MAX_OPEN_BATCH_BYTES  # sealed at this many bytes
+def _minimised(policy: CapturePolicy, entry: Entry) -> Entry | None:
+    """A queued record with only what the policy keeps (None: nothing), its size counting what is kept."""
+    obs, trigger, feeds, outputs, t, size = entry
+    inputs, outs = minimise(policy, feeds, outputs)
+    if not inputs and not outs:
+        return None
+    if inputs is not feeds or outs is not outputs:
+        size = sum(a.nbytes for a in inputs.values()) + sum(a.nbytes for a in outs.values())
+    return (obs, trigger, inputs, outs, t, size)
 
 
-class CaptureService:
+class CaptureService(UploadWalks):
     """Everything capture does on a device; ``configure`` follows the desired state's policies."""
 
     def __init__(self, state_dir: Path, device: str, *, clock: Callable[[], float] = time.time,
@@ -120,9 +124,12 @@ class CaptureService:
         self.last_request = 0.0
         self.rand = random.Random().random
         # Records waiting for the writer. append/popleft need no lock; the count and size bounds do, and hold
-        # at every append (the writer drains it every POLL seconds).
+        # at every append (the writer drains it every POLL seconds, or as soon as _wake_at records wait: few
+        # wake-ups, each a larger chunk of work, interrupt the serving thread less).
         self.queue: collections.deque[tuple[Any, ...]] = collections.deque()
         self.queue_max = queue_max
+        self._wake_at = max(1, queue_max // 4)  # (three quarters left for a writer slow to get the CPU)
+        self._wake_writer = threading.Event()
         self.queued_bytes = 0
         self._queue_lock = threading.Lock()
         self.dropped: dict[str, int] = {}
@@ -135,7 +142,7 @@ class CaptureService:
         self._allowed_origins = frozenset(origin_of(o) for o in upload_allowed_origins)
         self._refused: dict[str, str] = {}  # endpoint -> why its destination gets no upload
         self._window_open = window_open or (lambda w: True)
-        self._open: dict[str, _Open] = {}
+        self._open: dict[str, OpenBatch] = {}
         self._dests: dict[str, Any] = {}
         self._uploaders: dict[str, _Uploader] = {}  # destination (describe()) -> its sender
         self._uploaders_lock = threading.Lock()
@@ -251,6 +258,8 @@ class CaptureService:
 
     def offer(self, obs: CaptureObserver, trigger: str, feeds: dict[str, np.ndarray],
               outputs: dict[str, np.ndarray]) -> None:
+        if not feeds and not outputs:
+            return  # nothing to keep (checked here, where the mappings are in hand, not in the writer)
         size = 0
         for a in feeds.values():
             size += a.nbytes
@@ -263,6 +272,9 @@ class CaptureService:
                 return
             self.queued_bytes += size
             self.queue.append((obs, trigger, feeds, outputs, t, size))
+            wake = len(self.queue) == self._wake_at
+        if wake:  # once per _wake_at records at most
+            self._wake_writer.set()
 
     # -- threads --------------------------------------------------------------------------------------------
 
@@ -286,6 +298,7 @@ class CaptureService:
     def close(self, timeout: float = 10.0) -> None:
         """Seal what is buffered (a clean stop loses nothing) and stop the threads."""
         self._stop.set()
+        self._wake_writer.set()
         with self._uploaders_lock:
             for u in self._uploaders.values():
                 u.wake.set()
@@ -306,7 +319,11 @@ class CaptureService:
 
     def _writer_loop(self) -> None:
         name = threading.current_thread().name
-        while not self._stop.wait(POLL):
+        while not self._stop.is_set():
+            self._wake_writer.wait(POLL)
+            self._wake_writer.clear()
+            if self._stop.is_set():
+                break
             t0 = time.thread_time()
             self._safe(self.drain)
             self._safe(self.flush)
@@ -321,56 +338,51 @@ class CaptureService:
 
     def drain(self) -> None:
         """Process everything queued now (tests, shutdown)."""
-        counted: dict[tuple[str, str], int] = {}
-        lock, queue, add = self._queue_lock, self.queue, self._add
+        counted: collections.Counter[tuple[str, str]] = collections.Counter()
+        lock, queue = self._queue_lock, self.queue
         try:
             while queue:
                 with lock:  # a few at a time: the count and size bounds stay exact for the request path
                     items = [queue.popleft() for _ in range(min(len(queue), DRAIN_CHUNK))]
-                    self.queued_bytes -= sum(item[5] for item in items)
-                for obs, trigger, feeds, outputs, t, size in items:
-                    if add(obs, trigger, feeds, outputs, t, size):
-                        key = (obs.endpoint, trigger)
-                        counted[key] = counted.get(key, 0) + 1
+                    self.queued_bytes -= sum(map(SIZE, items))
+                for obs, group in itertools.groupby(items, _OBSERVER):  # (a chunk is mostly one observer's)
+                    for trigger, n in collections.Counter(map(TRIGGER, self._add(obs, list(group)))).items():
+                        counted[(obs.endpoint, trigger)] += n
         finally:
             for (endpoint, trigger), n in counted.items():
                 M_RECORDS.labels(endpoint, trigger).inc(n)
 
-    def _add(self, obs: CaptureObserver, trigger: str, feeds: dict[str, np.ndarray],
-             outputs: dict[str, np.ndarray], t: float, size: int) -> bool:
+    def _add(self, obs: CaptureObserver, entries: list[Entry]) -> list[Entry]:
+        """Append one observer's records to its endpoint's open batch (minimised first if the policy says so),
+        sealing it whenever full; returns the records kept."""
         endpoint = obs.endpoint
         policy = self.policies.get(endpoint)
         if policy is None:
-            return False  # the policy went away while the record waited: it is not kept
-        inputs, outs = minimise(policy, feeds, outputs)
-        if inputs is not feeds or outs is not outputs:  # minimised: count what is kept
-            if not inputs and not outs:
-                return False
-            size = sum(a.nbytes for a in inputs.values()) + sum(a.nbytes for a in outs.values())
-        elif not inputs and not outs:
-            return False
+            return []  # the policy went away while the records waited: they are not kept
+        if not policy.keeps_everything:
+            entries = [e for e in map(functools.partial(_minimised, policy), entries) if e is not None]
         ob = self._open.get(endpoint)
-        if ob is not None and (ob.version != obs.version or not _same_layout(ob.first[0], inputs)
-                               or ((outs or ob.first[1]) and not _same_layout(ob.first[1], outs))):
+        if ob is not None and ob.version != obs.version:
             self._seal(endpoint, ob, policy)
             ob = None
-        if ob is None:
-            ob = self._open[endpoint] = _Open(obs.model or self.models.get(endpoint, ""), obs.version,
-                                              (inputs, outs), t,
-                                              limit=min(MAX_OPEN_BATCH_BYTES, policy.max_bytes // 4 or 1))
-        rows = 1
-        for first in inputs.values():
-            if first.ndim:
-                rows = first.shape[0]
-            break
-        ob.records.append((inputs, outs))
-        ob.meta.append((t, trigger, rows))
-        ob.nbytes += size + RECORD_META_BYTES
-        ob.end = t
-        self.counts["captured"] += 1
-        if len(ob.records) >= policy.batch_records or ob.nbytes >= ob.limit:
-            self._seal(endpoint, ob, policy)
-        return True
+        i = 0
+        while i < len(entries):
+            if ob is None:
+                ob = self._open[endpoint] = OpenBatch(obs.model or self.models.get(endpoint, ""), obs.version,
+                                                      entries[i][4], limit=min(MAX_OPEN_BATCH_BYTES,
+                                                                               policy.max_bytes // 4 or 1))
+            take = entries[i:i + max(1, policy.batch_records - len(ob.entries))]  # (>= 1: batch.records may drop)
+            added = sum(map(SIZE, take)) + RECORD_META_BYTES * len(take)
+            if ob.nbytes + added >= ob.limit:  # the byte bound falls inside this chunk: record by record
+                take, added = take[:1], take[0][5] + RECORD_META_BYTES
+            ob.entries += take
+            ob.nbytes += added
+            i += len(take)
+            if len(ob.entries) >= policy.batch_records or ob.nbytes >= ob.limit:
+                self._seal(endpoint, ob, policy)
+                ob = None
+        self.counts["captured"] += len(entries)
+        return entries
 
     def flush(self, force: bool = False) -> None:
         """Seal batches that are due (or all of them), then enforce retention and retired keys."""
@@ -394,35 +406,32 @@ class CaptureService:
             self._last_audit_sync = mono
             self.spool.audit.sync()
 
-    def _seal(self, endpoint: str, ob: _Open, policy: CapturePolicy) -> None:
+    def _seal(self, endpoint: str, ob: OpenBatch, policy: CapturePolicy) -> None:
         self._open.pop(endpoint, None)
-        if not ob.records:
+        if not ob.entries:
             return
-        now = self.clock()
-        triggers: dict[str, int] = {}
-        rows = 0
-        for _, trigger, n in ob.meta:
-            triggers[trigger] = triggers.get(trigger, 0) + 1
-            rows += n
-        meta = {
-            "id": new_batch_id(now), "device": self.device, "endpoint": endpoint, "model": ob.model,
-            "modelVersion": ob.version, "campaign": policy.campaign, "purpose": policy.purpose,
-            "start": round(ob.start, 3), "end": round(ob.end, 3), "records": len(ob.records),
-            "rows": rows, "triggers": triggers,
-            "redactions": [{"input": r.input, "columns": list(r.columns), "action": r.action}
-                           for r in policy.redactions],
-        }
-        header, data = seal_batch(meta, stack_records(ob.records), policy.recipient, record_index=ob.meta)
-        ob.records.clear()
-        if len(data) > policy.max_bytes:
-            self._drop_over_quota(endpoint, policy, header, data, now)
-            return
-        self.spool.audit.write("sealed", now, durable=False, batch=header["id"], endpoint=endpoint,
-                               modelVersion=header["modelVersion"], records=header["records"], rows=header["rows"],
-                               bytes=len(data), keyId=header["keyId"], campaign=policy.campaign)
-        sealed = _Sealed(endpoint, header, data, policy.key_id)
-        if self._hand_off(sealed, policy) or self._store(sealed, now):
-            self.counts["sealed"] += 1  # counted once it is in the spool or with its uploader (status counts both)
+        for run in stack_runs(ob.entries):  # one run, unless the records' layout changed in the batch
+            now = self.clock()
+            meta = {
+                "id": new_batch_id(now), "device": self.device, "endpoint": endpoint, "model": ob.model,
+                "modelVersion": ob.version, "campaign": policy.campaign, "purpose": policy.purpose,
+                "start": round(run.index[0][0], 3), "end": round(run.index[-1][0], 3), "records": len(run.index),
+                "rows": sum(r[2] for r in run.index), "triggers": dict(collections.Counter(map(TRIGGER, run.entries))),
+                "redactions": [{"input": r.input, "columns": list(r.columns), "action": r.action}
+                               for r in policy.redactions],
+            }
+            header, data = seal_batch(meta, run.arrays, policy.recipient, record_index=run.index)
+            if len(data) > policy.max_bytes:
+                self._drop_over_quota(endpoint, policy, header, data, now)
+                continue
+            self.spool.audit.write("sealed", now, durable=False, batch=header["id"], endpoint=endpoint,
+                                   modelVersion=header["modelVersion"], records=header["records"],
+                                   rows=header["rows"], bytes=len(data), keyId=header["keyId"],
+                                   campaign=policy.campaign)
+            sealed = _Sealed(endpoint, header, data, policy.key_id)
+            if self._hand_off(sealed, policy) or self._store(sealed, now):
+                self.counts["sealed"] += 1  # once in the spool or with its uploader (status counts both)
+        ob.entries.clear()
 
     def _drop_over_quota(self, endpoint: str, policy: CapturePolicy, header: dict[str, Any], data: bytes,
                          now: float) -> None:
@@ -507,125 +516,6 @@ class CaptureService:
                 M_PURGED.labels(reason).inc()
         M_PENDING.set(sum(b.size for b in stored) - sum(b.size for b, _ in doomed))
         return out
-
-    # -- uploads --------------------------------------------------------------------------------------------
-
-    def _wake_uploader(self, endpoint: str) -> None:
-        dest = self._dests.get(endpoint)
-        u = self._uploaders.get(dest.describe()) if dest is not None else None
-        if u is not None:
-            u.wake.set()  # it still waits out its backoff
-
-    def retry_uploads(self) -> None:
-        """Forget every destination's backoff and try now (a destination known to be back; tests)."""
-        with self._uploaders_lock:
-            for u in self._uploaders.values():
-                u.next_try = 0.0
-                u.wake.set()
-
-    def _upload_loop(self, u: _Uploader) -> None:
-        name = threading.current_thread().name
-        while not self._stop.is_set() and not u.retired:
-            delay = UPLOAD_IDLE
-            t0 = time.thread_time()
-            try:
-                delay = self._upload_destination(u)
-            except Exception as exc:  # never let the thread die
-                self.last_error = f"{type(exc).__name__}: {exc}"
-            self._cpu[name] = self._cpu.get(name, 0.0) + time.thread_time() - t0
-            u.wake.wait(delay)
-            u.wake.clear()
-
-    def upload_once(self) -> float:
-        """Send what the policies allow now, every destination in turn; returns how long to wait before the
-        next try (the shortest of the destinations' waits)."""
-        with self._uploaders_lock:
-            uploaders = list(self._uploaders.values())
-        return min((self._upload_destination(u) for u in uploaders), default=UPLOAD_IDLE)
-
-    def _upload_destination(self, u: _Uploader) -> float:
-        """One walk over the destination's batches, oldest first; stops at its first failure (backoff)."""
-        with u.lock:
-            wait = u.next_try - time.monotonic()
-            if wait > 0:
-                return wait
-            now = self.clock()
-            sealed = u.slot
-            if sealed is not None:
-                u.inflight = sealed  # (before the slot empties: status() sees it all along)
-                u.slot = None
-                try:
-                    delay = self._send_sealed(u, sealed, now)
-                finally:
-                    u.inflight = None
-                if delay is not None:
-                    return delay
-            idle = time.monotonic() - self.last_request
-            for b in self.spool.batches():
-                if b.endpoint not in u.endpoints:
-                    continue
-                if self._stop.is_set() or u.retired:
-                    return 0.0
-                policy = self.policies.get(b.endpoint)
-                dest = self._dests.get(b.endpoint)
-                if policy is None or dest is None or b.key_id != policy.key_id or dest.describe() != u.key:
-                    continue  # retired (enforce() deletes it) or moved to another destination
-                if not upload_allowed(policy, idle_seconds=idle, window_open=self._window_open(policy.window)):
-                    continue
-                try:
-                    acked = dest.put(self.spool.path_of(b.id))
-                except FileNotFoundError:
-                    self.spool.forget(b.id)
-                    continue  # purged meanwhile
-                except UploadError as exc:
-                    return self._failed(u, b.id, b.endpoint, exc, now)
-                if acked:
-                    self.spool.delete([b], "uploaded", "acknowledged", now, durable=False)
-                    self._acknowledged(u, now)
-            return UPLOAD_IDLE
-
-    def _send_sealed(self, u: _Uploader, sealed: _Sealed, now: float) -> float | None:
-        """Upload a batch handed over from memory; on failure it goes to the spool. None, or the backoff."""
-        policy = self.policies.get(sealed.endpoint)
-        dest = self._dests.get(sealed.endpoint)
-        if policy is None or policy.key_id != sealed.key_id or dest is None or dest.describe() != u.key:
-            self._store(sealed, now)  # moved or refused meanwhile: it waits in the spool; a retired
-            return None  # campaign's batch is dropped there (audited), never sent
-        batch_id = sealed.header["id"]
-        try:
-            dest.put_bytes(f"{batch_id}{SUFFIX}", sealed.data)
-        except UploadError as exc:
-            self._store(sealed, now)
-            return self._failed(u, batch_id, sealed.endpoint, exc, now)
-        self.spool.audit.write("uploaded", now, durable=False, batch=batch_id, endpoint=sealed.endpoint,
-                               bytes=len(sealed.data), reason="acknowledged")
-        self._acknowledged(u, now)
-        return None
-
-    def _failed(self, u: _Uploader, batch_id: str, endpoint: str, exc: UploadError, now: float) -> float:
-        u.failures += 1
-        if u.failures == 1:
-            self.spool.audit.write("upload-failed", now, durable=False, batch=batch_id, endpoint=endpoint,
-                                   destination=u.key, error=str(exc)[:300])
-            log.warning("capture upload failed", extra=fields(endpoint=endpoint, error=str(exc)[:300]))
-        u.last_error = self.last_error = str(exc)
-        delay = backoff_delay(u.failures, self.rand())
-        u.next_try = time.monotonic() + delay
-        waiting = u.slot
-        if waiting is not None:  # handed over meanwhile: it waits out the backoff in the spool, not in memory
-            u.slot = None
-            self._store(waiting, now)
-        return delay
-
-    def _acknowledged(self, u: _Uploader, now: float) -> None:
-        self.counts["uploaded"] += 1
-        if u.failures:
-            u.failures = 0
-            u.last_error = None
-            self.last_error = next((v.last_error for v in list(self._uploaders.values())
-                                    if v.failures and v.last_error), None)
-        self.last_upload = now
-        M_UPLOADED.inc()
 
     # -- status ---------------------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from reconciler.capture import service
+from reconciler.capture import uploads
 from reconciler.capture.batch import MAGIC
 from reconciler.capture.policy import parse_policy
 from reconciler.capture.service import CaptureService
@@ -186,7 +186,7 @@ def test_a_dead_destination_does_not_hold_back_another_endpoints_batches(tmp_pat
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """The oldest batch is the dead destination's: the other endpoint's still go, and the dead one is not
     retried before its backoff ends."""
-    monkeypatch.setattr(service, "backoff_delay", lambda failures, u: 60.0)  # longer than this test, however slow
+    monkeypatch.setattr(uploads, "backoff_delay", lambda failures, u: 60.0)  # longer than this test, however slow
     campaign = Campaign()
     with Recorder() as live:
         dead_port = free_port()
