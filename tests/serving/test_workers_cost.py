@@ -107,7 +107,7 @@ def test_pinning_keeps_to_the_cpus_this_process_may_use() -> None:
     """The CPUs are the affinity mask (a cpuset or taskset narrows it), not the machine's count: one worker per
     allowed CPU is pinned, each to a CPU of the mask; one CPU, or more workers than CPUs, is left to the
     scheduler unless asked; asked, a worker is only ever kept to a CPU it may use."""
-    from reconciler.serving.workers.pool import session_threads, worker_cpus
+    from reconciler.serving.workers.cpus import session_threads, worker_cpus
 
     assert worker_cpus(2, [2, 5], None) == [2, 5]
     assert worker_cpus(2, [3], None) is None  # a mask of one CPU on a bigger machine
