@@ -222,7 +222,7 @@ class Simulation:
     def per_device(self, t0: float | None = None) -> dict[str, dict[str, Any]]:
         """What each device did, times in seconds since ``t0`` (monotonic; default: the run's start): its poll
         count, the times of its newest polls, the heads they saw first (``[t, head]``), the versions it served
-        from when (``[t, version]``), and its status commits made and pushed."""
+        from when (``[t, version]``), its status commits made and pushed, and when its newest pushes landed."""
         base = self._started if t0 is None else t0
         out = {}
         for d in self.devices:
@@ -231,6 +231,7 @@ class Simulation:
             out[d.id] = {"polls": log.count, "pollTimes": [round(t - base, 2) for t in log.times],
                          "heads": [[round(t - base, 2), h[:12]] for t, h in log.heads],
                          "served": [[round(t - base, 2), v] for t, v in d.served],
+                         "pushTimes": [round(t - base, 2) for t in d.components.pushed],
                          "offline": d.offline, "statusCommits": made, "statusPushes": pushed}
         return out
 

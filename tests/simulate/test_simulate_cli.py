@@ -154,6 +154,9 @@ def test_simulate_as_an_operator_runs_it_signed_sharded_status_behind_nginx(tmp_
             assert rec["polls"] >= 1 and len(rec["pollTimes"]) == rec["polls"]
             assert rec["pollTimes"] == sorted(rec["pollTimes"]) and rec["served"][-1][1] == "1.0.0"
             assert rec["heads"][0][1] == git(w.upstream.bare, "rev-parse", "main")[:12]
+            # When each push landed: one time per push, and the status saying it serves 1.0.0 pushed after that.
+            assert len(rec["pushTimes"]) == rec["statusPushes"] and rec["pushTimes"] == sorted(rec["pushTimes"])
+            assert rec["pushTimes"][-1] >= rec["served"][-1][0]
         # Each device's branch is on its shard only, and every push was the in-process one: with credentials,
         # never `git push` (whose first request is the ref advertisement with a 401 challenge).
         on_shards = [git(b, "for-each-ref", "--format=%(refname:short)", "refs/heads/status/").split() for b in bares]
