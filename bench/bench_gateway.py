@@ -27,7 +27,10 @@ the central server. Reported per run, from the central nginx's log and the simul
 
 Ratios (gateways / direct) in the same run. Environment: ``BENCH_DEVICES`` (200), ``BENCH_SITES`` (5),
 ``BENCH_POLL`` (10 s), ``BENCH_GATEWAY_INTERVAL`` (5 s), ``BENCH_PROCESSES`` (2), ``BENCH_WORKERS`` (16),
-``BENCH_IDLE_INTERVALS`` (3), ``BENCH_KILL_AT`` (0.3; 0: no kill), ``BENCH_KILL_DOWN`` (20 s), ``BENCH_WORK_DIR``
+``BENCH_IDLE_INTERVALS`` (3), ``BENCH_KILL_AT`` (0.3; 0: no kill), ``BENCH_KILL_DOWN`` (20 s),
+``BENCH_STATUS_SHARDS`` (16 status repositories on the central server, the busy repository's settings on each, as
+docs/operations.md documents for 1,000 devices: the direct devices push there, the gateways relay there; 0: the
+fleet repository), ``BENCH_WORK_DIR``
 (/dev/shm). The defaults fit a 2-core machine shared with other work; say so when quoting them. The issue's
 scale: ``BENCH_DEVICES=1000 BENCH_SITES=20`` (about 12 minutes on 2 idle cores).
 """
@@ -46,7 +49,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_rollout import CgroupCpu, tree_cpu  # noqa: E402
+from bench_rollout import CgroupCpu, server_settings, tree_cpu  # noqa: E402
 
 from reconciler.core.credentials import Credentials  # noqa: E402
 from reconciler.simulate.fleet import SimSettings, status_on_server  # noqa: E402
@@ -65,6 +68,8 @@ WORKERS = int(os.environ.get("BENCH_WORKERS", "16"))
 IDLE_INTERVALS = float(os.environ.get("BENCH_IDLE_INTERVALS", "3"))
 WORK_DIR = os.environ.get("BENCH_WORK_DIR", "/dev/shm" if os.path.isdir("/dev/shm") else None)
 KILL_AT = float(os.environ.get("BENCH_KILL_AT", "0.3"))
+# Status repositories (docs/operations.md: 16 from about 300 devices on one Git server); 0: the fleet repository.
+SHARDS = int(os.environ.get("BENCH_STATUS_SHARDS", "16"))
 KILL_DOWN = float(os.environ.get("BENCH_KILL_DOWN", "20"))
 
 
@@ -116,6 +121,16 @@ def one_run(root: Path, gateways: int) -> dict[str, Any]:
     world.start()
     if cgroup is not None:
         cgroup.adopt(world.git_http.pids())
+    bares = [world.upstream.bare]
+    for i in range(SHARDS):
+        bare = root / "status" / f"status-{i:02d}.git"
+        bare.parent.mkdir(parents=True, exist_ok=True)
+        git(bare.parent, "init", "--bare", "--quiet", str(bare))
+        world.git_http.publish_repo(bare.name, bare)
+        bares.append(bare)
+    for bare in bares:
+        server_settings(bare)
+    shards = [world.git_http.url(b.name) for b in bares[1:]]
     gws: list[GatewayProcess] = []
     fleet: ShardedFleet | None = None
     try:
@@ -128,12 +143,12 @@ def one_run(root: Path, gateways: int) -> dict[str, Any]:
         tuf = central_tuf_url(world)
         for s in range(gateways):
             gws.append(GatewayProcess.for_world(world, root / f"site-{s}", interval=f"{GW_INTERVAL:g}s",
-                                                name=f"site-{s}").start())
+                                                name=f"site-{s}", status_urls=shards or None).start())
         settings = SimSettings(
             devices=N, source_url=world.git_url, trusted_root=world.trusted_root, tuf_url=tuf,
             tuf_credentials=Credentials(bearer_token_file=private_file(root / "tuf.token", "unused")),
             credentials=world.device_credentials, poll_interval=POLL, workers=WORKERS,
-            gateways=[g.url for g in gws])
+            gateways=[g.url for g in gws], status_urls=shards)
         fleet = ShardedFleet(settings, root / "devices", PROCESSES)
         conv = fleet.wait(lambda r: r["versions"].get("1.0.0", 0) == N and r["statusInSync"] == N, 60 * POLL)
         time.sleep(2 * max(GW_INTERVAL, 1))  # the gateways relay the first statuses
@@ -185,8 +200,8 @@ def one_run(root: Path, gateways: int) -> dict[str, Any]:
                 "centralTufTargetBytes": tuf_target_bytes(upd_log), "updateTargetBytes": size,
                 "copiesOfTheUpdate": round(copies, 2)},
             "statusCommitsPushed": final["statusPushes"], "statusCommitsMade": final["statusCommits"],
-            "statusCommitsOnCentral": int(git(world.upstream.bare, "rev-list", "--count",
-                                              "--glob=refs/heads/status/*") or 0),
+            "statusCommitsOnCentral": sum(int(git(b, "rev-list", "--count", "--glob=refs/heads/status/*") or 0)
+                                          for b in bares),
             "newestStatusOnCentral": on, "rssMB": final["rssMB"], "kill9": kill,
             "gatewayState": [{"mirrorPolls": (g.state() or {}).get("mirror", {}).get("polls"),
                               "relayPushes": (g.state() or {}).get("status", {}).get("pushes")} for g in gws],
@@ -204,6 +219,7 @@ def one_run(root: Path, gateways: int) -> dict[str, Any]:
 def main() -> None:
     logging.getLogger("reconciler").setLevel(logging.ERROR)
     out: dict[str, Any] = {"bench": "gateway", "devices": N, "sites": SITES, "pollSeconds": POLL,
+                           "statusRepositories": SHARDS or 1,
                            "gatewayIntervalSeconds": GW_INTERVAL, "processes": PROCESSES, "workersPerProcess": WORKERS,
                            "cores": os.cpu_count(), "loadavgAtStart": round(os.getloadavg()[0], 1)}
     with tempfile.TemporaryDirectory(prefix="bench-gateway-", dir=WORK_DIR) as tmp:
