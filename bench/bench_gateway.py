@@ -29,8 +29,9 @@ Ratios (gateways / direct) in the same run. Environment: ``BENCH_DEVICES`` (200)
 ``BENCH_POLL`` (10 s), ``BENCH_GATEWAY_INTERVAL`` (5 s), ``BENCH_PROCESSES`` (2), ``BENCH_WORKERS`` (16),
 ``BENCH_IDLE_INTERVALS`` (3), ``BENCH_KILL_AT`` (0.3; 0: no kill), ``BENCH_KILL_DOWN`` (20 s),
 ``BENCH_STATUS_SHARDS`` (16 status repositories on the central server, the busy repository's settings on each, as
-docs/operations.md documents for 1,000 devices: the direct devices push there, the gateways relay there; 0: the
-fleet repository), ``BENCH_WORK_DIR``
+docs/operations.md documents for 1,000 devices: the direct devices push to their shard by a hash of their id;
+behind gateways status is sharded by site, each gateway relaying to one of them, site k to the k-th modulo 16,
+as docs/scale.md's plan has it; 0: the fleet repository), ``BENCH_WORK_DIR``
 (/dev/shm). The defaults fit a 2-core machine shared with other work; say so when quoting them. The issue's
 scale: ``BENCH_DEVICES=1000 BENCH_SITES=20`` (about 12 minutes on 2 idle cores).
 """
@@ -143,7 +144,8 @@ def one_run(root: Path, gateways: int) -> dict[str, Any]:
         tuf = central_tuf_url(world)
         for s in range(gateways):
             gws.append(GatewayProcess.for_world(world, root / f"site-{s}", interval=f"{GW_INTERVAL:g}s",
-                                                name=f"site-{s}", status_urls=shards or None).start())
+                                                name=f"site-{s}",
+                                                status_urls=[shards[s % len(shards)]] if shards else None).start())
         settings = SimSettings(
             devices=N, source_url=world.git_url, trusted_root=world.trusted_root, tuf_url=tuf,
             tuf_credentials=Credentials(bearer_token_file=private_file(root / "tuf.token", "unused")),
