@@ -38,7 +38,7 @@ status on the fleet repository, as the operator of the issue ran it), ``BENCH_LI
 microcache of docs/scale.md; 0: none, as hosting.md's plain server block), ``BENCH_REPO_SETTINGS`` (1: the
 busy repository's settings on every repository; 0: git's defaults), ``BENCH_WORK_DIR`` (default /dev/shm).
 
-Run: BENCH_DEVICES=1000 .venv/bin/python bench/bench_simulate_cli.py   (about 4 minutes on 2 idle cores)
+Run: BENCH_DEVICES=1000 .venv/bin/python bench/bench_simulate_cli.py   (about 3 minutes (2.5 measured on the shared host))
 """
 
 from __future__ import annotations
