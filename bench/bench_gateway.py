@@ -18,12 +18,22 @@ the central server. Reported per run, from the central nginx's log and the simul
   one per site;
 * ``promoteTo99PollIntervals``: the update commit → 99 % of the devices serving 1.1.0, in poll intervals (behind
   gateways it includes up to one gateway interval before the site's mirror has the commit);
-* status commits pushed and the devices whose newest status is on the central server at the end.
+* status commits pushed and the devices whose newest status is on the central server at the end;
+* behind gateways, ``kill9``: a second update (1.2.0), during which gateway 0 is killed with SIGKILL once
+  ``BENCH_KILL_AT`` of the devices serve it (its nginx and fcgiwrap die with it), stays down ``BENCH_KILL_DOWN``
+  seconds and is started again from its data directory: its site's devices fall back to the central servers
+  (or catch up after the restart), every device serves 1.2.0, and no status commit is lost (every device's
+  newest status on the central server at the end; pushed = made = on the central server).
 
 Ratios (gateways / direct) in the same run. Environment: ``BENCH_DEVICES`` (200), ``BENCH_SITES`` (5),
 ``BENCH_POLL`` (10 s), ``BENCH_GATEWAY_INTERVAL`` (5 s), ``BENCH_PROCESSES`` (2), ``BENCH_WORKERS`` (16),
-``BENCH_IDLE_INTERVALS`` (3), ``BENCH_WORK_DIR`` (/dev/shm). The defaults fit a 2-core machine shared with other
-work; say so when quoting them.
+``BENCH_IDLE_INTERVALS`` (3), ``BENCH_KILL_AT`` (0.3; 0: no kill), ``BENCH_KILL_DOWN`` (20 s),
+``BENCH_STATUS_SHARDS`` (16 status repositories on the central server, the busy repository's settings on each, as
+docs/operations.md documents for 1,000 devices: the direct devices push to their shard by a hash of their id;
+behind gateways status is sharded by site, each gateway relaying to one of them, site k to the k-th modulo 16,
+as docs/scale.md's plan has it; 0: the fleet repository), ``BENCH_WORK_DIR``
+(/dev/shm). The defaults fit a 2-core machine shared with other work; say so when quoting them. The issue's
+scale: ``BENCH_DEVICES=1000 BENCH_SITES=20`` (about 12 minutes on 2 idle cores).
 """
 
 from __future__ import annotations
@@ -40,13 +50,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_rollout import CgroupCpu, tree_cpu  # noqa: E402
+from bench_rollout import CgroupCpu, server_settings, tree_cpu  # noqa: E402
 
 from reconciler.core.credentials import Credentials  # noqa: E402
 from reconciler.simulate.fleet import SimSettings, status_on_server  # noqa: E402
 from reconciler.simulate.shards import ShardedFleet  # noqa: E402
 from tests._fleet_world import HttpWorld  # noqa: E402
 from tests._gateway import GatewayProcess, central_tuf_url  # noqa: E402
+from tests._git_fixtures import git  # noqa: E402
 from tests._servers import private_file  # noqa: E402
 
 N = int(os.environ.get("BENCH_DEVICES", "200"))
@@ -57,6 +68,10 @@ PROCESSES = int(os.environ.get("BENCH_PROCESSES", "2"))
 WORKERS = int(os.environ.get("BENCH_WORKERS", "16"))
 IDLE_INTERVALS = float(os.environ.get("BENCH_IDLE_INTERVALS", "3"))
 WORK_DIR = os.environ.get("BENCH_WORK_DIR", "/dev/shm" if os.path.isdir("/dev/shm") else None)
+KILL_AT = float(os.environ.get("BENCH_KILL_AT", "0.3"))
+# Status repositories (docs/operations.md: 16 from about 300 devices on one Git server); 0: the fleet repository.
+SHARDS = int(os.environ.get("BENCH_STATUS_SHARDS", "16"))
+KILL_DOWN = float(os.environ.get("BENCH_KILL_DOWN", "20"))
 
 
 def central(world: HttpWorld, since: int) -> list[list[str]]:
@@ -71,29 +86,71 @@ def tuf_target_bytes(log: list[list[str]]) -> int:
     return sum(int(f[7]) for f in log if f[1].startswith("/tuf/fleet/targets/") and f[3] in ("200", "206"))
 
 
+def second_update_with_kill(fleet: ShardedFleet, gw: GatewayProcess, world: HttpWorld) -> dict[str, Any]:
+    """A second update (1.2.0) during which gateway ``gw`` is killed with SIGKILL once ``KILL_AT`` of the devices
+    serve it, and restarted ``KILL_DOWN`` seconds later: when, what reached the central server meanwhile (its
+    site's devices falling back), and when every device served 1.2.0 and reported it."""
+    world.commit_raw(world.fleet_files("1.2.0", poll=f"{POLL:g}s"), "deploy 1.2.0")
+    t_commit = time.monotonic()
+    at = fleet.wait(lambda r: r["versions"].get("1.2.0", 0) >= KILL_AT * N, 30 * POLL)
+    serving = fleet.poll()["versions"].get("1.2.0", 0)
+    log0 = len(world.git_http.service_requests())
+    gw.kill9()
+    t_kill = time.monotonic()
+    time.sleep(KILL_DOWN)
+    down = central(world, log0)
+    t0 = time.monotonic()
+    gw.start(timeout=120)
+    restart = time.monotonic() - t0
+    t_all = fleet.wait(lambda r: r["versions"].get("1.2.0", 0) >= N, 30 * POLL)
+    t_all = None if t_all is None else time.monotonic() - t_commit
+    done = fleet.wait(lambda r: r["statusInSync"] >= N and r["reported"].get("1.2.0", 0) >= N, 30 * POLL)
+    done = None if done is None else time.monotonic() - t_commit
+    time.sleep(2 * max(GW_INTERVAL, 1))  # relayed upstream
+    return {"killedAtSeconds": round(t_kill - t_commit, 1), "servingNewWhenKilled": serving,
+            "reachedKillAt": at is not None, "downSeconds": round(t0 - t_kill, 1), "restartSeconds": round(restart, 1),
+            "centralGitRequestsWhileDown": git_requests(down),
+            "centralPushesWhileDown": sum(1 for f in down if f[1].endswith("/git-receive-pack")),
+            "centralTufTargetBytesWhileDown": tuf_target_bytes(down),
+            "allServingSeconds": None if t_all is None else round(t_all, 1),
+            "allReportedSeconds": None if done is None else round(done, 1)}
+
+
 def one_run(root: Path, gateways: int) -> dict[str, Any]:
     world = HttpWorld(root / "world", ls_refs_cache_s=1)
     cgroup = CgroupCpu.create(f"modelfleet-gwbench-{os.getpid()}-{gateways}")
     world.start()
     if cgroup is not None:
         cgroup.adopt(world.git_http.pids())
+    bares = [world.upstream.bare]
+    for i in range(SHARDS):
+        bare = root / "status" / f"status-{i:02d}.git"
+        bare.parent.mkdir(parents=True, exist_ok=True)
+        git(bare.parent, "init", "--bare", "--quiet", str(bare))
+        world.git_http.publish_repo(bare.name, bare)
+        bares.append(bare)
+    for bare in bares:
+        server_settings(bare)
+    shards = [world.git_http.url(b.name) for b in bares[1:]]
     gws: list[GatewayProcess] = []
     fleet: ShardedFleet | None = None
     try:
         world.publish("1.0.0")
         world.publish("1.1.0", bias=0.5)
+        world.publish("1.2.0", bias=1.0)
         # The update's targets (the model and its probe): what one device downloads for it.
         update_files = [p for p in (world.tuf_dir / "targets").rglob("*") if p.is_file() and "1.1.0" in str(p)]
         world.commit_raw(world.fleet_files("1.0.0", poll=f"{POLL:g}s"), "deploy 1.0.0")
         tuf = central_tuf_url(world)
         for s in range(gateways):
             gws.append(GatewayProcess.for_world(world, root / f"site-{s}", interval=f"{GW_INTERVAL:g}s",
-                                                name=f"site-{s}").start())
+                                                name=f"site-{s}",
+                                                status_urls=[shards[s % len(shards)]] if shards else None).start())
         settings = SimSettings(
             devices=N, source_url=world.git_url, trusted_root=world.trusted_root, tuf_url=tuf,
             tuf_credentials=Credentials(bearer_token_file=private_file(root / "tuf.token", "unused")),
             credentials=world.device_credentials, poll_interval=POLL, workers=WORKERS,
-            gateways=[g.url for g in gws])
+            gateways=[g.url for g in gws], status_urls=shards)
         fleet = ShardedFleet(settings, root / "devices", PROCESSES)
         conv = fleet.wait(lambda r: r["versions"].get("1.0.0", 0) == N and r["statusInSync"] == N, 60 * POLL)
         time.sleep(2 * max(GW_INTERVAL, 1))  # the gateways relay the first statuses
@@ -113,6 +170,7 @@ def one_run(root: Path, gateways: int) -> dict[str, Any]:
         world.commit_raw(world.fleet_files("1.1.0", poll=f"{POLL:g}s"), "deploy 1.1.0")
         t_commit = time.monotonic()
         t99 = fleet.wait(lambda r: r["versions"].get("1.1.0", 0) >= 0.99 * N, 30 * POLL)
+        t99 = None if t99 is None else time.monotonic() - t_commit
         t_all = fleet.wait(lambda r: r["versions"].get("1.1.0", 0) >= N, 30 * POLL)
         t_all = None if t_all is None else time.monotonic() - t_commit
         done = fleet.wait(lambda r: r["statusInSync"] >= N and r["reported"].get("1.1.0", 0) >= N, 30 * POLL)
@@ -120,6 +178,7 @@ def one_run(root: Path, gateways: int) -> dict[str, Any]:
         time.sleep(2 * max(GW_INTERVAL, 1))  # relayed upstream
         window = time.monotonic() - t_commit
         upd_log = central(world, log1)
+        kill = second_update_with_kill(fleet, gws[0], world) if gws and KILL_AT > 0 else None
         final = fleet.close()
         fleet = None
         assert final is not None
@@ -143,7 +202,9 @@ def one_run(root: Path, gateways: int) -> dict[str, Any]:
                 "centralTufTargetBytes": tuf_target_bytes(upd_log), "updateTargetBytes": size,
                 "copiesOfTheUpdate": round(copies, 2)},
             "statusCommitsPushed": final["statusPushes"], "statusCommitsMade": final["statusCommits"],
-            "newestStatusOnCentral": on, "rssMB": final["rssMB"],
+            "statusCommitsOnCentral": sum(int(git(b, "rev-list", "--count", "--glob=refs/heads/status/*") or 0)
+                                          for b in bares),
+            "newestStatusOnCentral": on, "rssMB": final["rssMB"], "kill9": kill,
             "gatewayState": [{"mirrorPolls": (g.state() or {}).get("mirror", {}).get("polls"),
                               "relayPushes": (g.state() or {}).get("status", {}).get("pushes")} for g in gws],
         }
@@ -160,6 +221,7 @@ def one_run(root: Path, gateways: int) -> dict[str, Any]:
 def main() -> None:
     logging.getLogger("reconciler").setLevel(logging.ERROR)
     out: dict[str, Any] = {"bench": "gateway", "devices": N, "sites": SITES, "pollSeconds": POLL,
+                           "statusRepositories": SHARDS or 1,
                            "gatewayIntervalSeconds": GW_INTERVAL, "processes": PROCESSES, "workersPerProcess": WORKERS,
                            "cores": os.cpu_count(), "loadavgAtStart": round(os.getloadavg()[0], 1)}
     with tempfile.TemporaryDirectory(prefix="bench-gateway-", dir=WORK_DIR) as tmp:

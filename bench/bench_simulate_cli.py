@@ -21,11 +21,24 @@ commits the devices made and pushed against the commits the server holds on ``st
 requests by kind and status (ref advertisements for push, pushes, 401/499/502 answers), from nginx's access
 log; CPU of the simulator and of the Git server (a cgroup, as bench_rollout.py).
 
+The defaults are the configuration docs/operations.md documents for a fleet of 1,000 devices on one Git
+server ("How many devices one status repository takes"): nginx's ``ls-refs`` microcache, the busy repository's
+settings (no ``gc --auto`` per push, no alternate-refs command) on every repository, status in 16 status
+repositories (``--status-repo``), ``pushSpread`` one poll interval. ``BENCH_STATUS_SHARDS=0
+BENCH_LSREFS_CACHE_S=0 BENCH_REPO_SETTINGS=0`` is hosting.md's plain server block with one repository.
+
+Per device and update, from the per-device record: the lag from serving 1.1.0 to the first status push that
+landed after it (``statusLagSeconds``: the acceptance's "every status on the server ≤ 2 intervals later").
+The simulator runs in a cgroup of its own, like the Git server: CPU per window even after it exited.
+
 Environment: ``BENCH_DEVICES`` (default 1000), ``BENCH_PROCESSES`` (2), ``BENCH_WORKERS`` (16), ``BENCH_POLL``
-(10), ``BENCH_PUSH_SPREAD`` (10), ``BENCH_STATUS_SHARDS`` (0: status on the fleet repository, as the operator
-of the issue ran it; k: k status repositories with ``--status-repo``), ``BENCH_LIMIT`` (600),
-``BENCH_SETTLE`` (0.99), ``BENCH_SETTLE_LIMIT`` (300), ``BENCH_LSREFS_CACHE_S`` (0: none, as hosting.md's
-server block; 1: nginx's ls-refs microcache of docs/scale.md), ``BENCH_WORK_DIR`` (default /dev/shm).
+(10), ``BENCH_PUSH_SPREAD`` (10), ``BENCH_STATUS_SHARDS`` (16: k status repositories with ``--status-repo``; 0:
+status on the fleet repository, as the operator of the issue ran it), ``BENCH_LIMIT`` (600),
+``BENCH_SETTLE`` (0.99), ``BENCH_SETTLE_LIMIT`` (300), ``BENCH_LSREFS_CACHE_S`` (1: nginx's ls-refs
+microcache of docs/scale.md; 0: none, as hosting.md's plain server block), ``BENCH_REPO_SETTINGS`` (1: the
+busy repository's settings on every repository; 0: git's defaults), ``BENCH_WORK_DIR`` (default /dev/shm).
+
+Run: BENCH_DEVICES=1000 .venv/bin/python bench/bench_simulate_cli.py   (about 3 minutes (2.5 measured on the shared host))
 """
 
 from __future__ import annotations
@@ -47,7 +60,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_rollout import CgroupCpu, tree_cpu  # noqa: E402
+from bench_rollout import CgroupCpu, cache_hits, server_settings, tree_cpu  # noqa: E402
 
 from tests._fleet_world import DEPLOYMENT, PASSWORD, HttpWorld  # noqa: E402
 from tests._git_fixtures import git  # noqa: E402
@@ -58,11 +71,12 @@ PROCESSES = int(os.environ.get("BENCH_PROCESSES", "2"))
 WORKERS = int(os.environ.get("BENCH_WORKERS", "16"))
 POLL = float(os.environ.get("BENCH_POLL", "10"))
 SPREAD = float(os.environ.get("BENCH_PUSH_SPREAD", "10"))
-SHARDS = int(os.environ.get("BENCH_STATUS_SHARDS", "0"))
+SHARDS = int(os.environ.get("BENCH_STATUS_SHARDS", "16"))
 LIMIT = float(os.environ.get("BENCH_LIMIT", "600"))
 SETTLE = float(os.environ.get("BENCH_SETTLE", "0.99"))
 SETTLE_LIMIT = float(os.environ.get("BENCH_SETTLE_LIMIT", "300"))
-LSREFS_CACHE_S = int(os.environ.get("BENCH_LSREFS_CACHE_S", "0")) or None
+LSREFS_CACHE_S = int(os.environ.get("BENCH_LSREFS_CACHE_S", "1")) or None
+REPO_SETTINGS = os.environ.get("BENCH_REPO_SETTINGS", "1") != "0"
 PER_DEVICE_OUT = os.environ.get("BENCH_PER_DEVICE_OUT")  # a file for the per-device record, when given
 WORK_DIR = os.environ.get("BENCH_WORK_DIR", "/dev/shm" if os.path.isdir("/dev/shm") else None)
 TUF_TOKEN = "bench-tuf-token"
@@ -147,6 +161,23 @@ def percentile(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, max(0, int(round(q * len(values))) - 1))]
 
 
+def status_lag(per: dict[str, Any], version: str, t_p: float) -> dict[str, Any]:
+    """Per device that served ``version`` after ``t_p``: seconds from then until its first status push landed
+    (the status saying so on the server): p50 / p99 / max, and devices with no push after it (``missing``)."""
+    lags, missing = [], 0
+    for r in per.values():
+        t = next((t for t, v in r["served"] if v == version), None)
+        if t is None or t <= t_p:
+            continue
+        after = [x - t for x in r.get("pushTimes", []) if x >= t]
+        if after:
+            lags.append(min(after))
+        else:
+            missing += 1
+    return {"n": len(lags), "p50": round(percentile(lags, 0.5) or 0, 1), "p99": round(percentile(lags, 0.99) or 0, 1),
+            "max": round(max(lags), 1) if lags else None, "missing": missing}
+
+
 def _kind(uri: str, service: str) -> str:
     if uri.endswith("/info/refs"):
         return "push-advertisement" if service == "git-receive-pack" else "fetch-advertisement"
@@ -182,13 +213,16 @@ def main() -> None:
     out: dict[str, Any] = {"bench": "simulate_cli", "devices": N, "processes": PROCESSES, "workers": WORKERS,
                            "pollSeconds": POLL, "statusPushSpreadSeconds": SPREAD, "statusRepositories": SHARDS or 1,
                            "statusOn": "status repositories" if SHARDS else "the fleet repository",
-                           "lsRefsCacheSeconds": LSREFS_CACHE_S, "cores": os.cpu_count(),
+                           "lsRefsCacheSeconds": LSREFS_CACHE_S, "repoSettings": REPO_SETTINGS, "cores": os.cpu_count(),
                            "loadavgAtStart": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory(prefix="bench-simcli-", dir=WORK_DIR) as tmp_s:
         tmp = Path(tmp_s)
         world = HttpWorld(tmp / "world", ls_refs_cache_s=LSREFS_CACHE_S)
         cgroup = CgroupCpu.create(f"modelfleet-simcli-{os.getpid()}")
+        sim_cgroup = CgroupCpu.create(f"modelfleet-simcli-sim-{os.getpid()}")
         world.start()
+        if REPO_SETTINGS:
+            server_settings(world.upstream.bare)
         if cgroup is not None:
             cgroup.adopt(world.git_http.pids())
         tuf = GitHttp(tmp / "tuf-nginx", world.git_http.pki, users={}, tuf_token=TUF_TOKEN).start()
@@ -213,6 +247,8 @@ def main() -> None:
                 bare = tmp / "status" / f"status-{i:02d}.git"
                 bare.parent.mkdir(exist_ok=True)
                 git(bare.parent, "init", "--bare", "--quiet", str(bare))
+                if REPO_SETTINGS:
+                    server_settings(bare)
                 world.git_http.publish_repo(bare.name, bare)
                 status_args += ["--status-repo", world.git_http.url(bare.name)]
                 bares.append(bare)
@@ -228,11 +264,17 @@ def main() -> None:
             t_start = time.monotonic()
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp,
                                     env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)))
+            if sim_cgroup is not None:
+                sim_cgroup.adopt([proc.pid])
+
+            def sim_cpu() -> float:
+                return sim_cgroup.seconds() if sim_cgroup is not None else tree_cpu(proc.pid)
+
             lines = Lines(proc)
             if lines.wait(lambda r: True, 600) is None:
                 raise RuntimeError(f"simulate did not start: {proc.stderr.read() if proc.stderr else ''}")
             out["bootSeconds"] = round(time.monotonic() - t_start, 1)
-            cpu0, git0 = tree_cpu(proc.pid), cgroup.seconds() if cgroup else 0.0
+            cpu0, git0 = sim_cpu(), cgroup.seconds() if cgroup else 0.0
 
             def settled(r: dict[str, Any]) -> bool:
                 return served(r["reported"]) >= SETTLE * N
@@ -246,7 +288,7 @@ def main() -> None:
                 "servingAllAt": lines.first(lambda r: served(r["versions"]) >= N),
                 "reportedAllAt": lines.first(lambda r: served(r["reported"]) >= N),
                 "reported99At": lines.first(lambda r: served(r["reported"]) >= 0.99 * N),
-                "simulatorCpuSeconds": round(tree_cpu(proc.pid) - cpu0, 1),
+                "simulatorCpuSeconds": round(sim_cpu() - cpu0, 1),
                 "gitServerCpuSeconds": round(cgroup.seconds() - git0, 1) if cgroup else None}
             t_cli, log_p = time.monotonic(), len(world.git_http.service_requests())
             promote = modelfleet("rollout", "promote", DEPLOYMENT, "--repo", world.git_url, "--username", "ops",
@@ -261,7 +303,8 @@ def main() -> None:
             head = git(world.upstream.bare, "rev-parse", "main")
             out["promote"] = {"exit": promote.returncode, "cliSeconds": round(cli_seconds, 1),
                               "stderr": promote.stderr[-300:] if promote.returncode else ""}
-            cpu1, git1, log1 = tree_cpu(proc.pid), cgroup.seconds() if cgroup else 0.0, len(world.git_http.service_requests())
+            cpu1, git1, log1 = sim_cpu(), cgroup.seconds() if cgroup else 0.0, len(world.git_http.service_requests())
+            acc1 = len(world.git_http.requests())
             try:
                 proc.wait(LIMIT + 300)
             except subprocess.TimeoutExpired:
@@ -310,7 +353,10 @@ def main() -> None:
                 "to99PolledSecondsHadThePromoteLandedEarlier": {"min": min(moments), "max": max(moments)},
                 "to99ReportedSeconds": None if t_rep is None else round(t_rep - t_p, 1),
                 "to99ReportedPollIntervals": None if t_rep is None else round((t_rep - t_p) / POLL, 2),
-                "simulatorCpuSeconds": round(tree_cpu(proc.pid) - cpu1, 1) if proc.poll() is None else None,
+                "simulatorCpuSeconds": round(sim_cpu() - cpu1, 1) if sim_cgroup is not None else None,
+                "simulatorCpuFrom": "cgroup" if sim_cgroup is not None else None,
+                "lsRefsCacheHits": cache_hits(world.git_http.requests()[acc1:]),
+                "statusLagSeconds": status_lag(per, "1.1.0", t_p),
                 "gitServerCpuSeconds": round(cgroup.seconds() - git1, 1) if cgroup else None,
                 "gitServerRequests": requests_by_kind(world.git_http.service_requests()[log1:])})
             out["pollGapSecondsAroundPromote"] = {"n": len(gaps), "min": round(min(gaps), 2) if gaps else None,
@@ -331,8 +377,9 @@ def main() -> None:
                 proc.kill()
             tuf.stop()
             world.stop()
-            if cgroup is not None:
-                cgroup.remove()
+            for cg in (cgroup, sim_cgroup):
+                if cg is not None:
+                    cg.remove()
     print(json.dumps(out))
 
 

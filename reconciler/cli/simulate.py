@@ -91,8 +91,9 @@ def _human(line: dict[str, Any]) -> str:
               help="File holding a bearer token for the TUF server (mode 600).")
 @click.option("--status-repo", "status_repos", multiple=True, metavar="PATH|URL",
               help="A repository the devices push their status to (`status.url`); repeat it for the shards of a "
-                   "sharded status repository (a device's shard: a hash of its id, as `rollout status "
-                   "--status-repo` reads them). [default: the fleet repository]")
+                   "sharded status repository (a device's shard: a hash of its id; with --gateway, its site's: "
+                   "site k uses the k-th, modulo their number; `rollout status --status-repo` reads them all). "
+                   "[default: the fleet repository]")
 @click.option("--gateway", "gateways", multiple=True, metavar="URL",
               help="A site gateway (`modelfleet gateway run`); repeat for S sites: the devices are cut into S sites "
                    "of contiguous numbers, each asks its site's gateway first and --repo, --status-repo and --tuf "

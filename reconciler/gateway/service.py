@@ -4,13 +4,16 @@
 starts fcgiwrap on a listening socket it makes itself (the kernel's backlog, as systemd's ``fcgiwrap.socket``
 gives it: a burst of a site's requests waits instead of failing with 502) and nginx, then every ``interval``
 refreshes the mirror (one ``ls-refs`` upstream) and relays the site's new status commits (one push per upstream
-status repository). Both children die with the gateway (``PR_SET_PDEATHSIG``); a gateway killed with ``kill
--9`` leaves nothing running, and the next start also stops children a previous run left (their pid files). On
-SIGTERM it relays once more, then stops them; SIGHUP runs a round at once. ``<run>/state.json`` says what it did last (``gateway status``).
+status repository). Each child runs in a process group of its own and is stopped as a group: fcgiwrap's preforked
+workers outlive their parent otherwise. Both die with the gateway (``PR_SET_PDEATHSIG``) — fcgiwrap's workers,
+which the kernel does not signal, when the next start stops the group a previous run left (their pid files; under
+systemd the unit's cgroup takes them at once). On SIGTERM it relays once more, then stops them; SIGHUP runs a
+round at once. ``<run>/state.json`` says what it did last (``gateway status``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
@@ -42,22 +45,61 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     os.setsid()
 
 
+def _group_members(pgid: int, expect: str) -> list[int]:
+    """Live processes of process group ``pgid`` whose command line has ``expect``."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pgid:
+                continue
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        if expect in cmdline:
+            out.append(int(stat.parent.name))
+    return out
+
+
 def _stop_pidfile(pidfile: Path, expect: str) -> None:
-    """Stop a process a previous run left (its pid file names it and its command line has ``expect``)."""
+    """Stop what a previous run left: the process its pid file names and the rest of its process group (the pid
+    is the group's: the child called setsid), each only when its command line has ``expect``. The group outlives
+    its leader: fcgiwrap's workers stay after their parent died with a gateway killed by ``kill -9``."""
     try:
         pid = int(pidfile.read_text().split()[0])
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except (OSError, ValueError, IndexError):
         return
-    if expect in cmdline:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        members = _group_members(pid, expect)
+        for member in members:
+            try:
+                os.kill(member, sig)
+            except ProcessLookupError:
+                pass
+        for _ in range(50):
+            if not _group_members(pid, expect):
+                return
+            time.sleep(0.1)
+
+
+def _stop_group(proc: subprocess.Popen[bytes], expect: str) -> None:
+    """Stop ``proc`` and its process group (its own: the child called setsid), SIGKILL after 10 s; once ``proc``
+    has exited, only the members whose command line has ``expect`` (its pid may be anyone's now)."""
+    if proc.poll() is not None:
+        for member in _group_members(proc.pid, expect):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member, signal.SIGKILL)
+        return
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
         try:
-            os.kill(pid, signal.SIGTERM)
-            for _ in range(50):
-                os.kill(pid, 0)
-                time.sleep(0.1)
-            os.kill(pid, signal.SIGKILL)
+            os.killpg(proc.pid, sig)
         except ProcessLookupError:
             pass
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 class Gateway:
@@ -170,6 +212,7 @@ class Gateway:
     def _watch_children(self) -> None:
         if self._fcgi is not None and self._fcgi.poll() is not None:
             log.warning("fcgiwrap exited with %s; restarting it", self._fcgi.returncode)
+            _stop_group(self._fcgi, self.cfg.fcgiwrap)  # its workers, listening on the socket the new one replaces
             self._start_fcgiwrap()
         if self._nginx is not None and self._nginx.poll() is not None:
             log.warning("nginx exited with %s; restarting it", self._nginx.returncode)
@@ -177,11 +220,7 @@ class Gateway:
 
     def stop(self) -> None:
         self.stop_event.set()
-        for proc in (self._nginx, self._fcgi):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        for proc, program in ((self._nginx, self.cfg.nginx), (self._fcgi, self.cfg.fcgiwrap)):
+            if proc is not None:
+                _stop_group(proc, program)  # fcgiwrap's workers too, also when their parent is gone already
         self.mirror.close()

@@ -48,7 +48,7 @@ from reconciler.core.fsutil import atomic_write_text
 from reconciler.core.proxy import ProxyURLError
 from reconciler.core.reasons import GIT_TIMEOUT, GIT_UNAVAILABLE, PUSH_REJECTED, PUSHED
 from reconciler.core.redact import redact, redact_tree, redact_url
-from reconciler.fleet.schemas import validator
+from reconciler.fleet.schemas import fast_check, validator
 from reconciler.gitops.auth import GitAuth, classify, explain
 from reconciler.gitops.failover import Failover
 from reconciler.gitops.smartpush import (
@@ -216,7 +216,7 @@ class StatusWriter:
             # New content: dumped once here, for the size check and, when it fits, as the committed file.
             data = dump_status(doc)
             trimmed = trim_status(doc, dumped=data)
-            errors = sorted(validator("DeviceStatus").iter_errors(trimmed), key=lambda e: list(e.path))
+            errors = _status_errors(trimmed)
             if errors:
                 e = errors[0]
                 where = "/".join(str(p) for p in e.path) or "(root)"
@@ -490,6 +490,16 @@ class StatusWriter:
         self.pushes += 1
         if self.pushes % 200 == 0:  # each status adds loose objects; let git pack them now and then
             self._git("-c", "gc.auto=1000", "-c", "gc.autoDetach=false", "gc", "--auto", "--quiet", check=False)
+
+
+def _status_errors(doc: dict[str, Any]) -> list[Any]:
+    """The DeviceStatus schema's errors for ``doc``, first by path; the compiled check first, as nearly every
+    document passes (the full validator, ~25x slower, only to name what is wrong)."""
+    try:
+        fast_check("DeviceStatus")(doc)
+        return []
+    except (ValueError, TypeError):
+        return sorted(validator("DeviceStatus").iter_errors(doc), key=lambda e: list(e.path))
 
 
 def reporting_condition(rep: dict[str, Any]) -> tuple[str, str, str] | None:

@@ -18,7 +18,8 @@
 
 Every request the device makes is counted in a shared :class:`Counters`; each device also keeps its own poll
 count, the monotonic times of its last :data:`MAX_POLL_TIMES` polls and of the polls that saw a new head
-(:class:`PollLog`: the simulator's per-device report, docs/scale.md).
+(:class:`PollLog`), and the times its newest status pushes landed (the simulator's per-device report,
+docs/scale.md).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Counters:
 
 
 MAX_POLL_TIMES = 256  # per device: the newest polls (a bounded record, whatever the run's length)
+MAX_PUSH_TIMES = 32  # per device: the newest successful status pushes
 
 
 class PollLog:
@@ -148,6 +150,7 @@ class SimComponents(Components):
         self.loaded: dict[str, str] = {}  # endpoint -> version this device serves
         self.shared: SharedWork | None = None
         self.polls = PollLog()
+        self.pushed: deque[float] = deque(maxlen=MAX_PUSH_TIMES)  # when this device's status pushes landed
 
     @classmethod
     def build(cls, config: AgentConfig, runtime: SharedRuntime, counters: Counters, *,
@@ -172,6 +175,18 @@ class SimComponents(Components):
     def start_runtime(self) -> None:
         if self.config.status_enabled:
             self.status_writer = self._new_status_writer()
+
+    def _new_status_writer(self) -> Any:
+        writer = super()._new_status_writer()
+        count = writer.on_push
+
+        def pushed(ok: bool, reason: str) -> None:  # in the writer's thread, after each push attempt
+            if ok:
+                self.pushed.append(time.monotonic())
+            if count is not None:
+                count(ok, reason)
+        writer.on_push = pushed
+        return writer
 
     def load_endpoint(self, rec: EndpointRecord, config: AgentConfig, boot: bool) -> tuple[bool, str, str]:
         if self.failing and not boot and self.loaded.get(rec.name) not in (None, rec.version):

@@ -79,8 +79,8 @@ class SimSettings:
     tuf_credentials: Credentials | None = None  # for the TUF server
     share_git: bool = True  # one Git object store, source verdicts and loaded manifests for the process
     status: bool = True  # push status/<id> branches (off: an idle-path measurement without the first pushes)
-    # Status repositories the devices push to (`status.url`), a device's shard by a hash of its id; empty: the
-    # fleet repository. Sharding keeps each receive-pack's ref advertisement small (docs/scale.md).
+    # Status repositories the devices push to (`status.url`), a device's shard by a hash of its id (with gateways:
+    # by its site, see status_url); empty: the fleet repository. Sharding keeps each push's ref walk small.
     status_urls: list[str] = field(default_factory=list)
     status_push_spread: float = 0.0  # the agents' status.pushSpread (seconds)
     first: int = 0  # number of the first device (a process of a sharded fleet runs sim-<first> onwards)
@@ -96,6 +96,14 @@ class SimSettings:
 def site_of(number: int, total: int, sites: int) -> int:
     """The site of device ``number`` when ``total`` devices are cut into ``sites`` contiguous blocks."""
     return min(sites - 1, number * sites // max(1, total))
+
+
+def status_url(device: str, number: int, s: SimSettings) -> str | None:
+    """The status repository of device ``number``: with gateways, its site's (site k: ``status_urls[k mod R]``,
+    so each gateway relays to one repository, docs/scale.md's plan); else its shard by a hash of its id."""
+    if s.gateways and s.status_urls:
+        return s.status_urls[site_of(number, s.total or s.first + s.devices, len(s.gateways)) % len(s.status_urls)]
+    return status_shard(device, s.status_urls)
 
 
 @dataclass
@@ -157,7 +165,7 @@ class Simulation:
                 tuf_targets_url=f"{s.tuf_url.rstrip('/')}/targets/" if s.tuf_url else None,
                 max_concurrent_downloads=1, source_credentials=s.credentials or Credentials(),
                 tuf_credentials=s.tuf_credentials or Credentials(), status_enabled=s.status,
-                status_url=status_shard(dev_id, s.status_urls), status_push_spread=s.status_push_spread,
+                status_url=status_url(dev_id, i, s), status_push_spread=s.status_push_spread,
                 status_signing_key=s.status_keys / dev_id if s.status_keys and (s.status_keys / dev_id).is_file()
                 else None,
                 gateway_url=s.gateways[site_of(i, s.total or s.first + s.devices, len(s.gateways))] if s.gateways
@@ -222,7 +230,7 @@ class Simulation:
     def per_device(self, t0: float | None = None) -> dict[str, dict[str, Any]]:
         """What each device did, times in seconds since ``t0`` (monotonic; default: the run's start): its poll
         count, the times of its newest polls, the heads they saw first (``[t, head]``), the versions it served
-        from when (``[t, version]``), and its status commits made and pushed."""
+        from when (``[t, version]``), its status commits made and pushed, and when its newest pushes landed."""
         base = self._started if t0 is None else t0
         out = {}
         for d in self.devices:
@@ -231,6 +239,7 @@ class Simulation:
             out[d.id] = {"polls": log.count, "pollTimes": [round(t - base, 2) for t in log.times],
                          "heads": [[round(t - base, 2), h[:12]] for t, h in log.heads],
                          "served": [[round(t - base, 2), v] for t, v in d.served],
+                         "pushTimes": [round(t - base, 2) for t in d.components.pushed],
                          "offline": d.offline, "statusCommits": made, "statusPushes": pushed}
         return out
 

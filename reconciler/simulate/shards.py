@@ -93,6 +93,7 @@ def rebase(record: dict[str, Any], t0: float) -> dict[str, Any]:
     out["pollTimes"] = [round(t - t0, 2) for t in record["pollTimes"]]
     out["heads"] = [[round(t - t0, 2), h] for t, h in record["heads"]]
     out["served"] = [[round(t - t0, 2), v] for t, v in record["served"]]
+    out["pushTimes"] = [round(t - t0, 2) for t in record["pushTimes"]]
     return out
 
 

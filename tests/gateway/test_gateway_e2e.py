@@ -259,3 +259,36 @@ def test_simulate_behind_gateways(tmp_path: Path) -> None:
         for g in gws:
             g.stop()
         w.stop()
+
+
+def fcgiwrap_of(gw: GatewayProcess) -> set[int]:
+    """The fcgiwrap processes a gateway started (it gives them HOME=<dataDir>): the parent and its workers."""
+    home = f"HOME={gw.data}".encode()
+    pids = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if (proc / "comm").read_text().strip() == "fcgiwrap" and home in (proc / "environ").read_bytes().split(b"\0"):
+                pids.add(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_kill9_and_stop_leave_no_fcgiwrap_worker_behind(tmp_path: Path) -> None:
+    w = HttpWorld(tmp_path / "world").start()
+    gw: GatewayProcess | None = None
+    try:
+        w.publish("1.0.0")
+        w.commit_raw(w.fleet_files("1.0.0"), "deploy 1.0.0")
+        gw = GatewayProcess.for_world(w, tmp_path / "gateway").start()
+        first = wait(lambda: len(fcgiwrap_of(gw)) == 5 and fcgiwrap_of(gw), "fcgiwrap and its 4 workers")
+        gw.kill9()  # fcgiwrap dies with the gateway; its workers are not told
+        gw.start(timeout=120)
+        assert not first & fcgiwrap_of(gw)  # the restart stopped what the killed gateway left
+        wait(lambda: len(fcgiwrap_of(gw)) == 5, "the new fcgiwrap and its workers")
+        assert gw.stop() == 0
+        wait(lambda: not fcgiwrap_of(gw), "no fcgiwrap left after the gateway stopped", 15)
+    finally:
+        if gw is not None:
+            gw.stop()
+        w.stop()

@@ -154,6 +154,9 @@ def test_simulate_as_an_operator_runs_it_signed_sharded_status_behind_nginx(tmp_
             assert rec["polls"] >= 1 and len(rec["pollTimes"]) == rec["polls"]
             assert rec["pollTimes"] == sorted(rec["pollTimes"]) and rec["served"][-1][1] == "1.0.0"
             assert rec["heads"][0][1] == git(w.upstream.bare, "rev-parse", "main")[:12]
+            # When each push landed: one time per push, and the status saying it serves 1.0.0 pushed after that.
+            assert len(rec["pushTimes"]) == rec["statusPushes"] and rec["pushTimes"] == sorted(rec["pushTimes"])
+            assert rec["pushTimes"][-1] >= rec["served"][-1][0]
         # Each device's branch is on its shard only, and every push was the in-process one: with credentials,
         # never `git push` (whose first request is the ref advertisement with a 401 challenge).
         on_shards = [git(b, "for-each-ref", "--format=%(refname:short)", "refs/heads/status/").split() for b in bares]
@@ -216,3 +219,24 @@ def test_simulate_until_not_met_and_refusals(tmp_path: Path) -> None:
         assert p.returncode == 2 and message in p.stderr, (args, p.stderr)
     p = modelfleet("simulate", "--devices", "2", "--repo", "git://127.0.0.1:1/x", cwd=tmp_path)
     assert p.returncode == 2 and "--trusted-root is required" in p.stderr
+
+
+def test_status_repository_by_hash_or_by_site() -> None:
+    """Without gateways a device's status repository is its shard by a hash of its id (as readers and the relay
+    place it); with gateways it is its site's, so each gateway relays to one repository."""
+    from reconciler.gitops.statusrepo import status_shard
+    from reconciler.simulate.fleet import SimSettings, device_id, status_url
+
+    urls = ["http://git/status-0.git", "http://git/status-1.git"]
+    plain = SimSettings(devices=8, source_url="http://git/fleet.git", trusted_root=Path("root.json"),
+                        status_urls=urls)
+    assert [status_url(device_id("sim", i), i, plain) for i in range(8)] == [
+        status_shard(device_id("sim", i), urls) for i in range(8)]
+    sites = SimSettings(devices=8, source_url="http://git/fleet.git", trusted_root=Path("root.json"),
+                        status_urls=urls, gateways=[f"http://gw-{k}" for k in range(4)])
+    assert [status_url(device_id("sim", i), i, sites) for i in range(8)] == [urls[(i // 2) % 2] for i in range(8)]
+    # A process of a sharded fleet (devices 4..7 of 8) places them as the whole fleet would.
+    part = SimSettings(devices=4, first=4, total=8, source_url="http://git/fleet.git", trusted_root=Path("root.json"),
+                       status_urls=urls, gateways=[f"http://gw-{k}" for k in range(4)])
+    assert [status_url(device_id("sim", i), i, part) for i in range(4, 8)] == [urls[0], urls[0], urls[1], urls[1]]
+    assert status_url("sim-00000", 0, SimSettings(devices=1, source_url="x", trusted_root=Path("r"))) is None
