@@ -86,10 +86,31 @@ def tuf_target_bytes(log: list[list[str]]) -> int:
     return sum(int(f[7]) for f in log if f[1].startswith("/tuf/fleet/targets/") and f[3] in ("200", "206"))
 
 
-def second_update_with_kill(fleet: ShardedFleet, gw: GatewayProcess, world: HttpWorld) -> dict[str, Any]:
-    """A second update (1.2.0) during which gateway ``gw`` is killed with SIGKILL once ``KILL_AT`` of the devices
-    serve it, and restarted ``KILL_DOWN`` seconds later: when, what reached the central server meanwhile (its
-    site's devices falling back), and when every device served 1.2.0 and reported it."""
+def relays_drained(gws: list[Any], since: float, limit: float) -> float | None:
+    """Seconds until every gateway wrote its state after ``since`` (wall clock) with nothing pending upstream: the
+    site's statuses are on the central server (None: not within ``limit``)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        ok = True
+        for g in gws:
+            path = g.data / "run" / "state.json"
+            st = g.state() or {}
+            fresh = path.exists() and path.stat().st_mtime > since
+            if not fresh or (st.get("status") or {}).get("pending", 1) != 0:
+                ok = False
+                break
+        if ok:
+            return time.monotonic() - t0
+        time.sleep(0.25)
+    return None
+
+
+def second_update_with_kill(fleet: ShardedFleet, gws: list[GatewayProcess], world: HttpWorld) -> dict[str, Any]:
+    """A second update (1.2.0) during which gateway ``gws[0]`` is killed with SIGKILL once ``KILL_AT`` of the
+    devices serve it, and restarted ``KILL_DOWN`` seconds later: when, what reached the central server meanwhile
+    (its site's devices falling back), when every device served 1.2.0 and reported it, and when every gateway
+    had relayed all of it upstream."""
+    gw = gws[0]
     world.commit_raw(world.fleet_files("1.2.0", poll=f"{POLL:g}s"), "deploy 1.2.0")
     t_commit = time.monotonic()
     at = fleet.wait(lambda r: r["versions"].get("1.2.0", 0) >= KILL_AT * N, 30 * POLL)
@@ -106,8 +127,8 @@ def second_update_with_kill(fleet: ShardedFleet, gw: GatewayProcess, world: Http
     t_all = None if t_all is None else time.monotonic() - t_commit
     done = fleet.wait(lambda r: r["statusInSync"] >= N and r["reported"].get("1.2.0", 0) >= N, 30 * POLL)
     done = None if done is None else time.monotonic() - t_commit
-    time.sleep(2 * max(GW_INTERVAL, 1))  # relayed upstream
-    return {"killedAtSeconds": round(t_kill - t_commit, 1), "servingNewWhenKilled": serving,
+    drained = relays_drained(gws, time.time(), 12 * max(GW_INTERVAL, 1))  # relayed upstream
+    return {"relaysDrainedSeconds": None if drained is None else round(drained, 1), "killedAtSeconds": round(t_kill - t_commit, 1), "servingNewWhenKilled": serving,
             "reachedKillAt": at is not None, "downSeconds": round(t0 - t_kill, 1), "restartSeconds": round(restart, 1),
             "centralGitRequestsWhileDown": git_requests(down),
             "centralPushesWhileDown": sum(1 for f in down if f[1].endswith("/git-receive-pack")),
@@ -175,10 +196,10 @@ def one_run(root: Path, gateways: int) -> dict[str, Any]:
         t_all = None if t_all is None else time.monotonic() - t_commit
         done = fleet.wait(lambda r: r["statusInSync"] >= N and r["reported"].get("1.1.0", 0) >= N, 30 * POLL)
         done = None if done is None else time.monotonic() - t_commit
-        time.sleep(2 * max(GW_INTERVAL, 1))  # relayed upstream
+        drained = relays_drained(gws, time.time(), 12 * max(GW_INTERVAL, 1)) if gws else None  # relayed upstream
         window = time.monotonic() - t_commit
         upd_log = central(world, log1)
-        kill = second_update_with_kill(fleet, gws[0], world) if gws and KILL_AT > 0 else None
+        kill = second_update_with_kill(fleet, gws, world) if gws and KILL_AT > 0 else None
         final = fleet.close()
         fleet = None
         assert final is not None
@@ -194,6 +215,7 @@ def one_run(root: Path, gateways: int) -> dict[str, Any]:
                 "promoteTo99PollIntervals": None if t99 is None else round(t99 / POLL, 2),
                 "promoteTo100Seconds": None if t_all is None else round(t_all, 1),
                 "allReportedSeconds": None if done is None else round(done, 1),
+                "relaysDrainedSeconds": None if drained is None else round(drained, 1),
                 "windowSeconds": round(window, 1),
                 "centralGitRequests": git_requests(upd_log),
                 "centralGitRequestsPerPollInterval": round(git_requests(upd_log) * POLL / window, 1),

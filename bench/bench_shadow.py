@@ -4,9 +4,10 @@ candidate mirroring 100 % of the requests vs no shadow, on the same server in th
 The server is the single-process inference server with the agent's observer fan-out member
 (:class:`~reconciler.agent.shadowing.ShadowTap`); the candidate (the same model retrained with small noise) is
 loaded as the agent loads it (one intra-op thread, health-checked) and runs on every request the live version
-answers — or on none. Each round runs five modes (:data:`MODES`): off; on as shipped (the candidate in its own
+answers — or on none. Each round runs six modes (:data:`MODES`): off; on as shipped (the candidate in its own
 process at ``SCHED_IDLE``, :mod:`reconciler.agent.shadowproc`); on with the candidate in a ``SCHED_IDLE`` thread
-of the serving process instead; in a thread at normal priority (what the priority buys); off again (A/A: what
+of the serving process instead; in a thread at normal priority (what the priority buys); a ``SCHED_IDLE`` process
+running the candidate non-stop with no mirror (``idle_burn``: the floor of idle priority); off again (A/A: what
 two identical runs differ by on this machine right now). The order rotates from round to
 round; medians over rounds are compared, and so are the medians of each round's ratio to that round's "off"
 (paired: slow drifts of a shared machine's load cancel). The load generator is the benchmarks' raw-socket
@@ -24,7 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -56,7 +59,32 @@ def pct(lat: list[float], q: float) -> float:
 #: The modes of a round: no shadow; the shadow as shipped (the candidate in its own SCHED_IDLE process); the
 #: candidate in a SCHED_IDLE thread of the serving process instead; in a thread at normal priority (what the
 #: priority buys); no shadow again (A/A: the noise of this machine).
-MODES = ("off", "on", "on_thread", "on_normal", "off_again")
+MODES = ("off", "on", "on_thread", "on_normal", "idle_burn", "off_again")
+
+#: The floor of "idle" on this machine: a SCHED_IDLE process running the candidate non-stop on the probe, with
+#: no mirror at all (what an idle-priority neighbour alone costs the live path: shared caches, memory bandwidth,
+#: the scheduler's wake-up preemption). Stopped (SIGSTOP) outside its mode.
+BURN = """
+import os, sys, numpy as np, onnxruntime as ort
+os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+o = ort.SessionOptions(); o.intra_op_num_threads = 1; o.inter_op_num_threads = 1
+s = ort.InferenceSession(sys.stdin.buffer.read(), o, providers=["CPUExecutionProvider"])
+i = s.get_inputs()[0]
+x = np.random.default_rng(0).standard_normal([d if isinstance(d, int) else 1 for d in i.shape]).astype(np.float32)
+print("ready", flush=True)
+while True:
+    s.run(None, {i.name: x})
+"""
+
+
+def idle_burner(model: bytes) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, "-c", BURN], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(model)
+    proc.stdin.close()
+    assert proc.stdout.readline().strip() == b"ready"
+    proc.send_signal(signal.SIGSTOP)
+    return proc
 
 
 def bench_model(name: str, seconds: float, rounds: int) -> dict[str, object]:
@@ -75,6 +103,7 @@ def bench_model(name: str, seconds: float, rounds: int) -> dict[str, object]:
     mirrors["on"].priority = proc.priority
     for mode, prio in (("on_thread", IDLE), ("on_normal", NORMAL)):
         mirrors[mode] = Mirror("m", "1", "2", settings, lambda feeds: backend.infer(feeds, None), priority=prio)
+    burner = idle_burner(cand_bytes)
     srv = InferenceServer(reg)
     srv.start()
     req = _request(srv.port, "m", probe, binary=True)
@@ -87,7 +116,11 @@ def bench_model(name: str, seconds: float, rounds: int) -> dict[str, object]:
         order = MODES[r % len(MODES):] + MODES[:r % len(MODES)]  # each mode takes each position in turn
         for mode in order:
             sup.mirrors = {"m": mirrors[mode]} if mode in mirrors else {}
+            if mode == "idle_burn":
+                burner.send_signal(signal.SIGCONT)
             samples = load(srv.port, req, CONCURRENCY, seconds)
+            if mode == "idle_burn":
+                burner.send_signal(signal.SIGSTOP)
             sup.mirrors = {}
             assert all(s[2] == 200 for s in samples)
             lat = [s[1] for s in samples]
@@ -103,6 +136,8 @@ def bench_model(name: str, seconds: float, rounds: int) -> dict[str, object]:
     for m in mirrors.values():
         m.stop()
     srv.stop()
+    burner.kill()
+    burner.wait()
     proc.close()
     backend.close()
     reg.close()

@@ -298,6 +298,10 @@ def _shadow_reason(sh: Mapping[str, Any]) -> str:
     text = f"shadow {sh.get('state')}: {sh.get('samples', 0)} samples"
     if isinstance(agreement, (int, float)):
         text += f", agreement {agreement:.2f}%"
+    mirrored = sh.get("mirrored")
+    if isinstance(mirrored, (int, float)) and not isinstance(mirrored, bool):
+        # A busy device runs fewer than sampleRate of its requests in shadow: the reason it is short of minSamples.
+        text += f", {mirrored:.1f}% of requests mirrored"
     return text
 
 

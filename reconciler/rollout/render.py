@@ -87,8 +87,10 @@ def _device_lines(s: RolloutStatus) -> list[str]:
             sh = d.shadow
             a = sh.get("agreement")
             p99 = (sh.get("latencyMs") or {}).get("p99")
+            mirrored = sh.get("mirrored")
             return (f"{d.device} ({sh.get('state')}, {sh.get('samples', 0)} samples"
                     + (f", {a:.2f}%" if isinstance(a, (int, float)) else "")
+                    + (f", {mirrored:.1f}% mirrored" if isinstance(mirrored, (int, float)) else "")
                     + (f", p99 {p99:g} ms" if isinstance(p99, (int, float)) else "") + ")")
         shown = ", ".join(one(d) for d in shadowing[:MAX_LISTED])
         more = f", … {len(shadowing) - MAX_LISTED} more" if len(shadowing) > MAX_LISTED else ""

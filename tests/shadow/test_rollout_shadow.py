@@ -76,13 +76,15 @@ def test_shadow_needs_from() -> None:
 
 
 def shadow_status(dev: str, *, state: str = "Agreeing", samples: int = 500, agreed: int = 500, version: str = "1.0.0",
-                  reason: str = "", failed: bool = False) -> dict:
+                  reason: str = "", failed: bool = False, mirrored: float | None = None) -> dict:
     ep = {"name": "tiny", "deployment": "tiny", "model": "tiny", "version": version, "state": "Serving",
           "desiredVersion": version}
     if state:
         ep["shadow"] = {"version": "1.1.0", "state": state, "reason": reason, "samples": samples, "agreed": agreed,
                         "agreement": 100.0 * agreed / samples if samples else None, "errors": 0, "nanOutputs": 0,
                         "latencyMs": {"p50": 0.2, "p99": 0.9, "liveP50": 0.1, "liveP99": 0.5}, "memoryMB": 3.5}
+        if mirrored is not None:
+            ep["shadow"]["mirrored"] = mirrored
     st = {"heartbeat": FRESH, "appliedCommit": "a" * 40, "endpoints": [ep], "conditions": []}
     if failed:
         st["failures"] = [{"endpoint": "tiny", "version": "1.1.0", "reason": "ShadowNonFiniteOutput: NaN", "count": 1}]
@@ -133,6 +135,21 @@ def test_a_disagreeing_canary_is_refused_with_its_agreement_named() -> None:
     g = st.gate("minShadowAgreement")
     assert st.phase == PROGRESSING and not g.passed and g.value == pytest.approx(80.1)
     assert "lowest agreement 80.10% (dev-001, 1000 samples)" in st.message
+
+
+def test_the_share_of_requests_a_busy_device_mirrored_is_shown_per_device() -> None:
+    """A device short of samples says how much of its traffic the candidate ran (the rest was dropped because it
+    only gets idle CPU), in the device list and in the shadow line of the text view."""
+    fleet = make()
+    st = run(fleet, {"dev-000": shadow_status("dev-000", samples=40, agreed=40, mirrored=3.2),
+                     "dev-001": shadow_status("dev-001", samples=1000, agreed=995),
+                     "dev-002": shadow_status("dev-002", samples=1000, agreed=1000)})
+    table = render(st)
+    assert "dev-000 (Comparing" in table or "dev-000 (Agreeing" in table
+    assert "40 samples, 100.00%, 3.2% mirrored, p99 0.9 ms" in table
+    assert "dev-001 (Agreeing, 1000 samples, 99.50%, p99 0.9 ms)" in table  # no figure: none reported
+    dev0 = next(d for d in st.devices if d.device == "dev-000")
+    assert dev0.shadow["mirrored"] == 3.2
 
 
 def test_too_few_samples_and_refused_devices_wait_and_failed_candidates_fail_the_step() -> None:
