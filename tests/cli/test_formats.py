@@ -69,7 +69,7 @@ def test_a_url_is_cloned_for_validate_render_and_plan(tmp_path: Path) -> None:
     r = run_cli("validate", "--repo", (tmp_path / "nothing.git").as_uri())
     assert r.code == 1 and r.err.startswith(f"error: cannot clone {(tmp_path / 'nothing.git').as_uri()}: ")
     r = run_cli("plan", "--repo", "https://user:s3cret@git.example.com/fleet.git", "--base", "main")
-    assert r.code == 2 and "s3cret" not in r.err and "a password in the URL" in r.err
+    assert r.code == 2 and "s3cret" not in r.err and "credentials in the URL" in r.err
 
 
 def test_rollout_status_and_watch_in_yaml(tmp_path: Path) -> None:

@@ -160,6 +160,10 @@ def test_devices_behind_a_gateway_refuse_what_it_forges_and_their_status_is_rela
     git(mirror, "update-ref", "refs/heads/main", forged, signed)
 
     def refused_everywhere() -> bool:
+        # A compromised gateway keeps serving its forgery: its own refresh round may have put the signed head
+        # back in the mirror (a slow machine runs one between the injection and the devices' polls).
+        if git(mirror, "rev-parse", "refs/heads/main") != forged:
+            git(mirror, "update-ref", "refs/heads/main", forged)
         for dev in DEVICES:
             st = json.loads((tmp_path / dev / "state" / "status.json").read_text())["status"]
             avail = next(c for c in st["conditions"] if c["type"] == "SourceAvailable")
