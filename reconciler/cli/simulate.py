@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -239,10 +240,24 @@ def _run(settings: Any, work_dir: Path, conditions: list[Any], run_for: float, e
         raise UserError(str(exc)) from None
     except ShardDied as exc:
         raise UserError(f"the simulation could not start: {exc}") from None
-    met = interrupted = False
+    met = False
     final: dict[str, Any] | None = None
     stop = threading.Event()
+    ctrl_c: list[bool] = []
+
+    def on_sigint(_sig: int, _frame: Any) -> None:
+        # Ctrl-C ends the run between two reads of the simulator processes' pipes, never inside one (a
+        # KeyboardInterrupt in the middle of a message left the rest unread and the final read waiting forever);
+        # a second Ctrl-C interrupts at once.
+        if ctrl_c:
+            raise KeyboardInterrupt
+        ctrl_c.append(True)
+        stop.set()
+
     t_start = time.monotonic()
+    interrupted = False
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set a signal handler
+    previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
     try:
         progress = Progress("simulating", run_for, "s")
         if isinstance(sim, Simulation):
@@ -255,8 +270,9 @@ def _run(settings: Any, work_dir: Path, conditions: list[Any], run_for: float, e
                     stop.set()  # the run yields one more line and returns
                 _emit(line, fmt)
                 progress.update(float(line["t"]), f"simulating {settings.devices} devices")
-        except KeyboardInterrupt:  # Ctrl-C: the devices' last pushes and the final line, then exit 130
-            interrupted = True
+        except KeyboardInterrupt:  # a second Ctrl-C: the devices' last pushes and the final line, then exit 130
+            ctrl_c.append(True)
+        interrupted = bool(ctrl_c)
         progress.close()
         if isinstance(sim, Simulation):
             sim.flush_status(FLUSH_SECONDS)  # the shards flush their own when they stop
@@ -267,6 +283,8 @@ def _run(settings: Any, work_dir: Path, conditions: list[Any], run_for: float, e
         raise UserError(f"the simulation stopped: {exc}") from None
     finally:
         closed = sim.close()
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
         if isinstance(sim, ShardedFleet):
             final = closed
     if final is None:
