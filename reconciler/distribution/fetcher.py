@@ -289,6 +289,12 @@ class RangeFetcher(FetcherInterface):
             raise
         finally:
             _active.deadline = None
+        if deadline.expired:
+            # Cut while the head was arriving: http.client takes a head that ends early for a whole one (a 200
+            # with half a header and a "body" of the head's last bytes). Nothing of it is the response.
+            resp.close()
+            deadline.finish()
+            raise deadline.error()
         if resp.status >= 400 and resp.status != 416:
             deadline.finish()
             page = resp.read(4096) if resp.status == 400 else b""
