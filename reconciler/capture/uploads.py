@@ -10,6 +10,7 @@ service's ``_store`` (which makes room within the quota first).
 
 from __future__ import annotations
 
+import abc
 import logging
 import threading
 import time
@@ -32,7 +33,7 @@ M_UPLOADED = Counter("modelfleet_capture_uploaded_batches_total", "Batches ackno
 UPLOAD_IDLE = 5.0  # an uploader with nothing to send (or not allowed to) looks again after this long
 
 
-class UploadWalks:
+class UploadWalks(abc.ABC):
     """The upload side of the capture service: one thread per destination, each running :meth:`_upload_loop`."""
 
     # The service's state these walks read and update (set in CaptureService.__init__).
@@ -51,8 +52,9 @@ class UploadWalks:
     _cpu: dict[str, float]
     _window_open: Callable[[Mapping[str, Any] | None], bool]
 
+    @abc.abstractmethod
     def _store(self, sealed: _Sealed, now: float) -> bool:
-        raise NotImplementedError  # CaptureService's: make room within the quota, then write to the spool
+        """Make room within the quota, then write ``sealed`` to the spool (CaptureService's); False: dropped."""
 
     def _wake_uploader(self, endpoint: str) -> None:
         dest = self._dests.get(endpoint)
