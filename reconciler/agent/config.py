@@ -19,8 +19,8 @@ import yaml
 
 from reconciler.capture.upload import origin_of
 from reconciler.core.credentials import Credentials
+from reconciler.core.endpointconfig import PROXY_HINT, dotted, parse_credentials, where
 from reconciler.core.errors import UserError
-from reconciler.core.proxy import DIRECT, ProxyURLError, normalise_proxy
 from reconciler.core.redact import redact, redact_url, userinfo_problem
 from reconciler.core.units import parse_duration
 from reconciler.fleet.manifests import schema_problem
@@ -169,30 +169,8 @@ class AgentConfig:
         return self.openvino_cache_dir or self.state_dir / "ov-cache"
 
 
-def _line_of(node: yaml.Node | None, path: list[str | int]) -> int | None:
-    """1-based line of the YAML node at the JSON ``path`` (or of its deepest existing ancestor)."""
-    if node is None:
-        return None
-    cur = node
-    for key in path:
-        nxt: yaml.Node | None = None
-        if isinstance(cur, yaml.MappingNode):
-            for k, v in cur.value:
-                if isinstance(k, yaml.ScalarNode) and k.value == key:
-                    nxt = v
-                    break
-        elif isinstance(cur, yaml.SequenceNode) and isinstance(key, int) and key < len(cur.value):
-            nxt = cur.value[key]
-        if nxt is None:
-            break
-        cur = nxt
-    return cur.start_mark.line + 1
-
-
 def _where(path: Path | None, root: yaml.Node | None, jpath: list[str | int]) -> str:
-    name = str(path) if path else "<agent config>"
-    line = _line_of(root, jpath)
-    return f"{name}:{line}" if line else name
+    return where(str(path) if path else "<agent config>", root, jpath)
 
 
 def _device_id(spec: Mapping[str, Any], environ: Mapping[str, str], where: Callable[[list[str | int]], str]) -> str:
@@ -217,7 +195,6 @@ _GIT_HINT = ("put the secret in a file named by the `credentials` block next to 
              "(a GitHub token: username x-access-token)")
 _TUF_HINT = "put the token in a file named by spec.tuf.credentials: bearerTokenFile (or username + passwordFile)"
 _CAPTURE_HINT = "put the upload token in a file named by spec.capture.uploadTokenFile"
-_PROXY_HINT = "put the proxy's user name in proxyUsername and its password in a file named by proxyPasswordFile"
 
 
 def _refuse_userinfo(data: Mapping[str, Any], where: Callable[[list[str | int]], str]) -> None:
@@ -241,7 +218,7 @@ def _refuse_userinfo(data: Mapping[str, Any], where: Callable[[list[str | int]],
         creds = (block if section == "capture" else block.get("credentials")) if isinstance(block, dict) else None
         if isinstance(creds, dict) and isinstance(proxy := creds.get("proxy"), str):
             at: list[str | int] = [section, "proxy"] if section == "capture" else [section, "credentials", "proxy"]
-            fields.append((at, proxy if "://" in proxy else "http://" + proxy, False, _PROXY_HINT))
+            fields.append((at, proxy if "://" in proxy else "http://" + proxy, False, PROXY_HINT))
     capture = spec.get("capture")
     origins = capture.get("allowedOrigins") if isinstance(capture, dict) else None
     if isinstance(origins, list):
@@ -249,8 +226,7 @@ def _refuse_userinfo(data: Mapping[str, Any], where: Callable[[list[str | int]],
     for jpath, url, ssh, hint in fields:
         problem = userinfo_problem(url, ssh_login=ssh) if isinstance(url, str) else None
         if problem:
-            dotted = ".".join(str(k) if isinstance(k, str) else f"[{k}]" for k in jpath).replace(".[", "[")
-            raise UserError(f"{where(['spec', *jpath])}: spec.{dotted} {redact_url(url)} holds {problem}, which "
+            raise UserError(f"{where(['spec', *jpath])}: spec.{dotted(jpath)} {redact_url(url)} holds {problem}, which "
                             "would show in `ps`, logs, journal.json, status.json and the status pushed to Git; "
                             f"take it out of the URL and {hint} (docs/hosting.md)")
 
@@ -330,32 +306,8 @@ def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str
         raise UserError(f"{_where(path, root, ['spec', 'serving', 'limits'])}: {exc}") from None
 
     def creds(section: list[str], d: dict[str, Any] | None) -> Credentials | None:
-        if d is None:
-            return None
-        if ("passwordFile" in d) != ("username" in d):
-            raise UserError(f"{_where(path, root, ['spec', *section])}: credentials.username and "
-                            "credentials.passwordFile go together (GitHub tokens: username x-access-token)")
-        if "passwordFile" in d and "bearerTokenFile" in d:
-            raise UserError(f"{_where(path, root, ['spec', *section])}: use either passwordFile or bearerTokenFile")
-        if ("proxyUsername" in d) != ("proxyPasswordFile" in d):
-            raise UserError(f"{_where(path, root, ['spec', *section])}: proxyUsername and proxyPasswordFile go together")
-        if "clientKeyFile" in d and "clientCertFile" not in d:
-            raise UserError(f"{_where(path, root, ['spec', *section, 'clientKeyFile'])}: credentials.clientKeyFile "
-                            "needs clientCertFile (the certificate it is the key of)")
-        proxy = d.get("proxy")
-        if proxy is not None and proxy != DIRECT:
-            try:
-                proxy = normalise_proxy(proxy, where="spec." + ".".join([*section, "proxy"]))
-            except ProxyURLError as exc:
-                raise UserError(f"{_where(path, root, ['spec', *section, 'proxy'])}: {exc} (or `{DIRECT}` for "
-                                "no proxy)") from None
-        return Credentials(username=d.get("username"), password_file=p(d.get("passwordFile")),
-                           bearer_token_file=p(d.get("bearerTokenFile")), ssh_key_file=p(d.get("sshKeyFile")),
-                           known_hosts_file=p(d.get("knownHostsFile")), ca_file=p(d.get("caFile")),
-                           extra_ca_file=p(d.get("extraCaFile")), client_cert_file=p(d.get("clientCertFile")),
-                           client_key_file=p(d.get("clientKeyFile")), proxy=proxy,
-                           proxy_username=d.get("proxyUsername"), proxy_password_file=p(d.get("proxyPasswordFile")),
-                           bundle_dir=(p(spec.get("stateDir")) or Path(DEFAULT_STATE_DIR)) / "tls")
+        return parse_credentials(d, ["spec", *section], lambda jpath: _where(path, root, list(jpath)), p,
+                                 bundle_dir=(p(spec.get("stateDir")) or Path(DEFAULT_STATE_DIR)) / "tls")
 
     allowed_origins = []
     for i, origin in enumerate(capture.get("allowedOrigins") or []):

@@ -2,14 +2,21 @@
 
 :func:`load_gateway_config` validates the YAML and returns a :class:`GatewayConfig` with every default filled in
 and relative paths resolved against the file's directory; a problem is a
-:class:`~reconciler.core.errors.UserError` naming the field. Credentials are paths of files, checked when used,
-as on a device (:mod:`reconciler.core.credentials`).
+:class:`~reconciler.core.errors.UserError` naming ``file:line`` and the field. Credentials are paths of files,
+checked when used, as on a device (:mod:`reconciler.core.credentials`).
+
+Each upstream (``source``, ``status``, ``tuf``) takes the agent's ``credentials`` block with the agent's own
+parser (:mod:`reconciler.core.endpointconfig`): the same keys — a proxy (or ``direct``) with its credentials,
+``caFile``/``extraCaFile``, a client certificate for a central server that asks for one — the same checks and
+the same messages. A site gateway is the box behind the corporate proxy that talks to the central servers with
+mutual TLS.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +24,9 @@ from typing import Any
 import yaml
 
 from reconciler.core.credentials import Credentials
+from reconciler.core.endpointconfig import Where, dotted, parse_credentials, proxy_userinfo_refusal, where
 from reconciler.core.errors import UserError
-from reconciler.core.redact import has_password, redact_url
+from reconciler.core.redact import has_password, redact, redact_url
 from reconciler.core.units import parse_duration
 from reconciler.fleet.schemas import validator
 
@@ -64,27 +72,49 @@ class GatewayConfig:
         return int(self.listen.rsplit(":", 1)[1])
 
 
-def _creds(d: dict[str, Any] | None, p: Any, where: str) -> Credentials | None:
-    if d is None:
-        return None
-    if ("passwordFile" in d) != ("username" in d):
-        raise UserError(f"{where}: credentials.username and credentials.passwordFile go together")
-    return Credentials(username=d.get("username"), password_file=p(d.get("passwordFile")),
-                       bearer_token_file=p(d.get("bearerTokenFile")), ssh_key_file=p(d.get("sshKeyFile")),
-                       known_hosts_file=p(d.get("knownHostsFile")), ca_file=p(d.get("caFile")))
+def _refuse_userinfo(spec: Any, where_: Where) -> None:
+    """UserError at ``file:line`` for a secret in an upstream URL or a proxy URL (before the schema: its messages
+    quote values)."""
+    up = spec.get("upstream") if isinstance(spec, dict) else None
+    if not isinstance(up, dict):
+        return
+    for section, block in up.items():
+        if not isinstance(block, dict):
+            continue
+        many = block.get("urls") if isinstance(block.get("urls"), list) else []
+        urls = [(["url"], block.get("url")), *((["urls", i], u) for i, u in enumerate(many))]
+        for sub, url in urls:
+            at = ["spec", "upstream", section, *sub]
+            if isinstance(url, str) and has_password(url):
+                raise UserError(f"{where_(at)}: {dotted(at)} {redact_url(url)} embeds a password or token: put it "
+                                "in a file and set credentials.username + credentials.passwordFile")
+        creds = block.get("credentials")
+        if isinstance(creds, dict):
+            proxy_userinfo_refusal(creds.get("proxy"), ["spec", "upstream", section, "credentials", "proxy"], where_)
 
 
 def parse_gateway_config(text: str, path: Path | None = None) -> GatewayConfig:
+    """Parse and validate config text; ``path`` names the file in errors (``file:line``) and anchors relative
+    paths."""
     label = str(path) if path else "<gateway config>"
     try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise UserError(f"{label}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        at = f"{label}:{mark.line + 1}" if mark is not None else label
+        raise UserError(f"{at}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(data, dict):
         raise UserError(f"{label}: expected a GatewayConfig mapping (apiVersion, kind, metadata, spec)")
+
+    def at(jpath: Sequence[str | int]) -> str:
+        return where(label, root, jpath)
+
+    _refuse_userinfo(data.get("spec"), at)
     errors = sorted(validator("GatewayConfig").iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
-        lines = [f"{'.'.join(str(x) for x in e.absolute_path) or '(document)'}: {e.message}" for e in errors[:10]]
+        lines = [f"{at(list(e.absolute_path))}: {'.'.join(str(x) for x in e.absolute_path) or '(document)'}: "
+                 f"{redact(e.message)}" for e in errors[:10]]
         raise UserError(f"invalid gateway config {label}:\n  " + "\n  ".join(lines))
     base = path.parent if path else Path.cwd()
 
@@ -100,15 +130,16 @@ def parse_gateway_config(text: str, path: Path | None = None) -> GatewayConfig:
     up = spec["upstream"]
     src, status, tuf = up["source"], up.get("status") or {}, up["tuf"]
     cache, relay = spec.get("tufCache") or {}, spec.get("relay") or {}
-    for where, url in ([("spec.upstream.source.url", src["url"]), ("spec.upstream.tuf.url", tuf["url"])]
-                       + [(f"spec.upstream.status.urls[{i}]", u) for i, u in enumerate(status.get("urls") or [])]):
-        if has_password(url):
-            raise UserError(f"{label}: {where} {redact_url(url)} embeds a password or token: put it in a file and "
-                            "set credentials.username + credentials.passwordFile")
+    data_dir = p(spec.get("dataDir")) or Path(DEFAULT_DATA_DIR)
+
+    def creds(section: str, d: dict[str, Any] | None) -> Credentials | None:
+        # The agent's own parser: the same keys, checks and messages (reconciler.core.endpointconfig).
+        return parse_credentials(d, ["spec", "upstream", section, "credentials"], at, p, bundle_dir=data_dir / "tls")
+
     try:
         interval = parse_duration(spec.get("interval", "10s"))
     except ValueError as exc:
-        raise UserError(f"{label}: spec.interval: {exc}") from None
+        raise UserError(f"{at(['spec', 'interval'])}: spec.interval: {exc}") from None
     kw: dict[str, Any] = {}
     if spec.get("nginx"):
         kw["nginx"] = spec["nginx"]
@@ -116,12 +147,12 @@ def parse_gateway_config(text: str, path: Path | None = None) -> GatewayConfig:
         kw["fcgiwrap"] = spec["fcgiwrap"]
     return GatewayConfig(
         name=data["metadata"]["name"], source_url=src["url"], tuf_url=tuf["url"].rstrip("/"),
-        listen=spec.get("listen", DEFAULT_LISTEN), data_dir=p(spec.get("dataDir")) or Path(DEFAULT_DATA_DIR),
+        listen=spec.get("listen", DEFAULT_LISTEN), data_dir=data_dir,
         interval=max(1.0, interval), branches=tuple(src.get("branches") or ("main",)),
-        source_credentials=_creds(src.get("credentials"), p, label) or Credentials(),
+        source_credentials=creds("source", src.get("credentials")) or Credentials(),
         status_urls=tuple(status.get("urls") or ()), status_prefix=status.get("branchPrefix", "status/"),
-        status_credentials=_creds(status.get("credentials"), p, label),
-        tuf_credentials=_creds(tuf.get("credentials"), p, label) or Credentials(),
+        status_credentials=creds("status", status.get("credentials")),
+        tuf_credentials=creds("tuf", tuf.get("credentials")) or Credentials(),
         metadata_seconds=int(cache.get("metadataSeconds", 1)), cache_max_size=cache.get("maxSize", "10g"),
         cache_inactive=cache.get("inactive", "30d"), htpasswd_file=p((spec.get("statusAuth") or {}).get("htpasswdFile")),
         max_refs_per_push=int(relay.get("maxRefsPerPush", 2000)), max_devices=int(relay.get("maxDevices", 20000)),
