@@ -95,6 +95,18 @@ class TinyProxy:
         return f"http://127.0.0.1:{self.tap.port}"
 
     def start(self) -> TinyProxy:
+        self._spawn()
+        self.tap = Tap(self.port)
+        return self
+
+    def restart(self, *, basic_auth: tuple[str, str] | None) -> None:
+        """tinyproxy again on the same port with other credentials (an operator rotating the proxy's password):
+        the connections through the old one are cut, the :class:`Tap` and :attr:`url` stay."""
+        _stop(self._proc)
+        self.basic_auth = basic_auth
+        self._spawn()
+
+    def _spawn(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         conf = self.root / "tinyproxy.conf"
         # No ConnectPort line: CONNECT to any port (the test servers listen on random ones).
@@ -106,8 +118,6 @@ class TinyProxy:
             self._proc = subprocess.Popen([TINYPROXY, "-d", "-c", str(conf)], stdout=out, stderr=out,
                                           stdin=subprocess.DEVNULL, start_new_session=True)
         wait_port(self.port, 10)
-        self.tap = Tap(self.port)
-        return self
 
     def requests(self) -> list[str]:
         """The request lines tinyproxy logged (``CONNECT host:port HTTP/1.1``, ``GET http://… HTTP/1.1``)."""

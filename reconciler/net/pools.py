@@ -72,24 +72,33 @@ class Pools:
         self._kw = {**kw, **tls_options(self.credentials)}
         self._pool_classes = dict(pool_classes) if pool_classes else None
         self._managers: dict[str | None, urllib3.PoolManager] = {}
+        self._auths: dict[str | None, str | None] = {}  # the Proxy-Authorization each route's manager sends
 
     def route(self, url: str) -> str | None:
         """The proxy ``url`` goes through, None for direct (ProxyURLError for an unusable proxy setting)."""
         return proxy_for(url, self.env, self.credentials.proxy)
 
-    def _build(self, proxy: str | None) -> urllib3.PoolManager:
-        # The proxy password file is read when a route's pool is built (CredentialError if it is not private).
-        auth = self.credentials.proxy_authorization() if proxy is not None else None
+    def _build(self, proxy: str | None, auth: str | None) -> urllib3.PoolManager:
         mgr = manager(proxy, proxy_authorization=auth, **self._kw)
         if self._pool_classes:
             mgr.pool_classes_by_scheme = dict(self._pool_classes)  # type: ignore[assignment]
         return mgr
 
+    def _proxy_auth(self, proxy: str | None) -> str | None:
+        # Checked at each request (CredentialError if the file is not private): one stat, and a read only when
+        # the file changed (read_secret), so a rotated proxy password applies without a restart.
+        return self.credentials.proxy_authorization() if proxy is not None else None
+
     def for_url(self, url: str) -> urllib3.PoolManager:
         proxy = self.route(url)
-        mgr = self._managers.get(proxy)
-        if mgr is None:
-            mgr = self._managers[proxy] = self._build(proxy)
+        auth = self._proxy_auth(proxy)
+        known = self._managers.get(proxy)
+        if known is not None and self._auths.get(proxy) == auth:
+            return known
+        if known is not None:
+            known.clear()  # its tunnels were opened with the old password; the proxy may have cut them already
+        mgr = self._managers[proxy] = self._build(proxy, auth)
+        self._auths[proxy] = auth
         return mgr
 
     def request(self, method: str, url: str, **kw: Any) -> urllib3.BaseHTTPResponse:
@@ -99,7 +108,7 @@ class Pools:
             # right after on the kept connection would fail with nothing to retry it. So plain http through a
             # proxy gets a connection (and pool) of its own per request; https tunnels stay alive.
             kw["headers"] = {**(kw.get("headers") or {}), "Connection": "close"}
-            return self._build(proxy).request(method, url, **kw)
+            return self._build(proxy, self._proxy_auth(proxy)).request(method, url, **kw)
         return self.for_url(url).request(method, url, **kw)
 
     def clear(self) -> None:
@@ -145,11 +154,30 @@ class _OneWriteHTTPS(_OneWrite, urllib3.connection.HTTPSConnection):
     pass
 
 
-class _OneWritePool(urllib3.HTTPConnectionPool):
+class _FreshProxyAuth(urllib3.HTTPConnectionPool):
+    """A kept-alive pool whose ``Proxy-Authorization`` is read from the proxy password file at each request.
+
+    The pool lives as long as its client (the agent's source poll, the gateway's mirror): with the password read
+    once, a rotated ``proxyPasswordFile`` would need a restart. Read per request (one ``stat``; the file is read
+    again only when it changed), it goes on the next tunnel's ``CONNECT`` (https) or the next forwarded request
+    (http); a tunnel open already stays, the proxy authorised it."""
+
+    proxy_credentials: Credentials | None = None
+
+    def urlopen(self, method: str, url: str, *args: Any, **kw: Any) -> Any:  # type: ignore[override]
+        creds = self.proxy_credentials
+        if creds is not None and self.proxy is not None:
+            auth = creds.proxy_authorization()
+            if auth is not None and self.proxy_headers.get("Proxy-Authorization") != auth:
+                self.proxy_headers = {**self.proxy_headers, "Proxy-Authorization": auth}
+        return super().urlopen(method, url, *args, **kw)
+
+
+class _OneWritePool(_FreshProxyAuth):
     ConnectionCls = _OneWrite
 
 
-class _OneWriteHTTPSPool(urllib3.HTTPSConnectionPool):
+class _OneWriteHTTPSPool(_FreshProxyAuth, urllib3.HTTPSConnectionPool):
     ConnectionCls = _OneWriteHTTPS
 
 
@@ -166,6 +194,8 @@ def keepalive_pool(url: str, *, credentials: Credentials | None, timeout: float,
                   retries=False, timeout=urllib3.Timeout(timeout), block=False)
     proxy = pools.route(url)
     pool = pools.for_url(url).connection_from_url(url)
+    if isinstance(pool, _FreshProxyAuth):
+        pool.proxy_credentials = pools.credentials
     path = parts.path.rstrip("/")
     if proxy is not None and parts.scheme == "http":
         return pool, f"http://{parts.netloc.rsplit('@', 1)[-1]}{path}"

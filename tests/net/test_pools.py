@@ -161,3 +161,41 @@ def test_redirects_are_still_refused_through_the_proxy(servers: tuple[GitHttp, T
         with pytest.raises(UploadError, match="HTTP 307"):
             dest.put_bytes("b.mfcap", b"batch")
         assert redirecting.requests and elsewhere.requests == []
+
+
+def test_a_rotated_proxy_password_file_applies_without_a_restart(
+        servers: tuple[GitHttp, TinyProxy, TinyProxy, Pki], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The proxy's password changes (tinyproxy restarted with another BasicAuth) and the operator rotates the
+    file: the clients built before — the kept-alive ls-refs pool and the shared pools — use the new one at their
+    next request, and neither password shows in an error, a log line or git's argv."""
+    from reconciler.gitops.auth import GitAuth
+    from reconciler.gitops.verify import run_git
+    from tests._servers import private_file
+
+    http, _, _, pki = servers
+    old, new = "R0tate-0ld-5a1", "R0tate-N3w-c77"
+    with TinyProxy(tmp_path / "rotating", basic_auth=(PROXY_USER, old)) as proxy:
+        pw = private_file(tmp_path / "proxy-pw", old)
+        creds = Credentials(ca_file=pki.ca, proxy=proxy.url, proxy_username=PROXY_USER, proxy_password_file=pw)
+        url = http.url("fleet.git", tls=True)
+        client = LsRefsClient(url, authorization=lambda: None, credentials=creds)
+        pools = Pools(creds, retries=False)
+        assert "refs/heads/main" in client.ls_refs(["refs/heads/"])
+        assert pools.request("GET", f"{url}/info/refs?service=git-upload-pack").status == 200
+
+        proxy.restart(basic_auth=(PROXY_USER, new))  # the proxy's password changed; the file not yet
+        with pytest.raises(LsRefsError) as err:
+            client.ls_refs(["refs/heads/"])
+        # (tinyproxy answers a CONNECT without the right credentials with 401, not 407)
+        assert "the proxy refused the tunnel" in str(err.value)
+        assert old not in str(err.value) and new not in str(err.value)
+
+        private_file(pw, new)  # rotated: the same clients, no restart
+        assert "refs/heads/main" in client.ls_refs(["refs/heads/"])
+        assert pools.request("GET", f"{url}/info/refs?service=git-upload-pack").status == 200
+        env = GitAuth(url, creds).env()
+        out = run_git(["ls-remote", "--", url, "refs/heads/main"], env=env, timeout=30)
+        assert b"refs/heads/main" in out.stdout
+        assert sum(r.startswith("CONNECT ") for r in proxy.requests()) >= 4
+    text = caplog.text + str(out.args)
+    assert old not in text and new not in text
