@@ -20,6 +20,7 @@ class _Uploader:
         self.failures = 0
         self.next_try = 0.0  # time.monotonic() before which it does not try again
         self.last_error: str | None = None
+        self.last_reason: str | None = None  # a named reason of the last failure (ClientCertificateRefused)
         self.retired = False
         self.thread: threading.Thread | None = None
         # A batch sealed while this destination was taking uploads goes to it straight from memory (the writer

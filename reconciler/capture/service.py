@@ -534,6 +534,8 @@ class CaptureService(UploadWalks):
             doc["lastUpload"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.last_upload))
         if self.last_error:
             doc["lastError"] = self.last_error[:512]
-        if self.problems:
-            doc["problems"] = dict(self.problems)
+        problems = {**{e: u.last_error for u in list(self._uploaders.values()) if u.last_reason and u.last_error
+                       for e in u.endpoints}, **self.problems}
+        if problems:
+            doc["problems"] = problems
         return doc

@@ -25,6 +25,10 @@ whether a URL may get the token (its origin pinned in the agent config, https on
 device's shared pools (:mod:`reconciler.net.pools`: the capture block's proxy, CA files and client certificate;
 over https through a proxy the token travels inside the ``CONNECT`` tunnel) and follow no redirect, so a 3xx
 answer is an :class:`UploadError` and the token never reaches the redirect's target.
+
+A server that requires a client certificate (mutual TLS) and got none, or refused the one sent (``capture``'s
+``clientCertFile``/``clientKeyFile``), is a :class:`ClientCertificateRefused` naming the destination — its TLS
+alert or nginx's 400 page (:mod:`reconciler.net.clientcert`) — not a plain upload error.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ import urllib3
 
 from reconciler.core.credentials import CredentialError, Credentials
 from reconciler.core.fsutil import fsync_dir
+from reconciler.core.reasons import CLIENT_CERTIFICATE_REFUSED
+from reconciler.net import clientcert
 from reconciler.net.pools import Pools
 
 CHUNK = 64 * 1024
@@ -56,7 +62,15 @@ _MD5_ETAG = re.compile(r'"([0-9a-f]{32})"')
 
 class UploadError(Exception):
     """The destination did not acknowledge (network error, 4xx/5xx, stored object not the batch): the batch
-    stays and is retried."""
+    stays and is retried. ``reason``: a named reason (``status.capture.problems``), or None."""
+
+    reason: str | None = None
+
+
+class ClientCertificateRefused(UploadError):
+    """The destination requires a client certificate and none is configured, or it refused the one sent."""
+
+    reason = CLIENT_CERTIFICATE_REFUSED
 
 
 def origin_of(url: str) -> str:
@@ -153,11 +167,20 @@ class HttpDestination:
     def _request(self, method: str, path: str) -> int:
         resp = self._open(method, path)
         try:
-            resp.read(ERROR_BODY_MAX)
+            self._refused(resp.status, resp.read(ERROR_BODY_MAX))
             return resp.status
         finally:
             resp.release_conn()
             resp.close()
+
+    def _refusal(self, detail: str) -> ClientCertificateRefused:
+        return ClientCertificateRefused(clientcert.refusal_message(
+            self.describe(), cert_sent=self.tls.client_cert_file is not None, detail=detail))
+
+    def _refused(self, status: int, body: bytes) -> None:
+        """ClientCertificateRefused when the answer is the server's refusal of the client certificate."""
+        if clientcert.refused_page(status, body):
+            raise self._refusal(f"HTTP {status}")
 
     def put(self, path: Path) -> bool:
         """Upload the batch file and show that the object stored under its name is it: True, or UploadError.
@@ -194,7 +217,7 @@ class HttpDestination:
             resp = self._open("PUT", target, chunks(), {"Content-Length": str(size),
                                                         "Content-Type": "application/octet-stream"})
             try:
-                resp.read(ERROR_BODY_MAX)
+                self._refused(resp.status, resp.read(ERROR_BODY_MAX))
             finally:
                 resp.release_conn()
                 resp.close()
@@ -208,6 +231,8 @@ class HttpDestination:
             if shrank:
                 raise UploadError(f"{self.describe()}{name}: the batch file shrank while it was sent") from None
             why = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
+            if clientcert.refused_alert(str(why)):  # a TLS alert, on the handshake or the first read (TLS 1.3)
+                raise self._refusal(str(why)) from None
             raise UploadError(f"{self.describe()}{name}: {why}") from None
         return True
 

@@ -1,7 +1,9 @@
 """Each destination's upload walk: the batch handed over in memory first, then the destination's endpoints'
 batches in the spool, oldest first, stopping at the first failure (that destination's own backoff, with jitter,
 so a dead or hanging destination holds back only itself). A batch is deleted only once the destination showed
-the stored object is the batch (:mod:`~.upload`); one that fails from memory goes to the spool.
+the stored object is the batch (:mod:`~.upload`); one that fails from memory goes to the spool. A failure with
+a named reason (a refused client certificate) is the ``problems`` entry of the destination's endpoints until an
+upload to it succeeds.
 
 :class:`UploadWalks` is a part of :class:`~.service.CaptureService` (its base class), split off along this
 seam: it reads the service's policies, destinations, spool and clock, and stores a failed batch through the
@@ -150,11 +152,14 @@ class UploadWalks(abc.ABC):
 
     def _failed(self, u: _Uploader, batch_id: str, endpoint: str, exc: UploadError, now: float) -> float:
         u.failures += 1
-        if u.failures == 1:
+        error = f"{exc.reason}: {exc}" if exc.reason else str(exc)
+        if u.failures == 1 or exc.reason != u.last_reason:
             self.spool.audit.write("upload-failed", now, durable=False, batch=batch_id, endpoint=endpoint,
-                                   destination=u.key, error=str(exc)[:300])
-            log.warning("capture upload failed", extra=fields(endpoint=endpoint, error=str(exc)[:300]))
-        u.last_error = self.last_error = str(exc)
+                                   destination=u.key, error=error[:300])
+            named = {"reason": exc.reason} if exc.reason else {}
+            log.warning("capture upload failed", extra=fields(endpoint=endpoint, **named, error=str(exc)[:300]))
+        u.last_error = self.last_error = error
+        u.last_reason = exc.reason
         delay = backoff_delay(u.failures, self.rand())
         u.next_try = time.monotonic() + delay
         waiting = u.slot
@@ -167,7 +172,7 @@ class UploadWalks(abc.ABC):
         self.counts["uploaded"] += 1
         if u.failures:
             u.failures = 0
-            u.last_error = None
+            u.last_error = u.last_reason = None
             self.last_error = next((v.last_error for v in list(self._uploaders.values())
                                     if v.failures and v.last_error), None)
         self.last_upload = now

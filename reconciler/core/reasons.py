@@ -165,10 +165,13 @@ REASONS: tuple[Reason, ...] = (
     Reason(TLS_VERIFICATION_FAILED, "SourceAvailable, StatusReported or ArtifactsReady (False)",
            "the server's TLS certificate is not trusted or does not name the host",
            "Set `credentials.caFile` to the private CA; check the certificate's subjectAltName and dates."),
-    Reason(CLIENT_CERTIFICATE_REFUSED, "SourceAvailable, StatusReported or ArtifactsReady (False)",
+    Reason(CLIENT_CERTIFICATE_REFUSED, "SourceAvailable, StatusReported or ArtifactsReady (False); "
+           "`status.capture.problems.<endpoint>`; a gateway's `mirror.reason`/`status.reason`/`tuf.reason` "
+           "(`modelfleet gateway status`)",
            "the server requires a client certificate (mutual TLS) and none was sent, or it refused the one sent",
-           "Set `credentials.clientCertFile` and `clientKeyFile` to a certificate the server's client CA signed "
-           "(check its dates): docs/hosting.md. The device keeps serving."),
+           "Set `credentials.clientCertFile` and `clientKeyFile` (capture: `capture.clientCertFile`; a gateway: "
+           "`upstream.<server>.credentials`) to a certificate the server's client CA signed (check its dates): "
+           "docs/hosting.md. The device keeps serving; capture batches wait within their quota."),
     Reason(HOST_KEY_VERIFICATION_FAILED, "SourceAvailable or StatusReported (False)",
            "the SSH host key is not in `credentials.knownHostsFile`, or it changed",
            "Add the host key after checking its fingerprint out of band; a changed key may be an attack."),

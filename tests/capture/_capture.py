@@ -65,15 +65,28 @@ class Campaign:
 class WebDav:
     """nginx serving ``/capture/`` with WebDAV PUT/MKCOL into ``root/data``."""
 
-    def __init__(self, root: Path, port: int | None = None) -> None:
+    def __init__(self, root: Path, port: int | None = None, *, pki: Pki | None = None,
+                 client_ca: Path | None = None) -> None:
+        """``pki``: HTTPS with its server certificate; ``client_ca``: mutual TLS as well (nginx
+        ``ssl_verify_client on``: a client certificate that CA signed, else HTTP 400)."""
         self.root = root
         self.data = root / "data"
         self.port = port or free_port()
+        self.pki = pki
+        self.client_ca = client_ca
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/capture"
+        return f"{'https' if self.pki else 'http'}://127.0.0.1:{self.port}/capture"
+
+    def _tls(self) -> str:
+        if self.pki is None:
+            return ""
+        tls = f"ssl_certificate {self.pki.cert};\n        ssl_certificate_key {self.pki.key};"
+        if self.client_ca is not None:
+            tls += f"\n        ssl_client_certificate {self.client_ca};\n        ssl_verify_client on;"
+        return tls
 
     def _config(self) -> Path:
         r = self.root
@@ -96,7 +109,8 @@ http {{
     uwsgi_temp_path {r}/tmp/uwsgi;
     scgi_temp_path {r}/tmp/scgi;
     server {{
-        listen 127.0.0.1:{self.port};
+        listen 127.0.0.1:{self.port}{" ssl" if self.pki else ""};
+        {self._tls()}
         root {self.data};
         location /capture/ {{
             dav_methods PUT MKCOL;
