@@ -7,6 +7,10 @@ branch heads in one protocol v2 ``ls-refs`` request (:func:`reconciler.gitops.ls
 own poll) and fetches only when one moved: the central server sees one poll per interval per site, and one
 fetch per change, whatever the number of devices behind the gateway.
 
+A failed poll or fetch is named as a device names it (:func:`failure_reason`: ``ClientCertificateRefused``,
+``AuthenticationFailed``, ``TLSVerificationFailed``, …) in the gateway's state and log. The upstream's
+``credentials`` (proxy, CAs, client certificate) reach both the in-process poll and git's fetch.
+
 The mirror follows upstream as it is (a forced fetch): it verifies nothing, because it is not trusted — every
 device verifies commits (signatures, history protection) as if it fetched from the central server.
 """
@@ -17,13 +21,22 @@ import logging
 import time
 from pathlib import Path
 
-from reconciler.core.credentials import Credentials
-from reconciler.core.redact import redact_url
-from reconciler.gitops.auth import GitAuth
-from reconciler.gitops.lsrefs import LsRefsClient, remote_refs
+from reconciler.core.credentials import CredentialError, Credentials
+from reconciler.core.redact import redact, redact_url
+from reconciler.gitops.auth import GitAuth, classify, explain
+from reconciler.gitops.lsrefs import LsRefsClient, LsRefsError, remote_refs
 from reconciler.gitops.verify import init_bare, run_git
 
 log = logging.getLogger("reconciler.gateway")
+
+
+def failure_reason(exc: BaseException) -> str | None:
+    """The reason a device would give for this failure of a Git request (None: none of the named ones)."""
+    if isinstance(exc, LsRefsError):
+        return exc.reason
+    if isinstance(exc, CredentialError):
+        return exc.reason
+    return classify(str(exc))
 
 
 class FleetMirror:
@@ -39,6 +52,7 @@ class FleetMirror:
         self.polls = 0
         self.fetches = 0
         self.last_error: str | None = None
+        self.last_reason: str | None = None  # the named reason of the last failure (reconciler.core.reasons)
         self.last_refresh: float | None = None  # time.time() of the last poll that reached upstream
         self._client: LsRefsClient | None = None
 
@@ -87,22 +101,36 @@ class FleetMirror:
         try:
             heads = self._ls_refs(wanted)
         except Exception as exc:
-            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._failed(exc)
             if self._client is not None:
                 self._client.close()
                 self._client = None
             raise
         self.last_refresh = time.time()
         if heads == self.local_heads():
-            self.last_error = None
+            self.last_error = self.last_reason = None
             return False
         specs = [f"+{r}:{r}" for r in heads]
-        run_git(["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--prune", "--", self.url, *specs],
-                git_dir=self.git_dir, timeout=max(self.timeout, 300), env=self.auth.env())
+        try:
+            run_git(["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--prune", "--", self.url, *specs],
+                    git_dir=self.git_dir, timeout=max(self.timeout, 300), env=self.auth.env())
+        except Exception as exc:
+            self._failed(exc)
+            raise
         self.fetches += 1
-        self.last_error = None
+        self.last_error = self.last_reason = None
         log.info("mirror fetched %s", ", ".join(f"{r.removeprefix('refs/heads/')}={h[:12]}" for r, h in heads.items()))
         return True
+
+    def _failed(self, exc: BaseException) -> None:
+        """Name the failure as a device names it (``ClientCertificateRefused``, ``AuthenticationFailed``, …) and
+        log it once per change; the message never holds a secret (git's is scrubbed of the credentials)."""
+        self.last_reason = failure_reason(exc)
+        text = redact(str(exc), self.credentials.secret_values())
+        message = f"{self.last_reason}: {text}" if self.last_reason else f"{type(exc).__name__}: {text}"
+        if message != self.last_error:
+            log.warning("mirror refresh from %s failed: %s", self.display_url, explain(self.last_reason or "", message))
+        self.last_error = message
 
     def close(self) -> None:
         if self._client is not None:

@@ -15,7 +15,11 @@ One server on ``listen``:
   cached), so ``timestamp.json`` reaches devices within that of its publication.
 
 Upstream TUF credentials become a ``proxy_set_header Authorization`` line: the file is written 0600 and holds
-the only secret the gateway has besides its Git credentials (read by git from their files at each use).
+the only secret the gateway has besides its Git credentials (read by git from their files at each use). nginx
+verifies the central TUF server against ``caFile``/``extraCaFile`` and sends the ``clientCertFile`` a server
+with mutual TLS asks for; behind an egress proxy it reaches it through the gateway's CONNECT tunnel
+(:mod:`~reconciler.gateway.tunnel`). nginx reads the certificate and key when it starts: a renewed one applies
+when the gateway restarts.
 """
 
 from __future__ import annotations
@@ -27,7 +31,10 @@ import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from reconciler.core.proxy import proxy_for
+from reconciler.core.redact import redact_url
 from reconciler.gateway.config import GatewayConfig
+from reconciler.gitops.cabundle import combined_bundle
 
 GIT_HTTP_BACKEND = "git-http-backend"
 
@@ -50,16 +57,51 @@ def _quote(value: str) -> str:
     return f'"{value}"'
 
 
-def nginx_config(cfg: GatewayConfig, *, run_dir: Path, backend: str | None = None) -> str:
-    """The nginx config of the gateway ``cfg`` (paths under ``cfg.data_dir`` and ``run_dir``)."""
+def tuf_route(cfg: GatewayConfig) -> str | None:
+    """The proxy the TUF upstream is reached through (its ``credentials.proxy``, else the environment's, as
+    every client of the gateway and the devices decides it), None for direct."""
+    return proxy_for(cfg.tuf_url, os.environ, cfg.tuf_credentials.proxy)
+
+
+def _upstream_tls(cfg: GatewayConfig) -> str:
+    """nginx's TLS to the central TUF server: verified against ``caFile`` (instead of the system's CAs) and
+    ``extraCaFile`` (added to them: a bundle of both, as git gets), the gateway's client certificate if set."""
+    creds = cfg.tuf_credentials
+    if creds.extra_ca_file is not None:
+        trusted = combined_bundle(creds.ca_file, creds.extra_ca_file, creds.bundle_dir)
+    else:
+        trusted = creds.ca_file or Path("/etc/ssl/certs/ca-certificates.crt")
+    lines = ["proxy_ssl_verify on;", "proxy_ssl_server_name on;", f"proxy_ssl_name {_quote(urlsplit(cfg.tuf_url).hostname or '')};",
+             f"proxy_ssl_trusted_certificate {_quote(str(trusted))};"]
+    if creds.client_cert_file is not None:
+        creds.check_client_key()  # a key readable by others is refused here as everywhere
+        lines += [f"proxy_ssl_certificate {_quote(str(creds.client_cert_file))};",
+                  f"proxy_ssl_certificate_key {_quote(str(creds.client_key_path))};"]
+    return "\n".join("            " + line for line in lines)
+
+
+def nginx_config(cfg: GatewayConfig, *, run_dir: Path, backend: str | None = None,
+                 tunnel_port: int | None = None) -> str:
+    """The nginx config of the gateway ``cfg`` (paths under ``cfg.data_dir`` and ``run_dir``); ``tunnel_port``:
+    the loopback port of the gateway's CONNECT tunnel, needed when the TUF upstream's route is a proxy."""
     data, run = cfg.data_dir.resolve(), run_dir.resolve()
     backend = backend or http_backend()
     tuf = urlsplit(cfg.tuf_url)
-    upstream = f"{tuf.scheme}://{tuf.netloc.rsplit('@', 1)[-1]}{tuf.path.rstrip('/')}"
+    netloc = tuf.netloc.rsplit('@', 1)[-1]
+    route = tuf_route(cfg)
+    if route is not None and tunnel_port is None:
+        raise ValueError(f"the TUF upstream {tuf.scheme}://{netloc} is reached through the proxy "
+                         f"{redact_url(route)}, which nginx cannot use itself: `modelfleet gateway run` relays it "
+                         "(a CONNECT tunnel on loopback)")
+    # Through the proxy, nginx connects to the gateway's tunnel (reconciler.gateway.tunnel) and speaks TLS to the
+    # central server inside it, under the server's own name.
+    via = f"127.0.0.1:{tunnel_port}" if route is not None else netloc
+    upstream = f"{tuf.scheme}://{via}{tuf.path.rstrip('/')}"
     auth = cfg.tuf_credentials.authorization()
     tuf_common = "\n".join(filter(None, [
         f"            proxy_set_header Authorization {_quote(auth)};" if auth else
         "            proxy_set_header Authorization \"\";",
+        f"            proxy_set_header Host {_quote(netloc)};" if route is not None else
         "            proxy_set_header Host $proxy_host;",
         "            proxy_http_version 1.1;",
         "            proxy_set_header Connection \"\";",
@@ -72,12 +114,7 @@ def nginx_config(cfg: GatewayConfig, *, run_dir: Path, backend: str | None = Non
         "            proxy_hide_header Set-Cookie;",
         "            proxy_read_timeout 120s;",
         "            add_header X-Cache-Status $upstream_cache_status always;",
-        (f"            proxy_ssl_trusted_certificate {cfg.tuf_credentials.ca_file};\n"
-         "            proxy_ssl_verify on;\n            proxy_ssl_server_name on;")
-        if tuf.scheme == "https" and cfg.tuf_credentials.ca_file else
-        ("            proxy_ssl_verify on;\n            proxy_ssl_server_name on;\n"
-         "            proxy_ssl_trusted_certificate /etc/ssl/certs/ca-certificates.crt;" if tuf.scheme == "https"
-         else ""),
+        _upstream_tls(cfg) if tuf.scheme == "https" else "",
     ]))
     git_fcgi = f"""
             fastcgi_pass unix:{run}/fcgiwrap.sock;

@@ -28,10 +28,10 @@ import logging
 import os
 from pathlib import Path
 
-from reconciler.core.credentials import Credentials
+from reconciler.core.credentials import CredentialError, Credentials
 from reconciler.core.fsutil import atomic_write_text
 from reconciler.core.redact import redact, redact_url
-from reconciler.gitops.auth import GitAuth
+from reconciler.gitops.auth import GitAuth, classify, explain
 from reconciler.gitops.statusrepo import status_shard
 from reconciler.gitops.verify import GitError, init_bare, run_git
 
@@ -95,6 +95,7 @@ class StatusRelay:
         self.pushes = 0  # pushes upstream (each carrying many ref updates)
         self.refs_relayed = 0
         self.last_error: str | None = None
+        self.last_reason: str | None = None  # the named reason of the last failure (reconciler.core.reasons)
 
     # -- the site's status repository
 
@@ -137,14 +138,18 @@ class StatusRelay:
             url = status_shard(ref[len(self.ref_prefix):], self.urls) or self.urls[0]
             by_url.setdefault(url, []).append((ref, sha))
         stats = {"pending": len(pending), "pushes": 0, "relayed": 0, "rejected": 0, "failed": 0}
-        errors = []
+        errors: list[tuple[str | None, str]] = []
         for url, updates in by_url.items():
             batch = updates[: self.max_refs_per_push]
             try:
                 ok, rejected = self._push(url, batch)
-            except GitError as exc:
+            except (GitError, CredentialError) as exc:
                 stats["failed"] += len(batch)
-                errors.append(str(exc))
+                reason = exc.reason if isinstance(exc, CredentialError) else classify(str(exc))
+                message = f"{reason}: {exc}" if reason else str(exc)
+                if message != self.last_error:
+                    log.warning("relay push to %s failed: %s", redact_url(url), explain(reason or "", message))
+                errors.append((reason, message))
                 continue
             stats["pushes"] += 1
             self.pushes += 1
@@ -155,7 +160,7 @@ class StatusRelay:
                 stats["rejected"] += len(rejected)
                 self._adopt_upstream(url, rejected)
             self.journal.save()
-        self.last_error = errors[-1] if errors else None
+        self.last_reason, self.last_error = errors[-1] if errors else (None, None)
         return stats
 
     def _push(self, url: str, batch: list[tuple[str, str]]) -> tuple[dict[str, str], dict[str, str]]:
@@ -215,5 +220,5 @@ class StatusRelay:
 
     def status(self) -> dict[str, object]:
         return {"branches": len(self.local_tips()), "pending": len(self.pending()), "pushes": self.pushes,
-                "relayed": self.refs_relayed, "lastError": self.last_error,
+                "relayed": self.refs_relayed, "lastError": self.last_error, "reason": self.last_reason,
                 "upstream": [redact_url(u) for u in self.urls], "pid": os.getpid()}

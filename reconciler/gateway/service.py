@@ -8,7 +8,10 @@ status repository). Each child runs in a process group of its own and is stopped
 workers outlive their parent otherwise. Both die with the gateway (``PR_SET_PDEATHSIG``) — fcgiwrap's workers,
 which the kernel does not signal, when the next start stops the group a previous run left (their pid files; under
 systemd the unit's cgroup takes them at once). On SIGTERM it relays once more, then stops them; SIGHUP runs a
-round at once. ``<run>/state.json`` says what it did last (``gateway status``).
+round at once. ``<run>/state.json`` says what it did last (``gateway status``): each upstream's last failure
+with the reason a device would give (``mirror.reason``, ``status.reason``, ``tuf.reason``). When the TUF
+upstream's route is a proxy, nginx reaches it through a CONNECT tunnel the gateway runs
+(:mod:`~reconciler.gateway.tunnel`).
 """
 
 from __future__ import annotations
@@ -25,12 +28,15 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from reconciler.core.fsutil import atomic_write_text
 from reconciler.gateway.config import GatewayConfig
 from reconciler.gateway.mirror import FleetMirror
-from reconciler.gateway.nginx import nginx_config
+from reconciler.gateway.nginx import nginx_config, tuf_route
 from reconciler.gateway.relay import StatusRelay
+from reconciler.gateway.tunnel import ConnectTunnel
+from reconciler.gateway.upstream import TufProbe
 
 log = logging.getLogger("reconciler.gateway")
 FCGI_BACKLOG = 4096
@@ -114,6 +120,8 @@ class Gateway:
                                  cfg.upstream_status_urls, prefix=cfg.status_prefix,
                                  credentials=cfg.relay_credentials, max_refs_per_push=cfg.max_refs_per_push,
                                  max_devices=cfg.max_devices)
+        self.tunnel: ConnectTunnel | None = None  # nginx's road to the TUF upstream through a proxy
+        self.tuf_probe: TufProbe | None = None  # names what the TUF upstream's road does (after prepare())
         self._nginx: subprocess.Popen[bytes] | None = None
         self._fcgi: subprocess.Popen[bytes] | None = None
         self.stop_event = threading.Event()
@@ -127,7 +135,13 @@ class Gateway:
             d.mkdir(parents=True, exist_ok=True)
         self.mirror.ensure()
         self.relay.ensure()
-        atomic_write_text(self.run_dir / "nginx.conf", nginx_config(self.cfg, run_dir=self.run_dir), mode=0o600)
+        route = tuf_route(self.cfg)
+        if route is not None and self.tunnel is None:
+            tuf = urlsplit(self.cfg.tuf_url)
+            self.tunnel = ConnectTunnel(route, tuf.hostname or "", tuf.port or (443 if tuf.scheme == "https" else 80),
+                                        self.cfg.tuf_credentials).start()
+        atomic_write_text(self.run_dir / "nginx.conf", nginx_config(
+            self.cfg, run_dir=self.run_dir, tunnel_port=self.tunnel.listen_port if self.tunnel else None), mode=0o600)
 
     def start(self) -> Gateway:
         self.prepare()
@@ -189,10 +203,13 @@ class Gateway:
             out["relay"] = self.relay.relay_once()
         except Exception as exc:  # noqa: BLE001
             out["relayError"] = str(exc)[:300]
+        if self.tuf_probe is None:
+            self.tuf_probe = TufProbe(self.cfg, self.run_dir, self.tunnel)
+        tuf = self.tuf_probe.check()
         self.state = {**out, "mirror": {"polls": self.mirror.polls, "fetches": self.mirror.fetches,
                                         "lastRefresh": self.mirror.last_refresh, "lastError": self.mirror.last_error,
-                                        "heads": self.mirror.local_heads()},
-                      "status": self.relay.status()}
+                                        "reason": self.mirror.last_reason, "heads": self.mirror.local_heads()},
+                      "status": self.relay.status(), "tuf": tuf}
         atomic_write_text(self.run_dir / "state.json", json.dumps(self.state, sort_keys=True) + "\n", durable=False)
         return out
 
@@ -223,4 +240,8 @@ class Gateway:
         for proc, program in ((self._nginx, self.cfg.nginx), (self._fcgi, self.cfg.fcgiwrap)):
             if proc is not None:
                 _stop_group(proc, program)  # fcgiwrap's workers too, also when their parent is gone already
+        if self.tunnel is not None:
+            self.tunnel.close()
+        if self.tuf_probe is not None:
+            self.tuf_probe.close()
         self.mirror.close()
