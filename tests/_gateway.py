@@ -33,8 +33,10 @@ def central_tuf_url(world: Any) -> str:
 
 
 class GatewayProcess:
-    def __init__(self, root: Path, config: dict[str, Any]) -> None:
+    def __init__(self, root: Path, config: dict[str, Any], *, environ: dict[str, str | None] | None = None) -> None:
+        """``environ``: variables set (None: removed) in the gateway's environment."""
         self.root = root
+        self.environ = dict(environ or {})
         self.root.mkdir(parents=True, exist_ok=True)
         self.config_path = root / "gateway.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -69,6 +71,8 @@ class GatewayProcess:
 
     def start(self, timeout: float = 30.0) -> GatewayProcess:
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        for k, v in self.environ.items():
+            env.pop(k, None) if v is None else env.__setitem__(k, v)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "reconciler.cli", "gateway", "run", "--config",
                                       str(self.config_path)], stdout=self._log, stderr=subprocess.STDOUT, env=env,

@@ -7,7 +7,8 @@ gateway's own nginx for ``timestamp.json`` once per round (the request the site'
 ``tufCache.metadataSeconds``) and names what it finds as a device would name it, in ``state.json``'s ``tuf``
 block and the log: ``ClientCertificateRefused`` (the central server's 400 page passed through, or its TLS alert
 in nginx's error log), ``TLSVerificationFailed``, ``AuthenticationFailed``, ``RepositoryUnavailable`` (with
-the tunnel's own error when a proxy refused it).
+the tunnel's own error when a proxy refused it; also when the cache answered with a stale copy, as it does
+while upstream fails).
 """
 
 from __future__ import annotations
@@ -88,23 +89,26 @@ class TufProbe:
         try:
             body = resp.read(4096)
             status = resp.status
+            # The cache answers a stale copy when upstream fails (devices verify its expiry): not a success here.
+            stale = resp.headers.get("X-Cache-Status", "") == "STALE"
         finally:
             resp.release_conn()
         errors = self._new_log().lower()
-        if status == 200:
+        if status == 200 and not stale:
             return None, None
         if clientcert.refused_page(status, body) or clientcert.refused_alert(errors):
             return CLIENT_CERTIFICATE_REFUSED, clientcert.refusal_message(
                 self.display_upstream, cert_sent=self.cert_sent, detail=f"HTTP {status} through the gateway")
         if status in (401, 403):
             return AUTHENTICATION_FAILED, f"{self.display_upstream} refused the gateway's TUF credentials (HTTP {status})"
-        if status in (502, 504):
+        if status in (502, 504) or stale:
             if any(w in errors for w in _TLS_WORDS):
                 return TLS_VERIFICATION_FAILED, (f"TLS verification of {self.display_upstream} failed (set "
                                                  "upstream.tuf.credentials.caFile or extraCaFile)")
             why = self.tunnel.last_error if self.tunnel is not None and self.tunnel.last_error else None
-            return REPOSITORY_UNAVAILABLE, f"cannot reach {self.display_upstream}" + (f": {why}" if why else
-                                                                                       f" (HTTP {status})")
+            said = "the cached copy served" if stale else f"HTTP {status}"
+            return REPOSITORY_UNAVAILABLE, f"cannot reach {self.display_upstream}" + (f": {why} ({said})" if why else
+                                                                                       f" ({said})")
         return None, f"{self.display_upstream} answered HTTP {status} for timestamp.json"
 
     def close(self) -> None:

@@ -1,19 +1,17 @@
-"""The agent behind an egress proxy and against servers that require a client certificate, on real servers:
-nginx + git http-backend over HTTPS with Basic auth and a private CA (tests/_servers.py), the TUF repository
-behind a bearer token, Debian's tinyproxy (tests/_proxy.py) whose upstream connections come from 127.0.0.2, so
-nginx's log tells which requests came through it. Every request of a device — the in-process ls-refs poll and
+"""The agent behind an egress proxy and against servers that require a client certificate, on real servers
+(tests/_proxy_mtls.py): nginx + git http-backend over HTTPS with Basic auth and a private CA, the TUF repository
+behind a bearer token, Debian's tinyproxy whose upstream connections come from 127.0.0.2, so nginx's log tells
+which requests came through it. Every request of a device — the in-process ls-refs poll and
 status push, git's fetches, TUF metadata and targets, ``modelfleet check``'s probes — takes the route its
 endpoint's settings give, and the origin's credentials cross the proxy only inside the TLS tunnel."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,41 +29,28 @@ from tests._agent_fixtures import (
 )
 from tests._cli import run_cli
 from tests._git_fixtures import free_port
-from tests._proxy import PROXIED_FROM, TinyProxy
-from tests._servers import GitHttp, Pki, private_file
-
-PUSH_PW = "push-Pr0xy-5c1e7a"
-READ_PW = "read-Pr0xy-88d0f3"
-TUF_TOKEN = "tuf-Pr0xy-T0k-41b2"
-USERS = {"device-push": PUSH_PW, "device-read": READ_PW}
-SECRETS = [PUSH_PW.encode(), READ_PW.encode(), TUF_TOKEN.encode(),
-           *(base64.b64encode(f"{u}:{p}".encode()) for u, p in USERS.items())]
-NO_PROXY_ENV: dict[str, str | None] = {k: None for k in ("http_proxy", "https_proxy", "HTTPS_PROXY", "all_proxy",
-                                                         "ALL_PROXY", "no_proxy", "NO_PROXY")}
-
-
-@dataclass
-class Env:
-    pki: Pki
-    http: GitHttp
-    proxy: TinyProxy
+from tests._proxy import PROXIED_FROM
+from tests._proxy_mtls import (
+    NO_PROXY_ENV,
+    PUSH_PW,
+    READ_PW,
+    SECRETS,
+    TUF_TOKEN,
+    Env,
+    central,
+    published_world,
+)
+from tests._servers import private_file
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    root = tmp_path_factory.mktemp("proxy-mtls")
-    pki = Pki.make(root / "pki")
-    with GitHttp(root / "nginx", pki, users=USERS, tuf_token=TUF_TOKEN, client_ca=pki.ca) as http, \
-            TinyProxy(root / "proxy") as proxy:
-        yield Env(pki, http, proxy)
+    with central(tmp_path_factory.mktemp("proxy-mtls")) as servers:
+        yield servers
 
 
 def _world(env: Env, tmp_path: Path, name: str) -> World:
-    w = World(tmp_path / "world", daemon=False)
-    w.publish("1.0.0", bias=0.0)
-    w.commit_fleet("1.0.0")
-    env.http.publish_repo(f"{name}.git", w.upstream.bare)
-    return w
+    return published_world(env, tmp_path, name)
 
 
 def _config(env: Env, w: World, d: Path, name: str, *, mtls: bool = False, trust: dict[str, str] | None = None,
