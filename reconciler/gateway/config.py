@@ -28,6 +28,7 @@ from reconciler.core.endpointconfig import Where, dotted, parse_credentials, pro
 from reconciler.core.errors import UserError
 from reconciler.core.redact import has_password, redact, redact_url
 from reconciler.core.units import parse_duration
+from reconciler.fleet.manifests import schema_problem
 from reconciler.fleet.schemas import validator
 
 DEFAULT_LISTEN = "0.0.0.0:8780"
@@ -113,8 +114,11 @@ def parse_gateway_config(text: str, path: Path | None = None) -> GatewayConfig:
     _refuse_userinfo(data.get("spec"), at)
     errors = sorted(validator("GatewayConfig").iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
-        lines = [f"{at(list(e.absolute_path))}: {'.'.join(str(x) for x in e.absolute_path) or '(document)'}: "
-                 f"{redact(e.message)}" for e in errors[:10]]
+        lines = []
+        for err in errors[:10]:  # said as the agent config says it: an unknown field with its near match
+            problem = schema_problem(err)
+            hint = f" (hint: {problem.hint})" if problem.hint else ""
+            lines.append(f"{at(list(problem.path))}: {redact(problem.message)}{hint}")
         raise UserError(f"invalid gateway config {label}:\n  " + "\n  ".join(lines))
     base = path.parent if path else Path.cwd()
 
