@@ -19,6 +19,10 @@ state and started over) is fetched from upstream: the gateway's branch moves to 
 device's next push there is built on it (the device's writer rebases on a refused push). The relay never forces
 anything upstream and holds no signing key: a status commit is signed by its device, and a gateway that altered
 one would only make it untrusted (docs/security.md).
+
+A failed push is named as a device names it (``ClientCertificateRefused``, ``AuthenticationFailed``, …) in
+``status.reason`` of the gateway's state and in its log; git reports a server refusing the client certificate
+as a bare HTTP 400, so then one in-process request reads the server's page to tell.
 """
 
 from __future__ import annotations
@@ -28,12 +32,17 @@ import logging
 import os
 from pathlib import Path
 
+import urllib3
+
 from reconciler.core.credentials import CredentialError, Credentials
 from reconciler.core.fsutil import atomic_write_text
+from reconciler.core.reasons import CLIENT_CERTIFICATE_REFUSED
 from reconciler.core.redact import redact, redact_url
 from reconciler.gitops.auth import GitAuth, classify, explain
 from reconciler.gitops.statusrepo import status_shard
 from reconciler.gitops.verify import GitError, init_bare, run_git
+from reconciler.net import clientcert
+from reconciler.net.pools import Pools
 
 log = logging.getLogger("reconciler.gateway")
 
@@ -147,6 +156,8 @@ class StatusRelay:
                 stats["failed"] += len(batch)
                 reason = exc.reason if isinstance(exc, CredentialError) else classify(str(exc))
                 message = f"{reason}: {exc}" if reason else str(exc)
+                if reason is None and (refusal := self._certificate_refusal(url, str(exc))):
+                    reason, message = CLIENT_CERTIFICATE_REFUSED, f"{CLIENT_CERTIFICATE_REFUSED}: {refusal}"
                 if message != self.last_error:
                     log.warning("relay push to %s failed: %s", redact_url(url), explain(reason or "", message))
                 errors.append((reason, message))
@@ -186,6 +197,26 @@ class StatusRelay:
             text = redact((proc.stdout + proc.stderr).decode(errors="replace"), self.credentials.secret_values())
             raise GitError(f"relay push to {redact_url(url)} failed: {text.strip()[-500:]}")
         return ok, rejected
+
+    def _certificate_refusal(self, url: str, error: str) -> str | None:
+        """Whether a push git reports as a bare HTTP 400 was the server refusing the client certificate (git does
+        not show nginx's page saying so): one request for the push's ref advertisement, in-process, tells."""
+        if "error: 400" not in error.lower() or not url.startswith("https://"):
+            return None
+        pools = Pools(self.credentials, retries=False, timeout=urllib3.Timeout(self.timeout))
+        try:
+            resp = pools.request("GET", f"{url.rstrip('/')}/info/refs?service=git-receive-pack", redirect=False,
+                                 preload_content=False)
+            status, body = resp.status, resp.read(4096)
+            resp.release_conn()
+        except (urllib3.exceptions.HTTPError, OSError, ValueError, CredentialError):
+            return None
+        finally:
+            pools.clear()
+        if not clientcert.refused_page(status, body):
+            return None
+        return clientcert.refusal_message(redact_url(url), cert_sent=self.credentials.client_cert_file is not None,
+                                          detail=f"HTTP {status}")
 
     def _adopt_upstream(self, url: str, rejected: dict[str, str]) -> None:
         """Upstream holds commits of these branches the gateway does not (see the module docstring): fetch them

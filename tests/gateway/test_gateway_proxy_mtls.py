@@ -68,9 +68,9 @@ def _gateway(env: Env, tmp_path: Path, tuf_dir: Path, tls: dict[str, str]) -> Ga
                           environ={**NO_PROXY_ENV, "https_proxy": dead})
 
 
-def _push_status(gw: GatewayProcess, tmp_path: Path) -> str:
+def _push_status(gw: GatewayProcess, where: Path) -> str:
     """A device's status commit pushed to the gateway (``status/dev-9``); its id."""
-    work = tmp_path / "device-status"
+    work = where / "device-status"
     subprocess.run(["git", "init", "-q", "-b", "status/dev-9", str(work)], check=True)
     (work / "status.yaml").write_text("status: {}\n")
     subprocess.run(["git", "-C", str(work), "add", "."], check=True)
@@ -89,9 +89,13 @@ def test_the_gateway_reaches_central_through_the_proxy_with_its_client_certifica
     # No client certificate: each upstream says so, naming the server.
     gw = _gateway(env, tmp_path / "no-cert", w.tuf_dir, {}).start()
     try:
+        _push_status(gw, tmp_path / "no-cert")
         st = gw.round()
     finally:
         gw.stop()
+    assert st["status"]["reason"] == "ClientCertificateRefused", st["status"]
+    assert st["status"]["lastError"].startswith(f"ClientCertificateRefused: {server}/private/{NAME}.git requires a "
+                                                "client certificate and none is configured"), st["status"]
     assert st["mirror"]["reason"] == "ClientCertificateRefused", st["mirror"]
     assert st["mirror"]["lastError"].startswith(f"ClientCertificateRefused: {server}/private/{NAME}.git requires a "
                                                 "client certificate and none is configured"), st["mirror"]
