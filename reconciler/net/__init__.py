@@ -8,8 +8,9 @@ started for the same endpoint:
 - the proxy :func:`reconciler.core.proxy.proxy_for` picks (the endpoint's ``credentials.proxy``, else
   ``https_proxy``/``http_proxy``/``no_proxy`` as git reads them). HTTPS goes through the proxy with ``CONNECT``
   (urllib3's ``ProxyManager``): the origin's ``Authorization`` header travels inside the TLS tunnel only, the
-  proxy sees the host and port; a proxy's own credentials (its URL's userinfo in the environment) become a
-  ``Proxy-Authorization`` header on the ``CONNECT``, never logged.
+  proxy sees the host and port; a proxy's own credentials (``proxyUsername`` + ``proxyPasswordFile``, or its
+  URL's userinfo in the environment) become a ``Proxy-Authorization`` header on the ``CONNECT``, never logged,
+  the password file read at each request (a rotated one applies to the next tunnel, no restart).
 - server verification: ``caFile`` replaces the system store, ``extraCaFile`` adds a CA to it;
 - a client certificate (``clientCertFile``/``clientKeyFile``, mutual TLS), its key file checked like every
   secret file, and loaded by each new connection (a rotated certificate applies to the next one).
