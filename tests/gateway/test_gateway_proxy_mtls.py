@@ -122,7 +122,9 @@ def test_the_gateway_reaches_central_through_the_proxy_with_its_client_certifica
 
         # The proxy's password changes and the operator rotates the file: the next round uses it, no restart.
         env.proxy.restart(basic_auth=(PROXY_USER, PROXY_PW2))
-        time.sleep(1.2)  # past the cached timestamp.json's second (tufCache.metadataSeconds): the probe asks upstream
+        # Past the cached timestamp.json's lifetime (tufCache.metadataSeconds: 1 s, which nginx counts in whole
+        # seconds, so up to 2 s): the probe's request goes upstream.
+        time.sleep(2.5)
         st = gw.round()
         assert st["mirror"]["reason"] == "GitUnavailable" and "proxy" in st["mirror"]["lastError"], st["mirror"]
         assert not st["tuf"]["ok"] and "refused the tunnel" in st["tuf"]["lastError"], st["tuf"]
