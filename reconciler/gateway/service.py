@@ -11,7 +11,8 @@ systemd the unit's cgroup takes them at once). On SIGTERM it relays once more, t
 round at once. ``<run>/state.json`` says what it did last (``gateway status``): each upstream's last failure
 with the reason a device would give (``mirror.reason``, ``status.reason``, ``tuf.reason``). When the TUF
 upstream's route is a proxy, nginx reaches it through a CONNECT tunnel the gateway runs
-(:mod:`~reconciler.gateway.tunnel`).
+(:mod:`~reconciler.gateway.tunnel`). A rotated TUF token, CA or client certificate file is seen at the next round
+and nginx reloaded with it (its config holds the token; nginx reads the certificate and key when it loads).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from reconciler.core.credentials import CredentialError
 from reconciler.core.fsutil import atomic_write_text
 from reconciler.gateway.config import GatewayConfig
 from reconciler.gateway.mirror import FleetMirror
@@ -123,6 +125,7 @@ class Gateway:
         self.tunnel: ConnectTunnel | None = None  # nginx's road to the TUF upstream through a proxy
         self.tuf_probe: TufProbe | None = None  # names what the TUF upstream's road does (after prepare())
         self._nginx: subprocess.Popen[bytes] | None = None
+        self._tuf_files_seen: tuple[tuple[str, int, int, int, int], ...] = ()
         self._fcgi: subprocess.Popen[bytes] | None = None
         self.stop_event = threading.Event()
         self.wake = threading.Event()  # SIGHUP: a round now
@@ -140,8 +143,56 @@ class Gateway:
             tuf = urlsplit(self.cfg.tuf_url)
             self.tunnel = ConnectTunnel(route, tuf.hostname or "", tuf.port or (443 if tuf.scheme == "https" else 80),
                                         self.cfg.tuf_credentials).start()
-        atomic_write_text(self.run_dir / "nginx.conf", nginx_config(
-            self.cfg, run_dir=self.run_dir, tunnel_port=self.tunnel.listen_port if self.tunnel else None), mode=0o600)
+        self._tuf_files_seen = self._tuf_files()
+        atomic_write_text(self.run_dir / "nginx.conf", self._nginx_config(), mode=0o600)
+
+    def _nginx_config(self) -> str:
+        return nginx_config(self.cfg, run_dir=self.run_dir,
+                            tunnel_port=self.tunnel.listen_port if self.tunnel else None)
+
+    def _tuf_files(self) -> tuple[tuple[str, int, int, int, int], ...]:
+        """Identity of the files nginx's TUF upstream settings come from: the token (written into its config), the
+        CAs and the client certificate and key (read by nginx when it loads its config)."""
+        c = self.cfg.tuf_credentials
+        out = []
+        for p in (c.bearer_token_file, c.password_file, c.ca_file, c.extra_ca_file, c.client_cert_file,
+                  c.client_key_path):
+            if p is not None:
+                try:
+                    st = os.stat(p)
+                    out.append((str(p), st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode))
+                except OSError:
+                    out.append((str(p), 0, 0, 0, 0))
+        return tuple(out)
+
+    def _reload_on_rotation(self) -> None:
+        """A rotated TUF token, CA or client certificate reaches nginx without a restart: its config written
+        again and reloaded (SIGHUP: new workers with the new settings, the old ones finish what they serve)."""
+        files = self._tuf_files()
+        nginx = self._nginx
+        if files == self._tuf_files_seen or nginx is None or nginx.poll() is not None:
+            return
+        self._tuf_files_seen = files
+        try:
+            text = self._nginx_config()
+        except (ValueError, CredentialError) as exc:
+            log.warning("the TUF upstream's credentials changed but cannot be used (%s): nginx keeps the previous "
+                        "ones", exc)
+            return
+        atomic_write_text(self.run_dir / "nginx.conf", text, mode=0o600)
+        before = set(_group_members(nginx.pid, "worker process"))
+        os.kill(nginx.pid, signal.SIGHUP)
+        # Reloaded once a new worker runs and the old ones stopped taking requests (their title then says
+        # "worker process is shutting down" until their open connections are done).
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            now = set(_group_members(nginx.pid, "worker process"))
+            if now - before and not now & before - set(_group_members(nginx.pid, "shutting down")):
+                log.info("the TUF upstream's credentials changed: nginx reloaded with them")
+                return
+            time.sleep(0.05)
+        log.warning("the TUF upstream's credentials changed, but nginx did not reload within %gs (its error.log "
+                    "says why)", START_TIMEOUT)
 
     def start(self) -> Gateway:
         self.prepare()
@@ -195,6 +246,7 @@ class Gateway:
     def tick(self) -> dict[str, Any]:
         """One round: the mirror refreshed (a fetch on change), then the status relayed."""
         out: dict[str, Any] = {"time": time.time()}
+        self._reload_on_rotation()
         try:
             out["mirrorChanged"] = self.mirror.refresh()
         except Exception as exc:  # noqa: BLE001 - reported; next round retries

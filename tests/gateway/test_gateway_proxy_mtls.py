@@ -68,6 +68,13 @@ def _gateway(env: Env, tmp_path: Path, tuf_dir: Path, tls: dict[str, str]) -> Ga
                           environ={**NO_PROXY_ENV, "https_proxy": dead})
 
 
+def _install(pair: tuple[Path, Path], cert: Path, key: Path) -> None:
+    """Copy a certificate and its key where the gateway's config names them (the key 0600), in place."""
+    cert.parent.mkdir(parents=True, exist_ok=True)
+    cert.write_bytes(pair[0].read_bytes())
+    private_file(key, pair[1].read_text().strip())
+
+
 def _push_status(gw: GatewayProcess, where: Path) -> str:
     """A device's status commit pushed to the gateway (``status/dev-9``); its id."""
     work = where / "device-status"
@@ -103,7 +110,9 @@ def test_the_gateway_reaches_central_through_the_proxy_with_its_client_certifica
     assert "ClientCertificateRefused" in gw.log_path.read_text()
 
     # A certificate the central client CA signed: everything works, through the proxy only.
-    cert, key = env.pki.client_cert("site-9")
+    signed = env.pki.client_cert("site-9")
+    cert, key = tmp_path / "tls" / "site-9.pem", tmp_path / "tls" / "site-9.key"
+    _install(signed, cert, key)
     gw = _gateway(env, tmp_path / "cert", w.tuf_dir, {"clientCertFile": str(cert), "clientKeyFile": str(key)}).start()
     try:
         st = gw.state()
@@ -132,6 +141,18 @@ def test_the_gateway_reaches_central_through_the_proxy_with_its_client_certifica
         w.commit_fleet("1.0.0", message="a new head")
         st = gw.round()
         assert st["mirror"]["reason"] is None and st["mirror"]["fetches"] >= 2 and st["tuf"]["ok"], st
+
+        # The certificate files are replaced (by one another CA signed, then the good one again): nginx is
+        # reloaded with each at the next round, no restart.
+        _install(env.pki.client_cert("stranger", ca="other-ca"), cert, key)
+        time.sleep(2.5)
+        st = gw.round()
+        assert st["tuf"]["reason"] == "ClientCertificateRefused", st["tuf"]
+        assert "refused the client certificate" in st["tuf"]["lastError"], st["tuf"]
+        _install(signed, cert, key)
+        time.sleep(2.5)
+        assert gw.round()["tuf"]["ok"]
+        assert gw.log_path.read_text().count("nginx reloaded") == 2
         cmdlines = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in (gw.pid,)]
     finally:
         gw.stop()
