@@ -18,8 +18,8 @@ Upstream TUF credentials become a ``proxy_set_header Authorization`` line: the f
 the only secret the gateway has besides its Git credentials (read by git from their files at each use). nginx
 verifies the central TUF server against ``caFile``/``extraCaFile`` and sends the ``clientCertFile`` a server
 with mutual TLS asks for; behind an egress proxy it reaches it through the gateway's CONNECT tunnel
-(:mod:`~reconciler.gateway.tunnel`). nginx reads the certificate and key when it starts: a renewed one applies
-when the gateway restarts.
+(:mod:`~reconciler.gateway.tunnel`). nginx reads the certificate and key when it loads this config: the gateway
+writes it again and reloads nginx when one of those files changes (``Gateway._reload_on_rotation``).
 """
 
 from __future__ import annotations
