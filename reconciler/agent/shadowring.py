@@ -90,6 +90,7 @@ class Ring:
             raise ValueError("shadow ring geometry does not fit its file")
         self.states = np.ndarray((self.slots,), np.uint8, buffer=self.mm, offset=STATES_AT)
         self.snap = memoryview(self.mm)[CTRL_BYTES:CTRL_BYTES + SNAP_BYTES]
+        self.area = np.ndarray((self.size,), np.uint8, buffer=self.mm)  # the whole file, for numpy's copies
         self.base = CTRL_BYTES + SNAP_BYTES
 
     @classmethod
@@ -244,16 +245,17 @@ class RingMirror:
 
     def observe(self, feeds: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], seconds: float,
                 request_id: str | None = None) -> None:
+        rate = self.settings.sample_rate
+        drawn = rate >= 1.0 or self._rand() < rate
+        layout = _layout(feeds, outputs) if drawn and not (self._final or self._stopped) else None
+        ring = self._ring
         with self._lock:
             self.offered += 1
             if self._final or self._stopped:
                 return
-            if self.settings.sample_rate < 1.0 and self._rand() >= self.settings.sample_rate:
+            if not drawn:
                 self.sampled_out += 1
                 return
-        layout = _layout(feeds, outputs)
-        ring = self._ring
-        with self._lock:
             first = None
             if layout is not None and self.handed - int(ring.ctrl[W_DONE]) < self._limit:
                 slots = -(-layout[0] // ring.slot_bytes)
@@ -263,15 +265,14 @@ class RingMirror:
                 self.dropped += 1
                 return
             self.handed += 1
-        assert layout is not None
         at = ring.slot_at(first)
         kind = KIND_VOID
         try:
-            _write(ring.mm, at, layout, feeds, outputs, seconds)
+            _write(ring, at, layout, feeds, outputs, seconds)  # type: ignore[arg-type]
             kind = KIND_SAMPLE
         finally:
             if kind == KIND_VOID:
-                REC.pack_into(ring.mm, at, MAGIC, KIND_VOID, layout[0], 0.0, 0, 0)
+                REC.pack_into(ring.mm, at, MAGIC, KIND_VOID, layout[0], 0.0, 0, 0)  # type: ignore[index]
             _fence()
             with _BARRIER:
                 ring.states[first] = FILLED
@@ -364,37 +365,66 @@ class RingMirror:
             self._thread.join(timeout)
 
 
+#: Records' layouts by their tensors' names, dtypes and shapes: a serving endpoint sees few distinct ones, and
+#: the header is then built once, not per sample.
+_LAYOUTS: dict[tuple[Any, ...], tuple[int, bytes, tuple[int, ...]] | None] = {}
+_MAX_LAYOUTS = 256
+_SMALL = 1 << 16  # a tensor up to this size is copied by a plain memcpy; a larger one by numpy (without the GIL)
+
+
 def _layout(feeds: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
-            ) -> tuple[int, bytes, list[tuple[int, np.ndarray]]] | None:
-    """(the record's bytes, its header, (offset, array) per tensor), or None when a tensor cannot travel."""
-    n_in, n_out = len(feeds), len(outputs)
-    if n_in + n_out > MAX_TENSORS:
+            ) -> tuple[int, bytes, tuple[int, ...]] | None:
+    """(the record's bytes, its header after the fixed part, each tensor's offset), or None when a tensor cannot
+    travel (an object dtype, too many dimensions or tensors)."""
+    key = (*[(n, a.dtype, a.shape) for n, a in feeds.items()], len(feeds),
+           *[(n, a.dtype, a.shape) for n, a in outputs.items()])
+    got = _LAYOUTS.get(key, False)
+    if got is not False:
+        return got  # type: ignore[return-value]
+    got = _build_layout(feeds, outputs)
+    if len(_LAYOUTS) >= _MAX_LAYOUTS:
+        _LAYOUTS.clear()
+    _LAYOUTS[key] = got
+    return got
+
+
+def _build_layout(feeds: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
+                  ) -> tuple[int, bytes, tuple[int, ...]] | None:
+    if len(feeds) + len(outputs) > MAX_TENSORS:
         return None
-    parts = [b""]
-    arrays = []
+    parts = []
+    sizes = []
     for tensors in (feeds, outputs):
         for name, a in tensors.items():
             code = _CODES.get(a.dtype)
             if code is None or a.ndim > MAX_NDIM:
                 return None
             nm = name.encode()
-            parts.append(TENSOR.pack(code, a.ndim, len(nm), a.nbytes))
-            parts.append(struct.pack(f"<{a.ndim}q", *a.shape))
-            parts.append(nm)
-            arrays.append(a)
+            parts += [TENSOR.pack(code, a.ndim, len(nm), a.nbytes), struct.pack(f"<{a.ndim}q", *a.shape), nm]
+            sizes.append(a.nbytes)
     head = b"".join(parts)
     pos = _up(REC.size + len(head))
-    placed = []
-    for a in arrays:
-        placed.append((pos, a))
-        pos = _up(pos + a.nbytes)
-    return pos, head, placed
+    offsets = []
+    for n in sizes:
+        offsets.append(pos)
+        pos = _up(pos + n)
+    return pos, head, tuple(offsets)
 
 
-def _write(mm: mmap.mmap, at: int, layout: tuple[int, bytes, list[tuple[int, np.ndarray]]],
-           feeds: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], seconds: float) -> None:
-    total, head, placed = layout
+def _write(ring: Ring, at: int, layout: tuple[int, bytes, tuple[int, ...]], feeds: Mapping[str, np.ndarray],
+           outputs: Mapping[str, np.ndarray], seconds: float) -> None:
+    total, head, offsets = layout
+    mm = ring.mm
     REC.pack_into(mm, at, MAGIC, KIND_SAMPLE, total, seconds, len(feeds), len(outputs))
     mm[at + REC.size:at + REC.size + len(head)] = head
-    for off, a in placed:
-        np.copyto(np.ndarray(a.shape, a.dtype, buffer=mm, offset=at + off), a, casting="no")
+    i = 0
+    for tensors in (feeds, outputs):
+        for a in tensors.values():
+            off = at + offsets[i]
+            i += 1
+            if not a.nbytes:
+                continue
+            if a.nbytes <= _SMALL and a.flags.c_contiguous:
+                mm[off:off + a.nbytes] = a.data.cast("B") if a.ndim else a.tobytes()
+            else:
+                np.copyto(ring.area[off:off + a.nbytes].view(a.dtype).reshape(a.shape), a, casting="no")

@@ -21,7 +21,19 @@ import pytest
 from reconciler.agent.shadowing import ShadowSupervisor
 from reconciler.agent.shadowproc import CandidateProcess
 from reconciler.agent.shadowring import (
-    FILLED, FREE, MAGIC, REC, SKIP, SLOT_BYTES, SLOTS, TENSOR, Ring, RingMirror, _layout, _write)
+    FILLED,
+    FREE,
+    MAGIC,
+    REC,
+    SKIP,
+    SLOT_BYTES,
+    SLOTS,
+    TENSOR,
+    Ring,
+    RingMirror,
+    _layout,
+    _write,
+)
 from reconciler.devkit import modelgen
 from reconciler.serving.http.server import InferenceServer
 from reconciler.serving.registry import EndpointSpec, ModelRegistry
@@ -40,7 +52,7 @@ def _wait(pred, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
 def _put(ring: Ring, at_slot: int, feeds: dict[str, np.ndarray], outs: dict[str, np.ndarray]) -> int:
     layout = _layout(feeds, outs)
     assert layout is not None
-    _write(ring.mm, ring.slot_at(at_slot), layout, feeds, outs, 0.25)
+    _write(ring, ring.slot_at(at_slot), layout, feeds, outs, 0.25)
     ring.states[at_slot] = FILLED
     return layout[0]
 
@@ -56,7 +68,7 @@ def test_a_record_reads_back_as_written_and_bad_headers_are_reported() -> None:
     assert (slots, nxt, counted) == (1, 1, True) and total <= SLOT_BYTES
     live_s, got_in, got_out = payload
     assert live_s == 0.25 and list(got_in) == ["image", "mask", "ids"] and list(got_out) == ["logits", "empty"]
-    for want, got in (*zip(feeds.values(), got_in.values()), *zip(outs.values(), got_out.values())):
+    for want, got in (*zip(feeds.values(), got_in.values(), strict=True), *zip(outs.values(), got_out.values(), strict=True)):
         assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want)
     ring.free(0, slots, 1)
     assert ring.take(1) is None and int(ring.states[0]) == FREE
