@@ -15,8 +15,10 @@ round; medians over rounds are compared, and so are the medians of each round's 
 (paired: slow drifts of a shared machine's load cancel). The load generator is the benchmarks' raw-socket
 client in a separate process at concurrency 4 (binary tensors). Two models: the tiny matmul (the request path
 dominates: the mirror's per-request cost shows) and a small CNN (the inference dominates: the candidate's CPU
-competes with the live one). Per mode it also reports the priority the worker obtained and the share of the
-requests it compared (``mirrored_pct``; the rest was dropped, never waited for).
+competes with the live one). Per mode it also reports the priority the worker obtained, the share of the
+requests it compared (``mirrored_pct``; the rest was dropped, never waited for) and the serving process's CPU
+time per request (``cpu_us_per_request``: what the mirror costs the process the live requests run in, which a
+loaded machine's scheduling noise does not blur as it blurs p99).
 
 Prints ONE JSON line. Run: ``PYTHONPATH=. .venv/bin/python bench/bench_shadow.py [--seconds 1.2] [--rounds 12]``
 (about 3 minutes).
@@ -115,6 +117,7 @@ def bench_model(name: str, seconds: float, rounds: int) -> dict[str, object]:
     p50: dict[str, list[float]] = {m: [] for m in MODES}
     p99: dict[str, list[float]] = {m: [] for m in MODES}
     rps: dict[str, list[float]] = {m: [] for m in MODES}
+    cpu: dict[str, list[float]] = {m: [] for m in MODES}  # the serving process's CPU per request, microseconds
     paired: dict[str, list[float]] = {m: [] for m in MODES[1:]}
     for r in range(rounds):
         order = MODES[r % len(MODES):] + MODES[:r % len(MODES)]  # each mode takes each position in turn
@@ -125,7 +128,9 @@ def bench_model(name: str, seconds: float, rounds: int) -> dict[str, object]:
             if mode == "on" and proc_stopped:
                 os.kill(proc.pid, signal.SIGCONT)
                 proc_stopped = False
+            cpu0 = time.process_time()
             samples = load(srv.port, req, CONCURRENCY, seconds)
+            cpu[mode].append((time.process_time() - cpu0) / max(1, len(samples)) * 1e6)
             if mode == "idle_burn":
                 burner.send_signal(signal.SIGSTOP)
             sup.mirrors = {}
@@ -152,10 +157,15 @@ def bench_model(name: str, seconds: float, rounds: int) -> dict[str, object]:
     proc.close()
     backend.close()
     reg.close()
-    med = {k: {m: statistics.median(v[m]) for m in MODES} for k, v in (("p50", p50), ("p99", p99), ("rps", rps))}
+    med = {k: {m: statistics.median(v[m]) for m in MODES}
+           for k, v in (("p50", p50), ("p99", p99), ("rps", rps), ("cpu", cpu))}
     out: dict[str, object] = {f"p99_us_{m}": round(med["p99"][m], 1) for m in MODES}
     out.update({f"p50_us_{m}": round(med["p50"][m], 1) for m in MODES})
     out.update({f"rps_{m}": round(med["rps"][m]) for m in MODES})
+    # what the mirror costs the serving process itself, whatever else the machine runs (a loaded host's p99 is
+    # mostly other processes' scheduling): its CPU per request, and the extra over "off"
+    out.update({f"cpu_us_per_request_{m}": round(med["cpu"][m], 1) for m in MODES})
+    out.update({f"cpu_us_per_request_extra_{m}": round(med["cpu"][m] - med["cpu"]["off"], 1) for m in MODES[1:]})
     for m in MODES[1:]:
         out[f"p99_ratio_{m}_off"] = round(med["p99"][m] / med["p99"]["off"], 3)
         out[f"p99_ratio_{m}_off_paired_median"] = round(statistics.median(paired[m]), 3)
