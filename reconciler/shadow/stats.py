@@ -1,8 +1,9 @@
 """What one device's shadow comparison has seen so far, in fixed memory: counts, error aggregates, latencies.
 
-:class:`ShadowStats` is fed by the mirror's worker (one :func:`~reconciler.shadow.compare.compare` result and
-the candidate's time per mirrored request) and by the request path (offered, sampled out, dropped); it is not
-locked itself — :class:`~reconciler.shadow.mirror.Mirror` serialises access. :meth:`ShadowStats.snapshot` is the
+:class:`ShadowStats` is fed by whoever compares (one :func:`~reconciler.shadow.compare.compare` result and
+the candidate's time per mirrored request: the candidate's process in the agent, a mirror's worker thread)
+and by the request path (offered, sampled out, dropped); it is not locked itself — its one writer serialises
+access. The agent gets the child's copy pickled through shared memory and adds the request path's counts. :meth:`ShadowStats.snapshot` is the
 status document's numbers: aggregates only, no tensor ever leaves the device. Pure.
 """
 
