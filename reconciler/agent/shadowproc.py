@@ -167,7 +167,7 @@ def serve(conn: Connection, ring: Ring, backend: Any, settings: ShadowSettings) 
     tail = done = 0
     final = dirty = False
     said = ("Comparing", "", False)
-    published = time.monotonic()
+    published, told = time.monotonic(), 0.0
 
     def publish() -> None:
         nonlocal dirty, published
@@ -177,14 +177,14 @@ def serve(conn: Connection, ring: Ring, backend: Any, settings: ShadowSettings) 
     publish()
     while True:
         got = ring.take(tail)
+        try:
+            if conn.poll(0 if got is not None else POLL_S):
+                return  # "stop", or anything else: the agent's word is the end
+        except (EOFError, OSError):
+            return
         if got is None:
             if dirty:
                 publish()
-            try:
-                if conn.poll(POLL_S):
-                    return  # "stop", or anything else: the agent's word is the end
-            except (EOFError, OSError):
-                return
             continue
         slots, nxt, counted, payload = got
         if isinstance(payload, str):
@@ -192,14 +192,18 @@ def serve(conn: Connection, ring: Ring, backend: Any, settings: ShadowSettings) 
             stats.last_mismatch = f"unreadable shadow record: {payload}"
         elif payload is not None and not final:
             _one(backend, settings, stats, *payload)
+        got = payload = None  # no view into the slots outlives them
         done += counted
         ring.free(tail, slots, done)
         tail, dirty = nxt, True
         st = stats
-        if st.errors or st.nonfinite or st.samples >= settings.min_samples:
+        if not final and (st.errors or st.nonfinite or st.samples >= settings.min_samples):
             v = device_verdict(st, settings, elapsed=0.0)  # maxDuration is the agent's to check
-            if (v.state, v.reason, v.switch) != said:
-                said, final = (v.state, v.reason, v.switch), final or v.failed
+            now = time.monotonic()
+            # a verdict near its threshold may flip per sample: the agent is told at most 5 times a second (its
+            # passes judge anyway), a failure at once
+            if (v.state, v.reason, v.switch) != said and (v.failed or now - told >= 0.2):
+                said, final, told = (v.state, v.reason, v.switch), v.failed, now
                 publish()
                 try:
                     conn.send(("verdict", v.state))

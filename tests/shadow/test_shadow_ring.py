@@ -71,7 +71,7 @@ def test_a_record_reads_back_as_written_and_bad_headers_are_reported() -> None:
     for want, got in (*zip(feeds.values(), got_in.values(), strict=True), *zip(outs.values(), got_out.values(), strict=True)):
         assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want)
     ring.free(0, slots, 1)
-    assert ring.take(1) is None and int(ring.states[0]) == FREE
+    assert ring.take(1) is None and ring.states[0] == FREE
 
     big = {"x": np.ones((3, SLOT_BYTES // 4), np.float32)}  # three slots' worth: the record spans four
     _put(ring, 1, big, {})
