@@ -27,8 +27,8 @@ whole RSS) and the ring's pages it touched (at most :data:`~reconciler.shadow.sp
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import pickle
 import select
 import signal
 import socket
@@ -179,7 +179,7 @@ def serve(conn: Connection, ring: Ring, backend: Any, settings: ShadowSettings) 
 
     def publish() -> None:
         nonlocal dirty, published
-        ring.publish(pickle.dumps((done, stats), protocol=pickle.HIGHEST_PROTOCOL))
+        ring.publish(json.dumps({"done": done, "stats": stats.to_state()}).encode())
         dirty, published = False, time.monotonic()
 
     publish()

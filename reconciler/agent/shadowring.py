@@ -8,8 +8,9 @@ included) and passes it to the candidate's process (:mod:`reconciler.agent.shado
   flight by it) and the snapshot's sequence number and length;
 - one state byte per slot (:data:`FREE`, :data:`WRITING`, :data:`FILLED`, :data:`USED` for a record's further
   slots, :data:`SKIP` for the ring's tail the agent jumped over);
-- the snapshot area: the child's aggregates (:class:`~reconciler.shadow.stats.ShadowStats`, pickled), written
-  under a sequence lock (odd while writing), read by the agent when it wants numbers — never per sample;
+- the snapshot area: the child's aggregates (:class:`~reconciler.shadow.stats.ShadowStats`, as JSON: data,
+  never code, from the process that runs a model), written under a sequence lock (odd while writing), read by
+  the agent when it wants numbers — never per sample;
 - :data:`SLOTS` slots of :data:`SLOT_BYTES` (together :data:`~reconciler.shadow.spec.QUEUE_BYTES`). A record —
   one sample: a small header, per tensor a descriptor (dtype code, shape, name), then the input tensors and the
   live outputs, each 64-byte aligned — takes as many consecutive slots as it needs and never wraps.
@@ -28,9 +29,9 @@ comparison. Single producer per record, single consumer: each record's state byt
 from __future__ import annotations
 
 import contextlib
+import json
 import mmap
 import os
-import pickle
 import random
 import struct
 import threading
@@ -116,8 +117,10 @@ class Ring:
         if len(blob) > SNAP_BYTES:
             return False
         self.ctrl[W_SEQ] += 1
+        _fence()
         self.snap[:len(blob)] = blob
         self.ctrl[W_LEN] = len(blob)
+        _fence()
         self.ctrl[W_SEQ] += 1
         return True
 
@@ -128,8 +131,10 @@ class Ring:
             if seq == known_seq:
                 return seq, None
             if not seq & 1:
+                _fence()
                 n = min(int(self.ctrl[W_LEN]), SNAP_BYTES)
                 blob = bytes(self.snap[:n])
+                _fence()
                 if int(self.ctrl[W_SEQ]) == seq:
                     return seq, blob
             time.sleep(0.001)  # the child (idle priority) is between the two increments
@@ -237,7 +242,7 @@ class RingMirror:
         self._max_slots = max(1, self._ring.slots // 2)
         self._final = self._stopped = False
         self._death: str | None = None  # the child ended by itself: why
-        self._seq, self._child_done, self._child = -1, 0, ShadowStats()
+        self._seq, self._child_done, self._child = -1, 0, ShadowStats().to_state()
         self._snap_lock = threading.Lock()
         self.verdict = Verdict("Comparing")
         self._notified = (self.verdict.state, self.verdict.reason, self.verdict.switch)
@@ -306,10 +311,11 @@ class RingMirror:
         with self._snap_lock:
             seq, blob = self._ring.read(self._seq)
             if blob is not None:
-                with contextlib.suppress(Exception):  # a torn read: keep the last good one
-                    self._child_done, self._child = pickle.loads(blob)
+                with contextlib.suppress(ValueError, TypeError, KeyError):  # torn or bad: keep the last good one
+                    doc = json.loads(blob)
+                    self._child_done, self._child = int(doc["done"]), doc["stats"]
                     self._seq = seq
-            stats = pickle.loads(pickle.dumps(self._child))
+            stats = ShadowStats.from_state(self._child)
         with self._lock:
             stats.offered, stats.sampled_out, stats.dropped = self.offered, self.sampled_out, self.dropped
         if self._death is not None:
