@@ -246,7 +246,8 @@ class RingMirror:
         self._snap_lock = threading.Lock()
         self.verdict = Verdict("Comparing")
         self._notified = (self.verdict.state, self.verdict.reason, self.verdict.switch)
-        proc.conn.send(("mirror", settings))
+        with contextlib.suppress(OSError):  # a child already gone: the watcher reads the socket's end, and says so
+            proc.conn.send(("mirror", settings))
         self._thread = threading.Thread(target=self._watch, name=f"modelfleet-shadow-{endpoint}", daemon=True)
         self._thread.start()
 
