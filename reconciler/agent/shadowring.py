@@ -9,8 +9,10 @@ included) and passes it to the candidate's process (:mod:`reconciler.agent.shado
 - one state byte per slot (:data:`FREE`, :data:`WRITING`, :data:`FILLED`, :data:`USED` for a record's further
   slots, :data:`SKIP` for the ring's tail the agent jumped over);
 - the snapshot area: the child's aggregates (:class:`~reconciler.shadow.stats.ShadowStats`, as JSON: data,
-  never code, from the process that runs a model), written under a sequence lock (odd while writing), read by
-  the agent when it wants numbers — never per sample;
+  never code, from the process that runs a model), read by the agent when it wants numbers — never per sample.
+  Two buffers, each under a sequence lock (odd while written), the child writing the one the last publish did
+  not: a child stopped mid-write (it runs at idle priority: a busy device may not run it for seconds) leaves
+  the other, complete one to read;
 - :data:`SLOTS` slots of :data:`SLOT_BYTES` (together :data:`~reconciler.shadow.spec.QUEUE_BYTES`). A record —
   one sample: a small header, per tensor a descriptor (dtype code, shape, name), then the input tensors and the
   live outputs, each 64-byte aligned — takes as many consecutive slots as it needs and never wraps.
@@ -35,7 +37,6 @@ import os
 import random
 import struct
 import threading
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -52,7 +53,10 @@ SNAP_BYTES = 256 << 10
 SLOT_BYTES = 64 << 10
 SLOTS = QUEUE_BYTES // SLOT_BYTES
 ALIGN = 64
-W_MAGIC, W_SLOTS, W_SLOT_BYTES, W_DONE, W_SEQ, W_LEN = range(6)  # the control page's uint64 words
+# the control page's uint64 words: geometry, the child's freed records, the snapshots published, and per
+# snapshot buffer its sequence (odd while written) and length
+W_MAGIC, W_SLOTS, W_SLOT_BYTES, W_DONE, W_PUBLISHED, W_SEQ0, W_SEQ1, W_LEN0, W_LEN1 = range(9)
+HALF = SNAP_BYTES // 2
 FREE, WRITING, FILLED, USED, SKIP = 0, 1, 2, 3, 4
 KIND_SAMPLE, KIND_VOID = 1, 0  # a void record: the agent failed to fill it; the child frees it unseen
 
@@ -114,31 +118,36 @@ class Ring:
     # -- the snapshot (the child writes, the agent reads) -----------------------------------------------------
 
     def publish(self, blob: bytes) -> bool:
-        if len(blob) > SNAP_BYTES:
+        if len(blob) > HALF:
             return False
-        self.ctrl[W_SEQ] += 1
+        n = self.ctrl[W_PUBLISHED] + 1
+        b = n % 2
+        self.ctrl[W_SEQ0 + b] += 1
         _fence()
-        self.snap[:len(blob)] = blob
-        self.ctrl[W_LEN] = len(blob)
+        self.snap[b * HALF:b * HALF + len(blob)] = blob
+        self.ctrl[W_LEN0 + b] = len(blob)
         _fence()
-        self.ctrl[W_SEQ] += 1
+        self.ctrl[W_SEQ0 + b] += 1
+        self.ctrl[W_PUBLISHED] = n
         return True
 
-    def read(self, known_seq: int) -> tuple[int, bytes | None]:
-        """(sequence, the snapshot's bytes) — None when it is still ``known_seq`` or stayed torn for ~20 ms."""
-        for _ in range(20):
-            seq = int(self.ctrl[W_SEQ])
-            if seq == known_seq:
-                return seq, None
+    def read(self, known: int) -> tuple[int, bytes | None]:
+        """(publish count, the latest snapshot's bytes) — None when it is still publish ``known``, or when the
+        child overwrote the buffer while it was read, a few times over."""
+        for _ in range(5):
+            n = self.ctrl[W_PUBLISHED]
+            if n == known:
+                return n, None
+            b = n % 2
+            seq = self.ctrl[W_SEQ0 + b]
             if not seq & 1:
                 _fence()
-                n = min(int(self.ctrl[W_LEN]), SNAP_BYTES)
-                blob = bytes(self.snap[:n])
+                size = min(self.ctrl[W_LEN0 + b], HALF)
+                blob = bytes(self.snap[b * HALF:b * HALF + size])
                 _fence()
-                if int(self.ctrl[W_SEQ]) == seq:
-                    return seq, blob
-            time.sleep(0.001)  # the child (idle priority) is between the two increments
-        return known_seq, None
+                if self.ctrl[W_SEQ0 + b] == seq:
+                    return n, blob
+        return known, None
 
     # -- the child's side -------------------------------------------------------------------------------------
 

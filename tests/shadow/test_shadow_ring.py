@@ -196,3 +196,20 @@ def test_the_queue_bounds_the_records_in_flight(queue: int) -> None:
         os.kill(proc.pid, signal.SIGCONT)
         m.stop()
         proc.close()
+
+
+def test_a_child_stopped_mid_publish_leaves_the_last_snapshot_readable() -> None:
+    """The child runs at idle priority: a busy device may stop it mid-write for seconds. The agent then reads the
+    other buffer — the last complete snapshot — at once, never a torn one and without waiting."""
+    from reconciler.agent.shadowring import HALF, W_PUBLISHED, W_SEQ0
+
+    ring, fd = Ring.create()
+    os.close(fd)
+    assert ring.publish(b'{"n": 1}') and ring.read(-1) == (1, b'{"n": 1}') and ring.read(1) == (1, None)
+    assert ring.publish(b'{"n": 2}') and ring.read(1) == (2, b'{"n": 2}')
+    nxt = (ring.ctrl[W_PUBLISHED] + 1) % 2  # what the third publish writes, stopped half-way
+    ring.ctrl[W_SEQ0 + nxt] += 1
+    ring.snap[nxt * HALF:nxt * HALF + 8] = b"garbage!"
+    t0 = time.monotonic()
+    assert ring.read(1) == (2, b'{"n": 2}') and time.monotonic() - t0 < 0.05
+    assert not ring.publish(b"x" * (HALF + 1))  # more than a buffer holds: not published, the last one stays
