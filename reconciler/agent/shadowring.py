@@ -5,7 +5,7 @@ The agent creates an anonymous shared file (``memfd``: no name, gone when both p
 included) and passes it to the candidate's process (:mod:`reconciler.agent.shadowproc`). It holds:
 
 - a control page: the geometry, the child's ``done`` count (records it has freed: the agent bounds what is in
-  flight by it) and the snapshot's sequence number and length;
+  flight by it), the snapshots' publish count and each snapshot buffer's sequence number and length;
 - one state byte per slot (:data:`FREE`, :data:`WRITING`, :data:`FILLED`, :data:`USED` for a record's further
   slots, :data:`SKIP` for the ring's tail the agent jumped over);
 - the snapshot area: the child's aggregates (:class:`~reconciler.shadow.stats.ShadowStats`, as JSON: data,
@@ -18,8 +18,8 @@ included) and passes it to the candidate's process (:mod:`reconciler.agent.shado
   live outputs, each 64-byte aligned — takes as many consecutive slots as it needs and never wraps.
 
 :meth:`RingMirror.observe` (the request path, after the live answer is computed) draws the sample, claims the
-slots under a lock held for a few comparisons, copies the tensors with ``numpy.copyto`` outside it, and marks
-the record filled. No free slot, too many records in flight (``queue``), a sample larger than half the ring or a
+slots under a lock held for a few comparisons, copies the tensors outside it (a memcpy of a small array's
+buffer, ``numpy.copyto`` for a large or strided one: that releases the GIL), and marks the record filled. No free slot, too many records in flight (``queue``), a sample larger than half the ring or a
 tensor the ring cannot carry (object dtypes): the sample is dropped and counted — it never waits. The child
 takes records in ring order, validates each header (lengths inside its slots, known dtypes: a bug on this side
 must not crash the child silently), runs the candidate, compares, keeps the aggregates and frees the slots. It
@@ -210,8 +210,10 @@ class Ring:
         return dict(arrays[:n_in]), dict(arrays[n_in:])
 
     def free(self, tail: int, slots: int, done: int) -> None:
-        self.states[tail + 1:tail + slots] = bytes(slots - 1)
-        self.states[tail] = FREE
+        _fence()  # the record's bytes are read before the agent may see its slots free and write them again
+        with _BARRIER:
+            self.states[tail + 1:tail + slots] = bytes(slots - 1)
+            self.states[tail] = FREE
         self.ctrl[W_DONE] = done
 
 
