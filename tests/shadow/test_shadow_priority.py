@@ -1,7 +1,8 @@
 """The shadow candidate gets only the CPU the live requests leave idle, and live answers never wait for it.
 
 The candidate — real ONNX Runtime and OpenVINO sessions, loaded as the agent loads them — runs in a process of
-its own whose every thread is ``SCHED_IDLE`` (an unprivileged agent gets it too); a crash there fails the
+its own whose every thread is ``SCHED_IDLE`` (an unprivileged agent gets it too) and compares there too: no
+thread of the agent works per sample beyond the request path's copy into the ring. A crash there fails the
 comparison, not the agent, and a killed agent leaves no candidate behind. A mirror asked to run its candidate
 in its own thread lowers that thread (``SCHED_IDLE``, else nice 19) and reports what it got. A candidate that
 cannot keep up (here: one that blocks) costs samples, counted, never live answers: a real HTTP server keeps
