@@ -7,7 +7,8 @@ endpoint), then runs reconcile passes — ``source`` → ``manifests`` → ``des
 source, TUF client and store, registry and server, status writer) are wired in :mod:`~.wiring`, behind a few
 small methods, so the loop can be driven by tests without a network. :mod:`~.shadowing` runs a rollout's
 candidate beside the serving version on mirrored live requests (shadow evaluation, :mod:`reconciler.shadow`),
-the candidate itself in a process of its own at idle CPU priority (:mod:`~.shadowproc`).
+the candidate itself in a process of its own at idle CPU priority (:mod:`~.shadowproc`), fed through a
+shared-memory ring the request path copies samples into (:mod:`~.shadowring`).
 :mod:`~.sdnotify` speaks systemd's notify protocol (``READY=1``, watchdog).
 
 The agent is the only part that imports all of :mod:`~reconciler.fleet`, :mod:`~reconciler.gitops`,

@@ -14,10 +14,12 @@ Once per pass (:func:`shadow_pass`, after the apply step, before the status is w
    priority and its RSS is the candidate's ``memoryMB``. A failure goes into the failure memory (the candidate
    never serves) and is reported ``Failed``.
 4. **Mirror.** The registry's observer of every loaded version includes a :class:`ShadowTap`; the tap of the
-   serving version hands each request to the endpoint's :class:`~reconciler.shadow.mirror.Mirror` (sampled,
-   bounded, off the request path; with ``serving.workers`` the samples arrive over the workers' uplink, which
-   drift monitoring already uses).
-5. **Judge** on every pass (idle ones too): a failed candidate (raised, NaN) goes into the failure memory and
+   serving version hands each request to the endpoint's :class:`~reconciler.agent.shadowring.RingMirror`:
+   sampled, copied into a shared-memory ring the candidate's process reads (bounded: a full ring drops and
+   counts, never waits); the candidate's run, the comparison and the aggregates are that process's work. With
+   ``serving.workers`` the samples arrive over the workers' uplink, which drift monitoring already uses.
+5. **Judge** on every pass (idle ones too), from the aggregates the child last published (and at once when the
+   child says its verdict changed, or its process ends): a failed candidate (raised, NaN) goes into the failure memory and
    is unloaded; after ``maxDuration`` it is unloaded with its numbers kept; under ``switch: onAgreement`` an
    agreeing device records the agreement in its journal and runs a full pass at once, whose desired state then
    serves the candidate (``shadow.state: Switched``).
@@ -44,11 +46,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from reconciler.agent.journal import TargetRecord, blocking_failure, record_failure
 from reconciler.agent.shadowproc import CandidateProcess
+from reconciler.agent.shadowring import RingMirror
 from reconciler.core import conditions as C, reasons as R
 from reconciler.core.logs import fields
 from reconciler.shadow import gate as G
 from reconciler.shadow.memory import Room, estimate_mb, refusal
-from reconciler.shadow.mirror import Mirror
 from reconciler.shadow.spec import ShadowSettings
 
 log = logging.getLogger("reconciler.agent")
@@ -82,7 +84,7 @@ class ShadowTap:
 @dataclass
 class _Run:
     key: list[Any]
-    mirror: Mirror
+    mirror: RingMirror
     backend: CandidateProcess
     settings: ShadowSettings
     memory_mb: float | None
@@ -122,7 +124,7 @@ class ShadowSupervisor:
         self.cache_dir = cache_dir
         self.enabled = enabled
         self.reserve_mb, self.max_memory_mb = reserve_mb, max_memory_mb
-        self.mirrors: dict[str, Mirror] = {}  # read on the request path: replaced, never mutated in place
+        self.mirrors: dict[str, RingMirror] = {}  # read on the request path: replaced, never mutated in place
         self.runs: dict[str, _Run] = {}
         self.wanted: dict[str, tuple[Any, str]] = {}  # endpoint → (desired shadow part, serving version)
         self.reports: dict[str, _Report] = {}
@@ -294,10 +296,9 @@ class ShadowSupervisor:
                     "estimatedMemoryMB": estimate, "memoryMB": memory}
         started = C.parse_time(rec["startedAt"])
         clock = agent.clock
-        # the mirror's worker only sends samples and compares: the candidate's CPU is the idle process's
-        mirror = Mirror(name, live_version, part["version"], settings, backend.infer,
-                        elapsed=lambda: (clock() - started).total_seconds(), on_verdict=lambda _v: self._poke())
-        mirror.priority = backend.priority
+        # the request path only copies samples into the ring: running and comparing are the idle process's
+        mirror = RingMirror(name, live_version, part["version"], settings, backend,
+                            elapsed=lambda: (clock() - started).total_seconds(), on_verdict=lambda _v: self._poke())
         run = _Run(list(rec["key"]), mirror, backend, settings, memory, estimate)
         self.runs[name] = run
         self.mirrors = {**self.mirrors, name: mirror}
@@ -323,7 +324,7 @@ class ShadowSupervisor:
         if name in self.mirrors:
             self.mirrors = {k: v for k, v in self.mirrors.items() if k != name}
         if run is not None:
-            run.mirror.stop(timeout=0)  # its worker may wait for the candidate: ending the process frees it
+            run.mirror.stop(timeout=0)  # its watcher waits for the socket's end: closing the process ends it
             with contextlib.suppress(Exception):
                 run.backend.close()
 

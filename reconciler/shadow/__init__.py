@@ -8,11 +8,12 @@ A deployment in rollout may say ``rollout.shadow``. The devices a step newly tar
    model's size against the memory the agent may use).
 2. **Mirrored, off the request path.** Every request's tensors already reach the version's observer
    (``Observer.observe``, after the live answer is computed). A sampled share of them (``sampleRate``) is handed
-   to a bounded queue — a full queue drops the sample and counts it, it never waits — and one worker thread
-   has the candidate run on the same inputs (:mod:`~reconciler.shadow.mirror`): in the agent, in a process of
-   its own at the lowest CPU priority (:mod:`~reconciler.shadow.priority`), so it gets only the CPU the live
-   requests leave idle. The candidate's outputs are compared and thrown away: a shadow candidate never answers
-   a client.
+   on, bounded — a full hand-off drops the sample and counts it, it never waits — and the candidate runs on the
+   same inputs at the lowest CPU priority (:mod:`~reconciler.shadow.priority`), so it gets only the CPU the
+   live requests leave idle. In the agent the hand-off is a copy into a shared-memory ring and the candidate's
+   own process runs, compares and keeps the aggregates (:mod:`reconciler.agent.shadowring`); here,
+   :mod:`~reconciler.shadow.mirror` is the same in a worker thread (a queue and an injected ``run``). The
+   candidate's outputs are compared and thrown away: a shadow candidate never answers a client.
 3. **Compared, as aggregates.** :mod:`~reconciler.shadow.compare` decides per row whether the candidate agrees
    (top-1 for score outputs ``[rows, classes]``, exact for labels, within ``atol``/``rtol`` otherwise) and
    measures the per-output absolute and relative error; :mod:`~reconciler.shadow.stats` keeps counts, error
@@ -28,5 +29,5 @@ A deployment in rollout may say ``rollout.shadow``. The devices a step newly tar
 
 Everything here is pure (no I/O, no clock, no runtime): :mod:`reconciler.fleet.desired` decides which devices
 shadow, :mod:`reconciler.rollout.evaluate` reads their reports, and the agent's
-:mod:`reconciler.agent.shadowing` loads the candidate and feeds :class:`~reconciler.shadow.mirror.Mirror`.
+:mod:`reconciler.agent.shadowing` loads the candidate and feeds it (:mod:`reconciler.agent.shadowring`).
 """

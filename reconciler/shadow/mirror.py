@@ -7,9 +7,11 @@ A full queue (``queue`` requests or :data:`~reconciler.shadow.spec.QUEUE_BYTES` 
 counts it, so a candidate slower than the traffic costs samples, never latency.
 
 The worker calls the injected ``run(feeds) -> outputs``, compares, and adds to
-:class:`~reconciler.shadow.stats.ShadowStats`. In the agent ``run`` hands the sample to the candidate's own
-process, which runs at idle CPU priority (:mod:`reconciler.agent.shadowproc`), and the worker stays at normal
-priority: it only waits and compares. A ``run`` that computes in the worker thread itself asks for
+:class:`~reconciler.shadow.stats.ShadowStats`. The agent does not use this worker: its
+:class:`~reconciler.agent.shadowring.RingMirror` has the same surface, but copies each sample into shared
+memory and the candidate's own process runs, compares and keeps the numbers (a worker thread here cost the
+live requests the interpreter lock per sample); ``bench/bench_shadow.py`` runs this one to show what a thread
+costs. A ``run`` that computes in the worker thread itself asks for
 ``priority``: the thread is lowered as it starts (``SCHED_IDLE``, else nice 19:
 :mod:`~reconciler.shadow.priority`) and reports what it got. After a failure (the candidate raised or returned NaN) the mirror
 stops: the verdict is final. No I/O here: the session is the caller's.

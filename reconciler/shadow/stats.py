@@ -1,9 +1,12 @@
 """What one device's shadow comparison has seen so far, in fixed memory: counts, error aggregates, latencies.
 
-:class:`ShadowStats` is fed by the mirror's worker (one :func:`~reconciler.shadow.compare.compare` result and
-the candidate's time per mirrored request) and by the request path (offered, sampled out, dropped); it is not
-locked itself — :class:`~reconciler.shadow.mirror.Mirror` serialises access. :meth:`ShadowStats.snapshot` is the
-status document's numbers: aggregates only, no tensor ever leaves the device. Pure.
+:class:`ShadowStats` is fed by whoever compares (one :func:`~reconciler.shadow.compare.compare` result and
+the candidate's time per mirrored request: the candidate's process in the agent, a mirror's worker thread)
+and by the request path (offered, sampled out, dropped); it is not locked itself — its one writer serialises
+access. :meth:`ShadowStats.to_state` / :meth:`~ShadowStats.from_state` carry it as JSON-able data (the
+candidate's process publishes its copy that way; the agent adds the request path's counts).
+:meth:`ShadowStats.snapshot` is the status document's numbers: aggregates only, no tensor ever leaves the
+device. Pure.
 """
 
 from __future__ import annotations
@@ -82,6 +85,29 @@ class ShadowStats:
         self.errors += 1
         self.last_error = message[:300]
         self._candidate.add(candidate_s)
+
+    _COUNTS = ("offered", "sampled_out", "dropped", "requests", "samples", "agreed", "nonfinite", "errors",
+               "mismatches", "skipped")
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything, as JSON-able data (the candidate's process hands its aggregates to the agent this way:
+        data, never code, crosses from the process that runs a model to the agent)."""
+        return {**{k: getattr(self, k) for k in self._COUNTS}, "last_error": self.last_error,
+                "last_mismatch": self.last_mismatch,
+                "outputs": {n: [e.max_abs, e.sum_abs, e.count, e.max_rel] for n, e in self.outputs.items()},
+                "candidate": [self._candidate.values, self._candidate.n], "live": [self._live.values, self._live.n]}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> ShadowStats:
+        """The inverse of :meth:`to_state` (``ValueError``/``TypeError``/``KeyError`` for what it did not write)."""
+        st = cls(**{k: int(state[k]) for k in cls._COUNTS})
+        st.last_error = None if state["last_error"] is None else str(state["last_error"])[:300]
+        st.last_mismatch = None if state["last_mismatch"] is None else str(state["last_mismatch"])[:300]
+        for name, (max_abs, sum_abs, count, max_rel) in list(state["outputs"].items())[:16]:
+            st.outputs[str(name)] = OutputError(float(max_abs), float(sum_abs), int(count), float(max_rel))
+        for ring, (values, n) in ((st._candidate, state["candidate"]), (st._live, state["live"])):
+            ring.values, ring.n = [float(v) for v in values[:LATENCY_SLOTS]], int(n)
+        return st
 
     @property
     def agreement(self) -> float | None:

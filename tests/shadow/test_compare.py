@@ -140,3 +140,19 @@ def test_memory_room_and_refusal() -> None:
     assert why is not None and "shadow.maxMemoryMB 50" in why and "room for it: 50.0 MB" in why
     tight = Room(available_mb=4000, cgroup_limit_mb=512, cgroup_used_mb=400, reserve_mb=64)
     assert tight.free_mb() == 48 and refusal(60, tight) is not None and refusal(40, tight) is None
+
+
+def test_the_aggregates_travel_as_data_and_come_back_whole() -> None:
+    """The candidate's process hands its aggregates to the agent as JSON: the same numbers, the same verdict."""
+    import json
+
+    st = ShadowStats(offered=9, dropped=1)
+    st.add(compare({"y": np.array([[0.1, 0.9], [0.8, 0.2]])}, {"y": np.array([[0.2, 0.8], [0.1, 0.9]])}, AUTO),
+           0.002, 0.001)
+    st.add_error("RuntimeError: boom", 0.003)
+    back = ShadowStats.from_state(json.loads(json.dumps(st.to_state())))
+    assert back.snapshot() == st.snapshot() and back.agreement == 50.0
+    settings = ShadowSettings(min_samples=1)
+    assert G.device_verdict(back, settings, elapsed=0.0) == G.device_verdict(st, settings, elapsed=0.0)
+    with pytest.raises(KeyError):
+        ShadowStats.from_state({"offered": 1})
