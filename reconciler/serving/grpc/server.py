@@ -78,19 +78,27 @@ def server_options(limits: ServerLimits, reuse_port: bool, connection_cap: int) 
 
 
 class _Budget:
-    """Request bytes being decoded or run at once (the gRPC side's ``maxInflightBytes``); loop thread only."""
+    """The inferences whose message has arrived and that are being decoded or run (at most ``calls``: the gRPC
+    side's ``maxConnections`` calls in progress) and their request bytes (at most ``limit``: ``maxInflightBytes``);
+    loop thread only.
 
-    def __init__(self, limit: int) -> None:
+    grpc.aio's own ``maximum_concurrent_rpcs`` is not used for this: it counts a call from its headers on, so
+    streams whose message never finishes took every slot and health calls were refused (RESOURCE_EXHAUSTED)."""
+
+    def __init__(self, limit: int, calls: int) -> None:
         self.limit, self.used = limit, 0
+        self.calls, self.running = calls, 0
 
     def take(self, n: int) -> bool:
-        if self.used + n > self.limit:
+        if self.used + n > self.limit or self.running >= self.calls:
             return False
         self.used += n
+        self.running += 1
         return True
 
     def give(self, n: int) -> None:
         self.used -= n
+        self.running -= 1
 
 
 class GrpcServer:
@@ -105,7 +113,7 @@ class GrpcServer:
         self.tls = (tls_cert, tls_key) if tls_cert is not None else None
         self.reuse_port = reuse_port
         self._json_limits = JsonLimits(self.limits.max_json_bytes, self.limits.max_json_elements)
-        self._budget = _Budget(self.limits.max_inflight_bytes)
+        self._budget = _Budget(self.limits.max_inflight_bytes, self.limits.connection_cap())
         self._workers = workers or min(4, (os.cpu_count() or 2))
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -160,10 +168,8 @@ class GrpcServer:
 
     async def _serve(self, started: threading.Event) -> None:
         self._stopped = asyncio.Event()
-        server = grpc.aio.server(
-            options=server_options(self.limits, self.reuse_port, self.connection_cap),
-            maximum_concurrent_rpcs=self.connection_cap,
-        )
+        # No maximum_concurrent_rpcs (see _Budget): the streams are bounded by connections × maxPipelined.
+        server = grpc.aio.server(options=server_options(self.limits, self.reuse_port, self.connection_cap))
         server.add_generic_rpc_handlers((self._handlers(),))
         address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         try:
@@ -265,7 +271,7 @@ class GrpcServer:
             self.app.catch_up()
         size = len(data)
         if not self._budget.take(size):
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy: too many request bytes in flight")
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy: too many calls or request bytes in flight")
         try:
             try:
                 msg, raw = parse_request(data)
