@@ -99,6 +99,19 @@ def test_raw_outputs_written_after_the_rest_read_as_protobuf_would_write_them() 
     assert pb.ModelInferResponse.FromString(out) == expected
 
 
+@pytest.mark.parametrize("req_id", ["", "r-ü", ""])  # the second "" answers from the kept head of the first
+def test_a_raw_answer_of_a_kind_seen_before_reads_as_protobuf_would_write_it(req_id: str) -> None:
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    for arr, nonfinite in ((x, 0), (np.where(x > 4, np.inf, x), 3)):  # the kept head only for finite outputs
+        out = encode_response("tiny", "1", req_id or None, {"y": arr}, [RequestedOutput("y", True)], raw=True)
+        expected = pb.ModelInferResponse(model_name="tiny", model_version="1", id=req_id, outputs=[
+            pb.ModelInferResponse.InferOutputTensor(name="y", datatype="FP32", shape=[2, 4])],
+            raw_output_contents=[arr.tobytes()])
+        if nonfinite:
+            expected.outputs[0].parameters["nonfinite_values"].int64_param = nonfinite
+        assert pb.ModelInferResponse.FromString(out) == expected
+
+
 def test_tritonclient_with_two_large_inputs_and_outputs() -> None:
     reg = ModelRegistry()
     try:
