@@ -12,7 +12,7 @@ import tritonclient.grpc as grpcclient
 from reconciler.devkit.modelgen import two_input_model
 from reconciler.serving.fronts import Fronts
 from reconciler.serving.grpc import grpc_predict_v2_pb2 as pb
-from reconciler.serving.grpc.server import SPLIT_MIN, parse_request
+from reconciler.serving.grpc.server import SPLIT_MIN, _Budget, parse_request
 from reconciler.serving.grpc.tensors import RAW_INPUT_FIELD, decode, encode_response
 from reconciler.serving.grpc.wire import WireError, split_bytes_field
 from reconciler.serving.http.server import InferenceServer
@@ -132,3 +132,16 @@ def test_tritonclient_with_two_large_inputs_and_outputs() -> None:
             c.close()
     finally:
         reg.close()
+
+
+def test_the_budget_counts_inferences_and_their_bytes() -> None:
+    """maxConnections inferences (whose message has arrived) and maxInflightBytes of them at once."""
+    b = _Budget(100, calls=2)
+    assert b.take(10) and b.take(10)
+    assert not b.take(1)  # a third inference
+    b.give(10)
+    assert not b.take(81)  # 10 + 81 bytes
+    assert b.take(80)
+    b.give(80)
+    b.give(10)
+    assert (b.used, b.running) == (0, 0)

@@ -10,8 +10,9 @@ and is never tied to the call, so a client that cancels (or whose deadline passe
 a lease. A large request's tensors are not copied out of the received message (:mod:`~.wire`).
 
 Limits (:func:`server_options`): the :class:`~reconciler.serving.limits.ServerLimits` a REST client meets become
-gRPC's own — ``maxBodyBytes`` the largest message, ``maxPipelined`` the concurrent streams per connection,
-``maxConnections`` the connections and the calls in progress (more: RESOURCE_EXHAUSTED), ``maxInflightBytes``
+gRPC's own — ``maxBodyBytes`` the largest message, ``maxPipelined`` the concurrent streams per connection (each
+with a fixed receive window), ``maxConnections`` the connections and the inferences whose message has arrived
+(more: RESOURCE_EXHAUSTED; see :class:`_Budget`), ``maxInflightBytes``
 the request bytes being decoded or run at once (more: RESOURCE_EXHAUSTED), ``maxHeaderBytes`` the metadata,
 ``headerTimeout`` the handshake, ``idleTimeout`` an idle connection, ``bodyTimeout`` the keepalive ping a
 connection must answer (a client that stops reading is dropped).
