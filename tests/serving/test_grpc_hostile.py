@@ -58,7 +58,8 @@ def still_serves(srv: ServerProcess) -> None:
 
 
 def test_oversized_messages_are_refused_before_they_are_kept(tmp_path: Path) -> None:
-    """Four clients send 64 MiB messages to a server that takes 4 MiB: RESOURCE_EXHAUSTED, RSS bounded."""
+    """Four clients send 64 MiB messages to a server that takes 4 MiB: RESOURCE_EXHAUSTED, RSS bounded (by the
+    streams' fixed receive windows)."""
     with one_at_a_time(), ServerProcess(tmp_path, "maxBodyBytes=4194304", grpc=True) as srv:
         timed_get(srv.port)
         base = srv.rss_mb()
@@ -82,7 +83,9 @@ def test_oversized_messages_are_refused_before_they_are_kept(tmp_path: Path) -> 
                 t.join(30)
         assert codes == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 4
         assert max(map(abs, latencies)) < 1.0, [round(x, 3) for x in latencies if abs(x) > 0.1]
-        assert max(rss) - base < 64, (base, max(rss))  # not one of the 64 MiB messages is held
+        # Not one of the 64 MiB messages is held, nor much of each: a stream holds at most its fixed 256 KiB window
+        # before the refusal (+3-4 MB in all, loaded host; with grpc's BDP probing growing the windows, +5-89 MB).
+        assert max(rss) - base < 16, (base, max(rss))
         still_serves(srv)
 
 
