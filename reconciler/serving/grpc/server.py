@@ -71,7 +71,7 @@ def server_options(limits: ServerLimits, reuse_port: bool, connection_cap: int) 
         ("grpc.max_allowed_incoming_connections", min(_INT_MAX, connection_cap)),
         # grpc's BDP probing grows a fast sender's stream windows to megabytes: what a stream may hold before its
         # message is refused or finished (four 64 MiB messages over maxBodyBytes put +5-89 MB of RSS on a loaded
-        # host, +5-10 MB with the fixed window). CPU per request the same within noise (the CNN's 602 KB image).
+        # host, +3-4 MB with the fixed window). CPU per request the same within noise (the CNN's 602 KB image).
         ("grpc.http2.bdp_probe", 0),
         ("grpc.http2.lookahead_bytes", STREAM_WINDOW),
     ]
