@@ -43,8 +43,9 @@ SERVICE = "inference.GRPCInferenceService"
 _INT_MAX = 2**31 - 1
 #: Requests larger than this have their raw contents taken off the wire as views (:func:`parse_request`).
 SPLIT_MIN = 64 * 1024
-#: The receive window of every stream (``grpc.http2.lookahead_bytes``), fixed: see :func:`server_options`.
-STREAM_WINDOW = 256 * 1024
+#: The receive window of every stream and of the connection (``grpc.http2.lookahead_bytes``) and the largest
+#: frame, fixed: what grpc announces at the start of a connection, where its BDP probing would then grow them.
+STREAM_WINDOW = 4 * 1024 * 1024
 
 #: An HTTP-style status of the application core → the gRPC status code a client sees.
 STATUS_CODES: dict[int, grpc.StatusCode] = {
@@ -69,11 +70,12 @@ def server_options(limits: ServerLimits, reuse_port: bool, connection_cap: int) 
         ("grpc.max_metadata_size", min(_INT_MAX, limits.max_header_bytes)),
         ("grpc.absolute_max_metadata_size", min(_INT_MAX, limits.max_header_bytes)),
         ("grpc.max_allowed_incoming_connections", min(_INT_MAX, connection_cap)),
-        # grpc's BDP probing grows a fast sender's stream windows to megabytes: what a stream may hold before its
-        # message is refused or finished (four 64 MiB messages over maxBodyBytes put +5-89 MB of RSS on a loaded
-        # host, +3-4 MB with the fixed window). CPU per request the same within noise (the CNN's 602 KB image).
+        # grpc's BDP probing grows a fast sender's windows past their initial 4 MiB: what a connection may hold
+        # before a message is refused or finished (four 64 MiB messages over maxBodyBytes put +5-89 MB of RSS on a
+        # loaded host, +5-13 MB with the windows fixed). CPU per request the same within noise (the CNN's 602 KB).
         ("grpc.http2.bdp_probe", 0),
         ("grpc.http2.lookahead_bytes", STREAM_WINDOW),
+        ("grpc.http2.max_frame_size", STREAM_WINDOW),  # without probing, grpc would announce HTTP/2's 16 KiB
     ]
     if limits.header_timeout:
         opts.append(("grpc.server_handshake_timeout_ms", ms(limits.header_timeout)))
