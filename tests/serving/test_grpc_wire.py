@@ -12,7 +12,7 @@ import tritonclient.grpc as grpcclient
 from reconciler.devkit.modelgen import two_input_model
 from reconciler.serving.fronts import Fronts
 from reconciler.serving.grpc import grpc_predict_v2_pb2 as pb
-from reconciler.serving.grpc.server import SPLIT_MIN, parse_request
+from reconciler.serving.grpc.server import SPLIT_MIN, _Budget, parse_request
 from reconciler.serving.grpc.tensors import RAW_INPUT_FIELD, decode, encode_response
 from reconciler.serving.grpc.wire import WireError, split_bytes_field
 from reconciler.serving.http.server import InferenceServer
@@ -99,6 +99,19 @@ def test_raw_outputs_written_after_the_rest_read_as_protobuf_would_write_them() 
     assert pb.ModelInferResponse.FromString(out) == expected
 
 
+@pytest.mark.parametrize("req_id", ["", "r-ü", ""])  # the second "" answers from the kept head of the first
+def test_a_raw_answer_of_a_kind_seen_before_reads_as_protobuf_would_write_it(req_id: str) -> None:
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    for arr, nonfinite in ((x, 0), (np.where(x > 4, np.inf, x), 3)):  # the kept head only for finite outputs
+        out = encode_response("tiny", "1", req_id or None, {"y": arr}, [RequestedOutput("y", True)], raw=True)
+        expected = pb.ModelInferResponse(model_name="tiny", model_version="1", id=req_id, outputs=[
+            pb.ModelInferResponse.InferOutputTensor(name="y", datatype="FP32", shape=[2, 4])],
+            raw_output_contents=[arr.tobytes()])
+        if nonfinite:
+            expected.outputs[0].parameters["nonfinite_values"].int64_param = nonfinite
+        assert pb.ModelInferResponse.FromString(out) == expected
+
+
 def test_tritonclient_with_two_large_inputs_and_outputs() -> None:
     reg = ModelRegistry()
     try:
@@ -119,3 +132,16 @@ def test_tritonclient_with_two_large_inputs_and_outputs() -> None:
             c.close()
     finally:
         reg.close()
+
+
+def test_the_budget_counts_inferences_and_their_bytes() -> None:
+    """maxConnections inferences (whose message has arrived) and maxInflightBytes of them at once."""
+    b = _Budget(100, calls=2)
+    assert b.take(10) and b.take(10)
+    assert not b.take(1)  # a third inference
+    b.give(10)
+    assert not b.take(91)  # 10 + 91 bytes
+    assert b.take(90)
+    b.give(90)
+    b.give(10)
+    assert (b.used, b.running) == (0, 0)

@@ -9,7 +9,7 @@ contents stay views of the received bytes (protobuf would copy each twice) and w
 its own and answers each RPC through the same :class:`~reconciler.serving.app.v2app.V2App` the HTTP front
 calls: one registry (switches and rollbacks), one bearer token (metadata ``authorization: Bearer …``), one
 set of metrics, batches and drift/capture hooks; the :class:`~reconciler.serving.limits.ServerLimits` become
-gRPC's own (message size, streams per connection, connections, concurrent calls, handshake, idle and keepalive).
+gRPC's own (message size, streams per connection, connections, inferences in progress, handshake, idle and keepalive).
 Errors are gRPC status codes (NOT_FOUND, INVALID_ARGUMENT, UNAUTHENTICATED, UNAVAILABLE, …).
 
 ``grpcio`` is the optional extra ``modelfleet[grpc]``: nothing imports this package unless a gRPC port is set.

@@ -36,6 +36,7 @@ GRPC_CT = b"application/grpc"
 #: Field numbers of ``raw_input_contents`` and ``raw_output_contents`` (grpc_predict_v2.proto).
 RAW_INPUT_FIELD = pb.ModelInferRequest.RAW_INPUT_CONTENTS_FIELD_NUMBER
 RAW_OUTPUT_FIELD = pb.ModelInferResponse.RAW_OUTPUT_CONTENTS_FIELD_NUMBER
+ID_FIELD = pb.ModelInferResponse.ID_FIELD_NUMBER
 
 #: datatype → (typed contents field, the numpy dtype protobuf gives, (min, max) when narrower than that field)
 TYPED: dict[str, tuple[str, Any, tuple[int, int] | None]] = {
@@ -148,10 +149,12 @@ def encoder(raw: bool) -> Any:
 
 def encode_response(name: str, version: str, req_id: str | None, outputs: dict[str, np.ndarray],
                     requested: list[RequestedOutput], raw: bool) -> bytes:
-    resp = pb.ModelInferResponse(model_name=name, model_version=version, id=req_id or "")
     arrays = [(r.name, outputs[r.name]) for r in requested]
     types = [datatype_of(a) for _, a in arrays]
     raw = raw or any(dt not in TYPED for dt in types)
+    if raw and not any(map(count_nonfinite, (a for _, a in arrays))):
+        return _raw_response(name, version, req_id, arrays, types)
+    resp = pb.ModelInferResponse(model_name=name, model_version=version, id=req_id or "")
     raw_out: list[bytes | memoryview] = []
     for (oname, arr), dt in zip(arrays, types, strict=True):
         t = resp.outputs.add(name=oname, datatype=dt, shape=arr.shape)
@@ -170,3 +173,32 @@ def encode_response(name: str, version: str, req_id: str | None, outputs: dict[s
         return resp.SerializeToString()  # type: ignore[no-any-return]
     # The raw contents after the rest (fields may come in any order): one copy of each output, in the join.
     return b"".join((resp.SerializeToString(), *raw_out))
+
+
+#: (model, version, each output's name, datatype and shape) → that response's fields other than ``id`` and the
+#: raw contents, serialized: the same for every answer of a kind (a model answers few kinds), so a raw answer
+#: with finite outputs is joined from bytes instead of built as a message each time.
+_HEADS: dict[tuple[Any, ...], bytes] = {}
+_HEADS_MAX = 256
+
+
+def _raw_response(name: str, version: str, req_id: str | None, arrays: list[tuple[str, np.ndarray]],
+                  types: list[str]) -> bytes:
+    key = (name, version, *((oname, dt, arr.shape) for (oname, arr), dt in zip(arrays, types, strict=True)))
+    head = _HEADS.get(key)
+    if head is None:
+        resp = pb.ModelInferResponse(model_name=name, model_version=version)
+        for (oname, arr), dt in zip(arrays, types, strict=True):
+            resp.outputs.add(name=oname, datatype=dt, shape=arr.shape)
+        head = resp.SerializeToString()
+        if len(_HEADS) >= _HEADS_MAX:
+            _HEADS.clear()
+        _HEADS[key] = head
+    parts: list[bytes | memoryview] = [head]
+    if req_id:
+        rid = req_id.encode()
+        parts += (bytes_field(ID_FIELD, len(rid)), rid)
+    for (_, arr), dt in zip(arrays, types, strict=True):
+        data = tensor_to_binary(arr, dt)
+        parts += (bytes_field(RAW_OUTPUT_FIELD, len(data)), data)
+    return b"".join(parts)
