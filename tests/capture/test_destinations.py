@@ -200,8 +200,9 @@ def test_a_reachable_destination_gets_batches_from_memory_and_the_spool_only_wha
         for i in range(4):
             obs.observe({"input": np.full((1, 8), i, np.float32)}, {}, 0.0)
             time.sleep(0.25 if i % 2 else 0.0)
-        wait_until(lambda: len(written) == 2, 10, "both batches kept in the spool")
-        assert svc.counts["uploaded"] == 3 and len(svc.spool.list()) == 2
+        # (the spy notes a write before making it: wait for the files)
+        wait_until(lambda: len(svc.spool.list()) == 2, 10, "both batches kept in the spool")
+        assert svc.counts["uploaded"] == 3 and len(written) == 2
     finally:
         svc.close()
     assert any(e["event"] == "upload-failed" for e in svc.spool.audit.read())
