@@ -8,13 +8,16 @@ still take: the smaller of the system's ``MemAvailable`` and the agent's cgroup 
 (``MemoryMax=`` of the systemd unit, a container's limit), minus ``shadow.reserveMB`` the agent config keeps
 free for everything else; ``shadow.maxMemoryMB`` caps a candidate whatever the room. The candidate runs in a
 process of its own (:mod:`reconciler.agent.shadowproc`), so the estimate adds that process's interpreter and
-runtime (:data:`PROCESS_MB`). After the load, that process's measured RSS is what the status reports
+runtime (:data:`PROCESS_MB`) and the shared ring the samples reach it through (:data:`RING_MB`, pages that
+count towards both processes' cgroup once a busy endpoint has filled it). After the load, that process's measured RSS is what the status reports
 (``memoryMB``) and is checked against the same bounds.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from reconciler.shadow.spec import QUEUE_BYTES
 
 #: (factor, overhead MiB) per runtime.
 ESTIMATE = {"onnxruntime": (2.0, 8.0), "openvino": (3.0, 48.0)}
@@ -25,12 +28,15 @@ DEFAULT_ESTIMATE = (3.0, 48.0)
 PROCESS_MB = {"onnxruntime": 64.0, "openvino": 88.0}
 DEFAULT_PROCESS_MB = 88.0
 DEFAULT_RESERVE_MB = 64.0
+#: The shared-memory ring between the agent and the candidate's process, whole.
+RING_MB = QUEUE_BYTES / (1 << 20)
 
 
 def estimate_mb(model_bytes: int, runtime: str) -> float:
     """The memory a loaded candidate of ``model_bytes`` is expected to take in its process, in MiB."""
     factor, overhead = ESTIMATE.get(runtime, DEFAULT_ESTIMATE)
-    return factor * model_bytes / (1 << 20) + overhead + PROCESS_MB.get(runtime, DEFAULT_PROCESS_MB)
+    return (factor * model_bytes / (1 << 20) + overhead + PROCESS_MB.get(runtime, DEFAULT_PROCESS_MB)
+            + RING_MB)
 
 
 @dataclass(frozen=True)

@@ -132,7 +132,8 @@ def test_agreement_gate() -> None:
 
 
 def test_memory_room_and_refusal() -> None:
-    assert estimate_mb(10 << 20, "onnxruntime") == pytest.approx(28.0 + 64.0)  # + its own process
+    # + its own process + the 16 MiB ring the samples reach it through
+    assert estimate_mb(10 << 20, "onnxruntime") == pytest.approx(28.0 + 64.0 + 16.0)
     assert estimate_mb(10 << 20, "openvino") > estimate_mb(10 << 20, "onnxruntime")
     assert refusal(100, Room(available_mb=None)) is None  # nothing known: no bound
     assert refusal(100, Room(available_mb=1000)) is None
