@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,8 +33,16 @@ def remote_status(bare: Path, device: str) -> dict:
     return yaml.safe_load(git(bare, "cat-file", "blob", f"refs/heads/status/{device}:status.yaml"))
 
 
-def push_requests(http: GitHttp, since: int) -> list[list[str]]:
-    return [line.split() for line in http.requests()[since:] if "/info/refs" in line or "receive-pack" in line]
+def push_requests(http: GitHttp, since: int, count: int = 0) -> list[list[str]]:
+    """The push requests in the server's access log since line ``since``. nginx writes a request's line after it
+    has sent the answer, so a client can hold the answer before the line is there: wait (5 s at most) until
+    ``count`` lines are."""
+    deadline = time.monotonic() + 5.0
+    while True:
+        reqs = [line.split() for line in http.requests()[since:] if "/info/refs" in line or "receive-pack" in line]
+        if len(reqs) >= count or time.monotonic() > deadline:
+            return reqs
+        time.sleep(0.02)
 
 
 def test_status_pushes_land_on_one_kept_alive_connection(server, tmp_path: Path) -> None:
@@ -50,7 +59,7 @@ def test_status_pushes_land_on_one_kept_alive_connection(server, tmp_path: Path)
     assert remote_status(up.bare, "cam-10")["status"]["endpoints"][0]["version"] == "1.2.0"
     assert git(up.bare, "rev-list", "--count", "refs/heads/status/cam-10") == "3"
     git(up.bare, "fsck", "--strict", "--no-dangling")  # the packs we sent are valid
-    reqs = push_requests(http, before)
+    reqs = push_requests(http, before, 3)
     # The ref update alone, from the first push on: a branch the writer never pushed is created with the zero
     # id as its old value, then the writer knows the branch's tip on the server. No ref advertisement
     # (GET info/refs) at all; authenticated, all on one connection (no git process).
@@ -72,7 +81,7 @@ def test_a_restarted_writer_pushes_without_an_advertisement(server, tmp_path: Pa
             assert w.flush(15)
         finally:
             w.close()
-        assert [r[0] for r in push_requests(http, before)] == ["POST"]
+        assert [r[0] for r in push_requests(http, before, 1)] == ["POST"]
     assert git(up.bare, "rev-list", "--count", "refs/heads/status/cam-14") == "2"
 
 
@@ -95,7 +104,7 @@ def test_a_branch_moved_behind_the_writers_back_is_rebased_after_one_refused_upd
     # The ref update alone is refused (the server checks the old tip), the advertisement shows the moved
     # branch, the writer fetches it (git fetch: GET info/refs) and pushes a commit on top of it (the ref update
     # alone again: now it knows the tip); nothing of the other writer's is lost.
-    assert [r[0] for r in push_requests(http, before)] == ["POST", "GET", "GET", "POST"]
+    assert [r[0] for r in push_requests(http, before, 4)] == ["POST", "GET", "GET", "POST"]
     assert git(up.bare, "rev-list", "--count", "refs/heads/status/cam-13") == "3"
     assert remote_status(up.bare, "cam-13")["status"]["endpoints"][0]["version"] == "1.2.0"
 
@@ -114,7 +123,7 @@ def test_lost_local_state_and_a_moved_branch_are_rebased(server, tmp_path: Path)
         assert fresh.flush(15)
         # Creating the branch is refused (it exists), the advertisement says where it is, the writer fetches it
         # and pushes on top of it.
-        assert [(r[0], r[2]) for r in push_requests(http, before)] == [("POST", "200"), ("GET", "200"),
+        assert [(r[0], r[2]) for r in push_requests(http, before, 4)] == [("POST", "200"), ("GET", "200"),
                                                                        ("GET", "200"), ("POST", "200")]
         assert git(up.bare, "rev-list", "--count", "refs/heads/status/cam-11") == "2"
         assert remote_status(up.bare, "cam-11")["status"]["endpoints"][0]["version"] == "2.0.0"
