@@ -75,6 +75,18 @@ def _stop(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait(5)
     except ProcessLookupError:
         pass
+    _wait_group_gone(proc.pid)
+
+
+def _wait_group_gone(pgid: int, timeout: float = 5.0) -> None:
+    """Wait for the rest of a stopped server's process group (its workers exit after their parent)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.01)
 
 
 def private_file(path: Path, text: str) -> Path:
@@ -321,6 +333,9 @@ http {{
     def stop_backend(self) -> None:
         """Stop fcgiwrap: nginx stays up and answers every Git request with 502, as an overloaded or restarting
         Git server behind a proxy does."""
+        # fcgiwrap's -c workers share the listening socket and outlive their parent's wait() by a moment: one of
+        # them could still accept the next request. Unlinking the socket first makes every new connect fail.
+        (self.root / "fcgiwrap.sock").unlink(missing_ok=True)
         _stop(self._fcgi)
         self._fcgi = None
 
