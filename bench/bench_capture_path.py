@@ -13,6 +13,10 @@ per captured record. Arrangements, each in a process of its own:
 - ``split_cores``: the calling thread on CPU 0, the capture threads on CPU 1;
 - ``offer_only``: no writer: the caller empties the queue every 2,560 calls (what queuing and holding a
   record's arrays costs the request path, and nothing else);
+- ``ring_copy``: what a writer in a process of its own would cost, up to its sealing: the request path hands each
+  sampled record to the shadow's shared-memory ring (:class:`~reconciler.agent.shadowring.RingMirror`, at 10 %),
+  and a child process takes each record, copies its arrays out and frees its slots (its CPU, read from
+  ``/proc``, is the "capture threads" column; sealing would add the isolated writer's figure);
 - ``isolated_writer``: the writer's drain, seal and upload of 10,240 records of the same shape, called in a loop
   with no inference between them: the same work with the caches to itself.
 
@@ -49,7 +53,57 @@ from reconciler.serving.registry import EndpointSpec, ModelRegistry  # noqa: E40
 
 RATE = 0.10
 CALLS = 20_000
-ARRANGEMENTS = ("thread", "one_core", "split_cores", "offer_only")
+ARRANGEMENTS = ("thread", "one_core", "split_cores", "offer_only", "ring_copy")
+
+
+class _RingChild:
+    """A forked process that takes the ring's records, copies their arrays out and frees them (what the
+    ``proc`` of a :class:`RingMirror` needs: ``ring``, ``conn``, ``priority``, ``exit_description``)."""
+
+    priority = None
+
+    def __init__(self) -> None:
+        from reconciler.agent.shadowring import Ring
+
+        self.ring, fd = Ring.create()
+        os.close(fd)
+        self.conn, child_conn = mp.get_context("fork").Pipe()
+        self.proc = mp.get_context("fork").Process(target=self._run, args=(child_conn,), daemon=True)
+        self.proc.start()
+
+    def _run(self, conn: Any) -> None:
+        ring, tail, done, wait = self.ring, 0, 0, 0.001
+        while True:
+            got = ring.take(tail)
+            if got is None:  # idle: as the shadow's child, poll every 1 ms backing off to 16
+                if conn.poll(wait):
+                    try:
+                        if conn.recv()[0] == "stop":
+                            return
+                    except EOFError:
+                        return
+                wait = min(wait * 2, 0.016)
+                continue
+            wait = 0.001
+            slots, nxt, counted, payload = got
+            if isinstance(payload, tuple):
+                kept = [np.array(a) for side in payload[1:] for a in side.values()]  # noqa: F841 (a writer's copy)
+            got = payload = None
+            done += counted
+            ring.free(tail, slots, done)
+            tail = nxt
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.proc.pid}/stat", "rb") as fh:
+            f = fh.read().rsplit(b")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+    def exit_description(self) -> str:
+        return "ended"
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.join(5)
 
 
 def _policy(public: bytes, directory: Path) -> Any:
@@ -67,6 +121,13 @@ def _arrangement(name: str, rounds: int, where: str | None, out: Any) -> None:
     if name == "one_core":
         os.sched_setaffinity(0, {0})
     on, off = svc.observer_for("m", "1"), svc.observer_for("x", "1")
+    child = None
+    if name == "ring_copy":
+        from reconciler.agent.shadowring import RingMirror
+        from reconciler.shadow.spec import ShadowSettings
+
+        child = _RingChild()
+        on = RingMirror("m", "1", "2", ShadowSettings(sample_rate=RATE), child)  # type: ignore[assignment]
     svc.configure({"m": _policy(public, tmp / "uploaded")})  # (starts the writer and uploader threads)
     if name == "split_cores":
         os.sched_setaffinity(0, {0})
@@ -95,6 +156,8 @@ def _arrangement(name: str, rounds: int, where: str | None, out: Any) -> None:
     block(on)
     block(off)
     cpu0, captured0 = svc.cpu_seconds, svc.counts["captured"]
+    if child is not None:
+        cpu0, captured0 = child.cpu_seconds(), on.handed  # type: ignore[attr-defined]
     ons, offs = [], []
     for r in range(rounds):  # alternate which goes first
         a, b = (on, off) if r % 2 == 0 else (off, on)
@@ -104,9 +167,15 @@ def _arrangement(name: str, rounds: int, where: str | None, out: Any) -> None:
     svc.close()
     reg.close()
     captured = svc.counts["captured"] - captured0
+    threads_cpu = svc.cpu_seconds - cpu0
+    if child is not None:
+        time.sleep(0.2)
+        captured, threads_cpu = on.handed - captured0, child.cpu_seconds() - cpu0  # type: ignore[attr-defined]
+        on.stop()  # type: ignore[attr-defined]
+        child.stop()
     per_call = statistics.median(x - y for x, y in zip(ons, offs, strict=True))
     path = per_call / RATE
-    threads = (svc.cpu_seconds - cpu0) / captured * 1e6 if captured else 0.0
+    threads = threads_cpu / captured * 1e6 if captured else 0.0
     out.send({"request_path_us_per_record": round(path, 2), "capture_threads_us_per_record": round(threads, 2),
               "total_us_per_record": round(path + threads, 2),
               "on_vs_off_calling_thread": round(statistics.median(x / y for x, y in zip(ons, offs, strict=True)), 4),
