@@ -19,7 +19,6 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -46,6 +45,7 @@ from reconciler.check.model import (
     StatusSnapshot,
     TufMetadata,
 )
+from reconciler.check.probes import MAX_METADATA_BYTES, authorization, http_date, http_get, pool_for, probe
 from reconciler.core import reasons as R
 from reconciler.core.credentials import CredentialError, Credentials, check_private_file
 from reconciler.core.errors import UserError
@@ -57,10 +57,8 @@ from reconciler.gitops.fleetstatus import build_report
 from reconciler.gitops.source import parse_ls_remote
 from reconciler.gitops.statusrepo import StatusRepo
 from reconciler.gitops.verify import GitError, run_git
-from reconciler.net import clientcert
 from reconciler.net.pools import Pools
 
-MAX_METADATA_BYTES = 32 << 20  # a targets role with many thousand targets; an answer beyond it is not metadata
 MAX_ROOT_VERSIONS = 1024
 MAX_DELEGATED_ROLES = 64
 MAX_SIGNERS_BYTES = 1 << 20
@@ -181,43 +179,6 @@ def _dir_reader(directory: Path) -> Reader:
     return read
 
 
-class HttpAnswer:
-    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
-        self.status, self.headers, self.body = status, headers, body
-
-
-def http_get(pool: Pools, url: str, *, timeout: float, headers: Mapping[str, str] | None = None,
-             max_bytes: int = MAX_METADATA_BYTES, redirect: bool = True) -> HttpAnswer:
-    """One GET (no retries; redirects followed when ``redirect``); ``OSError``/``urllib3`` errors propagate. A body
-    beyond ``max_bytes`` raises ``ValueError``; with ``max_bytes=0`` the body is not read (status and headers only)."""
-    hops = 5 if redirect else 0
-    resp = pool.request("GET", url, headers=dict(headers or {}), preload_content=False, redirect=redirect,
-                        retries=urllib3.Retry(total=hops, connect=0, read=0, status=0, other=0, redirect=hops,
-                                              raise_on_redirect=False),
-                        timeout=urllib3.Timeout(timeout))
-    try:
-        body = resp.read(max_bytes + 1) if max_bytes else b""
-    finally:
-        resp.close()  # a body left unread (a probe) must not go back to the pool
-    if len(body) > max_bytes:
-        raise ValueError(f"the answer is larger than {max_bytes} bytes")
-    return HttpAnswer(resp.status, {k.lower(): v for k, v in resp.headers.items()}, body)
-
-
-def _pool(creds: Credentials | None) -> Pools:
-    """The agent's route and TLS settings for one endpoint: its proxy, CA files and client certificate."""
-    return Pools(creds, headers={"User-Agent": "modelfleet-check"})
-
-
-def _http_date(value: str | None) -> _dt.datetime | None:
-    if not value:
-        return None
-    try:
-        return parsedate_to_datetime(value).astimezone(_dt.timezone.utc)
-    except (TypeError, ValueError, IndexError):
-        return None
-
-
 def _url_reader(base: str, pool: Pools, timeout: float) -> tuple[Reader, dict[str, int]]:
     statuses: dict[str, int] = {}
 
@@ -228,7 +189,7 @@ def _url_reader(base: str, pool: Pools, timeout: float) -> tuple[Reader, dict[st
             return None, None
         if answer.status >= 400:
             raise ValueError(f"{name}: HTTP {answer.status}")
-        return answer.body, _http_date(answer.headers.get("last-modified"))
+        return answer.body, http_date(answer.headers.get("last-modified"))
 
     return read, statuses
 
@@ -303,7 +264,7 @@ def tuf_from_url(url: str, origin: str, *, timeout: float, ca_file: Path | None 
     if not base.startswith(("http://", "https://")):
         return TufMetadata(display, origin, error="not an http(s) URL")
     try:
-        read, statuses = _url_reader(base, _pool(Credentials(ca_file=ca_file)), timeout)
+        read, statuses = _url_reader(base, pool_for(Credentials(ca_file=ca_file)), timeout)
         roles = tuple(_expiries(read))
     except (ValueError, OSError, urllib3.exceptions.HTTPError) as exc:
         why = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
@@ -449,43 +410,6 @@ def _existing_ancestor(path: Path) -> Path:
     return Path("/")
 
 
-def _probe(server: str, url: str, *, auth: str | None, creds: Credentials | None, timeout: float,
-           clock: Callable[[], float] = time.time) -> HttpProbe:
-    """One GET to ``url``, as the agent sends it (its proxy, CAs, client certificate): its status and the
-    server's clock (``Date``) against ours. A refused client certificate is said in ``error``."""
-    display = redact_url(url)
-    headers = {"Authorization": auth} if auth else {}
-    cert_sent = creds is not None and creds.client_cert_file is not None
-    before = clock()
-    try:
-        answer = http_get(_pool(creds), url, timeout=timeout, headers=headers, max_bytes=4096, redirect=False)
-    except (OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
-        why = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
-        if clientcert.refused_alert(str(why)):
-            return HttpProbe(server, display, error=clientcert.refusal_message(display, cert_sent=cert_sent,
-                                                                                 detail=type(why).__name__))
-        return HttpProbe(server, display, error=" ".join(redact(str(why)).split())[:300])
-    if clientcert.refused_page(answer.status, answer.body):
-        return HttpProbe(server, display, answer.status, error=clientcert.refusal_message(
-            display, cert_sent=cert_sent, detail=f"HTTP {answer.status}"))
-    after = clock()
-    date = _http_date(answer.headers.get("date"))
-    # Date has one-second resolution and is truncated: the server's clock is on average half a second later.
-    offset = None if date is None else date.timestamp() + 0.5 - (before + after) / 2
-    return HttpProbe(server, display, answer.status, offset)
-
-
-def _authorization(creds: Credentials | None) -> str | None:
-    """The header the agent would send; None when there is none or its file is refused (its own check says so,
-    and the probe still measures the clock)."""
-    if creds is None:
-        return None
-    try:
-        return creds.authorization()
-    except CredentialError:
-        return None
-
-
 def cached_fleet(cfg: AgentConfig) -> FleetRepo | None:
     """The fleet's manifests as this device last fetched them (its applied commit, else the fetched head)."""
     from reconciler.agent.journal import Journal, JournalError
@@ -586,16 +510,16 @@ def gather_device(config_path: Path) -> DeviceFacts:
                        timeout=cfg.source_timeout)
     git_http: HttpProbe | None = None
     if http_origin(cfg.source_url) is not None:
-        auth = _authorization(cfg.source_credentials)
-        git_http = _probe("Git server", cfg.source_url.rstrip("/") + "/info/refs?service=git-upload-pack",
+        auth = authorization(cfg.source_credentials)
+        git_http = probe("Git server", cfg.source_url.rstrip("/") + "/info/refs?service=git-upload-pack",
                           auth=auth, creds=cfg.source_credentials, timeout=cfg.source_timeout)
         if source.error and git_http.status == 400 and git_http.error:  # git says "error: 400", the probe why
             source = dataclasses.replace(source, error=git_http.error, reason=R.CLIENT_CERTIFICATE_REFUSED)
     fleet_tuf = (fleet.fleet_spec.get("tuf") or {}) if fleet is not None else {}
     metadata_url = cfg.tuf_metadata_url or str(fleet_tuf.get("metadataUrl") or "")
     if metadata_url:
-        auth = _authorization(cfg.tuf_credentials)
-        tuf_http = _probe("TUF server", metadata_url.rstrip("/") + "/timestamp.json", auth=auth,
+        auth = authorization(cfg.tuf_credentials)
+        tuf_http = probe("TUF server", metadata_url.rstrip("/") + "/timestamp.json", auth=auth,
                           creds=cfg.tuf_credentials, timeout=cfg.tuf_timeout)
     else:
         tuf_http = HttpProbe("TUF server", "", note="no TUF metadata URL known: tuf.metadataUrl is not set and the "
