@@ -8,11 +8,11 @@ Two sides, each a list of named checks that are ok, a warning or an error, with 
   repository's roles (expired, or expiring soon: a fleet whose timestamp expires stops updating);
 - the **device side** (``modelfleet check --agent-config PATH``): the agent config loads, every secret file it
   names is private, the trust anchors are readable, the status signing key exists, the Git and TUF servers
-  answer and agree with the device's clock, the state dir is writable, the disk holds the largest model the
+  (and the site gateway, when the config names one) answer and agree with the device's clock, the state dir is writable, the disk holds the largest model the
   fleet names, and which runtimes are installed.
 
-Workflow: :mod:`~.facts` gathers (git, HTTP, the filesystem; every failure to observe is itself a fact, never an
-exception), :mod:`~.judge` decides (pure functions of the facts in :mod:`~.model`: tests build any situation
+Workflow: :mod:`~.facts` gathers (git, the filesystem, and HTTP through :mod:`~.probes`; every failure to
+observe is itself a fact, never an exception), :mod:`~.judge` decides (pure functions of the facts in :mod:`~.model`: tests build any situation
 without a server or a clock), :mod:`~.render` prints a table or JSON. ``modelfleet check`` (cli.check) exits 1 on
 any error, and with ``--strict`` on any warning too.
 

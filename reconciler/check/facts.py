@@ -524,8 +524,16 @@ def gather_device(config_path: Path) -> DeviceFacts:
     else:
         tuf_http = HttpProbe("TUF server", "", note="no TUF metadata URL known: tuf.metadataUrl is not set and the "
                                                     "device has not fetched the Fleet's spec.tuf yet")
+    gateway_git = gateway_tuf = None
+    if cfg.gateway_source_url is not None and (tuf_urls := cfg.gateway_tuf_urls()) is not None:
+        # as the agent asks the gateway: its mirror's ref advertisement, its TUF cache's timestamp
+        auth = authorization(cfg.gateway_credentials)
+        gateway_git = probe("gateway (Git)", cfg.gateway_source_url + "/info/refs?service=git-upload-pack",
+                            auth=auth, creds=cfg.gateway_credentials, timeout=cfg.source_timeout)
+        gateway_tuf = probe("gateway (TUF)", tuf_urls[0] + "timestamp.json", auth=auth,
+                            creds=cfg.gateway_credentials, timeout=cfg.tuf_timeout)
     return DeviceFacts(
-        str(cfg.path or config_path), device_id=cfg.device_id,
+        str(cfg.path or config_path), device_id=cfg.device_id, gateway_git=gateway_git, gateway_tuf=gateway_tuf,
         private_files=tuple(private_file(s, p) for s, p in private_files(cfg)),
         anchors=tuple(anchor_file(s, p) for s, p in anchor_files(cfg)),
         status_key=status_key(cfg), source=source, git_http=git_http, tuf_http=tuf_http,

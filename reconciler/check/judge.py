@@ -389,6 +389,10 @@ def judge_device(facts: DeviceFacts) -> list[Check]:
     if facts.source is not None:
         out.append(remote_check(facts.source, device=True))
     out.append(tuf_server_check(facts.tuf_http))
+    if facts.gateway_git is not None:
+        out.append(gateway_check("gateway git", facts.gateway_git))
+    if facts.gateway_tuf is not None:
+        out.append(gateway_check("gateway tuf", facts.gateway_tuf))
     out.append(clock_check("clock vs Git server", facts.git_http))
     out.append(clock_check("clock vs TUF server", facts.tuf_http))
     if facts.disk is not None:
@@ -470,6 +474,25 @@ def tuf_server_check(p: HttpProbe | None) -> Check:
     if p.status >= 400:
         return Check(name, ERROR, f"{p.url} answers HTTP {p.status}",
                      "is tuf.metadataUrl (or the Fleet's spec.tuf.metadataUrl) right?")
+    return Check(name, OK, f"{p.url} answers (HTTP {p.status})")
+
+
+def gateway_check(name: str, p: HttpProbe) -> Check:
+    """The site gateway (``gateway.url``): the agent asks it first and goes to the servers themselves while it does
+    not answer, so a gateway that is down is a warning; one that refuses the device is a misconfiguration."""
+    if p.status is None and not p.cert_refused:
+        return Check(name, WARNING, f"cannot reach {p.url}: {p.error}; until it answers, the device polls and "
+                                    "downloads from the servers themselves",
+                     "is gateway.url right, and `modelfleet gateway run` up at the site? (docs/gateway.md)")
+    if p.status in (401, 403):
+        return Check(name, ERROR, f"{p.url} refused the credentials (HTTP {p.status})",
+                     "check gateway.credentials (docs/gateway.md)")
+    if p.cert_refused:
+        return Check(name, ERROR, p.error, "set gateway.credentials.clientCertFile and clientKeyFile to a certificate "
+                                           "the gateway's client CA signed (docs/hosting.md#client-certificates-mutual-tls)")
+    if p.status is not None and p.status >= 400:
+        return Check(name, ERROR, f"{p.url} answers HTTP {p.status}",
+                     "gateway.url is the gateway's base URL (it serves /git/fleet.git and /tuf/ under it)")
     return Check(name, OK, f"{p.url} answers (HTTP {p.status})")
 
 

@@ -166,12 +166,13 @@ class StatusKey:
 class HttpProbe:
     """One request to a server the device talks to: its answer and its clock."""
 
-    server: str  # "Git server" or "TUF server"
+    server: str  # "Git server", "TUF server", "gateway (Git)" or "gateway (TUF)"
     url: str  # redacted
     status: int | None = None  # HTTP status; None: no answer
     offset: float | None = None  # the server's Date minus this device's clock, seconds
     error: str = ""
     note: str = ""  # why nothing was asked (not an HTTP URL, no URL known)
+    cert_refused: bool = False  # the server refused this device's client certificate, or wanted one
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,8 @@ class DeviceFacts:
     source: RemoteRef | None = None
     git_http: HttpProbe | None = None
     tuf_http: HttpProbe | None = None
+    gateway_git: HttpProbe | None = None  # None: no gateway in the config
+    gateway_tuf: HttpProbe | None = None
     disk: DiskSpace | None = None
     runtimes: tuple[Runtime, ...] = field(default_factory=tuple)
     state_dir: StateDir | None = None

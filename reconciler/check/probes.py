@@ -74,11 +74,12 @@ def probe(server: str, url: str, *, auth: str | None, creds: Credentials | None,
         why = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
         if clientcert.refused_alert(str(why)):
             return HttpProbe(server, display, error=clientcert.refusal_message(display, cert_sent=cert_sent,
-                                                                                 detail=type(why).__name__))
+                                                                                 detail=type(why).__name__),
+                             cert_refused=True)
         return HttpProbe(server, display, error=" ".join(redact(str(why)).split())[:300])
     if clientcert.refused_page(answer.status, answer.body):
         return HttpProbe(server, display, answer.status, error=clientcert.refusal_message(
-            display, cert_sent=cert_sent, detail=f"HTTP {answer.status}"))
+            display, cert_sent=cert_sent, detail=f"HTTP {answer.status}"), cert_refused=True)
     after = clock()
     date = http_date(answer.headers.get("date"))
     # Date has one-second resolution and is truncated: the server's clock is on average half a second later.

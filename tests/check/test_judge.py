@@ -258,3 +258,21 @@ def test_strict_fails_on_warnings_and_the_table_escapes_what_servers_and_devices
     text = render.table(report)
     assert "\x1b" not in text and "cam-\\x1b[2J1" in text and "→ do x" in text
     assert text.splitlines()[-1] == "operator side: 2 checks, 1 ok, 1 warning, 0 errors"
+
+
+def test_a_gateway_that_is_down_warns_and_one_that_refuses_the_device_fails() -> None:
+    url = "https://gw.site-1/git/fleet.git/info/refs?service=git-upload-pack"
+    assert "gateway git" not in by_name(judge.judge_device(device()))  # no gateway in the config: no row
+    up = by_name(judge.judge_device(device(gateway_git=HttpProbe("gateway (Git)", url, 200, 0.3),
+                                           gateway_tuf=HttpProbe("gateway (TUF)", "https://gw/tuf/t.json", 200))))
+    assert up["gateway git"].status == OK and up["gateway tuf"].status == OK
+    assert up["gateway git"].message == f"{url} answers (HTTP 200)"
+    # the agent goes to the servers themselves while its gateway does not answer: a warning, saying so
+    down = judge.gateway_check("gateway git", HttpProbe("gateway (Git)", url, error="Connection refused"))
+    assert down.status == WARNING and "Connection refused" in down.message
+    assert "from the servers themselves" in down.message and "gateway run" in down.hint
+    assert judge.gateway_check("gateway git", HttpProbe("gateway (Git)", url, 401)).status == ERROR
+    assert judge.gateway_check("gateway tuf", HttpProbe("gateway (TUF)", url, 404)).status == ERROR
+    refused = judge.gateway_check("gateway git", HttpProbe("gateway (Git)", url, error=f"{url} refused the client "
+                                                           "certificate (SSLError)", cert_refused=True))
+    assert refused.status == ERROR and "clientCertFile" in refused.hint
