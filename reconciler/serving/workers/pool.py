@@ -16,6 +16,8 @@ A worker that dies is restarted with the current desired set loaded before it li
 (``modelfleet_serving_worker_restarts_total``) and reported (:meth:`WorkerPool.report`); ready stays false
 until it is back. ``/metrics`` is one view: the pool's own registry plus the workers' counters, summed by
 ``prometheus_client``'s multiprocess mode from a private directory (:mod:`~reconciler.serving.workers.poolmetrics`).
+Request samples, ``/metrics`` and ``/feedback`` come back from each worker over its uplink pipe to the agent's
+observers (:mod:`~reconciler.serving.workers.uplink`).
 
 With one worker per CPU (the default when the pool has as many workers as the CPUs it may use) each worker
 keeps to its own CPU (``sched_setaffinity``), so the scheduler does not move workers, their caches and their
@@ -43,7 +45,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import mark_process_dead
 
 from reconciler.core.extras import installed
@@ -60,6 +62,7 @@ from reconciler.serving.registry import (
 from reconciler.serving.workers.control import SAMPLE_QUEUE_MAX, Board, WorkerSettings, proc_memory_mb
 from reconciler.serving.workers.cpus import allowed_cpus, session_threads, worker_cpus
 from reconciler.serving.workers.poolmetrics import WORKER_RESTARTS, WORKER_RSS, WORKERS_SERVING, PoolMetrics
+from reconciler.serving.workers.uplink import Uplink
 
 log = logging.getLogger("reconciler.serving.workers")
 
@@ -159,7 +162,9 @@ class WorkerPool:
         self.sample_queue_max = sample_queue_max
         self._lock = threading.RLock()  # one control operation (switch, restart) at a time
         self._eps: dict[str, _Endpoint] = {}
-        self._observers: dict[tuple[str, str], Observer] = {}
+        self.metrics_registry = CollectorRegistry(auto_describe=False)
+        self._uplink = Uplink(self.metrics_registry)  # the workers' samples, /metrics and /feedback
+        self._observers = self._uplink.observers
         self._workers: list[_Worker | None] = []
         self._generation = 0
         self._dir: Path | None = None
@@ -171,7 +176,6 @@ class WorkerPool:
         self.restarts = 0
         self._backoff = 0.0  # seconds a dead worker waits before its restart (grows while they keep dying)
         self.last_restart: dict[str, Any] | None = None
-        self.metrics_registry = CollectorRegistry(auto_describe=False)
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
@@ -272,7 +276,7 @@ class WorkerPool:
             proc.wait()
             raise RuntimeError(f"worker {index} did not start: {getattr(answer, 'message', answer)}")
         WORKER_RSS.labels(str(index)).set_function(lambda: proc_memory_mb(w.pid).get("vmrss", 0.0) * 1048576)
-        threading.Thread(target=self._uplink, args=(w,), name=f"modelfleet-uplink-{index}", daemon=True).start()
+        threading.Thread(target=self._uplink.serve, args=(w.up,), name=f"modelfleet-uplink-{index}", daemon=True).start()
         threading.Thread(target=self._reap, args=(w,), name=f"modelfleet-reap-{index}", daemon=True).start()
         return w
 
@@ -382,56 +386,6 @@ class WorkerPool:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    # -- the uplink: samples, /metrics, /feedback --------------------------------------------------------------
-
-    def _uplink(self, w: _Worker) -> None:
-        while True:
-            try:
-                msg = w.up.recv()
-            except (EOFError, OSError):
-                return
-            if msg[0] == "events":
-                for event in msg[1]:
-                    self._deliver(event)
-            elif msg[0] == "rpc":
-                _, rpc_id, what, arg = msg
-                try:
-                    answer = self._answer(what, arg)
-                except Exception as exc:  # an observer's bug must not take the worker's question down
-                    answer = (500, {"error": f"{what} failed: {exc}"})
-                with contextlib.suppress(OSError):
-                    w.up.send((rpc_id, answer))
-
-    def _deliver(self, event: tuple[Any, ...]) -> None:
-        kind, name, version, *rest = event
-        obs = self._observers.get((name, version))
-        if obs is None:
-            return
-        try:
-            if kind == "observe":
-                obs.observe(*rest)
-            elif kind == "error":
-                obs.observe_error(*rest)
-            elif kind == "rejection":
-                obs.observe_rejection()
-            elif kind == "rejected_inputs":
-                fn = getattr(obs, "observe_rejected_inputs", None)
-                if fn is not None:
-                    fn(*rest)
-        except Exception:
-            log.exception("observer of %s %s failed", name, version)
-
-    def _answer(self, what: str, arg: Any) -> Any:
-        if what == "metrics":
-            return generate_latest(self.metrics_registry)
-        if what == "feedback":
-            name, version, body = arg
-            obs = self._observers.get((name, version))
-            if obs is None:
-                return 409, {"error": f"model {name!r} is not monitored: no feedback join"}
-            return obs.feedback(body)
-        return 400, {"error": f"unknown question {what!r}"}
 
     # -- the registry interface -------------------------------------------------------------------------------
 
