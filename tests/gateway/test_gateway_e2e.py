@@ -135,6 +135,16 @@ def test_devices_behind_a_gateway_refuse_what_it_forges_and_their_status_is_rela
     cached[0].write_bytes(bytes(blob))
     with urllib.request.urlopen(f"{gw.url}/tuf/targets/{rel}", timeout=10) as resp:
         assert resp.read() != model.read_bytes()  # the gateway now serves the tampered file
+    # The gateway keeps metadata 1 s (tufCache.metadataSeconds): a device asking sooner gets the timestamp from
+    # before 1.1.0 was published, finds no such target there and fetches it centrally, never meeting the tampered
+    # copy. The deployment comes once the gateway passes the new timestamp on.
+    timestamp = (w.tuf_dir / "metadata" / "timestamp.json").read_bytes()
+
+    def gateway_timestamp() -> bytes:
+        with urllib.request.urlopen(f"{gw.url}/tuf/metadata/timestamp.json", timeout=10) as resp:
+            return resp.read()
+
+    wait(lambda: gateway_timestamp() == timestamp, "the gateway passing on the new timestamp", 10, 0.1)
     before = len(central_log(w))
     w.upstream.commit(w.fleet_files("1.1.0", poll="300ms"), "deploy 1.1.0", ssh_key=key)
     gw.round()
@@ -159,6 +169,8 @@ def test_devices_behind_a_gateway_refuse_what_it_forges_and_their_status_is_rela
     forged = git(mirror, "commit-tree", f"{signed}^{{tree}}", "-p", signed, "-m", "injected by the gateway")
     git(mirror, "update-ref", "refs/heads/main", forged, signed)
 
+    refused: set[str] = set()
+
     def refused_everywhere() -> bool:
         # A compromised gateway keeps serving its forgery: its own refresh round may have put the signed head
         # back in the mirror (a slow machine runs one between the injection and the devices' polls).
@@ -167,11 +179,16 @@ def test_devices_behind_a_gateway_refuse_what_it_forges_and_their_status_is_rela
         for dev in DEVICES:
             st = json.loads((tmp_path / dev / "state" / "status.json").read_text())["status"]
             avail = next(c for c in st["conditions"] if c["type"] == "SourceAvailable")
-            if "UnsignedCommit" not in avail["message"] or st.get("appliedCommit") != signed:
-                return False
-        return True
+            assert st.get("appliedCommit") != forged, st  # never the forgery
+            # The refusal is named in the pass that asked the gateway; the next passes ask the central server
+            # first (a refused place is asked last for 30 s, doubling), so each device's is seen once, not held.
+            if "UnsignedCommit" in avail["message"] and st.get("appliedCommit") == signed:
+                refused.add(dev)
+        return refused == set(DEVICES)
 
-    wait(refused_everywhere, "the injected commit refused by both devices", 60)
+    wait(refused_everywhere, "the injected commit refused by both devices", 90, 0.05)
+    for dev in DEVICES:
+        assert json.loads((tmp_path / dev / "state" / "status.json").read_text())["status"]["appliedCommit"] == signed
     assert all(which_version(u, w) == "1.1.0" for u in urls)
 
 
