@@ -7,12 +7,16 @@ against the device's own trusted root like the central server's, so a gateway th
 old or mixed metadata gets a refused refresh or download — and the device asks the next place in the same pass.
 A gateway that freezes the metadata is passed over once the timestamp expires (``MetadataExpired``). Which place
 answered is in :attr:`FallbackTuf.served_by`; a failed place is asked last for a while
-(:class:`~reconciler.gitops.failover.Failover`).
+(:class:`~reconciler.gitops.failover.Failover`), and :meth:`FallbackTuf.note` says so for as long as it lasts —
+the agent puts it in ``ArtifactsReady``, so the operator sees a gateway that served a tampered target, not only
+the device's log.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from reconciler.distribution.tuferrors import TufClientError
@@ -24,12 +28,24 @@ log = logging.getLogger("reconciler.agent")
 class FallbackTuf:
     """``clients`` (``(label, TufClient)``) in preference order, used as one client; see the module docstring."""
 
-    def __init__(self, clients: list[tuple[str, Any]], *, base: float = 30.0) -> None:
+    def __init__(self, clients: list[tuple[str, Any]], *, base: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.clients = clients
-        self.failover: Failover[tuple[str, Any]] = Failover(clients, base=base)
+        self.failover: Failover[tuple[str, Any]] = Failover(clients, base=base, clock=clock)
         self.active = clients[-1][1]
         self.served_by: str | None = None
         self.refused: list[str] = []  # "<place>: <reason>" of the places passed over in the last call
+        self._last_reason: dict[int, str] = {}  # place index -> the reason it last failed with
+
+    def note(self) -> str:
+        """Which place served last, and each place asked last for now with the reason it last failed:
+        ``from central (gateway http://gw:8780: TargetHashMismatch; asked last for now)``."""
+        avoided = [f"{label}: {self._last_reason[i]}" for i, (label, _) in enumerate(self.clients)
+                   if i in self._last_reason and self.failover.backing_off(i)]
+        text = f"from {self.served_by}" if self.served_by else ""
+        if avoided:
+            text += f" ({'; '.join(avoided)}; asked last for now)"
+        return text.strip()
 
     @property
     def bytes_downloaded(self) -> int:
@@ -83,5 +99,6 @@ class FallbackTuf:
 
     def _passed(self, idx: int, label: str, exc: TufClientError) -> None:
         self.failover.failed(idx)
+        self._last_reason[idx] = exc.reason
         self.refused.append(f"{label}: {exc.reason}")
         log.warning("TUF through %s failed, trying the next place: %s: %s", label, exc.reason, exc)

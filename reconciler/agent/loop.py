@@ -417,7 +417,9 @@ class Agent(StatusMixin):
             msgs = [f"{n}: {p.outcomes[n].message}" for n in sorted(p.artifact_failed)]
             raise StepFailed(C.ARTIFACTS_READY, p.artifact_failed[first], "; ".join(msgs)[:2048], partial=True,
                              held=all(p.outcomes[n].held_until for n in p.artifact_failed))
-        self.conditions.set(C.ARTIFACTS_READY, True, "Downloaded", "all targets verified in the store", p.commit)
+        note = self.c.tuf_note()
+        self.conditions.set(C.ARTIFACTS_READY, True, "Downloaded",
+                            "all targets verified in the store" + (f", {note}" if note else ""), p.commit)
 
     def _record_for(self, p: PassState, ep: Any) -> EndpointRecord:
         fetched = p.fetched[ep.name]

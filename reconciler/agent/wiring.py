@@ -352,6 +352,11 @@ class Components:
         fetcher = getattr(self.tuf, "fetcher", None)
         return fetcher.busy_until() if fetcher is not None else None
 
+    def tuf_note(self) -> str:
+        """With a site gateway: which TUF place served, and the places asked last for now and why; else ""."""
+        note = getattr(self.tuf, "note", None)
+        return note() if note is not None else ""
+
     def tuf_fetch(self, paths: list[str]) -> tuple[dict[str, Any], int]:
         """Targets verified into the store, and how many bytes were actually downloaded."""
         before = self.tuf.bytes_downloaded

@@ -160,6 +160,15 @@ def test_devices_behind_a_gateway_refuse_what_it_forges_and_their_status_is_rela
     for a in agents:
         log = a.log_path.read_text()
         assert "TargetHashMismatch" in log and "trying the next place" in log
+    # ... and in its status: ArtifactsReady names the center as the place that served, and the gateway with the
+    # reason while it is asked last (30 s), so the operator sees it without the device's log.
+    def artifacts_note() -> bool:
+        msgs = [next(c["message"] for c in json.loads((tmp_path / d / "state" / "status.json").read_text())
+                     ["status"]["conditions"] if c["type"] == "ArtifactsReady") for d in DEVICES]
+        return all(m.startswith("all targets verified in the store, from central (gateway ")
+                   and m.endswith(": TargetHashMismatch; asked last for now)") for m in msgs)
+
+    wait(artifacts_note, "ArtifactsReady naming the gateway's TargetHashMismatch", 20)
     central_gets = [f for f in central_log(w)[before:] if f[1] == f"/tuf/fleet/targets/{rel}"]
     assert len(central_gets) >= len(DEVICES)  # each device fetched the good copy from the center
 
