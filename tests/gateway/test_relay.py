@@ -142,6 +142,15 @@ def test_source_falls_back_from_a_refused_or_stale_mirror_and_checks_upstream(tm
         # The mirror goes on serving c1, an ancestor of what was applied: passed over, central answers.
         r = src.poll(c2)
         assert r.ok and r.commit == c2 and "HistoryRewrite" in r.conditions[0].message
+        # The next polls ask central first; the condition keeps saying why the mirror is asked last until its
+        # backoff (30 s here) is over, not only in the poll that passed it over.
+        now[0] = 170
+        r = src.poll(c2)
+        assert r.conditions[0].message == (f"main at {c2[:12]} from {central.file_url} ({mirror.as_uri()}: "
+                                           "HistoryRewrite; asked last for now)")
+        now[0] = 181
+        r = src.poll(c2)  # backoff over: the mirror is asked first again, refused again
+        assert r.ok and r.commit == c2 and "HistoryRewrite; asked last for now" in r.conditions[0].message
         # The mirror is gone: central answers, and the mirror is tried last for a while.
         import shutil
 
