@@ -38,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _loadgen import _request, load  # noqa: E402
+from _thread_mirror import Mirror  # noqa: E402
 
 from reconciler.agent.shadowing import ShadowSupervisor  # noqa: E402
 from reconciler.agent.shadowproc import CandidateProcess, load_candidate  # noqa: E402
@@ -45,7 +46,6 @@ from reconciler.agent.shadowring import RingMirror  # noqa: E402
 from reconciler.devkit.modelgen import make_probe, matmul_model, small_cnn  # noqa: E402
 from reconciler.serving.http.server import InferenceServer  # noqa: E402
 from reconciler.serving.registry import EndpointSpec, ModelRegistry  # noqa: E402
-from reconciler.shadow.mirror import Mirror  # noqa: E402
 from reconciler.shadow.priority import IDLE, NORMAL  # noqa: E402
 from reconciler.shadow.spec import ShadowSettings  # noqa: E402
 

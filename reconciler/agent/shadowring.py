@@ -232,8 +232,8 @@ def _fence() -> None:
 class RingMirror:
     """The agent's end of one endpoint's comparison: the request path's hand-off and the child's numbers.
 
-    Same surface as :class:`~reconciler.shadow.mirror.Mirror` (``observe``, ``judge``, ``snapshot``, ``idle``,
-    ``stop``), but the candidate, the comparison and the aggregates live in the child ``proc``
+    ``observe``, ``judge``, ``snapshot``, ``idle``, ``stop``; the candidate, the comparison and the aggregates
+    live in the child ``proc``
     (:class:`~reconciler.agent.shadowproc.CandidateProcess`, which owns the ring and the control socket).
     """
 

@@ -11,8 +11,7 @@ A deployment in rollout may say ``rollout.shadow``. The devices a step newly tar
    on, bounded — a full hand-off drops the sample and counts it, it never waits — and the candidate runs on the
    same inputs at the lowest CPU priority (:mod:`~reconciler.shadow.priority`), so it gets only the CPU the
    live requests leave idle. In the agent the hand-off is a copy into a shared-memory ring and the candidate's
-   own process runs, compares and keeps the aggregates (:mod:`reconciler.agent.shadowring`); here,
-   :mod:`~reconciler.shadow.mirror` is the same in a worker thread (a queue and an injected ``run``). The
+   own process runs, compares and keeps the aggregates (:mod:`reconciler.agent.shadowring`). The
    candidate's outputs are compared and thrown away: a shadow candidate never answers a client.
 3. **Compared, as aggregates.** :mod:`~reconciler.shadow.compare` decides per row whether the candidate agrees
    (top-1 for score outputs ``[rows, classes]``, exact for labels, within ``atol``/``rtol`` otherwise) and

@@ -3,10 +3,9 @@
 The candidate — real ONNX Runtime and OpenVINO sessions, loaded as the agent loads them — runs in a process of
 its own whose every thread is ``SCHED_IDLE`` (an unprivileged agent gets it too) and compares there too: no
 thread of the agent works per sample beyond the request path's copy into the ring. A crash there fails the
-comparison, not the agent, and a killed agent leaves no candidate behind. A mirror asked to run its candidate
-in its own thread lowers that thread (``SCHED_IDLE``, else nice 19) and reports what it got. A candidate that
-cannot keep up (here: one that blocks) costs samples, counted, never live answers: a real HTTP server keeps
-answering with the serving version.
+comparison, not the agent, and a killed agent leaves no candidate behind. A thread lowered for a candidate gets
+``SCHED_IDLE`` (else nice 19) and the caller is told what it got. (A candidate that cannot keep up costs samples,
+counted, never live answers: tests/shadow/test_shadow_ring.py.)
 """
 
 from __future__ import annotations
@@ -18,21 +17,16 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from reconciler.agent.shadowing import ShadowSupervisor
 from reconciler.agent.shadowproc import CandidateProcess
 from reconciler.agent.shadowring import RingMirror
 from reconciler.devkit import modelgen
-from reconciler.serving.http.server import InferenceServer
-from reconciler.serving.registry import EndpointSpec, ModelRegistry
-from reconciler.shadow.mirror import Mirror
-from reconciler.shadow.priority import IDLE, NICE, NORMAL
+from reconciler.shadow.priority import IDLE, NICE, NORMAL, lower_thread
 from reconciler.shadow.spec import ShadowSettings
 from tests._agent_fixtures import REPO_ROOT
 
@@ -74,21 +68,20 @@ def _one(i: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
 
 @pytest.mark.parametrize(("want", "policy", "nice"), [(IDLE, os.SCHED_IDLE, 0), (NICE, os.SCHED_OTHER, 19),
                                                       (NORMAL, os.SCHED_OTHER, 0)])
-def test_the_worker_thread_runs_at_the_priority_it_reports(want: str, policy: int, nice: int) -> None:
-    m = Mirror("ep", "1", "2", SETTINGS, lambda f: {"y": np.array([[0.0, 1.0]], np.float32)}, priority=want)
+def test_a_lowered_thread_runs_at_the_priority_it_reports(want: str, policy: int, nice: int) -> None:
+    go = threading.Event()
+    t = threading.Thread(target=go.wait, args=(30,), daemon=True)
+    t.start()
     try:
-        tid = m.native_id
+        tid = t.native_id
         assert tid is not None and tid != threading.get_native_id()
+        assert lower_thread(tid, want) == want
         assert os.sched_getscheduler(tid) == policy and _policy(tid) == policy
         assert os.getpriority(os.PRIO_PROCESS, tid) == nice
-        assert m.snapshot()["priority"] == want
+        assert os.sched_getscheduler(threading.get_native_id()) == os.SCHED_OTHER  # the caller is left alone
     finally:
-        m.stop()
-    m = Mirror("ep", "1", "2", SETTINGS, lambda f: {})  # by default the thread is left alone (the agent's
-    try:  # candidate computes in its own idle process) and nothing is claimed for it
-        assert "priority" not in m.snapshot() and os.sched_getscheduler(m.native_id) == os.SCHED_OTHER
-    finally:
-        m.stop()
+        go.set()
+        t.join()
 
 
 def test_an_unprivileged_agent_gets_idle_priority_too() -> None:
@@ -232,47 +225,3 @@ def test_the_candidate_process_ends_when_the_agent_is_killed(tmp_path: Path) -> 
     finally:
         agent.kill()
         agent.wait()
-
-
-def test_live_answers_keep_flowing_while_the_shadow_is_saturated() -> None:
-    live_bytes = modelgen.matmul_model(seed=1)
-    probe = modelgen.make_probe(live_bytes)
-    sup = ShadowSupervisor()
-    reg = ModelRegistry(observer_factory=sup.observer_for)
-    assert reg.apply(EndpointSpec(name="m", version="1", blobs=[live_bytes], probe=probe, threads=1)).ok
-    release = threading.Event()
-
-    def stuck(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # a candidate that cannot keep up at all
-        release.wait(60)
-        return {"y": np.zeros((1, 4), np.float32)}
-
-    m = Mirror("m", "1", "2", SETTINGS, stuck, priority=IDLE)
-    sup.mirrors = {"m": m}
-    srv = InferenceServer(reg)
-    srv.start()
-    try:
-        body = json.dumps({"inputs": probe["inputs"]}).encode()
-        want = [np.asarray(o["data"], np.float32) for o in probe["outputs"]]
-        for _ in range(200):
-            req = urllib.request.Request(f"http://127.0.0.1:{srv.port}/v2/models/m/infer", data=body,
-                                         headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                outs = json.loads(resp.read())["outputs"]
-            assert resp.status == 200
-            for o, w in zip(outs, want, strict=True):  # the serving version's answer, every time
-                np.testing.assert_allclose(np.asarray(o["data"], np.float32), w, rtol=1e-5, atol=1e-6)
-        snap = m.snapshot()
-        # one request in the candidate's hands, the queue full, every other one dropped and counted
-        assert snap["offered"] == 200 and snap["queued"] == SETTINGS.queue and snap["requests"] == 0, snap
-        assert snap["dropped"] in (200 - SETTINGS.queue, 200 - SETTINGS.queue - 1)
-        assert snap["mirrored"] == 0.0
-        release.set()
-        _wait(m.idle)
-        snap = m.snapshot()
-        assert snap["requests"] + snap["dropped"] == 200 and snap["mirrored"] == round(snap["requests"] / 2, 2)
-    finally:
-        release.set()
-        sup.mirrors = {}
-        m.stop()
-        srv.stop()
-        reg.close()

@@ -213,3 +213,47 @@ def test_a_child_stopped_mid_publish_leaves_the_last_snapshot_readable() -> None
     t0 = time.monotonic()
     assert ring.read(1) == (2, b'{"n": 2}') and time.monotonic() - t0 < 0.05
     assert not ring.publish(b"x" * (HALF + 1))  # more than a buffer holds: not published, the last one stays
+
+
+def test_the_sample_rate_decides_which_requests_reach_the_candidate_and_agreement_is_judged() -> None:
+    from reconciler.shadow import gate as G
+
+    proc, probe = _candidate()
+    feeds, live = _tensors(probe, "inputs"), _tensors(probe, "outputs")
+    draws = iter([0.1, 0.9] * 100)  # every other request drawn, at sampleRate 0.5
+    verdicts: list[Any] = []
+    m = RingMirror("ep", "1", "2", ShadowSettings(sample_rate=0.5, min_samples=10), proc,
+                   on_verdict=verdicts.append, rand=lambda: next(draws))
+    try:
+        for _ in range(40):
+            m.observe(feeds, live, 0.001)
+        _wait(m.idle)
+        snap = m.snapshot()
+        rows = next(iter(feeds.values())).shape[0]  # a sample is a row: the probe's request has several
+        assert (snap["offered"], snap["sampledOut"], snap["requests"]) == (40, 20, 20), snap
+        assert snap["samples"] == snap["agreed"] == 20 * rows, snap
+        assert m.judge().state == G.AGREEING
+        _wait(lambda: [v.state for v in verdicts] == [G.AGREEING])  # told once, when it changed
+    finally:
+        m.stop()
+        proc.close()
+
+
+def test_a_candidate_that_raises_fails_the_comparison_once_and_is_fed_no_more() -> None:
+    proc, probe = _candidate()
+    feeds, live = _tensors(probe, "inputs"), _tensors(probe, "outputs")
+    (name,) = feeds
+    verdicts: list[Any] = []
+    m = RingMirror("ep", "1", "2", ShadowSettings(sample_rate=1.0, min_samples=1), proc, on_verdict=verdicts.append)
+    try:
+        m.observe({"not-an-input": feeds[name]}, live, 0.001)  # the candidate's runtime raises on it
+        _wait(lambda: bool(verdicts))
+        assert verdicts[0].failed and "not-an-input" in verdicts[0].message, verdicts[0]
+        for _ in range(20):
+            m.observe(feeds, live, 0.001)
+        snap = m.snapshot()
+        assert snap["errors"] == 1 and snap["offered"] == 21 and snap["queued"] == 0, snap
+        assert snap["samples"] == 0 and m.judge().failed  # final: nothing after the failure was compared
+    finally:
+        m.stop()
+        proc.close()

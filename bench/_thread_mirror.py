@@ -1,4 +1,8 @@
-"""The mirror: sampled live requests into a bounded queue, one worker thread having the candidate run on them.
+"""``bench_shadow.py``'s baseline: the shadow candidate run by a worker thread of the serving process.
+
+The product does not use it any more: the agent's :class:`~reconciler.agent.shadowring.RingMirror` has the same
+surface but hands each sample to the candidate's own process through shared memory. This is the design it
+replaced, kept to measure what a thread sharing the interpreter lock costs the live requests.
 
 ``observe`` runs on the request path (after the live answer is computed, in whatever thread served it): a
 sampling draw, a size check and an append — it never waits and never copies (the tensors are the request's own
@@ -7,11 +11,7 @@ A full queue (``queue`` requests or :data:`~reconciler.shadow.spec.QUEUE_BYTES` 
 counts it, so a candidate slower than the traffic costs samples, never latency.
 
 The worker calls the injected ``run(feeds) -> outputs``, compares, and adds to
-:class:`~reconciler.shadow.stats.ShadowStats`. The agent does not use this worker: its
-:class:`~reconciler.agent.shadowring.RingMirror` has the same surface, but copies each sample into shared
-memory and the candidate's own process runs, compares and keeps the numbers (a worker thread here cost the
-live requests the interpreter lock per sample); ``bench/bench_shadow.py`` runs this one to show what a thread
-costs. A ``run`` that computes in the worker thread itself asks for
+:class:`~reconciler.shadow.stats.ShadowStats`. A ``run`` that computes in the worker thread itself asks for
 ``priority``: the thread is lowered as it starts (``SCHED_IDLE``, else nice 19:
 :mod:`~reconciler.shadow.priority`) and reports what it got. After a failure (the candidate raised or returned NaN) the mirror
 stops: the verdict is final. No I/O here: the session is the caller's.
