@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -231,6 +232,35 @@ def _refuse_userinfo(data: Mapping[str, Any], where: Callable[[list[str | int]],
                             f"take it out of the URL and {hint} (docs/hosting.md)")
 
 
+#: The config's HTTP(S) URLs (Git URLs may be SSH, scp-like or file://: git itself judges those).
+_HTTP_URLS: tuple[list[str | int], ...] = (["tuf", "metadataUrl"], ["tuf", "targetsUrl"], ["gateway", "url"])
+
+
+def http_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be an HTTP(S) server's URL the agent asks, or None."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "holds a space or a control character"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as exc:
+        return f"does not parse ({exc})"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "is not an http:// or https:// URL"
+    if not parts.hostname:
+        return "has no host"
+    return None
+
+
+def _refuse_bad_http_urls(spec: Mapping[str, Any], where: Callable[[list[str | int]], str]) -> None:
+    for jpath in _HTTP_URLS:
+        block = spec.get(str(jpath[0]))
+        url = block.get(str(jpath[1])) if isinstance(block, dict) else None
+        if isinstance(url, str) and (problem := http_url_problem(url)) is not None:
+            raise UserError(f"{where(['spec', *jpath])}: spec.{dotted(jpath)} {redact_url(url)!r} {problem}: give "
+                            "the server's base URL, e.g. http://gw.site-7.lan:8780")
+
+
 def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str, str] | None = None) -> AgentConfig:
     """Parse and validate config text; ``path`` names the file in errors and anchors relative paths.
 
@@ -259,6 +289,7 @@ def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str
 
     base = path.parent if path else Path.cwd()
     spec: dict[str, Any] = data["spec"]
+    _refuse_bad_http_urls(spec, lambda jpath: _where(path, root, jpath))
 
     def p(value: str | None) -> Path | None:
         if value is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import subprocess
@@ -299,3 +300,26 @@ def test_capture_takes_the_same_proxy_and_tls_settings(tmp_path: Path) -> None:
         load_agent_config(f)
     assert "agent.yaml:15: spec.capture.proxy http://***@egress.corp:3128 holds userinfo" in str(exc.value)
     assert "hunter2" not in str(exc.value) and "proxyPasswordFile" in str(exc.value)
+
+
+@pytest.mark.parametrize(("field", "url", "problem"), [
+    ("gateway", "not a url", "holds a space or a control character"),
+    ("gateway", "http://[::1", "does not parse (Invalid IPv6 URL)"),
+    ("gateway", "gw.site-7.lan:8780", "is not an http:// or https:// URL"),
+    ("gateway", "http://gw:99999", "does not parse (Port out of range 0-65535)"),
+    ("gateway", "http://gw\x1b[2J:8780", "holds a space or a control character"),
+    ("gateway", "http:///tuf", "has no host"),
+    ("tuf", "ftp://tuf.example.com/metadata/", "is not an http:// or https:// URL"),
+])
+def test_an_http_url_that_is_not_one_is_refused_at_load(tmp_path: Path, field: str, url: str, problem: str) -> None:
+    text = MINIMAL.replace("    trustedRoot: keys/root.json\n", "    trustedRoot: keys/root.json\n"
+                           + (f"    metadataUrl: {json.dumps(url)}\n" if field == "tuf" else ""))
+    if field == "gateway":
+        text += f"  gateway:\n    url: {json.dumps(url)}\n"
+    with pytest.raises(UserError) as err:
+        parse_agent_config(text, tmp_path / "agent.yaml")
+    line = 10 if field == "tuf" else 11
+    key = "tuf.metadataUrl" if field == "tuf" else "gateway.url"
+    assert str(err.value).startswith(f"{tmp_path / 'agent.yaml'}:{line}: spec.{key} ") and problem in str(err.value)
+    assert "\x1b" not in str(err.value)
+    parse_agent_config(MINIMAL + "  gateway:\n    url: 'http://[fd00::7]:8780/'\n", tmp_path / "agent.yaml")  # fine
