@@ -269,12 +269,15 @@ def select_purge(batches: Iterable[StoredBatch], now: float, *, retention: float
     return out
 
 
-def select_room(batches: Iterable[StoredBatch], incoming: int, max_bytes: int) -> list[StoredBatch] | None:
+def select_room(batches: Iterable[StoredBatch], incoming: int, max_bytes: int, *,
+                incoming_key: tuple[float, str] | None = None) -> list[StoredBatch] | None:
     """Batches to delete, oldest first, so that a new batch of ``incoming`` bytes keeps the endpoint within
     ``max_bytes`` the moment it is written (the quota holds at every write, not at the next sweep).
 
-    None when the new batch alone is larger than ``max_bytes``: it is dropped (and counted) and nothing is
-    deleted for it — evicting older data could not make it fit.
+    None when the new batch is not written: alone it is larger than ``max_bytes`` (evicting older data could not
+    make it fit), or — given its ``incoming_key`` (created, id) — it is older than a batch that would have to go
+    for it, so it is the one that goes (a batch that waited in memory for an upload that failed can be older than
+    what reached the disk meanwhile; the quota keeps the newest data). Nothing is deleted for it either way.
     """
     if incoming > max_bytes:
         return None
@@ -284,6 +287,8 @@ def select_room(batches: Iterable[StoredBatch], incoming: int, max_bytes: int) -
     for b in ordered:
         if total + incoming <= max_bytes:
             break
+        if incoming_key is not None and incoming_key < (b.created, b.id):
+            return None
         out.append(b)
         total -= b.size
     return out

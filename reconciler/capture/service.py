@@ -61,7 +61,7 @@ from reconciler.capture.policy import (
     upload_allowed,
 )
 from reconciler.capture.requestpath import CaptureObserver, _Plan
-from reconciler.capture.spool import Spool
+from reconciler.capture.spool import Spool, stored_batch
 from reconciler.capture.upload import (
     DirectoryDestination,
     HttpDestination,
@@ -476,9 +476,16 @@ class CaptureService(UploadWalks):
                                        bytes=len(sealed.data), reason="policy-removed")
                 return False
             policy = current
-            evict = select_room(self.spool.batches(sealed.endpoint), len(sealed.data), policy.max_bytes)
-            if evict is None:  # (the caller checked: only if maxBytes changed meanwhile)
+            evict = select_room(self.spool.batches(sealed.endpoint), len(sealed.data), policy.max_bytes,
+                                incoming_key=(stored_batch(sealed.header).created, sealed.header["id"]))
+            if evict is None and len(sealed.data) > policy.max_bytes:  # (only if maxBytes changed meanwhile)
                 self._drop_over_quota(sealed.endpoint, policy, sealed.header, sealed.data, now)
+                return False
+            if evict is None:  # older than every batch the quota would evict for it: it is the one that goes
+                self.counts["purged"] += 1
+                M_PURGED.labels("quota").inc()
+                self.spool.audit.write("purged", now, batch=sealed.header["id"], endpoint=sealed.endpoint,
+                                       bytes=len(sealed.data), reason="quota")
                 return False
             self._purge(evict, "quota", now)
             self.spool.write(sealed.header, sealed.data)

@@ -147,3 +147,8 @@ def test_room_for_a_new_batch_is_made_oldest_first_and_never_for_one_that_cannot
     assert [b.id for b in select_room(bs, 400, 400) or []] == ["b1", "b2", "b3"]
     assert select_room(bs, 401, 400) is None  # alone over the quota: dropped, nothing evicted for it
     assert select_room([], 0, 0) == []
+    # A batch older than one that would have to go for it (it waited in memory for an upload that failed) is the
+    # one that goes: the quota keeps the newest data, and nothing is deleted for it.
+    assert select_room(bs, 150, 400, incoming_key=(0.5, "b0")) is None  # older than b1, which would go
+    assert [b.id for b in select_room(bs, 150, 400, incoming_key=(1.5, "bx")) or []] == ["b1"]  # b1 is older
+    assert select_room(bs, 50, 400, incoming_key=(0.0, "b0")) == []  # room for it: kept, however old
