@@ -35,13 +35,11 @@ class FallbackTuf:
         self.active = clients[-1][1]
         self.served_by: str | None = None
         self.refused: list[str] = []  # "<place>: <reason>" of the places passed over in the last call
-        self._last_reason: dict[int, str] = {}  # place index -> the reason it last failed with
 
     def note(self) -> str:
         """Which place served last, and each place asked last for now with the reason it last failed:
         ``from central (gateway http://gw:8780: TargetHashMismatch; asked last for now)``."""
-        avoided = [f"{label}: {self._last_reason[i]}" for i, (label, _) in enumerate(self.clients)
-                   if i in self._last_reason and self.failover.backing_off(i)]
+        avoided = [f"{self.clients[i][0]}: {reason}" for i, reason in self.failover.avoided()]
         text = f"from {self.served_by}" if self.served_by else ""
         if avoided:
             text += f" ({'; '.join(avoided)}; asked last for now)"
@@ -98,7 +96,6 @@ class FallbackTuf:
         raise first
 
     def _passed(self, idx: int, label: str, exc: TufClientError) -> None:
-        self.failover.failed(idx)
-        self._last_reason[idx] = exc.reason
+        self.failover.failed(idx, exc.reason)
         self.refused.append(f"{label}: {exc.reason}")
         log.warning("TUF through %s failed, trying the next place: %s: %s", label, exc.reason, exc)

@@ -5,7 +5,9 @@ of its three conversations — the fleet repository (polls and fetches), its sta
 repository — and asks the gateway first. :class:`Failover` keeps that preference and remembers failures: an
 endpoint that failed is tried last for a while (doubling from ``base`` up to ``maximum`` seconds per
 consecutive failure), so a gateway that is down costs one failed request per backoff period, not one per poll;
-a success resets it. Pure and thread safe; the clock is injected.
+a success resets it. A failure may carry its reason: :meth:`Failover.avoided` lists the endpoints asked last
+now with the reason each last failed, for the conditions that say so while it lasts. Pure and thread safe; the
+clock is injected.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Failover(Generic[T]):
         self.base, self.maximum, self.clock = base, maximum, clock
         self._failures = [0] * len(self.endpoints)
         self._until = [0.0] * len(self.endpoints)
+        self._reasons: dict[int, str] = {}
         self._lock = threading.Lock()
 
     def order(self) -> list[tuple[int, T]]:
@@ -41,17 +44,26 @@ class Failover(Generic[T]):
                              key=lambda i: self._until[i])
         return [(i, self.endpoints[i]) for i in ready + waiting]
 
-    def failed(self, index: int) -> None:
+    def failed(self, index: int, reason: str | None = None) -> None:
         with self._lock:
+            if reason is not None:
+                self._reasons[index] = reason
             self._failures[index] += 1
             delay = min(self.maximum, self.base * 2 ** min(self._failures[index] - 1, 20))
             self._until[index] = self.clock() + delay
 
     def succeeded(self, index: int) -> None:
         with self._lock:
+            self._reasons.pop(index, None)
             self._failures[index] = 0
             self._until[index] = 0.0
 
     def backing_off(self, index: int) -> bool:
         with self._lock:
             return self._until[index] > self.clock()
+
+    def avoided(self) -> list[tuple[int, str]]:
+        """(index, reason it last failed with) of each endpoint asked last now, in preference order."""
+        now = self.clock()
+        with self._lock:
+            return [(i, r) for i, r in sorted(self._reasons.items()) if self._until[i] > now]

@@ -183,7 +183,6 @@ class GitSource:
         # Mirrors first, the repository itself last; each endpoint's failures move it back for a while.
         self._endpoints = [_Endpoint(u, c, timeout) for u, c in (mirrors or [])] + [self._primary]
         self._failover = Failover(self._endpoints, base=max(30.0, poll_interval), maximum=600.0, clock=clock)
-        self._last_reason: dict[int, str] = {}  # endpoint index -> the reason it last failed with
         self.upstream_check = upstream_check
         self._upstream_seen: float | None = None  # clock() when the repository itself last answered a poll
         self.cache_dir = Path(cache_dir)
@@ -398,14 +397,12 @@ class GitSource:
                 res = self._poll_one(ep, last_applied)
                 if res.ok:
                     self._failover.succeeded(idx)
-                    self._last_reason.pop(idx, None)
                     if ep is self._primary:
                         self._upstream_seen = self.clock()
                     else:
                         res = self._check_upstream(res, last_applied)
                     return _annotated(res, ep.display_url, self._avoided())
-                self._failover.failed(idx)
-                self._last_reason[idx] = res.reason
+                self._failover.failed(idx, res.reason)
                 result = res
             assert result is not None
             return _annotated(result, None, self._avoided(but=idx))
@@ -413,8 +410,7 @@ class GitSource:
     def _avoided(self, but: int | None = None) -> list[str]:
         """``<url>: <reason>`` of each endpoint asked last for now (it failed, in this poll or one before), so the
         condition says it for as long as it lasts, not only in the poll that passed it over."""
-        avoided = [f"{self._endpoints[i].display_url}: {r}" for i, r in sorted(self._last_reason.items())
-                   if i != but and self._failover.backing_off(i)]
+        avoided = [f"{self._endpoints[i].display_url}: {r}" for i, r in self._failover.avoided() if i != but]
         return avoided + ["asked last for now"] if avoided else []
 
     def _check_upstream(self, res: PollResult, last_applied: str | None) -> PollResult:

@@ -119,6 +119,13 @@ def test_failover_order_and_backoff() -> None:
     assert f.backing_off(0)  # 10, 20, 40 (capped)
     f.succeeded(0)
     assert not f.backing_off(0)
+    f.failed(0, "UnsignedCommit")  # the reason is said while the endpoint is asked last, and only then
+    assert f.avoided() == [(0, "UnsignedCommit")]
+    now[0] += 11
+    assert f.avoided() == []
+    f.failed(0, "TargetHashMismatch")
+    f.succeeded(0)
+    assert f.avoided() == []
 
 
 def test_source_falls_back_from_a_refused_or_stale_mirror_and_checks_upstream(tmp_path: Path) -> None:
