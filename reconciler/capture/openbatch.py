@@ -9,6 +9,7 @@ fails splits the records into runs of one layout, each sealed as a batch of its 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
@@ -43,6 +44,18 @@ class Run:
     entries: Sequence[Entry]
     arrays: dict[str, np.ndarray]
     index: list[tuple[float, str, int]]
+
+
+def batch_meta(*, batch_id: str, device: str, endpoint: str, model: str, version: str, policy: Any,
+               index: Sequence[tuple[float, str, int]], triggers: Sequence[str]) -> dict[str, Any]:
+    """The metadata sealed with a batch of ``index``'s records (``policy``: the endpoint's CapturePolicy)."""
+    return {
+        "id": batch_id, "device": device, "endpoint": endpoint, "model": model, "modelVersion": version,
+        "campaign": policy.campaign, "purpose": policy.purpose,
+        "start": round(index[0][0], 3), "end": round(index[-1][0], 3), "records": len(index),
+        "rows": sum(r[2] for r in index), "triggers": dict(Counter(triggers)),
+        "redactions": [{"input": r.input, "columns": list(r.columns), "action": r.action} for r in policy.redactions],
+    }
 
 
 def same_layout(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:

@@ -34,7 +34,7 @@ class _Plan:
 class CaptureObserver:
     """One loaded model version's hook (the registry's observer protocol)."""
 
-    __slots__ = ("service", "endpoint", "version", "model")
+    __slots__ = ("service", "endpoint", "version", "model", "stream")
 
     def __init__(self, service: Any, endpoint: str, version: str, model: str) -> None:
         # service: the capture.service.CaptureService that owns this observer (not imported: it imports us)
@@ -42,6 +42,7 @@ class CaptureObserver:
         self.endpoint = endpoint
         self.version = version
         self.model = model
+        self.stream: Any = None  # the sealer process's ring this version's last record went to (the service's)
 
     def observe(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray], seconds: float,
                 request_id: str | None = None) -> None:

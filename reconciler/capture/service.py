@@ -50,6 +50,7 @@ from reconciler.capture.openbatch import (
     TRIGGER,
     Entry,
     OpenBatch,
+    batch_meta,
     stack_runs,
 )
 from reconciler.capture.policy import (
@@ -61,6 +62,9 @@ from reconciler.capture.policy import (
     upload_allowed,
 )
 from reconciler.capture.requestpath import CaptureObserver, _Plan
+from reconciler.capture.sealer.link import SealerProcess
+from reconciler.capture.sealer.ring import FULL, PUT, RowRing
+from reconciler.capture.sealer.rows import TRIGGER_CODE, layout_of
 from reconciler.capture.spool import Spool, stored_batch
 from reconciler.capture.upload import (
     DirectoryDestination,
@@ -90,6 +94,9 @@ ENFORCE_EVERY = 5.0  # retention and retired keys; the quota is checked at every
 AUDIT_SYNC_EVERY = 1.0  # fsync of the audit lines written since (see AuditLog.write)
 POLL = 1.0  # the writer's longest sleep; the request path wakes it sooner, once a quarter of the queue's count waits
 DRAIN_CHUNK = 64  # records the writer takes off the queue per lock
+SEALERS = ("process", "thread")  # where records are sealed: a process of their own, or the agent's writer thread
+SEALER_READY_WAIT = 10.0  # the first start waits this long at most for the process to take records
+SEALER_RESTART_S = (5.0, 600.0)  # a sealer process that ended is started again after 5 s, doubling up to 10 min
 _EMPTY: dict[str, np.ndarray] = {}
 _OBSERVER = itemgetter(0)
 
@@ -113,9 +120,20 @@ class CaptureService(UploadWalks):
                  upload_tls: Credentials | None = None,
                  upload_allowed_origins: Iterable[str] = (),
                  window_open: Callable[[Mapping[str, Any] | None], bool] | None = None,
-                 queue_max: int = QUEUE_MAX, background: bool = True) -> None:
+                 queue_max: int = QUEUE_MAX, background: bool = True, sealer: str = "process") -> None:
+        if sealer not in SEALERS:
+            raise ValueError(f"sealer must be one of {', '.join(SEALERS)}, not {sealer!r}")
         self.spool = Spool(state_dir)
         self._background = background  # False: the caller drives drain/flush/upload_once (tests, tools)
+        # "process": records go to the sealer process's rings (the agent's queue when a record cannot: another
+        # layout, no stream left, the process not running); "thread": all through the agent's queue and writer.
+        self.sealer_mode = sealer if background else "thread"
+        self._sealer: SealerProcess | None = None
+        self._sealer_restart_at = 0.0  # time.monotonic() from which an ended sealer process is started again
+        self._sealer_failures = 0
+        self._started_sealer_once = False
+        self._sealer_cpu = 0.0  # CPU seconds of sealer processes that ended
+        self._place_lock = threading.Lock()  # a sealed batch placed by the writer or the sealer's link thread
         self.device = device
         self.clock = clock
         self.policies: dict[str, CapturePolicy] = {}  # only enabled ones
@@ -159,8 +177,9 @@ class CaptureService(UploadWalks):
 
     @property
     def cpu_seconds(self) -> float:
-        """CPU time the capture threads used."""
-        return sum(self._cpu.values())
+        """CPU time the capture threads and the sealer process used."""
+        sealer = self._sealer
+        return sum(self._cpu.values()) + self._sealer_cpu + (sealer.cpu_seconds if sealer is not None else 0.0)
 
     @property
     def upload_failures(self) -> int:
@@ -184,6 +203,7 @@ class CaptureService(UploadWalks):
         self.policies = enabled
         self.plans = {k: _Plan(v) for k, v in enabled.items()}
         self._live_keys = {p.key_id for p in enabled.values()}
+        self._configure_sealer()
         self._sync_uploaders()
         if not enabled and self.spool.batches_dir.exists():
             self.enforce()  # capture turned off or campaign retired: its batches go now, not at the next start
@@ -203,6 +223,7 @@ class CaptureService(UploadWalks):
         self.plans = {**self.plans, endpoint: _Plan(policy)}
         if self._background and not self._started and not self._stop.is_set():
             self.start()
+        self._configure_sealer()
         self._sync_uploaders()
 
     def _destination(self, endpoint: str, p: CapturePolicy) -> Any:
@@ -258,6 +279,44 @@ class CaptureService(UploadWalks):
 
     def offer(self, obs: CaptureObserver, trigger: str, feeds: dict[str, np.ndarray],
               outputs: dict[str, np.ndarray]) -> None:
+        ring = obs.stream  # the sealer's ring the observer's last record went to
+        if ring is not None:
+            got = ring.put(self.clock(), TRIGGER_CODE.get(trigger, 1), feeds, outputs)
+            if got == PUT:
+                return
+            if got == FULL:
+                self._count_drop(obs.endpoint)
+                return
+            obs.stream = None  # another layout, or that ring is closed
+        if self._sealer is not None:
+            ring = self._stream_for(obs, feeds, outputs)
+            if ring is not None:
+                got = ring.put(self.clock(), TRIGGER_CODE.get(trigger, 1), feeds, outputs)
+                if got == PUT:
+                    obs.stream = ring
+                    return
+                if got == FULL:
+                    self._count_drop(obs.endpoint)
+                    return
+        self._enqueue(obs, trigger, feeds, outputs)
+
+    def _stream_for(self, obs: CaptureObserver, feeds: dict[str, np.ndarray],
+                    outputs: dict[str, np.ndarray]) -> RowRing | None:
+        sealer = self._sealer
+        if sealer is None or not sealer.ready.is_set():
+            return None
+        layout = layout_of(feeds, outputs)
+        if layout is None:
+            return None
+        return sealer.stream_for(obs.endpoint, obs.version, obs.model or self.models.get(obs.endpoint, ""), layout)
+
+    def _count_drop(self, endpoint: str) -> None:
+        with self._queue_lock:
+            self.dropped[endpoint] = self.dropped.get(endpoint, 0) + 1
+
+    def _enqueue(self, obs: CaptureObserver, trigger: str, feeds: dict[str, np.ndarray],
+                 outputs: dict[str, np.ndarray]) -> None:
+        """The agent's own queue (``sealer: thread``, and records the sealer process cannot take)."""
         if not feeds and not outputs:
             return  # nothing to keep (checked here, where the mappings are in hand, not in the writer)
         size = 0
@@ -281,6 +340,8 @@ class CaptureService(UploadWalks):
     def start(self) -> None:
         self.spool.clean_temp()
         self._started = True
+        if self.sealer_mode == "process":
+            self._start_sealer()
         t = threading.Thread(target=self._writer_loop, name="capture-writer", daemon=True)
         t.start()
         self._threads.append(t)
@@ -303,6 +364,10 @@ class CaptureService(UploadWalks):
             for u in self._uploaders.values():
                 u.wake.set()
         deadline = time.monotonic() + timeout
+        sealer, self._sealer = self._sealer, None
+        if sealer is not None:  # its rings' records are sealed and placed (in the spool: uploads have stopped)
+            sealer.close(timeout)
+            self._sealer_cpu += sealer.cpu_seconds
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
         self._threads = []
@@ -327,6 +392,8 @@ class CaptureService(UploadWalks):
             t0 = time.thread_time()
             self._safe(self.drain)
             self._safe(self.flush)
+            if self.sealer_mode == "process" and self._sealer is None and time.monotonic() >= self._sealer_restart_at:
+                self._safe(self._start_sealer)
             self._cpu[name] = self._cpu.get(name, 0.0) + time.thread_time() - t0
 
     def _safe(self, fn: Callable[..., Any], *args: Any) -> None:
@@ -412,26 +479,94 @@ class CaptureService(UploadWalks):
             return
         for run in stack_runs(ob.entries):  # one run, unless the records' layout changed in the batch
             now = self.clock()
-            meta = {
-                "id": new_batch_id(now), "device": self.device, "endpoint": endpoint, "model": ob.model,
-                "modelVersion": ob.version, "campaign": policy.campaign, "purpose": policy.purpose,
-                "start": round(run.index[0][0], 3), "end": round(run.index[-1][0], 3), "records": len(run.index),
-                "rows": sum(r[2] for r in run.index), "triggers": dict(collections.Counter(map(TRIGGER, run.entries))),
-                "redactions": [{"input": r.input, "columns": list(r.columns), "action": r.action}
-                               for r in policy.redactions],
-            }
+            meta = batch_meta(batch_id=new_batch_id(now), device=self.device, endpoint=endpoint, model=ob.model,
+                              version=ob.version, policy=policy, index=run.index, triggers=list(map(TRIGGER, run.entries)))
             header, data = seal_batch(meta, run.arrays, policy.recipient, record_index=run.index)
-            if len(data) > policy.max_bytes:
-                self._drop_over_quota(endpoint, policy, header, data, now)
-                continue
-            self.spool.audit.write("sealed", now, durable=False, batch=header["id"], endpoint=endpoint,
-                                   modelVersion=header["modelVersion"], records=header["records"],
-                                   rows=header["rows"], bytes=len(data), keyId=header["keyId"],
-                                   campaign=policy.campaign)
-            sealed = _Sealed(endpoint, header, data, policy.key_id)
-            if self._hand_off(sealed, policy) or self._store(sealed, now):
-                self.counts["sealed"] += 1  # once in the spool or with its uploader (status counts both)
+            self._place(endpoint, policy, header, data, now)
         ob.entries.clear()
+
+    def _place(self, endpoint: str, policy: CapturePolicy, header: dict[str, Any], data: bytes, now: float) -> None:
+        """A batch just sealed (here or by the sealer process): to its uploader, or the spool within the quota."""
+        with self._place_lock:
+            self._place_locked(endpoint, policy, header, data, now)
+
+    def _place_locked(self, endpoint: str, policy: CapturePolicy, header: dict[str, Any], data: bytes,
+                      now: float) -> None:
+        if len(data) > policy.max_bytes:
+            self._drop_over_quota(endpoint, policy, header, data, now)
+            return
+        self.spool.audit.write("sealed", now, durable=False, batch=header["id"], endpoint=endpoint,
+                               modelVersion=header["modelVersion"], records=header["records"],
+                               rows=header["rows"], bytes=len(data), keyId=header["keyId"],
+                               campaign=policy.campaign)
+        sealed = _Sealed(endpoint, header, data, str(header["keyId"]))  # (the key it was sealed to)
+        if self._hand_off(sealed, policy) or self._store(sealed, now):
+            self.counts["sealed"] += 1  # once in the spool or with its uploader (status counts both)
+
+    # -- the sealer process ------------------------------------------------------------------------------------
+
+    def _start_sealer(self) -> None:
+        if self._stop.is_set() or self._sealer is not None:
+            return
+        sealer = SealerProcess(on_sealed=self._sealed_by_child, on_taken=self._taken_by_child,
+                               on_error=self._sealer_error,
+                               on_exit=self._sealer_ended)
+        why = sealer.start()
+        if why is not None:
+            self._sealer_ended(why, 0)
+            return
+        sealer.configure(self.device, self.policies)
+        self._sealer = sealer
+        # The first records then go to its rings, not into a batch the agent fills until batch.interval
+        # (a restart after a crash does not wait: the writer thread starts it, records keep flowing meanwhile).
+        if not self._started_sealer_once:
+            self._started_sealer_once = True
+            sealer.ready.wait(SEALER_READY_WAIT)
+
+    def _configure_sealer(self) -> None:
+        sealer = self._sealer
+        if sealer is not None:
+            sealer.configure(self.device, self.policies)
+
+    def _sealed_by_child(self, endpoint: str, header: dict[str, Any], data: bytes) -> None:
+        now = self.clock()
+        policy = self.policies.get(endpoint)
+        if policy is None or policy.key_id != header.get("keyId"):  # retired while it was sealed: not kept
+            self._store(_Sealed(endpoint, header, data, str(header.get("keyId"))), now)
+            return
+        self._place(endpoint, policy, header, data, now)
+
+    def _taken_by_child(self, taken: dict[tuple[str, str], int]) -> None:
+        for (endpoint, trigger), n in taken.items():
+            self.counts["captured"] += n
+            M_RECORDS.labels(endpoint, trigger).inc(n)
+
+    def _sealer_error(self, message: str) -> None:
+        self.last_error = f"capture: {message}"
+        log.warning("capture sealing failed", extra={"error": self.last_error})
+
+    def _sealer_ended(self, description: str, lost: int) -> None:
+        """The sealer process ended on its own (crashed, killed): records go through the agent's queue until
+        it is started again."""
+        sealer, self._sealer = self._sealer, None
+        if sealer is not None:
+            self._sealer_cpu += sealer.cpu_seconds
+        delay = min(SEALER_RESTART_S[1], SEALER_RESTART_S[0] * 2 ** self._sealer_failures)
+        self._sealer_failures += 1
+        self._sealer_restart_at = time.monotonic() + delay
+        self.last_error = (f"capture sealer process ended ({description}); {lost} records in its rings were lost; "
+                           f"capture goes on in the agent, the process starts again in {delay:.0f}s")
+        log.warning("capture sealer process ended", extra={"error": self.last_error})
+
+    def seal_now(self, timeout: float = 10.0) -> bool:
+        """Seal every record the sealer process holds now and place its batches (tests, tools); with no
+        background threads, the agent's queue and open batches too."""
+        sealer = self._sealer
+        done = sealer.flush(timeout) if sealer is not None else True
+        if not self._background:
+            self.drain()
+            self.flush(force=True)
+        return done
 
     def _drop_over_quota(self, endpoint: str, policy: CapturePolicy, header: dict[str, Any], data: bytes,
                          now: float) -> None:

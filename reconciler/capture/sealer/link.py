@@ -1,0 +1,262 @@
+"""The agent's end of the sealer process: starting it, its streams, the thread that takes its sealed batches,
+its end.
+
+:meth:`SealerProcess.start` runs ``python -c "…child.main(fd)"`` over a socket pair and returns at once; the
+link thread waits for the child's ``ready`` (until then, and whenever the process is gone, :meth:`stream_for`
+gives None and the capture service keeps records in the agent's own queue). A stream is created on the first
+record of a new (endpoint, version, layout): a :class:`~reconciler.capture.sealer.ring.RowRing` whose
+descriptor goes to the child with the stream's description (at most :data:`MAX_STREAMS`; a stream not written
+for :data:`IDLE_END_S` is ended at the next ``configure``). The link thread passes each sealed batch to the
+service's ``on_sealed`` and each error to ``on_error``; when the socket ends (the child crashed or was killed)
+every ring is closed — a request that had one takes the agent's queue from then on — and ``on_exit`` gets how
+the process ended and how many records were in its rings unsealed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from multiprocessing.connection import Connection
+from multiprocessing.reduction import send_handle
+from pathlib import Path
+from typing import Any
+
+from reconciler.capture.policy import CapturePolicy
+from reconciler.capture.sealer.ring import RowRing
+from reconciler.capture.sealer.rows import RowLayout
+
+#: Streams (endpoint, version, layout) at once; a record of any other layout takes the agent's queue.
+MAX_STREAMS = 16
+#: A stream whose ring saw no record for this long is ended (its rows sealed first).
+IDLE_END_S = 600.0
+#: How long a flush (``close`` included) waits for the child's answer.
+FLUSH_TIMEOUT = 10.0
+
+StreamKey = tuple[str, str, RowLayout]
+
+
+def _proc_cpu(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            f = fh.read().rsplit(b")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+class SealerProcess:
+    """The sealer child, its streams and its link thread."""
+
+    def __init__(self, *, on_sealed: Callable[[str, dict[str, Any], bytes], None],
+                 on_taken: Callable[[dict[tuple[str, str], int]], None],
+                 on_error: Callable[[str], None], on_exit: Callable[[str, int], None]) -> None:
+        self._on_sealed, self._on_taken = on_sealed, on_taken
+        self._on_error, self._on_exit = on_error, on_exit
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+        self._send_lock = threading.Lock()
+        self._lock = threading.Lock()  # the streams
+        self._streams: dict[StreamKey, tuple[int, RowRing]] = {}
+        self._last_written: dict[int, tuple[int, float]] = {}  # sid -> (rows written, when that count was seen)
+        self._sids = itertools.count(1)
+        self._tokens = itertools.count(1)
+        self._flushed = threading.Condition()
+        self._flushed_token = 0
+        self._config: tuple[str, dict[str, CapturePolicy]] | None = None
+        self._config_lock = threading.Lock()  # the last config and its sending: the child never gets an older one
+        self.ready = threading.Event()
+        self.gone = threading.Event()
+        self._closing = False
+        self._cpu_at_exit = 0.0
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> str | None:
+        """Start the child (not waiting for it); an error message when it cannot be started."""
+        parent, child = socket.socketpair()
+        env = dict(os.environ)
+        pkg_root = str(Path(__file__).resolve().parents[3])
+        env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        code = f"from reconciler.capture.sealer.child import main; main({child.fileno()})"
+        try:
+            self._proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=[child.fileno()], env=env,
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        except OSError as exc:
+            parent.close()
+            self.gone.set()
+            return f"cannot start the capture sealer process: {exc}"
+        finally:
+            child.close()
+        self._conn = Connection(parent.detach())
+        self._thread = threading.Thread(target=self._link, name="capture-sealer-link", daemon=True)
+        self._thread.start()
+        return None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def cpu_seconds(self) -> float:
+        """The child's CPU time (user + system)."""
+        return _proc_cpu(self._proc.pid) if self._proc is not None and not self.gone.is_set() else \
+            self._cpu_at_exit
+
+    def _send(self, *msg: Any) -> bool:
+        conn = self._conn
+        if conn is None or self.gone.is_set():
+            return False
+        try:
+            with self._send_lock:
+                conn.send(msg)
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def configure(self, device: str, policies: Mapping[str, CapturePolicy]) -> None:
+        """The enabled policies (sent now, or once the child is ready); streams of other endpoints end."""
+        with self._config_lock:
+            self._config = (device, dict(policies))
+            if self.ready.is_set():
+                self._send("config", device, dict(policies))
+        now = time.monotonic()
+        with self._lock:
+            ended = []
+            for key, (sid, ring) in list(self._streams.items()):
+                written = int(ring.ctrl[0])
+                seen = self._last_written.get(sid)
+                if seen is None or seen[0] != written:
+                    self._last_written[sid] = (written, now)
+                if key[0] not in policies or now - self._last_written[sid][1] >= IDLE_END_S:
+                    ring.close()
+                    del self._streams[key]
+                    self._last_written.pop(sid, None)
+                    ended.append(sid)
+        for sid in ended:
+            self._send("end", sid)
+
+    def stream_for(self, endpoint: str, version: str, model: str, layout: RowLayout) -> RowRing | None:
+        """The ring for this (endpoint, version, layout), created on first use; None: the agent's queue."""
+        key = (endpoint, version, layout)
+        with self._lock:
+            got = self._streams.get(key)
+            if got is not None:
+                return got[1]
+            if not self.ready.is_set() or self.gone.is_set() or self._closing or len(self._streams) >= MAX_STREAMS:
+                return None
+            try:
+                ring, fd = RowRing.create(layout)
+            except (OSError, AttributeError, ValueError):  # AttributeError: no memfd_create (not Linux)
+                return None
+            try:
+                sid = next(self._sids)
+                conn = self._conn
+                assert conn is not None and self._proc is not None
+                with self._send_lock:
+                    conn.send(("stream", sid, endpoint, version, model, layout, ring.capacity))
+                    send_handle(conn, fd, self._proc.pid)
+            except (OSError, ValueError, AssertionError):
+                ring.close()
+                ring.release()
+                return None
+            finally:
+                os.close(fd)
+            self._streams[key] = (sid, ring)
+            return ring
+
+    def flush(self, timeout: float = FLUSH_TIMEOUT) -> bool:
+        """Seal every stream's rows now; True once the child's batches are all handed to ``on_sealed``."""
+        token = next(self._tokens)
+        if not self._send("flush", token):
+            return False
+        with self._flushed:
+            return self._flushed.wait_for(lambda: self._flushed_token >= token or self.gone.is_set(), timeout) \
+                and not (self.gone.is_set() and self._flushed_token < token)
+
+    def close(self, timeout: float = FLUSH_TIMEOUT) -> None:
+        """Stop taking records, have the child seal what its rings hold and wait for it; then end it."""
+        with self._lock:
+            self._closing = True
+            for _sid, ring in self._streams.values():
+                ring.close()
+        if self._send("close"):
+            self.gone.wait(timeout)
+        self._kill()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _kill(self) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            self._cpu_at_exit = _proc_cpu(proc.pid)
+            with contextlib.suppress(OSError):
+                proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5.0)
+
+    def exit_description(self) -> str:
+        proc = self._proc
+        if proc is None:
+            return "not started"
+        try:
+            code = proc.wait(5.0)
+        except subprocess.TimeoutExpired:
+            return "still running"
+        if code < 0:
+            with contextlib.suppress(ValueError):
+                return f"killed by {signal.Signals(-code).name}"
+        return f"exit code {code}"
+
+    def _link(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        try:
+            while True:
+                msg = conn.recv()
+                kind = msg[0]
+                if kind == "ready":
+                    with self._config_lock:
+                        if self._config is not None:
+                            self._send("config", *self._config)
+                        self.ready.set()
+                elif kind == "sealed":
+                    self._on_sealed(msg[1], msg[2], msg[3])
+                elif kind == "taken":
+                    self._on_taken(msg[1])
+                elif kind == "error":
+                    self._on_error(str(msg[1]))
+                elif kind == "flushed":
+                    with self._flushed:
+                        self._flushed_token = max(self._flushed_token, int(msg[1]))
+                        self._flushed.notify_all()
+                elif kind == "closed":
+                    break
+        except (EOFError, OSError):
+            pass
+        finally:
+            self._ended()
+
+    def _ended(self) -> None:
+        with self._lock:
+            lost = sum(ring.close() for _sid, ring in self._streams.values())
+            clean = self._closing
+        if self._proc is not None and self._proc.poll() is None:
+            self._cpu_at_exit = _proc_cpu(self._proc.pid)
+        self.gone.set()
+        with self._flushed:
+            self._flushed.notify_all()
+        if self._conn is not None:
+            with contextlib.suppress(OSError):
+                self._conn.close()
+        if not clean:
+            self._on_exit(self.exit_description(), lost)
+

@@ -1,0 +1,133 @@
+"""One stream's ring of rows in shared memory: the request path writes, the sealer process reads.
+
+An anonymous shared file (``memfd``: gone when both processes close it, kill -9 included) holds a control word
+pair — rows written (the agent's) and rows taken (the sealer's) — and ``capacity`` rows of the stream's
+:class:`~reconciler.capture.sealer.rows.RowLayout`. :meth:`RowRing.put` checks the record against the layout
+(each tensor's dtype and shape), copies its bytes into the next row and bumps the written count: no header to
+build, no slot to claim, no object shared with another thread. The sealer takes every row written since it last
+looked as one numpy array. Producers in the agent (request threads, the serving workers' uplink) serialise on
+the ring's lock; the sealer is the only consumer. A full ring drops the record (counted by the caller): the
+request path never waits for the sealer.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import threading
+from collections.abc import Mapping
+
+import numpy as np
+
+from reconciler.capture.sealer.rows import RowLayout
+
+CTRL_BYTES = 64  # [0] rows written (agent), [1] rows taken (sealer), as uint64
+#: Bytes of rows a stream's ring holds (at most :data:`MAX_ROWS` rows, at least :data:`MIN_ROWS`).
+RING_BYTES = 8 * 1024 * 1024
+MAX_ROWS, MIN_ROWS = 4096, 32
+PUT, FULL, OTHER = 1, 0, -1  # put(): written; dropped (ring full); not this layout (or the ring is closed)
+_HEAD = struct.Struct("<dB")
+
+
+def capacity_for(layout: RowLayout) -> int:
+    return max(MIN_ROWS, min(MAX_ROWS, RING_BYTES // layout.itemsize))
+
+
+class RowRing:
+    """A stream's shared rows: the agent's end (``put``) and the sealer's (``take``)."""
+
+    def __init__(self, mm: mmap.mmap, layout: RowLayout, capacity: int) -> None:
+        self.mm, self.layout, self.capacity = mm, layout, capacity
+        self.size = layout.itemsize
+        self.ctrl = memoryview(mm)[:CTRL_BYTES].cast("Q")
+        self.rows = np.ndarray((capacity,), layout.dtype(), buffer=mm, offset=CTRL_BYTES)
+        fields = layout.fields()
+        n_in = len(layout.inputs)
+        self._ins = tuple((name[2:], dt, shape, at, n) for name, dt, shape, at, n in fields[:n_in])
+        self._outs = tuple((name[2:], dt, shape, at, n) for name, dt, shape, at, n in fields[n_in:])
+        self._n_in, self._n_out = n_in, len(fields) - n_in
+        self.lock = threading.Lock()
+        self.closed = False
+
+    @staticmethod
+    def nbytes(layout: RowLayout, capacity: int) -> int:
+        return CTRL_BYTES + capacity * layout.itemsize
+
+    @classmethod
+    def create(cls, layout: RowLayout) -> tuple[RowRing, int]:
+        """A new ring and its file descriptor (to pass to the sealer; the caller closes it)."""
+        capacity = capacity_for(layout)
+        fd = os.memfd_create("modelfleet-capture", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, cls.nbytes(layout, capacity))
+            mm = mmap.mmap(fd, cls.nbytes(layout, capacity))
+        except OSError:
+            os.close(fd)
+            raise
+        return cls(mm, layout, capacity), fd
+
+    @classmethod
+    def attach(cls, fd: int, layout: RowLayout, capacity: int) -> RowRing:
+        """The sealer's end of a ring the agent created (the descriptor is closed: the mapping stays)."""
+        try:
+            if os.fstat(fd).st_size < cls.nbytes(layout, capacity):
+                raise ValueError("capture ring: the shared file is smaller than its geometry")
+            mm = mmap.mmap(fd, cls.nbytes(layout, capacity))
+        finally:
+            os.close(fd)
+        return cls(mm, layout, capacity)
+
+    # -- the agent's end --------------------------------------------------------------------------------------
+
+    def put(self, t: float, code: int, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> int:
+        """Copy one record into the next row: :data:`PUT`, :data:`FULL` or :data:`OTHER`."""
+        if len(inputs) != self._n_in or len(outputs) != self._n_out:
+            return OTHER
+        mm = self.mm
+        with self.lock:
+            if self.closed:
+                return OTHER
+            ctrl = self.ctrl
+            h = ctrl[0]
+            if h - ctrl[1] >= self.capacity:
+                return FULL
+            o = CTRL_BYTES + (h % self.capacity) * self.size
+            try:
+                for side, tensors in ((inputs, self._ins), (outputs, self._outs)):
+                    for name, dt, shape, at, n in tensors:
+                        a = side.get(name)
+                        if a is None or a.shape != shape or (a.dtype is not dt and a.dtype != dt):
+                            return OTHER
+                        mm[o + at:o + at + n] = a  # type: ignore[index]  # (BufferError: not contiguous)
+            except (BufferError, TypeError, ValueError):
+                return OTHER
+            _HEAD.pack_into(mm, o, t, code)
+            ctrl[0] = h + 1  # published last: the sealer reads no row before its count says it is whole
+        return PUT
+
+    def close(self) -> int:
+        """No more rows (under the lock: no put is half done after this); the rows not taken yet."""
+        with self.lock:
+            self.closed = True
+            return int(self.ctrl[0] - self.ctrl[1])
+
+    # -- the sealer's end -------------------------------------------------------------------------------------
+
+    def take(self, limit: int | None = None) -> np.ndarray | None:
+        """A copy of the rows written since the last take (up to the ring's wrap and ``limit``), or None."""
+        h, t = int(self.ctrl[0]), int(self.ctrl[1])
+        if h <= t:
+            return None
+        if h - t > self.capacity:  # a count the agent never writes: the ring is not trusted further
+            raise ValueError("capture ring: more rows written than it holds")
+        i = t % self.capacity
+        n = min(h - t, self.capacity - i, limit or self.capacity)
+        rows = self.rows[i:i + n].copy()
+        self.ctrl[1] = t + n
+        return rows
+
+    def release(self) -> None:
+        self.rows = None  # type: ignore[assignment]
+        self.ctrl.release()
+        self.mm.close()
