@@ -8,7 +8,11 @@ alternate between the observer of an endpoint with capture at 10 % (``on``) and 
 The calling thread's CPU per call (its own clock), on minus off, times ten is what capture costs the request path
 per captured record. Arrangements, each in a process of its own:
 
-- ``thread``: as shipped: the writer and uploader threads do the rest, on whichever core the scheduler picks;
+- ``process``: as shipped (``sealer: process``): the request path copies the record into its stream's ring in
+  shared memory (:mod:`reconciler.capture.sealer`); the sealer process seals, the agent's uploader sends (the
+  "capture threads" column counts the process's CPU and the agent's capture threads);
+- ``thread``: ``sealer: thread``: the writer and uploader threads do the rest, on whichever core the scheduler
+  picks;
 - ``one_core``: the same, the process pinned to one CPU (the threads share a core's caches);
 - ``split_cores``: the calling thread on CPU 0, the capture threads on CPU 1;
 - ``offer_only``: no writer: the caller empties the queue every 2,560 calls (what queuing and holding a
@@ -17,12 +21,6 @@ per captured record. Arrangements, each in a process of its own:
   sampled record to the shadow's shared-memory ring (:class:`~reconciler.agent.shadowring.RingMirror`, at 10 %),
   and a child process takes each record, copies its arrays out and frees its slots (its CPU, read from
   ``/proc``, is the "capture threads" column; sealing would add the isolated writer's figure);
-- ``row_stream``: a prototype of the design the ring's figures point to: per endpoint and layout, a ring of
-  fixed-size rows in shared memory (time, trigger, then each tensor's bytes); the request path copies a sampled
-  record into the next row and bumps one counter (no per-record header, claim or state byte), and a child
-  process takes every row since its last look (every 10 ms) as one numpy array, and seals and writes 256 rows at
-  a time (``seal_batch``, temp + fsync + rename). Its one layout is the bench model's (a real stream keys on each
-  tensor's dtype and shape); minimisation and uploads are left out;
 - ``isolated_writer``: the writer's drain, seal and upload of 10,240 records of the same shape, called in a loop
   with no inference between them: the same work with the caches to itself.
 
@@ -36,12 +34,9 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import mmap
 import multiprocessing as mp
 import os
-import random
 import statistics
-import struct
 import sys
 import tempfile
 import threading
@@ -54,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 from bench_serving import TINY  # noqa: E402
 
-from reconciler.capture.batch import generate_keypair, new_batch_id, seal_batch  # noqa: E402
+from reconciler.capture.batch import generate_keypair  # noqa: E402
 from reconciler.capture.policy import SAMPLED, parse_policy  # noqa: E402
 from reconciler.capture.service import CaptureService  # noqa: E402
 from reconciler.devkit.modelgen import make_probe  # noqa: E402
@@ -62,90 +57,13 @@ from reconciler.serving.registry import EndpointSpec, ModelRegistry  # noqa: E40
 
 RATE = 0.10
 CALLS = 20_000
-ARRANGEMENTS = ("thread", "one_core", "split_cores", "offer_only", "ring_copy", "row_stream")
+ARRANGEMENTS = tuple(os.environ.get("BENCH_ARRANGEMENTS", "process,thread,one_core,split_cores,offer_only,ring_copy").split(","))
 
 
 def _proc_cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat", "rb") as fh:
         f = fh.read().rsplit(b")", 1)[1].split()
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class _RowStream:
-    """The ``row_stream`` prototype: the request path's observer and the sealing child (see the docstring)."""
-
-    ROWS = 4096
-    ROW = np.dtype([("t", "<f8"), ("trig", "u1"), ("_pad", "V7"), ("input", "<f4", (16,)), ("output", "<f4", (4,))])
-    CTRL = 4096
-    STAMP = struct.Struct("<dB")
-
-    def __init__(self, out_dir: Path, public: bytes) -> None:
-        self.mm = mmap.mmap(-1, self.CTRL + self.ROWS * self.ROW.itemsize)  # shared with the forked child
-        self.ctrl = memoryview(self.mm)[:64].cast("Q")  # [0] rows written (request path), [1] rows taken (child)
-        self.rand, self.dropped = random.Random().random, 0
-        self.o_in, self.o_out = self.ROW.fields["input"][1], self.ROW.fields["output"][1]  # type: ignore[index]
-        self.conn, child_conn = mp.get_context("fork").Pipe()
-        self.proc = mp.get_context("fork").Process(target=self._seal_loop, args=(out_dir, public, child_conn),
-                                                   daemon=True)
-        self.proc.start()
-
-    @property
-    def handed(self) -> int:
-        return int(self.ctrl[0])
-
-    def observe(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray], seconds: float,
-                request_id: str | None = None) -> None:
-        if self.rand() >= RATE:
-            return
-        ctrl, h = self.ctrl, self.ctrl[0]
-        a, b = feeds["input"], outputs["output"]
-        if h - ctrl[1] >= self.ROWS or a.nbytes != 64 or b.nbytes != 16:
-            self.dropped += 1
-            return
-        o = self.CTRL + (h % self.ROWS) * self.ROW.itemsize
-        self.STAMP.pack_into(self.mm, o, time.time(), 1)
-        self.mm[o + self.o_in:o + self.o_in + 64] = a  # type: ignore[index]
-        self.mm[o + self.o_out:o + self.o_out + 16] = b  # type: ignore[index]
-        ctrl[0] = h + 1
-
-    def _seal_loop(self, out_dir: Path, public: bytes, conn: Any) -> None:
-        rows = np.ndarray((self.ROWS,), self.ROW, buffer=self.mm, offset=self.CTRL)
-        pending: list[np.ndarray] = []
-        while not conn.poll(0.01):
-            h, t = int(self.ctrl[0]), int(self.ctrl[1])
-            if h == t:
-                continue
-            i, n = t % self.ROWS, min(h - t, self.ROWS - t % self.ROWS)
-            pending.append(rows[i:i + n].copy())
-            self.ctrl[1] = t + n
-            while sum(map(len, pending)) >= 256:
-                taken = np.concatenate(pending)
-                batch, rest = taken[:256], taken[256:]
-                pending = [rest] if len(rest) else []
-                index = [(float(x), "sampled", 1) for x in batch["t"]]
-                now = time.time()
-                meta = {"id": new_batch_id(now), "device": "bench-device", "endpoint": "m", "model": "m",
-                        "modelVersion": "1", "campaign": "bench", "purpose": "bench", "start": index[0][0],
-                        "end": index[-1][0], "records": 256, "rows": 256, "triggers": {"sampled": 256},
-                        "redactions": []}
-                header, data = seal_batch(meta, {"input": np.ascontiguousarray(batch["input"]),
-                                                 "output": np.ascontiguousarray(batch["output"])}, public,
-                                          record_index=index)
-                tmp = out_dir / f"{header['id']}.tmp"
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                try:
-                    os.write(fd, data)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, out_dir / f"{header['id']}.mfcap")
-
-    def cpu_seconds(self) -> float:
-        return _proc_cpu(self.proc.pid)
-
-    def stop(self) -> None:
-        self.conn.send("stop")
-        self.proc.join(5)
 
 
 class _RingChild:
@@ -207,14 +125,12 @@ def _arrangement(name: str, rounds: int, where: str | None, out: Any) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-capture-path-", dir=where))
     _, public = generate_keypair()
     background = name != "offer_only"
-    svc = CaptureService(tmp / "state", "bench-device", background=background)
+    svc = CaptureService(tmp / "state", "bench-device", background=background,
+                         sealer="process" if name == "process" else "thread")
     if name == "one_core":
         os.sched_setaffinity(0, {0})
     on, off = svc.observer_for("m", "1"), svc.observer_for("x", "1")
     child: Any = None
-    if name == "row_stream":
-        (tmp / "sealed").mkdir()
-        child = on = _RowStream(tmp / "sealed", public)  # type: ignore[assignment]
     if name == "ring_copy":
         from reconciler.agent.shadowring import RingMirror
         from reconciler.shadow.spec import ShadowSettings
@@ -222,6 +138,15 @@ def _arrangement(name: str, rounds: int, where: str | None, out: Any) -> None:
         child = _RingChild()
         on = RingMirror("m", "1", "2", ShadowSettings(sample_rate=RATE), child)  # type: ignore[assignment]
     svc.configure({"m": _policy(public, tmp / "uploaded")})  # (starts the writer and uploader threads)
+    if name == "process_nohandle":  # (experiment) the sealed batches are not handled in the agent
+        svc._sealed_by_child = lambda *a: None  # type: ignore[method-assign]
+        svc.close()
+        svc = CaptureService(tmp / "state2", "bench-device", sealer="process")
+        svc._sealed_by_child = lambda *a: None  # type: ignore[method-assign]
+        on, off = svc.observer_for("m", "1"), svc.observer_for("x", "1")
+        svc.configure({"m": _policy(public, tmp / "uploaded")})
+    if name == "draw_only":  # the draw and nothing else: what every arrangement pays before it keeps a record
+        svc.offer = lambda *a: None  # type: ignore[method-assign]
     if name == "split_cores":
         os.sched_setaffinity(0, {0})
         for t in threading.enumerate():
@@ -264,14 +189,13 @@ def _arrangement(name: str, rounds: int, where: str | None, out: Any) -> None:
     if child is not None:
         time.sleep(0.2)
         captured, threads_cpu = on.handed - captured0, child.cpu_seconds() - cpu0  # type: ignore[attr-defined]
-        if on is not child:
-            on.stop()  # type: ignore[attr-defined]
         child.stop()
     per_call = statistics.median(x - y for x, y in zip(ons, offs, strict=True))
     path = per_call / RATE
     threads = threads_cpu / captured * 1e6 if captured else 0.0
-    extra = {"sealed_batches": len(list((tmp / "sealed").glob("*.mfcap"))), "dropped": child.dropped} \
-        if name == "row_stream" else {}
+    extra = {"sealed_batches": svc.counts["sealed"], "dropped": dict(svc.dropped),
+             "cpu_s": {k: round(v, 3) for k, v in {**svc._cpu, "sealer": svc._sealer_cpu}.items()}} \
+        if name == "process" else {}
     out.send({**extra, "request_path_us_per_record": round(path, 2), "capture_threads_us_per_record": round(threads, 2),
               "total_us_per_record": round(path + threads, 2),
               "on_vs_off_calling_thread": round(statistics.median(x / y for x, y in zip(ons, offs, strict=True)), 4),

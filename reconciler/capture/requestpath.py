@@ -13,9 +13,11 @@ from typing import Any
 import numpy as np
 
 from reconciler.capture.policy import SAMPLED, CapturePolicy, capture_trigger, min_confidence
+from reconciler.capture.sealer.rows import TRIGGER_CODE
 
 _EMPTY: dict[str, np.ndarray] = {}
 _monotonic = time.monotonic
+_SAMPLED_CODE = TRIGGER_CODE[SAMPLED]
 
 
 class _Plan:
@@ -54,7 +56,9 @@ class CaptureObserver:
             return
         if plan.sample_only:  # the common case: one draw, nothing else unless this request is captured
             if svc.rand() < plan.rate:
-                svc.offer(self, SAMPLED, feeds, outputs if plan.outputs else _EMPTY)
+                ring = self.stream  # (the sealer process's ring: one copy, done; else the service decides)
+                if ring is None or ring.put(svc.clock(), _SAMPLED_CODE, feeds, outputs if plan.outputs else _EMPTY) != 1:
+                    svc.offer(self, SAMPLED, feeds, outputs if plan.outputs else _EMPTY)
             return
         policy = plan.policy
         conf = (min_confidence(outputs, policy.low_confidence_output)

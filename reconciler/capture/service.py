@@ -177,9 +177,15 @@ class CaptureService(UploadWalks):
 
     @property
     def cpu_seconds(self) -> float:
-        """CPU time the capture threads and the sealer process used."""
+        """CPU time the capture threads (the sealer's link thread too) and the sealer process used."""
         sealer = self._sealer
-        return sum(self._cpu.values()) + self._sealer_cpu + (sealer.cpu_seconds if sealer is not None else 0.0)
+        return sum(self._cpu.values()) + self.sealer_cpu_seconds + (sealer.link_cpu if sealer is not None else 0.0)
+
+    @property
+    def sealer_cpu_seconds(self) -> float:
+        """CPU time of the sealer processes (another process's: not in this one's ``getrusage``)."""
+        sealer = self._sealer
+        return self._sealer_cpu + (sealer.cpu_seconds if sealer is not None else 0.0)
 
     @property
     def upload_failures(self) -> int:
@@ -367,7 +373,7 @@ class CaptureService(UploadWalks):
         sealer, self._sealer = self._sealer, None
         if sealer is not None:  # its rings' records are sealed and placed (in the spool: uploads have stopped)
             sealer.close(timeout)
-            self._sealer_cpu += sealer.cpu_seconds
+            self._retire_sealer(sealer)
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
         self._threads = []
@@ -541,6 +547,10 @@ class CaptureService(UploadWalks):
             self.counts["captured"] += n
             M_RECORDS.labels(endpoint, trigger).inc(n)
 
+    def _retire_sealer(self, sealer: SealerProcess) -> None:
+        self._sealer_cpu += sealer.cpu_seconds
+        self._cpu["capture-sealer-link"] = self._cpu.get("capture-sealer-link", 0.0) + sealer.link_cpu
+
     def _sealer_error(self, message: str) -> None:
         self.last_error = f"capture: {message}"
         log.warning("capture sealing failed", extra={"error": self.last_error})
@@ -550,13 +560,19 @@ class CaptureService(UploadWalks):
         it is started again."""
         sealer, self._sealer = self._sealer, None
         if sealer is not None:
-            self._sealer_cpu += sealer.cpu_seconds
+            self._retire_sealer(sealer)
         delay = min(SEALER_RESTART_S[1], SEALER_RESTART_S[0] * 2 ** self._sealer_failures)
         self._sealer_failures += 1
         self._sealer_restart_at = time.monotonic() + delay
         self.last_error = (f"capture sealer process ended ({description}); {lost} records in its rings were lost; "
                            f"capture goes on in the agent, the process starts again in {delay:.0f}s")
         log.warning("capture sealer process ended", extra={"error": self.last_error})
+
+    @property
+    def backlog(self) -> int:
+        """Records offered but not taken yet: in the agent's queue, or in the sealer's rings."""
+        sealer = self._sealer
+        return len(self.queue) + (sealer.backlog if sealer is not None else 0)
 
     def seal_now(self, timeout: float = 10.0) -> bool:
         """Seal every record the sealer process holds now and place its batches (tests, tools); with no

@@ -86,7 +86,15 @@ def test_quota_holds_at_every_write_and_a_dead_destination_holds_back_no_other(t
         sampler.start()
         try:
             load()
-            wait_until(lambda: not svc.queue, 30, "the writer to take every record")
+            wait_until(lambda: not svc.backlog, 30, "the writer or the sealer to take every record")
+            # 300 live records make 30 full batches, sealed once taken (the sealer process may still be at it):
+            # wait until no more come for longer than the sealer's longest sleep
+            sealed_live, still_since = -1, time.monotonic()
+            while time.monotonic() - still_since < 1.5:
+                n = sum(e["event"] == "sealed" and e["endpoint"] == "live" for e in svc.spool.audit.read())
+                if n != sealed_live:
+                    sealed_live, still_since = n, time.monotonic()
+                time.sleep(0.1)
             deadline = time.monotonic() + 15  # (asserted below, after the quota)
             while set(_pending(svc)) != {"dead"} and time.monotonic() < deadline:
                 time.sleep(0.05)

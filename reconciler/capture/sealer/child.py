@@ -10,20 +10,22 @@ pair. The agent sends (pickled, over that socket: the agent is this process's on
 - ``("flush", token)``: seal every stream's rows now, then answer ``("flushed", token)``;
 - ``("close",)``: the same, answer ``("closed",)`` and exit.
 
-Every :data:`POLL_S` it takes each ring's new rows; a stream seals a batch when it holds ``batch.records``
+Woken by the agent, or every :data:`POLL_S`, it takes each ring's new rows; a stream seals a batch when it holds ``batch.records``
 records, when the batch's bytes (minimised, as the agent counts them) reach the open-batch bound, or when
 ``batch.interval`` passed since its first record. A sealed batch goes back as ``("sealed", endpoint, header,
-data)``, and the records taken as ``("taken", {(endpoint, trigger): records})`` every quarter second; the agent audits it and hands it to its uploader or writes it to the spool within the quota.
+data)``, and the records taken as ``("taken", {(endpoint, trigger): records})`` at each look; the agent audits it and hands it to its uploader or writes it to the spool within the quota.
 A batch that fails to seal is reported as ``("error", message)`` and the process goes on. The process ends when
 the socket closes: an agent that dies takes it along.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections import Counter
+import select
 import socket
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -38,9 +40,10 @@ from reconciler.capture.policy import CapturePolicy, minimise
 from reconciler.capture.sealer.ring import RowRing
 from reconciler.capture.sealer.rows import TRIGGERS, RowLayout, merged, record_index, unpack
 
-#: How often the sealer looks at the rings (the wait is on the socket: a message ends it).
-POLL_S = 0.01
-REPORT_EVERY_S = 0.25
+#: How often the sealer looks at the rings when nothing wakes it sooner: the agent wakes it (a byte on a pipe)
+#: each time a ring holds a quarter of its rows more. Every wake-up of another process on a busy device preempts
+#: a serving thread and evicts its caches: the sealer wakes about once a second, or once per thousand records.
+POLL_S = 1.0
 RECORD_META_BYTES = 64  # as the agent's open batch counts a record (its entry in the sealed index)
 
 
@@ -73,7 +76,6 @@ class Sealer:
         self.policies: Mapping[str, CapturePolicy] = {}
         self.streams: dict[int, _Stream] = {}
         self.taken: Counter[tuple[str, str]] = Counter()  # records kept since the last report, by endpoint and trigger
-        self.reported = 0.0
 
     def handle(self, msg: tuple[Any, ...]) -> bool:
         """One message from the agent; False when the process should end."""
@@ -131,17 +133,18 @@ class Sealer:
         st.kept = bool(one_in or one_out)
 
     def report(self, force: bool = False) -> None:
-        """The records taken since the last report (the agent's ``capturedRecords``), at most every
-        :data:`REPORT_EVERY_S`."""
-        now = time.monotonic()
-        if self.taken and (force or now - self.reported >= REPORT_EVERY_S):
-            self.reported = now
+        """The records taken since the last report (the agent's ``capturedRecords``)."""
+        if self.taken and force:
             self.conn.send(("taken", dict(self.taken)))
             self.taken.clear()
 
-    def due(self, now: float) -> None:
+    def due(self, now: float) -> bool:
+        """Take every ring's new rows and seal the batches due; whether any row came."""
+        came = False
         for st in self.streams.values():
+            before = st.count
             self.take(st)
+            came = came or st.count != before
             policy = self.policies.get(st.endpoint)
             if policy is None or not st.count:
                 continue
@@ -150,6 +153,7 @@ class Sealer:
                 self.seal(st, policy, per)
             if st.count and now - (st.start or now) >= policy.batch_interval:
                 self.seal(st, policy, st.count)
+        return came
 
     def seal_all(self, st: _Stream) -> None:
         policy = self.policies.get(st.endpoint)
@@ -179,19 +183,20 @@ class Sealer:
         self.conn.send(("sealed", st.endpoint, header, data))
 
 
-def main(fd: int) -> None:
+def main(fd: int, wake_fd: int) -> None:
     conn = Connection(socket.socket(fileno=fd).detach())
     sealer = Sealer(conn)
     conn.send(("ready", os.getpid()))
     try:
         while True:
-            if conn.poll(POLL_S):
+            readable, _, _ = select.select([conn, wake_fd], [], [], POLL_S)
+            if wake_fd in readable:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_fd, 4096)
+            while conn.poll(0):
                 if not sealer.handle(conn.recv()):
                     return
-                while conn.poll(0):
-                    if not sealer.handle(conn.recv()):
-                        return
             sealer.due(time.time())
-            sealer.report()
+            sealer.report(force=True)
     except (EOFError, OSError):
         return  # the agent closed the socket, or died

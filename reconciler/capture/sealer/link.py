@@ -44,12 +44,17 @@ StreamKey = tuple[str, str, RowLayout]
 
 
 def _proc_cpu(pid: int) -> float:
+    """CPU seconds of every thread of a process, from the scheduler's nanosecond counts (``/proc/…/stat``'s
+    clock ticks miss most of a process that runs in bursts of a millisecond)."""
+    total = 0
     try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            f = fh.read().rsplit(b")", 1)[1].split()
-        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as fh:
+                    total += int(fh.read().split()[0])
+    except OSError:
         return 0.0
+    return total / 1e9
 
 
 class SealerProcess:
@@ -76,24 +81,31 @@ class SealerProcess:
         self.gone = threading.Event()
         self._closing = False
         self._cpu_at_exit = 0.0
+        self.link_cpu = 0.0  # CPU seconds the link thread spent on the child's messages (placing batches)
         self._thread: threading.Thread | None = None
+        self._wake_w: int | None = None  # the pipe that wakes the child (the rings write to it)
 
     def start(self) -> str | None:
         """Start the child (not waiting for it); an error message when it cannot be started."""
         parent, child = socket.socketpair()
+        wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         env = dict(os.environ)
         pkg_root = str(Path(__file__).resolve().parents[3])
         env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        code = f"from reconciler.capture.sealer.child import main; main({child.fileno()})"
+        env["OPENBLAS_NUM_THREADS"] = env["OMP_NUM_THREADS"] = "1"  # (numpy's BLAS threads: nothing here uses them)
+        code = f"from reconciler.capture.sealer.child import main; main({child.fileno()}, {wake_r})"
         try:
-            self._proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=[child.fileno()], env=env,
+            self._proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=[child.fileno(), wake_r], env=env,
                                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         except OSError as exc:
             parent.close()
+            os.close(self._wake_w)
+            self._wake_w = None
             self.gone.set()
             return f"cannot start the capture sealer process: {exc}"
         finally:
             child.close()
+            os.close(wake_r)
         self._conn = Connection(parent.detach())
         self._thread = threading.Thread(target=self._link, name="capture-sealer-link", daemon=True)
         self._thread.start()
@@ -105,9 +117,15 @@ class SealerProcess:
 
     @property
     def cpu_seconds(self) -> float:
-        """The child's CPU time (user + system)."""
+        """The child's CPU time (user + system; the agent's link thread is ``link_cpu``)."""
         return _proc_cpu(self._proc.pid) if self._proc is not None and not self.gone.is_set() else \
             self._cpu_at_exit
+
+    @property
+    def backlog(self) -> int:
+        """Rows written to the rings that the child has not taken yet."""
+        with self._lock:
+            return sum(int(ring.ctrl[0] - ring.ctrl[1]) for _sid, ring in self._streams.values() if not ring.closed)
 
     def _send(self, *msg: Any) -> bool:
         conn = self._conn
@@ -152,7 +170,7 @@ class SealerProcess:
             if not self.ready.is_set() or self.gone.is_set() or self._closing or len(self._streams) >= MAX_STREAMS:
                 return None
             try:
-                ring, fd = RowRing.create(layout)
+                ring, fd = RowRing.create(layout, self._wake_w)
             except (OSError, AttributeError, ValueError):  # AttributeError: no memfd_create (not Linux)
                 return None
             try:
@@ -196,8 +214,8 @@ class SealerProcess:
         proc = self._proc
         if proc is None:
             return
+        self._cpu_at_exit = max(self._cpu_at_exit, _proc_cpu(proc.pid))
         if proc.poll() is None:
-            self._cpu_at_exit = _proc_cpu(proc.pid)
             with contextlib.suppress(OSError):
                 proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -222,6 +240,7 @@ class SealerProcess:
         try:
             while True:
                 msg = conn.recv()
+                t0 = time.thread_time()
                 kind = msg[0]
                 if kind == "ready":
                     with self._config_lock:
@@ -240,18 +259,23 @@ class SealerProcess:
                         self._flushed.notify_all()
                 elif kind == "closed":
                     break
+                self.link_cpu += time.thread_time() - t0
         except (EOFError, OSError):
             pass
         finally:
             self._ended()
 
     def _ended(self) -> None:
-        with self._lock:
+        with self._lock:  # (stream_for makes no ring after this)
             lost = sum(ring.close() for _sid, ring in self._streams.values())
             clean = self._closing
-        if self._proc is not None and self._proc.poll() is None:
-            self._cpu_at_exit = _proc_cpu(self._proc.pid)
-        self.gone.set()
+            self.gone.set()
+            if self._wake_w is not None:  # every ring is closed: none writes to it any more
+                with contextlib.suppress(OSError):
+                    os.close(self._wake_w)
+                self._wake_w = None
+        if self._proc is not None:  # (an exited child not reaped yet still shows its CPU)
+            self._cpu_at_exit = max(self._cpu_at_exit, _proc_cpu(self._proc.pid))
         with self._flushed:
             self._flushed.notify_all()
         if self._conn is not None:

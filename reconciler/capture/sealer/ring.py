@@ -27,7 +27,7 @@ CTRL_BYTES = 64  # [0] rows written (agent), [1] rows taken (sealer), as uint64
 RING_BYTES = 8 * 1024 * 1024
 MAX_ROWS, MIN_ROWS = 4096, 32
 PUT, FULL, OTHER = 1, 0, -1  # put(): written; dropped (ring full); not this layout (or the ring is closed)
-_HEAD = struct.Struct("<dB")
+_pack_head = struct.Struct("<dB").pack_into
 
 
 def capacity_for(layout: RowLayout) -> int:
@@ -37,26 +37,30 @@ def capacity_for(layout: RowLayout) -> int:
 class RowRing:
     """A stream's shared rows: the agent's end (``put``) and the sealer's (``take``)."""
 
-    def __init__(self, mm: mmap.mmap, layout: RowLayout, capacity: int) -> None:
+    def __init__(self, mm: mmap.mmap, layout: RowLayout, capacity: int, wake_fd: int | None = None) -> None:
         self.mm, self.layout, self.capacity = mm, layout, capacity
         self.size = layout.itemsize
         self.ctrl = memoryview(mm)[:CTRL_BYTES].cast("Q")
         self.rows = np.ndarray((capacity,), layout.dtype(), buffer=mm, offset=CTRL_BYTES)
         fields = layout.fields()
         n_in = len(layout.inputs)
-        self._ins = tuple((name[2:], dt, shape, at, n) for name, dt, shape, at, n in fields[:n_in])
-        self._outs = tuple((name[2:], dt, shape, at, n) for name, dt, shape, at, n in fields[n_in:])
+        self._ins = tuple((name[2:], dt, shape, at, at + n) for name, dt, shape, at, n in fields[:n_in])
+        self._outs = tuple((name[2:], dt, shape, at, at + n) for name, dt, shape, at, n in fields[n_in:])
+        self._base = CTRL_BYTES
         self._n_in, self._n_out = n_in, len(fields) - n_in
         self.lock = threading.Lock()
         self.closed = False
+        self._wake_fd = wake_fd  # the agent's end: a byte here wakes the sealer
+        self._wake_mask = (1 << max(0, (capacity // 4).bit_length() - 1)) - 1  # wake every 2^k rows, k: ~ a quarter
 
     @staticmethod
     def nbytes(layout: RowLayout, capacity: int) -> int:
         return CTRL_BYTES + capacity * layout.itemsize
 
     @classmethod
-    def create(cls, layout: RowLayout) -> tuple[RowRing, int]:
-        """A new ring and its file descriptor (to pass to the sealer; the caller closes it)."""
+    def create(cls, layout: RowLayout, wake_fd: int | None = None) -> tuple[RowRing, int]:
+        """A new ring and its file descriptor (to pass to the sealer; the caller closes it); ``wake_fd``: written
+        to (non-blocking) each time a quarter of the ring's rows more were written."""
         capacity = capacity_for(layout)
         fd = os.memfd_create("modelfleet-capture", os.MFD_CLOEXEC)
         try:
@@ -65,7 +69,7 @@ class RowRing:
         except OSError:
             os.close(fd)
             raise
-        return cls(mm, layout, capacity), fd
+        return cls(mm, layout, capacity, wake_fd), fd
 
     @classmethod
     def attach(cls, fd: int, layout: RowLayout, capacity: int) -> RowRing:
@@ -82,34 +86,43 @@ class RowRing:
 
     def put(self, t: float, code: int, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> int:
         """Copy one record into the next row: :data:`PUT`, :data:`FULL` or :data:`OTHER`."""
+        # (lean on purpose: this runs on the request path, between inferences that evict its code from the caches)
         if len(inputs) != self._n_in or len(outputs) != self._n_out:
             return OTHER
-        mm = self.mm
         with self.lock:
-            if self.closed:
-                return OTHER
             ctrl = self.ctrl
             h = ctrl[0]
-            if h - ctrl[1] >= self.capacity:
-                return FULL
-            o = CTRL_BYTES + (h % self.capacity) * self.size
+            if h - ctrl[1] >= self.capacity or self.closed:
+                return OTHER if self.closed else FULL
+            o = self._base + (h % self.capacity) * self.size
+            mm = self.mm
             try:
-                for side, tensors in ((inputs, self._ins), (outputs, self._outs)):
-                    for name, dt, shape, at, n in tensors:
-                        a = side.get(name)
-                        if a is None or a.shape != shape or (a.dtype is not dt and a.dtype != dt):
-                            return OTHER
-                        mm[o + at:o + at + n] = a  # type: ignore[index]  # (BufferError: not contiguous)
-            except (BufferError, TypeError, ValueError):
+                for name, dt, shape, lo, hi in self._ins:
+                    a = inputs[name]
+                    if a.shape != shape or (a.dtype is not dt and a.dtype != dt):
+                        return OTHER
+                    mm[o + lo:o + hi] = a  # type: ignore[index]  # (BufferError: not contiguous)
+                for name, dt, shape, lo, hi in self._outs:
+                    a = outputs[name]
+                    if a.shape != shape or (a.dtype is not dt and a.dtype != dt):
+                        return OTHER
+                    mm[o + lo:o + hi] = a  # type: ignore[index]
+            except (KeyError, BufferError, TypeError, ValueError):
                 return OTHER
-            _HEAD.pack_into(mm, o, t, code)
+            _pack_head(mm, o, t, code)
             ctrl[0] = h + 1  # published last: the sealer reads no row before its count says it is whole
+            if not (h + 1) & self._wake_mask and self._wake_fd is not None:  # (under the lock: close() ends it)
+                try:
+                    os.write(self._wake_fd, b"w")
+                except OSError:  # (full: the sealer has wake-ups waiting already; EPIPE: it is gone)
+                    pass
         return PUT
 
     def close(self) -> int:
         """No more rows (under the lock: no put is half done after this); the rows not taken yet."""
         with self.lock:
             self.closed = True
+            self._wake_fd = None
             return int(self.ctrl[0] - self.ctrl[1])
 
     # -- the sealer's end -------------------------------------------------------------------------------------
