@@ -90,6 +90,7 @@ class AgentConfig:
     capture_ca_file: Path | None = None
     capture_tls: Credentials = field(default_factory=Credentials)  # capture's proxy, CA files, client certificate
     capture_allowed_origins: tuple[str, ...] = ()  # normalised by capture.upload.origin_of
+    capture_sealer: str = "process"  # where captured records are sealed: process | thread
     shadow_enabled: bool = True
     shadow_max_memory_mb: float | None = None
     shadow_reserve_mb: float = 64.0
@@ -401,6 +402,7 @@ def parse_agent_config(text: str, path: Path | None = None, environ: Mapping[str
                                                                "proxyPasswordFile") if k in capture})
         or Credentials(),
         capture_allowed_origins=tuple(allowed_origins),
+        capture_sealer=str(capture.get("sealer", "process")),
         shadow_enabled=bool(shadow.get("enabled", True)),
         shadow_max_memory_mb=float(shadow["maxMemoryMB"]) if shadow.get("maxMemoryMB") is not None else None,
         shadow_reserve_mb=float(shadow.get("reserveMB", 64.0)),

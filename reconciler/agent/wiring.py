@@ -502,7 +502,7 @@ def _capture_service(cfg: AgentConfig) -> Any:
     token = read_token_file(cfg.capture_token_file, "capture.uploadTokenFile")
     return CaptureService(cfg.state_dir, cfg.device_id, upload_token=token,
                           upload_tls=cfg.capture_tls,
-                          upload_allowed_origins=cfg.capture_allowed_origins,
+                          upload_allowed_origins=cfg.capture_allowed_origins, sealer=cfg.capture_sealer,
                           window_open=lambda w: window_open(w, utcnow()))
 
 

@@ -85,6 +85,8 @@ M_DROPPED = Counter("modelfleet_capture_dropped_total", "Records dropped because
 M_PURGED = Counter("modelfleet_capture_purged_batches_total",
                    "Batches deleted unsent, or not written because alone they exceed maxBytes (over-quota).",
                    ["reason"])
+M_SEALER_ENDED = Counter("modelfleet_capture_sealer_exits_total",
+                         "Times the capture sealer process ended on its own (crashed, killed); it is started again.")
 M_PENDING = Gauge("modelfleet_capture_pending_bytes", "Bytes of sealed batches waiting for upload.")
 
 QUEUE_MAX = 1024
@@ -131,6 +133,9 @@ class CaptureService(UploadWalks):
         self._sealer: SealerProcess | None = None
         self._sealer_restart_at = 0.0  # time.monotonic() from which an ended sealer process is started again
         self._sealer_failures = 0
+        self._sealer_started = 0.0
+        self._sealer_exits = 0
+        self._sealer_why = ""  # why records are sealed in the agent now (the process ended, or did not start)
         self._started_sealer_once = False
         self._sealer_cpu = 0.0  # CPU seconds of sealer processes that ended
         self._place_lock = threading.Lock()  # a sealed batch placed by the writer or the sealer's link thread
@@ -517,6 +522,7 @@ class CaptureService(UploadWalks):
         sealer = SealerProcess(on_sealed=self._sealed_by_child, on_taken=self._taken_by_child,
                                on_error=self._sealer_error,
                                on_exit=self._sealer_ended)
+        self._sealer_started = time.monotonic()
         why = sealer.start()
         if why is not None:
             self._sealer_ended(why, 0)
@@ -547,6 +553,14 @@ class CaptureService(UploadWalks):
             self.counts["captured"] += n
             M_RECORDS.labels(endpoint, trigger).inc(n)
 
+    def sealer_state(self) -> str:
+        """``process``, ``thread`` or ``agent (why)``: where records are sealed now."""
+        if self.sealer_mode == "thread":
+            return "thread"
+        if self._sealer is not None:
+            return "process"
+        return f"agent ({self._sealer_why})" if self._sealer_why else "agent"
+
     def _retire_sealer(self, sealer: SealerProcess) -> None:
         self._sealer_cpu += sealer.cpu_seconds
         self._cpu["capture-sealer-link"] = self._cpu.get("capture-sealer-link", 0.0) + sealer.link_cpu
@@ -561,9 +575,14 @@ class CaptureService(UploadWalks):
         sealer, self._sealer = self._sealer, None
         if sealer is not None:
             self._retire_sealer(sealer)
+        if time.monotonic() - self._sealer_started >= SEALER_RESTART_S[1]:
+            self._sealer_failures = 0  # it ran for a long while: start again soon, as after a first crash
+        M_SEALER_ENDED.inc()
         delay = min(SEALER_RESTART_S[1], SEALER_RESTART_S[0] * 2 ** self._sealer_failures)
         self._sealer_failures += 1
         self._sealer_restart_at = time.monotonic() + delay
+        self._sealer_exits += 1
+        self._sealer_why = f"the sealer process ended: {description}; it starts again in {delay:.0f}s"
         self.last_error = (f"capture sealer process ended ({description}); {lost} records in its rings were lost; "
                            f"capture goes on in the agent, the process starts again in {delay:.0f}s")
         log.warning("capture sealer process ended", extra={"error": self.last_error})
@@ -692,6 +711,10 @@ class CaptureService(UploadWalks):
             doc["lastUpload"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.last_upload))
         if self.last_error:
             doc["lastError"] = self.last_error[:512]
+        if self.policies:
+            doc["sealer"] = self.sealer_state()[:512]
+        if self._sealer_exits:
+            doc["sealerExits"] = self._sealer_exits
         problems = {**{e: u.last_error for u in list(self._uploaders.values()) if u.last_reason and u.last_error
                        for e in u.endpoints}, **self.problems}
         if problems:

@@ -323,3 +323,15 @@ def test_an_http_url_that_is_not_one_is_refused_at_load(tmp_path: Path, field: s
     assert str(err.value).startswith(f"{tmp_path / 'agent.yaml'}:{line}: spec.{key} ") and problem in str(err.value)
     assert "\x1b" not in str(err.value)
     parse_agent_config(MINIMAL + "  gateway:\n    url: 'http://[fd00::7]:8780/'\n", tmp_path / "agent.yaml")  # fine
+
+
+def test_capture_sealer_is_a_process_unless_the_config_says_thread(tmp_path: Path) -> None:
+    f = tmp_path / "agent.yaml"
+    f.write_text(MINIMAL)
+    assert load_agent_config(f).capture_sealer == "process"
+    f.write_text(MINIMAL + "  capture:\n    sealer: thread\n")
+    assert load_agent_config(f).capture_sealer == "thread"
+    f.write_text(MINIMAL + "  capture:\n    sealer: fork\n")
+    with pytest.raises(UserError) as ei:
+        load_agent_config(f)
+    assert f"{f.resolve()}:11: spec.capture.sealer" in str(ei.value)
