@@ -97,7 +97,7 @@ AUDIT_SYNC_EVERY = 1.0  # fsync of the audit lines written since (see AuditLog.w
 POLL = 1.0  # the writer's longest sleep; the request path wakes it sooner, once a quarter of the queue's count waits
 DRAIN_CHUNK = 64  # records the writer takes off the queue per lock
 SEALERS = ("process", "thread")  # where records are sealed: a process of their own, or the agent's writer thread
-SEALER_READY_WAIT = 10.0  # the first start waits this long at most for the process to take records
+SEALER_READY_WAIT = 10.0  # a start from configure() waits this long at most for the process to take records
 SEALER_RESTART_S = (5.0, 600.0)  # a sealer process that ended is started again after 5 s, doubling up to 10 min
 _EMPTY: dict[str, np.ndarray] = {}
 _OBSERVER = itemgetter(0)
@@ -136,7 +136,7 @@ class CaptureService(UploadWalks):
         self._sealer_started = 0.0
         self._sealer_exits = 0
         self._sealer_why = ""  # why records are sealed in the agent now (the process ended, or did not start)
-        self._started_sealer_once = False
+        self._sealer_lock = threading.Lock()  # starting, configuring and stopping the sealer process
         self._sealer_cpu = 0.0  # CPU seconds of sealer processes that ended
         self._place_lock = threading.Lock()  # a sealed batch placed by the writer or the sealer's link thread
         self.device = device
@@ -214,7 +214,7 @@ class CaptureService(UploadWalks):
         self.policies = enabled
         self.plans = {k: _Plan(v) for k, v in enabled.items()}
         self._live_keys = {p.key_id for p in enabled.values()}
-        self._configure_sealer()
+        self._ensure_sealer()
         self._sync_uploaders()
         if not enabled and self.spool.batches_dir.exists():
             self.enforce()  # capture turned off or campaign retired: its batches go now, not at the next start
@@ -234,7 +234,7 @@ class CaptureService(UploadWalks):
         self.plans = {**self.plans, endpoint: _Plan(policy)}
         if self._background and not self._started and not self._stop.is_set():
             self.start()
-        self._configure_sealer()
+        self._ensure_sealer()
         self._sync_uploaders()
 
     def _destination(self, endpoint: str, p: CapturePolicy) -> Any:
@@ -351,8 +351,6 @@ class CaptureService(UploadWalks):
     def start(self) -> None:
         self.spool.clean_temp()
         self._started = True
-        if self.sealer_mode == "process":
-            self._start_sealer()
         t = threading.Thread(target=self._writer_loop, name="capture-writer", daemon=True)
         t.start()
         self._threads.append(t)
@@ -375,7 +373,8 @@ class CaptureService(UploadWalks):
             for u in self._uploaders.values():
                 u.wake.set()
         deadline = time.monotonic() + timeout
-        sealer, self._sealer = self._sealer, None
+        with self._sealer_lock:
+            sealer, self._sealer = self._sealer, None
         if sealer is not None:  # its rings' records are sealed and placed (in the spool: uploads have stopped)
             sealer.close(timeout)
             self._retire_sealer(sealer)
@@ -403,8 +402,8 @@ class CaptureService(UploadWalks):
             t0 = time.thread_time()
             self._safe(self.drain)
             self._safe(self.flush)
-            if self.sealer_mode == "process" and self._sealer is None and time.monotonic() >= self._sealer_restart_at:
-                self._safe(self._start_sealer)
+            if self.sealer_mode == "process" and self._sealer is None and self.policies:
+                self._safe(self._ensure_sealer, False)  # (after a crash: once its back-off has passed)
             self._cpu[name] = self._cpu.get(name, 0.0) + time.thread_time() - t0
 
     def _safe(self, fn: Callable[..., Any], *args: Any) -> None:
@@ -516,29 +515,35 @@ class CaptureService(UploadWalks):
 
     # -- the sealer process ------------------------------------------------------------------------------------
 
-    def _start_sealer(self) -> None:
-        if self._stop.is_set() or self._sealer is not None:
+    def _ensure_sealer(self, wait: bool = True) -> None:
+        """The sealer process runs while a policy is enabled (started again after a crash once its back-off
+        passed), and not otherwise: an agent with capture off carries no second interpreter."""
+        if self.sealer_mode != "process" or not self._started:
             return
-        sealer = SealerProcess(on_sealed=self._sealed_by_child, on_taken=self._taken_by_child,
-                               on_error=self._sealer_error,
-                               on_exit=self._sealer_ended)
-        self._sealer_started = time.monotonic()
-        why = sealer.start()
-        if why is not None:
-            self._sealer_ended(why, 0)
-            return
-        sealer.configure(self.device, self.policies)
-        self._sealer = sealer
-        # The first records then go to its rings, not into a batch the agent fills until batch.interval
-        # (a restart after a crash does not wait: the writer thread starts it, records keep flowing meanwhile).
-        if not self._started_sealer_once:
-            self._started_sealer_once = True
-            sealer.ready.wait(SEALER_READY_WAIT)
-
-    def _configure_sealer(self) -> None:
-        sealer = self._sealer
-        if sealer is not None:
+        with self._sealer_lock:
+            sealer = self._sealer
+            if sealer is not None:
+                sealer.configure(self.device, self.policies)  # (an endpoint no longer enabled: its rows dropped)
+                if not self.policies or self._stop.is_set():
+                    self._sealer = None
+                    sealer.close()
+                    self._retire_sealer(sealer)
+                return
+            if not self.policies or self._stop.is_set() or time.monotonic() < self._sealer_restart_at:
+                return
+            sealer = SealerProcess(on_sealed=self._sealed_by_child, on_taken=self._taken_by_child,
+                                   on_error=self._sealer_error, on_exit=self._sealer_ended)
+            self._sealer_started = time.monotonic()
+            why = sealer.start()
+            if why is not None:
+                self._sealer_ended(why, 0)
+                return
             sealer.configure(self.device, self.policies)
+            self._sealer = sealer
+        # From a configure: the first records go to its rings, not into a batch the agent would fill until
+        # batch.interval. (After a crash the writer thread starts it and does not wait: records keep flowing.)
+        if wait:
+            sealer.ready.wait(SEALER_READY_WAIT)
 
     def _sealed_by_child(self, endpoint: str, header: dict[str, Any], data: bytes) -> None:
         now = self.clock()

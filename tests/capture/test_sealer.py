@@ -254,3 +254,23 @@ def test_a_stream_not_written_for_a_while_ends(tmp_path: Path, monkeypatch: pyte
     assert len(obs_ring) == 0
     wait_until(lambda: svc.counts["sealed"] == 1, 10, "the ended stream's rows sealed")
     svc.close()
+
+
+def test_the_sealer_runs_only_while_a_policy_is_enabled(tmp_path: Path) -> None:
+    campaign = Campaign()
+    svc = CaptureService(tmp_path / "state", "dev-1")
+    try:
+        svc.configure({"mm": campaign.policy(batch={"records": 100})})
+        first = _sealer_pid(svc)
+        _serve(svc, [LAYOUTS["vector"](i) for i in range(3)])
+        svc.configure({})  # capture turned off: its plaintext is dropped, never sealed, and the process ends
+        assert svc._sealer is None
+        wait_until(lambda: not os.path.exists(f"/proc/{first}"), 10, "the sealer process gone")
+        assert svc.counts["sealed"] == 0 and not list(svc.spool.list())
+        svc.configure({"mm": campaign.policy(batch={"records": 2})})
+        assert _sealer_pid(svc) != first and svc._sealer.ready.is_set()  # type: ignore[union-attr]
+        _serve(svc, [LAYOUTS["vector"](i) for i in range(2)])
+        wait_until(lambda: svc.counts["sealed"] == 1, 10, "a batch of the new campaign")
+        assert svc.status()["sealer"] == "process"
+    finally:
+        svc.close()
