@@ -13,7 +13,9 @@ per captured record. Arrangements, each in a process of its own:
   "capture threads" column counts the process's CPU and the agent's capture threads);
 - ``thread``: ``sealer: thread``: the writer and uploader threads do the rest, on whichever core the scheduler
   picks;
-- ``one_core``: the same, the process pinned to one CPU (the threads share a core's caches);
+- ``draw_only``: the draw and nothing else (a sampled request calls an ``offer`` that returns at once): what
+  every arrangement pays before it keeps a record;
+- ``one_core``: the ``thread`` arrangement, the process pinned to one CPU (the threads share a core's caches);
 - ``split_cores``: the calling thread on CPU 0, the capture threads on CPU 1;
 - ``offer_only``: no writer: the caller empties the queue every 2,560 calls (what queuing and holding a
   record's arrays costs the request path, and nothing else);
@@ -57,7 +59,7 @@ from reconciler.serving.registry import EndpointSpec, ModelRegistry  # noqa: E40
 
 RATE = 0.10
 CALLS = 20_000
-ARRANGEMENTS = tuple(os.environ.get("BENCH_ARRANGEMENTS", "process,thread,one_core,split_cores,offer_only,ring_copy").split(","))
+ARRANGEMENTS = ("process", "thread", "draw_only", "one_core", "split_cores", "offer_only", "ring_copy")
 
 
 def _proc_cpu(pid: int) -> float:
@@ -138,13 +140,6 @@ def _arrangement(name: str, rounds: int, where: str | None, out: Any) -> None:
         child = _RingChild()
         on = RingMirror("m", "1", "2", ShadowSettings(sample_rate=RATE), child)  # type: ignore[assignment]
     svc.configure({"m": _policy(public, tmp / "uploaded")})  # (starts the writer and uploader threads)
-    if name == "process_nohandle":  # (experiment) the sealed batches are not handled in the agent
-        svc._sealed_by_child = lambda *a: None  # type: ignore[method-assign]
-        svc.close()
-        svc = CaptureService(tmp / "state2", "bench-device", sealer="process")
-        svc._sealed_by_child = lambda *a: None  # type: ignore[method-assign]
-        on, off = svc.observer_for("m", "1"), svc.observer_for("x", "1")
-        svc.configure({"m": _policy(public, tmp / "uploaded")})
     if name == "draw_only":  # the draw and nothing else: what every arrangement pays before it keeps a record
         svc.offer = lambda *a: None  # type: ignore[method-assign]
     if name == "split_cores":
@@ -224,6 +219,7 @@ def isolated_writer(where: str | None = None) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default=None, help="comma-separated arrangements to run (default: all)")
     ap.add_argument("--rounds", type=int, default=12, help="on/off block pairs per arrangement (default 12)")
     ap.add_argument("--dir", default=None, help="where the spool and the destination go (default: the temp dir; "
                     "a tmpfs such as /dev/shm leaves the disk's fsync out, as bench_capture.py --dir does)")
@@ -231,7 +227,7 @@ def main() -> None:
     ctx = mp.get_context("spawn")  # a fresh interpreter each: no thread or affinity carries over
     out: dict[str, Any] = {"bench": "capture_path", "sample_rate": RATE, "calls_per_block": CALLS,
                            "rounds": args.rounds, "cpus": os.cpu_count(), "loadavg_before": os.getloadavg()}
-    for name in ARRANGEMENTS:
+    for name in (args.only.split(",") if args.only else ARRANGEMENTS):
         a, b = ctx.Pipe()
         p = ctx.Process(target=_arrangement, args=(name, args.rounds, args.dir, b))
         p.start()
