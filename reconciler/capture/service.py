@@ -31,6 +31,7 @@ import collections
 import functools
 import itertools
 import logging
+import os
 import random
 import threading
 import time
@@ -130,6 +131,8 @@ class CaptureService(UploadWalks):
         # "process": records go to the sealer process's rings (the agent's queue when a record cannot: another
         # layout, no stream left, the process not running); "thread": all through the agent's queue and writer.
         self.sealer_mode = sealer if background else "thread"
+        if self.sealer_mode == "process" and not (hasattr(os, "memfd_create") and hasattr(os, "pipe2")):
+            self.sealer_mode = "thread"  # (not Linux: no anonymous shared files to put the rows in)
         self._sealer: SealerProcess | None = None
         self._sealer_restart_at = 0.0  # time.monotonic() from which an ended sealer process is started again
         self._sealer_failures = 0
