@@ -31,7 +31,6 @@ import collections
 import functools
 import itertools
 import logging
-import os
 import random
 import threading
 import time
@@ -63,9 +62,9 @@ from reconciler.capture.policy import (
     upload_allowed,
 )
 from reconciler.capture.requestpath import CaptureObserver, _Plan
-from reconciler.capture.sealer.link import SealerProcess
-from reconciler.capture.sealer.ring import FULL, PUT, RowRing
-from reconciler.capture.sealer.rows import TRIGGER_CODE, layout_of
+from reconciler.capture.sealer.ring import FULL, PUT
+from reconciler.capture.sealer.rows import TRIGGER_CODE
+from reconciler.capture.sealing import SealerSide
 from reconciler.capture.spool import Spool, stored_batch
 from reconciler.capture.upload import (
     DirectoryDestination,
@@ -86,8 +85,6 @@ M_DROPPED = Counter("modelfleet_capture_dropped_total", "Records dropped because
 M_PURGED = Counter("modelfleet_capture_purged_batches_total",
                    "Batches deleted unsent, or not written because alone they exceed maxBytes (over-quota).",
                    ["reason"])
-M_SEALER_ENDED = Counter("modelfleet_capture_sealer_exits_total",
-                         "Times the capture sealer process ended on its own (crashed, killed); it is started again.")
 M_PENDING = Gauge("modelfleet_capture_pending_bytes", "Bytes of sealed batches waiting for upload.")
 
 QUEUE_MAX = 1024
@@ -97,9 +94,6 @@ ENFORCE_EVERY = 5.0  # retention and retired keys; the quota is checked at every
 AUDIT_SYNC_EVERY = 1.0  # fsync of the audit lines written since (see AuditLog.write)
 POLL = 1.0  # the writer's longest sleep; the request path wakes it sooner, once a quarter of the queue's count waits
 DRAIN_CHUNK = 64  # records the writer takes off the queue per lock
-SEALERS = ("process", "thread")  # where records are sealed: a process of their own, or the agent's writer thread
-SEALER_READY_WAIT = 10.0  # a start from configure() waits this long at most for the process to take records
-SEALER_RESTART_S = (5.0, 600.0)  # a sealer process that ended is started again after 5 s, doubling up to 10 min
 _EMPTY: dict[str, np.ndarray] = {}
 _OBSERVER = itemgetter(0)
 
@@ -115,7 +109,7 @@ def _minimised(policy: CapturePolicy, entry: Entry) -> Entry | None:
     return (obs, trigger, inputs, outs, t, size)
 
 
-class CaptureService(UploadWalks):
+class CaptureService(UploadWalks, SealerSide):
     """Everything capture does on a device; ``configure`` follows the desired state's policies."""
 
     def __init__(self, state_dir: Path, device: str, *, clock: Callable[[], float] = time.time,
@@ -124,23 +118,9 @@ class CaptureService(UploadWalks):
                  upload_allowed_origins: Iterable[str] = (),
                  window_open: Callable[[Mapping[str, Any] | None], bool] | None = None,
                  queue_max: int = QUEUE_MAX, background: bool = True, sealer: str = "process") -> None:
-        if sealer not in SEALERS:
-            raise ValueError(f"sealer must be one of {', '.join(SEALERS)}, not {sealer!r}")
         self.spool = Spool(state_dir)
         self._background = background  # False: the caller drives drain/flush/upload_once (tests, tools)
-        # "process": records go to the sealer process's rings (the agent's queue when a record cannot: another
-        # layout, no stream left, the process not running); "thread": all through the agent's queue and writer.
-        self.sealer_mode = sealer if background else "thread"
-        if self.sealer_mode == "process" and not (hasattr(os, "memfd_create") and hasattr(os, "pipe2")):
-            self.sealer_mode = "thread"  # (not Linux: no anonymous shared files to put the rows in)
-        self._sealer: SealerProcess | None = None
-        self._sealer_restart_at = 0.0  # time.monotonic() from which an ended sealer process is started again
-        self._sealer_failures = 0
-        self._sealer_started = 0.0
-        self._sealer_exits = 0
-        self._sealer_why = ""  # why records are sealed in the agent now (the process ended, or did not start)
-        self._sealer_lock = threading.Lock()  # starting, configuring and stopping the sealer process
-        self._sealer_cpu = 0.0  # CPU seconds of sealer processes that ended
+        self._init_sealer(sealer, background)  # ("process" | "thread"; see SealerSide)
         self._place_lock = threading.Lock()  # a sealed batch placed by the writer or the sealer's link thread
         self.device = device
         self.clock = clock
@@ -188,12 +168,6 @@ class CaptureService(UploadWalks):
         """CPU time the capture threads (the sealer's link thread too) and the sealer process used."""
         sealer = self._sealer
         return sum(self._cpu.values()) + self.sealer_cpu_seconds + (sealer.link_cpu if sealer is not None else 0.0)
-
-    @property
-    def sealer_cpu_seconds(self) -> float:
-        """CPU time of the sealer processes (another process's: not in this one's ``getrusage``)."""
-        sealer = self._sealer
-        return self._sealer_cpu + (sealer.cpu_seconds if sealer is not None else 0.0)
 
     @property
     def upload_failures(self) -> int:
@@ -313,16 +287,6 @@ class CaptureService(UploadWalks):
                     self._count_drop(obs.endpoint)
                     return
         self._enqueue(obs, trigger, feeds, outputs)
-
-    def _stream_for(self, obs: CaptureObserver, feeds: dict[str, np.ndarray],
-                    outputs: dict[str, np.ndarray]) -> RowRing | None:
-        sealer = self._sealer
-        if sealer is None or not sealer.ready.is_set():
-            return None
-        layout = layout_of(feeds, outputs)
-        if layout is None:
-            return None
-        return sealer.stream_for(obs.endpoint, obs.version, obs.model or self.models.get(obs.endpoint, ""), layout)
 
     def _count_drop(self, endpoint: str) -> None:
         with self._queue_lock:
@@ -516,100 +480,9 @@ class CaptureService(UploadWalks):
         if self._hand_off(sealed, policy) or self._store(sealed, now):
             self.counts["sealed"] += 1  # once in the spool or with its uploader (status counts both)
 
-    # -- the sealer process ------------------------------------------------------------------------------------
-
-    def _ensure_sealer(self, wait: bool = True) -> None:
-        """The sealer process runs while a policy is enabled (started again after a crash once its back-off
-        passed), and not otherwise: an agent with capture off carries no second interpreter."""
-        if self.sealer_mode != "process" or not self._started:
-            return
-        with self._sealer_lock:
-            sealer = self._sealer
-            if sealer is not None:
-                sealer.configure(self.device, self.policies)  # (an endpoint no longer enabled: its rows dropped)
-                if not self.policies or self._stop.is_set():
-                    self._sealer = None
-                    sealer.close()
-                    self._retire_sealer(sealer)
-                return
-            if not self.policies or self._stop.is_set() or time.monotonic() < self._sealer_restart_at:
-                return
-            sealer = SealerProcess(on_sealed=self._sealed_by_child, on_taken=self._taken_by_child,
-                                   on_error=self._sealer_error, on_exit=self._sealer_ended)
-            self._sealer_started = time.monotonic()
-            why = sealer.start()
-            if why is not None:
-                self._sealer_ended(why, 0)
-                return
-            sealer.configure(self.device, self.policies)
-            self._sealer = sealer
-        # From a configure: the first records go to its rings, not into a batch the agent would fill until
-        # batch.interval. (After a crash the writer thread starts it and does not wait: records keep flowing.)
-        if wait:
-            sealer.ready.wait(SEALER_READY_WAIT)
-
-    def _sealed_by_child(self, endpoint: str, header: dict[str, Any], data: bytes) -> None:
-        now = self.clock()
-        policy = self.policies.get(endpoint)
-        if policy is None or policy.key_id != header.get("keyId"):  # retired while it was sealed: not kept
-            self._store(_Sealed(endpoint, header, data, str(header.get("keyId"))), now)
-            return
-        self._place(endpoint, policy, header, data, now)
-
-    def _taken_by_child(self, taken: dict[tuple[str, str], int]) -> None:
-        for (endpoint, trigger), n in taken.items():
-            self.counts["captured"] += n
-            M_RECORDS.labels(endpoint, trigger).inc(n)
-
-    def sealer_state(self) -> str:
-        """``process``, ``thread`` or ``agent (why)``: where records are sealed now."""
-        if self.sealer_mode == "thread":
-            return "thread"
-        if self._sealer is not None:
-            return "process"
-        return f"agent ({self._sealer_why})" if self._sealer_why else "agent"
-
-    def _retire_sealer(self, sealer: SealerProcess) -> None:
-        self._sealer_cpu += sealer.cpu_seconds
-        self._cpu["capture-sealer-link"] = self._cpu.get("capture-sealer-link", 0.0) + sealer.link_cpu
-
-    def _sealer_error(self, message: str) -> None:
-        self.last_error = f"capture: {message}"
-        log.warning("capture sealing failed", extra={"error": self.last_error})
-
-    def _sealer_ended(self, description: str, lost: int) -> None:
-        """The sealer process ended on its own (crashed, killed): records go through the agent's queue until
-        it is started again."""
-        sealer, self._sealer = self._sealer, None
-        if sealer is not None:
-            self._retire_sealer(sealer)
-        if time.monotonic() - self._sealer_started >= SEALER_RESTART_S[1]:
-            self._sealer_failures = 0  # it ran for a long while: start again soon, as after a first crash
-        M_SEALER_ENDED.inc()
-        delay = min(SEALER_RESTART_S[1], SEALER_RESTART_S[0] * 2 ** self._sealer_failures)
-        self._sealer_failures += 1
-        self._sealer_restart_at = time.monotonic() + delay
-        self._sealer_exits += 1
-        self._sealer_why = f"the sealer process ended: {description}; it starts again in {delay:.0f}s"
-        self.last_error = (f"capture sealer process ended ({description}); {lost} records in its rings were lost; "
-                           f"capture goes on in the agent, the process starts again in {delay:.0f}s")
-        log.warning("capture sealer process ended", extra={"error": self.last_error})
-
-    @property
-    def backlog(self) -> int:
-        """Records offered but not taken yet: in the agent's queue, or in the sealer's rings."""
-        sealer = self._sealer
-        return len(self.queue) + (sealer.backlog if sealer is not None else 0)
-
-    def seal_now(self, timeout: float = 10.0) -> bool:
-        """Seal every record the sealer process holds now and place its batches (tests, tools); with no
-        background threads, the agent's queue and open batches too."""
-        sealer = self._sealer
-        done = sealer.flush(timeout) if sealer is not None else True
-        if not self._background:
-            self.drain()
-            self.flush(force=True)
-        return done
+    def _count_captured(self, endpoint: str, trigger: str, n: int) -> None:
+        self.counts["captured"] += n
+        M_RECORDS.labels(endpoint, trigger).inc(n)
 
     def _drop_over_quota(self, endpoint: str, policy: CapturePolicy, header: dict[str, Any], data: bytes,
                          now: float) -> None:

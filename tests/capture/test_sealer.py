@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from reconciler.capture import service as service_mod
+from reconciler.capture import sealing as sealing_mod
 from reconciler.capture.batch import open_batch
 from reconciler.capture.openbatch import stack_runs
 from reconciler.capture.policy import SAMPLED, parse_policy
@@ -112,7 +112,7 @@ def test_the_sealer_process_seals_the_batches_the_agents_writer_seals(tmp_path: 
         svc.configure({"mm": parse_policy(section)}, models={"mm": "model-a"})
         _serve(svc, records)
         svc.close()
-        got[mode] = _opened(svc, campaign)
+        got[mode] = sorted(_opened(svc, campaign), key=lambda b: float(b.arrays["n"][0]))  # (starts may tie)
         assert svc.counts["captured"] == 100
     assert [b.meta["records"] for b in got["process"]] == [40, 40, 20] == [b.meta["records"] for b in got["thread"]]
     for a, b in zip(got["process"], got["thread"], strict=True):
@@ -161,7 +161,7 @@ def _sealer_pid(svc: CaptureService) -> int:
 
 def test_a_killed_sealer_is_reported_records_take_the_agents_way_and_it_starts_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(service_mod, "SEALER_RESTART_S", (0.5, 1.0))
+    monkeypatch.setattr(sealing_mod, "SEALER_RESTART_S", (0.5, 1.0))
     campaign = Campaign()
     svc = CaptureService(tmp_path / "state", "dev-1")
     svc.configure({"mm": campaign.policy(batch={"records": 10})})
