@@ -26,7 +26,6 @@ whole RSS) and the ring's pages it touched (at most :data:`~reconciler.shadow.sp
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import select
@@ -42,6 +41,7 @@ from typing import Any
 
 from reconciler.agent.shadowring import Ring
 from reconciler.core import reasons as R
+from reconciler.core.children import exit_description, python_child_env
 from reconciler.shadow.compare import compare
 from reconciler.shadow.gate import device_verdict
 from reconciler.shadow.priority import NORMAL, lower_thread
@@ -81,9 +81,7 @@ class CandidateProcess:
         except (OSError, AttributeError, ValueError) as exc:  # AttributeError: no memfd_create (not Linux)
             return None, R.LOAD_FAILED, f"cannot create the shadow ring: {exc}"
         parent, child = socket.socketpair()
-        env = dict(os.environ)
-        pkg_root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env = python_child_env()
         code = f"from reconciler.agent.shadowproc import main; main({child.fileno()}, {ring_fd})"
         try:
             proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=[child.fileno(), ring_fd], env=env,
@@ -110,14 +108,7 @@ class CandidateProcess:
 
     def exit_description(self) -> str:
         """How the process ended: ``killed by SIGSEGV``, ``exit code 1``."""
-        try:
-            code = self._proc.wait(5.0)  # the socket closes a moment before the process is reaped
-        except subprocess.TimeoutExpired:
-            return "still running"
-        if code < 0:
-            with contextlib.suppress(ValueError):
-                return f"killed by {signal.Signals(-code).name}"
-        return f"exit code {code}"
+        return exit_description(self._proc)
 
     def close(self) -> None:
         _end(self._proc, self.conn)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from reconciler.agent.config import DEFAULT_POLL_INTERVAL, AgentConfig
 from reconciler.agent.journal import EndpointRecord, TargetRecord, record_rollback
 from reconciler.agent.passes import EndpointOutcome
 from reconciler.core import conditions as C
+from reconciler.core.children import python_child_env
 from reconciler.core.credentials import CredentialError, read_secret
 from reconciler.core.errors import UserError
 from reconciler.core.fsutil import atomic_write_text
@@ -106,9 +106,7 @@ class Components:
         """
         cache = self.config.state_dir / "facts.json"
         code = "import json; from reconciler.serving.hwfacts import detect_facts; print(json.dumps(detect_facts()))"
-        env = dict(os.environ)
-        pkg_root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env = python_child_env()
         try:
             r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
             facts = json.loads(r.stdout) if r.returncode == 0 else None

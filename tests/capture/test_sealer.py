@@ -274,3 +274,28 @@ def test_the_sealer_runs_only_while_a_policy_is_enabled(tmp_path: Path) -> None:
         assert svc.status()["sealer"] == "process"
     finally:
         svc.close()
+
+
+def test_a_sealer_that_stops_reading_is_replaced_not_waited_for(tmp_path: Path) -> None:
+    """A stopped (or stuck) sealer's socket fills; the send that finds no room within SEND_TIMEOUT fails, and
+    the process is killed and reported instead of holding up the agent."""
+    campaign = Campaign()
+    svc = CaptureService(tmp_path / "state", "dev-1")
+    policies = {f"ep-{i}": campaign.policy(purpose="x" * 400) for i in range(40)}  # a config message of ~40 KB
+    try:
+        svc.configure(policies)
+        pid = _sealer_pid(svc)
+        os.kill(pid, signal.SIGSTOP)
+        slowest = 0.0
+        for _ in range(200):  # the agent's passes go on, each sending the policies
+            t0 = time.monotonic()
+            svc.configure(policies)
+            slowest = max(slowest, time.monotonic() - t0)
+            if svc.status().get("sealerExits"):
+                break
+        status = svc.status()
+        assert status["sealerExits"] == 1 and "killed by SIGKILL" in status["sealer"], status
+        assert slowest < 3.0  # one send waited SEND_TIMEOUT (1 s), then gave up
+        assert not os.path.exists(f"/proc/{pid}/status") or "zombie" in open(f"/proc/{pid}/status").read()
+    finally:
+        svc.close()

@@ -17,8 +17,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -26,17 +26,19 @@ import time
 from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import send_handle
-from pathlib import Path
 from typing import Any
 
 from reconciler.capture.policy import CapturePolicy
 from reconciler.capture.sealer.ring import RowRing
 from reconciler.capture.sealer.rows import RowLayout
+from reconciler.core.children import exit_description, python_child_env
 
 #: Streams (endpoint, version, layout) at once; a record of any other layout takes the agent's queue.
-MAX_STREAMS = 16
+MAX_STREAMS = 8  # (8 rings of at most 8 MiB: the 64 MiB the agent's queue may hold)
 #: A stream whose ring saw no record for this long is ended (its rows sealed first).
 IDLE_END_S = 600.0
+#: How long a message to the child may wait for room in the socket (then the child is replaced).
+SEND_TIMEOUT = 1.0
 #: How long a flush (``close`` included) waits for the child's answer.
 FLUSH_TIMEOUT = 10.0
 
@@ -89,10 +91,8 @@ class SealerProcess:
         """Start the child (not waiting for it); an error message when it cannot be started."""
         parent, child = socket.socketpair()
         wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        env = dict(os.environ)
-        pkg_root = str(Path(__file__).resolve().parents[3])
-        env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        env["OPENBLAS_NUM_THREADS"] = env["OMP_NUM_THREADS"] = "1"  # (numpy's BLAS threads: nothing here uses them)
+        # (numpy's BLAS threads: nothing the sealer does uses them)
+        env = python_child_env(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
         code = f"from reconciler.capture.sealer.child import main; main({child.fileno()}, {wake_r})"
         try:
             self._proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=[child.fileno(), wake_r], env=env,
@@ -106,6 +106,9 @@ class SealerProcess:
         finally:
             child.close()
             os.close(wake_r)
+        # A send that waits longer than this (the child stopped reading: stopped, or stuck) fails, and the child is
+        # killed and replaced: nothing in the agent, a request thread creating a stream least of all, waits on it.
+        parent.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(SEND_TIMEOUT), 0))
         self._conn = Connection(parent.detach())
         self._thread = threading.Thread(target=self._link, name="capture-sealer-link", daemon=True)
         self._thread.start()
@@ -134,7 +137,8 @@ class SealerProcess:
         try:
             with self._send_lock:
                 conn.send(msg)
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # (a message may be half sent: the child cannot go on from there)
+            self._kill()
             return False
         return True
 
@@ -183,6 +187,7 @@ class SealerProcess:
             except (OSError, ValueError, AssertionError):
                 ring.close()
                 ring.release()
+                self._kill()  # (as in _send)
                 return None
             finally:
                 os.close(fd)
@@ -222,17 +227,7 @@ class SealerProcess:
             proc.wait(5.0)
 
     def exit_description(self) -> str:
-        proc = self._proc
-        if proc is None:
-            return "not started"
-        try:
-            code = proc.wait(5.0)
-        except subprocess.TimeoutExpired:
-            return "still running"
-        if code < 0:
-            with contextlib.suppress(ValueError):
-                return f"killed by {signal.Signals(-code).name}"
-        return f"exit code {code}"
+        return exit_description(self._proc) if self._proc is not None else "not started"
 
     def _link(self) -> None:
         conn = self._conn

@@ -48,6 +48,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import mark_process_dead
 
+from reconciler.core.children import python_child_env
 from reconciler.core.extras import installed
 from reconciler.serving.limits import ServerLimits
 from reconciler.serving.registry import (
@@ -247,9 +248,7 @@ class WorkerPool:
         if self._unix is not None:
             unix_fd = self._unix.fileno()
             fds.append(unix_fd)
-        env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(self._dir / "metrics"))
-        pkg_root = str(Path(__file__).resolve().parents[3])
-        env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env = python_child_env(PROMETHEUS_MULTIPROC_DIR=str(self._dir / "metrics"))
         code = f"from reconciler.serving.workers.workerproc import main; main({fds[0]}, {fds[1]}, {unix_fd})"
         proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=fds, env=env, stdin=subprocess.DEVNULL)
         ctl_child.close()
