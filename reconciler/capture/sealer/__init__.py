@@ -18,7 +18,7 @@ A process of its own shares nothing but the rows.
    spool, within the quota, as its own), and the process's end: a crash closes every ring, the records go
    through the agent's own queue and writer until the service starts the process again.
 
-A record that does not fit a row (object dtypes, not contiguous, over 256 KiB, a 17th stream) always goes the
+A record that does not fit a row (object dtypes, not contiguous, over 256 KiB, a 9th stream) always goes the
 agent's way; ``sealer: thread`` in the agent config sends everything that way (no second process: its memory
 is in docs/privacy.md).
 """
