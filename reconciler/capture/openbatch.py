@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 MAX_OPEN_BATCH_BYTES = 4 * 1024 * 1024
+RECORD_META_BYTES = 64  # what a record adds to its batch besides its arrays (its entry in the sealed index)
 
 # A queue entry, as CaptureService.offer makes it: (observer, trigger, inputs, outputs, time, bytes).
 Entry = tuple[Any, str, dict[str, np.ndarray], dict[str, np.ndarray], float, int]

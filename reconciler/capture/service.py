@@ -46,6 +46,7 @@ from reconciler.capture.batch import new_batch_id, seal_batch
 from reconciler.capture.handoff import _Sealed, _Uploader
 from reconciler.capture.openbatch import (
     MAX_OPEN_BATCH_BYTES,
+    RECORD_META_BYTES,
     SIZE,
     TRIGGER,
     Entry,
@@ -89,7 +90,6 @@ M_PENDING = Gauge("modelfleet_capture_pending_bytes", "Bytes of sealed batches w
 
 QUEUE_MAX = 1024
 QUEUE_MAX_BYTES = 64 * 1024 * 1024  # references to request arrays waiting for the writer
-RECORD_META_BYTES = 64  # what a record adds to its batch besides its arrays (its entry in the sealed index)
 ENFORCE_EVERY = 5.0  # retention and retired keys; the quota is checked at every write
 AUDIT_SYNC_EVERY = 1.0  # fsync of the audit lines written since (see AuditLog.write)
 POLL = 1.0  # the writer's longest sleep; the request path wakes it sooner, once a quarter of the queue's count waits

@@ -97,24 +97,31 @@ def _serve(svc: CaptureService, records: list[tuple[dict[str, np.ndarray], dict[
         obs.observe(inputs, outputs, 0.0)
 
 
-def test_the_sealer_process_seals_the_batches_the_agents_writer_seals(tmp_path: Path) -> None:
-    """Minimised (an input dropped, columns masked and dropped), 256-record batches and a rest sealed at close:
-    the same arrays, index and metadata either way."""
+@pytest.mark.parametrize(("max_bytes", "sizes"), [(10 * 1024 * 1024, [30, 10]), (8000, [22, 18])])
+def test_the_sealer_process_seals_the_batches_the_agents_writer_seals(tmp_path: Path, max_bytes: int,
+                                                                     sizes: list[int]) -> None:
+    """Minimised (an input dropped, columns masked and dropped), batches cut by ``batch.records`` or by the
+    open-batch byte bound (maxBytes / 4: 2,000 bytes hold 22 records of 28 bytes plus 64 of index), and a rest
+    sealed at close: the same arrays, index and metadata either way."""
     campaign = Campaign()
-    section = campaign.section(batch={"records": 40}, keep={"inputs": ["x", "n"]}, redact=[
+    section = campaign.section(batch={"records": 30}, maxBytes=max_bytes, keep={"inputs": ["x", "n"]}, redact=[
         {"input": "x", "columns": [1], "action": "mask"}, {"input": "x", "columns": [3, 4], "action": "drop"}])
     records = [({"x": np.full((1, 6), i, np.float32), "n": np.array([i], np.int32),
                  "secret": np.full((1, 3), 7, np.float32)}, {"y": np.full((1, 2), i, np.float32)})
-               for i in range(100)]
+               for i in range(40)]  # (at maxBytes 8,000 both batches fit in the spool: none purged)
     got = {}
     for mode in ("process", "thread"):
+        dest = tmp_path / mode / "dest"
         svc = CaptureService(tmp_path / mode, "dev-1", sealer=mode)
-        svc.configure({"mm": parse_policy(section)}, models={"mm": "model-a"})
+        svc.configure({"mm": parse_policy({**section, "destination": {"directory": str(dest)}})},
+                      models={"mm": "model-a"})
         _serve(svc, records)
         svc.close()
-        got[mode] = sorted(_opened(svc, campaign), key=lambda b: float(b.arrays["n"][0]))  # (starts may tie)
-        assert svc.counts["captured"] == 100
-    assert [b.meta["records"] for b in got["process"]] == [40, 40, 20] == [b.meta["records"] for b in got["thread"]]
+        files = [p for p, _ in svc.spool.list()] + sorted(dest.rglob("*.mfcap"))  # (some uploaded meanwhile)
+        opened = [open_batch(p.read_bytes(), campaign.private, name=p.name) for p in files]
+        got[mode] = sorted(opened, key=lambda b: float(b.arrays["n"][0]))  # (starts may tie)
+        assert svc.counts["captured"] == 40 and svc.counts["purged"] == 0
+    assert [b.meta["records"] for b in got["process"]] == sizes == [b.meta["records"] for b in got["thread"]]
     for a, b in zip(got["process"], got["thread"], strict=True):
         assert sorted(a.arrays) == sorted(b.arrays) == ["n", "x", "y"]  # "secret" is not kept
         for key in a.arrays:

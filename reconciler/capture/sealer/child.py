@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from reconciler.capture.batch import new_batch_id, seal_batch
-from reconciler.capture.openbatch import MAX_OPEN_BATCH_BYTES, batch_meta
+from reconciler.capture.openbatch import MAX_OPEN_BATCH_BYTES, RECORD_META_BYTES, batch_meta
 from reconciler.capture.policy import CapturePolicy, minimise
 from reconciler.capture.sealer.ring import RowRing
 from reconciler.capture.sealer.rows import TRIGGERS, RowLayout, merged, record_index, unpack
@@ -44,7 +44,6 @@ from reconciler.capture.sealer.rows import TRIGGERS, RowLayout, merged, record_i
 #: each time a ring holds a quarter of its rows more. Every wake-up of another process on a busy device preempts
 #: a serving thread and evicts its caches: the sealer wakes about once a second, or once per thousand records.
 POLL_S = 1.0
-RECORD_META_BYTES = 64  # as the agent's open batch counts a record (its entry in the sealed index)
 
 
 @dataclass
@@ -103,7 +102,7 @@ class Sealer:
             for st in self.streams.values():
                 self.take(st)
                 self.seal_all(st)
-            self.report(force=True)
+            self.report()
             self.conn.send(("flushed", msg[1]) if kind == "flush" else ("closed",))
             return kind == "flush"
         return True
@@ -132,9 +131,9 @@ class Sealer:
         st.record_bytes = sum(a.nbytes for a in (*one_in.values(), *one_out.values())) + RECORD_META_BYTES
         st.kept = bool(one_in or one_out)
 
-    def report(self, force: bool = False) -> None:
+    def report(self) -> None:
         """The records taken since the last report (the agent's ``capturedRecords``)."""
-        if self.taken and force:
+        if self.taken:
             self.conn.send(("taken", dict(self.taken)))
             self.taken.clear()
 
@@ -197,6 +196,6 @@ def main(fd: int, wake_fd: int) -> None:
                 if not sealer.handle(conn.recv()):
                     return
             sealer.due(time.time())
-            sealer.report(force=True)
+            sealer.report()
     except (EOFError, OSError):
         return  # the agent closed the socket, or died
