@@ -34,6 +34,7 @@ M_SEALER_ENDED = Counter("modelfleet_capture_sealer_exits_total",
 
 SEALERS = ("process", "thread")  # where records are sealed: a process of their own, or the agent's writer thread
 SEALER_READY_WAIT = 10.0  # a start from configure() waits this long at most for the process to take records
+SEALER_IDLE_STOP_S = 60.0  # capture off this long: the sealer process ends
 SEALER_RESTART_S = (5.0, 600.0)  # a sealer process that ended is started again after 5 s, doubling up to 10 min
 
 
@@ -86,6 +87,7 @@ class SealerSide(abc.ABC):
         self._sealer_why = ""  # why records are sealed in the agent now (the process ended, or did not start)
         self._sealer_lock = threading.Lock()  # starting, configuring and stopping the sealer process
         self._sealer_cpu = 0.0  # CPU seconds of sealer processes that ended
+        self._sealer_unused_since: float | None = None  # time.monotonic() since which no policy is enabled
 
     @property
     def sealer_cpu_seconds(self) -> float:
@@ -105,14 +107,21 @@ class SealerSide(abc.ABC):
 
     def _ensure_sealer(self, wait: bool = True) -> None:
         """The sealer process runs while a policy is enabled (started again after a crash once its back-off
-        passed), and not otherwise: an agent with capture off carries no second interpreter."""
+        passed), and ends once capture has been off for :data:`SEALER_IDLE_STOP_S`: an agent with capture off
+        carries no second interpreter, and a policy switched off and on again does not restart it."""
         if self.sealer_mode != "process" or not self._started:
             return
         with self._sealer_lock:
             sealer = self._sealer
             if sealer is not None:
                 sealer.configure(self.device, self.policies)  # (an endpoint no longer enabled: its rows dropped)
-                if not self.policies or self._stop.is_set():
+                now = time.monotonic()
+                if self.policies:
+                    self._sealer_unused_since = None
+                elif self._sealer_unused_since is None:
+                    self._sealer_unused_since = now
+                if self._stop.is_set() or (self._sealer_unused_since is not None
+                                           and now - self._sealer_unused_since >= SEALER_IDLE_STOP_S):
                     self._sealer = None
                     sealer.close()
                     self._retire_sealer(sealer)

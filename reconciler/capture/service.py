@@ -369,8 +369,9 @@ class CaptureService(UploadWalks, SealerSide):
             t0 = time.thread_time()
             self._safe(self.drain)
             self._safe(self.flush)
-            if self.sealer_mode == "process" and self._sealer is None and self.policies:
-                self._safe(self._ensure_sealer, False)  # (after a crash: once its back-off has passed)
+            if self.sealer_mode == "process" and (self._sealer is None) == bool(self.policies):
+                # (after a crash, once its back-off has passed; or capture has been off a while: it ends)
+                self._safe(self._ensure_sealer, False)
             self._cpu[name] = self._cpu.get(name, 0.0) + time.thread_time() - t0
 
     def _safe(self, fn: Callable[..., Any], *args: Any) -> None:

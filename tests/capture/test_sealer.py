@@ -263,15 +263,19 @@ def test_a_stream_not_written_for_a_while_ends(tmp_path: Path, monkeypatch: pyte
     svc.close()
 
 
-def test_the_sealer_runs_only_while_a_policy_is_enabled(tmp_path: Path) -> None:
+def test_the_sealer_runs_only_while_a_policy_is_enabled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sealing_mod, "SEALER_IDLE_STOP_S", 1.0)
     campaign = Campaign()
     svc = CaptureService(tmp_path / "state", "dev-1")
     try:
         svc.configure({"mm": campaign.policy(batch={"records": 100})})
         first = _sealer_pid(svc)
         _serve(svc, [LAYOUTS["vector"](i) for i in range(3)])
-        svc.configure({})  # capture turned off: its plaintext is dropped, never sealed, and the process ends
-        assert svc._sealer is None
+        svc.configure({})  # capture turned off: its plaintext is dropped, never sealed
+        svc.configure({"mm": campaign.policy(batch={"records": 100})})
+        assert _sealer_pid(svc) == first  # on again soon after: the same process
+        svc.configure({})
+        wait_until(lambda: svc._sealer is None, 10, "the sealer ended by the writer thread, capture off for 1 s")
         wait_until(lambda: not os.path.exists(f"/proc/{first}"), 10, "the sealer process gone")
         assert svc.counts["sealed"] == 0 and not list(svc.spool.list())
         svc.configure({"mm": campaign.policy(batch={"records": 2})})
