@@ -109,3 +109,29 @@ def test_a_pipelined_metrics_flood_that_never_reads_stays_bounded(tmp_path: Path
         sender.join(15)
         flood.close()
         assert timed_get(srv.port, "/metrics")[0] == 200
+
+
+def test_the_uplink_ends_quietly_when_the_pool_closes_its_pipe_mid_recv() -> None:
+    """The pool closes a dead worker's pipe while the uplink thread may be inside ``recv``: past recv's own
+    closed check, the read then gets a None handle (a TypeError that ended the thread with a traceback)."""
+    import multiprocessing.connection as mpc
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from reconciler.serving.workers.uplink import Uplink
+
+    ours, theirs = mpc.Pipe()
+    ours._check_closed = lambda: None  # type: ignore[method-assign]  # (the check passed, then the close came)
+    ours.close()
+    errors: list[BaseException] = []
+    old_hook = threading.excepthook
+    threading.excepthook = lambda args: errors.append(args.exc_value)  # type: ignore[assignment,return-value]
+    try:
+        t = threading.Thread(target=Uplink(CollectorRegistry()).serve, args=(ours,))
+        t.start()
+        t.join(5)
+    finally:
+        threading.excepthook = old_hook
+    assert not t.is_alive() and errors == []
+    theirs.close()

@@ -32,8 +32,8 @@ class Uplink:
         while True:
             try:
                 msg = up.recv()
-            except (EOFError, OSError):
-                return
+            except (EOFError, OSError, TypeError):  # TypeError: the pool closed the pipe between recv's own
+                return  # closed check and its read (the handle it then reads is None)
             if msg[0] == "events":
                 for event in msg[1]:
                     self.deliver(event)
