@@ -21,7 +21,7 @@ import numpy as np
 from prometheus_client import Counter
 
 from reconciler.capture.handoff import _Sealed
-from reconciler.capture.policy import CapturePolicy
+from reconciler.capture.policy import CapturePolicy, backoff_delay
 from reconciler.capture.requestpath import CaptureObserver
 from reconciler.capture.sealer.link import SealerProcess
 from reconciler.capture.sealer.ring import RowRing
@@ -179,8 +179,8 @@ class SealerSide(abc.ABC):
         if time.monotonic() - self._sealer_started >= SEALER_RESTART_S[1]:
             self._sealer_failures = 0  # it ran for a long while: start again soon, as after a first crash
         M_SEALER_ENDED.inc()
-        delay = min(SEALER_RESTART_S[1], SEALER_RESTART_S[0] * 2 ** self._sealer_failures)
         self._sealer_failures += 1
+        delay = backoff_delay(self._sealer_failures, 1.0, base=SEALER_RESTART_S[0], cap=SEALER_RESTART_S[1])
         self._sealer_restart_at = time.monotonic() + delay
         self._sealer_exits += 1
         self._sealer_why = f"the sealer process ended: {description}; it starts again in {delay:.0f}s"

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter
 
 from reconciler.capture.batch import new_batch_id, seal_batch
 from reconciler.capture.handoff import _Sealed, _Uploader
@@ -56,17 +56,15 @@ from reconciler.capture.openbatch import (
 )
 from reconciler.capture.policy import (
     CapturePolicy,
-    StoredBatch,
     minimise,
-    select_purge,
-    select_room,
     upload_allowed,
 )
 from reconciler.capture.requestpath import CaptureObserver, _Plan
+from reconciler.capture.retention import Retention
 from reconciler.capture.sealer.ring import FULL, PUT
 from reconciler.capture.sealer.rows import TRIGGER_CODE
 from reconciler.capture.sealing import SealerSide
-from reconciler.capture.spool import Spool, stored_batch
+from reconciler.capture.spool import Spool
 from reconciler.capture.upload import (
     DirectoryDestination,
     HttpDestination,
@@ -83,11 +81,6 @@ log = logging.getLogger("reconciler.capture")
 M_RECORDS = Counter("modelfleet_capture_records_total", "Records captured (before sealing).", ["endpoint", "trigger"])
 M_DROPPED = Counter("modelfleet_capture_dropped_total", "Records dropped because the capture queue was full.",
                     ["endpoint"])
-M_PURGED = Counter("modelfleet_capture_purged_batches_total",
-                   "Batches deleted unsent, or not written because alone they exceed maxBytes (over-quota).",
-                   ["reason"])
-M_PENDING = Gauge("modelfleet_capture_pending_bytes", "Bytes of sealed batches waiting for upload.")
-
 QUEUE_MAX = 1024
 QUEUE_MAX_BYTES = 64 * 1024 * 1024  # references to request arrays waiting for the writer
 ENFORCE_EVERY = 5.0  # retention and retired keys; the quota is checked at every write
@@ -109,7 +102,7 @@ def _minimised(policy: CapturePolicy, entry: Entry) -> Entry | None:
     return (obs, trigger, inputs, outs, t, size)
 
 
-class CaptureService(UploadWalks, SealerSide):
+class CaptureService(Retention, UploadWalks, SealerSide):
     """Everything capture does on a device; ``configure`` follows the desired state's policies."""
 
     def __init__(self, state_dir: Path, device: str, *, clock: Callable[[], float] = time.time,
@@ -268,24 +261,17 @@ class CaptureService(UploadWalks, SealerSide):
     def offer(self, obs: CaptureObserver, trigger: str, feeds: dict[str, np.ndarray],
               outputs: dict[str, np.ndarray]) -> None:
         ring = obs.stream  # the sealer's ring the observer's last record went to
-        if ring is not None:
+        for _ in range(2):  # that ring, then the one for this record's layout (another layout, or it closed)
+            if ring is None and (ring := self._stream_for(obs, feeds, outputs)) is None:
+                break
             got = ring.put(self.clock(), TRIGGER_CODE.get(trigger, 1), feeds, outputs)
             if got == PUT:
+                obs.stream = ring
                 return
             if got == FULL:
                 self._count_drop(obs.endpoint)
                 return
-            obs.stream = None  # another layout, or that ring is closed
-        if self._sealer is not None:
-            ring = self._stream_for(obs, feeds, outputs)
-            if ring is not None:
-                got = ring.put(self.clock(), TRIGGER_CODE.get(trigger, 1), feeds, outputs)
-                if got == PUT:
-                    obs.stream = ring
-                    return
-                if got == FULL:
-                    self._count_drop(obs.endpoint)
-                    return
+            obs.stream = ring = None
         self._enqueue(obs, trigger, feeds, outputs)
 
     def _count_drop(self, endpoint: str) -> None:
@@ -485,17 +471,6 @@ class CaptureService(UploadWalks, SealerSide):
         self.counts["captured"] += n
         M_RECORDS.labels(endpoint, trigger).inc(n)
 
-    def _drop_over_quota(self, endpoint: str, policy: CapturePolicy, header: dict[str, Any], data: bytes,
-                         now: float) -> None:
-        """A batch larger than ``maxBytes`` on its own is never written: dropped and counted."""
-        self.counts["purged"] += 1
-        M_PURGED.labels("over-quota").inc()
-        self.spool.audit.write("dropped", now, durable=False, batch=header["id"], endpoint=endpoint,
-                               records=header["records"], bytes=len(data), reason="over-quota")
-        self.last_error = (f"capture: a sealed batch of {endpoint} ({len(data)} bytes) is larger than its "
-                           f"maxBytes ({policy.max_bytes}) and was dropped")
-        log.warning("capture batch over quota dropped", extra=fields(endpoint=endpoint, error=self.last_error))
-
     def _hand_off(self, sealed: _Sealed, policy: CapturePolicy) -> bool:
         """Give the batch to its destination's uploader to send from memory, when its slot is free (so at most
         two batches per destination are in memory: one being sent, one next), it is not backing off, uploads
@@ -515,66 +490,6 @@ class CaptureService(UploadWalks, SealerSide):
         u.slot = sealed  # only this thread fills the slot, only when empty
         u.wake.set()
         return True
-
-    def _store(self, sealed: _Sealed, now: float) -> bool:
-        """Make room for the batch (the endpoint's oldest first) and write it to the spool: the endpoint's
-        batches on disk never exceed ``maxBytes``, the one being written included."""
-        with self._enforce_lock:
-            current = self.policies.get(sealed.endpoint)
-            if current is None or current.key_id != sealed.key_id:  # retired meanwhile: not kept
-                self.counts["purged"] += 1  # (configure() sweeps under this lock: no file of it is left behind)
-                M_PURGED.labels("policy-removed").inc()
-                self.spool.audit.write("purged", now, batch=sealed.header["id"], endpoint=sealed.endpoint,
-                                       bytes=len(sealed.data), reason="policy-removed")
-                return False
-            policy = current
-            evict = select_room(self.spool.batches(sealed.endpoint), len(sealed.data), policy.max_bytes,
-                                incoming_key=(stored_batch(sealed.header).created, sealed.header["id"]))
-            if evict is None and len(sealed.data) > policy.max_bytes:  # (only if maxBytes changed meanwhile)
-                self._drop_over_quota(sealed.endpoint, policy, sealed.header, sealed.data, now)
-                return False
-            if evict is None:  # older than every batch the quota would evict for it: it is the one that goes
-                self.counts["purged"] += 1
-                M_PURGED.labels("quota").inc()
-                self.spool.audit.write("purged", now, batch=sealed.header["id"], endpoint=sealed.endpoint,
-                                       bytes=len(sealed.data), reason="quota")
-                return False
-            self._purge(evict, "quota", now)
-            self.spool.write(sealed.header, sealed.data)
-        self._wake_uploader(sealed.endpoint)
-        return True
-
-    def _purge(self, doomed: Iterable[StoredBatch], reason: str, now: float) -> list[str]:
-        removed = self.spool.delete(doomed, "purged", reason, now, durable=False)
-        if removed:
-            self.counts["purged"] += len(removed)
-            M_PURGED.labels(reason).inc(len(removed))
-        return removed
-
-    def enforce(self, now: float | None = None) -> list[tuple[str, str]]:
-        """Retention, quota (per endpoint, oldest first) and retired campaign keys; returns (id, reason)."""
-        with self._enforce_lock:  # the writer thread and the agent's pass may both enforce
-            return self._enforce(self.clock() if now is None else now)
-
-    def _enforce(self, now: float) -> list[tuple[str, str]]:
-        self._last_enforce = now
-        stored = self.spool.stored()  # a full scan: also resynchronises the spool's index
-        doomed = []
-        if self._live_keys is not None:
-            orphans = [b for b in stored if b.endpoint not in self.policies]
-            doomed += [(b, "policy-removed") for b in orphans]
-        for endpoint, policy in self.policies.items():
-            mine = [b for b in stored if b.endpoint == endpoint]
-            doomed += select_purge(mine, now, retention=policy.retention, max_bytes=policy.max_bytes,
-                                   live_key_ids={policy.key_id})
-        out = []
-        for b, reason in doomed:
-            if self.spool.delete([b], "purged", reason, now):
-                out.append((b.id, reason))
-                self.counts["purged"] += 1
-                M_PURGED.labels(reason).inc()
-        M_PENDING.set(sum(b.size for b in stored) - sum(b.size for b, _ in doomed))
-        return out
 
     # -- status ---------------------------------------------------------------------------------------------
 
