@@ -310,3 +310,35 @@ def test_a_sealer_that_stops_reading_is_replaced_not_waited_for(tmp_path: Path) 
         assert not os.path.exists(f"/proc/{pid}/status") or "zombie" in open(f"/proc/{pid}/status").read()
     finally:
         svc.close()
+
+
+def test_a_published_datasets_classifier_served_by_onnx_runtime_is_captured_through_the_sealer(
+        tmp_path: Path) -> None:
+    """scikit-learn's bundled digits, an MLP converted by skl2onnx (label [N] int64, probabilities [N, 10]),
+    served by a real ONNX Runtime session: each request's features and answers come out of the sealed batches as
+    they went in and out."""
+    from reconciler.serving.registry import EndpointSpec, ModelRegistry
+    from tests.optimize.realmodels import sklearn_classifier
+
+    model = sklearn_classifier("digits", zipmap=False)
+    campaign = Campaign()
+    svc = CaptureService(tmp_path / "state", "dev-1")
+    reg = ModelRegistry(observer_factory=lambda s: svc.observer_for(s.name, s.version))
+    try:
+        assert reg.apply(EndpointSpec(name="digits", version="1", blobs=[model.onnx])).ok
+        svc.configure({"digits": campaign.policy(batch={"records": 50})}, models={"digits": "mlp"})
+        with reg.get("digits") as served:
+            answered = [served.infer({"X": model.x[i:i + 1]}, None)["label"] for i in range(60)]
+        assert svc.status()["sealer"] == "process"
+    finally:
+        svc.close()
+        reg.close()
+    batches = sorted((open_batch(p.read_bytes(), campaign.private) for p, _ in svc.spool.list()),
+                     key=lambda b: -b.meta["records"])
+    assert [b.meta["records"] for b in batches] == [50, 10]
+    x = np.concatenate([b.arrays["X"] for b in batches])
+    assert np.array_equal(x, model.x[:60])
+    labels = np.concatenate([b.arrays["label"] for b in batches])
+    assert np.array_equal(labels, np.concatenate(answered))  # what the device answered, as it answered it
+    assert np.mean(labels == model.clf.predict(model.x[:60])) >= 0.95  # (float32 ONNX vs float64 sklearn)
+    assert all(b.arrays["probabilities"].shape == (b.meta["records"], 10) for b in batches)
