@@ -8,6 +8,12 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+#: Sealed batches an uploader holds in memory, waiting to be sent (past the one being sent), and their bytes:
+#: the sealer hands over a burst at a time (every batch its last look at the rings filled), and a batch that
+#: finds no room goes to the spool — written to flash and fsynced only to be read back and deleted a moment later.
+HANDOFF_BATCHES = 16
+HANDOFF_BYTES = 16 * 1024 * 1024
+
 
 class _Uploader:
     """One destination's sender: its endpoints, its own thread and backoff."""
@@ -23,11 +29,57 @@ class _Uploader:
         self.last_reason: str | None = None  # a named reason of the last failure (ClientCertificateRefused)
         self.retired = False
         self.thread: threading.Thread | None = None
-        # A batch sealed while this destination was taking uploads goes to it straight from memory (the writer
-        # hands over only into an empty slot: one being sent, one next); it reaches the spool only if the
-        # upload fails.
-        self.slot: _Sealed | None = None
+        # A batch sealed while this destination was taking uploads goes to it straight from memory (the waiting
+        # ones bounded by HANDOFF_BATCHES and HANDOFF_BYTES, one more being sent); it reaches the spool only if
+        # the upload fails or the bound is reached.
+        self.waiting: list[_Sealed] = []
+        self.waiting_bytes = 0
+        self.lock_waiting = threading.Lock()  # (the placing thread appends, this uploader takes them all)
         self.inflight: _Sealed | None = None
+
+    def hand_over(self, sealed: _Sealed, now: float) -> bool:
+        """Queue ``sealed`` to be sent from memory: False when backing off (``now``: time.monotonic()) or full.
+        (Under the lock that :meth:`back_off` takes: a batch handed over as an upload fails waits in the spool.)"""
+        with self.lock_waiting:
+            if self.next_try > now or (self.waiting and (len(self.waiting) >= HANDOFF_BATCHES
+                                                         or self.waiting_bytes + len(sealed.data) > HANDOFF_BYTES)):
+                return False
+            self.waiting.append(sealed)
+            self.waiting_bytes += len(sealed.data)
+        self.wake.set()
+        return True
+
+    def back_off(self, until: float) -> list[_Sealed]:
+        """No hand-over before ``until`` (time.monotonic()); the batches waiting, to be moved to the spool (each
+        :meth:`let_go` once there: until then status still counts it)."""
+        with self.lock_waiting:
+            self.next_try = until
+            return list(self.waiting)
+
+    def let_go(self, sealed: _Sealed) -> None:
+        with self.lock_waiting:
+            if sealed in self.waiting:
+                self.waiting.remove(sealed)
+                self.waiting_bytes -= len(sealed.data)
+
+    def take_waiting(self) -> list[_Sealed]:
+        """The batches handed over and not sent yet, which the caller now holds (emptied)."""
+        with self.lock_waiting:
+            got, self.waiting, self.waiting_bytes = self.waiting, [], 0
+        return got
+
+    def next_waiting(self) -> _Sealed | None:
+        """The oldest batch waiting, now the one being sent (``inflight``), or None."""
+        with self.lock_waiting:
+            sealed = self.inflight = self.waiting.pop(0) if self.waiting else None
+            if sealed is not None:
+                self.waiting_bytes -= len(sealed.data)
+        return sealed
+
+    def held(self) -> list[_Sealed]:
+        """The batches in memory: waiting, and the one being sent."""
+        with self.lock_waiting:
+            return [*self.waiting, *([self.inflight] if self.inflight is not None else [])]
 
 
 @dataclass(frozen=True)

@@ -235,9 +235,7 @@ class CaptureService(Retention, UploadWalks, SealerSide):
                 u = self._uploaders.pop(key)
                 u.retired = True
                 u.wake.set()
-                if u.slot is not None:  # handed over, not sent yet: it waits in the spool instead
-                    orphans.append(u.slot)
-                    u.slot = None
+                orphans += u.take_waiting()  # handed over, not sent yet: they wait in the spool instead
             for key, endpoints in wanted.items():
                 u = self._uploaders.get(key)
                 if u is None:
@@ -336,9 +334,10 @@ class CaptureService(Retention, UploadWalks, SealerSide):
         self._threads = []
         now = self.clock()
         with self._uploaders_lock:
-            held = [x for u in self._uploaders.values() for x in (u.slot, u.inflight) if x is not None]
+            held = [x for u in self._uploaders.values() for x in u.held()]
             for u in self._uploaders.values():
-                u.slot = u.inflight = None
+                u.take_waiting()
+                u.inflight = None
         for sealed in held:  # not acknowledged yet: to the spool (a duplicate of one acknowledged meanwhile is
             self._store(sealed, now)  # sent and verified again at the next start)
         self.drain()
@@ -472,32 +471,30 @@ class CaptureService(Retention, UploadWalks, SealerSide):
         M_RECORDS.labels(endpoint, trigger).inc(n)
 
     def _hand_off(self, sealed: _Sealed, policy: CapturePolicy) -> bool:
-        """Give the batch to its destination's uploader to send from memory, when its slot is free (so at most
-        two batches per destination are in memory: one being sent, one next), it is not backing off, uploads
-        are allowed now, and none of its endpoints' batches wait in the spool (oldest first holds). Writing a
-        batch to flash only to delete it a moment later costs CPU and wear."""
+        """Give the batch to its destination's uploader to send from memory, when its hand-off list has room
+        (:data:`~.handoff.HANDOFF_BATCHES`, :data:`~.handoff.HANDOFF_BYTES`), it is not backing off, uploads are allowed now, and
+        none of its endpoints' batches wait in the spool (oldest first holds). Writing a batch to flash only to
+        delete it a moment later costs CPU and wear."""
         dest = self._dests.get(sealed.endpoint)
         if dest is None or not self._started or self._stop.is_set():
             return False
         u = self._uploaders.get(dest.describe())
-        if u is None or u.slot is not None or u.next_try > time.monotonic():
+        if u is None or u.next_try > time.monotonic():
             return False
         if not upload_allowed(policy, idle_seconds=time.monotonic() - self.last_request,
                               window_open=self._window_open(policy.window)):
             return False
         if self.spool.holds(u.endpoints):
             return False
-        u.slot = sealed  # only this thread fills the slot, only when empty
-        u.wake.set()
-        return True
+        return u.hand_over(sealed, time.monotonic())
 
     # -- status ---------------------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         stored = self.spool.stored() if self.spool.batches_dir.exists() else []
         ids = {b.id for b in stored}
-        held = {x.header["id"]: x for u in list(self._uploaders.values()) for x in (u.slot, u.inflight)
-                if x is not None and x.header["id"] not in ids}.values()
+        held = {x.header["id"]: x for u in list(self._uploaders.values()) for x in u.held()
+                if x.header["id"] not in ids}.values()
         doc: dict[str, Any] = {
             "endpoints": sorted(self.policies), "pendingBatches": len(stored) + len(held),
             "pendingBytes": sum(b.size for b in stored) + sum(len(x.data) for x in held),

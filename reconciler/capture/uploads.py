@@ -98,12 +98,9 @@ class UploadWalks(abc.ABC):
             if wait > 0:
                 return wait
             now = self.clock()
-            sealed = u.slot
-            if sealed is not None:
-                u.inflight = sealed  # (before the slot empties: status() sees it all along)
-                u.slot = None
+            while (sealed := u.next_waiting()) is not None:  # (status() sees it all along, waiting then inflight)
                 try:
-                    delay = self._send_sealed(u, sealed, now)
+                    delay = self._send_sealed(u, sealed, now)  # (failing: it and those waiting go to the spool)
                 finally:
                     u.inflight = None
                 if delay is not None:
@@ -161,11 +158,9 @@ class UploadWalks(abc.ABC):
         u.last_error = self.last_error = error
         u.last_reason = exc.reason
         delay = backoff_delay(u.failures, self.rand())
-        u.next_try = time.monotonic() + delay
-        waiting = u.slot
-        if waiting is not None:  # handed over meanwhile: it waits out the backoff in the spool, not in memory
-            u.slot = None
+        for waiting in u.back_off(time.monotonic() + delay):  # handed over meanwhile: they wait it out in the spool
             self._store(waiting, now)
+            u.let_go(waiting)
         return delay
 
     def _acknowledged(self, u: _Uploader, now: float) -> None:

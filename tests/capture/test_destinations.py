@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from reconciler.capture.batch import open_batch
+from reconciler.capture.handoff import HANDOFF_BATCHES
 from reconciler.capture.policy import parse_policy
 from reconciler.capture.service import CaptureService
 from reconciler.capture.upload import DirectoryDestination, _Pacer, origin_of
@@ -206,3 +208,26 @@ def test_a_reachable_destination_gets_batches_from_memory_and_the_spool_only_wha
     finally:
         svc.close()
     assert any(e["event"] == "upload-failed" for e in svc.spool.audit.read())
+
+
+def test_a_burst_of_sealed_batches_goes_to_the_destination_from_memory(tmp_path: Path) -> None:
+    """The sealer process hands over every batch its look at the rings filled at once: up to HANDOFF_BATCHES of
+    them wait in memory for the uploader, none is written to the spool only to be deleted again."""
+    media, campaign = tmp_path / "media", Campaign()
+    svc = CaptureService(tmp_path / "state", "dev-1")
+    svc.configure({"mm": campaign.policy(batch={"records": 2}, destination={"directory": str(media)})})
+    written: list[str] = []
+    write = svc.spool.write
+    svc.spool.write = lambda h, d: written.append(h["id"]) or write(h, d)  # type: ignore[method-assign]
+    obs = svc.observer_for("mm", "1")
+    try:
+        n = 2 * HANDOFF_BATCHES
+        for i in range(n):  # (the sealer takes them all at its next look: HANDOFF_BATCHES batches at once)
+            obs.observe({"input": np.full((1, 8), i, np.float32)}, {}, 0.0)
+        wait_until(lambda: svc.counts["uploaded"] == HANDOFF_BATCHES, 10, "every batch uploaded")
+        assert written == [] and svc.counts["sealed"] == HANDOFF_BATCHES
+        got = sorted(int(x) for p in (media / "dev-1").iterdir()
+                     for x in open_batch(p.read_bytes(), campaign.private).arrays["input"][:, 0])
+    finally:
+        svc.close()
+    assert got == list(range(n))

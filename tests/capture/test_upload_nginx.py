@@ -39,6 +39,8 @@ def test_server_down_keeps_data_within_quota_and_sends_it_on_recovery(tmp_path: 
             time.sleep(0.005)
         wait_until(lambda: svc.counts["sealed"] == 12, 30, "12 sealed batches")
         wait_until(lambda: any(e["event"] == "upload-failed" for e in svc.spool.audit.read()), 30, "a failed upload")
+        # every batch handed to the uploader before it failed moves to the spool (status counts them all along)
+        wait_until(lambda: svc.status()["pendingBatches"] == len(svc.spool.list()), 30, "nothing held in memory")
         svc.enforce()
         kept = {p.name: p.read_bytes() for p, _ in svc.spool.list()}
         assert 0 < sum(len(b) for b in kept.values()) <= max_bytes
