@@ -108,18 +108,28 @@ def _server(index: int, tmp: Path, public: bytes, sealer: str, conn: Any) -> Non
     srv = InferenceServer(reg)
     srv.start()
     conn.send(srv.port)
+    waited = 0.0  # CPU of this thread waiting for the sealer (below): not capture's
     while (cmd := conn.recv()) != "stop":
         if cmd == "cpu":
             # Every record offered so far taken (and its full batches sealed): the sealer's work on this run's
             # records is counted in this run, not in the next, when this process may have another role.
-            deadline = time.monotonic() + 5.0
+            # (woken: it looks now, not at its next look; this loop's own CPU is the bench's, not capture's)
+            t0 = time.thread_time()
+            deadline = time.monotonic() + 10.0
             while getattr(svc, "backlog", 0) and time.monotonic() < deadline:
+                getattr(svc, "wake_sealer", lambda: None)()
                 time.sleep(0.01)
-            serving = sum(time.clock_gettime(time.pthread_getcpuclockid(t.ident)) for t in threading.enumerate()
-                          if t.name.startswith("modelfleet-serving") and t.ident is not None)
+            waited += time.thread_time() - t0
+            per_thread: dict[str, float] = {"sealer process": getattr(svc, "sealer_cpu_seconds", 0.0)}
+            for t in threading.enumerate():
+                if t.ident is not None and t is not threading.main_thread():
+                    name = "serving" if t.name.startswith("modelfleet-serving") else t.name.rstrip("0123456789-")
+                    with contextlib.suppress(OSError):  # (a thread that just ended)
+                        per_thread[name] = per_thread.get(name, 0.0) + time.clock_gettime(
+                            time.pthread_getcpuclockid(t.ident))
             # (the sealer process's CPU is not in this process's getrusage: added)
-            sealer = getattr(svc, "sealer_cpu_seconds", 0.0)
-            conn.send((_cpu() + sealer, svc.cpu_seconds, svc.counts["captured"], serving))
+            conn.send((_cpu() - waited + per_thread["sealer process"], svc.cpu_seconds, svc.counts["captured"],
+                       per_thread.get("serving", 0.0), per_thread))
             continue
         with reg.get("m") as m:
             # Inline-or-pool is decided from each load's warm-up p50, which a loaded machine makes differ
@@ -185,6 +195,7 @@ def main() -> None:
     capture_cpu = 0.0
     captured = 0
     server_cpu_on = 0.0
+    by_thread: dict[str, float] = {}  # CPU seconds of the "on" server's threads (and sealer process) in its runs
     load_before = os.getloadavg()
     ask(list(roles))
     together(0.5)  # warm-up
@@ -209,6 +220,8 @@ def main() -> None:
                 capture_cpu += c1[k][1] - c0[k][1]
                 captured += c1[k][2] - c0[k][2]
                 server_cpu_on += c1[k][0] - c0[k][0]
+                for name, v in c1[k][4].items():
+                    by_thread[name] = by_thread.get(name, 0.0) + v - c0[k][4].get(name, 0.0)
     load_after = os.getloadavg()
     done = []
     for c, proc in zip(conns, procs, strict=True):
@@ -254,6 +267,9 @@ def main() -> None:
         "hook_ns_per_request": hook,
         "capture_threads_cpu_us_per_record": round(capture_cpu / captured * 1e6, 2) if captured else None,
         "capture_threads_cpu_share": round(capture_cpu / server_cpu_on, 4) if server_cpu_on else None,
+        # each capture thread's (and the sealer process's) CPU per captured record, read from its own clock
+        "cpu_us_per_record_by_thread": {k: round(v / captured * 1e6, 2) for k, v in sorted(by_thread.items())
+                                        if k != "serving"} if captured else None,
         # capture's own work per request (its threads' CPU clocks and the hook's extra ns) over off's CPU per
         # request: read inside one process, so free of the between-process noise of the ratios above; what it
         # leaves out is what capture costs the serving thread indirectly (caches, the GIL)

@@ -194,6 +194,12 @@ class SealerSide(abc.ABC):
         sealer = self._sealer
         return len(self.queue) + (sealer.backlog if sealer is not None else 0)
 
+    def wake_sealer(self) -> None:
+        """Have the sealer process take its rings' rows now (tests, the bench: ``backlog`` then drops soon)."""
+        sealer = self._sealer
+        if sealer is not None:
+            sealer.wake()
+
     def seal_now(self, timeout: float = 10.0) -> bool:
         """Seal every record the sealer process holds now and place its batches (tests, tools); with no
         background threads, the agent's queue and open batches too."""

@@ -189,8 +189,8 @@ def test_a_reachable_destination_gets_batches_from_memory_and_the_spool_only_wha
     try:
         for i in range(6):
             obs.observe({"input": np.full((1, 8), i, np.float32)}, {}, 0.0)
-            if i % 2:  # a batch sealed; the next one once it is uploaded (one is handed over at a time)
-                wait_until(lambda i=i: svc.counts["uploaded"] == (i + 1) // 2, 10, "an upload")
+            if i % 2:  # a batch sealed: wait for its upload
+                wait_until(lambda i=i: svc.wake_sealer() or svc.counts["uploaded"] == (i + 1) // 2, 10, "an upload")
         assert written == [] and len(list((media / "dev-1").iterdir())) == 3
         events = svc.spool.audit.read()
         assert [e["event"] for e in events].count("uploaded") == 3
@@ -203,7 +203,7 @@ def test_a_reachable_destination_gets_batches_from_memory_and_the_spool_only_wha
             obs.observe({"input": np.full((1, 8), i, np.float32)}, {}, 0.0)
             time.sleep(0.25 if i % 2 else 0.0)
         # (the spy notes a write before making it: wait for the files)
-        wait_until(lambda: len(svc.spool.list()) == 2, 10, "both batches kept in the spool")
+        wait_until(lambda: svc.wake_sealer() or len(svc.spool.list()) == 2, 10, "both batches kept in the spool")
         assert svc.counts["uploaded"] == 3 and len(written) == 2
     finally:
         svc.close()

@@ -86,9 +86,9 @@ def test_quota_holds_at_every_write_and_a_dead_destination_holds_back_no_other(t
         sampler.start()
         try:
             load()
-            wait_until(lambda: not svc.backlog, 30, "the writer or the sealer to take every record")
-            # 300 live records make 30 full batches, sealed once taken (the sealer process may still be at it):
-            # wait until no more come for longer than the sealer's longest sleep
+            wait_until(lambda: svc.wake_sealer() or not svc.backlog, 30, "the writer or the sealer to take every record")
+            # 300 live records make 30 full batches, sealed at the look that takes them (the sealer process may
+            # still be at it, the link thread placing them): wait until no more come for a while
             sealed_live, still_since = -1, time.monotonic()
             while time.monotonic() - still_since < 1.5:
                 n = sum(e["event"] == "sealed" and e["endpoint"] == "live" for e in svc.spool.audit.read())

@@ -141,7 +141,7 @@ def test_each_version_and_layout_is_a_stream_of_its_own(tmp_path: Path) -> None:
     _serve(svc, [LAYOUTS["vector"](i) for i in range(5)], "1")
     _serve(svc, [LAYOUTS["three_rows"](i) for i in range(3)], "1")
     _serve(svc, [LAYOUTS["vector"](i) for i in range(4)], "2")
-    wait_until(lambda: svc._sealer is not None and svc._sealer.backlog == 0, 10, "the rows taken")
+    wait_until(lambda: svc.wake_sealer() or (svc._sealer is not None and svc._sealer.backlog == 0), 10, "the rows taken")
     svc.close()
     batches = _opened(svc, campaign)
     assert sorted((b.meta["modelVersion"], b.meta["records"], b.meta["rows"]) for b in batches) == \

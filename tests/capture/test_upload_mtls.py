@@ -65,7 +65,7 @@ def test_a_missing_or_untrusted_client_certificate_is_named_and_a_signed_one_upl
             agent, _ = _run_device(world, tmp_path / name, {**base, **tls})
             try:
                 svc = agent.c.capture
-                wait_until(lambda svc=svc: (svc.status().get("problems") or {}).get(ENDPOINT), 20,
+                wait_until(lambda svc=svc: svc.wake_sealer() or (svc.status().get("problems") or {}).get(ENDPOINT), 20,
                            f"the refusal named ({name})")
                 problem = agent.status_document()["status"]["capture"]["problems"][ENDPOINT]
                 assert problem.startswith(f"ClientCertificateRefused: {dav.url}/dev-1/ {words}"), problem
@@ -80,7 +80,7 @@ def test_a_missing_or_untrusted_client_certificate_is_named_and_a_signed_one_upl
                                                            "clientKeyFile": str(key)})
         try:
             svc = agent.c.capture
-            wait_until(lambda: svc.counts["uploaded"] == 2, 30, "both batches uploaded")
+            wait_until(lambda: svc.wake_sealer() or svc.counts["uploaded"] == 2, 30, "both batches uploaded")
             status = agent.status_document()["status"]["capture"]
             assert "problems" not in status and "lastError" not in status, status
         finally:

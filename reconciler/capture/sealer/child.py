@@ -10,12 +10,15 @@ pair. The agent sends (pickled, over that socket: the agent is this process's on
 - ``("flush", token)``: seal every stream's rows now, then answer ``("flushed", token)``;
 - ``("close",)``: the same, answer ``("closed",)`` and exit.
 
-Woken by the agent, or every :data:`POLL_S`, it takes each ring's new rows; a stream seals a batch when it holds ``batch.records``
-records, when the batch's bytes (minimised, as the agent counts them) reach the open-batch bound, or when
-``batch.interval`` passed since its first record. A sealed batch goes back as ``("sealed", endpoint, header,
-data)``, and the records taken as ``("taken", {(endpoint, trigger): records})`` at each look; the agent audits it and hands it to its uploader or writes it to the spool within the quota.
-A batch that fails to seal is reported as ``("error", message)`` and the process goes on. The process ends when
-the socket closes: an agent that dies takes it along.
+Woken by the agent (once a quarter of a ring's rows more were written), or after :func:`poll_seconds`, it takes
+each ring's new rows; a stream seals a batch when it holds ``batch.records`` records, when the batch's bytes
+(minimised, as the agent counts them) reach the open-batch bound, or when its first record would be older than
+``batch.interval`` at the next look. What one look sealed goes back in one message, ``("sealed", [(endpoint,
+header, data), …], {(endpoint, trigger): records taken})`` (several when the batches' bytes pass
+:data:`MESSAGE_BYTES`): the agent's link thread wakes once per look, not once per batch, audits each batch and
+hands it to its uploader or writes it to the spool within the quota. A batch that fails to seal is reported as
+``("error", message)`` and the process goes on. The process ends when the socket closes: an agent that dies
+takes it along.
 """
 
 from __future__ import annotations
@@ -40,10 +43,22 @@ from reconciler.capture.policy import CapturePolicy, minimise
 from reconciler.capture.sealer.ring import RowRing
 from reconciler.capture.sealer.rows import TRIGGERS, RowLayout, merged, record_index, unpack
 
-#: How often the sealer looks at the rings when nothing wakes it sooner: the agent wakes it (a byte on a pipe)
-#: each time a ring holds a quarter of its rows more. Every wake-up of another process on a busy device preempts
-#: a serving thread and evicts its caches: the sealer wakes about once a second, or once per thousand records.
-POLL_S = 1.0
+#: The longest the sealer sleeps when nothing wakes it sooner: the agent wakes it (a byte on a pipe) each time a
+#: ring holds a quarter of its rows more. Every wake-up of another process on a busy device preempts a serving
+#: thread and evicts its caches, and costs the agent's link and uploader threads a wake-up each: the sealer looks
+#: every few seconds, or once per few thousand records, and a batch is sealed no later than ``batch.interval``
+#: after its first record (see :func:`poll_seconds`).
+POLL_MAX_S = 5.0
+POLL_MIN_S = 0.05
+#: Sealed bytes sent back in one message (a look that sealed more sends several).
+MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+def poll_seconds(policies: Mapping[str, CapturePolicy]) -> float:
+    """How long the sealer may sleep: a quarter of the shortest ``batch.interval``, within
+    [:data:`POLL_MIN_S`, :data:`POLL_MAX_S`]."""
+    shortest = min((p.batch_interval for p in policies.values()), default=POLL_MAX_S * 4)
+    return max(POLL_MIN_S, min(POLL_MAX_S, shortest / 4))
 
 
 @dataclass
@@ -75,12 +90,16 @@ class Sealer:
         self.policies: Mapping[str, CapturePolicy] = {}
         self.streams: dict[int, _Stream] = {}
         self.taken: Counter[tuple[str, str]] = Counter()  # records kept since the last report, by endpoint and trigger
+        self.sealed: list[tuple[str, dict[str, Any], bytes]] = []  # (endpoint, header, data) not sent yet
+        self.sealed_bytes = 0
+        self.poll = poll_seconds({})
 
     def handle(self, msg: tuple[Any, ...]) -> bool:
         """One message from the agent; False when the process should end."""
         kind = msg[0]
         if kind == "config":
             self.device, self.policies = msg[1], msg[2]
+            self.poll = poll_seconds(self.policies)
             for st in self.streams.values():
                 if st.endpoint not in self.policies:
                     st.pending, st.count, st.start = [], 0, None  # retired: the plaintext is dropped
@@ -132,10 +151,11 @@ class Sealer:
         st.kept = bool(one_in or one_out)
 
     def report(self) -> None:
-        """The records taken since the last report (the agent's ``capturedRecords``)."""
-        if self.taken:
-            self.conn.send(("taken", dict(self.taken)))
+        """The batches sealed and the records taken (the agent's ``capturedRecords``) since the last report."""
+        if self.taken or self.sealed:
+            self.conn.send(("sealed", self.sealed, dict(self.taken)))
             self.taken.clear()
+            self.sealed, self.sealed_bytes = [], 0
 
     def due(self, now: float) -> bool:
         """Take every ring's new rows and seal the batches due; whether any row came."""
@@ -150,7 +170,7 @@ class Sealer:
             per = _per_batch(policy, st.record_bytes or 1)
             while st.count >= per:
                 self.seal(st, policy, per)
-            if st.count and now - (st.start or now) >= policy.batch_interval:
+            if st.count and now + self.poll - (st.start or now) >= policy.batch_interval:  # (not later: at this look)
                 self.seal(st, policy, st.count)
         return came
 
@@ -179,7 +199,10 @@ class Sealer:
         except Exception as exc:  # one batch that cannot be sealed is reported; the others go on
             self.conn.send(("error", f"sealing a batch of {st.endpoint}: {type(exc).__name__}: {exc}"))
             return
-        self.conn.send(("sealed", st.endpoint, header, data))
+        self.sealed.append((st.endpoint, header, data))
+        self.sealed_bytes += len(data)
+        if self.sealed_bytes >= MESSAGE_BYTES:
+            self.report()
 
 
 def main(fd: int, wake_fd: int) -> None:
@@ -188,7 +211,7 @@ def main(fd: int, wake_fd: int) -> None:
     conn.send(("ready", os.getpid()))
     try:
         while True:
-            readable, _, _ = select.select([conn, wake_fd], [], [], POLL_S)
+            readable, _, _ = select.select([conn, wake_fd], [], [], sealer.poll)
             if wake_fd in readable:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_fd, 4096)

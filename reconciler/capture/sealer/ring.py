@@ -25,7 +25,7 @@ from reconciler.capture.sealer.rows import RowLayout
 CTRL_BYTES = 64  # [0] rows written (agent), [1] rows taken (sealer), as uint64
 #: Bytes of rows a stream's ring holds (at most :data:`MAX_ROWS` rows, at least :data:`MIN_ROWS`).
 RING_BYTES = 8 * 1024 * 1024
-MAX_ROWS, MIN_ROWS = 4096, 32
+MAX_ROWS, MIN_ROWS = 16384, 32
 PUT, FULL, OTHER = 1, 0, -1  # put(): written; dropped (ring full); not this layout (or the ring is closed)
 _pack_head = struct.Struct("<dB").pack_into
 

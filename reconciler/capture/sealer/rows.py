@@ -11,6 +11,8 @@ record (time, trigger, rows).
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -41,15 +43,20 @@ class RowLayout:
 
     def fields(self) -> list[tuple[str, np.dtype, tuple[int, ...], int, int]]:
         """(field name, dtype, shape, offset, bytes) per tensor, inputs first (fields ``i:name``, ``o:name``)."""
+        return self._fields
+
+    @functools.cached_property
+    def _fields(self) -> list[tuple[str, np.dtype, tuple[int, ...], int, int]]:
+        # (cached: the sealer unpacks with it at every batch; not a field, so not in eq or hash)
         out, at = [], HEAD_BYTES
         for side, tensors in (("i", self.inputs), ("o", self.outputs)):
             for name, dtype, shape in tensors:
-                n = int(dtype.itemsize * int(np.prod(shape, dtype=np.int64)))
+                n = dtype.itemsize * math.prod(shape)
                 out.append((f"{side}:{name}", dtype, shape, at, n))
                 at += -(-n // ALIGN) * ALIGN
         return out
 
-    @property
+    @functools.cached_property
     def itemsize(self) -> int:
         f = self.fields()
         return -(-(f[-1][3] + f[-1][4]) // ALIGN) * ALIGN if f else HEAD_BYTES
