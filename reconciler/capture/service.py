@@ -128,7 +128,7 @@ class CaptureService(Retention, UploadWalks, SealerSide):
         self.queue: collections.deque[tuple[Any, ...]] = collections.deque()
         self.queue_max = queue_max
         self._wake_at = max(1, queue_max // 4)  # (three quarters left for a writer slow to get the CPU)
-        self.wake_writer = threading.Event()  # (the request path sets it: its queue, or a ring's pending, fills)
+        self._wake_writer = threading.Event()
         self.queued_bytes = 0
         self._queue_lock = threading.Lock()
         self.dropped: dict[str, int] = {}
@@ -297,7 +297,7 @@ class CaptureService(Retention, UploadWalks, SealerSide):
             self.queue.append((obs, trigger, feeds, outputs, t, size))
             wake = len(self.queue) == self._wake_at
         if wake:  # once per _wake_at records at most
-            self.wake_writer.set()
+            self._wake_writer.set()
 
     # -- threads --------------------------------------------------------------------------------------------
 
@@ -321,7 +321,7 @@ class CaptureService(Retention, UploadWalks, SealerSide):
     def close(self, timeout: float = 10.0) -> None:
         """Seal what is buffered (a clean stop loses nothing) and stop the threads."""
         self._stop.set()
-        self.wake_writer.set()
+        self._wake_writer.set()
         with self._uploaders_lock:
             for u in self._uploaders.values():
                 u.wake.set()
@@ -349,8 +349,8 @@ class CaptureService(Retention, UploadWalks, SealerSide):
     def _writer_loop(self) -> None:
         name = threading.current_thread().name
         while not self._stop.is_set():
-            self.wake_writer.wait(POLL)
-            self.wake_writer.clear()
+            self._wake_writer.wait(POLL)
+            self._wake_writer.clear()
             if self._stop.is_set():
                 break
             t0 = time.thread_time()

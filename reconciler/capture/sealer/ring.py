@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import mmap
-import operator
 import os
 import struct
 import threading
@@ -30,16 +29,14 @@ CTRL_BYTES = 64  # [0] rows written (agent), [1] rows taken (sealer), as uint64
 RING_BYTES = 8 * 1024 * 1024
 MAX_ROWS, MIN_ROWS = 16384, 32
 PUT, FULL, OTHER = 1, 0, -1  # put(): written; dropped (ring full); not this layout (or the ring is closed)
-#: Records the request path leaves in a ring's ``pending`` (one deque append each: no copy on the request path).
-#: The capture service's writer copies them into rows about once a second, all at once (:meth:`RowRing.publish`:
-#: one numpy call per tensor, with the caches warm, instead of a cold Python copy per record); it is woken when
-#: half this many wait, and the request that finds this many (or this many bytes of rows) copies them itself.
-PENDING_ROWS = 4096
-PENDING_BYTES = 2 * 1024 * 1024
+#: Records the request path leaves in a ring's ``pending`` (one deque append each) before the request that makes
+#: them this many copies them all into rows at once (:meth:`RowRing.publish`: one numpy call per tensor, with
+#: the caches warm, instead of a cold Python copy per record), and at most this many bytes of them.
+PENDING_ROWS = 64
+PENDING_BYTES = 1024 * 1024
 
 #: A record left in ``pending``: (time, trigger code, inputs, outputs, the caller's tag: its observer).
 Pending = tuple[float, int, Mapping[str, np.ndarray], Mapping[str, np.ndarray], Any]
-_SHAPE = operator.attrgetter("shape")
 _pack_head = struct.Struct("<dB").pack_into
 
 
@@ -68,11 +65,9 @@ class RowRing:
         # The agent's end: records the request path left to copy (appended without the lock; publish() takes them)
         self.pending: collections.deque[Pending] = collections.deque()
         self.batch = max(1, min(PENDING_ROWS, PENDING_BYTES // self.size))
-        self.half = self.batch // 2
-        # (name, 2 for inputs / 3 for outputs, the rows' field, whether the tensor's first axis is 1: the common
-        # batch of one, concatenated into the field's [:, 0] — three times cheaper than stacking)
-        self._views = tuple((field[2:], 2 if k < n_in else 3, self.rows[field], bool(shape) and shape[0] == 1)
-                            for k, (field, _dt, shape, _at, _n) in enumerate(fields))
+        self._views = tuple((name, side, self.rows[field]) for field, (name, side) in
+                            zip((f[0] for f in fields), [(n[2:], 2) for n, *_ in fields[:n_in]]
+                                + [(n[2:], 3) for n, *_ in fields[n_in:]], strict=True))
 
     @staticmethod
     def nbytes(layout: RowLayout, capacity: int) -> int:
@@ -189,18 +184,10 @@ class RowRing:
         for item in chunk:
             if len(item[2]) != n_in or len(item[3]) != n_out:
                 return False
-        end = at + len(chunk)
-        rows = self.rows[at:end]
+        rows = self.rows[at:at + len(chunk)]
         try:
-            for name, side, view, lead1 in self._views:
-                if lead1:
-                    arrays = [item[side][name] for item in chunk]
-                    # (each exactly the layout's shape: a 0-row and a 2-row record would fill two rows too)
-                    if set(map(_SHAPE, arrays)) != {view.shape[1:]}:
-                        return False
-                    np.concatenate(arrays, out=view[at:end, 0], casting="no")
-                else:
-                    np.stack([item[side][name] for item in chunk], out=view[at:end], casting="no")
+            for name, side, view in self._views:
+                np.stack([item[side][name] for item in chunk], out=view[at:at + len(chunk)], casting="no")
         except (KeyError, TypeError, ValueError):
             return False
         rows["t"] = [item[0] for item in chunk]
