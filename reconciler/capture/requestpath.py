@@ -56,14 +56,9 @@ class CaptureObserver:
             return
         if plan.sample_only:  # the common case: one draw, nothing else unless this request is captured
             if svc.rand() < plan.rate:
-                ring = self.stream  # the sealer process's ring: left in its pending, copied 64 at a time
-                if ring is None:
+                ring = self.stream  # (the sealer process's ring: one copy, done; else the service decides)
+                if ring is None or ring.put(svc.clock(), _SAMPLED_CODE, feeds, outputs if plan.outputs else _EMPTY) != 1:
                     svc.offer(self, SAMPLED, feeds, outputs if plan.outputs else _EMPTY)
-                    return
-                q = ring.pending
-                q.append((svc.clock(), _SAMPLED_CODE, feeds, outputs if plan.outputs else _EMPTY, self))
-                if len(q) >= ring.batch or ring.closed:  # (closed: refused, the record takes the agent's way)
-                    svc.publish(ring)
             return
         policy = plan.policy
         conf = (min_confidence(outputs, policy.low_confidence_output)

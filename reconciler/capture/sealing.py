@@ -25,7 +25,7 @@ from reconciler.capture.policy import CapturePolicy, backoff_delay
 from reconciler.capture.requestpath import CaptureObserver
 from reconciler.capture.sealer.link import SealerProcess
 from reconciler.capture.sealer.ring import RowRing
-from reconciler.capture.sealer.rows import TRIGGERS, layout_of
+from reconciler.capture.sealer.rows import layout_of
 
 log = logging.getLogger("reconciler.capture")
 
@@ -64,13 +64,6 @@ class SealerSide(abc.ABC):
     @abc.abstractmethod
     def _count_captured(self, endpoint: str, trigger: str, n: int) -> None:
         """``n`` records kept (``capturedRecords`` and the records metric); CaptureService's."""
-
-    @abc.abstractmethod
-    def offer(self, obs: CaptureObserver, trigger: str, feeds: dict[str, np.ndarray],
-              outputs: dict[str, np.ndarray], t: float | None = None) -> None: ...
-
-    @abc.abstractmethod
-    def _count_drop(self, endpoint: str) -> None: ...
 
     @abc.abstractmethod
     def drain(self) -> None: ...
@@ -136,7 +129,7 @@ class SealerSide(abc.ABC):
             if not self.policies or self._stop.is_set() or time.monotonic() < self._sealer_restart_at:
                 return
             sealer = SealerProcess(on_sealed=self._sealed_by_child, on_taken=self._taken_by_child,
-                                   on_error=self._sealer_error, on_exit=self._sealer_ended, on_publish=self.publish)
+                                   on_error=self._sealer_error, on_exit=self._sealer_ended)
             self._sealer_started = time.monotonic()
             why = sealer.start()
             if why is not None:
@@ -148,16 +141,6 @@ class SealerSide(abc.ABC):
         # batch.interval. (After a crash the writer thread starts it and does not wait: records keep flowing.)
         if wait:
             sealer.ready.wait(SEALER_READY_WAIT)
-
-    def publish(self, ring: RowRing) -> None:
-        """The records the request path left in ``ring``'s pending into its rows; those it refuses (another
-        layout; the ring closed: the sealer ended) are offered again, those it has no room for dropped and
-        counted."""
-        refused, dropped = ring.publish()
-        for t, code, inputs, outputs, obs in refused:
-            self.offer(obs, TRIGGERS[code - 1], inputs, outputs, t)  # type: ignore[arg-type]
-        for *_, obs in dropped:
-            self._count_drop(obs.endpoint)
 
     def _sealed_by_child(self, endpoint: str, header: dict[str, Any], data: bytes) -> None:
         now = self.clock()

@@ -257,15 +257,12 @@ class CaptureService(Retention, UploadWalks, SealerSide):
     # -- request path ---------------------------------------------------------------------------------------
 
     def offer(self, obs: CaptureObserver, trigger: str, feeds: dict[str, np.ndarray],
-              outputs: dict[str, np.ndarray], t: float | None = None) -> None:
-        """Keep one record (``t``: when it was captured, now if None): into the sealer's ring for its layout,
-        else the agent's queue."""
-        t = self.clock() if t is None else t
+              outputs: dict[str, np.ndarray]) -> None:
         ring = obs.stream  # the sealer's ring the observer's last record went to
         for _ in range(2):  # that ring, then the one for this record's layout (another layout, or it closed)
             if ring is None and (ring := self._stream_for(obs, feeds, outputs)) is None:
                 break
-            got = ring.put(t, TRIGGER_CODE.get(trigger, 1), feeds, outputs)
+            got = ring.put(self.clock(), TRIGGER_CODE.get(trigger, 1), feeds, outputs)
             if got == PUT:
                 obs.stream = ring
                 return
@@ -273,14 +270,14 @@ class CaptureService(Retention, UploadWalks, SealerSide):
                 self._count_drop(obs.endpoint)
                 return
             obs.stream = ring = None
-        self._enqueue(obs, trigger, feeds, outputs, t)
+        self._enqueue(obs, trigger, feeds, outputs)
 
     def _count_drop(self, endpoint: str) -> None:
         with self._queue_lock:
             self.dropped[endpoint] = self.dropped.get(endpoint, 0) + 1
 
     def _enqueue(self, obs: CaptureObserver, trigger: str, feeds: dict[str, np.ndarray],
-                 outputs: dict[str, np.ndarray], t: float) -> None:
+                 outputs: dict[str, np.ndarray]) -> None:
         """The agent's own queue (``sealer: thread``, and records the sealer process cannot take)."""
         if not feeds and not outputs:
             return  # nothing to keep (checked here, where the mappings are in hand, not in the writer)
@@ -289,6 +286,7 @@ class CaptureService(Retention, UploadWalks, SealerSide):
             size += a.nbytes
         for a in outputs.values():
             size += a.nbytes
+        t = self.clock()
         with self._queue_lock:
             if len(self.queue) >= self.queue_max or self.queued_bytes + size > QUEUE_MAX_BYTES:
                 self.dropped[obs.endpoint] = self.dropped.get(obs.endpoint, 0) + 1
@@ -354,9 +352,6 @@ class CaptureService(Retention, UploadWalks, SealerSide):
             if self._stop.is_set():
                 break
             t0 = time.thread_time()
-            sealer = self._sealer
-            if sealer is not None:  # (what the request path left in the rings' pending: at most a second old)
-                self._safe(sealer.publish)
             self._safe(self.drain)
             self._safe(self.flush)
             if self.sealer_mode == "process" and (self._sealer is None) == bool(self.policies):

@@ -64,11 +64,8 @@ class SealerProcess:
 
     def __init__(self, *, on_sealed: Callable[[str, dict[str, Any], bytes], None],
                  on_taken: Callable[[dict[tuple[str, str], int]], None],
-                 on_error: Callable[[str], None], on_exit: Callable[[str, int], None],
-                 on_publish: Callable[[RowRing], None] = lambda ring: None) -> None:
-        # on_publish(ring): copy the records the request path left in the ring's pending into it (and take those
-        # it refuses another way): before a flush, before the rings close, and once they are closed
-        self._on_sealed, self._on_taken, self._on_publish = on_sealed, on_taken, on_publish
+                 on_error: Callable[[str], None], on_exit: Callable[[str, int], None]) -> None:
+        self._on_sealed, self._on_taken = on_sealed, on_taken
         self._on_error, self._on_exit = on_error, on_exit
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
@@ -129,19 +126,9 @@ class SealerProcess:
 
     @property
     def backlog(self) -> int:
-        """Records left in the rings' pending, and rows written to them that the child has not taken yet."""
+        """Rows written to the rings that the child has not taken yet."""
         with self._lock:
-            return sum(len(ring.pending) + int(ring.ctrl[0] - ring.ctrl[1]) for _sid, ring in self._streams.values()
-                       if not ring.closed)
-
-    def rings(self) -> list[RowRing]:
-        with self._lock:
-            return [ring for _sid, ring in self._streams.values()]
-
-    def publish(self) -> None:
-        """Every ring's pending records into its rows (``on_publish``)."""
-        for ring in self.rings():
-            self._on_publish(ring)
+            return sum(int(ring.ctrl[0] - ring.ctrl[1]) for _sid, ring in self._streams.values() if not ring.closed)
 
     def wake(self) -> None:
         """Have the child look at its rings now, not at its next look (tests, the bench)."""
@@ -216,7 +203,6 @@ class SealerProcess:
 
     def flush(self, timeout: float = FLUSH_TIMEOUT) -> bool:
         """Seal every stream's rows now; True once the child's batches are all handed to ``on_sealed``."""
-        self.publish()
         token = next(self._tokens)
         if not self._send("flush", token):
             return False
@@ -226,12 +212,10 @@ class SealerProcess:
 
     def close(self, timeout: float = FLUSH_TIMEOUT) -> None:
         """Stop taking records, have the child seal what its rings hold and wait for it; then end it."""
-        self.publish()
         with self._lock:
             self._closing = True
             for _sid, ring in self._streams.values():
                 ring.close()
-        self.publish()  # (left meanwhile: refused by the closed rings, they take the agent's way)
         if self._send("close"):
             self.gone.wait(timeout)
         self._kill()
@@ -293,7 +277,6 @@ class SealerProcess:
                 with contextlib.suppress(OSError):
                     os.close(self._wake_w)
                 self._wake_w = None
-        self.publish()  # the records still pending: refused by the closed rings, they take the agent's way
         if self._proc is not None:  # (an exited child not reaped yet still shows its CPU)
             self._cpu_at_exit = max(self._cpu_at_exit, _proc_cpu(self._proc.pid))
         with self._flushed:

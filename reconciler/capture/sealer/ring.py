@@ -12,13 +12,11 @@ request path never waits for the sealer.
 
 from __future__ import annotations
 
-import collections
 import mmap
 import os
 import struct
 import threading
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 
@@ -29,14 +27,6 @@ CTRL_BYTES = 64  # [0] rows written (agent), [1] rows taken (sealer), as uint64
 RING_BYTES = 8 * 1024 * 1024
 MAX_ROWS, MIN_ROWS = 16384, 32
 PUT, FULL, OTHER = 1, 0, -1  # put(): written; dropped (ring full); not this layout (or the ring is closed)
-#: Records the request path leaves in a ring's ``pending`` (one deque append each) before the request that makes
-#: them this many copies them all into rows at once (:meth:`RowRing.publish`: one numpy call per tensor, with
-#: the caches warm, instead of a cold Python copy per record), and at most this many bytes of them.
-PENDING_ROWS = 64
-PENDING_BYTES = 1024 * 1024
-
-#: A record left in ``pending``: (time, trigger code, inputs, outputs, the caller's tag: its observer).
-Pending = tuple[float, int, Mapping[str, np.ndarray], Mapping[str, np.ndarray], Any]
 _pack_head = struct.Struct("<dB").pack_into
 
 
@@ -62,12 +52,6 @@ class RowRing:
         self.closed = False
         self._wake_fd = wake_fd  # the agent's end: a byte here wakes the sealer
         self._wake_mask = (1 << max(0, (capacity // 4).bit_length() - 1)) - 1  # wake every 2^k rows, k: ~ a quarter
-        # The agent's end: records the request path left to copy (appended without the lock; publish() takes them)
-        self.pending: collections.deque[Pending] = collections.deque()
-        self.batch = max(1, min(PENDING_ROWS, PENDING_BYTES // self.size))
-        self._views = tuple((name, side, self.rows[field]) for field, (name, side) in
-                            zip((f[0] for f in fields), [(n[2:], 2) for n, *_ in fields[:n_in]]
-                                + [(n[2:], 3) for n, *_ in fields[n_in:]], strict=True))
 
     @staticmethod
     def nbytes(layout: RowLayout, capacity: int) -> int:
@@ -102,97 +86,37 @@ class RowRing:
 
     def put(self, t: float, code: int, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> int:
         """Copy one record into the next row: :data:`PUT`, :data:`FULL` or :data:`OTHER`."""
-        with self.lock:
-            return self._put(t, code, inputs, outputs)
-
-    def _put(self, t: float, code: int, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> int:
-        # (the lock held)
+        # (lean on purpose: this runs on the request path, between inferences that evict its code from the caches)
         if len(inputs) != self._n_in or len(outputs) != self._n_out:
             return OTHER
-        ctrl = self.ctrl
-        h = ctrl[0]
-        if h - ctrl[1] >= self.capacity or self.closed:
-            return OTHER if self.closed else FULL
-        o = self._base + (h % self.capacity) * self.size
-        mm = self.mm
-        try:
-            for name, dt, shape, lo, hi in self._ins:
-                a = inputs[name]
-                if a.shape != shape or (a.dtype is not dt and a.dtype != dt):
-                    return OTHER
-                mm[o + lo:o + hi] = a  # type: ignore[index]  # (BufferError: not contiguous)
-            for name, dt, shape, lo, hi in self._outs:
-                a = outputs[name]
-                if a.shape != shape or (a.dtype is not dt and a.dtype != dt):
-                    return OTHER
-                mm[o + lo:o + hi] = a  # type: ignore[index]
-        except (KeyError, BufferError, TypeError, ValueError):
-            return OTHER
-        _pack_head(mm, o, t, code)
-        ctrl[0] = h + 1  # published last: the sealer reads no row before its count says it is whole
-        if not (h + 1) & self._wake_mask:
-            self._wake()
-        return PUT
-
-    def _wake(self) -> None:
-        if self._wake_fd is not None:  # (under the lock: close() ends it)
-            try:
-                os.write(self._wake_fd, b"w")
-            except OSError:  # (full: the sealer has wake-ups waiting already; EPIPE: it is gone)
-                pass
-
-    def publish(self) -> tuple[list[Pending], list[Pending]]:
-        """Copy every record in ``pending`` into rows, in order; returns those refused (another layout, or the
-        ring is closed: the caller takes them another way) and those dropped (the ring is full)."""
-        q = self.pending
-        refused: list[Pending] = []
-        dropped: list[Pending] = []
         with self.lock:
-            items = [q.popleft() for _ in range(len(q))]  # (appends go on meanwhile: taken at the next publish)
-            if not items:
-                return refused, dropped
-            if self.closed:
-                return items, dropped
             ctrl = self.ctrl
-            h = int(ctrl[0])
-            free = self.capacity - (h - int(ctrl[1]))
-            if len(items) > free:
-                items, dropped = items[:max(0, free)], items[max(0, free):]
-            done = written = 0  # records taken from items; rows written
-            while done < len(items):
-                i = (h + written) % self.capacity
-                chunk = items[done:done + self.capacity - i]  # (up to the ring's end: it wraps after)
-                done += len(chunk)
-                if self._copy(chunk, i):
-                    written += len(chunk)
-                    ctrl[0] = h + written  # published last, as in put()
-                    continue
-                for t, code, inputs, outputs, tag in chunk:  # one by one: those that fit, in order
-                    got = self._put(t, code, inputs, outputs)  # (writes at the count, and bumps it)
-                    if got == PUT:
-                        written += 1
-                    else:
-                        (dropped if got == FULL else refused).append((t, code, inputs, outputs, tag))
-            if (h + written) & ~self._wake_mask != h & ~self._wake_mask:
-                self._wake()
-        return refused, dropped
-
-    def _copy(self, chunk: list[Pending], at: int) -> bool:
-        """``chunk``'s records into rows ``at``…: one numpy call per tensor; False (nothing published) when one
-        of them does not fit the layout exactly (names, dtypes, shapes)."""
-        n_in, n_out = self._n_in, self._n_out
-        for item in chunk:
-            if len(item[2]) != n_in or len(item[3]) != n_out:
-                return False
-        rows = self.rows[at:at + len(chunk)]
-        try:
-            for name, side, view in self._views:
-                np.stack([item[side][name] for item in chunk], out=view[at:at + len(chunk)], casting="no")
-        except (KeyError, TypeError, ValueError):
-            return False
-        rows["t"] = [item[0] for item in chunk]
-        rows["trig"] = [item[1] for item in chunk]
-        return True
+            h = ctrl[0]
+            if h - ctrl[1] >= self.capacity or self.closed:
+                return OTHER if self.closed else FULL
+            o = self._base + (h % self.capacity) * self.size
+            mm = self.mm
+            try:
+                for name, dt, shape, lo, hi in self._ins:
+                    a = inputs[name]
+                    if a.shape != shape or (a.dtype is not dt and a.dtype != dt):
+                        return OTHER
+                    mm[o + lo:o + hi] = a  # type: ignore[index]  # (BufferError: not contiguous)
+                for name, dt, shape, lo, hi in self._outs:
+                    a = outputs[name]
+                    if a.shape != shape or (a.dtype is not dt and a.dtype != dt):
+                        return OTHER
+                    mm[o + lo:o + hi] = a  # type: ignore[index]
+            except (KeyError, BufferError, TypeError, ValueError):
+                return OTHER
+            _pack_head(mm, o, t, code)
+            ctrl[0] = h + 1  # published last: the sealer reads no row before its count says it is whole
+            if not (h + 1) & self._wake_mask and self._wake_fd is not None:  # (under the lock: close() ends it)
+                try:
+                    os.write(self._wake_fd, b"w")
+                except OSError:  # (full: the sealer has wake-ups waiting already; EPIPE: it is gone)
+                    pass
+        return PUT
 
     def close(self) -> int:
         """No more rows (under the lock: no put is half done after this); the rows not taken yet."""
@@ -217,7 +141,6 @@ class RowRing:
         return rows
 
     def release(self) -> None:
-        self._views = ()
         self.rows = None  # type: ignore[assignment]
         self.ctrl.release()
         self.mm.close()
