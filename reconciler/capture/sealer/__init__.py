@@ -11,8 +11,10 @@ A process of its own shares nothing but the rows.
    each tensor's bytes), and :func:`~.rows.unpack` turns rows back into what the agent's own batches hold.
 2. **Ring** (:mod:`~.ring`): each stream's rows live in a shared anonymous file; the request path copies a
    record into the next row and bumps the written count (a full ring drops the record, counted).
-3. **The sealer** (:mod:`~.child`): takes every ring's new rows every 10 ms as one array, minimises them,
-   seals batches (the same metadata, index and encryption as the agent's writer) and sends them back.
+3. **The sealer** (:mod:`~.child`): takes every ring's new rows as one array every few seconds (sooner when a
+   quarter of a ring fills), minimises them, seals batches (the same metadata, index and encryption as the
+   agent's writer) and sends what one look sealed back in one message: each wake-up of another process or
+   thread on a busy device costs the serving threads too, so there are few.
 4. **The link** (:mod:`~.link`): the agent's end — starting the process, one ring per stream, the thread that
    takes the sealed batches to the capture service (which audits them and hands them to the uploader or the
    spool, within the quota, as its own), and the process's end: a crash closes every ring, the records go
