@@ -149,6 +149,23 @@ def test_each_version_and_layout_is_a_stream_of_its_own(tmp_path: Path) -> None:
     assert not svc.last_error
 
 
+def test_a_batch_is_sealed_within_batch_interval_of_its_first_record(tmp_path: Path) -> None:
+    """The sealer looks every quarter of the shortest batch.interval and seals a batch at the last look before
+    the interval ends, not at the first after it: plaintext stays in memory no longer than the policy says."""
+    campaign = Campaign()
+    svc = CaptureService(tmp_path / "state", "dev-1")
+    svc.configure({"mm": campaign.policy(batch={"records": 256, "interval": "2s"})})
+    try:
+        t0 = time.monotonic()
+        _serve(svc, [LAYOUTS["vector"](i) for i in range(3)])
+        wait_until(lambda: svc.counts["sealed"] == 1, 10, "the batch sealed by its interval")
+        elapsed = time.monotonic() - t0
+    finally:
+        svc.close()
+    assert [e["records"] for e in svc.spool.audit.read() if e["event"] == "sealed"] == [3]
+    assert 1.0 <= elapsed <= 2.0 + 0.7  # (a look every 0.5 s; the slack: its way to the agent on a busy machine)
+
+
 def test_close_seals_every_record_the_rings_hold(tmp_path: Path) -> None:
     campaign = Campaign()
     svc = CaptureService(tmp_path / "state", "dev-1")
