@@ -41,10 +41,13 @@ def _capture(campaign: Campaign, **over: Any) -> dict[str, Any]:
     return {"capture": campaign.section(**{"batch": {"records": 3}, **over})}
 
 
-def test_policy_from_git_captures_reports_and_is_erased_on_request(world: World, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sealer", ["process", "thread"])
+def test_policy_from_git_captures_reports_and_is_erased_on_request(world: World, tmp_path: Path,
+                                                                     sealer: str) -> None:
     campaign = Campaign()
     world.commit_fleet("1.0.0", deployment=_capture(campaign))
-    cfg_path = world.agent_config(tmp_path / "dev")
+    # (the agent config's capture.sealer: records sealed by a process of their own, or by the agent's writer)
+    cfg_path = world.agent_config(tmp_path / "dev", extra={"capture": {"sealer": sealer}})
     agent = Agent(load_agent_config(cfg_path))
     agent.boot()
     try:
@@ -59,6 +62,8 @@ def test_policy_from_git_captures_reports_and_is_erased_on_request(world: World,
         assert not list(validator("DeviceStatus").iter_errors(doc))
         cap = doc["status"]["capture"]
         assert cap["endpoints"] == [ENDPOINT] and cap["pendingBatches"] == 2 and cap["capturedRecords"] == 7
+        assert cap["sealer"] == sealer
+        assert (svc._sealer is not None) == (sealer == "process")  # (thread: no second process)
         batches = sorted((agent.config.state_dir / "capture" / "batches").glob("*.mfcap"))
         meta = open_batch(batches[0].read_bytes(), campaign.private).meta
         assert (meta["device"], meta["endpoint"], meta["modelVersion"]) == ("dev-1", ENDPOINT, "1.0.0")
