@@ -33,7 +33,6 @@ class _Uploader:
         # ones bounded by HANDOFF_BATCHES and HANDOFF_BYTES, one more being sent); it reaches the spool only if
         # the upload fails or the bound is reached.
         self.waiting: list[_Sealed] = []
-        self.waiting_bytes = 0
         self.lock_waiting = threading.Lock()  # (the placing thread appends, this uploader takes them all)
         self.inflight: _Sealed | None = None
 
@@ -41,11 +40,11 @@ class _Uploader:
         """Queue ``sealed`` to be sent from memory: False when backing off (``now``: time.monotonic()) or full.
         (Under the lock that :meth:`back_off` takes: a batch handed over as an upload fails waits in the spool.)"""
         with self.lock_waiting:
-            if self.next_try > now or (self.waiting and (len(self.waiting) >= HANDOFF_BATCHES
-                                                         or self.waiting_bytes + len(sealed.data) > HANDOFF_BYTES)):
+            waiting = self.waiting
+            if self.next_try > now or (waiting and (len(waiting) >= HANDOFF_BATCHES or sum(
+                    len(x.data) for x in waiting) + len(sealed.data) > HANDOFF_BYTES)):
                 return False
-            self.waiting.append(sealed)
-            self.waiting_bytes += len(sealed.data)
+            waiting.append(sealed)
         self.wake.set()
         return True
 
@@ -60,20 +59,17 @@ class _Uploader:
         with self.lock_waiting:
             if sealed in self.waiting:
                 self.waiting.remove(sealed)
-                self.waiting_bytes -= len(sealed.data)
 
     def take_waiting(self) -> list[_Sealed]:
         """The batches handed over and not sent yet, which the caller now holds (emptied)."""
         with self.lock_waiting:
-            got, self.waiting, self.waiting_bytes = self.waiting, [], 0
+            got, self.waiting = self.waiting, []
         return got
 
     def next_waiting(self) -> _Sealed | None:
         """The oldest batch waiting, now the one being sent (``inflight``), or None."""
         with self.lock_waiting:
             sealed = self.inflight = self.waiting.pop(0) if self.waiting else None
-            if sealed is not None:
-                self.waiting_bytes -= len(sealed.data)
         return sealed
 
     def held(self) -> list[_Sealed]:

@@ -471,15 +471,16 @@ class CaptureService(Retention, UploadWalks, SealerSide):
         M_RECORDS.labels(endpoint, trigger).inc(n)
 
     def _hand_off(self, sealed: _Sealed, policy: CapturePolicy) -> bool:
-        """Give the batch to its destination's uploader to send from memory, when its hand-off list has room
-        (:data:`~.handoff.HANDOFF_BATCHES`, :data:`~.handoff.HANDOFF_BYTES`), it is not backing off, uploads are allowed now, and
-        none of its endpoints' batches wait in the spool (oldest first holds). Writing a batch to flash only to
-        delete it a moment later costs CPU and wear."""
+        """Give the batch to its destination's uploader to send from memory, when uploads are allowed now, none
+        of its endpoints' batches wait in the spool (oldest first holds), and the uploader is not backing off and
+        has room (:data:`~.handoff.HANDOFF_BATCHES`, :data:`~.handoff.HANDOFF_BYTES`; both checked by
+        :meth:`~.handoff._Uploader.hand_over`, under the lock its back-off takes). Writing a batch to flash only
+        to delete it a moment later costs CPU and wear."""
         dest = self._dests.get(sealed.endpoint)
         if dest is None or not self._started or self._stop.is_set():
             return False
         u = self._uploaders.get(dest.describe())
-        if u is None or u.next_try > time.monotonic():
+        if u is None:
             return False
         if not upload_allowed(policy, idle_seconds=time.monotonic() - self.last_request,
                               window_open=self._window_open(policy.window)):

@@ -42,7 +42,7 @@ class RowRing:
         self.size = layout.itemsize
         self.ctrl = memoryview(mm)[:CTRL_BYTES].cast("Q")
         self.rows = np.ndarray((capacity,), layout.dtype(), buffer=mm, offset=CTRL_BYTES)
-        fields = layout.fields()
+        fields = layout.fields
         n_in = len(layout.inputs)
         self._ins = tuple((name[2:], dt, shape, at, at + n) for name, dt, shape, at, n in fields[:n_in])
         self._outs = tuple((name[2:], dt, shape, at, at + n) for name, dt, shape, at, n in fields[n_in:])

@@ -41,13 +41,10 @@ class RowLayout:
     inputs: tuple[Tensor, ...]
     outputs: tuple[Tensor, ...]
 
+    @functools.cached_property
     def fields(self) -> list[tuple[str, np.dtype, tuple[int, ...], int, int]]:
         """(field name, dtype, shape, offset, bytes) per tensor, inputs first (fields ``i:name``, ``o:name``)."""
-        return self._fields
-
-    @functools.cached_property
-    def _fields(self) -> list[tuple[str, np.dtype, tuple[int, ...], int, int]]:
-        # (cached: the sealer unpacks with it at every batch; not a field, so not in eq or hash)
+        # (cached: the sealer unpacks with it at every batch; not a dataclass field, so not in eq or hash)
         out, at = [], HEAD_BYTES
         for side, tensors in (("i", self.inputs), ("o", self.outputs)):
             for name, dtype, shape in tensors:
@@ -58,12 +55,12 @@ class RowLayout:
 
     @functools.cached_property
     def itemsize(self) -> int:
-        f = self.fields()
+        f = self.fields
         return -(-(f[-1][3] + f[-1][4]) // ALIGN) * ALIGN if f else HEAD_BYTES
 
     def dtype(self) -> np.dtype:
         """The rows' numpy structured dtype."""
-        f = self.fields()
+        f = self.fields
         return np.dtype({"names": ["t", "trig"] + [x[0] for x in f],
                          "formats": ["<f8", "u1"] + [(x[1], x[2]) for x in f],
                          "offsets": [0, 8] + [x[3] for x in f], "itemsize": self.itemsize})
@@ -96,7 +93,7 @@ def unpack(rows: np.ndarray, layout: RowLayout) -> tuple[dict[str, np.ndarray], 
     """``n`` rows as (inputs, outputs) concatenated along each tensor's first axis, the times and the
     triggers."""
     sides: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] = ({}, {})
-    for field, _dtype, shape, _at, _n in layout.fields():
+    for field, _dtype, shape, _at, _n in layout.fields:
         col = rows[field]
         arr = np.ascontiguousarray(col.reshape((-1, *shape[1:])) if shape else col)
         sides[0 if field[0] == "i" else 1][field[2:]] = arr
