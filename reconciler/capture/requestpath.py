@@ -57,8 +57,7 @@ class CaptureObserver:
         if plan.sample_only:  # the common case: one draw, nothing else unless this request is captured
             if svc.rand() < plan.rate:
                 ring = self.stream  # (the sealer process's ring: one copy, done; else the service decides)
-                if ring is None or ring.put(svc.clock(), _SAMPLED_CODE, feeds, outputs if plan.outputs else _EMPTY,
-                                            self) != 1:
+                if ring is None or ring.put(svc.clock(), _SAMPLED_CODE, feeds, outputs if plan.outputs else _EMPTY) != 1:
                     svc.offer(self, SAMPLED, feeds, outputs if plan.outputs else _EMPTY)
             return
         policy = plan.policy

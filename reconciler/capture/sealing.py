@@ -21,11 +21,11 @@ import numpy as np
 from prometheus_client import Counter
 
 from reconciler.capture.handoff import _Sealed
-from reconciler.capture.policy import SAMPLED, CapturePolicy, backoff_delay
+from reconciler.capture.policy import CapturePolicy, backoff_delay
 from reconciler.capture.requestpath import CaptureObserver
 from reconciler.capture.sealer.link import SealerProcess
-from reconciler.capture.sealer.ring import Pending, RowRing
-from reconciler.capture.sealer.rows import TRIGGERS, layout_of
+from reconciler.capture.sealer.ring import RowRing
+from reconciler.capture.sealer.rows import layout_of
 
 log = logging.getLogger("reconciler.capture")
 
@@ -64,15 +64,6 @@ class SealerSide(abc.ABC):
     @abc.abstractmethod
     def _count_captured(self, endpoint: str, trigger: str, n: int) -> None:
         """``n`` records kept (``capturedRecords`` and the records metric); CaptureService's."""
-
-    @abc.abstractmethod
-    def _count_drops(self, endpoint: str, n: int) -> None:
-        """``n`` records of ``endpoint`` dropped (no room); CaptureService's."""
-
-    @abc.abstractmethod
-    def _enqueue(self, obs: CaptureObserver, trigger: str, feeds: dict[str, np.ndarray],
-                 outputs: dict[str, np.ndarray], t: float | None = None) -> None:
-        """Into the agent's own queue (the writer seals it); CaptureService's."""
 
     @abc.abstractmethod
     def drain(self) -> None: ...
@@ -138,8 +129,7 @@ class SealerSide(abc.ABC):
             if not self.policies or self._stop.is_set() or time.monotonic() < self._sealer_restart_at:
                 return
             sealer = SealerProcess(on_sealed=self._sealed_by_child, on_taken=self._taken_by_child,
-                                   on_error=self._sealer_error, on_exit=self._sealer_ended,
-                                   on_dropped=self._count_drops, on_refused=self._refused_by_ring)
+                                   on_error=self._sealer_error, on_exit=self._sealer_ended)
             self._sealer_started = time.monotonic()
             why = sealer.start()
             if why is not None:
@@ -159,15 +149,6 @@ class SealerSide(abc.ABC):
             self._store(_Sealed(endpoint, header, data, str(header.get("keyId"))), now)
             return
         self._place(endpoint, policy, header, data, now)
-
-    def _refused_by_ring(self, ring: RowRing, refused: list[Pending]) -> None:
-        """Records a stream's ring found of another layout when it copied them (a client that changed its batch
-        size, a request for fewer outputs): to the agent's queue, and their observers look for the stream of
-        their layout at their next record."""
-        for t, code, inputs, outputs, obs in refused:
-            if obs.stream is ring:
-                obs.stream = None
-            self._enqueue(obs, TRIGGERS[code - 1] if 0 < code <= len(TRIGGERS) else SAMPLED, inputs, outputs, t)
 
     def _taken_by_child(self, taken: dict[tuple[str, str], int]) -> None:
         for (endpoint, trigger), n in taken.items():

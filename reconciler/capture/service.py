@@ -61,7 +61,7 @@ from reconciler.capture.policy import (
 )
 from reconciler.capture.requestpath import CaptureObserver, _Plan
 from reconciler.capture.retention import Retention
-from reconciler.capture.sealer.ring import PUT
+from reconciler.capture.sealer.ring import FULL, PUT
 from reconciler.capture.sealer.rows import TRIGGER_CODE
 from reconciler.capture.sealing import SealerSide
 from reconciler.capture.spool import Spool
@@ -259,21 +259,25 @@ class CaptureService(Retention, UploadWalks, SealerSide):
     def offer(self, obs: CaptureObserver, trigger: str, feeds: dict[str, np.ndarray],
               outputs: dict[str, np.ndarray]) -> None:
         ring = obs.stream  # the sealer's ring the observer's last record went to
-        for _ in range(2):  # that ring, then the one for this record's layout (when that one closed)
+        for _ in range(2):  # that ring, then the one for this record's layout (another layout, or it closed)
             if ring is None and (ring := self._stream_for(obs, feeds, outputs)) is None:
                 break
-            if ring.put(self.clock(), TRIGGER_CODE.get(trigger, 1), feeds, outputs, obs) == PUT:
+            got = ring.put(self.clock(), TRIGGER_CODE.get(trigger, 1), feeds, outputs)
+            if got == PUT:
                 obs.stream = ring
+                return
+            if got == FULL:
+                self._count_drop(obs.endpoint)
                 return
             obs.stream = ring = None
         self._enqueue(obs, trigger, feeds, outputs)
 
-    def _count_drops(self, endpoint: str, n: int) -> None:
+    def _count_drop(self, endpoint: str) -> None:
         with self._queue_lock:
-            self.dropped[endpoint] = self.dropped.get(endpoint, 0) + n
+            self.dropped[endpoint] = self.dropped.get(endpoint, 0) + 1
 
     def _enqueue(self, obs: CaptureObserver, trigger: str, feeds: dict[str, np.ndarray],
-                 outputs: dict[str, np.ndarray], t: float | None = None) -> None:
+                 outputs: dict[str, np.ndarray]) -> None:
         """The agent's own queue (``sealer: thread``, and records the sealer process cannot take)."""
         if not feeds and not outputs:
             return  # nothing to keep (checked here, where the mappings are in hand, not in the writer)
@@ -282,8 +286,7 @@ class CaptureService(Retention, UploadWalks, SealerSide):
             size += a.nbytes
         for a in outputs.values():
             size += a.nbytes
-        if t is None:
-            t = self.clock()
+        t = self.clock()
         with self._queue_lock:
             if len(self.queue) >= self.queue_max or self.queued_bytes + size > QUEUE_MAX_BYTES:
                 self.dropped[obs.endpoint] = self.dropped.get(obs.endpoint, 0) + 1
@@ -351,8 +354,6 @@ class CaptureService(Retention, UploadWalks, SealerSide):
             t0 = time.thread_time()
             self._safe(self.drain)
             self._safe(self.flush)
-            if (sealer := self._sealer) is not None:
-                self._safe(sealer.commit)  # (what waits on the rings' agent side: the sealer sees it at its look)
             if self.sealer_mode == "process" and (self._sealer is None) == bool(self.policies):
                 # (after a crash, once its back-off has passed; or capture has been off a while: it ends)
                 self._safe(self._ensure_sealer, False)

@@ -15,7 +15,6 @@ the process ended and how many records were in its rings unsealed.
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import os
 import socket
@@ -30,7 +29,7 @@ from multiprocessing.reduction import send_handle
 from typing import Any
 
 from reconciler.capture.policy import CapturePolicy
-from reconciler.capture.sealer.ring import Pending, RowRing
+from reconciler.capture.sealer.ring import RowRing
 from reconciler.capture.sealer.rows import RowLayout
 from reconciler.core.children import exit_description, python_child_env
 
@@ -65,11 +64,8 @@ class SealerProcess:
 
     def __init__(self, *, on_sealed: Callable[[str, dict[str, Any], bytes], None],
                  on_taken: Callable[[dict[tuple[str, str], int]], None],
-                 on_error: Callable[[str], None], on_exit: Callable[[str, int], None],
-                 on_dropped: Callable[[str, int], None] | None = None,
-                 on_refused: Callable[[RowRing, list[Pending]], None] | None = None) -> None:
+                 on_error: Callable[[str], None], on_exit: Callable[[str, int], None]) -> None:
         self._on_sealed, self._on_taken = on_sealed, on_taken
-        self._on_dropped, self._on_refused = on_dropped, on_refused
         self._on_error, self._on_exit = on_error, on_exit
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
@@ -132,18 +128,10 @@ class SealerProcess:
     def backlog(self) -> int:
         """Rows written to the rings that the child has not taken yet."""
         with self._lock:
-            return sum(ring.waiting for _sid, ring in self._streams.values() if not ring.closed)
-
-    def commit(self) -> None:
-        """Copy the records the rings hold on the agent's side into their rows (the writer's pass; flush, wake)."""
-        with self._lock:
-            rings = [ring for _sid, ring in self._streams.values() if ring.pending]
-        for ring in rings:
-            ring.commit()
+            return sum(int(ring.ctrl[0] - ring.ctrl[1]) for _sid, ring in self._streams.values() if not ring.closed)
 
     def wake(self) -> None:
         """Have the child look at its rings now, not at its next look (tests, the bench)."""
-        self.commit()
         with self._lock:
             if self._wake_w is not None:
                 with contextlib.suppress(OSError):  # (full: it has wake-ups waiting already)
@@ -196,9 +184,6 @@ class SealerProcess:
                 ring, fd = RowRing.create(layout, self._wake_w)
             except (OSError, AttributeError, ValueError):  # AttributeError: no memfd_create (not Linux)
                 return None
-            if self._on_dropped is not None:
-                ring.on_dropped = functools.partial(self._on_dropped, endpoint)
-            ring.on_refused = self._on_refused
             try:
                 sid = next(self._sids)
                 conn = self._conn
@@ -219,7 +204,6 @@ class SealerProcess:
     def flush(self, timeout: float = FLUSH_TIMEOUT) -> bool:
         """Seal every stream's rows now; True once the child's batches are all handed to ``on_sealed``."""
         token = next(self._tokens)
-        self.commit()
         if not self._send("flush", token):
             return False
         with self._flushed:
