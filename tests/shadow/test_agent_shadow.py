@@ -326,7 +326,10 @@ def test_capture_beside_a_shadow_seals_only_live_answers_and_each_samples_on_its
         assert sh["mirrored"] == round(100.0 * sh["requests"] / 40, 2)
         assert 4.9 < sh["outputs"]["output"]["maxAbsError"] < 5.1  # the candidate really ran on them
         svc = agent.c.capture
-        wait_until(lambda: svc.counts["captured"] == 40 and svc.counts["sealed"] == 8, 20, "eight sealed batches")
+        # (in the spool once the uploader's first try failed: nothing listens at the destination; until then the
+        # uploader holds them in memory)
+        wait_until(lambda: svc.counts["captured"] == 40 and svc.counts["sealed"] == 8 and len(svc.spool.list()) == 8,
+                   20, "eight sealed batches in the spool")
         batches = sorted((agent.config.state_dir / "capture" / "batches").glob("*.mfcap"))
         opened = [open_batch(p.read_bytes(), campaign.private, name=p.name) for p in batches]
         captured_in = np.concatenate([b.arrays["input"] for b in opened])
