@@ -304,6 +304,30 @@ def test_the_sealer_runs_only_while_a_policy_is_enabled(tmp_path: Path, monkeypa
         svc.close()
 
 
+def test_the_policies_reach_the_sealer_only_when_they_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    campaign = Campaign()
+    svc = CaptureService(tmp_path / "state", "dev-1")
+    try:
+        svc.configure({"mm": campaign.policy()})
+        sealer = svc._sealer
+        assert sealer is not None
+        sent: list[str] = []
+        send = sealer._send
+        monkeypatch.setattr(sealer, "_send", lambda *msg: sent.append(msg[0]) or send(*msg))
+        for _ in range(5):  # every reconcile pass configures capture, with policies parsed again: equal ones
+            svc.configure({"mm": campaign.policy()})
+        assert sent == []  # (each message wakes the sealer process)
+        svc.configure({})
+        for _ in range(3):  # the writer's passes while capture is off and the process waits out its idle time
+            svc._ensure_sealer(False)
+        assert sent == ["config"]
+        svc.configure({"mm": campaign.policy()})
+        svc.configure({"mm": campaign.policy(sampleRate=0.5)})
+        assert sent == ["config"] * 3
+    finally:
+        svc.close()
+
+
 def test_a_sealer_that_stops_reading_is_replaced_not_waited_for(tmp_path: Path) -> None:
     """A stopped (or stuck) sealer's socket fills; the send that finds no room within SEND_TIMEOUT fails, and
     the process is killed and reported instead of holding up the agent."""

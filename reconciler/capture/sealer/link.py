@@ -152,9 +152,12 @@ class SealerProcess:
     def configure(self, device: str, policies: Mapping[str, CapturePolicy]) -> None:
         """The enabled policies (sent now, or once the child is ready); streams of other endpoints end."""
         with self._config_lock:
-            self._config = (device, dict(policies))
-            if self.ready.is_set():
-                self._send("config", device, dict(policies))
+            config = (device, dict(policies))
+            # (unchanged: not sent again. The agent configures at every reconcile pass, and the writer every second
+            # while capture is off and the process waits out its idle time: each send would wake the child)
+            changed, self._config = config != self._config, config
+            if changed and self.ready.is_set():
+                self._send("config", *config)
         now = time.monotonic()
         with self._lock:
             ended = []
