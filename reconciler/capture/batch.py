@@ -101,9 +101,14 @@ _PLAIN_TRIGGER = re.compile(r"[A-Za-z]{1,32}")
 def _index_json(record_index: Sequence[tuple[float, str, int]]) -> str:
     """``[{"rows":…,"time":…,"trigger":…}, …]`` as JSON, for (time, trigger, rows) tuples: what ``json.dumps``
     of those dicts (time rounded to ms) says, at a third of its cost (a batch holds up to 100,000 records)."""
-    if not all(_PLAIN_TRIGGER.fullmatch(trigger) for trigger in {r[1] for r in record_index}):
+    triggers = {r[1] for r in record_index}
+    if not all(_PLAIN_TRIGGER.fullmatch(trigger) for trigger in triggers):
         return json.dumps([{"rows": n, "time": round(t, 3), "trigger": trigger} for t, trigger, n in record_index],
                           separators=(",", ":"))
+    rows = {r[2] for r in record_index}
+    if len(triggers) == 1 and len(rows) == 1:  # the common batch (sampled, one row each): one format for all
+        entry = f'{{"rows":{int(rows.pop()):d},"time":%.3f,"trigger":"{triggers.pop()}"}}'
+        return "[" + ",".join([entry] * len(record_index)) % tuple([r[0] for r in record_index]) + "]"
     return "[" + ",".join([f'{{"rows":{n:d},"time":{t:.3f},"trigger":"{trigger}"}}'
                            for t, trigger, n in record_index]) + "]"
 

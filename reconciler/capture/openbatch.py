@@ -24,6 +24,7 @@ RECORD_META_BYTES = 64  # what a record adds to its batch besides its arrays (it
 Entry = tuple[Any, str, dict[str, np.ndarray], dict[str, np.ndarray], float, int]
 TRIGGER, INPUTS, OUTPUTS, TIME, SIZE = itemgetter(1), itemgetter(2), itemgetter(3), itemgetter(4), itemgetter(5)
 _DTYPE, _NDIM = attrgetter("dtype"), attrgetter("ndim")
+_ROWS = itemgetter(2)  # of an index entry (time, trigger, rows)
 
 
 @dataclass
@@ -54,7 +55,7 @@ def batch_meta(*, batch_id: str, device: str, endpoint: str, model: str, version
         "id": batch_id, "device": device, "endpoint": endpoint, "model": model, "modelVersion": version,
         "campaign": policy.campaign, "purpose": policy.purpose,
         "start": round(index[0][0], 3), "end": round(index[-1][0], 3), "records": len(index),
-        "rows": sum(r[2] for r in index), "triggers": dict(Counter(triggers)),
+        "rows": sum(map(_ROWS, index)), "triggers": dict(Counter(triggers)),
         "redactions": [{"input": r.input, "columns": list(r.columns), "action": r.action} for r in policy.redactions],
     }
 

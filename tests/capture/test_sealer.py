@@ -333,15 +333,16 @@ def test_a_sealer_that_stops_reading_is_replaced_not_waited_for(tmp_path: Path) 
     the process is killed and reported instead of holding up the agent."""
     campaign = Campaign()
     svc = CaptureService(tmp_path / "state", "dev-1")
-    policies = {f"ep-{i}": campaign.policy(purpose="x" * 400) for i in range(40)}  # a config message of ~40 KB
+    policies = [{f"ep-{i}": campaign.policy(purpose="x" * 400, sampleRate=rate) for i in range(40)}
+                for rate in (0.5, 1.0)]  # a config message of ~40 KB
     try:
-        svc.configure(policies)
+        svc.configure(policies[0])
         pid = _sealer_pid(svc)
         os.kill(pid, signal.SIGSTOP)
         slowest = 0.0
-        for _ in range(200):  # the agent's passes go on, each sending the policies
+        for k in range(200):  # the agent's passes go on, each sending policies that changed
             t0 = time.monotonic()
-            svc.configure(policies)
+            svc.configure(policies[(k + 1) % 2])
             slowest = max(slowest, time.monotonic() - t0)
             if svc.status().get("sealerExits"):
                 break

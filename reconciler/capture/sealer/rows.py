@@ -23,6 +23,7 @@ from reconciler.capture.policy import DRIFT, LOW_CONFIDENCE, REJECTED, SAMPLED
 #: A trigger's code in a row (index + 1; 0 is never written).
 TRIGGERS = (SAMPLED, LOW_CONFIDENCE, DRIFT, REJECTED)
 TRIGGER_CODE = {t: i + 1 for i, t in enumerate(TRIGGERS)}
+_TRIGGER_NAMES = np.array((SAMPLED, *TRIGGERS), dtype=object)  # by code (0, never written, and unknown: sampled)
 #: A record larger than this goes the in-agent way (a row per record must stay small next to its ring).
 MAX_ROW_BYTES = 256 * 1024
 #: Tensors per record a row carries (more: the in-agent way).
@@ -98,7 +99,7 @@ def unpack(rows: np.ndarray, layout: RowLayout) -> tuple[dict[str, np.ndarray], 
         arr = np.ascontiguousarray(col.reshape((-1, *shape[1:])) if shape else col)
         sides[0 if field[0] == "i" else 1][field[2:]] = arr
     trig = rows["trig"]
-    triggers = [TRIGGERS[c - 1] if 0 < c <= len(TRIGGERS) else SAMPLED for c in trig.tolist()]
+    triggers = _TRIGGER_NAMES[np.where(trig <= len(TRIGGERS), trig, 0)].tolist()
     return sides[0], sides[1], rows["t"].astype(np.float64), triggers
 
 
