@@ -121,15 +121,23 @@ def _server(index: int, tmp: Path, public: bytes, sealer: str, conn: Any) -> Non
                 time.sleep(0.01)
             waited += time.thread_time() - t0
             per_thread: dict[str, float] = {"sealer process": getattr(svc, "sealer_cpu_seconds", 0.0)}
+            switches: dict[str, int] = {}
             for t in threading.enumerate():
                 if t.ident is not None and t is not threading.main_thread():
                     name = "serving" if t.name.startswith("modelfleet-serving") else t.name.rstrip("0123456789-")
+                    if name == "serving":  # its context switches: voluntary ones are GIL (and I/O) waits
+                        with contextlib.suppress(OSError):
+                            with open(f"/proc/self/task/{t.native_id}/status") as fh:
+                                for line in fh:
+                                    if "ctxt_switches:" in line:
+                                        key, value = line.split(":")
+                                        switches[key] = switches.get(key, 0) + int(value)
                     with contextlib.suppress(OSError):  # (a thread that just ended)
                         per_thread[name] = per_thread.get(name, 0.0) + time.clock_gettime(
                             time.pthread_getcpuclockid(t.ident))
             # (the sealer process's CPU is not in this process's getrusage: added)
             conn.send((_cpu() - waited + per_thread["sealer process"], svc.cpu_seconds, svc.counts["captured"],
-                       per_thread.get("serving", 0.0), per_thread))
+                       per_thread.get("serving", 0.0), per_thread, switches))
             continue
         with reg.get("m") as m:
             # Inline-or-pool is decided from each load's warm-up p50, which a loaded machine makes differ
@@ -215,6 +223,8 @@ def main() -> None:
             st["cpu_us_per_req"] = (c1[k][0] - c0[k][0]) / n * 1e6
             st["serving_thread_cpu_us_per_req"] = (c1[k][3] - c0[k][3]) / n * 1e6
             st["requests"] = len(got[k])
+            for key in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"):
+                st[key] = (c1[k][5].get(key, 0) - c0[k][5].get(key, 0)) / n
             runs[role].append(st)
             if role == "on":
                 capture_cpu += c1[k][1] - c0[k][1]
@@ -257,6 +267,11 @@ def main() -> None:
             paired("on", "off", "serving_thread_cpu_us_per_req")), 4),
         "aa_off2_vs_off_serving_thread_cpu_paired_median": round(statistics.median(
             paired("off2", "off", "serving_thread_cpu_us_per_req")), 4),
+        # the serving thread's context switches per request: voluntary ones (waits for the GIL, for I/O) would
+        # show capture's threads holding it up; involuntary ones are the scheduler's (the load on the cores)
+        "serving_thread_switches_per_req_median": {
+            key.split("_")[0]: {k: round(statistics.median(r[key] for r in v), 4) for k, v in runs.items()}
+            for key in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")},
         "rps_median": {k: statistics.median(r["rps"] for r in v) for k, v in runs.items()},
         "p99_us_median": {k: statistics.median(r["p99_us"] for r in v) for k, v in runs.items()},
         "errors": sum(r["errors"] for v in runs.values() for r in v),
