@@ -65,6 +65,15 @@ def _cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def _context_switches(native_id: int | None) -> dict[str, int]:
+    """A thread's ``voluntary_ctxt_switches`` and ``nonvoluntary_ctxt_switches`` ({} once it ended)."""
+    try:
+        with open(f"/proc/self/task/{native_id}/status") as fh:
+            return {k: int(v) for k, v in (line.split(":") for line in fh if "ctxt_switches:" in line)}
+    except OSError:
+        return {}
+
+
 def _policy(public: bytes, directory: Path) -> dict[str, Any]:
     return {"enabled": True, "purpose": "bench", "campaign": "bench", "recipient": base64.b64encode(public).decode(),
             "sampleRate": RATE, "maxBytes": 256 * 1024 * 1024, "retention": "1d", "batch": {"records": 256},
@@ -126,12 +135,8 @@ def _server(index: int, tmp: Path, public: bytes, sealer: str, conn: Any) -> Non
                 if t.ident is not None and t is not threading.main_thread():
                     name = "serving" if t.name.startswith("modelfleet-serving") else t.name.rstrip("0123456789-")
                     if name == "serving":  # its context switches: voluntary ones are GIL (and I/O) waits
-                        with contextlib.suppress(OSError):
-                            with open(f"/proc/self/task/{t.native_id}/status") as fh:
-                                for line in fh:
-                                    if "ctxt_switches:" in line:
-                                        key, value = line.split(":")
-                                        switches[key] = switches.get(key, 0) + int(value)
+                        for key, value in _context_switches(t.native_id).items():
+                            switches[key] = switches.get(key, 0) + value
                     with contextlib.suppress(OSError):  # (a thread that just ended)
                         per_thread[name] = per_thread.get(name, 0.0) + time.clock_gettime(
                             time.pthread_getcpuclockid(t.ident))
