@@ -22,6 +22,8 @@
 #   prometheus                 a real Prometheus scrapes an agent, promtool checks the rules (tests/monitoring)
 #   curl                       docs/quickstart.md's commands, run as written
 #   procps                     ps, for the tests that check which processes are left running
+#   gcc, libc6-dev, python3-dev  compile capture's C ring writer at install (hatch_build.py; without them the
+#                              package is pure Python and tests/capture/test_ring_writer.py fails for the C one)
 #   podman, runc, debootstrap  tests/packaging/test_image.py builds deploy/container/Dockerfile on a Debian base
 #                              made with debootstrap (no container registry needed) and runs the agent in it
 #                              (runc: crun, podman's default runtime, refuses hosts with hybrid cgroups)
@@ -64,6 +66,9 @@ if [ "$what" = test ]; then
   have podman || need+=(podman)
   have_sbin runc || need+=(runc)
   have_sbin debootstrap || need+=(debootstrap)
+  have gcc || need+=(gcc libc6-dev)
+  python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.isfile(sysconfig.get_paths()["include"] + "/Python.h"))' \
+    2>/dev/null || need+=(python3-dev)
 fi
 
 if [ ${#need[@]} -eq 0 ]; then

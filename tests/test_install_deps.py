@@ -68,7 +68,7 @@ def _installed(tmp: Path) -> list[str]:
 
 
 ALL = ["make", "git", "git-daemon", "python3", "ssh-keygen", "gpg", "sshd", "nginx", "fcgiwrap", "openssl", "tinyproxy",
-       "systemd-analyze", "chromium", "prometheus", "promtool", "curl", "ps", "podman", "runc", "debootstrap"]
+       "systemd-analyze", "chromium", "prometheus", "promtool", "curl", "ps", "podman", "runc", "debootstrap", "gcc"]
 
 
 def test_nothing_missing_means_no_apt_get(tmp_path: Path) -> None:

@@ -40,6 +40,21 @@ def test_build_gives_a_wheel_with_the_schemas_and_an_sdist_with_the_sources(dist
     assert not [n for n in names if n.startswith("tests/")]
     members = {m.split("/", 1)[1] for m in tarfile.open(dist.sdist).getnames() if "/" in m}
     assert {"pyproject.toml", "schemas/deployment.schema.json", "reconciler/cli/main.py"} <= members
+    # capture's C ring writer: its source in the sdist, compiled into the wheel (make test brings a compiler),
+    # and the wheel tagged for this interpreter and platform
+    assert {"hatch_build.py", "reconciler/capture/sealer/_ringput.c"} <= members
+    assert [n for n in names if n.startswith("reconciler/capture/sealer/_ringput.") and n.endswith(".so")]
+    assert not dist.wheel.name.endswith("-none-any.whl"), dist.wheel.name
+
+
+def test_the_wheels_capture_rings_are_written_by_the_c_writer(dist: Dist, tmp_path: Path) -> None:
+    code = ("import numpy as np, os; from reconciler.capture.sealer import ring; "
+            "from reconciler.capture.sealer.rows import layout_of; "
+            "x = {'x': np.ones((1, 4), np.float32)}; r, fd = ring.RowRing.create(layout_of(x, {})); "
+            "print(ring.NATIVE, r._writer is not None, r.put(1.0, 1, x, {}))")
+    r = subprocess.run([str(dist.python), "-c", code], cwd=tmp_path, env=clean_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "True", "1"]
 
 
 def test_the_installed_package_is_the_wheel_and_has_no_extras(dist: Dist, tmp_path: Path) -> None:

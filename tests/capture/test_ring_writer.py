@@ -1,0 +1,170 @@
+"""The ring's two writers — Python (``RowRing.put``) and C (``_ringput.Writer``, built at install when a compiler
+is there) — write the same bytes, refuse the same records, and keep every row whole under concurrent puts."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+
+from reconciler.capture.sealer import ring as ring_mod
+from reconciler.capture.sealer.ring import FULL, OTHER, PUT, RowRing
+from reconciler.capture.sealer.rows import TRIGGER_CODE, layout_of
+from tests.capture.test_sealer import LAYOUTS
+
+WRITERS = ("python", "native")
+
+
+def _native_built() -> None:
+    """The C writer is part of what `make test` installs (install-deps.sh brings gcc and the Python headers):
+    not built is a failure, unless the build was told not to build it."""
+    if ring_mod._ringput is None:
+        if os.environ.get("MODELFLEET_NATIVE") == "0":
+            pytest.skip("built with MODELFLEET_NATIVE=0: the C writer is not there by request")
+        pytest.fail("reconciler.capture.sealer._ringput is not built: reinstall with a C compiler and the Python "
+                    "headers (pip's build log names what was missing)")
+
+
+def _ring(layout: Any, writer: str, wake_fd: int | None = None) -> RowRing:
+    if writer == "native":
+        _native_built()
+    ring, fd = RowRing.create(layout, wake_fd, native=writer == "native")
+    os.close(fd)
+    assert (ring._writer is not None) == (writer == "native")
+    return ring
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_both_writers_write_the_same_bytes(name: str) -> None:
+    make = LAYOUTS[name]
+    records = [make(i) for i in range(9)]
+    layout = layout_of(*records[0])
+    assert layout is not None
+    rows: dict[str, bytes] = {}
+    for writer in WRITERS:
+        ring = _ring(layout, writer)
+        for i, (inputs, outputs) in enumerate(records):
+            code = TRIGGER_CODE["sampled" if i % 2 else "lowConfidence"]
+            assert ring.put(1_800_000_000.25 + i, code, inputs, outputs) == PUT
+        rows[writer] = bytes(ring.mm)  # (the shared file: take() copies fields, not the padding between them)
+        assert len(ring.take()) == 9  # type: ignore[arg-type]
+        assert ring.close() == 0
+        ring.release()
+    assert rows["python"] == rows["native"]
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_each_writer_refuses_what_the_layout_does_not_hold_and_a_full_ring_drops(writer: str) -> None:
+    inputs, outputs = LAYOUTS["vector"](1)
+    layout = layout_of(inputs, outputs)
+    assert layout is not None
+    ring = _ring(layout, writer)
+    refused = [
+        ({"x": np.zeros((1, 16), np.float64)}, outputs),  # dtype
+        ({"x": np.zeros((2, 16), np.float32)}, outputs),  # shape
+        ({"x": np.zeros((16,), np.float32)}, outputs),  # rank
+        ({"z": np.zeros((1, 16), np.float32)}, outputs),  # name
+        ({"x": np.zeros((1, 32), np.float32)[:, ::2]}, outputs),  # not contiguous
+        ({"x": np.zeros((1, 16), np.float32), "extra": np.zeros(1)}, outputs),  # one input too many
+        (inputs, {}),  # an output missing
+    ]
+    for ins, outs in refused:
+        assert ring.put(1.0, 1, ins, outs) == OTHER
+    assert ring.take() is None  # nothing was published
+    for _ in range(ring.capacity):
+        assert ring.put(1.0, 1, inputs, outputs) == PUT
+    assert ring.put(1.0, 1, inputs, outputs) == FULL
+    assert len(ring.take()) == ring.capacity  # type: ignore[arg-type]
+    assert ring.put(2.0, 1, inputs, outputs) == PUT
+    assert ring.close() == 1  # the row not taken yet
+    assert ring.put(3.0, 1, inputs, outputs) == OTHER  # closed: the caller takes the agent's queue
+    rows = ring.take()
+    assert rows is not None and rows["t"].tolist() == [2.0]
+    ring.release()
+    assert ring.mm.closed
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_an_equal_dtype_that_is_another_object_is_taken(writer: str) -> None:
+    """numpy has two int64 dtype objects on 64-bit Linux ('l' and 'q'): equal, not the same object."""
+    layout = layout_of({"x": np.zeros((1, 3), np.dtype("l"))}, {})
+    assert layout is not None and np.dtype("q") == np.dtype("l")
+    ring = _ring(layout, writer)
+    assert ring.put(1.0, 1, {"x": np.arange(3, dtype=np.dtype("q")).reshape(1, 3)}, {}) == PUT
+    rows = ring.take()
+    assert rows is not None and rows["i:x"].tolist() == [[[0, 1, 2]]]
+    ring.release()
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_the_sealer_is_woken_every_quarter_of_the_ring(writer: str) -> None:
+    inputs, outputs = LAYOUTS["vector"](1)
+    layout = layout_of(inputs, outputs)
+    assert layout is not None
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        ring = _ring(layout, writer, wake_fd=w)
+        quarter = ring._wake_mask + 1
+        for _ in range(quarter - 1):
+            ring.put(1.0, 1, inputs, outputs)
+        os.set_blocking(r, False)
+        with pytest.raises(BlockingIOError):
+            os.read(r, 16)
+        ring.put(1.0, 1, inputs, outputs)
+        assert os.read(r, 16) == b"w"
+        ring.close()
+        ring.release()
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_concurrent_puts_and_takes_keep_every_row_whole(writer: str) -> None:
+    """Four request threads put while the sealer's end takes: every row taken is one thread's record, whole
+    (its input, its output and its head agree), and every record put is taken once."""
+    layout = layout_of({"x": np.zeros((1, 64), np.float32)}, {"y": np.zeros((1, 8), np.int64)})
+    assert layout is not None
+    ring = _ring(layout, writer)
+    per_thread, done = 3000, threading.Event()
+    put: list[int] = []
+
+    def producer(k: int) -> None:
+        n = 0
+        for i in range(per_thread):
+            v = k * per_thread + i
+            if ring.put(float(v), 1 + k, {"x": np.full((1, 64), v, np.float32)},
+                        {"y": np.full((1, 8), v, np.int64)}) == PUT:
+                n += 1
+        put.append(n)
+
+    taken: list[np.ndarray] = []
+
+    def consumer() -> None:
+        while not done.is_set() or ring.ctrl[0] != ring.ctrl[1]:
+            rows = ring.take(limit=50)
+            if rows is not None:
+                taken.append(rows)
+
+    c = threading.Thread(target=consumer)
+    c.start()
+    threads = [threading.Thread(target=producer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done.set()
+    c.join(30)
+    rows = np.concatenate(taken)
+    assert len(rows) == sum(put) > 0
+    values = rows["t"].astype(np.int64)
+    assert (rows["trig"] == 1 + values // per_thread).all()
+    assert (rows["i:x"].reshape(len(rows), 64) == values[:, None]).all()
+    assert (rows["o:y"].reshape(len(rows), 8) == values[:, None]).all()
+    assert len(set(values.tolist())) == len(rows)
+    ring.close()
+    ring.release()
