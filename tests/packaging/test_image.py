@@ -195,6 +195,11 @@ def test_the_image_runs_the_agent_non_root_on_a_read_only_root_and_reports_healt
         uids = next(line.split()[1:] for line in status.splitlines() if line.startswith("Uid:"))
         assert set(uids) == {str(AGENT_UID)}
         assert run("exec", name, "id", "-u").stdout.strip() == str(AGENT_UID)
+        # Capture's ring writer was compiled into the wheel (the build stage's gcc; no compiler in the image).
+        native = run("exec", name, "/opt/modelfleet/bin/python", "-c",
+                     "from reconciler.capture.sealer import ring; print(ring.NATIVE)").stdout.strip()
+        assert native == "True"
+        assert run("exec", name, "sh", "-c", "command -v gcc cc", check=False).stdout.strip() == ""
         # Read-only root: nothing outside the state volume (and the runtime's tmpfs) is writable, for root too.
         for who in ([], ["--user", "0"]):
             denied = run("exec", *who, name, "touch", "/opt/modelfleet/x", check=False)
