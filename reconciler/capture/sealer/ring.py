@@ -6,7 +6,8 @@ pair — rows written (the agent's) and rows taken (the sealer's) — and ``capa
 (each tensor's dtype and shape), copies its bytes into the next row and bumps the written count: no header to
 build, no slot to claim, no object shared with another thread. The sealer takes every row written since it last
 looked as one numpy array. Producers in the agent (request threads, the serving workers' uplink) serialise on
-the ring's lock; the sealer is the only consumer. A full ring drops the record (counted by the caller): the
+the ring's lock (with the C writer below: on the GIL, a put being one call that runs no Python code); the
+sealer is the only consumer. A full ring drops the record (counted by the caller): the
 request path never waits for the sealer.
 
 The agent's end has two implementations of ``put`` and ``close``: this module's Python, and the same steps in C
@@ -91,6 +92,8 @@ class RowRing:
 
     def _go_native(self) -> None:
         """put and close become the C writer's, on the same memory (the Python ones are not used after)."""
+        if _ringput is None:
+            raise RuntimeError("capture ring: the C writer (_ringput) is not built")
         writer = _ringput.Writer(self.mm, CTRL_BYTES, self.capacity, self.size, np.ndarray,
                                  [(n, dt, shape, lo, hi - lo) for n, dt, shape, lo, hi in self._ins],
                                  [(n, dt, shape, lo, hi - lo) for n, dt, shape, lo, hi in self._outs],
