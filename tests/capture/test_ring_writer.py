@@ -99,6 +99,24 @@ def test_an_equal_dtype_that_is_another_object_is_taken(writer: str) -> None:
     ring.release()
 
 
+def test_a_c_writer_never_initialised_or_released_takes_nothing() -> None:
+    _native_built()
+    writer_type = ring_mod._ringput.Writer  # type: ignore[union-attr]
+    bare = writer_type.__new__(writer_type)
+    assert bare.put(1.0, 1, {}, {}) == OTHER and bare.close() == 0
+    with pytest.raises(TypeError):
+        bare.put(1.0, 1, {})
+    inputs, outputs = LAYOUTS["vector"](1)
+    ring = _ring(layout_of(inputs, outputs), "native")
+    writer = ring._writer
+    ring.release()
+    assert writer.put(1.0, 1, inputs, outputs) == OTHER  # (the mapping is gone: nothing is written)
+    with pytest.raises(ValueError):
+        writer_type(bytearray(100), 64, 1000, 96, np.ndarray, [], [], -1, 0)  # smaller than its geometry
+    with pytest.raises(ValueError):
+        writer_type(bytearray(64 + 96), 64, 1, 96, np.ndarray, [("x", np.dtype("f4"), (1, 30), 16, 120)], [], -1, 0)
+
+
 @pytest.mark.parametrize("writer", WRITERS)
 def test_the_sealer_is_woken_every_quarter_of_the_ring(writer: str) -> None:
     inputs, outputs = LAYOUTS["vector"](1)

@@ -253,7 +253,7 @@ writer_put(Writer *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "code is a byte");
         return NULL;
     }
-    if (self->closed)
+    if (self->closed || self->ctrl == NULL)  /* (closed, released, or never initialised) */
         return PyLong_FromLong(OTHER);
     uint64_t h = self->ctrl[0];
     uint64_t taken = __atomic_load_n(&self->ctrl[1], __ATOMIC_ACQUIRE);
