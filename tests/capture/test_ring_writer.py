@@ -186,3 +186,28 @@ def test_concurrent_puts_and_takes_keep_every_row_whole(writer: str) -> None:
     assert len(set(values.tolist())) == len(rows)
     ring.close()
     ring.release()
+
+
+def test_the_sealers_count_words_are_read_and_written_through_the_c_module() -> None:
+    """take() reads the rows-written count with acquire and writes the rows-taken one with release semantics (what
+    keeps a weakly ordered CPU from reading a row before its count): the same values as plain reads."""
+    _native_built()
+    ringput = ring_mod._ringput
+    assert ringput is not None
+    inputs, outputs = LAYOUTS["vector"](1)
+    ring = _ring(layout_of(inputs, outputs), "native")
+    for _ in range(5):
+        ring.put(1.0, 1, inputs, outputs)
+    assert ringput.load_acquire(ring.mm, 0) == 5 == ring.ctrl[0]
+    assert len(ring.take(limit=3)) == 3  # type: ignore[arg-type]
+    assert ringput.load_acquire(ring.mm, 1) == 3 == ring.ctrl[1]
+    ringput.store_release(ring.mm, 1, 4)
+    assert ring.ctrl[1] == 4 and len(ring.take()) == 1  # type: ignore[arg-type]
+    for bad in (-1, 2):
+        with pytest.raises(ValueError):
+            ringput.load_acquire(ring.mm, bad)
+    with pytest.raises(ValueError):
+        ringput.load_acquire(bytearray(8), 0)  # too short for the two words
+    with pytest.raises(BufferError):
+        ringput.store_release(bytes(16), 0, 1)  # read-only
+    ring.release()

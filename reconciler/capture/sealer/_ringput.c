@@ -314,9 +314,74 @@ static PyTypeObject WriterType = {
     .tp_new = PyType_GenericNew,
 };
 
+/* The sealer's end: the count words read with acquire and written with release semantics, so that on a weakly
+   ordered CPU (ARM) it never reads a row before the count that publishes it, nor hands a row back before its
+   copy of it is done. */
+static uint64_t *
+count_word(PyObject *buffer, Py_ssize_t index, Py_buffer *view, int flags)
+{
+    if (PyObject_GetBuffer(buffer, view, flags) < 0)
+        return NULL;
+    if (index < 0 || index > 1 || view->len < 16 || ((uintptr_t)view->buf) % 8) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_ValueError, "count word: index 0 or 1 of an aligned buffer of 16 bytes or more");
+        return NULL;
+    }
+    return (uint64_t *)view->buf + index;
+}
+
+static PyObject *
+load_acquire(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "load_acquire(buffer, index)");
+        return NULL;
+    }
+    Py_ssize_t index = PyLong_AsSsize_t(args[1]);
+    if (index == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer view;
+    uint64_t *word = count_word(args[0], index, &view, PyBUF_SIMPLE);
+    if (word == NULL)
+        return NULL;
+    uint64_t value = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLongLong(value);
+}
+
+static PyObject *
+store_release(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "store_release(buffer, index, value)");
+        return NULL;
+    }
+    Py_ssize_t index = PyLong_AsSsize_t(args[1]);
+    if (index == -1 && PyErr_Occurred())
+        return NULL;
+    unsigned long long value = PyLong_AsUnsignedLongLong(args[2]);
+    if (value == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer view;
+    uint64_t *word = count_word(args[0], index, &view, PyBUF_WRITABLE | PyBUF_SIMPLE);
+    if (word == NULL)
+        return NULL;
+    __atomic_store_n(word, (uint64_t)value, __ATOMIC_RELEASE);
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"load_acquire", (PyCFunction)(void (*)(void))load_acquire, METH_FASTCALL,
+     "load_acquire(buffer, index): count word 0 or 1 of a ring, read with acquire semantics"},
+    {"store_release", (PyCFunction)(void (*)(void))store_release, METH_FASTCALL,
+     "store_release(buffer, index, value): count word 0 or 1 of a ring, written with release semantics"},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef ringput_module = {
     PyModuleDef_HEAD_INIT, "_ringput", "The request path's copy into a capture ring, in C (see ring.py).", -1,
-    NULL,
+    module_methods,
 };
 
 PyMODINIT_FUNC

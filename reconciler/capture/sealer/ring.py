@@ -161,7 +161,10 @@ class RowRing:
 
     def take(self, limit: int | None = None) -> np.ndarray | None:
         """A copy of the rows written since the last take (up to the ring's wrap and ``limit``), or None."""
-        h, t = int(self.ctrl[0]), int(self.ctrl[1])
+        if _ringput is not None:  # (acquire and release: ordered on ARM too; the Python path relies on x86's order)
+            h, t = _ringput.load_acquire(self.mm, 0), int(self.ctrl[1])
+        else:
+            h, t = int(self.ctrl[0]), int(self.ctrl[1])
         if h <= t:
             return None
         if h - t > self.capacity:  # a count the agent never writes: the ring is not trusted further
@@ -169,7 +172,10 @@ class RowRing:
         i = t % self.capacity
         n = min(h - t, self.capacity - i, limit or self.capacity)
         rows = self.rows[i:i + n].copy()
-        self.ctrl[1] = t + n
+        if _ringput is not None:
+            _ringput.store_release(self.mm, 1, t + n)  # (the copy is done before the rows are handed back)
+        else:
+            self.ctrl[1] = t + n
         return rows
 
     def release(self) -> None:
