@@ -61,7 +61,7 @@ from reconciler.capture.policy import (
 )
 from reconciler.capture.requestpath import CaptureObserver, _Plan
 from reconciler.capture.retention import Retention
-from reconciler.capture.sealer.ring import FULL, PUT
+from reconciler.capture.sealer.ring import FULL, NATIVE, PUT
 from reconciler.capture.sealer.rows import TRIGGER_CODE
 from reconciler.capture.sealing import SealerSide
 from reconciler.capture.spool import Spool
@@ -508,6 +508,8 @@ class CaptureService(Retention, UploadWalks, SealerSide):
             doc["lastError"] = self.last_error[:512]
         if self.policies:
             doc["sealer"] = self.sealer_state()[:512]
+            if self.sealer_mode == "process":  # (the request path's copy into the sealer's rings: C, or Python)
+                doc["ringWriter"] = "c" if NATIVE else "python"
         if self._sealer_exits:
             doc["sealerExits"] = self._sealer_exits
         problems = {**{e: u.last_error for u in list(self._uploaders.values()) if u.last_reason and u.last_error

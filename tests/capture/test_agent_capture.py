@@ -63,6 +63,8 @@ def test_policy_from_git_captures_reports_and_is_erased_on_request(world: World,
         cap = doc["status"]["capture"]
         assert cap["endpoints"] == [ENDPOINT] and cap["pendingBatches"] == 2 and cap["capturedRecords"] == 7
         assert cap["sealer"] == sealer
+        # what copies records into the sealer's rings (the C module, built by make test's install)
+        assert cap.get("ringWriter") == ("c" if sealer == "process" else None)
         assert (svc._sealer is not None) == (sealer == "process")  # (thread: no second process)
         batches = sorted((agent.config.state_dir / "capture" / "batches").glob("*.mfcap"))
         meta = open_batch(batches[0].read_bytes(), campaign.private).meta
