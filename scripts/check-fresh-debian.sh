@@ -12,7 +12,7 @@
 #   SUITE=bookworm   MIRROR=<first Debian URI of the host's apt sources>   REV=HEAD
 # At the end everything mounted under DIR is unmounted (the suite's podman storage too), the log is copied to
 # DIR.log and DIR, about 4 GB, is removed: left behind, a few of them fill the disk that CI runs on. KEEP=1
-# keeps DIR for inspection (to rerun then: `findmnt -R DIR` must list nothing, and rm -rf DIR).
+# keeps DIR for inspection (to rerun then: nothing may be mounted under it, and rm -rf DIR).
 set -euo pipefail
 { # one compound command: bash reads all of it before running, so editing this file mid-run changes nothing
 
@@ -127,11 +127,12 @@ chroot "$dir" /usr/bin/env -i HOME=/root USER=root LOGNAME=root LANG=C.UTF-8 TER
 tail -n 25 "$dir/root/check.log"
 echo "== debootstrap ${t_boot}s; total $(($(date +%s) - t0))s; make test exit code $rc"
 cleanup; mounts=()
-findmnt -R -n -o TARGET "$dir" 2>/dev/null | sort -r | while read -r target; do umount -l "$target" || true; done
+under() { awk -v d="$dir/" 'index($2, d) == 1 { print $2 }' /proc/self/mounts | sort -r; }  # (DIR is no mount)
+for target in $(under); do umount -l "$target" || true; done
 cp "$dir/root/check.log" "$dir.log"
 if [ "${KEEP:-0}" = 1 ]; then
   echo "== kept $dir (KEEP=1); log also in $dir.log"
-elif [ -z "$(findmnt -R -n -o TARGET "$dir" 2>/dev/null)" ]; then
+elif [ -z "$(under)" ]; then
   rm -rf --one-file-system "$dir" && echo "== removed $dir; log in $dir.log"
 else
   echo "== $dir still has mounts under it: not removed" >&2
