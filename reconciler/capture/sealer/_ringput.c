@@ -25,6 +25,8 @@
 #define OTHER (-1)
 #define MAX_DIMS 32
 
+static PyObject *str_dtype;  /* "dtype", interned at import: not a new string per tensor per put */
+
 typedef struct {
     PyObject *name;    /* str: the key in the inputs or outputs dict */
     PyObject *dtype;   /* numpy dtype the layout holds */
@@ -202,7 +204,7 @@ copy_fields(Writer *self, PyObject *arrays, Py_ssize_t first, Py_ssize_t n, char
         }
         if (Py_TYPE(a) != self->ndarray)
             return 0;
-        PyObject *dtype = PyObject_GetAttrString(a, "dtype");
+        PyObject *dtype = PyObject_GetAttr(a, str_dtype);
         if (dtype == NULL) {
             PyErr_Clear();
             return 0;
@@ -317,10 +319,19 @@ static PyTypeObject WriterType = {
 /* The sealer's end: the count words read with acquire and written with release semantics, so that on a weakly
    ordered CPU (ARM) it never reads a row before the count that publishes it, nor hands a row back before its
    copy of it is done. */
+/* args[0] and args[1] of load_acquire and store_release: the count word (0 or 1) of a ring's buffer, held in
+   `view` (the caller releases it); NULL with an exception set. */
 static uint64_t *
-count_word(PyObject *buffer, Py_ssize_t index, Py_buffer *view, int flags)
+count_word(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char *usage, Py_buffer *view, int flags)
 {
-    if (PyObject_GetBuffer(buffer, view, flags) < 0)
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "%s", usage);
+        return NULL;
+    }
+    Py_ssize_t index = PyLong_AsSsize_t(args[1]);
+    if (index == -1 && PyErr_Occurred())
+        return NULL;
+    if (PyObject_GetBuffer(args[0], view, flags) < 0)
         return NULL;
     if (index < 0 || index > 1 || view->len < 16 || ((uintptr_t)view->buf) % 8) {
         PyBuffer_Release(view);
@@ -333,15 +344,8 @@ count_word(PyObject *buffer, Py_ssize_t index, Py_buffer *view, int flags)
 static PyObject *
 load_acquire(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "load_acquire(buffer, index)");
-        return NULL;
-    }
-    Py_ssize_t index = PyLong_AsSsize_t(args[1]);
-    if (index == -1 && PyErr_Occurred())
-        return NULL;
     Py_buffer view;
-    uint64_t *word = count_word(args[0], index, &view, PyBUF_SIMPLE);
+    uint64_t *word = count_word(args, nargs, 2, "load_acquire(buffer, index)", &view, PyBUF_SIMPLE);
     if (word == NULL)
         return NULL;
     uint64_t value = __atomic_load_n(word, __ATOMIC_ACQUIRE);
@@ -352,18 +356,12 @@ load_acquire(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 store_release(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "store_release(buffer, index, value)");
-        return NULL;
-    }
-    Py_ssize_t index = PyLong_AsSsize_t(args[1]);
-    if (index == -1 && PyErr_Occurred())
-        return NULL;
-    unsigned long long value = PyLong_AsUnsignedLongLong(args[2]);
+    unsigned long long value = nargs == 3 ? PyLong_AsUnsignedLongLong(args[2]) : 0;
     if (value == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
     Py_buffer view;
-    uint64_t *word = count_word(args[0], index, &view, PyBUF_WRITABLE | PyBUF_SIMPLE);
+    uint64_t *word = count_word(args, nargs, 3, "store_release(buffer, index, value)", &view,
+                                PyBUF_WRITABLE | PyBUF_SIMPLE);
     if (word == NULL)
         return NULL;
     __atomic_store_n(word, (uint64_t)value, __ATOMIC_RELEASE);
@@ -387,7 +385,8 @@ static struct PyModuleDef ringput_module = {
 PyMODINIT_FUNC
 PyInit__ringput(void)
 {
-    if (PyType_Ready(&WriterType) < 0)
+    str_dtype = PyUnicode_InternFromString("dtype");
+    if (str_dtype == NULL || PyType_Ready(&WriterType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&ringput_module);
     if (m == NULL)
