@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -109,3 +110,31 @@ def test_not_root_without_sudo_says_what_to_run(tmp_path: Path) -> None:
 def test_skip_system_deps(tmp_path: Path) -> None:
     r = _run(tmp_path, tools=[], uid=1000, SKIP_SYSTEM_DEPS="1")
     assert r.returncode == 0 and r.stderr == ""
+
+
+@pytest.mark.parametrize("outcome", [0, 1])
+def test_make_test_removes_its_temp_dir_when_the_tests_pass_and_keeps_it_when_they_fail(tmp_path: Path,
+                                                                                         outcome: int) -> None:
+    """Left behind, a run's ~1 GB filled the disk CI installs on (pip: ENOSPC). The recipe runs as written, with a
+    python in a stand-in venv that writes into --basetemp as pytest would and exits ``outcome``."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    fake = venv / "bin" / "python"
+    fake.write_text("#!/bin/sh\nfor a; do case $a in --basetemp=*) base=${a#--basetemp=} ;; esac; done\n"
+                    f'echo "$base" > {tmp_path}/base; mkdir -p "$base/popen-gw0" && touch "$base/popen-gw0/x"\n'
+                    f"exit {outcome}\n")
+    fake.chmod(0o755)
+    stamp = venv / ".installed"
+    stamp.touch()
+    os.utime(stamp, (4_000_000_000, 4_000_000_000))  # newer than its prerequisites: no install
+    r = subprocess.run(["make", "--no-print-directory", "test", f"VENV={venv}"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60, env=dict(os.environ, SKIP_SYSTEM_DEPS="1", MAKEFLAGS=""))
+    base = Path((tmp_path / "base").read_text().strip())
+    assert base.name.startswith("mft.")
+    if outcome == 0:
+        assert r.returncode == 0, r.stderr
+        assert not base.exists()
+    else:
+        assert r.returncode != 0
+        assert (base / "popen-gw0" / "x").is_file() and f"the tests' files are kept in {base}" in r.stderr
+        shutil.rmtree(base)
