@@ -146,8 +146,11 @@ def test_key_series_exist_in_prometheus(stack: Stack, what: str) -> None:
 
 
 def test_promtool_check_metrics_is_clean_on_the_agents_metrics(stack: Stack) -> None:
-    text = urllib.request.urlopen(f"{stack.agent_url}/metrics", timeout=10).read().decode()
-    assert "modelfleet_drift_score{" in text and "modelfleet_agent_converged " in text  # the full set, with children
+    def full_set() -> str:  # (drift scores appear once the agent's first drift window closed: wait, as above)
+        text = urllib.request.urlopen(f"{stack.agent_url}/metrics", timeout=10).read().decode()
+        return text if "modelfleet_drift_score{" in text and "modelfleet_agent_converged " in text else ""
+
+    text = stack.prom.wait_for(full_set, SCRAPE_DEADLINE, what="the agent's full set of metrics, with children")
     r = promtool("check", "metrics", stdin=text)
     assert r.returncode == 0 and r.stdout + r.stderr == "", r.stdout + r.stderr
     bad = "# TYPE modelfleet_load_milliseconds counter\nmodelfleet_load_milliseconds 2\n"  # the lint really lints
