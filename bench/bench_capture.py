@@ -12,7 +12,9 @@ counted in it.
 The cost is **CPU time per request** of a server process (every thread of it, the capture threads included):
 ``on_vs_off_cpu_paired_median`` is the median over rounds of on/off CPU per request, goal ``<= 1.03`` (capture
 costs under 3 %); ``aa_off2_vs_off_cpu_paired_median`` and its quartiles are the same ratio for two identical
-servers: what the bench cannot resolve on this machine, in this run. Throughput ratios are reported too
+servers: what the bench cannot resolve on this machine, in this run. ``on_minus_off_cpu_us_per_req_paired_median``
+is the same cost in µs of CPU per request: the ratio depends on how long this host takes to serve a request (a
+host twice as slow shows half the ratio for the same capture work), the µs compare hosts. Throughput ratios are reported too
 (``on_vs_off_paired_median``; on a loaded machine they say more about the scheduler than about capture), with
 the load average around the run, the request-path hook's ns per call, and the capture threads' CPU per captured
 record. ``direct_cost_share`` is capture's own work per request (its threads' CPU and the hook's extra ns) over
@@ -249,6 +251,12 @@ def main() -> None:
     def paired(a: str, b: str, key: str) -> list[float]:
         return sorted(round(x[key] / y[key], 4) for x, y in zip(runs[a], runs[b], strict=True))
 
+    def paired_us(a: str, b: str) -> float:
+        """The median over rounds of a's CPU µs per request minus b's: the cost in CPU time, which (unlike the
+        ratio) does not shrink on a host that serves each request more slowly."""
+        return round(statistics.median(x["cpu_us_per_req"] - y["cpu_us_per_req"]
+                                       for x, y in zip(runs[a], runs[b], strict=True)), 2)
+
     out = {
         "bench": "capture", "sealer": args.sealer, "concurrency": CONCURRENCY, "seconds": SECONDS, "rounds": rounds,
         "sample_rate": RATE,
@@ -261,6 +269,9 @@ def main() -> None:
         "on_vs_off_cpu_paired_median": round(statistics.median(paired("on", "off", "cpu_us_per_req")), 4),
         "on_vs_off_cpu_paired_quartiles": _quartiles(paired("on", "off", "cpu_us_per_req")),
         "goal_on_vs_off_cpu_max": 1.03,
+        # the same cost in µs of CPU per request (on - off, paired per round), and the A/A pair's
+        "on_minus_off_cpu_us_per_req_paired_median": paired_us("on", "off"),
+        "aa_off2_minus_off_cpu_us_per_req_paired_median": paired_us("off2", "off"),
         # the A/A pair: two identical servers, the same rounds; its spread is the bench's resolution here
         "aa_off2_vs_off_cpu_paired_median": round(statistics.median(paired("off2", "off", "cpu_us_per_req")), 4),
         "aa_off2_vs_off_cpu_paired_quartiles": _quartiles(paired("off2", "off", "cpu_us_per_req")),
