@@ -13,7 +13,7 @@ import pytest
 from reconciler.capture.sealer import ring as ring_mod
 from reconciler.capture.sealer.ring import FULL, OTHER, PUT, RowRing
 from reconciler.capture.sealer.rows import TRIGGER_CODE, layout_of
-from tests.capture.test_sealer import LAYOUTS
+from tests.capture.test_sealer import LAYOUTS, records_of
 
 WRITERS = ("python", "native")
 
@@ -37,10 +37,7 @@ def _ring(layout: Any, writer: str, wake_fd: int | None = None) -> RowRing:
 
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
 def test_both_writers_write_the_same_bytes(name: str) -> None:
-    make = LAYOUTS[name]
-    records = [make(i) for i in range(9)]
-    layout = layout_of(*records[0])
-    assert layout is not None
+    records, layout = records_of(name, 9)
     rows: dict[str, bytes] = {}
     for writer in WRITERS:
         ring = _ring(layout, writer)

@@ -17,8 +17,8 @@ from reconciler.capture import sealing as sealing_mod
 from reconciler.capture.batch import open_batch
 from reconciler.capture.openbatch import stack_runs
 from reconciler.capture.policy import SAMPLED, parse_policy
-from reconciler.capture.sealer.ring import FULL, OTHER, PUT, RowRing
-from reconciler.capture.sealer.rows import TRIGGER_CODE, layout_of, merged, record_index, unpack
+from reconciler.capture.sealer.ring import PUT, RowRing
+from reconciler.capture.sealer.rows import TRIGGER_CODE, RowLayout, layout_of, merged, record_index, unpack
 from reconciler.capture.service import CaptureService
 from tests.capture._capture import Campaign, wait_until
 
@@ -34,12 +34,17 @@ LAYOUTS: dict[str, Any] = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(LAYOUTS))
-def test_rows_unpack_to_what_the_agents_writer_stacks(name: str) -> None:
-    make = LAYOUTS[name]
-    records = [make(i) for i in range(7)]
+def records_of(name: str, n: int) -> tuple[list[Any], RowLayout]:
+    """``n`` records of the layout ``name`` (of :data:`LAYOUTS`) and their row layout."""
+    records = [LAYOUTS[name](i) for i in range(n)]
     layout = layout_of(*records[0])
     assert layout is not None
+    return records, layout
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_rows_unpack_to_what_the_agents_writer_stacks(name: str) -> None:
+    records, layout = records_of(name, 7)
     ring, fd = RowRing.create(layout)
     os.close(fd)
     triggers = [SAMPLED, "lowConfidence", SAMPLED, "drift", SAMPLED, "rejected", SAMPLED]
@@ -57,26 +62,6 @@ def test_rows_unpack_to_what_the_agents_writer_stacks(name: str) -> None:
         assert arrays[key].dtype == want.dtype and arrays[key].shape == want.shape
         assert np.array_equal(arrays[key], want)
     assert index == run.index
-
-
-def test_a_record_of_another_layout_or_a_full_ring_is_refused_not_written() -> None:
-    inputs, outputs = LAYOUTS["vector"](1)
-    layout = layout_of(inputs, outputs)
-    assert layout is not None
-    ring, fd = RowRing.create(layout)
-    os.close(fd)
-    assert ring.put(1.0, 1, {"x": np.zeros((1, 16), np.float64)}, outputs) == OTHER  # dtype
-    assert ring.put(1.0, 1, {"x": np.zeros((2, 16), np.float32)}, outputs) == OTHER  # shape
-    assert ring.put(1.0, 1, {"z": np.zeros((1, 16), np.float32)}, outputs) == OTHER  # name
-    assert ring.put(1.0, 1, {"x": np.zeros((1, 32), np.float32)[:, ::2]}, outputs) == OTHER  # not contiguous
-    assert ring.take() is None  # nothing was published
-    for _ in range(ring.capacity):
-        assert ring.put(1.0, 1, inputs, outputs) == PUT
-    assert ring.put(1.0, 1, inputs, outputs) == FULL
-    assert len(ring.take()) == ring.capacity  # type: ignore[arg-type]
-    assert ring.put(1.0, 1, inputs, outputs) == PUT
-    ring.close()
-    assert ring.put(1.0, 1, inputs, outputs) == OTHER  # closed: the caller takes the agent's queue
 
 
 def test_object_arrays_and_huge_records_have_no_row_layout() -> None:

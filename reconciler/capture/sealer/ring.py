@@ -23,6 +23,7 @@ import os
 import struct
 import threading
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -94,10 +95,11 @@ class RowRing:
         """put and close become the C writer's, on the same memory (the Python ones are not used after)."""
         if _ringput is None:
             raise RuntimeError("capture ring: the C writer (_ringput) is not built")
-        writer = _ringput.Writer(self.mm, CTRL_BYTES, self.capacity, self.size, np.ndarray,
-                                 [(n, dt, shape, lo, hi - lo) for n, dt, shape, lo, hi in self._ins],
-                                 [(n, dt, shape, lo, hi - lo) for n, dt, shape, lo, hi in self._outs],
-                                 -1 if self._wake_fd is None else self._wake_fd, self._wake_mask)
+        def spans(fields: tuple[tuple[str, np.dtype, tuple[int, ...], int, int], ...]) -> list[tuple[Any, ...]]:
+            return [(name, dt, shape, lo, hi - lo) for name, dt, shape, lo, hi in fields]  # (offset, bytes)
+
+        writer = _ringput.Writer(self.mm, CTRL_BYTES, self.capacity, self.size, np.ndarray, spans(self._ins),
+                                 spans(self._outs), -1 if self._wake_fd is None else self._wake_fd, self._wake_mask)
         self._writer = writer
         self.put = writer.put  # type: ignore[method-assign]
 
